@@ -1,0 +1,1 @@
+//! Dataset loaders (filled in by the data work).

@@ -1,0 +1,6 @@
+//! # hpff (host)
+//!
+//! Datasets and augmentation, the local-training loop, checkpoints, metrics and the
+//! `hpff` command line, on top of the `no_std` [`hpff_core`].
+
+pub mod data;
