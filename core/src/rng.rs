@@ -36,7 +36,8 @@ impl Rng {
     /// An independent stream for a named purpose (e.g. one per epoch or worker),
     /// derived from this generator's seed state without advancing it.
     pub fn fork(&self, stream: u64) -> Self {
-        let mut sm = self.s[0] ^ self.s[3].rotate_left(17) ^ stream.wrapping_mul(0xD134_2543_DE82_EF95);
+        let mut sm =
+            self.s[0] ^ self.s[3].rotate_left(17) ^ stream.wrapping_mul(0xD134_2543_DE82_EF95);
         Rng::new(splitmix64(&mut sm))
     }
 

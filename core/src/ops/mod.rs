@@ -1,1 +1,55 @@
-//! (being written)
+//! Layer math: forward and backward of every op the networks use, on NCHW `f32`
+//! tensors, allocation-free, each op working on whatever batch sub-range it is handed.
+//!
+//! Convolution and linear layers reduce to [`sgemm`]; the other ops are single passes
+//! written as plain slice loops the compiler vectorizes. Reductions (BatchNorm
+//! statistics, bias gradients, pooling) run in `f64` lanes inside a call, in a fixed
+//! order, so results do not depend on how a caller chunks the batch beyond the
+//! per-call partial sums it adds itself.
+
+mod activation;
+mod batchnorm;
+mod conv;
+mod gemm;
+mod linear;
+mod pool;
+mod resize;
+
+pub use activation::{
+    add_assign, relu_backward_inplace, relu_forward, relu_inplace, sigmoid_backward,
+    sigmoid_forward,
+};
+pub use batchnorm::{
+    batchnorm_accumulate_backward_sums, batchnorm_accumulate_sq_dev, batchnorm_accumulate_sum,
+    batchnorm_backward_input, batchnorm_eval_stats, batchnorm_finalize, batchnorm_forward,
+    batchnorm_mean_from_sum, BatchNorm2d, BN_EPS, BN_MOMENTUM,
+};
+pub use conv::{conv2d_accumulate_weight_grad, conv2d_backward_input, conv2d_forward, Conv2d};
+pub use gemm::{sgemm, sgemm_kernel, sgemm_using, GemmKernel};
+pub use linear::{linear_accumulate_weight_grad, linear_backward_input, linear_forward, Linear};
+pub use pool::{global_avg_pool_backward, global_avg_pool_forward};
+pub use resize::{
+    bilinear_accumulate_backward, bilinear_forward, crop_accumulate_backward, crop_forward, Window,
+};
+
+/// Sums `x` into eight independent `f64` lanes: vectorizable without reassociating
+/// (each lane is its own chain), and deterministic.
+#[inline]
+pub(crate) fn sum_lanes(x: &[f32], lanes: &mut [f64; 8]) {
+    let mut it = x.chunks_exact(8);
+    for ch in &mut it {
+        for l in 0..8 {
+            lanes[l] += ch[l] as f64;
+        }
+    }
+    for (l, &v) in it.remainder().iter().enumerate() {
+        lanes[l] += v as f64;
+    }
+}
+
+/// Folds the lanes in a fixed order.
+#[inline]
+pub(crate) fn fold_lanes(lanes: &[f64; 8]) -> f64 {
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+}

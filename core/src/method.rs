@@ -1,0 +1,207 @@
+//! Training methods: which auxiliary nets each module gets and how their losses weigh.
+//!
+//! - `E2e`: one module, cross-entropy at the classifier.
+//! - `Greedy` (greedy supervised learning): each non-last module trained by a `0c1f` classifier head.
+//! - `Dgl`: each non-last module trained by the configured classifier head.
+//! - `InfoPro`: λ1·decoder + λ2·classifier, λ interpolated linearly across modules.
+//!
+//! With `hpff` set, HiLo + PFF replace the plain local losses (see [`crate::plan`] for
+//! the exact schedule): an independent level (module i alone, its own classifier head,
+//! weight `wx`) and a cascade level (modules i−1 and i together, the decoder and a second
+//! classifier on module i's output, weight `wy`), the decoder working on `patches × patches`
+//! patches one at a time.
+
+use crate::partition::Partition;
+use crate::plan::PlanError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Base {
+    E2e,
+    Greedy,
+    Dgl,
+    InfoPro,
+}
+
+/// HiLo's levels: both (the method), or one of them alone (ablations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Levels {
+    Both,
+    Independent,
+    Cascade,
+}
+
+/// The local loss of auxiliary classifier heads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum LocalLoss {
+    CrossEntropy,
+    /// Supervised contrastive loss on L2-normalised features (temperature 0.07).
+    Contrast,
+}
+
+/// An auxiliary classifier head `{convs}c{linears}f`: one of 0c1f, 0c2f, 1c1f, 1c2f, 1c3f, 2c2f.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct AuxHead {
+    pub convs: usize,
+    pub linears: usize,
+}
+
+impl AuxHead {
+    pub const GREEDY: AuxHead = AuxHead {
+        convs: 0,
+        linears: 1,
+    };
+
+    /// Parses `"2c2f"` and the other reference configurations.
+    pub fn parse(s: &str) -> Result<AuxHead, PlanError> {
+        let b = s.as_bytes();
+        let ok = b.len() == 4 && b[1] == b'c' && b[3] == b'f';
+        let h = AuxHead {
+            convs: b.first().map_or(9, |c| c.wrapping_sub(b'0') as usize),
+            linears: b.get(2).map_or(9, |c| c.wrapping_sub(b'0') as usize),
+        };
+        let known = matches!(
+            (h.convs, h.linears),
+            (0, 1) | (0, 2) | (1, 1) | (1, 2) | (1, 3) | (2, 2)
+        );
+        if ok && known {
+            Ok(h)
+        } else {
+            Err(PlanError::UnknownAuxHead)
+        }
+    }
+}
+
+impl core::fmt::Display for AuxHead {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}c{}f", self.convs, self.linears)
+    }
+}
+
+/// A complete method configuration. [`Method::reference`] gives the reference's defaults.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Method {
+    pub base: Base,
+    pub hpff: bool,
+    pub levels: Levels,
+    /// Decoder patch grid n (n×n patches); 1 is InfoPro's full decoder.
+    pub patches: usize,
+    pub head: AuxHead,
+    pub local_loss: LocalLoss,
+    pub widen: usize,
+    pub feature_dim: usize,
+    /// λ1 (decoder weight) at the first and at the (K−1)-th module.
+    pub lambda1: [f32; 2],
+    /// λ2 (classifier weight) at the first and at the (K−1)-th module.
+    pub lambda2: [f32; 2],
+    pub wx: f32,
+    pub wy: f32,
+}
+
+impl Method {
+    /// The reference's defaults: head 2c2f, cross-entropy, widen 1, feature dim 128,
+    /// λ1 5 → 0, λ2 0.5 → 0, wx 0.001, wy 0.999, 2×2 patches when `hpff`, else 1.
+    pub fn reference(base: Base, hpff: bool) -> Method {
+        Method {
+            base,
+            hpff,
+            levels: Levels::Both,
+            patches: if hpff { 2 } else { 1 },
+            head: if base == Base::Greedy {
+                AuxHead::GREEDY
+            } else {
+                AuxHead {
+                    convs: 2,
+                    linears: 2,
+                }
+            },
+            local_loss: LocalLoss::CrossEntropy,
+            widen: 1,
+            feature_dim: 128,
+            lambda1: [5.0, 0.0],
+            lambda2: [0.5, 0.0],
+            wx: 0.001,
+            wy: 0.999,
+        }
+    }
+
+    /// Whether modules get a decoder (InfoPro-based methods only).
+    pub fn uses_decoder(&self) -> bool {
+        self.base == Base::InfoPro
+    }
+
+    /// (decoder weight, classifier weight) of the local loss at module `i`.
+    pub fn local_weights(&self, part: &Partition, i: usize) -> (f32, f32) {
+        match self.base {
+            Base::InfoPro => {
+                let r = part.ratio(i);
+                (
+                    self.lambda1[0] * (1.0 - r) + self.lambda1[1] * r,
+                    self.lambda2[0] * (1.0 - r) + self.lambda2[1] * r,
+                )
+            }
+            _ => (0.0, 1.0),
+        }
+    }
+
+    /// Checks the combination before a plan is built.
+    pub fn validate(&self, part: &Partition) -> Result<(), PlanError> {
+        if self.base == Base::E2e && self.hpff {
+            return Err(PlanError::BadMethod(
+                "--hpff needs a local method (greedy, dgl or infopro), not e2e",
+            ));
+        }
+        if self.base != Base::E2e && self.hpff && part.modules() < 2 {
+            return Err(PlanError::BadMethod("HPFF needs at least 2 modules"));
+        }
+        if !matches!(self.patches, 1 | 2 | 4) {
+            return Err(PlanError::BadMethod("the patch grid must be 1, 2 or 4"));
+        }
+        if self.widen == 0 || self.feature_dim == 0 {
+            return Err(PlanError::BadMethod(
+                "widen and feature dim must be positive",
+            ));
+        }
+        if self.levels != Levels::Both && !self.hpff {
+            return Err(PlanError::BadMethod("--levels applies to HPFF only"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Arch;
+
+    #[test]
+    fn heads_parse() {
+        assert_eq!(
+            AuxHead::parse("2c2f").unwrap(),
+            AuxHead {
+                convs: 2,
+                linears: 2
+            }
+        );
+        assert!(AuxHead::parse("3c2f").is_err());
+        assert!(AuxHead::parse("2c").is_err());
+        assert!(AuxHead::parse("").is_err());
+    }
+
+    #[test]
+    fn lambdas_interpolate_with_the_label() {
+        let a = Arch::resnet(32, 3, 32, 10).unwrap();
+        let p = Partition::for_k(&a, 16, crate::partition::TableKind::Reference).unwrap();
+        let m = Method::reference(Base::InfoPro, true);
+        assert_eq!(m.local_weights(&p, 0), (5.0, 0.5));
+        let (l1, l2) = m.local_weights(&p, 7);
+        assert!((l1 - 2.5).abs() < 1e-6 && (l2 - 0.25).abs() < 1e-6);
+        assert_eq!(
+            Method::reference(Base::Dgl, false).local_weights(&p, 3),
+            (0.0, 1.0)
+        );
+    }
+}

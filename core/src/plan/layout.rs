@@ -1,0 +1,716 @@
+//! Where every parameter and BN running statistic lives, and what it is called.
+//!
+//! One walk over the network ([`Plan::for_each_tensor`]) defines the order: stem,
+//! blocks, classifier, then each module's auxiliary nets. Offsets of a given block or
+//! head are recomputed from closed-form sizes, so the plan stores no tables. Names are
+//! the PyTorch reference's `state_dict` keys, so checkpoints move to and from it.
+
+use super::{AuxNet, Plan};
+use crate::arch::{BlockKind, BlockShape};
+use crate::ops::{BatchNorm2d, Conv2d, Linear};
+use core::fmt;
+
+/// A conv layer's parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvP {
+    pub s: Conv2d,
+    pub w: usize,
+    pub b: Option<usize>,
+}
+
+/// A BN layer: γ at `p`, β at `p + c`; running mean at `state`, var at `state + c`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BnP {
+    pub s: BatchNorm2d,
+    pub p: usize,
+    pub state: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearP {
+    pub s: Linear,
+    pub w: usize,
+    pub b: usize,
+}
+
+/// How a tensor is initialised (the reference's init).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// N(0, sqrt(2 / (k·k·c_out))).
+    KaimingConv {
+        c_out: usize,
+        k: usize,
+    },
+    /// U(±1/sqrt(fan_in)), PyTorch's default for linear layers and conv biases.
+    UniformFanIn(usize),
+    Ones,
+    Zeros,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorKind {
+    Param,
+    /// BN running statistics: saved and loaded, never trained.
+    State,
+}
+
+/// The name of a tensor, printed as the reference's `state_dict` key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Name {
+    /// `conv1.weight`, `fc64.bias`, …
+    Top(&'static str, &'static str),
+    /// `layer{stage}.{block}.{layer}.{leaf}`
+    Block {
+        stage: usize,
+        block: usize,
+        layer: &'static str,
+        leaf: &'static str,
+    },
+    /// `{net}_{stage}_{block}.head.{index}.{leaf}`
+    Head {
+        net: &'static str,
+        stage: usize,
+        block: usize,
+        index: usize,
+        leaf: &'static str,
+    },
+    /// `{net}_{stage}_{block}.decoders.{patch}.{index}.{leaf}`
+    Decoder {
+        net: &'static str,
+        stage: usize,
+        block: usize,
+        patch: usize,
+        index: usize,
+        leaf: &'static str,
+    },
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Name::Top(a, b) => write!(f, "{a}.{b}"),
+            Name::Block {
+                stage,
+                block,
+                layer,
+                leaf,
+            } => write!(f, "layer{stage}.{block}.{layer}.{leaf}"),
+            Name::Head {
+                net,
+                stage,
+                block,
+                index,
+                leaf,
+            } => write!(f, "{net}_{stage}_{block}.head.{index}.{leaf}"),
+            Name::Decoder {
+                net,
+                stage,
+                block,
+                patch,
+                index,
+                leaf,
+            } => {
+                write!(f, "{net}_{stage}_{block}.decoders.{patch}.{index}.{leaf}")
+            }
+        }
+    }
+}
+
+/// One tensor of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tensor {
+    pub name: Name,
+    pub kind: TensorKind,
+    pub off: usize,
+    pub len: usize,
+    /// PyTorch shape; unused trailing dims are 0.
+    pub shape: [usize; 4],
+    pub init: Init,
+}
+
+impl Tensor {
+    pub fn rank(&self) -> usize {
+        self.shape.iter().take_while(|&&d| d > 0).count()
+    }
+}
+
+/// Hands out parameter and state offsets in walk order, reporting each tensor to a visitor.
+pub(crate) struct Cursor<'v> {
+    pub p: usize,
+    pub s: usize,
+    visit: Option<&'v mut dyn FnMut(Tensor)>,
+}
+
+/// How a layer is named: the caller supplies the prefix, the cursor the leaf.
+#[derive(Clone, Copy)]
+pub(crate) enum Prefix {
+    Top(&'static str),
+    Block {
+        stage: usize,
+        block: usize,
+        layer: &'static str,
+    },
+    Head {
+        net: &'static str,
+        stage: usize,
+        block: usize,
+        index: usize,
+    },
+    Decoder {
+        net: &'static str,
+        stage: usize,
+        block: usize,
+        patch: usize,
+        index: usize,
+    },
+}
+
+impl Prefix {
+    fn with(self, leaf: &'static str) -> Name {
+        match self {
+            Prefix::Top(a) => Name::Top(a, leaf),
+            Prefix::Block {
+                stage,
+                block,
+                layer,
+            } => Name::Block {
+                stage,
+                block,
+                layer,
+                leaf,
+            },
+            Prefix::Head {
+                net,
+                stage,
+                block,
+                index,
+            } => Name::Head {
+                net,
+                stage,
+                block,
+                index,
+                leaf,
+            },
+            Prefix::Decoder {
+                net,
+                stage,
+                block,
+                patch,
+                index,
+            } => Name::Decoder {
+                net,
+                stage,
+                block,
+                patch,
+                index,
+                leaf,
+            },
+        }
+    }
+}
+
+impl<'v> Cursor<'v> {
+    pub fn new(p: usize, s: usize, visit: Option<&'v mut dyn FnMut(Tensor)>) -> Self {
+        Cursor { p, s, visit }
+    }
+
+    fn emit(
+        &mut self,
+        name: Name,
+        kind: TensorKind,
+        len: usize,
+        shape: [usize; 4],
+        init: Init,
+    ) -> usize {
+        let off = match kind {
+            TensorKind::Param => &mut self.p,
+            TensorKind::State => &mut self.s,
+        };
+        let at = *off;
+        *off += len;
+        if let Some(v) = self.visit.as_mut() {
+            v(Tensor {
+                name,
+                kind,
+                off: at,
+                len,
+                shape,
+                init,
+            });
+        }
+        at
+    }
+
+    pub fn conv(&mut self, pre: Prefix, s: Conv2d, bias: bool) -> ConvP {
+        let shape = [s.c_out, s.c_in, s.k, s.k];
+        let init = Init::KaimingConv {
+            c_out: s.c_out,
+            k: s.k,
+        };
+        let w = self.emit(
+            pre.with("weight"),
+            TensorKind::Param,
+            s.weight_len(),
+            shape,
+            init,
+        );
+        let fan_in = s.c_in * s.k * s.k;
+        let b = bias.then(|| {
+            self.emit(
+                pre.with("bias"),
+                TensorKind::Param,
+                s.c_out,
+                [s.c_out, 0, 0, 0],
+                Init::UniformFanIn(fan_in),
+            )
+        });
+        ConvP { s, w, b }
+    }
+
+    pub fn bn(&mut self, pre: Prefix, c: usize, hw: usize) -> BnP {
+        let shape = [c, 0, 0, 0];
+        let p = self.emit(pre.with("weight"), TensorKind::Param, c, shape, Init::Ones);
+        self.emit(pre.with("bias"), TensorKind::Param, c, shape, Init::Zeros);
+        let state = self.emit(
+            pre.with("running_mean"),
+            TensorKind::State,
+            c,
+            shape,
+            Init::Zeros,
+        );
+        self.emit(
+            pre.with("running_var"),
+            TensorKind::State,
+            c,
+            shape,
+            Init::Ones,
+        );
+        BnP {
+            s: BatchNorm2d { c, hw },
+            p,
+            state,
+        }
+    }
+
+    pub fn linear(&mut self, pre: Prefix, in_f: usize, out_f: usize) -> LinearP {
+        let s = Linear { in_f, out_f };
+        let w = self.emit(
+            pre.with("weight"),
+            TensorKind::Param,
+            s.weight_len(),
+            [out_f, in_f, 0, 0],
+            Init::UniformFanIn(in_f),
+        );
+        let b = self.emit(
+            pre.with("bias"),
+            TensorKind::Param,
+            out_f,
+            [out_f, 0, 0, 0],
+            Init::UniformFanIn(in_f),
+        );
+        LinearP { s, w, b }
+    }
+}
+
+/// The parameters of a residual block: convs and BNs in order (2 for Basic, 3 for Bottleneck).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockP {
+    pub shape: BlockShape,
+    pub convs: [ConvP; 3],
+    pub bns: [BnP; 3],
+    pub layers: usize,
+    pub downsample: Option<(ConvP, BnP)>,
+}
+
+const CONV_NAMES: [&str; 3] = ["conv1", "conv2", "conv3"];
+const BN_NAMES: [&str; 3] = ["bn1", "bn2", "bn3"];
+
+pub(crate) fn block_params(cur: &mut Cursor, sh: BlockShape, stage: usize, block: usize) -> BlockP {
+    let pre = |layer| Prefix::Block {
+        stage: stage + 1,
+        block,
+        layer,
+    };
+    let hw_in = sh.h_in * sh.w_in;
+    let hw_out = sh.h_out * sh.w_out;
+    let conv = |c_in, c_out, h, k, stride| Conv2d {
+        c_in,
+        c_out,
+        h,
+        w: h,
+        k,
+        stride,
+        pad: k / 2,
+    };
+    let specs: [(Conv2d, usize); 3] = match sh.kind {
+        BlockKind::Basic => [
+            (conv(sh.c_in, sh.planes, sh.h_in, 3, sh.stride), hw_out),
+            (conv(sh.planes, sh.c_out, sh.h_out, 3, 1), hw_out),
+            (conv(0, 0, 1, 1, 1), 0),
+        ],
+        BlockKind::Bottleneck => [
+            (conv(sh.c_in, sh.planes, sh.h_in, 1, 1), hw_in),
+            (conv(sh.planes, sh.planes, sh.h_in, 3, sh.stride), hw_out),
+            (conv(sh.planes, sh.c_out, sh.h_out, 1, 1), hw_out),
+        ],
+    };
+    let layers = if sh.kind == BlockKind::Basic { 2 } else { 3 };
+    let mut convs = [ConvP {
+        s: specs[2].0,
+        w: 0,
+        b: None,
+    }; 3];
+    let mut bns = [BnP {
+        s: BatchNorm2d { c: 0, hw: 0 },
+        p: 0,
+        state: 0,
+    }; 3];
+    for l in 0..layers {
+        convs[l] = cur.conv(pre(CONV_NAMES[l]), specs[l].0, false);
+        bns[l] = cur.bn(pre(BN_NAMES[l]), specs[l].0.c_out, specs[l].1);
+    }
+    let downsample = sh.downsample.then(|| {
+        let c = cur.conv(
+            pre("downsample.0"),
+            conv(sh.c_in, sh.c_out, sh.h_in, 1, sh.stride),
+            false,
+        );
+        let b = cur.bn(pre("downsample.1"), sh.c_out, hw_out);
+        (c, b)
+    });
+    BlockP {
+        shape: sh,
+        convs,
+        bns,
+        layers,
+        downsample,
+    }
+}
+
+/// Stem: conv3x3(in → 16) + BN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StemP {
+    pub conv: ConvP,
+    pub bn: BnP,
+}
+
+pub(crate) fn stem_params(cur: &mut Cursor, in_ch: usize, image: usize) -> StemP {
+    let s = Conv2d {
+        c_in: in_ch,
+        c_out: crate::arch::STEM_CHANNELS,
+        h: image,
+        w: image,
+        k: 3,
+        stride: 1,
+        pad: 1,
+    };
+    let conv = cur.conv(Prefix::Top("conv1"), s, false);
+    let bn = cur.bn(Prefix::Top("bn1"), s.c_out, image * image);
+    StemP { conv, bn }
+}
+
+/// An auxiliary classifier head: up to two conv+BN+ReLU, global pool, up to three linears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadP {
+    pub convs: [(ConvP, BnP); 2],
+    pub n_convs: usize,
+    pub linears: [LinearP; 3],
+    pub n_linears: usize,
+    /// Channels and spatial size entering the pool.
+    pub pool_c: usize,
+    pub pool_hw: usize,
+    /// Whether the head's output is a contrastive embedding.
+    pub contrast: bool,
+}
+
+/// Decoder with PFF: `n × n` patch nets, each conv3x3(C → 12·widen)+BN+ReLU, conv3x3(→ image channels), sigmoid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecoderP {
+    /// Module output: channels and spatial size.
+    pub c: usize,
+    pub h: usize,
+    pub n: usize,
+    /// Output (and target) patch side: image / n.
+    pub out: usize,
+    /// First patch net's parameters; patch p's are `stride · p` further on.
+    pub first: (ConvP, BnP, ConvP),
+    pub param_stride: usize,
+    pub state_stride: usize,
+}
+
+impl DecoderP {
+    /// The parameters of patch `p`.
+    pub fn patch(&self, p: usize) -> (ConvP, BnP, ConvP) {
+        let (mut a, mut b, mut c) = self.first;
+        let (dp, ds) = (p * self.param_stride, p * self.state_stride);
+        a.w += dp;
+        a.b = a.b.map(|o| o + dp);
+        b.p += dp;
+        b.state += ds;
+        c.w += dp;
+        c.b = c.b.map(|o| o + dp);
+        (a, b, c)
+    }
+}
+
+impl Plan {
+    /// Calls `f` for every parameter and BN running statistic, in checkpoint order.
+    pub fn for_each_tensor(&self, mut f: impl FnMut(Tensor)) {
+        let mut cur = Cursor::new(0, 0, Some(&mut f));
+        self.walk(&mut cur);
+    }
+
+    /// Walks the whole model through `cur`; returns nothing but advances it by every tensor.
+    pub(crate) fn walk(&self, cur: &mut Cursor) {
+        stem_params(cur, self.arch.in_channels, self.arch.image);
+        for g in 0..self.arch.blocks() {
+            let (s, b) = self.arch.locate(g);
+            block_params(cur, self.arch.block(g), s, b);
+        }
+        cur.linear(Prefix::Top("fc64"), self.arch.features(), self.arch.classes);
+        for j in 0..self.part.modules() {
+            for net in self.aux_nets(j) {
+                self.aux_params(cur, j, net);
+            }
+        }
+    }
+
+    pub(crate) fn stem(&self) -> StemP {
+        stem_params(
+            &mut Cursor::new(0, 0, None),
+            self.arch.in_channels,
+            self.arch.image,
+        )
+    }
+
+    /// Parameters of global block `g`.
+    pub(crate) fn block(&self, g: usize) -> BlockP {
+        let mut cur = Cursor::new(0, 0, None);
+        stem_params(&mut cur, self.arch.in_channels, self.arch.image);
+        let m = self.arch.blocks_per_stage;
+        let (stage, b) = self.arch.locate(g);
+        // Blocks after the first of a stage all have the same size: skip them in one stride.
+        for s in 0..=stage {
+            let first = s * m;
+            let (p0, s0) = (cur.p, cur.s);
+            let bp = block_params(&mut cur, self.arch.block(first), s, 0);
+            if s == stage && b == 0 {
+                return bp;
+            }
+            let _ = (p0, s0);
+            let (p1, s1) = (cur.p, cur.s);
+            block_params(&mut cur, self.arch.block(first + 1.min(m - 1)), s, 1);
+            let (dp, ds) = (cur.p - p1, cur.s - s1);
+            let count = if s == stage { b } else { m };
+            cur.p = p1 + dp * (count - 1);
+            cur.s = s1 + ds * (count - 1);
+            if s == stage {
+                return block_params(&mut cur, self.arch.block(g), s, b);
+            }
+        }
+        unreachable!("locate() returns a stage below 3")
+    }
+
+    pub(crate) fn fc(&self) -> LinearP {
+        let mut cur = Cursor::new(0, 0, None);
+        self.backbone_end(&mut cur);
+        cur.linear(Prefix::Top("fc64"), self.arch.features(), self.arch.classes)
+    }
+
+    fn backbone_end(&self, cur: &mut Cursor) {
+        let last = self.block(self.arch.blocks() - 1);
+        let mut probe = Cursor::new(0, 0, None);
+        let (s, b) = self.arch.locate(self.arch.blocks() - 1);
+        block_params(&mut probe, last.shape, s, b);
+        cur.p = last.convs[0].w + probe.p;
+        cur.s = last.bns[0].state + probe.s;
+    }
+
+    /// A cursor positioned at the first auxiliary net of module `j`.
+    fn aux_cursor(&self, j: usize) -> Cursor<'static> {
+        let mut cur = Cursor::new(0, 0, None);
+        self.backbone_end(&mut cur);
+        cur.linear(Prefix::Top("fc64"), self.arch.features(), self.arch.classes);
+        for jj in 0..j {
+            for net in self.aux_nets(jj) {
+                self.aux_params(&mut cur, jj, net);
+            }
+        }
+        cur
+    }
+
+    /// The head of auxiliary net `net` of module `j`.
+    pub(crate) fn head(&self, j: usize, net: AuxNet) -> HeadP {
+        let mut cur = self.aux_cursor(j);
+        for n in self.aux_nets(j) {
+            if n == net {
+                return self.head_params(&mut cur, j, net);
+            }
+            self.aux_params(&mut cur, j, n);
+        }
+        unreachable!("module {j} has no auxiliary net {net:?}")
+    }
+
+    pub(crate) fn decoder(&self, j: usize, net: AuxNet) -> DecoderP {
+        let mut cur = self.aux_cursor(j);
+        for n in self.aux_nets(j) {
+            if n == net {
+                return self.decoder_params(&mut cur, j, net);
+            }
+            self.aux_params(&mut cur, j, n);
+        }
+        unreachable!("module {j} has no decoder {net:?}")
+    }
+
+    fn aux_params(&self, cur: &mut Cursor, j: usize, net: AuxNet) {
+        if net.is_decoder() {
+            self.decoder_params(cur, j, net);
+        } else {
+            self.head_params(cur, j, net);
+        }
+    }
+
+    /// Output channels and spatial size of module `j`.
+    pub(crate) fn module_out(&self, j: usize) -> (usize, usize, usize) {
+        let last = self.part.blocks_of(j).end - 1;
+        let sh = self.arch.block(last);
+        (sh.c_out, sh.h_out, self.arch.locate(last).0)
+    }
+
+    fn head_params(&self, cur: &mut Cursor, j: usize, net: AuxNet) -> HeadP {
+        let (c, h, stage) = self.module_out(j);
+        let (sp, sb) = self.part.split_point(&self.arch, j);
+        let m = &self.method;
+        let head = if self.method.base == crate::method::Base::Greedy && net != AuxNet::Decoder {
+            crate::method::AuxHead::GREEDY
+        } else {
+            m.head
+        };
+        let pre = |index| Prefix::Head {
+            net: net.name(self.method.hpff),
+            stage: sp,
+            block: sb,
+            index,
+        };
+        // The reference keys its head widths on the input width 16/32/64, i.e. on the stage.
+        let width = [32, 64, 64][stage] * m.widen;
+        let stride = [2, 2, 1][stage];
+        let mut convs = [(
+            ConvP {
+                s: Conv2d {
+                    c_in: 0,
+                    c_out: 0,
+                    h: 1,
+                    w: 1,
+                    k: 1,
+                    stride: 1,
+                    pad: 0,
+                },
+                w: 0,
+                b: None,
+            },
+            BnP {
+                s: BatchNorm2d { c: 0, hw: 0 },
+                p: 0,
+                state: 0,
+            },
+        ); 2];
+        let (mut ch, mut hh) = (c, h);
+        for i in 0..head.convs {
+            let st = if i == 0 { stride } else { 1 };
+            let s = Conv2d {
+                c_in: ch,
+                c_out: width,
+                h: hh,
+                w: hh,
+                k: 3,
+                stride: st,
+                pad: 1,
+            };
+            let conv = cur.conv(pre(3 * i), s, false);
+            let bn = cur.bn(pre(3 * i + 1), width, s.h_out() * s.w_out());
+            convs[i] = (conv, bn);
+            ch = width;
+            hh = s.h_out();
+        }
+        let out = match m.local_loss {
+            crate::method::LocalLoss::CrossEntropy => self.arch.classes,
+            crate::method::LocalLoss::Contrast => m.feature_dim,
+        };
+        let hidden = m.feature_dim * m.widen;
+        let mut linears = [LinearP {
+            s: Linear { in_f: 0, out_f: 0 },
+            w: 0,
+            b: 0,
+        }; 3];
+        let first = 3 * head.convs + 2;
+        for i in 0..head.linears {
+            let in_f = if i == 0 { ch } else { hidden };
+            let out_f = if i + 1 == head.linears { out } else { hidden };
+            linears[i] = cur.linear(pre(first + 2 * i), in_f, out_f);
+        }
+        HeadP {
+            convs,
+            n_convs: head.convs,
+            linears,
+            n_linears: head.linears,
+            pool_c: ch,
+            pool_hw: hh * hh,
+            contrast: m.local_loss == crate::method::LocalLoss::Contrast,
+        }
+    }
+
+    fn decoder_params(&self, cur: &mut Cursor, j: usize, net: AuxNet) -> DecoderP {
+        let (c, h, _) = self.module_out(j);
+        let (sp, sb) = self.part.split_point(&self.arch, j);
+        let n = self.method.patches;
+        let out = self.arch.image / n;
+        let mid = 12 * self.method.widen;
+        let mut first = None;
+        let (p0, s0) = (cur.p, cur.s);
+        let mut strides = (0, 0);
+        for patch in 0..n * n {
+            let pre = |index| Prefix::Decoder {
+                net: net.name(self.method.hpff),
+                stage: sp,
+                block: sb,
+                patch,
+                index,
+            };
+            let c1 = Conv2d {
+                c_in: c,
+                c_out: mid,
+                h: out,
+                w: out,
+                k: 3,
+                stride: 1,
+                pad: 1,
+            };
+            let c2 = Conv2d {
+                c_in: mid,
+                c_out: self.arch.in_channels,
+                h: out,
+                w: out,
+                k: 3,
+                stride: 1,
+                pad: 1,
+            };
+            let a = cur.conv(pre(0), c1, true);
+            let b = cur.bn(pre(1), mid, out * out);
+            let d = cur.conv(pre(3), c2, true);
+            if patch == 0 {
+                first = Some((a, b, d));
+                strides = (cur.p - p0, cur.s - s0);
+            }
+        }
+        DecoderP {
+            c,
+            h,
+            n,
+            out,
+            first: first.expect("a decoder has at least one patch"),
+            param_stride: strides.0,
+            state_stride: strides.1,
+        }
+    }
+}

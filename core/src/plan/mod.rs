@@ -1,0 +1,334 @@
+//! The static plan of a training step: every op in order, every tensor an arena slice.
+//!
+//! [`Plan::new`] turns (architecture, partition, method, batch) into sizes: the
+//! parameter, gradient, momentum and BN-state regions, and the peak of an activation
+//! stack on which each module's forward values, its auxiliary nets and its backward
+//! temporaries are pushed and popped. Because modules are gradient-isolated, a
+//! module's activations are popped when its backward ends, so the peak follows the
+//! largest module (or pair, for HPFF's cascade level), not the network. The arena
+//! length [`Plan::arena_len`] is the exact memory bound of a step, known before it runs.
+//!
+//! The schedule itself is not stored: [`Plan::train_step`] and [`Plan::eval_step`]
+//! generate the ops into a callback, identically every time. Executors run them; the
+//! planner's dry run measures the peak.
+//!
+//! ## HPFF schedule (the reference's forward, per batch)
+//! With modules M0..M(K−1) (the stem belongs to M0):
+//! 1. stem once; x path: M0 forward (no loss — a reference quirk; BN statistics still update).
+//! 2. for i = 1..K−2: x path: M_i on x, independent head, backward into M_i;
+//!    cascade: y_{i−1} = M_{i−1}(y_{i−2}), z = M_i(y_{i−1}), decoder (patch by patch) and
+//!    cascade head on z, backward through M_i and M_{i−1} (and the stem when i = 1).
+//! 3. last: x path CE·wx into M(K−1); y path M(K−2) then M(K−1), CE·wy, backward through both.
+//! 4. one SGD step.
+//!
+//! Each pass through a module updates its BN running statistics, so on the cascade path a
+//! module's statistics are updated twice per batch (as `z` and again as `y`), as in the reference.
+//! With `levels = Independent` module 0 gets an independent loss too (otherwise nothing
+//! would train it) and the sole level has weight 1; likewise `Cascade` alone has weight 1.
+
+mod layout;
+mod op;
+mod schedule;
+
+pub use layout::{
+    BlockP, BnP, ConvP, DecoderP, HeadP, Init, LinearP, Name, StemP, Tensor, TensorKind,
+};
+pub use op::{Buf, LossKind, LossSlot, Op, LOSS_KINDS};
+
+use crate::arch::Arch;
+use crate::method::{Base, Levels, Method};
+use crate::partition::Partition;
+use core::fmt;
+
+/// Why a plan cannot be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanError {
+    UnknownDepth(usize),
+    BadShape(&'static str),
+    BadPartition(&'static str),
+    TooManyModules {
+        k: usize,
+        blocks: usize,
+    },
+    NoSuchSplit {
+        stage: usize,
+        block: usize,
+        blocks_per_stage: usize,
+    },
+    UnknownAuxHead,
+    BadMethod(&'static str),
+    /// The patch grid is finer than the feature map it cuts, or does not divide the image.
+    PatchGrid {
+        patches: usize,
+        map: usize,
+        image: usize,
+    },
+    ZeroBatch,
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            PlanError::UnknownDepth(d) => write!(
+                f,
+                "no CIFAR ResNet of depth {d}: use 6m+2 (20, 32, 44, 56, 110, …) or 164 / 1001 (bottleneck)"
+            ),
+            PlanError::BadShape(s) | PlanError::BadPartition(s) | PlanError::BadMethod(s) => f.write_str(s),
+            PlanError::TooManyModules { k, blocks } => {
+                write!(f, "K = {k} modules is more than the {blocks} blocks the network has")
+            }
+            PlanError::NoSuchSplit { stage, block, blocks_per_stage } => write!(
+                f,
+                "split point ({stage}, {block}) does not exist: stages are 1..=3 and blocks 0..{blocks_per_stage}"
+            ),
+            PlanError::UnknownAuxHead => f.write_str("unknown aux classifier: use 0c1f, 0c2f, 1c1f, 1c2f, 1c3f or 2c2f"),
+            PlanError::PatchGrid { patches, map, image } => write!(
+                f,
+                "a {patches}×{patches} patch grid does not fit: feature maps are {map}×{map} and the image {image}×{image} must divide by {patches}"
+            ),
+            PlanError::ZeroBatch => f.write_str("batch size must be at least 1"),
+        }
+    }
+}
+
+/// An auxiliary net attached to a module's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuxNet {
+    /// Non-HPFF local classifier, or HPFF's cascade-level classifier.
+    Classifier,
+    /// HPFF's independent-level classifier.
+    Independent,
+    Decoder,
+}
+
+impl AuxNet {
+    pub const fn is_decoder(self) -> bool {
+        matches!(self, AuxNet::Decoder)
+    }
+    /// The reference's attribute name.
+    pub const fn name(self, hpff: bool) -> &'static str {
+        match (self, hpff) {
+            (AuxNet::Classifier, _) => "aux_classifier",
+            (AuxNet::Independent, _) => "net_classifier",
+            (AuxNet::Decoder, false) => "decoder",
+            (AuxNet::Decoder, true) => "aux_decoder",
+        }
+    }
+}
+
+/// Bytes of each kind a training step needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Memory {
+    pub params: usize,
+    pub grads: usize,
+    pub momentum: usize,
+    pub bn_state: usize,
+    /// Peak of the activation stack over the training step (forward values, aux nets, backward temporaries).
+    pub activations: usize,
+    /// Largest decoder working set (one patch at a time), part of `activations`.
+    pub decoder: usize,
+    /// Conv im2col scratch (one image at a time).
+    pub scratch: usize,
+    /// Peak activation stack of an eval pass.
+    pub eval_activations: usize,
+}
+
+impl Memory {
+    /// Bytes of the whole training arena.
+    pub const fn total(&self) -> usize {
+        self.params + self.grads + self.momentum + self.bn_state + self.activations + self.scratch
+    }
+}
+
+/// A training and evaluation plan. Cheap to copy; builds ops on demand.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub arch: Arch,
+    pub part: Partition,
+    pub method: Method,
+    pub batch: usize,
+    /// Normalisation of the input (per channel), undone for the decoders' targets.
+    pub mean: [f32; 4],
+    pub std: [f32; 4],
+    /// Floats of parameters (= of gradients = of momentum).
+    pub params: usize,
+    /// Floats of BN running statistics.
+    pub state: usize,
+    train_peak: usize,
+    eval_peak: usize,
+    decoder_peak: usize,
+    scratch: usize,
+}
+
+impl Plan {
+    /// Builds a plan for `method` on `arch` cut by `part`, at batch size `batch`. `mean`/`std`
+    /// are the input normalisation (only the first `in_channels` entries are used).
+    pub fn new(
+        arch: Arch,
+        part: Partition,
+        method: Method,
+        batch: usize,
+        mean: [f32; 4],
+        std: [f32; 4],
+    ) -> Result<Plan, PlanError> {
+        if batch == 0 {
+            return Err(PlanError::ZeroBatch);
+        }
+        if arch.in_channels > 4 {
+            return Err(PlanError::BadShape("at most 4 input channels"));
+        }
+        method.validate(&part)?;
+        let mut plan = Plan {
+            arch,
+            part: if method.base == Base::E2e {
+                Partition::even(&arch, 1)?
+            } else {
+                part
+            },
+            method,
+            batch,
+            mean,
+            std,
+            params: 0,
+            state: 0,
+            train_peak: 0,
+            eval_peak: 0,
+            decoder_peak: 0,
+            scratch: 0,
+        };
+        if method.uses_decoder() {
+            let n = method.patches;
+            for j in 0..plan.part.modules().saturating_sub(1) {
+                let (_, h, _) = plan.module_out(j);
+                if h < n || arch.image % n != 0 {
+                    return Err(PlanError::PatchGrid {
+                        patches: n,
+                        map: h,
+                        image: arch.image,
+                    });
+                }
+            }
+        }
+        let mut cur = layout::Cursor::new(0, 0, None);
+        plan.walk(&mut cur);
+        plan.params = cur.p;
+        plan.state = cur.s;
+        let t = schedule::dry_run(&plan, true);
+        let e = schedule::dry_run(&plan, false);
+        plan.train_peak = t.peak;
+        plan.eval_peak = e.peak;
+        plan.decoder_peak = t.decoder_peak;
+        plan.scratch = t.scratch.max(e.scratch);
+        Ok(plan)
+    }
+
+    /// Number of modules actually trained (the true K).
+    pub fn modules(&self) -> usize {
+        self.part.modules()
+    }
+
+    /// Which auxiliary nets module `j` has, in checkpoint order.
+    pub fn aux_nets(&self, j: usize) -> heapless::Vec<AuxNet, 3> {
+        let mut v = heapless::Vec::new();
+        let last = self.part.modules() - 1;
+        if self.method.base == Base::E2e || j == last {
+            return v;
+        }
+        let dec = self.method.uses_decoder();
+        if !self.method.hpff {
+            let _ = v.push(AuxNet::Classifier);
+            if dec {
+                let _ = v.push(AuxNet::Decoder);
+            }
+            return v;
+        }
+        let lv = self.method.levels;
+        let indep = match lv {
+            Levels::Both => j > 0,
+            Levels::Independent => true,
+            Levels::Cascade => false,
+        };
+        let cascade = lv != Levels::Independent && j > 0;
+        if indep {
+            let _ = v.push(AuxNet::Independent);
+        }
+        if cascade {
+            let _ = v.push(AuxNet::Classifier);
+            if dec {
+                let _ = v.push(AuxNet::Decoder);
+            }
+        }
+        v
+    }
+
+    /// Start of the gradient region.
+    pub const fn grads_off(&self) -> usize {
+        self.params
+    }
+    /// Start of the momentum region.
+    pub const fn momentum_off(&self) -> usize {
+        2 * self.params
+    }
+    /// Start of the BN running statistics.
+    pub const fn state_off(&self) -> usize {
+        3 * self.params
+    }
+    /// Start of the activation stack.
+    pub const fn act_off(&self) -> usize {
+        3 * self.params + self.state
+    }
+    /// The conv scratch buffer (after the activation stack).
+    pub fn scratch(&self) -> Buf {
+        Buf {
+            off: self.act_off() + self.train_peak.max(self.eval_peak),
+            len: self.scratch,
+        }
+    }
+    /// Floats the arena must hold.
+    pub fn arena_len(&self) -> usize {
+        self.scratch().end()
+    }
+    /// Where the executor puts the (normalised) input batch.
+    pub fn input(&self) -> Buf {
+        Buf {
+            off: self.act_off(),
+            len: self.batch * self.arch.in_channels * self.arch.image * self.arch.image,
+        }
+    }
+    /// Where an eval pass leaves the logits (batch × classes).
+    pub fn logits(&self) -> Buf {
+        Buf {
+            off: self.input().end(),
+            len: self.batch * self.arch.classes,
+        }
+    }
+    /// Loss record length: `modules × LOSS_KINDS`.
+    pub fn loss_slots(&self) -> usize {
+        self.part.modules() * LOSS_KINDS
+    }
+
+    /// Bytes by kind.
+    pub fn memory(&self) -> Memory {
+        let f = core::mem::size_of::<f32>();
+        Memory {
+            params: self.params * f,
+            grads: self.params * f,
+            momentum: self.params * f,
+            bn_state: self.state * f,
+            activations: self.train_peak * f,
+            decoder: self.decoder_peak * f,
+            scratch: self.scratch * f,
+            eval_activations: self.eval_peak * f,
+        }
+    }
+
+    /// Generates the ops of one training step.
+    pub fn train_step(&self, emit: impl FnMut(&Op)) {
+        schedule::Gen::new(self, emit).train();
+    }
+
+    /// Generates the ops of one evaluation pass (logits at [`Plan::logits`]).
+    pub fn eval_step(&self, emit: impl FnMut(&Op)) {
+        schedule::Gen::new(self, emit).eval();
+    }
+}

@@ -1,0 +1,256 @@
+//! The ops of a schedule: what an executor runs, with every tensor an arena slice.
+//!
+//! Offsets are in `f32` elements from the arena's start. Parameter offsets `w`, `b`,
+//! `p` point into the parameter region; the matching gradient is at the same offset
+//! plus [`super::Plan::params`] and the momentum buffer at plus twice that. `state`
+//! offsets point at BN running statistics (mean, then var). Every op works on the
+//! plan's whole batch; buffers of one op never overlap.
+
+use crate::ops::{BatchNorm2d, Conv2d, Linear, Window};
+
+/// A slice of the arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Buf {
+    pub off: usize,
+    pub len: usize,
+}
+
+impl Buf {
+    pub const fn end(&self) -> usize {
+        self.off + self.len
+    }
+    /// Whether two buffers share any element.
+    pub const fn overlaps(&self, o: &Buf) -> bool {
+        self.off < o.end() && o.off < self.end()
+    }
+}
+
+/// Where a loss value is recorded: `module * LOSS_KINDS + kind`.
+pub type LossSlot = usize;
+
+/// One step of a schedule.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Op {
+    /// Zero the gradient region and the loss record (first op of a training step).
+    BeginStep,
+    Zero {
+        buf: Buf,
+    },
+    /// y = x·std[c] + mean[c]: the de-normalised image the decoders reconstruct.
+    Restore {
+        x: Buf,
+        y: Buf,
+        c: usize,
+        hw: usize,
+        mean: [f32; 4],
+        std: [f32; 4],
+    },
+    Conv {
+        s: Conv2d,
+        w: usize,
+        b: Option<usize>,
+        x: Buf,
+        y: Buf,
+    },
+    /// Training-mode BN: batch statistics into `stats` (mean, invstd, then c floats of scratch),
+    /// running statistics updated.
+    BnTrain {
+        s: BatchNorm2d,
+        p: usize,
+        state: usize,
+        x: Buf,
+        y: Buf,
+        stats: Buf,
+    },
+    /// Eval-mode BN with the running statistics (`stats` is scratch for mean, invstd).
+    BnEval {
+        s: BatchNorm2d,
+        p: usize,
+        state: usize,
+        x: Buf,
+        y: Buf,
+        stats: Buf,
+    },
+    Relu {
+        x: Buf,
+    },
+    /// y = relu(y + x): the end of a residual block.
+    AddRelu {
+        y: Buf,
+        x: Buf,
+    },
+    Sigmoid {
+        x: Buf,
+        y: Buf,
+    },
+    Pool {
+        c: usize,
+        hw: usize,
+        x: Buf,
+        y: Buf,
+    },
+    Linear {
+        s: Linear,
+        w: usize,
+        b: usize,
+        x: Buf,
+        y: Buf,
+    },
+    Resize {
+        win: Window,
+        x: Buf,
+        y: Buf,
+    },
+    Crop {
+        win: Window,
+        x: Buf,
+        y: Buf,
+    },
+    L2Normalize {
+        d: usize,
+        x: Buf,
+        y: Buf,
+    },
+    /// Mean cross-entropy of `logits` against the labels; `dlogits` = scale·gradient.
+    CrossEntropy {
+        classes: usize,
+        logits: Buf,
+        dlogits: Buf,
+        scale: f32,
+        slot: LossSlot,
+    },
+    /// Mean BCE of probabilities `p` against `t`; `dp` = scale·gradient. Losses of one slot add up.
+    Bce {
+        p: Buf,
+        t: Buf,
+        dp: Buf,
+        scale: f32,
+        slot: LossSlot,
+    },
+    /// SupCon on normalised features `f` (batch × d); `df` = scale·gradient.
+    SupCon {
+        d: usize,
+        f: Buf,
+        df: Buf,
+        scale: f32,
+        slot: LossSlot,
+        scratch: Buf,
+    },
+    /// Adds weight (and bias) gradients; writes dx when asked.
+    ConvBackward {
+        s: Conv2d,
+        w: usize,
+        b: Option<usize>,
+        x: Buf,
+        dy: Buf,
+        dx: Option<Buf>,
+    },
+    /// Training-mode BN backward; adds γ/β gradients; `sums` is 2·c scratch.
+    BnBackward {
+        s: BatchNorm2d,
+        p: usize,
+        x: Buf,
+        dy: Buf,
+        dx: Buf,
+        stats: Buf,
+        sums: Buf,
+    },
+    /// dy ← dy·[y > 0] in place (y is the ReLU's output).
+    ReluBackward {
+        y: Buf,
+        dy: Buf,
+    },
+    SigmoidBackward {
+        y: Buf,
+        dy: Buf,
+        dx: Buf,
+    },
+    PoolBackward {
+        c: usize,
+        hw: usize,
+        dy: Buf,
+        dx: Buf,
+    },
+    LinearBackward {
+        s: Linear,
+        w: usize,
+        b: usize,
+        x: Buf,
+        dy: Buf,
+        dx: Option<Buf>,
+    },
+    /// Adds the gradient of a resize into the window of `dx`.
+    ResizeBackward {
+        win: Window,
+        dy: Buf,
+        dx: Buf,
+    },
+    L2NormalizeBackward {
+        d: usize,
+        x: Buf,
+        dy: Buf,
+        dx: Buf,
+    },
+    /// y += x.
+    Add {
+        y: Buf,
+        x: Buf,
+    },
+    /// One SGD step over all parameters.
+    Sgd,
+}
+
+/// Kinds of recorded loss; a module has one slot per kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum LossKind {
+    /// Cross-entropy at the network's classifier (E2E, or a local method's last module).
+    Ce = 0,
+    /// A local method's decoder (summed over patches).
+    Decoder = 1,
+    /// A local method's auxiliary classifier.
+    Classifier = 2,
+    /// HPFF's independent level (module alone, its own head).
+    Independent = 3,
+    /// HPFF's cascade level: decoder, summed over patches.
+    CascadeDecoder = 4,
+    /// HPFF's cascade level: classifier.
+    CascadeClassifier = 5,
+    /// HPFF's last module, independent path.
+    LastX = 6,
+    /// HPFF's last module, cascade path.
+    LastY = 7,
+}
+
+pub const LOSS_KINDS: usize = 8;
+
+impl LossKind {
+    pub const ALL: [LossKind; LOSS_KINDS] = [
+        LossKind::Ce,
+        LossKind::Decoder,
+        LossKind::Classifier,
+        LossKind::Independent,
+        LossKind::CascadeDecoder,
+        LossKind::CascadeClassifier,
+        LossKind::LastX,
+        LossKind::LastY,
+    ];
+
+    pub const fn slot(self, module: usize) -> LossSlot {
+        module * LOSS_KINDS + self as usize
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            LossKind::Ce => "ce",
+            LossKind::Decoder => "decoder",
+            LossKind::Classifier => "classifier",
+            LossKind::Independent => "independent",
+            LossKind::CascadeDecoder => "cascade_decoder",
+            LossKind::CascadeClassifier => "cascade_classifier",
+            LossKind::LastX => "last_x",
+            LossKind::LastY => "last_y",
+        }
+    }
+}

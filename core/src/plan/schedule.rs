@@ -1,0 +1,1000 @@
+//! The schedule generator: emits the ops of a step while a stack allocator hands
+//! out activation buffers. Popping a module's frame after its backward is what
+//! makes the memory of local learning follow one module at a time.
+
+use super::layout::{BlockP, DecoderP, HeadP};
+use super::op::{Buf, LossKind, LossSlot, Op};
+use super::{AuxNet, Plan};
+use crate::method::{Base, Levels};
+use crate::ops::Window;
+
+pub(crate) struct DryRun {
+    pub peak: usize,
+    pub decoder_peak: usize,
+    pub scratch: usize,
+}
+
+/// Runs the generator without an executor, measuring the stack's peak.
+pub(crate) fn dry_run(plan: &Plan, train: bool) -> DryRun {
+    let mut g = Gen::new(plan, |_: &Op| {});
+    if train {
+        g.train();
+    } else {
+        g.eval();
+    }
+    DryRun {
+        peak: g.peak,
+        decoder_peak: g.decoder_peak,
+        scratch: g.scratch,
+    }
+}
+
+/// Saved forward values of one residual block (train and eval share the layout).
+#[derive(Clone, Copy)]
+struct BlockActs {
+    x: Buf,
+    /// Conv outputs (BN inputs), BN batch statistics, ReLU outputs of inner layers.
+    h: [Buf; 3],
+    st: [Buf; 3],
+    a: [Buf; 2],
+    /// Shortcut conv output, its BN statistics and its BN output.
+    ds: Option<(Buf, Buf, Buf)>,
+    out: Buf,
+}
+
+#[derive(Clone, Copy)]
+struct StemActs {
+    h: Buf,
+    st: Buf,
+    a: Buf,
+}
+
+/// Where a module's forward left its values: enough to re-derive every block's layout.
+#[derive(Clone, Copy)]
+struct ModuleFwd {
+    j: usize,
+    start: usize,
+    x: Buf,
+    out: Buf,
+}
+
+const NONE: Buf = Buf { off: 0, len: 0 };
+
+pub(crate) struct Gen<'a, F: FnMut(&Op)> {
+    plan: &'a Plan,
+    emit: F,
+    n: usize,
+    top: usize,
+    pub(crate) peak: usize,
+    pub(crate) decoder_peak: usize,
+    pub(crate) scratch: usize,
+}
+
+impl<'a, F: FnMut(&Op)> Gen<'a, F> {
+    pub(crate) fn new(plan: &'a Plan, emit: F) -> Self {
+        Gen {
+            plan,
+            emit,
+            n: plan.batch,
+            top: plan.act_off(),
+            peak: 0,
+            decoder_peak: 0,
+            scratch: 0,
+        }
+    }
+
+    fn alloc(&mut self, len: usize) -> Buf {
+        let b = Buf { off: self.top, len };
+        self.top += len;
+        self.peak = self.peak.max(self.top - self.plan.act_off());
+        b
+    }
+
+    fn op(&mut self, op: Op) {
+        if let Op::Conv { s, .. } | Op::ConvBackward { s, .. } = op {
+            self.scratch = self.scratch.max(s.scratch_len());
+        }
+        (self.emit)(&op);
+    }
+
+    fn zeroed(&mut self, len: usize) -> Buf {
+        let b = self.alloc(len);
+        self.op(Op::Zero { buf: b });
+        b
+    }
+
+    /// Length of module `j`'s output.
+    fn out_len(&self, j: usize) -> usize {
+        let (c, h, _) = self.plan.module_out(j);
+        self.n * c * h * h
+    }
+
+    fn max_out_len(&self) -> usize {
+        (0..self.plan.modules())
+            .map(|j| self.out_len(j))
+            .max()
+            .unwrap_or(0)
+    }
+
+    // ---- backbone ------------------------------------------------------------------
+
+    fn stem_fwd(&mut self, img: Buf, train: bool) -> StemActs {
+        let sp = self.plan.stem();
+        let len = self.n * sp.bn.s.c * sp.bn.s.hw;
+        let h = self.alloc(len);
+        let st = self.alloc(3 * sp.bn.s.c);
+        let a = self.alloc(len);
+        self.op(Op::Conv {
+            s: sp.conv.s,
+            w: sp.conv.w,
+            b: None,
+            x: img,
+            y: h,
+        });
+        self.bn_fwd(sp.bn, h, a, st, train);
+        self.op(Op::Relu { x: a });
+        StemActs { h, st, a }
+    }
+
+    fn stem_bwd(&mut self, s: &StemActs, img: Buf, dout: Buf) {
+        let sp = self.plan.stem();
+        let mark = self.top;
+        self.op(Op::ReluBackward { y: s.a, dy: dout });
+        let dh = self.alloc(s.h.len);
+        let sums = self.alloc(2 * sp.bn.s.c);
+        self.op(Op::BnBackward {
+            s: sp.bn.s,
+            p: sp.bn.p,
+            x: s.h,
+            dy: dout,
+            dx: dh,
+            stats: s.st,
+            sums,
+        });
+        self.op(Op::ConvBackward {
+            s: sp.conv.s,
+            w: sp.conv.w,
+            b: None,
+            x: img,
+            dy: dh,
+            dx: None,
+        });
+        self.top = mark;
+    }
+
+    fn bn_fwd(&mut self, bn: super::BnP, x: Buf, y: Buf, stats: Buf, train: bool) {
+        let (s, p, state) = (bn.s, bn.p, bn.state + self.plan.state_off());
+        self.op(if train {
+            Op::BnTrain {
+                s,
+                p,
+                state,
+                x,
+                y,
+                stats,
+            }
+        } else {
+            Op::BnEval {
+                s,
+                p,
+                state,
+                x,
+                y,
+                stats,
+            }
+        });
+    }
+
+    fn block_alloc(&mut self, bp: &BlockP, x: Buf, out: Option<Buf>) -> BlockActs {
+        let n = self.n;
+        let mut acts = BlockActs {
+            x,
+            h: [NONE; 3],
+            st: [NONE; 3],
+            a: [NONE; 2],
+            ds: None,
+            out: NONE,
+        };
+        for l in 0..bp.layers {
+            let bn = bp.bns[l].s;
+            acts.h[l] = self.alloc(n * bn.c * bn.hw);
+            acts.st[l] = self.alloc(3 * bn.c);
+            if l + 1 < bp.layers {
+                acts.a[l] = self.alloc(n * bn.c * bn.hw);
+            }
+        }
+        if let Some((_, bn)) = bp.downsample {
+            let len = n * bn.s.c * bn.s.hw;
+            acts.ds = Some((self.alloc(len), self.alloc(3 * bn.s.c), self.alloc(len)));
+        }
+        let sh = bp.shape;
+        acts.out = out.unwrap_or_else(|| self.alloc(n * sh.c_out * sh.h_out * sh.w_out));
+        acts
+    }
+
+    fn block_fwd(&mut self, bp: &BlockP, a: &BlockActs, train: bool) {
+        let mut inp = a.x;
+        for l in 0..bp.layers {
+            let c = bp.convs[l];
+            self.op(Op::Conv {
+                s: c.s,
+                w: c.w,
+                b: None,
+                x: inp,
+                y: a.h[l],
+            });
+            if l + 1 < bp.layers {
+                self.bn_fwd(bp.bns[l], a.h[l], a.a[l], a.st[l], train);
+                self.op(Op::Relu { x: a.a[l] });
+                inp = a.a[l];
+            } else {
+                self.bn_fwd(bp.bns[l], a.h[l], a.out, a.st[l], train);
+            }
+        }
+        match (bp.downsample, a.ds) {
+            (Some((c, bn)), Some((hd, sd, od))) => {
+                self.op(Op::Conv {
+                    s: c.s,
+                    w: c.w,
+                    b: None,
+                    x: a.x,
+                    y: hd,
+                });
+                self.bn_fwd(bn, hd, od, sd, train);
+                self.op(Op::AddRelu { y: a.out, x: od });
+            }
+            _ => self.op(Op::AddRelu { y: a.out, x: a.x }),
+        }
+    }
+
+    /// Backward of one block: `dout` (modified in place) is the gradient of its output;
+    /// adds weight gradients and writes `dx` when given.
+    fn block_bwd(&mut self, bp: &BlockP, a: &BlockActs, dout: Buf, dx: Option<Buf>) {
+        let mark = self.top;
+        let n = self.n;
+        self.op(Op::ReluBackward { y: a.out, dy: dout });
+        let tmax = (0..bp.layers).map(|l| a.h[l].len).max().unwrap_or(0);
+        let cmax = (0..bp.layers)
+            .map(|l| bp.bns[l].s.c)
+            .max()
+            .unwrap_or(0)
+            .max(bp.shape.c_out);
+        let ta = self.alloc(tmax);
+        let tb = self.alloc(tmax);
+        let sums = self.alloc(2 * cmax);
+        let mut dcur = dout;
+        for l in (0..bp.layers).rev() {
+            let bn = bp.bns[l];
+            let dh = Buf {
+                off: ta.off,
+                len: a.h[l].len,
+            };
+            let sums_l = Buf {
+                off: sums.off,
+                len: 2 * bn.s.c,
+            };
+            self.op(Op::BnBackward {
+                s: bn.s,
+                p: bn.p,
+                x: a.h[l],
+                dy: dcur,
+                dx: dh,
+                stats: a.st[l],
+                sums: sums_l,
+            });
+            let c = bp.convs[l];
+            if l > 0 {
+                let da = Buf {
+                    off: tb.off,
+                    len: a.a[l - 1].len,
+                };
+                self.op(Op::ConvBackward {
+                    s: c.s,
+                    w: c.w,
+                    b: None,
+                    x: a.a[l - 1],
+                    dy: dh,
+                    dx: Some(da),
+                });
+                self.op(Op::ReluBackward {
+                    y: a.a[l - 1],
+                    dy: da,
+                });
+                dcur = da;
+            } else {
+                self.op(Op::ConvBackward {
+                    s: c.s,
+                    w: c.w,
+                    b: None,
+                    x: a.x,
+                    dy: dh,
+                    dx,
+                });
+            }
+        }
+        match (bp.downsample, a.ds) {
+            (Some((c, bn)), Some((hd, sd, _))) => {
+                let dh = Buf {
+                    off: ta.off,
+                    len: hd.len,
+                };
+                let sums_d = Buf {
+                    off: sums.off,
+                    len: 2 * bn.s.c,
+                };
+                self.op(Op::BnBackward {
+                    s: bn.s,
+                    p: bn.p,
+                    x: hd,
+                    dy: dout,
+                    dx: dh,
+                    stats: sd,
+                    sums: sums_d,
+                });
+                let tmp = dx.map(|d| self.alloc(d.len));
+                self.op(Op::ConvBackward {
+                    s: c.s,
+                    w: c.w,
+                    b: None,
+                    x: a.x,
+                    dy: dh,
+                    dx: tmp,
+                });
+                if let (Some(d), Some(t)) = (dx, tmp) {
+                    self.op(Op::Add { y: d, x: t });
+                }
+            }
+            _ => {
+                if let Some(d) = dx {
+                    self.op(Op::Add { y: d, x: dout });
+                }
+            }
+        }
+        let _ = n;
+        self.top = mark;
+    }
+
+    fn module_fwd(&mut self, j: usize, x: Buf, out: Buf, train: bool) -> ModuleFwd {
+        let start = self.top;
+        let blocks = self.plan.part.blocks_of(j);
+        let mut cur = x;
+        for g in blocks.clone() {
+            let bp = self.plan.block(g);
+            let last = g + 1 == blocks.end;
+            let acts = self.block_alloc(&bp, cur, last.then_some(out));
+            self.block_fwd(&bp, &acts, train);
+            cur = acts.out;
+        }
+        ModuleFwd { j, start, x, out }
+    }
+
+    /// Re-derives the layout of block `g` of a module's forward (allocation is deterministic).
+    fn acts_of(&mut self, m: &ModuleFwd, g: usize) -> (BlockP, BlockActs) {
+        let saved = (self.top, self.peak);
+        self.top = m.start;
+        let blocks = self.plan.part.blocks_of(m.j);
+        let mut cur = m.x;
+        let mut found = None;
+        for gg in blocks.start..=g {
+            let bp = self.plan.block(gg);
+            let last = gg + 1 == blocks.end;
+            let acts = self.block_alloc(&bp, cur, last.then_some(m.out));
+            cur = acts.out;
+            if gg == g {
+                found = Some((bp, acts));
+            }
+        }
+        (self.top, self.peak) = saved;
+        found.expect("block belongs to the module")
+    }
+
+    fn module_bwd(&mut self, m: &ModuleFwd, dout: Buf, dx: Option<Buf>) {
+        let mark = self.top;
+        let blocks = self.plan.part.blocks_of(m.j);
+        let n = self.n;
+        let maxlen = blocks
+            .clone()
+            .map(|g| {
+                let s = self.plan.arch.block(g);
+                n * s.c_in * s.h_in * s.w_in
+            })
+            .max()
+            .unwrap_or(0);
+        let ping = if blocks.len() > 1 {
+            [self.alloc(maxlen), self.alloc(maxlen)]
+        } else {
+            [NONE; 2]
+        };
+        let mut dy = dout;
+        let mut k = 0;
+        for g in blocks.clone().rev() {
+            let (bp, acts) = self.acts_of(m, g);
+            let first = g == blocks.start;
+            let dxb = if first {
+                dx
+            } else {
+                Some(Buf {
+                    off: ping[k].off,
+                    len: acts.x.len,
+                })
+            };
+            self.block_bwd(&bp, &acts, dy, dxb);
+            if let (false, Some(d)) = (first, dxb) {
+                dy = d;
+                k ^= 1;
+            }
+        }
+        self.top = mark;
+    }
+
+    /// Backward of a lower module on the cascade path, through the stem for module 0.
+    fn bwd_lower(&mut self, m: &ModuleFwd, dout: Buf, stem: &StemActs, img: Buf) {
+        if m.j == 0 {
+            let mark = self.top;
+            let ds = self.alloc(stem.a.len);
+            self.module_bwd(m, dout, Some(ds));
+            self.stem_bwd(stem, img, ds);
+            self.top = mark;
+        } else {
+            self.module_bwd(m, dout, None);
+        }
+    }
+
+    // ---- auxiliary nets and the classifier ----------------------------------------
+
+    /// An auxiliary classifier's loss on `x`; its input gradient is added to `dacc`.
+    fn head_loss(&mut self, hp: &HeadP, x: Buf, dacc: Buf, scale: f32, slot: LossSlot) {
+        let mark = self.top;
+        let n = self.n;
+        let mut saved = [(NONE, NONE, NONE); 2];
+        let mut inp = x;
+        for i in 0..hp.n_convs {
+            let (c, bn) = hp.convs[i];
+            let len = n * bn.s.c * bn.s.hw;
+            let h = self.alloc(len);
+            let st = self.alloc(3 * bn.s.c);
+            let a = self.alloc(len);
+            self.op(Op::Conv {
+                s: c.s,
+                w: c.w,
+                b: None,
+                x: inp,
+                y: h,
+            });
+            self.bn_fwd(bn, h, a, st, true);
+            self.op(Op::Relu { x: a });
+            saved[i] = (h, st, a);
+            inp = a;
+        }
+        let pooled = self.alloc(n * hp.pool_c);
+        self.op(Op::Pool {
+            c: hp.pool_c,
+            hw: hp.pool_hw,
+            x: inp,
+            y: pooled,
+        });
+        let mut outs = [NONE; 3];
+        let mut lin_in = pooled;
+        for i in 0..hp.n_linears {
+            let l = hp.linears[i];
+            outs[i] = self.alloc(n * l.s.out_f);
+            self.op(Op::Linear {
+                s: l.s,
+                w: l.w,
+                b: l.b,
+                x: lin_in,
+                y: outs[i],
+            });
+            if i + 1 < hp.n_linears {
+                self.op(Op::Relu { x: outs[i] });
+            }
+            lin_in = outs[i];
+        }
+        let logits = lin_in;
+        let dl = self.alloc(logits.len);
+        let d = logits.len / n;
+        if hp.contrast {
+            let f = self.alloc(logits.len);
+            let df = self.alloc(logits.len);
+            let scratch = self.alloc(crate::loss::supcon_scratch_len(n));
+            self.op(Op::L2Normalize { d, x: logits, y: f });
+            self.op(Op::SupCon {
+                d,
+                f,
+                df,
+                scale,
+                slot,
+                scratch,
+            });
+            self.op(Op::L2NormalizeBackward {
+                d,
+                x: logits,
+                dy: df,
+                dx: dl,
+            });
+        } else {
+            self.op(Op::CrossEntropy {
+                classes: d,
+                logits,
+                dlogits: dl,
+                scale,
+                slot,
+            });
+        }
+        let mut dcur = dl;
+        for i in (0..hp.n_linears).rev() {
+            let l = hp.linears[i];
+            let xin = if i == 0 { pooled } else { outs[i - 1] };
+            let dxi = self.alloc(xin.len);
+            self.op(Op::LinearBackward {
+                s: l.s,
+                w: l.w,
+                b: l.b,
+                x: xin,
+                dy: dcur,
+                dx: Some(dxi),
+            });
+            if i > 0 {
+                self.op(Op::ReluBackward {
+                    y: outs[i - 1],
+                    dy: dxi,
+                });
+            }
+            dcur = dxi;
+        }
+        let dp = self.alloc(inp.len);
+        self.op(Op::PoolBackward {
+            c: hp.pool_c,
+            hw: hp.pool_hw,
+            dy: dcur,
+            dx: dp,
+        });
+        let mut dcur = dp;
+        for i in (0..hp.n_convs).rev() {
+            let (c, bn) = hp.convs[i];
+            let (h, st, a) = saved[i];
+            self.op(Op::ReluBackward { y: a, dy: dcur });
+            let dh = self.alloc(h.len);
+            let sums = self.alloc(2 * bn.s.c);
+            self.op(Op::BnBackward {
+                s: bn.s,
+                p: bn.p,
+                x: h,
+                dy: dcur,
+                dx: dh,
+                stats: st,
+                sums,
+            });
+            let xin = if i == 0 { x } else { saved[i - 1].2 };
+            let dxi = self.alloc(xin.len);
+            self.op(Op::ConvBackward {
+                s: c.s,
+                w: c.w,
+                b: None,
+                x: xin,
+                dy: dh,
+                dx: Some(dxi),
+            });
+            dcur = dxi;
+        }
+        self.op(Op::Add { y: dacc, x: dcur });
+        self.top = mark;
+    }
+
+    /// The decoder's loss on `x`, one patch at a time (each patch's backward before the
+    /// next patch's forward, so only one patch's values are ever live).
+    fn decoder_loss(
+        &mut self,
+        dp: &DecoderP,
+        x: Buf,
+        dacc: Buf,
+        img: Buf,
+        scale: f32,
+        slot: LossSlot,
+    ) {
+        let n = self.n;
+        let (gn, po, h) = (dp.n, dp.out, dp.h);
+        let ci = self.plan.arch.in_channels;
+        let image = self.plan.arch.image;
+        let entry = self.top;
+        for r in 0..gn {
+            for c in 0..gn {
+                let mark = self.top;
+                let (ca, bn, cb) = dp.patch(r * gn + c);
+                let (y0, y1) = (r * h / gn, (r + 1) * h / gn);
+                let (x0, x1) = (c * h / gn, (c + 1) * h / gn);
+                let win = Window {
+                    c: dp.c,
+                    h,
+                    w: h,
+                    y0,
+                    x0,
+                    ph: y1 - y0,
+                    pw: x1 - x0,
+                    oh: po,
+                    ow: po,
+                };
+                let rs = self.alloc(n * dp.c * po * po);
+                self.op(Op::Resize { win, x, y: rs });
+                let mid = n * bn.s.c * po * po;
+                let h1 = self.alloc(mid);
+                let st = self.alloc(3 * bn.s.c);
+                let a1 = self.alloc(mid);
+                self.op(Op::Conv {
+                    s: ca.s,
+                    w: ca.w,
+                    b: ca.b,
+                    x: rs,
+                    y: h1,
+                });
+                self.bn_fwd(bn, h1, a1, st, true);
+                self.op(Op::Relu { x: a1 });
+                let olen = n * ci * po * po;
+                let h2 = self.alloc(olen);
+                let o = self.alloc(olen);
+                self.op(Op::Conv {
+                    s: cb.s,
+                    w: cb.w,
+                    b: cb.b,
+                    x: a1,
+                    y: h2,
+                });
+                self.op(Op::Sigmoid { x: h2, y: o });
+                let t = self.alloc(olen);
+                let twin = Window {
+                    c: ci,
+                    h: image,
+                    w: image,
+                    y0: r * po,
+                    x0: c * po,
+                    ph: po,
+                    pw: po,
+                    oh: po,
+                    ow: po,
+                };
+                self.op(Op::Crop {
+                    win: twin,
+                    x: img,
+                    y: t,
+                });
+                let dout = self.alloc(olen);
+                self.op(Op::Bce {
+                    p: o,
+                    t,
+                    dp: dout,
+                    scale,
+                    slot,
+                });
+                let dh2 = self.alloc(olen);
+                self.op(Op::SigmoidBackward {
+                    y: o,
+                    dy: dout,
+                    dx: dh2,
+                });
+                let da1 = self.alloc(mid);
+                self.op(Op::ConvBackward {
+                    s: cb.s,
+                    w: cb.w,
+                    b: cb.b,
+                    x: a1,
+                    dy: dh2,
+                    dx: Some(da1),
+                });
+                self.op(Op::ReluBackward { y: a1, dy: da1 });
+                let dh1 = self.alloc(mid);
+                let sums = self.alloc(2 * bn.s.c);
+                self.op(Op::BnBackward {
+                    s: bn.s,
+                    p: bn.p,
+                    x: h1,
+                    dy: da1,
+                    dx: dh1,
+                    stats: st,
+                    sums,
+                });
+                let drs = self.alloc(rs.len);
+                self.op(Op::ConvBackward {
+                    s: ca.s,
+                    w: ca.w,
+                    b: ca.b,
+                    x: rs,
+                    dy: dh1,
+                    dx: Some(drs),
+                });
+                self.op(Op::ResizeBackward {
+                    win,
+                    dy: drs,
+                    dx: dacc,
+                });
+                self.decoder_peak = self.decoder_peak.max(self.top - entry);
+                self.top = mark;
+            }
+        }
+    }
+
+    /// Cross-entropy at the network's classifier on `x` (last module's output); adds into `dacc`.
+    fn final_loss(&mut self, x: Buf, dacc: Buf, scale: f32, slot: LossSlot) {
+        let mark = self.top;
+        let n = self.n;
+        let fc = self.plan.fc();
+        let (c, h, _) = self.plan.module_out(self.plan.modules() - 1);
+        let pooled = self.alloc(n * c);
+        let logits = self.alloc(n * fc.s.out_f);
+        let dl = self.alloc(logits.len);
+        let dp = self.alloc(pooled.len);
+        let dx = self.alloc(x.len);
+        self.op(Op::Pool {
+            c,
+            hw: h * h,
+            x,
+            y: pooled,
+        });
+        self.op(Op::Linear {
+            s: fc.s,
+            w: fc.w,
+            b: fc.b,
+            x: pooled,
+            y: logits,
+        });
+        self.op(Op::CrossEntropy {
+            classes: fc.s.out_f,
+            logits,
+            dlogits: dl,
+            scale,
+            slot,
+        });
+        self.op(Op::LinearBackward {
+            s: fc.s,
+            w: fc.w,
+            b: fc.b,
+            x: pooled,
+            dy: dl,
+            dx: Some(dp),
+        });
+        self.op(Op::PoolBackward {
+            c,
+            hw: h * h,
+            dy: dp,
+            dx,
+        });
+        self.op(Op::Add { y: dacc, x: dx });
+        self.top = mark;
+    }
+
+    // ---- steps ----------------------------------------------------------------------
+
+    pub(crate) fn train(&mut self) {
+        self.op(Op::BeginStep);
+        let img = self.alloc(self.plan.input().len);
+        let restored = self.plan.method.uses_decoder().then(|| {
+            let r = self.alloc(img.len);
+            let a = &self.plan.arch;
+            self.op(Op::Restore {
+                x: img,
+                y: r,
+                c: a.in_channels,
+                hw: a.image * a.image,
+                mean: self.plan.mean,
+                std: self.plan.std,
+            });
+            r
+        });
+        if self.plan.method.hpff {
+            self.train_hpff(img, restored.unwrap_or(NONE));
+        } else {
+            self.train_local(img, restored.unwrap_or(NONE));
+        }
+        self.op(Op::Sgd);
+    }
+
+    /// E2E (one module) and the plain local methods: each module alone, input detached.
+    fn train_local(&mut self, img: Buf, restored: Buf) {
+        let m = self.plan.modules();
+        let maxo = self.max_out_len();
+        let carry = if m > 1 {
+            [self.alloc(maxo), self.alloc(maxo)]
+        } else {
+            [NONE; 2]
+        };
+        let method = self.plan.method;
+        for j in 0..m {
+            let mark = self.top;
+            let stem = (j == 0).then(|| self.stem_fwd(img, true));
+            let x = match stem {
+                Some(s) => s.a,
+                None => Buf {
+                    off: carry[(j - 1) % 2].off,
+                    len: self.out_len(j - 1),
+                },
+            };
+            let out = if j + 1 == m {
+                self.alloc(self.out_len(j))
+            } else {
+                Buf {
+                    off: carry[j % 2].off,
+                    len: self.out_len(j),
+                }
+            };
+            let fwd = self.module_fwd(j, x, out, true);
+            let d = self.zeroed(out.len);
+            if j + 1 < m {
+                let (l1, l2) = method.local_weights(&self.plan.part, j);
+                if method.uses_decoder() {
+                    let dp = self.plan.decoder(j, AuxNet::Decoder);
+                    self.decoder_loss(&dp, out, d, restored, l1, LossKind::Decoder.slot(j));
+                }
+                let hp = self.plan.head(j, AuxNet::Classifier);
+                self.head_loss(&hp, out, d, l2, LossKind::Classifier.slot(j));
+            } else {
+                self.final_loss(out, d, 1.0, LossKind::Ce.slot(j));
+            }
+            match stem {
+                Some(s) => {
+                    let ds = self.alloc(s.a.len);
+                    self.module_bwd(&fwd, d, Some(ds));
+                    self.stem_bwd(&s, img, ds);
+                }
+                None => self.module_bwd(&fwd, d, None),
+            }
+            self.top = mark;
+        }
+    }
+
+    /// HiLo: the independent (x) and cascade (y) paths of the reference forward.
+    fn train_hpff(&mut self, img: Buf, restored: Buf) {
+        let plan = self.plan;
+        let method = plan.method;
+        let m = plan.modules();
+        let last = m - 1;
+        let lv = method.levels;
+        let (do_x, do_y) = (lv != Levels::Cascade, lv != Levels::Independent);
+        let (wx, wy) = if lv == Levels::Both {
+            (method.wx, method.wy)
+        } else {
+            (1.0, 1.0)
+        };
+        let maxo = self.max_out_len();
+        let xc = if do_x {
+            [self.alloc(maxo), self.alloc(maxo)]
+        } else {
+            [NONE; 2]
+        };
+        let yc = if do_y {
+            [self.alloc(maxo), self.alloc(maxo)]
+        } else {
+            [NONE; 2]
+        };
+        let slot_of = |c: &[Buf; 2], j: usize, g: &Self| Buf {
+            off: c[j % 2].off,
+            len: g.out_len(j),
+        };
+        let stem = self.stem_fwd(img, true);
+
+        if do_x {
+            let mark = self.top;
+            let out = slot_of(&xc, 0, self);
+            let fwd = self.module_fwd(0, stem.a, out, true);
+            if lv == Levels::Independent {
+                let d = self.zeroed(out.len);
+                let hp = plan.head(0, AuxNet::Independent);
+                self.head_loss(&hp, out, d, wx, LossKind::Independent.slot(0));
+                self.bwd_lower(&fwd, d, &stem, img);
+            }
+            self.top = mark;
+        }
+        for i in 1..last {
+            if do_x {
+                let mark = self.top;
+                let (xin, xo) = (slot_of(&xc, i - 1, self), slot_of(&xc, i, self));
+                let fwd = self.module_fwd(i, xin, xo, true);
+                let d = self.zeroed(xo.len);
+                let hp = plan.head(i, AuxNet::Independent);
+                self.head_loss(&hp, xo, d, wx, LossKind::Independent.slot(i));
+                self.module_bwd(&fwd, d, None);
+                self.top = mark;
+            }
+            if do_y {
+                let mark = self.top;
+                let yin = if i == 1 {
+                    stem.a
+                } else {
+                    slot_of(&yc, i - 2, self)
+                };
+                let ymid = slot_of(&yc, i - 1, self);
+                let lower = self.module_fwd(i - 1, yin, ymid, true);
+                let z = self.alloc(self.out_len(i));
+                let upper = self.module_fwd(i, ymid, z, true);
+                let dz = self.zeroed(z.len);
+                let (l1, l2) = method.local_weights(&plan.part, i);
+                if method.uses_decoder() {
+                    let dp = plan.decoder(i, AuxNet::Decoder);
+                    self.decoder_loss(
+                        &dp,
+                        z,
+                        dz,
+                        restored,
+                        wy * l1,
+                        LossKind::CascadeDecoder.slot(i),
+                    );
+                }
+                let hp = plan.head(i, AuxNet::Classifier);
+                self.head_loss(&hp, z, dz, wy * l2, LossKind::CascadeClassifier.slot(i));
+                let dmid = self.alloc(ymid.len);
+                self.module_bwd(&upper, dz, Some(dmid));
+                self.bwd_lower(&lower, dmid, &stem, img);
+                self.top = mark;
+            }
+        }
+        if do_x {
+            let mark = self.top;
+            let xin = slot_of(&xc, last - 1, self);
+            let o = self.alloc(self.out_len(last));
+            let fwd = self.module_fwd(last, xin, o, true);
+            let d = self.zeroed(o.len);
+            self.final_loss(o, d, wx, LossKind::LastX.slot(last));
+            self.module_bwd(&fwd, d, None);
+            self.top = mark;
+        }
+        if do_y {
+            let mark = self.top;
+            let yin = if last == 1 {
+                stem.a
+            } else {
+                slot_of(&yc, last - 2, self)
+            };
+            let ymid = slot_of(&yc, last - 1, self);
+            let lower = self.module_fwd(last - 1, yin, ymid, true);
+            let o = self.alloc(self.out_len(last));
+            let upper = self.module_fwd(last, ymid, o, true);
+            let d = self.zeroed(o.len);
+            self.final_loss(o, d, wy, LossKind::LastY.slot(last));
+            let dmid = self.alloc(ymid.len);
+            self.module_bwd(&upper, d, Some(dmid));
+            self.bwd_lower(&lower, dmid, &stem, img);
+            self.top = mark;
+        }
+        if plan.method.base == Base::E2e {
+            unreachable!("validated: HPFF needs a local method");
+        }
+    }
+
+    /// Inference with running BN statistics; logits land at [`Plan::logits`].
+    pub(crate) fn eval(&mut self) {
+        let img = self.alloc(self.plan.input().len);
+        let logits = self.alloc(self.plan.logits().len);
+        let maxo = self.max_out_len();
+        let carry = [self.alloc(maxo), self.alloc(maxo)];
+        let mut x = NONE;
+        for j in 0..self.plan.modules() {
+            let mark = self.top;
+            let out = Buf {
+                off: carry[j % 2].off,
+                len: self.out_len(j),
+            };
+            let input = if j == 0 {
+                self.stem_fwd(img, false).a
+            } else {
+                x
+            };
+            self.module_fwd(j, input, out, false);
+            x = out;
+            self.top = mark;
+        }
+        let fc = self.plan.fc();
+        let (c, h, _) = self.plan.module_out(self.plan.modules() - 1);
+        let pooled = self.alloc(self.n * c);
+        self.op(Op::Pool {
+            c,
+            hw: h * h,
+            x,
+            y: pooled,
+        });
+        self.op(Op::Linear {
+            s: fc.s,
+            w: fc.w,
+            b: fc.b,
+            x: pooled,
+            y: logits,
+        });
+    }
+}

@@ -1,0 +1,771 @@
+//! Layer math against f64 references: every backward is checked against central finite
+//! differences of a naive f64 forward, under the random projection loss `L = Σ r_i·y_i`
+//! (so `dL/dy = r` is what the backward receives). Plus hand-worked values, the batch
+//! sub-range property, and "accumulate really adds".
+//!
+//! Tolerances (stated once, used everywhere):
+//! - gradients: `|analytic − fd| ≤ GRAD_TOL·(1 + |fd|)`, GRAD_TOL = 1e-3;
+//! - forwards:  `|ours − f64 ref| ≤ FWD_TOL·(1 + |ref|)`, FWD_TOL = 1e-4;
+//! - sgemm: `|c − ref| ≤ (k+2)·2⁻²⁴·(|c₀| + Σ_p |a_ip·b_pj|)`, the textbook bound for
+//!   recursive f32 summation (c₀ is the accumulated-into value).
+//!
+//! The finite differences use step FD_H on the f64 reference, so their own error
+//! (~FD_H² curvature + 1e-16/FD_H round-off) is far below the tolerance.
+
+use hpff_core::ops::*;
+use proptest::prelude::*;
+
+const GRAD_TOL: f64 = 1e-3;
+const FWD_TOL: f64 = 1e-4;
+const FD_H: f64 = 1e-5;
+const CASES: u32 = 24;
+
+// ---------- helpers ----------
+
+/// Deterministic uniform values in [-1, 1) from a seed (splitmix64).
+fn rand_vec(seed: u64, len: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+fn dot(r: &[f32], y: &[f64]) -> f64 {
+    assert_eq!(r.len(), y.len());
+    r.iter().zip(y).map(|(&a, &b)| a as f64 * b).sum()
+}
+
+fn assert_fwd(what: &str, ours: &[f32], reference: &[f64]) {
+    assert_eq!(ours.len(), reference.len(), "{what}: length");
+    for (i, (&a, &r)) in ours.iter().zip(reference).enumerate() {
+        assert!(
+            (a as f64 - r).abs() <= FWD_TOL * (1.0 + r.abs()),
+            "{what}[{i}]: ours {a} vs ref {r}"
+        );
+    }
+}
+
+/// Checks `analytic` against central differences of `loss` around `x` (one block of the
+/// parameters; `loss` receives the perturbed block).
+fn assert_grad(what: &str, x: &[f32], analytic: &[f32], loss: impl Fn(&[f64]) -> f64) {
+    assert_eq!(x.len(), analytic.len(), "{what}: length");
+    let mut p = to64(x);
+    for i in 0..p.len() {
+        let orig = p[i];
+        p[i] = orig + FD_H;
+        let lp = loss(&p);
+        p[i] = orig - FD_H;
+        let lm = loss(&p);
+        p[i] = orig;
+        let fd = (lp - lm) / (2.0 * FD_H);
+        let a = analytic[i] as f64;
+        assert!(
+            (a - fd).abs() <= GRAD_TOL * (1.0 + fd.abs()),
+            "{what}[{i}]: analytic {a} vs fd {fd}"
+        );
+    }
+}
+
+// ---------- f64 reference forwards ----------
+
+fn conv_ref(s: &Conv2d, n: usize, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Vec<f64> {
+    let (ho, wo) = (s.h_out(), s.w_out());
+    let mut y = vec![0.0; n * s.c_out * ho * wo];
+    for i in 0..n {
+        for co in 0..s.c_out {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut acc = b.map_or(0.0, |b| b[co]);
+                    for ci in 0..s.c_in {
+                        for kh in 0..s.k {
+                            for kw in 0..s.k {
+                                let iy = (oy * s.stride + kh) as isize - s.pad as isize;
+                                let ix = (ox * s.stride + kw) as isize - s.pad as isize;
+                                if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                                    continue;
+                                }
+                                let xv =
+                                    x[((i * s.c_in + ci) * s.h + iy as usize) * s.w + ix as usize];
+                                acc += xv * w[((co * s.c_in + ci) * s.k + kh) * s.k + kw];
+                            }
+                        }
+                    }
+                    y[((i * s.c_out + co) * ho + oy) * wo + ox] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Training-mode BN output and (mean, biased var) per channel.
+fn bn_train_ref(
+    c: usize,
+    hw: usize,
+    n: usize,
+    x: &[f64],
+    g: &[f64],
+    b: &[f64],
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let cnt = (n * hw) as f64;
+    let mut mean = vec![0.0; c];
+    let mut var = vec![0.0; c];
+    for ch in 0..c {
+        let vals = || (0..n).flat_map(move |i| (0..hw).map(move |j| x[(i * c + ch) * hw + j]));
+        mean[ch] = vals().sum::<f64>() / cnt;
+        var[ch] = vals().map(|v| (v - mean[ch]).powi(2)).sum::<f64>() / cnt;
+    }
+    let mut y = vec![0.0; x.len()];
+    for (idx, v) in y.iter_mut().enumerate() {
+        let ch = (idx / hw) % c;
+        *v = (x[idx] - mean[ch]) / (var[ch] + BN_EPS as f64).sqrt() * g[ch] + b[ch];
+    }
+    (y, mean, var)
+}
+
+fn bilinear_ref(s: &Window, n: usize, x: &[f64]) -> Vec<f64> {
+    let tap = |inp: usize, out: usize, o: usize| {
+        let src = if out > 1 {
+            o as f64 * (inp - 1) as f64 / (out - 1) as f64
+        } else {
+            0.0
+        };
+        let i0 = (src.floor() as usize).min(inp - 1);
+        let i1 = (i0 + 1).min(inp - 1);
+        (i0, i1, src - i0 as f64)
+    };
+    let mut y = vec![0.0; n * s.out_len()];
+    for i in 0..n {
+        for ch in 0..s.c {
+            for oy in 0..s.oh {
+                for ox in 0..s.ow {
+                    let (r0, r1, ly) = tap(s.ph, s.oh, oy);
+                    let (c0, c1, lx) = tap(s.pw, s.ow, ox);
+                    let at = |r: usize, c: usize| {
+                        x[i * s.map_len() + (ch * s.h + s.y0 + r) * s.w + s.x0 + c]
+                    };
+                    y[i * s.out_len() + (ch * s.oh + oy) * s.ow + ox] = (1.0 - ly)
+                        * ((1.0 - lx) * at(r0, c0) + lx * at(r0, c1))
+                        + ly * ((1.0 - lx) * at(r1, c0) + lx * at(r1, c1));
+                }
+            }
+        }
+    }
+    y
+}
+
+// ---------- conv ----------
+
+fn conv_shape() -> impl Strategy<Value = (Conv2d, usize, bool, u64)> {
+    (
+        1usize..4,
+        1usize..4,
+        1usize..8,
+        1usize..8,
+        prop::bool::ANY,
+        1usize..3,
+        prop::bool::ANY,
+        1usize..3,
+        prop::bool::ANY,
+        any::<u64>(),
+    )
+        .prop_map(|(c_in, c_out, h, w, k3, stride, padded, n, bias, seed)| {
+            let k = if k3 { 3 } else { 1 };
+            let pad = if padded { k / 2 } else { 0 };
+            (
+                Conv2d {
+                    c_in,
+                    c_out,
+                    h: h.max(k),
+                    w: w.max(k),
+                    k,
+                    stride,
+                    pad,
+                },
+                n,
+                bias,
+                seed,
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    #[test]
+    fn conv_forward_and_gradients((s, n, with_bias, seed) in conv_shape()) {
+        let x = rand_vec(seed, n * s.in_len());
+        let w = rand_vec(seed ^ 1, s.weight_len());
+        let b = rand_vec(seed ^ 2, s.c_out);
+        let r = rand_vec(seed ^ 3, n * s.out_len());
+        let bias = with_bias.then_some(&b[..]);
+        let mut scratch = vec![f32::NAN; s.scratch_len()];
+        let mut y = vec![f32::NAN; n * s.out_len()];
+        conv2d_forward(&s, n, &x, &w, bias, &mut y, &mut scratch);
+        let (x64, w64, b64) = (to64(&x), to64(&w), to64(&b));
+        let b64o = with_bias.then_some(&b64[..]);
+        assert_fwd("conv y", &y, &conv_ref(&s, n, &x64, &w64, b64o));
+
+        let mut dx = vec![f32::NAN; n * s.in_len()];
+        conv2d_backward_input(&s, n, &r, &w, &mut dx, &mut scratch);
+        assert_grad("conv dx", &x, &dx, |xp| dot(&r, &conv_ref(&s, n, xp, &w64, b64o)));
+
+        let mut dw = vec![0.0; s.weight_len()];
+        let mut db = vec![0.0; s.c_out];
+        conv2d_accumulate_weight_grad(&s, n, &x, &r, &mut dw, with_bias.then_some(&mut db[..]), &mut scratch);
+        assert_grad("conv dw", &w, &dw, |wp| dot(&r, &conv_ref(&s, n, &x64, wp, b64o)));
+        if with_bias {
+            assert_grad("conv db", &b, &db, |bp| dot(&r, &conv_ref(&s, n, &x64, &w64, Some(bp))));
+        } else {
+            prop_assert!(db.iter().all(|&v| v == 0.0));
+        }
+
+        // Sub-range property: the batch in two pieces gives the same bits.
+        if n == 2 {
+            let mut y2 = vec![f32::NAN; n * s.out_len()];
+            let (y_a, y_b) = y2.split_at_mut(s.out_len());
+            conv2d_forward(&s, 1, &x[..s.in_len()], &w, bias, y_a, &mut scratch);
+            conv2d_forward(&s, 1, &x[s.in_len()..], &w, bias, y_b, &mut scratch);
+            prop_assert_eq!(&y, &y2);
+        }
+        // Accumulate adds: a second call doubles the gradient.
+        let mut dw2 = dw.clone();
+        conv2d_accumulate_weight_grad(&s, n, &x, &r, &mut dw2, None, &mut scratch);
+        for (a, b) in dw2.iter().zip(&dw) {
+            prop_assert!((a - 2.0 * b).abs() <= 1e-5 * (1.0 + b.abs()));
+        }
+    }
+}
+
+/// 4×4 input x = 1..16, two output channels: w0 has 1 at top-left and 2 at bottom-right
+/// (so y0(i,j) = x(i−1,j−1) + 2·x(i+1,j+1) + 0.5: catches a flipped kernel), w1 is all
+/// ones (y1 = 3×3 neighbourhood sum − 1). Worked by hand, zero padding 1:
+///   y0 = [12 14 16 0 | 20 23 26 3 | 28 35 38 7 | 0 9 10 11] + 0.5
+///   y1 = [14 24 30 22 | 33 54 63 45 | 57 90 99 69 | 46 72 78 54] − 1
+/// Stride 2 keeps positions (0,0) (0,2) (2,0) (2,2) of these.
+#[test]
+fn conv_hand_worked() {
+    let x: Vec<f32> = (1..=16).map(|v| v as f32).collect();
+    let mut w = vec![0.0f32; 18];
+    w[0] = 1.0;
+    w[8] = 2.0;
+    w[9..].fill(1.0);
+    let bias = [0.5f32, -1.0];
+    let y0 = [
+        12., 14., 16., 0., 20., 23., 26., 3., 28., 35., 38., 7., 0., 9., 10., 11.,
+    ];
+    let y1 = [
+        14., 24., 30., 22., 33., 54., 63., 45., 57., 90., 99., 69., 46., 72., 78., 54.,
+    ];
+    for stride in [1, 2] {
+        let s = Conv2d {
+            c_in: 1,
+            c_out: 2,
+            h: 4,
+            w: 4,
+            k: 3,
+            stride,
+            pad: 1,
+        };
+        let mut y = vec![0.0; s.out_len()];
+        let mut scratch = vec![0.0; s.scratch_len()];
+        conv2d_forward(&s, 1, &x, &w, Some(&bias), &mut y, &mut scratch);
+        let keep: Vec<usize> = if stride == 1 {
+            (0..16).collect()
+        } else {
+            vec![0, 2, 8, 10]
+        };
+        let expect: Vec<f32> = keep
+            .iter()
+            .map(|&i| y0[i] + 0.5)
+            .chain(keep.iter().map(|&i| y1[i] - 1.0))
+            .collect();
+        assert_eq!(y, expect, "stride {stride}");
+    }
+}
+
+// ---------- batchnorm ----------
+
+/// Runs the whole training-mode pipeline over the batch split in chunks of `chunk`
+/// images; returns (y, dx, dgamma, dbeta, running_mean, running_var).
+#[allow(clippy::type_complexity)]
+fn bn_pipeline(
+    s: &BatchNorm2d,
+    n: usize,
+    chunk: usize,
+    x: &[f32],
+    g: &[f32],
+    b: &[f32],
+    r: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (c, len, count) = (s.c, s.len(), n * s.hw);
+    let mut sum = vec![0.0; c];
+    let mut mean = vec![0.0; c];
+    let mut sq = vec![0.0; c];
+    let (mut rm, mut rv) = (vec![0.0; c], vec![1.0; c]);
+    for i in (0..n).step_by(chunk) {
+        let m = chunk.min(n - i);
+        batchnorm_accumulate_sum(s, m, &x[i * len..], &mut sum);
+    }
+    batchnorm_mean_from_sum(&sum, count, &mut mean);
+    for i in (0..n).step_by(chunk) {
+        let m = chunk.min(n - i);
+        batchnorm_accumulate_sq_dev(s, m, &x[i * len..], &mean, &mut sq);
+    }
+    batchnorm_finalize(s, count, &mut sum, &mut sq, &mut rm, &mut rv, BN_MOMENTUM);
+    assert_eq!(sum, mean);
+    let invstd = sq;
+    let mut y = vec![f32::NAN; n * len];
+    let (mut sdy, mut sdyx) = (vec![0.0; c], vec![0.0; c]);
+    let mut dx = vec![f32::NAN; n * len];
+    for i in (0..n).step_by(chunk) {
+        let m = chunk.min(n - i);
+        batchnorm_forward(s, m, &x[i * len..], &mean, &invstd, g, b, &mut y[i * len..]);
+        batchnorm_accumulate_backward_sums(
+            s,
+            m,
+            &x[i * len..],
+            &r[i * len..],
+            &mean,
+            &invstd,
+            &mut sdy,
+            &mut sdyx,
+        );
+    }
+    for i in (0..n).step_by(chunk) {
+        let m = chunk.min(n - i);
+        batchnorm_backward_input(
+            s,
+            m,
+            &x[i * len..],
+            &r[i * len..],
+            &mean,
+            &invstd,
+            g,
+            &sdy,
+            &sdyx,
+            count,
+            &mut dx[i * len..],
+        );
+    }
+    (y, dx, sdyx, sdy, rm, rv)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    #[test]
+    fn batchnorm_train_forward_and_gradients(c in 1usize..4, hw in 1usize..10, n in 1usize..4, seed in any::<u64>()) {
+        prop_assume!(n * hw >= 2);
+        let s = BatchNorm2d { c, hw };
+        let x = rand_vec(seed, n * s.len());
+        let g: Vec<f32> = rand_vec(seed ^ 1, c).iter().map(|v| v + 1.5).collect();
+        let b = rand_vec(seed ^ 2, c);
+        let r = rand_vec(seed ^ 3, n * s.len());
+        let (y, dx, dg, db, rm, rv) = bn_pipeline(&s, n, n, &x, &g, &b, &r);
+        let (x64, g64, b64) = (to64(&x), to64(&g), to64(&b));
+        let (yref, mean, var) = bn_train_ref(c, hw, n, &x64, &g64, &b64);
+        assert_fwd("bn y", &y, &yref);
+        let cnt = (n * hw) as f64;
+        let rm_ref: Vec<f64> = mean.iter().map(|m| 0.1 * m).collect();
+        let rv_ref: Vec<f64> = var.iter().map(|v| 0.9 + 0.1 * v * cnt / (cnt - 1.0)).collect();
+        assert_fwd("bn running_mean", &rm, &rm_ref);
+        assert_fwd("bn running_var", &rv, &rv_ref);
+        assert_grad("bn dx", &x, &dx, |xp| dot(&r, &bn_train_ref(c, hw, n, xp, &g64, &b64).0));
+        assert_grad("bn dgamma", &g, &dg, |gp| dot(&r, &bn_train_ref(c, hw, n, &x64, gp, &b64).0));
+        assert_grad("bn dbeta", &b, &db, |bp| dot(&r, &bn_train_ref(c, hw, n, &x64, &g64, bp).0));
+
+        // Chunked over the batch (as the threaded executor does): same result.
+        let (y1, dx1, dg1, db1, ..) = bn_pipeline(&s, n, 1, &x, &g, &b, &r);
+        for (a, bb) in y1.iter().chain(&dx1).chain(&dg1).chain(&db1).zip(y.iter().chain(&dx).chain(&dg).chain(&db)) {
+            prop_assert!((a - bb).abs() <= 1e-4 * (1.0 + bb.abs()));
+        }
+    }
+
+    #[test]
+    fn batchnorm_eval_forward_and_gradient(c in 1usize..4, hw in 1usize..10, n in 1usize..4, seed in any::<u64>()) {
+        let s = BatchNorm2d { c, hw };
+        let x = rand_vec(seed, n * s.len());
+        let g = rand_vec(seed ^ 1, c);
+        let b = rand_vec(seed ^ 2, c);
+        let rm = rand_vec(seed ^ 4, c);
+        let rv: Vec<f32> = rand_vec(seed ^ 5, c).iter().map(|v| v + 1.2).collect();
+        let r = rand_vec(seed ^ 3, n * s.len());
+        let (mut mean, mut invstd) = (vec![0.0; c], vec![0.0; c]);
+        batchnorm_eval_stats(&rm, &rv, &mut mean, &mut invstd);
+        let mut y = vec![f32::NAN; n * s.len()];
+        batchnorm_forward(&s, n, &x, &mean, &invstd, &g, &b, &mut y);
+        let f = |xp: &[f64]| -> Vec<f64> {
+            xp.iter().enumerate().map(|(i, &v)| {
+                let ch = (i / hw) % c;
+                (v - rm[ch] as f64) / (rv[ch] as f64 + BN_EPS as f64).sqrt() * g[ch] as f64 + b[ch] as f64
+            }).collect()
+        };
+        assert_fwd("bn eval y", &y, &f(&to64(&x)));
+        // Eval-mode input gradient is the affine map's: dx = dy·gamma·invstd.
+        let dx: Vec<f32> = r.iter().enumerate().map(|(i, &d)| { let ch = (i / hw) % c; d * g[ch] * invstd[ch] }).collect();
+        assert_grad("bn eval dx", &x, &dx, |xp| dot(&r, &f(xp)));
+    }
+}
+
+/// x = [1, 2, 3, 4] in one channel: mean 2.5, biased var 1.25, unbiased var 5/3.
+/// From running (0, 1) with momentum 0.1: mean 0.25, var 0.9 + 0.1·5/3 = 1.0666667.
+#[test]
+fn batchnorm_running_stats_hand_worked() {
+    let s = BatchNorm2d { c: 1, hw: 2 };
+    let x = [1.0f32, 2.0, 3.0, 4.0];
+    let (mut sum, mut mean, mut sq, mut rm, mut rv) =
+        ([0.0f32], [0.0f32], [0.0f32], [0.0f32], [1.0f32]);
+    batchnorm_accumulate_sum(&s, 1, &x[..2], &mut sum);
+    batchnorm_accumulate_sum(&s, 1, &x[2..], &mut sum);
+    assert_eq!(sum, [10.0]);
+    batchnorm_mean_from_sum(&sum, 4, &mut mean);
+    batchnorm_accumulate_sq_dev(&s, 2, &x, &mean, &mut sq);
+    assert_eq!(sq, [5.0]);
+    batchnorm_finalize(&s, 4, &mut sum, &mut sq, &mut rm, &mut rv, BN_MOMENTUM);
+    assert_eq!(sum, [2.5]);
+    assert!((sq[0] - 1.0 / (1.25f32 + 1e-5).sqrt()).abs() < 1e-6);
+    assert!((rm[0] - 0.25).abs() < 1e-7);
+    assert!((rv[0] - 1.0666667).abs() < 1e-6);
+}
+
+// ---------- elementwise, pool, linear ----------
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    #[test]
+    fn relu_sigmoid_add(len in 1usize..40, seed in any::<u64>()) {
+        let x: Vec<f32> = rand_vec(seed, len).iter().map(|v| v * 4.0).collect();
+        let r = rand_vec(seed ^ 3, len);
+        // ReLU, both forms, and backward from the output.
+        let mut y = vec![f32::NAN; len];
+        relu_forward(&x, &mut y);
+        let mut y2 = x.clone();
+        relu_inplace(&mut y2);
+        prop_assert_eq!(&y, &y2);
+        let relu = |xp: &[f64]| -> Vec<f64> { xp.iter().map(|v| v.max(0.0)).collect() };
+        assert_fwd("relu", &y, &relu(&to64(&x)));
+        let mut dx = r.clone();
+        relu_backward_inplace(&y, &mut dx);
+        assert_grad("relu dx", &x, &dx, |xp| dot(&r, &relu(xp)));
+        // Sigmoid.
+        sigmoid_forward(&x, &mut y);
+        let sig = |xp: &[f64]| -> Vec<f64> { xp.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect() };
+        assert_fwd("sigmoid", &y, &sig(&to64(&x)));
+        sigmoid_backward(&y, &r, &mut dx);
+        assert_grad("sigmoid dx", &x, &dx, |xp| dot(&r, &sig(xp)));
+        // add_assign: y = a + x, so dL/dx = r.
+        let a = rand_vec(seed ^ 7, len);
+        let mut sum = a.clone();
+        add_assign(&mut sum, &x);
+        let add = |xp: &[f64]| -> Vec<f64> { xp.iter().zip(&a).map(|(v, &w)| v + w as f64).collect() };
+        assert_fwd("add", &sum, &add(&to64(&x)));
+        assert_grad("add dx", &x, &r, |xp| dot(&r, &add(xp)));
+    }
+
+    #[test]
+    fn global_avg_pool(c in 1usize..5, hw in 1usize..20, n in 1usize..4, seed in any::<u64>()) {
+        let x = rand_vec(seed, n * c * hw);
+        let r = rand_vec(seed ^ 3, n * c);
+        let mut y = vec![f32::NAN; n * c];
+        global_avg_pool_forward(c, hw, n, &x, &mut y);
+        let f = |xp: &[f64]| -> Vec<f64> { xp.chunks(hw).map(|p| p.iter().sum::<f64>() / hw as f64).collect() };
+        assert_fwd("pool", &y, &f(&to64(&x)));
+        let mut dx = vec![f32::NAN; x.len()];
+        global_avg_pool_backward(c, hw, n, &r, &mut dx);
+        assert_grad("pool dx", &x, &dx, |xp| dot(&r, &f(xp)));
+    }
+
+    #[test]
+    fn linear(in_f in 1usize..12, out_f in 1usize..12, n in 1usize..5, seed in any::<u64>()) {
+        let s = Linear { in_f, out_f };
+        let x = rand_vec(seed, n * in_f);
+        let w = rand_vec(seed ^ 1, s.weight_len());
+        let b = rand_vec(seed ^ 2, out_f);
+        let r = rand_vec(seed ^ 3, n * out_f);
+        let f = |x: &[f64], w: &[f64], b: &[f64]| -> Vec<f64> {
+            (0..n * out_f).map(|idx| {
+                let (i, o) = (idx / out_f, idx % out_f);
+                b[o] + (0..in_f).map(|p| x[i * in_f + p] * w[o * in_f + p]).sum::<f64>()
+            }).collect()
+        };
+        let (x64, w64, b64) = (to64(&x), to64(&w), to64(&b));
+        let mut y = vec![f32::NAN; n * out_f];
+        linear_forward(&s, n, &x, &w, &b, &mut y);
+        assert_fwd("linear y", &y, &f(&x64, &w64, &b64));
+        let mut dx = vec![f32::NAN; n * in_f];
+        linear_backward_input(&s, n, &r, &w, &mut dx);
+        assert_grad("linear dx", &x, &dx, |xp| dot(&r, &f(xp, &w64, &b64)));
+        let (mut dw, mut db) = (vec![0.0; s.weight_len()], vec![0.0; out_f]);
+        linear_accumulate_weight_grad(&s, n, &x, &r, &mut dw, &mut db);
+        assert_grad("linear dw", &w, &dw, |wp| dot(&r, &f(&x64, wp, &b64)));
+        assert_grad("linear db", &b, &db, |bp| dot(&r, &f(&x64, &w64, bp)));
+        // Accumulates: a second call doubles both.
+        let (mut dw2, mut db2) = (dw.clone(), db.clone());
+        linear_accumulate_weight_grad(&s, n, &x, &r, &mut dw2, &mut db2);
+        for (a, b) in dw2.iter().chain(&db2).zip(dw.iter().chain(&db)) {
+            prop_assert!((a - 2.0 * b).abs() <= 1e-5 * (1.0 + b.abs()));
+        }
+    }
+}
+
+// ---------- bilinear / crop ----------
+
+fn window() -> impl Strategy<Value = (Window, usize, u64)> {
+    (
+        1usize..3,
+        1usize..8,
+        1usize..8,
+        any::<(usize, usize, usize, usize)>(),
+        1usize..11,
+        1usize..11,
+        1usize..3,
+        any::<u64>(),
+    )
+        .prop_map(|(c, h, w, (a, b, d, e), oh, ow, n, seed)| {
+            let (y0, x0) = (a % h, b % w);
+            let (ph, pw) = (1 + d % (h - y0), 1 + e % (w - x0));
+            (
+                Window {
+                    c,
+                    h,
+                    w,
+                    y0,
+                    x0,
+                    ph,
+                    pw,
+                    oh,
+                    ow,
+                },
+                n,
+                seed,
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES * 2))]
+
+    #[test]
+    fn bilinear_window((s, n, seed) in window()) {
+        let x = rand_vec(seed, n * s.map_len());
+        let r = rand_vec(seed ^ 3, n * s.out_len());
+        let mut y = vec![f32::NAN; n * s.out_len()];
+        bilinear_forward(&s, n, &x, &mut y);
+        assert_fwd("bilinear y", &y, &bilinear_ref(&s, n, &to64(&x)));
+        let mut dx = vec![0.0; x.len()];
+        bilinear_accumulate_backward(&s, n, &r, &mut dx);
+        assert_grad("bilinear dx", &x, &dx, |xp| dot(&r, &bilinear_ref(&s, n, xp)));
+        // Accumulates into what is there.
+        let mut dx1 = vec![1.0; x.len()];
+        bilinear_accumulate_backward(&s, n, &r, &mut dx1);
+        for (a, b) in dx1.iter().zip(&dx) {
+            prop_assert!((a - 1.0 - b).abs() <= 1e-5 * (1.0 + b.abs()));
+        }
+        // Crop = the window copied; its backward adds r into the window.
+        let sc = Window { oh: s.ph, ow: s.pw, ..s };
+        let mut yc = vec![f32::NAN; n * sc.out_len()];
+        crop_forward(&sc, n, &x, &mut yc);
+        let rc = rand_vec(seed ^ 9, n * sc.out_len());
+        let mut dxc = vec![0.0; x.len()];
+        crop_accumulate_backward(&sc, n, &rc, &mut dxc);
+        assert_grad("crop dx", &x, &dxc, |xp| dot(&rc, &bilinear_ref(&sc, n, xp)));
+        // Bilinear at the window's own size is exactly the crop.
+        let mut yb = vec![f32::NAN; n * sc.out_len()];
+        bilinear_forward(&sc, n, &x, &mut yb);
+        prop_assert_eq!(&yb, &yc);
+        // Sub-range property.
+        if n == 2 {
+            let mut y2 = vec![f32::NAN; n * s.out_len()];
+            let (a, b) = y2.split_at_mut(s.out_len());
+            bilinear_forward(&s, 1, &x[..s.map_len()], a);
+            bilinear_forward(&s, 1, &x[s.map_len()..], b);
+            prop_assert_eq!(&y, &y2);
+        }
+    }
+}
+
+/// align_corners: [[1, 2], [3, 4]] → 3×3 samples at 0, ½, 1 on each axis:
+/// [[1, 1.5, 2], [2, 2.5, 3], [3, 3.5, 4]].
+#[test]
+fn bilinear_hand_worked() {
+    let s = Window::full(1, 2, 2, 3, 3);
+    let mut y = [0.0f32; 9];
+    bilinear_forward(&s, 1, &[1.0, 2.0, 3.0, 4.0], &mut y);
+    assert_eq!(y, [1.0, 1.5, 2.0, 2.0, 2.5, 3.0, 3.0, 3.5, 4.0]);
+    // 1×1 output samples the window's top-left pixel; 1×1 input broadcasts.
+    let mut one = [0.0f32];
+    bilinear_forward(
+        &Window {
+            y0: 1,
+            x0: 0,
+            ph: 1,
+            pw: 2,
+            ..Window::full(1, 2, 2, 1, 1)
+        },
+        1,
+        &[1.0, 2.0, 3.0, 4.0],
+        &mut one,
+    );
+    assert_eq!(one, [3.0]);
+    let mut up = [0.0f32; 4];
+    bilinear_forward(&Window::full(1, 1, 1, 2, 2), 1, &[7.0], &mut up);
+    assert_eq!(up, [7.0; 4]);
+}
+
+// ---------- sgemm ----------
+
+fn check_sgemm(
+    kernel: GemmKernel,
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    extra: (usize, usize, usize),
+    acc: bool,
+    seed: u64,
+) {
+    let lda = if ta { m } else { k } + extra.0;
+    let ldb = if tb { k } else { n } + extra.1;
+    let ldc = n + extra.2;
+    let a = rand_vec(seed, (if ta { k } else { m }) * lda);
+    let b = rand_vec(seed ^ 1, (if tb { n } else { k }) * ldb);
+    let c0 = rand_vec(seed ^ 2, m * ldc);
+    let mut c = if acc {
+        c0.clone()
+    } else {
+        vec![f32::NAN; m * ldc]
+    };
+    sgemm_using(kernel, m, n, k, &a, lda, ta, &b, ldb, tb, &mut c, ldc, acc);
+    let at = |i: usize, p: usize| if ta { a[p * lda + i] } else { a[i * lda + p] } as f64;
+    let bt = |p: usize, j: usize| if tb { b[j * ldb + p] } else { b[p * ldb + j] } as f64;
+    let u = (k + 2) as f64 * 2f64.powi(-24);
+    for i in 0..m {
+        for j in 0..n {
+            let base = if acc { c0[i * ldc + j] as f64 } else { 0.0 };
+            let r: f64 = base + (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f64>();
+            let mag: f64 = base.abs() + (0..k).map(|p| (at(i, p) * bt(p, j)).abs()).sum::<f64>();
+            let got = c[i * ldc + j] as f64;
+            assert!(
+                (got - r).abs() <= u * mag + 1e-30,
+                "{kernel:?} m{m} n{n} k{k} ta{ta} tb{tb} ({i},{j}): {got} vs {r}"
+            );
+        }
+        // Padding columns of C are untouched.
+        for j in n..ldc {
+            let before = if acc { c0[i * ldc + j] } else { f32::NAN };
+            assert!(c[i * ldc + j].to_bits() == before.to_bits());
+        }
+    }
+}
+
+const KERNELS: [GemmKernel; 2] = [GemmKernel::Portable, GemmKernel::Avx2Fma];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES * 2))]
+
+    #[test]
+    fn sgemm_random(m in 1usize..40, n in 1usize..40, k in 1usize..40, ta: bool, tb: bool, extra in (0usize..3, 0usize..3, 0usize..3), acc: bool, seed: u64) {
+        for kern in KERNELS {
+            check_sgemm(kern, m, n, k, ta, tb, extra, acc, seed);
+        }
+    }
+}
+
+#[test]
+fn sgemm_odd_sizes_all_transposes() {
+    let sizes = [1usize, 7, 17, 33, 100];
+    let mut seed = 11;
+    for &m in &sizes {
+        for &n in &sizes {
+            for &k in &[1usize, 17, 100, 250] {
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    seed += 1;
+                    let kern = KERNELS[seed as usize % 2];
+                    check_sgemm(
+                        kern,
+                        m,
+                        n,
+                        k,
+                        ta,
+                        tb,
+                        (seed as usize % 3, 1, 2),
+                        seed % 2 == 0,
+                        seed,
+                    );
+                }
+            }
+        }
+    }
+    // Bigger than one block in every dimension.
+    for kern in KERNELS {
+        check_sgemm(kern, 150, 131, 401, false, false, (0, 0, 0), true, 5);
+        check_sgemm(kern, 150, 131, 401, true, true, (3, 1, 0), false, 6);
+    }
+}
+
+/// The FMA kernel computes each element as one FMA chain over k, so a row of C does not
+/// depend on which other rows/columns are computed with it (what makes sub-batch results
+/// bit-identical whatever the blocking).
+#[test]
+fn sgemm_bits_independent_of_blocking() {
+    let (m, n, k) = (100, 90, 300);
+    let a = rand_vec(1, m * k);
+    let b = rand_vec(2, k * n);
+    let mut full = vec![0.0; m * n];
+    sgemm(m, n, k, &a, k, false, &b, n, false, &mut full, n, false);
+    for (r0, rows) in [(0usize, 1usize), (5, 7), (37, 63)] {
+        let mut part = vec![0.0; rows * n];
+        sgemm(
+            rows,
+            n,
+            k,
+            &a[r0 * k..],
+            k,
+            false,
+            &b,
+            n,
+            false,
+            &mut part,
+            n,
+            false,
+        );
+        assert_eq!(&part[..], &full[r0 * n..(r0 + rows) * n]);
+    }
+    for (c0, cols) in [(0usize, 1usize), (3, 50)] {
+        let mut part = vec![0.0; m * cols];
+        sgemm(
+            m,
+            cols,
+            k,
+            &a,
+            k,
+            false,
+            &b[c0..],
+            n,
+            false,
+            &mut part,
+            cols,
+            false,
+        );
+        for i in 0..m {
+            assert_eq!(
+                &part[i * cols..(i + 1) * cols],
+                &full[i * n + c0..i * n + c0 + cols]
+            );
+        }
+    }
+}

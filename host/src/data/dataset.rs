@@ -1,0 +1,162 @@
+//! An in-memory labelled image dataset: `n` images of `c × h × w` bytes (CHW, row-major).
+
+use hpff_core::rng::Rng;
+
+/// `n` images of `c × h × w` `u8` pixels stored one after another in CHW order, with
+/// their labels in `0..classes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dataset {
+    /// `n × c × h × w` bytes; image `i` is `images[i*c*h*w .. (i+1)*c*h*w]`.
+    pub images: Vec<u8>,
+    /// One label per image, each `< classes`.
+    pub labels: Vec<u16>,
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub classes: usize,
+    /// `classes` names (numbers as text where a format carries none).
+    pub class_names: Vec<String>,
+}
+
+impl Dataset {
+    /// Bytes per image, `c × h × w`.
+    pub fn image_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// The pixels of image `i` (CHW). Panics if `i >= n`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let len = self.image_len();
+        &self.images[i * len..(i + 1) * len]
+    }
+
+    /// A new dataset of the images at `idx`, in that order (repeats allowed).
+    /// Panics if an index is `>= n`.
+    pub fn subset(&self, idx: &[usize]) -> Dataset {
+        let len = self.image_len();
+        let mut images = Vec::with_capacity(idx.len() * len);
+        let mut labels = Vec::with_capacity(idx.len());
+        for &i in idx {
+            images.extend_from_slice(self.image(i));
+            labels.push(self.labels[i]);
+        }
+        Dataset {
+            images,
+            labels,
+            n: idx.len(),
+            ..self.empty_like()
+        }
+    }
+
+    fn empty_like(&self) -> Dataset {
+        Dataset {
+            images: Vec::new(),
+            labels: Vec::new(),
+            n: 0,
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            classes: self.classes,
+            class_names: self.class_names.clone(),
+        }
+    }
+
+    /// Splits off a random held-out set of `n_val` images (at most `n`), chosen by
+    /// `seed`; both parts keep the original order of their images.
+    pub fn split_off_validation(&self, n_val: usize, seed: u64) -> (Dataset, Dataset) {
+        let n_val = n_val.min(self.n);
+        let mut perm: Vec<usize> = (0..self.n).collect();
+        Rng::new(seed).shuffle(&mut perm);
+        let (val, train) = perm.split_at_mut(n_val);
+        val.sort_unstable();
+        train.sort_unstable();
+        (self.subset(train), self.subset(val))
+    }
+
+    /// Keeps the first `n` images (all of them if there are fewer).
+    pub fn limit(mut self, n: usize) -> Dataset {
+        let n = n.min(self.n);
+        self.images.truncate(n * self.image_len());
+        self.labels.truncate(n);
+        self.n = n;
+        self
+    }
+
+    /// How many images each class has.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.classes];
+        for &l in &self.labels {
+            if let Some(c) = counts.get_mut(l as usize) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// `"0"`, `"1"`, … as class names for formats that carry none.
+pub(crate) fn numbered_names(classes: usize) -> Vec<String> {
+    (0..classes).map(|i| i.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn toy(n: usize) -> Dataset {
+        // 1×1×2 images whose pixels encode the index.
+        Dataset {
+            images: (0..n).flat_map(|i| [i as u8, 100 + i as u8]).collect(),
+            labels: (0..n).map(|i| (i % 3) as u16).collect(),
+            n,
+            c: 1,
+            h: 1,
+            w: 2,
+            classes: 3,
+            class_names: numbered_names(3),
+        }
+    }
+
+    #[test]
+    fn image_subset_limit() {
+        let d = toy(5);
+        assert_eq!(d.image(3), &[3, 103]);
+        let s = d.subset(&[4, 0, 4]);
+        assert_eq!(s.n, 3);
+        assert_eq!(s.images, vec![4, 104, 0, 100, 4, 104]);
+        assert_eq!(s.labels, vec![1, 0, 1]);
+        let l = d.clone().limit(2);
+        assert_eq!((l.n, l.images.len(), l.labels.len()), (2, 4, 2));
+        assert_eq!(d.clone().limit(99).n, 5);
+        assert_eq!(d.class_counts(), vec![2, 2, 1]);
+    }
+
+    #[test]
+    fn validation_split_is_seeded_disjoint_and_complete() {
+        let d = toy(20);
+        let (t, v) = d.split_off_validation(6, 7);
+        assert_eq!((t.n, v.n), (14, 6));
+        let mut all: Vec<u8> = t
+            .images
+            .iter()
+            .chain(&v.images)
+            .step_by(2)
+            .copied()
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..20).collect::<Vec<u8>>());
+        // ordered within each part
+        assert!(v
+            .images
+            .chunks(2)
+            .map(|p| p[0])
+            .collect::<Vec<_>>()
+            .windows(2)
+            .all(|w| w[0] < w[1]));
+        assert_eq!(d.split_off_validation(6, 7), (t.clone(), v.clone()));
+        assert_ne!(d.split_off_validation(6, 8).1, v);
+        let (t, v) = d.split_off_validation(100, 1);
+        assert_eq!((t.n, v.n), (0, 20));
+    }
+}

@@ -1,0 +1,170 @@
+//! Loading the PyTorch golden fixtures of `tests/fixtures/golden/` (see `tools/golden/README.md`).
+
+use hpff_core::arch::Arch;
+use hpff_core::method::{AuxHead, Base, LocalLoss, Method};
+use hpff_core::partition::Partition;
+use hpff_core::plan::{LossKind, Plan, TensorKind};
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(Debug)]
+/// One golden case: every tensor of the fixture by name, and the plan it describes.
+pub struct Golden {
+    pub name: String,
+    pub tensors: HashMap<String, Vec<f32>>,
+    pub plan: Plan,
+    pub lr: f32,
+}
+
+pub fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/golden")
+}
+
+impl Golden {
+    pub fn load(case: &str) -> Golden {
+        let path = fixture_dir().join(format!("{case}.safetensors"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (_, meta) = SafeTensors::read_metadata(&bytes).expect("safetensors header");
+        let cfg: serde_json::Value =
+            serde_json::from_str(meta.metadata().as_ref().expect("metadata")["config"].as_str())
+                .expect("config json");
+        let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| {
+                let data = v
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                (k, data)
+            })
+            .collect();
+        let f = |k: &str| cfg[k].as_f64().unwrap_or_else(|| panic!("config {k}")) as f32;
+        let u = |k: &str| cfg[k].as_u64().unwrap_or_else(|| panic!("config {k}")) as usize;
+        let arch = Arch::resnet(8, 3, u("image_size"), u("classes")).unwrap();
+        let splits: Vec<(usize, usize)> = cfg["splits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p[0].as_u64().unwrap() as usize,
+                    p[1].as_u64().unwrap() as usize,
+                )
+            })
+            .collect();
+        let mut part = Partition::from_splits(&arch, splits).unwrap();
+        part.k_label = u("k_label");
+        let base = match cfg["method"].as_str().unwrap() {
+            "e2e" => Base::E2e,
+            "greedy" => Base::Greedy,
+            "dgl" => Base::Dgl,
+            "infopro" => Base::InfoPro,
+            m => panic!("unknown method {m}"),
+        };
+        let hpff = cfg["hpff"].as_bool().unwrap();
+        let mut method = Method::reference(base, hpff);
+        if base != Base::E2e {
+            method.head = AuxHead::parse(cfg["aux_head"].as_str().unwrap()).unwrap();
+        }
+        method.patches = u("patches");
+        method.local_loss = match cfg["local_loss"].as_str().unwrap() {
+            "ce" => LocalLoss::CrossEntropy,
+            _ => LocalLoss::Contrast,
+        };
+        method.feature_dim = u("feature_dim");
+        let pair = |k: &str| {
+            let a = cfg[k].as_array().unwrap();
+            [a[0].as_f64().unwrap() as f32, a[1].as_f64().unwrap() as f32]
+        };
+        method.lambda1 = pair("lambda1");
+        method.lambda2 = pair("lambda2");
+        method.wx = f("wx");
+        method.wy = f("wy");
+        let mut mean = [0.0; 4];
+        let mut std = [1.0; 4];
+        for c in 0..3 {
+            mean[c] = cfg["mean"][c].as_f64().unwrap() as f32;
+            std[c] = cfg["std"][c].as_f64().unwrap() as f32;
+        }
+        let plan = Plan::new(arch, part, method, u("batch"), mean, std).unwrap();
+        Golden {
+            name: case.to_string(),
+            tensors,
+            plan,
+            lr: f("lr"),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> &[f32] {
+        self.tensors
+            .get(key)
+            .unwrap_or_else(|| panic!("{}: no tensor {key}", self.name))
+    }
+
+    /// Copies `init.*` into a fresh arena.
+    pub fn arena(&self) -> Vec<f32> {
+        let mut a = vec![0.0; self.plan.arena_len()];
+        let state = self.plan.state_off();
+        self.plan.for_each_tensor(|t| {
+            let off = if t.kind == TensorKind::Param {
+                t.off
+            } else {
+                state + t.off
+            };
+            let src = self.get(&format!("init.{}", t.name));
+            assert_eq!(src.len(), t.len, "{}: size of {}", self.name, t.name);
+            a[off..off + t.len].copy_from_slice(src);
+        });
+        a
+    }
+
+    /// The fixture's loss keys with the plan's slot for each.
+    pub fn loss_keys(&self) -> Vec<(String, usize)> {
+        let m = self.plan.modules();
+        let mut v = Vec::new();
+        let hpff = self.plan.method.hpff;
+        if self.plan.method.base == Base::E2e {
+            return vec![("ce".into(), LossKind::Ce.slot(0))];
+        }
+        for j in 0..m - 1 {
+            let kinds: &[LossKind] = if hpff {
+                &[
+                    LossKind::Independent,
+                    LossKind::CascadeDecoder,
+                    LossKind::CascadeClassifier,
+                ]
+            } else {
+                &[LossKind::Decoder, LossKind::Classifier]
+            };
+            for k in kinds {
+                let key = format!("m{j}.{}", k.name());
+                if self.tensors.contains_key(&format!("loss.0.{key}")) {
+                    v.push((key, k.slot(j)));
+                }
+            }
+        }
+        if hpff {
+            v.push(("last.x".into(), LossKind::LastX.slot(m - 1)));
+            v.push(("last.y".into(), LossKind::LastY.slot(m - 1)));
+        } else {
+            v.push((format!("m{}.ce", m - 1), LossKind::Ce.slot(m - 1)));
+        }
+        v
+    }
+}
+
+/// Largest |a − b| over the tensor, relative to the tensor's largest |b|, that scale floored
+/// at 1e-3: a conv bias in front of a BN has a true gradient of zero, and both sides hold
+/// rounding noise of about 1e-8 there, which only an absolute bound can judge.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f64, |m, &x| m.max(x.abs() as f64)).max(1e-3);
+    a.iter()
+        .zip(b)
+        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()))
+        / scale
+}

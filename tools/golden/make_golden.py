@@ -1,0 +1,502 @@
+#!/usr/bin/env python3
+"""Golden fixtures for hpff: three SGD steps of each method on a tiny ResNet, in PyTorch.
+
+Run from anywhere:  python3 tools/golden/make_golden.py [--out DIR] [--only CASE ...]
+
+Writes one safetensors file per case into tests/fixtures/golden/ (see README.md in this
+directory for the format, which the Rust tests rely on). The model code below is written
+from the method description in shared/DESIGN.md ("The method, precisely"); it follows the
+reference training step of Zeudfish/HPFF (Exp on CIFAR_SVHN_STL) in its order of passes,
+detaches and backward calls, so that BN running statistics and accumulated gradients
+come out the same.
+
+Everything runs on the CPU with one thread and deterministic algorithms, so a rerun
+reproduces the same bits on the same torch build.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+CIFAR_MEAN = [v / 255.0 for v in (125.3, 123.0, 113.9)]
+CIFAR_STD = [v / 255.0 for v in (63.0, 62.1, 66.7)]
+AUX_HEADS = ("0c1f", "0c2f", "1c1f", "1c2f", "1c3f", "2c2f")
+SUPCON_TEMPERATURE = 0.07
+SUPCON_BASE_TEMPERATURE = 0.07
+
+
+# ----------------------------------------------------------------------------------------
+# Backbone
+
+
+class BasicBlock(nn.Module):
+    """conv3x3(stride)+BN+ReLU, conv3x3+BN, shortcut (identity or 1x1 conv+BN), add, ReLU."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(cout),
+            )
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return F.relu(h + shortcut)
+
+
+# ----------------------------------------------------------------------------------------
+# Auxiliary nets
+
+
+def aux_head(cin, config, out_dim, feature_dim, widen=1.0):
+    """Aux classifier head; layer order (and so state-dict indices) as in the paper's code.
+
+    `kcjf`: k conv3x3 layers (each + BN + ReLU; the first has stride 2 unless cin is 64,
+    width 2*cin capped at 64), global average pool, flatten, then j linear layers with
+    ReLU between them (hidden width feature_dim*widen), the last one producing out_dim.
+    """
+    assert config in AUX_HEADS, config
+    assert cin in (16, 32, 64), cin
+    n_conv, n_fc = int(config[0]), int(config[2])
+    conv_width = int(min(2 * cin, 64) * widen)
+    first_stride = 1 if cin == 64 else 2
+    hidden = int(feature_dim * widen)
+    layers = []
+    width = cin
+    for k in range(n_conv):
+        layers += [
+            nn.Conv2d(width, conv_width, 3, stride=first_stride if k == 0 else 1, padding=1, bias=False),
+            nn.BatchNorm2d(conv_width),
+            nn.ReLU(),
+        ]
+        width = conv_width
+    layers += [nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten()]
+    for _ in range(n_fc - 1):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+def supcon_loss(features, labels, temperature=SUPCON_TEMPERATURE, base_temperature=SUPCON_BASE_TEMPERATURE):
+    """Supervised contrastive loss, one view per sample, every sample an anchor.
+
+    features: [B, D], already L2-normalized. For anchor i: logits_ij = <f_i, f_j>/T,
+    shifted by the row max (over all j, self included; the shift does not change the
+    value); the denominator sums exp over j != i; the loss of anchor i is
+    -(T/T_base) * mean over positives p (label_p == label_i, p != i) of log_prob_ip,
+    with the positive count replaced by 1 when it is 0. The result is the mean over anchors.
+    """
+    b = features.shape[0]
+    sim = torch.div(features @ features.T, temperature)
+    row_max, _ = torch.max(sim, dim=1, keepdim=True)
+    logits = sim - row_max.detach()
+    not_self = 1.0 - torch.eye(b, dtype=features.dtype)
+    positives = (labels.view(-1, 1) == labels.view(1, -1)).to(features.dtype) * not_self
+    denom = (torch.exp(logits) * not_self).sum(1, keepdim=True)
+    log_prob = logits - torch.log(denom)
+    count = positives.sum(1)
+    count = torch.where(count == 0, torch.ones_like(count), count)
+    mean_log_prob_pos = (positives * log_prob).sum(1) / count
+    return (-(temperature / base_temperature) * mean_log_prob_pos).mean()
+
+
+class AuxClassifier(nn.Module):
+    def __init__(self, cin, config, loss_mode, classes, feature_dim, widen=1.0):
+        super().__init__()
+        assert loss_mode in ("ce", "contrast"), loss_mode
+        self.loss_mode = loss_mode
+        self.feature_dim = feature_dim
+        out_dim = classes if loss_mode == "ce" else feature_dim
+        self.head = aux_head(cin, config, out_dim, feature_dim, widen)
+
+    def forward(self, x, target):
+        out = self.head(x)
+        if self.loss_mode == "ce":
+            return F.cross_entropy(out, target)
+        return supcon_loss(F.normalize(out, dim=1), target)
+
+
+class PatchDecoder(nn.Module):
+    """Decoder with an n x n patch grid (n = 1: InfoPro's full decoder).
+
+    Patch (r, c) of a h x w map is rows [r*h//n, (r+1)*h//n), cols [c*w//n, (c+1)*w//n);
+    the feature patch is resized bilinearly (align_corners) to (image/n)^2 and decoded by
+    decoders[r*n+c]; BCE (mean) against the same patch of the de-normalized image; the
+    n^2 losses are summed in patch order.
+    """
+
+    def __init__(self, cin, image_size, n, widen=1.0):
+        super().__init__()
+        assert image_size % n == 0
+        self.n = n
+        self.out_size = image_size // n
+        mid = int(12 * widen)
+        self.decoders = nn.ModuleList([
+            nn.Sequential(
+                nn.Conv2d(cin, mid, 3, stride=1, padding=1),
+                nn.BatchNorm2d(mid),
+                nn.ReLU(),
+                nn.Conv2d(mid, 3, 3, stride=1, padding=1),
+                nn.Sigmoid(),
+            )
+            for _ in range(n * n)
+        ])
+
+    def forward(self, features, image):
+        n = self.n
+        _, _, h, w = features.shape
+        _, _, hi, wi = image.shape
+        loss = None
+        for r in range(n):
+            for c in range(n):
+                fp = features[:, :, r * h // n:(r + 1) * h // n, c * w // n:(c + 1) * w // n]
+                ip = image[:, :, r * hi // n:(r + 1) * hi // n, c * wi // n:(c + 1) * wi // n]
+                fp = F.interpolate(fp, size=[self.out_size, self.out_size], mode="bilinear", align_corners=True)
+                term = F.binary_cross_entropy(self.decoders[r * n + c](fp), ip)
+                loss = term if loss is None else loss + term
+        return loss
+
+
+# ----------------------------------------------------------------------------------------
+# The network with its partition and aux nets
+
+
+class LocalNet(nn.Module):
+    """CIFAR ResNet (widths 16/32/64, `blocks` BasicBlocks per stage) cut at `splits`.
+
+    Module j holds the blocks after split j-1 up to and including split j (the stem is
+    run separately by the training step: non-HPFF methods put it into module 0, HPFF runs
+    it once before the loop, as the reference does). Aux nets are created only where the
+    method uses them, named after the split point of the module they attach to.
+    """
+
+    def __init__(self, cfg, blocks=(1, 1, 1)):
+        super().__init__()
+        widths = (16, 16, 32, 64)
+        self.conv1 = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        cin = widths[0]
+        self.block_list = []  # [((stage, index), block, out_channels)]
+        for s in (1, 2, 3):
+            layer = []
+            for b in range(blocks[s - 1]):
+                stride = 2 if (s > 1 and b == 0) else 1
+                layer.append(BasicBlock(cin, widths[s], stride))
+                cin = widths[s]
+            seq = nn.Sequential(*layer)
+            setattr(self, f"layer{s}", seq)
+            for b, blk in enumerate(seq):
+                self.block_list.append(((s, b), blk, widths[s]))
+        self.fc64 = nn.Linear(widths[3], cfg["classes"])
+
+        splits = [tuple(p) for p in cfg["splits"]]
+        order = [p for p, _, _ in self.block_list]
+        assert splits[-1] == order[-1], "the last split point must be the last block"
+        self.parts = []  # per module: list of blocks
+        self.part_channels = []
+        self.split_names = []
+        start = 0
+        for p in splits:
+            end = order.index(p) + 1
+            assert end > start, "split points must be increasing"
+            self.parts.append([blk for _, blk, _ in self.block_list[start:end]])
+            self.part_channels.append(self.block_list[end - 1][2])
+            self.split_names.append(f"{p[0]}_{p[1]}")
+            start = end
+        k = len(self.parts)
+
+        method, hpff = cfg["method"], cfg["hpff"]
+        head = "0c1f" if method == "greedy" else cfg["aux_head"]
+        mk_cls = lambda c: AuxClassifier(c, head, cfg["local_loss"], cfg["classes"], cfg["feature_dim"])
+        mk_dec = lambda c: PatchDecoder(c, cfg["image_size"], cfg["patches"])
+        if method != "e2e":
+            if hpff:
+                # module 0 has no independent loss and no cascade level (reference quirk)
+                for i in range(1, k - 1):
+                    name, c = self.split_names[i], self.part_channels[i]
+                    setattr(self, f"net_classifier_{name}", mk_cls(c))
+                    setattr(self, f"aux_classifier_{name}", mk_cls(c))
+                    if method == "infopro":
+                        setattr(self, f"aux_decoder_{name}", mk_dec(c))
+            else:
+                for j in range(0, k - 1):
+                    name, c = self.split_names[j], self.part_channels[j]
+                    setattr(self, f"aux_classifier_{name}", mk_cls(c))
+                    if method == "infopro":
+                        setattr(self, f"decoder_{name}", mk_dec(c))
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                m.weight.data.normal_(0, math.sqrt(2.0 / fan))
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.data.fill_(1)
+                m.bias.data.zero_()
+
+    def stem(self, img):
+        return F.relu(self.bn1(self.conv1(img)))
+
+    def run_part(self, j, x):
+        for blk in self.parts[j]:
+            x = blk(x)
+        return x
+
+    def classify(self, x):
+        return self.fc64(torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1))
+
+    def aux(self, kind, j):
+        return getattr(self, f"{kind}_{self.split_names[j]}")
+
+
+def lambdas(cfg, j, k):
+    ratio = j / (k - 2) if k > 2 else 0
+    l1 = cfg["lambda1"][0] * (1 - ratio) + cfg["lambda1"][1] * ratio
+    l2 = cfg["lambda2"][0] * (1 - ratio) + cfg["lambda2"][1] * ratio
+    return l1, l2
+
+
+def restore_image(cfg, img):
+    mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
+    return img.mul(std) + mean
+
+
+# ----------------------------------------------------------------------------------------
+# One training step (forward + every backward; no optimizer step). Returns unweighted losses.
+
+
+def step_e2e(net, cfg, img, target):
+    x = net.stem(img)
+    for j in range(len(net.parts)):
+        x = net.run_part(j, x)
+    loss = F.cross_entropy(net.classify(x), target)
+    loss.backward()
+    return {"ce": loss}
+
+
+def step_local(net, cfg, img, target):
+    """Greedy SL / DGL / InfoPro: each module trained by its own loss on a detached input."""
+    k = len(net.parts)
+    method = cfg["method"]
+    image = restore_image(cfg, img)
+    losses = {}
+    x = img
+    for j in range(k - 1):
+        x = x.detach()
+        if j == 0:
+            x = net.stem(x)
+        x = net.run_part(j, x)
+        cls = net.aux("aux_classifier", j)(x, target)
+        losses[f"m{j}.classifier"] = cls
+        if method == "infopro":
+            l1, l2 = lambdas(cfg, j, k)
+            dec = net.aux("decoder", j)(x, image)
+            losses[f"m{j}.decoder"] = dec
+            loss = l1 * dec + l2 * cls
+        else:
+            loss = cls
+        loss.backward()
+        x = x.detach()
+    x = net.run_part(k - 1, x)
+    ce = F.cross_entropy(net.classify(x), target)
+    ce.backward()
+    losses[f"m{k - 1}.ce"] = ce
+    return losses
+
+
+def step_hpff(net, cfg, img, target):
+    """HiLo + PFF, in the reference's order of passes (see README.md)."""
+    k = len(net.parts)
+    assert k > 1
+    method, wx, wy = cfg["method"], cfg["wx"], cfg["wy"]
+    image = restore_image(cfg, img)
+    losses = {}
+    x = net.stem(img)
+    y = x  # cascade path starts from the same (not detached) stem output
+    for i in range(k - 1):
+        if i == 0:
+            x = net.run_part(0, x)
+            x = x.detach()
+            continue
+        x = net.run_part(i, x)
+        y = net.run_part(i - 1, y)
+        z = net.run_part(i, y)
+        loss_x = net.aux("net_classifier", i)(x, target)
+        losses[f"m{i}.independent"] = loss_x
+        cls = net.aux("aux_classifier", i)(z, target)
+        if method == "infopro":
+            l1, l2 = lambdas(cfg, i, k)
+            dec = net.aux("aux_decoder", i)(z, image)
+            losses[f"m{i}.cascade_decoder"] = dec
+            loss_y = l1 * dec + l2 * cls
+        else:
+            loss_y = cls
+        losses[f"m{i}.cascade_classifier"] = cls
+        loss = wx * loss_x + wy * loss_y
+        loss.backward()
+        x = x.detach()
+        y = y.detach()
+    x = net.run_part(k - 1, x)
+    y = net.run_part(k - 2, y)
+    y = net.run_part(k - 1, y)
+    ce_x = F.cross_entropy(net.classify(x), target)
+    ce_y = F.cross_entropy(net.classify(y), target)
+    (wx * ce_x + wy * ce_y).backward()
+    losses["last.x"] = ce_x
+    losses["last.y"] = ce_y
+    return losses
+
+
+def train_step(net, cfg, img, target):
+    if cfg["method"] == "e2e":
+        return step_e2e(net, cfg, img, target)
+    if cfg["hpff"]:
+        return step_hpff(net, cfg, img, target)
+    return step_local(net, cfg, img, target)
+
+
+# ----------------------------------------------------------------------------------------
+# Cases and fixture files
+
+BASE = {
+    "patches": 1,
+    "local_loss": "ce",
+    "aux_head": "1c2f",
+    "feature_dim": 32,
+    "lambda1": [5.0, 2.0],
+    "lambda2": [0.5, 1.0],
+    "wx": 0.3,
+    "wy": 0.7,
+    "lr": 0.1,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "nesterov": True,
+    "splits": [[1, 0], [2, 0], [3, 0]],
+    "k_label": 3,
+    "image_size": 16,
+    "batch": 8,
+    "classes": 10,
+    "mean": CIFAR_MEAN,
+    "std": CIFAR_STD,
+}
+
+CASES = {
+    "e2e": dict(method="e2e", hpff=False, aux_head="none"),
+    "greedy": dict(method="greedy", hpff=False, aux_head="0c1f"),
+    "dgl": dict(method="dgl", hpff=False, aux_head="2c2f"),
+    "infopro_n1_ce": dict(method="infopro", hpff=False, patches=1),
+    "infopro_n2_ce": dict(method="infopro", hpff=False, patches=2),
+    "infopro_n2_contrast": dict(method="infopro", hpff=False, patches=2, local_loss="contrast"),
+    "infopro_hpff_n2_ce": dict(method="infopro", hpff=True, patches=2),
+    "infopro_hpff_n2_contrast": dict(method="infopro", hpff=True, patches=2, local_loss="contrast"),
+    "infopro_hpff_n1_ce": dict(method="infopro", hpff=True, patches=1),
+    "dgl_hpff_n2_ce": dict(method="dgl", hpff=True, patches=2),
+}
+
+STEPS = 3
+DATA_SEED = 1234
+INIT_SEED = 0
+
+
+def case_config(name):
+    cfg = dict(BASE)
+    cfg.update(CASES[name])
+    return {"method": cfg.pop("method"), "hpff": cfg.pop("hpff"), **cfg}
+
+
+def make_batches(cfg):
+    """Inputs: uniform pixels in [0.02, 0.98] normalized with the CIFAR mean/std (so the
+    de-normalized BCE targets stay inside [0, 1]); zero-mean, std about 1.1. Targets uniform
+    in 0..classes-1, redrawn until the batch repeats at least one label (SupCon positives)."""
+    g = torch.Generator().manual_seed(DATA_SEED)
+    mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
+    b, s = cfg["batch"], cfg["image_size"]
+    batches = []
+    for _ in range(STEPS):
+        pixels = torch.rand(b, 3, s, s, generator=g) * 0.96 + 0.02
+        img = ((pixels - mean) / std).contiguous()
+        while True:
+            target = torch.randint(0, cfg["classes"], (b,), generator=g)
+            if target.unique().numel() < b:
+                break
+        batches.append((img, target))
+    return batches
+
+
+def state_tensors(net, prefix):
+    out = {}
+    for name, t in net.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        out[f"{prefix}.{name}"] = t.detach().to(torch.float32).clone().contiguous()
+    return out
+
+
+def generate(name):
+    cfg = case_config(name)
+    torch.manual_seed(INIT_SEED)
+    net = LocalNet(cfg)
+    net.train()
+    batches = make_batches(cfg)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                          nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"], foreach=False)
+    tensors = {}
+    for t, (img, target) in enumerate(batches):
+        tensors[f"input.{t}"] = img.clone()
+        tensors[f"target.{t}"] = target.to(torch.float32).clone()
+    tensors.update(state_tensors(net, "init"))
+    for t, (img, target) in enumerate(batches):
+        opt.zero_grad(set_to_none=True)
+        losses = train_step(net, cfg, img, target)
+        for key, v in losses.items():
+            tensors[f"loss.{t}.{key}"] = v.detach().reshape(1).clone()
+        if t == 0:
+            for pname, p in net.named_parameters():
+                if p.grad is not None:
+                    tensors[f"grad.{pname}"] = p.grad.detach().clone().contiguous()
+        opt.step()
+        if t == 0:
+            tensors.update(state_tensors(net, "step1"))
+    tensors.update(state_tensors(net, "step3"))
+    return cfg, tensors
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    default_out = os.path.normpath(os.path.join(here, "..", "..", "tests", "fixtures", "golden"))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=default_out)
+    ap.add_argument("--only", nargs="*", default=None, choices=sorted(CASES))
+    args = ap.parse_args()
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    os.makedirs(args.out, exist_ok=True)
+    for name in args.only or list(CASES):
+        cfg, tensors = generate(name)
+        path = os.path.join(args.out, f"{name}.safetensors")
+        save_file(tensors, path, metadata={"config": json.dumps(cfg, sort_keys=True)})
+        losses = {k[len("loss.0."):]: round(v.item(), 5) for k, v in tensors.items() if k.startswith("loss.0.")}
+        print(f"{name}: {len(tensors)} tensors, {os.path.getsize(path)} bytes, step-0 losses {losses}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
