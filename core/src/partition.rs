@@ -314,7 +314,7 @@ mod tests {
         let p = Partition::for_k(&b, 55, TableKind::Reference).unwrap();
         assert_eq!((p.k_label, p.modules()), (55, 54));
         let p = Partition::for_k(&a, 4, TableKind::Reference).unwrap();
-        assert_eq!(p.blocks_of(1), 3..6);
+        assert_eq!(p.blocks_of(1), 3..7);
         assert_eq!(p.split_point(&a, 2), (3, 0));
     }
 
