@@ -141,10 +141,7 @@ mod tests {
     fn messages_are_one_line_and_name_the_file() {
         let e = DataError::format(Path::new("/x/y.bin"), "a\nb  c");
         assert_eq!(e.to_string(), "/x/y.bin: a b c");
-        let e = DataError::io(
-            Path::new("/x/z"),
-            std::io::Error::new(std::io::ErrorKind::Other, "boom\nbang"),
-        );
+        let e = DataError::io(Path::new("/x/z"), std::io::Error::other("boom\nbang"));
         assert_eq!(e.to_string(), "/x/z: cannot read: boom bang");
     }
 

@@ -237,6 +237,34 @@ mod tests {
     }
 
     #[test]
+    fn checksum_mismatch_is_an_error_and_leaves_no_file() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
+        });
+        let d = tempfile::tempdir().unwrap();
+        let url = format!("http://127.0.0.1:{port}/");
+        let e = fashion_mnist_dir_from(&d.path().join("sys"), d.path(), &url)
+            .unwrap_err()
+            .to_string();
+        server.join().unwrap();
+        assert!(
+            e.contains("train-images-idx3-ubyte.gz failed: SHA-256 is ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad, expected b0564c3e"),
+            "{e}"
+        );
+        let left: Vec<_> = std::fs::read_dir(d.path().join("fashion-mnist"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty());
+    }
+
+    #[test]
     fn cache_dir_default_is_under_home() {
         // only checks the shape; environment variables are not changed in tests
         let p = default_cache_dir();

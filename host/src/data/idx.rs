@@ -243,3 +243,30 @@ pub(crate) mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::tests::{idx_images, idx_labels};
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Corrupted IDX headers and bodies give errors, never panics.
+        #[test]
+        fn corrupt_idx_never_panics(cut in 0usize..40, at in 0usize..40, v in any::<u8>(), which in any::<bool>()) {
+            let mut img = idx_images(2, 2, 3, &[1; 12]);
+            let mut lab = idx_labels(&[1, 2]);
+            let f = if which { &mut img } else { &mut lab };
+            if at < f.len() {
+                f[at] = v;
+            }
+            f.truncate(cut);
+            let d = tempfile::tempdir().unwrap();
+            let (pi, pl) = (d.path().join("i"), d.path().join("l"));
+            std::fs::write(&pi, &img).unwrap();
+            std::fs::write(&pl, &lab).unwrap();
+            let _ = load_idx_pair(&pi, &pl);
+        }
+    }
+}

@@ -272,7 +272,7 @@ impl MatArray {
     }
 
     /// All values as bytes; each must be a whole number in 0..=255.
-    pub fn to_u8(self, path: &Path) -> Result<Vec<u8>, DataError> {
+    pub fn into_u8(self, path: &Path) -> Result<Vec<u8>, DataError> {
         if self.data_type == MI_UINT8 {
             return Ok(self.data);
         }
@@ -405,7 +405,7 @@ pub fn load_svhn_mat(path: &Path) -> Result<Dataset, DataError> {
         }
         labels.push(v as u16 % 10);
     }
-    let raw = x.to_u8(path)?;
+    let raw = x.into_u8(path)?;
     let len = c * h * w;
     let mut images = vec![0u8; n * len];
     images.par_chunks_mut(len).enumerate().for_each(|(k, out)| {
@@ -681,5 +681,74 @@ mod tests {
             e.contains("test_32x32.mat: not found; get") && e.contains("housenumbers"),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Vec<u8> {
+        let mut h = b"MATLAB 5.0 MAT-file".to_vec();
+        h.resize(124, b' ');
+        h.extend_from_slice(&[0, 1, b'I', b'M']);
+        // X: 1×1×1×2 uint8, y: 2×1 uint8, second one zlib-compressed
+        let body = |name: u8, dims: [i32; 4], data: &[u8]| {
+            let mut b = vec![6, 0, 0, 0, 8, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0];
+            b.extend_from_slice(&[5, 0, 0, 0, 16, 0, 0, 0]);
+            dims.iter()
+                .for_each(|d| b.extend_from_slice(&d.to_le_bytes()));
+            b.extend_from_slice(&[1, 0, 1, 0, name, 0, 0, 0]);
+            b.extend_from_slice(&[2, 0, data.len() as u8, 0]);
+            b.extend_from_slice(data);
+            b.resize(b.len().div_ceil(8) * 8, 0);
+            let mut e = vec![14, 0, 0, 0];
+            e.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            e.extend(b);
+            e
+        };
+        h.extend(body(b'X', [1, 1, 1, 2], &[7, 8]));
+        let y = body(b'y', [2, 1, 1, 1], &[10, 4]);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut z, &y).unwrap();
+        let z = z.finish().unwrap();
+        h.extend_from_slice(&[15, 0, 0, 0]);
+        h.extend_from_slice(&(z.len() as u32).to_le_bytes());
+        h.extend(z);
+        h
+    }
+
+    #[test]
+    fn sample_loads() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.mat");
+        std::fs::write(&p, sample()).unwrap();
+        let ds = load_svhn_mat(&p).unwrap();
+        assert_eq!(
+            (ds.n, ds.c, ds.h, ds.w, ds.labels.clone(), ds.images.clone()),
+            (2, 1, 1, 1, vec![0, 4], vec![7, 8])
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Corrupted or cut MAT-files give errors, never panics.
+        #[test]
+        fn corrupt_mat_never_panics(cut in 0usize..400, flips in proptest::collection::vec((128usize..400, any::<u8>()), 0..4)) {
+            let mut b = sample();
+            for (at, v) in flips {
+                if at < b.len() {
+                    b[at] = v;
+                }
+            }
+            b.truncate(cut.max(1));
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("s.mat");
+            std::fs::write(&p, &b).unwrap();
+            if let Err(e) = load_svhn_mat(&p) {
+                prop_assert!(!e.to_string().contains('\n'));
+            }
+        }
     }
 }
