@@ -1,0 +1,245 @@
+//! Finite-difference checks of whole local modules: the gradient the executor leaves in
+//! the arena must be the derivative of exactly the losses that reach the module through
+//! non-detached paths (its own local losses, and for HPFF the cascade loss of the next
+//! module, where it is the lower half of the pair).
+//!
+//! Directional derivatives along random sparse ±1 directions (24 coordinates drawn from the
+//! module's parameters), central differences with steps 1e-3, 3e-4 and 1e-4 (best of the three), f32 forward passes. Tolerance: 3% of the larger
+//! of the two derivatives (ReLU kinks and f32 loss resolution bound the difference quotient).
+
+use hpff_core::arch::Arch;
+use hpff_core::exec::{init_params, train_step, StepInput};
+use hpff_core::method::{AuxHead, Base, LocalLoss, Method};
+use hpff_core::optim::Sgd;
+use hpff_core::partition::Partition;
+use hpff_core::plan::{LossKind, Plan, TensorKind};
+use hpff_core::rng::Rng;
+
+/// Step sizes tried; a direction passes when any of them agrees (a ReLU or BN kink inside
+/// the step biases a large step, f32 rounding a small one).
+const EPS: [f32; 3] = [1e-3, 3e-4, 1e-4];
+/// Coordinates per direction: few enough that the step stays inside one linear piece of
+/// the ReLUs for almost every sample.
+const COORDS: usize = 24;
+const TOL: f64 = 3e-2;
+
+struct Case {
+    plan: Plan,
+    x: Vec<f32>,
+    labels: Vec<u32>,
+    arena: Vec<f32>,
+}
+
+fn case(base: Base, hpff: bool, loss: LocalLoss) -> Case {
+    let arch = Arch::resnet(8, 3, 8, 3).unwrap();
+    let part = Partition::from_splits(&arch, [(1, 0), (2, 0)]).unwrap();
+    let mut m = Method::reference(base, hpff);
+    m.head = AuxHead::parse("1c2f").unwrap();
+    m.feature_dim = 16;
+    m.local_loss = loss;
+    m.lambda1 = [5.0, 2.0];
+    m.lambda2 = [0.5, 1.0];
+    m.wx = 0.3;
+    m.wy = 0.7;
+    let batch = 6;
+    let plan = Plan::new(
+        arch,
+        part,
+        m,
+        batch,
+        [0.5, 0.5, 0.5, 0.0],
+        [0.25, 0.25, 0.25, 1.0],
+    )
+    .unwrap();
+    let mut rng = Rng::new(7);
+    let mut arena = vec![0.0; plan.arena_len()];
+    init_params(&plan, &mut arena, &mut rng);
+    // Pixels in (0, 1) after de-normalisation, so BCE targets are valid.
+    let x = (0..plan.input().len)
+        .map(|_| (rng.uniform() - 0.5) * 3.6)
+        .collect();
+    let labels = vec![0, 1, 2, 0, 1, 2];
+    Case {
+        plan,
+        x,
+        labels,
+        arena,
+    }
+}
+
+/// Runs one step with lr = 0 (parameters unchanged) and returns the loss record.
+fn losses(c: &Case, arena: &mut [f32]) -> Vec<f32> {
+    let mut l = vec![0.0; c.plan.loss_slots()];
+    let sgd = Sgd {
+        momentum: 0.9,
+        weight_decay: 0.0,
+        nesterov: true,
+    };
+    train_step(
+        &c.plan,
+        arena,
+        &StepInput {
+            x: &c.x,
+            labels: &c.labels,
+            lr: 0.0,
+            sgd,
+        },
+        &mut l,
+    )
+    .unwrap();
+    l
+}
+
+/// Checks the module's gradient against the weighted sum of `terms` (slot, weight).
+fn check(c: &Case, in_module: impl Fn(&str) -> bool, terms: &[(usize, f32)]) {
+    let objective = |arena: &mut [f32]| -> f64 {
+        let l = losses(c, arena);
+        terms.iter().map(|&(s, w)| w as f64 * l[s] as f64).sum()
+    };
+    let mut base = c.arena.clone();
+    objective(&mut base);
+    let grads = base[c.plan.grads_off()..c.plan.grads_off() + c.plan.params].to_vec();
+    let mut mask = vec![false; c.plan.params];
+    c.plan.for_each_tensor(|t| {
+        if t.kind == TensorKind::Param && in_module(&t.name.to_string()) {
+            mask[t.off..t.off + t.len]
+                .iter_mut()
+                .for_each(|m| *m = true);
+        }
+    });
+    assert!(mask.iter().any(|&m| m), "no parameters selected");
+    let mut rng = Rng::new(99);
+    for trial in 0..4 {
+        let idx: Vec<usize> = (0..mask.len()).filter(|&i| mask[i]).collect();
+        let mut v = vec![0.0f32; mask.len()];
+        for _ in 0..COORDS {
+            let i = idx[rng.below(idx.len() as u64) as usize];
+            v[i] = if rng.coin() { 1.0 } else { -1.0 };
+        }
+        let analytic: f64 = grads
+            .iter()
+            .zip(&v)
+            .map(|(&g, &d)| g as f64 * d as f64)
+            .sum();
+        let shifted = |step: f32| {
+            let mut a = c.arena.clone();
+            a[..c.plan.params]
+                .iter_mut()
+                .zip(&v)
+                .for_each(|(p, &d)| *p += step * d);
+            objective(&mut a)
+        };
+        let (err, fd) = EPS
+            .iter()
+            .map(|&eps| {
+                let (up, down) = (shifted(eps), shifted(-eps));
+                let fd = (up - down) / (2.0 * eps as f64);
+                (
+                    (analytic - fd).abs() / analytic.abs().max(fd.abs()).max(1e-3),
+                    fd,
+                )
+            })
+            .fold(
+                (f64::INFINITY, 0.0),
+                |best, x| if x.0 < best.0 { x } else { best },
+            );
+        println!(
+            "trial {trial}: analytic {analytic:.6e}, finite difference {fd:.6e}, rel {err:.1e}"
+        );
+        assert!(
+            err < TOL,
+            "trial {trial}: analytic {analytic} vs finite difference {fd}"
+        );
+    }
+}
+
+#[test]
+fn e2e_whole_network() {
+    let c = case(Base::E2e, false, LocalLoss::CrossEntropy);
+    check(&c, |_| true, &[(LossKind::Ce.slot(0), 1.0)]);
+}
+
+#[test]
+fn infopro_middle_module_with_its_decoder_and_head() {
+    let c = case(Base::InfoPro, false, LocalLoss::CrossEntropy);
+    let (l1, l2) = c.plan.method.local_weights(&c.plan.part, 1);
+    let terms = [
+        (LossKind::Decoder.slot(1), l1),
+        (LossKind::Classifier.slot(1), l2),
+    ];
+    check(
+        &c,
+        |n| n.starts_with("layer2.") || n.contains("_2_0."),
+        &terms,
+    );
+}
+
+#[test]
+fn infopro_first_module_with_the_stem() {
+    let c = case(Base::InfoPro, false, LocalLoss::CrossEntropy);
+    let (l1, l2) = c.plan.method.local_weights(&c.plan.part, 0);
+    let terms = [
+        (LossKind::Decoder.slot(0), l1),
+        (LossKind::Classifier.slot(0), l2),
+    ];
+    check(
+        &c,
+        |n| {
+            n.starts_with("conv1")
+                || n.starts_with("bn1")
+                || n.starts_with("layer1.")
+                || n.contains("_1_0.")
+        },
+        &terms,
+    );
+}
+
+#[test]
+fn infopro_contrastive_middle_module() {
+    let c = case(Base::InfoPro, false, LocalLoss::Contrast);
+    let (l1, l2) = c.plan.method.local_weights(&c.plan.part, 1);
+    let terms = [
+        (LossKind::Decoder.slot(1), l1),
+        (LossKind::Classifier.slot(1), l2),
+    ];
+    check(
+        &c,
+        |n| n.starts_with("layer2.") || n.contains("_2_0."),
+        &terms,
+    );
+}
+
+#[test]
+fn hpff_middle_module_gets_independent_cascade_and_next_cascade() {
+    let c = case(Base::InfoPro, true, LocalLoss::CrossEntropy);
+    let m = c.plan.method;
+    let (l1, l2) = m.local_weights(&c.plan.part, 1);
+    let terms = [
+        (LossKind::Independent.slot(1), m.wx),
+        (LossKind::CascadeDecoder.slot(1), m.wy * l1),
+        (LossKind::CascadeClassifier.slot(1), m.wy * l2),
+        // Module 1 is the lower half of the last module's cascade path.
+        (LossKind::LastY.slot(2), m.wy),
+    ];
+    check(
+        &c,
+        |n| n.starts_with("layer2.") || n.contains("_2_0."),
+        &terms,
+    );
+}
+
+#[test]
+fn hpff_first_module_is_trained_only_through_the_cascade() {
+    let c = case(Base::InfoPro, true, LocalLoss::CrossEntropy);
+    let m = c.plan.method;
+    let (l1, l2) = m.local_weights(&c.plan.part, 1);
+    let terms = [
+        (LossKind::CascadeDecoder.slot(1), m.wy * l1),
+        (LossKind::CascadeClassifier.slot(1), m.wy * l2),
+    ];
+    check(
+        &c,
+        |n| n.starts_with("conv1") || n.starts_with("bn1") || n.starts_with("layer1."),
+        &terms,
+    );
+}
