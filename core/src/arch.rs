@@ -56,12 +56,7 @@ const fn conv_out(x: usize, stride: usize) -> usize {
 
 impl Arch {
     /// ResNet-`depth` (20, 32, 44, 56, 110, 1202 Basic; 164, 1001 Bottleneck; any 6m+2 / 9m+2).
-    pub fn resnet(
-        depth: usize,
-        in_channels: usize,
-        image: usize,
-        classes: usize,
-    ) -> Result<Arch, PlanError> {
+    pub fn resnet(depth: usize, in_channels: usize, image: usize, classes: usize) -> Result<Arch, PlanError> {
         let (kind, m) = if depth == 164 || depth == 1001 {
             (BlockKind::Bottleneck, (depth - 2) / 9)
         } else if depth >= 8 && (depth - 2) % 6 == 0 {
@@ -73,21 +68,12 @@ impl Arch {
             return Err(PlanError::UnknownDepth(depth));
         }
         if in_channels == 0 || classes < 2 {
-            return Err(PlanError::BadShape(
-                "input channels must be ≥ 1 and classes ≥ 2",
-            ));
+            return Err(PlanError::BadShape("input channels must be ≥ 1 and classes ≥ 2"));
         }
         if image < 4 {
             return Err(PlanError::BadShape("image size must be at least 4 pixels"));
         }
-        Ok(Arch {
-            depth,
-            kind,
-            blocks_per_stage: m,
-            in_channels,
-            image,
-            classes,
-        })
+        Ok(Arch { depth, kind, blocks_per_stage: m, in_channels, image, classes })
     }
 
     pub const fn expansion(&self) -> usize {
@@ -140,11 +126,7 @@ impl Arch {
             self.stage_channels(s - 1)
         };
         let stride = if b == 0 && s > 0 { 2 } else { 1 };
-        let h_in = if b == 0 && s > 0 {
-            self.stage_size(s - 1)
-        } else {
-            self.stage_size(s)
-        };
+        let h_in = if b == 0 && s > 0 { self.stage_size(s - 1) } else { self.stage_size(s) };
         let h_out = conv_out(h_in, stride);
         BlockShape {
             kind: self.kind,
@@ -170,10 +152,7 @@ mod tests {
         let a = Arch::resnet(32, 3, 32, 10).unwrap();
         assert_eq!(a.blocks(), 15);
         let b = a.block(5); // first block of stage 2
-        assert_eq!(
-            (b.c_in, b.c_out, b.h_in, b.h_out, b.stride, b.downsample),
-            (16, 32, 32, 16, 2, true)
-        );
+        assert_eq!((b.c_in, b.c_out, b.h_in, b.h_out, b.stride, b.downsample), (16, 32, 32, 16, 2, true));
         assert!(!a.block(0).downsample);
         assert_eq!(a.block(14).h_out, 8);
         assert_eq!(a.features(), 64);

@@ -16,23 +16,10 @@ use core::fmt;
 /// Why a step could not run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExecError {
-    ArenaSize {
-        need: usize,
-        have: usize,
-    },
-    InputSize {
-        need: usize,
-        have: usize,
-    },
-    LossSlots {
-        need: usize,
-        have: usize,
-    },
-    Label {
-        index: usize,
-        label: u32,
-        classes: usize,
-    },
+    ArenaSize { need: usize, have: usize },
+    InputSize { need: usize, have: usize },
+    LossSlots { need: usize, have: usize },
+    Label { index: usize, label: u32, classes: usize },
 }
 
 impl fmt::Display for ExecError {
@@ -47,15 +34,8 @@ impl fmt::Display for ExecError {
             ExecError::LossSlots { need, have } => {
                 write!(f, "loss record has {have} slots, the plan needs {need}")
             }
-            ExecError::Label {
-                index,
-                label,
-                classes,
-            } => {
-                write!(
-                    f,
-                    "label {label} of sample {index} is out of range for {classes} classes"
-                )
+            ExecError::Label { index, label, classes } => {
+                write!(f, "label {label} of sample {index} is out of range for {classes} classes")
             }
         }
     }
@@ -75,11 +55,7 @@ pub struct StepInput<'a> {
 pub fn init_params(plan: &Plan, arena: &mut [f32], rng: &mut Rng) {
     let state = plan.state_off();
     plan.for_each_tensor(|t| {
-        let off = if t.kind == TensorKind::Param {
-            t.off
-        } else {
-            state + t.off
-        };
+        let off = if t.kind == TensorKind::Param { t.off } else { state + t.off };
         let w = &mut arena[off..off + t.len];
         match t.init {
             Init::KaimingConv { c_out, k } => init::kaiming_normal_conv(rng, w, c_out, k),
@@ -94,51 +70,26 @@ pub fn init_params(plan: &Plan, arena: &mut [f32], rng: &mut Rng) {
 
 fn check(plan: &Plan, arena: &[f32], x: &[f32], labels: &[u32]) -> Result<(), ExecError> {
     if arena.len() < plan.arena_len() {
-        return Err(ExecError::ArenaSize {
-            need: plan.arena_len(),
-            have: arena.len(),
-        });
+        return Err(ExecError::ArenaSize { need: plan.arena_len(), have: arena.len() });
     }
     if x.len() != plan.input().len {
-        return Err(ExecError::InputSize {
-            need: plan.input().len,
-            have: x.len(),
-        });
+        return Err(ExecError::InputSize { need: plan.input().len, have: x.len() });
     }
     if labels.len() != plan.batch {
-        return Err(ExecError::InputSize {
-            need: plan.batch,
-            have: labels.len(),
-        });
+        return Err(ExecError::InputSize { need: plan.batch, have: labels.len() });
     }
-    if let Some((index, &label)) = labels
-        .iter()
-        .enumerate()
-        .find(|(_, &l)| l as usize >= plan.arch.classes)
-    {
-        return Err(ExecError::Label {
-            index,
-            label,
-            classes: plan.arch.classes,
-        });
+    if let Some((index, &label)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= plan.arch.classes) {
+        return Err(ExecError::Label { index, label, classes: plan.arch.classes });
     }
     Ok(())
 }
 
 /// Runs one training step (forward, local losses, backward, SGD). `losses` receives each
 /// loss slot's unweighted value (see [`crate::plan::LossKind`]).
-pub fn train_step(
-    plan: &Plan,
-    arena: &mut [f32],
-    input: &StepInput,
-    losses: &mut [f32],
-) -> Result<(), ExecError> {
+pub fn train_step(plan: &Plan, arena: &mut [f32], input: &StepInput, losses: &mut [f32]) -> Result<(), ExecError> {
     check(plan, arena, input.x, input.labels)?;
     if losses.len() < plan.loss_slots() {
-        return Err(ExecError::LossSlots {
-            need: plan.loss_slots(),
-            have: losses.len(),
-        });
+        return Err(ExecError::LossSlots { need: plan.loss_slots(), have: losses.len() });
     }
     let inp = plan.input();
     arena[inp.off..inp.end()].copy_from_slice(input.x);
@@ -151,25 +102,14 @@ pub fn train_step(
 pub fn eval_step<'a>(plan: &Plan, arena: &'a mut [f32], x: &[f32]) -> Result<&'a [f32], ExecError> {
     let labels = [0u32; 0];
     if arena.len() < plan.arena_len() {
-        return Err(ExecError::ArenaSize {
-            need: plan.arena_len(),
-            have: arena.len(),
-        });
+        return Err(ExecError::ArenaSize { need: plan.arena_len(), have: arena.len() });
     }
     if x.len() != plan.input().len {
-        return Err(ExecError::InputSize {
-            need: plan.input().len,
-            have: x.len(),
-        });
+        return Err(ExecError::InputSize { need: plan.input().len, have: x.len() });
     }
     let inp = plan.input();
     arena[inp.off..inp.end()].copy_from_slice(x);
-    let input = StepInput {
-        x,
-        labels: &labels,
-        lr: 0.0,
-        sgd: Sgd::default(),
-    };
+    let input = StepInput { x, labels: &labels, lr: 0.0, sgd: Sgd::default() };
     let mut a = Arena::new(arena);
     plan.eval_step(|op| a.run(plan, op, &input, &mut []));
     let l = plan.logits();
@@ -185,11 +125,7 @@ struct Arena<'a> {
 
 impl<'a> Arena<'a> {
     fn new(a: &'a mut [f32]) -> Self {
-        Arena {
-            ptr: a.as_mut_ptr(),
-            len: a.len(),
-            _life: core::marker::PhantomData,
-        }
+        Arena { ptr: a.as_mut_ptr(), len: a.len(), _life: core::marker::PhantomData }
     }
 
     fn r(&self, b: Buf) -> &[f32] {
@@ -216,14 +152,7 @@ impl<'a> Arena<'a> {
                 losses.iter_mut().for_each(|l| *l = 0.0);
             }
             Op::Zero { buf } => self.w(buf).fill(0.0),
-            Op::Restore {
-                x,
-                y,
-                c,
-                hw,
-                mean,
-                std,
-            } => {
+            Op::Restore { x, y, c, hw, mean, std } => {
                 let (x, y) = (self.r(x), self.w(y));
                 for (i, (xs, ys)) in x.chunks_exact(hw).zip(y.chunks_exact_mut(hw)).enumerate() {
                     let ch = i % c;
@@ -234,24 +163,9 @@ impl<'a> Arena<'a> {
             }
             Op::Conv { s, w, b, x, y } => {
                 let bias = b.map(|b| self.r(buf(b, s.c_out)));
-                ops::conv2d_forward(
-                    &s,
-                    n,
-                    self.r(x),
-                    self.r(buf(w, s.weight_len())),
-                    bias,
-                    self.w(y),
-                    scratch,
-                );
+                ops::conv2d_forward(&s, n, self.r(x), self.r(buf(w, s.weight_len())), bias, self.w(y), scratch);
             }
-            Op::BnTrain {
-                s,
-                p: gp,
-                state,
-                x,
-                y,
-                stats,
-            } => {
+            Op::BnTrain { s, p: gp, state, x, y, stats } => {
                 let c = s.c;
                 let st = self.w(stats);
                 let (mean, rest) = st.split_at_mut(c);
@@ -268,30 +182,14 @@ impl<'a> Arena<'a> {
                 let gb = self.r(buf(gp, 2 * c));
                 ops::batchnorm_forward(&s, n, x, mean, invstd, &gb[..c], &gb[c..], self.w(y));
             }
-            Op::BnEval {
-                s,
-                p: gp,
-                state,
-                x,
-                y,
-                stats,
-            } => {
+            Op::BnEval { s, p: gp, state, x, y, stats } => {
                 let c = s.c;
                 let st = self.w(stats);
                 let (mean, invstd) = st[..2 * c].split_at_mut(c);
                 let rs = self.r(buf(state, 2 * c));
                 ops::batchnorm_eval_stats(&rs[..c], &rs[c..], mean, invstd);
                 let gb = self.r(buf(gp, 2 * c));
-                ops::batchnorm_forward(
-                    &s,
-                    n,
-                    self.r(x),
-                    mean,
-                    invstd,
-                    &gb[..c],
-                    &gb[c..],
-                    self.w(y),
-                );
+                ops::batchnorm_forward(&s, n, self.r(x), mean, invstd, &gb[..c], &gb[c..], self.w(y));
             }
             Op::Relu { x } => ops::relu_inplace(self.w(x)),
             Op::AddRelu { y, x } => {
@@ -300,9 +198,7 @@ impl<'a> Arena<'a> {
                 ops::relu_inplace(y);
             }
             Op::Sigmoid { x, y } => ops::sigmoid_forward(self.r(x), self.w(y)),
-            Op::Pool { c, hw, x, y } => {
-                ops::global_avg_pool_forward(c, hw, n, self.r(x), self.w(y))
-            }
+            Op::Pool { c, hw, x, y } => ops::global_avg_pool_forward(c, hw, n, self.r(x), self.w(y)),
             Op::Linear { s, w, b, x, y } => ops::linear_forward(
                 &s,
                 n,
@@ -314,77 +210,25 @@ impl<'a> Arena<'a> {
             Op::Resize { win, x, y } => ops::bilinear_forward(&win, n, self.r(x), self.w(y)),
             Op::Crop { win, x, y } => ops::crop_forward(&win, n, self.r(x), self.w(y)),
             Op::L2Normalize { d, x, y } => loss::l2_normalize_forward(n, d, self.r(x), self.w(y)),
-            Op::CrossEntropy {
-                classes,
-                logits,
-                dlogits,
-                scale,
-                slot,
-            } => {
-                losses[slot] += loss::cross_entropy(
-                    n,
-                    classes,
-                    self.r(logits),
-                    inp.labels,
-                    n,
-                    scale,
-                    self.w(dlogits),
-                );
+            Op::CrossEntropy { classes, logits, dlogits, scale, slot } => {
+                losses[slot] += loss::cross_entropy(n, classes, self.r(logits), inp.labels, n, scale, self.w(dlogits));
             }
-            Op::Bce {
-                p: pr,
-                t,
-                dp,
-                scale,
-                slot,
-            } => {
+            Op::Bce { p: pr, t, dp, scale, slot } => {
                 losses[slot] += loss::bce(self.r(pr), self.r(t), pr.len, scale, self.w(dp));
             }
-            Op::SupCon {
-                d,
-                f,
-                df,
-                scale,
-                slot,
-                scratch,
-            } => {
+            Op::SupCon { d, f, df, scale, slot, scratch } => {
                 let t = loss::SUPCON_TEMPERATURE;
-                losses[slot] += loss::supcon(
-                    n,
-                    d,
-                    self.r(f),
-                    inp.labels,
-                    t,
-                    t,
-                    scale,
-                    self.w(df),
-                    self.w(scratch),
-                );
+                losses[slot] += loss::supcon(n, d, self.r(f), inp.labels, t, t, scale, self.w(df), self.w(scratch));
             }
             Op::ConvBackward { s, w, b, x, dy, dx } => {
                 let dw = self.w(buf(p + w, s.weight_len()));
                 let db = b.map(|b| self.w(buf(p + b, s.c_out)));
                 ops::conv2d_accumulate_weight_grad(&s, n, self.r(x), self.r(dy), dw, db, scratch);
                 if let Some(dx) = dx {
-                    ops::conv2d_backward_input(
-                        &s,
-                        n,
-                        self.r(dy),
-                        self.r(buf(w, s.weight_len())),
-                        self.w(dx),
-                        scratch,
-                    );
+                    ops::conv2d_backward_input(&s, n, self.r(dy), self.r(buf(w, s.weight_len())), self.w(dx), scratch);
                 }
             }
-            Op::BnBackward {
-                s,
-                p: gp,
-                x,
-                dy,
-                dx,
-                stats,
-                sums,
-            } => {
+            Op::BnBackward { s, p: gp, x, dy, dx, stats, sums } => {
                 let c = s.c;
                 let st = self.r(stats);
                 let (mean, invstd) = (&st[..c], &st[c..2 * c]);
@@ -392,16 +236,7 @@ impl<'a> Arena<'a> {
                 sm.fill(0.0);
                 let (sum_dy, sum_dy_xhat) = sm.split_at_mut(c);
                 let (x, dy) = (self.r(x), self.r(dy));
-                ops::batchnorm_accumulate_backward_sums(
-                    &s,
-                    n,
-                    x,
-                    dy,
-                    mean,
-                    invstd,
-                    sum_dy,
-                    sum_dy_xhat,
-                );
+                ops::batchnorm_accumulate_backward_sums(&s, n, x, dy, mean, invstd, sum_dy, sum_dy_xhat);
                 let gamma = self.r(buf(gp, c));
                 ops::batchnorm_backward_input(
                     &s,
@@ -421,29 +256,17 @@ impl<'a> Arena<'a> {
                 ops::add_assign(&mut g[c..], sum_dy);
             }
             Op::ReluBackward { y, dy } => ops::relu_backward_inplace(self.r(y), self.w(dy)),
-            Op::SigmoidBackward { y, dy, dx } => {
-                ops::sigmoid_backward(self.r(y), self.r(dy), self.w(dx))
-            }
-            Op::PoolBackward { c, hw, dy, dx } => {
-                ops::global_avg_pool_backward(c, hw, n, self.r(dy), self.w(dx))
-            }
+            Op::SigmoidBackward { y, dy, dx } => ops::sigmoid_backward(self.r(y), self.r(dy), self.w(dx)),
+            Op::PoolBackward { c, hw, dy, dx } => ops::global_avg_pool_backward(c, hw, n, self.r(dy), self.w(dx)),
             Op::LinearBackward { s, w, b, x, dy, dx } => {
                 let dw = self.w(buf(p + w, s.weight_len()));
                 let db = self.w(buf(p + b, s.out_f));
                 ops::linear_accumulate_weight_grad(&s, n, self.r(x), self.r(dy), dw, db);
                 if let Some(dx) = dx {
-                    ops::linear_backward_input(
-                        &s,
-                        n,
-                        self.r(dy),
-                        self.r(buf(w, s.weight_len())),
-                        self.w(dx),
-                    );
+                    ops::linear_backward_input(&s, n, self.r(dy), self.r(buf(w, s.weight_len())), self.w(dx));
                 }
             }
-            Op::ResizeBackward { win, dy, dx } => {
-                ops::bilinear_accumulate_backward(&win, n, self.r(dy), self.w(dx))
-            }
+            Op::ResizeBackward { win, dy, dx } => ops::bilinear_accumulate_backward(&win, n, self.r(dy), self.w(dx)),
             Op::L2NormalizeBackward { d, x, dy, dx } => {
                 loss::l2_normalize_backward(n, d, self.r(x), self.r(dy), self.w(dx))
             }

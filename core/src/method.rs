@@ -50,10 +50,7 @@ pub struct AuxHead {
 }
 
 impl AuxHead {
-    pub const GREEDY: AuxHead = AuxHead {
-        convs: 0,
-        linears: 1,
-    };
+    pub const GREEDY: AuxHead = AuxHead { convs: 0, linears: 1 };
 
     /// Parses `"2c2f"` and the other reference configurations.
     pub fn parse(s: &str) -> Result<AuxHead, PlanError> {
@@ -63,10 +60,7 @@ impl AuxHead {
             convs: b.first().map_or(9, |c| c.wrapping_sub(b'0') as usize),
             linears: b.get(2).map_or(9, |c| c.wrapping_sub(b'0') as usize),
         };
-        let known = matches!(
-            (h.convs, h.linears),
-            (0, 1) | (0, 2) | (1, 1) | (1, 2) | (1, 3) | (2, 2)
-        );
+        let known = matches!((h.convs, h.linears), (0, 1) | (0, 2) | (1, 1) | (1, 2) | (1, 3) | (2, 2));
         if ok && known {
             Ok(h)
         } else {
@@ -110,14 +104,7 @@ impl Method {
             hpff,
             levels: Levels::Both,
             patches: if hpff { 2 } else { 1 },
-            head: if base == Base::Greedy {
-                AuxHead::GREEDY
-            } else {
-                AuxHead {
-                    convs: 2,
-                    linears: 2,
-                }
-            },
+            head: if base == Base::Greedy { AuxHead::GREEDY } else { AuxHead { convs: 2, linears: 2 } },
             local_loss: LocalLoss::CrossEntropy,
             widen: 1,
             feature_dim: 128,
@@ -138,10 +125,7 @@ impl Method {
         match self.base {
             Base::InfoPro => {
                 let r = part.ratio(i);
-                (
-                    self.lambda1[0] * (1.0 - r) + self.lambda1[1] * r,
-                    self.lambda2[0] * (1.0 - r) + self.lambda2[1] * r,
-                )
+                (self.lambda1[0] * (1.0 - r) + self.lambda1[1] * r, self.lambda2[0] * (1.0 - r) + self.lambda2[1] * r)
             }
             _ => (0.0, 1.0),
         }
@@ -150,9 +134,7 @@ impl Method {
     /// Checks the combination before a plan is built.
     pub fn validate(&self, part: &Partition) -> Result<(), PlanError> {
         if self.base == Base::E2e && self.hpff {
-            return Err(PlanError::BadMethod(
-                "--hpff needs a local method (greedy, dgl or infopro), not e2e",
-            ));
+            return Err(PlanError::BadMethod("--hpff needs a local method (greedy, dgl or infopro), not e2e"));
         }
         if self.base != Base::E2e && self.hpff && part.modules() < 2 {
             return Err(PlanError::BadMethod("HPFF needs at least 2 modules"));
@@ -161,9 +143,7 @@ impl Method {
             return Err(PlanError::BadMethod("the patch grid must be 1, 2 or 4"));
         }
         if self.widen == 0 || self.feature_dim == 0 {
-            return Err(PlanError::BadMethod(
-                "widen and feature dim must be positive",
-            ));
+            return Err(PlanError::BadMethod("widen and feature dim must be positive"));
         }
         if self.levels != Levels::Both && !self.hpff {
             return Err(PlanError::BadMethod("--levels applies to HPFF only"));
@@ -179,13 +159,7 @@ mod tests {
 
     #[test]
     fn heads_parse() {
-        assert_eq!(
-            AuxHead::parse("2c2f").unwrap(),
-            AuxHead {
-                convs: 2,
-                linears: 2
-            }
-        );
+        assert_eq!(AuxHead::parse("2c2f").unwrap(), AuxHead { convs: 2, linears: 2 });
         assert!(AuxHead::parse("3c2f").is_err());
         assert!(AuxHead::parse("2c").is_err());
         assert!(AuxHead::parse("").is_err());
@@ -199,9 +173,6 @@ mod tests {
         assert_eq!(m.local_weights(&p, 0), (5.0, 0.5));
         let (l1, l2) = m.local_weights(&p, 7);
         assert!((l1 - 2.5).abs() < 1e-6 && (l2 - 0.25).abs() < 1e-6);
-        assert_eq!(
-            Method::reference(Base::Dgl, false).local_weights(&p, 3),
-            (0.0, 1.0)
-        );
+        assert_eq!(Method::reference(Base::Dgl, false).local_weights(&p, 3), (0.0, 1.0));
     }
 }

@@ -22,19 +22,7 @@ const RESNET32: &[(usize, Table)] = &[
     (2, &[(2, 1), (3, 4)]),
     (3, &[(1, 4), (2, 4), (3, 4)]),
     (4, &[(1, 2), (2, 1), (3, 0), (3, 4)]),
-    (
-        8,
-        &[
-            (1, 0),
-            (1, 2),
-            (1, 4),
-            (2, 1),
-            (2, 3),
-            (3, 0),
-            (3, 2),
-            (3, 4),
-        ],
-    ),
+    (8, &[(1, 0), (1, 2), (1, 4), (2, 1), (2, 3), (3, 0), (3, 2), (3, 4)]),
     (
         16,
         &[
@@ -62,19 +50,7 @@ const RESNET110: &[(usize, Table)] = &[
     (2, &[(2, 8), (3, 17)]),
     (3, &[(1, 17), (2, 17), (3, 17)]),
     (4, &[(1, 11), (2, 7), (3, 3), (3, 17)]),
-    (
-        8,
-        &[
-            (1, 4),
-            (1, 11),
-            (2, 0),
-            (2, 7),
-            (2, 14),
-            (3, 3),
-            (3, 10),
-            (3, 17),
-        ],
-    ),
+    (8, &[(1, 4), (1, 11), (2, 0), (2, 7), (2, 14), (3, 3), (3, 10), (3, 17)]),
     (
         16,
         &[
@@ -191,22 +167,15 @@ impl Partition {
             (TableKind::BalancedCifar10, 110) => RESNET110_BALANCED_CIFAR10,
             (TableKind::BalancedStl10, 110) => RESNET110_BALANCED_STL10,
             (TableKind::Reference, _) => &[],
-            _ => {
-                return Err(PlanError::BadPartition(
-                    "balanced-memory tables exist only for ResNet-110 with K ≤ 4",
-                ))
-            }
+            _ => return Err(PlanError::BadPartition("balanced-memory tables exist only for ResNet-110 with K ≤ 4")),
         };
         if let Some((_, t)) = tables.iter().find(|(kk, _)| *kk == k) {
-            let mut p =
-                Partition::from_splits(arch, t.iter().map(|&(s, b)| (s as usize, b as usize)))?;
+            let mut p = Partition::from_splits(arch, t.iter().map(|&(s, b)| (s as usize, b as usize)))?;
             p.k_label = k;
             return Ok(p);
         }
         if table != TableKind::Reference {
-            return Err(PlanError::BadPartition(
-                "no balanced-memory table for this K (have 1, 2, 3, 4)",
-            ));
+            return Err(PlanError::BadPartition("no balanced-memory table for this K (have 1, 2, 3, 4)"));
         }
         Partition::even(arch, k)
     }
@@ -218,10 +187,7 @@ impl Partition {
             return Err(PlanError::TooManyModules { k, blocks: n });
         }
         if k > MAX_MODULES {
-            return Err(PlanError::TooManyModules {
-                k,
-                blocks: MAX_MODULES,
-            });
+            return Err(PlanError::TooManyModules { k, blocks: MAX_MODULES });
         }
         let mut ends = Vec::new();
         let (q, r) = (n / k, n % k);
@@ -234,36 +200,21 @@ impl Partition {
     }
 
     /// User-given split points `(stage 1..=3, block)`; the last block is appended if missing.
-    pub fn from_splits(
-        arch: &Arch,
-        splits: impl IntoIterator<Item = (usize, usize)>,
-    ) -> Result<Partition, PlanError> {
+    pub fn from_splits(arch: &Arch, splits: impl IntoIterator<Item = (usize, usize)>) -> Result<Partition, PlanError> {
         let mut ends: Vec<u16, MAX_MODULES> = Vec::new();
         for (s, b) in splits {
             if !(1..=3).contains(&s) || b >= arch.blocks_per_stage {
-                return Err(PlanError::NoSuchSplit {
-                    stage: s,
-                    block: b,
-                    blocks_per_stage: arch.blocks_per_stage,
-                });
+                return Err(PlanError::NoSuchSplit { stage: s, block: b, blocks_per_stage: arch.blocks_per_stage });
             }
             let g = ((s - 1) * arch.blocks_per_stage + b) as u16;
             if ends.last().is_some_and(|&last| g <= last) {
-                return Err(PlanError::BadPartition(
-                    "split points must be strictly increasing",
-                ));
+                return Err(PlanError::BadPartition("split points must be strictly increasing"));
             }
-            ends.push(g).map_err(|_| PlanError::TooManyModules {
-                k: MAX_MODULES + 1,
-                blocks: MAX_MODULES,
-            })?;
+            ends.push(g).map_err(|_| PlanError::TooManyModules { k: MAX_MODULES + 1, blocks: MAX_MODULES })?;
         }
         let last = (arch.blocks() - 1) as u16;
         if ends.last() != Some(&last) {
-            ends.push(last).map_err(|_| PlanError::TooManyModules {
-                k: MAX_MODULES + 1,
-                blocks: MAX_MODULES,
-            })?;
+            ends.push(last).map_err(|_| PlanError::TooManyModules { k: MAX_MODULES + 1, blocks: MAX_MODULES })?;
         }
         let k_label = ends.len();
         Ok(Partition { ends, k_label })
@@ -276,11 +227,7 @@ impl Partition {
 
     /// Global block range of module `j`.
     pub fn blocks_of(&self, j: usize) -> core::ops::Range<usize> {
-        let start = if j == 0 {
-            0
-        } else {
-            self.ends[j - 1] as usize + 1
-        };
+        let start = if j == 0 { 0 } else { self.ends[j - 1] as usize + 1 };
         start..self.ends[j] as usize + 1
     }
 
@@ -324,14 +271,8 @@ mod tests {
         let p = Partition::for_k(&a, 4, TableKind::Reference).unwrap();
         assert_eq!((0..4).map(|j| p.blocks_of(j).len()).sum::<usize>(), 9);
         assert_eq!(p.blocks_of(0), 0..3);
-        assert!(matches!(
-            Partition::even(&a, 10),
-            Err(PlanError::TooManyModules { .. })
-        ));
-        assert!(matches!(
-            Partition::from_splits(&a, [(2, 3)]),
-            Err(PlanError::NoSuchSplit { .. })
-        ));
+        assert!(matches!(Partition::even(&a, 10), Err(PlanError::TooManyModules { .. })));
+        assert!(matches!(Partition::from_splits(&a, [(2, 3)]), Err(PlanError::NoSuchSplit { .. })));
         assert!(Partition::from_splits(&a, [(2, 1), (1, 1)]).is_err());
         let p = Partition::from_splits(&a, [(1, 2)]).unwrap();
         assert_eq!(p.modules(), 2);

@@ -24,20 +24,14 @@ impl Rng {
     /// A generator whose whole stream is a function of `seed`.
     pub fn new(seed: u64) -> Self {
         let mut sm = seed;
-        let s = [
-            splitmix64(&mut sm),
-            splitmix64(&mut sm),
-            splitmix64(&mut sm),
-            splitmix64(&mut sm),
-        ];
+        let s = [splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm)];
         Rng { s }
     }
 
     /// An independent stream for a named purpose (e.g. one per epoch or worker),
     /// derived from this generator's seed state without advancing it.
     pub fn fork(&self, stream: u64) -> Self {
-        let mut sm =
-            self.s[0] ^ self.s[3].rotate_left(17) ^ stream.wrapping_mul(0xD134_2543_DE82_EF95);
+        let mut sm = self.s[0] ^ self.s[3].rotate_left(17) ^ stream.wrapping_mul(0xD134_2543_DE82_EF95);
         Rng::new(splitmix64(&mut sm))
     }
 
@@ -57,9 +51,7 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        let result = (self.s[0].wrapping_add(self.s[3]))
-            .rotate_left(23)
-            .wrapping_add(self.s[0]);
+        let result = (self.s[0].wrapping_add(self.s[3])).rotate_left(23).wrapping_add(self.s[0]);
         let t = self.s[1] << 17;
         self.s[2] ^= self.s[0];
         self.s[3] ^= self.s[1];

@@ -54,15 +54,7 @@ fn bench_sgemm() {
 #[test]
 #[ignore]
 fn bench_conv() {
-    let s = Conv2d {
-        c_in: 16,
-        c_out: 16,
-        h: 32,
-        w: 32,
-        k: 3,
-        stride: 1,
-        pad: 1,
-    };
+    let s = Conv2d { c_in: 16, c_out: 16, h: 32, w: 32, k: 3, stride: 1, pad: 1 };
     let n = 128;
     let mut x = vec![0.0; n * s.in_len()];
     let mut w = vec![0.0; s.weight_len()];
@@ -83,8 +75,7 @@ fn bench_conv() {
     };
     let tf = time(&mut || conv2d_forward(&s, n, &x, &w, None, &mut y, &mut scratch));
     let tbi = time(&mut || conv2d_backward_input(&s, n, &y, &w, &mut dx, &mut scratch));
-    let tbw =
-        time(&mut || conv2d_accumulate_weight_grad(&s, n, &x, &y, &mut dw, None, &mut scratch));
+    let tbw = time(&mut || conv2d_accumulate_weight_grad(&s, n, &x, &y, &mut dw, None, &mut scratch));
     let f = (s.flops() * n) as f64 / 1e9;
     println!(
         "conv 16->16 32x32 k3 n=128: fwd {:.2} ms ({:.1} GFLOP/s), bwd-input {:.2} ms ({:.1}), bwd-weight {:.2} ms ({:.1})",

@@ -2,8 +2,7 @@
 //! (proptest), and loss values/gradients vs PyTorch literals.
 
 use hpff_core::loss::{
-    bce, cross_entropy, l2_normalize_backward, l2_normalize_forward, supcon, supcon_scratch_len,
-    SUPCON_TEMPERATURE,
+    bce, cross_entropy, l2_normalize_backward, l2_normalize_forward, supcon, supcon_scratch_len, SUPCON_TEMPERATURE,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -28,10 +27,7 @@ fn assert_gold(what: &str, got: &[f32], want: &[f64]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let tol = GOLD_RTOL * w.abs().max(GOLD_FLOOR);
-        assert!(
-            (g as f64 - w).abs() <= tol,
-            "{what}[{i}]: got {g:e}, torch {w:e}"
-        );
+        assert!((g as f64 - w).abs() <= tol, "{what}[{i}]: got {g:e}, torch {w:e}");
     }
 }
 
@@ -84,10 +80,7 @@ fn supcon_ref(n: usize, d: usize, f: &[f64], y: &[u32], temp: f64, base: f64) ->
     let mut total = 0.0;
     for i in 0..n {
         let mx = (0..n).map(|j| dot(i, j)).fold(f64::NEG_INFINITY, f64::max);
-        let denom: f64 = (0..n)
-            .filter(|&j| j != i)
-            .map(|j| (dot(i, j) - mx).exp())
-            .sum();
+        let denom: f64 = (0..n).filter(|&j| j != i).map(|j| (dot(i, j) - mx).exp()).sum();
         let mut s = 0.0;
         let mut cnt = 0.0;
         for j in 0..n {
@@ -254,9 +247,7 @@ proptest! {
 // SupConLoss.forward body verbatim with `features.unsqueeze(1)` (one view), contrast_mode
 // 'all', and `mask_pos_pairs = torch.where(mask_pos_pairs < 1e-6, 1, mask_pos_pairs)`.
 
-const CE_Z: [f32; 12] = [
-    1.0, -2.0, 0.5, 3.0, 0.25, 0.0, -1.5, 2.0, 10.0, -10.0, 4.0, 7.5,
-];
+const CE_Z: [f32; 12] = [1.0, -2.0, 0.5, 3.0, 0.25, 0.0, -1.5, 2.0, 10.0, -10.0, 4.0, 7.5];
 const CE_Y: [u32; 3] = [2, 0, 3];
 
 #[test]
@@ -304,14 +295,7 @@ fn bce_matches_torch_including_clamp() {
     assert_gold(
         "BCE grad",
         &dp,
-        &[
-            -50000003072.0,
-            66666663936.0,
-            0.2222222238779068,
-            -0.18518519401550293,
-            0.0,
-            -133.2999725341797,
-        ],
+        &[-50000003072.0, 66666663936.0, 0.2222222238779068, -0.18518519401550293, 0.0, -133.2999725341797],
     );
 }
 
@@ -325,12 +309,8 @@ const SC_F: [f32; 12] = [
 
 #[test]
 fn l2_normalize_matches_torch() {
-    let x = [
-        0.3f32, -1.2, 0.8, 1.0, 0.5, -0.25, 0.9, 0.3, -0.4, -0.7, 0.2, 0.4,
-    ];
-    let dy = [
-        0.5f32, -1.0, 2.0, 0.0, 1.0, 1.0, -0.3, 0.3, 0.7, 1.0, 1.0, -1.0,
-    ];
+    let x = [0.3f32, -1.2, 0.8, 1.0, 0.5, -0.25, 0.9, 0.3, -0.4, -0.7, 0.2, 0.4];
+    let dy = [0.5f32, -1.0, 2.0, 0.0, 1.0, 1.0, -0.3, 0.3, 0.7, 1.0, 1.0, -1.0];
     let mut y = [0.0f32; 12];
     l2_normalize_forward(4, 3, &x, &mut y);
     let want: Vec<f64> = SC_F.iter().map(|&v| v as f64).collect();
@@ -355,17 +335,7 @@ fn supcon_matches_torch() {
     let labels = [0u32, 1, 0, 2];
     let mut df = [0.0f32; 12];
     let mut scratch = [0.0f32; supcon_scratch_len(4)];
-    let v = supcon(
-        4,
-        3,
-        &SC_F,
-        &labels,
-        SUPCON_TEMPERATURE,
-        SUPCON_TEMPERATURE,
-        1.0,
-        &mut df,
-        &mut scratch,
-    );
+    let v = supcon(4, 3, &SC_F, &labels, SUPCON_TEMPERATURE, SUPCON_TEMPERATURE, 1.0, &mut df, &mut scratch);
     assert_gold("SupCon value", &[v], &[5.071165084838867]);
     #[rustfmt::skip]
     assert_gold("SupCon grad", &df, &[
@@ -375,17 +345,7 @@ fn supcon_matches_torch() {
         0.6258534789085388, -2.5034139156341553, 1.6689424514770508,
     ]);
     // temperature 0.5 against base 0.07, scale 2 (gradient doubles, value does not).
-    let v = supcon(
-        4,
-        3,
-        &SC_F,
-        &labels,
-        0.5,
-        SUPCON_TEMPERATURE,
-        2.0,
-        &mut df,
-        &mut scratch,
-    );
+    let v = supcon(4, 3, &SC_F, &labels, 0.5, SUPCON_TEMPERATURE, 2.0, &mut df, &mut scratch);
     assert_gold("SupCon(T=0.5) value", &[v], &[6.784150123596191]);
     let want: Vec<f64> = [
         -5.440517902374268,
@@ -411,17 +371,7 @@ fn supcon_matches_torch() {
 fn supcon_without_positives_is_zero() {
     let mut df = [1.0f32; 12];
     let mut scratch = [0.0f32; 16];
-    let v = supcon(
-        4,
-        3,
-        &SC_F,
-        &[0, 1, 2, 3],
-        0.07,
-        0.07,
-        1.0,
-        &mut df,
-        &mut scratch,
-    );
+    let v = supcon(4, 3, &SC_F, &[0, 1, 2, 3], 0.07, 0.07, 1.0, &mut df, &mut scratch);
     assert_eq!(v, 0.0);
     assert!(df.iter().all(|&g| g == 0.0));
 }

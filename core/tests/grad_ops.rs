@@ -49,10 +49,7 @@ fn dot(r: &[f32], y: &[f64]) -> f64 {
 fn assert_fwd(what: &str, ours: &[f32], reference: &[f64]) {
     assert_eq!(ours.len(), reference.len(), "{what}: length");
     for (i, (&a, &r)) in ours.iter().zip(reference).enumerate() {
-        assert!(
-            (a as f64 - r).abs() <= FWD_TOL * (1.0 + r.abs()),
-            "{what}[{i}]: ours {a} vs ref {r}"
-        );
+        assert!((a as f64 - r).abs() <= FWD_TOL * (1.0 + r.abs()), "{what}[{i}]: ours {a} vs ref {r}");
     }
 }
 
@@ -70,10 +67,7 @@ fn assert_grad(what: &str, x: &[f32], analytic: &[f32], loss: impl Fn(&[f64]) ->
         p[i] = orig;
         let fd = (lp - lm) / (2.0 * FD_H);
         let a = analytic[i] as f64;
-        assert!(
-            (a - fd).abs() <= GRAD_TOL * (1.0 + fd.abs()),
-            "{what}[{i}]: analytic {a} vs fd {fd}"
-        );
+        assert!((a - fd).abs() <= GRAD_TOL * (1.0 + fd.abs()), "{what}[{i}]: analytic {a} vs fd {fd}");
     }
 }
 
@@ -95,8 +89,7 @@ fn conv_ref(s: &Conv2d, n: usize, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Ve
                                 if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
                                     continue;
                                 }
-                                let xv =
-                                    x[((i * s.c_in + ci) * s.h + iy as usize) * s.w + ix as usize];
+                                let xv = x[((i * s.c_in + ci) * s.h + iy as usize) * s.w + ix as usize];
                                 acc += xv * w[((co * s.c_in + ci) * s.k + kh) * s.k + kw];
                             }
                         }
@@ -110,14 +103,7 @@ fn conv_ref(s: &Conv2d, n: usize, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Ve
 }
 
 /// Training-mode BN output and (mean, biased var) per channel.
-fn bn_train_ref(
-    c: usize,
-    hw: usize,
-    n: usize,
-    x: &[f64],
-    g: &[f64],
-    b: &[f64],
-) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+fn bn_train_ref(c: usize, hw: usize, n: usize, x: &[f64], g: &[f64], b: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let cnt = (n * hw) as f64;
     let mut mean = vec![0.0; c];
     let mut var = vec![0.0; c];
@@ -136,11 +122,7 @@ fn bn_train_ref(
 
 fn bilinear_ref(s: &Window, n: usize, x: &[f64]) -> Vec<f64> {
     let tap = |inp: usize, out: usize, o: usize| {
-        let src = if out > 1 {
-            o as f64 * (inp - 1) as f64 / (out - 1) as f64
-        } else {
-            0.0
-        };
+        let src = if out > 1 { o as f64 * (inp - 1) as f64 / (out - 1) as f64 } else { 0.0 };
         let i0 = (src.floor() as usize).min(inp - 1);
         let i1 = (i0 + 1).min(inp - 1);
         (i0, i1, src - i0 as f64)
@@ -152,9 +134,7 @@ fn bilinear_ref(s: &Window, n: usize, x: &[f64]) -> Vec<f64> {
                 for ox in 0..s.ow {
                     let (r0, r1, ly) = tap(s.ph, s.oh, oy);
                     let (c0, c1, lx) = tap(s.pw, s.ow, ox);
-                    let at = |r: usize, c: usize| {
-                        x[i * s.map_len() + (ch * s.h + s.y0 + r) * s.w + s.x0 + c]
-                    };
+                    let at = |r: usize, c: usize| x[i * s.map_len() + (ch * s.h + s.y0 + r) * s.w + s.x0 + c];
                     y[i * s.out_len() + (ch * s.oh + oy) * s.ow + ox] = (1.0 - ly)
                         * ((1.0 - lx) * at(r0, c0) + lx * at(r0, c1))
                         + ly * ((1.0 - lx) * at(r1, c0) + lx * at(r1, c1));
@@ -183,20 +163,7 @@ fn conv_shape() -> impl Strategy<Value = (Conv2d, usize, bool, u64)> {
         .prop_map(|(c_in, c_out, h, w, k3, stride, padded, n, bias, seed)| {
             let k = if k3 { 3 } else { 1 };
             let pad = if padded { k / 2 } else { 0 };
-            (
-                Conv2d {
-                    c_in,
-                    c_out,
-                    h: h.max(k),
-                    w: w.max(k),
-                    k,
-                    stride,
-                    pad,
-                },
-                n,
-                bias,
-                seed,
-            )
+            (Conv2d { c_in, c_out, h: h.max(k), w: w.max(k), k, stride, pad }, n, bias, seed)
         })
 }
 
@@ -262,35 +229,15 @@ fn conv_hand_worked() {
     w[8] = 2.0;
     w[9..].fill(1.0);
     let bias = [0.5f32, -1.0];
-    let y0 = [
-        12., 14., 16., 0., 20., 23., 26., 3., 28., 35., 38., 7., 0., 9., 10., 11.,
-    ];
-    let y1 = [
-        14., 24., 30., 22., 33., 54., 63., 45., 57., 90., 99., 69., 46., 72., 78., 54.,
-    ];
+    let y0 = [12., 14., 16., 0., 20., 23., 26., 3., 28., 35., 38., 7., 0., 9., 10., 11.];
+    let y1 = [14., 24., 30., 22., 33., 54., 63., 45., 57., 90., 99., 69., 46., 72., 78., 54.];
     for stride in [1, 2] {
-        let s = Conv2d {
-            c_in: 1,
-            c_out: 2,
-            h: 4,
-            w: 4,
-            k: 3,
-            stride,
-            pad: 1,
-        };
+        let s = Conv2d { c_in: 1, c_out: 2, h: 4, w: 4, k: 3, stride, pad: 1 };
         let mut y = vec![0.0; s.out_len()];
         let mut scratch = vec![0.0; s.scratch_len()];
         conv2d_forward(&s, 1, &x, &w, Some(&bias), &mut y, &mut scratch);
-        let keep: Vec<usize> = if stride == 1 {
-            (0..16).collect()
-        } else {
-            vec![0, 2, 8, 10]
-        };
-        let expect: Vec<f32> = keep
-            .iter()
-            .map(|&i| y0[i] + 0.5)
-            .chain(keep.iter().map(|&i| y1[i] - 1.0))
-            .collect();
+        let keep: Vec<usize> = if stride == 1 { (0..16).collect() } else { vec![0, 2, 8, 10] };
+        let expect: Vec<f32> = keep.iter().map(|&i| y0[i] + 0.5).chain(keep.iter().map(|&i| y1[i] - 1.0)).collect();
         assert_eq!(y, expect, "stride {stride}");
     }
 }
@@ -332,16 +279,7 @@ fn bn_pipeline(
     for i in (0..n).step_by(chunk) {
         let m = chunk.min(n - i);
         batchnorm_forward(s, m, &x[i * len..], &mean, &invstd, g, b, &mut y[i * len..]);
-        batchnorm_accumulate_backward_sums(
-            s,
-            m,
-            &x[i * len..],
-            &r[i * len..],
-            &mean,
-            &invstd,
-            &mut sdy,
-            &mut sdyx,
-        );
+        batchnorm_accumulate_backward_sums(s, m, &x[i * len..], &r[i * len..], &mean, &invstd, &mut sdy, &mut sdyx);
     }
     for i in (0..n).step_by(chunk) {
         let m = chunk.min(n - i);
@@ -425,8 +363,7 @@ proptest! {
 fn batchnorm_running_stats_hand_worked() {
     let s = BatchNorm2d { c: 1, hw: 2 };
     let x = [1.0f32, 2.0, 3.0, 4.0];
-    let (mut sum, mut mean, mut sq, mut rm, mut rv) =
-        ([0.0f32], [0.0f32], [0.0f32], [0.0f32], [1.0f32]);
+    let (mut sum, mut mean, mut sq, mut rm, mut rv) = ([0.0f32], [0.0f32], [0.0f32], [0.0f32], [1.0f32]);
     batchnorm_accumulate_sum(&s, 1, &x[..2], &mut sum);
     batchnorm_accumulate_sum(&s, 1, &x[2..], &mut sum);
     assert_eq!(sum, [10.0]);
@@ -537,21 +474,7 @@ fn window() -> impl Strategy<Value = (Window, usize, u64)> {
         .prop_map(|(c, h, w, (a, b, d, e), oh, ow, n, seed)| {
             let (y0, x0) = (a % h, b % w);
             let (ph, pw) = (1 + d % (h - y0), 1 + e % (w - x0));
-            (
-                Window {
-                    c,
-                    h,
-                    w,
-                    y0,
-                    x0,
-                    ph,
-                    pw,
-                    oh,
-                    ow,
-                },
-                n,
-                seed,
-            )
+            (Window { c, h, w, y0, x0, ph, pw, oh, ow }, n, seed)
         })
 }
 
@@ -608,13 +531,7 @@ fn bilinear_hand_worked() {
     // 1×1 output samples the window's top-left pixel; 1×1 input broadcasts.
     let mut one = [0.0f32];
     bilinear_forward(
-        &Window {
-            y0: 1,
-            x0: 0,
-            ph: 1,
-            pw: 2,
-            ..Window::full(1, 2, 2, 1, 1)
-        },
+        &Window { y0: 1, x0: 0, ph: 1, pw: 2, ..Window::full(1, 2, 2, 1, 1) },
         1,
         &[1.0, 2.0, 3.0, 4.0],
         &mut one,
@@ -644,11 +561,7 @@ fn check_sgemm(
     let a = rand_vec(seed, (if ta { k } else { m }) * lda);
     let b = rand_vec(seed ^ 1, (if tb { n } else { k }) * ldb);
     let c0 = rand_vec(seed ^ 2, m * ldc);
-    let mut c = if acc {
-        c0.clone()
-    } else {
-        vec![f32::NAN; m * ldc]
-    };
+    let mut c = if acc { c0.clone() } else { vec![f32::NAN; m * ldc] };
     sgemm_using(kernel, m, n, k, &a, lda, ta, &b, ldb, tb, &mut c, ldc, acc);
     let at = |i: usize, p: usize| if ta { a[p * lda + i] } else { a[i * lda + p] } as f64;
     let bt = |p: usize, j: usize| if tb { b[j * ldb + p] } else { b[p * ldb + j] } as f64;
@@ -695,17 +608,7 @@ fn sgemm_odd_sizes_all_transposes() {
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                     seed += 1;
                     let kern = KERNELS[seed as usize % 2];
-                    check_sgemm(
-                        kern,
-                        m,
-                        n,
-                        k,
-                        ta,
-                        tb,
-                        (seed as usize % 3, 1, 2),
-                        seed % 2 == 0,
-                        seed,
-                    );
+                    check_sgemm(kern, m, n, k, ta, tb, (seed as usize % 3, 1, 2), seed % 2 == 0, seed);
                 }
             }
         }
@@ -729,43 +632,14 @@ fn sgemm_bits_independent_of_blocking() {
     sgemm(m, n, k, &a, k, false, &b, n, false, &mut full, n, false);
     for (r0, rows) in [(0usize, 1usize), (5, 7), (37, 63)] {
         let mut part = vec![0.0; rows * n];
-        sgemm(
-            rows,
-            n,
-            k,
-            &a[r0 * k..],
-            k,
-            false,
-            &b,
-            n,
-            false,
-            &mut part,
-            n,
-            false,
-        );
+        sgemm(rows, n, k, &a[r0 * k..], k, false, &b, n, false, &mut part, n, false);
         assert_eq!(&part[..], &full[r0 * n..(r0 + rows) * n]);
     }
     for (c0, cols) in [(0usize, 1usize), (3, 50)] {
         let mut part = vec![0.0; m * cols];
-        sgemm(
-            m,
-            cols,
-            k,
-            &a,
-            k,
-            false,
-            &b[c0..],
-            n,
-            false,
-            &mut part,
-            cols,
-            false,
-        );
+        sgemm(m, cols, k, &a, k, false, &b[c0..], n, false, &mut part, cols, false);
         for i in 0..m {
-            assert_eq!(
-                &part[i * cols..(i + 1) * cols],
-                &full[i * n + c0..i * n + c0 + cols]
-            );
+            assert_eq!(&part[i * cols..(i + 1) * cols], &full[i * n + c0..i * n + c0 + cols]);
         }
     }
 }

@@ -660,14 +660,7 @@ fn check(step: &str, got: &[f32], want: &[f32]) {
     }
 }
 
-fn run(
-    cfg: Sgd,
-    lrs: [f32; 3],
-    p0: &[f32; 37],
-    g: [&[f32; 37]; 3],
-    want: [&[f32; 37]; 3],
-    buf: &[f32; 37],
-) {
+fn run(cfg: Sgd, lrs: [f32; 3], p0: &[f32; 37], g: [&[f32; 37]; 3], want: [&[f32; 37]; 3], buf: &[f32; 37]) {
     let mut p = *p0;
     let mut b = [0.0f32; 37];
     for k in 0..3 {
@@ -681,32 +674,14 @@ fn run(
 fn sgd_nesterov_weight_decay_matches_torch() {
     // torch.optim.SGD(momentum=0.9, weight_decay=1e-4, nesterov=True), lr 0.8, 0.5, 0.1.
     let cfg = Sgd::default();
-    assert_eq!(
-        cfg,
-        Sgd {
-            momentum: 0.9,
-            weight_decay: 1e-4,
-            nesterov: true
-        }
-    );
-    run(
-        cfg,
-        [0.8, 0.5, 0.1],
-        &NEST_P0,
-        [&NEST_G0, &NEST_G1, &NEST_G2],
-        [&NEST_P1, &NEST_P2, &NEST_P3],
-        &NEST_BUF,
-    );
+    assert_eq!(cfg, Sgd { momentum: 0.9, weight_decay: 1e-4, nesterov: true });
+    run(cfg, [0.8, 0.5, 0.1], &NEST_P0, [&NEST_G0, &NEST_G1, &NEST_G2], [&NEST_P1, &NEST_P2, &NEST_P3], &NEST_BUF);
 }
 
 #[test]
 fn sgd_plain_momentum_matches_torch() {
     // torch.optim.SGD(momentum=0.9, weight_decay=5e-4, nesterov=False), lr 0.1, 0.1, 0.05.
-    let cfg = Sgd {
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        nesterov: false,
-    };
+    let cfg = Sgd { momentum: 0.9, weight_decay: 5e-4, nesterov: false };
     run(
         cfg,
         [0.1, 0.1, 0.05],
@@ -719,11 +694,7 @@ fn sgd_plain_momentum_matches_torch() {
 
 #[test]
 fn sgd_without_momentum_or_decay_is_plain_descent() {
-    let cfg = Sgd {
-        momentum: 0.0,
-        weight_decay: 0.0,
-        nesterov: false,
-    };
+    let cfg = Sgd { momentum: 0.0, weight_decay: 0.0, nesterov: false };
     let mut p = [1.0f32, -2.0, 0.5];
     let mut b = [0.0f32; 0];
     sgd_step(&cfg, 0.5, &mut p, &[2.0, 1.0, -1.0], &mut b);
@@ -737,30 +708,12 @@ fn cosine_schedule_matches_reference() {
     let want_08 = [0.01, 0.32587665, 0.71989024, 0.79850817, 0.4, 0.0];
     let want_01 = [0.01, 0.04598458, 0.09086128, 0.09981352, 0.05, 0.0];
     let s08 = LrSchedule::reference_cosine(0.8, 400);
-    assert_eq!(
-        s08,
-        LrSchedule::Cosine {
-            base_lr: 0.8,
-            epochs: 400,
-            warmup_epochs: 10,
-            warmup_floor: 0.01
-        }
-    );
+    assert_eq!(s08, LrSchedule::Cosine { base_lr: 0.8, epochs: 400, warmup_epochs: 10, warmup_floor: 0.01 });
     let s01 = LrSchedule::reference_cosine(0.1, 400);
     for k in 0..ep.len() {
         let (a, b) = (s08.lr(ep[k]), s01.lr(ep[k]));
-        assert!(
-            ulps(a, want_08[k]) <= 1,
-            "base 0.8 epoch {}: {a} vs {}",
-            ep[k],
-            want_08[k]
-        );
-        assert!(
-            ulps(b, want_01[k]) <= 1,
-            "base 0.1 epoch {}: {b} vs {}",
-            ep[k],
-            want_01[k]
-        );
+        assert!(ulps(a, want_08[k]) <= 1, "base 0.8 epoch {}: {a} vs {}", ep[k], want_08[k]);
+        assert!(ulps(b, want_01[k]) <= 1, "base 0.1 epoch {}: {b} vs {}", ep[k], want_01[k]);
     }
 }
 
@@ -768,30 +721,18 @@ fn cosine_schedule_matches_reference() {
 fn step_schedule_matches_reference() {
     let ep = [1, 5, 10, 11, 79, 80, 81, 119, 120, 121, 200, 400];
     // tools/golden/optim_values.py: step(0.8, e), milestones [80, 120], gamma 0.1.
-    let want = [
-        0.8, 0.8, 0.8, 0.8, 0.8, 0.08, 0.08, 0.08, 0.008, 0.008, 0.008, 0.008,
-    ];
+    let want = [0.8, 0.8, 0.8, 0.8, 0.8, 0.08, 0.08, 0.08, 0.008, 0.008, 0.008, 0.008];
     let s = LrSchedule::reference_step(0.8);
     for k in 0..ep.len() {
         let got = s.lr(ep[k]);
-        assert!(
-            ulps(got, want[k]) <= 1,
-            "epoch {}: {got} vs {}",
-            ep[k],
-            want[k]
-        );
+        assert!(ulps(got, want[k]) <= 1, "epoch {}: {got} vs {}", ep[k], want[k]);
     }
 }
 
 #[test]
 fn constant_and_no_warmup_schedules() {
     assert_eq!(LrSchedule::Constant { lr: 0.05 }.lr(123), 0.05);
-    let s = LrSchedule::Cosine {
-        base_lr: 1.0,
-        epochs: 100,
-        warmup_epochs: 0,
-        warmup_floor: 0.01,
-    };
+    let s = LrSchedule::Cosine { base_lr: 1.0, epochs: 100, warmup_epochs: 0, warmup_floor: 0.01 };
     assert_eq!(s.lr(50), 0.5);
     assert_eq!(s.lr(100), 0.0);
 }

@@ -17,10 +17,9 @@ pub enum CudaError {
 impl fmt::Display for CudaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CudaError::NotBuilt => write!(
-                f,
-                "the CUDA executor is not implemented in this build of hpff; use --device cpu"
-            ),
+            CudaError::NotBuilt => {
+                write!(f, "the CUDA executor is not implemented in this build of hpff; use --device cpu")
+            }
         }
     }
 }

@@ -27,18 +27,13 @@ impl Golden {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let (_, meta) = SafeTensors::read_metadata(&bytes).expect("safetensors header");
         let cfg: serde_json::Value =
-            serde_json::from_str(meta.metadata().as_ref().expect("metadata")["config"].as_str())
-                .expect("config json");
+            serde_json::from_str(meta.metadata().as_ref().expect("metadata")["config"].as_str()).expect("config json");
         let st = SafeTensors::deserialize(&bytes).expect("safetensors");
         let tensors = st
             .tensors()
             .into_iter()
             .map(|(k, v)| {
-                let data = v
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
+                let data = v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
                 (k, data)
             })
             .collect();
@@ -49,12 +44,7 @@ impl Golden {
             .as_array()
             .unwrap()
             .iter()
-            .map(|p| {
-                (
-                    p[0].as_u64().unwrap() as usize,
-                    p[1].as_u64().unwrap() as usize,
-                )
-            })
+            .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_u64().unwrap() as usize))
             .collect();
         let mut part = Partition::from_splits(&arch, splits).unwrap();
         part.k_label = u("k_label");
@@ -91,18 +81,11 @@ impl Golden {
             std[c] = cfg["std"][c].as_f64().unwrap() as f32;
         }
         let plan = Plan::new(arch, part, method, u("batch"), mean, std).unwrap();
-        Golden {
-            name: case.to_string(),
-            tensors,
-            plan,
-            lr: f("lr"),
-        }
+        Golden { name: case.to_string(), tensors, plan, lr: f("lr") }
     }
 
     pub fn get(&self, key: &str) -> &[f32] {
-        self.tensors
-            .get(key)
-            .unwrap_or_else(|| panic!("{}: no tensor {key}", self.name))
+        self.tensors.get(key).unwrap_or_else(|| panic!("{}: no tensor {key}", self.name))
     }
 
     /// Copies `init.*` into a fresh arena.
@@ -110,11 +93,7 @@ impl Golden {
         let mut a = vec![0.0; self.plan.arena_len()];
         let state = self.plan.state_off();
         self.plan.for_each_tensor(|t| {
-            let off = if t.kind == TensorKind::Param {
-                t.off
-            } else {
-                state + t.off
-            };
+            let off = if t.kind == TensorKind::Param { t.off } else { state + t.off };
             let src = self.get(&format!("init.{}", t.name));
             assert_eq!(src.len(), t.len, "{}: size of {}", self.name, t.name);
             a[off..off + t.len].copy_from_slice(src);
@@ -132,11 +111,7 @@ impl Golden {
         }
         for j in 0..m - 1 {
             let kinds: &[LossKind] = if hpff {
-                &[
-                    LossKind::Independent,
-                    LossKind::CascadeDecoder,
-                    LossKind::CascadeClassifier,
-                ]
+                &[LossKind::Independent, LossKind::CascadeDecoder, LossKind::CascadeClassifier]
             } else {
                 &[LossKind::Decoder, LossKind::Classifier]
             };
@@ -163,8 +138,5 @@ impl Golden {
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f64, |m, &x| m.max(x.abs() as f64)).max(1e-3);
-    a.iter()
-        .zip(b)
-        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()))
-        / scale
+    a.iter().zip(b).fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs())) / scale
 }

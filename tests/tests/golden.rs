@@ -16,35 +16,18 @@ fn run_case(case: &str) {
     let plan = &g.plan;
     let mut arena = g.arena();
     let mut losses = vec![0.0; plan.loss_slots()];
-    let sgd = Sgd {
-        momentum: 0.9,
-        weight_decay: 1e-4,
-        nesterov: true,
-    };
+    let sgd = Sgd { momentum: 0.9, weight_decay: 1e-4, nesterov: true };
     let mut worst = [0f64; 4]; // loss, grad, step1, step3
     let state = plan.state_off();
     for t in 0..3 {
         let x = g.get(&format!("input.{t}"));
-        let labels: Vec<u32> = g
-            .get(&format!("target.{t}"))
-            .iter()
-            .map(|&v| v as u32)
-            .collect();
-        let input = StepInput {
-            x,
-            labels: &labels,
-            lr: g.lr,
-            sgd,
-        };
+        let labels: Vec<u32> = g.get(&format!("target.{t}")).iter().map(|&v| v as u32).collect();
+        let input = StepInput { x, labels: &labels, lr: g.lr, sgd };
         train_step(plan, &mut arena, &input, &mut losses).unwrap();
         for (key, slot) in g.loss_keys() {
             let want = g.get(&format!("loss.{t}.{key}"))[0];
             let e = rel_err(&[losses[slot]], &[want]);
-            assert!(
-                e < TOL,
-                "{case}: loss {key} at step {t}: {} vs {want}",
-                losses[slot]
-            );
+            assert!(e < TOL, "{case}: loss {key} at step {t}: {} vs {want}", losses[slot]);
             worst[0] = worst[0].max(e);
         }
         let check = |prefix: &str, grads: bool, worst: &mut f64| {

@@ -43,18 +43,8 @@ fn local_learning_peaks_below_e2e_and_pff_cuts_the_decoder_by_n_squared() {
             show("  infopro", &infopro);
             show("  infopro+hpff (2x2 patches)", &hpff);
             show("  infopro+hilo (no PFF)", &hilo);
-            assert!(
-                infopro.total() < e2e.total(),
-                "infopro {} vs e2e {}",
-                infopro.total(),
-                e2e.total()
-            );
-            assert!(
-                hpff.total() < e2e.total(),
-                "hpff {} vs e2e {}",
-                hpff.total(),
-                e2e.total()
-            );
+            assert!(infopro.total() < e2e.total(), "infopro {} vs e2e {}", infopro.total(), e2e.total());
+            assert!(hpff.total() < e2e.total(), "hpff {} vs e2e {}", hpff.total(), e2e.total());
             // PFF: the decoder's working set is one (image/2)² patch instead of the full image.
             let ratio = hilo.decoder as f64 / hpff.decoder as f64;
             assert!((3.95..=4.0).contains(&ratio), "decoder ratio {ratio}");

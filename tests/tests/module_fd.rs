@@ -42,51 +42,21 @@ fn case(base: Base, hpff: bool, loss: LocalLoss) -> Case {
     m.wx = 0.3;
     m.wy = 0.7;
     let batch = 6;
-    let plan = Plan::new(
-        arch,
-        part,
-        m,
-        batch,
-        [0.5, 0.5, 0.5, 0.0],
-        [0.25, 0.25, 0.25, 1.0],
-    )
-    .unwrap();
+    let plan = Plan::new(arch, part, m, batch, [0.5, 0.5, 0.5, 0.0], [0.25, 0.25, 0.25, 1.0]).unwrap();
     let mut rng = Rng::new(7);
     let mut arena = vec![0.0; plan.arena_len()];
     init_params(&plan, &mut arena, &mut rng);
     // Pixels in (0, 1) after de-normalisation, so BCE targets are valid.
-    let x = (0..plan.input().len)
-        .map(|_| (rng.uniform() - 0.5) * 3.6)
-        .collect();
+    let x = (0..plan.input().len).map(|_| (rng.uniform() - 0.5) * 3.6).collect();
     let labels = vec![0, 1, 2, 0, 1, 2];
-    Case {
-        plan,
-        x,
-        labels,
-        arena,
-    }
+    Case { plan, x, labels, arena }
 }
 
 /// Runs one step with lr = 0 (parameters unchanged) and returns the loss record.
 fn losses(c: &Case, arena: &mut [f32]) -> Vec<f32> {
     let mut l = vec![0.0; c.plan.loss_slots()];
-    let sgd = Sgd {
-        momentum: 0.9,
-        weight_decay: 0.0,
-        nesterov: true,
-    };
-    train_step(
-        &c.plan,
-        arena,
-        &StepInput {
-            x: &c.x,
-            labels: &c.labels,
-            lr: 0.0,
-            sgd,
-        },
-        &mut l,
-    )
-    .unwrap();
+    let sgd = Sgd { momentum: 0.9, weight_decay: 0.0, nesterov: true };
+    train_step(&c.plan, arena, &StepInput { x: &c.x, labels: &c.labels, lr: 0.0, sgd }, &mut l).unwrap();
     l
 }
 
@@ -102,9 +72,7 @@ fn check(c: &Case, in_module: impl Fn(&str) -> bool, terms: &[(usize, f32)]) {
     let mut mask = vec![false; c.plan.params];
     c.plan.for_each_tensor(|t| {
         if t.kind == TensorKind::Param && in_module(&t.name.to_string()) {
-            mask[t.off..t.off + t.len]
-                .iter_mut()
-                .for_each(|m| *m = true);
+            mask[t.off..t.off + t.len].iter_mut().for_each(|m| *m = true);
         }
     });
     assert!(mask.iter().any(|&m| m), "no parameters selected");
@@ -116,17 +84,10 @@ fn check(c: &Case, in_module: impl Fn(&str) -> bool, terms: &[(usize, f32)]) {
             let i = idx[rng.below(idx.len() as u64) as usize];
             v[i] = if rng.coin() { 1.0 } else { -1.0 };
         }
-        let analytic: f64 = grads
-            .iter()
-            .zip(&v)
-            .map(|(&g, &d)| g as f64 * d as f64)
-            .sum();
+        let analytic: f64 = grads.iter().zip(&v).map(|(&g, &d)| g as f64 * d as f64).sum();
         let shifted = |step: f32| {
             let mut a = c.arena.clone();
-            a[..c.plan.params]
-                .iter_mut()
-                .zip(&v)
-                .for_each(|(p, &d)| *p += step * d);
+            a[..c.plan.params].iter_mut().zip(&v).for_each(|(p, &d)| *p += step * d);
             objective(&mut a)
         };
         let (err, fd) = EPS
@@ -134,22 +95,11 @@ fn check(c: &Case, in_module: impl Fn(&str) -> bool, terms: &[(usize, f32)]) {
             .map(|&eps| {
                 let (up, down) = (shifted(eps), shifted(-eps));
                 let fd = (up - down) / (2.0 * eps as f64);
-                (
-                    (analytic - fd).abs() / analytic.abs().max(fd.abs()).max(1e-3),
-                    fd,
-                )
+                ((analytic - fd).abs() / analytic.abs().max(fd.abs()).max(1e-3), fd)
             })
-            .fold(
-                (f64::INFINITY, 0.0),
-                |best, x| if x.0 < best.0 { x } else { best },
-            );
-        println!(
-            "trial {trial}: analytic {analytic:.6e}, finite difference {fd:.6e}, rel {err:.1e}"
-        );
-        assert!(
-            err < TOL,
-            "trial {trial}: analytic {analytic} vs finite difference {fd}"
-        );
+            .fold((f64::INFINITY, 0.0), |best, x| if x.0 < best.0 { x } else { best });
+        println!("trial {trial}: analytic {analytic:.6e}, finite difference {fd:.6e}, rel {err:.1e}");
+        assert!(err < TOL, "trial {trial}: analytic {analytic} vs finite difference {fd}");
     }
 }
 
@@ -163,33 +113,18 @@ fn e2e_whole_network() {
 fn infopro_middle_module_with_its_decoder_and_head() {
     let c = case(Base::InfoPro, false, LocalLoss::CrossEntropy);
     let (l1, l2) = c.plan.method.local_weights(&c.plan.part, 1);
-    let terms = [
-        (LossKind::Decoder.slot(1), l1),
-        (LossKind::Classifier.slot(1), l2),
-    ];
-    check(
-        &c,
-        |n| n.starts_with("layer2.") || n.contains("_2_0."),
-        &terms,
-    );
+    let terms = [(LossKind::Decoder.slot(1), l1), (LossKind::Classifier.slot(1), l2)];
+    check(&c, |n| n.starts_with("layer2.") || n.contains("_2_0."), &terms);
 }
 
 #[test]
 fn infopro_first_module_with_the_stem() {
     let c = case(Base::InfoPro, false, LocalLoss::CrossEntropy);
     let (l1, l2) = c.plan.method.local_weights(&c.plan.part, 0);
-    let terms = [
-        (LossKind::Decoder.slot(0), l1),
-        (LossKind::Classifier.slot(0), l2),
-    ];
+    let terms = [(LossKind::Decoder.slot(0), l1), (LossKind::Classifier.slot(0), l2)];
     check(
         &c,
-        |n| {
-            n.starts_with("conv1")
-                || n.starts_with("bn1")
-                || n.starts_with("layer1.")
-                || n.contains("_1_0.")
-        },
+        |n| n.starts_with("conv1") || n.starts_with("bn1") || n.starts_with("layer1.") || n.contains("_1_0."),
         &terms,
     );
 }
@@ -198,15 +133,8 @@ fn infopro_first_module_with_the_stem() {
 fn infopro_contrastive_middle_module() {
     let c = case(Base::InfoPro, false, LocalLoss::Contrast);
     let (l1, l2) = c.plan.method.local_weights(&c.plan.part, 1);
-    let terms = [
-        (LossKind::Decoder.slot(1), l1),
-        (LossKind::Classifier.slot(1), l2),
-    ];
-    check(
-        &c,
-        |n| n.starts_with("layer2.") || n.contains("_2_0."),
-        &terms,
-    );
+    let terms = [(LossKind::Decoder.slot(1), l1), (LossKind::Classifier.slot(1), l2)];
+    check(&c, |n| n.starts_with("layer2.") || n.contains("_2_0."), &terms);
 }
 
 #[test]
@@ -221,11 +149,7 @@ fn hpff_middle_module_gets_independent_cascade_and_next_cascade() {
         // Module 1 is the lower half of the last module's cascade path.
         (LossKind::LastY.slot(2), m.wy),
     ];
-    check(
-        &c,
-        |n| n.starts_with("layer2.") || n.contains("_2_0."),
-        &terms,
-    );
+    check(&c, |n| n.starts_with("layer2.") || n.contains("_2_0."), &terms);
 }
 
 #[test]
@@ -233,13 +157,6 @@ fn hpff_first_module_is_trained_only_through_the_cascade() {
     let c = case(Base::InfoPro, true, LocalLoss::CrossEntropy);
     let m = c.plan.method;
     let (l1, l2) = m.local_weights(&c.plan.part, 1);
-    let terms = [
-        (LossKind::CascadeDecoder.slot(1), m.wy * l1),
-        (LossKind::CascadeClassifier.slot(1), m.wy * l2),
-    ];
-    check(
-        &c,
-        |n| n.starts_with("conv1") || n.starts_with("bn1") || n.starts_with("layer1."),
-        &terms,
-    );
+    let terms = [(LossKind::CascadeDecoder.slot(1), m.wy * l1), (LossKind::CascadeClassifier.slot(1), m.wy * l2)];
+    check(&c, |n| n.starts_with("conv1") || n.starts_with("bn1") || n.starts_with("layer1."), &terms);
 }

@@ -50,13 +50,7 @@ pub fn batchnorm_accumulate_sum(s: &BatchNorm2d, n: usize, x: &[f32], sum: &mut 
 }
 
 /// `acc[c] += Σ (x − mean[c])²` (second pass: numerically safe variance).
-pub fn batchnorm_accumulate_sq_dev(
-    s: &BatchNorm2d,
-    n: usize,
-    x: &[f32],
-    mean: &[f32],
-    acc: &mut [f32],
-) {
+pub fn batchnorm_accumulate_sq_dev(s: &BatchNorm2d, n: usize, x: &[f32], mean: &[f32], acc: &mut [f32]) {
     debug_assert!(x.len() >= n * s.len() && acc.len() >= s.c && mean.len() >= s.c);
     for (ch, out) in acc.iter_mut().enumerate().take(s.c) {
         let m = mean[ch] as f64;
@@ -117,18 +111,8 @@ pub fn batchnorm_finalize(
 
 /// Evaluation mode: the running statistics become the `mean`/`invstd` that
 /// [`batchnorm_forward`] normalizes with.
-pub fn batchnorm_eval_stats(
-    running_mean: &[f32],
-    running_var: &[f32],
-    mean: &mut [f32],
-    invstd: &mut [f32],
-) {
-    for (((m, is), &rm), &rv) in mean
-        .iter_mut()
-        .zip(invstd.iter_mut())
-        .zip(running_mean)
-        .zip(running_var)
-    {
+pub fn batchnorm_eval_stats(running_mean: &[f32], running_var: &[f32], mean: &mut [f32], invstd: &mut [f32]) {
+    for (((m, is), &rm), &rv) in mean.iter_mut().zip(invstd.iter_mut()).zip(running_mean).zip(running_var) {
         *m = rm;
         *is = (1.0 / libm::sqrt(rv as f64 + BN_EPS as f64)) as f32;
     }
@@ -150,12 +134,7 @@ pub fn batchnorm_forward(
     if s.hw == 0 {
         return;
     }
-    for (idx, (yp, xp)) in y
-        .chunks_exact_mut(s.hw)
-        .zip(x.chunks_exact(s.hw))
-        .take(n * s.c)
-        .enumerate()
-    {
+    for (idx, (yp, xp)) in y.chunks_exact_mut(s.hw).zip(x.chunks_exact(s.hw)).take(n * s.c).enumerate() {
         let ch = idx % s.c;
         let (m, sc, b) = (mean[ch], invstd[ch] * gamma[ch], beta[ch]);
         for (o, &v) in yp.iter_mut().zip(xp) {

@@ -67,16 +67,8 @@ impl Conv2d {
     /// Output columns `ox` whose input column `ox·stride + kw − pad` lies inside the row.
     fn valid_cols(&self, kw: usize) -> (usize, usize) {
         let wo = self.w_out();
-        let lo = if self.pad > kw {
-            (self.pad - kw).div_ceil(self.stride)
-        } else {
-            0
-        };
-        let hi = if self.w + self.pad > kw {
-            (self.w + self.pad - kw).div_ceil(self.stride).min(wo)
-        } else {
-            0
-        };
+        let lo = if self.pad > kw { (self.pad - kw).div_ceil(self.stride) } else { 0 };
+        let hi = if self.w + self.pad > kw { (self.w + self.pad - kw).div_ceil(self.stride).min(wo) } else { 0 };
         (lo.min(hi), hi)
     }
 }
@@ -176,9 +168,7 @@ pub fn conv2d_forward(
             im2col(s, xi, col);
             col
         };
-        sgemm(
-            s.c_out, hw_o, kk, w, kk, false, col, hw_o, false, yi, hw_o, false,
-        );
+        sgemm(s.c_out, hw_o, kk, w, kk, false, col, hw_o, false, yi, hw_o, false);
         if let Some(b) = bias {
             for (plane, &bb) in yi.chunks_exact_mut(hw_o.max(1)).zip(b) {
                 for v in plane.iter_mut() {
@@ -190,14 +180,7 @@ pub fn conv2d_forward(
 }
 
 /// Gradient with respect to the input (overwrites `dx`).
-pub fn conv2d_backward_input(
-    s: &Conv2d,
-    n: usize,
-    dy: &[f32],
-    w: &[f32],
-    dx: &mut [f32],
-    scratch: &mut [f32],
-) {
+pub fn conv2d_backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], scratch: &mut [f32]) {
     let (kk, hw_o) = (s.c_in * s.k * s.k, s.h_out() * s.w_out());
     debug_assert!(dx.len() >= n * s.in_len() && dy.len() >= n * s.out_len());
     debug_assert!(w.len() >= s.weight_len() && scratch.len() >= s.scratch_len());
@@ -205,14 +188,10 @@ pub fn conv2d_backward_input(
         let dyi = &dy[i * s.out_len()..][..s.out_len()];
         let dxi = &mut dx[i * s.in_len()..][..s.in_len()];
         if s.direct() {
-            sgemm(
-                kk, hw_o, s.c_out, w, kk, true, dyi, hw_o, false, dxi, hw_o, false,
-            );
+            sgemm(kk, hw_o, s.c_out, w, kk, true, dyi, hw_o, false, dxi, hw_o, false);
         } else {
             let col = &mut scratch[..s.scratch_len()];
-            sgemm(
-                kk, hw_o, s.c_out, w, kk, true, dyi, hw_o, false, col, hw_o, false,
-            );
+            sgemm(kk, hw_o, s.c_out, w, kk, true, dyi, hw_o, false, col, hw_o, false);
             dxi.fill(0.0);
             col2im_add(s, col, dxi);
         }
@@ -243,9 +222,7 @@ pub fn conv2d_accumulate_weight_grad(
             im2col(s, xi, col);
             col
         };
-        sgemm(
-            s.c_out, kk, hw_o, dyi, hw_o, false, col, hw_o, true, dw, kk, true,
-        );
+        sgemm(s.c_out, kk, hw_o, dyi, hw_o, false, col, hw_o, true, dw, kk, true);
     }
     if let Some(db) = dbias {
         for (co, d) in db.iter_mut().enumerate().take(s.c_out) {

@@ -71,12 +71,7 @@ impl MicroKernel for Portable {
         const MR: usize = Portable::MR;
         const NR: usize = Portable::NR;
         // SAFETY: the caller guarantees the sizes in the trait contract.
-        let (a, b) = unsafe {
-            (
-                core::slice::from_raw_parts(ap, kc * MR),
-                core::slice::from_raw_parts(bp, kc * NR),
-            )
-        };
+        let (a, b) = unsafe { (core::slice::from_raw_parts(ap, kc * MR), core::slice::from_raw_parts(bp, kc * NR)) };
         let mut acc = [[0.0f32; NR]; MR];
         if load {
             for (i, row) in acc.iter_mut().enumerate() {
@@ -121,14 +116,7 @@ impl MicroKernel for Avx2 {
 /// See [`MicroKernel::run`]; the CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2(
-    kc: usize,
-    ap: *const f32,
-    bp: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    load: bool,
-) {
+unsafe fn kernel_avx2(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool) {
     use core::arch::x86_64::*;
     const MR: usize = 6;
     // SAFETY: all pointer offsets stay inside the panels / tile of the contract.
@@ -256,21 +244,7 @@ pub fn sgemm(
     ldc: usize,
     accumulate: bool,
 ) {
-    sgemm_using(
-        sgemm_kernel(),
-        m,
-        n,
-        k,
-        a,
-        lda,
-        trans_a,
-        b,
-        ldb,
-        trans_b,
-        c,
-        ldc,
-        accumulate,
-    );
+    sgemm_using(sgemm_kernel(), m, n, k, a, lda, trans_a, b, ldb, trans_b, c, ldc, accumulate);
 }
 
 /// [`sgemm`] with a chosen kernel, for tests and benches comparing kernels; a kernel the
@@ -294,10 +268,7 @@ pub fn sgemm_using(
         return;
     }
     // Shape checks: once per call, so the packing and kernels may trust them.
-    assert!(
-        ldc >= n && c.len() >= (m - 1) * ldc + n,
-        "sgemm: C too small"
-    );
+    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "sgemm: C too small");
     if k == 0 {
         if !accumulate {
             for row in c.chunks_mut(ldc).take(m) {
@@ -307,28 +278,10 @@ pub fn sgemm_using(
         return;
     }
     let (ar, ac) = if trans_a { (k, m) } else { (m, k) };
-    assert!(
-        lda >= ac && a.len() >= (ar - 1) * lda + ac,
-        "sgemm: A too small"
-    );
+    assert!(lda >= ac && a.len() >= (ar - 1) * lda + ac, "sgemm: A too small");
     let (br, bc) = if trans_b { (n, k) } else { (k, n) };
-    assert!(
-        ldb >= bc && b.len() >= (br - 1) * ldb + bc,
-        "sgemm: B too small"
-    );
-    let p = Problem {
-        m,
-        n,
-        k,
-        a,
-        lda,
-        trans_a,
-        b,
-        ldb,
-        trans_b,
-        ldc,
-        accumulate,
-    };
+    assert!(ldb >= bc && b.len() >= (br - 1) * ldb + bc, "sgemm: B too small");
+    let p = Problem { m, n, k, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate };
     let kernel = kernel.min(sgemm_kernel());
     match kernel {
         #[cfg(target_arch = "x86_64")]
@@ -398,9 +351,7 @@ fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
                             // rows i0..i0+MR and columns j0..j0+NR lie inside C (checked
                             // by the asserts in `sgemm_using`); the caller picked a kernel
                             // the CPU supports.
-                            unsafe {
-                                K::run(kc, ap, bp, c.as_mut_ptr().add(i0 * ldc + j0), ldc, load)
-                            };
+                            unsafe { K::run(kc, ap, bp, c.as_mut_ptr().add(i0 * ldc + j0), ldc, load) };
                         } else {
                             if load {
                                 for i in 0..mv {
@@ -464,15 +415,7 @@ fn pack_a(p: &Problem<'_>, ic: usize, mc: usize, pc: usize, kc: usize, mr: usize
 /// Packs columns `jc..jc+ncv`, rows `pc..pc+kc` of op(B) as `[panel][p][NR]`
 /// micro-panels, zero-padding the columns of the last panel past `ncv`.
 #[inline(always)]
-fn pack_b(
-    p: &Problem<'_>,
-    jc: usize,
-    ncv: usize,
-    pc: usize,
-    kc: usize,
-    nr: usize,
-    out: &mut [f32],
-) {
+fn pack_b(p: &Problem<'_>, jc: usize, ncv: usize, pc: usize, kc: usize, nr: usize, out: &mut [f32]) {
     let panels = ncv.div_ceil(nr);
     if p.trans_b {
         // op(B)(q, j) = b[j*ldb + q]: contiguous in q.
@@ -508,9 +451,7 @@ mod tests {
 
     fn naive(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], i: usize, j: usize) -> f64 {
         let _ = (m, n);
-        (0..k)
-            .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
-            .sum()
+        (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum()
     }
 
     #[test]

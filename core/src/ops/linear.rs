@@ -24,9 +24,7 @@ pub fn linear_forward(s: &Linear, n: usize, x: &[f32], w: &[f32], b: &[f32], y: 
         return;
     }
     debug_assert!(b.len() >= s.out_f);
-    sgemm(
-        n, s.out_f, s.in_f, x, s.in_f, false, w, s.in_f, true, y, s.out_f, false,
-    );
+    sgemm(n, s.out_f, s.in_f, x, s.in_f, false, w, s.in_f, true, y, s.out_f, false);
     for row in y.chunks_exact_mut(s.out_f).take(n) {
         for (v, &bb) in row.iter_mut().zip(b) {
             *v += bb;
@@ -39,26 +37,15 @@ pub fn linear_backward_input(s: &Linear, n: usize, dy: &[f32], w: &[f32], dx: &m
     if n == 0 || s.in_f == 0 {
         return;
     }
-    sgemm(
-        n, s.in_f, s.out_f, dy, s.out_f, false, w, s.in_f, false, dx, s.in_f, false,
-    );
+    sgemm(n, s.in_f, s.out_f, dy, s.out_f, false, w, s.in_f, false, dx, s.in_f, false);
 }
 
 /// `dW += dyᵀ · x`, `db += Σ_n dy` (adds, so batch chunks accumulate).
-pub fn linear_accumulate_weight_grad(
-    s: &Linear,
-    n: usize,
-    x: &[f32],
-    dy: &[f32],
-    dw: &mut [f32],
-    db: &mut [f32],
-) {
+pub fn linear_accumulate_weight_grad(s: &Linear, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32]) {
     if n == 0 || s.out_f == 0 {
         return;
     }
-    sgemm(
-        s.out_f, s.in_f, n, dy, s.out_f, true, x, s.in_f, false, dw, s.in_f, true,
-    );
+    sgemm(s.out_f, s.in_f, n, dy, s.out_f, true, x, s.in_f, false, dw, s.in_f, true);
     debug_assert!(db.len() >= s.out_f);
     for (o, d) in db.iter_mut().enumerate().take(s.out_f) {
         let mut acc = 0.0f64;

@@ -16,21 +16,18 @@ mod pool;
 mod resize;
 
 pub use activation::{
-    add_assign, relu_backward_inplace, relu_forward, relu_inplace, sigmoid_backward,
-    sigmoid_forward,
+    add_assign, relu_backward_inplace, relu_forward, relu_inplace, sigmoid_backward, sigmoid_forward,
 };
 pub use batchnorm::{
     batchnorm_accumulate_backward_sums, batchnorm_accumulate_sq_dev, batchnorm_accumulate_sum,
-    batchnorm_backward_input, batchnorm_eval_stats, batchnorm_finalize, batchnorm_forward,
-    batchnorm_mean_from_sum, BatchNorm2d, BN_EPS, BN_MOMENTUM,
+    batchnorm_backward_input, batchnorm_eval_stats, batchnorm_finalize, batchnorm_forward, batchnorm_mean_from_sum,
+    BatchNorm2d, BN_EPS, BN_MOMENTUM,
 };
 pub use conv::{conv2d_accumulate_weight_grad, conv2d_backward_input, conv2d_forward, Conv2d};
 pub use gemm::{sgemm, sgemm_kernel, sgemm_using, GemmKernel};
 pub use linear::{linear_accumulate_weight_grad, linear_backward_input, linear_forward, Linear};
 pub use pool::{global_avg_pool_backward, global_avg_pool_forward};
-pub use resize::{
-    bilinear_accumulate_backward, bilinear_forward, crop_accumulate_backward, crop_forward, Window,
-};
+pub use resize::{bilinear_accumulate_backward, bilinear_forward, crop_accumulate_backward, crop_forward, Window};
 
 /// Sums `x` into eight independent `f64` lanes: vectorizable without reassociating
 /// (each lane is its own chain), and deterministic.
@@ -50,6 +47,5 @@ pub(crate) fn sum_lanes(x: &[f32], lanes: &mut [f64; 8]) {
 /// Folds the lanes in a fixed order.
 #[inline]
 pub(crate) fn fold_lanes(lanes: &[f64; 8]) -> f64 {
-    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
 }

@@ -28,17 +28,7 @@ pub struct Window {
 impl Window {
     /// The whole `h × w` map as the window (a plain resize).
     pub const fn full(c: usize, h: usize, w: usize, oh: usize, ow: usize) -> Self {
-        Window {
-            c,
-            h,
-            w,
-            y0: 0,
-            x0: 0,
-            ph: h,
-            pw: w,
-            oh,
-            ow,
-        }
+        Window { c, h, w, y0: 0, x0: 0, ph: h, pw: w, oh, ow }
     }
     /// Output floats per image.
     pub const fn out_len(&self) -> usize {
@@ -58,11 +48,7 @@ impl Window {
 /// align_corners arithmetic (f32 scale `(in−1)/(out−1)`, 0 for a 1-pixel output).
 #[inline]
 fn taps(inp: usize, out: usize, o: usize) -> (usize, usize, f32, f32) {
-    let scale = if out > 1 {
-        (inp - 1) as f32 / (out - 1) as f32
-    } else {
-        0.0
-    };
+    let scale = if out > 1 { (inp - 1) as f32 / (out - 1) as f32 } else { 0.0 };
     let src = scale * o as f32;
     let i0 = (src as usize).min(inp - 1);
     let i1 = if i0 < inp - 1 { i0 + 1 } else { i0 };
@@ -85,8 +71,7 @@ pub fn bilinear_forward(s: &Window, n: usize, x_full: &[f32], y: &mut [f32]) {
                 let row1 = &xp[(s.y0 + r1) * s.w + s.x0..][..s.pw];
                 for (ox, o) in yrow.iter_mut().enumerate() {
                     let (c0, c1, w0, w1) = taps(s.pw, s.ow, ox);
-                    *o =
-                        h0 * (w0 * row0[c0] + w1 * row0[c1]) + h1 * (w0 * row1[c0] + w1 * row1[c1]);
+                    *o = h0 * (w0 * row0[c0] + w1 * row0[c1]) + h1 * (w0 * row1[c0] + w1 * row1[c1]);
                 }
             }
         }
@@ -121,10 +106,7 @@ pub fn bilinear_accumulate_backward(s: &Window, n: usize, dy: &[f32], dx_full: &
 /// Copies the window of each map out (requires `oh == ph`, `ow == pw`); overwrites `y`.
 pub fn crop_forward(s: &Window, n: usize, x_full: &[f32], y: &mut [f32]) {
     s.check();
-    assert!(
-        s.oh == s.ph && s.ow == s.pw,
-        "crop: output size must equal the window"
-    );
+    assert!(s.oh == s.ph && s.ow == s.pw, "crop: output size must equal the window");
     let plane_in = s.h * s.w;
     for img in 0..n {
         for ch in 0..s.c {
@@ -140,10 +122,7 @@ pub fn crop_forward(s: &Window, n: usize, x_full: &[f32], y: &mut [f32]) {
 /// Adds the gradient of [`crop_forward`] into the window of `dx_full`.
 pub fn crop_accumulate_backward(s: &Window, n: usize, dy: &[f32], dx_full: &mut [f32]) {
     s.check();
-    assert!(
-        s.oh == s.ph && s.ow == s.pw,
-        "crop: output size must equal the window"
-    );
+    assert!(s.oh == s.ph && s.ow == s.pw, "crop: output size must equal the window");
     let plane_in = s.h * s.w;
     for img in 0..n {
         for ch in 0..s.c {

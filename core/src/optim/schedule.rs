@@ -19,21 +19,11 @@ pub enum LrSchedule {
     /// with `E = epochs`, `W = warmup_epochs` and `floor = warmup_floor`; the reference
     /// hard-codes `W = 10` (its literals 10 and 11) and `floor = 0.01`. `W = 0` disables
     /// the warm-up.
-    Cosine {
-        base_lr: f32,
-        epochs: u32,
-        warmup_epochs: u32,
-        warmup_floor: f32,
-    },
+    Cosine { base_lr: f32, epochs: u32, warmup_epochs: u32, warmup_floor: f32 },
     /// `base_lr · gamma^k` where `k` counts the milestones `<= epoch` among the first
     /// `n_milestones` (the reference multiplies the rate by `gamma` when the epoch is a
     /// milestone: `[80, 120]`, gamma 0.1).
-    Step {
-        base_lr: f32,
-        milestones: [u32; 4],
-        n_milestones: usize,
-        gamma: f32,
-    },
+    Step { base_lr: f32, milestones: [u32; 4], n_milestones: usize, gamma: f32 },
     /// A fixed rate.
     Constant { lr: f32 },
 }
@@ -56,23 +46,13 @@ impl LrSchedule {
 
     /// The reference step schedule: ×0.1 at epochs 80 and 120.
     pub const fn reference_step(base_lr: f32) -> Self {
-        LrSchedule::Step {
-            base_lr,
-            milestones: [80, 120, 0, 0],
-            n_milestones: 2,
-            gamma: 0.1,
-        }
+        LrSchedule::Step { base_lr, milestones: [80, 120, 0, 0], n_milestones: 2, gamma: 0.1 }
     }
 
     /// The learning rate of (1-based) epoch `epoch`.
     pub fn lr(&self, epoch: u32) -> f32 {
         let lr = match *self {
-            LrSchedule::Cosine {
-                base_lr,
-                epochs,
-                warmup_epochs,
-                warmup_floor,
-            } => {
+            LrSchedule::Cosine { base_lr, epochs, warmup_epochs, warmup_floor } => {
                 let e = epoch as f64;
                 let w = warmup_epochs as f64;
                 let base = base_lr as f64;
@@ -83,12 +63,7 @@ impl LrSchedule {
                     0.5 * base * c
                 }
             }
-            LrSchedule::Step {
-                base_lr,
-                milestones,
-                n_milestones,
-                gamma,
-            } => {
+            LrSchedule::Step { base_lr, milestones, n_milestones, gamma } => {
                 let mut lr = base_lr as f64;
                 for &ms in &milestones[..n_milestones.min(milestones.len())] {
                     if epoch >= ms {

@@ -13,11 +13,7 @@ pub struct Sgd {
 
 impl Default for Sgd {
     fn default() -> Self {
-        Sgd {
-            momentum: 0.9,
-            weight_decay: 1e-4,
-            nesterov: true,
-        }
+        Sgd { momentum: 0.9, weight_decay: 1e-4, nesterov: true }
     }
 }
 

@@ -60,56 +60,20 @@ pub enum Name {
     /// `conv1.weight`, `fc64.bias`, …
     Top(&'static str, &'static str),
     /// `layer{stage}.{block}.{layer}.{leaf}`
-    Block {
-        stage: usize,
-        block: usize,
-        layer: &'static str,
-        leaf: &'static str,
-    },
+    Block { stage: usize, block: usize, layer: &'static str, leaf: &'static str },
     /// `{net}_{stage}_{block}.head.{index}.{leaf}`
-    Head {
-        net: &'static str,
-        stage: usize,
-        block: usize,
-        index: usize,
-        leaf: &'static str,
-    },
+    Head { net: &'static str, stage: usize, block: usize, index: usize, leaf: &'static str },
     /// `{net}_{stage}_{block}.decoders.{patch}.{index}.{leaf}`
-    Decoder {
-        net: &'static str,
-        stage: usize,
-        block: usize,
-        patch: usize,
-        index: usize,
-        leaf: &'static str,
-    },
+    Decoder { net: &'static str, stage: usize, block: usize, patch: usize, index: usize, leaf: &'static str },
 }
 
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Name::Top(a, b) => write!(f, "{a}.{b}"),
-            Name::Block {
-                stage,
-                block,
-                layer,
-                leaf,
-            } => write!(f, "layer{stage}.{block}.{layer}.{leaf}"),
-            Name::Head {
-                net,
-                stage,
-                block,
-                index,
-                leaf,
-            } => write!(f, "{net}_{stage}_{block}.head.{index}.{leaf}"),
-            Name::Decoder {
-                net,
-                stage,
-                block,
-                patch,
-                index,
-                leaf,
-            } => {
+            Name::Block { stage, block, layer, leaf } => write!(f, "layer{stage}.{block}.{layer}.{leaf}"),
+            Name::Head { net, stage, block, index, leaf } => write!(f, "{net}_{stage}_{block}.head.{index}.{leaf}"),
+            Name::Decoder { net, stage, block, patch, index, leaf } => {
                 write!(f, "{net}_{stage}_{block}.decoders.{patch}.{index}.{leaf}")
             }
         }
@@ -145,66 +109,20 @@ pub(crate) struct Cursor<'v> {
 #[derive(Clone, Copy)]
 pub(crate) enum Prefix {
     Top(&'static str),
-    Block {
-        stage: usize,
-        block: usize,
-        layer: &'static str,
-    },
-    Head {
-        net: &'static str,
-        stage: usize,
-        block: usize,
-        index: usize,
-    },
-    Decoder {
-        net: &'static str,
-        stage: usize,
-        block: usize,
-        patch: usize,
-        index: usize,
-    },
+    Block { stage: usize, block: usize, layer: &'static str },
+    Head { net: &'static str, stage: usize, block: usize, index: usize },
+    Decoder { net: &'static str, stage: usize, block: usize, patch: usize, index: usize },
 }
 
 impl Prefix {
     fn with(self, leaf: &'static str) -> Name {
         match self {
             Prefix::Top(a) => Name::Top(a, leaf),
-            Prefix::Block {
-                stage,
-                block,
-                layer,
-            } => Name::Block {
-                stage,
-                block,
-                layer,
-                leaf,
-            },
-            Prefix::Head {
-                net,
-                stage,
-                block,
-                index,
-            } => Name::Head {
-                net,
-                stage,
-                block,
-                index,
-                leaf,
-            },
-            Prefix::Decoder {
-                net,
-                stage,
-                block,
-                patch,
-                index,
-            } => Name::Decoder {
-                net,
-                stage,
-                block,
-                patch,
-                index,
-                leaf,
-            },
+            Prefix::Block { stage, block, layer } => Name::Block { stage, block, layer, leaf },
+            Prefix::Head { net, stage, block, index } => Name::Head { net, stage, block, index, leaf },
+            Prefix::Decoder { net, stage, block, patch, index } => {
+                Name::Decoder { net, stage, block, patch, index, leaf }
+            }
         }
     }
 }
@@ -214,14 +132,7 @@ impl<'v> Cursor<'v> {
         Cursor { p, s, visit }
     }
 
-    fn emit(
-        &mut self,
-        name: Name,
-        kind: TensorKind,
-        len: usize,
-        shape: [usize; 4],
-        init: Init,
-    ) -> usize {
+    fn emit(&mut self, name: Name, kind: TensorKind, len: usize, shape: [usize; 4], init: Init) -> usize {
         let off = match kind {
             TensorKind::Param => &mut self.p,
             TensorKind::State => &mut self.s,
@@ -229,40 +140,18 @@ impl<'v> Cursor<'v> {
         let at = *off;
         *off += len;
         if let Some(v) = self.visit.as_mut() {
-            v(Tensor {
-                name,
-                kind,
-                off: at,
-                len,
-                shape,
-                init,
-            });
+            v(Tensor { name, kind, off: at, len, shape, init });
         }
         at
     }
 
     pub fn conv(&mut self, pre: Prefix, s: Conv2d, bias: bool) -> ConvP {
         let shape = [s.c_out, s.c_in, s.k, s.k];
-        let init = Init::KaimingConv {
-            c_out: s.c_out,
-            k: s.k,
-        };
-        let w = self.emit(
-            pre.with("weight"),
-            TensorKind::Param,
-            s.weight_len(),
-            shape,
-            init,
-        );
+        let init = Init::KaimingConv { c_out: s.c_out, k: s.k };
+        let w = self.emit(pre.with("weight"), TensorKind::Param, s.weight_len(), shape, init);
         let fan_in = s.c_in * s.k * s.k;
         let b = bias.then(|| {
-            self.emit(
-                pre.with("bias"),
-                TensorKind::Param,
-                s.c_out,
-                [s.c_out, 0, 0, 0],
-                Init::UniformFanIn(fan_in),
-            )
+            self.emit(pre.with("bias"), TensorKind::Param, s.c_out, [s.c_out, 0, 0, 0], Init::UniformFanIn(fan_in))
         });
         ConvP { s, w, b }
     }
@@ -271,25 +160,9 @@ impl<'v> Cursor<'v> {
         let shape = [c, 0, 0, 0];
         let p = self.emit(pre.with("weight"), TensorKind::Param, c, shape, Init::Ones);
         self.emit(pre.with("bias"), TensorKind::Param, c, shape, Init::Zeros);
-        let state = self.emit(
-            pre.with("running_mean"),
-            TensorKind::State,
-            c,
-            shape,
-            Init::Zeros,
-        );
-        self.emit(
-            pre.with("running_var"),
-            TensorKind::State,
-            c,
-            shape,
-            Init::Ones,
-        );
-        BnP {
-            s: BatchNorm2d { c, hw },
-            p,
-            state,
-        }
+        let state = self.emit(pre.with("running_mean"), TensorKind::State, c, shape, Init::Zeros);
+        self.emit(pre.with("running_var"), TensorKind::State, c, shape, Init::Ones);
+        BnP { s: BatchNorm2d { c, hw }, p, state }
     }
 
     pub fn linear(&mut self, pre: Prefix, in_f: usize, out_f: usize) -> LinearP {
@@ -301,13 +174,7 @@ impl<'v> Cursor<'v> {
             [out_f, in_f, 0, 0],
             Init::UniformFanIn(in_f),
         );
-        let b = self.emit(
-            pre.with("bias"),
-            TensorKind::Param,
-            out_f,
-            [out_f, 0, 0, 0],
-            Init::UniformFanIn(in_f),
-        );
+        let b = self.emit(pre.with("bias"), TensorKind::Param, out_f, [out_f, 0, 0, 0], Init::UniformFanIn(in_f));
         LinearP { s, w, b }
     }
 }
@@ -326,22 +193,10 @@ const CONV_NAMES: [&str; 3] = ["conv1", "conv2", "conv3"];
 const BN_NAMES: [&str; 3] = ["bn1", "bn2", "bn3"];
 
 pub(crate) fn block_params(cur: &mut Cursor, sh: BlockShape, stage: usize, block: usize) -> BlockP {
-    let pre = |layer| Prefix::Block {
-        stage: stage + 1,
-        block,
-        layer,
-    };
+    let pre = |layer| Prefix::Block { stage: stage + 1, block, layer };
     let hw_in = sh.h_in * sh.w_in;
     let hw_out = sh.h_out * sh.w_out;
-    let conv = |c_in, c_out, h, k, stride| Conv2d {
-        c_in,
-        c_out,
-        h,
-        w: h,
-        k,
-        stride,
-        pad: k / 2,
-    };
+    let conv = |c_in, c_out, h, k, stride| Conv2d { c_in, c_out, h, w: h, k, stride, pad: k / 2 };
     let specs: [(Conv2d, usize); 3] = match sh.kind {
         BlockKind::Basic => [
             (conv(sh.c_in, sh.planes, sh.h_in, 3, sh.stride), hw_out),
@@ -355,36 +210,18 @@ pub(crate) fn block_params(cur: &mut Cursor, sh: BlockShape, stage: usize, block
         ],
     };
     let layers = if sh.kind == BlockKind::Basic { 2 } else { 3 };
-    let mut convs = [ConvP {
-        s: specs[2].0,
-        w: 0,
-        b: None,
-    }; 3];
-    let mut bns = [BnP {
-        s: BatchNorm2d { c: 0, hw: 0 },
-        p: 0,
-        state: 0,
-    }; 3];
+    let mut convs = [ConvP { s: specs[2].0, w: 0, b: None }; 3];
+    let mut bns = [BnP { s: BatchNorm2d { c: 0, hw: 0 }, p: 0, state: 0 }; 3];
     for l in 0..layers {
         convs[l] = cur.conv(pre(CONV_NAMES[l]), specs[l].0, false);
         bns[l] = cur.bn(pre(BN_NAMES[l]), specs[l].0.c_out, specs[l].1);
     }
     let downsample = sh.downsample.then(|| {
-        let c = cur.conv(
-            pre("downsample.0"),
-            conv(sh.c_in, sh.c_out, sh.h_in, 1, sh.stride),
-            false,
-        );
+        let c = cur.conv(pre("downsample.0"), conv(sh.c_in, sh.c_out, sh.h_in, 1, sh.stride), false);
         let b = cur.bn(pre("downsample.1"), sh.c_out, hw_out);
         (c, b)
     });
-    BlockP {
-        shape: sh,
-        convs,
-        bns,
-        layers,
-        downsample,
-    }
+    BlockP { shape: sh, convs, bns, layers, downsample }
 }
 
 /// Stem: conv3x3(in → 16) + BN.
@@ -395,15 +232,7 @@ pub struct StemP {
 }
 
 pub(crate) fn stem_params(cur: &mut Cursor, in_ch: usize, image: usize) -> StemP {
-    let s = Conv2d {
-        c_in: in_ch,
-        c_out: crate::arch::STEM_CHANNELS,
-        h: image,
-        w: image,
-        k: 3,
-        stride: 1,
-        pad: 1,
-    };
+    let s = Conv2d { c_in: in_ch, c_out: crate::arch::STEM_CHANNELS, h: image, w: image, k: 3, stride: 1, pad: 1 };
     let conv = cur.conv(Prefix::Top("conv1"), s, false);
     let bn = cur.bn(Prefix::Top("bn1"), s.c_out, image * image);
     StemP { conv, bn }
@@ -476,11 +305,7 @@ impl Plan {
     }
 
     pub(crate) fn stem(&self) -> StemP {
-        stem_params(
-            &mut Cursor::new(0, 0, None),
-            self.arch.in_channels,
-            self.arch.image,
-        )
+        stem_params(&mut Cursor::new(0, 0, None), self.arch.in_channels, self.arch.image)
     }
 
     /// Parameters of global block `g`.
@@ -586,47 +411,18 @@ impl Plan {
         } else {
             m.head
         };
-        let pre = |index| Prefix::Head {
-            net: net.name(self.method.hpff),
-            stage: sp,
-            block: sb,
-            index,
-        };
+        let pre = |index| Prefix::Head { net: net.name(self.method.hpff), stage: sp, block: sb, index };
         // The reference keys its head widths on the input width 16/32/64, i.e. on the stage.
         let width = [32, 64, 64][stage] * m.widen;
         let stride = [2, 2, 1][stage];
         let mut convs = [(
-            ConvP {
-                s: Conv2d {
-                    c_in: 0,
-                    c_out: 0,
-                    h: 1,
-                    w: 1,
-                    k: 1,
-                    stride: 1,
-                    pad: 0,
-                },
-                w: 0,
-                b: None,
-            },
-            BnP {
-                s: BatchNorm2d { c: 0, hw: 0 },
-                p: 0,
-                state: 0,
-            },
+            ConvP { s: Conv2d { c_in: 0, c_out: 0, h: 1, w: 1, k: 1, stride: 1, pad: 0 }, w: 0, b: None },
+            BnP { s: BatchNorm2d { c: 0, hw: 0 }, p: 0, state: 0 },
         ); 2];
         let (mut ch, mut hh) = (c, h);
         for i in 0..head.convs {
             let st = if i == 0 { stride } else { 1 };
-            let s = Conv2d {
-                c_in: ch,
-                c_out: width,
-                h: hh,
-                w: hh,
-                k: 3,
-                stride: st,
-                pad: 1,
-            };
+            let s = Conv2d { c_in: ch, c_out: width, h: hh, w: hh, k: 3, stride: st, pad: 1 };
             let conv = cur.conv(pre(3 * i), s, false);
             let bn = cur.bn(pre(3 * i + 1), width, s.h_out() * s.w_out());
             convs[i] = (conv, bn);
@@ -638,11 +434,7 @@ impl Plan {
             crate::method::LocalLoss::Contrast => m.feature_dim,
         };
         let hidden = m.feature_dim * m.widen;
-        let mut linears = [LinearP {
-            s: Linear { in_f: 0, out_f: 0 },
-            w: 0,
-            b: 0,
-        }; 3];
+        let mut linears = [LinearP { s: Linear { in_f: 0, out_f: 0 }, w: 0, b: 0 }; 3];
         let first = 3 * head.convs + 2;
         for i in 0..head.linears {
             let in_f = if i == 0 { ch } else { hidden };
@@ -670,31 +462,9 @@ impl Plan {
         let (p0, s0) = (cur.p, cur.s);
         let mut strides = (0, 0);
         for patch in 0..n * n {
-            let pre = |index| Prefix::Decoder {
-                net: net.name(self.method.hpff),
-                stage: sp,
-                block: sb,
-                patch,
-                index,
-            };
-            let c1 = Conv2d {
-                c_in: c,
-                c_out: mid,
-                h: out,
-                w: out,
-                k: 3,
-                stride: 1,
-                pad: 1,
-            };
-            let c2 = Conv2d {
-                c_in: mid,
-                c_out: self.arch.in_channels,
-                h: out,
-                w: out,
-                k: 3,
-                stride: 1,
-                pad: 1,
-            };
+            let pre = |index| Prefix::Decoder { net: net.name(self.method.hpff), stage: sp, block: sb, patch, index };
+            let c1 = Conv2d { c_in: c, c_out: mid, h: out, w: out, k: 3, stride: 1, pad: 1 };
+            let c2 = Conv2d { c_in: mid, c_out: self.arch.in_channels, h: out, w: out, k: 3, stride: 1, pad: 1 };
             let a = cur.conv(pre(0), c1, true);
             let b = cur.bn(pre(1), mid, out * out);
             let d = cur.conv(pre(3), c2, true);

@@ -30,9 +30,7 @@ mod layout;
 mod op;
 mod schedule;
 
-pub use layout::{
-    BlockP, BnP, ConvP, DecoderP, HeadP, Init, LinearP, Name, StemP, Tensor, TensorKind,
-};
+pub use layout::{BlockP, BnP, ConvP, DecoderP, HeadP, Init, LinearP, Name, StemP, Tensor, TensorKind};
 pub use op::{Buf, LossKind, LossSlot, Op, LOSS_KINDS};
 
 use crate::arch::Arch;
@@ -180,11 +178,7 @@ impl Plan {
         method.validate(&part)?;
         let mut plan = Plan {
             arch,
-            part: if method.base == Base::E2e {
-                Partition::even(&arch, 1)?
-            } else {
-                part
-            },
+            part: if method.base == Base::E2e { Partition::even(&arch, 1)? } else { part },
             method,
             batch,
             mean,
@@ -201,11 +195,7 @@ impl Plan {
             for j in 0..plan.part.modules().saturating_sub(1) {
                 let (_, h, _) = plan.module_out(j);
                 if h < n || arch.image % n != 0 {
-                    return Err(PlanError::PatchGrid {
-                        patches: n,
-                        map: h,
-                        image: arch.image,
-                    });
+                    return Err(PlanError::PatchGrid { patches: n, map: h, image: arch.image });
                 }
             }
         }
@@ -279,10 +269,7 @@ impl Plan {
     }
     /// The conv scratch buffer (after the activation stack).
     pub fn scratch(&self) -> Buf {
-        Buf {
-            off: self.act_off() + self.train_peak.max(self.eval_peak),
-            len: self.scratch,
-        }
+        Buf { off: self.act_off() + self.train_peak.max(self.eval_peak), len: self.scratch }
     }
     /// Floats the arena must hold.
     pub fn arena_len(&self) -> usize {
@@ -290,17 +277,11 @@ impl Plan {
     }
     /// Where the executor puts the (normalised) input batch.
     pub fn input(&self) -> Buf {
-        Buf {
-            off: self.act_off(),
-            len: self.batch * self.arch.in_channels * self.arch.image * self.arch.image,
-        }
+        Buf { off: self.act_off(), len: self.batch * self.arch.in_channels * self.arch.image * self.arch.image }
     }
     /// Where an eval pass leaves the logits (batch × classes).
     pub fn logits(&self) -> Buf {
-        Buf {
-            off: self.input().end(),
-            len: self.batch * self.arch.classes,
-        }
+        Buf { off: self.input().end(), len: self.batch * self.arch.classes }
     }
     /// Loss record length: `modules × LOSS_KINDS`.
     pub fn loss_slots(&self) -> usize {

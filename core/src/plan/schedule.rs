@@ -22,11 +22,7 @@ pub(crate) fn dry_run(plan: &Plan, train: bool) -> DryRun {
     } else {
         g.eval();
     }
-    DryRun {
-        peak: g.peak,
-        decoder_peak: g.decoder_peak,
-        scratch: g.scratch,
-    }
+    DryRun { peak: g.peak, decoder_peak: g.decoder_peak, scratch: g.scratch }
 }
 
 /// Saved forward values of one residual block (train and eval share the layout).
@@ -72,15 +68,7 @@ pub(crate) struct Gen<'a, F: FnMut(&Op)> {
 
 impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     pub(crate) fn new(plan: &'a Plan, emit: F) -> Self {
-        Gen {
-            plan,
-            emit,
-            n: plan.batch,
-            top: plan.act_off(),
-            peak: 0,
-            decoder_peak: 0,
-            scratch: 0,
-        }
+        Gen { plan, emit, n: plan.batch, top: plan.act_off(), peak: 0, decoder_peak: 0, scratch: 0 }
     }
 
     fn alloc(&mut self, len: usize) -> Buf {
@@ -110,10 +98,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     }
 
     fn max_out_len(&self) -> usize {
-        (0..self.plan.modules())
-            .map(|j| self.out_len(j))
-            .max()
-            .unwrap_or(0)
+        (0..self.plan.modules()).map(|j| self.out_len(j)).max().unwrap_or(0)
     }
 
     // ---- backbone ------------------------------------------------------------------
@@ -124,13 +109,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let h = self.alloc(len);
         let st = self.alloc(3 * sp.bn.s.c);
         let a = self.alloc(len);
-        self.op(Op::Conv {
-            s: sp.conv.s,
-            w: sp.conv.w,
-            b: None,
-            x: img,
-            y: h,
-        });
+        self.op(Op::Conv { s: sp.conv.s, w: sp.conv.w, b: None, x: img, y: h });
         self.bn_fwd(sp.bn, h, a, st, train);
         self.op(Op::Relu { x: a });
         StemActs { h, st, a }
@@ -142,59 +121,19 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         self.op(Op::ReluBackward { y: s.a, dy: dout });
         let dh = self.alloc(s.h.len);
         let sums = self.alloc(2 * sp.bn.s.c);
-        self.op(Op::BnBackward {
-            s: sp.bn.s,
-            p: sp.bn.p,
-            x: s.h,
-            dy: dout,
-            dx: dh,
-            stats: s.st,
-            sums,
-        });
-        self.op(Op::ConvBackward {
-            s: sp.conv.s,
-            w: sp.conv.w,
-            b: None,
-            x: img,
-            dy: dh,
-            dx: None,
-        });
+        self.op(Op::BnBackward { s: sp.bn.s, p: sp.bn.p, x: s.h, dy: dout, dx: dh, stats: s.st, sums });
+        self.op(Op::ConvBackward { s: sp.conv.s, w: sp.conv.w, b: None, x: img, dy: dh, dx: None });
         self.top = mark;
     }
 
     fn bn_fwd(&mut self, bn: super::BnP, x: Buf, y: Buf, stats: Buf, train: bool) {
         let (s, p, state) = (bn.s, bn.p, bn.state + self.plan.state_off());
-        self.op(if train {
-            Op::BnTrain {
-                s,
-                p,
-                state,
-                x,
-                y,
-                stats,
-            }
-        } else {
-            Op::BnEval {
-                s,
-                p,
-                state,
-                x,
-                y,
-                stats,
-            }
-        });
+        self.op(if train { Op::BnTrain { s, p, state, x, y, stats } } else { Op::BnEval { s, p, state, x, y, stats } });
     }
 
     fn block_alloc(&mut self, bp: &BlockP, x: Buf, out: Option<Buf>) -> BlockActs {
         let n = self.n;
-        let mut acts = BlockActs {
-            x,
-            h: [NONE; 3],
-            st: [NONE; 3],
-            a: [NONE; 2],
-            ds: None,
-            out: NONE,
-        };
+        let mut acts = BlockActs { x, h: [NONE; 3], st: [NONE; 3], a: [NONE; 2], ds: None, out: NONE };
         for l in 0..bp.layers {
             let bn = bp.bns[l].s;
             acts.h[l] = self.alloc(n * bn.c * bn.hw);
@@ -216,13 +155,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let mut inp = a.x;
         for l in 0..bp.layers {
             let c = bp.convs[l];
-            self.op(Op::Conv {
-                s: c.s,
-                w: c.w,
-                b: None,
-                x: inp,
-                y: a.h[l],
-            });
+            self.op(Op::Conv { s: c.s, w: c.w, b: None, x: inp, y: a.h[l] });
             if l + 1 < bp.layers {
                 self.bn_fwd(bp.bns[l], a.h[l], a.a[l], a.st[l], train);
                 self.op(Op::Relu { x: a.a[l] });
@@ -233,13 +166,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         }
         match (bp.downsample, a.ds) {
             (Some((c, bn)), Some((hd, sd, od))) => {
-                self.op(Op::Conv {
-                    s: c.s,
-                    w: c.w,
-                    b: None,
-                    x: a.x,
-                    y: hd,
-                });
+                self.op(Op::Conv { s: c.s, w: c.w, b: None, x: a.x, y: hd });
                 self.bn_fwd(bn, hd, od, sd, train);
                 self.op(Op::AddRelu { y: a.out, x: od });
             }
@@ -254,92 +181,33 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let n = self.n;
         self.op(Op::ReluBackward { y: a.out, dy: dout });
         let tmax = (0..bp.layers).map(|l| a.h[l].len).max().unwrap_or(0);
-        let cmax = (0..bp.layers)
-            .map(|l| bp.bns[l].s.c)
-            .max()
-            .unwrap_or(0)
-            .max(bp.shape.c_out);
+        let cmax = (0..bp.layers).map(|l| bp.bns[l].s.c).max().unwrap_or(0).max(bp.shape.c_out);
         let ta = self.alloc(tmax);
         let tb = self.alloc(tmax);
         let sums = self.alloc(2 * cmax);
         let mut dcur = dout;
         for l in (0..bp.layers).rev() {
             let bn = bp.bns[l];
-            let dh = Buf {
-                off: ta.off,
-                len: a.h[l].len,
-            };
-            let sums_l = Buf {
-                off: sums.off,
-                len: 2 * bn.s.c,
-            };
-            self.op(Op::BnBackward {
-                s: bn.s,
-                p: bn.p,
-                x: a.h[l],
-                dy: dcur,
-                dx: dh,
-                stats: a.st[l],
-                sums: sums_l,
-            });
+            let dh = Buf { off: ta.off, len: a.h[l].len };
+            let sums_l = Buf { off: sums.off, len: 2 * bn.s.c };
+            self.op(Op::BnBackward { s: bn.s, p: bn.p, x: a.h[l], dy: dcur, dx: dh, stats: a.st[l], sums: sums_l });
             let c = bp.convs[l];
             if l > 0 {
-                let da = Buf {
-                    off: tb.off,
-                    len: a.a[l - 1].len,
-                };
-                self.op(Op::ConvBackward {
-                    s: c.s,
-                    w: c.w,
-                    b: None,
-                    x: a.a[l - 1],
-                    dy: dh,
-                    dx: Some(da),
-                });
-                self.op(Op::ReluBackward {
-                    y: a.a[l - 1],
-                    dy: da,
-                });
+                let da = Buf { off: tb.off, len: a.a[l - 1].len };
+                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.a[l - 1], dy: dh, dx: Some(da) });
+                self.op(Op::ReluBackward { y: a.a[l - 1], dy: da });
                 dcur = da;
             } else {
-                self.op(Op::ConvBackward {
-                    s: c.s,
-                    w: c.w,
-                    b: None,
-                    x: a.x,
-                    dy: dh,
-                    dx,
-                });
+                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.x, dy: dh, dx });
             }
         }
         match (bp.downsample, a.ds) {
             (Some((c, bn)), Some((hd, sd, _))) => {
-                let dh = Buf {
-                    off: ta.off,
-                    len: hd.len,
-                };
-                let sums_d = Buf {
-                    off: sums.off,
-                    len: 2 * bn.s.c,
-                };
-                self.op(Op::BnBackward {
-                    s: bn.s,
-                    p: bn.p,
-                    x: hd,
-                    dy: dout,
-                    dx: dh,
-                    stats: sd,
-                    sums: sums_d,
-                });
+                let dh = Buf { off: ta.off, len: hd.len };
+                let sums_d = Buf { off: sums.off, len: 2 * bn.s.c };
+                self.op(Op::BnBackward { s: bn.s, p: bn.p, x: hd, dy: dout, dx: dh, stats: sd, sums: sums_d });
                 let tmp = dx.map(|d| self.alloc(d.len));
-                self.op(Op::ConvBackward {
-                    s: c.s,
-                    w: c.w,
-                    b: None,
-                    x: a.x,
-                    dy: dh,
-                    dx: tmp,
-                });
+                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.x, dy: dh, dx: tmp });
                 if let (Some(d), Some(t)) = (dx, tmp) {
                     self.op(Op::Add { y: d, x: t });
                 }
@@ -400,24 +268,13 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             })
             .max()
             .unwrap_or(0);
-        let ping = if blocks.len() > 1 {
-            [self.alloc(maxlen), self.alloc(maxlen)]
-        } else {
-            [NONE; 2]
-        };
+        let ping = if blocks.len() > 1 { [self.alloc(maxlen), self.alloc(maxlen)] } else { [NONE; 2] };
         let mut dy = dout;
         let mut k = 0;
         for g in blocks.clone().rev() {
             let (bp, acts) = self.acts_of(m, g);
             let first = g == blocks.start;
-            let dxb = if first {
-                dx
-            } else {
-                Some(Buf {
-                    off: ping[k].off,
-                    len: acts.x.len,
-                })
-            };
+            let dxb = if first { dx } else { Some(Buf { off: ping[k].off, len: acts.x.len }) };
             self.block_bwd(&bp, &acts, dy, dxb);
             if let (false, Some(d)) = (first, dxb) {
                 dy = d;
@@ -454,37 +311,20 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let h = self.alloc(len);
             let st = self.alloc(3 * bn.s.c);
             let a = self.alloc(len);
-            self.op(Op::Conv {
-                s: c.s,
-                w: c.w,
-                b: None,
-                x: inp,
-                y: h,
-            });
+            self.op(Op::Conv { s: c.s, w: c.w, b: None, x: inp, y: h });
             self.bn_fwd(bn, h, a, st, true);
             self.op(Op::Relu { x: a });
             saved[i] = (h, st, a);
             inp = a;
         }
         let pooled = self.alloc(n * hp.pool_c);
-        self.op(Op::Pool {
-            c: hp.pool_c,
-            hw: hp.pool_hw,
-            x: inp,
-            y: pooled,
-        });
+        self.op(Op::Pool { c: hp.pool_c, hw: hp.pool_hw, x: inp, y: pooled });
         let mut outs = [NONE; 3];
         let mut lin_in = pooled;
         for i in 0..hp.n_linears {
             let l = hp.linears[i];
             outs[i] = self.alloc(n * l.s.out_f);
-            self.op(Op::Linear {
-                s: l.s,
-                w: l.w,
-                b: l.b,
-                x: lin_in,
-                y: outs[i],
-            });
+            self.op(Op::Linear { s: l.s, w: l.w, b: l.b, x: lin_in, y: outs[i] });
             if i + 1 < hp.n_linears {
                 self.op(Op::Relu { x: outs[i] });
             }
@@ -498,57 +338,24 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let df = self.alloc(logits.len);
             let scratch = self.alloc(crate::loss::supcon_scratch_len(n));
             self.op(Op::L2Normalize { d, x: logits, y: f });
-            self.op(Op::SupCon {
-                d,
-                f,
-                df,
-                scale,
-                slot,
-                scratch,
-            });
-            self.op(Op::L2NormalizeBackward {
-                d,
-                x: logits,
-                dy: df,
-                dx: dl,
-            });
+            self.op(Op::SupCon { d, f, df, scale, slot, scratch });
+            self.op(Op::L2NormalizeBackward { d, x: logits, dy: df, dx: dl });
         } else {
-            self.op(Op::CrossEntropy {
-                classes: d,
-                logits,
-                dlogits: dl,
-                scale,
-                slot,
-            });
+            self.op(Op::CrossEntropy { classes: d, logits, dlogits: dl, scale, slot });
         }
         let mut dcur = dl;
         for i in (0..hp.n_linears).rev() {
             let l = hp.linears[i];
             let xin = if i == 0 { pooled } else { outs[i - 1] };
             let dxi = self.alloc(xin.len);
-            self.op(Op::LinearBackward {
-                s: l.s,
-                w: l.w,
-                b: l.b,
-                x: xin,
-                dy: dcur,
-                dx: Some(dxi),
-            });
+            self.op(Op::LinearBackward { s: l.s, w: l.w, b: l.b, x: xin, dy: dcur, dx: Some(dxi) });
             if i > 0 {
-                self.op(Op::ReluBackward {
-                    y: outs[i - 1],
-                    dy: dxi,
-                });
+                self.op(Op::ReluBackward { y: outs[i - 1], dy: dxi });
             }
             dcur = dxi;
         }
         let dp = self.alloc(inp.len);
-        self.op(Op::PoolBackward {
-            c: hp.pool_c,
-            hw: hp.pool_hw,
-            dy: dcur,
-            dx: dp,
-        });
+        self.op(Op::PoolBackward { c: hp.pool_c, hw: hp.pool_hw, dy: dcur, dx: dp });
         let mut dcur = dp;
         for i in (0..hp.n_convs).rev() {
             let (c, bn) = hp.convs[i];
@@ -556,25 +363,10 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             self.op(Op::ReluBackward { y: a, dy: dcur });
             let dh = self.alloc(h.len);
             let sums = self.alloc(2 * bn.s.c);
-            self.op(Op::BnBackward {
-                s: bn.s,
-                p: bn.p,
-                x: h,
-                dy: dcur,
-                dx: dh,
-                stats: st,
-                sums,
-            });
+            self.op(Op::BnBackward { s: bn.s, p: bn.p, x: h, dy: dcur, dx: dh, stats: st, sums });
             let xin = if i == 0 { x } else { saved[i - 1].2 };
             let dxi = self.alloc(xin.len);
-            self.op(Op::ConvBackward {
-                s: c.s,
-                w: c.w,
-                b: None,
-                x: xin,
-                dy: dh,
-                dx: Some(dxi),
-            });
+            self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: xin, dy: dh, dx: Some(dxi) });
             dcur = dxi;
         }
         self.op(Op::Add { y: dacc, x: dcur });
@@ -583,15 +375,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
 
     /// The decoder's loss on `x`, one patch at a time (each patch's backward before the
     /// next patch's forward, so only one patch's values are ever live).
-    fn decoder_loss(
-        &mut self,
-        dp: &DecoderP,
-        x: Buf,
-        dacc: Buf,
-        img: Buf,
-        scale: f32,
-        slot: LossSlot,
-    ) {
+    fn decoder_loss(&mut self, dp: &DecoderP, x: Buf, dacc: Buf, img: Buf, scale: f32, slot: LossSlot) {
         let n = self.n;
         let (gn, po, h) = (dp.n, dp.out, dp.h);
         let ci = self.plan.arch.in_channels;
@@ -603,109 +387,37 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let (ca, bn, cb) = dp.patch(r * gn + c);
                 let (y0, y1) = (r * h / gn, (r + 1) * h / gn);
                 let (x0, x1) = (c * h / gn, (c + 1) * h / gn);
-                let win = Window {
-                    c: dp.c,
-                    h,
-                    w: h,
-                    y0,
-                    x0,
-                    ph: y1 - y0,
-                    pw: x1 - x0,
-                    oh: po,
-                    ow: po,
-                };
+                let win = Window { c: dp.c, h, w: h, y0, x0, ph: y1 - y0, pw: x1 - x0, oh: po, ow: po };
                 let rs = self.alloc(n * dp.c * po * po);
                 self.op(Op::Resize { win, x, y: rs });
                 let mid = n * bn.s.c * po * po;
                 let h1 = self.alloc(mid);
                 let st = self.alloc(3 * bn.s.c);
                 let a1 = self.alloc(mid);
-                self.op(Op::Conv {
-                    s: ca.s,
-                    w: ca.w,
-                    b: ca.b,
-                    x: rs,
-                    y: h1,
-                });
+                self.op(Op::Conv { s: ca.s, w: ca.w, b: ca.b, x: rs, y: h1 });
                 self.bn_fwd(bn, h1, a1, st, true);
                 self.op(Op::Relu { x: a1 });
                 let olen = n * ci * po * po;
                 let h2 = self.alloc(olen);
                 let o = self.alloc(olen);
-                self.op(Op::Conv {
-                    s: cb.s,
-                    w: cb.w,
-                    b: cb.b,
-                    x: a1,
-                    y: h2,
-                });
+                self.op(Op::Conv { s: cb.s, w: cb.w, b: cb.b, x: a1, y: h2 });
                 self.op(Op::Sigmoid { x: h2, y: o });
                 let t = self.alloc(olen);
-                let twin = Window {
-                    c: ci,
-                    h: image,
-                    w: image,
-                    y0: r * po,
-                    x0: c * po,
-                    ph: po,
-                    pw: po,
-                    oh: po,
-                    ow: po,
-                };
-                self.op(Op::Crop {
-                    win: twin,
-                    x: img,
-                    y: t,
-                });
+                let twin = Window { c: ci, h: image, w: image, y0: r * po, x0: c * po, ph: po, pw: po, oh: po, ow: po };
+                self.op(Op::Crop { win: twin, x: img, y: t });
                 let dout = self.alloc(olen);
-                self.op(Op::Bce {
-                    p: o,
-                    t,
-                    dp: dout,
-                    scale,
-                    slot,
-                });
+                self.op(Op::Bce { p: o, t, dp: dout, scale, slot });
                 let dh2 = self.alloc(olen);
-                self.op(Op::SigmoidBackward {
-                    y: o,
-                    dy: dout,
-                    dx: dh2,
-                });
+                self.op(Op::SigmoidBackward { y: o, dy: dout, dx: dh2 });
                 let da1 = self.alloc(mid);
-                self.op(Op::ConvBackward {
-                    s: cb.s,
-                    w: cb.w,
-                    b: cb.b,
-                    x: a1,
-                    dy: dh2,
-                    dx: Some(da1),
-                });
+                self.op(Op::ConvBackward { s: cb.s, w: cb.w, b: cb.b, x: a1, dy: dh2, dx: Some(da1) });
                 self.op(Op::ReluBackward { y: a1, dy: da1 });
                 let dh1 = self.alloc(mid);
                 let sums = self.alloc(2 * bn.s.c);
-                self.op(Op::BnBackward {
-                    s: bn.s,
-                    p: bn.p,
-                    x: h1,
-                    dy: da1,
-                    dx: dh1,
-                    stats: st,
-                    sums,
-                });
+                self.op(Op::BnBackward { s: bn.s, p: bn.p, x: h1, dy: da1, dx: dh1, stats: st, sums });
                 let drs = self.alloc(rs.len);
-                self.op(Op::ConvBackward {
-                    s: ca.s,
-                    w: ca.w,
-                    b: ca.b,
-                    x: rs,
-                    dy: dh1,
-                    dx: Some(drs),
-                });
-                self.op(Op::ResizeBackward {
-                    win,
-                    dy: drs,
-                    dx: dacc,
-                });
+                self.op(Op::ConvBackward { s: ca.s, w: ca.w, b: ca.b, x: rs, dy: dh1, dx: Some(drs) });
+                self.op(Op::ResizeBackward { win, dy: drs, dx: dacc });
                 self.decoder_peak = self.decoder_peak.max(self.top - entry);
                 self.top = mark;
             }
@@ -723,40 +435,11 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let dl = self.alloc(logits.len);
         let dp = self.alloc(pooled.len);
         let dx = self.alloc(x.len);
-        self.op(Op::Pool {
-            c,
-            hw: h * h,
-            x,
-            y: pooled,
-        });
-        self.op(Op::Linear {
-            s: fc.s,
-            w: fc.w,
-            b: fc.b,
-            x: pooled,
-            y: logits,
-        });
-        self.op(Op::CrossEntropy {
-            classes: fc.s.out_f,
-            logits,
-            dlogits: dl,
-            scale,
-            slot,
-        });
-        self.op(Op::LinearBackward {
-            s: fc.s,
-            w: fc.w,
-            b: fc.b,
-            x: pooled,
-            dy: dl,
-            dx: Some(dp),
-        });
-        self.op(Op::PoolBackward {
-            c,
-            hw: h * h,
-            dy: dp,
-            dx,
-        });
+        self.op(Op::Pool { c, hw: h * h, x, y: pooled });
+        self.op(Op::Linear { s: fc.s, w: fc.w, b: fc.b, x: pooled, y: logits });
+        self.op(Op::CrossEntropy { classes: fc.s.out_f, logits, dlogits: dl, scale, slot });
+        self.op(Op::LinearBackward { s: fc.s, w: fc.w, b: fc.b, x: pooled, dy: dl, dx: Some(dp) });
+        self.op(Op::PoolBackward { c, hw: h * h, dy: dp, dx });
         self.op(Op::Add { y: dacc, x: dx });
         self.top = mark;
     }
@@ -791,29 +474,19 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     fn train_local(&mut self, img: Buf, restored: Buf) {
         let m = self.plan.modules();
         let maxo = self.max_out_len();
-        let carry = if m > 1 {
-            [self.alloc(maxo), self.alloc(maxo)]
-        } else {
-            [NONE; 2]
-        };
+        let carry = if m > 1 { [self.alloc(maxo), self.alloc(maxo)] } else { [NONE; 2] };
         let method = self.plan.method;
         for j in 0..m {
             let mark = self.top;
             let stem = (j == 0).then(|| self.stem_fwd(img, true));
             let x = match stem {
                 Some(s) => s.a,
-                None => Buf {
-                    off: carry[(j - 1) % 2].off,
-                    len: self.out_len(j - 1),
-                },
+                None => Buf { off: carry[(j - 1) % 2].off, len: self.out_len(j - 1) },
             };
             let out = if j + 1 == m {
                 self.alloc(self.out_len(j))
             } else {
-                Buf {
-                    off: carry[j % 2].off,
-                    len: self.out_len(j),
-                }
+                Buf { off: carry[j % 2].off, len: self.out_len(j) }
             };
             let fwd = self.module_fwd(j, x, out, true);
             let d = self.zeroed(out.len);
@@ -848,26 +521,11 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let last = m - 1;
         let lv = method.levels;
         let (do_x, do_y) = (lv != Levels::Cascade, lv != Levels::Independent);
-        let (wx, wy) = if lv == Levels::Both {
-            (method.wx, method.wy)
-        } else {
-            (1.0, 1.0)
-        };
+        let (wx, wy) = if lv == Levels::Both { (method.wx, method.wy) } else { (1.0, 1.0) };
         let maxo = self.max_out_len();
-        let xc = if do_x {
-            [self.alloc(maxo), self.alloc(maxo)]
-        } else {
-            [NONE; 2]
-        };
-        let yc = if do_y {
-            [self.alloc(maxo), self.alloc(maxo)]
-        } else {
-            [NONE; 2]
-        };
-        let slot_of = |c: &[Buf; 2], j: usize, g: &Self| Buf {
-            off: c[j % 2].off,
-            len: g.out_len(j),
-        };
+        let xc = if do_x { [self.alloc(maxo), self.alloc(maxo)] } else { [NONE; 2] };
+        let yc = if do_y { [self.alloc(maxo), self.alloc(maxo)] } else { [NONE; 2] };
+        let slot_of = |c: &[Buf; 2], j: usize, g: &Self| Buf { off: c[j % 2].off, len: g.out_len(j) };
         let stem = self.stem_fwd(img, true);
 
         if do_x {
@@ -895,11 +553,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             }
             if do_y {
                 let mark = self.top;
-                let yin = if i == 1 {
-                    stem.a
-                } else {
-                    slot_of(&yc, i - 2, self)
-                };
+                let yin = if i == 1 { stem.a } else { slot_of(&yc, i - 2, self) };
                 let ymid = slot_of(&yc, i - 1, self);
                 let lower = self.module_fwd(i - 1, yin, ymid, true);
                 let z = self.alloc(self.out_len(i));
@@ -908,14 +562,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let (l1, l2) = method.local_weights(&plan.part, i);
                 if method.uses_decoder() {
                     let dp = plan.decoder(i, AuxNet::Decoder);
-                    self.decoder_loss(
-                        &dp,
-                        z,
-                        dz,
-                        restored,
-                        wy * l1,
-                        LossKind::CascadeDecoder.slot(i),
-                    );
+                    self.decoder_loss(&dp, z, dz, restored, wy * l1, LossKind::CascadeDecoder.slot(i));
                 }
                 let hp = plan.head(i, AuxNet::Classifier);
                 self.head_loss(&hp, z, dz, wy * l2, LossKind::CascadeClassifier.slot(i));
@@ -937,11 +584,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         }
         if do_y {
             let mark = self.top;
-            let yin = if last == 1 {
-                stem.a
-            } else {
-                slot_of(&yc, last - 2, self)
-            };
+            let yin = if last == 1 { stem.a } else { slot_of(&yc, last - 2, self) };
             let ymid = slot_of(&yc, last - 1, self);
             let lower = self.module_fwd(last - 1, yin, ymid, true);
             let o = self.alloc(self.out_len(last));
@@ -967,15 +610,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let mut x = NONE;
         for j in 0..self.plan.modules() {
             let mark = self.top;
-            let out = Buf {
-                off: carry[j % 2].off,
-                len: self.out_len(j),
-            };
-            let input = if j == 0 {
-                self.stem_fwd(img, false).a
-            } else {
-                x
-            };
+            let out = Buf { off: carry[j % 2].off, len: self.out_len(j) };
+            let input = if j == 0 { self.stem_fwd(img, false).a } else { x };
             self.module_fwd(j, input, out, false);
             x = out;
             self.top = mark;
@@ -983,18 +619,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let fc = self.plan.fc();
         let (c, h, _) = self.plan.module_out(self.plan.modules() - 1);
         let pooled = self.alloc(self.n * c);
-        self.op(Op::Pool {
-            c,
-            hw: h * h,
-            x,
-            y: pooled,
-        });
-        self.op(Op::Linear {
-            s: fc.s,
-            w: fc.w,
-            b: fc.b,
-            x: pooled,
-            y: logits,
-        });
+        self.op(Op::Pool { c, hw: h * h, x, y: pooled });
+        self.op(Op::Linear { s: fc.s, w: fc.w, b: fc.b, x: pooled, y: logits });
     }
 }

@@ -45,10 +45,7 @@ pub struct Normalize {
 impl Normalize {
     /// The same mean and std for every channel.
     pub fn uniform(mean: f32, std: f32) -> Normalize {
-        Normalize {
-            mean: vec![mean],
-            std: vec![std],
-        }
+        Normalize { mean: vec![mean], std: vec![std] }
     }
 
     /// `value → normalized f32` for each of the 256 byte values of channel `ch`.
@@ -103,18 +100,10 @@ pub fn fill_batch(
 ) {
     let (c, oh, ow) = batch_image_shape(ds, aug);
     let out_len = c * oh * ow;
-    assert_eq!(
-        x.len(),
-        idx.len() * out_len,
-        "fill_batch: x has the wrong length"
-    );
+    assert_eq!(x.len(), idx.len() * out_len, "fill_batch: x has the wrong length");
     assert_eq!(y.len(), idx.len(), "fill_batch: y has the wrong length");
     for v in [&norm.mean, &norm.std] {
-        assert!(
-            v.len() == 1 || v.len() == c,
-            "fill_batch: normalization has {} values for {c} channels",
-            v.len()
-        );
+        assert!(v.len() == 1 || v.len() == c, "fill_batch: normalization has {} values for {c} channels", v.len());
     }
     let tables: Vec<[f32; 256]> = (0..c).map(|ch| norm.table(ch)).collect();
     let (h, w) = (ds.h, ds.w);
@@ -128,9 +117,7 @@ pub fn fill_batch(
             None => {
                 for (ch, t) in tables.iter().enumerate() {
                     let plane = h * w;
-                    for (d, &s) in dst[ch * plane..(ch + 1) * plane]
-                        .iter_mut()
-                        .zip(&src[ch * plane..(ch + 1) * plane])
+                    for (d, &s) in dst[ch * plane..(ch + 1) * plane].iter_mut().zip(&src[ch * plane..(ch + 1) * plane])
                     {
                         *d = t[s as usize];
                     }
@@ -192,15 +179,7 @@ mod tests {
         let (c, h, w) = batch_image_shape(d, Some(aug));
         let mut x = vec![0.0; c * h * w];
         let mut y = vec![0];
-        fill_batch(
-            d,
-            &[0],
-            Some(aug),
-            &Normalize::uniform(0.0, 1.0 / 255.0),
-            rng,
-            &mut x,
-            &mut y,
-        );
+        fill_batch(d, &[0], Some(aug), &Normalize::uniform(0.0, 1.0 / 255.0), rng, &mut x, &mut y);
         assert_eq!(y, vec![1]);
         x.iter().map(|&v| v.round() as u8).collect()
     }
@@ -222,21 +201,11 @@ mod tests {
         // [1 2; 3 4] reflect-padded by 1 is [4 3 4 3; 2 1 2 1; 4 3 4 3; 2 1 2 1];
         // a 4×4 crop has one possible offset, no flip.
         let d = ds(1, 2, 2, vec![1, 2, 3, 4]);
-        let a = Augment {
-            pad: 1,
-            reflect: true,
-            crop: 4,
-            flip: false,
-        };
+        let a = Augment { pad: 1, reflect: true, crop: 4, flip: false };
         let got = raw(&d, &a, &mut Rng::new(0));
         assert_eq!(got, vec![4, 3, 4, 3, 2, 1, 2, 1, 4, 3, 4, 3, 2, 1, 2, 1]);
         // zero padding
-        let a = Augment {
-            pad: 1,
-            reflect: false,
-            crop: 4,
-            flip: false,
-        };
+        let a = Augment { pad: 1, reflect: false, crop: 4, flip: false };
         let got = raw(&d, &a, &mut Rng::new(0));
         assert_eq!(got, vec![0, 0, 0, 0, 0, 1, 2, 0, 0, 3, 4, 0, 0, 0, 0, 0]);
     }
@@ -245,12 +214,7 @@ mod tests {
     fn crop_offsets_and_flip_follow_the_rng() {
         // 3×3 image 0..9, zero-pad 1 → 5×5; 3×3 crop at (oy, ox) ∈ 0..=2.
         let d = ds(1, 3, 3, (1..=9).collect());
-        let a = Augment {
-            pad: 1,
-            reflect: false,
-            crop: 3,
-            flip: true,
-        };
+        let a = Augment { pad: 1, reflect: false, crop: 3, flip: true };
         for seed in 0..20 {
             let mut r = Rng::new(seed);
             let got = raw(&d, &a, &mut r.clone());
@@ -260,11 +224,7 @@ mod tests {
                 for j in 0..3isize {
                     let j = if flip { 2 - j } else { j };
                     let (sy, sx) = (oy + i - 1, ox + j - 1);
-                    want.push(if (0..3).contains(&sy) && (0..3).contains(&sx) {
-                        (sy * 3 + sx + 1) as u8
-                    } else {
-                        0
-                    });
+                    want.push(if (0..3).contains(&sy) && (0..3).contains(&sx) { (sy * 3 + sx + 1) as u8 } else { 0 });
                 }
             }
             assert_eq!(got, want, "seed {seed}");
@@ -290,44 +250,21 @@ mod tests {
     fn flip_only_and_normalization_per_channel() {
         // two channels of a 1×3 image; no padding, crop = size, flip decided by the coin
         let d = ds(2, 1, 3, vec![10, 20, 30, 40, 50, 60]);
-        let a = Augment {
-            pad: 0,
-            reflect: true,
-            crop: 0,
-            flip: true,
-        };
-        let norm = Normalize {
-            mean: vec![0.0, 0.5],
-            std: vec![1.0, 0.25],
-        };
+        let a = Augment { pad: 0, reflect: true, crop: 0, flip: true };
+        let norm = Normalize { mean: vec![0.0, 0.5], std: vec![1.0, 0.25] };
         let mut seen = [false; 2];
         for seed in 0..16 {
             let mut r = Rng::new(seed);
             let (_, _, flip) = (r.below(1), r.below(1), r.coin());
             let mut x = vec![0.0; 6];
-            fill_batch(
-                &d,
-                &[0],
-                Some(&a),
-                &norm,
-                &mut Rng::new(seed),
-                &mut x,
-                &mut [0],
-            );
+            fill_batch(&d, &[0], Some(&a), &norm, &mut Rng::new(seed), &mut x, &mut [0]);
             let mut px = [10.0f32, 20.0, 30.0, 40.0, 50.0, 60.0];
             if flip {
                 px.swap(0, 2);
                 px.swap(3, 5);
             }
-            let want: Vec<f32> = (0..6)
-                .map(|i| {
-                    if i < 3 {
-                        px[i] / 255.0
-                    } else {
-                        (px[i] / 255.0 - 0.5) / 0.25
-                    }
-                })
-                .collect();
+            let want: Vec<f32> =
+                (0..6).map(|i| if i < 3 { px[i] / 255.0 } else { (px[i] / 255.0 - 0.5) / 0.25 }).collect();
             assert_eq!(x, want);
             seen[flip as usize] = true;
         }

@@ -40,26 +40,12 @@ pub struct BatchOptions {
 impl BatchOptions {
     /// Training batches: shuffled, augmented, last partial batch kept.
     pub fn train(batch_size: usize, augment: Option<Augment>, normalize: Normalize) -> Self {
-        BatchOptions {
-            batch_size,
-            shuffle: true,
-            drop_last: false,
-            augment,
-            normalize,
-            prefetch: 1,
-        }
+        BatchOptions { batch_size, shuffle: true, drop_last: false, augment, normalize, prefetch: 1 }
     }
 
     /// Evaluation batches: in order, no augmentation, every image once.
     pub fn eval(batch_size: usize, normalize: Normalize) -> Self {
-        BatchOptions {
-            batch_size,
-            shuffle: false,
-            drop_last: false,
-            augment: None,
-            normalize,
-            prefetch: 1,
-        }
+        BatchOptions { batch_size, shuffle: false, drop_last: false, augment: None, normalize, prefetch: 1 }
     }
 }
 
@@ -82,18 +68,11 @@ impl Plan {
             erng.shuffle(&mut order);
         }
         let bs = opts.batch_size.max(1);
-        let len = if opts.drop_last {
-            ds.n / bs
-        } else {
-            ds.n.div_ceil(bs)
-        };
+        let len = if opts.drop_last { ds.n / bs } else { ds.n.div_ceil(bs) };
         let (c, h, w) = batch_image_shape(&ds, opts.augment.as_ref());
         Plan {
             ds,
-            opts: BatchOptions {
-                batch_size: bs,
-                ..opts.clone()
-            },
+            opts: BatchOptions { batch_size: bs, ..opts.clone() },
             order,
             rng: erng,
             len,
@@ -112,25 +91,14 @@ impl Plan {
         let n = idx.len();
         let mut x = vec![0f32; n * self.image_len];
         let mut y = vec![0u32; n];
-        fill_batch(
-            &self.ds,
-            idx,
-            self.opts.augment.as_ref(),
-            &self.opts.normalize,
-            &mut self.rng,
-            &mut x,
-            &mut y,
-        );
+        fill_batch(&self.ds, idx, self.opts.augment.as_ref(), &self.opts.normalize, &mut self.rng, &mut x, &mut y);
         Some(Batch { x, y, n })
     }
 }
 
 enum Source {
     Sync(Box<Plan>),
-    Background {
-        rx: Option<Receiver<Batch>>,
-        handle: Option<JoinHandle<()>>,
-    },
+    Background { rx: Option<Receiver<Batch>>, handle: Option<JoinHandle<()>> },
 }
 
 /// An iterator over one epoch of batches; see the module docs.
@@ -145,10 +113,7 @@ impl std::fmt::Debug for Batches {
         f.debug_struct("Batches")
             .field("len", &self.len)
             .field("given", &self.given)
-            .field(
-                "background",
-                &matches!(self.source, Source::Background { .. }),
-            )
+            .field("background", &matches!(self.source, Source::Background { .. }))
             .finish()
     }
 }
@@ -169,24 +134,13 @@ impl Batches {
                 }
             })
             .expect("cannot spawn the batch thread");
-        Batches {
-            source: Source::Background {
-                rx: Some(rx),
-                handle: Some(handle),
-            },
-            len,
-            given: 0,
-        }
+        Batches { source: Source::Background { rx: Some(rx), handle: Some(handle) }, len, given: 0 }
     }
 
     /// The same batches as [`Batches::new`], produced on the calling thread.
     pub fn synchronous(ds: Arc<Dataset>, opts: &BatchOptions, rng: &Rng, epoch: u64) -> Batches {
         let plan = Plan::new(ds, opts, rng, epoch);
-        Batches {
-            len: plan.len,
-            source: Source::Sync(Box::new(plan)),
-            given: 0,
-        }
+        Batches { len: plan.len, source: Source::Sync(Box::new(plan)), given: 0 }
     }
 
     /// Number of batches in the epoch.
@@ -273,16 +227,8 @@ mod tests {
             drop_last,
             ..BatchOptions::train(
                 bs,
-                Some(Augment {
-                    pad: 2,
-                    reflect: true,
-                    crop: 4,
-                    flip: true,
-                }),
-                Normalize {
-                    mean: vec![0.1, 0.2, 0.3],
-                    std: vec![0.5, 0.6, 0.7],
-                },
+                Some(Augment { pad: 2, reflect: true, crop: 4, flip: true }),
+                Normalize { mean: vec![0.1, 0.2, 0.3], std: vec![0.5, 0.6, 0.7] },
             )
         }
     }
@@ -298,11 +244,7 @@ mod tests {
             let bg: Vec<Batch> = bg.collect();
             let sy: Vec<Batch> = Batches::synchronous(d.clone(), &o, &rng, 3).collect();
             assert_eq!(bg.len(), if drop_last { 4 } else { 5 });
-            let bits = |v: &[Batch]| {
-                v.iter()
-                    .flat_map(|b| b.x.iter().map(|f| f.to_bits()))
-                    .collect::<Vec<_>>()
-            };
+            let bits = |v: &[Batch]| v.iter().flat_map(|b| b.x.iter().map(|f| f.to_bits())).collect::<Vec<_>>();
             assert_eq!(bits(&bg), bits(&sy));
             assert_eq!(bg, sy);
             assert_eq!(bg.last().unwrap().n, if drop_last { 5 } else { 3 });
@@ -316,28 +258,15 @@ mod tests {
     #[test]
     fn an_epoch_covers_every_image_once() {
         let d = ds(23);
-        let o = BatchOptions {
-            augment: None,
-            ..opts(4, false)
-        };
-        let mut labels: Vec<u32> = Batches::new(d.clone(), &o, &Rng::new(1), 0)
-            .flat_map(|b| b.y)
-            .collect();
-        assert_ne!(
-            labels,
-            d.labels.iter().map(|&l| l as u32).collect::<Vec<_>>()
-        );
+        let o = BatchOptions { augment: None, ..opts(4, false) };
+        let mut labels: Vec<u32> = Batches::new(d.clone(), &o, &Rng::new(1), 0).flat_map(|b| b.y).collect();
+        assert_ne!(labels, d.labels.iter().map(|&l| l as u32).collect::<Vec<_>>());
         labels.sort_unstable();
         let mut want: Vec<u32> = d.labels.iter().map(|&l| l as u32).collect();
         want.sort_unstable();
         assert_eq!(labels, want);
-        let ev: Vec<Batch> = Batches::new(
-            d.clone(),
-            &BatchOptions::eval(10, Normalize::uniform(0.0, 1.0)),
-            &Rng::new(1),
-            0,
-        )
-        .collect();
+        let ev: Vec<Batch> =
+            Batches::new(d.clone(), &BatchOptions::eval(10, Normalize::uniform(0.0, 1.0)), &Rng::new(1), 0).collect();
         assert_eq!(ev.iter().map(|b| b.n).collect::<Vec<_>>(), vec![10, 10, 3]);
         assert_eq!(ev[0].x[0], d.images[0] as f32 / 255.0);
         assert_eq!(ev[2].y, vec![0, 1, 2]);
@@ -346,15 +275,7 @@ mod tests {
     #[test]
     fn dropping_early_stops_the_thread() {
         let d = ds(50);
-        let mut b = Batches::new(
-            d,
-            &BatchOptions {
-                prefetch: 0,
-                ..opts(2, false)
-            },
-            &Rng::new(0),
-            0,
-        );
+        let mut b = Batches::new(d, &BatchOptions { prefetch: 0, ..opts(2, false) }, &Rng::new(0), 0);
         assert_eq!(b.len(), 25);
         assert!(b.next().is_some());
         assert_eq!(b.size_hint(), (24, Some(24)));

@@ -9,26 +9,11 @@ use super::Split;
 
 const PIXELS: usize = 3 * 32 * 32;
 
-const CIFAR10_NAMES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+const CIFAR10_NAMES: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 
-const CIFAR10_FILES_TRAIN: [&str; 5] = [
-    "data_batch_1.bin",
-    "data_batch_2.bin",
-    "data_batch_3.bin",
-    "data_batch_4.bin",
-    "data_batch_5.bin",
-];
+const CIFAR10_FILES_TRAIN: [&str; 5] =
+    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 
 /// `dir` itself if it holds `probe`, else `dir/sub` if that does, else `dir`.
 pub(crate) fn resolve_dir(dir: &Path, sub: &str, probe: &str) -> PathBuf {
@@ -67,21 +52,11 @@ fn parse_records(
     images.reserve(bytes.len() / rec * PIXELS);
     for (i, r) in bytes.chunks_exact(rec).enumerate() {
         if label_bytes == 2 && r[0] >= 20 {
-            return Err(DataError::label(
-                path,
-                i,
-                r[0] as i64,
-                "coarse label 0..=19",
-            ));
+            return Err(DataError::label(path, i, r[0] as i64, "coarse label 0..=19"));
         }
         let l = r[label_bytes - 1];
         if l as usize >= classes {
-            return Err(DataError::label(
-                path,
-                i,
-                l as i64,
-                format!("0..={}", classes - 1),
-            ));
+            return Err(DataError::label(path, i, l as i64, format!("0..={}", classes - 1)));
         }
         labels.push(l as u16);
         images.extend_from_slice(&r[label_bytes..]);
@@ -104,16 +79,7 @@ fn load_files(
         let bytes = read_file(&p, hint)?;
         parse_records(&p, &bytes, label_bytes, classes, &mut images, &mut labels)?;
     }
-    Ok(Dataset {
-        n: labels.len(),
-        images,
-        labels,
-        c: 3,
-        h: 32,
-        w: 32,
-        classes,
-        class_names,
-    })
+    Ok(Dataset { n: labels.len(), images, labels, c: 3, h: 32, w: 32, classes, class_names })
 }
 
 /// CIFAR-10 binary: `data_batch_1..5.bin` (train) or `test_batch.bin` (test) in `dir`
@@ -149,13 +115,7 @@ pub fn load_cifar100(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     );
     let names = std::fs::read_to_string(dir.join("fine_label_names.txt"))
         .ok()
-        .map(|s| {
-            s.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect::<Vec<_>>()
-        })
+        .map(|s| s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect::<Vec<_>>())
         .filter(|v| v.len() == 100)
         .unwrap_or_else(|| numbered_names(100));
     load_files(&dir, &[file], 2, 100, names, &hint)
@@ -199,20 +159,13 @@ mod tests {
     fn cifar10_bad() {
         let d = tempfile::tempdir().unwrap();
         let e = load_cifar10(d.path(), Split::Test).unwrap_err().to_string();
-        assert!(
-            e.contains("test_batch.bin: not found; searched")
-                && e.contains("cifar-10-binary.tar.gz"),
-            "{e}"
-        );
+        assert!(e.contains("test_batch.bin: not found; searched") && e.contains("cifar-10-binary.tar.gz"), "{e}");
         let p = d.path().join("test_batch.bin");
         let mut b = record(&[3], 0);
         b.extend(record(&[10], 0));
         std::fs::write(&p, &b).unwrap();
         let e = load_cifar10(d.path(), Split::Test).unwrap_err().to_string();
-        assert!(
-            e.ends_with("test_batch.bin: label 10 of item 1 is out of range (expected 0..=9)"),
-            "{e}"
-        );
+        assert!(e.ends_with("test_batch.bin: label 10 of item 1 is out of range (expected 0..=9)"), "{e}");
         std::fs::write(&p, &b[..3073 + 100]).unwrap();
         let e = load_cifar10(d.path(), Split::Test).unwrap_err().to_string();
         assert!(
@@ -221,10 +174,7 @@ mod tests {
         );
         std::fs::write(&p, b"").unwrap();
         let e = load_cifar10(d.path(), Split::Test).unwrap_err().to_string();
-        assert!(
-            e.ends_with("test_batch.bin: wrong size: empty file, no records"),
-            "{e}"
-        );
+        assert!(e.ends_with("test_batch.bin: wrong size: empty file, no records"), "{e}");
     }
 
     #[test]
@@ -239,22 +189,12 @@ mod tests {
         assert_eq!(t.class_names[42], "42");
         let mut bad = record(&[4, 100], 0);
         std::fs::write(d.path().join("test.bin"), &bad).unwrap();
-        let e = load_cifar100(d.path(), Split::Test)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.ends_with("test.bin: label 100 of item 0 is out of range (expected 0..=99)"),
-            "{e}"
-        );
+        let e = load_cifar100(d.path(), Split::Test).unwrap_err().to_string();
+        assert!(e.ends_with("test.bin: label 100 of item 0 is out of range (expected 0..=99)"), "{e}");
         bad[0] = 20;
         bad[1] = 0;
         std::fs::write(d.path().join("test.bin"), &bad).unwrap();
-        let e = load_cifar100(d.path(), Split::Test)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.ends_with("label 20 of item 0 is out of range (expected coarse label 0..=19)"),
-            "{e}"
-        );
+        let e = load_cifar100(d.path(), Split::Test).unwrap_err().to_string();
+        assert!(e.ends_with("label 20 of item 0 is out of range (expected coarse label 0..=19)"), "{e}");
     }
 }

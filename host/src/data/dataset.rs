@@ -41,12 +41,7 @@ impl Dataset {
             images.extend_from_slice(self.image(i));
             labels.push(self.labels[i]);
         }
-        Dataset {
-            images,
-            labels,
-            n: idx.len(),
-            ..self.empty_like()
-        }
+        Dataset { images, labels, n: idx.len(), ..self.empty_like() }
     }
 
     fn empty_like(&self) -> Dataset {
@@ -137,23 +132,11 @@ mod tests {
         let d = toy(20);
         let (t, v) = d.split_off_validation(6, 7);
         assert_eq!((t.n, v.n), (14, 6));
-        let mut all: Vec<u8> = t
-            .images
-            .iter()
-            .chain(&v.images)
-            .step_by(2)
-            .copied()
-            .collect();
+        let mut all: Vec<u8> = t.images.iter().chain(&v.images).step_by(2).copied().collect();
         all.sort_unstable();
         assert_eq!(all, (0..20).collect::<Vec<u8>>());
         // ordered within each part
-        assert!(v
-            .images
-            .chunks(2)
-            .map(|p| p[0])
-            .collect::<Vec<_>>()
-            .windows(2)
-            .all(|w| w[0] < w[1]));
+        assert!(v.images.chunks(2).map(|p| p[0]).collect::<Vec<_>>().windows(2).all(|w| w[0] < w[1]));
         assert_eq!(d.split_off_validation(6, 7), (t.clone(), v.clone()));
         assert_ne!(d.split_off_validation(6, 8).1, v);
         let (t, v) = d.split_off_validation(100, 1);

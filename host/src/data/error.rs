@@ -8,20 +8,13 @@ use std::path::{Path, PathBuf};
 pub enum DataError {
     /// The file exists but reading it failed.
     #[error("{}: cannot read: {}", .path.display(), one_line(&.source.to_string()))]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     /// A file or folder the loader needs is not there.
     #[error("{}: not found; {hint}", .path.display())]
     Missing { path: PathBuf, hint: String },
     /// The file does not start with the magic number of its format.
     #[error("{}: bad magic number {found} (expected {expected})", .path.display())]
-    BadMagic {
-        path: PathBuf,
-        found: String,
-        expected: String,
-    },
+    BadMagic { path: PathBuf, found: String, expected: String },
     /// The file ends before the data its header promises.
     #[error("{}: truncated: {detail}", .path.display())]
     Truncated { path: PathBuf, detail: String },
@@ -30,12 +23,7 @@ pub enum DataError {
     WrongSize { path: PathBuf, detail: String },
     /// A label is outside the range of the dataset's classes.
     #[error("{}: label {label} of item {index} is out of range (expected {allowed})", .path.display())]
-    LabelOutOfRange {
-        path: PathBuf,
-        index: usize,
-        label: i64,
-        allowed: String,
-    },
+    LabelOutOfRange { path: PathBuf, index: usize, label: i64, allowed: String },
     /// An image file could not be decoded.
     #[error("{}: undecodable image: {detail}", .path.display())]
     Undecodable { path: PathBuf, detail: String },
@@ -47,12 +35,7 @@ pub enum DataError {
     Format { path: PathBuf, detail: String },
     /// A download failed or delivered the wrong bytes.
     #[error("{}: download of {url} failed: {detail}; {hint}", .path.display())]
-    Download {
-        path: PathBuf,
-        url: String,
-        detail: String,
-        hint: String,
-    },
+    Download { path: PathBuf, url: String, detail: String, hint: String },
 }
 
 /// Collapses a message onto one line (external errors may carry newlines).
@@ -62,42 +45,22 @@ pub(crate) fn one_line(s: &str) -> String {
 
 impl DataError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        DataError::Io { path: path.to_path_buf(), source }
     }
     pub(crate) fn truncated(path: &Path, detail: impl Into<String>) -> Self {
-        DataError::Truncated {
-            path: path.to_path_buf(),
-            detail: one_line(&detail.into()),
-        }
+        DataError::Truncated { path: path.to_path_buf(), detail: one_line(&detail.into()) }
     }
     pub(crate) fn wrong_size(path: &Path, detail: impl Into<String>) -> Self {
-        DataError::WrongSize {
-            path: path.to_path_buf(),
-            detail: one_line(&detail.into()),
-        }
+        DataError::WrongSize { path: path.to_path_buf(), detail: one_line(&detail.into()) }
     }
     pub(crate) fn format(path: &Path, detail: impl Into<String>) -> Self {
-        DataError::Format {
-            path: path.to_path_buf(),
-            detail: one_line(&detail.into()),
-        }
+        DataError::Format { path: path.to_path_buf(), detail: one_line(&detail.into()) }
     }
     pub(crate) fn label(path: &Path, index: usize, label: i64, allowed: impl Into<String>) -> Self {
-        DataError::LabelOutOfRange {
-            path: path.to_path_buf(),
-            index,
-            label,
-            allowed: allowed.into(),
-        }
+        DataError::LabelOutOfRange { path: path.to_path_buf(), index, label, allowed: allowed.into() }
     }
     pub(crate) fn missing(path: &Path, hint: impl Into<String>) -> Self {
-        DataError::Missing {
-            path: path.to_path_buf(),
-            hint: one_line(&hint.into()),
-        }
+        DataError::Missing { path: path.to_path_buf(), hint: one_line(&hint.into()) }
     }
 }
 
@@ -162,9 +125,6 @@ mod tests {
         std::fs::write(&q, b"not gz").unwrap();
         assert_eq!(read_maybe_gz(&q, "").unwrap(), b"not gz");
         let e = read_maybe_gz(&dir.path().join("nope"), "get it somewhere").unwrap_err();
-        assert!(
-            e.to_string().ends_with("nope: not found; get it somewhere"),
-            "{e}"
-        );
+        assert!(e.to_string().ends_with("nope: not found; get it somewhere"), "{e}");
     }
 }

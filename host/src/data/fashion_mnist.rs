@@ -16,50 +16,23 @@ use super::Split;
 pub const SYSTEM_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 /// Where the official files are downloaded from.
-pub const DOWNLOAD_URL: &str =
-    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/";
+pub const DOWNLOAD_URL: &str = "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/";
 
 /// The four official files and their SHA-256 sums.
 pub const FILES: [(&str, &str); 4] = [
-    (
-        "train-images-idx3-ubyte.gz",
-        "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
-    ),
-    (
-        "train-labels-idx1-ubyte.gz",
-        "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
-    ),
-    (
-        "t10k-images-idx3-ubyte.gz",
-        "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
-    ),
-    (
-        "t10k-labels-idx1-ubyte.gz",
-        "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
-    ),
+    ("train-images-idx3-ubyte.gz", "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"),
+    ("train-labels-idx1-ubyte.gz", "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"),
+    ("t10k-images-idx3-ubyte.gz", "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"),
+    ("t10k-labels-idx1-ubyte.gz", "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"),
 ];
 
-pub const CLASS_NAMES: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
+pub const CLASS_NAMES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
 /// The cache directory: `$HPFF_CACHE`, else `$XDG_CACHE_HOME/hpff`, else
 /// `~/.cache/hpff` (else `.hpff-cache` in the working directory).
 pub fn default_cache_dir() -> PathBuf {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(p) = var("HPFF_CACHE") {
         p
     } else if let Some(p) = var("XDG_CACHE_HOME") {
@@ -82,11 +55,7 @@ pub fn fashion_mnist_dir(cache: &Path) -> Result<PathBuf, DataError> {
 }
 
 /// [`fashion_mnist_dir`] with the system folder and download base URL given.
-pub fn fashion_mnist_dir_from(
-    system: &Path,
-    cache: &Path,
-    base_url: &str,
-) -> Result<PathBuf, DataError> {
+pub fn fashion_mnist_dir_from(system: &Path, cache: &Path, base_url: &str) -> Result<PathBuf, DataError> {
     if has_all(system) {
         return Ok(system.to_path_buf());
     }
@@ -103,10 +72,7 @@ pub fn fashion_mnist_dir_from(
     std::fs::create_dir_all(&dir).map_err(|e| DataError::Download {
         path: dir.clone(),
         url: base_url.into(),
-        detail: format!(
-            "cannot create the cache folder: {}",
-            one_line(&e.to_string())
-        ),
+        detail: format!("cannot create the cache folder: {}", one_line(&e.to_string())),
         hint: hint.clone(),
     })?;
     for (name, sum) in FILES {
@@ -127,12 +93,10 @@ pub fn fashion_mnist_dir_from(
             return Err(fail(format!("SHA-256 is {got}, expected {sum}")));
         }
         let tmp = dir.join(format!(".{name}.{}.part", std::process::id()));
-        std::fs::write(&tmp, &bytes)
-            .and_then(|_| std::fs::rename(&tmp, &dest))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                fail(format!("cannot write the file: {e}"))
-            })?;
+        std::fs::write(&tmp, &bytes).and_then(|_| std::fs::rename(&tmp, &dest)).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            fail(format!("cannot write the file: {e}"))
+        })?;
     }
     Ok(dir)
 }
@@ -144,10 +108,7 @@ fn download(url: &str) -> Result<Vec<u8>, String> {
         .build();
     let resp = agent.get(url).call().map_err(|e| e.to_string())?;
     let mut v = Vec::new();
-    resp.into_reader()
-        .take(256 << 20)
-        .read_to_end(&mut v)
-        .map_err(|e| e.to_string())?;
+    resp.into_reader().take(256 << 20).read_to_end(&mut v).map_err(|e| e.to_string())?;
     Ok(v)
 }
 
@@ -207,32 +168,19 @@ mod tests {
         let sys = d.path().join("no-system");
         let cache = d.path().join("cache");
         // unreachable URL (closed local port)
-        let e = fashion_mnist_dir_from(&sys, &cache, "http://127.0.0.1:9/")
-            .unwrap_err()
-            .to_string();
+        let e = fashion_mnist_dir_from(&sys, &cache, "http://127.0.0.1:9/").unwrap_err().to_string();
         assert!(!e.contains('\n'), "{e}");
-        assert!(
-            e.contains("download of http://127.0.0.1:9/train-images-idx3-ubyte.gz failed"),
-            "{e}"
-        );
+        assert!(e.contains("download of http://127.0.0.1:9/train-images-idx3-ubyte.gz failed"), "{e}");
         assert!(e.contains("dataset-fashion-mnist"), "{e}");
-        assert!(
-            e.contains(&cache.join("fashion-mnist").display().to_string()),
-            "{e}"
-        );
+        assert!(e.contains(&cache.join("fashion-mnist").display().to_string()), "{e}");
         // files already in the cache are used without a download
         let fm = cache.join("fashion-mnist");
         for (f, _) in FILES {
             std::fs::write(fm.join(f), b"x").unwrap();
         }
-        assert_eq!(
-            fashion_mnist_dir_from(&sys, &cache, "http://127.0.0.1:9/").unwrap(),
-            fm
-        );
+        assert_eq!(fashion_mnist_dir_from(&sys, &cache, "http://127.0.0.1:9/").unwrap(), fm);
         // and a bad cached file is reported by the loader
-        let e = load_fashion_mnist(&fm, Split::Test)
-            .unwrap_err()
-            .to_string();
+        let e = load_fashion_mnist(&fm, Split::Test).unwrap_err().to_string();
         assert!(e.contains("t10k-images-idx3-ubyte.gz: truncated"), "{e}");
     }
 
@@ -245,22 +193,17 @@ mod tests {
             let (mut s, _) = listener.accept().unwrap();
             let mut buf = [0u8; 2048];
             let _ = s.read(&mut buf);
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc");
         });
         let d = tempfile::tempdir().unwrap();
         let url = format!("http://127.0.0.1:{port}/");
-        let e = fashion_mnist_dir_from(&d.path().join("sys"), d.path(), &url)
-            .unwrap_err()
-            .to_string();
+        let e = fashion_mnist_dir_from(&d.path().join("sys"), d.path(), &url).unwrap_err().to_string();
         server.join().unwrap();
         assert!(
             e.contains("train-images-idx3-ubyte.gz failed: SHA-256 is ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad, expected b0564c3e"),
             "{e}"
         );
-        let left: Vec<_> = std::fs::read_dir(d.path().join("fashion-mnist"))
-            .unwrap()
-            .collect();
+        let left: Vec<_> = std::fs::read_dir(d.path().join("fashion-mnist")).unwrap().collect();
         assert!(left.is_empty());
     }
 

@@ -44,17 +44,11 @@ struct Decoded {
 
 fn decode(path: &Path) -> Result<Decoded, DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| DataError::Undecodable {
-        path: path.to_path_buf(),
-        detail: one_line(&e.to_string()),
-    })?;
+    let img = image::load_from_memory(&bytes)
+        .map_err(|e| DataError::Undecodable { path: path.to_path_buf(), detail: one_line(&e.to_string()) })?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let gray = !img.color().has_color();
-    let px = if gray {
-        img.into_luma8().into_raw()
-    } else {
-        img.into_rgb8().into_raw()
-    };
+    let px = if gray { img.into_luma8().into_raw() } else { img.into_rgb8().into_raw() };
     Ok(Decoded { w, h, gray, px })
 }
 
@@ -62,10 +56,7 @@ fn decode(path: &Path) -> Result<Decoded, DataError> {
 /// other files are ignored).
 pub fn load_folder(root: &Path) -> Result<Dataset, DataError> {
     if !root.is_dir() {
-        return Err(DataError::missing(
-            root,
-            "expected a folder of class subfolders (root/<class>/*.png|jpg|jpeg)",
-        ));
+        return Err(DataError::missing(root, "expected a folder of class subfolders (root/<class>/*.png|jpg|jpeg)"));
     }
     let mut class_names = Vec::new();
     let mut files: Vec<(PathBuf, u16)> = Vec::new();
@@ -73,8 +64,8 @@ pub fn load_folder(root: &Path) -> Result<Dataset, DataError> {
         if !is_dir {
             continue;
         }
-        let label = u16::try_from(class_names.len())
-            .map_err(|_| DataError::format(root, "more than 65536 class folders"))?;
+        let label =
+            u16::try_from(class_names.len()).map_err(|_| DataError::format(root, "more than 65536 class folders"))?;
         let before = files.len();
         for (_, p, d) in sorted_entries(&path)? {
             if !d && is_image(&p) {
@@ -87,13 +78,9 @@ pub fn load_folder(root: &Path) -> Result<Dataset, DataError> {
         class_names.push(name);
     }
     if class_names.is_empty() {
-        return Err(DataError::format(
-            root,
-            "no class subfolders (expected root/<class>/*.png|jpg|jpeg)",
-        ));
+        return Err(DataError::format(root, "no class subfolders (expected root/<class>/*.png|jpg|jpeg)"));
     }
-    let decoded: Vec<Result<Decoded, DataError>> =
-        files.par_iter().map(|(p, _)| decode(p)).collect();
+    let decoded: Vec<Result<Decoded, DataError>> = files.par_iter().map(|(p, _)| decode(p)).collect();
     let mut imgs = Vec::with_capacity(decoded.len());
     for d in decoded {
         imgs.push(d?);
@@ -115,34 +102,22 @@ pub fn load_folder(root: &Path) -> Result<Dataset, DataError> {
     let c = if imgs.iter().all(|d| d.gray) { 1 } else { 3 };
     let len = c * h * w;
     let mut images = vec![0u8; imgs.len() * len];
-    images
-        .par_chunks_mut(len)
-        .zip(imgs.par_iter())
-        .for_each(|(dst, d)| {
-            let plane = h * w;
-            if d.gray {
-                for ch in 0..c {
-                    dst[ch * plane..(ch + 1) * plane].copy_from_slice(&d.px);
-                }
-            } else {
-                for (i, p) in d.px.chunks_exact(3).enumerate() {
-                    dst[i] = p[0];
-                    dst[plane + i] = p[1];
-                    dst[2 * plane + i] = p[2];
-                }
+    images.par_chunks_mut(len).zip(imgs.par_iter()).for_each(|(dst, d)| {
+        let plane = h * w;
+        if d.gray {
+            for ch in 0..c {
+                dst[ch * plane..(ch + 1) * plane].copy_from_slice(&d.px);
             }
-        });
+        } else {
+            for (i, p) in d.px.chunks_exact(3).enumerate() {
+                dst[i] = p[0];
+                dst[plane + i] = p[1];
+                dst[2 * plane + i] = p[2];
+            }
+        }
+    });
     let labels: Vec<u16> = files.iter().map(|f| f.1).collect();
-    Ok(Dataset {
-        images,
-        n: labels.len(),
-        labels,
-        c,
-        h,
-        w,
-        classes: class_names.len(),
-        class_names,
-    })
+    Ok(Dataset { images, n: labels.len(), labels, c, h, w, classes: class_names.len(), class_names })
 }
 
 #[cfg(test)]
@@ -161,15 +136,9 @@ mod tests {
         for c in ["b_cat", "a_dog"] {
             std::fs::create_dir(r.join(c)).unwrap();
         }
-        rgb(3, 2, |x, y| [(10 * y + x) as u8, 100, 200])
-            .save(r.join("a_dog/2.png"))
-            .unwrap();
-        GrayImage::from_fn(3, 2, |x, y| image::Luma([(50 + 10 * y + x) as u8]))
-            .save(r.join("a_dog/1.PNG"))
-            .unwrap();
-        rgb(3, 2, |_, _| [1, 2, 3])
-            .save(r.join("b_cat/x.png"))
-            .unwrap();
+        rgb(3, 2, |x, y| [(10 * y + x) as u8, 100, 200]).save(r.join("a_dog/2.png")).unwrap();
+        GrayImage::from_fn(3, 2, |x, y| image::Luma([(50 + 10 * y + x) as u8])).save(r.join("a_dog/1.PNG")).unwrap();
+        rgb(3, 2, |_, _| [1, 2, 3]).save(r.join("b_cat/x.png")).unwrap();
         std::fs::write(r.join("b_cat/notes.txt"), "ignored").unwrap();
         std::fs::write(r.join("README"), "ignored").unwrap();
         let ds = load_folder(r).unwrap();
@@ -179,14 +148,8 @@ mod tests {
         // 1.PNG (gray) comes first, replicated into three channels
         assert_eq!(&ds.image(0)[..6], &[50, 51, 52, 60, 61, 62]);
         assert_eq!(&ds.image(0)[12..], &[50, 51, 52, 60, 61, 62]);
-        assert_eq!(
-            ds.image(1),
-            &[0, 1, 2, 10, 11, 12, 100, 100, 100, 100, 100, 100, 200, 200, 200, 200, 200, 200]
-        );
-        assert_eq!(
-            ds.image(2),
-            &[1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3]
-        );
+        assert_eq!(ds.image(1), &[0, 1, 2, 10, 11, 12, 100, 100, 100, 100, 100, 100, 200, 200, 200, 200, 200, 200]);
+        assert_eq!(ds.image(2), &[1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3]);
     }
 
     #[test]
@@ -194,21 +157,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
         std::fs::create_dir(r.join("only")).unwrap();
-        GrayImage::from_fn(8, 8, |_, _| image::Luma([77]))
-            .save(r.join("only/a.png"))
-            .unwrap();
-        GrayImage::from_fn(8, 8, |_, _| image::Luma([128]))
-            .save(r.join("only/b.jpg"))
-            .unwrap();
+        GrayImage::from_fn(8, 8, |_, _| image::Luma([77])).save(r.join("only/a.png")).unwrap();
+        GrayImage::from_fn(8, 8, |_, _| image::Luma([128])).save(r.join("only/b.jpg")).unwrap();
         let ds = load_folder(r).unwrap();
         assert_eq!((ds.n, ds.c, ds.h, ds.w), (2, 1, 8, 8));
         assert!(ds.image(0).iter().all(|&p| p == 77));
         // a flat JPEG decodes to (nearly) the same flat value
-        assert!(
-            ds.image(1).iter().all(|&p| p.abs_diff(128) <= 1),
-            "{:?}",
-            ds.image(1)
-        );
+        assert!(ds.image(1).iter().all(|&p| p.abs_diff(128) <= 1), "{:?}", ds.image(1));
         let rgbj = r.join("only/c.jpeg");
         rgb(8, 8, |_, _| [200, 30, 30]).save(&rgbj).unwrap();
         let ds = load_folder(r).unwrap();
@@ -221,21 +176,18 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
         let e = load_folder(&r.join("nope")).unwrap_err().to_string();
-        assert!(e.ends_with("nope: not found; expected a folder of class subfolders (root/<class>/*.png|jpg|jpeg)"), "{e}");
-        let e = load_folder(r).unwrap_err().to_string();
         assert!(
-            e.ends_with(": no class subfolders (expected root/<class>/*.png|jpg|jpeg)"),
+            e.ends_with("nope: not found; expected a folder of class subfolders (root/<class>/*.png|jpg|jpeg)"),
             "{e}"
         );
+        let e = load_folder(r).unwrap_err().to_string();
+        assert!(e.ends_with(": no class subfolders (expected root/<class>/*.png|jpg|jpeg)"), "{e}");
         std::fs::create_dir(r.join("a")).unwrap();
         std::fs::create_dir(r.join("b")).unwrap();
         rgb(4, 4, |_, _| [0; 3]).save(r.join("a/0.png")).unwrap();
         std::fs::write(r.join("b/readme.txt"), "x").unwrap();
         let e = load_folder(r).unwrap_err().to_string();
-        assert!(
-            e.ends_with("/b: empty class folder (no .png, .jpg or .jpeg files)"),
-            "{e}"
-        );
+        assert!(e.ends_with("/b: empty class folder (no .png, .jpg or .jpeg files)"), "{e}");
         rgb(4, 5, |_, _| [0; 3]).save(r.join("b/0.png")).unwrap();
         let e = load_folder(r).unwrap_err().to_string();
         assert!(
@@ -248,10 +200,7 @@ mod tests {
         assert!(e.contains("b/0.png: undecodable image: "), "{e}");
         std::fs::write(r.join("b/0.png"), b"not an image at all").unwrap();
         let e = load_folder(r).unwrap_err().to_string();
-        assert!(
-            e.contains("b/0.png: undecodable image: ") && !e.contains('\n'),
-            "{e}"
-        );
+        assert!(e.contains("b/0.png: undecodable image: ") && !e.contains('\n'), "{e}");
     }
 }
 
@@ -286,13 +235,8 @@ mod bench {
         let opts = BatchOptions::train(1024, k.default_augment(), k.default_normalize());
         let t0 = std::time::Instant::now();
         let rng = hpff_core::rng::Rng::new(0);
-        let n: usize = Batches::synchronous(std::sync::Arc::new(ds), &opts, &rng, 0)
-            .map(|b| b.n)
-            .sum();
-        eprintln!(
-            "one augmented epoch of batches (1024) on one thread in {:.2?}",
-            t0.elapsed()
-        );
+        let n: usize = Batches::synchronous(std::sync::Arc::new(ds), &opts, &rng, 0).map(|b| b.n).sum();
+        eprintln!("one augmented epoch of batches (1024) on one thread in {:.2?}", t0.elapsed());
         assert_eq!(n, 50000);
     }
 }

@@ -16,10 +16,7 @@ fn be32(b: &[u8], at: usize) -> u32 {
 
 fn check_magic(path: &Path, bytes: &[u8], expected: u32, what: &str) -> Result<(), DataError> {
     if bytes.len() < 4 {
-        return Err(DataError::truncated(
-            path,
-            format!("{} bytes, shorter than the 4-byte IDX magic", bytes.len()),
-        ));
+        return Err(DataError::truncated(path, format!("{} bytes, shorter than the 4-byte IDX magic", bytes.len())));
     }
     let found = be32(bytes, 0);
     if found != expected {
@@ -34,17 +31,11 @@ fn check_magic(path: &Path, bytes: &[u8], expected: u32, what: &str) -> Result<(
 
 fn check_len(path: &Path, len: usize, want: usize, what: &str) -> Result<(), DataError> {
     if len < want {
-        Err(DataError::truncated(
-            path,
-            format!("{len} bytes, but the header promises {what} in {want} bytes"),
-        ))
+        Err(DataError::truncated(path, format!("{len} bytes, but the header promises {what} in {want} bytes")))
     } else if len > want {
         Err(DataError::wrong_size(
             path,
-            format!(
-                "{len} bytes, {} more than the header's {what} ({want} bytes)",
-                len - want
-            ),
+            format!("{len} bytes, {} more than the header's {what} ({want} bytes)", len - want),
         ))
     } else {
         Ok(())
@@ -57,52 +48,28 @@ pub fn load_idx_pair(images_path: &Path, labels_path: &Path) -> Result<Dataset, 
 }
 
 /// Loads an IDX image/label pair whose labels must lie in `0..classes`.
-pub fn load_idx_pair_classes(
-    images_path: &Path,
-    labels_path: &Path,
-    classes: usize,
-) -> Result<Dataset, DataError> {
+pub fn load_idx_pair_classes(images_path: &Path, labels_path: &Path, classes: usize) -> Result<Dataset, DataError> {
     let hint = "IDX files (e.g. train-images-idx3-ubyte.gz) are expected here";
     let img = read_maybe_gz(images_path, hint)?;
     check_magic(images_path, &img, IMAGES_MAGIC, "image (u8, 3-D)")?;
     if img.len() < 16 {
-        return Err(DataError::truncated(
-            images_path,
-            format!("{} bytes, shorter than the 16-byte header", img.len()),
-        ));
+        return Err(DataError::truncated(images_path, format!("{} bytes, shorter than the 16-byte header", img.len())));
     }
-    let (n, h, w) = (
-        be32(&img, 4) as usize,
-        be32(&img, 8) as usize,
-        be32(&img, 12) as usize,
-    );
+    let (n, h, w) = (be32(&img, 4) as usize, be32(&img, 8) as usize, be32(&img, 12) as usize);
     if h == 0 || w == 0 {
-        return Err(DataError::format(
-            images_path,
-            format!("image size {h}×{w} is empty"),
-        ));
+        return Err(DataError::format(images_path, format!("image size {h}×{w} is empty")));
     }
     let body = n
         .checked_mul(h)
         .and_then(|x| x.checked_mul(w))
         .and_then(|x| x.checked_add(16))
-        .ok_or_else(|| {
-            DataError::format(images_path, format!("dimensions {n}×{h}×{w} overflow"))
-        })?;
-    check_len(
-        images_path,
-        img.len(),
-        body,
-        &format!("{n} images of {h}×{w}"),
-    )?;
+        .ok_or_else(|| DataError::format(images_path, format!("dimensions {n}×{h}×{w} overflow")))?;
+    check_len(images_path, img.len(), body, &format!("{n} images of {h}×{w}"))?;
 
     let lab = read_maybe_gz(labels_path, hint)?;
     check_magic(labels_path, &lab, LABELS_MAGIC, "label (u8, 1-D)")?;
     if lab.len() < 8 {
-        return Err(DataError::truncated(
-            labels_path,
-            format!("{} bytes, shorter than the 8-byte header", lab.len()),
-        ));
+        return Err(DataError::truncated(labels_path, format!("{} bytes, shorter than the 8-byte header", lab.len())));
     }
     let nl = be32(&lab, 4) as usize;
     check_len(labels_path, lab.len(), nl + 8, &format!("{nl} labels"))?;
@@ -115,27 +82,13 @@ pub fn load_idx_pair_classes(
     let mut labels = Vec::with_capacity(n);
     for (i, &l) in lab[8..].iter().enumerate() {
         if l as usize >= classes {
-            return Err(DataError::label(
-                labels_path,
-                i,
-                l as i64,
-                format!("0..={}", classes - 1),
-            ));
+            return Err(DataError::label(labels_path, i, l as i64, format!("0..={}", classes - 1)));
         }
         labels.push(l as u16);
     }
     let mut images = img;
     images.drain(..16);
-    Ok(Dataset {
-        images,
-        labels,
-        n,
-        c: 1,
-        h,
-        w,
-        classes,
-        class_names: numbered_names(classes),
-    })
+    Ok(Dataset { images, labels, n, c: 1, h, w, classes, class_names: numbered_names(classes) })
 }
 
 #[cfg(test)]
@@ -175,11 +128,7 @@ pub(crate) mod tests {
     fn good_plain_and_gz() {
         let px: Vec<u8> = (0..12).collect();
         let (img, lab) = (idx_images(2, 2, 3, &px), idx_labels(&[7, 9]));
-        for (i, l) in [
-            (img.clone(), lab.clone()),
-            (gz(&img), gz(&lab)),
-            (gz(&img), lab.clone()),
-        ] {
+        for (i, l) in [(img.clone(), lab.clone()), (gz(&img), gz(&lab)), (gz(&img), lab.clone())] {
             let d = load(&i, &l).unwrap();
             assert_eq!((d.n, d.c, d.h, d.w, d.classes), (2, 1, 2, 3, 10));
             assert_eq!(d.image(1), &[6, 7, 8, 9, 10, 11]);
@@ -195,52 +144,32 @@ pub(crate) mod tests {
         let err = |i: &[u8], l: &[u8]| load(i, l).unwrap_err().to_string();
 
         let e = err(&lab, &lab);
-        assert!(e.ends_with("img: bad magic number 0x00000801 (expected 0x00000803, an IDX image (u8, 3-D) file)"), "{e}");
+        assert!(
+            e.ends_with("img: bad magic number 0x00000801 (expected 0x00000803, an IDX image (u8, 3-D) file)"),
+            "{e}"
+        );
         let e = err(&img, &img);
         assert!(e.contains("lab: bad magic number 0x00000803"), "{e}");
         let e = err(&img[..20], &lab);
-        assert!(
-            e.ends_with(
-                "img: truncated: 20 bytes, but the header promises 2 images of 2×3 in 28 bytes"
-            ),
-            "{e}"
-        );
+        assert!(e.ends_with("img: truncated: 20 bytes, but the header promises 2 images of 2×3 in 28 bytes"), "{e}");
         let e = err(&img[..10], &lab);
-        assert!(
-            e.contains("img: truncated: 10 bytes, shorter than the 16-byte header"),
-            "{e}"
-        );
+        assert!(e.contains("img: truncated: 10 bytes, shorter than the 16-byte header"), "{e}");
         let e = err(&img[..2], &lab);
         assert!(e.contains("img: truncated"), "{e}");
         let mut long = img.clone();
         long.push(0);
         let e = err(&long, &lab);
-        assert!(
-            e.ends_with(
-                "img: wrong size: 29 bytes, 1 more than the header's 2 images of 2×3 (28 bytes)"
-            ),
-            "{e}"
-        );
+        assert!(e.ends_with("img: wrong size: 29 bytes, 1 more than the header's 2 images of 2×3 (28 bytes)"), "{e}");
         let e = err(&img, &idx_labels(&[1, 2, 3]));
-        assert!(
-            e.contains("lab: wrong size: 3 labels but ") && e.ends_with("img holds 2 images"),
-            "{e}"
-        );
+        assert!(e.contains("lab: wrong size: 3 labels but ") && e.ends_with("img holds 2 images"), "{e}");
         let e = err(&img, &idx_labels(&[1, 10]));
-        assert!(
-            e.ends_with("lab: label 10 of item 1 is out of range (expected 0..=9)"),
-            "{e}"
-        );
+        assert!(e.ends_with("lab: label 10 of item 1 is out of range (expected 0..=9)"), "{e}");
         let e = err(&img, &lab[..9]);
         assert!(e.contains("lab: truncated"), "{e}");
         let e = err(&idx_images(u32::MAX, u32::MAX, u32::MAX, &[]), &lab);
         assert!(e.contains("img: "), "{e}");
-        let e =
-            load_idx_pair(Path::new("/nonexistent/i"), Path::new("/nonexistent/l")).unwrap_err();
-        assert!(
-            e.to_string().starts_with("/nonexistent/i: not found"),
-            "{e}"
-        );
+        let e = load_idx_pair(Path::new("/nonexistent/i"), Path::new("/nonexistent/l")).unwrap_err();
+        assert!(e.to_string().starts_with("/nonexistent/i: not found"), "{e}");
     }
 }
 

@@ -23,9 +23,7 @@ pub use batches::{Batch, BatchOptions, Batches};
 pub use cifar::{load_cifar10, load_cifar100};
 pub use dataset::Dataset;
 pub use error::DataError;
-pub use fashion_mnist::{
-    default_cache_dir, fashion_mnist_dir, fashion_mnist_dir_from, load_fashion_mnist,
-};
+pub use fashion_mnist::{default_cache_dir, fashion_mnist_dir, fashion_mnist_dir_from, load_fashion_mnist};
 pub use folder::load_folder;
 pub use idx::{load_idx_pair, load_idx_pair_classes};
 pub use stl10::load_stl10;
@@ -85,14 +83,7 @@ impl DatasetKind {
     /// SVHN zero-pad 2 + crop 32; STL-10 zero-pad 4 + crop 96 + flip; Fashion-MNIST
     /// none; image folders like CIFAR (crop to the images' own size).
     pub fn default_augment(self) -> Option<Augment> {
-        let a = |pad, reflect, crop, flip| {
-            Some(Augment {
-                pad,
-                reflect,
-                crop,
-                flip,
-            })
-        };
+        let a = |pad, reflect, crop, flip| Some(Augment { pad, reflect, crop, flip });
         match self {
             DatasetKind::Cifar10 | DatasetKind::Cifar100 => a(4, true, 32, true),
             DatasetKind::Svhn => a(2, false, 32, false),
@@ -111,9 +102,7 @@ impl DatasetKind {
                 std: [63.0f32, 62.1, 66.7].iter().map(|v| v / 255.0).collect(),
             },
             DatasetKind::FashionMnist => Normalize::uniform(0.2860, 0.3530),
-            DatasetKind::Svhn | DatasetKind::Stl10 | DatasetKind::Folder => {
-                Normalize::uniform(0.5, 0.5)
-            }
+            DatasetKind::Svhn | DatasetKind::Stl10 | DatasetKind::Folder => Normalize::uniform(0.5, 0.5),
         }
     }
 
@@ -135,16 +124,10 @@ impl std::str::FromStr for DatasetKind {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let k = s.to_ascii_lowercase().replace(['_', '-'], "");
-        DatasetKind::ALL
-            .into_iter()
-            .find(|d| d.name().replace('-', "") == k)
-            .ok_or_else(|| {
-                let names: Vec<_> = DatasetKind::ALL.iter().map(|d| d.name()).collect();
-                format!(
-                    "unknown dataset {s:?} (expected one of {})",
-                    names.join(", ")
-                )
-            })
+        DatasetKind::ALL.into_iter().find(|d| d.name().replace('-', "") == k).ok_or_else(|| {
+            let names: Vec<_> = DatasetKind::ALL.iter().map(|d| d.name()).collect();
+            format!("unknown dataset {s:?} (expected one of {})", names.join(", "))
+        })
     }
 }
 
@@ -191,19 +174,12 @@ fn folder_split(dir: &Path, split: Split) -> Result<PathBuf, DataError> {
         Split::Train => &["train"],
         Split::Test => &["test", "val"],
     };
-    want.iter()
-        .find(|s| has(s))
-        .map(|s| dir.join(s))
-        .ok_or_else(|| {
-            DataError::missing(
-                &dir.join(want[0]),
-                format!(
-                    "{} has split subfolders but none named {}",
-                    dir.display(),
-                    want.join(" or ")
-                ),
-            )
-        })
+    want.iter().find(|s| has(s)).map(|s| dir.join(s)).ok_or_else(|| {
+        DataError::missing(
+            &dir.join(want[0]),
+            format!("{} has split subfolders but none named {}", dir.display(), want.join(" or ")),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -215,18 +191,9 @@ mod tests {
         for k in DatasetKind::ALL {
             assert_eq!(k.name().parse::<DatasetKind>().unwrap(), k);
         }
-        assert_eq!(
-            "FashionMNIST".parse::<DatasetKind>().unwrap(),
-            DatasetKind::FashionMnist
-        );
-        assert_eq!(
-            "CIFAR-10".parse::<DatasetKind>().unwrap(),
-            DatasetKind::Cifar10
-        );
-        assert!("imagenet"
-            .parse::<DatasetKind>()
-            .unwrap_err()
-            .contains("expected one of fashion-mnist"));
+        assert_eq!("FashionMNIST".parse::<DatasetKind>().unwrap(), DatasetKind::FashionMnist);
+        assert_eq!("CIFAR-10".parse::<DatasetKind>().unwrap(), DatasetKind::Cifar10);
+        assert!("imagenet".parse::<DatasetKind>().unwrap_err().contains("expected one of fashion-mnist"));
         let c = DatasetKind::Cifar10.default_normalize();
         assert_eq!(c.mean[0], 125.3 / 255.0);
         assert_eq!(c.std[2], 66.7 / 255.0);
@@ -243,36 +210,16 @@ mod tests {
         let r = d.path();
         for s in ["train/a", "val/a"] {
             std::fs::create_dir_all(r.join(s)).unwrap();
-            image::RgbImage::new(2, 2)
-                .save(r.join(s).join("0.png"))
-                .unwrap();
+            image::RgbImage::new(2, 2).save(r.join(s).join("0.png")).unwrap();
         }
-        assert_eq!(
-            load(DatasetKind::Folder, Some(r), Split::Train).unwrap().n,
-            1
-        );
-        assert_eq!(
-            load(DatasetKind::Folder, Some(r), Split::Test).unwrap().n,
-            1
-        );
-        assert_eq!(
-            load(DatasetKind::Folder, Some(&r.join("train")), Split::Test)
-                .unwrap()
-                .class_names,
-            vec!["a"]
-        );
+        assert_eq!(load(DatasetKind::Folder, Some(r), Split::Train).unwrap().n, 1);
+        assert_eq!(load(DatasetKind::Folder, Some(r), Split::Test).unwrap().n, 1);
+        assert_eq!(load(DatasetKind::Folder, Some(&r.join("train")), Split::Test).unwrap().class_names, vec!["a"]);
         std::fs::remove_dir_all(r.join("val")).unwrap();
-        let e = load(DatasetKind::Folder, Some(r), Split::Test)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("test: not found;") && e.contains("none named test or val"),
-            "{e}"
-        );
+        let e = load(DatasetKind::Folder, Some(r), Split::Test).unwrap_err().to_string();
+        assert!(e.contains("test: not found;") && e.contains("none named test or val"), "{e}");
         assert!(load(DatasetKind::Folder, None, Split::Train).is_err());
-        let e = load(DatasetKind::Cifar10, Some(&r.join("none")), Split::Train)
-            .unwrap_err()
-            .to_string();
+        let e = load(DatasetKind::Cifar10, Some(&r.join("none")), Split::Train).unwrap_err().to_string();
         assert!(e.contains("data_batch_1.bin: not found"), "{e}");
     }
 }

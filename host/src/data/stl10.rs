@@ -13,9 +13,7 @@ use super::Split;
 
 const SIDE: usize = 96;
 const IMAGE: usize = 3 * SIDE * SIDE;
-const NAMES: [&str; 10] = [
-    "airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck",
-];
+const NAMES: [&str; 10] = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"];
 
 /// STL-10 labelled split from `dir` or `dir/stl10_binary`.
 pub fn load_stl10(dir: &Path, split: Split) -> Result<Dataset, DataError> {
@@ -36,18 +34,12 @@ pub fn load_stl10(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     if x.is_empty() || x.len() % IMAGE != 0 {
         return Err(DataError::wrong_size(
             &xp,
-            format!(
-                "{} bytes is not a positive whole number of {IMAGE}-byte 96×96×3 images",
-                x.len()
-            ),
+            format!("{} bytes is not a positive whole number of {IMAGE}-byte 96×96×3 images", x.len()),
         ));
     }
     let n = x.len() / IMAGE;
     if y.len() != n {
-        return Err(DataError::wrong_size(
-            &yp,
-            format!("{} labels but {} holds {n} images", y.len(), xp.display()),
-        ));
+        return Err(DataError::wrong_size(&yp, format!("{} labels but {} holds {n} images", y.len(), xp.display())));
     }
     let mut labels = Vec::with_capacity(n);
     for (i, &l) in y.iter().enumerate() {
@@ -58,22 +50,16 @@ pub fn load_stl10(dir: &Path, split: Split) -> Result<Dataset, DataError> {
     }
     let plane = SIDE * SIDE;
     let mut images = vec![0u8; x.len()];
-    images
-        .par_chunks_mut(IMAGE)
-        .zip(x.par_chunks(IMAGE))
-        .for_each(|(dst, src)| {
-            for ch in 0..3 {
-                let (d, s) = (
-                    &mut dst[ch * plane..(ch + 1) * plane],
-                    &src[ch * plane..(ch + 1) * plane],
-                );
-                for row in 0..SIDE {
-                    for col in 0..SIDE {
-                        d[row * SIDE + col] = s[col * SIDE + row];
-                    }
+    images.par_chunks_mut(IMAGE).zip(x.par_chunks(IMAGE)).for_each(|(dst, src)| {
+        for ch in 0..3 {
+            let (d, s) = (&mut dst[ch * plane..(ch + 1) * plane], &src[ch * plane..(ch + 1) * plane]);
+            for row in 0..SIDE {
+                for col in 0..SIDE {
+                    d[row * SIDE + col] = s[col * SIDE + row];
                 }
             }
-        });
+        }
+    });
     Ok(Dataset {
         images,
         labels,
@@ -129,24 +115,23 @@ mod tests {
     fn bad() {
         let d = tempfile::tempdir().unwrap();
         let e = load_stl10(d.path(), Split::Train).unwrap_err().to_string();
-        assert!(
-            e.contains("train_X.bin: not found; searched") && e.contains("stl10_binary.tar.gz"),
-            "{e}"
-        );
+        assert!(e.contains("train_X.bin: not found; searched") && e.contains("stl10_binary.tar.gz"), "{e}");
         let p = d.path();
         std::fs::write(p.join("train_X.bin"), &x_bytes(2)[..IMAGE + 1]).unwrap();
         std::fs::write(p.join("train_y.bin"), [1, 2]).unwrap();
         let e = load_stl10(p, Split::Train).unwrap_err().to_string();
-        assert!(e.ends_with("train_X.bin: wrong size: 27649 bytes is not a positive whole number of 27648-byte 96×96×3 images"), "{e}");
+        assert!(
+            e.ends_with(
+                "train_X.bin: wrong size: 27649 bytes is not a positive whole number of 27648-byte 96×96×3 images"
+            ),
+            "{e}"
+        );
         std::fs::write(p.join("train_X.bin"), x_bytes(2)).unwrap();
         std::fs::write(p.join("train_y.bin"), [1]).unwrap();
         let e = load_stl10(p, Split::Train).unwrap_err().to_string();
         assert!(e.contains("train_y.bin: wrong size: 1 labels but"), "{e}");
         std::fs::write(p.join("train_y.bin"), [1, 0]).unwrap();
         let e = load_stl10(p, Split::Train).unwrap_err().to_string();
-        assert!(
-            e.ends_with("train_y.bin: label 0 of item 1 is out of range (expected 1..=10)"),
-            "{e}"
-        );
+        assert!(e.ends_with("train_y.bin: label 0 of item 1 is out of range (expected 1..=10)"), "{e}");
     }
 }

@@ -72,20 +72,12 @@ impl Reader<'_> {
 
     /// Reads the element at `bytes[*pos..]` and advances `*pos` past it (and its
     /// padding to 8 bytes, except after compressed elements, which are not padded).
-    fn element<'b>(
-        &self,
-        bytes: &'b [u8],
-        pos: &mut usize,
-        ctx: &str,
-    ) -> Result<Element<'b>, DataError> {
+    fn element<'b>(&self, bytes: &'b [u8], pos: &mut usize, ctx: &str) -> Result<Element<'b>, DataError> {
         let rest = &bytes[*pos..];
         if rest.len() < 8 {
             return Err(DataError::truncated(
                 self.path,
-                format!(
-                    "{ctx}: {} bytes left where an 8-byte element tag should be",
-                    rest.len()
-                ),
+                format!("{ctx}: {} bytes left where an 8-byte element tag should be", rest.len()),
             ));
         }
         let first = self.u32_at(rest);
@@ -99,41 +91,23 @@ impl Reader<'_> {
                 ));
             }
             *pos += 8;
-            return Ok(Element {
-                ty,
-                data: &rest[4..4 + n],
-            });
+            return Ok(Element { ty, data: &rest[4..4 + n] });
         }
         let n = self.u32_at(&rest[4..]) as usize;
         if rest.len() - 8 < n {
             return Err(DataError::truncated(
                 self.path,
-                format!(
-                    "{ctx}: element of type {first} claims {n} bytes but only {} are left",
-                    rest.len() - 8
-                ),
+                format!("{ctx}: element of type {first} claims {n} bytes but only {} are left", rest.len() - 8),
             ));
         }
-        let padded = if first == MI_COMPRESSED {
-            n
-        } else {
-            n.div_ceil(8) * 8
-        };
+        let padded = if first == MI_COMPRESSED { n } else { n.div_ceil(8) * 8 };
         *pos = (*pos + 8 + padded).min(bytes.len());
-        Ok(Element {
-            ty: first,
-            data: &rest[8..8 + n],
-        })
+        Ok(Element { ty: first, data: &rest[8..8 + n] })
     }
 
     /// Walks a sequence of top-level elements, collecting the numeric arrays whose
     /// names are in `wanted`.
-    fn walk(
-        &self,
-        bytes: &[u8],
-        wanted: &[&str],
-        out: &mut Vec<MatArray>,
-    ) -> Result<(), DataError> {
+    fn walk(&self, bytes: &[u8], wanted: &[&str], out: &mut Vec<MatArray>) -> Result<(), DataError> {
         let mut pos = 0;
         while pos < bytes.len() {
             if bytes[pos..].iter().all(|&b| b == 0) {
@@ -143,21 +117,13 @@ impl Reader<'_> {
             match el.ty {
                 MI_COMPRESSED => {
                     let mut inner = Vec::new();
-                    flate2::read::ZlibDecoder::new(el.data)
-                        .read_to_end(&mut inner)
-                        .map_err(|e| {
-                            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                                DataError::truncated(
-                                    self.path,
-                                    "a compressed element's zlib stream ends early",
-                                )
-                            } else {
-                                DataError::format(
-                                    self.path,
-                                    format!("corrupt compressed element: {e}"),
-                                )
-                            }
-                        })?;
+                    flate2::read::ZlibDecoder::new(el.data).read_to_end(&mut inner).map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            DataError::truncated(self.path, "a compressed element's zlib stream ends early")
+                        } else {
+                            DataError::format(self.path, format!("corrupt compressed element: {e}"))
+                        }
+                    })?;
                     self.walk(&inner, wanted, out)?;
                 }
                 MI_MATRIX => {
@@ -196,16 +162,9 @@ impl Reader<'_> {
         }
         let dims_el = self.element(data, &mut pos, "array dimensions")?;
         if dims_el.ty != MI_INT32 || dims_el.data.len() % 4 != 0 {
-            return Err(DataError::format(
-                self.path,
-                "array dimensions are not miINT32",
-            ));
+            return Err(DataError::format(self.path, "array dimensions are not miINT32"));
         }
-        let dims: Vec<usize> = dims_el
-            .data
-            .chunks_exact(4)
-            .map(|c| self.u32_at(c) as i32 as usize)
-            .collect();
+        let dims: Vec<usize> = dims_el.data.chunks_exact(4).map(|c| self.u32_at(c) as i32 as usize).collect();
         let name_el = self.element(data, &mut pos, "array name")?;
         let name = String::from_utf8_lossy(name_el.data).into_owned();
         if !wanted.contains(&name.as_str()) {
@@ -213,28 +172,16 @@ impl Reader<'_> {
         }
         let real = self.element(data, &mut pos, &format!("data of variable {name}"))?;
         let size = type_size(real.ty).ok_or_else(|| {
-            DataError::format(
-                self.path,
-                format!("variable {name} has unsupported data type {}", real.ty),
-            )
+            DataError::format(self.path, format!("variable {name} has unsupported data type {}", real.ty))
         })?;
         let count = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         if count.and_then(|c| c.checked_mul(size)) != Some(real.data.len()) {
             return Err(DataError::wrong_size(
                 self.path,
-                format!(
-                    "variable {name} has dimensions {dims:?} but {} bytes of {size}-byte values",
-                    real.data.len()
-                ),
+                format!("variable {name} has dimensions {dims:?} but {} bytes of {size}-byte values", real.data.len()),
             ));
         }
-        Ok(Some(MatArray {
-            name,
-            dims,
-            data_type: real.ty,
-            data: real.data.to_vec(),
-            big_endian: self.big_endian,
-        }))
+        Ok(Some(MatArray { name, dims, data_type: real.ty, data: real.data.to_vec(), big_endian: self.big_endian }))
     }
 }
 
@@ -250,11 +197,7 @@ impl MatArray {
         macro_rules! num {
             ($t:ty) => {{
                 let a = b.try_into().unwrap_or_default();
-                (if self.big_endian {
-                    <$t>::from_be_bytes(a)
-                } else {
-                    <$t>::from_le_bytes(a)
-                }) as f64
+                (if self.big_endian { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) }) as f64
             }};
         }
         match self.data_type {
@@ -284,10 +227,7 @@ impl MatArray {
                 } else {
                     Err(DataError::format(
                         path,
-                        format!(
-                            "variable {} holds {v} at element {i}, not a pixel value 0..=255",
-                            self.name
-                        ),
+                        format!("variable {} holds {v} at element {i}, not a pixel value 0..=255", self.name),
                     ))
                 }
             })
@@ -296,27 +236,15 @@ impl MatArray {
 }
 
 /// Reads the numeric arrays named in `wanted` from a MAT v5 file's bytes.
-pub(crate) fn read_mat(
-    path: &Path,
-    bytes: &[u8],
-    wanted: &[&str],
-) -> Result<Vec<MatArray>, DataError> {
+pub(crate) fn read_mat(path: &Path, bytes: &[u8], wanted: &[&str]) -> Result<Vec<MatArray>, DataError> {
     if bytes.len() < 128 {
         return Err(DataError::truncated(
             path,
-            format!(
-                "{} bytes, shorter than the 128-byte MAT-file header",
-                bytes.len()
-            ),
+            format!("{} bytes, shorter than the 128-byte MAT-file header", bytes.len()),
         ));
     }
-    if bytes.starts_with(b"MATLAB 7.3")
-        || bytes.get(512..).is_some_and(|b| b.starts_with(b"\x89HDF"))
-    {
-        return Err(DataError::format(
-            path,
-            "MAT-file v7.3 (HDF5) is not supported; re-save it with save(..., '-v7')",
-        ));
+    if bytes.starts_with(b"MATLAB 7.3") || bytes.get(512..).is_some_and(|b| b.starts_with(b"\x89HDF")) {
+        return Err(DataError::format(path, "MAT-file v7.3 (HDF5) is not supported; re-save it with save(..., '-v7')"));
     }
     let big_endian = match &bytes[126..128] {
         b"IM" => false,
@@ -358,50 +286,32 @@ pub fn load_svhn_mat(path: &Path) -> Result<Dataset, DataError> {
             y = Some(a);
         }
     }
-    let x = x.ok_or_else(|| {
-        DataError::format(path, "no numeric variable X (the images) in the MAT-file")
-    })?;
-    let y = y.ok_or_else(|| {
-        DataError::format(path, "no numeric variable y (the labels) in the MAT-file")
-    })?;
+    let x = x.ok_or_else(|| DataError::format(path, "no numeric variable X (the images) in the MAT-file"))?;
+    let y = y.ok_or_else(|| DataError::format(path, "no numeric variable y (the labels) in the MAT-file"))?;
     let (h, w, c, n) = match x.dims[..] {
         [h, w, c, n] => (h, w, c, n),
         [h, w, c] => (h, w, c, 1),
         _ => {
             return Err(DataError::wrong_size(
                 path,
-                format!(
-                    "X has dimensions {:?}, expected h × w × channels × N",
-                    x.dims
-                ),
+                format!("X has dimensions {:?}, expected h × w × channels × N", x.dims),
             ))
         }
     };
     if h == 0 || w == 0 || !(c == 1 || c == 3) {
         return Err(DataError::wrong_size(
             path,
-            format!(
-                "X has dimensions {:?}, expected h × w × (1 or 3) × N",
-                x.dims
-            ),
+            format!("X has dimensions {:?}, expected h × w × (1 or 3) × N", x.dims),
         ));
     }
     if y.len() != n || y.dims.iter().filter(|&&d| d != 1).count() > 1 {
-        return Err(DataError::wrong_size(
-            path,
-            format!("y has dimensions {:?} but X holds {n} images", y.dims),
-        ));
+        return Err(DataError::wrong_size(path, format!("y has dimensions {:?} but X holds {n} images", y.dims)));
     }
     let mut labels = Vec::with_capacity(n);
     for i in 0..n {
         let v = y.get(i);
         if v.fract() != 0.0 || !(1.0..=10.0).contains(&v) {
-            return Err(DataError::label(
-                path,
-                i,
-                v as i64,
-                "1..=10, with 10 for the digit 0",
-            ));
+            return Err(DataError::label(path, i, v as i64, "1..=10, with 10 for the digit 0"));
         }
         labels.push(v as u16 % 10);
     }
@@ -420,16 +330,7 @@ pub fn load_svhn_mat(path: &Path) -> Result<Dataset, DataError> {
             }
         }
     });
-    Ok(Dataset {
-        images,
-        labels,
-        n,
-        c,
-        h,
-        w,
-        classes: 10,
-        class_names: numbered_names(10),
-    })
+    Ok(Dataset { images, labels, n, c, h, w, classes: 10, class_names: numbered_names(10) })
 }
 
 /// SVHN from `dir/train_32x32.mat` or `dir/test_32x32.mat`.
@@ -473,25 +374,11 @@ mod tests {
         v
     }
 
-    fn matrix(
-        name: &str,
-        class: u32,
-        dims: &[u32],
-        ty: u32,
-        data: &[u8],
-        small_name: bool,
-    ) -> Vec<u8> {
+    fn matrix(name: &str, class: u32, dims: &[u32], ty: u32, data: &[u8], small_name: bool) -> Vec<u8> {
         let mut body = el(MI_UINT32, &[class as u8, 0, 0, 0, 0, 0, 0, 0]);
-        let d: Vec<u8> = dims
-            .iter()
-            .flat_map(|x| (*x as i32).to_le_bytes())
-            .collect();
+        let d: Vec<u8> = dims.iter().flat_map(|x| (*x as i32).to_le_bytes()).collect();
         body.extend(el(MI_INT32, &d));
-        body.extend(if small_name {
-            small_el(MI_INT8, name.as_bytes())
-        } else {
-            el(MI_INT8, name.as_bytes())
-        });
+        body.extend(if small_name { small_el(MI_INT8, name.as_bytes()) } else { el(MI_INT8, name.as_bytes()) });
         body.extend(el(ty, data));
         el(MI_MATRIX, &body)
     }
@@ -556,36 +443,15 @@ mod tests {
         let mut comp = header();
         comp.extend(compressed(&xm));
         // MATLAB stores a double array with small integer values as miUINT8 data
-        comp.extend(compressed(&matrix(
-            "y",
-            6,
-            &[1, 2],
-            MI_UINT8,
-            &[10, 3],
-            false,
-        )));
+        comp.extend(compressed(&matrix("y", 6, &[1, 2], MI_UINT8, &[10, 3], false)));
         let (_d, p) = write(&comp);
         check(&load_svhn_mat(&p).unwrap());
 
         // X given as doubles, y as int16
         let xd: Vec<f64> = x_data().iter().map(|&b| b as f64).collect();
         let mut mixed = header();
-        mixed.extend(matrix(
-            "X",
-            6,
-            &[2, 3, 3, 2],
-            MI_DOUBLE,
-            &doubles(&xd),
-            false,
-        ));
-        mixed.extend(compressed(&matrix(
-            "y",
-            6,
-            &[2, 1],
-            MI_INT16,
-            &[10, 0, 3, 0],
-            false,
-        )));
+        mixed.extend(matrix("X", 6, &[2, 3, 3, 2], MI_DOUBLE, &doubles(&xd), false));
+        mixed.extend(compressed(&matrix("y", 6, &[2, 1], MI_INT16, &[10, 0, 3, 0], false)));
         let (_d, p) = write(&mixed);
         check(&load_svhn_mat(&p).unwrap());
     }
@@ -603,12 +469,7 @@ mod tests {
         good.extend(&ym);
 
         let e = err(&good[..100]);
-        assert!(
-            e.ends_with(
-                "train_32x32.mat: truncated: 100 bytes, shorter than the 128-byte MAT-file header"
-            ),
-            "{e}"
-        );
+        assert!(e.ends_with("train_32x32.mat: truncated: 100 bytes, shorter than the 128-byte MAT-file header"), "{e}");
         let mut b = good.clone();
         b[126..128].copy_from_slice(b"XX");
         let e = err(&b);
@@ -617,10 +478,7 @@ mod tests {
         b[..6].copy_from_slice(b"HELLO!");
         assert!(err(&b).contains("bad magic number \"HELLO!\""));
         let e = err(&good[..good.len() - 5]);
-        assert!(
-            e.contains("train_32x32.mat: truncated: top level: element of type 14 claims"),
-            "{e}"
-        );
+        assert!(e.contains("train_32x32.mat: truncated: top level: element of type 14 claims"), "{e}");
         let mut cut = header();
         let c = compressed(&xm);
         cut.extend(&c[..c.len() - 4]);
@@ -629,58 +487,37 @@ mod tests {
         // label out of range
         let mut b = header();
         b.extend(&xm);
-        b.extend(matrix(
-            "y",
-            6,
-            &[2, 1],
-            MI_DOUBLE,
-            &doubles(&[10.0, 11.0]),
-            false,
-        ));
+        b.extend(matrix("y", 6, &[2, 1], MI_DOUBLE, &doubles(&[10.0, 11.0]), false));
         let e = err(&b);
-        assert!(e.ends_with("train_32x32.mat: label 11 of item 1 is out of range (expected 1..=10, with 10 for the digit 0)"), "{e}");
+        assert!(
+            e.ends_with(
+                "train_32x32.mat: label 11 of item 1 is out of range (expected 1..=10, with 10 for the digit 0)"
+            ),
+            "{e}"
+        );
         // wrong number of labels
         let mut b = header();
         b.extend(&xm);
-        b.extend(matrix(
-            "y",
-            6,
-            &[3, 1],
-            MI_DOUBLE,
-            &doubles(&[1.0, 2.0, 3.0]),
-            false,
-        ));
+        b.extend(matrix("y", 6, &[3, 1], MI_DOUBLE, &doubles(&[1.0, 2.0, 3.0]), false));
         let e = err(&b);
-        assert!(
-            e.ends_with("wrong size: y has dimensions [3, 1] but X holds 2 images"),
-            "{e}"
-        );
+        assert!(e.ends_with("wrong size: y has dimensions [3, 1] but X holds 2 images"), "{e}");
         // dims that do not match the data
         let mut b = header();
         b.extend(matrix("X", 9, &[2, 3, 3, 3], MI_UINT8, &x_data(), true));
         b.extend(&ym);
         let e = err(&b);
-        assert!(
-            e.ends_with(
-                "wrong size: variable X has dimensions [2, 3, 3, 3] but 36 bytes of 1-byte values"
-            ),
-            "{e}"
-        );
+        assert!(e.ends_with("wrong size: variable X has dimensions [2, 3, 3, 3] but 36 bytes of 1-byte values"), "{e}");
         // missing variable
         let mut b = header();
         b.extend(&ym);
-        assert!(err(&b)
-            .ends_with("train_32x32.mat: no numeric variable X (the images) in the MAT-file"));
+        assert!(err(&b).ends_with("train_32x32.mat: no numeric variable X (the images) in the MAT-file"));
         let mut b = header();
         b[..10].copy_from_slice(b"MATLAB 7.3");
         b.resize(600, 0);
         assert!(err(&b).contains("v7.3 (HDF5) is not supported"));
         let d = tempfile::tempdir().unwrap();
         let e = load_svhn(d.path(), Split::Test).unwrap_err().to_string();
-        assert!(
-            e.contains("test_32x32.mat: not found; get") && e.contains("housenumbers"),
-            "{e}"
-        );
+        assert!(e.contains("test_32x32.mat: not found; get") && e.contains("housenumbers"), "{e}");
     }
 }
 
@@ -697,8 +534,7 @@ mod fuzz {
         let body = |name: u8, dims: [i32; 4], data: &[u8]| {
             let mut b = vec![6, 0, 0, 0, 8, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0];
             b.extend_from_slice(&[5, 0, 0, 0, 16, 0, 0, 0]);
-            dims.iter()
-                .for_each(|d| b.extend_from_slice(&d.to_le_bytes()));
+            dims.iter().for_each(|d| b.extend_from_slice(&d.to_le_bytes()));
             b.extend_from_slice(&[1, 0, 1, 0, name, 0, 0, 0]);
             b.extend_from_slice(&[2, 0, data.len() as u8, 0]);
             b.extend_from_slice(data);

@@ -1,0 +1,458 @@
+//! Checkpoints: `checkpoint.safetensors` holds the tensors under the PyTorch
+//! reference's `state_dict` names (parameters and BN running statistics), plus the SGD
+//! momentum buffers under `optimizer.momentum.<name>`; `checkpoint.json` holds
+//! everything else (the effective config, epoch, step, RNG, metrics history) and the
+//! size and SHA-256 of the tensor file it belongs to.
+//!
+//! Writes are atomic per file: both files are written as `*.tmp` in the same folder and
+//! synced, then the tensors are renamed into place, then the JSON. A crash before the
+//! renames leaves the previous checkpoint untouched; a crash between them leaves a JSON
+//! whose recorded hash no longer matches, which loading reports instead of resuming
+//! from a mixed state.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use hpff_core::plan::{Plan, Tensor, TensorKind};
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, Shape};
+use crate::error::{io_err, Error, Result};
+use crate::metrics::{EpochMetrics, EvalResult};
+
+/// File names inside a run's folder.
+pub const TENSORS_FILE: &str = "checkpoint.safetensors";
+pub const META_FILE: &str = "checkpoint.json";
+/// Prefix of the momentum buffers' names.
+pub const MOMENTUM_PREFIX: &str = "optimizer.momentum.";
+
+/// The tensor file a checkpoint's JSON belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorFile {
+    pub file: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Everything in `checkpoint.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub hpff_version: String,
+    /// The completed config of the run.
+    pub config: Config,
+    /// The network's input shape (channels, image side, classes).
+    pub shape: Shape,
+    /// Epochs completed.
+    pub epoch: u32,
+    /// Training steps completed.
+    pub global_step: u64,
+    pub seed: u64,
+    /// State of the data-order/augmentation generator (epoch `e` uses its fork `e`,
+    /// so the order of every epoch is a function of the seed and the epoch alone).
+    pub data_rng: [u64; 4],
+    pub metrics: Vec<EpochMetrics>,
+    pub best_accuracy: Option<f64>,
+    /// Final test result, when the run finished.
+    pub test: Option<EvalResult>,
+    /// Seconds of training before this checkpoint (summed over resumed parts).
+    pub elapsed_s: f64,
+    pub tensors: TensorFile,
+}
+
+struct Bytes {
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl View for &Bytes {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+fn shape_of(t: &Tensor) -> Vec<usize> {
+    t.shape[..t.rank()].to_vec()
+}
+
+fn le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The safetensors bytes of `arena`'s parameters, BN statistics and momentum.
+pub fn tensors_bytes(plan: &Plan, arena: &[f32]) -> Result<Vec<u8>> {
+    let mut items: Vec<(String, Bytes)> = Vec::new();
+    let (state, mom) = (plan.state_off(), plan.momentum_off());
+    plan.for_each_tensor(|t| {
+        let off = match t.kind {
+            TensorKind::Param => t.off,
+            TensorKind::State => state + t.off,
+        };
+        items.push((
+            t.name.to_string(),
+            Bytes {
+                shape: shape_of(&t),
+                data: le_bytes(&arena[off..off + t.len]),
+            },
+        ));
+        if t.kind == TensorKind::Param {
+            items.push((
+                format!("{MOMENTUM_PREFIX}{}", t.name),
+                Bytes {
+                    shape: shape_of(&t),
+                    data: le_bytes(&arena[mom + t.off..mom + t.off + t.len]),
+                },
+            ));
+        }
+    });
+    let info: Option<HashMap<String, String>> = Some(
+        [
+            ("format".to_string(), "pt".to_string()),
+            (
+                "producer".to_string(),
+                format!("hpff {}", env!("CARGO_PKG_VERSION")),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    safetensors::serialize(items.iter().map(|(n, b)| (n.as_str(), b)), &info)
+        .map_err(|e| Error::msg(format!("cannot serialize the checkpoint tensors: {e}")))
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    let d = Sha256::digest(b);
+    d.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(|e| io_err(path, "create", e))?;
+    f.write_all(bytes).map_err(|e| io_err(path, "write", e))?;
+    f.sync_all().map_err(|e| io_err(path, "sync", e))
+}
+
+/// Both files of a checkpoint written as `*.tmp`, not yet in place.
+#[derive(Debug)]
+pub struct Staged {
+    dir: PathBuf,
+}
+
+impl Staged {
+    /// Renames the tensors, then the JSON, into place and syncs the folder.
+    pub fn commit(self) -> Result<()> {
+        for f in [TENSORS_FILE, META_FILE] {
+            let (tmp, dst) = (self.dir.join(format!("{f}.tmp")), self.dir.join(f));
+            std::fs::rename(&tmp, &dst).map_err(|e| io_err(&dst, "replace", e))?;
+        }
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all(); // best effort: not every OS syncs folders
+        }
+        Ok(())
+    }
+}
+
+/// Writes both files of a checkpoint as `*.tmp` in `dir` (see [`Staged::commit`]).
+/// `meta.tensors` is filled in here.
+pub fn stage(dir: &Path, plan: &Plan, arena: &[f32], meta: &mut Meta) -> Result<Staged> {
+    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, "create the folder", e))?;
+    let bytes = tensors_bytes(plan, arena)?;
+    meta.tensors = TensorFile {
+        file: TENSORS_FILE.into(),
+        bytes: bytes.len() as u64,
+        sha256: sha256_hex(&bytes),
+    };
+    write_synced(&dir.join(format!("{TENSORS_FILE}.tmp")), &bytes)?;
+    let json = serde_json::to_vec_pretty(meta).expect("checkpoint metadata serializes");
+    write_synced(&dir.join(format!("{META_FILE}.tmp")), &json)?;
+    Ok(Staged {
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// Writes a checkpoint into `dir` atomically.
+pub fn save(dir: &Path, plan: &Plan, arena: &[f32], meta: &mut Meta) -> Result<()> {
+    stage(dir, plan, arena, meta)?.commit()
+}
+
+/// A checkpoint read from disk, its tensor file verified against its JSON.
+#[derive(Debug)]
+pub struct Loaded {
+    pub meta: Meta,
+    pub json_path: PathBuf,
+    tensors: Vec<u8>,
+}
+
+/// The JSON of a checkpoint given as its folder, its JSON or its tensor file.
+pub fn resolve(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join(META_FILE)
+    } else if path.extension().is_some_and(|e| e == "safetensors") {
+        path.with_extension("json")
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Reads and verifies a checkpoint (folder, `checkpoint.json` or `.safetensors`).
+pub fn load(path: &Path) -> Result<Loaded> {
+    let json_path = resolve(path);
+    let text = std::fs::read(&json_path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::msg(format!(
+                "{}: no checkpoint there (expected {META_FILE} written by hpff train)",
+                json_path.display()
+            ))
+        } else {
+            io_err(&json_path, "read", e)
+        }
+    })?;
+    let meta: Meta = serde_json::from_slice(&text).map_err(|e| {
+        Error::msg(format!(
+            "{}: not a valid hpff checkpoint: {e}",
+            json_path.display()
+        ))
+    })?;
+    let dir = json_path.parent().unwrap_or(Path::new("."));
+    let tpath = dir.join(&meta.tensors.file);
+    let tensors = std::fs::read(&tpath).map_err(|e| io_err(&tpath, "read", e))?;
+    if tensors.len() as u64 != meta.tensors.bytes || sha256_hex(&tensors) != meta.tensors.sha256
+    {
+        return Err(Error::msg(format!(
+            "{}: does not match {} ({} bytes, expected {} with SHA-256 {}): the checkpoint is corrupt or was interrupted while being written",
+            tpath.display(),
+            json_path.display(),
+            tensors.len(),
+            meta.tensors.bytes,
+            meta.tensors.sha256
+        )));
+    }
+    SafeTensors::deserialize(&tensors)
+        .map_err(|e| Error::msg(format!("{}: not a valid safetensors file: {e}", tpath.display())))?;
+    Ok(Loaded {
+        meta,
+        json_path,
+        tensors,
+    })
+}
+
+impl Loaded {
+    /// Copies the checkpoint's parameters and BN statistics (and, with `momentum`, the
+    /// momentum buffers) into `arena`, checking that every tensor `plan` has is there
+    /// with the same shape and that the checkpoint has no others.
+    pub fn restore(&self, plan: &Plan, arena: &mut [f32], momentum: bool) -> Result<()> {
+        let st = SafeTensors::deserialize(&self.tensors).map_err(|e| Error::msg(e.to_string()))?;
+        let what = self.json_path.display().to_string();
+        let mismatch = |detail: String| {
+            Error::msg(format!(
+                "checkpoint {what} does not fit this model: {detail} (was it trained with another --arch, --method, --k or dataset?)"
+            ))
+        };
+        let mut wanted = Vec::new();
+        let mut err = None;
+        let (state, mom) = (plan.state_off(), plan.momentum_off());
+        plan.for_each_tensor(|t| {
+            let name = t.name.to_string();
+            let mut jobs = vec![(
+                name.clone(),
+                match t.kind {
+                    TensorKind::Param => t.off,
+                    TensorKind::State => state + t.off,
+                },
+            )];
+            if t.kind == TensorKind::Param {
+                let m = format!("{MOMENTUM_PREFIX}{name}");
+                if momentum {
+                    jobs.push((m.clone(), mom + t.off));
+                }
+                wanted.push(m);
+            }
+            wanted.push(name);
+            for (n, off) in jobs {
+                if err.is_some() {
+                    return;
+                }
+                let v = match st.tensor(&n) {
+                    Ok(v) => v,
+                    Err(_) => {
+                        err = Some(mismatch(format!("it has no tensor {n}")));
+                        return;
+                    }
+                };
+                let want = shape_of(&t);
+                if v.dtype() != Dtype::F32 || v.shape() != want.as_slice() {
+                    err = Some(mismatch(format!(
+                        "{n} is {:?} {:?} there, F32 {:?} here",
+                        v.dtype(),
+                        v.shape(),
+                        want
+                    )));
+                    return;
+                }
+                for (dst, b) in arena[off..off + t.len]
+                    .iter_mut()
+                    .zip(v.data().chunks_exact(4))
+                {
+                    *dst = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let wanted: std::collections::HashSet<String> = wanted.into_iter().collect();
+        let mut extra: Vec<String> = st
+            .names()
+            .into_iter()
+            .filter(|n| !wanted.contains(n.as_str()))
+            .cloned()
+            .collect();
+        extra.sort();
+        if let Some(n) = extra.first() {
+            return Err(mismatch(format!(
+                "it has {} tensor(s) this model lacks, e.g. {n}",
+                extra.len()
+            )));
+        }
+        if !momentum {
+            arena[mom..mom + plan.params].fill(0.0);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatasetName;
+    use hpff_core::arch::Arch;
+    use hpff_core::exec::init_params;
+    use hpff_core::method::{Base, Method};
+    use hpff_core::partition::{Partition, TableKind};
+    use hpff_core::rng::Rng;
+
+    fn plan(depth: usize, base: Base, hpff: bool) -> Plan {
+        let a = Arch::resnet(depth, 1, 8, 10).unwrap();
+        let p = Partition::for_k(&a, 3, TableKind::Reference).unwrap();
+        Plan::new(a, p, Method::reference(base, hpff), 4, [0.0; 4], [1.0; 4]).unwrap()
+    }
+
+    fn meta(epoch: u32) -> Meta {
+        Meta {
+            hpff_version: "test".into(),
+            config: Config {
+                dataset: Some(DatasetName::FashionMnist),
+                ..Config::default()
+            }
+            .complete(),
+            shape: Shape {
+                c: 1,
+                image: 8,
+                classes: 10,
+            },
+            epoch,
+            global_step: 7,
+            seed: 3,
+            data_rng: Rng::new(3).state(),
+            metrics: vec![],
+            best_accuracy: Some(0.5),
+            test: None,
+            elapsed_s: 1.0,
+            tensors: TensorFile {
+                file: String::new(),
+                bytes: 0,
+                sha256: String::new(),
+            },
+        }
+    }
+
+    fn arena(p: &Plan, seed: u64) -> Vec<f32> {
+        let mut a = vec![0.0; p.arena_len()];
+        init_params(p, &mut a, &mut Rng::new(seed));
+        let m = p.momentum_off();
+        for (i, v) in a[m..m + p.params].iter_mut().enumerate() {
+            *v = i as f32 * 0.5;
+        }
+        a
+    }
+
+    #[test]
+    fn round_trip_names_shapes_and_values() {
+        let d = tempfile::tempdir().unwrap();
+        let p = plan(8, Base::InfoPro, true);
+        let a = arena(&p, 1);
+        let mut m = meta(2);
+        save(d.path(), &p, &a, &mut m).unwrap();
+        let st_bytes = std::fs::read(d.path().join(TENSORS_FILE)).unwrap();
+        let st = SafeTensors::deserialize(&st_bytes).unwrap();
+        assert_eq!(st.tensor("conv1.weight").unwrap().shape(), &[16, 1, 3, 3]);
+        assert!(st.tensor("bn1.running_var").is_ok());
+        assert!(st.tensor("optimizer.momentum.conv1.weight").is_ok());
+        let l = load(d.path()).unwrap();
+        assert_eq!(l.meta.epoch, 2);
+        assert_eq!(l.meta.tensors.sha256.len(), 64);
+        let mut b = vec![0.0; p.arena_len()];
+        l.restore(&p, &mut b, true).unwrap();
+        let end = 3 * p.params + p.state;
+        let (g0, g1) = (p.grads_off(), p.momentum_off());
+        assert_eq!(&a[..g0], &b[..g0]);
+        assert_eq!(&a[g1..end], &b[g1..end]);
+        // Without momentum: buffers zeroed.
+        l.restore(&p, &mut b, false).unwrap();
+        assert!(b[g1..g1 + p.params].iter().all(|&v| v == 0.0));
+        // By the .safetensors path too.
+        assert!(load(&d.path().join(TENSORS_FILE)).is_ok());
+        // Another model: a clear error.
+        let q = plan(14, Base::InfoPro, true);
+        let mut c = vec![0.0; q.arena_len()];
+        let e = l.restore(&q, &mut c, true).unwrap_err().to_string();
+        assert!(e.contains("does not fit this model"), "{e}");
+        let q = plan(8, Base::Dgl, false);
+        let mut c = vec![0.0; q.arena_len()];
+        let e = l.restore(&q, &mut c, true).unwrap_err().to_string();
+        assert!(e.contains("does not fit this model"), "{e}");
+    }
+
+    #[test]
+    fn unfinished_write_leaves_the_old_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        let p = plan(8, Base::Dgl, false);
+        let a = arena(&p, 1);
+        save(d.path(), &p, &a, &mut meta(1)).unwrap();
+        let b = arena(&p, 2);
+        let staged = stage(d.path(), &p, &b, &mut meta(2)).unwrap();
+        // "Crash" before the renames: the old checkpoint is what loads.
+        let l = load(d.path()).unwrap();
+        assert_eq!(l.meta.epoch, 1);
+        let mut c = vec![0.0; p.arena_len()];
+        l.restore(&p, &mut c, true).unwrap();
+        assert_eq!(&c[..p.params], &a[..p.params]);
+        staged.commit().unwrap();
+        assert_eq!(load(d.path()).unwrap().meta.epoch, 2);
+        // Tensors replaced but the JSON not: detected.
+        let stale = std::fs::read(d.path().join(META_FILE)).unwrap();
+        save(d.path(), &p, &a, &mut meta(3)).unwrap();
+        std::fs::write(d.path().join(META_FILE), stale).unwrap();
+        let e = load(d.path()).unwrap_err().to_string();
+        assert!(e.contains("corrupt or was interrupted"), "{e}");
+        // Garbage JSON and a missing folder.
+        std::fs::write(d.path().join(META_FILE), b"{").unwrap();
+        assert!(load(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("not a valid hpff checkpoint"));
+        let e = load(&d.path().join("nope")).unwrap_err().to_string();
+        assert!(e.contains("no checkpoint there"), "{e}");
+    }
+}

@@ -1,0 +1,712 @@
+//! The training configuration: every hyper-parameter of a run, read from a TOML file
+//! and command-line flags (flags win), completed with defaults, and turned into the
+//! core's architecture, partition, method and schedule.
+//!
+//! Defaults are the reference's (Zeudfish/HPFF `train.py`) where it has one, except
+//! that a run with no flags at all is a quick demonstration: InfoPro + HPFF, K = 4, on
+//! Fashion-MNIST for one epoch at batch 128, lr 0.1. In detail:
+//!
+//! | field | default |
+//! |---|---|
+//! | dataset | `fashion-mnist` |
+//! | arch | `resnet32` |
+//! | method / hpff | `infopro` with HPFF when `method` is not given; a named method trains plainly unless `hpff = true` |
+//! | k | 4 (ignored by `e2e`); `splits` replaces it |
+//! | patches | 2 with HPFF, else 1 |
+//! | aux_classifier | `0c1f` for greedy, else `2c2f` |
+//! | local_loss, aux_widen, feature_dim | `ce`, 1, 128 |
+//! | lambda1, lambda2, wx, wy | [5, 0], [0.5, 0], 0.001, 0.999 |
+//! | epochs | 1 on Fashion-MNIST, else 400 |
+//! | batch_size, lr | CIFAR-10/100 and SVHN 1024 and 0.8; STL-10, Fashion-MNIST and folders 128 and 0.1 |
+//! | momentum, weight_decay, nesterov | 0.9, 1e-4, true |
+//! | schedule | `cosine`; `warmup_epochs` = min(10, epochs / 10) (the reference's 10 from 100 epochs up, none for short runs) |
+//! | milestones, gamma | [80, 120], 0.1 (step schedule) |
+//! | seed, threads, device | 0, 0 (all cores), `cpu` |
+//! | augment | the dataset's reference augmentation (`--no-augment` turns it off) |
+//! | eval_every | 1 |
+//! | out | `runs/<dataset>-<method>[-hpff]` |
+
+use std::path::{Path, PathBuf};
+
+use hpff_core::arch::Arch;
+use hpff_core::method::{AuxHead, Base, Levels, LocalLoss, Method};
+use hpff_core::optim::{LrSchedule, Sgd};
+use hpff_core::partition::{Partition, TableKind};
+use hpff_core::plan::Plan;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DatasetKind, Normalize};
+use crate::error::{Error, Result};
+
+/// A dataset name on the command line and in config files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetName {
+    FashionMnist,
+    Cifar10,
+    Cifar100,
+    Svhn,
+    Stl10,
+    Folder,
+}
+
+impl DatasetName {
+    pub fn kind(self) -> DatasetKind {
+        match self {
+            DatasetName::FashionMnist => DatasetKind::FashionMnist,
+            DatasetName::Cifar10 => DatasetKind::Cifar10,
+            DatasetName::Cifar100 => DatasetKind::Cifar100,
+            DatasetName::Svhn => DatasetKind::Svhn,
+            DatasetName::Stl10 => DatasetKind::Stl10,
+            DatasetName::Folder => DatasetKind::Folder,
+        }
+    }
+
+    /// (channels, image side, classes) of the dataset's images after its default
+    /// augmentation (`None` for image folders, whose shape comes from the files).
+    pub fn nominal_shape(self) -> Option<Shape> {
+        let s = |c, image, classes| Some(Shape { c, image, classes });
+        match self {
+            DatasetName::FashionMnist => s(1, 28, 10),
+            DatasetName::Cifar10 | DatasetName::Svhn => s(3, 32, 10),
+            DatasetName::Cifar100 => s(3, 32, 100),
+            DatasetName::Stl10 => s(3, 96, 10),
+            DatasetName::Folder => None,
+        }
+    }
+}
+
+/// The local-learning method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum MethodName {
+    E2e,
+    Greedy,
+    Dgl,
+    Infopro,
+}
+
+impl MethodName {
+    pub fn base(self) -> Base {
+        match self {
+            MethodName::E2e => Base::E2e,
+            MethodName::Greedy => Base::Greedy,
+            MethodName::Dgl => Base::Dgl,
+            MethodName::Infopro => Base::InfoPro,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            MethodName::E2e => "e2e",
+            MethodName::Greedy => "greedy",
+            MethodName::Dgl => "dgl",
+            MethodName::Infopro => "infopro",
+        }
+    }
+}
+
+/// HiLo's levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LevelsName {
+    Both,
+    Independent,
+    Cascade,
+}
+
+/// The auxiliary classifiers' loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LocalLossName {
+    Ce,
+    Contrast,
+}
+
+/// The learning-rate schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleName {
+    Cosine,
+    Step,
+    Constant,
+}
+
+/// Where to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceName {
+    Cpu,
+    Cuda,
+}
+
+/// Input shape of a network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    pub c: usize,
+    pub image: usize,
+    pub classes: usize,
+}
+
+/// Every field of a run; `None` means "not given here". A config file, the command
+/// line and a checkpoint each give one of these; [`Config::merge`] layers them and
+/// [`Config::complete`] fills the rest with defaults. The completed config is what is
+/// printed, saved as `config.toml` and recorded in checkpoints.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<MethodName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hpff: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balanced_memory: Option<bool>,
+    /// Split points `"stage,block;stage,block"` (replaces `k`); empty = use `k`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub splits: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patches: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub levels: Option<LevelsName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aux_classifier: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_loss: Option<LocalLossName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aux_widen: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature_dim: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda1: Option<[f32; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda2: Option<[f32; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wx: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wy: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nesterov: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup_epochs: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub milestones: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gamma: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out: Option<PathBuf>,
+    /// Images carved from the training split for validation (0 = none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_split: Option<usize>,
+    /// Use only the first N training images (0 = all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_train: Option<usize>,
+    /// Use only the first N test (or validation) images (0 = all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_test: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub augment: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<u32>,
+}
+
+impl Config {
+    /// Reads a TOML config file.
+    pub fn from_toml_file(path: &Path) -> Result<Config> {
+        let s = std::fs::read_to_string(path)
+            .map_err(|e| crate::error::io_err(path, "read the config file", e))?;
+        Config::from_toml(&s).map_err(|e| e.context(path.display()))
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(s: &str) -> Result<Config> {
+        toml::from_str(s).map_err(|e| Error::msg(format!("bad config: {}", e.message())))
+    }
+
+    /// TOML text of this config.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// `self` with every field that `over` gives replaced by `over`'s value.
+    pub fn merge(&self, over: &Config) -> Config {
+        let mut a = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => unreachable!("a Config serializes to an object"),
+        };
+        if let Ok(serde_json::Value::Object(b)) = serde_json::to_value(over) {
+            a.extend(b);
+        }
+        serde_json::from_value(serde_json::Value::Object(a))
+            .expect("merging two valid configs gives a valid config")
+    }
+
+    /// Every field filled: the given values, else the defaults (see the module docs).
+    pub fn complete(&self) -> Config {
+        let dataset = self.dataset.unwrap_or(DatasetName::FashionMnist);
+        let method = self.method.unwrap_or(MethodName::Infopro);
+        let hpff = self.hpff.unwrap_or(self.method.is_none());
+        let reference_sized = matches!(
+            dataset,
+            DatasetName::Cifar10 | DatasetName::Cifar100 | DatasetName::Svhn
+        );
+        let epochs = self.epochs.unwrap_or(if dataset == DatasetName::FashionMnist {
+            1
+        } else {
+            400
+        });
+        let out = self.out.clone().unwrap_or_else(|| {
+            let h = if hpff { "-hpff" } else { "" };
+            PathBuf::from(format!(
+                "runs/{}-{}{h}",
+                dataset.kind().name(),
+                method.name()
+            ))
+        });
+        Config {
+            dataset: Some(dataset),
+            data_dir: self.data_dir.clone(),
+            arch: Some(self.arch.clone().unwrap_or_else(|| "resnet32".into())),
+            method: Some(method),
+            hpff: Some(hpff),
+            k: Some(self.k.unwrap_or(4)),
+            balanced_memory: Some(self.balanced_memory.unwrap_or(false)),
+            splits: Some(self.splits.clone().unwrap_or_default()),
+            patches: Some(self.patches.unwrap_or(if hpff { 2 } else { 1 })),
+            levels: Some(self.levels.unwrap_or(LevelsName::Both)),
+            aux_classifier: Some(self.aux_classifier.clone().unwrap_or_else(|| {
+                if method == MethodName::Greedy {
+                    "0c1f".into()
+                } else {
+                    "2c2f".into()
+                }
+            })),
+            local_loss: Some(self.local_loss.unwrap_or(LocalLossName::Ce)),
+            aux_widen: Some(self.aux_widen.unwrap_or(1)),
+            feature_dim: Some(self.feature_dim.unwrap_or(128)),
+            lambda1: Some(self.lambda1.unwrap_or([5.0, 0.0])),
+            lambda2: Some(self.lambda2.unwrap_or([0.5, 0.0])),
+            wx: Some(self.wx.unwrap_or(0.001)),
+            wy: Some(self.wy.unwrap_or(0.999)),
+            epochs: Some(epochs),
+            batch_size: Some(
+                self.batch_size
+                    .unwrap_or(if reference_sized { 1024 } else { 128 }),
+            ),
+            lr: Some(self.lr.unwrap_or(if reference_sized { 0.8 } else { 0.1 })),
+            momentum: Some(self.momentum.unwrap_or(0.9)),
+            weight_decay: Some(self.weight_decay.unwrap_or(1e-4)),
+            nesterov: Some(self.nesterov.unwrap_or(true)),
+            schedule: Some(self.schedule.unwrap_or(ScheduleName::Cosine)),
+            warmup_epochs: Some(self.warmup_epochs.unwrap_or((epochs / 10).min(10))),
+            milestones: Some(self.milestones.clone().unwrap_or_else(|| vec![80, 120])),
+            gamma: Some(self.gamma.unwrap_or(0.1)),
+            seed: Some(self.seed.unwrap_or(0)),
+            threads: Some(self.threads.unwrap_or(0)),
+            device: Some(self.device.unwrap_or(DeviceName::Cpu)),
+            out: Some(out),
+            val_split: Some(self.val_split.unwrap_or(0)),
+            limit_train: Some(self.limit_train.unwrap_or(0)),
+            limit_test: Some(self.limit_test.unwrap_or(0)),
+            augment: Some(self.augment.unwrap_or(true)),
+            eval_every: Some(self.eval_every.unwrap_or(1)),
+        }
+    }
+
+    /// Checks a completed config and builds the typed [`Setup`] for input `shape`.
+    pub fn setup(&self, shape: Shape) -> Result<Setup> {
+        let c = self.complete();
+        let g = Get(&c);
+        let depth = parse_arch(&g.s(&c.arch))?;
+        let arch = Arch::resnet(depth, shape.c, shape.image, shape.classes)?;
+        let method_name = g.v(c.method);
+        let base = method_name.base();
+        let hpff = g.v(c.hpff);
+        let splits = g.s(&c.splits);
+        let part = if !splits.trim().is_empty() {
+            Partition::from_splits(&arch, parse_splits(&splits)?)?
+        } else {
+            let table = if g.v(c.balanced_memory) {
+                if g.v(c.dataset) == DatasetName::Stl10 {
+                    TableKind::BalancedStl10
+                } else {
+                    TableKind::BalancedCifar10
+                }
+            } else {
+                TableKind::Reference
+            };
+            let k = if base == Base::E2e { 1 } else { g.v(c.k) };
+            Partition::for_k(&arch, k, table)?
+        };
+        let mut method = Method::reference(base, hpff);
+        method.levels = match g.v(c.levels) {
+            LevelsName::Both => Levels::Both,
+            LevelsName::Independent => Levels::Independent,
+            LevelsName::Cascade => Levels::Cascade,
+        };
+        method.patches = g.v(c.patches);
+        method.head = AuxHead::parse(&g.s(&c.aux_classifier))?;
+        method.local_loss = match g.v(c.local_loss) {
+            LocalLossName::Ce => LocalLoss::CrossEntropy,
+            LocalLossName::Contrast => LocalLoss::Contrast,
+        };
+        method.widen = g.v(c.aux_widen);
+        method.feature_dim = g.v(c.feature_dim);
+        method.lambda1 = g.v(c.lambda1);
+        method.lambda2 = g.v(c.lambda2);
+        method.wx = g.v(c.wx);
+        method.wy = g.v(c.wy);
+        let epochs = g.v(c.epochs);
+        if epochs == 0 {
+            return Err(Error::msg("--epochs must be at least 1"));
+        }
+        let lr = g.v(c.lr);
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::msg(format!("--lr must be a positive number, not {lr}")));
+        }
+        let schedule = match g.v(c.schedule) {
+            ScheduleName::Cosine => LrSchedule::Cosine {
+                base_lr: lr,
+                epochs,
+                warmup_epochs: g.v(c.warmup_epochs),
+                warmup_floor: LrSchedule::REFERENCE_WARMUP_FLOOR,
+            },
+            ScheduleName::Step => {
+                let ms = g.v(c.milestones.clone());
+                if ms.len() > 4 {
+                    return Err(Error::msg("--milestones takes at most 4 epochs"));
+                }
+                let mut milestones = [0u32; 4];
+                milestones[..ms.len()].copy_from_slice(&ms);
+                LrSchedule::Step {
+                    base_lr: lr,
+                    milestones,
+                    n_milestones: ms.len(),
+                    gamma: g.v(c.gamma),
+                }
+            }
+            ScheduleName::Constant => LrSchedule::Constant { lr },
+        };
+        let sgd = Sgd {
+            momentum: g.v(c.momentum),
+            weight_decay: g.v(c.weight_decay),
+            nesterov: g.v(c.nesterov),
+        };
+        if g.v(c.eval_every) == 0 {
+            return Err(Error::msg("--eval-every must be at least 1"));
+        }
+        let batch = g.v(c.batch_size);
+        let dataset = g.v(c.dataset);
+        let normalize = dataset.kind().default_normalize();
+        let (mean, std) = plan_normalization(&normalize, shape.c);
+        let setup = Setup {
+            dataset,
+            arch,
+            part,
+            method,
+            schedule,
+            sgd,
+            batch,
+            mean,
+            std,
+            normalize,
+            config: c,
+        };
+        setup.plan(batch)?; // reject impossible configs before anything runs
+        Ok(setup)
+    }
+}
+
+struct Get<'a>(&'a Config);
+impl Get<'_> {
+    fn v<T>(&self, x: Option<T>) -> T {
+        x.expect("a completed config has every field")
+    }
+    fn s(&self, x: &Option<String>) -> String {
+        let _ = self.0;
+        x.clone().expect("a completed config has every field")
+    }
+}
+
+/// `"resnet32"` (or `"32"`) → 32.
+pub fn parse_arch(s: &str) -> Result<usize> {
+    let t = s.trim().to_ascii_lowercase();
+    let digits = t
+        .strip_prefix("resnet")
+        .unwrap_or(&t)
+        .trim_start_matches(['-', '_']);
+    digits.parse::<usize>().map_err(|_| {
+        Error::msg(format!(
+            "unknown architecture {s:?}: use resnetN with N = 6m+2 (resnet8, resnet20, resnet32, resnet56, resnet110) or resnet164"
+        ))
+    })
+}
+
+/// `"1,4;2,4"` → [(1,4), (2,4)].
+pub fn parse_splits(s: &str) -> Result<Vec<(usize, usize)>> {
+    s.split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let bad = || {
+                Error::msg(format!(
+                    "bad split point {p:?} in --splits {s:?}: write stage,block pairs separated by ';', e.g. \"1,4;2,4\""
+                ))
+            };
+            let (a, b) = p.split_once(',').ok_or_else(bad)?;
+            Ok((
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            ))
+        })
+        .collect()
+}
+
+/// `"5,0"` → [5.0, 0.0] (for `--lambda1`, `--lambda2`).
+pub fn parse_pair(s: &str) -> std::result::Result<[f32; 2], String> {
+    let v: Vec<&str> = s.split(',').map(str::trim).collect();
+    let num = |t: &str| {
+        t.parse::<f32>()
+            .map_err(|_| format!("{t:?} is not a number"))
+    };
+    match v[..] {
+        [a] => {
+            let a = num(a)?;
+            Ok([a, a])
+        }
+        [a, b] => Ok([num(a)?, num(b)?]),
+        _ => Err("expected FIRST,LAST (two numbers)".into()),
+    }
+}
+
+/// `"80,120"` → [80, 120].
+pub fn parse_list(s: &str) -> std::result::Result<Vec<u32>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>()
+                .map_err(|_| format!("{t:?} is not an epoch number"))
+        })
+        .collect()
+}
+
+fn plan_normalization(n: &Normalize, c: usize) -> ([f32; 4], [f32; 4]) {
+    let pick = |v: &[f32], i: usize| if v.len() == 1 { v[0] } else { v[i] };
+    let (mut m, mut s) = ([0.0; 4], [1.0; 4]);
+    for i in 0..c.min(4) {
+        if n.mean.len() == 1 || i < n.mean.len() {
+            m[i] = pick(&n.mean, i);
+        }
+        if n.std.len() == 1 || i < n.std.len() {
+            s[i] = pick(&n.std, i);
+        }
+    }
+    (m, s)
+}
+
+/// A checked configuration, typed for the core.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    pub dataset: DatasetName,
+    pub arch: Arch,
+    pub part: Partition,
+    pub method: Method,
+    pub schedule: LrSchedule,
+    pub sgd: Sgd,
+    pub batch: usize,
+    pub mean: [f32; 4],
+    pub std: [f32; 4],
+    pub normalize: Normalize,
+    /// The completed config it came from.
+    pub config: Config,
+}
+
+impl Setup {
+    /// The plan at batch size `batch` (parameter offsets do not depend on it).
+    pub fn plan(&self, batch: usize) -> Result<Plan> {
+        Ok(Plan::new(
+            self.arch,
+            self.part.clone(),
+            self.method,
+            batch,
+            self.mean,
+            self.std,
+        )?)
+    }
+
+    /// One line describing the effective learning-rate schedule.
+    pub fn schedule_line(&self) -> String {
+        match self.schedule {
+            LrSchedule::Cosine {
+                base_lr,
+                epochs,
+                warmup_epochs,
+                warmup_floor,
+            } => {
+                if warmup_epochs == 0 {
+                    format!("cosine from lr {base_lr} over {epochs} epochs, no warm-up")
+                } else {
+                    format!(
+                        "cosine from lr {base_lr} over {epochs} epochs, linear warm-up from {warmup_floor} over {warmup_epochs} epochs"
+                    )
+                }
+            }
+            LrSchedule::Step {
+                base_lr,
+                milestones,
+                n_milestones,
+                gamma,
+            } => format!(
+                "step: lr {base_lr}, ×{gamma} at epochs {:?}",
+                &milestones[..n_milestones]
+            ),
+            LrSchedule::Constant { lr } => format!("constant lr {lr}"),
+        }
+    }
+
+    /// A short description of the method ("infopro+hpff K=4 (4 modules)").
+    pub fn method_line(&self) -> String {
+        let c = &self.config;
+        let name = c.method.map_or("?", MethodName::name);
+        let h = if c.hpff == Some(true) { "+hpff" } else { "" };
+        format!(
+            "{name}{h}, K = {} ({} modules), patches {}, aux {}",
+            self.part.k_label,
+            self.part.modules(),
+            self.method.patches,
+            self.method.head
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_quick_demo_and_the_reference() {
+        let c = Config::default().complete();
+        assert_eq!(c.dataset, Some(DatasetName::FashionMnist));
+        assert_eq!(c.method, Some(MethodName::Infopro));
+        assert_eq!(c.hpff, Some(true));
+        assert_eq!((c.epochs, c.batch_size, c.lr), (Some(1), Some(128), Some(0.1)));
+        assert_eq!(c.warmup_epochs, Some(0));
+        assert_eq!(c.patches, Some(2));
+        let r = Config {
+            dataset: Some(DatasetName::Cifar10),
+            method: Some(MethodName::Dgl),
+            ..Config::default()
+        }
+        .complete();
+        assert_eq!((r.epochs, r.batch_size, r.lr), (Some(400), Some(1024), Some(0.8)));
+        assert_eq!((r.hpff, r.patches, r.warmup_epochs), (Some(false), Some(1), Some(10)));
+        let g = Config {
+            method: Some(MethodName::Greedy),
+            ..Config::default()
+        }
+        .complete();
+        assert_eq!(g.aux_classifier.as_deref(), Some("0c1f"));
+    }
+
+    #[test]
+    fn merge_lets_the_later_layer_win_and_keeps_the_rest() {
+        let file = Config::from_toml(
+            "dataset = \"cifar10\"\nepochs = 7\nlambda1 = [4.0, 1.0]\nmilestones = [1, 2]\n",
+        )
+        .unwrap();
+        let cli = Config {
+            epochs: Some(3),
+            lr: Some(0.05),
+            ..Config::default()
+        };
+        let m = file.merge(&cli);
+        assert_eq!(m.dataset, Some(DatasetName::Cifar10));
+        assert_eq!(m.epochs, Some(3));
+        assert_eq!(m.lr, Some(0.05));
+        assert_eq!(m.lambda1, Some([4.0, 1.0]));
+        assert_eq!(m.milestones, Some(vec![1, 2]));
+        assert_eq!(m.batch_size, None);
+        // A completed config round-trips through TOML.
+        let full = m.complete();
+        assert_eq!(Config::from_toml(&full.to_toml()).unwrap(), full);
+        // Unknown keys and bad values are one-line errors.
+        let e = Config::from_toml("epoch = 3").unwrap_err().to_string();
+        assert!(e.contains("unknown field `epoch`"), "{e}");
+        assert!(!e.contains('\n'));
+        assert!(Config::from_toml("method = \"sgd\"").is_err());
+    }
+
+    #[test]
+    fn setup_builds_and_rejects() {
+        let fm = DatasetName::FashionMnist.nominal_shape().unwrap();
+        let s = Config::default().setup(fm).unwrap();
+        assert_eq!((s.part.modules(), s.arch.in_channels, s.arch.image), (4, 1, 28));
+        assert_eq!(s.mean[0], 0.2860);
+        let bad = |c: Config| c.setup(fm).unwrap_err().to_string();
+        let e = bad(Config {
+            k: Some(99),
+            ..Config::default()
+        });
+        assert!(e.contains("more than the 15 blocks"), "{e}");
+        let e = bad(Config {
+            arch: Some("vgg".into()),
+            ..Config::default()
+        });
+        assert!(e.contains("unknown architecture"), "{e}");
+        let e = Config {
+            patches: Some(4),
+            arch: Some("resnet8".into()),
+            k: Some(3),
+            ..Config::default()
+        }
+        .setup(Shape {
+            c: 1,
+            image: 6,
+            classes: 10,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("patch grid"), "{e}");
+        let e = bad(Config {
+            method: Some(MethodName::E2e),
+            hpff: Some(true),
+            ..Config::default()
+        });
+        assert!(e.contains("--hpff needs a local method"), "{e}");
+        let s = Config {
+            splits: Some("1,4;2,4".into()),
+            ..Config::default()
+        }
+        .setup(fm)
+        .unwrap();
+        assert_eq!(s.part.modules(), 3);
+        assert!(parse_splits("1;2").is_err());
+        assert_eq!(parse_pair("5,0").unwrap(), [5.0, 0.0]);
+        assert_eq!(parse_list("80, 120").unwrap(), vec![80, 120]);
+    }
+}

@@ -1,0 +1,245 @@
+//! Per-epoch metrics, the `metrics.jsonl` file, loss bookkeeping, FLOP counts of a
+//! plan and the process's measured peak memory.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use hpff_core::plan::{LossKind, Op, Plan, LOSS_KINDS};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_err, Result};
+
+/// Accuracy and mean cross-entropy of the network's classifier on a split.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    /// Fraction correct, 0..=1.
+    pub accuracy: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Images evaluated.
+    pub images: usize,
+}
+
+/// One epoch of training, one line of `metrics.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch.
+    pub epoch: u32,
+    pub lr: f32,
+    /// Mean over the epoch's images of the network's final cross-entropy (E2E and the
+    /// last module's `ce`; HPFF's last module's cascade path `last_y`).
+    pub train_loss: f64,
+    /// Mean of every recorded loss, by [`LossKind::name`], one entry per module
+    /// (`null` where a module has no loss of that kind).
+    pub losses: BTreeMap<String, Vec<Option<f64>>>,
+    /// `"test"` or `"val"` when this epoch was evaluated.
+    pub eval_split: Option<String>,
+    pub eval_accuracy: Option<f64>,
+    pub eval_loss: Option<f64>,
+    pub train_images: usize,
+    pub steps: usize,
+    /// Training images per second over the epoch (data loading included).
+    pub images_per_s: f64,
+    /// Seconds this epoch took (training and evaluation).
+    pub epoch_s: f64,
+    /// Seconds since the run (or its first part, across resumes) started.
+    pub elapsed_s: f64,
+}
+
+/// The loss slots a plan's training step writes.
+pub fn used_slots(plan: &Plan) -> Vec<usize> {
+    let mut used = vec![false; plan.loss_slots()];
+    plan.train_step(|op| match *op {
+        Op::CrossEntropy { slot, .. } | Op::Bce { slot, .. } | Op::SupCon { slot, .. } => {
+            if let Some(u) = used.get_mut(slot) {
+                *u = true;
+            }
+        }
+        _ => {}
+    });
+    (0..used.len()).filter(|&s| used[s]).collect()
+}
+
+/// The slot reported as "the" training loss: the last module's `ce`, else its
+/// cascade-path `last_y`, else `last_x`.
+pub fn final_slot(plan: &Plan, used: &[usize]) -> Option<usize> {
+    let last = plan.modules() - 1;
+    [LossKind::Ce, LossKind::LastY, LossKind::LastX]
+        .into_iter()
+        .map(|k| k.slot(last))
+        .find(|s| used.contains(s))
+}
+
+/// Running sums of the loss slots over an epoch, weighted by batch size.
+#[derive(Clone, Debug)]
+pub struct LossMeter {
+    used: Vec<usize>,
+    final_slot: Option<usize>,
+    sums: Vec<f64>,
+    images: usize,
+    modules: usize,
+}
+
+impl LossMeter {
+    pub fn new(plan: &Plan) -> LossMeter {
+        let used = used_slots(plan);
+        LossMeter {
+            final_slot: final_slot(plan, &used),
+            used,
+            sums: vec![0.0; plan.loss_slots()],
+            images: 0,
+            modules: plan.modules(),
+        }
+    }
+
+    /// Adds one step's losses (each a mean over its `n` images).
+    pub fn add(&mut self, losses: &[f32], n: usize) {
+        for &s in &self.used {
+            self.sums[s] += losses[s] as f64 * n as f64;
+        }
+        self.images += n;
+    }
+
+    pub fn images(&self) -> usize {
+        self.images
+    }
+
+    /// Running mean of the final loss.
+    pub fn final_mean(&self) -> f64 {
+        match self.final_slot {
+            Some(s) if self.images > 0 => self.sums[s] / self.images as f64,
+            _ => f64::NAN,
+        }
+    }
+
+    /// Means of every used slot by kind name and module.
+    pub fn by_kind(&self) -> BTreeMap<String, Vec<Option<f64>>> {
+        let mut m = BTreeMap::new();
+        for k in LossKind::ALL {
+            let v: Vec<Option<f64>> = (0..self.modules)
+                .map(|j| {
+                    let s = k.slot(j);
+                    self.used
+                        .contains(&s)
+                        .then(|| self.sums[s] / self.images.max(1) as f64)
+                })
+                .collect();
+            if v.iter().any(Option::is_some) {
+                m.insert(k.name().to_string(), v);
+            }
+        }
+        debug_assert!(self.sums.len() == self.modules * LOSS_KINDS);
+        m
+    }
+}
+
+/// Writes all records, one JSON object a line, replacing `path`.
+pub fn write_jsonl(path: &Path, records: &[EpochMetrics]) -> Result<()> {
+    let mut s = Vec::new();
+    for r in records {
+        serde_json::to_writer(&mut s, r).expect("metrics serialize");
+        s.push(b'\n');
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, "create", e))?;
+    f.write_all(&s).map_err(|e| io_err(&tmp, "write", e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, "replace", e))
+}
+
+/// The process's peak resident set size in bytes (`VmHWM`), where the OS tells it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// `12.34 MiB` or `n/a`.
+pub fn fmt_mib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(
+        || "n/a".to_string(),
+        |b| format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0)),
+    )
+}
+
+/// FLOPs of one training step and of one eval pass of `plan` (2 per multiply-add;
+/// convolutions and linear layers only; a conv backward counts its weight gradient and,
+/// when it has one, its input gradient, each as much as the forward).
+pub fn plan_flops(plan: &Plan) -> (u64, u64) {
+    fn count(op: &Op) -> u64 {
+        match *op {
+            Op::Conv { s, x, .. } => (s.flops() * (x.len / s.in_len().max(1))) as u64,
+            Op::ConvBackward { s, x, dx, .. } => {
+                let f = (s.flops() * (x.len / s.in_len().max(1))) as u64;
+                f * if dx.is_some() { 2 } else { 1 }
+            }
+            Op::Linear { s, x, .. } => (2 * s.in_f * s.out_f * (x.len / s.in_f.max(1))) as u64,
+            Op::LinearBackward { s, x, dx, .. } => {
+                let f = (2 * s.in_f * s.out_f * (x.len / s.in_f.max(1))) as u64;
+                f * if dx.is_some() { 2 } else { 1 }
+            }
+            _ => 0,
+        }
+    }
+    let (mut t, mut e) = (0u64, 0u64);
+    plan.train_step(|op| t += count(op));
+    plan.eval_step(|op| e += count(op));
+    (t, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hpff_core::arch::Arch;
+    use hpff_core::method::{Base, Method};
+    use hpff_core::partition::{Partition, TableKind};
+
+    fn plan(base: Base, hpff: bool) -> Plan {
+        let a = Arch::resnet(8, 1, 8, 10).unwrap();
+        let p = Partition::for_k(&a, 3, TableKind::Reference).unwrap();
+        Plan::new(a, p, Method::reference(base, hpff), 4, [0.0; 4], [1.0; 4]).unwrap()
+    }
+
+    #[test]
+    fn slots_and_meter() {
+        let p = plan(Base::E2e, false);
+        assert_eq!(used_slots(&p), vec![LossKind::Ce.slot(0)]);
+        let h = plan(Base::InfoPro, true);
+        let used = used_slots(&h);
+        assert_eq!(final_slot(&h, &used), Some(LossKind::LastY.slot(2)));
+        let mut m = LossMeter::new(&h);
+        let mut l = vec![0.0; h.loss_slots()];
+        for &s in &used {
+            l[s] = 2.0;
+        }
+        m.add(&l, 3);
+        for &s in &used {
+            l[s] = 1.0;
+        }
+        m.add(&l, 1);
+        assert_eq!(m.final_mean(), 1.75);
+        let k = m.by_kind();
+        assert_eq!(k["last_y"], vec![None, None, Some(1.75)]);
+        assert!(k.contains_key("cascade_decoder"));
+        assert!(!k.contains_key("ce"));
+        let (t, e) = plan_flops(&p);
+        assert!(t > 2 * e && e > 0, "{t} {e}");
+    }
+
+    #[test]
+    fn rss_and_formatting() {
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_bytes().unwrap() > 0);
+        }
+        assert_eq!(fmt_mib(None), "n/a");
+        assert_eq!(fmt_mib(Some(3 * 1024 * 1024 / 2)), "1.50 MiB");
+    }
+}
