@@ -68,13 +68,20 @@ pub fn init_params(plan: &Plan, arena: &mut [f32], rng: &mut Rng) {
     arena[m..m + plan.params].fill(0.0);
 }
 
-fn check(plan: &Plan, arena: &[f32], x: &[f32], labels: &[u32]) -> Result<(), ExecError> {
+/// Checks an eval pass's inputs against the plan.
+pub fn check_eval(plan: &Plan, arena: &[f32], x: &[f32]) -> Result<(), ExecError> {
     if arena.len() < plan.arena_len() {
         return Err(ExecError::ArenaSize { need: plan.arena_len(), have: arena.len() });
     }
     if x.len() != plan.input().len {
         return Err(ExecError::InputSize { need: plan.input().len, have: x.len() });
     }
+    Ok(())
+}
+
+/// Checks a training step's inputs against the plan (every executor calls this first).
+pub fn check_step(plan: &Plan, arena: &[f32], x: &[f32], labels: &[u32]) -> Result<(), ExecError> {
+    check_eval(plan, arena, x)?;
     if labels.len() != plan.batch {
         return Err(ExecError::InputSize { need: plan.batch, have: labels.len() });
     }
@@ -87,7 +94,7 @@ fn check(plan: &Plan, arena: &[f32], x: &[f32], labels: &[u32]) -> Result<(), Ex
 /// Runs one training step (forward, local losses, backward, SGD). `losses` receives each
 /// loss slot's unweighted value (see [`crate::plan::LossKind`]).
 pub fn train_step(plan: &Plan, arena: &mut [f32], input: &StepInput, losses: &mut [f32]) -> Result<(), ExecError> {
-    check(plan, arena, input.x, input.labels)?;
+    check_step(plan, arena, input.x, input.labels)?;
     if losses.len() < plan.loss_slots() {
         return Err(ExecError::LossSlots { need: plan.loss_slots(), have: losses.len() });
     }
@@ -101,12 +108,7 @@ pub fn train_step(plan: &Plan, arena: &mut [f32], input: &StepInput, losses: &mu
 /// Runs an eval pass; returns the logits (batch × classes), a slice of the arena.
 pub fn eval_step<'a>(plan: &Plan, arena: &'a mut [f32], x: &[f32]) -> Result<&'a [f32], ExecError> {
     let labels = [0u32; 0];
-    if arena.len() < plan.arena_len() {
-        return Err(ExecError::ArenaSize { need: plan.arena_len(), have: arena.len() });
-    }
-    if x.len() != plan.input().len {
-        return Err(ExecError::InputSize { need: plan.input().len, have: x.len() });
-    }
+    check_eval(plan, arena, x)?;
     let inp = plan.input();
     arena[inp.off..inp.end()].copy_from_slice(x);
     let input = StepInput { x, labels: &labels, lr: 0.0, sgd: Sgd::default() };

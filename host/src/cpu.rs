@@ -1,35 +1,96 @@
-//! The CPU executor: runs a plan's ops on several threads.
+//! The CPU executor: runs a plan's ops on several threads over fixed-size batch chunks.
 //!
-//! (First version: delegates to the core's single-threaded reference executor; the
-//! multi-threaded chunked executor replaces the body without changing this API.)
+//! Every op of the schedule is cut into chunks of [`CHUNK`] images. Per-image work
+//! (convolutions, BN normalisation, activations, resizes, input gradients) runs on the
+//! chunks in parallel; reductions over the batch (weight gradients, BN statistics, loss
+//! values) are computed per chunk into private partial buffers and then added up in
+//! chunk order. The chunking does not depend on the thread count, so the result is
+//! bit-identical whatever `--threads` is. (It differs in the last bits from the core's
+//! single-threaded reference executor, which reduces over the whole batch at once.)
 
-use hpff_core::exec::{self, ExecError, StepInput};
-use hpff_core::plan::Plan;
+use hpff_core::exec::{check_eval, check_step, ExecError, StepInput};
+use hpff_core::loss;
+use hpff_core::ops::{self, BatchNorm2d, BN_MOMENTUM};
+use hpff_core::optim::sgd_step;
+use hpff_core::plan::{Buf, Op, Plan};
+use rayon::prelude::*;
+
+/// Images per chunk: the unit of parallel work and of the fixed reduction order.
+pub const CHUNK: usize = 8;
+/// Parameters per parallel piece of the SGD update.
+const SGD_PIECE: usize = 1 << 14;
 
 /// Runs plans on the host's CPUs.
 #[derive(Debug)]
 pub struct CpuExecutor {
+    pool: rayon::ThreadPool,
     threads: usize,
+    /// Per-thread conv scratch, then per-chunk partial sums.
+    scratch: Vec<f32>,
+    partials: Vec<f32>,
+}
+
+/// Sizes of the executor's own buffers for one plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Extra {
+    scratch_per_thread: usize,
+    partial_per_chunk: usize,
+    chunks: usize,
+}
+
+fn extra(plan: &Plan) -> Extra {
+    let mut partial = 0;
+    let mut scan = |op: &Op| {
+        let need = match *op {
+            Op::ConvBackward { s, .. } => s.weight_len() + s.c_out,
+            Op::LinearBackward { s, .. } => s.weight_len() + s.out_f,
+            Op::BnTrain { s, .. } | Op::BnBackward { s, .. } => 2 * s.c,
+            _ => 0,
+        };
+        partial = partial.max(need);
+    };
+    plan.train_step(&mut scan);
+    plan.eval_step(&mut scan);
+    Extra { scratch_per_thread: plan.scratch().len, partial_per_chunk: partial, chunks: plan.batch.div_ceil(CHUNK) }
 }
 
 impl CpuExecutor {
     /// An executor using `threads` worker threads (0 = all cores).
     pub fn new(threads: usize) -> CpuExecutor {
         let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
-        CpuExecutor { threads }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("hpff-cpu-{i}"))
+            .build()
+            .unwrap_or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("one thread"));
+        let threads = pool.current_num_threads();
+        CpuExecutor { pool, threads, scratch: Vec::new(), partials: Vec::new() }
     }
 
     pub fn threads(&self) -> usize {
         self.threads
     }
 
-    /// Bytes this executor needs beyond the plan's arena (per-thread scratch, partial sums).
+    /// Bytes this executor needs beyond the plan's arena (per-thread conv scratch, per-chunk partial sums).
     pub fn extra_bytes(&self, plan: &Plan) -> usize {
-        let _ = plan;
-        0
+        let e = extra(plan);
+        4 * (e.scratch_per_thread * self.threads + e.partial_per_chunk * e.chunks)
     }
 
-    /// One training step; see [`hpff_core::exec::train_step`].
+    fn prepare(&mut self, plan: &Plan) -> Extra {
+        let e = extra(plan);
+        let s = e.scratch_per_thread * self.threads;
+        if self.scratch.len() < s {
+            self.scratch.resize(s, 0.0);
+        }
+        let p = e.partial_per_chunk * e.chunks;
+        if self.partials.len() < p {
+            self.partials.resize(p, 0.0);
+        }
+        e
+    }
+
+    /// One training step; the same contract as [`hpff_core::exec::train_step`].
     pub fn train_step(
         &mut self,
         plan: &Plan,
@@ -37,11 +98,375 @@ impl CpuExecutor {
         input: &StepInput,
         losses: &mut [f32],
     ) -> Result<(), ExecError> {
-        exec::train_step(plan, arena, input, losses)
+        check_step(plan, arena, input.x, input.labels)?;
+        if losses.len() < plan.loss_slots() {
+            return Err(ExecError::LossSlots { need: plan.loss_slots(), have: losses.len() });
+        }
+        let inp = plan.input();
+        arena[inp.off..inp.end()].copy_from_slice(input.x);
+        let e = self.prepare(plan);
+        let ctx = Ctx::new(plan, arena, &mut self.scratch, &mut self.partials, e, input);
+        self.pool.install(|| plan.train_step(|op| ctx.run(op, losses)));
+        Ok(())
     }
 
-    /// One eval pass; returns the logits (batch × classes).
+    /// One eval pass; returns the logits (batch × classes), a slice of the arena.
     pub fn eval_step<'a>(&mut self, plan: &Plan, arena: &'a mut [f32], x: &[f32]) -> Result<&'a [f32], ExecError> {
-        exec::eval_step(plan, arena, x)
+        check_eval(plan, arena, x)?;
+        let inp = plan.input();
+        arena[inp.off..inp.end()].copy_from_slice(x);
+        let e = self.prepare(plan);
+        let input = StepInput { x, labels: &[], lr: 0.0, sgd: Default::default() };
+        let ctx = Ctx::new(plan, arena, &mut self.scratch, &mut self.partials, e, &input);
+        self.pool.install(|| plan.eval_step(|op| ctx.run(op, &mut [])));
+        let l = plan.logits();
+        Ok(&arena[l.off..l.end()])
+    }
+}
+
+/// A raw region that threads slice disjointly.
+#[derive(Clone, Copy)]
+struct Region {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: the executor hands each thread (or chunk) disjoint parts of a region, and ops never
+// write a buffer another op reads at the same time (the plan's invariant).
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+impl Region {
+    fn of(v: &mut [f32]) -> Region {
+        Region { ptr: v.as_mut_ptr(), len: v.len() }
+    }
+
+    fn r(&self, off: usize, len: usize) -> &[f32] {
+        assert!(off + len <= self.len, "slice outside its region");
+        // SAFETY: in bounds; no concurrent writer of these elements (see the Send impl).
+        unsafe { std::slice::from_raw_parts(self.ptr.add(off), len) }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn w(&self, off: usize, len: usize) -> &mut [f32] {
+        assert!(off + len <= self.len, "slice outside its region");
+        // SAFETY: in bounds; the caller owns these elements exclusively for the op's duration.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), len) }
+    }
+}
+
+struct Ctx<'a> {
+    plan: &'a Plan,
+    arena: Region,
+    scratch: Region,
+    partials: Region,
+    e: Extra,
+    input: &'a StepInput<'a>,
+    n: usize,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(
+        plan: &'a Plan,
+        arena: &mut [f32],
+        scratch: &mut [f32],
+        partials: &mut [f32],
+        e: Extra,
+        input: &'a StepInput<'a>,
+    ) -> Self {
+        Ctx {
+            plan,
+            arena: Region::of(arena),
+            scratch: Region::of(scratch),
+            partials: Region::of(partials),
+            e,
+            input,
+            n: plan.batch,
+        }
+    }
+
+    /// The whole of `b`.
+    fn r(&self, b: Buf) -> &[f32] {
+        self.arena.r(b.off, b.len)
+    }
+    #[allow(clippy::mut_from_ref)]
+    fn w(&self, b: Buf) -> &mut [f32] {
+        self.arena.w(b.off, b.len)
+    }
+    /// Images `[i0, i0 + cnt)` of a per-image buffer `b`.
+    fn rows(&self, b: Buf, i0: usize, cnt: usize) -> &[f32] {
+        let per = b.len / self.n;
+        self.arena.r(b.off + i0 * per, cnt * per)
+    }
+    #[allow(clippy::mut_from_ref)]
+    fn rows_mut(&self, b: Buf, i0: usize, cnt: usize) -> &mut [f32] {
+        let per = b.len / self.n;
+        self.arena.w(b.off + i0 * per, cnt * per)
+    }
+    #[allow(clippy::mut_from_ref)]
+    fn thread_scratch(&self) -> &mut [f32] {
+        let t = rayon::current_thread_index().unwrap_or(0);
+        let len = self.e.scratch_per_thread;
+        self.scratch.w(t * len, len)
+    }
+    #[allow(clippy::mut_from_ref)]
+    fn partial(&self, chunk: usize, len: usize) -> &mut [f32] {
+        self.partials.w(chunk * self.e.partial_per_chunk, len)
+    }
+
+    /// Runs `f(chunk, first image, count)` over all chunks in parallel.
+    fn each_chunk(&self, f: impl Fn(usize, usize, usize) + Sync) {
+        (0..self.e.chunks).into_par_iter().for_each(|c| {
+            let i0 = c * CHUNK;
+            f(c, i0, CHUNK.min(self.n - i0));
+        });
+    }
+
+    /// Per-chunk partial sums of `len` floats computed by `f`, added to `out` in chunk order.
+    fn reduce(&self, len: usize, out: &mut [f32], f: impl Fn(usize, usize, &mut [f32]) + Sync) {
+        self.each_chunk(|c, i0, cnt| {
+            let p = self.partial(c, len);
+            p.fill(0.0);
+            f(i0, cnt, p);
+        });
+        for c in 0..self.e.chunks {
+            ops::add_assign(out, self.partials.r(c * self.e.partial_per_chunk, len));
+        }
+    }
+
+    /// Per-chunk values of `f`, summed in chunk order.
+    fn sum_values(&self, f: impl Fn(usize, usize) -> f32 + Sync) -> f32 {
+        let v: Vec<f32> = (0..self.e.chunks)
+            .into_par_iter()
+            .map(|c| {
+                let i0 = c * CHUNK;
+                f(i0, CHUNK.min(self.n - i0))
+            })
+            .collect();
+        v.iter().sum()
+    }
+
+    fn bn_stats(&self, s: BatchNorm2d, x: Buf, stats: Buf, state: usize) {
+        let c = s.c;
+        let st = self.w(stats);
+        let (mean, rest) = st.split_at_mut(c);
+        let (invstd, sum) = rest.split_at_mut(c);
+        sum.fill(0.0);
+        self.reduce(c, sum, |i0, cnt, p| ops::batchnorm_accumulate_sum(&s, cnt, self.rows(x, i0, cnt), p));
+        let count = self.n * s.hw;
+        ops::batchnorm_mean_from_sum(sum, count, mean);
+        invstd.fill(0.0);
+        let mean: &[f32] = mean;
+        self.reduce(c, invstd, |i0, cnt, p| ops::batchnorm_accumulate_sq_dev(&s, cnt, self.rows(x, i0, cnt), mean, p));
+        let rs = self.arena.w(state, 2 * c);
+        let (rm, rv) = rs.split_at_mut(c);
+        ops::batchnorm_finalize(&s, count, sum, invstd, rm, rv, BN_MOMENTUM);
+    }
+
+    fn run(&self, op: &Op, losses: &mut [f32]) {
+        let p = self.plan.params;
+        let n = self.n;
+        let labels = self.input.labels;
+        match *op {
+            Op::BeginStep => {
+                self.arena.w(p, p).par_chunks_mut(SGD_PIECE).for_each(|g| g.fill(0.0));
+                losses.iter_mut().for_each(|l| *l = 0.0);
+            }
+            Op::Zero { buf } => self.w(buf).fill(0.0),
+            Op::Restore { x, y, c, hw, mean, std } => self.each_chunk(|_, i0, cnt| {
+                let (xs, ys) = (self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt));
+                for (i, (xp, yp)) in xs.chunks_exact(hw).zip(ys.chunks_exact_mut(hw)).enumerate() {
+                    let ch = i % c;
+                    for (a, b) in xp.iter().zip(yp) {
+                        *b = a * std[ch] + mean[ch];
+                    }
+                }
+            }),
+            Op::Conv { s, w, b, x, y } => {
+                let wt = self.arena.r(w, s.weight_len());
+                let bias = b.map(|b| self.arena.r(b, s.c_out));
+                self.each_chunk(|_, i0, cnt| {
+                    let (xs, ys) = (self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt));
+                    ops::conv2d_forward(&s, cnt, xs, wt, bias, ys, self.thread_scratch());
+                });
+            }
+            Op::BnTrain { s, p: gp, state, x, y, stats } => {
+                self.bn_stats(s, x, stats, state);
+                self.bn_apply(s, gp, x, y, stats);
+            }
+            Op::BnEval { s, p: gp, state, x, y, stats } => {
+                let c = s.c;
+                let st = self.w(stats);
+                let (mean, invstd) = st[..2 * c].split_at_mut(c);
+                let rs = self.arena.r(state, 2 * c);
+                ops::batchnorm_eval_stats(&rs[..c], &rs[c..], mean, invstd);
+                self.bn_apply(s, gp, x, y, stats);
+            }
+            Op::Relu { x } => self.each_chunk(|_, i0, cnt| ops::relu_inplace(self.rows_mut(x, i0, cnt))),
+            Op::AddRelu { y, x } => self.each_chunk(|_, i0, cnt| {
+                let ys = self.rows_mut(y, i0, cnt);
+                ops::add_assign(ys, self.rows(x, i0, cnt));
+                ops::relu_inplace(ys);
+            }),
+            Op::Sigmoid { x, y } => {
+                self.each_chunk(|_, i0, cnt| ops::sigmoid_forward(self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt)))
+            }
+            Op::Pool { c, hw, x, y } => self.each_chunk(|_, i0, cnt| {
+                ops::global_avg_pool_forward(c, hw, cnt, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
+            }),
+            Op::Linear { s, w, b, x, y } => {
+                let (wt, bias) = (self.arena.r(w, s.weight_len()), self.arena.r(b, s.out_f));
+                self.each_chunk(|_, i0, cnt| {
+                    ops::linear_forward(&s, cnt, self.rows(x, i0, cnt), wt, bias, self.rows_mut(y, i0, cnt))
+                });
+            }
+            Op::Resize { win, x, y } => self.each_chunk(|_, i0, cnt| {
+                ops::bilinear_forward(&win, cnt, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
+            }),
+            Op::Crop { win, x, y } => self.each_chunk(|_, i0, cnt| {
+                ops::crop_forward(&win, cnt, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
+            }),
+            Op::L2Normalize { d, x, y } => self.each_chunk(|_, i0, cnt| {
+                loss::l2_normalize_forward(cnt, d, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
+            }),
+            Op::CrossEntropy { classes, logits, dlogits, scale, slot } => {
+                losses[slot] += self.sum_values(|i0, cnt| {
+                    let (l, dl) = (self.rows(logits, i0, cnt), self.rows_mut(dlogits, i0, cnt));
+                    loss::cross_entropy(cnt, classes, l, &labels[i0..i0 + cnt], n, scale, dl)
+                });
+            }
+            Op::Bce { p: pr, t, dp, scale, slot } => {
+                losses[slot] += self.sum_values(|i0, cnt| {
+                    let (a, b, d) = (self.rows(pr, i0, cnt), self.rows(t, i0, cnt), self.rows_mut(dp, i0, cnt));
+                    loss::bce(a, b, pr.len, scale, d)
+                });
+            }
+            Op::SupCon { d, f, df, scale, slot, scratch } => {
+                let t = loss::SUPCON_TEMPERATURE;
+                losses[slot] += loss::supcon(n, d, self.r(f), labels, t, t, scale, self.w(df), self.w(scratch));
+            }
+            Op::ConvBackward { s, w, b, x, dy, dx } => {
+                let (wl, cb) = (s.weight_len(), if b.is_some() { s.c_out } else { 0 });
+                let wt = self.arena.r(w, wl);
+                let grad = self.arena.w(p + w, wl);
+                let mut gb = [0f32; 0];
+                let gbias = match b {
+                    Some(b) => self.arena.w(p + b, s.c_out),
+                    None => &mut gb[..],
+                };
+                self.each_chunk(|c, i0, cnt| {
+                    let part = self.partial(c, wl + cb);
+                    part.fill(0.0);
+                    let (pw, pb) = part.split_at_mut(wl);
+                    let (xs, dys) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt));
+                    let scratch = self.thread_scratch();
+                    ops::conv2d_accumulate_weight_grad(&s, cnt, xs, dys, pw, b.map(|_| pb), scratch);
+                    if let Some(dx) = dx {
+                        ops::conv2d_backward_input(&s, cnt, dys, wt, self.rows_mut(dx, i0, cnt), scratch);
+                    }
+                });
+                self.gather(wl, cb, grad, gbias);
+            }
+            Op::BnBackward { s, p: gp, x, dy, dx, stats, sums } => {
+                let c = s.c;
+                let st = self.r(stats);
+                let (mean, invstd) = (&st[..c], &st[c..2 * c]);
+                let sm = self.w(sums);
+                sm.fill(0.0);
+                self.reduce(2 * c, sm, |i0, cnt, part| {
+                    let (pd, px) = part.split_at_mut(c);
+                    let (xs, dys) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt));
+                    ops::batchnorm_accumulate_backward_sums(&s, cnt, xs, dys, mean, invstd, pd, px);
+                });
+                let (sum_dy, sum_dy_xhat) = sm.split_at(c);
+                let gamma = self.arena.r(gp, c);
+                self.each_chunk(|_, i0, cnt| {
+                    let (xs, dys, dxs) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt));
+                    ops::batchnorm_backward_input(
+                        &s,
+                        cnt,
+                        xs,
+                        dys,
+                        mean,
+                        invstd,
+                        gamma,
+                        sum_dy,
+                        sum_dy_xhat,
+                        n * s.hw,
+                        dxs,
+                    );
+                });
+                let g = self.arena.w(p + gp, 2 * c);
+                ops::add_assign(&mut g[..c], sum_dy_xhat);
+                ops::add_assign(&mut g[c..], sum_dy);
+            }
+            Op::ReluBackward { y, dy } => self
+                .each_chunk(|_, i0, cnt| ops::relu_backward_inplace(self.rows(y, i0, cnt), self.rows_mut(dy, i0, cnt))),
+            Op::SigmoidBackward { y, dy, dx } => self.each_chunk(|_, i0, cnt| {
+                ops::sigmoid_backward(self.rows(y, i0, cnt), self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt))
+            }),
+            Op::PoolBackward { c, hw, dy, dx } => self.each_chunk(|_, i0, cnt| {
+                ops::global_avg_pool_backward(c, hw, cnt, self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt))
+            }),
+            Op::LinearBackward { s, w, b, x, dy, dx } => {
+                let wl = s.weight_len();
+                let wt = self.arena.r(w, wl);
+                let (grad, gbias) = (self.arena.w(p + w, wl), self.arena.w(p + b, s.out_f));
+                self.each_chunk(|c, i0, cnt| {
+                    let part = self.partial(c, wl + s.out_f);
+                    part.fill(0.0);
+                    let (pw, pb) = part.split_at_mut(wl);
+                    let (xs, dys) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt));
+                    ops::linear_accumulate_weight_grad(&s, cnt, xs, dys, pw, pb);
+                    if let Some(dx) = dx {
+                        ops::linear_backward_input(&s, cnt, dys, wt, self.rows_mut(dx, i0, cnt));
+                    }
+                });
+                self.gather(wl, s.out_f, grad, gbias);
+            }
+            Op::ResizeBackward { win, dy, dx } => self.each_chunk(|_, i0, cnt| {
+                ops::bilinear_accumulate_backward(&win, cnt, self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt))
+            }),
+            Op::L2NormalizeBackward { d, x, dy, dx } => self.each_chunk(|_, i0, cnt| {
+                let (xs, dys, dxs) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt));
+                loss::l2_normalize_backward(cnt, d, xs, dys, dxs)
+            }),
+            Op::Add { y, x } => {
+                self.each_chunk(|_, i0, cnt| ops::add_assign(self.rows_mut(y, i0, cnt), self.rows(x, i0, cnt)))
+            }
+            Op::Sgd => {
+                let (params, grads, mom) = (self.arena.w(0, p), self.arena.r(p, p), self.arena.w(2 * p, p));
+                let sgd = self.input.sgd;
+                let lr = self.input.lr;
+                params
+                    .par_chunks_mut(SGD_PIECE)
+                    .zip(grads.par_chunks(SGD_PIECE))
+                    .zip(mom.par_chunks_mut(SGD_PIECE))
+                    .for_each(|((pp, gg), mm)| sgd_step(&sgd, lr, pp, gg, mm));
+            }
+        }
+    }
+
+    fn bn_apply(&self, s: BatchNorm2d, gp: usize, x: Buf, y: Buf, stats: Buf) {
+        let c = s.c;
+        let st = self.r(stats);
+        let (mean, invstd) = (&st[..c], &st[c..2 * c]);
+        let gb = self.arena.r(gp, 2 * c);
+        self.each_chunk(|_, i0, cnt| {
+            let (xs, ys) = (self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt));
+            ops::batchnorm_forward(&s, cnt, xs, mean, invstd, &gb[..c], &gb[c..], ys);
+        });
+    }
+
+    /// Adds the per-chunk weight (and bias) partials into the gradients, in chunk order.
+    fn gather(&self, wl: usize, bl: usize, grad: &mut [f32], gbias: &mut [f32]) {
+        for c in 0..self.e.chunks {
+            let part = self.partials.r(c * self.e.partial_per_chunk, wl + bl);
+            ops::add_assign(grad, &part[..wl]);
+            if bl > 0 {
+                ops::add_assign(gbias, &part[wl..]);
+            }
+        }
     }
 }
