@@ -167,20 +167,25 @@ impl<'a> Arena<'a> {
                 let bias = b.map(|b| self.r(buf(b, s.c_out)));
                 ops::conv2d_forward(&s, n, self.r(x), self.r(buf(w, s.weight_len())), bias, self.w(y), scratch);
             }
-            Op::BnTrain { s, p: gp, state, x, y, stats } => {
+            Op::BnTrain { s, p: gp, state, x, y, stats, updates } => {
                 let c = s.c;
                 let st = self.w(stats);
-                let (mean, rest) = st.split_at_mut(c);
-                let (invstd, sum) = rest.split_at_mut(c);
+                let (mean_invstd, raw) = st.split_at_mut(2 * c);
+                let (sum, sq_dev) = raw.split_at_mut(c);
                 let x = self.r(x);
                 sum.fill(0.0);
                 ops::batchnorm_accumulate_sum(&s, n, x, sum);
+                let (mean, invstd) = mean_invstd.split_at_mut(c);
                 ops::batchnorm_mean_from_sum(sum, n * s.hw, mean);
-                invstd.fill(0.0);
-                ops::batchnorm_accumulate_sq_dev(&s, n, x, mean, invstd);
+                sq_dev.fill(0.0);
+                ops::batchnorm_accumulate_sq_dev(&s, n, x, mean, sq_dev);
                 let rs = self.w(buf(state, 2 * c));
                 let (rm, rv) = rs.split_at_mut(c);
-                ops::batchnorm_finalize(&s, n * s.hw, sum, invstd, rm, rv, BN_MOMENTUM);
+                for _ in 0..updates {
+                    mean.copy_from_slice(sum);
+                    invstd.copy_from_slice(sq_dev);
+                    ops::batchnorm_finalize(&s, n * s.hw, mean, invstd, rm, rv, BN_MOMENTUM);
+                }
                 let gb = self.r(buf(gp, 2 * c));
                 ops::batchnorm_forward(&s, n, x, mean, invstd, &gb[..c], &gb[c..], self.w(y));
             }
@@ -222,15 +227,17 @@ impl<'a> Arena<'a> {
                 let t = loss::SUPCON_TEMPERATURE;
                 losses[slot] += loss::supcon(n, d, self.r(f), inp.labels, t, t, scale, self.w(df), self.w(scratch));
             }
-            Op::ConvBackward { s, w, b, x, dy, dx } => {
-                let dw = self.w(buf(p + w, s.weight_len()));
-                let db = b.map(|b| self.w(buf(p + b, s.c_out)));
-                ops::conv2d_accumulate_weight_grad(&s, n, self.r(x), self.r(dy), dw, db, scratch);
+            Op::ConvBackward { s, w, b, x, dy, dx, weights } => {
+                if weights {
+                    let dw = self.w(buf(p + w, s.weight_len()));
+                    let db = b.map(|b| self.w(buf(p + b, s.c_out)));
+                    ops::conv2d_accumulate_weight_grad(&s, n, self.r(x), self.r(dy), dw, db, scratch);
+                }
                 if let Some(dx) = dx {
                     ops::conv2d_backward_input(&s, n, self.r(dy), self.r(buf(w, s.weight_len())), self.w(dx), scratch);
                 }
             }
-            Op::BnBackward { s, p: gp, x, dy, dx, stats, sums } => {
+            Op::BnBackward { s, p: gp, x, dy, dx, stats, sums, weights } => {
                 let c = s.c;
                 let st = self.r(stats);
                 let (mean, invstd) = (&st[..c], &st[c..2 * c]);
@@ -253,9 +260,11 @@ impl<'a> Arena<'a> {
                     n * s.hw,
                     self.w(dx),
                 );
-                let g = self.w(buf(p + gp, 2 * c));
-                ops::add_assign(&mut g[..c], sum_dy_xhat);
-                ops::add_assign(&mut g[c..], sum_dy);
+                if weights {
+                    let g = self.w(buf(p + gp, 2 * c));
+                    ops::add_assign(&mut g[..c], sum_dy_xhat);
+                    ops::add_assign(&mut g[c..], sum_dy);
+                }
             }
             Op::ReluBackward { y, dy } => ops::relu_backward_inplace(self.r(y), self.w(dy)),
             Op::SigmoidBackward { y, dy, dx } => ops::sigmoid_backward(self.r(y), self.r(dy), self.w(dx)),

@@ -247,21 +247,32 @@ impl<'a> Ctx<'a> {
         v.iter().sum()
     }
 
-    fn bn_stats(&self, s: BatchNorm2d, x: Buf, stats: Buf, state: usize) {
+    /// Batch statistics into `stats` (mean, invstd, sum, squared deviations) and `updates`
+    /// running-statistics updates.
+    fn bn_stats(&self, s: BatchNorm2d, x: Buf, stats: Buf, state: usize, updates: u8) {
         let c = s.c;
         let st = self.w(stats);
-        let (mean, rest) = st.split_at_mut(c);
-        let (invstd, sum) = rest.split_at_mut(c);
+        let (mean_invstd, raw) = st.split_at_mut(2 * c);
+        let (sum, sq_dev) = raw.split_at_mut(c);
+        let (mean, invstd) = mean_invstd.split_at_mut(c);
         sum.fill(0.0);
         self.reduce(c, sum, |i0, cnt, p| ops::batchnorm_accumulate_sum(&s, cnt, self.rows(x, i0, cnt), p));
         let count = self.n * s.hw;
         ops::batchnorm_mean_from_sum(sum, count, mean);
-        invstd.fill(0.0);
-        let mean: &[f32] = mean;
-        self.reduce(c, invstd, |i0, cnt, p| ops::batchnorm_accumulate_sq_dev(&s, cnt, self.rows(x, i0, cnt), mean, p));
+        sq_dev.fill(0.0);
+        {
+            let mean: &[f32] = mean;
+            self.reduce(c, sq_dev, |i0, cnt, p| {
+                ops::batchnorm_accumulate_sq_dev(&s, cnt, self.rows(x, i0, cnt), mean, p)
+            });
+        }
         let rs = self.arena.w(state, 2 * c);
         let (rm, rv) = rs.split_at_mut(c);
-        ops::batchnorm_finalize(&s, count, sum, invstd, rm, rv, BN_MOMENTUM);
+        for _ in 0..updates {
+            mean.copy_from_slice(sum);
+            invstd.copy_from_slice(sq_dev);
+            ops::batchnorm_finalize(&s, count, mean, invstd, rm, rv, BN_MOMENTUM);
+        }
     }
 
     fn run(&self, op: &Op, losses: &mut [f32]) {
@@ -291,8 +302,8 @@ impl<'a> Ctx<'a> {
                     ops::conv2d_forward(&s, cnt, xs, wt, bias, ys, self.thread_scratch());
                 });
             }
-            Op::BnTrain { s, p: gp, state, x, y, stats } => {
-                self.bn_stats(s, x, stats, state);
+            Op::BnTrain { s, p: gp, state, x, y, stats, updates } => {
+                self.bn_stats(s, x, stats, state, updates);
                 self.bn_apply(s, gp, x, y, stats);
             }
             Op::BnEval { s, p: gp, state, x, y, stats } => {
@@ -346,7 +357,7 @@ impl<'a> Ctx<'a> {
                 let t = loss::SUPCON_TEMPERATURE;
                 losses[slot] += loss::supcon(n, d, self.r(f), labels, t, t, scale, self.w(df), self.w(scratch));
             }
-            Op::ConvBackward { s, w, b, x, dy, dx } => {
+            Op::ConvBackward { s, w, b, x, dy, dx, weights } => {
                 let (wl, cb) = (s.weight_len(), if b.is_some() { s.c_out } else { 0 });
                 let wt = self.arena.r(w, wl);
                 let grad = self.arena.w(p + w, wl);
@@ -356,19 +367,23 @@ impl<'a> Ctx<'a> {
                     None => &mut gb[..],
                 };
                 self.each_chunk(|c, i0, cnt| {
-                    let part = self.partial(c, wl + cb);
-                    part.fill(0.0);
-                    let (pw, pb) = part.split_at_mut(wl);
                     let (xs, dys) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt));
                     let scratch = self.thread_scratch();
-                    ops::conv2d_accumulate_weight_grad(&s, cnt, xs, dys, pw, b.map(|_| pb), scratch);
+                    if weights {
+                        let part = self.partial(c, wl + cb);
+                        part.fill(0.0);
+                        let (pw, pb) = part.split_at_mut(wl);
+                        ops::conv2d_accumulate_weight_grad(&s, cnt, xs, dys, pw, b.map(|_| pb), scratch);
+                    }
                     if let Some(dx) = dx {
                         ops::conv2d_backward_input(&s, cnt, dys, wt, self.rows_mut(dx, i0, cnt), scratch);
                     }
                 });
-                self.gather(wl, cb, grad, gbias);
+                if weights {
+                    self.gather(wl, cb, grad, gbias);
+                }
             }
-            Op::BnBackward { s, p: gp, x, dy, dx, stats, sums } => {
+            Op::BnBackward { s, p: gp, x, dy, dx, stats, sums, weights } => {
                 let c = s.c;
                 let st = self.r(stats);
                 let (mean, invstd) = (&st[..c], &st[c..2 * c]);
@@ -397,9 +412,11 @@ impl<'a> Ctx<'a> {
                         dxs,
                     );
                 });
-                let g = self.arena.w(p + gp, 2 * c);
-                ops::add_assign(&mut g[..c], sum_dy_xhat);
-                ops::add_assign(&mut g[c..], sum_dy);
+                if weights {
+                    let g = self.arena.w(p + gp, 2 * c);
+                    ops::add_assign(&mut g[..c], sum_dy_xhat);
+                    ops::add_assign(&mut g[c..], sum_dy);
+                }
             }
             Op::ReluBackward { y, dy } => self
                 .each_chunk(|_, i0, cnt| ops::relu_backward_inplace(self.rows(y, i0, cnt), self.rows_mut(dy, i0, cnt))),

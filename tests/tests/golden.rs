@@ -47,7 +47,9 @@ fn run_case(case: &str) {
         match t {
             0 => {
                 check("grad", true, &mut worst[1]);
-                check("step1", false, &mut worst[2]);
+                if g.tensors.contains_key("step1.conv1.weight") {
+                    check("step1", false, &mut worst[2]);
+                }
             }
             2 => check("step3", false, &mut worst[3]),
             _ => {}
@@ -98,4 +100,8 @@ fn infopro_hilo_without_pff() {
 #[test]
 fn dgl_hpff() {
     run_case("dgl_hpff_n2_ce");
+}
+#[test]
+fn infopro_hpff_five_modules() {
+    run_case("infopro_hpff_k5_resnet14");
 }

@@ -407,6 +407,14 @@ CASES = {
     "infopro_hpff_n2_contrast": dict(method="infopro", hpff=True, patches=2, local_loss="contrast"),
     "infopro_hpff_n1_ce": dict(method="infopro", hpff=True, patches=1),
     "dgl_hpff_n2_ce": dict(method="dgl", hpff=True, patches=2),
+    # ResNet-14 cut into 5 modules (the first holds two blocks): every HPFF module role
+    # (first, middle, next-to-last, last) and a deeper cascade than K = 3 can show.
+    "infopro_hpff_k5_resnet14": dict(
+        method="infopro", hpff=True, patches=2, aux_head="0c2f", blocks=[2, 2, 2],
+        splits=[[1, 1], [2, 0], [2, 1], [3, 0], [3, 1]], k_label=5, feature_dim=16,
+        # Parameters after one step are left out to keep the file small; step 3 covers them.
+        store_step1=False,
+    ),
 }
 
 STEPS = 3
@@ -452,7 +460,7 @@ def state_tensors(net, prefix):
 def generate(name):
     cfg = case_config(name)
     torch.manual_seed(INIT_SEED)
-    net = LocalNet(cfg)
+    net = LocalNet(cfg, blocks=tuple(cfg.get("blocks", (1, 1, 1))))
     net.train()
     batches = make_batches(cfg)
     opt = torch.optim.SGD(net.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
@@ -472,7 +480,7 @@ def generate(name):
                 if p.grad is not None:
                     tensors[f"grad.{pname}"] = p.grad.detach().clone().contiguous()
         opt.step()
-        if t == 0:
+        if t == 0 and cfg.get("store_step1", True):
             tensors.update(state_tensors(net, "step1"))
     tensors.update(state_tensors(net, "step3"))
     return cfg, tensors

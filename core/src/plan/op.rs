@@ -53,8 +53,9 @@ pub enum Op {
         x: Buf,
         y: Buf,
     },
-    /// Training-mode BN: batch statistics into `stats` (mean, invstd, then c floats of scratch),
-    /// running statistics updated.
+    /// Training-mode BN: batch statistics into `stats` (4·c floats: mean, invstd, then the
+    /// raw sums), the running statistics updated `updates` times with them (once per pass the
+    /// reference would make through this layer on the same batch).
     BnTrain {
         s: BatchNorm2d,
         p: usize,
@@ -62,6 +63,7 @@ pub enum Op {
         x: Buf,
         y: Buf,
         stats: Buf,
+        updates: u8,
     },
     /// Eval-mode BN with the running statistics (`stats` is scratch for mean, invstd).
     BnEval {
@@ -137,7 +139,7 @@ pub enum Op {
         slot: LossSlot,
         scratch: Buf,
     },
-    /// Adds weight (and bias) gradients; writes dx when asked.
+    /// Adds weight (and bias) gradients when `weights`; writes dx when asked.
     ConvBackward {
         s: Conv2d,
         w: usize,
@@ -145,8 +147,9 @@ pub enum Op {
         x: Buf,
         dy: Buf,
         dx: Option<Buf>,
+        weights: bool,
     },
-    /// Training-mode BN backward; adds γ/β gradients; `sums` is 2·c scratch.
+    /// Training-mode BN backward; adds γ/β gradients when `weights`; `sums` is 2·c scratch.
     BnBackward {
         s: BatchNorm2d,
         p: usize,
@@ -155,6 +158,7 @@ pub enum Op {
         dx: Buf,
         stats: Buf,
         sums: Buf,
+        weights: bool,
     },
     /// dy ← dy·[y > 0] in place (y is the ReLU's output).
     ReluBackward {

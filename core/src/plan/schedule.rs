@@ -5,7 +5,7 @@
 use super::layout::{BlockP, DecoderP, HeadP};
 use super::op::{Buf, LossKind, LossSlot, Op};
 use super::{AuxNet, Plan};
-use crate::method::{Base, Levels};
+use crate::method::Levels;
 use crate::ops::Window;
 
 pub(crate) struct DryRun {
@@ -45,6 +45,15 @@ struct StemActs {
     a: Buf,
 }
 
+/// A module waiting for its parameter gradients in [`Gen::train_hpff`].
+struct Frame {
+    fwd: ModuleFwd,
+    out: Buf,
+    /// Gradient of the output from every loss that trains this module.
+    t: Buf,
+    stem: Option<StemActs>,
+}
+
 /// Where a module's forward left its values: enough to re-derive every block's layout.
 #[derive(Clone, Copy)]
 struct ModuleFwd {
@@ -55,6 +64,17 @@ struct ModuleFwd {
 }
 
 const NONE: Buf = Buf { off: 0, len: 0 };
+
+/// How a forward pass runs its BNs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fwd {
+    Eval,
+    /// Batch statistics, applying the running-statistics update this many times (one per
+    /// pass the reference makes through the module; see [`Gen::train_hpff`]).
+    Train(u8),
+}
+
+const TRAIN: Fwd = Fwd::Train(1);
 
 pub(crate) struct Gen<'a, F: FnMut(&Op)> {
     plan: &'a Plan,
@@ -103,14 +123,14 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
 
     // ---- backbone ------------------------------------------------------------------
 
-    fn stem_fwd(&mut self, img: Buf, train: bool) -> StemActs {
+    fn stem_fwd(&mut self, img: Buf, mode: Fwd) -> StemActs {
         let sp = self.plan.stem();
         let len = self.n * sp.bn.s.c * sp.bn.s.hw;
         let h = self.alloc(len);
-        let st = self.alloc(3 * sp.bn.s.c);
+        let st = self.alloc(4 * sp.bn.s.c);
         let a = self.alloc(len);
         self.op(Op::Conv { s: sp.conv.s, w: sp.conv.w, b: None, x: img, y: h });
-        self.bn_fwd(sp.bn, h, a, st, train);
+        self.bn_fwd(sp.bn, h, a, st, mode);
         self.op(Op::Relu { x: a });
         StemActs { h, st, a }
     }
@@ -121,14 +141,17 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         self.op(Op::ReluBackward { y: s.a, dy: dout });
         let dh = self.alloc(s.h.len);
         let sums = self.alloc(2 * sp.bn.s.c);
-        self.op(Op::BnBackward { s: sp.bn.s, p: sp.bn.p, x: s.h, dy: dout, dx: dh, stats: s.st, sums });
-        self.op(Op::ConvBackward { s: sp.conv.s, w: sp.conv.w, b: None, x: img, dy: dh, dx: None });
+        self.op(Op::BnBackward { s: sp.bn.s, p: sp.bn.p, x: s.h, dy: dout, dx: dh, stats: s.st, sums, weights: true });
+        self.op(Op::ConvBackward { s: sp.conv.s, w: sp.conv.w, b: None, x: img, dy: dh, dx: None, weights: true });
         self.top = mark;
     }
 
-    fn bn_fwd(&mut self, bn: super::BnP, x: Buf, y: Buf, stats: Buf, train: bool) {
+    fn bn_fwd(&mut self, bn: super::BnP, x: Buf, y: Buf, stats: Buf, mode: Fwd) {
         let (s, p, state) = (bn.s, bn.p, bn.state + self.plan.state_off());
-        self.op(if train { Op::BnTrain { s, p, state, x, y, stats } } else { Op::BnEval { s, p, state, x, y, stats } });
+        self.op(match mode {
+            Fwd::Train(updates) => Op::BnTrain { s, p, state, x, y, stats, updates },
+            Fwd::Eval => Op::BnEval { s, p, state, x, y, stats },
+        });
     }
 
     fn block_alloc(&mut self, bp: &BlockP, x: Buf, out: Option<Buf>) -> BlockActs {
@@ -137,37 +160,37 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         for l in 0..bp.layers {
             let bn = bp.bns[l].s;
             acts.h[l] = self.alloc(n * bn.c * bn.hw);
-            acts.st[l] = self.alloc(3 * bn.c);
+            acts.st[l] = self.alloc(4 * bn.c);
             if l + 1 < bp.layers {
                 acts.a[l] = self.alloc(n * bn.c * bn.hw);
             }
         }
         if let Some((_, bn)) = bp.downsample {
             let len = n * bn.s.c * bn.s.hw;
-            acts.ds = Some((self.alloc(len), self.alloc(3 * bn.s.c), self.alloc(len)));
+            acts.ds = Some((self.alloc(len), self.alloc(4 * bn.s.c), self.alloc(len)));
         }
         let sh = bp.shape;
         acts.out = out.unwrap_or_else(|| self.alloc(n * sh.c_out * sh.h_out * sh.w_out));
         acts
     }
 
-    fn block_fwd(&mut self, bp: &BlockP, a: &BlockActs, train: bool) {
+    fn block_fwd(&mut self, bp: &BlockP, a: &BlockActs, mode: Fwd) {
         let mut inp = a.x;
         for l in 0..bp.layers {
             let c = bp.convs[l];
             self.op(Op::Conv { s: c.s, w: c.w, b: None, x: inp, y: a.h[l] });
             if l + 1 < bp.layers {
-                self.bn_fwd(bp.bns[l], a.h[l], a.a[l], a.st[l], train);
+                self.bn_fwd(bp.bns[l], a.h[l], a.a[l], a.st[l], mode);
                 self.op(Op::Relu { x: a.a[l] });
                 inp = a.a[l];
             } else {
-                self.bn_fwd(bp.bns[l], a.h[l], a.out, a.st[l], train);
+                self.bn_fwd(bp.bns[l], a.h[l], a.out, a.st[l], mode);
             }
         }
         match (bp.downsample, a.ds) {
             (Some((c, bn)), Some((hd, sd, od))) => {
                 self.op(Op::Conv { s: c.s, w: c.w, b: None, x: a.x, y: hd });
-                self.bn_fwd(bn, hd, od, sd, train);
+                self.bn_fwd(bn, hd, od, sd, mode);
                 self.op(Op::AddRelu { y: a.out, x: od });
             }
             _ => self.op(Op::AddRelu { y: a.out, x: a.x }),
@@ -175,8 +198,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     }
 
     /// Backward of one block: `dout` (modified in place) is the gradient of its output;
-    /// adds weight gradients and writes `dx` when given.
-    fn block_bwd(&mut self, bp: &BlockP, a: &BlockActs, dout: Buf, dx: Option<Buf>) {
+    /// adds parameter gradients when `weights` and writes `dx` when given.
+    fn block_bwd(&mut self, bp: &BlockP, a: &BlockActs, dout: Buf, dx: Option<Buf>, weights: bool) {
         let mark = self.top;
         let n = self.n;
         self.op(Op::ReluBackward { y: a.out, dy: dout });
@@ -190,24 +213,33 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let bn = bp.bns[l];
             let dh = Buf { off: ta.off, len: a.h[l].len };
             let sums_l = Buf { off: sums.off, len: 2 * bn.s.c };
-            self.op(Op::BnBackward { s: bn.s, p: bn.p, x: a.h[l], dy: dcur, dx: dh, stats: a.st[l], sums: sums_l });
+            self.op(Op::BnBackward {
+                s: bn.s,
+                p: bn.p,
+                x: a.h[l],
+                dy: dcur,
+                dx: dh,
+                stats: a.st[l],
+                sums: sums_l,
+                weights,
+            });
             let c = bp.convs[l];
             if l > 0 {
                 let da = Buf { off: tb.off, len: a.a[l - 1].len };
-                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.a[l - 1], dy: dh, dx: Some(da) });
+                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.a[l - 1], dy: dh, dx: Some(da), weights });
                 self.op(Op::ReluBackward { y: a.a[l - 1], dy: da });
                 dcur = da;
             } else {
-                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.x, dy: dh, dx });
+                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.x, dy: dh, dx, weights });
             }
         }
         match (bp.downsample, a.ds) {
             (Some((c, bn)), Some((hd, sd, _))) => {
                 let dh = Buf { off: ta.off, len: hd.len };
                 let sums_d = Buf { off: sums.off, len: 2 * bn.s.c };
-                self.op(Op::BnBackward { s: bn.s, p: bn.p, x: hd, dy: dout, dx: dh, stats: sd, sums: sums_d });
+                self.op(Op::BnBackward { s: bn.s, p: bn.p, x: hd, dy: dout, dx: dh, stats: sd, sums: sums_d, weights });
                 let tmp = dx.map(|d| self.alloc(d.len));
-                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.x, dy: dh, dx: tmp });
+                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.x, dy: dh, dx: tmp, weights });
                 if let (Some(d), Some(t)) = (dx, tmp) {
                     self.op(Op::Add { y: d, x: t });
                 }
@@ -222,7 +254,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         self.top = mark;
     }
 
-    fn module_fwd(&mut self, j: usize, x: Buf, out: Buf, train: bool) -> ModuleFwd {
+    fn module_fwd(&mut self, j: usize, x: Buf, out: Buf, mode: Fwd) -> ModuleFwd {
         let start = self.top;
         let blocks = self.plan.part.blocks_of(j);
         let mut cur = x;
@@ -230,7 +262,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let bp = self.plan.block(g);
             let last = g + 1 == blocks.end;
             let acts = self.block_alloc(&bp, cur, last.then_some(out));
-            self.block_fwd(&bp, &acts, train);
+            self.block_fwd(&bp, &acts, mode);
             cur = acts.out;
         }
         ModuleFwd { j, start, x, out }
@@ -256,7 +288,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         found.expect("block belongs to the module")
     }
 
-    fn module_bwd(&mut self, m: &ModuleFwd, dout: Buf, dx: Option<Buf>) {
+    /// Backward of a module: parameter gradients when `weights`, input gradient into `dx` when given.
+    fn module_bwd(&mut self, m: &ModuleFwd, dout: Buf, dx: Option<Buf>, weights: bool) {
         let mark = self.top;
         let blocks = self.plan.part.blocks_of(m.j);
         let n = self.n;
@@ -275,26 +308,13 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let (bp, acts) = self.acts_of(m, g);
             let first = g == blocks.start;
             let dxb = if first { dx } else { Some(Buf { off: ping[k].off, len: acts.x.len }) };
-            self.block_bwd(&bp, &acts, dy, dxb);
+            self.block_bwd(&bp, &acts, dy, dxb, weights);
             if let (false, Some(d)) = (first, dxb) {
                 dy = d;
                 k ^= 1;
             }
         }
         self.top = mark;
-    }
-
-    /// Backward of a lower module on the cascade path, through the stem for module 0.
-    fn bwd_lower(&mut self, m: &ModuleFwd, dout: Buf, stem: &StemActs, img: Buf) {
-        if m.j == 0 {
-            let mark = self.top;
-            let ds = self.alloc(stem.a.len);
-            self.module_bwd(m, dout, Some(ds));
-            self.stem_bwd(stem, img, ds);
-            self.top = mark;
-        } else {
-            self.module_bwd(m, dout, None);
-        }
     }
 
     // ---- auxiliary nets and the classifier ----------------------------------------
@@ -309,10 +329,10 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let (c, bn) = hp.convs[i];
             let len = n * bn.s.c * bn.s.hw;
             let h = self.alloc(len);
-            let st = self.alloc(3 * bn.s.c);
+            let st = self.alloc(4 * bn.s.c);
             let a = self.alloc(len);
             self.op(Op::Conv { s: c.s, w: c.w, b: None, x: inp, y: h });
-            self.bn_fwd(bn, h, a, st, true);
+            self.bn_fwd(bn, h, a, st, TRAIN);
             self.op(Op::Relu { x: a });
             saved[i] = (h, st, a);
             inp = a;
@@ -363,10 +383,10 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             self.op(Op::ReluBackward { y: a, dy: dcur });
             let dh = self.alloc(h.len);
             let sums = self.alloc(2 * bn.s.c);
-            self.op(Op::BnBackward { s: bn.s, p: bn.p, x: h, dy: dcur, dx: dh, stats: st, sums });
+            self.op(Op::BnBackward { s: bn.s, p: bn.p, x: h, dy: dcur, dx: dh, stats: st, sums, weights: true });
             let xin = if i == 0 { x } else { saved[i - 1].2 };
             let dxi = self.alloc(xin.len);
-            self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: xin, dy: dh, dx: Some(dxi) });
+            self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: xin, dy: dh, dx: Some(dxi), weights: true });
             dcur = dxi;
         }
         self.op(Op::Add { y: dacc, x: dcur });
@@ -392,10 +412,10 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 self.op(Op::Resize { win, x, y: rs });
                 let mid = n * bn.s.c * po * po;
                 let h1 = self.alloc(mid);
-                let st = self.alloc(3 * bn.s.c);
+                let st = self.alloc(4 * bn.s.c);
                 let a1 = self.alloc(mid);
                 self.op(Op::Conv { s: ca.s, w: ca.w, b: ca.b, x: rs, y: h1 });
-                self.bn_fwd(bn, h1, a1, st, true);
+                self.bn_fwd(bn, h1, a1, st, TRAIN);
                 self.op(Op::Relu { x: a1 });
                 let olen = n * ci * po * po;
                 let h2 = self.alloc(olen);
@@ -410,13 +430,13 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let dh2 = self.alloc(olen);
                 self.op(Op::SigmoidBackward { y: o, dy: dout, dx: dh2 });
                 let da1 = self.alloc(mid);
-                self.op(Op::ConvBackward { s: cb.s, w: cb.w, b: cb.b, x: a1, dy: dh2, dx: Some(da1) });
+                self.op(Op::ConvBackward { s: cb.s, w: cb.w, b: cb.b, x: a1, dy: dh2, dx: Some(da1), weights: true });
                 self.op(Op::ReluBackward { y: a1, dy: da1 });
                 let dh1 = self.alloc(mid);
                 let sums = self.alloc(2 * bn.s.c);
-                self.op(Op::BnBackward { s: bn.s, p: bn.p, x: h1, dy: da1, dx: dh1, stats: st, sums });
+                self.op(Op::BnBackward { s: bn.s, p: bn.p, x: h1, dy: da1, dx: dh1, stats: st, sums, weights: true });
                 let drs = self.alloc(rs.len);
-                self.op(Op::ConvBackward { s: ca.s, w: ca.w, b: ca.b, x: rs, dy: dh1, dx: Some(drs) });
+                self.op(Op::ConvBackward { s: ca.s, w: ca.w, b: ca.b, x: rs, dy: dh1, dx: Some(drs), weights: true });
                 self.op(Op::ResizeBackward { win, dy: drs, dx: dacc });
                 self.decoder_peak = self.decoder_peak.max(self.top - entry);
                 self.top = mark;
@@ -478,7 +498,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let method = self.plan.method;
         for j in 0..m {
             let mark = self.top;
-            let stem = (j == 0).then(|| self.stem_fwd(img, true));
+            let stem = (j == 0).then(|| self.stem_fwd(img, TRAIN));
             let x = match stem {
                 Some(s) => s.a,
                 None => Buf { off: carry[(j - 1) % 2].off, len: self.out_len(j - 1) },
@@ -488,7 +508,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             } else {
                 Buf { off: carry[j % 2].off, len: self.out_len(j) }
             };
-            let fwd = self.module_fwd(j, x, out, true);
+            let fwd = self.module_fwd(j, x, out, TRAIN);
             let d = self.zeroed(out.len);
             if j + 1 < m {
                 let (l1, l2) = method.local_weights(&self.plan.part, j);
@@ -504,101 +524,151 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             match stem {
                 Some(s) => {
                     let ds = self.alloc(s.a.len);
-                    self.module_bwd(&fwd, d, Some(ds));
+                    self.module_bwd(&fwd, d, Some(ds), true);
                     self.stem_bwd(&s, img, ds);
                 }
-                None => self.module_bwd(&fwd, d, None),
+                None => self.module_bwd(&fwd, d, None, true),
             }
             self.top = mark;
         }
     }
 
-    /// HiLo: the independent (x) and cascade (y) paths of the reference forward.
+    /// HiLo, with each module's forward computed once.
+    ///
+    /// The reference runs module i up to three times per batch — on the independent path
+    /// (x), as the top of cascade i (z) and as the bottom of cascade i+1 (y) — but with the
+    /// same weights on the same batch those passes compute identical values. So each
+    /// module runs forward once; its BN running statistics get one update per reference
+    /// pass (same batch statistics, so the same bits), and the backward is split by where
+    /// the reference lets gradients flow:
+    /// - its own losses (independent head ·wx, cascade decoder and head ·wy·λ) and the
+    ///   gradient that cascade i+1 sends down into it all train its parameters (`t`);
+    /// - only the cascade part (`c`) continues into module i−1 (the x path and cascade
+    ///   i+1's bottom have detached inputs).
+    ///
+    /// Modules i−1 and i are live together, as in the reference's cascade; their frames
+    /// alternate between two regions so the older one can be dropped first.
     fn train_hpff(&mut self, img: Buf, restored: Buf) {
         let plan = self.plan;
         let method = plan.method;
-        let m = plan.modules();
-        let last = m - 1;
+        let last = plan.modules() - 1;
         let lv = method.levels;
         let (do_x, do_y) = (lv != Levels::Cascade, lv != Levels::Independent);
         let (wx, wy) = if lv == Levels::Both { (method.wx, method.wy) } else { (1.0, 1.0) };
+        let passes = |j: usize| Fwd::Train(u8::from(do_x) + u8::from(do_y && (1..last).contains(&j)) + u8::from(do_y));
+        // Outputs live longer than frames: module i's parameter gradients (taken one step
+        // later) still read its input, the output of module i−1.
         let maxo = self.max_out_len();
-        let xc = if do_x { [self.alloc(maxo), self.alloc(maxo)] } else { [NONE; 2] };
-        let yc = if do_y { [self.alloc(maxo), self.alloc(maxo)] } else { [NONE; 2] };
-        let slot_of = |c: &[Buf; 2], j: usize, g: &Self| Buf { off: c[j % 2].off, len: g.out_len(j) };
-        let stem = self.stem_fwd(img, true);
+        let outs = [self.alloc(maxo), self.alloc(maxo), self.alloc(maxo)];
+        let base = self.top;
+        let frame = |g: &mut Self, parity: usize| (0..=last).filter(|j| j % 2 == parity).map(|j| g.frame_len(j)).max();
+        let even = frame(self, 0).unwrap_or(0);
+        let odd = frame(self, 1).unwrap_or(0);
+        let regions = [base, base + even];
+        let transient = base + even + odd;
+        self.top = transient;
+        self.peak = self.peak.max(transient - plan.act_off());
 
-        if do_x {
-            let mark = self.top;
-            let out = slot_of(&xc, 0, self);
-            let fwd = self.module_fwd(0, stem.a, out, true);
-            if lv == Levels::Independent {
-                let d = self.zeroed(out.len);
-                let hp = plan.head(0, AuxNet::Independent);
-                self.head_loss(&hp, out, d, wx, LossKind::Independent.slot(0));
-                self.bwd_lower(&fwd, d, &stem, img);
-            }
-            self.top = mark;
-        }
-        for i in 1..last {
-            if do_x {
-                let mark = self.top;
-                let (xin, xo) = (slot_of(&xc, i - 1, self), slot_of(&xc, i, self));
-                let fwd = self.module_fwd(i, xin, xo, true);
-                let d = self.zeroed(xo.len);
-                let hp = plan.head(i, AuxNet::Independent);
-                self.head_loss(&hp, xo, d, wx, LossKind::Independent.slot(i));
-                self.module_bwd(&fwd, d, None);
-                self.top = mark;
-            }
-            if do_y {
-                let mark = self.top;
-                let yin = if i == 1 { stem.a } else { slot_of(&yc, i - 2, self) };
-                let ymid = slot_of(&yc, i - 1, self);
-                let lower = self.module_fwd(i - 1, yin, ymid, true);
-                let z = self.alloc(self.out_len(i));
-                let upper = self.module_fwd(i, ymid, z, true);
-                let dz = self.zeroed(z.len);
-                let (l1, l2) = method.local_weights(&plan.part, i);
-                if method.uses_decoder() {
-                    let dp = plan.decoder(i, AuxNet::Decoder);
-                    self.decoder_loss(&dp, z, dz, restored, wy * l1, LossKind::CascadeDecoder.slot(i));
+        let mut frames: [Option<Frame>; 2] = [None, None];
+        for j in 0..=last {
+            // Module j's frame: gradient accumulators, then its forward values.
+            self.top = regions[j % 2];
+            let len = self.out_len(j);
+            let out = Buf { off: outs[j % 3].off, len };
+            let t = self.alloc(len);
+            let c = self.alloc(len);
+            let (stem, fwd) = if j == 0 {
+                let s = self.stem_fwd(img, TRAIN);
+                (Some(s), self.module_fwd(0, s.a, out, passes(0)))
+            } else {
+                let below = frames[(j - 1) % 2].as_ref().expect("module below is live").out;
+                (None, self.module_fwd(j, below, out, passes(j)))
+            };
+            debug_assert!(self.top <= regions[j % 2] + self.frame_len(j));
+            self.top = transient;
+            self.op(Op::Zero { buf: t });
+            self.op(Op::Zero { buf: c });
+
+            // Its losses.
+            if j < last {
+                if do_x && (j > 0 || lv == Levels::Independent) {
+                    let hp = plan.head(j, AuxNet::Independent);
+                    self.head_loss(&hp, out, t, wx, LossKind::Independent.slot(j));
                 }
-                let hp = plan.head(i, AuxNet::Classifier);
-                self.head_loss(&hp, z, dz, wy * l2, LossKind::CascadeClassifier.slot(i));
-                let dmid = self.alloc(ymid.len);
-                self.module_bwd(&upper, dz, Some(dmid));
-                self.bwd_lower(&lower, dmid, &stem, img);
-                self.top = mark;
+                if do_y && j > 0 {
+                    let (l1, l2) = method.local_weights(&plan.part, j);
+                    if method.uses_decoder() {
+                        let dp = plan.decoder(j, AuxNet::Decoder);
+                        self.decoder_loss(&dp, out, c, restored, wy * l1, LossKind::CascadeDecoder.slot(j));
+                    }
+                    let hp = plan.head(j, AuxNet::Classifier);
+                    self.head_loss(&hp, out, c, wy * l2, LossKind::CascadeClassifier.slot(j));
+                }
+            } else {
+                if do_x {
+                    self.final_loss(out, t, wx, LossKind::LastX.slot(j));
+                }
+                if do_y {
+                    self.final_loss(out, c, wy, LossKind::LastY.slot(j));
+                }
             }
+            self.op(Op::Add { y: t, x: c });
+
+            // The cascade gradient continues one module down, then that module is done.
+            if j > 0 {
+                let below = frames[(j - 1) % 2].take().expect("module below is live");
+                if do_y {
+                    let h = self.alloc(below.out.len);
+                    self.module_bwd(&fwd, c, Some(h), false);
+                    self.op(Op::Add { y: below.t, x: h });
+                    self.top = transient;
+                }
+                self.frame_bwd(&below, img);
+            }
+            frames[j % 2] = Some(Frame { fwd, out, t, stem });
         }
-        if do_x {
-            let mark = self.top;
-            let xin = slot_of(&xc, last - 1, self);
-            let o = self.alloc(self.out_len(last));
-            let fwd = self.module_fwd(last, xin, o, true);
-            let d = self.zeroed(o.len);
-            self.final_loss(o, d, wx, LossKind::LastX.slot(last));
-            self.module_bwd(&fwd, d, None);
-            self.top = mark;
+        let top = frames[last % 2].take().expect("last module is live");
+        self.frame_bwd(&top, img);
+        self.top = base;
+    }
+
+    /// Parameter gradients of a module from its accumulated output gradient (through the stem for module 0).
+    fn frame_bwd(&mut self, f: &Frame, img: Buf) {
+        let mark = self.top;
+        match f.stem {
+            Some(s) => {
+                let ds = self.alloc(s.a.len);
+                self.module_bwd(&f.fwd, f.t, Some(ds), true);
+                self.stem_bwd(&s, img, ds);
+            }
+            None => self.module_bwd(&f.fwd, f.t, None, true),
         }
-        if do_y {
-            let mark = self.top;
-            let yin = if last == 1 { stem.a } else { slot_of(&yc, last - 2, self) };
-            let ymid = slot_of(&yc, last - 1, self);
-            let lower = self.module_fwd(last - 1, yin, ymid, true);
-            let o = self.alloc(self.out_len(last));
-            let upper = self.module_fwd(last, ymid, o, true);
-            let d = self.zeroed(o.len);
-            self.final_loss(o, d, wy, LossKind::LastY.slot(last));
-            let dmid = self.alloc(ymid.len);
-            self.module_bwd(&upper, d, Some(dmid));
-            self.bwd_lower(&lower, dmid, &stem, img);
-            self.top = mark;
+        self.top = mark;
+    }
+
+    /// Floats of module `j`'s frame in [`Gen::train_hpff`]: two gradients, forward values.
+    fn frame_len(&mut self, j: usize) -> usize {
+        let saved = (self.top, self.peak);
+        let start = self.top;
+        let len = self.out_len(j);
+        self.alloc(2 * len);
+        let mut x = NONE;
+        if j == 0 {
+            let sp = self.plan.stem();
+            let l = self.n * sp.bn.s.c * sp.bn.s.hw;
+            self.alloc(l);
+            self.alloc(4 * sp.bn.s.c);
+            x = self.alloc(l);
         }
-        if plan.method.base == Base::E2e {
-            unreachable!("validated: HPFF needs a local method");
+        let blocks = self.plan.part.blocks_of(j);
+        for g in blocks.clone() {
+            let bp = self.plan.block(g);
+            let acts = self.block_alloc(&bp, x, (g + 1 == blocks.end).then_some(NONE));
+            x = acts.out;
         }
+        let len = self.top - start;
+        (self.top, self.peak) = saved;
+        len
     }
 
     /// Inference with running BN statistics; logits land at [`Plan::logits`].
@@ -611,8 +681,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         for j in 0..self.plan.modules() {
             let mark = self.top;
             let out = Buf { off: carry[j % 2].off, len: self.out_len(j) };
-            let input = if j == 0 { self.stem_fwd(img, false).a } else { x };
-            self.module_fwd(j, input, out, false);
+            let input = if j == 0 { self.stem_fwd(img, Fwd::Eval).a } else { x };
+            self.module_fwd(j, input, out, Fwd::Eval);
             x = out;
             self.top = mark;
         }
