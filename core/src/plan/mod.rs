@@ -12,17 +12,21 @@
 //! generate the ops into a callback, identically every time. Executors run them; the
 //! planner's dry run measures the peak.
 //!
-//! ## HPFF schedule (the reference's forward, per batch)
-//! With modules M0..M(K−1) (the stem belongs to M0):
-//! 1. stem once; x path: M0 forward (no loss — a reference quirk; BN statistics still update).
-//! 2. for i = 1..K−2: x path: M_i on x, independent head, backward into M_i;
-//!    cascade: y_{i−1} = M_{i−1}(y_{i−2}), z = M_i(y_{i−1}), decoder (patch by patch) and
-//!    cascade head on z, backward through M_i and M_{i−1} (and the stem when i = 1).
-//! 3. last: x path CE·wx into M(K−1); y path M(K−2) then M(K−1), CE·wy, backward through both.
-//! 4. one SGD step.
+//! ## HPFF schedule
+//! The reference's forward (per batch, modules M0..M(K−1), the stem belonging to M0):
+//! stem once; M0 on the x path with no loss (a reference quirk); for i = 1..K−2 the x path
+//! M_i with its independent head (·wx), and the cascade y_{i−1} = M_{i−1}(y_{i−2}),
+//! z = M_i(y_{i−1}) with the decoder and cascade head (·wy·λ) backpropagating through both;
+//! last, CE·wx on the x path and CE·wy through M(K−2) and M(K−1) on the y path; one SGD step.
 //!
-//! Each pass through a module updates its BN running statistics, so on the cascade path a
-//! module's statistics are updated twice per batch (as `z` and again as `y`), as in the reference.
+//! With the same weights on the same batch, the x, y and z passes through a module compute
+//! identical values, so the generator runs each module forward once and reproduces the
+//! reference's gradients by routing: a module's parameters get its own losses plus what the
+//! next module's cascade sends down; only the cascade part travels on to the module below.
+//! Its BN running statistics are updated once per reference pass (twice for M0 and the last
+//! module, three times for the others), which gives the same bits since the batch statistics
+//! are the same. Modules i−1 and i are live together, as in the reference's cascade.
+//!
 //! With `levels = Independent` module 0 gets an independent loss too (otherwise nothing
 //! would train it) and the sole level has weight 1; likewise `Cascade` alone has weight 1.
 
