@@ -392,8 +392,15 @@ fn pack_a(p: &Problem<'_>, ic: usize, mc: usize, pc: usize, kc: usize, mr: usize
             for q in 0..kc {
                 let src = &p.a[(pc + q) * p.lda + i0..][..rows];
                 let d = &mut dst[q * mr..(q + 1) * mr];
-                d[..rows].copy_from_slice(src);
-                d[rows..].fill(0.0);
+                if rows == MAX_MR && mr == MAX_MR {
+                    // Fixed length: vector moves instead of a memmove call per row.
+                    let s6: &[f32; MAX_MR] = src.try_into().expect("rows == MAX_MR");
+                    let d6: &mut [f32; MAX_MR] = d.try_into().expect("mr == MAX_MR");
+                    *d6 = *s6;
+                } else {
+                    d[..rows].copy_from_slice(src);
+                    d[rows..].fill(0.0);
+                }
             }
         } else {
             // op(A)(i, q) = a[i*lda + q]: contiguous in q.
@@ -439,8 +446,15 @@ fn pack_b(p: &Problem<'_>, jc: usize, ncv: usize, pc: usize, kc: usize, nr: usiz
             let src = &p.b[(pc + q) * p.ldb + jc..][..ncv];
             for (r, chunk) in src.chunks(nr).enumerate() {
                 let d = &mut out[r * kc * nr + q * nr..][..nr];
-                d[..chunk.len()].copy_from_slice(chunk);
-                d[chunk.len()..].fill(0.0);
+                // A fixed-length copy compiles to a few vector moves; a runtime-length
+                // `copy_from_slice` would call memmove for every 64 bytes.
+                match (<&[f32; MAX_NR]>::try_from(chunk), <&mut [f32; MAX_NR]>::try_from(&mut *d)) {
+                    (Ok(src16), Ok(dst16)) => *dst16 = *src16,
+                    _ => {
+                        d[..chunk.len()].copy_from_slice(chunk);
+                        d[chunk.len()..].fill(0.0);
+                    }
+                }
             }
         }
     }
