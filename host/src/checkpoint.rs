@@ -100,34 +100,17 @@ pub fn tensors_bytes(plan: &Plan, arena: &[f32]) -> Result<Vec<u8>> {
             TensorKind::Param => t.off,
             TensorKind::State => state + t.off,
         };
-        items.push((
-            t.name.to_string(),
-            Bytes {
-                shape: shape_of(&t),
-                data: le_bytes(&arena[off..off + t.len]),
-            },
-        ));
+        items.push((t.name.to_string(), Bytes { shape: shape_of(&t), data: le_bytes(&arena[off..off + t.len]) }));
         if t.kind == TensorKind::Param {
             items.push((
                 format!("{MOMENTUM_PREFIX}{}", t.name),
-                Bytes {
-                    shape: shape_of(&t),
-                    data: le_bytes(&arena[mom + t.off..mom + t.off + t.len]),
-                },
+                Bytes { shape: shape_of(&t), data: le_bytes(&arena[mom + t.off..mom + t.off + t.len]) },
             ));
         }
     });
-    let info: Option<HashMap<String, String>> = Some(
-        [
-            ("format".to_string(), "pt".to_string()),
-            (
-                "producer".to_string(),
-                format!("hpff {}", env!("CARGO_PKG_VERSION")),
-            ),
-        ]
-        .into_iter()
-        .collect(),
-    );
+    // One metadata entry: a HashMap's order varies between processes, and the same
+    // tensors must give the same bytes (and SHA-256).
+    let info: Option<HashMap<String, String>> = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
     safetensors::serialize(items.iter().map(|(n, b)| (n.as_str(), b)), &info)
         .map_err(|e| Error::msg(format!("cannot serialize the checkpoint tensors: {e}")))
 }
@@ -168,17 +151,11 @@ impl Staged {
 pub fn stage(dir: &Path, plan: &Plan, arena: &[f32], meta: &mut Meta) -> Result<Staged> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, "create the folder", e))?;
     let bytes = tensors_bytes(plan, arena)?;
-    meta.tensors = TensorFile {
-        file: TENSORS_FILE.into(),
-        bytes: bytes.len() as u64,
-        sha256: sha256_hex(&bytes),
-    };
+    meta.tensors = TensorFile { file: TENSORS_FILE.into(), bytes: bytes.len() as u64, sha256: sha256_hex(&bytes) };
     write_synced(&dir.join(format!("{TENSORS_FILE}.tmp")), &bytes)?;
     let json = serde_json::to_vec_pretty(meta).expect("checkpoint metadata serializes");
     write_synced(&dir.join(format!("{META_FILE}.tmp")), &json)?;
-    Ok(Staged {
-        dir: dir.to_path_buf(),
-    })
+    Ok(Staged { dir: dir.to_path_buf() })
 }
 
 /// Writes a checkpoint into `dir` atomically.
@@ -218,17 +195,12 @@ pub fn load(path: &Path) -> Result<Loaded> {
             io_err(&json_path, "read", e)
         }
     })?;
-    let meta: Meta = serde_json::from_slice(&text).map_err(|e| {
-        Error::msg(format!(
-            "{}: not a valid hpff checkpoint: {e}",
-            json_path.display()
-        ))
-    })?;
+    let meta: Meta = serde_json::from_slice(&text)
+        .map_err(|e| Error::msg(format!("{}: not a valid hpff checkpoint: {e}", json_path.display())))?;
     let dir = json_path.parent().unwrap_or(Path::new("."));
     let tpath = dir.join(&meta.tensors.file);
     let tensors = std::fs::read(&tpath).map_err(|e| io_err(&tpath, "read", e))?;
-    if tensors.len() as u64 != meta.tensors.bytes || sha256_hex(&tensors) != meta.tensors.sha256
-    {
+    if tensors.len() as u64 != meta.tensors.bytes || sha256_hex(&tensors) != meta.tensors.sha256 {
         return Err(Error::msg(format!(
             "{}: does not match {} ({} bytes, expected {} with SHA-256 {}): the checkpoint is corrupt or was interrupted while being written",
             tpath.display(),
@@ -240,11 +212,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
     }
     SafeTensors::deserialize(&tensors)
         .map_err(|e| Error::msg(format!("{}: not a valid safetensors file: {e}", tpath.display())))?;
-    Ok(Loaded {
-        meta,
-        json_path,
-        tensors,
-    })
+    Ok(Loaded { meta, json_path, tensors })
 }
 
 impl Loaded {
@@ -292,18 +260,10 @@ impl Loaded {
                 };
                 let want = shape_of(&t);
                 if v.dtype() != Dtype::F32 || v.shape() != want.as_slice() {
-                    err = Some(mismatch(format!(
-                        "{n} is {:?} {:?} there, F32 {:?} here",
-                        v.dtype(),
-                        v.shape(),
-                        want
-                    )));
+                    err = Some(mismatch(format!("{n} is {:?} {:?} there, F32 {:?} here", v.dtype(), v.shape(), want)));
                     return;
                 }
-                for (dst, b) in arena[off..off + t.len]
-                    .iter_mut()
-                    .zip(v.data().chunks_exact(4))
-                {
+                for (dst, b) in arena[off..off + t.len].iter_mut().zip(v.data().chunks_exact(4)) {
                     *dst = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 }
             }
@@ -312,18 +272,10 @@ impl Loaded {
             return Err(e);
         }
         let wanted: std::collections::HashSet<String> = wanted.into_iter().collect();
-        let mut extra: Vec<String> = st
-            .names()
-            .into_iter()
-            .filter(|n| !wanted.contains(n.as_str()))
-            .cloned()
-            .collect();
+        let mut extra: Vec<String> = st.names().into_iter().filter(|n| !wanted.contains(n.as_str())).cloned().collect();
         extra.sort();
         if let Some(n) = extra.first() {
-            return Err(mismatch(format!(
-                "it has {} tensor(s) this model lacks, e.g. {n}",
-                extra.len()
-            )));
+            return Err(mismatch(format!("it has {} tensor(s) this model lacks, e.g. {n}", extra.len())));
         }
         if !momentum {
             arena[mom..mom + plan.params].fill(0.0);
@@ -351,16 +303,8 @@ mod tests {
     fn meta(epoch: u32) -> Meta {
         Meta {
             hpff_version: "test".into(),
-            config: Config {
-                dataset: Some(DatasetName::FashionMnist),
-                ..Config::default()
-            }
-            .complete(),
-            shape: Shape {
-                c: 1,
-                image: 8,
-                classes: 10,
-            },
+            config: Config { dataset: Some(DatasetName::FashionMnist), ..Config::default() }.complete(),
+            shape: Shape { c: 1, image: 8, classes: 10 },
             epoch,
             global_step: 7,
             seed: 3,
@@ -369,11 +313,7 @@ mod tests {
             best_accuracy: Some(0.5),
             test: None,
             elapsed_s: 1.0,
-            tensors: TensorFile {
-                file: String::new(),
-                bytes: 0,
-                sha256: String::new(),
-            },
+            tensors: TensorFile { file: String::new(), bytes: 0, sha256: String::new() },
         }
     }
 
@@ -448,10 +388,7 @@ mod tests {
         assert!(e.contains("corrupt or was interrupted"), "{e}");
         // Garbage JSON and a missing folder.
         std::fs::write(d.path().join(META_FILE), b"{").unwrap();
-        assert!(load(d.path())
-            .unwrap_err()
-            .to_string()
-            .contains("not a valid hpff checkpoint"));
+        assert!(load(d.path()).unwrap_err().to_string().contains("not a valid hpff checkpoint"));
         let e = load(&d.path().join("nope")).unwrap_err().to_string();
         assert!(e.contains("no checkpoint there"), "{e}");
     }

@@ -19,7 +19,8 @@
 //! | epochs | 1 on Fashion-MNIST, else 400 |
 //! | batch_size, lr | CIFAR-10/100 and SVHN 1024 and 0.8; STL-10, Fashion-MNIST and folders 128 and 0.1 |
 //! | momentum, weight_decay, nesterov | 0.9, 1e-4, true |
-//! | schedule | `cosine`; `warmup_epochs` = min(10, epochs / 10) (the reference's 10 from 100 epochs up, none for short runs) |
+//! | schedule | `cosine` (the reference's, per epoch) for 10 epochs or more; `cosine-steps` (per step) for shorter runs, where the per-epoch rule would give the last — or only — epoch a rate of 0 |
+//! | warmup_epochs | min(10, epochs / 10): the reference's 10 from 100 epochs up, none for short runs |
 //! | milestones, gamma | [80, 120], 0.1 (step schedule) |
 //! | seed, threads, device | 0, 0 (all cores), `cpu` |
 //! | augment | the dataset's reference augmentation (`--no-augment` turns it off) |
@@ -126,7 +127,12 @@ pub enum LocalLossName {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScheduleName {
+    /// The reference's per-epoch cosine with linear warm-up (its last epoch runs at lr 0).
     Cosine,
+    /// Cosine annealing per step: lr = 0.5·base·(1 + cos(π·t/T)) at step t of T, after
+    /// an optional linear warm-up over `warmup_epochs`; for short runs.
+    CosineSteps,
+    /// The reference's ×gamma at each milestone epoch.
     Step,
     Constant,
 }
@@ -184,23 +190,23 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feature_dim: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lambda1: Option<[f32; 2]>,
+    pub lambda1: Option<[f64; 2]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lambda2: Option<[f32; 2]>,
+    pub lambda2: Option<[f64; 2]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub wx: Option<f32>,
+    pub wx: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub wy: Option<f32>,
+    pub wy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epochs: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lr: Option<f32>,
+    pub lr: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub momentum: Option<f32>,
+    pub momentum: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub weight_decay: Option<f32>,
+    pub weight_decay: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nesterov: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -210,7 +216,7 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub milestones: Option<Vec<u32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub gamma: Option<f32>,
+    pub gamma: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -237,8 +243,7 @@ pub struct Config {
 impl Config {
     /// Reads a TOML config file.
     pub fn from_toml_file(path: &Path) -> Result<Config> {
-        let s = std::fs::read_to_string(path)
-            .map_err(|e| crate::error::io_err(path, "read the config file", e))?;
+        let s = std::fs::read_to_string(path).map_err(|e| crate::error::io_err(path, "read the config file", e))?;
         Config::from_toml(&s).map_err(|e| e.context(path.display()))
     }
 
@@ -261,8 +266,7 @@ impl Config {
         if let Ok(serde_json::Value::Object(b)) = serde_json::to_value(over) {
             a.extend(b);
         }
-        serde_json::from_value(serde_json::Value::Object(a))
-            .expect("merging two valid configs gives a valid config")
+        serde_json::from_value(serde_json::Value::Object(a)).expect("merging two valid configs gives a valid config")
     }
 
     /// Every field filled: the given values, else the defaults (see the module docs).
@@ -270,22 +274,11 @@ impl Config {
         let dataset = self.dataset.unwrap_or(DatasetName::FashionMnist);
         let method = self.method.unwrap_or(MethodName::Infopro);
         let hpff = self.hpff.unwrap_or(self.method.is_none());
-        let reference_sized = matches!(
-            dataset,
-            DatasetName::Cifar10 | DatasetName::Cifar100 | DatasetName::Svhn
-        );
-        let epochs = self.epochs.unwrap_or(if dataset == DatasetName::FashionMnist {
-            1
-        } else {
-            400
-        });
+        let reference_sized = matches!(dataset, DatasetName::Cifar10 | DatasetName::Cifar100 | DatasetName::Svhn);
+        let epochs = self.epochs.unwrap_or(if dataset == DatasetName::FashionMnist { 1 } else { 400 });
         let out = self.out.clone().unwrap_or_else(|| {
             let h = if hpff { "-hpff" } else { "" };
-            PathBuf::from(format!(
-                "runs/{}-{}{h}",
-                dataset.kind().name(),
-                method.name()
-            ))
+            PathBuf::from(format!("runs/{}-{}{h}", dataset.kind().name(), method.name()))
         });
         Config {
             dataset: Some(dataset),
@@ -313,15 +306,16 @@ impl Config {
             wx: Some(self.wx.unwrap_or(0.001)),
             wy: Some(self.wy.unwrap_or(0.999)),
             epochs: Some(epochs),
-            batch_size: Some(
-                self.batch_size
-                    .unwrap_or(if reference_sized { 1024 } else { 128 }),
-            ),
+            batch_size: Some(self.batch_size.unwrap_or(if reference_sized { 1024 } else { 128 })),
             lr: Some(self.lr.unwrap_or(if reference_sized { 0.8 } else { 0.1 })),
             momentum: Some(self.momentum.unwrap_or(0.9)),
             weight_decay: Some(self.weight_decay.unwrap_or(1e-4)),
             nesterov: Some(self.nesterov.unwrap_or(true)),
-            schedule: Some(self.schedule.unwrap_or(ScheduleName::Cosine)),
+            schedule: Some(self.schedule.unwrap_or(if epochs >= 10 {
+                ScheduleName::Cosine
+            } else {
+                ScheduleName::CosineSteps
+            })),
             warmup_epochs: Some(self.warmup_epochs.unwrap_or((epochs / 10).min(10))),
             milestones: Some(self.milestones.clone().unwrap_or_else(|| vec![80, 120])),
             gamma: Some(self.gamma.unwrap_or(0.1)),
@@ -376,20 +370,22 @@ impl Config {
         };
         method.widen = g.v(c.aux_widen);
         method.feature_dim = g.v(c.feature_dim);
-        method.lambda1 = g.v(c.lambda1);
-        method.lambda2 = g.v(c.lambda2);
-        method.wx = g.v(c.wx);
-        method.wy = g.v(c.wy);
+        let pair = |p: [f64; 2]| [p[0] as f32, p[1] as f32];
+        method.lambda1 = pair(g.v(c.lambda1));
+        method.lambda2 = pair(g.v(c.lambda2));
+        method.wx = g.v(c.wx) as f32;
+        method.wy = g.v(c.wy) as f32;
         let epochs = g.v(c.epochs);
         if epochs == 0 {
             return Err(Error::msg("--epochs must be at least 1"));
         }
-        let lr = g.v(c.lr);
+        let lr = g.v(c.lr) as f32;
         if !(lr.is_finite() && lr > 0.0) {
             return Err(Error::msg(format!("--lr must be a positive number, not {lr}")));
         }
-        let schedule = match g.v(c.schedule) {
-            ScheduleName::Cosine => LrSchedule::Cosine {
+        let schedule_name = g.v(c.schedule);
+        let schedule = match schedule_name {
+            ScheduleName::Cosine | ScheduleName::CosineSteps => LrSchedule::Cosine {
                 base_lr: lr,
                 epochs,
                 warmup_epochs: g.v(c.warmup_epochs),
@@ -402,18 +398,13 @@ impl Config {
                 }
                 let mut milestones = [0u32; 4];
                 milestones[..ms.len()].copy_from_slice(&ms);
-                LrSchedule::Step {
-                    base_lr: lr,
-                    milestones,
-                    n_milestones: ms.len(),
-                    gamma: g.v(c.gamma),
-                }
+                LrSchedule::Step { base_lr: lr, milestones, n_milestones: ms.len(), gamma: g.v(c.gamma) as f32 }
             }
             ScheduleName::Constant => LrSchedule::Constant { lr },
         };
         let sgd = Sgd {
-            momentum: g.v(c.momentum),
-            weight_decay: g.v(c.weight_decay),
+            momentum: g.v(c.momentum) as f32,
+            weight_decay: g.v(c.weight_decay) as f32,
             nesterov: g.v(c.nesterov),
         };
         if g.v(c.eval_every) == 0 {
@@ -424,6 +415,7 @@ impl Config {
         let normalize = dataset.kind().default_normalize();
         let (mean, std) = plan_normalization(&normalize, shape.c);
         let setup = Setup {
+            per_step: schedule_name == ScheduleName::CosineSteps,
             dataset,
             arch,
             part,
@@ -455,10 +447,7 @@ impl Get<'_> {
 /// `"resnet32"` (or `"32"`) → 32.
 pub fn parse_arch(s: &str) -> Result<usize> {
     let t = s.trim().to_ascii_lowercase();
-    let digits = t
-        .strip_prefix("resnet")
-        .unwrap_or(&t)
-        .trim_start_matches(['-', '_']);
+    let digits = t.strip_prefix("resnet").unwrap_or(&t).trim_start_matches(['-', '_']);
     digits.parse::<usize>().map_err(|_| {
         Error::msg(format!(
             "unknown architecture {s:?}: use resnetN with N = 6m+2 (resnet8, resnet20, resnet32, resnet56, resnet110) or resnet164"
@@ -487,12 +476,9 @@ pub fn parse_splits(s: &str) -> Result<Vec<(usize, usize)>> {
 }
 
 /// `"5,0"` → [5.0, 0.0] (for `--lambda1`, `--lambda2`).
-pub fn parse_pair(s: &str) -> std::result::Result<[f32; 2], String> {
+pub fn parse_pair(s: &str) -> std::result::Result<[f64; 2], String> {
     let v: Vec<&str> = s.split(',').map(str::trim).collect();
-    let num = |t: &str| {
-        t.parse::<f32>()
-            .map_err(|_| format!("{t:?} is not a number"))
-    };
+    let num = |t: &str| t.parse::<f64>().map_err(|_| format!("{t:?} is not a number"));
     match v[..] {
         [a] => {
             let a = num(a)?;
@@ -501,18 +487,6 @@ pub fn parse_pair(s: &str) -> std::result::Result<[f32; 2], String> {
         [a, b] => Ok([num(a)?, num(b)?]),
         _ => Err("expected FIRST,LAST (two numbers)".into()),
     }
-}
-
-/// `"80,120"` → [80, 120].
-pub fn parse_list(s: &str) -> std::result::Result<Vec<u32>, String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            t.parse::<u32>()
-                .map_err(|_| format!("{t:?} is not an epoch number"))
-        })
-        .collect()
 }
 
 fn plan_normalization(n: &Normalize, c: usize) -> ([f32; 4], [f32; 4]) {
@@ -537,6 +511,8 @@ pub struct Setup {
     pub part: Partition,
     pub method: Method,
     pub schedule: LrSchedule,
+    /// `schedule` is a cosine evaluated per step ([`ScheduleName::CosineSteps`]).
+    pub per_step: bool,
     pub sgd: Sgd,
     pub batch: usize,
     pub mean: [f32; 4],
@@ -549,42 +525,56 @@ pub struct Setup {
 impl Setup {
     /// The plan at batch size `batch` (parameter offsets do not depend on it).
     pub fn plan(&self, batch: usize) -> Result<Plan> {
-        Ok(Plan::new(
-            self.arch,
-            self.part.clone(),
-            self.method,
-            batch,
-            self.mean,
-            self.std,
-        )?)
+        Ok(Plan::new(self.arch, self.part.clone(), self.method, batch, self.mean, self.std)?)
+    }
+
+    /// The learning rate of step `step` (0-based) of 1-based `epoch` with `steps` steps
+    /// an epoch.
+    pub fn lr(&self, epoch: u32, step: usize, steps: usize) -> f32 {
+        match (self.per_step, self.schedule) {
+            (true, LrSchedule::Cosine { base_lr, epochs, warmup_epochs, warmup_floor }) => {
+                let steps = steps.max(1) as f64;
+                let t = (epoch.saturating_sub(1)) as f64 * steps + step as f64;
+                let total = epochs.max(1) as f64 * steps;
+                let base = base_lr as f64;
+                let cos = 0.5 * base * (1.0 + (std::f64::consts::PI * t / total).cos());
+                let w = warmup_epochs as f64 * steps;
+                if t < w {
+                    let f = warmup_floor as f64;
+                    (f + (cos - f) * t / w) as f32
+                } else {
+                    cos as f32
+                }
+            }
+            (_, s) => s.lr(epoch),
+        }
     }
 
     /// One line describing the effective learning-rate schedule.
     pub fn schedule_line(&self) -> String {
+        if let (true, LrSchedule::Cosine { base_lr, epochs, warmup_epochs, warmup_floor }) =
+            (self.per_step, self.schedule)
+        {
+            let w = if warmup_epochs == 0 {
+                "no warm-up".to_string()
+            } else {
+                format!("linear warm-up from {warmup_floor} over {warmup_epochs} epochs")
+            };
+            return format!("cosine per step from lr {base_lr} to 0 over {epochs} epochs, {w}");
+        }
         match self.schedule {
-            LrSchedule::Cosine {
-                base_lr,
-                epochs,
-                warmup_epochs,
-                warmup_floor,
-            } => {
+            LrSchedule::Cosine { base_lr, epochs, warmup_epochs, warmup_floor } => {
                 if warmup_epochs == 0 {
-                    format!("cosine from lr {base_lr} over {epochs} epochs, no warm-up")
+                    format!("cosine per epoch (the reference's) from lr {base_lr} over {epochs} epochs, no warm-up")
                 } else {
                     format!(
-                        "cosine from lr {base_lr} over {epochs} epochs, linear warm-up from {warmup_floor} over {warmup_epochs} epochs"
+                        "cosine per epoch (the reference's) from lr {base_lr} over {epochs} epochs, linear warm-up from {warmup_floor} over {warmup_epochs} epochs"
                     )
                 }
             }
-            LrSchedule::Step {
-                base_lr,
-                milestones,
-                n_milestones,
-                gamma,
-            } => format!(
-                "step: lr {base_lr}, ×{gamma} at epochs {:?}",
-                &milestones[..n_milestones]
-            ),
+            LrSchedule::Step { base_lr, milestones, n_milestones, gamma } => {
+                format!("step: lr {base_lr}, ×{gamma} at epochs {:?}", &milestones[..n_milestones])
+            }
             LrSchedule::Constant { lr } => format!("constant lr {lr}"),
         }
     }
@@ -616,34 +606,22 @@ mod tests {
         assert_eq!(c.hpff, Some(true));
         assert_eq!((c.epochs, c.batch_size, c.lr), (Some(1), Some(128), Some(0.1)));
         assert_eq!(c.warmup_epochs, Some(0));
+        assert_eq!(c.schedule, Some(ScheduleName::CosineSteps));
         assert_eq!(c.patches, Some(2));
-        let r = Config {
-            dataset: Some(DatasetName::Cifar10),
-            method: Some(MethodName::Dgl),
-            ..Config::default()
-        }
-        .complete();
+        let r = Config { dataset: Some(DatasetName::Cifar10), method: Some(MethodName::Dgl), ..Config::default() }
+            .complete();
         assert_eq!((r.epochs, r.batch_size, r.lr), (Some(400), Some(1024), Some(0.8)));
         assert_eq!((r.hpff, r.patches, r.warmup_epochs), (Some(false), Some(1), Some(10)));
-        let g = Config {
-            method: Some(MethodName::Greedy),
-            ..Config::default()
-        }
-        .complete();
+        assert_eq!(r.schedule, Some(ScheduleName::Cosine));
+        let g = Config { method: Some(MethodName::Greedy), ..Config::default() }.complete();
         assert_eq!(g.aux_classifier.as_deref(), Some("0c1f"));
     }
 
     #[test]
     fn merge_lets_the_later_layer_win_and_keeps_the_rest() {
-        let file = Config::from_toml(
-            "dataset = \"cifar10\"\nepochs = 7\nlambda1 = [4.0, 1.0]\nmilestones = [1, 2]\n",
-        )
-        .unwrap();
-        let cli = Config {
-            epochs: Some(3),
-            lr: Some(0.05),
-            ..Config::default()
-        };
+        let file = Config::from_toml("dataset = \"cifar10\"\nepochs = 7\nlambda1 = [4.0, 1.0]\nmilestones = [1, 2]\n")
+            .unwrap();
+        let cli = Config { epochs: Some(3), lr: Some(0.05), ..Config::default() };
         let m = file.merge(&cli);
         assert_eq!(m.dataset, Some(DatasetName::Cifar10));
         assert_eq!(m.epochs, Some(3));
@@ -668,45 +646,28 @@ mod tests {
         assert_eq!((s.part.modules(), s.arch.in_channels, s.arch.image), (4, 1, 28));
         assert_eq!(s.mean[0], 0.2860);
         let bad = |c: Config| c.setup(fm).unwrap_err().to_string();
-        let e = bad(Config {
-            k: Some(99),
-            ..Config::default()
-        });
+        let e = bad(Config { k: Some(99), ..Config::default() });
         assert!(e.contains("more than the 15 blocks"), "{e}");
-        let e = bad(Config {
-            arch: Some("vgg".into()),
-            ..Config::default()
-        });
+        let e = bad(Config { arch: Some("vgg".into()), ..Config::default() });
         assert!(e.contains("unknown architecture"), "{e}");
-        let e = Config {
-            patches: Some(4),
-            arch: Some("resnet8".into()),
-            k: Some(3),
-            ..Config::default()
-        }
-        .setup(Shape {
-            c: 1,
-            image: 6,
-            classes: 10,
-        })
-        .unwrap_err()
-        .to_string();
+        let e = Config { patches: Some(4), arch: Some("resnet8".into()), k: Some(3), ..Config::default() }
+            .setup(Shape { c: 1, image: 6, classes: 10 })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("patch grid"), "{e}");
-        let e = bad(Config {
-            method: Some(MethodName::E2e),
-            hpff: Some(true),
-            ..Config::default()
-        });
+        let e = bad(Config { method: Some(MethodName::E2e), hpff: Some(true), ..Config::default() });
         assert!(e.contains("--hpff needs a local method"), "{e}");
-        let s = Config {
-            splits: Some("1,4;2,4".into()),
-            ..Config::default()
-        }
-        .setup(fm)
-        .unwrap();
+        let s = Config { splits: Some("1,4;2,4".into()), ..Config::default() }.setup(fm).unwrap();
         assert_eq!(s.part.modules(), 3);
         assert!(parse_splits("1;2").is_err());
+        // Per-step cosine: starts at the base rate, half-way is half of it.
+        let one = Config::default().setup(fm).unwrap();
+        assert!(one.per_step);
+        assert_eq!(one.lr(1, 0, 10), 0.1);
+        assert!((one.lr(1, 5, 10) - 0.05).abs() < 1e-7);
+        let r = Config { epochs: Some(400), ..Config::default() }.setup(fm).unwrap();
+        assert!(!r.per_step);
+        assert_eq!(r.lr(3, 7, 10), r.schedule.lr(3));
         assert_eq!(parse_pair("5,0").unwrap(), [5.0, 0.0]);
-        assert_eq!(parse_list("80, 120").unwrap(), vec![80, 120]);
     }
 }

@@ -3,5 +3,13 @@
 //! Datasets and augmentation, the local-training loop, checkpoints, metrics and the
 //! `hpff` command line, on top of the `no_std` [`hpff_core`].
 
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
 pub mod cpu;
 pub mod data;
+pub mod error;
+pub mod metrics;
+pub mod plot;
+pub mod report;
+pub mod train;

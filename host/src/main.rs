@@ -1,4 +1,5 @@
+//! The `hpff` command line (see [`hpff::cli`]).
+
 fn main() {
-    eprintln!("hpff: the training CLI is not wired up yet (see the open issues)");
-    std::process::exit(2);
+    std::process::exit(hpff::cli::main());
 }

@@ -26,6 +26,7 @@ pub struct EvalResult {
 pub struct EpochMetrics {
     /// 1-based epoch.
     pub epoch: u32,
+    /// Learning rate of the epoch's first step.
     pub lr: f32,
     /// Mean over the epoch's images of the network's final cross-entropy (E2E and the
     /// last module's `ce`; HPFF's last module's cascade path `last_y`).
@@ -65,10 +66,7 @@ pub fn used_slots(plan: &Plan) -> Vec<usize> {
 /// cascade-path `last_y`, else `last_x`.
 pub fn final_slot(plan: &Plan, used: &[usize]) -> Option<usize> {
     let last = plan.modules() - 1;
-    [LossKind::Ce, LossKind::LastY, LossKind::LastX]
-        .into_iter()
-        .map(|k| k.slot(last))
-        .find(|s| used.contains(s))
+    [LossKind::Ce, LossKind::LastY, LossKind::LastX].into_iter().map(|k| k.slot(last)).find(|s| used.contains(s))
 }
 
 /// Running sums of the loss slots over an epoch, weighted by batch size.
@@ -120,9 +118,7 @@ impl LossMeter {
             let v: Vec<Option<f64>> = (0..self.modules)
                 .map(|j| {
                     let s = k.slot(j);
-                    self.used
-                        .contains(&s)
-                        .then(|| self.sums[s] / self.images.max(1) as f64)
+                    self.used.contains(&s).then(|| self.sums[s] / self.images.max(1) as f64)
                 })
                 .collect();
             if v.iter().any(Option::is_some) {
@@ -152,22 +148,13 @@ pub fn write_jsonl(path: &Path, records: &[EpochMetrics]) -> Result<()> {
 pub fn peak_rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line
-        .trim_start_matches("VmHWM:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let kb: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb * 1024)
 }
 
 /// `12.34 MiB` or `n/a`.
 pub fn fmt_mib(bytes: Option<u64>) -> String {
-    bytes.map_or_else(
-        || "n/a".to_string(),
-        |b| format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0)),
-    )
+    bytes.map_or_else(|| "n/a".to_string(), |b| format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0)))
 }
 
 /// FLOPs of one training step and of one eval pass of `plan` (2 per multiply-add;

@@ -75,12 +75,7 @@ fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, c: Rgb<u8>) {
                 if bits >> (2 - col) & 1 == 1 {
                     for dy in 0..SCALE as i64 {
                         for dx in 0..SCALE as i64 {
-                            put(
-                                img,
-                                ox + col * SCALE as i64 + dx,
-                                y + r as i64 * SCALE as i64 + dy,
-                                c,
-                            );
+                            put(img, ox + col * SCALE as i64 + dx, y + r as i64 * SCALE as i64 + dy, c);
                         }
                     }
                 }
@@ -131,11 +126,7 @@ fn nice_step(span: f64, n: f64) -> f64 {
 }
 
 fn label(v: f64, step: f64) -> String {
-    let d = if step >= 1.0 {
-        0
-    } else {
-        (-step.log10()).ceil() as usize
-    };
+    let d = if step >= 1.0 { 0 } else { (-step.log10()).ceil() as usize };
     format!("{v:.d$}")
 }
 
@@ -147,23 +138,9 @@ struct Series<'a> {
 
 fn panel(img: &mut RgbImage, x0: i64, title: &str, series: &[Series], x_max: f64) {
     let (left, right, top, bottom) = (x0 + 70, x0 + 470, 40i64, 350i64);
-    text(
-        img,
-        (left + right) / 2 - text_width(title) / 2,
-        12,
-        title,
-        BLACK,
-    );
-    let ys: Vec<f64> = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .filter(|v| v.is_finite())
-        .collect();
-    let (mut lo, mut hi) = ys
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
+    text(img, (left + right) / 2 - text_width(title) / 2, 12, title, BLACK);
+    let ys: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).filter(|v| v.is_finite()).collect();
+    let (mut lo, mut hi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     if !lo.is_finite() {
         (lo, hi) = (0.0, 1.0);
     }
@@ -204,22 +181,11 @@ fn panel(img: &mut RgbImage, x0: i64, title: &str, series: &[Series], x_max: f64
         let s = label(t, 1.0);
         text(img, x - text_width(&s) / 2, bottom + 10, &s, BLACK);
     }
-    text(
-        img,
-        (left + right) / 2 - text_width("EPOCH") / 2,
-        bottom + 30,
-        "EPOCH",
-        BLACK,
-    );
+    text(img, (left + right) / 2 - text_width("EPOCH") / 2, bottom + 30, "EPOCH", BLACK);
     line(img, (left, top), (left, bottom), BLACK, 1);
     line(img, (left, bottom), (right, bottom), BLACK, 1);
     for s in series {
-        let pts: Vec<(i64, i64)> = s
-            .points
-            .iter()
-            .filter(|p| p.1.is_finite())
-            .map(|&(x, y)| (px(x), py(y)))
-            .collect();
+        let pts: Vec<(i64, i64)> = s.points.iter().filter(|p| p.1.is_finite()).map(|&(x, y)| (px(x), py(y))).collect();
         for w in pts.windows(2) {
             line(img, w[0], w[1], s.colour, 2);
         }
@@ -233,31 +199,17 @@ fn panel(img: &mut RgbImage, x0: i64, title: &str, series: &[Series], x_max: f64
 pub fn render(records: &[EpochMetrics], eval_name: &str) -> RgbImage {
     let mut img = RgbImage::from_pixel(WIDTH, HEIGHT, WHITE);
     let x_max = records.iter().map(|r| r.epoch).max().unwrap_or(1) as f64;
-    let train: Vec<(f64, f64)> = records
-        .iter()
-        .map(|r| (r.epoch as f64, r.train_loss))
-        .collect();
+    let train: Vec<(f64, f64)> = records.iter().map(|r| (r.epoch as f64, r.train_loss)).collect();
     let eval = |f: fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
-        records
-            .iter()
-            .filter_map(|r| f(r).map(|v| (r.epoch as f64, v)))
-            .collect()
+        records.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v))).collect()
     };
     panel(
         &mut img,
         0,
         "LOSS",
         &[
-            Series {
-                points: train,
-                colour: BLUE,
-                _name: "train",
-            },
-            Series {
-                points: eval(|r| r.eval_loss),
-                colour: ORANGE,
-                _name: "eval",
-            },
+            Series { points: train, colour: BLUE, _name: "train" },
+            Series { points: eval(|r| r.eval_loss), colour: ORANGE, _name: "eval" },
         ],
         x_max,
     );
@@ -265,11 +217,7 @@ pub fn render(records: &[EpochMetrics], eval_name: &str) -> RgbImage {
         &mut img,
         480,
         "ACC %",
-        &[Series {
-            points: eval(|r| r.eval_accuracy.map(|a| 100.0 * a)),
-            colour: ORANGE,
-            _name: "eval",
-        }],
+        &[Series { points: eval(|r| r.eval_accuracy.map(|a| 100.0 * a)), colour: ORANGE, _name: "eval" }],
         x_max,
     );
     // Key.
@@ -315,9 +263,8 @@ mod tests {
     fn writes_a_png_of_the_expected_size() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("curves.png");
-        let recs: Vec<_> = (1..=12)
-            .map(|e| rec(e, 2.0 / e as f64, (e % 3 != 0).then_some(0.5 + e as f64 / 30.0)))
-            .collect();
+        let recs: Vec<_> =
+            (1..=12).map(|e| rec(e, 2.0 / e as f64, (e % 3 != 0).then_some(0.5 + e as f64 / 30.0))).collect();
         save(&p, &recs, "TEST").unwrap();
         let img = image::open(&p).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (WIDTH, HEIGHT));

@@ -1,0 +1,612 @@
+//! The local-training loop: data, plan, arena, epochs, evaluation, checkpoints,
+//! metrics and the plot.
+//!
+//! Determinism: parameters are initialised from `Rng::new(seed).fork(INIT_STREAM)`;
+//! epoch `e`'s data order and augmentation come from `Rng::new(seed).fork(DATA_STREAM)`
+//! forked again by `e` (see [`crate::data::Batches`]); the validation split is drawn
+//! from the seed. Everything that changes during training (parameters, BN statistics,
+//! momentum) is in the checkpoint, so a resumed run continues bit for bit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use hpff_core::exec::{init_params, StepInput};
+use hpff_core::plan::Plan;
+use hpff_core::rng::Rng;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::checkpoint::{self, Meta, TensorFile};
+use crate::config::{Config, DeviceName, Setup, Shape};
+use crate::cpu::CpuExecutor;
+use crate::data::{self, Augment, BatchOptions, Batches, Dataset, Normalize, Split};
+use crate::error::{io_err, Error, Result};
+use crate::metrics::{self, fmt_mib, EpochMetrics, EvalResult, LossMeter};
+use crate::plot;
+
+/// Stream of the parameter initialisation.
+pub const INIT_STREAM: u64 = 1;
+/// Stream of data order and augmentation.
+pub const DATA_STREAM: u64 = 2;
+
+/// The splits a run uses.
+#[derive(Debug, Clone)]
+pub struct Data {
+    pub train: Arc<Dataset>,
+    /// Evaluated every `eval_every` epochs: the validation split, else the test split.
+    pub eval: Arc<Dataset>,
+    /// `"val"` or `"test"`.
+    pub eval_name: &'static str,
+    /// The test split, when `eval` is a validation split (evaluated at the end).
+    pub test: Option<Arc<Dataset>>,
+}
+
+/// Loads the splits `cfg` (completed) asks for.
+pub fn load_data(cfg: &Config) -> Result<Data> {
+    let kind = cfg.dataset.unwrap_or(crate::config::DatasetName::FashionMnist).kind();
+    let dir = cfg.data_dir.as_deref();
+    let train = data::load(kind, dir, Split::Train)?;
+    let test = data::load(kind, dir, Split::Test)?;
+    let limit = |d: Dataset, n: Option<usize>| match n {
+        Some(n) if n > 0 => d.limit(n),
+        _ => d,
+    };
+    let seed = cfg.seed.unwrap_or(0);
+    let data = match cfg.val_split {
+        Some(v) if v > 0 => {
+            if v >= train.n {
+                return Err(Error::msg(format!(
+                    "--val-split {v} leaves no training images (the training split has {})",
+                    train.n
+                )));
+            }
+            let (tr, val) = train.split_off_validation(v, seed);
+            Data {
+                train: Arc::new(limit(tr, cfg.limit_train)),
+                eval: Arc::new(limit(val, cfg.limit_test)),
+                eval_name: "val",
+                test: Some(Arc::new(limit(test, cfg.limit_test))),
+            }
+        }
+        _ => Data {
+            train: Arc::new(limit(train, cfg.limit_train)),
+            eval: Arc::new(limit(test, cfg.limit_test)),
+            eval_name: "test",
+            test: None,
+        },
+    };
+    if data.train.n == 0 || data.eval.n == 0 {
+        return Err(Error::msg("the dataset has no images to train or evaluate on"));
+    }
+    Ok(data)
+}
+
+/// The training augmentation `cfg` asks for.
+pub fn augment_of(cfg: &Config) -> Option<Augment> {
+    if cfg.augment == Some(false) {
+        return None;
+    }
+    cfg.dataset?.kind().default_augment()
+}
+
+/// The network's input shape for training on `train` (after augmentation) and
+/// evaluating on `evals`; errors if they disagree or the images are not square.
+pub fn data_shape(train: &Dataset, aug: Option<&Augment>, evals: &[&Dataset]) -> Result<Shape> {
+    let (c, h, w) = data::batch_image_shape(train, aug);
+    if h != w {
+        return Err(Error::msg(format!("images are {h}×{w}; hpff's ResNets need square images")));
+    }
+    for e in evals {
+        if (e.c, e.h, e.w) != (c, h, w) {
+            return Err(Error::msg(format!(
+                "test images are {}×{}×{} but training images are {c}×{h}×{w}",
+                e.c, e.h, e.w
+            )));
+        }
+        if e.classes != train.classes {
+            return Err(Error::msg(format!(
+                "the test split has {} classes, the training split {}",
+                e.classes, train.classes
+            )));
+        }
+    }
+    Ok(Shape { c, image: h, classes: train.classes })
+}
+
+/// Accuracy and mean cross-entropy of the network in `arena` on `ds`. The last batch
+/// is padded with zeros (eval BN uses running statistics, so padding does not change
+/// the real samples' outputs) and only real samples count.
+pub fn evaluate(
+    exec: &mut CpuExecutor,
+    plan: &Plan,
+    arena: &mut [f32],
+    ds: &Arc<Dataset>,
+    norm: &Normalize,
+) -> Result<EvalResult> {
+    let b = plan.batch;
+    let classes = plan.arch.classes;
+    let img = plan.input().len / b;
+    let (mut correct, mut loss, mut n) = (0usize, 0f64, 0usize);
+    let mut x = vec![0f32; plan.input().len];
+    for batch in Batches::new(ds.clone(), &BatchOptions::eval(b, norm.clone()), &Rng::new(0), 0) {
+        x[..batch.x.len()].copy_from_slice(&batch.x);
+        x[batch.x.len()..].fill(0.0);
+        let logits = exec.eval_step(plan, arena, &x)?;
+        for (i, &y) in batch.y.iter().enumerate() {
+            let row = &logits[i * classes..(i + 1) * classes];
+            let (arg, max) = row.iter().enumerate().fold(
+                (0, f32::NEG_INFINITY),
+                |(a, m), (j, &v)| {
+                    if v > m {
+                        (j, v)
+                    } else {
+                        (a, m)
+                    }
+                },
+            );
+            let lse = max as f64 + row.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>().ln();
+            loss += lse - row[y as usize] as f64;
+            correct += usize::from(arg == y as usize);
+        }
+        n += batch.n;
+        debug_assert!(batch.x.len() <= img * b);
+    }
+    Ok(EvalResult { accuracy: correct as f64 / n.max(1) as f64, loss: loss / n.max(1) as f64, images: n })
+}
+
+/// What a run does besides its config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue from this checkpoint (folder, JSON or tensor file).
+    pub resume: Option<PathBuf>,
+    /// Stop once this epoch is complete (the schedule still spans the configured epochs).
+    pub stop_after: Option<u32>,
+    /// No progress bar and no per-epoch lines.
+    pub quiet: bool,
+}
+
+/// The result of [`train`].
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub epochs_done: u32,
+    pub finished: bool,
+    /// Test result at the end (when the run finished).
+    pub test: Option<EvalResult>,
+    pub metrics: Vec<EpochMetrics>,
+    pub wall_s: f64,
+    pub arena_bytes: usize,
+    pub peak_rss: Option<u64>,
+    pub out: PathBuf,
+    /// The final arena (parameters, gradients, momentum, BN statistics, activations).
+    pub arena: Vec<f32>,
+    pub plan: Plan,
+}
+
+/// Loads the data and trains; see [`train_on`].
+pub fn train(cli: &Config, opts: &RunOptions) -> Result<Outcome> {
+    let resumed = match &opts.resume {
+        Some(p) => Some(checkpoint::load(p)?),
+        None => None,
+    };
+    let cfg = match &resumed {
+        Some(l) => {
+            let mut c = l.meta.config.merge(cli);
+            if cli.out.is_none() {
+                c.out = Some(l.json_path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf));
+            }
+            c.complete()
+        }
+        None => cli.complete(),
+    };
+    if cfg.device == Some(DeviceName::Cuda) {
+        hpff_kernels::open_device(0)?;
+        return Err(Error::msg("the CUDA executor is not wired into hpff train yet; use --device cpu"));
+    }
+    let data = load_data(&cfg)?;
+    train_on(&cfg, data, resumed, opts)
+}
+
+fn say(opts: &RunOptions, s: impl AsRef<str>) {
+    if !opts.quiet {
+        println!("{}", s.as_ref());
+    }
+}
+
+/// Trains with completed config `cfg` on `data`, from scratch or from `resumed`.
+pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, opts: &RunOptions) -> Result<Outcome> {
+    let t0 = Instant::now();
+    let cfg = cfg.complete();
+    let aug = augment_of(&cfg);
+    let mut evals = vec![&*data.eval];
+    if let Some(t) = &data.test {
+        evals.push(t);
+    }
+    let shape = data_shape(&data.train, aug.as_ref(), &evals)?;
+    let setup: Setup = cfg.setup(shape)?;
+    let out = cfg.out.clone().expect("completed");
+    let batch = setup.batch;
+    let plan = setup.plan(batch)?;
+    let tail_n = data.train.n % batch;
+    // The last partial batch (the reference's DataLoader keeps it) runs on a plan of
+    // its own size; parameter offsets do not depend on the batch, so the arena is shared.
+    let tail = if tail_n > 0 { Some(setup.plan(tail_n)?) } else { None };
+    let seed = cfg.seed.expect("completed");
+    let epochs = cfg.epochs.expect("completed");
+    let eval_every = cfg.eval_every.expect("completed");
+    let mut exec = CpuExecutor::new(cfg.threads.expect("completed"));
+    let mut arena = vec![0f32; plan.arena_len()];
+    let data_rng = Rng::new(seed).fork(DATA_STREAM);
+    let mut meta = Meta {
+        hpff_version: env!("CARGO_PKG_VERSION").into(),
+        config: cfg.clone(),
+        shape,
+        epoch: 0,
+        global_step: 0,
+        seed,
+        data_rng: data_rng.state(),
+        metrics: Vec::new(),
+        best_accuracy: None,
+        test: None,
+        elapsed_s: 0.0,
+        tensors: TensorFile { file: checkpoint::TENSORS_FILE.into(), bytes: 0, sha256: String::new() },
+    };
+    match &resumed {
+        Some(l) => {
+            if l.meta.seed != seed {
+                return Err(Error::msg(format!(
+                    "--seed {seed} differs from the checkpoint's {}; a resumed run keeps its seed",
+                    l.meta.seed
+                )));
+            }
+            if l.meta.shape != shape {
+                return Err(Error::msg(format!(
+                    "the data's shape {:?} differs from the checkpoint's {:?}",
+                    shape, l.meta.shape
+                )));
+            }
+            l.restore(&plan, &mut arena, true)?;
+            meta.epoch = l.meta.epoch;
+            meta.global_step = l.meta.global_step;
+            meta.metrics = l.meta.metrics.clone();
+            meta.best_accuracy = l.meta.best_accuracy;
+            meta.elapsed_s = l.meta.elapsed_s;
+        }
+        None => init_params(&plan, &mut arena, &mut Rng::new(seed).fork(INIT_STREAM)),
+    }
+    std::fs::create_dir_all(&out).map_err(|e| io_err(&out, "create the output folder", e))?;
+    let cfg_path = out.join("config.toml");
+    std::fs::write(&cfg_path, cfg.to_toml()).map_err(|e| io_err(&cfg_path, "write", e))?;
+
+    let mem = plan.memory();
+    say(opts, format!("hpff {} — config (saved in {}):", env!("CARGO_PKG_VERSION"), cfg_path.display()));
+    if !opts.quiet {
+        for l in cfg.to_toml().lines() {
+            println!("  {l}");
+        }
+    }
+    say(
+        opts,
+        format!(
+            "data: {} train / {} {} images, {}×{}×{}, {} classes; augmentation {}",
+            data.train.n,
+            data.eval.n,
+            data.eval_name,
+            shape.c,
+            shape.image,
+            shape.image,
+            shape.classes,
+            aug.as_ref().map_or("off".to_string(), |a| format!(
+                "pad {}{} crop {} flip {}",
+                a.pad,
+                if a.reflect { " (reflect)" } else { "" },
+                a.crop,
+                a.flip
+            ))
+        ),
+    );
+    say(
+        opts,
+        format!(
+            "model: resnet{} {}; arena {} planned; executor: cpu, {} threads",
+            setup.arch.depth,
+            setup.method_line(),
+            fmt_mib(Some(mem.total() as u64)),
+            exec.threads()
+        ),
+    );
+    say(opts, format!("schedule: {}", setup.schedule_line()));
+    if let Some(l) = &resumed {
+        say(
+            opts,
+            format!(
+                "resumed from {} after epoch {} (step {})",
+                l.json_path.display(),
+                l.meta.epoch,
+                l.meta.global_step
+            ),
+        );
+    }
+
+    let stop = opts.stop_after.unwrap_or(epochs).min(epochs);
+    let opts_train = BatchOptions::train(batch, aug.clone(), setup.normalize.clone());
+    let mut losses = vec![0f32; plan.loss_slots()];
+    let start_epoch = meta.epoch;
+    for epoch in start_epoch + 1..=stop {
+        let te = Instant::now();
+        let batches = Batches::new(data.train.clone(), &opts_train, &data_rng, epoch as u64);
+        let steps = batches.len();
+        let pb = progress(opts.quiet, steps as u64, epoch, epochs);
+        let mut meter = LossMeter::new(&plan);
+        let lr0 = setup.lr(epoch, 0, steps);
+        for (i, b) in batches.enumerate() {
+            let lr = setup.lr(epoch, i, steps);
+            let p = if b.n == batch {
+                &plan
+            } else {
+                tail.as_ref()
+                    .filter(|t| t.batch == b.n)
+                    .ok_or_else(|| Error::msg("internal: no plan for a partial batch"))?
+            };
+            let input = StepInput { x: &b.x, labels: &b.y, lr, sgd: setup.sgd };
+            exec.train_step(p, &mut arena, &input, &mut losses)?;
+            meter.add(&losses, b.n);
+            meta.global_step += 1;
+            let f = meter.final_mean();
+            if !f.is_finite() {
+                pb.finish_and_clear();
+                return Err(Error::msg(format!(
+                    "the training loss became {f} in epoch {epoch} at step {}; lower --lr (the rate was {lr})",
+                    meta.global_step
+                )));
+            }
+            pb.inc(1);
+            pb.set_message(format!(
+                "{:.0} img/s  loss {:.4}",
+                meter.images() as f64 / te.elapsed().as_secs_f64().max(1e-9),
+                f
+            ));
+        }
+        pb.finish_and_clear();
+        let train_s = te.elapsed().as_secs_f64();
+        let ev = if epoch % eval_every == 0 || epoch == epochs {
+            Some(evaluate(&mut exec, &plan, &mut arena, &data.eval, &setup.normalize)?)
+        } else {
+            None
+        };
+        if let Some(e) = ev {
+            if meta.best_accuracy.is_none_or(|b| e.accuracy > b) {
+                meta.best_accuracy = Some(e.accuracy);
+            }
+        }
+        let epoch_s = te.elapsed().as_secs_f64();
+        let rec = EpochMetrics {
+            epoch,
+            lr: lr0,
+            train_loss: meter.final_mean(),
+            losses: meter.by_kind(),
+            eval_split: ev.map(|_| data.eval_name.to_string()),
+            eval_accuracy: ev.map(|e| e.accuracy),
+            eval_loss: ev.map(|e| e.loss),
+            train_images: meter.images(),
+            steps,
+            images_per_s: meter.images() as f64 / train_s.max(1e-9),
+            epoch_s,
+            elapsed_s: meta.elapsed_s + t0.elapsed().as_secs_f64(),
+        };
+        say(opts, epoch_line(&rec, epochs));
+        meta.metrics.push(rec);
+        meta.epoch = epoch;
+        let mut m = meta.clone();
+        m.elapsed_s = meta.elapsed_s + t0.elapsed().as_secs_f64();
+        write_outputs(&out, &plan, &arena, &mut m, data.eval_name)?;
+    }
+
+    let finished = meta.epoch >= epochs;
+    let mut test = None;
+    if finished {
+        test = Some(match (&data.test, meta.metrics.last()) {
+            (None, Some(r)) if r.epoch == epochs && r.eval_accuracy.is_some() => EvalResult {
+                accuracy: r.eval_accuracy.unwrap_or(0.0),
+                loss: r.eval_loss.unwrap_or(0.0),
+                images: data.eval.n,
+            },
+            (Some(t), _) => evaluate(&mut exec, &plan, &mut arena, t, &setup.normalize)?,
+            (None, _) => evaluate(&mut exec, &plan, &mut arena, &data.eval, &setup.normalize)?,
+        });
+    }
+    let wall_s = t0.elapsed().as_secs_f64();
+    let peak = metrics::peak_rss_bytes();
+    meta.test = test;
+    meta.elapsed_s += wall_s;
+    write_outputs(&out, &plan, &arena, &mut meta, data.eval_name)?;
+    let summary = serde_json::json!({
+        "finished": finished,
+        "epochs": meta.epoch,
+        "test_accuracy": test.map(|t| t.accuracy),
+        "test_loss": test.map(|t| t.loss),
+        "test_images": test.map(|t| t.images),
+        "best_eval_accuracy": meta.best_accuracy,
+        "wall_s": wall_s,
+        "arena_bytes": mem.total(),
+        "executor_extra_bytes": exec.extra_bytes(&plan),
+        "peak_rss_bytes": peak,
+    });
+    let sp = out.join("summary.json");
+    std::fs::write(&sp, serde_json::to_vec_pretty(&summary).expect("json")).map_err(|e| io_err(&sp, "write", e))?;
+    let mem_line = format!("arena {} planned, peak RSS {}", fmt_mib(Some(mem.total() as u64)), fmt_mib(peak));
+    match test {
+        Some(t) => say(
+            opts,
+            format!(
+                "done: test accuracy {:.2}% (loss {:.4}, {} images); wall {:.1} s; {mem_line}; outputs in {}",
+                100.0 * t.accuracy,
+                t.loss,
+                t.images,
+                wall_s,
+                out.display()
+            ),
+        ),
+        None => say(
+            opts,
+            format!(
+                "stopped after epoch {} of {epochs}; wall {:.1} s; {mem_line}; continue with --resume {}",
+                meta.epoch,
+                wall_s,
+                out.display()
+            ),
+        ),
+    }
+    Ok(Outcome {
+        epochs_done: meta.epoch,
+        finished,
+        test,
+        metrics: meta.metrics,
+        wall_s,
+        arena_bytes: mem.total(),
+        peak_rss: peak,
+        out,
+        arena,
+        plan,
+    })
+}
+
+fn write_outputs(out: &Path, plan: &Plan, arena: &[f32], meta: &mut Meta, eval_name: &str) -> Result<()> {
+    metrics::write_jsonl(&out.join("metrics.jsonl"), &meta.metrics)?;
+    checkpoint::save(out, plan, arena, meta)?;
+    plot::save(&out.join("curves.png"), &meta.metrics, &eval_name.to_ascii_uppercase())
+}
+
+fn progress(quiet: bool, steps: u64, epoch: u32, epochs: u32) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
+    if let Ok(s) = ProgressStyle::with_template("{prefix} [{bar:30}] step {pos}/{len} {msg} ({elapsed}, eta {eta})") {
+        pb.set_style(s.progress_chars("=> "));
+    }
+    pb.set_prefix(format!("epoch {epoch}/{epochs}"));
+    pb
+}
+
+fn epoch_line(r: &EpochMetrics, epochs: u32) -> String {
+    let mut s = format!("epoch {}/{epochs}  lr {:.4}  train loss {:.4}", r.epoch, r.lr, r.train_loss);
+    for (k, v) in &r.losses {
+        let vals: Vec<String> = v.iter().flatten().map(|x| format!("{x:.3}")).collect();
+        s.push_str(&format!("  {k} [{}]", vals.join(" ")));
+    }
+    if let (Some(split), Some(a), Some(l)) = (&r.eval_split, r.eval_accuracy, r.eval_loss) {
+        s.push_str(&format!("  {split} acc {:.2}% loss {:.4}", 100.0 * a, l));
+    }
+    s.push_str(&format!("  {:.0} img/s  {:.1} s (total {:.1} s)", r.images_per_s, r.epoch_s, r.elapsed_s));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DatasetName, MethodName};
+
+    fn toy(n: usize, seed: u64) -> Dataset {
+        let mut r = Rng::new(seed);
+        let (c, h, w) = (1, 16, 16);
+        let labels: Vec<u16> = (0..n).map(|_| r.below(4) as u16).collect();
+        // Class-dependent brightness so there is something to learn.
+        let images = labels
+            .iter()
+            .flat_map(|&l| {
+                let base = 40 * l as u64;
+                (0..c * h * w).map(|_| (base + r.below(90)) as u8).collect::<Vec<_>>()
+            })
+            .collect();
+        Dataset { images, labels, n, c, h, w, classes: 4, class_names: (0..4).map(|i| i.to_string()).collect() }
+    }
+
+    fn data() -> Data {
+        Data { train: Arc::new(toy(40, 1)), eval: Arc::new(toy(12, 2)), eval_name: "test", test: None }
+    }
+
+    fn cfg(out: &Path, method: MethodName, hpff: bool) -> Config {
+        Config {
+            dataset: Some(DatasetName::Cifar10), // reflect-pad + crop 32 → use no augment below
+            augment: Some(true),
+            arch: Some("resnet8".into()),
+            method: Some(method),
+            hpff: Some(hpff),
+            k: Some(3),
+            epochs: Some(2),
+            batch_size: Some(16),
+            lr: Some(0.05),
+            threads: Some(2),
+            out: Some(out.to_path_buf()),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn resume_is_bit_identical_to_a_straight_run() {
+        for (method, hpff) in [(MethodName::Infopro, true), (MethodName::E2e, false)] {
+            let d1 = tempfile::tempdir().unwrap();
+            let d2 = tempfile::tempdir().unwrap();
+            let quiet = RunOptions { quiet: true, ..RunOptions::default() };
+            // Folder-style augmentation: crop to the images' own size, with flips.
+            let mut c1 = cfg(d1.path(), method, hpff);
+            c1.dataset = Some(DatasetName::Folder);
+            let straight = train_on(&c1, data(), None, &quiet).unwrap();
+            assert!(straight.finished);
+            let mut c2 = c1.clone();
+            c2.out = Some(d2.path().to_path_buf());
+            let first = train_on(&c2, data(), None, &RunOptions { stop_after: Some(1), ..quiet.clone() }).unwrap();
+            assert!(!first.finished && first.test.is_none());
+            let l = checkpoint::load(d2.path()).unwrap();
+            assert_eq!(l.meta.epoch, 1);
+            let resumed = train_on(&l.meta.config.clone(), data(), Some(l), &quiet).unwrap();
+            let p = &straight.plan;
+            let end = 3 * p.params + p.state; // params, grads, momentum, BN statistics
+            let (a, b) = (&straight.arena[..end], &resumed.arena[..end]);
+            let diff = a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            assert_eq!(diff, 0, "{method:?}: {diff} floats differ after resume");
+            assert_eq!(straight.test, resumed.test);
+            assert_eq!(resumed.metrics.len(), 2);
+            for (x, y) in straight.metrics.iter().zip(&resumed.metrics) {
+                assert_eq!(x.train_loss.to_bits(), y.train_loss.to_bits());
+                assert_eq!(x.losses, y.losses);
+                assert_eq!(x.eval_accuracy, y.eval_accuracy);
+            }
+            // The outputs are there.
+            for f in [
+                "metrics.jsonl",
+                "checkpoint.json",
+                "checkpoint.safetensors",
+                "curves.png",
+                "config.toml",
+                "summary.json",
+            ] {
+                assert!(d2.path().join(f).exists(), "{f}");
+            }
+            let lines = std::fs::read_to_string(d2.path().join("metrics.jsonl")).unwrap();
+            assert_eq!(lines.lines().count(), 2);
+        }
+    }
+
+    #[test]
+    fn partial_batches_and_eval_padding() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = cfg(d.path(), MethodName::Dgl, false);
+        c.dataset = Some(DatasetName::Folder);
+        c.epochs = Some(1);
+        c.batch_size = Some(64); // larger than the 40 training images
+        let o = train_on(&c, data(), None, &RunOptions { quiet: true, ..RunOptions::default() }).unwrap();
+        assert_eq!(o.metrics[0].steps, 1);
+        assert_eq!(o.test.unwrap().images, 12);
+        // Eval with padding equals eval at the exact batch size.
+        let mut exec = CpuExecutor::new(1);
+        let mut arena = o.arena.clone();
+        let ds = Arc::new(toy(12, 2));
+        let norm = DatasetName::Folder.kind().default_normalize();
+        let padded = evaluate(&mut exec, &o.plan, &mut arena, &ds, &norm).unwrap();
+        let setup = c.setup(Shape { c: 1, image: 16, classes: 4 }).unwrap();
+        let exact = setup.plan(12).unwrap();
+        let got = evaluate(&mut exec, &exact, &mut arena, &ds, &norm).unwrap();
+        assert_eq!(padded, got);
+    }
+}
