@@ -561,22 +561,20 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let maxo = self.max_out_len();
         let outs = [self.alloc(maxo), self.alloc(maxo), self.alloc(maxo)];
         let base = self.top;
-        let frame = |g: &mut Self, parity: usize| (0..=last).filter(|j| j % 2 == parity).map(|j| g.frame_len(j)).max();
-        let even = frame(self, 0).unwrap_or(0);
-        let odd = frame(self, 1).unwrap_or(0);
-        let regions = [base, base + even];
-        let transient = base + even + odd;
-        self.top = transient;
-        self.peak = self.peak.max(transient - plan.act_off());
+        // Frames: module j's goes at the base when it fits below module j−1's (frames shrink
+        // with depth, so they mostly alternate), else right above it; temporaries go above both.
+        let mut below = (base, base);
+        let mut transient = base;
 
         let mut frames: [Option<Frame>; 2] = [None, None];
         for j in 0..=last {
             // Module j's frame: gradient accumulators, then its forward values.
-            self.top = regions[j % 2];
+            let flen = self.frame_len(j);
+            let start = if base + flen <= below.0 { base } else { below.1 };
+            self.top = start;
             let len = self.out_len(j);
             let out = Buf { off: outs[j % 3].off, len };
             let t = self.alloc(len);
-            let c = self.alloc(len);
             let (stem, fwd) = if j == 0 {
                 let s = self.stem_fwd(img, TRAIN);
                 (Some(s), self.module_fwd(0, s.a, out, passes(0)))
@@ -584,10 +582,14 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let below = frames[(j - 1) % 2].as_ref().expect("module below is live").out;
                 (None, self.module_fwd(j, below, out, passes(j)))
             };
-            debug_assert!(self.top <= regions[j % 2] + self.frame_len(j));
+            debug_assert_eq!(self.top, start + flen);
+            transient = below.1.max(start + flen);
+            below = (start, start + flen);
             self.top = transient;
             self.op(Op::Zero { buf: t });
-            self.op(Op::Zero { buf: c });
+            // The cascade-only gradient dies with this step, so it lives above the frames.
+            let c = self.zeroed(len);
+            let work = self.top;
 
             // Its losses.
             if j < last {
@@ -621,7 +623,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                     let h = self.alloc(below.out.len);
                     self.module_bwd(&fwd, c, Some(h), false);
                     self.op(Op::Add { y: below.t, x: h });
-                    self.top = transient;
+                    self.top = work;
                 }
                 self.frame_bwd(&below, img);
             }
@@ -646,12 +648,11 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         self.top = mark;
     }
 
-    /// Floats of module `j`'s frame in [`Gen::train_hpff`]: two gradients, forward values.
+    /// Floats of module `j`'s frame in [`Gen::train_hpff`]: its gradient accumulator, forward values.
     fn frame_len(&mut self, j: usize) -> usize {
         let saved = (self.top, self.peak);
         let start = self.top;
-        let len = self.out_len(j);
-        self.alloc(2 * len);
+        self.alloc(self.out_len(j));
         let mut x = NONE;
         if j == 0 {
             let sp = self.plan.stem();
