@@ -564,7 +564,6 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         // Frames: module j's goes at the base when it fits below module j−1's (frames shrink
         // with depth, so they mostly alternate), else right above it; temporaries go above both.
         let mut below = (base, base);
-        let mut transient = base;
 
         let mut frames: [Option<Frame>; 2] = [None, None];
         for j in 0..=last {
@@ -583,9 +582,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 (None, self.module_fwd(j, below, out, passes(j)))
             };
             debug_assert_eq!(self.top, start + flen);
-            transient = below.1.max(start + flen);
+            self.top = below.1.max(start + flen);
             below = (start, start + flen);
-            self.top = transient;
             self.op(Op::Zero { buf: t });
             // The cascade-only gradient dies with this step, so it lives above the frames.
             let c = self.zeroed(len);
