@@ -360,11 +360,8 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
                 )));
             }
             pb.inc(1);
-            let status = format!(
-                "{:.0} img/s  loss {:.4}",
-                meter.images() as f64 / te.elapsed().as_secs_f64().max(1e-9),
-                f
-            );
+            let status =
+                format!("{:.0} img/s  loss {:.4}", meter.images() as f64 / te.elapsed().as_secs_f64().max(1e-9), f);
             // A log file gets no progress bar: a plain line every tenth of the epoch instead.
             if !opts.quiet && pb.is_hidden() && (i + 1) % steps.div_ceil(10).max(1) == 0 && i + 1 < steps {
                 eprintln!("epoch {epoch}/{epochs}  step {}/{steps}  {status}", i + 1);
