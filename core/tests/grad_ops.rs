@@ -542,6 +542,27 @@ fn bilinear_hand_worked() {
     assert_eq!(up, [7.0; 4]);
 }
 
+/// Outputs wider than the tap table (128 columns) are interpolated in column blocks;
+/// the blocks must join seamlessly, forward and backward.
+#[test]
+fn bilinear_wide_outputs_cross_tap_blocks() {
+    let s = Window { y0: 1, x0: 2, ph: 5, pw: 7, ..Window::full(2, 8, 11, 3, 300) };
+    let x = rand_vec(5, 2 * s.map_len());
+    let mut y = vec![0.0f32; 2 * s.out_len()];
+    bilinear_forward(&s, 2, &x, &mut y);
+    let want = bilinear_ref(&s, 2, &x.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    for (a, b) in y.iter().zip(&want) {
+        assert!((*a as f64 - b).abs() <= FWD_TOL * (1.0 + b.abs()), "{a} vs {b}");
+    }
+    // Backward is the adjoint of forward: <dy, F x> = <Fᵀ dy, x>.
+    let dy = rand_vec(6, y.len());
+    let mut dx = vec![0.0f32; x.len()];
+    bilinear_accumulate_backward(&s, 2, &dy, &mut dx);
+    let lhs: f64 = dy.iter().zip(&y).map(|(&a, &b)| a as f64 * b as f64).sum();
+    let rhs: f64 = dx.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+    assert!((lhs - rhs).abs() <= 1e-4 * (1.0 + lhs.abs()), "{lhs} vs {rhs}");
+}
+
 // ---------- sgemm ----------
 
 fn check_sgemm(

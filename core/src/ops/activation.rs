@@ -19,10 +19,9 @@ pub fn relu_inplace(x: &mut [f32]) {
 /// where `y <= 0`.
 pub fn relu_backward_inplace(y: &[f32], dy: &mut [f32]) {
     debug_assert_eq!(y.len(), dy.len());
+    // A select, not a conditional store, so the loop vectorizes.
     for (g, &v) in dy.iter_mut().zip(y) {
-        if v <= 0.0 {
-            *g = 0.0;
-        }
+        *g = if v > 0.0 { *g } else { 0.0 };
     }
 }
 

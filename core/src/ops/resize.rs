@@ -56,22 +56,37 @@ fn taps(inp: usize, out: usize, o: usize) -> (usize, usize, f32, f32) {
     (i0, i1, 1.0 - l1, l1)
 }
 
+/// Output columns whose interpolation taps are computed at once (a stack table; wider
+/// outputs are done in several column blocks).
+const TAP_BLOCK: usize = 128;
+
+/// Fills `table` with the column taps of output columns `ox0..ox0 + table.len()`.
+fn col_taps(s: &Window, ox0: usize, table: &mut [(usize, usize, f32, f32)]) {
+    for (i, t) in table.iter_mut().enumerate() {
+        *t = taps(s.pw, s.ow, ox0 + i);
+    }
+}
+
 /// Bilinear resize of the window of each of `n` maps to `oh × ow` (overwrites `y`).
 pub fn bilinear_forward(s: &Window, n: usize, x_full: &[f32], y: &mut [f32]) {
     s.check();
     debug_assert!(x_full.len() >= n * s.map_len() && y.len() >= n * s.out_len());
     let plane_in = s.h * s.w;
-    for img in 0..n {
-        for ch in 0..s.c {
-            let xp = &x_full[img * s.map_len() + ch * plane_in..][..plane_in];
-            let yp = &mut y[img * s.out_len() + ch * s.oh * s.ow..][..s.oh * s.ow];
-            for (oy, yrow) in yp.chunks_exact_mut(s.ow).enumerate() {
-                let (r0, r1, h0, h1) = taps(s.ph, s.oh, oy);
-                let row0 = &xp[(s.y0 + r0) * s.w + s.x0..][..s.pw];
-                let row1 = &xp[(s.y0 + r1) * s.w + s.x0..][..s.pw];
-                for (ox, o) in yrow.iter_mut().enumerate() {
-                    let (c0, c1, w0, w1) = taps(s.pw, s.ow, ox);
-                    *o = h0 * (w0 * row0[c0] + w1 * row0[c1]) + h1 * (w0 * row1[c0] + w1 * row1[c1]);
+    let mut table = [(0usize, 0usize, 0f32, 0f32); TAP_BLOCK];
+    for ox0 in (0..s.ow).step_by(TAP_BLOCK) {
+        let cols = &mut table[..TAP_BLOCK.min(s.ow - ox0)];
+        col_taps(s, ox0, cols);
+        for img in 0..n {
+            for ch in 0..s.c {
+                let xp = &x_full[img * s.map_len() + ch * plane_in..][..plane_in];
+                let yp = &mut y[img * s.out_len() + ch * s.oh * s.ow..][..s.oh * s.ow];
+                for (oy, yrow) in yp.chunks_exact_mut(s.ow).enumerate() {
+                    let (r0, r1, h0, h1) = taps(s.ph, s.oh, oy);
+                    let row0 = &xp[(s.y0 + r0) * s.w + s.x0..][..s.pw];
+                    let row1 = &xp[(s.y0 + r1) * s.w + s.x0..][..s.pw];
+                    for (o, &(c0, c1, w0, w1)) in yrow[ox0..].iter_mut().zip(cols.iter()) {
+                        *o = h0 * (w0 * row0[c0] + w1 * row0[c1]) + h1 * (w0 * row1[c0] + w1 * row1[c1]);
+                    }
                 }
             }
         }
@@ -84,19 +99,23 @@ pub fn bilinear_accumulate_backward(s: &Window, n: usize, dy: &[f32], dx_full: &
     s.check();
     debug_assert!(dx_full.len() >= n * s.map_len() && dy.len() >= n * s.out_len());
     let plane_in = s.h * s.w;
-    for img in 0..n {
-        for ch in 0..s.c {
-            let dxp = &mut dx_full[img * s.map_len() + ch * plane_in..][..plane_in];
-            let gp = &dy[img * s.out_len() + ch * s.oh * s.ow..][..s.oh * s.ow];
-            for (oy, grow) in gp.chunks_exact(s.ow).enumerate() {
-                let (r0, r1, h0, h1) = taps(s.ph, s.oh, oy);
-                let (b0, b1) = ((s.y0 + r0) * s.w + s.x0, (s.y0 + r1) * s.w + s.x0);
-                for (ox, &g) in grow.iter().enumerate() {
-                    let (c0, c1, w0, w1) = taps(s.pw, s.ow, ox);
-                    dxp[b0 + c0] += h0 * w0 * g;
-                    dxp[b0 + c1] += h0 * w1 * g;
-                    dxp[b1 + c0] += h1 * w0 * g;
-                    dxp[b1 + c1] += h1 * w1 * g;
+    let mut table = [(0usize, 0usize, 0f32, 0f32); TAP_BLOCK];
+    for ox0 in (0..s.ow).step_by(TAP_BLOCK) {
+        let cols = &mut table[..TAP_BLOCK.min(s.ow - ox0)];
+        col_taps(s, ox0, cols);
+        for img in 0..n {
+            for ch in 0..s.c {
+                let dxp = &mut dx_full[img * s.map_len() + ch * plane_in..][..plane_in];
+                let gp = &dy[img * s.out_len() + ch * s.oh * s.ow..][..s.oh * s.ow];
+                for (oy, grow) in gp.chunks_exact(s.ow).enumerate() {
+                    let (r0, r1, h0, h1) = taps(s.ph, s.oh, oy);
+                    let (b0, b1) = ((s.y0 + r0) * s.w + s.x0, (s.y0 + r1) * s.w + s.x0);
+                    for (&g, &(c0, c1, w0, w1)) in grow[ox0..].iter().zip(cols.iter()) {
+                        dxp[b0 + c0] += h0 * w0 * g;
+                        dxp[b0 + c1] += h0 * w1 * g;
+                        dxp[b1 + c0] += h1 * w0 * g;
+                        dxp[b1 + c1] += h1 * w1 * g;
+                    }
                 }
             }
         }
