@@ -28,6 +28,8 @@ use crate::plot;
 pub const INIT_STREAM: u64 = 1;
 /// Stream of data order and augmentation.
 pub const DATA_STREAM: u64 = 2;
+/// RNG stream of the `--limit-train`/`--limit-test` subsets.
+const LIMIT_STREAM: u64 = 3;
 
 /// The splits a run uses.
 #[derive(Debug, Clone)]
@@ -39,6 +41,9 @@ pub struct Data {
     pub eval_name: &'static str,
     /// The test split, when `eval` is a validation split (evaluated at the end).
     pub test: Option<Arc<Dataset>>,
+    /// The split the final accuracy is measured on: `"test"`, or `"val"` when a validation
+    /// split was asked for and the data set has no test split (an image folder with only `train/`).
+    pub final_name: &'static str,
 }
 
 /// Loads the splits `cfg` (completed) asks for.
@@ -46,12 +51,27 @@ pub fn load_data(cfg: &Config) -> Result<Data> {
     let kind = cfg.dataset.unwrap_or(crate::config::DatasetName::FashionMnist).kind();
     let dir = cfg.data_dir.as_deref();
     let train = data::load(kind, dir, Split::Train)?;
-    let test = data::load(kind, dir, Split::Test)?;
-    let limit = |d: Dataset, n: Option<usize>| match n {
-        Some(n) if n > 0 => d.limit(n),
-        _ => d,
+    let val_split = cfg.val_split.unwrap_or(0);
+    let test = match data::load(kind, dir, Split::Test) {
+        Ok(t) => Some(t),
+        Err(data::DataError::Missing { .. }) if val_split > 0 => {
+            eprintln!("note: no test split found; the final accuracy is measured on the validation split");
+            None
+        }
+        Err(e) => return Err(e.into()),
     };
     let seed = cfg.seed.unwrap_or(0);
+    // A seeded random subset, not the first n: image folders are sorted by class.
+    let limit = |d: Dataset, n: Option<usize>| match n {
+        Some(n) if n > 0 && n < d.n => {
+            let mut idx: Vec<usize> = (0..d.n).collect();
+            Rng::new(seed).fork(LIMIT_STREAM).shuffle(&mut idx);
+            idx.truncate(n);
+            idx.sort_unstable();
+            d.subset(&idx)
+        }
+        _ => d,
+    };
     let data = match cfg.val_split {
         Some(v) if v > 0 => {
             if v >= train.n {
@@ -65,13 +85,15 @@ pub fn load_data(cfg: &Config) -> Result<Data> {
                 train: Arc::new(limit(tr, cfg.limit_train)),
                 eval: Arc::new(limit(val, cfg.limit_test)),
                 eval_name: "val",
-                test: Some(Arc::new(limit(test, cfg.limit_test))),
+                final_name: if test.is_some() { "test" } else { "val" },
+                test: test.map(|t| Arc::new(limit(t, cfg.limit_test))),
             }
         }
         _ => Data {
             train: Arc::new(limit(train, cfg.limit_train)),
-            eval: Arc::new(limit(test, cfg.limit_test)),
+            eval: Arc::new(limit(test.ok_or_else(|| Error::msg("internal: test split missing"))?, cfg.limit_test)),
             eval_name: "test",
+            final_name: "test",
             test: None,
         },
     };
@@ -424,6 +446,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     let summary = serde_json::json!({
         "finished": finished,
         "epochs": meta.epoch,
+        "final_split": data.final_name,
         "test_accuracy": test.map(|t| t.accuracy),
         "test_loss": test.map(|t| t.loss),
         "test_images": test.map(|t| t.images),
@@ -440,7 +463,8 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         Some(t) => say(
             opts,
             format!(
-                "done: test accuracy {:.2}% (loss {:.4}, {} images); wall {:.1} s; {mem_line}; outputs in {}",
+                "done: {} accuracy {:.2}% (loss {:.4}, {} images); wall {:.1} s; {mem_line}; outputs in {}",
+                data.final_name,
                 100.0 * t.accuracy,
                 t.loss,
                 t.images,
@@ -524,7 +548,13 @@ mod tests {
     }
 
     fn data() -> Data {
-        Data { train: Arc::new(toy(40, 1)), eval: Arc::new(toy(12, 2)), eval_name: "test", test: None }
+        Data {
+            train: Arc::new(toy(40, 1)),
+            eval: Arc::new(toy(12, 2)),
+            eval_name: "test",
+            test: None,
+            final_name: "test",
+        }
     }
 
     fn cfg(out: &Path, method: MethodName, hpff: bool) -> Config {

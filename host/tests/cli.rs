@@ -147,6 +147,22 @@ fn train_on_every_format_then_eval_and_errors() {
     support::folder(&r.join("folder"), 2, 6, 16);
     train_tiny("folder", &r.join("folder"), &r.join("run-folder"), &[]);
 
+    // A folder with only a training split: the validation split stands in for the test.
+    std::fs::remove_dir_all(r.join("folder/test")).unwrap();
+    let out = r.join("run-train-only");
+    let dir = r.join("folder");
+    let args = ["train", "--dataset", "folder", "--data-dir", dir.to_str().unwrap(), "--arch", "resnet8"];
+    let o = hpff(
+        &[&args[..], &["--k", "2", "--batch-size", "4", "--val-split", "4", "--out", out.to_str().unwrap()]].concat(),
+    );
+    ok(&o);
+    assert!(stdout(&o).contains("done: val accuracy"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("no test split"), "{}", stderr(&o));
+    let summary = json(&std::fs::read_to_string(out.join("summary.json")).unwrap());
+    assert_eq!((summary["final_split"].as_str(), summary["test_images"].as_u64()), (Some("val"), Some(4)));
+    // Without a validation split a missing test split stays an error.
+    fails(&hpff(&[&args[..], &["--out", r.join("x0").to_str().unwrap()]].concat()), &["test"]);
+
     // eval rebuilds the plan from the checkpoint.
     let run = r.join("run-c10");
     let o = hpff(&["eval", "--checkpoint", run.to_str().unwrap(), "--json"]);
