@@ -41,6 +41,8 @@ impl fmt::Display for ExecError {
     }
 }
 
+impl core::error::Error for ExecError {}
+
 /// Everything one training step needs besides the arena.
 #[derive(Clone, Copy, Debug)]
 pub struct StepInput<'a> {

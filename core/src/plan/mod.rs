@@ -93,6 +93,8 @@ impl fmt::Display for PlanError {
     }
 }
 
+impl core::error::Error for PlanError {}
+
 /// An auxiliary net attached to a module's output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuxNet {
