@@ -9,7 +9,7 @@
 
 use hpff_core::arch::Arch;
 use hpff_core::exec::{init_params, train_step, StepInput};
-use hpff_core::method::{AuxHead, Base, LocalLoss, Method};
+use hpff_core::method::{AuxHead, Base, Levels, LocalLoss, Method};
 use hpff_core::optim::Sgd;
 use hpff_core::partition::Partition;
 use hpff_core::plan::{LossKind, Plan, TensorKind};
@@ -159,4 +159,52 @@ fn hpff_first_module_is_trained_only_through_the_cascade() {
     let (l1, l2) = m.local_weights(&c.plan.part, 1);
     let terms = [(LossKind::CascadeDecoder.slot(1), m.wy * l1), (LossKind::CascadeClassifier.slot(1), m.wy * l2)];
     check(&c, |n| n.starts_with("conv1") || n.starts_with("bn1") || n.starts_with("layer1."), &terms);
+}
+
+/// HiLo's cascade level alone: the middle module gets its cascade loss (weight 1) and the
+/// next module's cascade loss through the lower half of the pair, nothing else.
+#[test]
+fn hpff_cascade_level_alone() {
+    let mut c = case(Base::InfoPro, true, LocalLoss::CrossEntropy);
+    c = relevel(c, Levels::Cascade);
+    let m = c.plan.method;
+    let (l1, l2) = m.local_weights(&c.plan.part, 1);
+    let terms = [
+        (LossKind::CascadeDecoder.slot(1), l1),
+        (LossKind::CascadeClassifier.slot(1), l2),
+        (LossKind::LastY.slot(2), 1.0),
+    ];
+    check(&c, |n| n.starts_with("layer2.") || n.contains("_2_0."), &terms);
+}
+
+/// HiLo's independent level alone is a plain local method: DGL with the same heads (the
+/// parameter layouts coincide, only the aux nets' names differ), bit for bit.
+#[test]
+fn hpff_independent_level_alone_is_dgl() {
+    let b = case(Base::Dgl, false, LocalLoss::CrossEntropy);
+    // Same images: `case` draws them after the parameters, whose count differs before relevel.
+    let a = Case { x: b.x.clone(), ..relevel(case(Base::Dgl, true, LocalLoss::CrossEntropy), Levels::Independent) };
+    assert_eq!((a.plan.params, a.plan.state), (b.plan.params, b.plan.state));
+    let (mut pa, mut pb) = (a.arena.clone(), b.arena[..b.plan.act_off()].to_vec());
+    pb.resize(pa.len().max(pb.len()), 0.0);
+    pa[..a.plan.act_off()].copy_from_slice(&pb[..a.plan.act_off()]);
+    let mut arena_b = b.arena.clone();
+    let la = losses(&a, &mut pa);
+    let lb = losses(&b, &mut arena_b);
+    let m = a.plan.modules();
+    for j in 0..m - 1 {
+        assert_eq!(la[LossKind::Independent.slot(j)], lb[LossKind::Classifier.slot(j)], "module {j}");
+    }
+    assert_eq!(la[LossKind::LastX.slot(m - 1)], lb[LossKind::Ce.slot(m - 1)]);
+    let end = a.plan.act_off();
+    assert!(pa[..end].iter().zip(&arena_b[..end]).all(|(x, y)| x.to_bits() == y.to_bits()), "parameters differ");
+}
+
+fn relevel(c: Case, levels: Levels) -> Case {
+    let mut m = c.plan.method;
+    m.levels = levels;
+    let plan = Plan::new(c.plan.arch, c.plan.part.clone(), m, c.plan.batch, c.plan.mean, c.plan.std).unwrap();
+    let mut arena = vec![0.0; plan.arena_len()];
+    init_params(&plan, &mut arena, &mut Rng::new(7));
+    Case { plan, arena, ..c }
 }
