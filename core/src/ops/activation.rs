@@ -53,3 +53,14 @@ pub fn add_assign(dst: &mut [f32], src: &[f32]) {
         *d += s;
     }
 }
+
+/// `y = x·std[ch] + mean[ch]` over `n` images of `c` planes of `hw` pixels: the
+/// de-normalised image that the decoders reconstruct.
+pub fn denormalize(c: usize, hw: usize, n: usize, mean: &[f32], std: &[f32], x: &[f32], y: &mut [f32]) {
+    for (i, (xs, ys)) in x.chunks_exact(hw).zip(y.chunks_exact_mut(hw)).take(n * c).enumerate() {
+        let ch = i % c;
+        for (a, b) in xs.iter().zip(ys) {
+            *b = a * std[ch] + mean[ch];
+        }
+    }
+}

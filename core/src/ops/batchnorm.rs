@@ -109,6 +109,31 @@ pub fn batchnorm_finalize(
     }
 }
 
+/// The end of a training-mode BN's statistics pass, shared by every executor: `raw` holds
+/// the per-channel sums and squared deviations (`2·c` floats, summed over the whole
+/// batch); `mean_invstd` receives the batch mean and invstd (`2·c`); the running
+/// statistics are updated `updates` times with them, once per pass the reference makes
+/// through the layer on the same batch (the HPFF schedule runs a module once where the
+/// reference runs it up to three times). `updates` must be at least 1.
+pub fn batchnorm_update_running(
+    s: &BatchNorm2d,
+    count: usize,
+    raw: &[f32],
+    mean_invstd: &mut [f32],
+    running: &mut [f32],
+    updates: u8,
+) {
+    debug_assert!(updates >= 1);
+    let c = s.c;
+    let (mean, invstd) = mean_invstd[..2 * c].split_at_mut(c);
+    let (rm, rv) = running[..2 * c].split_at_mut(c);
+    for _ in 0..updates {
+        mean.copy_from_slice(&raw[..c]);
+        invstd.copy_from_slice(&raw[c..2 * c]);
+        batchnorm_finalize(s, count, mean, invstd, rm, rv, BN_MOMENTUM);
+    }
+}
+
 /// Evaluation mode: the running statistics become the `mean`/`invstd` that
 /// [`batchnorm_forward`] normalizes with.
 pub fn batchnorm_eval_stats(running_mean: &[f32], running_var: &[f32], mean: &mut [f32], invstd: &mut [f32]) {

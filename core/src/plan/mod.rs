@@ -261,6 +261,11 @@ impl Plan {
     pub const fn grads_off(&self) -> usize {
         self.params
     }
+    /// Where the gradient of the parameter at `off` sits: the same offset in the
+    /// gradient region. Every executor finds gradients through this.
+    pub const fn grad_of(&self, off: usize) -> usize {
+        self.params + off
+    }
     /// Start of the momentum region.
     pub const fn momentum_off(&self) -> usize {
         2 * self.params

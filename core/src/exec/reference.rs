@@ -1,123 +1,112 @@
-//! The reference executor: runs a plan's ops on one thread over a caller-provided arena.
+//! The reference executor: runs a plan's ops on one thread over an arena the caller
+//! hands it.
 //!
-//! The arena is one `&mut [f32]` of [`Plan::arena_len`] floats (a `static mut` array on a
-//! microcontroller, a `Vec` on a host): parameters, gradients, momentum, BN running
-//! statistics, the activation stack and conv scratch, laid out by the plan. Nothing
-//! here allocates.
+//! The arena is any `AsMut<[f32]>` of at least [`Plan::arena_len`] floats: a `&mut` to a
+//! `static` array on a microcontroller, a `Vec` on a host. Parameters, gradients,
+//! momentum, BN running statistics, the activation stack and conv scratch are laid out
+//! by the plan. Nothing here allocates.
 
-use crate::init;
+use super::{check_eval, check_train, init_params, region, region_span, ExecError, Executor, Held, Region, StepInput};
 use crate::loss;
-use crate::ops::{self, BN_MOMENTUM};
-use crate::optim::{sgd_step, Sgd};
-use crate::plan::{Buf, Init, Op, Plan, TensorKind};
+use crate::ops;
+use crate::optim::sgd_step;
+use crate::plan::{Buf, Op, Plan};
 use crate::rng::Rng;
 use core::fmt;
 
-/// Why a step could not run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExecError {
-    ArenaSize { need: usize, have: usize },
-    InputSize { need: usize, have: usize },
-    LossSlots { need: usize, have: usize },
-    Label { index: usize, label: u32, classes: usize },
+/// The single-threaded reference executor over an arena `A` it owns (or borrows).
+#[derive(Debug)]
+pub struct Reference<A> {
+    layout: Plan,
+    arena: A,
 }
 
-impl fmt::Display for ExecError {
+impl<A: AsRef<[f32]> + AsMut<[f32]>> Reference<A> {
+    /// An executor for `layout` over `arena`, which must hold [`Plan::arena_len`] floats.
+    pub fn new(layout: &Plan, arena: A) -> Result<Self, ExecError> {
+        let have = arena.as_ref().len();
+        if have < layout.arena_len() {
+            return Err(ExecError::ArenaSize { need: layout.arena_len(), have });
+        }
+        Ok(Reference { layout: layout.clone(), arena })
+    }
+
+    /// Initialises parameters and BN statistics as the reference does and zeroes momentum.
+    pub fn init(&mut self, rng: &mut Rng) {
+        let a = self.arena.as_mut();
+        let (p, st, m) =
+            (region(&self.layout, Region::Params), region(&self.layout, Region::BnState), region(&self.layout, Region::Momentum));
+        let (params, rest) = a.split_at_mut(p.end());
+        init_params(&self.layout, params, &mut rest[st.off - p.end()..st.end() - p.end()], rng);
+        a[m.off..m.end()].fill(0.0);
+    }
+
+    /// The whole arena (the static-arena example and tests read it directly).
+    pub fn arena(&self) -> &[f32] {
+        self.arena.as_ref()
+    }
+
+    pub fn arena_mut(&mut self) -> &mut [f32] {
+        self.arena.as_mut()
+    }
+
+    /// Gives the arena back.
+    pub fn into_arena(self) -> A {
+        self.arena
+    }
+}
+
+impl<A> fmt::Display for Reference<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            ExecError::ArenaSize { need, have } => {
-                write!(f, "arena holds {have} floats, the plan needs {need}")
-            }
-            ExecError::InputSize { need, have } => {
-                write!(f, "input has {have} values, the plan's batch needs {need}")
-            }
-            ExecError::LossSlots { need, have } => {
-                write!(f, "loss record has {have} slots, the plan needs {need}")
-            }
-            ExecError::Label { index, label, classes } => {
-                write!(f, "label {label} of sample {index} is out of range for {classes} classes")
-            }
-        }
+        f.write_str("reference (1 thread)")
     }
 }
 
-impl core::error::Error for ExecError {}
+impl<A: AsRef<[f32]> + AsMut<[f32]>> Executor for Reference<A> {
+    type Error = ExecError;
 
-/// Everything one training step needs besides the arena.
-#[derive(Clone, Copy, Debug)]
-pub struct StepInput<'a> {
-    /// Normalised images, batch × C × H × W.
-    pub x: &'a [f32],
-    pub labels: &'a [u32],
-    pub lr: f32,
-    pub sgd: Sgd,
-}
-
-/// Initialises parameters and BN statistics as the reference does, in checkpoint order.
-pub fn init_params(plan: &Plan, arena: &mut [f32], rng: &mut Rng) {
-    let state = plan.state_off();
-    plan.for_each_tensor(|t| {
-        let off = if t.kind == TensorKind::Param { t.off } else { state + t.off };
-        let w = &mut arena[off..off + t.len];
-        match t.init {
-            Init::KaimingConv { c_out, k } => init::kaiming_normal_conv(rng, w, c_out, k),
-            Init::UniformFanIn(fan_in) => init::uniform_fan_in(rng, w, fan_in),
-            Init::Ones => init::fill(w, 1.0),
-            Init::Zeros => init::fill(w, 0.0),
-        }
-    });
-    let m = plan.momentum_off();
-    arena[m..m + plan.params].fill(0.0);
-}
-
-/// Checks an eval pass's inputs against the plan.
-pub fn check_eval(plan: &Plan, arena: &[f32], x: &[f32]) -> Result<(), ExecError> {
-    if arena.len() < plan.arena_len() {
-        return Err(ExecError::ArenaSize { need: plan.arena_len(), have: arena.len() });
+    fn layout(&self) -> &Plan {
+        &self.layout
     }
-    if x.len() != plan.input().len {
-        return Err(ExecError::InputSize { need: plan.input().len, have: x.len() });
-    }
-    Ok(())
-}
 
-/// Checks a training step's inputs against the plan (every executor calls this first).
-pub fn check_step(plan: &Plan, arena: &[f32], x: &[f32], labels: &[u32]) -> Result<(), ExecError> {
-    check_eval(plan, arena, x)?;
-    if labels.len() != plan.batch {
-        return Err(ExecError::InputSize { need: plan.batch, have: labels.len() });
+    fn held(&self) -> Held {
+        Held { arena: 4 * self.layout.arena_len(), extra: 0 }
     }
-    if let Some((index, &label)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= plan.arch.classes) {
-        return Err(ExecError::Label { index, label, classes: plan.arch.classes });
-    }
-    Ok(())
-}
 
-/// Runs one training step (forward, local losses, backward, SGD). `losses` receives each
-/// loss slot's unweighted value (see [`crate::plan::LossKind`]).
-pub fn train_step(plan: &Plan, arena: &mut [f32], input: &StepInput, losses: &mut [f32]) -> Result<(), ExecError> {
-    check_step(plan, arena, input.x, input.labels)?;
-    if losses.len() < plan.loss_slots() {
-        return Err(ExecError::LossSlots { need: plan.loss_slots(), have: losses.len() });
+    fn upload(&mut self, r: Region, offset: usize, src: &[f32]) -> Result<(), ExecError> {
+        let b = region_span(&self.layout, r, offset, src.len())?;
+        self.arena.as_mut()[b.off..b.end()].copy_from_slice(src);
+        Ok(())
     }
-    let inp = plan.input();
-    arena[inp.off..inp.end()].copy_from_slice(input.x);
-    let mut a = Arena::new(arena);
-    plan.train_step(|op| a.run(plan, op, input, losses));
-    Ok(())
-}
 
-/// Runs an eval pass; returns the logits (batch × classes), a slice of the arena.
-pub fn eval_step<'a>(plan: &Plan, arena: &'a mut [f32], x: &[f32]) -> Result<&'a [f32], ExecError> {
-    let labels = [0u32; 0];
-    check_eval(plan, arena, x)?;
-    let inp = plan.input();
-    arena[inp.off..inp.end()].copy_from_slice(x);
-    let input = StepInput { x, labels: &labels, lr: 0.0, sgd: Sgd::default() };
-    let mut a = Arena::new(arena);
-    plan.eval_step(|op| a.run(plan, op, &input, &mut []));
-    let l = plan.logits();
-    Ok(&arena[l.off..l.end()])
+    fn download(&mut self, r: Region, offset: usize, dst: &mut [f32]) -> Result<(), ExecError> {
+        let b = region_span(&self.layout, r, offset, dst.len())?;
+        dst.copy_from_slice(&self.arena.as_ref()[b.off..b.end()]);
+        Ok(())
+    }
+
+    fn train_step(&mut self, plan: &Plan, input: &StepInput, losses: &mut [f32]) -> Result<(), ExecError> {
+        check_train(&self.layout, plan, input, losses)?;
+        let arena = self.arena.as_mut();
+        let inp = plan.input();
+        arena[inp.off..inp.end()].copy_from_slice(input.x);
+        let mut a = Arena::new(arena);
+        plan.train_step(|op| a.run(plan, op, input, losses));
+        Ok(())
+    }
+
+    fn eval_step(&mut self, plan: &Plan, x: &[f32], logits: &mut [f32]) -> Result<(), ExecError> {
+        check_eval(&self.layout, plan, x, logits)?;
+        let arena = self.arena.as_mut();
+        let inp = plan.input();
+        arena[inp.off..inp.end()].copy_from_slice(x);
+        let input = StepInput { x, labels: &[], lr: 0.0, sgd: Default::default() };
+        let mut a = Arena::new(arena);
+        plan.eval_step(|op| a.run(plan, op, &input, &mut []));
+        let l = plan.logits();
+        logits.copy_from_slice(&arena[l.off..l.end()]);
+        Ok(())
+    }
 }
 
 /// Raw view of the arena so one op can read some buffers while writing others.
@@ -156,15 +145,7 @@ impl<'a> Arena<'a> {
                 losses.iter_mut().for_each(|l| *l = 0.0);
             }
             Op::Zero { buf } => self.w(buf).fill(0.0),
-            Op::Restore { x, y, c, hw, mean, std } => {
-                let (x, y) = (self.r(x), self.w(y));
-                for (i, (xs, ys)) in x.chunks_exact(hw).zip(y.chunks_exact_mut(hw)).enumerate() {
-                    let ch = i % c;
-                    for (a, b) in xs.iter().zip(ys) {
-                        *b = a * std[ch] + mean[ch];
-                    }
-                }
-            }
+            Op::Restore { x, y, c, hw, mean, std } => ops::denormalize(c, hw, n, &mean, &std, self.r(x), self.w(y)),
             Op::Conv { s, w, b, x, y } => {
                 let bias = b.map(|b| self.r(buf(b, s.c_out)));
                 ops::conv2d_forward(&s, n, self.r(x), self.r(buf(w, s.weight_len())), bias, self.w(y), scratch);
@@ -177,17 +158,12 @@ impl<'a> Arena<'a> {
                 let x = self.r(x);
                 sum.fill(0.0);
                 ops::batchnorm_accumulate_sum(&s, n, x, sum);
-                let (mean, invstd) = mean_invstd.split_at_mut(c);
+                let mean = &mut mean_invstd[..c];
                 ops::batchnorm_mean_from_sum(sum, n * s.hw, mean);
                 sq_dev.fill(0.0);
                 ops::batchnorm_accumulate_sq_dev(&s, n, x, mean, sq_dev);
-                let rs = self.w(buf(state, 2 * c));
-                let (rm, rv) = rs.split_at_mut(c);
-                for _ in 0..updates {
-                    mean.copy_from_slice(sum);
-                    invstd.copy_from_slice(sq_dev);
-                    ops::batchnorm_finalize(&s, n * s.hw, mean, invstd, rm, rv, BN_MOMENTUM);
-                }
+                ops::batchnorm_update_running(&s, n * s.hw, raw, mean_invstd, self.w(buf(state, 2 * c)), updates);
+                let (mean, invstd) = mean_invstd.split_at(c);
                 let gb = self.r(buf(gp, 2 * c));
                 ops::batchnorm_forward(&s, n, x, mean, invstd, &gb[..c], &gb[c..], self.w(y));
             }
@@ -231,8 +207,8 @@ impl<'a> Arena<'a> {
             }
             Op::ConvBackward { s, w, b, x, dy, dx, weights } => {
                 if weights {
-                    let dw = self.w(buf(p + w, s.weight_len()));
-                    let db = b.map(|b| self.w(buf(p + b, s.c_out)));
+                    let dw = self.w(buf(plan.grad_of(w), s.weight_len()));
+                    let db = b.map(|b| self.w(buf(plan.grad_of(b), s.c_out)));
                     ops::conv2d_accumulate_weight_grad(&s, n, self.r(x), self.r(dy), dw, db, scratch);
                 }
                 if let Some(dx) = dx {
@@ -263,7 +239,7 @@ impl<'a> Arena<'a> {
                     self.w(dx),
                 );
                 if weights {
-                    let g = self.w(buf(p + gp, 2 * c));
+                    let g = self.w(buf(plan.grad_of(gp), 2 * c));
                     ops::add_assign(&mut g[..c], sum_dy_xhat);
                     ops::add_assign(&mut g[c..], sum_dy);
                 }
@@ -272,8 +248,8 @@ impl<'a> Arena<'a> {
             Op::SigmoidBackward { y, dy, dx } => ops::sigmoid_backward(self.r(y), self.r(dy), self.w(dx)),
             Op::PoolBackward { c, hw, dy, dx } => ops::global_avg_pool_backward(c, hw, n, self.r(dy), self.w(dx)),
             Op::LinearBackward { s, w, b, x, dy, dx } => {
-                let dw = self.w(buf(p + w, s.weight_len()));
-                let db = self.w(buf(p + b, s.out_f));
+                let dw = self.w(buf(plan.grad_of(w), s.weight_len()));
+                let db = self.w(buf(plan.grad_of(b), s.out_f));
                 ops::linear_accumulate_weight_grad(&s, n, self.r(x), self.r(dy), dw, db);
                 if let Some(dx) = dx {
                     ops::linear_backward_input(&s, n, self.r(dy), self.r(buf(w, s.weight_len())), self.w(dx));
