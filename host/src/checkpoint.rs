@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Shape};
+use crate::device::Snapshot;
 use crate::error::{io_err, Error, Result};
 use crate::metrics::{EpochMetrics, EvalResult};
 
@@ -91,20 +92,19 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// The safetensors bytes of `arena`'s parameters, BN statistics and momentum.
-pub fn tensors_bytes(plan: &Plan, arena: &[f32]) -> Result<Vec<u8>> {
+/// The safetensors bytes of a model's parameters, BN statistics and momentum.
+pub fn tensors_bytes(plan: &Plan, model: &Snapshot) -> Result<Vec<u8>> {
     let mut items: Vec<(String, Bytes)> = Vec::new();
-    let (state, mom) = (plan.state_off(), plan.momentum_off());
     plan.for_each_tensor(|t| {
-        let off = match t.kind {
-            TensorKind::Param => t.off,
-            TensorKind::State => state + t.off,
+        let src = match t.kind {
+            TensorKind::Param => &model.params,
+            TensorKind::State => &model.state,
         };
-        items.push((t.name.to_string(), Bytes { shape: shape_of(&t), data: le_bytes(&arena[off..off + t.len]) }));
+        items.push((t.name.to_string(), Bytes { shape: shape_of(&t), data: le_bytes(&src[t.off..t.off + t.len]) }));
         if t.kind == TensorKind::Param {
             items.push((
                 format!("{MOMENTUM_PREFIX}{}", t.name),
-                Bytes { shape: shape_of(&t), data: le_bytes(&arena[mom + t.off..mom + t.off + t.len]) },
+                Bytes { shape: shape_of(&t), data: le_bytes(&model.momentum[t.off..t.off + t.len]) },
             ));
         }
     });
@@ -148,9 +148,9 @@ impl Staged {
 
 /// Writes both files of a checkpoint as `*.tmp` in `dir` (see [`Staged::commit`]).
 /// `meta.tensors` is filled in here.
-pub fn stage(dir: &Path, plan: &Plan, arena: &[f32], meta: &mut Meta) -> Result<Staged> {
+pub fn stage(dir: &Path, plan: &Plan, model: &Snapshot, meta: &mut Meta) -> Result<Staged> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, "create the folder", e))?;
-    let bytes = tensors_bytes(plan, arena)?;
+    let bytes = tensors_bytes(plan, model)?;
     meta.tensors = TensorFile { file: TENSORS_FILE.into(), bytes: bytes.len() as u64, sha256: sha256_hex(&bytes) };
     write_synced(&dir.join(format!("{TENSORS_FILE}.tmp")), &bytes)?;
     let json = serde_json::to_vec_pretty(meta).expect("checkpoint metadata serializes");
@@ -159,8 +159,8 @@ pub fn stage(dir: &Path, plan: &Plan, arena: &[f32], meta: &mut Meta) -> Result<
 }
 
 /// Writes a checkpoint into `dir` atomically.
-pub fn save(dir: &Path, plan: &Plan, arena: &[f32], meta: &mut Meta) -> Result<()> {
-    stage(dir, plan, arena, meta)?.commit()
+pub fn save(dir: &Path, plan: &Plan, model: &Snapshot, meta: &mut Meta) -> Result<()> {
+    stage(dir, plan, model, meta)?.commit()
 }
 
 /// A checkpoint read from disk, its tensor file verified against its JSON.
@@ -216,10 +216,11 @@ pub fn load(path: &Path) -> Result<Loaded> {
 }
 
 impl Loaded {
-    /// Copies the checkpoint's parameters and BN statistics (and, with `momentum`, the
-    /// momentum buffers) into `arena`, checking that every tensor `plan` has is there
-    /// with the same shape and that the checkpoint has no others.
-    pub fn restore(&self, plan: &Plan, arena: &mut [f32], momentum: bool) -> Result<()> {
+    /// The checkpoint's parameters and BN statistics (and, with `momentum`, the momentum
+    /// buffers; else zeros), checking that every tensor `plan` has is there with the same
+    /// shape and that the checkpoint has no others.
+    pub fn restore(&self, plan: &Plan, momentum: bool) -> Result<Snapshot> {
+        let mut model = Snapshot::zeros(plan);
         let st = SafeTensors::deserialize(&self.tensors).map_err(|e| Error::msg(e.to_string()))?;
         let what = self.json_path.display().to_string();
         let mismatch = |detail: String| {
@@ -229,25 +230,18 @@ impl Loaded {
         };
         let mut wanted = Vec::new();
         let mut err = None;
-        let (state, mom) = (plan.state_off(), plan.momentum_off());
         plan.for_each_tensor(|t| {
             let name = t.name.to_string();
-            let mut jobs = vec![(
-                name.clone(),
-                match t.kind {
-                    TensorKind::Param => t.off,
-                    TensorKind::State => state + t.off,
-                },
-            )];
+            let mut jobs = vec![(name.clone(), t.kind == TensorKind::State, false)];
             if t.kind == TensorKind::Param {
                 let m = format!("{MOMENTUM_PREFIX}{name}");
                 if momentum {
-                    jobs.push((m.clone(), mom + t.off));
+                    jobs.push((m.clone(), false, true));
                 }
                 wanted.push(m);
             }
             wanted.push(name);
-            for (n, off) in jobs {
+            for (n, is_state, is_momentum) in jobs {
                 if err.is_some() {
                     return;
                 }
@@ -263,7 +257,12 @@ impl Loaded {
                     err = Some(mismatch(format!("{n} is {:?} {:?} there, F32 {:?} here", v.dtype(), v.shape(), want)));
                     return;
                 }
-                for (dst, b) in arena[off..off + t.len].iter_mut().zip(v.data().chunks_exact(4)) {
+                let dst = match (is_state, is_momentum) {
+                    (true, _) => &mut model.state,
+                    (false, true) => &mut model.momentum,
+                    (false, false) => &mut model.params,
+                };
+                for (dst, b) in dst[t.off..t.off + t.len].iter_mut().zip(v.data().chunks_exact(4)) {
                     *dst = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 }
             }
@@ -277,10 +276,7 @@ impl Loaded {
         if let Some(n) = extra.first() {
             return Err(mismatch(format!("it has {} tensor(s) this model lacks, e.g. {n}", extra.len())));
         }
-        if !momentum {
-            arena[mom..mom + plan.params].fill(0.0);
-        }
-        Ok(())
+        Ok(model)
     }
 }
 
@@ -289,7 +285,6 @@ mod tests {
     use super::*;
     use crate::config::DatasetName;
     use hpff_core::arch::Arch;
-    use hpff_core::exec::init_params;
     use hpff_core::method::{Base, Method};
     use hpff_core::partition::{Partition, TableKind};
     use hpff_core::rng::Rng;
@@ -317,11 +312,9 @@ mod tests {
         }
     }
 
-    fn arena(p: &Plan, seed: u64) -> Vec<f32> {
-        let mut a = vec![0.0; p.arena_len()];
-        init_params(p, &mut a, &mut Rng::new(seed));
-        let m = p.momentum_off();
-        for (i, v) in a[m..m + p.params].iter_mut().enumerate() {
+    fn model(p: &Plan, seed: u64) -> Snapshot {
+        let mut a = Snapshot::init(p, &mut Rng::new(seed));
+        for (i, v) in a.momentum.iter_mut().enumerate() {
             *v = i as f32 * 0.5;
         }
         a
@@ -331,7 +324,7 @@ mod tests {
     fn round_trip_names_shapes_and_values() {
         let d = tempfile::tempdir().unwrap();
         let p = plan(8, Base::InfoPro, true);
-        let a = arena(&p, 1);
+        let a = model(&p, 1);
         let mut m = meta(2);
         save(d.path(), &p, &a, &mut m).unwrap();
         let st_bytes = std::fs::read(d.path().join(TENSORS_FILE)).unwrap();
@@ -342,25 +335,19 @@ mod tests {
         let l = load(d.path()).unwrap();
         assert_eq!(l.meta.epoch, 2);
         assert_eq!(l.meta.tensors.sha256.len(), 64);
-        let mut b = vec![0.0; p.arena_len()];
-        l.restore(&p, &mut b, true).unwrap();
-        let end = 3 * p.params + p.state;
-        let (g0, g1) = (p.grads_off(), p.momentum_off());
-        assert_eq!(&a[..g0], &b[..g0]);
-        assert_eq!(&a[g1..end], &b[g1..end]);
+        assert_eq!(l.restore(&p, true).unwrap(), a);
         // Without momentum: buffers zeroed.
-        l.restore(&p, &mut b, false).unwrap();
-        assert!(b[g1..g1 + p.params].iter().all(|&v| v == 0.0));
+        let b = l.restore(&p, false).unwrap();
+        assert_eq!((&b.params, &b.state), (&a.params, &a.state));
+        assert!(b.momentum.iter().all(|&v| v == 0.0));
         // By the .safetensors path too.
         assert!(load(&d.path().join(TENSORS_FILE)).is_ok());
         // Another model: a clear error.
         let q = plan(14, Base::InfoPro, true);
-        let mut c = vec![0.0; q.arena_len()];
-        let e = l.restore(&q, &mut c, true).unwrap_err().to_string();
+        let e = l.restore(&q, true).unwrap_err().to_string();
         assert!(e.contains("does not fit this model"), "{e}");
         let q = plan(8, Base::Dgl, false);
-        let mut c = vec![0.0; q.arena_len()];
-        let e = l.restore(&q, &mut c, true).unwrap_err().to_string();
+        let e = l.restore(&q, true).unwrap_err().to_string();
         assert!(e.contains("does not fit this model"), "{e}");
     }
 
@@ -368,16 +355,14 @@ mod tests {
     fn unfinished_write_leaves_the_old_checkpoint() {
         let d = tempfile::tempdir().unwrap();
         let p = plan(8, Base::Dgl, false);
-        let a = arena(&p, 1);
+        let a = model(&p, 1);
         save(d.path(), &p, &a, &mut meta(1)).unwrap();
-        let b = arena(&p, 2);
+        let b = model(&p, 2);
         let staged = stage(d.path(), &p, &b, &mut meta(2)).unwrap();
         // "Crash" before the renames: the old checkpoint is what loads.
         let l = load(d.path()).unwrap();
         assert_eq!(l.meta.epoch, 1);
-        let mut c = vec![0.0; p.arena_len()];
-        l.restore(&p, &mut c, true).unwrap();
-        assert_eq!(&c[..p.params], &a[..p.params]);
+        assert_eq!(l.restore(&p, true).unwrap().params, a.params);
         staged.commit().unwrap();
         assert_eq!(load(d.path()).unwrap().meta.epoch, 2);
         // Tensors replaced but the JSON not: detected.

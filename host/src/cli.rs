@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    parse_pair, Config, DatasetName, DeviceName, LevelsName, LocalLossName, MethodName, ScheduleName, Shape,
+    parse_pair, Config, DatasetName, LevelsName, LocalLossName, MethodName, ScheduleName, Shape,
 };
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::report;
 use crate::train::{self, RunOptions};
@@ -172,9 +173,12 @@ pub struct TrainArgs {
     /// CPU threads (0 = all cores) [default: 0]
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Where to train [default: cpu]
-    #[arg(long, value_enum)]
-    pub device: Option<DeviceName>,
+    /// Where to train: cpu, cuda or cuda:N [default: cpu]
+    #[arg(long)]
+    pub device: Option<Device>,
+    /// Allow TF32 tensor-core math on the GPU (default: strict fp32)
+    #[arg(long)]
+    pub tf32: bool,
     /// Output folder for config, metrics, checkpoints and the plot [default: runs/<dataset>-<method>[-hpff]]
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -224,6 +228,7 @@ impl TrainArgs {
             seed: self.seed,
             threads: self.threads,
             device: self.device,
+            tf32: self.tf32.then_some(true),
             out: self.out.clone(),
             val_split: self.val_split,
             limit_train: self.limit_train,
@@ -252,6 +257,12 @@ pub struct EvalArgs {
     /// CPU threads (0 = all cores)
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where to evaluate: cpu, cuda or cuda:N [default: the checkpoint's]
+    #[arg(long)]
+    pub device: Option<Device>,
+    /// Allow TF32 tensor-core math on the GPU (default: strict fp32)
+    #[arg(long)]
+    pub tf32: bool,
     /// Evaluate on the first N test images only (0 = all)
     #[arg(long)]
     pub limit_test: Option<usize>,
@@ -327,9 +338,12 @@ pub struct BenchArgs {
     /// Seed of the synthetic data and the initialisation [default: 0]
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Where to run [default: cpu]
-    #[arg(long, value_enum)]
-    pub device: Option<DeviceName>,
+    /// Where to run: cpu, cuda or cuda:N [default: cpu]
+    #[arg(long)]
+    pub device: Option<Device>,
+    /// Allow TF32 tensor-core math on the GPU (default: strict fp32)
+    #[arg(long)]
+    pub tf32: bool,
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
@@ -357,7 +371,13 @@ pub fn run(cli: Cli) -> Result<()> {
             report::plan(&cfg, shape, a.json)
         }
         Command::Bench(a) => {
-            let flags = Config { threads: a.threads, seed: a.seed, device: a.device, ..a.model.to_config() };
+            let flags = Config {
+                threads: a.threads,
+                seed: a.seed,
+                device: a.device,
+                tf32: a.tf32.then_some(true),
+                ..a.model.to_config()
+            };
             let cfg = with_file(&a.config, flags)?.complete();
             let shape = a.shape.shape(cfg.dataset.unwrap_or(DatasetName::FashionMnist))?;
             report::bench(&cfg, shape, a.steps, a.warmup, a.json)

@@ -22,7 +22,7 @@
 //! | schedule | `cosine` (the reference's, per epoch) for 10 epochs or more; `cosine-steps` (per step) for shorter runs, where the per-epoch rule would give the last — or only — epoch a rate of 0 |
 //! | warmup_epochs | min(10, epochs / 10): the reference's 10 from 100 epochs up, none for short runs |
 //! | milestones, gamma | [80, 120], 0.1 (step schedule) |
-//! | seed, threads, device | 0, 0 (all cores), `cpu` |
+//! | seed, threads, device, tf32 | 0, 0 (all cores), `cpu` (or `cuda[:N]`), false (strict fp32) |
 //! | augment | the dataset's reference augmentation (`--no-augment` turns it off) |
 //! | eval_every | 1 |
 //! | out | `runs/<dataset>-<method>[-hpff]` |
@@ -37,6 +37,7 @@ use hpff_core::plan::Plan;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DatasetKind, Normalize};
+use crate::device::Device;
 use crate::error::{Error, Result};
 
 /// A dataset name on the command line and in config files.
@@ -137,14 +138,6 @@ pub enum ScheduleName {
     Constant,
 }
 
-/// Where to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeviceName {
-    Cpu,
-    Cuda,
-}
-
 /// Input shape of a network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shape {
@@ -222,7 +215,10 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<DeviceName>,
+    pub device: Option<Device>,
+    /// Allow TF32 tensor-core math on the GPU (default: strict fp32).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tf32: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub out: Option<PathBuf>,
     /// Images carved from the training split for validation (0 = none).
@@ -321,7 +317,8 @@ impl Config {
             gamma: Some(self.gamma.unwrap_or(0.1)),
             seed: Some(self.seed.unwrap_or(0)),
             threads: Some(self.threads.unwrap_or(0)),
-            device: Some(self.device.unwrap_or(DeviceName::Cpu)),
+            device: Some(self.device.unwrap_or(Device::Cpu)),
+            tf32: Some(self.tf32.unwrap_or(false)),
             out: Some(out),
             val_split: Some(self.val_split.unwrap_or(0)),
             limit_train: Some(self.limit_train.unwrap_or(0)),

@@ -8,26 +8,30 @@
 //! bit-identical whatever `--threads` is. (It differs in the last bits from the core's
 //! single-threaded reference executor, which reduces over the whole batch at once.)
 
-use hpff_core::exec::{check_eval, check_step, ExecError, StepInput};
+use hpff_core::exec::{self, check_eval, check_train, region_span, ExecError, Executor, Held, StepInput};
 use hpff_core::loss;
-use hpff_core::ops::{self, BatchNorm2d, BN_MOMENTUM};
+use hpff_core::ops::{self, BatchNorm2d};
 use hpff_core::optim::sgd_step;
 use hpff_core::plan::{Buf, Op, Plan};
 use rayon::prelude::*;
+use std::fmt;
 
 /// Images per chunk: the unit of parallel work and of the fixed reduction order.
 pub const CHUNK: usize = 8;
 /// Parameters per parallel piece of the SGD update.
 const SGD_PIECE: usize = 1 << 14;
 
-/// Runs plans on the host's CPUs.
+/// Runs plans on the host's CPUs, over an arena it owns.
 #[derive(Debug)]
 pub struct CpuExecutor {
+    layout: Plan,
+    arena: Vec<f32>,
     pool: rayon::ThreadPool,
     threads: usize,
     /// Per-thread conv scratch, then per-chunk partial sums.
     scratch: Vec<f32>,
     partials: Vec<f32>,
+    e: Extra,
 }
 
 /// Sizes of the executor's own buffers for one plan.
@@ -55,8 +59,9 @@ fn extra(plan: &Plan) -> Extra {
 }
 
 impl CpuExecutor {
-    /// An executor using `threads` worker threads (0 = all cores).
-    pub fn new(threads: usize) -> CpuExecutor {
+    /// An executor for plans laid out as `layout`, using `threads` worker threads (0 = all
+    /// cores). Allocates the arena (zeroed) and the executor's own buffers.
+    pub fn new(layout: &Plan, threads: usize) -> CpuExecutor {
         let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -64,63 +69,86 @@ impl CpuExecutor {
             .build()
             .unwrap_or_else(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("one thread"));
         let threads = pool.current_num_threads();
-        CpuExecutor { pool, threads, scratch: Vec::new(), partials: Vec::new() }
+        let e = extra(layout);
+        CpuExecutor {
+            layout: layout.clone(),
+            arena: vec![0.0; layout.arena_len()],
+            pool,
+            threads,
+            scratch: vec![0.0; e.scratch_per_thread * threads],
+            partials: vec![0.0; e.partial_per_chunk * e.chunks],
+            e,
+        }
     }
 
     pub fn threads(&self) -> usize {
         self.threads
     }
 
-    /// Bytes this executor needs beyond the plan's arena (per-thread conv scratch, per-chunk partial sums).
-    pub fn extra_bytes(&self, plan: &Plan) -> usize {
+    /// Checks `plan` fits the buffers sized for the layout (same per-image scratch, no
+    /// more chunks or larger partial sums).
+    fn extra_for(&self, plan: &Plan) -> Result<Extra, ExecError> {
         let e = extra(plan);
-        4 * (e.scratch_per_thread * self.threads + e.partial_per_chunk * e.chunks)
+        let fits = e.scratch_per_thread <= self.e.scratch_per_thread
+            && e.partial_per_chunk <= self.e.partial_per_chunk
+            && e.chunks <= self.e.chunks;
+        if !fits {
+            return Err(ExecError::ArenaSize { need: plan.arena_len(), have: self.layout.arena_len() });
+        }
+        Ok(Extra { scratch_per_thread: self.e.scratch_per_thread, partial_per_chunk: self.e.partial_per_chunk, ..e })
+    }
+}
+
+impl fmt::Display for CpuExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cpu ({} thread{})", self.threads, if self.threads == 1 { "" } else { "s" })
+    }
+}
+
+impl Executor for CpuExecutor {
+    type Error = ExecError;
+
+    fn layout(&self) -> &Plan {
+        &self.layout
     }
 
-    fn prepare(&mut self, plan: &Plan) -> Extra {
-        let e = extra(plan);
-        let s = e.scratch_per_thread * self.threads;
-        if self.scratch.len() < s {
-            self.scratch.resize(s, 0.0);
-        }
-        let p = e.partial_per_chunk * e.chunks;
-        if self.partials.len() < p {
-            self.partials.resize(p, 0.0);
-        }
-        e
+    fn held(&self) -> Held {
+        Held { arena: 4 * self.arena.len(), extra: 4 * (self.scratch.len() + self.partials.len()) }
     }
 
-    /// One training step; the same contract as [`hpff_core::exec::train_step`].
-    pub fn train_step(
-        &mut self,
-        plan: &Plan,
-        arena: &mut [f32],
-        input: &StepInput,
-        losses: &mut [f32],
-    ) -> Result<(), ExecError> {
-        check_step(plan, arena, input.x, input.labels)?;
-        if losses.len() < plan.loss_slots() {
-            return Err(ExecError::LossSlots { need: plan.loss_slots(), have: losses.len() });
-        }
+    fn upload(&mut self, r: exec::Region, offset: usize, src: &[f32]) -> Result<(), ExecError> {
+        let b = region_span(&self.layout, r, offset, src.len())?;
+        self.arena[b.off..b.end()].copy_from_slice(src);
+        Ok(())
+    }
+
+    fn download(&mut self, r: exec::Region, offset: usize, dst: &mut [f32]) -> Result<(), ExecError> {
+        let b = region_span(&self.layout, r, offset, dst.len())?;
+        dst.copy_from_slice(&self.arena[b.off..b.end()]);
+        Ok(())
+    }
+
+    fn train_step(&mut self, plan: &Plan, input: &StepInput, losses: &mut [f32]) -> Result<(), ExecError> {
+        check_train(&self.layout, plan, input, losses)?;
+        let e = self.extra_for(plan)?;
         let inp = plan.input();
-        arena[inp.off..inp.end()].copy_from_slice(input.x);
-        let e = self.prepare(plan);
-        let ctx = Ctx::new(plan, arena, &mut self.scratch, &mut self.partials, e, input);
+        self.arena[inp.off..inp.end()].copy_from_slice(input.x);
+        let ctx = Ctx::new(plan, &mut self.arena, &mut self.scratch, &mut self.partials, e, input);
         self.pool.install(|| plan.train_step(|op| ctx.run(op, losses)));
         Ok(())
     }
 
-    /// One eval pass; returns the logits (batch × classes), a slice of the arena.
-    pub fn eval_step<'a>(&mut self, plan: &Plan, arena: &'a mut [f32], x: &[f32]) -> Result<&'a [f32], ExecError> {
-        check_eval(plan, arena, x)?;
+    fn eval_step(&mut self, plan: &Plan, x: &[f32], logits: &mut [f32]) -> Result<(), ExecError> {
+        check_eval(&self.layout, plan, x, logits)?;
+        let e = self.extra_for(plan)?;
         let inp = plan.input();
-        arena[inp.off..inp.end()].copy_from_slice(x);
-        let e = self.prepare(plan);
+        self.arena[inp.off..inp.end()].copy_from_slice(x);
         let input = StepInput { x, labels: &[], lr: 0.0, sgd: Default::default() };
-        let ctx = Ctx::new(plan, arena, &mut self.scratch, &mut self.partials, e, &input);
+        let ctx = Ctx::new(plan, &mut self.arena, &mut self.scratch, &mut self.partials, e, &input);
         self.pool.install(|| plan.eval_step(|op| ctx.run(op, &mut [])));
         let l = plan.logits();
-        Ok(&arena[l.off..l.end()])
+        logits.copy_from_slice(&self.arena[l.off..l.end()]);
+        Ok(())
     }
 }
 
@@ -254,7 +282,7 @@ impl<'a> Ctx<'a> {
         let st = self.w(stats);
         let (mean_invstd, raw) = st.split_at_mut(2 * c);
         let (sum, sq_dev) = raw.split_at_mut(c);
-        let (mean, invstd) = mean_invstd.split_at_mut(c);
+        let mean = &mut mean_invstd[..c];
         sum.fill(0.0);
         self.reduce(c, sum, |i0, cnt, p| ops::batchnorm_accumulate_sum(&s, cnt, self.rows(x, i0, cnt), p));
         let count = self.n * s.hw;
@@ -266,13 +294,7 @@ impl<'a> Ctx<'a> {
                 ops::batchnorm_accumulate_sq_dev(&s, cnt, self.rows(x, i0, cnt), mean, p)
             });
         }
-        let rs = self.arena.w(state, 2 * c);
-        let (rm, rv) = rs.split_at_mut(c);
-        for _ in 0..updates {
-            mean.copy_from_slice(sum);
-            invstd.copy_from_slice(sq_dev);
-            ops::batchnorm_finalize(&s, count, mean, invstd, rm, rv, BN_MOMENTUM);
-        }
+        ops::batchnorm_update_running(&s, count, raw, mean_invstd, self.arena.w(state, 2 * c), updates);
     }
 
     fn run(&self, op: &Op, losses: &mut [f32]) {
@@ -286,13 +308,7 @@ impl<'a> Ctx<'a> {
             }
             Op::Zero { buf } => self.w(buf).fill(0.0),
             Op::Restore { x, y, c, hw, mean, std } => self.each_chunk(|_, i0, cnt| {
-                let (xs, ys) = (self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt));
-                for (i, (xp, yp)) in xs.chunks_exact(hw).zip(ys.chunks_exact_mut(hw)).enumerate() {
-                    let ch = i % c;
-                    for (a, b) in xp.iter().zip(yp) {
-                        *b = a * std[ch] + mean[ch];
-                    }
-                }
+                ops::denormalize(c, hw, cnt, &mean, &std, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
             }),
             Op::Conv { s, w, b, x, y } => {
                 let wt = self.arena.r(w, s.weight_len());
@@ -360,10 +376,10 @@ impl<'a> Ctx<'a> {
             Op::ConvBackward { s, w, b, x, dy, dx, weights } => {
                 let (wl, cb) = (s.weight_len(), if b.is_some() { s.c_out } else { 0 });
                 let wt = self.arena.r(w, wl);
-                let grad = self.arena.w(p + w, wl);
+                let grad = self.arena.w(self.plan.grad_of(w), wl);
                 let mut gb = [0f32; 0];
                 let gbias = match b {
-                    Some(b) => self.arena.w(p + b, s.c_out),
+                    Some(b) => self.arena.w(self.plan.grad_of(b), s.c_out),
                     None => &mut gb[..],
                 };
                 self.each_chunk(|c, i0, cnt| {
@@ -413,7 +429,7 @@ impl<'a> Ctx<'a> {
                     );
                 });
                 if weights {
-                    let g = self.arena.w(p + gp, 2 * c);
+                    let g = self.arena.w(self.plan.grad_of(gp), 2 * c);
                     ops::add_assign(&mut g[..c], sum_dy_xhat);
                     ops::add_assign(&mut g[c..], sum_dy);
                 }
@@ -429,7 +445,7 @@ impl<'a> Ctx<'a> {
             Op::LinearBackward { s, w, b, x, dy, dx } => {
                 let wl = s.weight_len();
                 let wt = self.arena.r(w, wl);
-                let (grad, gbias) = (self.arena.w(p + w, wl), self.arena.w(p + b, s.out_f));
+                let (grad, gbias) = (self.arena.w(self.plan.grad_of(w), wl), self.arena.w(self.plan.grad_of(b), s.out_f));
                 self.each_chunk(|c, i0, cnt| {
                     let part = self.partial(c, wl + s.out_f);
                     part.fill(0.0);

@@ -47,7 +47,9 @@ macro_rules! from_display {
     )*};
 }
 
-from_display!(crate::data::DataError, hpff_core::plan::PlanError, hpff_core::exec::ExecError, hpff_kernels::CudaError);
+from_display!(crate::data::DataError, hpff_core::plan::PlanError, hpff_core::exec::ExecError);
+#[cfg(feature = "cuda")]
+from_display!(hpff_kernels::CudaError);
 
 /// `Result` with the CLI's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod cpu;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod metrics;
 pub mod plot;

@@ -3,15 +3,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use hpff_core::exec::{init_params, StepInput};
+use hpff_core::exec::StepInput;
 use hpff_core::plan::{Memory, Plan};
 use hpff_core::rng::Rng;
 use serde_json::json;
 
 use crate::checkpoint;
 use crate::cli::EvalArgs;
-use crate::config::{Config, DeviceName, Setup, Shape};
-use crate::cpu::CpuExecutor;
+use crate::config::{Config, Setup, Shape};
+use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
 use crate::data::{self, Split};
 use crate::error::{Error, Result};
 use crate::metrics::{self, fmt_mib};
@@ -146,56 +146,54 @@ pub fn plan(cfg: &Config, shape: Shape, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-fn check_device(cfg: &Config) -> Result<()> {
-    if cfg.device == Some(DeviceName::Cuda) {
-        hpff_kernels::open_device(0)?;
-        return Err(Error::msg("the CUDA executor is not wired into hpff yet; use --device cpu"));
-    }
-    Ok(())
+/// The executor `cfg` (completed) asks for, laid out for `plan`.
+fn open_executor(cfg: &Config, plan: &Plan) -> Result<DynExecutor> {
+    let opts = ExecOptions { threads: cfg.threads.unwrap_or(0), tf32: cfg.tf32.unwrap_or(false) };
+    device::open(cfg.device.unwrap_or_default(), plan, opts)
 }
 
 /// `hpff bench`: times training steps and eval passes on synthetic data.
 pub fn bench(cfg: &Config, shape: Shape, steps: usize, warmup: usize, as_json: bool) -> Result<()> {
-    check_device(cfg)?;
     if steps == 0 {
         return Err(Error::msg("--steps must be at least 1"));
     }
     let setup = cfg.setup(shape)?;
     let plan = setup.plan(setup.batch)?;
     let seed = cfg.seed.unwrap_or(0);
-    let mut exec = CpuExecutor::new(cfg.threads.unwrap_or(0));
-    let mut arena = vec![0f32; plan.arena_len()];
+    let mut exec = open_executor(cfg, &plan)?;
     let mut rng = Rng::new(seed);
-    init_params(&plan, &mut arena, &mut rng.fork(train::INIT_STREAM));
+    Snapshot::init(&plan, &mut rng.fork(train::INIT_STREAM)).upload(&mut *exec)?;
     let x: Vec<f32> = (0..plan.input().len).map(|_| rng.normal() as f32).collect();
     let labels: Vec<u32> = (0..plan.batch).map(|_| rng.below(shape.classes as u64) as u32).collect();
     let mut losses = vec![0f32; plan.loss_slots()];
     let input = StepInput { x: &x, labels: &labels, lr: setup.lr(1, 0, 1).min(0.01), sgd: setup.sgd };
     for _ in 0..warmup {
-        exec.train_step(&plan, &mut arena, &input, &mut losses)?;
+        exec.train_step(&plan, &input, &mut losses)?;
     }
     let t = Instant::now();
     for _ in 0..steps {
-        exec.train_step(&plan, &mut arena, &input, &mut losses)?;
+        exec.train_step(&plan, &input, &mut losses)?;
     }
     let train_s = t.elapsed().as_secs_f64() / steps as f64;
+    let mut logits = vec![0f32; plan.logits().len];
     for _ in 0..warmup {
-        exec.eval_step(&plan, &mut arena, &x)?;
+        exec.eval_step(&plan, &x, &mut logits)?;
     }
     let t = Instant::now();
     for _ in 0..steps {
-        exec.eval_step(&plan, &mut arena, &x)?;
+        exec.eval_step(&plan, &x, &mut logits)?;
     }
     let eval_s = t.elapsed().as_secs_f64() / steps as f64;
     let (tf, ef) = metrics::plan_flops(&plan);
     let b = plan.batch as f64;
     let peak = metrics::peak_rss_bytes();
     let arena_b = plan.arena_len() * 4;
-    let extra = exec.extra_bytes(&plan);
+    let extra = exec.held().extra;
     let mut v = describe(&setup, &plan);
     let fields = json!({
-        "device": "cpu",
-        "threads": exec.threads(),
+        "device": exec.to_string(),
+        "threads": cfg.threads.unwrap_or(0),
+        "tf32": cfg.tf32.unwrap_or(false),
         "steps": steps,
         "warmup": warmup,
         "train_step_s": train_s,
@@ -218,11 +216,10 @@ pub fn bench(cfg: &Config, shape: Shape, steps: usize, warmup: usize, as_json: b
         println!("{v}");
     } else {
         println!(
-            "bench: resnet{} {}; batch {}; {} threads; {steps} steps after {warmup} warm-up",
+            "bench: resnet{} {}; batch {}; {exec}; {steps} steps after {warmup} warm-up",
             setup.arch.depth,
             setup.method_line(),
             plan.batch,
-            exec.threads()
         );
         println!(
             "  train: {:.1} images/s, {:.3} s/step, {:.2} GFLOP/s ({:.2} GFLOP/step)",
@@ -256,11 +253,12 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         data_dir: a.data_dir.clone(),
         batch_size: a.batch_size,
         threads: a.threads,
+        device: a.device,
+        tf32: a.tf32.then_some(true),
         limit_test: a.limit_test,
         ..Config::default()
     };
     let cfg = loaded.meta.config.merge(&over).complete();
-    check_device(&cfg)?;
     let kind = cfg.dataset.expect("completed").kind();
     let mut test = data::load(kind, cfg.data_dir.as_deref(), Split::Test)?;
     if let Some(n) = a.limit_test.filter(|&n| n > 0) {
@@ -278,11 +276,11 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     }
     let setup = cfg.setup(want)?;
     let plan = setup.plan(setup.batch)?;
-    let mut arena = vec![0f32; plan.arena_len()];
-    loaded.restore(&plan, &mut arena, false)?;
-    let mut exec = CpuExecutor::new(cfg.threads.unwrap_or(0));
+    let model = loaded.restore(&plan, false)?;
+    let mut exec = open_executor(&cfg, &plan)?;
+    model.upload(&mut *exec)?;
     let t = Instant::now();
-    let r = train::evaluate(&mut exec, &plan, &mut arena, &Arc::new(test), &setup.normalize)?;
+    let r = train::evaluate(&mut *exec, &plan, &Arc::new(test), &setup.normalize)?;
     let secs = t.elapsed().as_secs_f64();
     if a.json {
         println!(

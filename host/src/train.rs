@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hpff_core::exec::{init_params, StepInput};
+use hpff_core::exec::{Executor, Region, StepInput};
 use hpff_core::plan::Plan;
 use hpff_core::rng::Rng;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::checkpoint::{self, Meta, TensorFile};
-use crate::config::{Config, DeviceName, Setup, Shape};
-use crate::cpu::CpuExecutor;
+use crate::config::{Config, Setup, Shape};
+use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
 use crate::data::{self, Augment, BatchOptions, Batches, Dataset, Normalize, Split};
 use crate::error::{io_err, Error, Result};
 use crate::metrics::{self, fmt_mib, EpochMetrics, EvalResult, LossMeter};
@@ -135,25 +135,23 @@ pub fn data_shape(train: &Dataset, aug: Option<&Augment>, evals: &[&Dataset]) ->
     Ok(Shape { c, image: h, classes: train.classes })
 }
 
-/// Accuracy and mean cross-entropy of the network in `arena` on `ds`. The last batch
+/// Accuracy and mean cross-entropy of the network in `exec` on `ds`. The last batch
 /// is padded with zeros (eval BN uses running statistics, so padding does not change
 /// the real samples' outputs) and only real samples count.
-pub fn evaluate(
-    exec: &mut CpuExecutor,
-    plan: &Plan,
-    arena: &mut [f32],
-    ds: &Arc<Dataset>,
-    norm: &Normalize,
-) -> Result<EvalResult> {
+pub fn evaluate<E: Executor + ?Sized>(exec: &mut E, plan: &Plan, ds: &Arc<Dataset>, norm: &Normalize) -> Result<EvalResult>
+where
+    Error: From<E::Error>,
+{
     let b = plan.batch;
     let classes = plan.arch.classes;
     let img = plan.input().len / b;
     let (mut correct, mut loss, mut n) = (0usize, 0f64, 0usize);
     let mut x = vec![0f32; plan.input().len];
+    let mut logits = vec![0f32; plan.logits().len];
     for batch in Batches::new(ds.clone(), &BatchOptions::eval(b, norm.clone()), &Rng::new(0), 0) {
         x[..batch.x.len()].copy_from_slice(&batch.x);
         x[batch.x.len()..].fill(0.0);
-        let logits = exec.eval_step(plan, arena, &x)?;
+        exec.eval_step(plan, &x, &mut logits)?;
         for (i, &y) in batch.y.iter().enumerate() {
             let row = &logits[i * classes..(i + 1) * classes];
             let (arg, max) = row.iter().enumerate().fold(
@@ -199,8 +197,10 @@ pub struct Outcome {
     pub arena_bytes: usize,
     pub peak_rss: Option<u64>,
     pub out: PathBuf,
-    /// The final arena (parameters, gradients, momentum, BN statistics, activations).
-    pub arena: Vec<f32>,
+    /// The final parameters, BN statistics and momentum.
+    pub snapshot: Snapshot,
+    /// The gradients of the last step.
+    pub grads: Vec<f32>,
     pub plan: Plan,
 }
 
@@ -220,9 +220,9 @@ pub fn train(cli: &Config, opts: &RunOptions) -> Result<Outcome> {
         }
         None => cli.complete(),
     };
-    if cfg.device == Some(DeviceName::Cuda) {
-        hpff_kernels::open_device(0)?;
-        return Err(Error::msg("the CUDA executor is not wired into hpff train yet; use --device cpu"));
+    // Say what is missing before spending time on the data.
+    if let Some(device::Device::Cuda(n)) = cfg.device {
+        device::cuda_device(n)?;
     }
     let data = load_data(&cfg)?;
     train_on(&cfg, data, resumed, opts)
@@ -255,8 +255,9 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     let seed = cfg.seed.expect("completed");
     let epochs = cfg.epochs.expect("completed");
     let eval_every = cfg.eval_every.expect("completed");
-    let mut exec = CpuExecutor::new(cfg.threads.expect("completed"));
-    let mut arena = vec![0f32; plan.arena_len()];
+    let device = cfg.device.expect("completed");
+    let exec_opts = ExecOptions { threads: cfg.threads.expect("completed"), tf32: cfg.tf32.expect("completed") };
+    let mut exec: DynExecutor = device::open(device, &plan, exec_opts)?;
     let data_rng = Rng::new(seed).fork(DATA_STREAM);
     let mut meta = Meta {
         hpff_version: env!("CARGO_PKG_VERSION").into(),
@@ -286,14 +287,14 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
                     shape, l.meta.shape
                 )));
             }
-            l.restore(&plan, &mut arena, true)?;
+            l.restore(&plan, true)?.upload(&mut *exec)?;
             meta.epoch = l.meta.epoch;
             meta.global_step = l.meta.global_step;
             meta.metrics = l.meta.metrics.clone();
             meta.best_accuracy = l.meta.best_accuracy;
             meta.elapsed_s = l.meta.elapsed_s;
         }
-        None => init_params(&plan, &mut arena, &mut Rng::new(seed).fork(INIT_STREAM)),
+        None => Snapshot::init(&plan, &mut Rng::new(seed).fork(INIT_STREAM)).upload(&mut *exec)?,
     }
     std::fs::create_dir_all(&out).map_err(|e| io_err(&out, "create the output folder", e))?;
     let cfg_path = out.join("config.toml");
@@ -329,11 +330,10 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     say(
         opts,
         format!(
-            "model: resnet{} {}; arena {} planned; executor: cpu, {} threads",
+            "model: resnet{} {}; arena {} planned; executor: {exec}",
             setup.arch.depth,
             setup.method_line(),
             fmt_mib(Some(mem.total() as u64)),
-            exec.threads()
         ),
     );
     say(opts, format!("schedule: {}", setup.schedule_line()));
@@ -370,7 +370,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
                     .ok_or_else(|| Error::msg("internal: no plan for a partial batch"))?
             };
             let input = StepInput { x: &b.x, labels: &b.y, lr, sgd: setup.sgd };
-            exec.train_step(p, &mut arena, &input, &mut losses)?;
+            exec.train_step(p, &input, &mut losses)?;
             meter.add(&losses, b.n);
             meta.global_step += 1;
             let f = meter.final_mean();
@@ -393,7 +393,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         pb.finish_and_clear();
         let train_s = te.elapsed().as_secs_f64();
         let ev = if epoch % eval_every == 0 || epoch == epochs {
-            Some(evaluate(&mut exec, &plan, &mut arena, &data.eval, &setup.normalize)?)
+            Some(evaluate(&mut *exec, &plan, &data.eval, &setup.normalize)?)
         } else {
             None
         };
@@ -422,7 +422,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         meta.epoch = epoch;
         let mut m = meta.clone();
         m.elapsed_s = meta.elapsed_s + t0.elapsed().as_secs_f64();
-        write_outputs(&out, &plan, &arena, &mut m, data.eval_name)?;
+        write_outputs(&out, &plan, &Snapshot::download(&mut *exec)?, &mut m, data.eval_name)?;
     }
 
     let finished = meta.epoch >= epochs;
@@ -434,15 +434,18 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
                 loss: r.eval_loss.unwrap_or(0.0),
                 images: data.eval.n,
             },
-            (Some(t), _) => evaluate(&mut exec, &plan, &mut arena, t, &setup.normalize)?,
-            (None, _) => evaluate(&mut exec, &plan, &mut arena, &data.eval, &setup.normalize)?,
+            (Some(t), _) => evaluate(&mut *exec, &plan, t, &setup.normalize)?,
+            (None, _) => evaluate(&mut *exec, &plan, &data.eval, &setup.normalize)?,
         });
     }
     let wall_s = t0.elapsed().as_secs_f64();
     let peak = metrics::peak_rss_bytes();
     meta.test = test;
     meta.elapsed_s += wall_s;
-    write_outputs(&out, &plan, &arena, &mut meta, data.eval_name)?;
+    let snapshot = Snapshot::download(&mut *exec)?;
+    let mut grads = vec![0f32; plan.params];
+    exec.download(Region::Grads, 0, &mut grads)?;
+    write_outputs(&out, &plan, &snapshot, &mut meta, data.eval_name)?;
     let summary = serde_json::json!({
         "finished": finished,
         "epochs": meta.epoch,
@@ -453,7 +456,8 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         "best_eval_accuracy": meta.best_accuracy,
         "wall_s": wall_s,
         "arena_bytes": mem.total(),
-        "executor_extra_bytes": exec.extra_bytes(&plan),
+        "device": exec.to_string(),
+        "executor_extra_bytes": exec.held().extra,
         "peak_rss_bytes": peak,
     });
     let sp = out.join("summary.json");
@@ -491,14 +495,15 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         arena_bytes: mem.total(),
         peak_rss: peak,
         out,
-        arena,
+        snapshot,
+        grads,
         plan,
     })
 }
 
-fn write_outputs(out: &Path, plan: &Plan, arena: &[f32], meta: &mut Meta, eval_name: &str) -> Result<()> {
+fn write_outputs(out: &Path, plan: &Plan, model: &Snapshot, meta: &mut Meta, eval_name: &str) -> Result<()> {
     metrics::write_jsonl(&out.join("metrics.jsonl"), &meta.metrics)?;
-    checkpoint::save(out, plan, arena, meta)?;
+    checkpoint::save(out, plan, model, meta)?;
     plot::save(&out.join("curves.png"), &meta.metrics, &eval_name.to_ascii_uppercase())
 }
 
@@ -592,10 +597,15 @@ mod tests {
             let l = checkpoint::load(d2.path()).unwrap();
             assert_eq!(l.meta.epoch, 1);
             let resumed = train_on(&l.meta.config.clone(), data(), Some(l), &quiet).unwrap();
-            let p = &straight.plan;
-            let end = 3 * p.params + p.state; // params, grads, momentum, BN statistics
-            let (a, b) = (&straight.arena[..end], &resumed.arena[..end]);
-            let diff = a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+            let (a, b) = (&straight, &resumed);
+            let pairs = [
+                (&a.snapshot.params, &b.snapshot.params),
+                (&a.snapshot.state, &b.snapshot.state),
+                (&a.snapshot.momentum, &b.snapshot.momentum),
+                (&a.grads, &b.grads),
+            ];
+            let diff: usize =
+                pairs.iter().map(|(x, y)| x.iter().zip(y.iter()).filter(|(x, y)| x.to_bits() != y.to_bits()).count()).sum();
             assert_eq!(diff, 0, "{method:?}: {diff} floats differ after resume");
             assert_eq!(straight.test, resumed.test);
             assert_eq!(resumed.metrics.len(), 2);
@@ -631,14 +641,14 @@ mod tests {
         assert_eq!(o.metrics[0].steps, 1);
         assert_eq!(o.test.unwrap().images, 12);
         // Eval with padding equals eval at the exact batch size.
-        let mut exec = CpuExecutor::new(1);
-        let mut arena = o.arena.clone();
+        let mut exec = crate::cpu::CpuExecutor::new(&o.plan, 1);
+        o.snapshot.upload(&mut exec).unwrap();
         let ds = Arc::new(toy(12, 2));
         let norm = DatasetName::Folder.kind().default_normalize();
-        let padded = evaluate(&mut exec, &o.plan, &mut arena, &ds, &norm).unwrap();
+        let padded = evaluate(&mut exec, &o.plan, &ds, &norm).unwrap();
         let setup = c.setup(Shape { c: 1, image: 16, classes: 4 }).unwrap();
         let exact = setup.plan(12).unwrap();
-        let got = evaluate(&mut exec, &exact, &mut arena, &ds, &norm).unwrap();
+        let got = evaluate(&mut exec, &exact, &ds, &norm).unwrap();
         assert_eq!(padded, got);
     }
 }

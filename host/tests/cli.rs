@@ -242,6 +242,7 @@ fn impossible_configs_are_one_line_errors() {
     fails(&hpff(&["plan", "--dataset", "folder"]), &["--in-channels"]);
     fails(&hpff(&["train", "--device", "cuda"]), &["--device cpu"]);
     fails(&hpff(&["bench", "--device", "cuda"]), &["--device cpu"]);
+    fails(&hpff(&["train", "--device", "cuda:1"]), &["--device cpu"]);
     let d = tempfile::tempdir().unwrap();
     let cfg = d.path().join("c.toml");
     std::fs::write(&cfg, "epoch = 3\n").unwrap();

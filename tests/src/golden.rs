@@ -3,10 +3,16 @@
 use hpff_core::arch::Arch;
 use hpff_core::method::{AuxHead, Base, LocalLoss, Method};
 use hpff_core::partition::Partition;
+use hpff::device::Snapshot;
+use hpff_core::exec::StepInput;
+use hpff_core::optim::Sgd;
 use hpff_core::plan::{LossKind, Plan, TensorKind};
 use safetensors::SafeTensors;
 use std::collections::HashMap;
 use std::path::PathBuf;
+
+/// The optimizer of every fixture.
+pub const GOLDEN_SGD: Sgd = Sgd { momentum: 0.9, weight_decay: 1e-4, nesterov: true };
 
 #[derive(Debug)]
 /// One golden case: every tensor of the fixture by name, and the plan it describes.
@@ -17,8 +23,18 @@ pub struct Golden {
     pub lr: f32,
 }
 
+/// `$HPFF_FIXTURES` when set; else this crate's `fixtures/golden`, found from the build
+/// path or, for a test binary copied to another machine, from the project root it runs in.
 pub fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/golden")
+    if let Some(d) = std::env::var_os("HPFF_FIXTURES") {
+        return PathBuf::from(d);
+    }
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/golden");
+    if built.is_dir() {
+        built
+    } else {
+        PathBuf::from("tests/fixtures/golden")
+    }
 }
 
 impl Golden {
@@ -89,17 +105,31 @@ impl Golden {
         self.tensors.get(key).unwrap_or_else(|| panic!("{}: no tensor {key}", self.name))
     }
 
-    /// Copies `init.*` into a fresh arena.
-    pub fn arena(&self) -> Vec<f32> {
-        let mut a = vec![0.0; self.plan.arena_len()];
-        let state = self.plan.state_off();
+    /// The fixture's `init.*` tensors as a model (momentum zero).
+    pub fn init(&self) -> Snapshot {
+        self.model("init")
+    }
+
+    /// The tensors `{prefix}.*` (`init`, `step1`, `step3`) as a model (momentum zero).
+    pub fn model(&self, prefix: &str) -> Snapshot {
+        let mut m = Snapshot::zeros(&self.plan);
         self.plan.for_each_tensor(|t| {
-            let off = if t.kind == TensorKind::Param { t.off } else { state + t.off };
-            let src = self.get(&format!("init.{}", t.name));
+            let dst = if t.kind == TensorKind::Param { &mut m.params } else { &mut m.state };
+            let src = self.get(&format!("{prefix}.{}", t.name));
             assert_eq!(src.len(), t.len, "{}: size of {}", self.name, t.name);
-            a[off..off + t.len].copy_from_slice(src);
+            dst[t.off..t.off + t.len].copy_from_slice(src);
         });
-        a
+        m
+    }
+
+    /// The labels of step `t`.
+    pub fn labels(&self, t: usize) -> Vec<u32> {
+        self.get(&format!("target.{t}")).iter().map(|&v| v as u32).collect()
+    }
+
+    /// The input of step `t` (call with the labels from [`Golden::labels`]).
+    pub fn input<'a>(&'a self, t: usize, labels: &'a [u32]) -> StepInput<'a> {
+        StepInput { x: self.get(&format!("input.{t}")), labels, lr: self.lr, sgd: GOLDEN_SGD }
     }
 
     /// The fixture's loss keys with the plan's slot for each.

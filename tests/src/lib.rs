@@ -1,3 +1,4 @@
 //! Shared helpers for the cross-crate tests in `tests/tests/`.
 
+pub mod executors;
 pub mod golden;

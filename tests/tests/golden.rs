@@ -1,107 +1,81 @@
-//! One and three SGD steps of every method against PyTorch (fixtures from
-//! `tools/golden/make_golden.py`, ResNet-8 on 16×16 images, batch 8, K = 3).
+//! One and three SGD steps of every method against PyTorch, on every executor (fixtures
+//! from `tools/golden/make_golden.py`: ResNet-8 on 16×16 images, batch 8, K = 3; a batch
+//! of 37 — four 8-image chunks of the CPU executor and a partial one — and a ResNet-14
+//! cut into five modules).
 //!
 //! Tolerance: every loss, gradient, parameter and BN running statistic within 1e-4 of
 //! the fixture, relative to the tensor's largest magnitude floored at 1e-3 (see `rel_err`).
 
-use hpff_core::exec::{train_step, StepInput};
-use hpff_core::optim::Sgd;
+use hpff::device::Snapshot;
+use hpff_core::exec::Region;
 use hpff_core::plan::TensorKind;
+use hpff_tests::executors::Target;
 use hpff_tests::golden::{rel_err, Golden};
+use hpff_tests::on_every_executor;
 
 const TOL: f64 = 1e-4;
 
-fn run_case(case: &str) {
+fn run_case(case: &str, target: Target) {
     let g = Golden::load(case);
     let plan = &g.plan;
-    let mut arena = g.arena();
+    let mut ex = target.open(plan);
+    g.init().upload(&mut *ex).unwrap();
     let mut losses = vec![0.0; plan.loss_slots()];
-    let sgd = Sgd { momentum: 0.9, weight_decay: 1e-4, nesterov: true };
     let mut worst = [0f64; 4]; // loss, grad, step1, step3
-    let state = plan.state_off();
     for t in 0..3 {
-        let x = g.get(&format!("input.{t}"));
-        let labels: Vec<u32> = g.get(&format!("target.{t}")).iter().map(|&v| v as u32).collect();
-        let input = StepInput { x, labels: &labels, lr: g.lr, sgd };
-        train_step(plan, &mut arena, &input, &mut losses).unwrap();
+        let labels = g.labels(t);
+        ex.train_step(plan, &g.input(t, &labels), &mut losses).unwrap();
         for (key, slot) in g.loss_keys() {
             let want = g.get(&format!("loss.{t}.{key}"))[0];
             let e = rel_err(&[losses[slot]], &[want]);
-            assert!(e < TOL, "{case}: loss {key} at step {t}: {} vs {want}", losses[slot]);
+            assert!(e < TOL, "{case} on {target:?}: loss {key} at step {t}: {} vs {want}", losses[slot]);
             worst[0] = worst[0].max(e);
         }
-        let check = |prefix: &str, grads: bool, worst: &mut f64| {
+        let check = |prefix: &str, m: &Snapshot, grads: Option<&[f32]>, worst: &mut f64| {
             plan.for_each_tensor(|tn| {
                 let key = format!("{prefix}.{}", tn.name);
-                let off = match (tn.kind, grads) {
-                    (TensorKind::State, true) => return,
-                    (TensorKind::State, false) => state + tn.off,
-                    (TensorKind::Param, true) => plan.grads_off() + tn.off,
-                    (TensorKind::Param, false) => tn.off,
+                let got = match (tn.kind, grads) {
+                    (TensorKind::State, Some(_)) => return,
+                    (TensorKind::State, None) => &m.state[tn.off..tn.off + tn.len],
+                    (TensorKind::Param, Some(g)) => &g[tn.off..tn.off + tn.len],
+                    (TensorKind::Param, None) => &m.params[tn.off..tn.off + tn.len],
                 };
-                let e = rel_err(&arena[off..off + tn.len], g.get(&key));
-                assert!(e < TOL, "{case}: {key} differs by {e:.2e} (relative)");
+                let e = rel_err(got, g.get(&key));
+                assert!(e < TOL, "{case} on {target:?}: {key} differs by {e:.2e} (relative)");
                 *worst = worst.max(e);
             })
         };
+        let m = Snapshot::download(&mut *ex).unwrap();
         match t {
             0 => {
-                check("grad", true, &mut worst[1]);
+                let mut grads = vec![0.0; plan.params];
+                ex.download(Region::Grads, 0, &mut grads).unwrap();
+                check("grad", &m, Some(&grads), &mut worst[1]);
                 if g.tensors.contains_key("step1.conv1.weight") {
-                    check("step1", false, &mut worst[2]);
+                    check("step1", &m, None, &mut worst[2]);
                 }
             }
-            2 => check("step3", false, &mut worst[3]),
+            2 => check("step3", &m, None, &mut worst[3]),
             _ => {}
         }
     }
     println!(
-        "{case}: worst relative error: losses {:.1e}, step-1 grads {:.1e}, params+BN after 1 step {:.1e}, after 3 steps {:.1e}",
+        "{case} on {target:?}: worst relative error: losses {:.1e}, step-1 grads {:.1e}, params+BN after 1 step {:.1e}, after 3 steps {:.1e}",
         worst[0], worst[1], worst[2], worst[3]
     );
 }
 
-#[test]
-fn e2e() {
-    run_case("e2e");
-}
-#[test]
-fn greedy() {
-    run_case("greedy");
-}
-#[test]
-fn dgl() {
-    run_case("dgl");
-}
-#[test]
-fn infopro_full_decoder() {
-    run_case("infopro_n1_ce");
-}
-#[test]
-fn infopro_patches() {
-    run_case("infopro_n2_ce");
-}
-#[test]
-fn infopro_contrast() {
-    run_case("infopro_n2_contrast");
-}
-#[test]
-fn infopro_hpff() {
-    run_case("infopro_hpff_n2_ce");
-}
-#[test]
-fn infopro_hpff_contrast() {
-    run_case("infopro_hpff_n2_contrast");
-}
-#[test]
-fn infopro_hilo_without_pff() {
-    run_case("infopro_hpff_n1_ce");
-}
-#[test]
-fn dgl_hpff() {
-    run_case("dgl_hpff_n2_ce");
-}
-#[test]
-fn infopro_hpff_five_modules() {
-    run_case("infopro_hpff_k5_resnet14");
+on_every_executor! {
+    e2e => |t| run_case("e2e", t);
+    greedy => |t| run_case("greedy", t);
+    dgl => |t| run_case("dgl", t);
+    infopro_full_decoder => |t| run_case("infopro_n1_ce", t);
+    infopro_patches => |t| run_case("infopro_n2_ce", t);
+    infopro_contrast => |t| run_case("infopro_n2_contrast", t);
+    infopro_hpff => |t| run_case("infopro_hpff_n2_ce", t);
+    infopro_hpff_contrast => |t| run_case("infopro_hpff_n2_contrast", t);
+    infopro_hilo_without_pff => |t| run_case("infopro_hpff_n1_ce", t);
+    dgl_hpff => |t| run_case("dgl_hpff_n2_ce", t);
+    infopro_hpff_five_modules => |t| run_case("infopro_hpff_k5_resnet14", t);
+    infopro_hpff_batch_37 => |t| run_case("infopro_hpff_n2_ce_b37", t);
 }

@@ -4,6 +4,8 @@ use hpff_core::arch::Arch;
 use hpff_core::method::{Base, Method};
 use hpff_core::partition::{Partition, TableKind};
 use hpff_core::plan::{Memory, Plan};
+use hpff_tests::executors::Target;
+use hpff_tests::on_every_executor;
 
 const CIFAR_MEAN: [f32; 4] = [0.491, 0.482, 0.447, 0.0];
 const CIFAR_STD: [f32; 4] = [0.247, 0.243, 0.262, 1.0];
@@ -73,35 +75,42 @@ fn the_arena_scales_with_the_batch_and_parameters_do_not() {
     assert!(b.memory().activations > a.memory().activations * 19 / 10);
 }
 
-/// The planned activation peak is what a step really touches: run one step with the
-/// activation stack filled with a sentinel and find the highest element that changed.
-#[test]
-fn a_step_touches_exactly_the_planned_activation_peak() {
-    use hpff::cpu::CpuExecutor;
-    use hpff_core::exec::{init_params, StepInput};
+/// The planned activation peak is what a step really touches, on every executor: fill
+/// the whole work region (activation stack and the plan's conv scratch) with a sentinel,
+/// run one step, and find the highest element of the stack that changed; nothing between
+/// the training peak and the scratch may change.
+fn touches_the_planned_peak(target: Target) {
+    use hpff::device::Snapshot;
+    use hpff_core::exec::{Region, StepInput};
     use hpff_core::optim::Sgd;
     use hpff_core::rng::Rng;
     for (base, hpff, k) in [(Base::E2e, false, 1), (Base::InfoPro, false, 4), (Base::InfoPro, true, 4)] {
         let arch = Arch::resnet(20, 3, 16, 10).unwrap();
         let part = Partition::for_k(&arch, k, TableKind::Reference).unwrap();
         let plan = Plan::new(arch, part, Method::reference(base, hpff), 16, CIFAR_MEAN, CIFAR_STD).unwrap();
-        let mut arena = vec![0.0f32; plan.arena_len()];
-        init_params(&plan, &mut arena, &mut Rng::new(1));
+        let mut ex = target.open(&plan);
+        Snapshot::init(&plan, &mut Rng::new(1)).upload(&mut *ex).unwrap();
         let sentinel = f32::from_bits(0x7fc0_1234);
-        let acts = plan.act_off()..plan.scratch().off;
-        arena[acts.clone()].fill(sentinel);
+        let mut work = vec![sentinel; plan.arena_len() - plan.act_off()];
+        ex.upload(Region::Work, 0, &work).unwrap();
         let mut rng = Rng::new(2);
         let x: Vec<f32> = (0..plan.input().len).map(|_| rng.uniform() * 2.0 - 1.0).collect();
         let labels: Vec<u32> = (0..16).map(|i| i % 10).collect();
         let mut losses = vec![0.0; plan.loss_slots()];
         let input = StepInput { x: &x, labels: &labels, lr: 0.1, sgd: Sgd::default() };
-        CpuExecutor::new(1).train_step(&plan, &mut arena, &input, &mut losses).unwrap();
-        let touched = acts.clone().rev().find(|&i| arena[i].to_bits() != sentinel.to_bits()).unwrap() + 1;
+        ex.train_step(&plan, &input, &mut losses).unwrap();
+        ex.download(Region::Work, 0, &mut work).unwrap();
+        let changed = |i: &usize| work[*i].to_bits() != sentinel.to_bits();
+        let stack = plan.scratch().off - plan.act_off();
         let planned = plan.memory().activations / 4;
-        let used = touched - plan.act_off();
-        println!("{base:?} hpff={hpff}: planned {planned} floats, highest touched {used}");
-        assert!(used <= planned);
+        let used = (0..stack).rev().find(changed).map_or(0, |i| i + 1);
+        println!("{target:?} {base:?} hpff={hpff}: planned {planned} floats, highest touched {used}");
+        assert!(used <= planned, "{target:?}: a step wrote float {used} of the stack, beyond the planned peak {planned}");
         // Only a last buffer that is allocated but written later than read can stay clean.
         assert!(used as f64 >= 0.95 * planned as f64, "plan overestimates: {used} of {planned}");
     }
+}
+
+on_every_executor! {
+    a_step_touches_exactly_the_planned_activation_peak => touches_the_planned_peak;
 }

@@ -8,12 +8,15 @@
 //! of the two derivatives (ReLU kinks and f32 loss resolution bound the difference quotient).
 
 use hpff_core::arch::Arch;
-use hpff_core::exec::{init_params, train_step, StepInput};
+use hpff::device::{DynExecutor, Snapshot};
+use hpff_core::exec::{Region, StepInput};
 use hpff_core::method::{AuxHead, Base, Levels, LocalLoss, Method};
 use hpff_core::optim::Sgd;
 use hpff_core::partition::Partition;
 use hpff_core::plan::{LossKind, Plan, TensorKind};
 use hpff_core::rng::Rng;
+use hpff_tests::executors::Target;
+use hpff_tests::on_every_executor;
 
 /// Step sizes tried; a direction passes when any of them agrees (a ReLU or BN kink inside
 /// the step biases a large step, f32 rounding a small one).
@@ -27,7 +30,7 @@ struct Case {
     plan: Plan,
     x: Vec<f32>,
     labels: Vec<u32>,
-    arena: Vec<f32>,
+    model: Snapshot,
 }
 
 fn case(base: Base, hpff: bool, loss: LocalLoss) -> Case {
@@ -44,31 +47,37 @@ fn case(base: Base, hpff: bool, loss: LocalLoss) -> Case {
     let batch = 6;
     let plan = Plan::new(arch, part, m, batch, [0.5, 0.5, 0.5, 0.0], [0.25, 0.25, 0.25, 1.0]).unwrap();
     let mut rng = Rng::new(7);
-    let mut arena = vec![0.0; plan.arena_len()];
-    init_params(&plan, &mut arena, &mut rng);
+    let model = Snapshot::init(&plan, &mut rng);
     // Pixels in (0, 1) after de-normalisation, so BCE targets are valid.
     let x = (0..plan.input().len).map(|_| (rng.uniform() - 0.5) * 3.6).collect();
     let labels = vec![0, 1, 2, 0, 1, 2];
-    Case { plan, x, labels, arena }
+    Case { plan, x, labels, model }
 }
 
-/// Runs one step with lr = 0 (parameters unchanged) and returns the loss record.
-fn losses(c: &Case, arena: &mut [f32]) -> Vec<f32> {
+/// Loads `model` with `params` into `ex`, runs one step with lr = 0 (parameters
+/// unchanged) and returns the loss record.
+fn losses(c: &Case, ex: &mut DynExecutor, model: &Snapshot) -> Vec<f32> {
     let mut l = vec![0.0; c.plan.loss_slots()];
     let sgd = Sgd { momentum: 0.9, weight_decay: 0.0, nesterov: true };
-    train_step(&c.plan, arena, &StepInput { x: &c.x, labels: &c.labels, lr: 0.0, sgd }, &mut l).unwrap();
+    model.upload(&mut **ex).unwrap();
+    ex.train_step(&c.plan, &StepInput { x: &c.x, labels: &c.labels, lr: 0.0, sgd }, &mut l).unwrap();
     l
 }
 
 /// Checks the module's gradient against the weighted sum of `terms` (slot, weight).
-fn check(c: &Case, in_module: impl Fn(&str) -> bool, terms: &[(usize, f32)]) {
-    let objective = |arena: &mut [f32]| -> f64 {
-        let l = losses(c, arena);
+fn check(target: Target, c: &Case, in_module: impl Fn(&str) -> bool, terms: &[(usize, f32)]) {
+    let mut ex = target.open(&c.plan);
+    let mut objective = |m: &Snapshot| -> f64 {
+        let l = losses(c, &mut ex, m);
         terms.iter().map(|&(s, w)| w as f64 * l[s] as f64).sum()
     };
-    let mut base = c.arena.clone();
-    objective(&mut base);
-    let grads = base[c.plan.grads_off()..c.plan.grads_off() + c.plan.params].to_vec();
+    objective(&c.model);
+    let mut grads = vec![0.0; c.plan.params];
+    ex.download(Region::Grads, 0, &mut grads).unwrap();
+    let mut objective = |m: &Snapshot| -> f64 {
+        let l = losses(c, &mut ex, m);
+        terms.iter().map(|&(s, w)| w as f64 * l[s] as f64).sum()
+    };
     let mut mask = vec![false; c.plan.params];
     c.plan.for_each_tensor(|t| {
         if t.kind == TensorKind::Param && in_module(&t.name.to_string()) {
@@ -85,60 +94,58 @@ fn check(c: &Case, in_module: impl Fn(&str) -> bool, terms: &[(usize, f32)]) {
             v[i] = if rng.coin() { 1.0 } else { -1.0 };
         }
         let analytic: f64 = grads.iter().zip(&v).map(|(&g, &d)| g as f64 * d as f64).sum();
-        let shifted = |step: f32| {
-            let mut a = c.arena.clone();
-            a[..c.plan.params].iter_mut().zip(&v).for_each(|(p, &d)| *p += step * d);
-            objective(&mut a)
+        let mut shifted = |step: f32| {
+            let mut a = c.model.clone();
+            a.params.iter_mut().zip(&v).for_each(|(p, &d)| *p += step * d);
+            objective(&a)
         };
-        let (err, fd) = EPS
-            .iter()
-            .map(|&eps| {
-                let (up, down) = (shifted(eps), shifted(-eps));
-                let fd = (up - down) / (2.0 * eps as f64);
-                ((analytic - fd).abs() / analytic.abs().max(fd.abs()).max(1e-3), fd)
-            })
-            .fold((f64::INFINITY, 0.0), |best, x| if x.0 < best.0 { x } else { best });
-        println!("trial {trial}: analytic {analytic:.6e}, finite difference {fd:.6e}, rel {err:.1e}");
-        assert!(err < TOL, "trial {trial}: analytic {analytic} vs finite difference {fd}");
+        let mut best = (f64::INFINITY, 0.0);
+        for eps in EPS {
+            let (up, down) = (shifted(eps), shifted(-eps));
+            let fd = (up - down) / (2.0 * eps as f64);
+            let err = (analytic - fd).abs() / analytic.abs().max(fd.abs()).max(1e-3);
+            if err < best.0 {
+                best = (err, fd);
+            }
+        }
+        let (err, fd) = best;
+        println!("{target:?} trial {trial}: analytic {analytic:.6e}, finite difference {fd:.6e}, rel {err:.1e}");
+        assert!(err < TOL, "{target:?} trial {trial}: analytic {analytic} vs finite difference {fd}");
     }
 }
 
-#[test]
-fn e2e_whole_network() {
+fn e2e_whole_network(target: Target) {
     let c = case(Base::E2e, false, LocalLoss::CrossEntropy);
-    check(&c, |_| true, &[(LossKind::Ce.slot(0), 1.0)]);
+    check(target, &c, |_| true, &[(LossKind::Ce.slot(0), 1.0)]);
 }
 
-#[test]
-fn infopro_middle_module_with_its_decoder_and_head() {
+fn infopro_middle_module_with_its_decoder_and_head(target: Target) {
     let c = case(Base::InfoPro, false, LocalLoss::CrossEntropy);
     let (l1, l2) = c.plan.method.local_weights(&c.plan.part, 1);
     let terms = [(LossKind::Decoder.slot(1), l1), (LossKind::Classifier.slot(1), l2)];
-    check(&c, |n| n.starts_with("layer2.") || n.contains("_2_0."), &terms);
+    check(target, &c, |n| n.starts_with("layer2.") || n.contains("_2_0."), &terms);
 }
 
-#[test]
-fn infopro_first_module_with_the_stem() {
+fn infopro_first_module_with_the_stem(target: Target) {
     let c = case(Base::InfoPro, false, LocalLoss::CrossEntropy);
     let (l1, l2) = c.plan.method.local_weights(&c.plan.part, 0);
     let terms = [(LossKind::Decoder.slot(0), l1), (LossKind::Classifier.slot(0), l2)];
     check(
+        target,
         &c,
         |n| n.starts_with("conv1") || n.starts_with("bn1") || n.starts_with("layer1.") || n.contains("_1_0."),
         &terms,
     );
 }
 
-#[test]
-fn infopro_contrastive_middle_module() {
+fn infopro_contrastive_middle_module(target: Target) {
     let c = case(Base::InfoPro, false, LocalLoss::Contrast);
     let (l1, l2) = c.plan.method.local_weights(&c.plan.part, 1);
     let terms = [(LossKind::Decoder.slot(1), l1), (LossKind::Classifier.slot(1), l2)];
-    check(&c, |n| n.starts_with("layer2.") || n.contains("_2_0."), &terms);
+    check(target, &c, |n| n.starts_with("layer2.") || n.contains("_2_0."), &terms);
 }
 
-#[test]
-fn hpff_middle_module_gets_independent_cascade_and_next_cascade() {
+fn hpff_middle_module_gets_independent_cascade_and_next_cascade(target: Target) {
     let c = case(Base::InfoPro, true, LocalLoss::CrossEntropy);
     let m = c.plan.method;
     let (l1, l2) = m.local_weights(&c.plan.part, 1);
@@ -149,22 +156,20 @@ fn hpff_middle_module_gets_independent_cascade_and_next_cascade() {
         // Module 1 is the lower half of the last module's cascade path.
         (LossKind::LastY.slot(2), m.wy),
     ];
-    check(&c, |n| n.starts_with("layer2.") || n.contains("_2_0."), &terms);
+    check(target, &c, |n| n.starts_with("layer2.") || n.contains("_2_0."), &terms);
 }
 
-#[test]
-fn hpff_first_module_is_trained_only_through_the_cascade() {
+fn hpff_first_module_is_trained_only_through_the_cascade(target: Target) {
     let c = case(Base::InfoPro, true, LocalLoss::CrossEntropy);
     let m = c.plan.method;
     let (l1, l2) = m.local_weights(&c.plan.part, 1);
     let terms = [(LossKind::CascadeDecoder.slot(1), m.wy * l1), (LossKind::CascadeClassifier.slot(1), m.wy * l2)];
-    check(&c, |n| n.starts_with("conv1") || n.starts_with("bn1") || n.starts_with("layer1."), &terms);
+    check(target, &c, |n| n.starts_with("conv1") || n.starts_with("bn1") || n.starts_with("layer1."), &terms);
 }
 
 /// HiLo's cascade level alone: the middle module gets its cascade loss (weight 1) and the
 /// next module's cascade loss through the lower half of the pair, nothing else.
-#[test]
-fn hpff_cascade_level_alone() {
+fn hpff_cascade_level_alone(target: Target) {
     let mut c = case(Base::InfoPro, true, LocalLoss::CrossEntropy);
     c = relevel(c, Levels::Cascade);
     let m = c.plan.method;
@@ -174,37 +179,47 @@ fn hpff_cascade_level_alone() {
         (LossKind::CascadeClassifier.slot(1), l2),
         (LossKind::LastY.slot(2), 1.0),
     ];
-    check(&c, |n| n.starts_with("layer2.") || n.contains("_2_0."), &terms);
+    check(target, &c, |n| n.starts_with("layer2.") || n.contains("_2_0."), &terms);
 }
 
 /// HiLo's independent level alone is a plain local method: DGL with the same heads (the
 /// parameter layouts coincide, only the aux nets' names differ), bit for bit.
-#[test]
-fn hpff_independent_level_alone_is_dgl() {
+fn hpff_independent_level_alone_is_dgl(target: Target) {
     let b = case(Base::Dgl, false, LocalLoss::CrossEntropy);
     // Same images: `case` draws them after the parameters, whose count differs before relevel.
     let a = Case { x: b.x.clone(), ..relevel(case(Base::Dgl, true, LocalLoss::CrossEntropy), Levels::Independent) };
     assert_eq!((a.plan.params, a.plan.state), (b.plan.params, b.plan.state));
-    let (mut pa, mut pb) = (a.arena.clone(), b.arena[..b.plan.act_off()].to_vec());
-    pb.resize(pa.len().max(pb.len()), 0.0);
-    pa[..a.plan.act_off()].copy_from_slice(&pb[..a.plan.act_off()]);
-    let mut arena_b = b.arena.clone();
-    let la = losses(&a, &mut pa);
-    let lb = losses(&b, &mut arena_b);
+    let (mut ea, mut eb) = (target.open(&a.plan), target.open(&b.plan));
+    let la = losses(&a, &mut ea, &b.model);
+    let lb = losses(&b, &mut eb, &b.model);
     let m = a.plan.modules();
     for j in 0..m - 1 {
         assert_eq!(la[LossKind::Independent.slot(j)], lb[LossKind::Classifier.slot(j)], "module {j}");
     }
     assert_eq!(la[LossKind::LastX.slot(m - 1)], lb[LossKind::Ce.slot(m - 1)]);
-    let end = a.plan.act_off();
-    assert!(pa[..end].iter().zip(&arena_b[..end]).all(|(x, y)| x.to_bits() == y.to_bits()), "parameters differ");
+    let (ma, mb) = (Snapshot::download(&mut *ea).unwrap(), Snapshot::download(&mut *eb).unwrap());
+    let (mut ga, mut gb) = (vec![0.0; a.plan.params], vec![0.0; b.plan.params]);
+    ea.download(Region::Grads, 0, &mut ga).unwrap();
+    eb.download(Region::Grads, 0, &mut gb).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(ma == mb && bits(&ga) == bits(&gb), "parameters, statistics or gradients differ");
 }
 
 fn relevel(c: Case, levels: Levels) -> Case {
     let mut m = c.plan.method;
     m.levels = levels;
     let plan = Plan::new(c.plan.arch, c.plan.part.clone(), m, c.plan.batch, c.plan.mean, c.plan.std).unwrap();
-    let mut arena = vec![0.0; plan.arena_len()];
-    init_params(&plan, &mut arena, &mut Rng::new(7));
-    Case { plan, arena, ..c }
+    let model = Snapshot::init(&plan, &mut Rng::new(7));
+    Case { plan, model, ..c }
+}
+
+on_every_executor! {
+    e2e_whole_network => e2e_whole_network;
+    infopro_middle_module_with_its_decoder_and_head => infopro_middle_module_with_its_decoder_and_head;
+    infopro_first_module_with_the_stem => infopro_first_module_with_the_stem;
+    infopro_contrastive_middle_module => infopro_contrastive_middle_module;
+    hpff_middle_module_gets_independent_cascade_and_next_cascade => hpff_middle_module_gets_independent_cascade_and_next_cascade;
+    hpff_first_module_is_trained_only_through_the_cascade => hpff_first_module_is_trained_only_through_the_cascade;
+    hpff_cascade_level_alone => hpff_cascade_level_alone;
+    hpff_independent_level_alone_is_dgl => hpff_independent_level_alone_is_dgl;
 }

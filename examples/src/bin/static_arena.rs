@@ -10,7 +10,7 @@
 //! Run: `cargo run --release -p hpff-examples --bin static_arena`
 
 use hpff_core::arch::Arch;
-use hpff_core::exec::{eval_step, init_params, train_step, StepInput};
+use hpff_core::exec::{Executor, Reference, StepInput};
 use hpff_core::method::{AuxHead, Base, Method};
 use hpff_core::optim::Sgd;
 use hpff_core::partition::Partition;
@@ -48,6 +48,7 @@ static mut ARENA: [f32; ARENA_FLOATS] = [0.0; ARENA_FLOATS];
 static mut IMAGES: [f32; BATCH * IMAGE * IMAGE] = [0.0; BATCH * IMAGE * IMAGE];
 static mut LABELS: [u32; BATCH] = [0; BATCH];
 static mut LOSSES: [f32; 3 * LOSS_KINDS] = [0.0; 3 * LOSS_KINDS];
+static mut LOGITS: [f32; BATCH * 4] = [0.0; BATCH * 4];
 
 /// A batch of quadrant images: background noise, one bright quadrant, normalised.
 fn make_batch(rng: &mut Rng, x: &mut [f32], y: &mut [u32]) {
@@ -88,14 +89,16 @@ fn run() -> Result<(f32, f32, f32), &'static str> {
         )
     };
     let mut rng = Rng::new(1);
-    init_params(&plan, arena, &mut rng);
+    // The reference executor borrows the static arena: it owns it for as long as it lives.
+    let mut exec = Reference::new(&plan, arena).map_err(|_| "arena")?;
+    exec.init(&mut rng);
     let sgd = Sgd::default();
     let last = LossKind::LastY.slot(plan.modules() - 1);
     let (mut first, mut final_loss) = (0.0, 0.0);
     for step in 0..STEPS {
         make_batch(&mut rng, x, y);
         let input = StepInput { x, labels: y, lr: 0.05, sgd };
-        train_step(&plan, arena, &input, losses).map_err(|_| "step")?;
+        exec.train_step(&plan, &input, losses).map_err(|_| "step")?;
         if step == 0 {
             first = losses[last];
         }
@@ -103,7 +106,9 @@ fn run() -> Result<(f32, f32, f32), &'static str> {
     }
     let mut correct = 0;
     make_batch(&mut rng, x, y);
-    let logits = eval_step(&plan, arena, x).map_err(|_| "eval")?;
+    // SAFETY: single-threaded program; only touched here.
+    let logits = unsafe { &mut (&mut *core::ptr::addr_of_mut!(LOGITS))[..plan.logits().len] };
+    exec.eval_step(&plan, x, logits).map_err(|_| "eval")?;
     for (i, row) in logits.chunks_exact(4).enumerate() {
         let arg = (0..4).fold(0, |b, k| if row[k] > row[b] { k } else { b });
         correct += usize::from(arg as u32 == y[i]);

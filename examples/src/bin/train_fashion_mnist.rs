@@ -5,9 +5,10 @@
 //! (needs the Debian package `dataset-fashion-mnist`, or downloads into the cache).
 
 use hpff::cpu::CpuExecutor;
+use hpff::device::Snapshot;
 use hpff::data::{self, BatchOptions, Batches, DatasetKind, Split};
 use hpff_core::arch::Arch;
-use hpff_core::exec::{init_params, StepInput};
+use hpff_core::exec::{Executor, StepInput};
 use hpff_core::method::{Base, Method};
 use hpff_core::optim::Sgd;
 use hpff_core::partition::{Partition, TableKind};
@@ -31,18 +32,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let part = Partition::for_k(&arch, 3, TableKind::Reference)?;
     let plan = Plan::new(arch, part.clone(), Method::reference(Base::InfoPro, true), BATCH, mean, std)?;
     println!("{} modules, training arena {:.1} MiB", plan.modules(), plan.memory().total() as f64 / 1048576.0);
-    let mut arena = vec![0.0f32; plan.arena_len()];
-    init_params(&plan, &mut arena, &mut Rng::new(0));
+    // The executor owns the arena (any `Executor` works the same: `hpff::device::open`
+    // picks one by name, e.g. the CUDA executor).
+    let mut exec = CpuExecutor::new(&plan, 0);
+    Snapshot::init(&plan, &mut Rng::new(0)).upload(&mut exec)?;
 
     // Train one epoch on full batches (the last partial batch is dropped for brevity).
-    let mut exec = CpuExecutor::new(0);
     let mut losses = vec![0.0; plan.loss_slots()];
     let rng = Rng::new(1);
     let opts = BatchOptions { drop_last: true, ..BatchOptions::train(BATCH, None, norm.clone()) };
     let steps = Batches::new(train.clone(), &opts, &rng, 0).len();
     for (i, b) in Batches::new(train, &opts, &rng, 0).enumerate() {
         let lr = 0.05 * (1.0 + (std::f32::consts::PI * i as f32 / steps as f32).cos());
-        exec.train_step(&plan, &mut arena, &StepInput { x: &b.x, labels: &b.y, lr, sgd: Sgd::default() }, &mut losses)?;
+        exec.train_step(&plan, &StepInput { x: &b.x, labels: &b.y, lr, sgd: Sgd::default() }, &mut losses)?;
         if i % 20 == 0 {
             println!("step {i:>4}/{steps}: cross-entropy {:.4}", losses[LossKind::LastY.slot(plan.modules() - 1)]);
         }
@@ -52,7 +54,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut correct, mut seen) = (0, 0);
     for b in Batches::new(test, &BatchOptions::eval(BATCH, norm), &rng, 0) {
         let eval_plan = Plan::new(arch, part.clone(), plan.method, b.n, mean, std)?;
-        let logits = exec.eval_step(&eval_plan, &mut arena, &b.x)?;
+        let mut logits = vec![0.0; eval_plan.logits().len];
+        exec.eval_step(&eval_plan, &b.x, &mut logits)?;
         for (row, &y) in logits.chunks_exact(10).zip(&b.y) {
             let arg = (0..10).fold(0, |m, k| if row[k] > row[m] { k } else { m });
             correct += usize::from(arg as u32 == y);

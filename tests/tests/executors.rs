@@ -1,0 +1,95 @@
+//! Properties every executor has: the same steps give the same bits (the CPU executor at
+//! any thread count, the others run twice), eval agrees with the reference executor, and
+//! bad inputs are errors, not panics.
+
+use hpff::device::Snapshot;
+use hpff_core::arch::Arch;
+use hpff_core::exec::{Executor, Reference, Region, StepInput};
+use hpff_core::method::{AuxHead, Base, LocalLoss, Method};
+use hpff_core::partition::Partition;
+use hpff_core::plan::Plan;
+use hpff_core::rng::Rng;
+use hpff_tests::executors::Target;
+use hpff_tests::golden::{rel_err, Golden, GOLDEN_SGD};
+use hpff_tests::on_every_executor;
+
+/// Two steps of InfoPro + HPFF on a batch of 37 (four full CPU chunks and a partial one);
+/// returns parameters, BN statistics, momentum, gradients and the last losses.
+fn run_synthetic(target: Target, local_loss: LocalLoss) -> (Snapshot, Vec<f32>, Vec<f32>) {
+    let arch = Arch::resnet(8, 3, 16, 5).unwrap();
+    let part = Partition::from_splits(&arch, [(1, 0), (2, 0)]).unwrap();
+    let mut m = Method::reference(Base::InfoPro, true);
+    m.local_loss = local_loss;
+    m.head = AuxHead::parse("1c2f").unwrap();
+    let batch = 37;
+    let plan = Plan::new(arch, part, m, batch, [0.5; 4], [0.25; 4]).unwrap();
+    let mut rng = Rng::new(3);
+    let mut ex = target.open(&plan);
+    Snapshot::init(&plan, &mut rng).upload(&mut *ex).unwrap();
+    let x: Vec<f32> = (0..plan.input().len).map(|_| rng.uniform() * 3.0 - 1.5).collect();
+    let labels: Vec<u32> = (0..batch).map(|_| rng.below(5) as u32).collect();
+    let mut losses = vec![0.0; plan.loss_slots()];
+    for _ in 0..2 {
+        ex.train_step(&plan, &StepInput { x: &x, labels: &labels, lr: 0.1, sgd: GOLDEN_SGD }, &mut losses).unwrap();
+    }
+    let mut grads = vec![0.0; plan.params];
+    ex.download(Region::Grads, 0, &mut grads).unwrap();
+    (Snapshot::download(&mut *ex).unwrap(), grads, losses)
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn same_bits(target: Target) {
+    for local_loss in [LocalLoss::CrossEntropy, LocalLoss::Contrast] {
+        let peers = target.bitwise_peers();
+        let (m0, g0, l0) = run_synthetic(peers[0], local_loss);
+        assert!(l0.iter().all(|l| l.is_finite()));
+        for &p in &peers[1..] {
+            let (m, g, l) = run_synthetic(p, local_loss);
+            assert!(m == m0 && bits(&g) == bits(&g0), "{local_loss:?}: {p:?} differs from {:?}", peers[0]);
+            assert_eq!(bits(&l), bits(&l0), "{local_loss:?}: losses differ on {p:?}");
+        }
+    }
+}
+
+/// Eval logits against the reference executor's, after the same three golden steps.
+fn eval_agrees(target: Target) {
+    let g = Golden::load("infopro_hpff_n2_ce");
+    let mut want_ex = Reference::new(&g.plan, vec![0.0; g.plan.arena_len()]).unwrap();
+    let mut ex = target.open(&g.plan);
+    g.init().upload(&mut want_ex).unwrap();
+    g.init().upload(&mut *ex).unwrap();
+    let x = g.get("input.0");
+    let (mut want, mut got) = (vec![0.0; g.plan.logits().len], vec![0.0; g.plan.logits().len]);
+    want_ex.eval_step(&g.plan, x, &mut want).unwrap();
+    ex.eval_step(&g.plan, x, &mut got).unwrap();
+    let e = rel_err(&got, &want);
+    println!("{target:?}: eval logits within {e:.1e} of the reference executor");
+    assert!(e < 1e-5, "{target:?}: eval logits differ by {e:.2e}");
+}
+
+fn bad_inputs_are_errors(target: Target) {
+    let g = Golden::load("e2e");
+    let mut ex = target.open(&g.plan);
+    let x = g.get("input.0");
+    let mut losses = vec![0.0; g.plan.loss_slots()];
+    let bad = vec![99u32; g.plan.batch];
+    let e = ex.train_step(&g.plan, &StepInput { x, labels: &bad, lr: 0.1, sgd: GOLDEN_SGD }, &mut losses);
+    assert!(e.unwrap_err().to_string().contains("out of range"));
+    let mut logits = vec![0.0; g.plan.logits().len];
+    assert!(ex.eval_step(&g.plan, &x[..x.len() - 1], &mut logits).is_err());
+    assert!(ex.upload(Region::Params, g.plan.params, &[1.0]).is_err());
+    // A plan of another model cannot run on this executor's arena.
+    let other = Golden::load("dgl").plan;
+    let mut l2 = vec![0.0; other.loss_slots()];
+    let e = ex.train_step(&other, &g.input(0, &g.labels(0)), &mut l2).unwrap_err().to_string();
+    assert!(e.contains("parameters"), "{e}");
+}
+
+on_every_executor! {
+    same_steps_same_bits => same_bits;
+    eval_matches_the_reference_executor => eval_agrees;
+    bad_input => bad_inputs_are_errors;
+}
