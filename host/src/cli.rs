@@ -7,9 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{
-    parse_pair, Config, DatasetName, LevelsName, LocalLossName, MethodName, ScheduleName, Shape,
-};
+use crate::config::{parse_pair, Config, DatasetName, LevelsName, LocalLossName, MethodName, ScheduleName, Shape};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::report;

@@ -445,7 +445,8 @@ impl<'a> Ctx<'a> {
             Op::LinearBackward { s, w, b, x, dy, dx } => {
                 let wl = s.weight_len();
                 let wt = self.arena.r(w, wl);
-                let (grad, gbias) = (self.arena.w(self.plan.grad_of(w), wl), self.arena.w(self.plan.grad_of(b), s.out_f));
+                let (grad, gbias) =
+                    (self.arena.w(self.plan.grad_of(w), wl), self.arena.w(self.plan.grad_of(b), s.out_f));
                 self.each_chunk(|c, i0, cnt| {
                     let part = self.partial(c, wl + s.out_f);
                     part.fill(0.0);

@@ -129,7 +129,7 @@ pub fn cuda_device(ordinal: usize) -> Result<String> {
 
 #[cfg(not(feature = "cuda"))]
 pub fn cuda_device(_: usize) -> Result<String> {
-    Err(Error::msg("this hpff was built without the CUDA executor (cargo feature `cuda`)"))
+    Err(Error::msg("this hpff was built without the CUDA executor (cargo feature `cuda`); use --device cpu"))
 }
 
 #[cfg(feature = "cuda")]

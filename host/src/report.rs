@@ -11,8 +11,8 @@ use serde_json::json;
 use crate::checkpoint;
 use crate::cli::EvalArgs;
 use crate::config::{Config, Setup, Shape};
-use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
 use crate::data::{self, Split};
+use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
 use crate::error::{Error, Result};
 use crate::metrics::{self, fmt_mib};
 use crate::train;
@@ -192,7 +192,10 @@ pub fn bench(cfg: &Config, shape: Shape, steps: usize, warmup: usize, as_json: b
     let mut v = describe(&setup, &plan);
     let fields = json!({
         "device": exec.to_string(),
-        "threads": cfg.threads.unwrap_or(0),
+        "threads": match cfg.threads.unwrap_or(0) {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        },
         "tf32": cfg.tf32.unwrap_or(false),
         "steps": steps,
         "warmup": warmup,

@@ -18,8 +18,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::checkpoint::{self, Meta, TensorFile};
 use crate::config::{Config, Setup, Shape};
-use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
 use crate::data::{self, Augment, BatchOptions, Batches, Dataset, Normalize, Split};
+use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
 use crate::error::{io_err, Error, Result};
 use crate::metrics::{self, fmt_mib, EpochMetrics, EvalResult, LossMeter};
 use crate::plot;
@@ -138,7 +138,12 @@ pub fn data_shape(train: &Dataset, aug: Option<&Augment>, evals: &[&Dataset]) ->
 /// Accuracy and mean cross-entropy of the network in `exec` on `ds`. The last batch
 /// is padded with zeros (eval BN uses running statistics, so padding does not change
 /// the real samples' outputs) and only real samples count.
-pub fn evaluate<E: Executor + ?Sized>(exec: &mut E, plan: &Plan, ds: &Arc<Dataset>, norm: &Normalize) -> Result<EvalResult>
+pub fn evaluate<E: Executor + ?Sized>(
+    exec: &mut E,
+    plan: &Plan,
+    ds: &Arc<Dataset>,
+    norm: &Normalize,
+) -> Result<EvalResult>
 where
     Error: From<E::Error>,
 {
@@ -604,8 +609,10 @@ mod tests {
                 (&a.snapshot.momentum, &b.snapshot.momentum),
                 (&a.grads, &b.grads),
             ];
-            let diff: usize =
-                pairs.iter().map(|(x, y)| x.iter().zip(y.iter()).filter(|(x, y)| x.to_bits() != y.to_bits()).count()).sum();
+            let diff: usize = pairs
+                .iter()
+                .map(|(x, y)| x.iter().zip(y.iter()).filter(|(x, y)| x.to_bits() != y.to_bits()).count())
+                .sum();
             assert_eq!(diff, 0, "{method:?}: {diff} floats differ after resume");
             assert_eq!(straight.test, resumed.test);
             assert_eq!(resumed.metrics.len(), 2);

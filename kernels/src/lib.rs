@@ -1,42 +1,77 @@
 //! # hpff-kernels
 //!
-//! The CUDA executor of the hpff schedule will live here (NVRTC-compiled kernels,
-//! cuBLAS GEMM, a device arena sized by the core's plan). Until it lands, this crate
-//! compiles everywhere and every entry point returns [`CudaError::NotBuilt`], so
-//! `--device cuda` fails with a clear message instead of a missing symbol.
+//! The CUDA executor of the hpff schedule: [`CudaExecutor`] implements
+//! [`hpff_core::exec::Executor`] with NVRTC-compiled kernels and cuBLAS GEMMs, so the
+//! training loop, the CLI and the agreement tests run on it unchanged.
+//!
+//! ## What runs where
+//! - **Host**: the plan's op sequence is turned into launches (`encode`); inputs,
+//!   labels and the step scalars (lr, momentum, weight decay, Nesterov) are copied in
+//!   before a step, and only the loss record (training) or the logits (eval) come back.
+//! - **Device, one stream**: every op. Convolutions are im2col over a chunk of `G`
+//!   images into `[c_in·k·k][G·hw_out]`, one cuBLAS SGEMM per chunk, and transposes
+//!   to NCHW; the input gradient is `Wᵀ·dy` then a col2im *gather*; the weight
+//!   gradient a GEMM with β = 1 per chunk, chunks in order. Linear layers are cuBLAS
+//!   GEMMs. BN statistics, bias gradients and losses are fixed two-stage reductions.
+//! - **CUDA graphs**: the whole op sequence of a plan is captured once (per batch size,
+//!   train and eval apart) and replayed; every address is fixed and per-step values are
+//!   read from device memory, so a replay equals the direct launches. If capture or
+//!   instantiation fails the executor falls back to direct launches and says why in
+//!   [`CudaExecutor::graph_fallback`].
+//!
+//! ## Environment
+//! - `HPFF_CUDA_LIB_DIR` — colon-separated folders searched for `libnvrtc.so*`,
+//!   `libnvrtc-builtins.so*`, `libcublasLt.so*` and `libcublas.so*` before the loader's
+//!   path (e.g. a pip wheel's `nvidia/cu13/lib`). The files are opened by full path and
+//!   kept open; the later load by soname then finds them. `LD_LIBRARY_PATH` works too.
+//! - `HPFF_CUDA_GRAPHS=0` — launch ops directly instead of replaying graphs (debugging,
+//!   profiling single kernels).
+//!
+//! CUDA is loaded at run time (cudarc's dynamic loading; `libcuda.so.1`, and the `.13`
+//! or `.12` sonames of NVRTC and cuBLAS), so this crate builds and its tests run on
+//! machines without CUDA: [`CudaExecutor::new`] then returns a one-line error ending in
+//! `use --device cpu`, never a panic. Every CUDA function used is checked to exist
+//! before the first call; all exist since CUDA 12.0.
+//!
+//! ## Precision and determinism
+//! Strict fp32 by default: NVRTC without fast math (`--fmad=true`, as nvcc), cuBLAS in
+//! its default (non-TF32) math mode; [`CudaOptions::tf32`] opts into TF32 GEMMs. BN
+//! statistics and every loss accumulate in f64 like the core, with the core's rounding
+//! points (the mean from the f32 sum, two-pass variance, the running-statistics update
+//! in f64; SGD with the core's fused/unfused operations). No float atomics anywhere:
+//! reductions are fixed-shape trees over fixed slices, bilinear-resize backward and
+//! col2im are gathers, weight-gradient chunks accumulate in order, so a step's bits
+//! depend only on the plan (and the GPU model and cuBLAS version). Agreement with the
+//! CPU executors is to about 1e-4 relative, not bit-exact (GEMM summation order).
+//!
+//! ## Memory held
+//! [`hpff_core::exec::Held::arena`]: the plan's arena, one `cuMemAlloc` of
+//! `layout.arena_len()` floats laid out exactly as the plan says.
+//! [`hpff_core::exec::Held::extra`]: the convolution workspace (≤ 256 MiB, see
+//! [`Extras::of`]), f64 partial sums, the loss record, labels, the step scalars and the
+//! 32 MiB cuBLAS workspace — all sized once from the layout plan. Not counted: the
+//! CUDA context, loaded modules and cuBLAS's own handle state, which `cuMemGetInfo`
+//! also sees.
 
-use core::fmt;
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-/// Why the CUDA executor cannot run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CudaError {
-    /// This build has no CUDA executor yet.
-    NotBuilt,
-}
+mod compile;
+mod device;
+mod encode;
+mod error;
+mod executor;
+mod gemm;
+mod graph;
+mod kernels;
+mod launch;
+mod load;
+mod sizing;
 
-impl fmt::Display for CudaError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CudaError::NotBuilt => {
-                write!(f, "the CUDA executor is not implemented in this build of hpff; use --device cpu")
-            }
-        }
-    }
-}
-
-impl std::error::Error for CudaError {}
-
-/// Opens the CUDA device `ordinal`.
-pub fn open_device(ordinal: usize) -> Result<(), CudaError> {
-    let _ = ordinal;
-    Err(CudaError::NotBuilt)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn stub_says_what_is_missing() {
-        let e = super::open_device(0).unwrap_err();
-        assert!(e.to_string().contains("--device cpu"));
-    }
-}
+pub use compile::{compile_all, nvrtc_available, nvrtc_version};
+pub use device::{device_memory_used, probe, DeviceInfo};
+pub use error::CudaError;
+pub use executor::{CudaExecutor, CudaOptions};
+pub use graph::GRAPHS_ENV;
+pub use kernels::kernel_count;
+pub use load::{preload_lib_dir, LIB_DIR_ENV};
+pub use sizing::Extras;

@@ -1,11 +1,11 @@
 //! Loading the PyTorch golden fixtures of `tests/fixtures/golden/` (see `tools/golden/README.md`).
 
-use hpff_core::arch::Arch;
-use hpff_core::method::{AuxHead, Base, LocalLoss, Method};
-use hpff_core::partition::Partition;
 use hpff::device::Snapshot;
+use hpff_core::arch::Arch;
 use hpff_core::exec::StepInput;
+use hpff_core::method::{AuxHead, Base, LocalLoss, Method};
 use hpff_core::optim::Sgd;
+use hpff_core::partition::Partition;
 use hpff_core::plan::{LossKind, Plan, TensorKind};
 use safetensors::SafeTensors;
 use std::collections::HashMap;

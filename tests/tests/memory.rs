@@ -105,7 +105,10 @@ fn touches_the_planned_peak(target: Target) {
         let planned = plan.memory().activations / 4;
         let used = (0..stack).rev().find(changed).map_or(0, |i| i + 1);
         println!("{target:?} {base:?} hpff={hpff}: planned {planned} floats, highest touched {used}");
-        assert!(used <= planned, "{target:?}: a step wrote float {used} of the stack, beyond the planned peak {planned}");
+        assert!(
+            used <= planned,
+            "{target:?}: a step wrote float {used} of the stack, beyond the planned peak {planned}"
+        );
         // Only a last buffer that is allocated but written later than read can stay clean.
         assert!(used as f64 >= 0.95 * planned as f64, "plan overestimates: {used} of {planned}");
     }

@@ -7,8 +7,8 @@
 //! module's parameters), central differences with steps 1e-3, 3e-4 and 1e-4 (best of the three), f32 forward passes. Tolerance: 3% of the larger
 //! of the two derivatives (ReLU kinks and f32 loss resolution bound the difference quotient).
 
-use hpff_core::arch::Arch;
 use hpff::device::{DynExecutor, Snapshot};
+use hpff_core::arch::Arch;
 use hpff_core::exec::{Region, StepInput};
 use hpff_core::method::{AuxHead, Base, Levels, LocalLoss, Method};
 use hpff_core::optim::Sgd;

@@ -84,14 +84,36 @@ pub fn region_span(layout: &Plan, r: Region, offset: usize, len: usize) -> Resul
 /// Why a step could not run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExecError {
-    ArenaSize { need: usize, have: usize },
-    InputSize { need: usize, have: usize },
-    LossSlots { need: usize, have: usize },
-    Label { index: usize, label: u32, classes: usize },
+    ArenaSize {
+        need: usize,
+        have: usize,
+    },
+    InputSize {
+        need: usize,
+        have: usize,
+    },
+    LossSlots {
+        need: usize,
+        have: usize,
+    },
+    Label {
+        index: usize,
+        label: u32,
+        classes: usize,
+    },
     /// A copy reaches past the end of a region.
-    Region { region: Region, end: usize, len: usize },
+    Region {
+        region: Region,
+        end: usize,
+        len: usize,
+    },
     /// A step's plan has another parameter layout than the executor's.
-    Layout { params: usize, state: usize, have_params: usize, have_state: usize },
+    Layout {
+        params: usize,
+        state: usize,
+        have_params: usize,
+        have_state: usize,
+    },
 }
 
 impl fmt::Display for ExecError {

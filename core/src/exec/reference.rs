@@ -34,8 +34,11 @@ impl<A: AsRef<[f32]> + AsMut<[f32]>> Reference<A> {
     /// Initialises parameters and BN statistics as the reference does and zeroes momentum.
     pub fn init(&mut self, rng: &mut Rng) {
         let a = self.arena.as_mut();
-        let (p, st, m) =
-            (region(&self.layout, Region::Params), region(&self.layout, Region::BnState), region(&self.layout, Region::Momentum));
+        let (p, st, m) = (
+            region(&self.layout, Region::Params),
+            region(&self.layout, Region::BnState),
+            region(&self.layout, Region::Momentum),
+        );
         let (params, rest) = a.split_at_mut(p.end());
         init_params(&self.layout, params, &mut rest[st.off - p.end()..st.end() - p.end()], rng);
         a[m.off..m.end()].fill(0.0);

@@ -5,8 +5,8 @@
 //! (needs the Debian package `dataset-fashion-mnist`, or downloads into the cache).
 
 use hpff::cpu::CpuExecutor;
-use hpff::device::Snapshot;
 use hpff::data::{self, BatchOptions, Batches, DatasetKind, Split};
+use hpff::device::Snapshot;
 use hpff_core::arch::Arch;
 use hpff_core::exec::{Executor, StepInput};
 use hpff_core::method::{Base, Method};

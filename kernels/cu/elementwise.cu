@@ -1,0 +1,112 @@
+// Elementwise activations, adds, pooling, bias helpers and the SGD step.
+// Every kernel here is a grid-stride loop whose first argument is the item count.
+
+extern "C" __global__ void fill_f32(i64 n, float* x, float v) {
+    FOR_EACH(i, n) x[i] = v;
+}
+
+extern "C" __global__ void relu_inplace(i64 n, float* x) {
+    FOR_EACH(i, n) {
+        float v = x[i];
+        x[i] = v > 0.0f ? v : 0.0f;
+    }
+}
+
+// y = relu(y + x): the end of a residual block.
+extern "C" __global__ void add_relu(i64 n, float* y, const float* x) {
+    FOR_EACH(i, n) {
+        float v = y[i] + x[i];
+        y[i] = v > 0.0f ? v : 0.0f;
+    }
+}
+
+extern "C" __global__ void add_assign(i64 n, float* y, const float* x) {
+    FOR_EACH(i, n) y[i] += x[i];
+}
+
+// Overflow-free logistic, the same two branches as the core.
+extern "C" __global__ void sigmoid_forward(i64 n, const float* x, float* y) {
+    FOR_EACH(i, n) {
+        float v = x[i];
+        if (v >= 0.0f) {
+            y[i] = 1.0f / (1.0f + expf(-v));
+        } else {
+            float e = expf(v);
+            y[i] = e / (1.0f + e);
+        }
+    }
+}
+
+extern "C" __global__ void sigmoid_backward(i64 n, const float* y, const float* dy, float* dx) {
+    FOR_EACH(i, n) {
+        float v = y[i];
+        dx[i] = dy[i] * v * (1.0f - v);
+    }
+}
+
+// dy <- dy * [y > 0] in place (y is the ReLU's output).
+extern "C" __global__ void relu_backward(i64 n, const float* y, float* dy) {
+    FOR_EACH(i, n) {
+        if (!(y[i] > 0.0f)) dy[i] = 0.0f;
+    }
+}
+
+// y = x * std[ch] + mean[ch]: the de-normalised image (at most 4 channels).
+extern "C" __global__ void restore(i64 n, const float* x, float* y, int c, i64 hw, float m0, float m1, float m2,
+                                   float m3, float s0, float s1, float s2, float s3) {
+    FOR_EACH(i, n) {
+        int ch = (int)((i / hw) % c);
+        float m = ch == 0 ? m0 : ch == 1 ? m1 : ch == 2 ? m2 : m3;
+        float s = ch == 0 ? s0 : ch == 1 ? s1 : ch == 2 ? s2 : s3;
+        y[i] = x[i] * s + m;
+    }
+}
+
+// y[i][o] += b[o] over a row-major rows x cols matrix (n = rows * cols).
+extern "C" __global__ void add_row_bias(i64 n, float* y, const float* b, int cols) {
+    FOR_EACH(i, n) y[i] += b[i % cols];
+}
+
+// db[o] += sum over rows of dy[r][o], one thread per column, rows in order (f64).
+extern "C" __global__ void col_sum_add(i64 cols, const float* dy, float* db, int rows) {
+    FOR_EACH(o, cols) {
+        double acc = 0.0;
+        for (int r = 0; r < rows; r++) acc += (double)dy[(i64)r * cols + o];
+        db[o] += (float)acc;
+    }
+}
+
+// Global average pooling: one thread per (image, channel) plane, summed in order (f64).
+extern "C" __global__ void pool_forward(i64 planes, const float* x, float* y, i64 hw) {
+    FOR_EACH(p, planes) {
+        const float* xp = x + p * hw;
+        double acc = 0.0;
+        for (i64 k = 0; k < hw; k++) acc += (double)xp[k];
+        y[p] = (float)(acc * (1.0 / (double)hw));
+    }
+}
+
+extern "C" __global__ void pool_backward(i64 n, const float* dy, float* dx, i64 hw) {
+    float inv = 1.0f / (float)hw;
+    FOR_EACH(i, n) dx[i] = dy[i / hw] * inv;
+}
+
+// One SGD step (PyTorch's rounding, as core::optim::sgd_step): `step` holds
+// [lr, momentum, weight_decay, nesterov] in device memory so a replayed graph sees
+// each step's values. The __f*_rn intrinsics keep the unfused multiply-then-add
+// where the core rounds twice.
+extern "C" __global__ void sgd_step(i64 n, float* p, const float* g, float* mom, const float* step) {
+    float lr = step[0], m = step[1], wd = step[2];
+    bool nesterov = step[3] != 0.0f;
+    FOR_EACH(i, n) {
+        float pv = p[i];
+        float d = g[i];
+        if (wd != 0.0f) d = fmaf(pv, wd, d);
+        if (m != 0.0f) {
+            float nb = __fadd_rn(__fmul_rn(m, mom[i]), d);
+            mom[i] = nb;
+            d = nesterov ? fmaf(nb, m, d) : nb;
+        }
+        p[i] = fmaf(d, -lr, pv);
+    }
+}

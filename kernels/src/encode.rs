@@ -1,0 +1,678 @@
+//! Turns a plan's ops into kernel launches and GEMMs (the semantics are the reference
+//! executor's, `hpff_core::exec::Reference`). Everything is addressed by device
+//! address: arena offsets become `arena + 4·off`, so the same sequence can be launched
+//! directly or captured once into a CUDA graph and replayed.
+
+use crate::error::{dim_i32, dim_i64, CudaError};
+use crate::kernels::K;
+use crate::launch::{check_signature, Arg, Gemm, Sink, BLOCK, MAX_GRID};
+use crate::sizing::{chan_parts, conv_ws_per_image, flat_parts, Extras};
+use hpff_core::loss::SUPCON_TEMPERATURE;
+use hpff_core::ops::{BatchNorm2d, Conv2d, Window, BN_EPS, BN_MOMENTUM};
+use hpff_core::plan::{Buf, Op, Plan};
+
+/// Device addresses of the arena and the executor's buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ptrs {
+    pub arena: u64,
+    pub conv_ws: u64,
+    /// f64 partial sums.
+    pub partials: u64,
+    pub loss: u64,
+    /// u32 labels.
+    pub labels: u64,
+    /// lr, momentum, weight decay, Nesterov (f32).
+    pub step: u64,
+}
+
+/// Emits the work of one plan's ops into a [`Sink`].
+pub(crate) struct Encoder<'a, S: Sink> {
+    sink: &'a mut S,
+    plan: &'a Plan,
+    p: Ptrs,
+    ex: Extras,
+}
+
+fn l(what: &'static str, v: usize) -> Result<Arg, CudaError> {
+    Ok(Arg::L(dim_i64(what, v)?))
+}
+
+fn i(what: &'static str, v: usize) -> Result<Arg, CudaError> {
+    Ok(Arg::I(dim_i32(what, v)?))
+}
+
+impl<'a, S: Sink> Encoder<'a, S> {
+    pub(crate) fn new(sink: &'a mut S, plan: &'a Plan, p: Ptrs, ex: Extras) -> Self {
+        Encoder { sink, plan, p, ex }
+    }
+
+    /// All ops of the training step (`train`) or of the eval pass.
+    pub(crate) fn step(&mut self, train: bool) -> Result<(), CudaError> {
+        let mut res = Ok(());
+        let plan = self.plan;
+        let mut each = |op: &Op| {
+            if res.is_ok() {
+                res = self.op(op);
+            }
+        };
+        if train {
+            plan.train_step(&mut each);
+        } else {
+            plan.eval_step(&mut each);
+        }
+        res
+    }
+
+    /// Device address of arena float `off`.
+    fn a(&self, off: usize) -> u64 {
+        self.p.arena + 4 * off as u64
+    }
+
+    fn b(&self, b: Buf) -> Arg {
+        Arg::P(self.a(b.off))
+    }
+
+    /// Launches `k` on a grid of `grid` blocks of [`BLOCK`] threads.
+    fn launch(&mut self, k: K, grid: (usize, usize), block: u32, args: &[Arg]) -> Result<(), CudaError> {
+        check_signature(k, args)?;
+        let gx = u32::try_from(grid.0).map_err(|_| CudaError::TooLarge { what: "grid", value: grid.0 })?;
+        let gy = u32::try_from(grid.1).map_err(|_| CudaError::TooLarge { what: "grid", value: grid.1 })?;
+        if gy > 65535 {
+            return Err(CudaError::TooLarge { what: "grid y (channels)", value: grid.1 });
+        }
+        self.sink.launch(k, (gx, gy), block, args)
+    }
+
+    /// A grid-stride kernel over `count` items: the count is its first argument.
+    fn each(&mut self, k: K, count: usize, rest: &[Arg]) -> Result<(), CudaError> {
+        if count == 0 {
+            return Ok(());
+        }
+        let mut args = Vec::with_capacity(rest.len() + 1);
+        args.push(l("count", count)?);
+        args.extend_from_slice(rest);
+        let blocks = (count as u64).div_ceil(BLOCK as u64).min(MAX_GRID) as usize;
+        self.launch(k, (blocks, 1), BLOCK, &args)
+    }
+
+    fn gemm(&mut self, g: Gemm) -> Result<(), CudaError> {
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        self.sink.gemm(&g)
+    }
+
+    fn fill_zero(&mut self, addr: u64, len: usize) -> Result<(), CudaError> {
+        self.each(K::Fill, len, &[Arg::P(addr), Arg::F(0.0)])
+    }
+
+    fn op(&mut self, op: &Op) -> Result<(), CudaError> {
+        let plan = self.plan;
+        let n = plan.batch;
+        let c32 = |v: usize| i("channels", v);
+        match *op {
+            Op::BeginStep => {
+                self.fill_zero(self.a(plan.grads_off()), plan.params)?;
+                self.fill_zero(self.p.loss, plan.loss_slots())?;
+            }
+            Op::Zero { buf } => self.fill_zero(self.a(buf.off), buf.len)?,
+            Op::Restore { x, y, c, hw, mean, std } => {
+                let mut args = vec![self.b(x), self.b(y), c32(c)?, l("hw", hw)?];
+                args.extend(mean.iter().chain(std.iter()).map(|&v| Arg::F(v)));
+                self.each(K::Restore, n * c * hw, &args)?;
+            }
+            Op::Conv { s, w, b, x, y } => self.conv_forward(&s, w, b, x, y)?,
+            Op::BnTrain { s, p, state, x, y, stats, updates } => {
+                let total = n * s.hw;
+                let parts = chan_parts(total);
+                let common = [self.b(x), c32(s.c)?, l("hw", s.hw)?, l("count", total)?, i("parts", parts)?];
+                let mut a = common.to_vec();
+                a.push(Arg::P(self.p.partials));
+                self.launch(K::ChanPartialSum, (parts, s.c), BLOCK, &a)?;
+                let (part, st) = (Arg::P(self.p.partials), self.b(stats));
+                self.each(K::BnMean, s.c, &[part, i("parts", parts)?, l("count", total)?, st])?;
+                let mut a = common.to_vec();
+                a.extend([st, part]);
+                self.launch(K::ChanPartialSqdev, (parts, s.c), BLOCK, &a)?;
+                let fin = [
+                    part,
+                    i("parts", parts)?,
+                    l("count", total)?,
+                    st,
+                    Arg::P(self.a(state)),
+                    Arg::I(updates.into()),
+                    Arg::F(BN_MOMENTUM),
+                    Arg::F(BN_EPS),
+                ];
+                self.each(K::BnFinalize, s.c, &fin)?;
+                self.bn_forward(&s, p, x, y, stats)?;
+            }
+            Op::BnEval { s, p, state, x, y, stats } => {
+                self.each(K::BnEvalStats, s.c, &[Arg::P(self.a(state)), self.b(stats), Arg::F(BN_EPS)])?;
+                self.bn_forward(&s, p, x, y, stats)?;
+            }
+            Op::Relu { x } => self.each(K::Relu, x.len, &[self.b(x)])?,
+            Op::AddRelu { y, x } => self.each(K::AddRelu, y.len, &[self.b(y), self.b(x)])?,
+            Op::Sigmoid { x, y } => self.each(K::Sigmoid, x.len, &[self.b(x), self.b(y)])?,
+            Op::Pool { c, hw, x, y } => self.each(K::PoolForward, n * c, &[self.b(x), self.b(y), l("hw", hw)?])?,
+            Op::Linear { s, w, b, x, y } => {
+                if n == 0 || s.out_f == 0 {
+                    return Ok(());
+                }
+                let (inf, outf) = (s.in_f, s.out_f);
+                let g = Gemm {
+                    m: n,
+                    n: outf,
+                    k: inf,
+                    a: self.a(x.off),
+                    lda: inf,
+                    ta: false,
+                    b: self.a(w),
+                    ldb: inf,
+                    tb: true,
+                    c: self.a(y.off),
+                    ldc: outf,
+                    beta: 0.0,
+                };
+                self.gemm(g)?;
+                self.each(K::AddRowBias, n * outf, &[self.b(y), Arg::P(self.a(b)), i("features", outf)?])?;
+            }
+            Op::Resize { win, x, y } => {
+                let mut args = vec![self.b(x), self.b(y)];
+                args.extend(window_args(&win)?);
+                self.each(K::ResizeForward, n * win.out_len(), &args)?;
+            }
+            Op::Crop { win, x, y } => {
+                let args = [
+                    self.b(x),
+                    self.b(y),
+                    i("h", win.h)?,
+                    i("w", win.w)?,
+                    i("y0", win.y0)?,
+                    i("x0", win.x0)?,
+                    i("oh", win.oh)?,
+                    i("ow", win.ow)?,
+                ];
+                self.each(K::CropForward, n * win.out_len(), &args)?;
+            }
+            Op::L2Normalize { d, x, y } => self.each(K::L2normForward, n, &[i("d", d)?, self.b(x), self.b(y)])?,
+            Op::CrossEntropy { classes, logits, dlogits, scale, slot } => {
+                let args = [
+                    i("batch", n)?,
+                    i("classes", classes)?,
+                    self.b(logits),
+                    Arg::P(self.p.labels),
+                    self.b(dlogits),
+                    Arg::F(scale),
+                    Arg::P(self.p.loss),
+                    i("slot", slot)?,
+                ];
+                self.launch(K::CrossEntropy, (1, 1), BLOCK, &args)?;
+            }
+            Op::Bce { p, t, dp, scale, slot } => {
+                if p.len == 0 {
+                    return Ok(());
+                }
+                let parts = flat_parts(p.len);
+                let args = [
+                    l("len", p.len)?,
+                    i("parts", parts)?,
+                    self.b(p),
+                    self.b(t),
+                    self.b(dp),
+                    Arg::F(scale),
+                    l("len", p.len)?,
+                    Arg::P(self.p.partials),
+                ];
+                self.launch(K::BcePartial, (parts, 1), BLOCK, &args)?;
+                self.loss_finalize(parts, 1.0 / p.len as f64, slot)?;
+            }
+            Op::SupCon { d, f, df, scale, slot, scratch } => {
+                // The reference passes the temperature as the base temperature too.
+                let (t, base_t) = (SUPCON_TEMPERATURE as f64, SUPCON_TEMPERATURE as f64);
+                let inv_t = 1.0 / t;
+                let coef = -(t / base_t) / n as f64;
+                let (nn, dd) = (i("batch", n)?, i("d", d)?);
+                self.each(K::SupconSim, n * n, &[nn, dd, self.b(f), self.b(scratch), Arg::D(inv_t)])?;
+                let rows = [Arg::P(self.p.labels), self.b(scratch), Arg::P(self.p.partials), Arg::D(coef)];
+                self.each(K::SupconRows, n, &rows)?;
+                let g = scale as f64 * inv_t;
+                self.each(K::SupconGrad, n * d, &[nn, dd, self.b(f), self.b(scratch), self.b(df), Arg::D(g)])?;
+                self.loss_finalize(n, coef, slot)?;
+            }
+            Op::ConvBackward { s, w, b, x, dy, dx, weights } => self.conv_backward(&s, w, b, x, dy, dx, weights)?,
+            Op::BnBackward { s, p, x, dy, dx, stats, sums, weights } => {
+                let total = n * s.hw;
+                let parts = chan_parts(total);
+                let args = [
+                    self.b(x),
+                    self.b(dy),
+                    c32(s.c)?,
+                    l("hw", s.hw)?,
+                    l("count", total)?,
+                    i("parts", parts)?,
+                    self.b(stats),
+                    Arg::P(self.p.partials),
+                ];
+                self.launch(K::ChanPartialBwd, (parts, s.c), BLOCK, &args)?;
+                let fin = [
+                    Arg::P(self.p.partials),
+                    i("parts", parts)?,
+                    self.b(stats),
+                    self.b(sums),
+                    Arg::P(self.a(plan.grad_of(p))),
+                    Arg::I(weights.into()),
+                ];
+                self.each(K::BnBackwardFinalize, s.c, &fin)?;
+                let inv_count = 1.0f32 / total as f32;
+                let args = [
+                    self.b(x),
+                    self.b(dy),
+                    self.b(dx),
+                    c32(s.c)?,
+                    l("hw", s.hw)?,
+                    self.b(stats),
+                    Arg::P(self.a(p)),
+                    self.b(sums),
+                    Arg::F(inv_count),
+                ];
+                self.each(K::BnBackwardInput, n * s.len(), &args)?;
+            }
+            Op::ReluBackward { y, dy } => self.each(K::ReluBackward, y.len, &[self.b(y), self.b(dy)])?,
+            Op::SigmoidBackward { y, dy, dx } => {
+                self.each(K::SigmoidBackward, y.len, &[self.b(y), self.b(dy), self.b(dx)])?
+            }
+            Op::PoolBackward { c, hw, dy, dx } => {
+                self.each(K::PoolBackward, n * c * hw, &[self.b(dy), self.b(dx), l("hw", hw)?])?
+            }
+            Op::LinearBackward { s, w, b, x, dy, dx } => {
+                let (inf, outf) = (s.in_f, s.out_f);
+                if n > 0 && outf > 0 {
+                    let g = Gemm {
+                        m: outf,
+                        n: inf,
+                        k: n,
+                        a: self.a(dy.off),
+                        lda: outf,
+                        ta: true,
+                        b: self.a(x.off),
+                        ldb: inf,
+                        tb: false,
+                        c: self.a(plan.grad_of(w)),
+                        ldc: inf,
+                        beta: 1.0,
+                    };
+                    self.gemm(g)?;
+                    let db = Arg::P(self.a(plan.grad_of(b)));
+                    self.each(K::ColSumAdd, outf, &[self.b(dy), db, i("batch", n)?])?;
+                }
+                if let Some(dx) = dx {
+                    if n > 0 && inf > 0 {
+                        let g = Gemm {
+                            m: n,
+                            n: inf,
+                            k: outf,
+                            a: self.a(dy.off),
+                            lda: outf,
+                            ta: false,
+                            b: self.a(w),
+                            ldb: inf,
+                            tb: false,
+                            c: self.a(dx.off),
+                            ldc: inf,
+                            beta: 0.0,
+                        };
+                        self.gemm(g)?;
+                    }
+                }
+            }
+            Op::ResizeBackward { win, dy, dx } => {
+                let mut args = vec![self.b(dy), self.b(dx)];
+                args.extend(window_args(&win)?);
+                self.each(K::ResizeBackward, n * win.c * win.ph * win.pw, &args)?;
+            }
+            Op::L2NormalizeBackward { d, x, dy, dx } => {
+                self.each(K::L2normBackward, n, &[i("d", d)?, self.b(x), self.b(dy), self.b(dx)])?
+            }
+            Op::Add { y, x } => self.each(K::Add, y.len, &[self.b(y), self.b(x)])?,
+            Op::Sgd => {
+                let p = plan.params;
+                let args =
+                    [Arg::P(self.a(0)), Arg::P(self.a(p)), Arg::P(self.a(plan.momentum_off())), Arg::P(self.p.step)];
+                self.each(K::SgdStep, p, &args)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `loss[slot] += Σ partials[..parts] · mult`, one thread.
+    fn loss_finalize(&mut self, parts: usize, mult: f64, slot: usize) -> Result<(), CudaError> {
+        let args = [i("parts", parts)?, Arg::P(self.p.partials), Arg::D(mult), Arg::P(self.p.loss), i("slot", slot)?];
+        self.launch(K::LossFinalize, (1, 1), 1, &args)
+    }
+
+    fn bn_forward(&mut self, s: &BatchNorm2d, p: usize, x: Buf, y: Buf, stats: Buf) -> Result<(), CudaError> {
+        let args = [
+            self.b(x),
+            self.b(y),
+            i("channels", s.c)?,
+            l("hw", s.hw)?,
+            self.b(stats),
+            Arg::P(self.a(p)),
+            Arg::P(self.a(p + s.c)),
+        ];
+        self.each(K::BnForward, self.plan.batch * s.len(), &args)
+    }
+
+    /// Images per chunk for convolution `s`: as many as the workspace holds.
+    fn chunk(&self, s: &Conv2d) -> Result<usize, CudaError> {
+        let per = conv_ws_per_image(s).max(1);
+        let g = (self.ex.conv_ws / per).min(self.plan.batch);
+        if g == 0 {
+            return Err(CudaError::TooLarge { what: "convolution workspace need per image", value: per });
+        }
+        Ok(g)
+    }
+
+    /// The im2col launch of images `i0..i0+g` of `x` into the workspace's column part.
+    fn im2col(&mut self, s: &Conv2d, x: Buf, i0: usize, g: usize) -> Result<(), CudaError> {
+        let (ckk, hw) = (s.c_in * s.k * s.k, s.h_out() * s.w_out());
+        let args = [
+            Arg::P(self.a(x.off + i0 * s.in_len())),
+            Arg::P(self.p.conv_ws),
+            i("c_in", s.c_in)?,
+            i("h", s.h)?,
+            i("w", s.w)?,
+            i("k", s.k)?,
+            i("stride", s.stride)?,
+            i("pad", s.pad)?,
+            i("w_out", s.w_out())?,
+            l("hw_out", hw)?,
+            i("chunk", g)?,
+        ];
+        self.each(K::Im2col, ckk * g * hw, &args)
+    }
+
+    /// Forward: per chunk, im2col, `rows[c_out × g·hw] = W·col`, then NCHW (+ bias).
+    fn conv_forward(&mut self, s: &Conv2d, w: usize, b: Option<usize>, x: Buf, y: Buf) -> Result<(), CudaError> {
+        let n = self.plan.batch;
+        let (ckk, hw) = (s.c_in * s.k * s.k, s.h_out() * s.w_out());
+        let gmax = self.chunk(s)?;
+        let rows = self.p.conv_ws + 4 * (ckk * gmax * hw) as u64;
+        let bias = Arg::P(b.map_or(0, |b| self.a(b)));
+        for i0 in (0..n).step_by(gmax) {
+            let g = gmax.min(n - i0);
+            let cols = g * hw;
+            self.im2col(s, x, i0, g)?;
+            let gm = Gemm {
+                m: s.c_out,
+                n: cols,
+                k: ckk,
+                a: self.a(w),
+                lda: ckk,
+                ta: false,
+                b: self.p.conv_ws,
+                ldb: cols,
+                tb: false,
+                c: rows,
+                ldc: cols,
+                beta: 0.0,
+            };
+            self.gemm(gm)?;
+            let args = [
+                Arg::P(rows),
+                Arg::P(self.a(y.off + i0 * s.out_len())),
+                bias,
+                i("c_out", s.c_out)?,
+                l("hw_out", hw)?,
+                i("chunk", g)?,
+            ];
+            self.each(K::RowsToNchw, g * s.out_len(), &args)?;
+        }
+        Ok(())
+    }
+
+    /// Backward: per chunk (in order), dy → rows; `dW += rows·colᵀ` (GEMM with β = 1);
+    /// `dcol = Wᵀ·rows` and the col2im gather into dx. Bias: a per-channel reduction.
+    fn conv_backward(
+        &mut self,
+        s: &Conv2d,
+        w: usize,
+        b: Option<usize>,
+        x: Buf,
+        dy: Buf,
+        dx: Option<Buf>,
+        weights: bool,
+    ) -> Result<(), CudaError> {
+        let plan = self.plan;
+        let n = plan.batch;
+        let (ckk, hw) = (s.c_in * s.k * s.k, s.h_out() * s.w_out());
+        let gmax = self.chunk(s)?;
+        let col = self.p.conv_ws;
+        let rows = col + 4 * (ckk * gmax * hw) as u64;
+        if weights || dx.is_some() {
+            for i0 in (0..n).step_by(gmax) {
+                let g = gmax.min(n - i0);
+                let cols = g * hw;
+                let args = [
+                    Arg::P(self.a(dy.off + i0 * s.out_len())),
+                    Arg::P(rows),
+                    i("c_out", s.c_out)?,
+                    l("hw_out", hw)?,
+                    i("chunk", g)?,
+                ];
+                self.each(K::NchwToRows, g * s.out_len(), &args)?;
+                if weights {
+                    self.im2col(s, x, i0, g)?;
+                    let gm = Gemm {
+                        m: s.c_out,
+                        n: ckk,
+                        k: cols,
+                        a: rows,
+                        lda: cols,
+                        ta: false,
+                        b: col,
+                        ldb: cols,
+                        tb: true,
+                        c: self.a(plan.grad_of(w)),
+                        ldc: ckk,
+                        beta: 1.0,
+                    };
+                    self.gemm(gm)?;
+                }
+                if let Some(dx) = dx {
+                    let gm = Gemm {
+                        m: ckk,
+                        n: cols,
+                        k: s.c_out,
+                        a: self.a(w),
+                        lda: ckk,
+                        ta: true,
+                        b: rows,
+                        ldb: cols,
+                        tb: false,
+                        c: col,
+                        ldc: cols,
+                        beta: 0.0,
+                    };
+                    self.gemm(gm)?;
+                    let args = [
+                        Arg::P(col),
+                        Arg::P(self.a(dx.off + i0 * s.in_len())),
+                        i("c_in", s.c_in)?,
+                        i("h", s.h)?,
+                        i("w", s.w)?,
+                        i("k", s.k)?,
+                        i("stride", s.stride)?,
+                        i("pad", s.pad)?,
+                        i("h_out", s.h_out())?,
+                        i("w_out", s.w_out())?,
+                        i("chunk", g)?,
+                    ];
+                    self.each(K::Col2im, g * s.in_len(), &args)?;
+                }
+            }
+        }
+        if let (true, Some(b)) = (weights, b) {
+            let total = n * hw;
+            let parts = chan_parts(total);
+            let args = [
+                self.b(dy),
+                i("c_out", s.c_out)?,
+                l("hw_out", hw)?,
+                l("count", total)?,
+                i("parts", parts)?,
+                Arg::P(self.p.partials),
+            ];
+            self.launch(K::ChanPartialSum, (parts, s.c_out), BLOCK, &args)?;
+            let db = Arg::P(self.a(plan.grad_of(b)));
+            self.each(K::ChanSumAdd, s.c_out, &[Arg::P(self.p.partials), i("parts", parts)?, db])?;
+        }
+        Ok(())
+    }
+}
+
+/// c, h, w, y0, x0, ph, pw, oh, ow of a window.
+fn window_args(win: &Window) -> Result<[Arg; 9], CudaError> {
+    Ok([
+        i("c", win.c)?,
+        i("h", win.h)?,
+        i("w", win.w)?,
+        i("y0", win.y0)?,
+        i("x0", win.x0)?,
+        i("ph", win.ph)?,
+        i("pw", win.pw)?,
+        i("oh", win.oh)?,
+        i("ow", win.ow)?,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    //! The encoder run against a recorder, without a GPU: every launch must match its
+    //! kernel's signature and point into a buffer, every GEMM operand must lie inside
+    //! one, on real plans (and a smaller last batch on the layout's buffers).
+    use super::*;
+    use hpff_core::arch::Arch;
+    use hpff_core::method::{Base, LocalLoss, Method};
+    use hpff_core::partition::{Partition, TableKind};
+
+    struct Recorder {
+        /// (name, start address, bytes)
+        bufs: Vec<(&'static str, u64, usize)>,
+        launches: usize,
+        gemms: usize,
+        kernels_seen: std::collections::HashSet<&'static str>,
+    }
+
+    impl Recorder {
+        fn find(&self, addr: u64) -> Option<(&'static str, u64, usize)> {
+            self.bufs.iter().copied().find(|&(_, s, b)| addr >= s && addr < s + b as u64)
+        }
+    }
+
+    impl Sink for Recorder {
+        fn launch(&mut self, k: K, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<(), CudaError> {
+            check_signature(k, args)?;
+            assert!(grid.0 >= 1 && grid.1 >= 1 && (block == BLOCK || block == 1), "{k:?}: grid {grid:?}");
+            for (j, a) in args.iter().enumerate() {
+                if let Arg::P(p) = *a {
+                    let bias_null = k == K::RowsToNchw && j == 3 && p == 0;
+                    assert!(bias_null || self.find(p).is_some(), "{k:?} argument {j} = {p:#x} points nowhere");
+                }
+            }
+            self.launches += 1;
+            self.kernels_seen.insert(k.decl().name);
+            Ok(())
+        }
+
+        fn gemm(&mut self, g: &Gemm) -> Result<(), CudaError> {
+            assert!(g.valid(), "{g:?}");
+            for (addr, floats) in g.extents() {
+                let (name, s, bytes) =
+                    self.find(addr).unwrap_or_else(|| panic!("GEMM operand {addr:#x} outside: {g:?}"));
+                assert!(addr + 4 * floats as u64 <= s + bytes as u64, "GEMM operand overruns {name}: {g:?}");
+            }
+            self.gemms += 1;
+            Ok(())
+        }
+    }
+
+    fn run(layout: &Plan, step: &Plan, train: bool, rec: &mut Recorder) {
+        let ex = Extras::of(layout);
+        let tb = 1u64 << 40;
+        let p = Ptrs { arena: tb, conv_ws: 2 * tb, partials: 3 * tb, loss: 4 * tb, labels: 5 * tb, step: 6 * tb };
+        rec.bufs = vec![
+            ("arena", p.arena, 4 * layout.arena_len()),
+            ("conv_ws", p.conv_ws, 4 * ex.conv_ws),
+            ("partials", p.partials, 8 * ex.partials),
+            ("loss", p.loss, 4 * ex.loss),
+            ("labels", p.labels, 4 * ex.labels),
+            ("step", p.step, 4 * ex.step),
+        ];
+        Encoder::new(rec, step, p, ex).step(train).unwrap();
+    }
+
+    fn plans(method: Method, k: usize, batch: usize, last: usize) -> (Plan, Plan) {
+        let arch = Arch::resnet(20, 3, 16, 10).unwrap();
+        let part = Partition::for_k(&arch, k, TableKind::Reference).unwrap();
+        let mean = [0.5, 0.4, 0.3, 0.0];
+        let std = [0.2, 0.25, 0.3, 1.0];
+        let layout = Plan::new(arch, part.clone(), method, batch, mean, std).unwrap();
+        let small = Plan::new(arch, part, method, last, mean, std).unwrap();
+        (layout, small)
+    }
+
+    #[test]
+    fn every_launch_and_gemm_stays_in_its_buffers() {
+        let mut contrast = Method::reference(Base::Dgl, false);
+        contrast.local_loss = LocalLoss::Contrast;
+        let mut seen = std::collections::HashSet::new();
+        for (method, k) in [
+            (Method::reference(Base::E2e, false), 1),
+            (Method::reference(Base::InfoPro, false), 2),
+            (Method::reference(Base::InfoPro, true), 4),
+            (Method::reference(Base::Greedy, false), 2),
+            (contrast, 2),
+        ] {
+            let (layout, small) = plans(method, k, 6, 3);
+            for (step, train) in [(&layout, true), (&layout, false), (&small, true), (&small, false)] {
+                let mut rec = Recorder { bufs: vec![], launches: 0, gemms: 0, kernels_seen: Default::default() };
+                run(&layout, step, train, &mut rec);
+                assert!(rec.launches > 0 && rec.gemms > 0);
+                seen.extend(rec.kernels_seen);
+            }
+        }
+        // Every kernel of the table is reachable from some plan (none is dead code).
+        let all: std::collections::HashSet<&str> = crate::kernels::KERNELS.iter().map(|d| d.name).collect();
+        let missing: Vec<_> = all.difference(&seen).collect();
+        assert!(missing.is_empty(), "kernels no plan launched: {missing:?}");
+    }
+
+    #[test]
+    fn convolutions_are_chunked_to_the_workspace() {
+        let (layout, _) = plans(Method::reference(Base::E2e, false), 1, 8, 8);
+        let mut ex = Extras::of(&layout);
+        // A workspace of 3 images' worth forces chunks of 3, 3, 2 in every conv.
+        let mut per = 0;
+        layout.train_step(|op| {
+            if let Op::Conv { s, .. } = op {
+                per = per.max(conv_ws_per_image(s));
+            }
+        });
+        assert_eq!(ex.conv_ws, 8 * per);
+        ex.conv_ws = 3 * per;
+        let mut rec = Recorder { bufs: vec![], launches: 0, gemms: 0, kernels_seen: Default::default() };
+        let tb = 1u64 << 40;
+        let p = Ptrs { arena: tb, conv_ws: 2 * tb, partials: 3 * tb, loss: 4 * tb, labels: 5 * tb, step: 6 * tb };
+        rec.bufs = vec![
+            ("arena", p.arena, 4 * layout.arena_len()),
+            ("conv_ws", p.conv_ws, 4 * ex.conv_ws),
+            ("partials", p.partials, 8 * ex.partials),
+            ("loss", p.loss, 4 * ex.loss),
+            ("labels", p.labels, 4 * ex.labels),
+            ("step", p.step, 4 * ex.step),
+        ];
+        Encoder::new(&mut rec, &layout, p, ex).step(true).unwrap();
+    }
+}

@@ -1,0 +1,320 @@
+//! [`CudaExecutor`]: the plan's arena as one device allocation, the plan's ops as
+//! kernels and cuBLAS GEMMs on one stream, replayed as CUDA graphs.
+
+use crate::device::{self, drv, DeviceBuf, DeviceInfo, Kernels, Launcher};
+use crate::encode::{Encoder, Ptrs};
+use crate::error::CudaError;
+use crate::gemm::{Blas, WORKSPACE_BYTES};
+use crate::graph::{self, GraphCache};
+use crate::load;
+use crate::sizing::Extras;
+use cudarc::driver::{result, CudaContext, CudaStream};
+use hpff_core::exec::{check_eval, check_train, region_span, Executor, Held, Region, StepInput};
+use hpff_core::plan::{Buf, Plan};
+use std::fmt;
+use std::sync::Arc;
+
+/// How the executor computes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Let cuBLAS use TF32 tensor cores for the GEMMs (10-bit mantissa products: faster,
+    /// not comparable with the CPU executors at 1e-4). Off by default: strict fp32.
+    pub tf32: bool,
+}
+
+/// The CUDA executor. See the [crate docs](crate).
+pub struct CudaExecutor {
+    // Fields drop in declaration order: graphs, cuBLAS, modules and allocations go
+    // before the stream and the context they belong to (`Drop` below makes the context
+    // current and waits for the stream first).
+    graphs: GraphCache,
+    blas: Blas,
+    kernels: Kernels,
+    arena: DeviceBuf,
+    conv_ws: DeviceBuf,
+    partials: DeviceBuf,
+    loss: DeviceBuf,
+    labels: DeviceBuf,
+    step: DeviceBuf,
+    blas_ws: DeviceBuf,
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+    layout: Plan,
+    extras: Extras,
+    info: DeviceInfo,
+    opts: CudaOptions,
+    use_graphs: bool,
+    graph_fallback: Option<String>,
+}
+
+// SAFETY: every handle here (context, stream, modules, cuBLAS handle, graphs, device
+// pointers) belongs to one CUDA context, and every method that touches them first makes
+// that context current on the calling thread. cuBLAS handles may move between threads
+// as long as they are not used concurrently, which `&mut self` rules out.
+unsafe impl Send for CudaExecutor {}
+
+impl fmt::Debug for CudaExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CudaExecutor")
+            .field("info", &self.info)
+            .field("arena_floats", &self.layout.arena_len())
+            .field("extras", &self.extras)
+            .field("opts", &self.opts)
+            .field("graphs", &self.graphs.len())
+            .field("graph_fallback", &self.graph_fallback)
+            .finish()
+    }
+}
+
+impl fmt::Display for CudaExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cuda:{} ({})", self.info.ordinal, self.info.name)
+    }
+}
+
+impl fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cuda:{} ({}, compute capability {}.{}, {:.1} GiB)",
+            self.ordinal,
+            self.name,
+            self.compute_capability.0,
+            self.compute_capability.1,
+            self.total_memory as f64 / (1u64 << 30) as f64
+        )
+    }
+}
+
+impl CudaExecutor {
+    /// An executor on device `ordinal` for plans of `layout`'s parameter layout: loads
+    /// the driver, NVRTC and cuBLAS (see [`crate::preload_lib_dir`]), compiles the kernels
+    /// for the device, allocates the arena (zeroed) and the extra buffers.
+    pub fn new(ordinal: usize, layout: &Plan, opts: CudaOptions) -> Result<Self, CudaError> {
+        let (ctx, info) = device::open(ordinal)?;
+        load::require_nvrtc()?;
+        load::require_cublas()?;
+        load::no_panic(|| Self::build(ctx, info, layout, opts))
+    }
+
+    fn build(ctx: Arc<CudaContext>, info: DeviceInfo, layout: &Plan, opts: CudaOptions) -> Result<Self, CudaError> {
+        ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        let stream = ctx.new_stream().map_err(drv("cuStreamCreate"))?;
+        let kernels = Kernels::load(&info.arch())?;
+        let extras = Extras::of(layout);
+        let arena = DeviceBuf::new(4 * layout.arena_len())?;
+        let conv_ws = DeviceBuf::new(4 * extras.conv_ws)?;
+        let partials = DeviceBuf::new(8 * extras.partials)?;
+        let loss = DeviceBuf::new(4 * extras.loss)?;
+        let labels = DeviceBuf::new(4 * extras.labels)?;
+        let step = DeviceBuf::new(4 * extras.step)?;
+        let blas_ws = DeviceBuf::new(WORKSPACE_BYTES)?;
+        let blas = Blas::new(stream.cu_stream(), blas_ws.ptr, opts.tf32)?;
+        for b in [&arena, &conv_ws, &partials, &loss, &labels, &step] {
+            // SAFETY: a live allocation of `b.bytes` bytes of this context; stream-ordered
+            // before any use of it.
+            unsafe { result::memset_d8_async(b.ptr, 0, b.bytes, stream.cu_stream()) }
+                .map_err(drv("cuMemsetD8Async"))?;
+        }
+        stream.synchronize().map_err(drv("cuStreamSynchronize"))?;
+        Ok(CudaExecutor {
+            graphs: GraphCache::default(),
+            blas,
+            kernels,
+            arena,
+            conv_ws,
+            partials,
+            loss,
+            labels,
+            step,
+            blas_ws,
+            stream,
+            ctx,
+            layout: layout.clone(),
+            extras,
+            info,
+            opts,
+            use_graphs: graph::graphs_enabled(),
+            graph_fallback: None,
+        })
+    }
+
+    /// The device this executor runs on.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// Sizes of the buffers held besides the arena.
+    pub fn extras(&self) -> Extras {
+        self.extras
+    }
+
+    /// Whether steps are captured and replayed as CUDA graphs (off with
+    /// `HPFF_CUDA_GRAPHS=0`, or after a capture failed).
+    pub fn graphs_enabled(&self) -> bool {
+        self.use_graphs
+    }
+
+    /// Why graph capture was given up for direct launches, if it was (said once, here).
+    pub fn graph_fallback(&self) -> Option<&str> {
+        self.graph_fallback.as_deref()
+    }
+
+    /// Bytes of device memory in use on this device (all processes), from cuMemGetInfo.
+    pub fn device_memory_used(&self) -> Result<usize, CudaError> {
+        device::memory_used(&self.ctx)
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.bind()?;
+        self.stream.synchronize().map_err(drv("cuStreamSynchronize"))
+    }
+
+    /// The buffers sized from the layout (labels, partial sums) bound the batch.
+    fn check_batch(&self, plan: &Plan) -> Result<(), CudaError> {
+        if plan.batch > self.layout.batch {
+            return Err(CudaError::TooLarge { what: "step batch (above the layout plan's)", value: plan.batch });
+        }
+        Ok(())
+    }
+
+    fn bind(&self) -> Result<(), CudaError> {
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))
+    }
+
+    fn ptrs(&self) -> Ptrs {
+        Ptrs {
+            arena: self.arena.ptr,
+            conv_ws: self.conv_ws.ptr,
+            partials: self.partials.ptr,
+            loss: self.loss.ptr,
+            labels: self.labels.ptr,
+            step: self.step.ptr,
+        }
+    }
+
+    /// Copies `src` to device address `dst` (stream-ordered; the driver stages pageable
+    /// memory before returning, so `src` may go away afterwards).
+    fn htod<T>(&self, dst: u64, src: &[T]) -> Result<(), CudaError> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: `dst` starts `size_of_val(src)` bytes inside a live allocation of this
+        // context (callers derive it from a checked arena span or a buffer sized for the
+        // layout's batch, which bounds every step's).
+        unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(drv("cuMemcpyHtoDAsync"))
+    }
+
+    /// Copies from device address `src` into `dst` and waits for it.
+    fn dtoh<T>(&self, dst: &mut [T], src: u64) -> Result<(), CudaError> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: as in htod; `dst` is borrowed until the stream synchronises below.
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }.map_err(drv("cuMemcpyDtoHAsync"))?;
+        self.stream.synchronize().map_err(drv("cuStreamSynchronize"))
+    }
+
+    fn arena_addr(&self, b: Buf) -> u64 {
+        self.arena.ptr + 4 * b.off as u64
+    }
+
+    /// Enqueues the ops of `plan` (training step or eval pass): direct launches the first
+    /// time a plan runs (a warm-up), a capture the second time, a replay after that; or
+    /// always direct launches when graphs are off.
+    fn run(&mut self, plan: &Plan, train: bool) -> Result<(), CudaError> {
+        let ptrs = self.ptrs();
+        let stream = self.stream.cu_stream();
+        if self.use_graphs {
+            if let Some(g) = self.graphs.get(train, plan) {
+                return g.launch(stream);
+            }
+            if !self.graphs.warmed(train, plan) {
+                let mut sink = Launcher { stream: &self.stream, kernels: &self.kernels, blas: &self.blas };
+                return Encoder::new(&mut sink, plan, ptrs, self.extras).step(train);
+            }
+            let mut sink = Launcher { stream: &self.stream, kernels: &self.kernels, blas: &self.blas };
+            let extras = self.extras;
+            match graph::capture(stream, || Encoder::new(&mut sink, plan, ptrs, extras).step(train)) {
+                Ok(g) => {
+                    g.launch(stream)?;
+                    self.graphs.insert(train, plan, g);
+                    return Ok(());
+                }
+                Err(why) => {
+                    self.use_graphs = false;
+                    self.graphs.clear();
+                    self.graph_fallback = Some(why);
+                }
+            }
+        }
+        let mut sink = Launcher { stream: &self.stream, kernels: &self.kernels, blas: &self.blas };
+        Encoder::new(&mut sink, plan, ptrs, self.extras).step(train)
+    }
+}
+
+impl Drop for CudaExecutor {
+    fn drop(&mut self) {
+        // The fields free device objects: make the context current here and let queued
+        // work finish first. Errors cannot be reported from a drop.
+        if self.ctx.bind_to_thread().is_ok() {
+            let _ = self.stream.synchronize();
+        }
+    }
+}
+
+impl Executor for CudaExecutor {
+    type Error = CudaError;
+
+    fn layout(&self) -> &Plan {
+        &self.layout
+    }
+
+    fn held(&self) -> Held {
+        let extra = [&self.conv_ws, &self.partials, &self.loss, &self.labels, &self.step, &self.blas_ws]
+            .iter()
+            .map(|b| b.bytes)
+            .sum();
+        Held { arena: 4 * self.layout.arena_len(), extra }
+    }
+
+    fn upload(&mut self, r: Region, offset: usize, src: &[f32]) -> Result<(), CudaError> {
+        let b = region_span(&self.layout, r, offset, src.len())?;
+        self.bind()?;
+        self.htod(self.arena_addr(b), src)?;
+        self.stream.synchronize().map_err(drv("cuStreamSynchronize"))
+    }
+
+    fn download(&mut self, r: Region, offset: usize, dst: &mut [f32]) -> Result<(), CudaError> {
+        let b = region_span(&self.layout, r, offset, dst.len())?;
+        self.bind()?;
+        self.dtoh(dst, self.arena_addr(b))
+    }
+
+    fn train_step(&mut self, plan: &Plan, input: &StepInput, losses: &mut [f32]) -> Result<(), CudaError> {
+        check_train(&self.layout, plan, input, losses)?;
+        self.check_batch(plan)?;
+        self.bind()?;
+        self.htod(self.arena_addr(plan.input()), input.x)?;
+        self.htod(self.labels.ptr, input.labels)?;
+        let sgd = input.sgd;
+        let step = [input.lr, sgd.momentum, sgd.weight_decay, if sgd.nesterov { 1.0 } else { 0.0 }];
+        self.htod(self.step.ptr, &step)?;
+        self.run(plan, true)?;
+        // The loss record is the only thing a training step sends back.
+        let slots = plan.loss_slots();
+        // As the reference, which zeroes the whole record it is handed.
+        losses[slots..].fill(0.0);
+        self.dtoh(&mut losses[..slots], self.loss.ptr)
+    }
+
+    fn eval_step(&mut self, plan: &Plan, x: &[f32], logits: &mut [f32]) -> Result<(), CudaError> {
+        check_eval(&self.layout, plan, x, logits)?;
+        self.check_batch(plan)?;
+        self.bind()?;
+        self.htod(self.arena_addr(plan.input()), x)?;
+        self.run(plan, false)?;
+        self.dtoh(logits, self.arena_addr(plan.logits()))
+    }
+}

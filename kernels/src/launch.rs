@@ -1,0 +1,108 @@
+//! What the op encoder emits: kernel launches and GEMMs, through the [`Sink`] trait.
+//! The device implements it with `cuLaunchKernel`/cuBLAS; the tests implement it with
+//! a recorder that checks every launch against the kernel table and every GEMM
+//! operand against the buffers, without a GPU.
+
+use crate::error::CudaError;
+use crate::kernels::K;
+
+/// One kernel argument. Pointers are device addresses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Arg {
+    P(u64),
+    L(i64),
+    I(i32),
+    F(f32),
+    D(f64),
+}
+
+impl Arg {
+    /// The signature letter of this kind (see [`crate::kernels::KernelDecl`]).
+    pub(crate) const fn code(self) -> char {
+        match self {
+            Arg::P(_) => 'p',
+            Arg::L(_) => 'l',
+            Arg::I(_) => 'i',
+            Arg::F(_) => 'f',
+            Arg::D(_) => 'd',
+        }
+    }
+
+    /// The value in an 8-byte slot whose first bytes are the C value (little endian):
+    /// `cuLaunchKernel` reads `sizeof(param)` bytes from each parameter's address.
+    pub(crate) const fn slot(self) -> u64 {
+        match self {
+            Arg::P(p) => p,
+            Arg::L(v) => v as u64,
+            Arg::I(v) => v as u32 as u64,
+            Arg::F(v) => v.to_bits() as u64,
+            Arg::D(v) => v.to_bits(),
+        }
+    }
+}
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("kernel arguments are packed for a little-endian host");
+
+/// Checks `args` against the declared signature of `k`.
+pub(crate) fn check_signature(k: K, args: &[Arg]) -> Result<(), CudaError> {
+    let d = k.decl();
+    let got: String = args.iter().map(|a| a.code()).collect();
+    if got != d.sig {
+        return Err(CudaError::Signature { kernel: d.name, expected: d.sig, got });
+    }
+    Ok(())
+}
+
+/// Threads per block of every launch (the reduction kernels' fixed tree needs exactly this).
+pub(crate) const BLOCK: u32 = 256;
+
+/// Most blocks of a grid-stride launch: enough to fill any current GPU many times over;
+/// the kernels loop over the rest, and their results do not depend on the grid.
+pub(crate) const MAX_GRID: u64 = 1 << 16;
+
+/// A row-major GEMM, `C[m×n] = alpha·op(A)[m×k]·op(B)[k×n] + beta·C`, on device
+/// addresses, with the leading dimensions of the stored (untransposed) matrices.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: u64,
+    pub lda: usize,
+    pub ta: bool,
+    pub b: u64,
+    pub ldb: usize,
+    pub tb: bool,
+    pub c: u64,
+    pub ldc: usize,
+    /// 0 overwrites C, 1 accumulates.
+    pub beta: f32,
+}
+
+impl Gemm {
+    /// Floats spanned by A, B and C as stored (for bounds checks).
+    #[cfg(test)]
+    pub(crate) fn extents(&self) -> [(u64, usize); 3] {
+        let span =
+            |rows: usize, cols: usize, ld: usize| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols };
+        let (ar, ac) = if self.ta { (self.k, self.m) } else { (self.m, self.k) };
+        let (br, bc) = if self.tb { (self.n, self.k) } else { (self.k, self.n) };
+        [(self.a, span(ar, ac, self.lda)), (self.b, span(br, bc, self.ldb)), (self.c, span(self.m, self.n, self.ldc))]
+    }
+
+    /// Whether every leading dimension covers its stored row.
+    pub(crate) fn valid(&self) -> bool {
+        let a_cols = if self.ta { self.m } else { self.k };
+        let b_cols = if self.tb { self.k } else { self.n };
+        self.lda >= a_cols.max(1) && self.ldb >= b_cols.max(1) && self.ldc >= self.n.max(1)
+    }
+}
+
+/// Where the encoder's work goes.
+pub(crate) trait Sink {
+    /// Launches `k` on a `grid` of [`BLOCK`]-thread blocks (or `block` threads).
+    fn launch(&mut self, k: K, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<(), CudaError>;
+    /// Runs a GEMM.
+    fn gemm(&mut self, g: &Gemm) -> Result<(), CudaError>;
+}
