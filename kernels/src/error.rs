@@ -30,6 +30,10 @@ pub enum CudaError {
     Compile { source: &'static str, arch: String, log: String },
     /// A size does not fit the 32-bit dimensions of a launch or a GEMM.
     TooLarge { what: &'static str, value: usize },
+    /// A step's batch is larger than the layout plan's, which sized the executor's buffers.
+    BatchAboveLayout { batch: usize, layout: usize },
+    /// The CUDA emulator (feature `emulate`) met something it cannot run.
+    Emulator(String),
     /// A launch's arguments do not match its kernel's declared signature (a bug here).
     Signature { kernel: &'static str, expected: &'static str, got: String },
     /// A CUDA library panicked while loading (caught, so the process lives on).
@@ -73,6 +77,10 @@ impl fmt::Display for CudaError {
             CudaError::Signature { kernel, expected, got } => {
                 write!(f, "launch of {kernel} with argument kinds {got}, the kernel takes {expected}")
             }
+            CudaError::BatchAboveLayout { batch, layout } => {
+                write!(f, "a step of batch {batch} on an executor laid out for batch {layout}")
+            }
+            CudaError::Emulator(msg) => write!(f, "CUDA emulator: {}", one_line(msg)),
             CudaError::Panic(msg) => write!(f, "a CUDA library panicked while loading: {}", one_line(msg)),
             CudaError::Exec(e) => e.fmt(f),
         }

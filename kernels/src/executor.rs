@@ -174,7 +174,7 @@ impl CudaExecutor {
     /// The buffers sized from the layout (labels, partial sums) bound the batch.
     fn check_batch(&self, plan: &Plan) -> Result<(), CudaError> {
         if plan.batch > self.layout.batch {
-            return Err(CudaError::TooLarge { what: "step batch (above the layout plan's)", value: plan.batch });
+            return Err(CudaError::BatchAboveLayout { batch: plan.batch, layout: self.layout.batch });
         }
         Ok(())
     }

@@ -82,7 +82,7 @@ pub(crate) struct Gemm {
 
 impl Gemm {
     /// Floats spanned by A, B and C as stored (for bounds checks).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "emulate"))]
     pub(crate) fn extents(&self) -> [(u64, usize); 3] {
         let span =
             |rows: usize, cols: usize, ld: usize| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols };

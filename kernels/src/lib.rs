@@ -57,6 +57,8 @@
 
 mod compile;
 mod device;
+#[cfg(feature = "emulate")]
+pub mod emu;
 mod encode;
 mod error;
 mod executor;

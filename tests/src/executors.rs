@@ -2,9 +2,10 @@
 //!
 //! [`on_every_executor!`](crate::on_every_executor) turns a test body `fn(Target)` into
 //! one `#[test]` per executor: the core's single-threaded reference, the multi-threaded
-//! CPU executor, and the CUDA executor. Where no CUDA device is present the CUDA test
-//! prints why it checked nothing and passes — unless `HPFF_REQUIRE_CUDA=1`, which makes
-//! a missing device a failure (the GPU machine's test script sets it).
+//! CPU executor, the CUDA executor, and the CUDA emulator (the CUDA executor's encoding
+//! and kernels run on the CPU: `hpff_kernels::emu`). Where no CUDA device is present the
+//! CUDA test prints why it checked nothing and passes — unless `HPFF_REQUIRE_CUDA=1`,
+//! which makes a missing device a failure (the GPU machine's test script sets it).
 
 use hpff::device::{self, Device, DynExecutor, ExecOptions};
 use hpff_core::exec::Reference;
@@ -18,6 +19,8 @@ pub enum Target {
     Cpu(usize),
     /// The CUDA executor on GPU 0, strict fp32.
     Cuda,
+    /// The CUDA executor's launches and GEMMs run on the CPU.
+    CudaEmulated,
 }
 
 impl Target {
@@ -28,6 +31,7 @@ impl Target {
             Target::Reference => Ok(device::boxed(Reference::new(layout, vec![0.0; layout.arena_len()]).unwrap())),
             Target::Cpu(threads) => device::open(Device::Cpu, layout, ExecOptions { threads, tf32: false }),
             Target::Cuda => device::open(Device::Cuda(0), layout, ExecOptions::default()),
+            Target::CudaEmulated => emulated(layout),
         };
         r.unwrap_or_else(|e| panic!("{self:?}: {e}"))
     }
@@ -42,6 +46,16 @@ impl Target {
     }
 }
 
+#[cfg(feature = "cuda")]
+fn emulated(layout: &Plan) -> hpff::error::Result<DynExecutor> {
+    Ok(device::boxed(hpff_kernels::emu::EmuExecutor::new(layout)))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn emulated(_: &Plan) -> hpff::error::Result<DynExecutor> {
+    Err(hpff::error::Error::msg("built without the cuda feature"))
+}
+
 /// Why the CUDA executor cannot run here, if it cannot.
 pub fn cuda_missing() -> Option<String> {
     device::cuda_device(0).err().map(|e| e.to_string())
@@ -49,6 +63,10 @@ pub fn cuda_missing() -> Option<String> {
 
 /// Runs `body` on `target`, or says plainly why not.
 pub fn run_on(target: Target, body: fn(Target)) {
+    if target == Target::CudaEmulated && cfg!(not(feature = "cuda")) {
+        println!("skipped on the CUDA emulator: hpff-tests built without its `cuda` feature");
+        return;
+    }
     if target == Target::Cuda {
         if let Some(why) = cuda_missing() {
             if std::env::var("HPFF_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
@@ -62,7 +80,7 @@ pub fn run_on(target: Target, body: fn(Target)) {
 }
 
 /// `on_every_executor! { name => body; ... }`: a module `name` with the tests
-/// `reference`, `cpu` and `cuda`, each running `body(Target)`.
+/// `reference`, `cpu`, `cuda` and `cuda_emulated`, each running `body(Target)`.
 #[macro_export]
 macro_rules! on_every_executor {
     ($($name:ident => $body:expr;)*) => {$(
@@ -80,6 +98,10 @@ macro_rules! on_every_executor {
             #[test]
             fn cuda() {
                 $crate::executors::run_on($crate::executors::Target::Cuda, $body)
+            }
+            #[test]
+            fn cuda_emulated() {
+                $crate::executors::run_on($crate::executors::Target::CudaEmulated, $body)
             }
         }
     )*};

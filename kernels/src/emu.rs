@@ -1,0 +1,231 @@
+//! The CUDA emulator: the CUDA executor's work on the CPU, for tests on machines without
+//! a GPU (feature `emulate`).
+//!
+//! [`EmuExecutor`] runs the same [`Encoder`] as [`crate::CudaExecutor`] — every launch
+//! with its grid and arguments, every GEMM with its row-major mapping, the same buffers
+//! sized by the same [`Extras`] — but "device" memory is host memory (a device address is
+//! a host address), each kernel is the `cu/*.cu` source compiled as host C++ and run by a
+//! scheduler that gives every CUDA thread its own fiber (so `__syncthreads` is a real
+//! barrier), and a GEMM is the core's `sgemm`. So the golden and finite-difference tests
+//! check the executor's index arithmetic, kernels and reductions against PyTorch here;
+//! what only a GPU can check is the CUDA API use (modules, cuBLAS, copies, graphs) and
+//! the device's own rounding (FMA contraction by the CUDA compiler).
+
+use crate::encode::{Encoder, Ptrs};
+use crate::error::CudaError;
+use crate::kernels::K;
+use crate::launch::{check_signature, Arg, Gemm, Sink};
+use crate::sizing::Extras;
+use hpff_core::exec::{check_eval, check_train, region_span, Executor, Held, Region, StepInput};
+use hpff_core::plan::{Buf, Plan};
+use std::fmt;
+
+include!(concat!(env!("OUT_DIR"), "/emu_table.rs"));
+
+/// Host memory standing in for one device allocation: 8-byte aligned, never moved.
+#[derive(Debug)]
+struct HostBuf(Vec<u64>);
+
+impl HostBuf {
+    fn new(bytes: usize) -> HostBuf {
+        HostBuf(vec![0; bytes.div_ceil(8).max(1)])
+    }
+    fn addr(&self) -> u64 {
+        self.0.as_ptr() as u64
+    }
+    fn bytes(&self) -> usize {
+        8 * self.0.len()
+    }
+}
+
+/// Runs launches and GEMMs on the CPU.
+struct EmuSink {
+    /// (address, bytes) of every buffer: each operand must lie inside one.
+    bufs: Vec<(u64, usize)>,
+}
+
+impl EmuSink {
+    fn inside(&self, addr: u64, bytes: usize) -> bool {
+        self.bufs.iter().any(|&(a, n)| addr >= a && addr + bytes as u64 <= a + n as u64)
+    }
+}
+
+impl Sink for EmuSink {
+    fn launch(&mut self, k: K, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<(), CudaError> {
+        check_signature(k, args)?;
+        let name = k.decl().name;
+        let f = trampoline(name).ok_or_else(|| CudaError::Emulator(format!("no host build of kernel {name}")))?;
+        for a in args {
+            if let Arg::P(p) = *a {
+                if p != 0 && !self.inside(p, 0) {
+                    return Err(CudaError::Emulator(format!("{name}: pointer {p:#x} outside every buffer")));
+                }
+            }
+        }
+        let slots: Vec<u64> = args.iter().map(|a| a.slot()).collect();
+        // SAFETY: `f` calls the kernel with arguments of its own signature (checked
+        // above against the table, which a test checks against the sources); every
+        // pointer argument is inside a live buffer of this executor (checked above; the
+        // kernels' own indexing is what the tests exercise).
+        let rc = unsafe { hpff_emu_launch(f, slots.as_ptr(), grid.0, grid.1, block) };
+        if rc != 0 {
+            return Err(CudaError::Emulator(format!("{name}: __syncthreads outside the emulator's fiber mode")));
+        }
+        Ok(())
+    }
+
+    fn gemm(&mut self, g: &Gemm) -> Result<(), CudaError> {
+        if !g.valid() || !(g.beta == 0.0 || g.beta == 1.0) {
+            return Err(CudaError::Emulator(format!("unsupported GEMM {g:?}")));
+        }
+        let [(a, al), (b, bl), (c, cl)] = g.extents();
+        for (p, len) in [(a, al), (b, bl), (c, cl)] {
+            if len > 0 && !self.inside(p, 4 * len) {
+                return Err(CudaError::Emulator(format!("GEMM operand {p:#x}+{len} floats outside every buffer")));
+            }
+        }
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        let (c_lo, c_hi) = (c, c + 4 * cl as u64);
+        for (p, len) in [(a, al), (b, bl)] {
+            if len > 0 && p < c_hi && c_lo < p + 4 * len as u64 {
+                return Err(CudaError::Emulator(format!("GEMM output overlaps an input: {g:?}")));
+            }
+        }
+        // SAFETY: each operand lies inside one live buffer (checked above), A and B do
+        // not overlap C, and the buffers are not otherwise borrowed during the call.
+        let (a, b, c) = unsafe {
+            (
+                std::slice::from_raw_parts(a as *const f32, al),
+                std::slice::from_raw_parts(b as *const f32, bl),
+                std::slice::from_raw_parts_mut(c as *mut f32, cl),
+            )
+        };
+        hpff_core::ops::sgemm(g.m, g.n, g.k, a, g.lda, g.ta, b, g.ldb, g.tb, c, g.ldc, g.beta == 1.0);
+        Ok(())
+    }
+}
+
+/// The CUDA executor's encoding run on the CPU. See the [module docs](self).
+#[derive(Debug)]
+pub struct EmuExecutor {
+    layout: Plan,
+    extras: Extras,
+    arena: HostBuf,
+    conv_ws: HostBuf,
+    partials: HostBuf,
+    loss: HostBuf,
+    labels: HostBuf,
+    step: HostBuf,
+}
+
+impl EmuExecutor {
+    /// An emulated executor for plans of `layout`'s parameter layout, its buffers zeroed.
+    pub fn new(layout: &Plan) -> EmuExecutor {
+        let extras = Extras::of(layout);
+        EmuExecutor {
+            layout: layout.clone(),
+            extras,
+            arena: HostBuf::new(4 * layout.arena_len()),
+            conv_ws: HostBuf::new(4 * extras.conv_ws),
+            partials: HostBuf::new(8 * extras.partials),
+            loss: HostBuf::new(4 * extras.loss),
+            labels: HostBuf::new(4 * extras.labels),
+            step: HostBuf::new(4 * extras.step),
+        }
+    }
+
+    fn bufs(&self) -> [&HostBuf; 6] {
+        [&self.arena, &self.conv_ws, &self.partials, &self.loss, &self.labels, &self.step]
+    }
+
+    fn ptrs(&self) -> Ptrs {
+        Ptrs {
+            arena: self.arena.addr(),
+            conv_ws: self.conv_ws.addr(),
+            partials: self.partials.addr(),
+            loss: self.loss.addr(),
+            labels: self.labels.addr(),
+            step: self.step.addr(),
+        }
+    }
+
+    fn arena_f32(&mut self) -> &mut [f32] {
+        let n = self.layout.arena_len();
+        // SAFETY: the buffer holds at least 4·arena_len bytes, 8-byte aligned, and is
+        // borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.arena.0.as_mut_ptr().cast::<f32>(), n) }
+    }
+
+    fn write<T: Copy>(buf: &mut HostBuf, src: &[T]) {
+        let bytes = std::mem::size_of_val(src);
+        assert!(bytes <= buf.bytes());
+        // SAFETY: in bounds (asserted); plain old data copied byte for byte.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().cast::<u8>(), buf.0.as_mut_ptr().cast::<u8>(), bytes) }
+    }
+
+    fn run(&mut self, plan: &Plan, train: bool) -> Result<(), CudaError> {
+        if plan.batch > self.layout.batch {
+            return Err(CudaError::BatchAboveLayout { batch: plan.batch, layout: self.layout.batch });
+        }
+        let mut sink = EmuSink { bufs: self.bufs().iter().map(|b| (b.addr(), b.bytes())).collect() };
+        Encoder::new(&mut sink, plan, self.ptrs(), self.extras).step(train)
+    }
+}
+
+impl fmt::Display for EmuExecutor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("cuda emulator (the CUDA executor's kernels on the CPU)")
+    }
+}
+
+impl Executor for EmuExecutor {
+    type Error = CudaError;
+
+    fn layout(&self) -> &Plan {
+        &self.layout
+    }
+
+    fn held(&self) -> Held {
+        Held { arena: 4 * self.layout.arena_len(), extra: self.extras.bytes() }
+    }
+
+    fn upload(&mut self, r: Region, offset: usize, src: &[f32]) -> Result<(), CudaError> {
+        let b = region_span(&self.layout, r, offset, src.len())?;
+        self.arena_f32()[b.off..b.end()].copy_from_slice(src);
+        Ok(())
+    }
+
+    fn download(&mut self, r: Region, offset: usize, dst: &mut [f32]) -> Result<(), CudaError> {
+        let b = region_span(&self.layout, r, offset, dst.len())?;
+        dst.copy_from_slice(&self.arena_f32()[b.off..b.end()]);
+        Ok(())
+    }
+
+    fn train_step(&mut self, plan: &Plan, input: &StepInput, losses: &mut [f32]) -> Result<(), CudaError> {
+        check_train(&self.layout, plan, input, losses)?;
+        let inp: Buf = plan.input();
+        self.arena_f32()[inp.off..inp.end()].copy_from_slice(input.x);
+        Self::write(&mut self.labels, input.labels);
+        let sgd = input.sgd;
+        Self::write(&mut self.step, &[input.lr, sgd.momentum, sgd.weight_decay, if sgd.nesterov { 1.0 } else { 0.0 }]);
+        self.run(plan, true)?;
+        let slots = plan.loss_slots();
+        losses[slots..].fill(0.0);
+        // SAFETY: the loss buffer holds `extras.loss >= slots` floats, 8-byte aligned.
+        let rec = unsafe { std::slice::from_raw_parts(self.loss.0.as_ptr().cast::<f32>(), slots) };
+        losses[..slots].copy_from_slice(rec);
+        Ok(())
+    }
+
+    fn eval_step(&mut self, plan: &Plan, x: &[f32], logits: &mut [f32]) -> Result<(), CudaError> {
+        check_eval(&self.layout, plan, x, logits)?;
+        let inp = plan.input();
+        self.arena_f32()[inp.off..inp.end()].copy_from_slice(x);
+        self.run(plan, false)?;
+        let l = plan.logits();
+        logits.copy_from_slice(&self.arena_f32()[l.off..l.end()]);
+        Ok(())
+    }
+}
