@@ -134,7 +134,7 @@ pub fn cuda_device(_: usize) -> Result<String> {
 
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize, layout: &Plan, opts: ExecOptions) -> Result<DynExecutor> {
-    let o = hpff_kernels::CudaOptions { tf32: opts.tf32 };
+    let o = hpff_kernels::CudaOptions { tf32: opts.tf32, ..Default::default() };
     Ok(boxed(hpff_kernels::CudaExecutor::new(ordinal, layout, o)?))
 }
 

@@ -15,11 +15,20 @@ use std::fmt;
 use std::sync::Arc;
 
 /// How the executor computes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CudaOptions {
     /// Let cuBLAS use TF32 tensor cores for the GEMMs (10-bit mantissa products: faster,
     /// not comparable with the CPU executors at 1e-4). Off by default: strict fp32.
     pub tf32: bool,
+    /// Capture each plan's step once as a CUDA graph and replay it (default); `false`,
+    /// or `HPFF_CUDA_GRAPHS=0` in the environment, launches every op directly.
+    pub graphs: bool,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions { tf32: false, graphs: true }
+    }
 }
 
 /// The CUDA executor. See the [crate docs](crate).
@@ -134,7 +143,7 @@ impl CudaExecutor {
             extras,
             info,
             opts,
-            use_graphs: graph::graphs_enabled(),
+            use_graphs: opts.graphs && graph::graphs_enabled(),
             graph_fallback: None,
         })
     }

@@ -88,7 +88,38 @@ fn bad_inputs_are_errors(target: Target) {
     assert!(e.contains("parameters"), "{e}");
 }
 
+/// One step of a deeper net than the golden ones (several blocks per stage, K = 4 and the
+/// whole network) against the reference executor. One step only: two SGD steps on this
+/// random batch amplify a 1e-6 change of the input into 10% of the gradients.
+fn deeper_nets_agree_with_the_reference(target: Target) {
+    for (base, hpff, k) in [(Base::E2e, false, 1), (Base::InfoPro, true, 4)] {
+        let arch = Arch::resnet(20, 3, 16, 10).unwrap();
+        let part = Partition::for_k(&arch, k, hpff_core::partition::TableKind::Reference).unwrap();
+        let plan = Plan::new(arch, part, Method::reference(base, hpff), 20, [0.5; 4], [0.25; 4]).unwrap();
+        let mut rng = Rng::new(11);
+        let start = Snapshot::init(&plan, &mut rng);
+        let x: Vec<f32> = (0..plan.input().len).map(|_| rng.uniform() * 3.0 - 1.5).collect();
+        let labels: Vec<u32> = (0..plan.batch).map(|_| rng.below(10) as u32).collect();
+        let input = StepInput { x: &x, labels: &labels, lr: 0.1, sgd: GOLDEN_SGD };
+        let mut step = |t: Target| {
+            let mut ex = t.open(&plan);
+            start.upload(&mut *ex).unwrap();
+            let mut losses = vec![0.0; plan.loss_slots()];
+            ex.train_step(&plan, &input, &mut losses).unwrap();
+            let mut grads = vec![0.0; plan.params];
+            ex.download(Region::Grads, 0, &mut grads).unwrap();
+            (losses, grads, Snapshot::download(&mut *ex).unwrap())
+        };
+        let (l0, g0, m0) = step(Target::Reference);
+        let (l, g, m) = step(target);
+        let e = [rel_err(&l, &l0), rel_err(&g, &g0), rel_err(&m.params, &m0.params), rel_err(&m.state, &m0.state)];
+        println!("{target:?} ResNet-20 {base:?} hpff={hpff}: losses {:.1e}, grads {:.1e}, params {:.1e}, BN {:.1e}", e[0], e[1], e[2], e[3]);
+        assert!(e[0] < 1e-5 && e[1] < 1e-4 && e[2] < 1e-5 && e[3] < 1e-5, "{target:?}: {e:?}");
+    }
+}
+
 on_every_executor! {
+    deeper_nets => deeper_nets_agree_with_the_reference;
     same_steps_same_bits => same_bits;
     eval_matches_the_reference_executor => eval_agrees;
     bad_input => bad_inputs_are_errors;
