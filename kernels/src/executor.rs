@@ -77,7 +77,9 @@ impl fmt::Debug for CudaExecutor {
 
 impl fmt::Display for CudaExecutor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cuda:{} ({})", self.info.ordinal, self.info.name)
+        let precision = if self.opts.tf32 { "TF32 GEMMs" } else { "strict fp32" };
+        let graphs = if self.use_graphs { "CUDA graphs" } else { "direct launches" };
+        write!(f, "cuda:{} ({}, {precision}, {graphs})", self.info.ordinal, self.info.name)
     }
 }
 

@@ -44,6 +44,15 @@
 //! depend only on the plan (and the GPU model and cuBLAS version). Agreement with the
 //! CPU executors is to about 1e-4 relative, not bit-exact (GEMM summation order).
 //!
+//! ## Testing without a GPU
+//! With the `emulate` feature, [`emu::EmuExecutor`] runs the same encoder on the CPU: the
+//! `cu/*.cu` sources compiled as host C++ (`emu/shim.h`), every CUDA thread a fiber so
+//! `__syncthreads` is a real barrier (`emu/runtime.cpp`), every GEMM through the core's
+//! `sgemm`. The workspace's tests run every golden, finite-difference and memory test on it,
+//! so the index arithmetic, the kernels and the reductions are checked against PyTorch on
+//! any machine; only the CUDA API calls, graph capture and the GPU's own rounding need a
+//! device (`tools/device/gpu-check.sh`).
+//!
 //! ## Memory held
 //! [`hpff_core::exec::Held::arena`]: the plan's arena, one `cuMemAlloc` of
 //! `layout.arena_len()` floats laid out exactly as the plan says.

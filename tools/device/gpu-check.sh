@@ -26,7 +26,7 @@ B=.device/bin
 part nvrtc            $B/nvrtc --nocapture
 # Every executor test, CUDA instances only (the CPU ones ran in CI).
 for t in golden executors module_fd memory; do
-    part "$t" $B/$t cuda --nocapture --test-threads=1
+    part "$t" $B/$t cuda --skip cuda_emulated --nocapture --test-threads=1
 done
 part cuda             $B/cuda --nocapture --test-threads=1
 # Throughput and held memory at the reference's CIFAR batch (synthetic data).
