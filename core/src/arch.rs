@@ -4,6 +4,10 @@
 //! blocks n = 9m + 2 (ResNet-164: m = 18). Stage widths are 16, 32, 64 (times 4 at a
 //! bottleneck's output); stages 2 and 3 start with a stride-2 block whose shortcut is
 //! a 1×1 conv + BN. Input channels, image size and class count are free.
+//!
+//! The base width (stem channels, 16 in the papers) is a parameter too:
+//! [`Arch::with_width`] gives stage widths `w, 2w, 4w` (4 or 8 for a microcontroller's
+//! RAM). The default, [`DEFAULT_WIDTH`] = 16, is the reference network exactly.
 
 use crate::plan::PlanError;
 
@@ -15,10 +19,15 @@ pub enum BlockKind {
     Bottleneck,
 }
 
-/// Stage widths (planes) of the CIFAR ResNets; a stage's output has `planes × expansion` channels.
+/// Stage widths (planes) of the CIFAR ResNets at the default width; a stage's output has
+/// `planes × expansion` channels. At base width `w` they are `w, 2w, 4w`.
 pub const STAGE_PLANES: [usize; 3] = [16, 32, 64];
-/// Channels of the stem.
+/// Channels of the stem at the default width (the base width).
 pub const STEM_CHANNELS: usize = 16;
+/// The reference networks' base width: [`Arch::resnet`] builds this one.
+pub const DEFAULT_WIDTH: usize = 16;
+/// Largest supported base width (stage 3 then has 4096 planes).
+pub const MAX_WIDTH: usize = 1024;
 /// Largest supported blocks-per-stage (ResNet-1202 has 200).
 pub const MAX_BLOCKS_PER_STAGE: usize = 200;
 
@@ -32,6 +41,9 @@ pub struct Arch {
     pub in_channels: usize,
     pub image: usize,
     pub classes: usize,
+    /// Base width: stem channels, and stage `s` has `width << s` planes
+    /// ([`DEFAULT_WIDTH`] = 16 unless [`Arch::with_width`] changed it).
+    pub width: usize,
 }
 
 /// Shapes of one residual block.
@@ -73,7 +85,27 @@ impl Arch {
         if image < 4 {
             return Err(PlanError::BadShape("image size must be at least 4 pixels"));
         }
-        Ok(Arch { depth, kind, blocks_per_stage: m, in_channels, image, classes })
+        Ok(Arch { depth, kind, blocks_per_stage: m, in_channels, image, classes, width: DEFAULT_WIDTH })
+    }
+
+    /// The same network with base width `width` (stem channels; stages `w, 2w, 4w`), e.g.
+    /// 4 or 8 for a microcontroller. The auxiliary classifiers' convs scale with it
+    /// (2w, 4w, 4w instead of 32, 64, 64); the decoders' hidden width does not.
+    pub fn with_width(self, width: usize) -> Result<Arch, PlanError> {
+        if width == 0 || width > MAX_WIDTH {
+            return Err(PlanError::BadShape("base width must be between 1 and 1024"));
+        }
+        Ok(Arch { width, ..self })
+    }
+
+    /// Stem channels (the base width).
+    pub const fn stem_channels(&self) -> usize {
+        self.width
+    }
+
+    /// Planes of stage `s` (0-based): `width << s`.
+    pub const fn stage_planes(&self, s: usize) -> usize {
+        self.width << s
     }
 
     pub const fn expansion(&self) -> usize {
@@ -90,7 +122,7 @@ impl Arch {
 
     /// Output channels of stage `s` (0-based).
     pub const fn stage_channels(&self, s: usize) -> usize {
-        STAGE_PLANES[s] * self.expansion()
+        self.stage_planes(s) * self.expansion()
     }
 
     /// Spatial size after stage `s` (0-based).
@@ -121,7 +153,7 @@ impl Arch {
         let c_in = if b > 0 {
             c_out
         } else if s == 0 {
-            STEM_CHANNELS
+            self.stem_channels()
         } else {
             self.stage_channels(s - 1)
         };
@@ -131,7 +163,7 @@ impl Arch {
         BlockShape {
             kind: self.kind,
             c_in,
-            planes: STAGE_PLANES[s],
+            planes: self.stage_planes(s),
             c_out,
             h_in,
             w_in: h_in,
@@ -167,5 +199,24 @@ mod tests {
         assert!(r.block(0).downsample); // 16 → 64 channels
         assert_eq!(r.features(), 256);
         assert!(Arch::resnet(33, 3, 32, 10).is_err());
+    }
+
+    #[test]
+    fn width_multiplier() {
+        let d = Arch::resnet(20, 3, 32, 10).unwrap();
+        assert_eq!(d.width, DEFAULT_WIDTH);
+        assert_eq!(d.with_width(DEFAULT_WIDTH).unwrap(), d);
+        for s in 0..3 {
+            assert_eq!(d.stage_planes(s), STAGE_PLANES[s]);
+        }
+        assert_eq!(d.stem_channels(), STEM_CHANNELS);
+        let n = d.with_width(4).unwrap();
+        assert_eq!((n.stem_channels(), n.stage_channels(1), n.features()), (4, 8, 16));
+        let b = n.block(3); // first block of stage 2
+        assert_eq!((b.c_in, b.planes, b.c_out, b.downsample), (4, 8, 8, true));
+        assert!(!n.block(0).downsample);
+        let r = Arch::resnet(164, 3, 32, 10).unwrap().with_width(8).unwrap();
+        assert_eq!((r.block(0).c_in, r.block(0).c_out, r.features()), (8, 32, 128));
+        assert!(d.with_width(0).is_err() && d.with_width(MAX_WIDTH + 1).is_err());
     }
 }

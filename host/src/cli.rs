@@ -307,6 +307,9 @@ pub struct PlanArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub shape: ShapeArgs,
+    /// Base width of the ResNet: stem channels, stages w, 2w, 4w (4 or 8 to fit a microcontroller) [default: 16]
+    #[arg(long)]
+    pub width: Option<usize>,
     /// Read settings from a TOML file; flags override it
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -364,7 +367,8 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(a) => report::eval(&a),
         Command::Plan(a) => {
-            let cfg = with_file(&a.config, a.model.to_config())?.complete();
+            let flags = Config { width: a.width, ..a.model.to_config() };
+            let cfg = with_file(&a.config, flags)?.complete();
             let shape = a.shape.shape(cfg.dataset.unwrap_or(DatasetName::FashionMnist))?;
             report::plan(&cfg, shape, a.json)
         }

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | dataset | `fashion-mnist` |
 //! | arch | `resnet32` |
+//! | width | 16: the ResNet's base width (stages `w, 2w, 4w`; 4 or 8 for a microcontroller) |
 //! | method / hpff | `infopro` with HPFF when `method` is not given; a named method trains plainly unless `hpff = true` |
 //! | k | 4 (ignored by `e2e`); `splits` replaces it |
 //! | patches | 2 with HPFF, else 1 |
@@ -159,6 +160,9 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
+    /// Base width of the ResNet (stem channels; stages `w, 2w, 4w`); none = 16.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<MethodName>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -280,6 +284,8 @@ impl Config {
             dataset: Some(dataset),
             data_dir: self.data_dir.clone(),
             arch: Some(self.arch.clone().unwrap_or_else(|| "resnet32".into())),
+            // Left out unless given, so configs and checkpoints of default-width runs stay as they were.
+            width: self.width,
             method: Some(method),
             hpff: Some(hpff),
             k: Some(self.k.unwrap_or(4)),
@@ -333,7 +339,10 @@ impl Config {
         let c = self.complete();
         let g = Get(&c);
         let depth = parse_arch(&g.s(&c.arch))?;
-        let arch = Arch::resnet(depth, shape.c, shape.image, shape.classes)?;
+        let mut arch = Arch::resnet(depth, shape.c, shape.image, shape.classes)?;
+        if let Some(w) = c.width {
+            arch = arch.with_width(w)?;
+        }
         let method_name = g.v(c.method);
         let base = method_name.base();
         let hpff = g.v(c.hpff);
@@ -666,5 +675,20 @@ mod tests {
         assert!(!r.per_step);
         assert_eq!(r.lr(3, 7, 10), r.schedule.lr(3));
         assert_eq!(parse_pair("5,0").unwrap(), [5.0, 0.0]);
+    }
+
+    #[test]
+    fn width_narrows_the_network_and_stays_out_of_default_configs() {
+        let fm = DatasetName::FashionMnist.nominal_shape().unwrap();
+        let d = Config::default().setup(fm).unwrap();
+        assert_eq!(d.arch.width, hpff_core::arch::DEFAULT_WIDTH);
+        assert!(!Config::default().complete().to_toml().contains("width"));
+        let c = Config { width: Some(4), ..Config::default() };
+        assert!(c.complete().to_toml().contains("width = 4"));
+        let n = c.setup(fm).unwrap();
+        assert_eq!((n.arch.width, n.arch.features()), (4, 16));
+        assert!(n.plan(8).unwrap().params < d.plan(8).unwrap().params);
+        let e = Config { width: Some(0), ..Config::default() }.setup(fm).unwrap_err().to_string();
+        assert!(e.contains("base width"), "{e}");
     }
 }

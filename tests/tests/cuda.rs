@@ -143,6 +143,8 @@ fn resnet32_hpff_batch_256_agrees_with_the_cpu_executor() {
     let (lc, gc) = run(hpff::device::boxed(hpff::cpu::CpuExecutor::new(&plan, 0)));
     let (lg, gg) = run(hpff::device::boxed(CudaExecutor::new(0, &plan, CudaOptions::default()).unwrap()));
     let (el, eg) = (rel_err(&lg, &lc), rel_err(&gg, &gc));
-    println!("ResNet-32 InfoPro+HPFF K=16, batch 256: losses within {el:.1e}, gradients within {eg:.1e} of the CPU executor");
+    println!(
+        "ResNet-32 InfoPro+HPFF K=16, batch 256: losses within {el:.1e}, gradients within {eg:.1e} of the CPU executor"
+    );
     assert!(el < 1e-4 && eg < 1e-3, "GPU and CPU disagree: losses {el:.2e}, gradients {eg:.2e}");
 }

@@ -101,7 +101,7 @@ fn deeper_nets_agree_with_the_reference(target: Target) {
         let x: Vec<f32> = (0..plan.input().len).map(|_| rng.uniform() * 3.0 - 1.5).collect();
         let labels: Vec<u32> = (0..plan.batch).map(|_| rng.below(10) as u32).collect();
         let input = StepInput { x: &x, labels: &labels, lr: 0.1, sgd: GOLDEN_SGD };
-        let mut step = |t: Target| {
+        let step = |t: Target| {
             let mut ex = t.open(&plan);
             start.upload(&mut *ex).unwrap();
             let mut losses = vec![0.0; plan.loss_slots()];
@@ -113,7 +113,10 @@ fn deeper_nets_agree_with_the_reference(target: Target) {
         let (l0, g0, m0) = step(Target::Reference);
         let (l, g, m) = step(target);
         let e = [rel_err(&l, &l0), rel_err(&g, &g0), rel_err(&m.params, &m0.params), rel_err(&m.state, &m0.state)];
-        println!("{target:?} ResNet-20 {base:?} hpff={hpff}: losses {:.1e}, grads {:.1e}, params {:.1e}, BN {:.1e}", e[0], e[1], e[2], e[3]);
+        println!(
+            "{target:?} ResNet-20 {base:?} hpff={hpff}: losses {:.1e}, grads {:.1e}, params {:.1e}, BN {:.1e}",
+            e[0], e[1], e[2], e[3]
+        );
         assert!(e[0] < 1e-5 && e[1] < 1e-4 && e[2] < 1e-5 && e[3] < 1e-5, "{target:?}: {e:?}");
     }
 }

@@ -6,7 +6,7 @@
 //! the PyTorch reference's `state_dict` keys, so checkpoints move to and from it.
 
 use super::{AuxNet, Plan};
-use crate::arch::{BlockKind, BlockShape};
+use crate::arch::{Arch, BlockKind, BlockShape};
 use crate::ops::{BatchNorm2d, Conv2d, Linear};
 use core::fmt;
 
@@ -224,15 +224,16 @@ pub(crate) fn block_params(cur: &mut Cursor, sh: BlockShape, stage: usize, block
     BlockP { shape: sh, convs, bns, layers, downsample }
 }
 
-/// Stem: conv3x3(in → 16) + BN.
+/// Stem: conv3x3(in → base width, 16 by default) + BN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StemP {
     pub conv: ConvP,
     pub bn: BnP,
 }
 
-pub(crate) fn stem_params(cur: &mut Cursor, in_ch: usize, image: usize) -> StemP {
-    let s = Conv2d { c_in: in_ch, c_out: crate::arch::STEM_CHANNELS, h: image, w: image, k: 3, stride: 1, pad: 1 };
+pub(crate) fn stem_params(cur: &mut Cursor, arch: &Arch) -> StemP {
+    let (in_ch, image) = (arch.in_channels, arch.image);
+    let s = Conv2d { c_in: in_ch, c_out: arch.stem_channels(), h: image, w: image, k: 3, stride: 1, pad: 1 };
     let conv = cur.conv(Prefix::Top("conv1"), s, false);
     let bn = cur.bn(Prefix::Top("bn1"), s.c_out, image * image);
     StemP { conv, bn }
@@ -291,7 +292,7 @@ impl Plan {
 
     /// Walks the whole model through `cur`; returns nothing but advances it by every tensor.
     pub(crate) fn walk(&self, cur: &mut Cursor) {
-        stem_params(cur, self.arch.in_channels, self.arch.image);
+        stem_params(cur, &self.arch);
         for g in 0..self.arch.blocks() {
             let (s, b) = self.arch.locate(g);
             block_params(cur, self.arch.block(g), s, b);
@@ -305,13 +306,13 @@ impl Plan {
     }
 
     pub(crate) fn stem(&self) -> StemP {
-        stem_params(&mut Cursor::new(0, 0, None), self.arch.in_channels, self.arch.image)
+        stem_params(&mut Cursor::new(0, 0, None), &self.arch)
     }
 
     /// Parameters of global block `g`.
     pub(crate) fn block(&self, g: usize) -> BlockP {
         let mut cur = Cursor::new(0, 0, None);
-        stem_params(&mut cur, self.arch.in_channels, self.arch.image);
+        stem_params(&mut cur, &self.arch);
         let m = self.arch.blocks_per_stage;
         let (stage, b) = self.arch.locate(g);
         // Blocks after the first of a stage all have the same size: skip them in one stride.
@@ -412,8 +413,9 @@ impl Plan {
             m.head
         };
         let pre = |index| Prefix::Head { net: net.name(self.method.hpff), stage: sp, block: sb, index };
-        // The reference keys its head widths on the input width 16/32/64, i.e. on the stage.
-        let width = [32, 64, 64][stage] * m.widen;
+        // The reference keys its head widths on the input width 16/32/64, i.e. on the stage:
+        // 32, 64, 64 at the default base width 16; they scale with the base width.
+        let width = [2, 4, 4][stage] * self.arch.width * m.widen;
         let stride = [2, 2, 1][stage];
         let mut convs = [(
             ConvP { s: Conv2d { c_in: 0, c_out: 0, h: 1, w: 1, k: 1, stride: 1, pad: 0 }, w: 0, b: None },
