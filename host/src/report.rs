@@ -152,6 +152,18 @@ fn open_executor(cfg: &Config, plan: &Plan) -> Result<DynExecutor> {
     device::open(cfg.device.unwrap_or_default(), plan, opts)
 }
 
+/// The median of per-step times (the mean of the middle two for an even count).
+fn median(times: &[f64]) -> f64 {
+    let mut v = times.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
 /// `hpff bench`: times training steps and eval passes on synthetic data.
 pub fn bench(cfg: &Config, shape: Shape, steps: usize, warmup: usize, as_json: bool) -> Result<()> {
     if steps == 0 {
@@ -170,20 +182,31 @@ pub fn bench(cfg: &Config, shape: Shape, steps: usize, warmup: usize, as_json: b
     for _ in 0..warmup {
         exec.train_step(&plan, &input, &mut losses)?;
     }
+    // Each step and pass is timed on its own (the CUDA executor's train_step and eval_step
+    // return after copying the losses / logits back, so they are synchronous); the mean is
+    // the whole loop's time over the steps.
+    let mut train_steps = Vec::with_capacity(steps);
     let t = Instant::now();
     for _ in 0..steps {
+        let ts = Instant::now();
         exec.train_step(&plan, &input, &mut losses)?;
+        train_steps.push(ts.elapsed().as_secs_f64());
     }
     let train_s = t.elapsed().as_secs_f64() / steps as f64;
+    let train_med = median(&train_steps);
     let mut logits = vec![0f32; plan.logits().len];
     for _ in 0..warmup {
         exec.eval_step(&plan, &x, &mut logits)?;
     }
+    let mut eval_passes = Vec::with_capacity(steps);
     let t = Instant::now();
     for _ in 0..steps {
+        let ts = Instant::now();
         exec.eval_step(&plan, &x, &mut logits)?;
+        eval_passes.push(ts.elapsed().as_secs_f64());
     }
     let eval_s = t.elapsed().as_secs_f64() / steps as f64;
+    let eval_med = median(&eval_passes);
     let (tf, ef) = metrics::plan_flops(&plan);
     let b = plan.batch as f64;
     let peak = metrics::peak_rss_bytes();
@@ -201,10 +224,14 @@ pub fn bench(cfg: &Config, shape: Shape, steps: usize, warmup: usize, as_json: b
         "warmup": warmup,
         "train_step_s": train_s,
         "train_images_per_s": b / train_s,
+        "train_step_median_s": train_med,
+        "train_images_per_s_median": b / train_med,
         "train_flops_per_step": tf,
         "train_gflops_per_s": tf as f64 / train_s / 1e9,
         "eval_pass_s": eval_s,
         "eval_images_per_s": b / eval_s,
+        "eval_pass_median_s": eval_med,
+        "eval_images_per_s_median": b / eval_med,
         "eval_flops_per_pass": ef,
         "eval_gflops_per_s": ef as f64 / eval_s / 1e9,
         "arena_bytes": arena_b,
@@ -225,16 +252,20 @@ pub fn bench(cfg: &Config, shape: Shape, steps: usize, warmup: usize, as_json: b
             plan.batch,
         );
         println!(
-            "  train: {:.1} images/s, {:.3} s/step, {:.2} GFLOP/s ({:.2} GFLOP/step)",
+            "  train: {:.1} images/s, {:.3} s/step (median {:.3} s, {:.1} images/s), {:.2} GFLOP/s ({:.2} GFLOP/step)",
             b / train_s,
             train_s,
+            train_med,
+            b / train_med,
             tf as f64 / train_s / 1e9,
             tf as f64 / 1e9
         );
         println!(
-            "  eval:  {:.1} images/s, {:.3} s/pass, {:.2} GFLOP/s ({:.2} GFLOP/pass)",
+            "  eval:  {:.1} images/s, {:.3} s/pass (median {:.3} s, {:.1} images/s), {:.2} GFLOP/s ({:.2} GFLOP/pass)",
             b / eval_s,
             eval_s,
+            eval_med,
+            b / eval_med,
             ef as f64 / eval_s / 1e9,
             ef as f64 / 1e9
         );
