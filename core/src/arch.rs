@@ -9,7 +9,7 @@
 //! [`Arch::with_width`] gives stage widths `w, 2w, 4w` (4 or 8 for a microcontroller's
 //! RAM). The default, [`DEFAULT_WIDTH`] = 16, is the reference network exactly.
 
-use crate::plan::PlanError;
+use crate::error::PlanError;
 
 /// Which residual block the network is built from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

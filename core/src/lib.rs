@@ -20,6 +20,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod arch;
+pub mod error;
 pub mod exec;
 pub mod init;
 pub mod loss;

@@ -11,8 +11,8 @@
 //! classifier on module i's output, weight `wy`), the decoder working on `patches × patches`
 //! patches one at a time.
 
+use crate::error::PlanError;
 use crate::partition::Partition;
-use crate::plan::PlanError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

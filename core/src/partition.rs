@@ -9,7 +9,7 @@
 //! `modules()` is the true count.
 
 use crate::arch::Arch;
-use crate::plan::PlanError;
+use crate::error::PlanError;
 use heapless::Vec;
 
 /// Most modules a partition can have.

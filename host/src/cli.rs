@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::commands;
 use crate::config::{parse_pair, Config, DatasetName, LevelsName, LocalLossName, MethodName, ScheduleName, Shape};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::report;
 use crate::train::{self, RunOptions};
 
 /// Hierarchical locally supervised learning with patch feature fusion (HPFF), Greedy
@@ -365,12 +365,24 @@ pub fn run(cli: Cli) -> Result<()> {
             let opts = RunOptions { resume: a.resume.clone(), stop_after: a.stop_after, quiet: a.quiet };
             train::train(&cfg, &opts).map(|_| ())
         }
-        Command::Eval(a) => report::eval(&a),
+        Command::Eval(a) => {
+            let over = Config {
+                dataset: a.dataset,
+                data_dir: a.data_dir.clone(),
+                batch_size: a.batch_size,
+                threads: a.threads,
+                device: a.device,
+                tf32: a.tf32.then_some(true),
+                limit_test: a.limit_test,
+                ..Config::default()
+            };
+            commands::eval::eval(&a.checkpoint, &over, a.json)
+        }
         Command::Plan(a) => {
             let flags = Config { width: a.width, ..a.model.to_config() };
             let cfg = with_file(&a.config, flags)?.complete();
             let shape = a.shape.shape(cfg.dataset.unwrap_or(DatasetName::FashionMnist))?;
-            report::plan(&cfg, shape, a.json)
+            commands::plan::plan(&cfg, shape, a.json)
         }
         Command::Bench(a) => {
             let flags = Config {
@@ -382,7 +394,7 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             let cfg = with_file(&a.config, flags)?.complete();
             let shape = a.shape.shape(cfg.dataset.unwrap_or(DatasetName::FashionMnist))?;
-            report::bench(&cfg, shape, a.steps, a.warmup, a.json)
+            commands::bench::bench(&cfg, shape, a.steps, a.warmup, a.json)
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod cpu;
 pub mod data;
@@ -12,5 +13,4 @@ pub mod device;
 pub mod error;
 pub mod metrics;
 pub mod plot;
-pub mod report;
 pub mod train;

@@ -1,0 +1,142 @@
+//! `hpff bench`: training-step and eval throughput on synthetic data, on any executor.
+
+use std::time::Instant;
+
+use hpff_core::exec::StepInput;
+use hpff_core::rng::Rng;
+use serde_json::json;
+
+use super::open_executor;
+use super::plan::describe;
+use crate::config::{Config, Shape};
+use crate::device::Snapshot;
+use crate::error::{Error, Result};
+use crate::metrics::{self, fmt_mib};
+use crate::train;
+
+/// The median of per-step times (the mean of the middle two for an even count).
+fn median(times: &[f64]) -> f64 {
+    let mut v = times.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// `hpff bench`: times training steps and eval passes on synthetic data.
+pub fn bench(cfg: &Config, shape: Shape, steps: usize, warmup: usize, as_json: bool) -> Result<()> {
+    if steps == 0 {
+        return Err(Error::msg("--steps must be at least 1"));
+    }
+    let setup = cfg.setup(shape)?;
+    let plan = setup.plan(setup.batch)?;
+    let seed = cfg.seed.unwrap_or(0);
+    let mut exec = open_executor(cfg, &plan)?;
+    let mut rng = Rng::new(seed);
+    Snapshot::init(&plan, &mut rng.fork(train::INIT_STREAM)).upload(&mut *exec)?;
+    let x: Vec<f32> = (0..plan.input().len).map(|_| rng.normal() as f32).collect();
+    let labels: Vec<u32> = (0..plan.batch).map(|_| rng.below(shape.classes as u64) as u32).collect();
+    let mut losses = vec![0f32; plan.loss_slots()];
+    let input = StepInput { x: &x, labels: &labels, lr: setup.lr(1, 0, 1).min(0.01), sgd: setup.sgd };
+    for _ in 0..warmup {
+        exec.train_step(&plan, &input, &mut losses)?;
+    }
+    // Each step and pass is timed on its own (the CUDA executor's train_step and eval_step
+    // return after copying the losses / logits back, so they are synchronous); the mean is
+    // the whole loop's time over the steps.
+    let mut train_steps = Vec::with_capacity(steps);
+    let t = Instant::now();
+    for _ in 0..steps {
+        let ts = Instant::now();
+        exec.train_step(&plan, &input, &mut losses)?;
+        train_steps.push(ts.elapsed().as_secs_f64());
+    }
+    let train_s = t.elapsed().as_secs_f64() / steps as f64;
+    let train_med = median(&train_steps);
+    let mut logits = vec![0f32; plan.logits().len];
+    for _ in 0..warmup {
+        exec.eval_step(&plan, &x, &mut logits)?;
+    }
+    let mut eval_passes = Vec::with_capacity(steps);
+    let t = Instant::now();
+    for _ in 0..steps {
+        let ts = Instant::now();
+        exec.eval_step(&plan, &x, &mut logits)?;
+        eval_passes.push(ts.elapsed().as_secs_f64());
+    }
+    let eval_s = t.elapsed().as_secs_f64() / steps as f64;
+    let eval_med = median(&eval_passes);
+    let (tf, ef) = metrics::plan_flops(&plan);
+    let b = plan.batch as f64;
+    let peak = metrics::peak_rss_bytes();
+    let arena_b = plan.arena_len() * 4;
+    let extra = exec.held().extra;
+    let mut v = describe(&setup, &plan);
+    let fields = json!({
+        "device": exec.to_string(),
+        "threads": match cfg.threads.unwrap_or(0) {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        },
+        "tf32": cfg.tf32.unwrap_or(false),
+        "steps": steps,
+        "warmup": warmup,
+        "train_step_s": train_s,
+        "train_images_per_s": b / train_s,
+        "train_step_median_s": train_med,
+        "train_images_per_s_median": b / train_med,
+        "train_flops_per_step": tf,
+        "train_gflops_per_s": tf as f64 / train_s / 1e9,
+        "eval_pass_s": eval_s,
+        "eval_images_per_s": b / eval_s,
+        "eval_pass_median_s": eval_med,
+        "eval_images_per_s_median": b / eval_med,
+        "eval_flops_per_pass": ef,
+        "eval_gflops_per_s": ef as f64 / eval_s / 1e9,
+        "arena_bytes": arena_b,
+        "planned_total_bytes": plan.memory().total(),
+        "executor_extra_bytes": extra,
+        "peak_rss_bytes": peak,
+    });
+    if let (Some(o), serde_json::Value::Object(f)) = (v.as_object_mut(), fields) {
+        o.extend(f);
+    }
+    if as_json {
+        println!("{v}");
+    } else {
+        println!(
+            "bench: resnet{} {}; batch {}; {exec}; {steps} steps after {warmup} warm-up",
+            setup.arch.depth,
+            setup.method_line(),
+            plan.batch,
+        );
+        println!(
+            "  train: {:.1} images/s, {:.3} s/step (median {:.3} s, {:.1} images/s), {:.2} GFLOP/s ({:.2} GFLOP/step)",
+            b / train_s,
+            train_s,
+            train_med,
+            b / train_med,
+            tf as f64 / train_s / 1e9,
+            tf as f64 / 1e9
+        );
+        println!(
+            "  eval:  {:.1} images/s, {:.3} s/pass (median {:.3} s, {:.1} images/s), {:.2} GFLOP/s ({:.2} GFLOP/pass)",
+            b / eval_s,
+            eval_s,
+            eval_med,
+            b / eval_med,
+            ef as f64 / eval_s / 1e9,
+            ef as f64 / 1e9
+        );
+        println!(
+            "  memory: arena {} planned, executor extra {}, peak RSS {}",
+            fmt_mib(Some(arena_b as u64)),
+            fmt_mib(Some(extra as u64)),
+            fmt_mib(peak)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! `hpff eval`: test accuracy and loss of a checkpoint, on any executor.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::open_executor;
+use crate::checkpoint;
+use crate::config::Config;
+use crate::data::{self, Split};
+use crate::error::{Error, Result};
+use crate::train;
+
+/// `hpff eval`.
+///
+/// Evaluates the checkpoint at `checkpoint` (folder, JSON or tensor file) on its data set's
+/// test split; `over` overrides the checkpoint's settings (data set, folder, batch size,
+/// threads, device, precision, `limit_test`).
+pub fn eval(checkpoint: &Path, over: &Config, as_json: bool) -> Result<()> {
+    let loaded = checkpoint::load(checkpoint)?;
+    let cfg = loaded.meta.config.merge(over).complete();
+    let kind = cfg.dataset.expect("completed").kind();
+    let mut test = data::load(kind, cfg.data_dir.as_deref(), Split::Test)?;
+    if let Some(n) = over.limit_test.filter(|&n| n > 0) {
+        test = test.limit(n);
+    }
+    if test.n == 0 {
+        return Err(Error::msg("the test split has no images"));
+    }
+    let want = loaded.meta.shape;
+    if (test.c, test.h, test.w, test.classes) != (want.c, want.image, want.image, want.classes) {
+        return Err(Error::msg(format!(
+            "the checkpoint's network takes {}×{}×{} images of {} classes; this test split has {}×{}×{} images of {} classes",
+            want.c, want.image, want.image, want.classes, test.c, test.h, test.w, test.classes
+        )));
+    }
+    let setup = cfg.setup(want)?;
+    let plan = setup.plan(setup.batch)?;
+    let model = loaded.restore(&plan, false)?;
+    let mut exec = open_executor(&cfg, &plan)?;
+    model.upload(&mut *exec)?;
+    let t = Instant::now();
+    let r = train::evaluate(&mut *exec, &plan, &Arc::new(test), &setup.normalize)?;
+    let secs = t.elapsed().as_secs_f64();
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "checkpoint": loaded.json_path,
+                "epoch": loaded.meta.epoch,
+                "dataset": kind.name(),
+                "test_accuracy": r.accuracy,
+                "test_loss": r.loss,
+                "test_images": r.images,
+                "seconds": secs,
+            })
+        );
+    } else {
+        println!(
+            "test accuracy {:.2}% loss {:.4} on {} {} images ({} after epoch {}, {:.1} s)",
+            100.0 * r.accuracy,
+            r.loss,
+            r.images,
+            kind.name(),
+            loaded.json_path.display(),
+            loaded.meta.epoch,
+            secs
+        );
+    }
+    Ok(())
+}
