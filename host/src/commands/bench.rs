@@ -26,6 +26,23 @@ fn median(times: &[f64]) -> f64 {
     }
 }
 
+/// Runs `f` `warmup` times untimed, then `steps` times each timed on its own (the CUDA
+/// executor's steps return after copying the losses or logits back, so they are
+/// synchronous); returns the mean (the whole loop's time over the steps) and the median.
+fn timed(warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut each = Vec::with_capacity(steps);
+    let t = Instant::now();
+    for _ in 0..steps {
+        let ts = Instant::now();
+        f()?;
+        each.push(ts.elapsed().as_secs_f64());
+    }
+    Ok((t.elapsed().as_secs_f64() / steps as f64, median(&each)))
+}
+
 /// `hpff bench`: times training steps and eval passes on synthetic data.
 pub fn bench(cfg: &Config, shape: Shape, steps: usize, warmup: usize, as_json: bool) -> Result<()> {
     if steps == 0 {
@@ -41,34 +58,9 @@ pub fn bench(cfg: &Config, shape: Shape, steps: usize, warmup: usize, as_json: b
     let labels: Vec<u32> = (0..plan.batch).map(|_| rng.below(shape.classes as u64) as u32).collect();
     let mut losses = vec![0f32; plan.loss_slots()];
     let input = StepInput { x: &x, labels: &labels, lr: setup.lr(1, 0, 1).min(0.01), sgd: setup.sgd };
-    for _ in 0..warmup {
-        exec.train_step(&plan, &input, &mut losses)?;
-    }
-    // Each step and pass is timed on its own (the CUDA executor's train_step and eval_step
-    // return after copying the losses / logits back, so they are synchronous); the mean is
-    // the whole loop's time over the steps.
-    let mut train_steps = Vec::with_capacity(steps);
-    let t = Instant::now();
-    for _ in 0..steps {
-        let ts = Instant::now();
-        exec.train_step(&plan, &input, &mut losses)?;
-        train_steps.push(ts.elapsed().as_secs_f64());
-    }
-    let train_s = t.elapsed().as_secs_f64() / steps as f64;
-    let train_med = median(&train_steps);
+    let (train_s, train_med) = timed(warmup, steps, || exec.train_step(&plan, &input, &mut losses))?;
     let mut logits = vec![0f32; plan.logits().len];
-    for _ in 0..warmup {
-        exec.eval_step(&plan, &x, &mut logits)?;
-    }
-    let mut eval_passes = Vec::with_capacity(steps);
-    let t = Instant::now();
-    for _ in 0..steps {
-        let ts = Instant::now();
-        exec.eval_step(&plan, &x, &mut logits)?;
-        eval_passes.push(ts.elapsed().as_secs_f64());
-    }
-    let eval_s = t.elapsed().as_secs_f64() / steps as f64;
-    let eval_med = median(&eval_passes);
+    let (eval_s, eval_med) = timed(warmup, steps, || exec.eval_step(&plan, &x, &mut logits))?;
     let (tf, ef) = metrics::plan_flops(&plan);
     let b = plan.batch as f64;
     let peak = metrics::peak_rss_bytes();
