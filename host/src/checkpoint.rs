@@ -1,18 +1,19 @@
-//! Checkpoints: `checkpoint.safetensors` holds the tensors under the PyTorch
-//! reference's `state_dict` names (parameters and BN running statistics), plus the SGD
-//! momentum buffers under `optimizer.momentum.<name>`; `checkpoint.json` holds
-//! everything else (the effective config, epoch, step, RNG, metrics history) and the
-//! size and SHA-256 of the tensor file it belongs to.
+//! Checkpoints: a tensor file holds the tensors under the PyTorch reference's
+//! `state_dict` names (parameters and BN running statistics), plus the SGD momentum
+//! buffers under `optimizer.momentum.<name>`; `checkpoint.json` holds everything else
+//! (the effective config, epoch, step, RNG, metrics history) and the name, size and
+//! SHA-256 of the tensor file it belongs to.
 //!
-//! Writes are atomic per file: both files are written as `*.tmp` in the same folder and
-//! synced, then the tensors are renamed into place, then the JSON. A crash before the
-//! renames leaves the previous checkpoint untouched; a crash between them leaves a JSON
-//! whose recorded hash no longer matches, which loading reports instead of resuming
-//! from a mixed state.
+//! One rename is the commit point. Each save writes its tensors to a new file named by
+//! epoch and content (`checkpoint-e0003-<hash>.safetensors`, staged as `*.tmp`, synced,
+//! renamed), then `checkpoint.json.tmp`, then renames that over `checkpoint.json`.
+//! Before that rename the previous JSON and the tensor file it names are untouched, so a
+//! crash at any moment leaves a complete checkpoint: the old one or the new one. Only
+//! after the commit are the old tensor file and any leftovers of interrupted saves
+//! removed. A tensor file that does not match its JSON (tampered, or copied half-way) is
+//! reported on loading, never resumed from.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use hpff_core::plan::{Plan, Tensor, TensorKind};
@@ -23,11 +24,14 @@ use sha2::{Digest, Sha256};
 use crate::config::{Config, Shape};
 use crate::device::Snapshot;
 use crate::error::{io_err, Error, Result};
+use crate::files::{rename_synced, tmp_path, write_synced};
 use crate::metrics::{EpochMetrics, EvalResult};
 
-/// File names inside a run's folder.
-pub const TENSORS_FILE: &str = "checkpoint.safetensors";
+/// The checkpoint's JSON inside a run's folder (the tensor file's name is in it).
 pub const META_FILE: &str = "checkpoint.json";
+/// Start and end of tensor file names: `checkpoint-e<epoch>-<hash>.safetensors`.
+const TENSORS_PREFIX: &str = "checkpoint-e";
+const TENSORS_EXT: &str = ".safetensors";
 /// Prefix of the momentum buffers' names.
 pub const MOMENTUM_PREFIX: &str = "optimizer.momentum.";
 
@@ -120,42 +124,64 @@ fn sha256_hex(b: &[u8]) -> String {
     d.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).map_err(|e| io_err(path, "create", e))?;
-    f.write_all(bytes).map_err(|e| io_err(path, "write", e))?;
-    f.sync_all().map_err(|e| io_err(path, "sync", e))
-}
-
-/// Both files of a checkpoint written as `*.tmp`, not yet in place.
+/// A checkpoint staged in a run's folder: its tensor file in place under a new name and
+/// its JSON written as `checkpoint.json.tmp`; nothing refers to either yet.
 #[derive(Debug)]
 pub struct Staged {
     dir: PathBuf,
+    tensors: String,
 }
 
 impl Staged {
-    /// Renames the tensors, then the JSON, into place and syncs the folder.
+    /// The commit point: renames the staged JSON over `checkpoint.json`; then removes the
+    /// tensor files no JSON refers to any more (the previous one, leftovers of crashes).
     pub fn commit(self) -> Result<()> {
-        for f in [TENSORS_FILE, META_FILE] {
-            let (tmp, dst) = (self.dir.join(format!("{f}.tmp")), self.dir.join(f));
-            std::fs::rename(&tmp, &dst).map_err(|e| io_err(&dst, "replace", e))?;
-        }
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all(); // best effort: not every OS syncs folders
+        let json = self.dir.join(META_FILE);
+        rename_synced(&tmp_path(&json), &json)?;
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for ent in rd.flatten() {
+                let name = ent.file_name().to_string_lossy().into_owned();
+                let ours = name.starts_with(TENSORS_PREFIX)
+                    && (name.ends_with(TENSORS_EXT) || name.ends_with(&format!("{TENSORS_EXT}.tmp")));
+                if ours && name != self.tensors {
+                    let _ = std::fs::remove_file(ent.path()); // a leftover costs disk, not correctness
+                }
+            }
         }
         Ok(())
     }
 }
 
-/// Writes both files of a checkpoint as `*.tmp` in `dir` (see [`Staged::commit`]).
-/// `meta.tensors` is filled in here.
+/// Stages a checkpoint in `dir` (see [`Staged::commit`]); `meta.tensors` is filled in here.
 pub fn stage(dir: &Path, plan: &Plan, model: &Snapshot, meta: &mut Meta) -> Result<Staged> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, "create the folder", e))?;
     let bytes = tensors_bytes(plan, model)?;
-    meta.tensors = TensorFile { file: TENSORS_FILE.into(), bytes: bytes.len() as u64, sha256: sha256_hex(&bytes) };
-    write_synced(&dir.join(format!("{TENSORS_FILE}.tmp")), &bytes)?;
+    let sha256 = sha256_hex(&bytes);
+    let file = format!("{TENSORS_PREFIX}{:04}-{}{TENSORS_EXT}", meta.epoch, &sha256[..16]);
+    let path = dir.join(&file);
+    // The same name means the same bytes (the final save after the last epoch rewrites
+    // that epoch's tensors): the file in place is already right.
+    if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(bytes.len() as u64) {
+        write_synced(&tmp_path(&path), &bytes)?;
+        rename_synced(&tmp_path(&path), &path)?;
+    }
+    meta.tensors = TensorFile { file: file.clone(), bytes: bytes.len() as u64, sha256 };
     let json = serde_json::to_vec_pretty(meta).expect("checkpoint metadata serializes");
-    write_synced(&dir.join(format!("{META_FILE}.tmp")), &json)?;
-    Ok(Staged { dir: dir.to_path_buf() })
+    write_synced(&tmp_path(&dir.join(META_FILE)), &json)?;
+    pause_for_crash_tests(dir);
+    Ok(Staged { dir: dir.to_path_buf(), tensors: file })
+}
+
+/// Crash tests kill `hpff train` inside the commit window: with `HPFF_PAUSE_BEFORE_COMMIT`
+/// set to a file name, the process creates that file in the run folder and waits to be
+/// killed just before the commit rename.
+fn pause_for_crash_tests(dir: &Path) {
+    if let Some(name) = std::env::var_os("HPFF_PAUSE_BEFORE_COMMIT") {
+        let _ = std::fs::write(dir.join(name), b"");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
 }
 
 /// Writes a checkpoint into `dir` atomically.
@@ -176,7 +202,7 @@ pub fn resolve(path: &Path) -> PathBuf {
     if path.is_dir() {
         path.join(META_FILE)
     } else if path.extension().is_some_and(|e| e == "safetensors") {
-        path.with_extension("json")
+        path.parent().unwrap_or(Path::new(".")).join(META_FILE)
     } else {
         path.to_path_buf()
     }
@@ -198,6 +224,14 @@ pub fn load(path: &Path) -> Result<Loaded> {
     let meta: Meta = serde_json::from_slice(&text)
         .map_err(|e| Error::msg(format!("{}: not a valid hpff checkpoint: {e}", json_path.display())))?;
     let dir = json_path.parent().unwrap_or(Path::new("."));
+    // A plain name in the same folder: a tampered JSON must not make us read elsewhere.
+    if Path::new(&meta.tensors.file).file_name().is_none_or(|n| n != meta.tensors.file.as_str()) {
+        return Err(Error::msg(format!(
+            "{}: names the tensor file {:?}, which is not a file name in its folder",
+            json_path.display(),
+            meta.tensors.file
+        )));
+    }
     let tpath = dir.join(&meta.tensors.file);
     let tensors = std::fs::read(&tpath).map_err(|e| io_err(&tpath, "read", e))?;
     if tensors.len() as u64 != meta.tensors.bytes || sha256_hex(&tensors) != meta.tensors.sha256 {
@@ -327,7 +361,8 @@ mod tests {
         let a = model(&p, 1);
         let mut m = meta(2);
         save(d.path(), &p, &a, &mut m).unwrap();
-        let st_bytes = std::fs::read(d.path().join(TENSORS_FILE)).unwrap();
+        assert!(m.tensors.file.starts_with("checkpoint-e0002-") && m.tensors.file.ends_with(".safetensors"));
+        let st_bytes = std::fs::read(d.path().join(&m.tensors.file)).unwrap();
         let st = SafeTensors::deserialize(&st_bytes).unwrap();
         assert_eq!(st.tensor("conv1.weight").unwrap().shape(), &[16, 1, 3, 3]);
         assert!(st.tensor("bn1.running_var").is_ok());
@@ -341,7 +376,7 @@ mod tests {
         assert_eq!((&b.params, &b.state), (&a.params, &a.state));
         assert!(b.momentum.iter().all(|&v| v == 0.0));
         // By the .safetensors path too.
-        assert!(load(&d.path().join(TENSORS_FILE)).is_ok());
+        assert!(load(&d.path().join(&m.tensors.file)).is_ok());
         // Another model: a clear error.
         let q = plan(14, Base::InfoPro, true);
         let e = l.restore(&q, true).unwrap_err().to_string();
@@ -354,27 +389,60 @@ mod tests {
     #[test]
     fn unfinished_write_leaves_the_old_checkpoint() {
         let d = tempfile::tempdir().unwrap();
+        let tensor_files = || {
+            let mut v: Vec<String> = std::fs::read_dir(d.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".safetensors"))
+                .collect();
+            v.sort();
+            v
+        };
         let p = plan(8, Base::Dgl, false);
         let a = model(&p, 1);
-        save(d.path(), &p, &a, &mut meta(1)).unwrap();
+        let mut m1 = meta(1);
+        save(d.path(), &p, &a, &mut m1).unwrap();
         let b = model(&p, 2);
-        let staged = stage(d.path(), &p, &b, &mut meta(2)).unwrap();
-        // "Crash" before the renames: the old checkpoint is what loads.
+        let mut m2 = meta(2);
+        let staged = stage(d.path(), &p, &b, &mut m2).unwrap();
+        // "Crash" before the commit: both tensor files exist, the old checkpoint loads.
+        assert_eq!(tensor_files(), vec![m1.tensors.file.clone(), m2.tensors.file.clone()]);
         let l = load(d.path()).unwrap();
         assert_eq!(l.meta.epoch, 1);
         assert_eq!(l.restore(&p, true).unwrap().params, a.params);
+        // A leftover of an interrupted tensor write is cleaned up by the next commit.
+        std::fs::write(d.path().join("checkpoint-e0009-0000000000000000.safetensors.tmp"), b"x").unwrap();
         staged.commit().unwrap();
-        assert_eq!(load(d.path()).unwrap().meta.epoch, 2);
-        // Tensors replaced but the JSON not: detected.
-        let stale = std::fs::read(d.path().join(META_FILE)).unwrap();
-        save(d.path(), &p, &a, &mut meta(3)).unwrap();
-        std::fs::write(d.path().join(META_FILE), stale).unwrap();
+        let l = load(d.path()).unwrap();
+        assert_eq!(l.meta.epoch, 2);
+        assert_eq!(l.restore(&p, true).unwrap().params, b.params);
+        assert_eq!(tensor_files(), vec![m2.tensors.file.clone()], "the old tensor file goes after the commit");
+        assert!(!d.path().join("checkpoint-e0009-0000000000000000.safetensors.tmp").exists());
+        // Saving the same epoch and tensors again (the final save) keeps one file.
+        save(d.path(), &p, &b, &mut meta(2)).unwrap();
+        assert_eq!(tensor_files(), vec![m2.tensors.file.clone()]);
+        // A tampered tensor file: detected, not loaded.
+        let tf = d.path().join(&m2.tensors.file);
+        let mut bytes = std::fs::read(&tf).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&tf, &bytes).unwrap();
         let e = load(d.path()).unwrap_err().to_string();
         assert!(e.contains("corrupt or was interrupted"), "{e}");
+        // A JSON naming a file outside its folder.
+        let mut m = load_meta(d.path());
+        m.tensors.file = "../elsewhere.safetensors".into();
+        std::fs::write(d.path().join(META_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+        let e = load(d.path()).unwrap_err().to_string();
+        assert!(e.contains("not a file name in its folder"), "{e}");
         // Garbage JSON and a missing folder.
         std::fs::write(d.path().join(META_FILE), b"{").unwrap();
         assert!(load(d.path()).unwrap_err().to_string().contains("not a valid hpff checkpoint"));
         let e = load(&d.path().join("nope")).unwrap_err().to_string();
         assert!(e.contains("no checkpoint there"), "{e}");
+    }
+
+    fn load_meta(dir: &Path) -> Meta {
+        serde_json::from_slice(&std::fs::read(dir.join(META_FILE)).unwrap()).unwrap()
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands;
-use crate::config::{parse_pair, Config, DatasetName, LevelsName, LocalLossName, MethodName, ScheduleName, Shape};
+use crate::config::{parse_pair, Config, DatasetName, LevelsName, LocalLossName, MethodName, NonFinite, ScheduleName, Shape};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::train::{self, RunOptions};
@@ -91,7 +91,7 @@ pub struct ModelArgs {
     /// HPFF's cascade-level weight [default: 0.999]
     #[arg(long)]
     pub wy: Option<f64>,
-    /// Batch size [default: 1024 for cifar10, cifar100, svhn; else 128]
+    /// Batch size [default: 1024 for cifar10, svhn; else 128]
     #[arg(long)]
     pub batch_size: Option<usize>,
 }
@@ -141,7 +141,7 @@ pub struct TrainArgs {
     /// Epochs [default: 1 for fashion-mnist, else 400]
     #[arg(long)]
     pub epochs: Option<u32>,
-    /// Base learning rate [default: 0.8 for cifar10, cifar100, svhn; else 0.1]
+    /// Base learning rate [default: 0.8 for cifar10, svhn; else 0.1]
     #[arg(long)]
     pub lr: Option<f64>,
     /// SGD momentum [default: 0.9]
@@ -189,10 +189,10 @@ pub struct TrainArgs {
     /// Hold out N training images for validation (evaluated each epoch; the test split once at the end) [default: 0]
     #[arg(long)]
     pub val_split: Option<usize>,
-    /// Train on the first N training images only (0 = all)
+    /// Train on a seeded random subset of N training images (0 = all)
     #[arg(long)]
     pub limit_train: Option<usize>,
-    /// Evaluate on the first N test (or validation) images only (0 = all)
+    /// Evaluate on a seeded random subset of N test (or validation) images (0 = all)
     #[arg(long)]
     pub limit_test: Option<usize>,
     /// Turn off the dataset's training augmentation
@@ -201,6 +201,9 @@ pub struct TrainArgs {
     /// Evaluate every N epochs (and after the last) [default: 1]
     #[arg(long)]
     pub eval_every: Option<u32>,
+    /// A NaN or infinite loss or gradient: stop with an error, or skip (undo) the step and count it [default: stop]
+    #[arg(long, value_enum)]
+    pub on_nonfinite: Option<NonFinite>,
     /// Stop once this epoch is complete; the schedule still spans --epochs (continue with --resume)
     #[arg(long)]
     pub stop_after: Option<u32>,
@@ -233,6 +236,7 @@ impl TrainArgs {
             limit_test: self.limit_test,
             augment: self.no_augment.then_some(false),
             eval_every: self.eval_every,
+            on_nonfinite: self.on_nonfinite,
             ..self.model.to_config()
         }
     }
@@ -261,7 +265,7 @@ pub struct EvalArgs {
     /// Allow TF32 tensor-core math on the GPU (default: strict fp32)
     #[arg(long)]
     pub tf32: bool,
-    /// Evaluate on the first N test images only (0 = all)
+    /// Evaluate on N test images (0 = all): the seeded random subset hpff train used with the same --limit-test
     #[arg(long)]
     pub limit_test: Option<usize>,
     /// Print one JSON object

@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod files;
 pub mod metrics;
 pub mod plot;
 pub mod train;

@@ -2,13 +2,12 @@
 //! plan and the process's measured peak memory.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use hpff_core::plan::{LossKind, Op, Plan, LOSS_KINDS};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{io_err, Result};
+use crate::error::Result;
 
 /// Accuracy and mean cross-entropy of the network's classifier on a split.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +39,9 @@ pub struct EpochMetrics {
     pub eval_loss: Option<f64>,
     pub train_images: usize,
     pub steps: usize,
+    /// Steps undone because a loss or gradient was NaN or infinite (`--on-nonfinite skip`).
+    #[serde(default)]
+    pub skipped_steps: usize,
     /// Training images per second over the epoch (data loading included).
     pub images_per_s: f64,
     /// Seconds this epoch took (training and evaluation).
@@ -99,6 +101,13 @@ impl LossMeter {
         self.images += n;
     }
 
+    /// The first used slot of `losses` that is NaN or infinite: (module, kind, value).
+    pub fn nonfinite(&self, losses: &[f32]) -> Option<(usize, LossKind, f32)> {
+        let s = *self.used.iter().find(|&&s| !losses[s].is_finite())?;
+        let kind = LossKind::ALL[s % LOSS_KINDS];
+        Some((s / LOSS_KINDS, kind, losses[s]))
+    }
+
     pub fn images(&self) -> usize {
         self.images
     }
@@ -130,18 +139,14 @@ impl LossMeter {
     }
 }
 
-/// Writes all records, one JSON object a line, replacing `path`.
+/// Writes all records, one JSON object a line, replacing `path` atomically and durably.
 pub fn write_jsonl(path: &Path, records: &[EpochMetrics]) -> Result<()> {
     let mut s = Vec::new();
     for r in records {
         serde_json::to_writer(&mut s, r).expect("metrics serialize");
         s.push(b'\n');
     }
-    let tmp = path.with_extension("jsonl.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, "create", e))?;
-    f.write_all(&s).map_err(|e| io_err(&tmp, "write", e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, "replace", e))
+    crate::files::write_atomic(path, &s)
 }
 
 /// The process's peak resident set size in bytes (`VmHWM`), where the OS tells it.

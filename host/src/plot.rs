@@ -253,6 +253,7 @@ mod tests {
             eval_loss: acc.map(|a| 1.0 - a),
             train_images: 10,
             steps: 1,
+            skipped_steps: 0,
             images_per_s: 1.0,
             epoch_s: 1.0,
             elapsed_s: epoch as f64,

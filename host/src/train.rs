@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hpff_core::exec::{Executor, Region, StepInput};
-use hpff_core::plan::Plan;
+use hpff_core::plan::{Plan, TensorKind};
 use hpff_core::rng::Rng;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::checkpoint::{self, Meta, TensorFile};
-use crate::config::{Config, Setup, Shape};
+use crate::config::{Config, NonFinite, Setup, Shape};
 use crate::data::{self, Augment, BatchOptions, Batches, Dataset, Normalize, Split};
 use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
 use crate::error::{io_err, Error, Result};
@@ -28,8 +28,8 @@ use crate::plot;
 pub const INIT_STREAM: u64 = 1;
 /// Stream of data order and augmentation.
 pub const DATA_STREAM: u64 = 2;
-/// RNG stream of the `--limit-train`/`--limit-test` subsets.
-const LIMIT_STREAM: u64 = 3;
+/// RNG stream of the `--limit-train`/`--limit-test` subsets (`hpff eval` uses it too).
+pub const LIMIT_STREAM: u64 = 3;
 
 /// The splits a run uses.
 #[derive(Debug, Clone)]
@@ -61,17 +61,7 @@ pub fn load_data(cfg: &Config) -> Result<Data> {
         Err(e) => return Err(e.into()),
     };
     let seed = cfg.seed.unwrap_or(0);
-    // A seeded random subset, not the first n: image folders are sorted by class.
-    let limit = |d: Dataset, n: Option<usize>| match n {
-        Some(n) if n > 0 && n < d.n => {
-            let mut idx: Vec<usize> = (0..d.n).collect();
-            Rng::new(seed).fork(LIMIT_STREAM).shuffle(&mut idx);
-            idx.truncate(n);
-            idx.sort_unstable();
-            d.subset(&idx)
-        }
-        _ => d,
-    };
+    let limit = |d: Dataset, n: Option<usize>| limit_subset(d, n, seed);
     let data = match cfg.val_split {
         Some(v) if v > 0 => {
             if v >= train.n {
@@ -103,6 +93,15 @@ pub fn load_data(cfg: &Config) -> Result<Data> {
     Ok(data)
 }
 
+/// The `--limit-train`/`--limit-test` subset of `d` (0 or none: all of it), drawn from
+/// `seed`: the one rule `hpff train` and `hpff eval` share.
+pub fn limit_subset(d: Dataset, n: Option<usize>, seed: u64) -> Dataset {
+    match n {
+        Some(n) if n > 0 => d.sample(n, Rng::new(seed).fork(LIMIT_STREAM)),
+        _ => d,
+    }
+}
+
 /// The training augmentation `cfg` asks for.
 pub fn augment_of(cfg: &Config) -> Option<Augment> {
     if cfg.augment == Some(false) {
@@ -129,6 +128,15 @@ pub fn data_shape(train: &Dataset, aug: Option<&Augment>, evals: &[&Dataset]) ->
             return Err(Error::msg(format!(
                 "the test split has {} classes, the training split {}",
                 e.classes, train.classes
+            )));
+        }
+        // Same count is not enough: label i must mean the same class in both splits.
+        if let Some(i) = (0..train.classes).find(|&i| e.class_names.get(i) != train.class_names.get(i)) {
+            let name = |d: &Dataset| d.class_names.get(i).map_or("<none>".to_string(), |s| format!("{s:?}"));
+            return Err(Error::msg(format!(
+                "class {i} is {} in the training split but {} in the test split; the two splits must have the same class folders",
+                name(train),
+                name(e)
             )));
         }
     }
@@ -276,7 +284,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         best_accuracy: None,
         test: None,
         elapsed_s: 0.0,
-        tensors: TensorFile { file: checkpoint::TENSORS_FILE.into(), bytes: 0, sha256: String::new() },
+        tensors: TensorFile { file: String::new(), bytes: 0, sha256: String::new() },
     };
     match &resumed {
         Some(l) => {
@@ -303,7 +311,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     }
     std::fs::create_dir_all(&out).map_err(|e| io_err(&out, "create the output folder", e))?;
     let cfg_path = out.join("config.toml");
-    std::fs::write(&cfg_path, cfg.to_toml()).map_err(|e| io_err(&cfg_path, "write", e))?;
+    crate::files::write_atomic(&cfg_path, cfg.to_toml().as_bytes())?;
 
     let mem = plan.memory();
     say(opts, format!("hpff {} — config (saved in {}):", env!("CARGO_PKG_VERSION"), cfg_path.display()));
@@ -357,6 +365,8 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     let stop = opts.stop_after.unwrap_or(epochs).min(epochs);
     let opts_train = BatchOptions::train(batch, aug.clone(), setup.normalize.clone());
     let mut losses = vec![0f32; plan.loss_slots()];
+    let mut grads = vec![0f32; plan.params];
+    let on_nonfinite = cfg.on_nonfinite.expect("completed");
     let start_epoch = meta.epoch;
     for epoch in start_epoch + 1..=stop {
         let te = Instant::now();
@@ -364,6 +374,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         let steps = batches.len();
         let pb = progress(opts.quiet, steps as u64, epoch, epochs);
         let mut meter = LossMeter::new(&plan);
+        let mut skipped = 0usize;
         let lr0 = setup.lr(epoch, 0, steps);
         for (i, b) in batches.enumerate() {
             let lr = setup.lr(epoch, i, steps);
@@ -375,17 +386,27 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
                     .ok_or_else(|| Error::msg("internal: no plan for a partial batch"))?
             };
             let input = StepInput { x: &b.x, labels: &b.y, lr, sgd: setup.sgd };
-            exec.train_step(p, &input, &mut losses)?;
-            meter.add(&losses, b.n);
+            match guarded_step(&mut *exec, p, &input, &mut losses, &mut grads, &meter, on_nonfinite)? {
+                None => meter.add(&losses, b.n),
+                Some(fault) if on_nonfinite == NonFinite::Skip => {
+                    skipped += 1;
+                    if !opts.quiet {
+                        pb.suspend(|| {
+                            eprintln!("warning: step {} (epoch {epoch}) undone and skipped: {fault}", meta.global_step + 1)
+                        });
+                    }
+                }
+                Some(fault) => {
+                    pb.finish_and_clear();
+                    return Err(Error::msg(format!(
+                        "{fault} at step {} (epoch {epoch}, lr {lr}); training stopped, the last checkpoint (epoch {}) is kept; lower --lr, or --on-nonfinite skip to undo such steps",
+                        meta.global_step + 1,
+                        meta.epoch
+                    )));
+                }
+            }
             meta.global_step += 1;
             let f = meter.final_mean();
-            if !f.is_finite() {
-                pb.finish_and_clear();
-                return Err(Error::msg(format!(
-                    "the training loss became {f} in epoch {epoch} at step {}; lower --lr (the rate was {lr})",
-                    meta.global_step
-                )));
-            }
             pb.inc(1);
             let status =
                 format!("{:.0} img/s  loss {:.4}", meter.images() as f64 / te.elapsed().as_secs_f64().max(1e-9), f);
@@ -396,6 +417,11 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
             pb.set_message(status);
         }
         pb.finish_and_clear();
+        if skipped == steps {
+            return Err(Error::msg(format!(
+                "every step of epoch {epoch} had a NaN or infinite loss or gradient and was skipped; lower --lr"
+            )));
+        }
         let train_s = te.elapsed().as_secs_f64();
         let ev = if epoch % eval_every == 0 || epoch == epochs {
             Some(evaluate(&mut *exec, &plan, &data.eval, &setup.normalize)?)
@@ -418,6 +444,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
             eval_loss: ev.map(|e| e.loss),
             train_images: meter.images(),
             steps,
+            skipped_steps: skipped,
             images_per_s: meter.images() as f64 / train_s.max(1e-9),
             epoch_s,
             elapsed_s: meta.elapsed_s + t0.elapsed().as_secs_f64(),
@@ -448,7 +475,6 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     meta.test = test;
     meta.elapsed_s += wall_s;
     let snapshot = Snapshot::download(&mut *exec)?;
-    let mut grads = vec![0f32; plan.params];
     exec.download(Region::Grads, 0, &mut grads)?;
     write_outputs(&out, &plan, &snapshot, &mut meta, data.eval_name)?;
     let summary = serde_json::json!({
@@ -466,7 +492,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         "peak_rss_bytes": peak,
     });
     let sp = out.join("summary.json");
-    std::fs::write(&sp, serde_json::to_vec_pretty(&summary).expect("json")).map_err(|e| io_err(&sp, "write", e))?;
+    crate::files::write_atomic(&sp, &serde_json::to_vec_pretty(&summary).expect("json"))?;
     let mem_line = format!("arena {} planned, peak RSS {}", fmt_mib(Some(mem.total() as u64)), fmt_mib(peak));
     match test {
         Some(t) => say(
@@ -506,10 +532,55 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     })
 }
 
+/// The checkpoint first (its commit is the point a run can resume from), then the
+/// metrics and plot derived from the same records; each file is replaced atomically, so
+/// after a crash `metrics.jsonl` never holds an epoch the checkpoint lacks (and a
+/// resumed run rewrites it from the checkpoint's records).
 fn write_outputs(out: &Path, plan: &Plan, model: &Snapshot, meta: &mut Meta, eval_name: &str) -> Result<()> {
-    metrics::write_jsonl(&out.join("metrics.jsonl"), &meta.metrics)?;
     checkpoint::save(out, plan, model, meta)?;
+    metrics::write_jsonl(&out.join("metrics.jsonl"), &meta.metrics)?;
     plot::save(&out.join("curves.png"), &meta.metrics, &eval_name.to_ascii_uppercase())
+}
+
+/// One training step, checked: `None` if its losses and gradients are finite, else what
+/// is not. Under [`NonFinite::Skip`] a faulty step is undone (parameters, momentum and BN
+/// statistics restored from a copy taken before it).
+fn guarded_step<E: Executor + ?Sized>(
+    exec: &mut E,
+    plan: &Plan,
+    input: &StepInput,
+    losses: &mut [f32],
+    grads: &mut [f32],
+    meter: &LossMeter,
+    policy: NonFinite,
+) -> Result<Option<String>>
+where
+    Error: From<E::Error>,
+{
+    let before = if policy == NonFinite::Skip { Some(Snapshot::download(exec)?) } else { None };
+    exec.train_step(plan, input, losses)?;
+    exec.download(Region::Grads, 0, grads)?;
+    let fault = nonfinite(plan, meter, losses, grads);
+    if let (Some(_), Some(s)) = (&fault, before) {
+        s.upload(exec)?;
+    }
+    Ok(fault)
+}
+
+/// What is NaN or infinite after a step, if anything: a loss (named by module and kind)
+/// or a parameter's gradient (named by the tensor).
+fn nonfinite(plan: &Plan, meter: &LossMeter, losses: &[f32], grads: &[f32]) -> Option<String> {
+    if let Some((module, kind, v)) = meter.nonfinite(losses) {
+        return Some(format!("the {} loss of module {} is {v}", kind.name(), module + 1));
+    }
+    let i = grads.iter().position(|g| !g.is_finite())?;
+    let mut name = None;
+    plan.for_each_tensor(|t| {
+        if t.kind == TensorKind::Param && (t.off..t.off + t.len).contains(&i) {
+            name = Some(t.name.to_string());
+        }
+    });
+    Some(format!("the gradient of {} is {}", name.as_deref().unwrap_or("a parameter"), grads[i]))
 }
 
 fn progress(quiet: bool, steps: u64, epoch: u32, epochs: u32) -> ProgressBar {
@@ -625,7 +696,6 @@ mod tests {
             for f in [
                 "metrics.jsonl",
                 "checkpoint.json",
-                "checkpoint.safetensors",
                 "curves.png",
                 "config.toml",
                 "summary.json",
@@ -635,6 +705,125 @@ mod tests {
             let lines = std::fs::read_to_string(d2.path().join("metrics.jsonl")).unwrap();
             assert_eq!(lines.lines().count(), 2);
         }
+    }
+
+    /// Delegates to the CPU executor, then spoils what `fault` says.
+    #[derive(Debug)]
+    struct Faulty {
+        inner: crate::cpu::CpuExecutor,
+        /// NaN into this loss slot, or into this gradient index.
+        loss_slot: Option<usize>,
+        grad_at: Option<usize>,
+    }
+
+    impl std::fmt::Display for Faulty {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "faulty {}", self.inner)
+        }
+    }
+
+    impl Executor for Faulty {
+        type Error = Error;
+        fn layout(&self) -> &Plan {
+            self.inner.layout()
+        }
+        fn held(&self) -> hpff_core::exec::Held {
+            self.inner.held()
+        }
+        fn upload(&mut self, r: Region, offset: usize, src: &[f32]) -> Result<()> {
+            Ok(self.inner.upload(r, offset, src)?)
+        }
+        fn download(&mut self, r: Region, offset: usize, dst: &mut [f32]) -> Result<()> {
+            Ok(self.inner.download(r, offset, dst)?)
+        }
+        fn train_step(&mut self, plan: &Plan, input: &StepInput, losses: &mut [f32]) -> Result<()> {
+            self.inner.train_step(plan, input, losses)?;
+            if let Some(s) = self.loss_slot {
+                losses[s] = f32::NAN;
+            }
+            if let Some(i) = self.grad_at {
+                self.inner.upload(Region::Grads, i, &[f32::INFINITY])?;
+            }
+            Ok(())
+        }
+        fn eval_step(&mut self, plan: &Plan, x: &[f32], logits: &mut [f32]) -> Result<()> {
+            Ok(self.inner.eval_step(plan, x, logits)?)
+        }
+    }
+
+    #[test]
+    fn nonfinite_steps_are_named_and_undone_when_skipping() {
+        let c = cfg(Path::new("unused"), MethodName::Infopro, true);
+        let setup = c.setup(Shape { c: 1, image: 16, classes: 4 }).unwrap();
+        let plan = setup.plan(8).unwrap();
+        let mut exec = Faulty { inner: crate::cpu::CpuExecutor::new(&plan, 2), loss_slot: None, grad_at: None };
+        Snapshot::init(&plan, &mut Rng::new(1)).upload(&mut exec).unwrap();
+        let ds = toy(8, 3);
+        let x: Vec<f32> = ds.images.iter().map(|&p| p as f32 / 255.0).collect();
+        let labels: Vec<u32> = ds.labels.iter().map(|&l| l as u32).collect();
+        let input = StepInput { x: &x, labels: &labels, lr: 0.05, sgd: setup.sgd };
+        let meter = LossMeter::new(&plan);
+        let (mut losses, mut grads) = (vec![0f32; plan.loss_slots()], vec![0f32; plan.params]);
+        let mut step = |exec: &mut Faulty, policy| {
+            let before = Snapshot::download(exec).unwrap();
+            let fault = guarded_step(exec, &plan, &input, &mut losses, &mut grads, &meter, policy).unwrap();
+            (fault, before == Snapshot::download(exec).unwrap())
+        };
+        // A good step counts and changes the model.
+        assert_eq!(step(&mut exec, NonFinite::Skip), (None, false));
+        // A NaN loss of module 2, named by module and kind, and undone.
+        let kinds = hpff_core::plan::LossKind::ALL;
+        let slot = *metrics::used_slots(&plan).iter().find(|&&s| s / kinds.len() == 1).unwrap();
+        exec.loss_slot = Some(slot);
+        let (fault, unchanged) = step(&mut exec, NonFinite::Skip);
+        let want = format!("the {} loss of module 2 is NaN", kinds[slot % kinds.len()].name());
+        assert_eq!(fault, Some(want));
+        assert!(unchanged, "a skipped step must leave parameters, momentum and BN statistics as they were");
+        // Under stop the step is reported (and training stops; the model is not rolled back).
+        let (fault, unchanged) = step(&mut exec, NonFinite::Stop);
+        assert!(fault.is_some() && !unchanged);
+        // An infinite gradient names its tensor.
+        exec.loss_slot = None;
+        let mut conv1 = None;
+        plan.for_each_tensor(|t| {
+            if t.name.to_string() == "conv1.weight" {
+                conv1 = Some(t.off + 3);
+            }
+        });
+        exec.grad_at = conv1;
+        let (fault, unchanged) = step(&mut exec, NonFinite::Skip);
+        assert_eq!(fault.as_deref(), Some("the gradient of conv1.weight is inf"));
+        assert!(unchanged);
+    }
+
+    fn o_plan(c: &Config) -> Plan {
+        c.setup(Shape { c: 1, image: 16, classes: 4 }).unwrap().plan(16).unwrap()
+    }
+
+    #[test]
+    fn a_diverging_run_stops_with_the_step_and_keeps_its_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = cfg(d.path(), MethodName::E2e, false);
+        c.dataset = Some(DatasetName::Folder);
+        let quiet = RunOptions { quiet: true, ..RunOptions::default() };
+        train_on(&c, data(), None, &RunOptions { stop_after: Some(1), ..quiet.clone() }).unwrap();
+        let good = checkpoint::load(d.path()).unwrap();
+        c.lr = Some(1e30);
+        let e = train_on(&c, data(), Some(checkpoint::load(d.path()).unwrap()), &quiet).unwrap_err().to_string();
+        assert!(
+            e.contains(" at step ") && e.contains("(epoch 2, lr ") && e.contains("the last checkpoint (epoch 1) is kept"),
+            "{e}"
+        );
+        assert!(e.starts_with("the ce loss of module 1 is ") || e.starts_with("the gradient of "), "{e}");
+        let after = checkpoint::load(d.path()).unwrap();
+        assert_eq!(after.meta, good.meta);
+        assert_eq!(after.restore(&o_plan(&c), true).unwrap(), good.restore(&o_plan(&c), true).unwrap());
+        // Skipping instead: the faulty steps are undone and counted, the run goes on.
+        c.on_nonfinite = Some(NonFinite::Skip);
+        let o = train_on(&c, data(), Some(checkpoint::load(d.path()).unwrap()), &quiet).unwrap();
+        let r = &o.metrics[1];
+        assert!(r.skipped_steps >= 1 && r.skipped_steps < r.steps, "{} of {}", r.skipped_steps, r.steps);
+
     }
 
     #[test]

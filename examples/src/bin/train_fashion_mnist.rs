@@ -21,8 +21,8 @@ const BATCH: usize = 128;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let limit: usize = std::env::args().nth(1).map_or(Ok(12_800), |s| s.parse())?;
     let dir = data::fashion_mnist_dir(&data::default_cache_dir())?;
-    let train = Arc::new(data::load_fashion_mnist(&dir, Split::Train)?.limit(limit));
-    let test = Arc::new(data::load_fashion_mnist(&dir, Split::Test)?.limit(2_000));
+    let train = Arc::new(data::load_fashion_mnist(&dir, Split::Train)?.sample(limit, Rng::new(1)));
+    let test = Arc::new(data::load_fashion_mnist(&dir, Split::Test)?.sample(2_000, Rng::new(2)));
     let norm = DatasetKind::FashionMnist.default_normalize();
     let mean = [norm.mean[0], 0.0, 0.0, 0.0];
     let std = [norm.std[0], 1.0, 1.0, 1.0];

@@ -22,10 +22,9 @@ pub fn eval(checkpoint: &Path, over: &Config, as_json: bool) -> Result<()> {
     let loaded = checkpoint::load(checkpoint)?;
     let cfg = loaded.meta.config.merge(over).complete();
     let kind = cfg.dataset.expect("completed").kind();
-    let mut test = data::load(kind, cfg.data_dir.as_deref(), Split::Test)?;
-    if let Some(n) = over.limit_test.filter(|&n| n > 0) {
-        test = test.limit(n);
-    }
+    let test = data::load(kind, cfg.data_dir.as_deref(), Split::Test)?;
+    // The subset hpff train evaluated on with the same seed and limit.
+    let test = train::limit_subset(test, over.limit_test, cfg.seed.expect("completed"));
     if test.n == 0 {
         return Err(Error::msg("the test split has no images"));
     }

@@ -69,13 +69,19 @@ impl Dataset {
         (self.subset(train), self.subset(val))
     }
 
-    /// Keeps the first `n` images (all of them if there are fewer).
-    pub fn limit(mut self, n: usize) -> Dataset {
-        let n = n.min(self.n);
-        self.images.truncate(n * self.image_len());
-        self.labels.truncate(n);
-        self.n = n;
-        self
+    /// A random subset of `n` images (all of them if there are fewer), drawn by `rng`,
+    /// in their original order. Not the first `n`: files are often sorted by class, and a
+    /// prefix of an image folder is one class. `hpff train` and `hpff eval` both draw
+    /// their `--limit-*` subsets with this and the run's seed, so they measure the same images.
+    pub fn sample(self, n: usize, mut rng: Rng) -> Dataset {
+        if n >= self.n {
+            return self;
+        }
+        let mut idx: Vec<usize> = (0..self.n).collect();
+        rng.shuffle(&mut idx);
+        idx.truncate(n);
+        idx.sort_unstable();
+        self.subset(&idx)
     }
 
     /// How many images each class has.
@@ -121,9 +127,14 @@ mod tests {
         assert_eq!(s.n, 3);
         assert_eq!(s.images, vec![4, 104, 0, 100, 4, 104]);
         assert_eq!(s.labels, vec![1, 0, 1]);
-        let l = d.clone().limit(2);
+        let l = d.clone().sample(2, Rng::new(1));
         assert_eq!((l.n, l.images.len(), l.labels.len()), (2, 4, 2));
-        assert_eq!(d.clone().limit(99).n, 5);
+        assert_eq!(l, d.clone().sample(2, Rng::new(1)), "seeded");
+        assert!(l.images.chunks(2).all(|p| p[1] == 100 + p[0]), "whole images, kept in order");
+        assert!(l.images[0] < l.images[2]);
+        assert_eq!(d.clone().sample(99, Rng::new(1)), d);
+        // Not a prefix: over a few seeds some subset leaves out image 0.
+        assert!((0..8).any(|s| d.clone().sample(2, Rng::new(s)).images[0] != 0));
         assert_eq!(d.class_counts(), vec![2, 2, 1]);
     }
 

@@ -135,7 +135,9 @@ impl std::str::FromStr for DatasetKind {
 ///
 /// For [`DatasetKind::Folder`], `dir` is required; if it has a `train`, `test` or `val`
 /// subfolder it is taken as a root holding the splits (the test split is `test`, else
-/// `val`), otherwise `dir` itself holds the class folders and is used for either split.
+/// `val`), otherwise `dir` itself holds the class folders of the training split and the
+/// test split is [`DataError::Missing`]: measuring "test" accuracy on training images
+/// would be a silently wrong number, so the caller must hold out a validation split.
 pub fn load(kind: DatasetKind, dir: Option<&Path>, split: Split) -> Result<Dataset, DataError> {
     let owned;
     let dir = match (kind, dir) {
@@ -168,7 +170,16 @@ pub fn load(kind: DatasetKind, dir: Option<&Path>, split: Split) -> Result<Datas
 fn folder_split(dir: &Path, split: Split) -> Result<PathBuf, DataError> {
     let has = |s: &str| dir.join(s).is_dir();
     if !(has("train") || has("test") || has("val")) {
-        return Ok(dir.to_path_buf());
+        return match split {
+            Split::Train => Ok(dir.to_path_buf()),
+            Split::Test => Err(DataError::missing(
+                &dir.join("test"),
+                format!(
+                    "{} holds class folders but no test/ or val/ split; hold out validation images with --val-split N, or arrange root/train/<class> and root/test/<class>",
+                    dir.display()
+                ),
+            )),
+        };
     }
     let want: &[&str] = match split {
         Split::Train => &["train"],
@@ -214,7 +225,11 @@ mod tests {
         }
         assert_eq!(load(DatasetKind::Folder, Some(r), Split::Train).unwrap().n, 1);
         assert_eq!(load(DatasetKind::Folder, Some(r), Split::Test).unwrap().n, 1);
-        assert_eq!(load(DatasetKind::Folder, Some(&r.join("train")), Split::Test).unwrap().class_names, vec!["a"]);
+        assert_eq!(load(DatasetKind::Folder, Some(&r.join("train")), Split::Train).unwrap().class_names, vec!["a"]);
+        // Class folders without splits: no test split, rather than testing on training images.
+        let e = load(DatasetKind::Folder, Some(&r.join("train")), Split::Test).unwrap_err();
+        assert!(matches!(e, DataError::Missing { .. }), "{e}");
+        assert!(e.to_string().contains("holds class folders but no test/ or val/ split; hold out validation images with --val-split N"), "{e}");
         std::fs::remove_dir_all(r.join("val")).unwrap();
         let e = load(DatasetKind::Folder, Some(r), Split::Test).unwrap_err().to_string();
         assert!(e.contains("test: not found;") && e.contains("none named test or val"), "{e}");
