@@ -119,7 +119,8 @@ pub fn tensors_bytes(plan: &Plan, model: &Snapshot) -> Result<Vec<u8>> {
         .map_err(|e| Error::msg(format!("cannot serialize the checkpoint tensors: {e}")))
 }
 
-fn sha256_hex(b: &[u8]) -> String {
+/// Lower-case hex SHA-256 of `b`, as recorded in `checkpoint.json`.
+pub fn sha256_hex(b: &[u8]) -> String {
     let d = Sha256::digest(b);
     d.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -166,7 +167,8 @@ pub fn stage(dir: &Path, plan: &Plan, model: &Snapshot, meta: &mut Meta) -> Resu
         rename_synced(&tmp_path(&path), &path)?;
     }
     meta.tensors = TensorFile { file: file.clone(), bytes: bytes.len() as u64, sha256 };
-    let json = serde_json::to_vec_pretty(meta).expect("checkpoint metadata serializes");
+    let json = serde_json::to_vec_pretty(meta)
+        .map_err(|e| Error::msg(format!("{}: cannot record the checkpoint: {e}", dir.display())))?;
     write_synced(&tmp_path(&dir.join(META_FILE)), &json)?;
     pause_for_crash_tests(dir);
     Ok(Staged { dir: dir.to_path_buf(), tensors: file })

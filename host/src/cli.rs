@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands;
-use crate::config::{parse_pair, Config, DatasetName, LevelsName, LocalLossName, MethodName, NonFinite, ScheduleName, Shape};
+use crate::config::{
+    parse_pair, Config, DatasetName, LevelsName, LocalLossName, MethodName, NonFinite, ScheduleName, Shape,
+};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::train::{self, RunOptions};
@@ -405,7 +407,23 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// The `hpff` binary: parses the arguments, runs, and returns the exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        // --help and --version print as clap formats them; so does the help a bare
+        // `hpff` gets.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return 0;
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("hpff: {}", clap_one_line(&e.render().to_string()));
+            return 2;
+        }
+    };
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
@@ -415,9 +433,35 @@ pub fn main() -> i32 {
     }
 }
 
+/// Clap's multi-line usage error as one line: its `error: …` line, with a pointer to
+/// `--help` instead of the usage block.
+fn clap_one_line(rendered: &str) -> String {
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("error: bad arguments");
+    let tip = lines.find(|l| l.starts_with("tip:")).map(|t| format!("; {t}")).unwrap_or_default();
+    format!("{first}{tip} (see --help)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        let e = Cli::try_parse_from(["hpff", "train", "--batch-size", "x"]).unwrap_err();
+        let s = clap_one_line(&e.render().to_string());
+        assert_eq!(
+            s,
+            "error: invalid value 'x' for '--batch-size <BATCH_SIZE>': invalid digit found in string (see --help)"
+        );
+        let e = Cli::try_parse_from(["hpff", "train", "--weight-decy", "1"]).unwrap_err();
+        let s = clap_one_line(&e.render().to_string());
+        assert!(
+            s.starts_with("error: unexpected argument '--weight-decy' found; tip: a similar argument exists"),
+            "{s}"
+        );
+        assert!(!s.contains('\n'));
+    }
 
     #[test]
     fn flags_become_config_fields() {

@@ -263,7 +263,16 @@ impl Config {
 
     /// Parses TOML text.
     pub fn from_toml(s: &str) -> Result<Config> {
-        toml::from_str(s).map_err(|e| Error::msg(format!("bad config: {}", e.message())))
+        toml::from_str(s).map_err(|e| {
+            // Name the line (and so the key) the parser stopped at.
+            let at = e.span().map(|sp| {
+                let line = s[..sp.start.min(s.len())].matches('\n').count() + 1;
+                let text = s.lines().nth(line - 1).unwrap_or("").trim();
+                let text: String = text.chars().take(60).collect();
+                format!(" at line {line} ({text:?})")
+            });
+            Error::msg(format!("bad config{}: {}", at.unwrap_or_default(), e.message().trim()))
+        })
     }
 
     /// TOML text of this config.
@@ -397,6 +406,15 @@ impl Config {
         method.lambda2 = pair(g.v(c.lambda2));
         method.wx = g.v(c.wx) as f32;
         method.wy = g.v(c.wy) as f32;
+        // Paths are recorded in config.toml and checkpoint.json, which hold text.
+        for (flag, p) in [("--data-dir", &c.data_dir), ("--out", &c.out)] {
+            if let Some(p) = p.as_ref().filter(|p| p.to_str().is_none()) {
+                return Err(Error::msg(format!(
+                    "{flag} {}: the path is not valid UTF-8, and run folders record their paths as text; rename it",
+                    p.display()
+                )));
+            }
+        }
         let epochs = g.v(c.epochs);
         if epochs == 0 {
             return Err(Error::msg("--epochs must be at least 1"));
@@ -429,6 +447,23 @@ impl Config {
             weight_decay: g.v(c.weight_decay) as f32,
             nesterov: g.v(c.nesterov),
         };
+        if !(0.0..1.0).contains(&sgd.momentum) {
+            return Err(Error::msg(format!("--momentum must be in [0, 1), not {}", sgd.momentum)));
+        }
+        if !(sgd.weight_decay.is_finite() && sgd.weight_decay >= 0.0) {
+            return Err(Error::msg(format!("--weight-decay must be a number ≥ 0, not {}", sgd.weight_decay)));
+        }
+        let gamma = g.v(c.gamma);
+        if !(gamma.is_finite() && gamma > 0.0) {
+            return Err(Error::msg(format!("--gamma must be a positive number, not {gamma}")));
+        }
+        let threads = g.v(c.threads);
+        if threads > crate::resources::MAX_THREADS {
+            return Err(Error::msg(format!(
+                "--threads {threads} is more than {} (0 uses every core)",
+                crate::resources::MAX_THREADS
+            )));
+        }
         if g.v(c.eval_every) == 0 {
             return Err(Error::msg("--eval-every must be at least 1"));
         }
@@ -547,6 +582,9 @@ pub struct Setup {
 impl Setup {
     /// The plan at batch size `batch` (parameter offsets do not depend on it).
     pub fn plan(&self, batch: usize) -> Result<Plan> {
+        let m = &self.method;
+        let widest = (self.arch.width * 16).max(m.feature_dim * m.widen.max(1)).max(self.arch.classes);
+        crate::resources::check_plannable(batch, self.arch.image, widest.max(self.arch.in_channels))?;
         Ok(Plan::new(self.arch, self.part.clone(), self.method, batch, self.mean, self.std)?)
     }
 

@@ -59,10 +59,29 @@ fn extra(plan: &Plan) -> Extra {
 }
 
 impl CpuExecutor {
+    /// Worker threads `threads` means (0 = all cores).
+    pub fn resolve_threads(threads: usize) -> usize {
+        if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        }
+    }
+
+    /// Bytes [`CpuExecutor::new`] allocates for `layout` and `threads`: the arena, the
+    /// per-thread conv scratch and the per-chunk partial sums.
+    pub fn bytes_needed(layout: &Plan, threads: usize) -> u64 {
+        let e = extra(layout);
+        let floats = layout.arena_len() as u64
+            + (e.scratch_per_thread as u64) * Self::resolve_threads(threads) as u64
+            + (e.partial_per_chunk as u64) * e.chunks as u64;
+        floats * 4
+    }
+
     /// An executor for plans laid out as `layout`, using `threads` worker threads (0 = all
     /// cores). Allocates the arena (zeroed) and the executor's own buffers.
     pub fn new(layout: &Plan, threads: usize) -> CpuExecutor {
-        let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+        let threads = Self::resolve_threads(threads);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("hpff-cpu-{i}"))

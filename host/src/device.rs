@@ -113,10 +113,17 @@ where
     Box::new(Host(e))
 }
 
-/// An executor on `device` laid out for `layout`: its arena allocated, zeroed.
+/// An executor on `device` laid out for `layout`: its arena allocated, zeroed. On the CPU
+/// the bytes it will take are checked against the memory available first.
 pub fn open(device: Device, layout: &Plan, opts: ExecOptions) -> Result<DynExecutor> {
     Ok(match device {
-        Device::Cpu => boxed(CpuExecutor::new(layout, opts.threads)),
+        Device::Cpu => {
+            if let Some(avail) = crate::resources::available_bytes() {
+                let need = |p: &Plan| CpuExecutor::bytes_needed(p, opts.threads);
+                crate::resources::check_fits(layout, avail, "the memory available", need)?;
+            }
+            boxed(CpuExecutor::new(layout, opts.threads))
+        }
         Device::Cuda(n) => cuda(n, layout, opts)?,
     })
 }

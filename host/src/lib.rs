@@ -14,4 +14,5 @@ pub mod error;
 pub mod files;
 pub mod metrics;
 pub mod plot;
+pub mod resources;
 pub mod train;

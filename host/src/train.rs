@@ -392,7 +392,10 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
                     skipped += 1;
                     if !opts.quiet {
                         pb.suspend(|| {
-                            eprintln!("warning: step {} (epoch {epoch}) undone and skipped: {fault}", meta.global_step + 1)
+                            eprintln!(
+                                "warning: step {} (epoch {epoch}) undone and skipped: {fault}",
+                                meta.global_step + 1
+                            )
                         });
                     }
                 }
@@ -693,13 +696,7 @@ mod tests {
                 assert_eq!(x.eval_accuracy, y.eval_accuracy);
             }
             // The outputs are there.
-            for f in [
-                "metrics.jsonl",
-                "checkpoint.json",
-                "curves.png",
-                "config.toml",
-                "summary.json",
-            ] {
+            for f in ["metrics.jsonl", "checkpoint.json", "curves.png", "config.toml", "summary.json"] {
                 assert!(d2.path().join(f).exists(), "{f}");
             }
             let lines = std::fs::read_to_string(d2.path().join("metrics.jsonl")).unwrap();
@@ -811,7 +808,9 @@ mod tests {
         c.lr = Some(1e30);
         let e = train_on(&c, data(), Some(checkpoint::load(d.path()).unwrap()), &quiet).unwrap_err().to_string();
         assert!(
-            e.contains(" at step ") && e.contains("(epoch 2, lr ") && e.contains("the last checkpoint (epoch 1) is kept"),
+            e.contains(" at step ")
+                && e.contains("(epoch 2, lr ")
+                && e.contains("the last checkpoint (epoch 1) is kept"),
             "{e}"
         );
         assert!(e.starts_with("the ce loss of module 1 is ") || e.starts_with("the gradient of "), "{e}");
@@ -823,7 +822,6 @@ mod tests {
         let o = train_on(&c, data(), Some(checkpoint::load(d.path()).unwrap()), &quiet).unwrap();
         let r = &o.metrics[1];
         assert!(r.skipped_steps >= 1 && r.skipped_steps < r.steps, "{} of {}", r.skipped_steps, r.steps);
-
     }
 
     #[test]

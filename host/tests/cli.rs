@@ -284,10 +284,7 @@ fn config_file_and_resume_continue_exactly() {
     let o = hpff(&["train", "--resume", b.to_str().unwrap()]);
     ok(&o);
     assert!(stdout(&o).contains("resumed from"), "{}", stdout(&o));
-    let (x, y) = (
-        std::fs::read(tensor_file(&a)).unwrap(),
-        std::fs::read(tensor_file(&b)).unwrap(),
-    );
+    let (x, y) = (std::fs::read(tensor_file(&a)).unwrap(), std::fs::read(tensor_file(&b)).unwrap());
     let (sx, sy) =
         (safetensors::SafeTensors::deserialize(&x).unwrap(), safetensors::SafeTensors::deserialize(&y).unwrap());
     let mut names = sx.names();

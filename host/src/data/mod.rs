@@ -229,7 +229,12 @@ mod tests {
         // Class folders without splits: no test split, rather than testing on training images.
         let e = load(DatasetKind::Folder, Some(&r.join("train")), Split::Test).unwrap_err();
         assert!(matches!(e, DataError::Missing { .. }), "{e}");
-        assert!(e.to_string().contains("holds class folders but no test/ or val/ split; hold out validation images with --val-split N"), "{e}");
+        assert!(
+            e.to_string().contains(
+                "holds class folders but no test/ or val/ split; hold out validation images with --val-split N"
+            ),
+            "{e}"
+        );
         std::fs::remove_dir_all(r.join("val")).unwrap();
         let e = load(DatasetKind::Folder, Some(r), Split::Test).unwrap_err().to_string();
         assert!(e.contains("test: not found;") && e.contains("none named test or val"), "{e}");

@@ -1,0 +1,4 @@
+//! The harnesses behind the fuzz targets (see `harness.rs`).
+
+mod harness;
+pub use harness::*;
