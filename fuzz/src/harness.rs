@@ -17,8 +17,11 @@ use hpff_core::partition::{Partition, TableKind};
 use hpff_core::plan::Plan;
 use hpff_core::rng::Rng;
 
+/// A harness: runs one input.
+pub type Harness = fn(&[u8]);
+
 /// Every harness by target name.
-pub const TARGETS: [(&str, fn(&[u8])); 6] =
+pub const TARGETS: [(&str, Harness); 6] =
     [("idx", idx), ("cifar", cifar), ("svhn", svhn), ("stl10", stl10), ("folder", folder), ("checkpoint", checkpoint)];
 
 thread_local! {

@@ -170,20 +170,26 @@ pub fn stage(dir: &Path, plan: &Plan, model: &Snapshot, meta: &mut Meta) -> Resu
     let json = serde_json::to_vec_pretty(meta)
         .map_err(|e| Error::msg(format!("{}: cannot record the checkpoint: {e}", dir.display())))?;
     write_synced(&tmp_path(&dir.join(META_FILE)), &json)?;
-    pause_for_crash_tests(dir);
+    pause_for_crash_tests(dir, meta.epoch);
     Ok(Staged { dir: dir.to_path_buf(), tensors: file })
 }
 
 /// Crash tests kill `hpff train` inside the commit window: with `HPFF_PAUSE_BEFORE_COMMIT`
-/// set to a file name, the process creates that file in the run folder and waits to be
-/// killed just before the commit rename.
-fn pause_for_crash_tests(dir: &Path) {
-    if let Some(name) = std::env::var_os("HPFF_PAUSE_BEFORE_COMMIT") {
-        let _ = std::fs::write(dir.join(name), b"");
+/// set to an epoch, the save of that epoch creates `paused-before-commit` in the run
+/// folder and waits (to be killed) just before the commit rename.
+fn pause_for_crash_tests(dir: &Path, epoch: u32) {
+    if std::env::var("HPFF_PAUSE_BEFORE_COMMIT").is_ok_and(|e| e == epoch.to_string()) {
+        let _ = std::fs::write(dir.join("paused-before-commit"), b"");
         loop {
             std::thread::sleep(std::time::Duration::from_secs(1));
         }
     }
+}
+
+/// Bytes a checkpoint of `plan` takes on disk, at most (tensors, their header, the JSON).
+pub fn bytes_bound(plan: &Plan) -> u64 {
+    let floats = 2 * plan.params + plan.state;
+    floats as u64 * 4 + 64 * 1024 + 1024 * 1024
 }
 
 /// Writes a checkpoint into `dir` atomically.

@@ -310,6 +310,17 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         None => Snapshot::init(&plan, &mut Rng::new(seed).fork(INIT_STREAM)).upload(&mut *exec)?,
     }
     std::fs::create_dir_all(&out).map_err(|e| io_err(&out, "create the output folder", e))?;
+    // Room for two checkpoints (the committed one stays until the next is in place):
+    // known now, so said now rather than after the first epoch's work.
+    let ckpt = checkpoint::bytes_bound(&plan);
+    if let Some(free) = crate::files::free_bytes(&out).filter(|&f| f < 2 * ckpt) {
+        return Err(Error::msg(format!(
+            "{}: {} free, but checkpoints need {} (two while one replaces the other); free space or choose another --out",
+            out.display(),
+            fmt_mib(Some(free)),
+            fmt_mib(Some(2 * ckpt))
+        )));
+    }
     let cfg_path = out.join("config.toml");
     crate::files::write_atomic(&cfg_path, cfg.to_toml().as_bytes())?;
 
@@ -822,6 +833,48 @@ mod tests {
         let o = train_on(&c, data(), Some(checkpoint::load(d.path()).unwrap()), &quiet).unwrap();
         let r = &o.metrics[1];
         assert!(r.skipped_steps >= 1 && r.skipped_steps < r.steps, "{} of {}", r.skipped_steps, r.steps);
+    }
+
+    #[test]
+    fn every_method_is_reproducible_across_runs_and_thread_counts() {
+        let methods = [
+            (MethodName::E2e, false),
+            (MethodName::Greedy, false),
+            (MethodName::Greedy, true),
+            (MethodName::Dgl, false),
+            (MethodName::Dgl, true),
+            (MethodName::Infopro, false),
+            (MethodName::Infopro, true),
+        ];
+        let quiet = RunOptions { quiet: true, ..RunOptions::default() };
+        for (method, hpff) in methods {
+            let runs: Vec<Outcome> = [1, 3, 1]
+                .into_iter()
+                .map(|threads| {
+                    let d = tempfile::tempdir().unwrap();
+                    let mut c = cfg(d.path(), method, hpff);
+                    c.dataset = Some(DatasetName::Folder);
+                    c.epochs = Some(1);
+                    c.threads = Some(threads);
+                    train_on(&c, data(), None, &quiet).unwrap()
+                })
+                .collect();
+            let bits = |o: &Outcome| -> Vec<u32> {
+                let s = &o.snapshot;
+                s.params.iter().chain(&s.state).chain(&s.momentum).chain(&o.grads).map(|v| v.to_bits()).collect()
+            };
+            for (i, r) in runs.iter().enumerate().skip(1) {
+                let what = format!("{method:?} hpff={hpff}, run {i}");
+                assert!(bits(r) == bits(&runs[0]), "{what}: parameters differ");
+                assert_eq!(r.test, runs[0].test, "{what}");
+                let (a, b) = (&r.metrics[0], &runs[0].metrics[0]);
+                assert_eq!(
+                    (a.train_loss.to_bits(), &a.losses, a.eval_accuracy),
+                    (b.train_loss.to_bits(), &b.losses, b.eval_accuracy),
+                    "{what}"
+                );
+            }
+        }
     }
 
     #[test]

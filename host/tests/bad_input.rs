@@ -296,6 +296,9 @@ fn malformed_configs_and_absurd_flags() {
     refused(&train(&["--epochs", "99999999999"]), 2, &["--epochs"]);
 }
 
+/// A tensor of a checkpoint: name, shape, little-endian bytes.
+type Item = (String, Vec<usize>, Vec<u8>);
+
 #[test]
 fn malformed_checkpoints() {
     let t = tempfile::tempdir().unwrap();
@@ -342,11 +345,11 @@ fn malformed_checkpoints() {
     refused(&eval(&d), 1, &[&tensors, "cannot read"]);
     // A tensor missing, and one of the wrong shape, with the JSON's hash updated so the
     // content check passes and the shape check must catch it.
-    let respin = |name: &str, edit: &dyn Fn(&mut Vec<(String, Vec<usize>, Vec<u8>)>)| {
+    let respin = |name: &str, edit: &dyn Fn(&mut Vec<Item>)| {
         let d = copy(name);
         let bytes = std::fs::read(d.join(&tensors)).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut items: Vec<(String, Vec<usize>, Vec<u8>)> =
+        let mut items: Vec<Item> =
             st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec())).collect();
         items.sort_by(|a, b| a.0.cmp(&b.0));
         edit(&mut items);

@@ -1,4 +1,5 @@
 //! Writers of tiny dataset files in every format `hpff` reads, for the CLI tests.
+#![allow(dead_code)] // shared by several test crates, each using some of it
 
 use std::io::Write;
 use std::path::Path;
