@@ -73,6 +73,33 @@ impl Conv2d {
     }
 }
 
+/// `dst.copy_from_slice(src)` for the short rows of im2col (8 to 32 floats at ResNet
+/// CIFAR sizes), as fixed-size vector moves: `copy_from_slice` calls memmove for each
+/// row, whose call and size dispatch cost more than the copy.
+#[inline]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    debug_assert_eq!(n, src.len());
+    if n >= 8 {
+        // 8-float blocks, the last one ending at n (overlapping its predecessor).
+        let mut i = 0;
+        loop {
+            let at = i.min(n - 8);
+            let s8: &[f32; 8] = src[at..at + 8].try_into().expect("8 floats");
+            let d8: &mut [f32; 8] = (&mut dst[at..at + 8]).try_into().expect("8 floats");
+            *d8 = *s8;
+            if at == n - 8 {
+                break;
+            }
+            i += 8;
+        }
+    } else {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = v;
+        }
+    }
+}
+
 /// Unfolds one image into its column matrix.
 fn im2col(s: &Conv2d, x: &[f32], col: &mut [f32]) {
     let (ho, wo, k) = (s.h_out(), s.w_out(), s.k);
@@ -96,7 +123,7 @@ fn im2col(s: &Conv2d, x: &[f32], col: &mut [f32]) {
                         // ix = ox·stride + kw − pad, in range for ox in lo..hi.
                         let ix0 = lo * s.stride + kw - s.pad;
                         if s.stride == 1 {
-                            out[lo..hi].copy_from_slice(&xrow[ix0..ix0 + (hi - lo)]);
+                            copy_short(&mut out[lo..hi], &xrow[ix0..ix0 + (hi - lo)]);
                         } else {
                             for (j, o) in out[lo..hi].iter_mut().enumerate() {
                                 *o = xrow[ix0 + j * s.stride];
