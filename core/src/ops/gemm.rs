@@ -8,9 +8,15 @@
 //!
 //! Kernels: AVX2+FMA (`6 × 16`: 12 accumulators + 2 B rows + 1 broadcast fill the 16 ymm
 //! registers without spilling, runtime-detected on x86_64) and a portable plain-loop
-//! kernel (`4 × 16`) the compiler vectorizes for whatever the target has. AVX-512 is not
-//! used: its intrinsics and target feature need Rust 1.89, above this crate's MSRV, and on
-//! the double-pumped AVX-512 of Zen 4 the AVX2 kernel reaches the same FMA peak.
+//! kernel (`4 × 16`) the compiler vectorizes for whatever the target has. The AVX2 kernel
+//! comes in one instance per row count 1..=6, so the last row panel of a matrix whose
+//! height is no multiple of 6 (the 16, 32 and 64 channels of a ResNet) is computed
+//! without padding rows or a scratch tile; with it come AVX2 packers that transpose
+//! 8 × 8 blocks in registers for the two layouts a scalar loop would pack one element at
+//! a time (plain A, e.g. the weights of a forward pass; transposed B, e.g. the im2col
+//! matrix of a weight gradient). AVX-512 is not used: its intrinsics and target feature
+//! need Rust 1.89, above this crate's MSRV, and on the double-pumped AVX-512 of Zen 4 the
+//! AVX2 kernel reaches the same FMA peak.
 //!
 //! Every element of C is computed as one FMA chain over `p = 0..k` in order, starting from
 //! `C` (accumulate) or zero, whatever the blocking; so the AVX2 result does not depend on
