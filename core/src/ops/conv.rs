@@ -73,9 +73,9 @@ impl Conv2d {
     }
 }
 
-/// `dst.copy_from_slice(src)` for the short rows of im2col (8 to 32 floats at ResNet
-/// CIFAR sizes), as fixed-size vector moves: `copy_from_slice` calls memmove for each
-/// row, whose call and size dispatch cost more than the copy.
+/// `dst.copy_from_slice(src)` for the short rows of im2col's per-row path (stride-1
+/// convolutions that are not "same"), as fixed-size vector moves: `copy_from_slice`
+/// calls memmove for each row, whose call and size dispatch cost more than the copy.
 #[inline]
 fn copy_short(dst: &mut [f32], src: &[f32]) {
     let n = dst.len();
