@@ -73,16 +73,52 @@ impl Conv2d {
     }
 }
 
+/// `dst.copy_from_slice(src)` for the short rows of im2col's per-row path (stride-1
+/// convolutions that are not "same"), as fixed-size vector moves: `copy_from_slice`
+/// calls memmove for each row, whose call and size dispatch cost more than the copy.
+#[inline]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    debug_assert_eq!(n, src.len());
+    if n >= 8 {
+        // 8-float blocks, the last one ending at n (overlapping its predecessor).
+        let mut i = 0;
+        loop {
+            let at = i.min(n - 8);
+            let s8: &[f32; 8] = src[at..at + 8].try_into().expect("8 floats");
+            let d8: &mut [f32; 8] = (&mut dst[at..at + 8]).try_into().expect("8 floats");
+            *d8 = *s8;
+            if at == n - 8 {
+                break;
+            }
+            i += 8;
+        }
+    } else {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = v;
+        }
+    }
+}
+
 /// Unfolds one image into its column matrix.
 fn im2col(s: &Conv2d, x: &[f32], col: &mut [f32]) {
     let (ho, wo, k) = (s.h_out(), s.w_out(), s.k);
     let hw_o = ho * wo;
+    // A stride-1 "same" convolution (every 3×3 of a ResNet but the downsampling ones):
+    // output and input planes have one shape, so each column-matrix row is the input
+    // plane shifted by (kh − pad)·w + (kw − pad) — one long copy — after which the
+    // elements that wrapped around a row edge are zeroed.
+    let same = s.stride == 1 && ho == s.h && wo == s.w;
     for ci in 0..s.c_in {
         let plane = &x[ci * s.h * s.w..][..s.h * s.w];
         for kh in 0..k {
             for kw in 0..k {
                 let row = &mut col[((ci * k + kh) * k + kw) * hw_o..][..hw_o];
                 let (lo, hi) = s.valid_cols(kw);
+                if same {
+                    im2col_shifted(s, plane, kh, kw, (lo, hi), row);
+                    continue;
+                }
                 for (oy, out) in row.chunks_exact_mut(wo).enumerate() {
                     let iy = oy * s.stride + kh;
                     if iy < s.pad || iy - s.pad >= s.h {
@@ -96,7 +132,7 @@ fn im2col(s: &Conv2d, x: &[f32], col: &mut [f32]) {
                         // ix = ox·stride + kw − pad, in range for ox in lo..hi.
                         let ix0 = lo * s.stride + kw - s.pad;
                         if s.stride == 1 {
-                            out[lo..hi].copy_from_slice(&xrow[ix0..ix0 + (hi - lo)]);
+                            copy_short(&mut out[lo..hi], &xrow[ix0..ix0 + (hi - lo)]);
                         } else {
                             for (j, o) in out[lo..hi].iter_mut().enumerate() {
                                 *o = xrow[ix0 + j * s.stride];
@@ -105,6 +141,30 @@ fn im2col(s: &Conv2d, x: &[f32], col: &mut [f32]) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// One column-matrix row of a stride-1 "same" convolution: `row[p] = plane[p + shift]`
+/// where that input pixel lies inside the plane, else 0; `(lo, hi)` are the output
+/// columns whose input column is inside the row ([`Conv2d::valid_cols`]).
+fn im2col_shifted(s: &Conv2d, plane: &[f32], kh: usize, kw: usize, (lo, hi): (usize, usize), row: &mut [f32]) {
+    let (w, hw) = (s.w, s.h * s.w);
+    // Flat input index p + shift, shift = (kh − pad)·w + (kw − pad), split into its
+    // non-negative parts so no signed arithmetic is needed.
+    let up = kh * w + kw;
+    let down = s.pad * w + s.pad;
+    // Valid p: down ≤ p + up < hw + down.
+    let p_lo = down.saturating_sub(up).min(hw);
+    let p_hi = (hw + down).saturating_sub(up).clamp(p_lo, hw);
+    row[..p_lo].fill(0.0);
+    row[p_lo..p_hi].copy_from_slice(&plane[p_lo + up - down..p_hi + up - down]);
+    row[p_hi..].fill(0.0);
+    // Columns outside lo..hi read the neighbouring input row: zero them.
+    if lo > 0 || hi < w {
+        for out in row.chunks_exact_mut(w) {
+            out[..lo].fill(0.0);
+            out[hi..].fill(0.0);
         }
     }
 }

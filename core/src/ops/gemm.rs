@@ -8,15 +8,22 @@
 //!
 //! Kernels: AVX2+FMA (`6 × 16`: 12 accumulators + 2 B rows + 1 broadcast fill the 16 ymm
 //! registers without spilling, runtime-detected on x86_64) and a portable plain-loop
-//! kernel (`4 × 16`) the compiler vectorizes for whatever the target has. AVX-512 is not
-//! used: its intrinsics and target feature need Rust 1.89, above this crate's MSRV, and on
-//! the double-pumped AVX-512 of Zen 4 the AVX2 kernel reaches the same FMA peak.
+//! kernel (`4 × 16`) the compiler vectorizes for whatever the target has. The AVX2 kernel
+//! comes in one instance per row count 1..=6, so the last row panel of a matrix whose
+//! height is no multiple of 6 (the 16, 32 and 64 channels of a ResNet) is computed
+//! without padding rows or a scratch tile; with it come AVX2 packers that transpose
+//! 8 × 8 blocks in registers for the two layouts a scalar loop would pack one element at
+//! a time (plain A, e.g. the weights of a forward pass; transposed B, e.g. the im2col
+//! matrix of a weight gradient). AVX-512 is not used: its intrinsics and target feature
+//! need Rust 1.89, above this crate's MSRV, and on the double-pumped AVX-512 of Zen 4 the
+//! AVX2 kernel reaches the same FMA peak.
 //!
 //! Every element of C is computed as one FMA chain over `p = 0..k` in order, starting from
 //! `C` (accumulate) or zero, whatever the blocking; so the AVX2 result does not depend on
 //! the matrix sizes around an element, and is reproducible bit for bit. The portable kernel
 //! uses separate multiply and add, so its bits differ from the FMA kernel's.
 
+use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU8, Ordering};
 
 /// Which micro-kernel [`sgemm`] runs; exposed so benches and tests can pin one.
@@ -50,15 +57,39 @@ const NC: usize = 16;
 const MAX_MR: usize = 6;
 const MAX_NR: usize = 16;
 
-/// A register-blocked micro-kernel: `C[MR×NR] (+)= Apanel[KC×MR]ᵀ · Bpanel[KC×NR]`.
+/// A register-blocked micro-kernel: `C[MR×NR] (+)= Apanel[KC×MR]ᵀ · Bpanel[KC×NR]`, with
+/// the packing routines it wants (the defaults are plain loops).
 trait MicroKernel {
     const MR: usize;
     const NR: usize;
+    /// Whether [`MicroKernel::run`] takes fewer than `MR` rows; otherwise the driver runs
+    /// the last row panel into a scratch tile and copies the valid rows out.
+    const ROW_EDGES: bool;
+    /// Computes the first `rows` rows of the tile (`rows == MR` unless `ROW_EDGES`).
+    ///
     /// # Safety
-    /// `ap` points to `kc * MR` floats, `bp` to `kc * NR` floats, and `c` to an
-    /// `MR × NR` tile with row stride `ldc`, all valid (and `c` writable); the CPU
+    /// `ap` points to `kc * MR` initialized floats, `bp` to `kc * NR`, and `c` to a
+    /// `rows × NR` tile with row stride `ldc`, all valid (and `c` writable); the CPU
     /// supports the kernel's instructions.
-    unsafe fn run(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool);
+    unsafe fn run(rows: usize, kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool);
+
+    /// Packs op(A) as [`pack_a`] does.
+    ///
+    /// # Safety
+    /// The CPU supports the kernel's instructions.
+    #[inline(always)]
+    unsafe fn pack_a(p: &Problem<'_>, ic: usize, mc: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]) {
+        pack_a(p, ic, mc, pc, kc, Self::MR, out)
+    }
+
+    /// Packs op(B) as [`pack_b`] does.
+    ///
+    /// # Safety
+    /// The CPU supports the kernel's instructions.
+    #[inline(always)]
+    unsafe fn pack_b(p: &Problem<'_>, jc: usize, ncv: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]) {
+        pack_b(p, jc, ncv, pc, kc, Self::NR, out)
+    }
 }
 
 struct Portable;
@@ -66,8 +97,10 @@ struct Portable;
 impl MicroKernel for Portable {
     const MR: usize = 4;
     const NR: usize = 16;
+    const ROW_EDGES: bool = false;
     #[inline(always)]
-    unsafe fn run(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool) {
+    unsafe fn run(rows: usize, kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool) {
+        debug_assert_eq!(rows, Portable::MR);
         const MR: usize = Portable::MR;
         const NR: usize = Portable::NR;
         // SAFETY: the caller guarantees the sizes in the trait contract.
@@ -105,25 +138,62 @@ struct Avx2;
 impl MicroKernel for Avx2 {
     const MR: usize = 6;
     const NR: usize = 16;
+    const ROW_EDGES: bool = true;
     #[inline(always)]
-    unsafe fn run(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool) {
-        // SAFETY: forwarded contract; AVX2+FMA support is part of it.
-        unsafe { kernel_avx2(kc, ap, bp, c, ldc, load) }
+    unsafe fn run(rows: usize, kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool) {
+        // SAFETY (all arms): forwarded contract (AVX2+FMA support is part of it); each
+        // instance touches only its first `R = rows` rows of the tile.
+        unsafe {
+            match rows {
+                6 => kernel_avx2::<6>(kc, ap, bp, c, ldc, load),
+                5 => kernel_avx2::<5>(kc, ap, bp, c, ldc, load),
+                4 => kernel_avx2::<4>(kc, ap, bp, c, ldc, load),
+                3 => kernel_avx2::<3>(kc, ap, bp, c, ldc, load),
+                2 => kernel_avx2::<2>(kc, ap, bp, c, ldc, load),
+                _ => kernel_avx2::<1>(kc, ap, bp, c, ldc, load),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn pack_a(p: &Problem<'_>, ic: usize, mc: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]) {
+        if p.trans_a {
+            // Already contiguous along the panel rows: plain copies are vector moves.
+            pack_a(p, ic, mc, pc, kc, Self::MR, out)
+        } else {
+            // SAFETY: forwarded contract (the CPU has AVX2).
+            unsafe { pack_a_rows_avx2(p, ic, mc, pc, kc, out) }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn pack_b(p: &Problem<'_>, jc: usize, ncv: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]) {
+        if p.trans_b {
+            // SAFETY: forwarded contract (the CPU has AVX2).
+            unsafe { pack_b_cols_avx2(p, jc, ncv, pc, kc, out) }
+        } else {
+            pack_b(p, jc, ncv, pc, kc, Self::NR, out)
+        }
     }
 }
 
+/// The AVX2 micro-kernel on the first `R` rows of a 6 × 16 tile: one kernel per row
+/// count, so a matrix whose height is not a multiple of 6 (the 16, 32 and 64 output
+/// channels of a ResNet) wastes no FMAs on padding rows and needs no scratch tile.
+///
 /// # Safety
-/// See [`MicroKernel::run`]; the CPU must support AVX2 and FMA.
+/// See [`MicroKernel::run`] with `rows = R`; the CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool) {
+unsafe fn kernel_avx2<const R: usize>(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool) {
     use core::arch::x86_64::*;
+    // The packed A panel is always 6 rows wide, whatever R.
     const MR: usize = 6;
     // SAFETY: all pointer offsets stay inside the panels / tile of the contract.
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
         if load {
-            for i in 0..MR {
+            for i in 0..R {
                 for j in 0..2 {
                     acc[i][j] = _mm256_loadu_ps(c.add(i * ldc + 8 * j));
                 }
@@ -134,7 +204,7 @@ unsafe fn kernel_avx2(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ld
         for _ in 0..kc {
             let b0 = _mm256_loadu_ps(b);
             let b1 = _mm256_loadu_ps(b.add(8));
-            for i in 0..MR {
+            for i in 0..R {
                 let ai = _mm256_broadcast_ss(&*a.add(i));
                 acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
                 acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
@@ -142,9 +212,141 @@ unsafe fn kernel_avx2(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ld
             a = a.add(MR);
             b = b.add(16);
         }
-        for i in 0..MR {
+        for i in 0..R {
             for j in 0..2 {
                 _mm256_storeu_ps(c.add(i * ldc + 8 * j), acc[i][j]);
+            }
+        }
+    }
+}
+
+/// Transposes the 8 × 8 block held in `r` (row t in `r[t]`): afterwards `r[u]` holds
+/// column u.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn transpose8(r: &mut [core::arch::x86_64::__m256; 8]) {
+    use core::arch::x86_64::*;
+    // SAFETY: shuffles on registers only; callers run inside `avx2` target-feature fns.
+    unsafe {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        r[0] = _mm256_permute2f128_ps::<0x20>(s0, s4);
+        r[1] = _mm256_permute2f128_ps::<0x20>(s1, s5);
+        r[2] = _mm256_permute2f128_ps::<0x20>(s2, s6);
+        r[3] = _mm256_permute2f128_ps::<0x20>(s3, s7);
+        r[4] = _mm256_permute2f128_ps::<0x31>(s0, s4);
+        r[5] = _mm256_permute2f128_ps::<0x31>(s1, s5);
+        r[6] = _mm256_permute2f128_ps::<0x31>(s2, s6);
+        r[7] = _mm256_permute2f128_ps::<0x31>(s3, s7);
+    }
+}
+
+/// [`pack_b`] for `trans_b` (op(B) contiguous along k, e.g. the im2col matrix in a
+/// weight gradient): 8 × 8 register transposes instead of one scalar store per element.
+/// Only data movement, so the product's bits are those of the plain packing.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_b_cols_avx2(p: &Problem<'_>, jc: usize, ncv: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]) {
+    use core::arch::x86_64::*;
+    const NR: usize = 16;
+    let (k8, n8) = (kc - kc % 8, ncv - ncv % 8);
+    for j0 in (0..n8).step_by(8) {
+        let dst = &mut out[(j0 / NR) * kc * NR + j0 % NR..];
+        let rows: [&[f32]; 8] = core::array::from_fn(|t| &p.b[(jc + j0 + t) * p.ldb + pc..][..kc]);
+        for q0 in (0..k8).step_by(8) {
+            // SAFETY: each load reads 8 floats of a row slice of length kc ≥ q0 + 8; each
+            // store writes 8 floats at (q0 + u)·NR inside the panel `dst` (kc·NR long).
+            unsafe {
+                let mut r: [__m256; 8] = core::array::from_fn(|t| _mm256_loadu_ps(rows[t][q0..q0 + 8].as_ptr()));
+                transpose8(&mut r);
+                for (u, v) in r.iter().enumerate() {
+                    let d = &mut dst[(q0 + u) * NR..][..8];
+                    _mm256_storeu_ps(d.as_mut_ptr().cast::<f32>(), *v);
+                }
+            }
+        }
+        for q in k8..kc {
+            for (t, row) in rows.iter().enumerate() {
+                dst[q * NR + t] = MaybeUninit::new(row[q]);
+            }
+        }
+    }
+    // Columns past the last full group of 8 (and the zero padding of the last panel).
+    let panels = ncv.div_ceil(NR);
+    for j in n8..panels * NR {
+        let dst = &mut out[(j / NR) * kc * NR + j % NR..];
+        if j < ncv {
+            let src = &p.b[(jc + j) * p.ldb + pc..][..kc];
+            for (q, &v) in src.iter().enumerate() {
+                dst[q * NR] = MaybeUninit::new(v);
+            }
+        } else {
+            for q in 0..kc {
+                dst[q * NR] = MaybeUninit::new(0.0);
+            }
+        }
+    }
+}
+
+/// [`pack_a`] for plain A (contiguous along k, e.g. the weights in a forward pass):
+/// the 6 rows of a panel, padded to 8 with zeros, go through 8 × 8 register transposes.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_a_rows_avx2(p: &Problem<'_>, ic: usize, mc: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]) {
+    use core::arch::x86_64::*;
+    const MR: usize = 6;
+    let k8 = kc - kc % 8;
+    for r in 0..mc.div_ceil(MR) {
+        let dst = &mut out[r * kc * MR..(r + 1) * kc * MR];
+        let nrows = MR.min(mc - r * MR);
+        let i0 = ic + r * MR;
+        let rows: [Option<&[f32]>; MR] =
+            core::array::from_fn(|i| (i < nrows).then(|| &p.a[(i0 + i) * p.lda + pc..][..kc]));
+        for q0 in (0..k8).step_by(8) {
+            // SAFETY: loads read 8 floats of row slices of length kc ≥ q0 + 8. Stores: the
+            // first 7 write 8 floats at (q0 + u)·6, the last two of which the next store
+            // overwrites; the 8th writes exactly 6 floats (a 4- and a 2-float store), so
+            // nothing lands past (q0 + 8)·6 ≤ kc·6, the panel's end.
+            unsafe {
+                let mut v = [_mm256_setzero_ps(); 8];
+                for (i, row) in rows.iter().enumerate() {
+                    if let Some(row) = row {
+                        v[i] = _mm256_loadu_ps(row[q0..q0 + 8].as_ptr());
+                    }
+                }
+                transpose8(&mut v);
+                let base = dst[q0 * MR..(q0 + 8) * MR].as_mut_ptr().cast::<f32>();
+                for (u, col) in v.iter().take(7).enumerate() {
+                    _mm256_storeu_ps(base.add(u * MR), *col);
+                }
+                let last = base.add(7 * MR);
+                _mm_storeu_ps(last, _mm256_castps256_ps128(v[7]));
+                _mm_storel_pd(last.add(4).cast::<f64>(), _mm_castps_pd(_mm256_extractf128_ps::<1>(v[7])));
+            }
+        }
+        for q in k8..kc {
+            for (i, row) in rows.iter().enumerate() {
+                dst[q * MR + i] = MaybeUninit::new(row.map_or(0.0, |row| row[q]));
             }
         }
     }
@@ -319,8 +521,11 @@ unsafe fn sgemm_avx2(p: &Problem<'_>, c: &mut [f32]) {
 /// the same instruction set as the kernel.
 #[inline(always)]
 fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
-    let mut apack = [0.0f32; MC * KC];
-    let mut bpack = [0.0f32; KC * NC];
+    // Packing writes every float of a panel the kernel reads (zero padding included), so
+    // the buffers need no clearing: a 100 KiB memset per call showed in profiles of the
+    // per-image convolution GEMMs.
+    let mut apack = [MaybeUninit::<f32>::uninit(); MC * KC];
+    let mut bpack = [MaybeUninit::<f32>::uninit(); KC * NC];
     let mut tile = [0.0f32; MAX_MR * MAX_NR];
     let (mr, nr) = (K::MR, K::NR);
     debug_assert!(MC % mr == 0 && NC % nr == 0 && nr <= MAX_NR && mr <= MAX_MR);
@@ -332,26 +537,29 @@ fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
         let mut ic = 0;
         while ic < p.m {
             let mc = MC.min(p.m - ic);
-            pack_a(p, ic, mc, pc, kc, mr, &mut apack);
+            // SAFETY: the caller picked a kernel the CPU supports.
+            unsafe { K::pack_a(p, ic, mc, pc, kc, &mut apack) };
             let mut jc = 0;
             while jc < p.n {
                 let ncv = NC.min(p.n - jc);
-                pack_b(p, jc, ncv, pc, kc, nr, &mut bpack);
+                // SAFETY: as above.
+                unsafe { K::pack_b(p, jc, ncv, pc, kc, &mut bpack) };
                 let mut jr = 0;
                 while jr < ncv {
                     let nv = nr.min(ncv - jr);
                     let mut ir = 0;
                     while ir < mc {
                         let mv = mr.min(mc - ir);
-                        let ap = apack[ir * kc..].as_ptr();
-                        let bp = bpack[jr * kc..].as_ptr();
+                        let ap = apack[ir * kc..].as_ptr().cast::<f32>();
+                        let bp = bpack[jr * kc..].as_ptr().cast::<f32>();
                         let (i0, j0) = (ic + ir, jc + jr);
-                        if mv == mr && nv == nr {
-                            // SAFETY: the packed panels hold kc*MR / kc*NR floats; the tile
-                            // rows i0..i0+MR and columns j0..j0+NR lie inside C (checked
-                            // by the asserts in `sgemm_using`); the caller picked a kernel
-                            // the CPU supports.
-                            unsafe { K::run(kc, ap, bp, c.as_mut_ptr().add(i0 * ldc + j0), ldc, load) };
+                        if nv == nr && (mv == mr || K::ROW_EDGES) {
+                            // SAFETY: the packed panels hold kc*MR / kc*NR floats written
+                            // by the packing above; the tile rows i0..i0+mv and columns
+                            // j0..j0+NR lie inside C (checked by the asserts in
+                            // `sgemm_using`); the kernel takes mv rows (mv == MR or
+                            // ROW_EDGES); the caller picked a kernel the CPU supports.
+                            unsafe { K::run(mv, kc, ap, bp, c.as_mut_ptr().add(i0 * ldc + j0), ldc, load) };
                         } else {
                             if load {
                                 for i in 0..mv {
@@ -360,7 +568,7 @@ fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
                                 }
                             }
                             // SAFETY: as above, with the local MR×NR `tile` as C.
-                            unsafe { K::run(kc, ap, bp, tile.as_mut_ptr(), nr, load) };
+                            unsafe { K::run(mr, kc, ap, bp, tile.as_mut_ptr(), nr, load) };
                             for i in 0..mv {
                                 let row = &mut c[(i0 + i) * ldc + j0..][..nv];
                                 row.copy_from_slice(&tile[i * nr..i * nr + nv]);
@@ -381,7 +589,7 @@ fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
 /// Packs rows `ic..ic+mc`, columns `pc..pc+kc` of op(A) as `MR`-row micro-panels
 /// (`[panel][p][MR]`), zero-padding the last panel.
 #[inline(always)]
-fn pack_a(p: &Problem<'_>, ic: usize, mc: usize, pc: usize, kc: usize, mr: usize, out: &mut [f32]) {
+fn pack_a(p: &Problem<'_>, ic: usize, mc: usize, pc: usize, kc: usize, mr: usize, out: &mut [MaybeUninit<f32>]) {
     let panels = mc.div_ceil(mr);
     for r in 0..panels {
         let dst = &mut out[r * kc * mr..(r + 1) * kc * mr];
@@ -395,11 +603,12 @@ fn pack_a(p: &Problem<'_>, ic: usize, mc: usize, pc: usize, kc: usize, mr: usize
                 if rows == MAX_MR && mr == MAX_MR {
                     // Fixed length: vector moves instead of a memmove call per row.
                     let s6: &[f32; MAX_MR] = src.try_into().expect("rows == MAX_MR");
-                    let d6: &mut [f32; MAX_MR] = d.try_into().expect("mr == MAX_MR");
-                    *d6 = *s6;
+                    let d6: &mut [MaybeUninit<f32>; MAX_MR] = d.try_into().expect("mr == MAX_MR");
+                    *d6 = s6.map(MaybeUninit::new);
                 } else {
-                    d[..rows].copy_from_slice(src);
-                    d[rows..].fill(0.0);
+                    for (o, &v) in d.iter_mut().zip(src.iter().chain(core::iter::repeat(&0.0))) {
+                        *o = MaybeUninit::new(v);
+                    }
                 }
             }
         } else {
@@ -407,13 +616,11 @@ fn pack_a(p: &Problem<'_>, ic: usize, mc: usize, pc: usize, kc: usize, mr: usize
             for i in 0..rows {
                 let src = &p.a[(i0 + i) * p.lda + pc..][..kc];
                 for (q, &v) in src.iter().enumerate() {
-                    dst[q * mr + i] = v;
+                    dst[q * mr + i] = MaybeUninit::new(v);
                 }
             }
-            if rows < mr {
-                for q in 0..kc {
-                    dst[q * mr + rows..(q + 1) * mr].fill(0.0);
-                }
+            for q in 0..kc {
+                dst[q * mr + rows..(q + 1) * mr].fill(MaybeUninit::new(0.0));
             }
         }
     }
@@ -422,7 +629,7 @@ fn pack_a(p: &Problem<'_>, ic: usize, mc: usize, pc: usize, kc: usize, mr: usize
 /// Packs columns `jc..jc+ncv`, rows `pc..pc+kc` of op(B) as `[panel][p][NR]`
 /// micro-panels, zero-padding the columns of the last panel past `ncv`.
 #[inline(always)]
-fn pack_b(p: &Problem<'_>, jc: usize, ncv: usize, pc: usize, kc: usize, nr: usize, out: &mut [f32]) {
+fn pack_b(p: &Problem<'_>, jc: usize, ncv: usize, pc: usize, kc: usize, nr: usize, out: &mut [MaybeUninit<f32>]) {
     let panels = ncv.div_ceil(nr);
     if p.trans_b {
         // op(B)(q, j) = b[j*ldb + q]: contiguous in q.
@@ -430,14 +637,14 @@ fn pack_b(p: &Problem<'_>, jc: usize, ncv: usize, pc: usize, kc: usize, nr: usiz
             let src = &p.b[(jc + j) * p.ldb + pc..][..kc];
             let dst = &mut out[(j / nr) * kc * nr + j % nr..];
             for (q, &v) in src.iter().enumerate() {
-                dst[q * nr] = v;
+                dst[q * nr] = MaybeUninit::new(v);
             }
         }
         let tail = ncv % nr;
         if tail != 0 {
             let dst = &mut out[(panels - 1) * kc * nr..][..kc * nr];
             for q in 0..kc {
-                dst[q * nr + tail..(q + 1) * nr].fill(0.0);
+                dst[q * nr + tail..(q + 1) * nr].fill(MaybeUninit::new(0.0));
             }
         }
     } else {
@@ -447,18 +654,20 @@ fn pack_b(p: &Problem<'_>, jc: usize, ncv: usize, pc: usize, kc: usize, nr: usiz
             for (r, chunk) in src.chunks(nr).enumerate() {
                 let d = &mut out[r * kc * nr + q * nr..][..nr];
                 // A fixed-length copy compiles to a few vector moves; a runtime-length
-                // `copy_from_slice` would call memmove for every 64 bytes.
-                match (<&[f32; MAX_NR]>::try_from(chunk), <&mut [f32; MAX_NR]>::try_from(&mut *d)) {
-                    (Ok(src16), Ok(dst16)) => *dst16 = *src16,
+                // copy would call memmove for every 64 bytes.
+                match (<&[f32; MAX_NR]>::try_from(chunk), <&mut [MaybeUninit<f32>; MAX_NR]>::try_from(&mut *d)) {
+                    (Ok(src16), Ok(dst16)) => *dst16 = src16.map(MaybeUninit::new),
                     _ => {
-                        d[..chunk.len()].copy_from_slice(chunk);
-                        d[chunk.len()..].fill(0.0);
+                        for (o, &v) in d.iter_mut().zip(chunk.iter().chain(core::iter::repeat(&0.0))) {
+                            *o = MaybeUninit::new(v);
+                        }
                     }
                 }
             }
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
