@@ -131,37 +131,57 @@ fn tiny_plan() -> Plan {
     Plan::new(a, p, Method::reference(Base::InfoPro, true), 2, [0.0; 4], [1.0; 4]).expect("plan")
 }
 
+/// A good checkpoint of the tiny model, made once per thread: its JSON's fields and
+/// its tensor file.
+struct Good {
+    plan: Plan,
+    meta: checkpoint::Meta,
+    tensors: Vec<u8>,
+}
+
+thread_local! {
+    static GOOD: Good = {
+        let d = tempfile::tempdir().expect("scratch");
+        let plan = tiny_plan();
+        let model = Snapshot::init(&plan, &mut Rng::new(1));
+        let mut meta = checkpoint::Meta {
+            hpff_version: "fuzz".into(),
+            config: hpff::config::Config::default().complete(),
+            shape: hpff::config::Shape { c: 1, image: 8, classes: 10 },
+            epoch: 1,
+            global_step: 1,
+            seed: 0,
+            data_rng: Rng::new(0).state(),
+            metrics: Vec::new(),
+            best_accuracy: None,
+            test: None,
+            elapsed_s: 0.0,
+            tensors: checkpoint::TensorFile { file: String::new(), bytes: 0, sha256: String::new() },
+        };
+        checkpoint::save(d.path(), &plan, &model, &mut meta).expect("a good checkpoint saves");
+        let tensors = std::fs::read(d.path().join(&meta.tensors.file)).expect("tensor file");
+        Good { plan, meta, tensors }
+    };
+}
+
 /// A checkpoint of a tiny model: with the first byte even the input is its tensor file
 /// (the JSON recording the input's true size and hash, so parsing gets past the check);
 /// odd, the input is its JSON next to a good tensor file.
 pub fn checkpoint(data: &[u8]) {
     let d = scratch();
     let Some((&which, rest)) = data.split_first() else { return };
-    let plan = tiny_plan();
-    let model = Snapshot::init(&plan, &mut Rng::new(1));
-    let json = d.join(checkpoint::META_FILE);
-    let mut meta = checkpoint::Meta {
-        hpff_version: "fuzz".into(),
-        config: hpff::config::Config::default().complete(),
-        shape: hpff::config::Shape { c: 1, image: 8, classes: 10 },
-        epoch: 1,
-        global_step: 1,
-        seed: 0,
-        data_rng: Rng::new(0).state(),
-        metrics: Vec::new(),
-        best_accuracy: None,
-        test: None,
-        elapsed_s: 0.0,
-        tensors: checkpoint::TensorFile { file: String::new(), bytes: 0, sha256: String::new() },
-    };
-    checkpoint::save(&d, &plan, &model, &mut meta).expect("a good checkpoint saves");
-    if which % 2 == 0 {
-        write(&d.join(&meta.tensors.file), rest);
-        meta.tensors.bytes = rest.len() as u64;
-        meta.tensors.sha256 = checkpoint::sha256_hex(rest);
-        write(&json, &serde_json::to_vec(&meta).expect("json"));
-    } else {
-        write(&json, rest);
-    }
-    one_line(checkpoint::load(&d).and_then(|l| l.restore(&plan, true)));
+    GOOD.with(|g| {
+        let mut meta = g.meta.clone();
+        let json = d.join(checkpoint::META_FILE);
+        if which % 2 == 0 {
+            write(&d.join(&meta.tensors.file), rest);
+            meta.tensors.bytes = rest.len() as u64;
+            meta.tensors.sha256 = checkpoint::sha256_hex(rest);
+            write(&json, &serde_json::to_vec(&meta).expect("json"));
+        } else {
+            write(&d.join(&meta.tensors.file), &g.tensors);
+            write(&json, rest);
+        }
+        one_line(checkpoint::load(&d).and_then(|l| l.restore(&g.plan, true)));
+    });
 }
