@@ -316,6 +316,10 @@ pub struct PlanArgs {
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
+    /// List the schedule op by op (training step, then eval pass): every buffer's value,
+    /// offset, size and lifetime, and the values that make up the peak
+    #[arg(long)]
+    pub ops: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -382,7 +386,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let flags = Config { width: a.width, ..a.model.to_config() };
             let cfg = with_file(&a.config, flags)?.complete();
             let shape = a.shape.shape(cfg.dataset.unwrap_or(DatasetName::FashionMnist))?;
-            commands::plan::plan(&cfg, shape, a.json)
+            commands::plan::plan(&cfg, shape, a.json, a.ops)
         }
         Command::Bench(a) => {
             let flags = Config {

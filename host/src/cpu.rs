@@ -330,6 +330,7 @@ impl<'a> Ctx<'a> {
                 ops::batchnorm_eval_stats(&rs[..c], &rs[c..], mean, invstd);
                 self.bn_apply(s, gp, x, y, stats);
             }
+            Op::BnApply { s, p: gp, x, y, stats } => self.bn_apply(s, gp, x, y, stats),
             Op::Relu { x } => self.each_chunk(|_, i0, cnt| ops::relu_inplace(self.rows_mut(x, i0, cnt))),
             Op::AddRelu { y, x } => self.each_chunk(|_, i0, cnt| {
                 let ys = self.rows_mut(y, i0, cnt);

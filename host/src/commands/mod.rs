@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod eval;
+pub mod ops;
 pub mod plan;
 
 use crate::config::Config;

@@ -3,6 +3,7 @@
 use hpff_core::plan::{Memory, Plan};
 use serde_json::json;
 
+use super::ops::{listing, render};
 use crate::config::{Config, Setup, Shape};
 use crate::error::Result;
 
@@ -74,8 +75,8 @@ pub(crate) fn describe(setup: &Setup, plan: &Plan) -> serde_json::Value {
     })
 }
 
-/// `hpff plan`.
-pub fn plan(cfg: &Config, shape: Shape, as_json: bool) -> Result<()> {
+/// `hpff plan`; with `ops`, the schedule op by op after the summary.
+pub fn plan(cfg: &Config, shape: Shape, as_json: bool, ops: bool) -> Result<()> {
     let setup = cfg.setup(shape)?;
     let plan = setup.plan(setup.batch)?;
     let m = plan.memory();
@@ -85,6 +86,9 @@ pub fn plan(cfg: &Config, shape: Shape, as_json: bool) -> Result<()> {
         let mut v = describe(&setup, &plan);
         v["memory_bytes"] = memory_json(&m, arena);
         v["per_module"] = serde_json::to_value(&mods).expect("json");
+        if ops {
+            v["ops"] = json!({ "train": listing(&plan, true), "eval": listing(&plan, false) });
+        }
         println!("{v}");
         return Ok(());
     }
@@ -131,6 +135,10 @@ pub fn plan(cfg: &Config, shape: Shape, as_json: bool) -> Result<()> {
             format!("{}×{}×{}", md.out[0], md.out[1], md.out[2]),
             if md.aux.is_empty() { "-".to_string() } else { md.aux.join(", ") }
         );
+    }
+    if ops {
+        print!("{}", render("training step", &listing(&plan, true)));
+        print!("{}", render("eval pass", &listing(&plan, false)));
     }
     Ok(())
 }
