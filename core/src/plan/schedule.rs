@@ -261,7 +261,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let mark = self.top;
         let tmax = (0..bp.layers).map(|l| a.h[l].len).max().unwrap_or(0).max(a.ds.map_or(0, |d| d.0.len));
         let cmax = (0..bp.layers).map(|l| bp.bns[l].s.c).max().unwrap_or(0).max(bp.shape.c_out);
-        let inner = self.inner_len(bp);
+        // On a last backward a recomputed ReLU output goes over the BN input just consumed.
+        let overlay = room.is_some() && (1..bp.layers).all(|l| a.h[l].len >= a.h[l - 1].len);
+        let inner = if overlay { 0 } else { self.inner_len(bp) };
         let shortcut_dx = if a.ds.is_some() { dx.map_or(0, |d| d.len) } else { 0 };
         self.top = self.reuse_or_top(room, 2 * tmax + inner + 2 * cmax + shortcut_dx);
         let (t1, t2, ra, sums) = (self.alloc(tmax), self.alloc(tmax), self.alloc(inner), self.alloc(2 * cmax));
@@ -295,7 +297,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             });
             let c = bp.convs[l];
             if l > 0 {
-                let r = Buf { off: ra.off, len: a.h[l - 1].len };
+                let r = Buf { off: if overlay { a.h[l].off } else { ra.off }, len: a.h[l - 1].len };
                 self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
                 let da = Buf { off: t2.off, len: r.len };
                 self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: r, dy: dh, dx: Some(da), weights });
@@ -521,15 +523,15 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let rs = self.alloc(n * dp.c * po * po);
                 self.op(Op::Resize { win, x, y: rs });
                 let mid = n * bn.s.c * po * po;
+                let a1 = self.alloc(mid);
                 let h1 = self.alloc(mid);
                 let st = self.alloc(4 * bn.s.c);
-                let a1 = self.alloc(mid);
                 self.op(Op::Conv { s: ca.s, w: ca.w, b: ca.b, x: rs, y: h1 });
                 self.bn_fwd(bn, h1, a1, st, TRAIN);
                 self.op(Op::Relu { x: a1 });
                 // Each value takes the place of one that is dead by the time it is written:
                 // the target and dh2 that of h2, da1 that of o and the BCE gradient, dh1 that
-                // of a1, and the resize gradient that of everything from h2 on.
+                // of a1, and the resize gradient that of everything from h1 on.
                 let olen = n * ci * po * po;
                 let h2 = self.alloc(olen);
                 let o = self.alloc(olen);
@@ -548,7 +550,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let dh1 = a1;
                 let sums = self.alloc_at(da1.end(), 2 * bn.s.c);
                 self.op(Op::BnBackward { s: bn.s, p: bn.p, x: h1, dy: da1, dx: dh1, stats: st, sums, weights: true });
-                let drs = self.alloc_at(h2.off, rs.len);
+                let drs = self.alloc_at(h1.off, rs.len);
                 self.op(Op::ConvBackward { s: ca.s, w: ca.w, b: ca.b, x: rs, dy: dh1, dx: Some(drs), weights: true });
                 self.op(Op::ResizeBackward { win, dy: drs, dx: dacc });
                 self.decoder_peak = self.decoder_peak.max(self.top - entry);
@@ -606,21 +608,27 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     /// E2E (one module) and the plain local methods: each module alone, input detached.
     fn train_local(&mut self, img: Buf, restored: Buf) {
         let m = self.plan.modules();
-        let maxo = self.max_out_len();
-        let carry = if m > 1 { [self.alloc(maxo), self.alloc(maxo)] } else { [NONE; 2] };
         let method = self.plan.method;
+        // A module's output outlives it (the next module's input): it goes at the base when
+        // it fits below the module's input, else right above it, so two outputs of the
+        // current size are live, not two of the largest.
+        let base = self.top;
+        let mut input: Option<Buf> = None;
         for j in 0..m {
+            let len = self.out_len(j);
+            let out = match input {
+                Some(x) if base + len > x.off => self.alloc_at(x.end(), len),
+                _ => self.alloc_at(base, len),
+            };
+            self.top = out.end().max(input.map_or(base, |x| x.end()));
             let mark = self.top;
             let stem = (j == 0).then(|| self.stem_fwd(img, TRAIN));
-            let x = match stem {
-                Some(s) => s.a,
-                None => Buf { off: carry[(j - 1) % 2].off, len: self.out_len(j - 1) },
+            let x = match (stem, input) {
+                (Some(s), _) => s.a,
+                (None, Some(x)) => x,
+                (None, None) => unreachable!("module {j} > 0 has an input"),
             };
-            let out = if j + 1 == m {
-                self.alloc(self.out_len(j))
-            } else {
-                Buf { off: carry[j % 2].off, len: self.out_len(j) }
-            };
+            input = Some(out);
             let fwd = self.module_fwd(j, x, out, TRAIN);
             let d = self.zeroed(out.len);
             if j + 1 < m {
@@ -640,6 +648,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             }
             self.top = mark;
         }
+        self.top = base;
     }
 
     /// HiLo, with each module's forward computed once.
@@ -696,7 +705,6 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             self.op(Op::Zero { buf: t });
             // The cascade-only gradient dies with this step, so it lives above the frames.
             let c = self.zeroed(len);
-            let work = self.top;
 
             // Its losses.
             if j < last {
@@ -730,8 +738,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                     let h = self.alloc(below.out.len);
                     self.module_bwd(&fwd, c, Some(h), false);
                     self.op(Op::Add { y: below.t, x: h });
-                    self.top = work;
                 }
+                // The cascade gradient is spent: the module below's backward goes over it.
+                self.top = c.off;
                 self.frame_bwd(&below, img);
             }
             frames[j % 2] = Some(Frame { fwd, out, t, stem });
