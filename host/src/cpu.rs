@@ -46,7 +46,7 @@ fn extra(plan: &Plan) -> Extra {
     let mut partial = 0;
     let mut scan = |op: &Op| {
         let need = match *op {
-            Op::ConvBackward { s, .. } => s.weight_len() + s.c_out,
+            Op::ConvBackward { s, b, weights: true, .. } => s.weight_len() + b.map_or(0, |_| s.c_out),
             Op::LinearBackward { s, .. } => s.weight_len() + s.out_f,
             Op::BnTrain { s, .. } | Op::BnBackward { s, .. } => 2 * s.c,
             _ => 0,

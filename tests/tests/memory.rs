@@ -107,7 +107,7 @@ fn touches_the_planned_peak(target: Target) {
         let k = if base == Base::E2e { 1 } else { 4 };
         let part = Partition::for_k(&arch, k, TableKind::Reference).unwrap();
         let method = Method::reference(base, hpff);
-        let plan = Plan::new(arch, part, method, batch, CIFAR_MEAN, CIFAR_STD).unwrap();
+        let plan = Plan::new(arch, part.clone(), method, batch, CIFAR_MEAN, CIFAR_STD).unwrap();
         let layout = Plan::new(arch, part, method, layout_batch, CIFAR_MEAN, CIFAR_STD).unwrap();
         assert_eq!(plan.act_off(), layout.act_off());
         let mut ex = target.open(&layout);

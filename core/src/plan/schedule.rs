@@ -849,3 +849,65 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Arch;
+    use crate::method::{Base, Method};
+    use crate::partition::{Partition, TableKind};
+
+    /// Every buffer of every op lies inside the planned stack, and no two buffers of one op
+    /// overlap (the overlays above rely on values being dead, never on sharing within an op).
+    fn check(plan: &Plan, train: bool) {
+        let (lo, hi) = (plan.act_off(), plan.act_off() + if train { plan.train_peak } else { plan.eval_peak });
+        let mut count = 0;
+        let mut visit = |op: &Op| {
+            let mut bufs: heapless::Vec<Buf, 8> = heapless::Vec::new();
+            op.for_each_buf(|field, _, b| {
+                assert!(b.off >= lo && b.end() <= hi, "op {count} {} {field}: {b:?} outside {lo}..{hi}", op.name());
+                assert!(b.len > 0 || field == "dx", "op {count} {} {field} is empty", op.name());
+                bufs.push(b).expect("at most 8 buffers");
+            });
+            for (i, a) in bufs.iter().enumerate() {
+                for b in &bufs[i + 1..] {
+                    assert!(!a.overlaps(b), "op {count} {}: {a:?} overlaps {b:?}", op.name());
+                }
+            }
+            count += 1;
+        };
+        if train {
+            plan.train_step(&mut visit);
+        } else {
+            plan.eval_step(&mut visit);
+        }
+        assert!(count > 0);
+    }
+
+    #[test]
+    fn buffers_stay_in_the_plan_and_never_overlap_within_an_op() {
+        let methods = [
+            (Base::E2e, false),
+            (Base::Greedy, false),
+            (Base::Dgl, true),
+            (Base::InfoPro, false),
+            (Base::InfoPro, true),
+        ];
+        let mut checked = 0;
+        for depth in [20, 32, 164] {
+            let arch = Arch::resnet(depth, 3, 32, 10).unwrap();
+            for (base, hpff) in methods {
+                for k in [1, 2, 4, 8] {
+                    let Ok(part) = Partition::for_k(&arch, k, TableKind::Reference) else { continue };
+                    let Ok(plan) = Plan::new(arch, part, Method::reference(base, hpff), 3, [0.0; 4], [1.0; 4]) else {
+                        continue;
+                    };
+                    check(&plan, true);
+                    check(&plan, false);
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 40, "only {checked} plans built");
+    }
+}

@@ -123,3 +123,31 @@ pub fn render(title: &str, l: &Listing) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hpff_core::arch::Arch;
+    use hpff_core::method::{Base, Method};
+    use hpff_core::partition::{Partition, TableKind};
+
+    #[test]
+    fn the_listing_names_every_buffer_and_finds_the_planned_peak() {
+        let arch = Arch::resnet(20, 3, 16, 10).unwrap();
+        for (base, hpff, k) in [(Base::E2e, false, 1), (Base::InfoPro, false, 4), (Base::InfoPro, true, 4)] {
+            let part = Partition::for_k(&arch, k, TableKind::Reference).unwrap();
+            let plan = Plan::new(arch, part, Method::reference(base, hpff), 8, [0.0; 4], [1.0; 4]).unwrap();
+            for (train, planned) in [(true, plan.memory().activations), (false, plan.memory().eval_activations)] {
+                let l = listing(&plan, train);
+                assert!(l.values.iter().all(|v| v.first <= v.last && v.end() <= planned));
+                // The first value read is the input batch, which no op writes.
+                assert_eq!((l.values[0].name.as_str(), l.values[0].offset), ("input", 0));
+                // The live values reach the planned peak, up to a buffer allocated but not yet written.
+                assert!(l.peak_bytes <= planned && l.peak_bytes as f64 >= 0.9 * planned as f64, "{} of {planned}", l.peak_bytes);
+                let text = render("step", &l);
+                assert_eq!(text.lines().count(), 1 + l.ops.len() + 2 + l.live_at_peak.len());
+                assert!(text.contains(&format!("at op {} ({})", l.peak_op, l.ops[l.peak_op].op)));
+            }
+        }
+    }
+}
