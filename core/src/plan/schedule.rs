@@ -51,11 +51,12 @@ struct BlockActs {
     end: usize,
 }
 
+/// What the stem keeps: its conv output and batch statistics (its ReLU output, module 0's
+/// input, is a forward temporary, recomputed for the backward).
 #[derive(Clone, Copy)]
 struct StemActs {
     h: Buf,
     st: Buf,
-    a: Buf,
 }
 
 /// A module waiting for its parameter gradients in [`Gen::train_hpff`].
@@ -146,36 +147,45 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
 
     // ---- backbone ------------------------------------------------------------------
 
-    fn stem_fwd(&mut self, img: Buf, mode: Fwd) -> StemActs {
+    /// The stem and module 0 (BN running statistics of module 0 updated per `mode`). The
+    /// stem's output goes above the module's values, so it is dropped with the forward.
+    fn stem_module_fwd(&mut self, img: Buf, out: Buf, mode: Fwd) -> (StemActs, ModuleFwd) {
         let sp = self.plan.stem();
         let len = self.n * sp.bn.s.c * sp.bn.s.hw;
-        let h = self.alloc(len);
-        let st = self.alloc(4 * sp.bn.s.c);
+        let s = StemActs { h: self.alloc(len), st: self.alloc(4 * sp.bn.s.c) };
+        let m = self.module_alloc(0, NONE, out);
         let a = self.alloc(len);
-        self.op(Op::Conv { s: sp.conv.s, w: sp.conv.w, b: None, x: img, y: h });
-        self.bn_fwd(sp.bn, h, a, st, mode);
+        self.op(Op::Conv { s: sp.conv.s, w: sp.conv.w, b: None, x: img, y: s.h });
+        self.bn_fwd(sp.bn, s.h, a, s.st, TRAIN);
         self.op(Op::Relu { x: a });
-        StemActs { h, st, a }
+        let m = ModuleFwd { x: a, ..m };
+        self.module_run(&m, mode);
+        self.top = m.end;
+        (s, m)
     }
 
     /// Backward of module 0 and the stem under it, the last use of their values: the
-    /// stem's output gradient and temporaries go over the module's values when they fit.
+    /// stem's output is recomputed on top; its gradient and temporaries go over the
+    /// module's values when they fit.
     fn stem_module_bwd(&mut self, m: &ModuleFwd, s: &StemActs, img: Buf, dout: Buf) {
         let mark = self.top;
-        let ds = match self.input_grad_in_module(m, s.a.len) {
+        let a = self.alloc(s.h.len);
+        self.relu_recompute(self.plan.stem().bn, (s.h, s.st), a);
+        let m = ModuleFwd { x: a, ..*m };
+        let ds = match self.input_grad_in_module(&m, a.len) {
             Some(b) => b,
-            None => self.alloc(s.a.len),
+            None => self.alloc(a.len),
         };
-        self.module_bwd(m, dout, Some(ds), true);
+        self.module_bwd(&m, dout, Some(ds), true);
         let lo = if ds.off >= m.start && ds.off < m.end { ds.end() } else { m.start };
-        self.stem_bwd(s, img, ds, Some((lo, m.end)));
+        self.stem_bwd(s, a, img, ds, Some((lo, m.end)));
         self.top = mark;
     }
 
-    fn stem_bwd(&mut self, s: &StemActs, img: Buf, dout: Buf, room: Option<(usize, usize)>) {
+    fn stem_bwd(&mut self, s: &StemActs, a: Buf, img: Buf, dout: Buf, room: Option<(usize, usize)>) {
         let sp = self.plan.stem();
         let mark = self.top;
-        self.op(Op::ReluBackward { y: s.a, dy: dout });
+        self.op(Op::ReluBackward { y: a, dy: dout });
         self.top = self.reuse_or_top(room, s.h.len + 2 * sp.bn.s.c);
         let dh = self.alloc(s.h.len);
         let sums = self.alloc(2 * sp.bn.s.c);
@@ -314,17 +324,29 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     }
 
     fn module_fwd(&mut self, j: usize, x: Buf, out: Buf, mode: Fwd) -> ModuleFwd {
+        let m = self.module_alloc(j, x, out);
+        self.module_run(&m, mode);
+        m
+    }
+
+    /// Allocates the values module `j` keeps for backward (all its blocks').
+    fn module_alloc(&mut self, j: usize, x: Buf, out: Buf) -> ModuleFwd {
         let start = self.top;
         let blocks = self.plan.part.blocks_of(j);
         let mut cur = x;
         for g in blocks.clone() {
             let bp = self.plan.block(g);
-            let last = g + 1 == blocks.end;
-            let acts = self.block_alloc(&bp, cur, last.then_some(out));
-            self.block_fwd(&bp, &acts, mode);
+            let acts = self.block_alloc(&bp, cur, (g + 1 == blocks.end).then_some(out));
             cur = acts.out;
         }
         ModuleFwd { j, start, end: self.top, x, out }
+    }
+
+    fn module_run(&mut self, m: &ModuleFwd, mode: Fwd) {
+        for g in self.plan.part.blocks_of(m.j) {
+            let (bp, acts) = self.acts_of(m, g);
+            self.block_fwd(&bp, &acts, mode);
+        }
     }
 
     /// Re-derives the layout of block `g` of a module's forward (allocation is deterministic).
@@ -622,14 +644,14 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             };
             self.top = out.end().max(input.map_or(base, |x| x.end()));
             let mark = self.top;
-            let stem = (j == 0).then(|| self.stem_fwd(img, TRAIN));
-            let x = match (stem, input) {
-                (Some(s), _) => s.a,
-                (None, Some(x)) => x,
-                (None, None) => unreachable!("module {j} > 0 has an input"),
+            let (stem, fwd) = match input {
+                None => {
+                    let (s, m) = self.stem_module_fwd(img, out, TRAIN);
+                    (Some(s), m)
+                }
+                Some(x) => (None, self.module_fwd(j, x, out, TRAIN)),
             };
             input = Some(out);
-            let fwd = self.module_fwd(j, x, out, TRAIN);
             let d = self.zeroed(out.len);
             if j + 1 < m {
                 let (l1, l2) = method.local_weights(&self.plan.part, j);
@@ -693,8 +715,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let out = Buf { off: outs[j % 3].off, len };
             let t = self.alloc(len);
             let (stem, fwd) = if j == 0 {
-                let s = self.stem_fwd(img, TRAIN);
-                (Some(s), self.module_fwd(0, s.a, out, passes(0)))
+                let (s, m) = self.stem_module_fwd(img, out, passes(0));
+                (Some(s), m)
             } else {
                 let below = frames[(j - 1) % 2].as_ref().expect("module below is live").out;
                 (None, self.module_fwd(j, below, out, passes(j)))
@@ -763,14 +785,12 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let saved = (self.top, self.peak);
         let start = self.top;
         self.alloc(self.out_len(j));
-        let mut x = NONE;
         if j == 0 {
             let sp = self.plan.stem();
-            let l = self.n * sp.bn.s.c * sp.bn.s.hw;
-            self.alloc(l);
+            self.alloc(self.n * sp.bn.s.c * sp.bn.s.hw);
             self.alloc(4 * sp.bn.s.c);
-            x = self.alloc(l);
         }
+        let mut x = NONE;
         let blocks = self.plan.part.blocks_of(j);
         for g in blocks.clone() {
             let bp = self.plan.block(g);
