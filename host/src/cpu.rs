@@ -538,7 +538,12 @@ mod tests {
         ex.train_step(&plan, &input, &mut losses).unwrap();
         let highest = |v: &[f32]| v.iter().rposition(|f| f.to_bits() != sentinel.to_bits()).map_or(0, |i| i + 1);
         assert_eq!(ex.scratch.len(), plan.scratch().len);
-        assert!(highest(&ex.scratch) as f64 >= 0.95 * plan.scratch().len as f64, "{} of {}", highest(&ex.scratch), plan.scratch().len);
+        assert!(
+            highest(&ex.scratch) as f64 >= 0.95 * plan.scratch().len as f64,
+            "{} of {}",
+            highest(&ex.scratch),
+            plan.scratch().len
+        );
         let per_chunk = ex.e.partial_per_chunk;
         let first_chunk = &ex.partials[..per_chunk];
         assert_eq!(highest(first_chunk), per_chunk);

@@ -137,9 +137,15 @@ fn touches_the_planned_peak(target: Target) {
             let outside = (0..whole).filter(|i| !scratch.contains(i)).filter(changed);
             let used = outside.max().map_or(0, |i| i + 1);
             println!("{target:?} {base:?} hpff={hpff} {step}: planned {planned} floats, highest touched {used}");
-            assert!(used <= planned, "{target:?} {base:?} hpff={hpff} {step}: wrote float {used}, past the planned peak {planned}");
+            assert!(
+                used <= planned,
+                "{target:?} {base:?} hpff={hpff} {step}: wrote float {used}, past the planned peak {planned}"
+            );
             // Only a last buffer that is allocated but written later than read can stay clean.
-            assert!(used as f64 >= 0.95 * planned as f64, "{base:?} hpff={hpff} {step}: plan overestimates: {used} of {planned}");
+            assert!(
+                used as f64 >= 0.95 * planned as f64,
+                "{base:?} hpff={hpff} {step}: plan overestimates: {used} of {planned}"
+            );
         }
     }
 }

@@ -267,7 +267,15 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     /// adds parameter gradients when `weights` and writes `dx` when given. Temporaries go
     /// into `room` when they fit. `dx` may overlay the block's own values: it is written by
     /// the last op that reads them.
-    fn block_bwd(&mut self, bp: &BlockP, a: &BlockActs, dout: Buf, dx: Option<Buf>, weights: bool, room: Option<(usize, usize)>) {
+    fn block_bwd(
+        &mut self,
+        bp: &BlockP,
+        a: &BlockActs,
+        dout: Buf,
+        dx: Option<Buf>,
+        weights: bool,
+        room: Option<(usize, usize)>,
+    ) {
         let mark = self.top;
         let tmax = (0..bp.layers).map(|l| a.h[l].len).max().unwrap_or(0).max(a.ds.map_or(0, |d| d.0.len));
         let cmax = (0..bp.layers).map(|l| bp.bns[l].s.c).max().unwrap_or(0).max(bp.shape.c_out);
@@ -506,7 +514,16 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             self.op(Op::ReluBackward { y: a, dy: dcur });
             let dhi = Buf { off: dh.off, len: h.len };
             let sums_i = Buf { off: sums.off, len: 2 * bn.s.c };
-            self.op(Op::BnBackward { s: bn.s, p: bn.p, x: h, dy: dcur, dx: dhi, stats: st, sums: sums_i, weights: true });
+            self.op(Op::BnBackward {
+                s: bn.s,
+                p: bn.p,
+                x: h,
+                dy: dcur,
+                dx: dhi,
+                stats: st,
+                sums: sums_i,
+                weights: true,
+            });
             let xin = if i == 0 {
                 x
             } else {

@@ -77,7 +77,8 @@ pub fn listing(plan: &Plan, train: bool) -> Listing {
                     v
                 }
                 None => {
-                    let name = if access == Access::Write { format!("{}#{i}.{field}", op.name()) } else { "input".into() };
+                    let name =
+                        if access == Access::Write { format!("{}#{i}.{field}", op.name()) } else { "input".into() };
                     values.push(Value { name, offset, bytes, first: i, last: i });
                     at.insert(buf.off, values.len() - 1);
                     values.len() - 1
@@ -93,7 +94,8 @@ pub fn listing(plan: &Plan, train: bool) -> Listing {
         plan.eval_step(&mut visit);
     }
     let height = |i: usize| values.iter().filter(|v| v.first <= i && i <= v.last).map(Value::end).max().unwrap_or(0);
-    let (peak_op, peak_bytes) = (0..ops.len()).map(|i| (i, height(i))).fold((0, 0), |a, b| if b.1 > a.1 { b } else { a });
+    let (peak_op, peak_bytes) =
+        (0..ops.len()).map(|i| (i, height(i))).fold((0, 0), |a, b| if b.1 > a.1 { b } else { a });
     let mut live_at_peak: Vec<usize> =
         (0..values.len()).filter(|&v| values[v].first <= peak_op && peak_op <= values[v].last).collect();
     live_at_peak.sort_by_key(|&v| values[v].offset);
@@ -104,7 +106,11 @@ pub fn listing(plan: &Plan, train: bool) -> Listing {
 pub fn render(title: &str, l: &Listing) -> String {
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
     let mut s = String::new();
-    let _ = writeln!(s, "{title}: {} ops; buffers as value [offset +bytes], offsets from the activation stack", l.ops.len());
+    let _ = writeln!(
+        s,
+        "{title}: {} ops; buffers as value [offset +bytes], offsets from the activation stack",
+        l.ops.len()
+    );
     for (i, row) in l.ops.iter().enumerate() {
         let _ = write!(s, "  {i:>5}  {:<22}", row.op);
         for u in &row.buffers {
@@ -143,7 +149,11 @@ mod tests {
                 // The first value read is the input batch, which no op writes.
                 assert_eq!((l.values[0].name.as_str(), l.values[0].offset), ("input", 0));
                 // The live values reach the planned peak, up to a buffer allocated but not yet written.
-                assert!(l.peak_bytes <= planned && l.peak_bytes as f64 >= 0.9 * planned as f64, "{} of {planned}", l.peak_bytes);
+                assert!(
+                    l.peak_bytes <= planned && l.peak_bytes as f64 >= 0.9 * planned as f64,
+                    "{} of {planned}",
+                    l.peak_bytes
+                );
                 let text = render("step", &l);
                 assert_eq!(text.lines().count(), 1 + l.ops.len() + 2 + l.live_at_peak.len());
                 assert!(text.contains(&format!("at op {} ({})", l.peak_op, l.ops[l.peak_op].op)));
