@@ -3,6 +3,7 @@
 //! The `no_std`, allocation-free heart of hpff: layer math (forward and backward),
 //! losses, the optimizer and learning-rate schedules, a deterministic RNG, network
 //! descriptions ([`arch`]), module partitions ([`partition`]), methods ([`method`]),
+//! the choice of a configuration from a memory budget ([`budget`]),
 //! the training-step schedule with its static memory plan ([`plan`]) and a
 //! single-threaded reference executor ([`exec`]).
 //!
@@ -20,6 +21,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod arch;
+pub mod budget;
 pub mod error;
 pub mod exec;
 pub mod init;

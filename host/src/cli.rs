@@ -212,6 +212,10 @@ pub struct TrainArgs {
     /// No progress bar and no per-epoch lines
     #[arg(long, short)]
     pub quiet: bool,
+    /// Refuse to start (before allocating) if the plan's activation peak exceeds this size
+    /// (64MiB, 1GiB, bytes), naming a configuration that fits
+    #[arg(long, value_name = "SIZE")]
+    pub memory_limit: Option<String>,
 }
 
 impl TrainArgs {
@@ -322,6 +326,14 @@ pub struct PlanArgs {
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
+    /// List the schedule op by op (training step, then eval pass): every buffer's value,
+    /// offset, size and lifetime, and the values that make up the peak
+    #[arg(long)]
+    pub ops: bool,
+    /// Search K, split points, patch grid and batch (up to --batch-size) for the plan with the
+    /// best expected accuracy whose activation peak fits, e.g. 64MiB, 1GiB, 500MB or bytes
+    #[arg(long, value_name = "SIZE")]
+    pub memory_limit: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -368,7 +380,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => {
             let cfg = with_file(&a.config, a.to_config())?;
-            let opts = RunOptions { resume: a.resume.clone(), stop_after: a.stop_after, quiet: a.quiet };
+            let memory_limit = a.memory_limit.as_deref().map(commands::budget::parse_size).transpose()?;
+            let opts = RunOptions { resume: a.resume.clone(), stop_after: a.stop_after, quiet: a.quiet, memory_limit };
             train::train(&cfg, &opts).map(|_| ())
         }
         Command::Eval(a) => {
@@ -388,7 +401,8 @@ pub fn run(cli: Cli) -> Result<()> {
             let flags = Config { width: a.width, ..a.model.to_config() };
             let cfg = with_file(&a.config, flags)?.complete();
             let shape = a.shape.shape(cfg.dataset.unwrap_or(DatasetName::FashionMnist))?;
-            commands::plan::plan(&cfg, shape, a.json)
+            let limit = a.memory_limit.as_deref().map(commands::budget::parse_size).transpose()?;
+            commands::plan::plan(&cfg, shape, a.json, a.ops, limit)
         }
         Command::Bench(a) => {
             let flags = Config {

@@ -46,7 +46,7 @@ fn extra(plan: &Plan) -> Extra {
     let mut partial = 0;
     let mut scan = |op: &Op| {
         let need = match *op {
-            Op::ConvBackward { s, .. } => s.weight_len() + s.c_out,
+            Op::ConvBackward { s, b, weights: true, .. } => s.weight_len() + b.map_or(0, |_| s.c_out),
             Op::LinearBackward { s, .. } => s.weight_len() + s.out_f,
             Op::BnTrain { s, .. } | Op::BnBackward { s, .. } => 2 * s.c,
             _ => 0,
@@ -349,6 +349,7 @@ impl<'a> Ctx<'a> {
                 ops::batchnorm_eval_stats(&rs[..c], &rs[c..], mean, invstd);
                 self.bn_apply(s, gp, x, y, stats);
             }
+            Op::BnApply { s, p: gp, x, y, stats } => self.bn_apply(s, gp, x, y, stats),
             Op::Relu { x } => self.each_chunk(|_, i0, cnt| ops::relu_inplace(self.rows_mut(x, i0, cnt))),
             Op::AddRelu { y, x } => self.each_chunk(|_, i0, cnt| {
                 let ys = self.rows_mut(y, i0, cnt);
@@ -521,5 +522,49 @@ impl<'a> Ctx<'a> {
                 ops::add_assign(gbias, &part[wl..]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Snapshot;
+    use hpff_core::arch::Arch;
+    use hpff_core::method::{Base, Method};
+    use hpff_core::optim::Sgd;
+    use hpff_core::partition::{Partition, TableKind};
+    use hpff_core::rng::Rng;
+
+    /// The executor's own buffers, filled with a sentinel, are used up to their planned
+    /// size by one step (every access is a bounds-checked slice of exactly that size, so
+    /// none can go past it): the plan's conv scratch per thread and the partial sums per chunk.
+    #[test]
+    fn a_step_uses_its_own_scratch_up_to_the_planned_size() {
+        let arch = Arch::resnet(20, 3, 16, 10).unwrap();
+        let part = Partition::for_k(&arch, 4, TableKind::Reference).unwrap();
+        let method = Method::reference(Base::InfoPro, true);
+        let plan = Plan::new(arch, part, method, 16, [0.5; 4], [0.25, 0.25, 0.25, 1.0]).unwrap();
+        let mut ex = CpuExecutor::new(&plan, 1);
+        Snapshot::init(&plan, &mut Rng::new(1)).upload(&mut ex).unwrap();
+        let sentinel = f32::from_bits(0x7fc0_1234);
+        ex.scratch.fill(sentinel);
+        ex.partials.fill(sentinel);
+        let mut rng = Rng::new(2);
+        let x: Vec<f32> = (0..plan.input().len).map(|_| rng.uniform() * 2.0 - 1.0).collect();
+        let labels: Vec<u32> = (0..16).map(|i| i % 10).collect();
+        let mut losses = vec![0.0; plan.loss_slots()];
+        let input = StepInput { x: &x, labels: &labels, lr: 0.1, sgd: Sgd::default() };
+        ex.train_step(&plan, &input, &mut losses).unwrap();
+        let highest = |v: &[f32]| v.iter().rposition(|f| f.to_bits() != sentinel.to_bits()).map_or(0, |i| i + 1);
+        assert_eq!(ex.scratch.len(), plan.scratch().len);
+        assert!(
+            highest(&ex.scratch) as f64 >= 0.95 * plan.scratch().len as f64,
+            "{} of {}",
+            highest(&ex.scratch),
+            plan.scratch().len
+        );
+        let per_chunk = ex.e.partial_per_chunk;
+        let first_chunk = &ex.partials[..per_chunk];
+        assert_eq!(highest(first_chunk), per_chunk);
     }
 }

@@ -196,6 +196,8 @@ pub struct RunOptions {
     pub stop_after: Option<u32>,
     /// No progress bar and no per-epoch lines.
     pub quiet: bool,
+    /// Refuse a plan whose activation peak exceeds this many bytes.
+    pub memory_limit: Option<usize>,
 }
 
 /// The result of [`train`].
@@ -261,6 +263,9 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     let out = cfg.out.clone().expect("completed");
     let batch = setup.batch;
     let plan = setup.plan(batch)?;
+    if let Some(limit) = opts.memory_limit {
+        crate::commands::budget::check_fits(&setup, &plan, limit)?;
+    }
     let tail_n = data.train.n % batch;
     // The last partial batch (the reference's DataLoader keeps it) runs on a plan of
     // its own size; parameter offsets do not depend on the batch, so the arena is shared.

@@ -377,3 +377,28 @@ fn installed_fashion_mnist() {
     eprintln!("Fashion-MNIST, 1024 images, 1 epoch of resnet8 infopro+hpff K=2: test accuracy {acc:.3}");
     assert!(acc > 0.3, "{acc}");
 }
+
+#[test]
+fn plan_lists_ops_and_chooses_from_a_memory_limit() {
+    let o =
+        hpff(&["plan", "--arch", "resnet20", "--method", "infopro", "--hpff", "--batch-size", "8", "--json", "--ops"]);
+    ok(&o);
+    let v = json(&stdout(&o));
+    let train = &v["ops"]["train"];
+    let peak = train["peak_bytes"].as_u64().unwrap();
+    assert!(peak <= v["memory_bytes"]["activations"].as_u64().unwrap());
+    let ops = train["ops"].as_array().unwrap();
+    assert_eq!(ops[0]["op"], "begin_step");
+    assert!(ops.iter().any(|op| op["op"] == "bn_apply"), "backward recomputes ReLU outputs");
+
+    let o = hpff(&["plan", "--dataset", "cifar10", "--arch", "resnet110", "--memory-limit", "64MiB", "--json"]);
+    ok(&o);
+    let v = json(&stdout(&o));
+    assert!(v["memory_bytes"]["activations"].as_u64().unwrap() <= 64 << 20);
+    assert_eq!(v["memory_limit"]["bytes"], 64 << 20);
+
+    let o = hpff(&["plan", "--dataset", "cifar10", "--method", "e2e", "--memory-limit", "1MiB"]);
+    fails(&o, &["nothing fits in 1.0 MiB", "the smallest plan"]);
+    let o = hpff(&["plan", "--memory-limit", "64XB"]);
+    fails(&o, &["--memory-limit \"64XB\""]);
+}

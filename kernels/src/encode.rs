@@ -151,6 +151,7 @@ impl<'a, S: Sink> Encoder<'a, S> {
                 self.each(K::BnEvalStats, s.c, &[Arg::P(self.a(state)), self.b(stats), Arg::F(BN_EPS)])?;
                 self.bn_forward(&s, p, x, y, stats)?;
             }
+            Op::BnApply { s, p, x, y, stats } => self.bn_forward(&s, p, x, y, stats)?,
             Op::Relu { x } => self.each(K::Relu, x.len, &[self.b(x)])?,
             Op::AddRelu { y, x } => self.each(K::AddRelu, y.len, &[self.b(y), self.b(x)])?,
             Op::Sigmoid { x, y } => self.each(K::Sigmoid, x.len, &[self.b(x), self.b(y)])?,

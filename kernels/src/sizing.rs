@@ -65,7 +65,9 @@ impl Extras {
                 conv_per_image = conv_per_image.max(conv_ws_per_image(&s));
                 max_c = max_c.max(s.c_out);
             }
-            Op::BnTrain { s, .. } | Op::BnEval { s, .. } | Op::BnBackward { s, .. } => max_c = max_c.max(s.c),
+            Op::BnTrain { s, .. } | Op::BnEval { s, .. } | Op::BnApply { s, .. } | Op::BnBackward { s, .. } => {
+                max_c = max_c.max(s.c)
+            }
             Op::Bce { p, .. } => flat = flat.max(flat_parts(p.len)),
             _ => {}
         };

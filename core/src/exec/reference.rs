@@ -179,6 +179,12 @@ impl<'a> Arena<'a> {
                 let gb = self.r(buf(gp, 2 * c));
                 ops::batchnorm_forward(&s, n, self.r(x), mean, invstd, &gb[..c], &gb[c..], self.w(y));
             }
+            Op::BnApply { s, p: gp, x, y, stats } => {
+                let c = s.c;
+                let (mean, invstd) = self.r(stats)[..2 * c].split_at(c);
+                let gb = self.r(buf(gp, 2 * c));
+                ops::batchnorm_forward(&s, n, self.r(x), mean, invstd, &gb[..c], &gb[c..], self.w(y));
+            }
             Op::Relu { x } => ops::relu_inplace(self.w(x)),
             Op::AddRelu { y, x } => {
                 let y = self.w(y);

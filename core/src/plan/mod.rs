@@ -38,7 +38,7 @@ mod schedule;
 /// `method` need not depend on the plan that depends on them.
 pub use crate::error::PlanError;
 pub use layout::{BlockP, BnP, ConvP, DecoderP, HeadP, Init, LinearP, Name, StemP, Tensor, TensorKind};
-pub use op::{Buf, LossKind, LossSlot, Op, LOSS_KINDS};
+pub use op::{Access, Buf, LossKind, LossSlot, Op, LOSS_KINDS};
 
 use crate::arch::Arch;
 use crate::method::{Base, Levels, Method};

@@ -74,6 +74,15 @@ pub enum Op {
         y: Buf,
         stats: Buf,
     },
+    /// BN with the batch statistics a [`Op::BnTrain`] left in `stats` (same arithmetic, so the
+    /// same bits): recomputes in backward a BN output that the forward did not keep.
+    BnApply {
+        s: BatchNorm2d,
+        p: usize,
+        x: Buf,
+        y: Buf,
+        stats: Buf,
+    },
     Relu {
         x: Buf,
     },
@@ -203,6 +212,143 @@ pub enum Op {
     },
     /// One SGD step over all parameters.
     Sgd,
+}
+
+impl Op {
+    /// The op's name, as listed by `hpff plan --ops`.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Op::BeginStep => "begin_step",
+            Op::Zero { .. } => "zero",
+            Op::Restore { .. } => "restore",
+            Op::Conv { .. } => "conv",
+            Op::BnTrain { .. } => "bn_train",
+            Op::BnEval { .. } => "bn_eval",
+            Op::BnApply { .. } => "bn_apply",
+            Op::Relu { .. } => "relu",
+            Op::AddRelu { .. } => "add_relu",
+            Op::Sigmoid { .. } => "sigmoid",
+            Op::Pool { .. } => "pool",
+            Op::Linear { .. } => "linear",
+            Op::Resize { .. } => "resize",
+            Op::Crop { .. } => "crop",
+            Op::L2Normalize { .. } => "l2_normalize",
+            Op::CrossEntropy { .. } => "cross_entropy",
+            Op::Bce { .. } => "bce",
+            Op::SupCon { .. } => "supcon",
+            Op::ConvBackward { .. } => "conv_backward",
+            Op::BnBackward { .. } => "bn_backward",
+            Op::ReluBackward { .. } => "relu_backward",
+            Op::SigmoidBackward { .. } => "sigmoid_backward",
+            Op::PoolBackward { .. } => "pool_backward",
+            Op::LinearBackward { .. } => "linear_backward",
+            Op::ResizeBackward { .. } => "resize_backward",
+            Op::L2NormalizeBackward { .. } => "l2_normalize_backward",
+            Op::Add { .. } => "add",
+            Op::Sgd => "sgd",
+        }
+    }
+
+    /// Calls `f(field, access, buffer)` for every activation-stack buffer the op touches
+    /// (parameters, gradients and BN state live in their own regions and are not listed).
+    pub fn for_each_buf(&self, mut f: impl FnMut(&'static str, Access, Buf)) {
+        use Access::{Read as R, Update as U, Write as W};
+        match *self {
+            Op::BeginStep | Op::Sgd => {}
+            Op::Zero { buf } => f("buf", W, buf),
+            Op::Relu { x } => f("x", U, x),
+            Op::Restore { x, y, .. }
+            | Op::Conv { x, y, .. }
+            | Op::Sigmoid { x, y }
+            | Op::Pool { x, y, .. }
+            | Op::Linear { x, y, .. }
+            | Op::Resize { x, y, .. }
+            | Op::Crop { x, y, .. }
+            | Op::L2Normalize { x, y, .. } => {
+                f("x", R, x);
+                f("y", W, y);
+            }
+            Op::AddRelu { y, x } | Op::Add { y, x } => {
+                f("x", R, x);
+                f("y", U, y);
+            }
+            Op::BnTrain { x, y, stats, .. } | Op::BnEval { x, y, stats, .. } => {
+                f("x", R, x);
+                f("stats", W, stats);
+                f("y", W, y);
+            }
+            Op::BnApply { x, y, stats, .. } => {
+                f("x", R, x);
+                f("stats", R, stats);
+                f("y", W, y);
+            }
+            Op::CrossEntropy { logits, dlogits, .. } => {
+                f("logits", R, logits);
+                f("dlogits", W, dlogits);
+            }
+            Op::Bce { p, t, dp, .. } => {
+                f("p", R, p);
+                f("t", R, t);
+                f("dp", W, dp);
+            }
+            Op::SupCon { f: feats, df, scratch, .. } => {
+                f("f", R, feats);
+                f("scratch", W, scratch);
+                f("df", W, df);
+            }
+            Op::ConvBackward { x, dy, dx, .. } | Op::LinearBackward { x, dy, dx, .. } => {
+                f("x", R, x);
+                f("dy", R, dy);
+                if let Some(dx) = dx {
+                    f("dx", W, dx);
+                }
+            }
+            Op::BnBackward { x, dy, dx, stats, sums, .. } => {
+                f("x", R, x);
+                f("dy", R, dy);
+                f("stats", R, stats);
+                f("sums", W, sums);
+                f("dx", W, dx);
+            }
+            Op::ReluBackward { y, dy } => {
+                f("y", R, y);
+                f("dy", U, dy);
+            }
+            Op::SigmoidBackward { y, dy, dx } | Op::L2NormalizeBackward { x: y, dy, dx, .. } => {
+                f(if matches!(self, Op::SigmoidBackward { .. }) { "y" } else { "x" }, R, y);
+                f("dy", R, dy);
+                f("dx", W, dx);
+            }
+            Op::PoolBackward { dy, dx, .. } => {
+                f("dy", R, dy);
+                f("dx", W, dx);
+            }
+            Op::ResizeBackward { dy, dx, .. } => {
+                f("dy", R, dy);
+                f("dx", U, dx);
+            }
+        }
+    }
+}
+
+/// How an op uses a buffer: what a liveness analysis needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    /// Overwritten whole, without reading it first.
+    Write,
+    /// Read and written (in place, or accumulated into).
+    Update,
+}
+
+impl Access {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Update => "update",
+        }
+    }
 }
 
 /// Kinds of recorded loss; a module has one slot per kind.

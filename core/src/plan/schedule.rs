@@ -1,8 +1,19 @@
 //! The schedule generator: emits the ops of a step while a stack allocator hands
 //! out activation buffers. Popping a module's frame after its backward is what
 //! makes the memory of local learning follow one module at a time.
+//!
+//! What a training step keeps for backward, and why it is enough:
+//! - per conv–BN(–ReLU) layer only the conv output (the BN input) and the batch statistics;
+//!   an inner ReLU output is recomputed in backward ([`Op::BnApply`] + [`Op::Relu`], the
+//!   forward's own arithmetic on the same values, so the same bits) and lives in a
+//!   temporary; the shortcut BN's output is a forward temporary too;
+//! - a module's last backward (the one that takes its parameter gradients) walks its blocks
+//!   from the top down and reuses the region of every block it has finished: the next
+//!   block's output gradient and its temporaries go there, and a block's input gradient
+//!   overlays the block's own values once nothing reads them any more;
+//! - an eval pass keeps only the current block's input, output and two temporaries.
 
-use super::layout::{BlockP, DecoderP, HeadP};
+use super::layout::{BlockP, BnP, DecoderP, HeadP};
 use super::op::{Buf, LossKind, LossSlot, Op};
 use super::{AuxNet, Plan};
 use crate::method::Levels;
@@ -25,24 +36,27 @@ pub(crate) fn dry_run(plan: &Plan, train: bool) -> DryRun {
     DryRun { peak: g.peak, decoder_peak: g.decoder_peak, scratch: g.scratch }
 }
 
-/// Saved forward values of one residual block (train and eval share the layout).
+/// Saved forward values of one residual block in training.
 #[derive(Clone, Copy)]
 struct BlockActs {
     x: Buf,
-    /// Conv outputs (BN inputs), BN batch statistics, ReLU outputs of inner layers.
+    /// Conv outputs (BN inputs) and BN batch statistics.
     h: [Buf; 3],
     st: [Buf; 3],
-    a: [Buf; 2],
-    /// Shortcut conv output, its BN statistics and its BN output.
-    ds: Option<(Buf, Buf, Buf)>,
+    /// Shortcut conv output and its BN statistics.
+    ds: Option<(Buf, Buf)>,
     out: Buf,
+    /// The block's own region of the stack, `[start, end)`.
+    start: usize,
+    end: usize,
 }
 
+/// What the stem keeps: its conv output and batch statistics (its ReLU output, module 0's
+/// input, is a forward temporary, recomputed for the backward).
 #[derive(Clone, Copy)]
 struct StemActs {
     h: Buf,
     st: Buf,
-    a: Buf,
 }
 
 /// A module waiting for its parameter gradients in [`Gen::train_hpff`].
@@ -59,6 +73,8 @@ struct Frame {
 struct ModuleFwd {
     j: usize,
     start: usize,
+    /// End of its values on the stack.
+    end: usize,
     x: Buf,
     out: Buf,
 }
@@ -98,6 +114,14 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         b
     }
 
+    /// `len` floats at `off`, over values the caller knows are dead; the stack grows to cover them.
+    fn alloc_at(&mut self, off: usize, len: usize) -> Buf {
+        let b = Buf { off, len };
+        self.top = self.top.max(b.end());
+        self.peak = self.peak.max(self.top - self.plan.act_off());
+        b
+    }
+
     fn op(&mut self, op: Op) {
         if let Op::Conv { s, .. } | Op::ConvBackward { s, .. } = op {
             self.scratch = self.scratch.max(s.scratch_len());
@@ -123,22 +147,46 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
 
     // ---- backbone ------------------------------------------------------------------
 
-    fn stem_fwd(&mut self, img: Buf, mode: Fwd) -> StemActs {
+    /// The stem and module 0 (BN running statistics of module 0 updated per `mode`). The
+    /// stem's output goes above the module's values, so it is dropped with the forward.
+    fn stem_module_fwd(&mut self, img: Buf, out: Buf, mode: Fwd) -> (StemActs, ModuleFwd) {
         let sp = self.plan.stem();
         let len = self.n * sp.bn.s.c * sp.bn.s.hw;
-        let h = self.alloc(len);
-        let st = self.alloc(4 * sp.bn.s.c);
+        let s = StemActs { h: self.alloc(len), st: self.alloc(4 * sp.bn.s.c) };
+        let m = self.module_alloc(0, NONE, out);
         let a = self.alloc(len);
-        self.op(Op::Conv { s: sp.conv.s, w: sp.conv.w, b: None, x: img, y: h });
-        self.bn_fwd(sp.bn, h, a, st, mode);
+        self.op(Op::Conv { s: sp.conv.s, w: sp.conv.w, b: None, x: img, y: s.h });
+        self.bn_fwd(sp.bn, s.h, a, s.st, TRAIN);
         self.op(Op::Relu { x: a });
-        StemActs { h, st, a }
+        let m = ModuleFwd { x: a, ..m };
+        self.module_run(&m, mode);
+        self.top = m.end;
+        (s, m)
     }
 
-    fn stem_bwd(&mut self, s: &StemActs, img: Buf, dout: Buf) {
+    /// Backward of module 0 and the stem under it, the last use of their values: the
+    /// stem's output is recomputed on top; its gradient and temporaries go over the
+    /// module's values when they fit.
+    fn stem_module_bwd(&mut self, m: &ModuleFwd, s: &StemActs, img: Buf, dout: Buf) {
+        let mark = self.top;
+        let a = self.alloc(s.h.len);
+        self.relu_recompute(self.plan.stem().bn, (s.h, s.st), a);
+        let m = ModuleFwd { x: a, ..*m };
+        let ds = match self.input_grad_in_module(&m, a.len) {
+            Some(b) => b,
+            None => self.alloc(a.len),
+        };
+        self.module_bwd(&m, dout, Some(ds), true);
+        let lo = if ds.off >= m.start && ds.off < m.end { ds.end() } else { m.start };
+        self.stem_bwd(s, a, img, ds, Some((lo, m.end)));
+        self.top = mark;
+    }
+
+    fn stem_bwd(&mut self, s: &StemActs, a: Buf, img: Buf, dout: Buf, room: Option<(usize, usize)>) {
         let sp = self.plan.stem();
         let mark = self.top;
-        self.op(Op::ReluBackward { y: s.a, dy: dout });
+        self.op(Op::ReluBackward { y: a, dy: dout });
+        self.top = self.reuse_or_top(room, s.h.len + 2 * sp.bn.s.c);
         let dh = self.alloc(s.h.len);
         let sums = self.alloc(2 * sp.bn.s.c);
         self.op(Op::BnBackward { s: sp.bn.s, p: sp.bn.p, x: s.h, dy: dout, dx: dh, stats: s.st, sums, weights: true });
@@ -156,62 +204,104 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
 
     fn block_alloc(&mut self, bp: &BlockP, x: Buf, out: Option<Buf>) -> BlockActs {
         let n = self.n;
-        let mut acts = BlockActs { x, h: [NONE; 3], st: [NONE; 3], a: [NONE; 2], ds: None, out: NONE };
+        let start = self.top;
+        let mut acts = BlockActs { x, h: [NONE; 3], st: [NONE; 3], ds: None, out: NONE, start, end: start };
         for l in 0..bp.layers {
             let bn = bp.bns[l].s;
             acts.h[l] = self.alloc(n * bn.c * bn.hw);
             acts.st[l] = self.alloc(4 * bn.c);
-            if l + 1 < bp.layers {
-                acts.a[l] = self.alloc(n * bn.c * bn.hw);
-            }
         }
         if let Some((_, bn)) = bp.downsample {
-            let len = n * bn.s.c * bn.s.hw;
-            acts.ds = Some((self.alloc(len), self.alloc(4 * bn.s.c), self.alloc(len)));
+            acts.ds = Some((self.alloc(n * bn.s.c * bn.s.hw), self.alloc(4 * bn.s.c)));
         }
         let sh = bp.shape;
         acts.out = out.unwrap_or_else(|| self.alloc(n * sh.c_out * sh.h_out * sh.w_out));
+        acts.end = self.top;
         acts
     }
 
+    /// Floats of the longest inner ReLU output of a block (0 for one layer).
+    fn inner_len(&self, bp: &BlockP) -> usize {
+        (0..bp.layers.saturating_sub(1)).map(|l| self.n * bp.bns[l].s.c * bp.bns[l].s.hw).max().unwrap_or(0)
+    }
+
     fn block_fwd(&mut self, bp: &BlockP, a: &BlockActs, mode: Fwd) {
+        let mark = self.top;
+        // Inner ReLU outputs and the shortcut's BN output die within the forward.
+        let tmp = self.alloc(self.inner_len(bp).max(if a.ds.is_some() { a.out.len } else { 0 }));
         let mut inp = a.x;
         for l in 0..bp.layers {
             let c = bp.convs[l];
             self.op(Op::Conv { s: c.s, w: c.w, b: None, x: inp, y: a.h[l] });
             if l + 1 < bp.layers {
-                self.bn_fwd(bp.bns[l], a.h[l], a.a[l], a.st[l], mode);
-                self.op(Op::Relu { x: a.a[l] });
-                inp = a.a[l];
+                let r = Buf { off: tmp.off, len: a.h[l].len };
+                self.bn_fwd(bp.bns[l], a.h[l], r, a.st[l], mode);
+                self.op(Op::Relu { x: r });
+                inp = r;
             } else {
                 self.bn_fwd(bp.bns[l], a.h[l], a.out, a.st[l], mode);
             }
         }
         match (bp.downsample, a.ds) {
-            (Some((c, bn)), Some((hd, sd, od))) => {
+            (Some((c, bn)), Some((hd, sd))) => {
+                let od = Buf { off: tmp.off, len: a.out.len };
                 self.op(Op::Conv { s: c.s, w: c.w, b: None, x: a.x, y: hd });
                 self.bn_fwd(bn, hd, od, sd, mode);
                 self.op(Op::AddRelu { y: a.out, x: od });
             }
             _ => self.op(Op::AddRelu { y: a.out, x: a.x }),
         }
+        self.top = mark;
+    }
+
+    /// Where `len` floats of temporaries go: at `lo` when they fit below `hi` (dead values
+    /// the caller knows of), else on top of the stack.
+    fn reuse_or_top(&self, room: Option<(usize, usize)>, len: usize) -> usize {
+        match room {
+            Some((lo, hi)) if lo + len <= hi => lo,
+            _ => self.top,
+        }
     }
 
     /// Backward of one block: `dout` (modified in place) is the gradient of its output;
-    /// adds parameter gradients when `weights` and writes `dx` when given.
-    fn block_bwd(&mut self, bp: &BlockP, a: &BlockActs, dout: Buf, dx: Option<Buf>, weights: bool) {
+    /// adds parameter gradients when `weights` and writes `dx` when given. Temporaries go
+    /// into `room` when they fit. `dx` may overlay the block's own values: it is written by
+    /// the last op that reads them.
+    fn block_bwd(
+        &mut self,
+        bp: &BlockP,
+        a: &BlockActs,
+        dout: Buf,
+        dx: Option<Buf>,
+        weights: bool,
+        room: Option<(usize, usize)>,
+    ) {
         let mark = self.top;
-        let n = self.n;
-        self.op(Op::ReluBackward { y: a.out, dy: dout });
-        let tmax = (0..bp.layers).map(|l| a.h[l].len).max().unwrap_or(0);
+        let tmax = (0..bp.layers).map(|l| a.h[l].len).max().unwrap_or(0).max(a.ds.map_or(0, |d| d.0.len));
         let cmax = (0..bp.layers).map(|l| bp.bns[l].s.c).max().unwrap_or(0).max(bp.shape.c_out);
-        let ta = self.alloc(tmax);
-        let tb = self.alloc(tmax);
-        let sums = self.alloc(2 * cmax);
+        // On a last backward a recomputed ReLU output goes over the BN input just consumed.
+        let overlay = room.is_some() && (1..bp.layers).all(|l| a.h[l].len >= a.h[l - 1].len);
+        let inner = if overlay { 0 } else { self.inner_len(bp) };
+        let shortcut_dx = if a.ds.is_some() { dx.map_or(0, |d| d.len) } else { 0 };
+        self.top = self.reuse_or_top(room, 2 * tmax + inner + 2 * cmax + shortcut_dx);
+        let (t1, t2, ra, sums) = (self.alloc(tmax), self.alloc(tmax), self.alloc(inner), self.alloc(2 * cmax));
+        self.op(Op::ReluBackward { y: a.out, dy: dout });
+        // The shortcut first: dx may overlay this block's values, which it reads.
+        let shortcut = match (bp.downsample, a.ds) {
+            (Some((c, bn)), Some((hd, sd))) => {
+                let dh = Buf { off: t1.off, len: hd.len };
+                let sums_d = Buf { off: sums.off, len: 2 * bn.s.c };
+                self.op(Op::BnBackward { s: bn.s, p: bn.p, x: hd, dy: dout, dx: dh, stats: sd, sums: sums_d, weights });
+                let tmp = dx.map(|d| self.alloc(d.len));
+                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.x, dy: dh, dx: tmp, weights });
+                tmp
+            }
+            _ => dx.map(|_| dout),
+        };
         let mut dcur = dout;
         for l in (0..bp.layers).rev() {
             let bn = bp.bns[l];
-            let dh = Buf { off: ta.off, len: a.h[l].len };
+            let dh = Buf { off: t1.off, len: a.h[l].len };
             let sums_l = Buf { off: sums.off, len: 2 * bn.s.c };
             self.op(Op::BnBackward {
                 s: bn.s,
@@ -225,47 +315,46 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             });
             let c = bp.convs[l];
             if l > 0 {
-                let da = Buf { off: tb.off, len: a.a[l - 1].len };
-                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.a[l - 1], dy: dh, dx: Some(da), weights });
-                self.op(Op::ReluBackward { y: a.a[l - 1], dy: da });
+                let r = Buf { off: if overlay { a.h[l].off } else { ra.off }, len: a.h[l - 1].len };
+                self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
+                let da = Buf { off: t2.off, len: r.len };
+                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: r, dy: dh, dx: Some(da), weights });
+                self.op(Op::ReluBackward { y: r, dy: da });
                 dcur = da;
             } else {
                 self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.x, dy: dh, dx, weights });
             }
         }
-        match (bp.downsample, a.ds) {
-            (Some((c, bn)), Some((hd, sd, _))) => {
-                let dh = Buf { off: ta.off, len: hd.len };
-                let sums_d = Buf { off: sums.off, len: 2 * bn.s.c };
-                self.op(Op::BnBackward { s: bn.s, p: bn.p, x: hd, dy: dout, dx: dh, stats: sd, sums: sums_d, weights });
-                let tmp = dx.map(|d| self.alloc(d.len));
-                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.x, dy: dh, dx: tmp, weights });
-                if let (Some(d), Some(t)) = (dx, tmp) {
-                    self.op(Op::Add { y: d, x: t });
-                }
-            }
-            _ => {
-                if let Some(d) = dx {
-                    self.op(Op::Add { y: d, x: dout });
-                }
-            }
+        if let (Some(d), Some(s)) = (dx, shortcut) {
+            self.op(Op::Add { y: d, x: s });
         }
-        let _ = n;
         self.top = mark;
     }
 
     fn module_fwd(&mut self, j: usize, x: Buf, out: Buf, mode: Fwd) -> ModuleFwd {
+        let m = self.module_alloc(j, x, out);
+        self.module_run(&m, mode);
+        m
+    }
+
+    /// Allocates the values module `j` keeps for backward (all its blocks').
+    fn module_alloc(&mut self, j: usize, x: Buf, out: Buf) -> ModuleFwd {
         let start = self.top;
         let blocks = self.plan.part.blocks_of(j);
         let mut cur = x;
         for g in blocks.clone() {
             let bp = self.plan.block(g);
-            let last = g + 1 == blocks.end;
-            let acts = self.block_alloc(&bp, cur, last.then_some(out));
-            self.block_fwd(&bp, &acts, mode);
+            let acts = self.block_alloc(&bp, cur, (g + 1 == blocks.end).then_some(out));
             cur = acts.out;
         }
-        ModuleFwd { j, start, x, out }
+        ModuleFwd { j, start, end: self.top, x, out }
+    }
+
+    fn module_run(&mut self, m: &ModuleFwd, mode: Fwd) {
+        for g in self.plan.part.blocks_of(m.j) {
+            let (bp, acts) = self.acts_of(m, g);
+            self.block_fwd(&bp, &acts, mode);
+        }
     }
 
     /// Re-derives the layout of block `g` of a module's forward (allocation is deterministic).
@@ -288,57 +377,83 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         found.expect("block belongs to the module")
     }
 
-    /// Backward of a module: parameter gradients when `weights`, input gradient into `dx` when given.
+    /// Where the input gradient of module `m` can go when its backward is the last use of
+    /// its values: over its first block's, if it fits there.
+    fn input_grad_in_module(&mut self, m: &ModuleFwd, len: usize) -> Option<Buf> {
+        let (_, first) = self.acts_of(m, self.plan.part.blocks_of(m.j).start);
+        (first.start + len <= first.end).then_some(Buf { off: first.start, len })
+    }
+
+    /// Backward of a module: parameter gradients when `weights`, input gradient into `dx`
+    /// when given. The pass that takes parameter gradients is the last to read the module's
+    /// values (see [`Gen::train_hpff`]), so it reuses the region of each block it finishes.
     fn module_bwd(&mut self, m: &ModuleFwd, dout: Buf, dx: Option<Buf>, weights: bool) {
         let mark = self.top;
         let blocks = self.plan.part.blocks_of(m.j);
-        let n = self.n;
-        let maxlen = blocks
-            .clone()
-            .map(|g| {
-                let s = self.plan.arch.block(g);
-                n * s.c_in * s.h_in * s.w_in
-            })
-            .max()
-            .unwrap_or(0);
-        let ping = if blocks.len() > 1 { [self.alloc(maxlen), self.alloc(maxlen)] } else { [NONE; 2] };
+        let consume = weights;
+        let mut ping: Option<[Buf; 2]> = None;
         let mut dy = dout;
         let mut k = 0;
         for g in blocks.clone().rev() {
             let (bp, acts) = self.acts_of(m, g);
             let first = g == blocks.start;
-            let dxb = if first { dx } else { Some(Buf { off: ping[k].off, len: acts.x.len }) };
-            self.block_bwd(&bp, &acts, dy, dxb, weights);
+            let len = acts.x.len;
+            let dxb = if first {
+                dx
+            } else if consume && acts.start + len <= acts.end {
+                Some(Buf { off: acts.start, len })
+            } else {
+                let maxlen = blocks.clone().map(|b| self.in_len(b)).max().unwrap_or(0);
+                let p = *ping.get_or_insert_with(|| [self.alloc(maxlen), self.alloc(maxlen)]);
+                k ^= 1;
+                Some(Buf { off: p[k].off, len })
+            };
+            // Dead space: the regions of the blocks above, less the gradient living there.
+            let room = consume.then(|| {
+                let lo = if dy.off >= acts.end && dy.off < m.end { dy.end() } else { acts.end };
+                (lo, m.end)
+            });
+            self.block_bwd(&bp, &acts, dy, dxb, weights, room);
             if let (false, Some(d)) = (first, dxb) {
                 dy = d;
-                k ^= 1;
             }
         }
         self.top = mark;
     }
 
+    /// Floats of block `g`'s input.
+    fn in_len(&self, g: usize) -> usize {
+        let s = self.plan.arch.block(g);
+        self.n * s.c_in * s.h_in * s.w_in
+    }
+
     // ---- auxiliary nets and the classifier ----------------------------------------
 
-    /// An auxiliary classifier's loss on `x`; its input gradient is added to `dacc`.
+    /// An auxiliary classifier's loss on `x`; its input gradient is added to `dacc`. Each
+    /// conv keeps its output and batch statistics; its ReLU output is a temporary, recomputed
+    /// in backward.
     fn head_loss(&mut self, hp: &HeadP, x: Buf, dacc: Buf, scale: f32, slot: LossSlot) {
         let mark = self.top;
         let n = self.n;
-        let mut saved = [(NONE, NONE, NONE); 2];
-        let mut inp = x;
-        for i in 0..hp.n_convs {
-            let (c, bn) = hp.convs[i];
-            let len = n * bn.s.c * bn.s.hw;
-            let h = self.alloc(len);
-            let st = self.alloc(4 * bn.s.c);
-            let a = self.alloc(len);
-            self.op(Op::Conv { s: c.s, w: c.w, b: None, x: inp, y: h });
-            self.bn_fwd(bn, h, a, st, TRAIN);
-            self.op(Op::Relu { x: a });
-            saved[i] = (h, st, a);
-            inp = a;
+        let mut saved = [(NONE, NONE); 2];
+        for (i, s) in saved.iter_mut().enumerate().take(hp.n_convs) {
+            let bn = hp.convs[i].1.s;
+            *s = (self.alloc(n * bn.c * bn.hw), self.alloc(4 * bn.c));
         }
         let pooled = self.alloc(n * hp.pool_c);
+        let alen = saved.iter().map(|s| s.0.len).max().unwrap_or(0);
+        let fwd_tmp = self.top;
+        let r = self.alloc(alen);
+        let mut inp = x;
+        for (i, &(h, st)) in saved.iter().enumerate().take(hp.n_convs) {
+            let (c, bn) = hp.convs[i];
+            self.op(Op::Conv { s: c.s, w: c.w, b: None, x: inp, y: h });
+            inp = Buf { off: r.off, len: h.len };
+            self.bn_fwd(bn, h, inp, st, TRAIN);
+            self.op(Op::Relu { x: inp });
+        }
         self.op(Op::Pool { c: hp.pool_c, hw: hp.pool_hw, x: inp, y: pooled });
+        self.top = fwd_tmp;
         let mut outs = [NONE; 3];
         let mut lin_in = pooled;
         for i in 0..hp.n_linears {
@@ -374,23 +489,59 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             }
             dcur = dxi;
         }
-        let dp = self.alloc(inp.len);
-        self.op(Op::PoolBackward { c: hp.pool_c, hw: hp.pool_hw, dy: dcur, dx: dp });
-        let mut dcur = dp;
+        let dpool = dcur;
+        if hp.n_convs == 0 {
+            let dp = self.alloc(x.len);
+            self.op(Op::PoolBackward { c: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dp });
+            self.op(Op::Add { y: dacc, x: dp });
+            self.top = mark;
+            return;
+        }
+        // Conv backward: the running gradient in `g`, the BN input gradient in `dh`, the
+        // recomputed ReLU output in `r` (it is also the next conv's input, so computed once).
+        let g = self.alloc(alen.max(x.len));
+        let dh = self.alloc(alen);
+        let r = self.alloc(alen);
+        let sums = self.alloc(2 * hp.convs.iter().take(hp.n_convs).map(|c| c.1.s.c).max().unwrap_or(0));
+        let last = hp.n_convs - 1;
+        self.relu_recompute(hp.convs[last].1, saved[last], r);
+        let mut dcur = Buf { off: g.off, len: saved[last].0.len };
+        self.op(Op::PoolBackward { c: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dcur });
         for i in (0..hp.n_convs).rev() {
             let (c, bn) = hp.convs[i];
-            let (h, st, a) = saved[i];
+            let (h, st) = saved[i];
+            let a = Buf { off: r.off, len: h.len };
             self.op(Op::ReluBackward { y: a, dy: dcur });
-            let dh = self.alloc(h.len);
-            let sums = self.alloc(2 * bn.s.c);
-            self.op(Op::BnBackward { s: bn.s, p: bn.p, x: h, dy: dcur, dx: dh, stats: st, sums, weights: true });
-            let xin = if i == 0 { x } else { saved[i - 1].2 };
-            let dxi = self.alloc(xin.len);
-            self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: xin, dy: dh, dx: Some(dxi), weights: true });
-            dcur = dxi;
+            let dhi = Buf { off: dh.off, len: h.len };
+            let sums_i = Buf { off: sums.off, len: 2 * bn.s.c };
+            self.op(Op::BnBackward {
+                s: bn.s,
+                p: bn.p,
+                x: h,
+                dy: dcur,
+                dx: dhi,
+                stats: st,
+                sums: sums_i,
+                weights: true,
+            });
+            let xin = if i == 0 {
+                x
+            } else {
+                let below = Buf { off: r.off, len: saved[i - 1].0.len };
+                self.relu_recompute(hp.convs[i - 1].1, saved[i - 1], below);
+                below
+            };
+            dcur = Buf { off: g.off, len: xin.len };
+            self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: xin, dy: dhi, dx: Some(dcur), weights: true });
         }
         self.op(Op::Add { y: dacc, x: dcur });
         self.top = mark;
+    }
+
+    /// Recomputes a BN–ReLU output into `y` from the BN input and batch statistics kept by the forward.
+    fn relu_recompute(&mut self, bn: BnP, (h, st): (Buf, Buf), y: Buf) {
+        self.op(Op::BnApply { s: bn.s, p: bn.p, x: h, y, stats: st });
+        self.op(Op::Relu { x: y });
     }
 
     /// The decoder's loss on `x`, one patch at a time (each patch's backward before the
@@ -411,31 +562,34 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let rs = self.alloc(n * dp.c * po * po);
                 self.op(Op::Resize { win, x, y: rs });
                 let mid = n * bn.s.c * po * po;
+                let a1 = self.alloc(mid);
                 let h1 = self.alloc(mid);
                 let st = self.alloc(4 * bn.s.c);
-                let a1 = self.alloc(mid);
                 self.op(Op::Conv { s: ca.s, w: ca.w, b: ca.b, x: rs, y: h1 });
                 self.bn_fwd(bn, h1, a1, st, TRAIN);
                 self.op(Op::Relu { x: a1 });
+                // Each value takes the place of one that is dead by the time it is written:
+                // the target and dh2 that of h2, da1 that of o and the BCE gradient, dh1 that
+                // of a1, and the resize gradient that of everything from h1 on.
                 let olen = n * ci * po * po;
                 let h2 = self.alloc(olen);
                 let o = self.alloc(olen);
                 self.op(Op::Conv { s: cb.s, w: cb.w, b: cb.b, x: a1, y: h2 });
                 self.op(Op::Sigmoid { x: h2, y: o });
-                let t = self.alloc(olen);
+                let t = h2;
                 let twin = Window { c: ci, h: image, w: image, y0: r * po, x0: c * po, ph: po, pw: po, oh: po, ow: po };
                 self.op(Op::Crop { win: twin, x: img, y: t });
                 let dout = self.alloc(olen);
                 self.op(Op::Bce { p: o, t, dp: dout, scale, slot });
-                let dh2 = self.alloc(olen);
+                let dh2 = h2;
                 self.op(Op::SigmoidBackward { y: o, dy: dout, dx: dh2 });
-                let da1 = self.alloc(mid);
+                let da1 = self.alloc_at(o.off, mid);
                 self.op(Op::ConvBackward { s: cb.s, w: cb.w, b: cb.b, x: a1, dy: dh2, dx: Some(da1), weights: true });
                 self.op(Op::ReluBackward { y: a1, dy: da1 });
-                let dh1 = self.alloc(mid);
-                let sums = self.alloc(2 * bn.s.c);
+                let dh1 = a1;
+                let sums = self.alloc_at(da1.end(), 2 * bn.s.c);
                 self.op(Op::BnBackward { s: bn.s, p: bn.p, x: h1, dy: da1, dx: dh1, stats: st, sums, weights: true });
-                let drs = self.alloc(rs.len);
+                let drs = self.alloc_at(h1.off, rs.len);
                 self.op(Op::ConvBackward { s: ca.s, w: ca.w, b: ca.b, x: rs, dy: dh1, dx: Some(drs), weights: true });
                 self.op(Op::ResizeBackward { win, dy: drs, dx: dacc });
                 self.decoder_peak = self.decoder_peak.max(self.top - entry);
@@ -493,22 +647,28 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     /// E2E (one module) and the plain local methods: each module alone, input detached.
     fn train_local(&mut self, img: Buf, restored: Buf) {
         let m = self.plan.modules();
-        let maxo = self.max_out_len();
-        let carry = if m > 1 { [self.alloc(maxo), self.alloc(maxo)] } else { [NONE; 2] };
         let method = self.plan.method;
+        // A module's output outlives it (the next module's input): it goes at the base when
+        // it fits below the module's input, else right above it, so two outputs of the
+        // current size are live, not two of the largest.
+        let base = self.top;
+        let mut input: Option<Buf> = None;
         for j in 0..m {
+            let len = self.out_len(j);
+            let out = match input {
+                Some(x) if base + len > x.off => self.alloc_at(x.end(), len),
+                _ => self.alloc_at(base, len),
+            };
+            self.top = out.end().max(input.map_or(base, |x| x.end()));
             let mark = self.top;
-            let stem = (j == 0).then(|| self.stem_fwd(img, TRAIN));
-            let x = match stem {
-                Some(s) => s.a,
-                None => Buf { off: carry[(j - 1) % 2].off, len: self.out_len(j - 1) },
+            let (stem, fwd) = match input {
+                None => {
+                    let (s, m) = self.stem_module_fwd(img, out, TRAIN);
+                    (Some(s), m)
+                }
+                Some(x) => (None, self.module_fwd(j, x, out, TRAIN)),
             };
-            let out = if j + 1 == m {
-                self.alloc(self.out_len(j))
-            } else {
-                Buf { off: carry[j % 2].off, len: self.out_len(j) }
-            };
-            let fwd = self.module_fwd(j, x, out, TRAIN);
+            input = Some(out);
             let d = self.zeroed(out.len);
             if j + 1 < m {
                 let (l1, l2) = method.local_weights(&self.plan.part, j);
@@ -522,15 +682,12 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 self.final_loss(out, d, 1.0, LossKind::Ce.slot(j));
             }
             match stem {
-                Some(s) => {
-                    let ds = self.alloc(s.a.len);
-                    self.module_bwd(&fwd, d, Some(ds), true);
-                    self.stem_bwd(&s, img, ds);
-                }
+                Some(s) => self.stem_module_bwd(&fwd, &s, img, d),
                 None => self.module_bwd(&fwd, d, None, true),
             }
             self.top = mark;
         }
+        self.top = base;
     }
 
     /// HiLo, with each module's forward computed once.
@@ -575,8 +732,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let out = Buf { off: outs[j % 3].off, len };
             let t = self.alloc(len);
             let (stem, fwd) = if j == 0 {
-                let s = self.stem_fwd(img, TRAIN);
-                (Some(s), self.module_fwd(0, s.a, out, passes(0)))
+                let (s, m) = self.stem_module_fwd(img, out, passes(0));
+                (Some(s), m)
             } else {
                 let below = frames[(j - 1) % 2].as_ref().expect("module below is live").out;
                 (None, self.module_fwd(j, below, out, passes(j)))
@@ -587,7 +744,6 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             self.op(Op::Zero { buf: t });
             // The cascade-only gradient dies with this step, so it lives above the frames.
             let c = self.zeroed(len);
-            let work = self.top;
 
             // Its losses.
             if j < last {
@@ -621,8 +777,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                     let h = self.alloc(below.out.len);
                     self.module_bwd(&fwd, c, Some(h), false);
                     self.op(Op::Add { y: below.t, x: h });
-                    self.top = work;
                 }
+                // The cascade gradient is spent: the module below's backward goes over it.
+                self.top = c.off;
                 self.frame_bwd(&below, img);
             }
             frames[j % 2] = Some(Frame { fwd, out, t, stem });
@@ -634,16 +791,10 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
 
     /// Parameter gradients of a module from its accumulated output gradient (through the stem for module 0).
     fn frame_bwd(&mut self, f: &Frame, img: Buf) {
-        let mark = self.top;
         match f.stem {
-            Some(s) => {
-                let ds = self.alloc(s.a.len);
-                self.module_bwd(&f.fwd, f.t, Some(ds), true);
-                self.stem_bwd(&s, img, ds);
-            }
+            Some(s) => self.stem_module_bwd(&f.fwd, &s, img, f.t),
             None => self.module_bwd(&f.fwd, f.t, None, true),
         }
-        self.top = mark;
     }
 
     /// Floats of module `j`'s frame in [`Gen::train_hpff`]: its gradient accumulator, forward values.
@@ -651,14 +802,12 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let saved = (self.top, self.peak);
         let start = self.top;
         self.alloc(self.out_len(j));
-        let mut x = NONE;
         if j == 0 {
             let sp = self.plan.stem();
-            let l = self.n * sp.bn.s.c * sp.bn.s.hw;
-            self.alloc(l);
+            self.alloc(self.n * sp.bn.s.c * sp.bn.s.hw);
             self.alloc(4 * sp.bn.s.c);
-            x = self.alloc(l);
         }
+        let mut x = NONE;
         let blocks = self.plan.part.blocks_of(j);
         for g in blocks.clone() {
             let bp = self.plan.block(g);
@@ -670,25 +819,132 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         len
     }
 
-    /// Inference with running BN statistics; logits land at [`Plan::logits`].
+    /// Inference with running BN statistics; logits land at [`Plan::logits`]. Only the
+    /// current block's input and output and two temporaries are live: O(largest layer).
     pub(crate) fn eval(&mut self) {
         let img = self.alloc(self.plan.input().len);
         let logits = self.alloc(self.plan.logits().len);
-        let maxo = self.max_out_len();
+        let (n, arch) = (self.n, self.plan.arch);
+        let sp = self.plan.stem();
+        let blocks = 0..arch.blocks();
+        let stem_len = n * sp.bn.s.c * sp.bn.s.hw;
+        let out_len = |g: usize| {
+            let s = arch.block(g);
+            n * s.c_out * s.h_out * s.w_out
+        };
+        let maxo = blocks.clone().map(out_len).fold(stem_len, usize::max);
+        let layer_len = |g: usize| {
+            let bp = self.plan.block(g);
+            (0..bp.layers).map(|l| n * bp.bns[l].s.c * bp.bns[l].s.hw).max().unwrap_or(0)
+        };
+        let maxt = blocks.clone().map(layer_len).fold(stem_len.max(maxo), usize::max);
+        let cmax = blocks.clone().map(|g| arch.block(g).c_out).fold(sp.bn.s.c, usize::max);
         let carry = [self.alloc(maxo), self.alloc(maxo)];
-        let mut x = NONE;
-        for j in 0..self.plan.modules() {
-            let mark = self.top;
-            let out = Buf { off: carry[j % 2].off, len: self.out_len(j) };
-            let input = if j == 0 { self.stem_fwd(img, Fwd::Eval).a } else { x };
-            self.module_fwd(j, input, out, Fwd::Eval);
+        let (ta, tb, stats) = (self.alloc(maxt), self.alloc(maxt), self.alloc(4 * cmax));
+        let h = Buf { off: ta.off, len: stem_len };
+        let mut x = Buf { off: carry[0].off, len: stem_len };
+        self.op(Op::Conv { s: sp.conv.s, w: sp.conv.w, b: None, x: img, y: h });
+        self.bn_fwd(sp.bn, h, x, Buf { off: stats.off, len: 4 * sp.bn.s.c }, Fwd::Eval);
+        self.op(Op::Relu { x });
+        for g in blocks {
+            let out = Buf { off: carry[(g + 1) % 2].off, len: out_len(g) };
+            self.block_eval(&self.plan.block(g), x, out, ta, tb, stats);
             x = out;
-            self.top = mark;
         }
         let fc = self.plan.fc();
         let (c, h, _) = self.plan.module_out(self.plan.modules() - 1);
         let pooled = self.alloc(self.n * c);
         self.op(Op::Pool { c, hw: h * h, x, y: pooled });
         self.op(Op::Linear { s: fc.s, w: fc.w, b: fc.b, x: pooled, y: logits });
+    }
+
+    /// One block in eval mode: conv outputs in `ta`, BN(–ReLU) outputs in `tb`, then `out`.
+    fn block_eval(&mut self, bp: &BlockP, x: Buf, out: Buf, ta: Buf, tb: Buf, stats: Buf) {
+        let n = self.n;
+        let mut inp = x;
+        for l in 0..bp.layers {
+            let (c, bn) = (bp.convs[l], bp.bns[l]);
+            let len = n * bn.s.c * bn.s.hw;
+            let (h, st) = (Buf { off: ta.off, len }, Buf { off: stats.off, len: 4 * bn.s.c });
+            self.op(Op::Conv { s: c.s, w: c.w, b: None, x: inp, y: h });
+            if l + 1 < bp.layers {
+                inp = Buf { off: tb.off, len };
+                self.bn_fwd(bn, h, inp, st, Fwd::Eval);
+                self.op(Op::Relu { x: inp });
+            } else {
+                self.bn_fwd(bn, h, out, st, Fwd::Eval);
+            }
+        }
+        match bp.downsample {
+            Some((c, bn)) => {
+                let (h, od) = (Buf { off: ta.off, len: out.len }, Buf { off: tb.off, len: out.len });
+                self.op(Op::Conv { s: c.s, w: c.w, b: None, x, y: h });
+                self.bn_fwd(bn, h, od, Buf { off: stats.off, len: 4 * bn.s.c }, Fwd::Eval);
+                self.op(Op::AddRelu { y: out, x: od });
+            }
+            None => self.op(Op::AddRelu { y: out, x }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::Arch;
+    use crate::method::{Base, Method};
+    use crate::partition::{Partition, TableKind};
+
+    /// Every buffer of every op lies inside the planned stack, and no two buffers of one op
+    /// overlap (the overlays above rely on values being dead, never on sharing within an op).
+    fn check(plan: &Plan, train: bool) {
+        let (lo, hi) = (plan.act_off(), plan.act_off() + if train { plan.train_peak } else { plan.eval_peak });
+        let mut count = 0;
+        let mut visit = |op: &Op| {
+            let mut bufs: heapless::Vec<Buf, 8> = heapless::Vec::new();
+            op.for_each_buf(|field, _, b| {
+                assert!(b.off >= lo && b.end() <= hi, "op {count} {} {field}: {b:?} outside {lo}..{hi}", op.name());
+                assert!(b.len > 0 || field == "dx", "op {count} {} {field} is empty", op.name());
+                bufs.push(b).expect("at most 8 buffers");
+            });
+            for (i, a) in bufs.iter().enumerate() {
+                for b in &bufs[i + 1..] {
+                    assert!(!a.overlaps(b), "op {count} {}: {a:?} overlaps {b:?}", op.name());
+                }
+            }
+            count += 1;
+        };
+        if train {
+            plan.train_step(&mut visit);
+        } else {
+            plan.eval_step(&mut visit);
+        }
+        assert!(count > 0);
+    }
+
+    #[test]
+    fn buffers_stay_in_the_plan_and_never_overlap_within_an_op() {
+        let methods = [
+            (Base::E2e, false),
+            (Base::Greedy, false),
+            (Base::Dgl, true),
+            (Base::InfoPro, false),
+            (Base::InfoPro, true),
+        ];
+        let mut checked = 0;
+        for depth in [20, 32, 164] {
+            let arch = Arch::resnet(depth, 3, 32, 10).unwrap();
+            for (base, hpff) in methods {
+                for k in [1, 2, 4, 8] {
+                    let Ok(part) = Partition::for_k(&arch, k, TableKind::Reference) else { continue };
+                    let Ok(plan) = Plan::new(arch, part, Method::reference(base, hpff), 3, [0.0; 4], [1.0; 4]) else {
+                        continue;
+                    };
+                    check(&plan, true);
+                    check(&plan, false);
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 40, "only {checked} plans built");
     }
 }

@@ -3,6 +3,8 @@
 use hpff_core::plan::{Memory, Plan};
 use serde_json::json;
 
+use super::budget::fitting_plan;
+use super::ops::{listing, render};
 use crate::config::{Config, Setup, Shape};
 use crate::error::Result;
 
@@ -74,10 +76,18 @@ pub(crate) fn describe(setup: &Setup, plan: &Plan) -> serde_json::Value {
     })
 }
 
-/// `hpff plan`.
-pub fn plan(cfg: &Config, shape: Shape, as_json: bool) -> Result<()> {
+/// `hpff plan`; with `ops`, the schedule op by op after the summary; with `limit`
+/// (bytes of activations), the configuration [`fitting_plan`] chooses instead of the one asked for.
+pub fn plan(cfg: &Config, shape: Shape, as_json: bool, ops: bool, limit: Option<usize>) -> Result<()> {
     let setup = cfg.setup(shape)?;
-    let plan = setup.plan(setup.batch)?;
+    let (plan, why) = match limit {
+        Some(l) => {
+            let (p, why) = fitting_plan(&setup, l)?;
+            (p, Some(why))
+        }
+        None => (setup.plan(setup.batch)?, None),
+    };
+    let setup = Setup { part: plan.part.clone(), method: plan.method, batch: plan.batch, ..setup };
     let m = plan.memory();
     let arena = plan.arena_len() * 4;
     let mods = modules(&plan);
@@ -85,8 +95,17 @@ pub fn plan(cfg: &Config, shape: Shape, as_json: bool) -> Result<()> {
         let mut v = describe(&setup, &plan);
         v["memory_bytes"] = memory_json(&m, arena);
         v["per_module"] = serde_json::to_value(&mods).expect("json");
+        if let (Some(l), Some(why)) = (limit, &why) {
+            v["memory_limit"] = json!({ "bytes": l, "choice": why });
+        }
+        if ops {
+            v["ops"] = json!({ "train": listing(&plan, true), "eval": listing(&plan, false) });
+        }
         println!("{v}");
         return Ok(());
+    }
+    if let Some(why) = &why {
+        println!("{why}");
     }
     println!(
         "plan: resnet{} {}; batch {}; input {}×{}×{}, {} classes; {} parameters",
@@ -131,6 +150,10 @@ pub fn plan(cfg: &Config, shape: Shape, as_json: bool) -> Result<()> {
             format!("{}×{}×{}", md.out[0], md.out[1], md.out[2]),
             if md.aux.is_empty() { "-".to_string() } else { md.aux.join(", ") }
         );
+    }
+    if ops {
+        print!("{}", render("training step", &listing(&plan, true)));
+        print!("{}", render("eval pass", &listing(&plan, false)));
     }
     Ok(())
 }
