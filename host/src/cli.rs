@@ -250,9 +250,12 @@ impl TrainArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
-    /// The checkpoint (run folder, checkpoint.json or checkpoint.safetensors)
+    /// The checkpoint (run folder, checkpoint.json or its tensor file)
     #[arg(long)]
     pub checkpoint: PathBuf,
+    /// Refuse (before allocating) an eval pass whose activations exceed SIZE (64MiB, 1GiB, …), naming a batch that fits
+    #[arg(long, value_name = "SIZE")]
+    pub memory_limit: Option<String>,
     /// Dataset [default: the checkpoint's]
     #[arg(long, value_enum)]
     pub dataset: Option<DatasetName>,
@@ -342,6 +345,9 @@ pub struct BenchArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub shape: ShapeArgs,
+    /// Refuse (before allocating) a plan whose activation peak exceeds SIZE (64MiB, 1GiB, …), naming what fits
+    #[arg(long, value_name = "SIZE")]
+    pub memory_limit: Option<String>,
     /// Read settings from a TOML file; flags override it
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -395,7 +401,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 limit_test: a.limit_test,
                 ..Config::default()
             };
-            commands::eval::eval(&a.checkpoint, &over, a.json)
+            let limit = a.memory_limit.as_deref().map(commands::budget::parse_size).transpose()?;
+            commands::eval::eval(&a.checkpoint, &over, a.json, limit)
         }
         Command::Plan(a) => {
             let flags = Config { width: a.width, ..a.model.to_config() };
@@ -414,7 +421,8 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             let cfg = with_file(&a.config, flags)?.complete();
             let shape = a.shape.shape(cfg.dataset.unwrap_or(DatasetName::FashionMnist))?;
-            commands::bench::bench(&cfg, shape, a.steps, a.warmup, a.json)
+            let limit = a.memory_limit.as_deref().map(commands::budget::parse_size).transpose()?;
+            commands::bench::bench(&cfg, shape, a.steps, a.warmup, a.json, limit)
         }
     }
 }

@@ -290,6 +290,9 @@ fn malformed_configs_and_absurd_flags() {
         1,
         &["but the memory available is", "would fit"],
     );
+    // Over --memory-limit (activations): refused with what fits.
+    refused(&["bench", "--arch", "resnet8", "--k", "2", "--memory-limit", "1MiB"], 1, &["over the limit of 1.0 MiB"]);
+    refused(&train(&["--memory-limit", "lots"]), 1, &["--memory-limit \"lots\": expected a size"]);
     // Usage errors (clap's): exit 2, one line too.
     refused(&train(&["--batch-size", "x"]), 2, &["invalid value 'x' for '--batch-size"]);
     refused(&train(&["--bogus"]), 2, &["unexpected argument '--bogus'"]);
@@ -391,4 +394,7 @@ fn malformed_checkpoints() {
     std::fs::write(d.join("checkpoint.json"), serde_json::to_vec(&m).unwrap()).unwrap();
     refused(&eval(&d), 1, &["not a file name in its folder"]);
     refused(&eval(&t.path().join("nowhere")), 1, &["no checkpoint there"]);
+    let mut small = eval(&run);
+    small.extend(["--memory-limit", "64KiB"].map(String::from));
+    refused(&small, 1, &["an eval pass at batch 8 needs", "over the limit of 0.1 MiB", "fits"]);
 }

@@ -44,12 +44,22 @@ fn timed(warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) -> Resu
 }
 
 /// `hpff bench`: times training steps and eval passes on synthetic data.
-pub fn bench(cfg: &Config, shape: Shape, steps: usize, warmup: usize, as_json: bool) -> Result<()> {
+pub fn bench(
+    cfg: &Config,
+    shape: Shape,
+    steps: usize,
+    warmup: usize,
+    as_json: bool,
+    memory_limit: Option<usize>,
+) -> Result<()> {
     if steps == 0 {
         return Err(Error::msg("--steps must be at least 1"));
     }
     let setup = cfg.setup(shape)?;
     let plan = setup.plan(setup.batch)?;
+    if let Some(limit) = memory_limit {
+        super::budget::check_fits(&setup, &plan, limit)?;
+    }
     let seed = cfg.seed.unwrap_or(0);
     let mut exec = open_executor(cfg, &plan)?;
     let mut rng = Rng::new(seed);

@@ -13,12 +13,32 @@ use crate::data::{self, Split};
 use crate::error::{Error, Result};
 use crate::train;
 
+/// `--memory-limit` for an eval pass: its activations against `limit`, naming the largest
+/// batch (halving) that fits when they do not.
+fn check_eval_fits(setup: &crate::config::Setup, plan: &hpff_core::plan::Plan, limit: usize) -> Result<()> {
+    let need = |p: &hpff_core::plan::Plan| p.memory().eval_activations;
+    if need(plan) <= limit {
+        return Ok(());
+    }
+    let mut b = plan.batch / 2;
+    while b > 0 && setup.plan(b).map_or(true, |p| need(&p) > limit) {
+        b /= 2;
+    }
+    let hint = if b > 0 { format!("--batch-size {b} fits") } else { "not even batch 1 fits".to_string() };
+    Err(Error::msg(format!(
+        "an eval pass at batch {} needs {:.1} MiB of activations, over the limit of {:.1} MiB; {hint}",
+        plan.batch,
+        need(plan) as f64 / (1024.0 * 1024.0),
+        limit as f64 / (1024.0 * 1024.0)
+    )))
+}
+
 /// `hpff eval`.
 ///
 /// Evaluates the checkpoint at `checkpoint` (folder, JSON or tensor file) on its data set's
 /// test split; `over` overrides the checkpoint's settings (data set, folder, batch size,
 /// threads, device, precision, `limit_test`).
-pub fn eval(checkpoint: &Path, over: &Config, as_json: bool) -> Result<()> {
+pub fn eval(checkpoint: &Path, over: &Config, as_json: bool, memory_limit: Option<usize>) -> Result<()> {
     let loaded = checkpoint::load(checkpoint)?;
     let cfg = loaded.meta.config.merge(over).complete();
     let kind = cfg.dataset.expect("completed").kind();
@@ -37,6 +57,9 @@ pub fn eval(checkpoint: &Path, over: &Config, as_json: bool) -> Result<()> {
     }
     let setup = cfg.setup(want)?;
     let plan = setup.plan(setup.batch)?;
+    if let Some(limit) = memory_limit {
+        check_eval_fits(&setup, &plan, limit)?;
+    }
     let model = loaded.restore(&plan, false)?;
     let mut exec = open_executor(&cfg, &plan)?;
     model.upload(&mut *exec)?;
