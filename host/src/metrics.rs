@@ -151,10 +151,7 @@ pub fn write_jsonl(path: &Path, records: &[EpochMetrics]) -> Result<()> {
 
 /// The process's peak resident set size in bytes (`VmHWM`), where the OS tells it.
 pub fn peak_rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb * 1024)
+    crate::resources::proc_kib("/proc/self/status", "VmHWM:")
 }
 
 /// `12.34 MiB` or `n/a`.

@@ -13,10 +13,28 @@ pub const MAX_THREADS: usize = 1024;
 
 /// Bytes the OS says it can still give (`MemAvailable`), where it says.
 pub fn available_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.trim_start_matches("MemAvailable:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    proc_kib("/proc/meminfo", "MemAvailable:")
+}
+
+/// A `key: N kB` line of a Linux `/proc` file, in bytes.
+pub fn proc_kib(file: &str, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(file).ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    let kb: u64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb * 1024)
+}
+
+/// The largest batch, halving from `layout`'s, whose plan needs at most `limit` by `need`.
+pub fn largest_fitting_batch(layout: &Plan, limit: u64, need: impl Fn(&Plan) -> u64) -> Option<usize> {
+    let mut b = layout.batch / 2;
+    while b > 0 {
+        let p = Plan::new(layout.arch, layout.part.clone(), layout.method, b, layout.mean, layout.std).ok();
+        if p.is_some_and(|p| need(&p) <= limit) {
+            return Some(b);
+        }
+        b /= 2;
+    }
+    None
 }
 
 /// Refuses a layout whose executor would need more than `limit` bytes (`need(plan)`),
@@ -26,18 +44,7 @@ pub fn check_fits(layout: &Plan, limit: u64, what: &str, need: impl Fn(&Plan) ->
     if want <= limit {
         return Ok(());
     }
-    let mut b = layout.batch / 2;
-    let fits = loop {
-        if b == 0 {
-            break None;
-        }
-        let p = Plan::new(layout.arch, layout.part.clone(), layout.method, b, layout.mean, layout.std).ok();
-        if p.is_some_and(|p| need(&p) <= limit) {
-            break Some(b);
-        }
-        b /= 2;
-    };
-    let hint = match fits {
+    let hint = match largest_fitting_batch(layout, limit, &need) {
         Some(b) => format!("--batch-size {b} would fit; more modules (--k) or patches also lower the peak"),
         None => "not even batch 1 fits; try a narrower or shallower network".to_string(),
     };

@@ -15,16 +15,15 @@ use crate::train;
 
 /// `--memory-limit` for an eval pass: its activations against `limit`, naming the largest
 /// batch (halving) that fits when they do not.
-fn check_eval_fits(setup: &crate::config::Setup, plan: &hpff_core::plan::Plan, limit: usize) -> Result<()> {
-    let need = |p: &hpff_core::plan::Plan| p.memory().eval_activations;
-    if need(plan) <= limit {
+fn check_eval_fits(plan: &hpff_core::plan::Plan, limit: usize) -> Result<()> {
+    let need = |p: &hpff_core::plan::Plan| p.memory().eval_activations as u64;
+    if need(plan) <= limit as u64 {
         return Ok(());
     }
-    let mut b = plan.batch / 2;
-    while b > 0 && setup.plan(b).map_or(true, |p| need(&p) > limit) {
-        b /= 2;
-    }
-    let hint = if b > 0 { format!("--batch-size {b} fits") } else { "not even batch 1 fits".to_string() };
+    let hint = match crate::resources::largest_fitting_batch(plan, limit as u64, need) {
+        Some(b) => format!("--batch-size {b} fits"),
+        None => "not even batch 1 fits".to_string(),
+    };
     Err(Error::msg(format!(
         "an eval pass at batch {} needs {:.1} MiB of activations, over the limit of {:.1} MiB; {hint}",
         plan.batch,
@@ -58,7 +57,7 @@ pub fn eval(checkpoint: &Path, over: &Config, as_json: bool, memory_limit: Optio
     let setup = cfg.setup(want)?;
     let plan = setup.plan(setup.batch)?;
     if let Some(limit) = memory_limit {
-        check_eval_fits(&setup, &plan, limit)?;
+        check_eval_fits(&plan, limit)?;
     }
     let model = loaded.restore(&plan, false)?;
     let mut exec = open_executor(&cfg, &plan)?;
