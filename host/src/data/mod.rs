@@ -14,7 +14,9 @@ mod fashion_mnist;
 mod folder;
 mod idx;
 mod stl10;
+mod stream;
 mod svhn_mat;
+pub mod transform;
 
 use std::path::{Path, PathBuf};
 
