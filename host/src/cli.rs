@@ -200,6 +200,9 @@ pub struct TrainArgs {
     /// Turn off the dataset's training augmentation
     #[arg(long)]
     pub no_augment: bool,
+    /// Stream an image folder (--dataset folder) from disk instead of loading it: decoded on worker threads a few batches ahead, torchvision's ImageNet transforms (RandomResizedCrop + flip; resize + centre crop for evaluation) at SIZE×SIZE, ImageNet normalization [SIZE: 224]
+    #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "224")]
+    pub stream: Option<usize>,
     /// Evaluate every N epochs (and after the last) [default: 1]
     #[arg(long)]
     pub eval_every: Option<u32>,
@@ -241,6 +244,7 @@ impl TrainArgs {
             limit_train: self.limit_train,
             limit_test: self.limit_test,
             augment: self.no_augment.then_some(false),
+            stream: self.stream,
             eval_every: self.eval_every,
             on_nonfinite: self.on_nonfinite,
             ..self.model.to_config()

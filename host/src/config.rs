@@ -25,6 +25,7 @@
 //! | milestones, gamma | [80, 120], 0.1 (step schedule) |
 //! | seed, threads, device, tf32 | 0, 0 (all cores), `cpu` (or `cuda[:N]`), false (strict fp32) |
 //! | augment | the dataset's reference augmentation (`--no-augment` turns it off) |
+//! | stream | none: load the data set; `S`: stream an image folder through torchvision's ImageNet transforms at `S × S` |
 //! | eval_every | 1 |
 //! | on_nonfinite | `stop` (`skip` undoes the step and counts it) |
 //! | out | `runs/<dataset>-<method>[-hpff]` |
@@ -247,6 +248,10 @@ pub struct Config {
     pub limit_test: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub augment: Option<bool>,
+    /// Stream the image folder at this output side (ImageNet transforms and normalization;
+    /// `data::StreamSet`) instead of loading it; none = load it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_every: Option<u32>,
     /// What a NaN or infinite loss or gradient does.
@@ -354,6 +359,7 @@ impl Config {
             limit_train: Some(self.limit_train.unwrap_or(0)),
             limit_test: Some(self.limit_test.unwrap_or(0)),
             augment: Some(self.augment.unwrap_or(true)),
+            stream: self.stream,
             eval_every: Some(self.eval_every.unwrap_or(1)),
             on_nonfinite: Some(self.on_nonfinite.unwrap_or(NonFinite::Stop)),
         }
@@ -469,7 +475,7 @@ impl Config {
         }
         let batch = g.v(c.batch_size);
         let dataset = g.v(c.dataset);
-        let normalize = dataset.kind().default_normalize();
+        let normalize = if c.stream.is_some() { Normalize::imagenet() } else { dataset.kind().default_normalize() };
         let (mean, std) = plan_normalization(&normalize, shape.c);
         let setup = Setup {
             per_step: schedule_name == ScheduleName::CosineSteps,

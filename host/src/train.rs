@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::checkpoint::{self, Meta, TensorFile};
 use crate::config::{Config, NonFinite, Setup, Shape};
-use crate::data::{self, Augment, BatchOptions, Batches, Dataset, Normalize, Split};
+use crate::data::{self, Augment, Dataset, Normalize, Source, Split};
 use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
 use crate::error::{io_err, Error, Result};
 use crate::metrics::{self, fmt_mib, EpochMetrics, EvalResult, LossMeter};
@@ -34,25 +34,85 @@ pub const LIMIT_STREAM: u64 = 3;
 /// The splits a run uses.
 #[derive(Debug, Clone)]
 pub struct Data {
-    pub train: Arc<Dataset>,
+    pub train: Source,
     /// Evaluated every `eval_every` epochs: the validation split, else the test split.
-    pub eval: Arc<Dataset>,
+    pub eval: Source,
     /// `"val"` or `"test"`.
     pub eval_name: &'static str,
     /// The test split, when `eval` is a validation split (evaluated at the end).
-    pub test: Option<Arc<Dataset>>,
+    pub test: Option<Source>,
     /// The split the final accuracy is measured on: `"test"`, or `"val"` when a validation
     /// split was asked for and the data set has no test split (an image folder with only `train/`).
     pub final_name: &'static str,
 }
 
-/// Loads the splits `cfg` (completed) asks for.
+/// A split that `--val-split` and `--limit-*` can cut: an in-memory data set or a folder
+/// index, cut by the same seeded rules.
+trait Cut: Sized {
+    fn count(&self) -> usize;
+    fn split_off_validation(&self, n: usize, seed: u64) -> (Self, Self);
+    fn sample(self, n: usize, rng: Rng) -> Self;
+}
+
+impl Cut for Dataset {
+    fn count(&self) -> usize {
+        self.n
+    }
+    fn split_off_validation(&self, n: usize, seed: u64) -> (Self, Self) {
+        Dataset::split_off_validation(self, n, seed)
+    }
+    fn sample(self, n: usize, rng: Rng) -> Self {
+        Dataset::sample(self, n, rng)
+    }
+}
+
+impl Cut for data::FolderIndex {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn split_off_validation(&self, n: usize, seed: u64) -> (Self, Self) {
+        data::FolderIndex::split_off_validation(self, n, seed)
+    }
+    fn sample(self, n: usize, rng: Rng) -> Self {
+        data::FolderIndex::sample(self, n, rng)
+    }
+}
+
+/// Loads the splits `cfg` (completed) asks for: decoded into memory, or indexed for
+/// streaming with `--stream SIZE`.
 pub fn load_data(cfg: &Config) -> Result<Data> {
     let kind = cfg.dataset.unwrap_or(crate::config::DatasetName::FashionMnist).kind();
     let dir = cfg.data_dir.as_deref();
-    let train = data::load(kind, dir, Split::Train)?;
+    match cfg.stream {
+        None => cut_splits(cfg, data::load(kind, dir, Split::Train)?, data::load(kind, dir, Split::Test), |d| {
+            Source::Memory(Arc::new(d))
+        }),
+        Some(size) => {
+            let dir = match (kind, dir) {
+                (data::DatasetKind::Folder, Some(d)) => d,
+                _ => return Err(Error::msg("--stream reads an image folder: give --dataset folder --data-dir DIR")),
+            };
+            if size == 0 {
+                return Err(Error::msg("--stream SIZE must be at least 1"));
+            }
+            let workers = cfg.threads.unwrap_or(0);
+            cut_splits(cfg, data::index(dir, Split::Train)?, data::index(dir, Split::Test), |ix| {
+                Source::Stream(data::StreamSet::imagenet(ix, size, workers))
+            })
+        }
+    }
+}
+
+/// The training, evaluation and test splits of `train` and `test` (`--val-split`,
+/// `--limit-*`), wrapped by `wrap`.
+fn cut_splits<T: Cut>(
+    cfg: &Config,
+    train: T,
+    test: std::result::Result<T, data::DataError>,
+    wrap: impl Fn(T) -> Source,
+) -> Result<Data> {
     let val_split = cfg.val_split.unwrap_or(0);
-    let test = match data::load(kind, dir, Split::Test) {
+    let test = match test {
         Ok(t) => Some(t),
         Err(data::DataError::Missing { .. }) if val_split > 0 => {
             eprintln!("note: no test split found; the final accuracy is measured on the validation split");
@@ -61,33 +121,36 @@ pub fn load_data(cfg: &Config) -> Result<Data> {
         Err(e) => return Err(e.into()),
     };
     let seed = cfg.seed.unwrap_or(0);
-    let limit = |d: Dataset, n: Option<usize>| limit_subset(d, n, seed);
+    let limit = |d: T, n: Option<usize>| match n {
+        Some(n) if n > 0 => d.sample(n, Rng::new(seed).fork(LIMIT_STREAM)),
+        _ => d,
+    };
     let data = match cfg.val_split {
         Some(v) if v > 0 => {
-            if v >= train.n {
+            if v >= train.count() {
                 return Err(Error::msg(format!(
                     "--val-split {v} leaves no training images (the training split has {})",
-                    train.n
+                    train.count()
                 )));
             }
             let (tr, val) = train.split_off_validation(v, seed);
             Data {
-                train: Arc::new(limit(tr, cfg.limit_train)),
-                eval: Arc::new(limit(val, cfg.limit_test)),
+                train: wrap(limit(tr, cfg.limit_train)),
+                eval: wrap(limit(val, cfg.limit_test)),
                 eval_name: "val",
                 final_name: if test.is_some() { "test" } else { "val" },
-                test: test.map(|t| Arc::new(limit(t, cfg.limit_test))),
+                test: test.map(|t| wrap(limit(t, cfg.limit_test))),
             }
         }
         _ => Data {
-            train: Arc::new(limit(train, cfg.limit_train)),
-            eval: Arc::new(limit(test.ok_or_else(|| Error::msg("internal: test split missing"))?, cfg.limit_test)),
+            train: wrap(limit(train, cfg.limit_train)),
+            eval: wrap(limit(test.ok_or_else(|| Error::msg("internal: test split missing"))?, cfg.limit_test)),
             eval_name: "test",
             final_name: "test",
             test: None,
         },
     };
-    if data.train.n == 0 || data.eval.n == 0 {
+    if data.train.is_empty() || data.eval.is_empty() {
         return Err(Error::msg("the dataset has no images to train or evaluate on"));
     }
     Ok(data)
@@ -110,37 +173,41 @@ pub fn augment_of(cfg: &Config) -> Option<Augment> {
     cfg.dataset?.kind().default_augment()
 }
 
-/// The network's input shape for training on `train` (after augmentation) and
-/// evaluating on `evals`; errors if they disagree or the images are not square.
-pub fn data_shape(train: &Dataset, aug: Option<&Augment>, evals: &[&Dataset]) -> Result<Shape> {
-    let (c, h, w) = data::batch_image_shape(train, aug);
+/// The network's input shape for training on `train` (after augmentation, or the
+/// streamed size) and evaluating on `evals`; errors if they disagree or the images are
+/// not square.
+pub fn data_shape(train: &Source, aug: Option<&Augment>, evals: &[&Source]) -> Result<Shape> {
+    let dims = |s: &Source, aug: Option<&Augment>| match s {
+        Source::Memory(d) => data::batch_image_shape(d, aug),
+        Source::Stream(st) => (3, st.size, st.size),
+    };
+    let (c, h, w) = dims(train, aug);
     if h != w {
         return Err(Error::msg(format!("images are {h}×{w}; hpff's ResNets need square images")));
     }
+    let names = train.class_names();
     for e in evals {
-        if (e.c, e.h, e.w) != (c, h, w) {
-            return Err(Error::msg(format!(
-                "test images are {}×{}×{} but training images are {c}×{h}×{w}",
-                e.c, e.h, e.w
-            )));
+        let (ec, eh, ew) = dims(e, None);
+        if (ec, eh, ew) != (c, h, w) {
+            return Err(Error::msg(format!("test images are {ec}×{eh}×{ew} but training images are {c}×{h}×{w}")));
         }
-        if e.classes != train.classes {
+        let enames = e.class_names();
+        if enames.len() != names.len() {
             return Err(Error::msg(format!(
                 "the test split has {} classes, the training split {}",
-                e.classes, train.classes
+                enames.len(),
+                names.len()
             )));
         }
         // Same count is not enough: label i must mean the same class in both splits.
-        if let Some(i) = (0..train.classes).find(|&i| e.class_names.get(i) != train.class_names.get(i)) {
-            let name = |d: &Dataset| d.class_names.get(i).map_or("<none>".to_string(), |s| format!("{s:?}"));
+        if let Some(i) = (0..names.len()).find(|&i| enames.get(i) != names.get(i)) {
             return Err(Error::msg(format!(
-                "class {i} is {} in the training split but {} in the test split; the two splits must have the same class folders",
-                name(train),
-                name(e)
+                "class {i} is {:?} in the training split but {:?} in the test split; the two splits must have the same class folders",
+                names[i], enames[i]
             )));
         }
     }
-    Ok(Shape { c, image: h, classes: train.classes })
+    Ok(Shape { c, image: h, classes: names.len() })
 }
 
 /// Accuracy and mean cross-entropy of the network in `exec` on `ds`. The last batch
@@ -155,13 +222,26 @@ pub fn evaluate<E: Executor + ?Sized>(
 where
     Error: From<E::Error>,
 {
+    evaluate_source(exec, plan, &Source::Memory(ds.clone()), norm)
+}
+
+/// [`evaluate`] on a [`Source`] (in memory or streamed).
+pub fn evaluate_source<E: Executor + ?Sized>(
+    exec: &mut E,
+    plan: &Plan,
+    src: &Source,
+    norm: &Normalize,
+) -> Result<EvalResult>
+where
+    Error: From<E::Error>,
+{
     let b = plan.batch;
     let classes = plan.arch.classes;
-    let img = plan.input().len / b;
     let (mut correct, mut loss, mut n) = (0usize, 0f64, 0usize);
     let mut x = vec![0f32; plan.input().len];
     let mut logits = vec![0f32; plan.logits().len];
-    for batch in Batches::new(ds.clone(), &BatchOptions::eval(b, norm.clone()), &Rng::new(0), 0) {
+    for batch in src.eval_epoch(b, norm) {
+        let batch = batch?;
         x[..batch.x.len()].copy_from_slice(&batch.x);
         x[batch.x.len()..].fill(0.0);
         exec.eval_step(plan, &x, &mut logits)?;
@@ -182,7 +262,6 @@ where
             correct += usize::from(arg == y as usize);
         }
         n += batch.n;
-        debug_assert!(batch.x.len() <= img * b);
     }
     Ok(EvalResult { accuracy: correct as f64 / n.max(1) as f64, loss: loss / n.max(1) as f64, images: n })
 }
@@ -254,7 +333,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     let t0 = Instant::now();
     let cfg = cfg.complete();
     let aug = augment_of(&cfg);
-    let mut evals = vec![&*data.eval];
+    let mut evals = vec![&data.eval];
     if let Some(t) = &data.test {
         evals.push(t);
     }
@@ -266,7 +345,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     if let Some(limit) = opts.memory_limit {
         crate::commands::budget::check_fits(&setup, &plan, limit)?;
     }
-    let tail_n = data.train.n % batch;
+    let tail_n = data.train.len() % batch;
     // The last partial batch (the reference's DataLoader keeps it) runs on a plan of
     // its own size; parameter offsets do not depend on the batch, so the arena is shared.
     let tail = if tail_n > 0 { Some(setup.plan(tail_n)?) } else { None };
@@ -340,20 +419,29 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         opts,
         format!(
             "data: {} train / {} {} images, {}×{}×{}, {} classes; augmentation {}",
-            data.train.n,
-            data.eval.n,
+            data.train.len(),
+            data.eval.len(),
             data.eval_name,
             shape.c,
             shape.image,
             shape.image,
             shape.classes,
-            aug.as_ref().map_or("off".to_string(), |a| format!(
-                "pad {}{} crop {} flip {}",
-                a.pad,
-                if a.reflect { " (reflect)" } else { "" },
-                a.crop,
-                a.flip
-            ))
+            match (&data.train, aug.as_ref()) {
+                (Source::Stream(s), Some(_)) => format!(
+                    "RandomResizedCrop({0}, scale=(0.08, 1), ratio=(3/4, 4/3)) + flip; evaluation resize {1} + centre crop {0}",
+                    s.size,
+                    data::transform::eval_resize(s.size)
+                ),
+                (Source::Stream(s), None) =>
+                    format!("off (resize {1} + centre crop {0})", s.size, data::transform::eval_resize(s.size)),
+                (Source::Memory(_), a) => a.map_or("off".to_string(), |a| format!(
+                    "pad {}{} crop {} flip {}",
+                    a.pad,
+                    if a.reflect { " (reflect)" } else { "" },
+                    a.crop,
+                    a.flip
+                )),
+            }
         ),
     );
     say(
@@ -379,20 +467,36 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     }
 
     let stop = opts.stop_after.unwrap_or(epochs).min(epochs);
-    let opts_train = BatchOptions::train(batch, aug.clone(), setup.normalize.clone());
+    if let Source::Stream(s) = &data.train {
+        let o = data::StreamOptions::train(batch, s.workers);
+        say(
+            opts,
+            format!(
+                "stream: {} decoding threads, {} batches prepared ahead; memory bound (depth + 1) × batch × (3·S²·4 + 4) + threads × (F + 6·P + 12·H·S + 12·S²) + index = {} + {} × decode buffers + index {} (S = {}; F, P, H: the largest file's bytes, image's pixels and rows)",
+                s.workers,
+                o.depth,
+                fmt_mib(Some(s.bound_for(&o, 0, 0, 0).batches as u64)),
+                s.workers,
+                fmt_mib(Some(s.index.bytes() as u64)),
+                s.size,
+            ),
+        );
+    }
     let mut losses = vec![0f32; plan.loss_slots()];
     let mut grads = vec![0f32; plan.params];
     let on_nonfinite = cfg.on_nonfinite.expect("completed");
     let start_epoch = meta.epoch;
     for epoch in start_epoch + 1..=stop {
         let te = Instant::now();
-        let batches = Batches::new(data.train.clone(), &opts_train, &data_rng, epoch as u64);
+        let mut batches = data.train.train_epoch(batch, aug.as_ref(), &setup.normalize, &data_rng, epoch as u64);
         let steps = batches.len();
         let pb = progress(opts.quiet, steps as u64, epoch, epochs);
         let mut meter = LossMeter::new(&plan);
         let mut skipped = 0usize;
         let lr0 = setup.lr(epoch, 0, steps);
-        for (i, b) in batches.enumerate() {
+        let mut i = 0;
+        while let Some(b) = batches.next() {
+            let b = b.inspect_err(|_| pb.finish_and_clear())?;
             let lr = setup.lr(epoch, i, steps);
             let p = if b.n == batch {
                 &plan
@@ -427,15 +531,32 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
             meta.global_step += 1;
             let f = meter.final_mean();
             pb.inc(1);
-            let status =
+            let mut status =
                 format!("{:.0} img/s  loss {:.4}", meter.images() as f64 / te.elapsed().as_secs_f64().max(1e-9), f);
+            if let Some(w) = batches.waited() {
+                // Streaming: the share of the epoch spent waiting for decoded batches.
+                status.push_str(&format!(
+                    "  data wait {:.0}%",
+                    100.0 * w.as_secs_f64() / te.elapsed().as_secs_f64().max(1e-9)
+                ));
+            }
             // A log file gets no progress bar: a plain line every tenth of the epoch instead.
             if !opts.quiet && pb.is_hidden() && (i + 1) % steps.div_ceil(10).max(1) == 0 && i + 1 < steps {
                 eprintln!("epoch {epoch}/{epochs}  step {}/{steps}  {status}", i + 1);
             }
             pb.set_message(status);
+            i += 1;
         }
         pb.finish_and_clear();
+        if let Source::Stream(s) = &data.train {
+            say(
+                opts,
+                format!(
+                    "stream memory bound at the largest image so far: {}",
+                    s.bound(&data::StreamOptions::train(batch, s.workers))
+                ),
+            );
+        }
         if skipped == steps {
             return Err(Error::msg(format!(
                 "every step of epoch {epoch} had a NaN or infinite loss or gradient and was skipped; lower --lr"
@@ -443,7 +564,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         }
         let train_s = te.elapsed().as_secs_f64();
         let ev = if epoch % eval_every == 0 || epoch == epochs {
-            Some(evaluate(&mut *exec, &plan, &data.eval, &setup.normalize)?)
+            Some(evaluate_source(&mut *exec, &plan, &data.eval, &setup.normalize)?)
         } else {
             None
         };
@@ -483,10 +604,10 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
             (None, Some(r)) if r.epoch == epochs && r.eval_accuracy.is_some() => EvalResult {
                 accuracy: r.eval_accuracy.unwrap_or(0.0),
                 loss: r.eval_loss.unwrap_or(0.0),
-                images: data.eval.n,
+                images: data.eval.len(),
             },
-            (Some(t), _) => evaluate(&mut *exec, &plan, t, &setup.normalize)?,
-            (None, _) => evaluate(&mut *exec, &plan, &data.eval, &setup.normalize)?,
+            (Some(t), _) => evaluate_source(&mut *exec, &plan, t, &setup.normalize)?,
+            (None, _) => evaluate_source(&mut *exec, &plan, &data.eval, &setup.normalize)?,
         });
     }
     let wall_s = t0.elapsed().as_secs_f64();
@@ -649,8 +770,8 @@ mod tests {
 
     fn data() -> Data {
         Data {
-            train: Arc::new(toy(40, 1)),
-            eval: Arc::new(toy(12, 2)),
+            train: Arc::new(toy(40, 1)).into(),
+            eval: Arc::new(toy(12, 2)).into(),
             eval_name: "test",
             test: None,
             final_name: "test",

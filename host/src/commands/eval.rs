@@ -41,17 +41,38 @@ pub fn eval(checkpoint: &Path, over: &Config, as_json: bool, memory_limit: Optio
     let loaded = checkpoint::load(checkpoint)?;
     let cfg = loaded.meta.config.merge(over).complete();
     let kind = cfg.dataset.expect("completed").kind();
-    let test = data::load(kind, cfg.data_dir.as_deref(), Split::Test)?;
-    // The subset hpff train evaluated on with the same seed and limit.
-    let test = train::limit_subset(test, over.limit_test, cfg.seed.expect("completed"));
-    if test.n == 0 {
+    let seed = cfg.seed.expect("completed");
+    let (test, (c, h, w, classes)) = match cfg.stream {
+        // A streamed run: its test split streamed through the evaluation transform.
+        Some(size) => {
+            let dir =
+                cfg.data_dir.as_deref().filter(|_| kind == data::DatasetKind::Folder).ok_or_else(|| {
+                    Error::msg("--stream reads an image folder: give --dataset folder --data-dir DIR")
+                })?;
+            let mut ix = data::index(dir, Split::Test)?;
+            if let Some(n) = over.limit_test.filter(|&n| n > 0) {
+                ix = ix.sample(n, hpff_core::rng::Rng::new(seed).fork(train::LIMIT_STREAM));
+            }
+            let classes = ix.class_names.len();
+            let threads = cfg.threads.unwrap_or(0);
+            (data::Source::Stream(data::StreamSet::imagenet(ix, size, threads)), (3, size, size, classes))
+        }
+        None => {
+            let test = data::load(kind, cfg.data_dir.as_deref(), Split::Test)?;
+            // The subset hpff train evaluated on with the same seed and limit.
+            let test = train::limit_subset(test, over.limit_test, seed);
+            let shape = (test.c, test.h, test.w, test.classes);
+            (data::Source::Memory(Arc::new(test)), shape)
+        }
+    };
+    if test.is_empty() {
         return Err(Error::msg("the test split has no images"));
     }
     let want = loaded.meta.shape;
-    if (test.c, test.h, test.w, test.classes) != (want.c, want.image, want.image, want.classes) {
+    if (c, h, w, classes) != (want.c, want.image, want.image, want.classes) {
         return Err(Error::msg(format!(
-            "the checkpoint's network takes {}×{}×{} images of {} classes; this test split has {}×{}×{} images of {} classes",
-            want.c, want.image, want.image, want.classes, test.c, test.h, test.w, test.classes
+            "the checkpoint's network takes {}×{}×{} images of {} classes; this test split has {c}×{h}×{w} images of {classes} classes",
+            want.c, want.image, want.image, want.classes
         )));
     }
     let setup = cfg.setup(want)?;
@@ -63,7 +84,7 @@ pub fn eval(checkpoint: &Path, over: &Config, as_json: bool, memory_limit: Optio
     let mut exec = open_executor(&cfg, &plan)?;
     model.upload(&mut *exec)?;
     let t = Instant::now();
-    let r = train::evaluate(&mut *exec, &plan, &Arc::new(test), &setup.normalize)?;
+    let r = train::evaluate_source(&mut *exec, &plan, &test, &setup.normalize)?;
     let secs = t.elapsed().as_secs_f64();
     if as_json {
         println!(

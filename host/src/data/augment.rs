@@ -48,6 +48,11 @@ impl Normalize {
         Normalize { mean: vec![mean], std: vec![std] }
     }
 
+    /// torchvision's ImageNet mean and std.
+    pub fn imagenet() -> Normalize {
+        Normalize { mean: super::transform::IMAGENET_MEAN.to_vec(), std: super::transform::IMAGENET_STD.to_vec() }
+    }
+
     /// `value → normalized f32` for each of the 256 byte values of channel `ch`.
     fn table(&self, ch: usize) -> [f32; 256] {
         let pick = |v: &[f32]| if v.len() == 1 { v[0] } else { v[ch] };

@@ -60,28 +60,19 @@ impl Dataset {
     /// Splits off a random held-out set of `n_val` images (at most `n`), chosen by
     /// `seed`; both parts keep the original order of their images.
     pub fn split_off_validation(&self, n_val: usize, seed: u64) -> (Dataset, Dataset) {
-        let n_val = n_val.min(self.n);
-        let mut perm: Vec<usize> = (0..self.n).collect();
-        Rng::new(seed).shuffle(&mut perm);
-        let (val, train) = perm.split_at_mut(n_val);
-        val.sort_unstable();
-        train.sort_unstable();
-        (self.subset(train), self.subset(val))
+        let (train, val) = validation_indices(self.n, n_val, seed);
+        (self.subset(&train), self.subset(&val))
     }
 
     /// A random subset of `n` images (all of them if there are fewer), drawn by `rng`,
     /// in their original order. Not the first `n`: files are often sorted by class, and a
     /// prefix of an image folder is one class. `hpff train` and `hpff eval` both draw
     /// their `--limit-*` subsets with this and the run's seed, so they measure the same images.
-    pub fn sample(self, n: usize, mut rng: Rng) -> Dataset {
-        if n >= self.n {
-            return self;
+    pub fn sample(self, n: usize, rng: Rng) -> Dataset {
+        match sample_indices(self.n, n, rng) {
+            Some(idx) => self.subset(&idx),
+            None => self,
         }
-        let mut idx: Vec<usize> = (0..self.n).collect();
-        rng.shuffle(&mut idx);
-        idx.truncate(n);
-        idx.sort_unstable();
-        self.subset(&idx)
     }
 
     /// How many images each class has.
@@ -94,6 +85,31 @@ impl Dataset {
         }
         counts
     }
+}
+
+/// The (training, validation) indices of [`Dataset::split_off_validation`] among `n`
+/// items: a random `n_val` (at most `n`) chosen by `seed`, each part in ascending order.
+pub(crate) fn validation_indices(n: usize, n_val: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let n_val = n_val.min(n);
+    let mut perm: Vec<usize> = (0..n).collect();
+    Rng::new(seed).shuffle(&mut perm);
+    let mut train = perm.split_off(n_val);
+    perm.sort_unstable();
+    train.sort_unstable();
+    (train, perm)
+}
+
+/// The indices of [`Dataset::sample`]: `n` of `total` drawn by `rng`, ascending; `None`
+/// when `n` covers them all.
+pub(crate) fn sample_indices(total: usize, n: usize, mut rng: Rng) -> Option<Vec<usize>> {
+    if n >= total {
+        return None;
+    }
+    let mut idx: Vec<usize> = (0..total).collect();
+    rng.shuffle(&mut idx);
+    idx.truncate(n);
+    idx.sort_unstable();
+    Some(idx)
 }
 
 /// `"0"`, `"1"`, … as class names for formats that carry none.

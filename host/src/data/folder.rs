@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::dataset::Dataset;
+use super::dataset::{sample_indices, validation_indices, Dataset};
 use super::error::{one_line, DataError};
 
 fn is_image(p: &Path) -> bool {
@@ -42,44 +42,149 @@ struct Decoded {
     px: Vec<u8>,
 }
 
-fn decode(path: &Path) -> Result<Decoded, DataError> {
+/// Decodes an image file (PNG or JPEG, recognised by content) with the `image` crate and
+/// its default limits (at most 512 MiB allocated per image); errors name the file.
+pub(crate) fn open_image(path: &Path) -> Result<image::DynamicImage, DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    let img = image::load_from_memory(&bytes)
-        .map_err(|e| DataError::Undecodable { path: path.to_path_buf(), detail: one_line(&e.to_string()) })?;
+    image::load_from_memory(&bytes)
+        .map_err(|e| DataError::Undecodable { path: path.to_path_buf(), detail: one_line(&e.to_string()) })
+}
+
+fn decode(path: &Path) -> Result<Decoded, DataError> {
+    let img = open_image(path)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let gray = !img.color().has_color();
     let px = if gray { img.into_luma8().into_raw() } else { img.into_rgb8().into_raw() };
     Ok(Decoded { w, h, gray, px })
 }
 
-/// Loads `root/<class>/*.{png,jpg,jpeg}` (extensions in any case; hidden entries and
-/// other files are ignored).
-pub fn load_folder(root: &Path) -> Result<Dataset, DataError> {
+/// The files of an image folder, without their pixels: classes are the sorted subfolder
+/// names, files within a class in sorted name order (the order [`load_folder`] loads them
+/// in). Compact for a million images: the file names share one string, so the index
+/// takes about (file-name length + 10) bytes per image ([`FolderIndex::bytes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FolderIndex {
+    pub root: PathBuf,
+    pub class_names: Vec<String>,
+    names: String,
+    /// End of file `k`'s name in `names` (its start is the previous end).
+    ends: Vec<usize>,
+    labels: Vec<u16>,
+}
+
+impl FolderIndex {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The path of image `k`: `root/<class>/<file>`.
+    pub fn path(&self, k: usize) -> PathBuf {
+        let start = if k == 0 { 0 } else { self.ends[k - 1] };
+        self.root.join(&self.class_names[self.labels[k] as usize]).join(&self.names[start..self.ends[k]])
+    }
+
+    pub fn label(&self, k: usize) -> u16 {
+        self.labels[k]
+    }
+
+    pub fn labels(&self) -> &[u16] {
+        &self.labels
+    }
+
+    /// Heap bytes the index holds.
+    pub fn bytes(&self) -> usize {
+        self.names.capacity()
+            + self.ends.capacity() * std::mem::size_of::<usize>()
+            + self.labels.capacity() * 2
+            + self.class_names.iter().map(|c| c.capacity() + std::mem::size_of::<String>()).sum::<usize>()
+    }
+
+    /// The images at `idx`, in that order.
+    pub fn subset(&self, idx: &[usize]) -> FolderIndex {
+        let mut out = FolderIndex {
+            root: self.root.clone(),
+            class_names: self.class_names.clone(),
+            names: String::new(),
+            ends: Vec::with_capacity(idx.len()),
+            labels: Vec::with_capacity(idx.len()),
+        };
+        for &k in idx {
+            let start = if k == 0 { 0 } else { self.ends[k - 1] };
+            out.names.push_str(&self.names[start..self.ends[k]]);
+            out.ends.push(out.names.len());
+            out.labels.push(self.labels[k]);
+        }
+        out.names.shrink_to_fit();
+        out
+    }
+
+    /// The same split as [`Dataset::split_off_validation`] (same images for the same seed).
+    pub fn split_off_validation(&self, n_val: usize, seed: u64) -> (FolderIndex, FolderIndex) {
+        let (train, val) = validation_indices(self.len(), n_val, seed);
+        (self.subset(&train), self.subset(&val))
+    }
+
+    /// The same subset as [`Dataset::sample`].
+    pub fn sample(self, n: usize, rng: hpff_core::rng::Rng) -> FolderIndex {
+        match sample_indices(self.len(), n, rng) {
+            Some(idx) => self.subset(&idx),
+            None => self,
+        }
+    }
+}
+
+/// Lists `root/<class>/*.{png,jpg,jpeg}` (extensions in any case; hidden entries and
+/// other files are ignored) without opening the images.
+pub fn index_folder(root: &Path) -> Result<FolderIndex, DataError> {
     if !root.is_dir() {
         return Err(DataError::missing(root, "expected a folder of class subfolders (root/<class>/*.png|jpg|jpeg)"));
     }
-    let mut class_names = Vec::new();
-    let mut files: Vec<(PathBuf, u16)> = Vec::new();
+    let mut ix = FolderIndex {
+        root: root.to_path_buf(),
+        class_names: Vec::new(),
+        names: String::new(),
+        ends: Vec::new(),
+        labels: Vec::new(),
+    };
     for (name, path, is_dir) in sorted_entries(root)? {
         if !is_dir {
             continue;
         }
-        let label =
-            u16::try_from(class_names.len()).map_err(|_| DataError::format(root, "more than 65536 class folders"))?;
-        let before = files.len();
-        for (_, p, d) in sorted_entries(&path)? {
+        let label = u16::try_from(ix.class_names.len())
+            .map_err(|_| DataError::format(root, "more than 65536 class folders"))?;
+        let before = ix.len();
+        for (file, p, d) in sorted_entries(&path)? {
             if !d && is_image(&p) {
-                files.push((p, label));
+                ix.names.push_str(&file);
+                ix.ends.push(ix.names.len());
+                ix.labels.push(label);
             }
         }
-        if files.len() == before {
+        if ix.len() == before {
             return Err(DataError::EmptyClass { path });
         }
-        class_names.push(name);
+        ix.class_names.push(name);
     }
-    if class_names.is_empty() {
+    if ix.class_names.is_empty() {
         return Err(DataError::format(root, "no class subfolders (expected root/<class>/*.png|jpg|jpeg)"));
     }
+    ix.names.shrink_to_fit();
+    ix.ends.shrink_to_fit();
+    ix.labels.shrink_to_fit();
+    Ok(ix)
+}
+
+/// Loads `root/<class>/*.{png,jpg,jpeg}` (extensions in any case; hidden entries and
+/// other files are ignored).
+pub fn load_folder(root: &Path) -> Result<Dataset, DataError> {
+    let ix = index_folder(root)?;
+    let files: Vec<(PathBuf, u16)> = (0..ix.len()).map(|k| (ix.path(k), ix.label(k))).collect();
+    let class_names = ix.class_names;
     let decoded: Vec<Result<Decoded, DataError>> = files.par_iter().map(|(p, _)| decode(p)).collect();
     let mut imgs = Vec::with_capacity(decoded.len());
     for d in decoded {

@@ -26,9 +26,10 @@ pub use cifar::{load_cifar10, load_cifar100};
 pub use dataset::Dataset;
 pub use error::DataError;
 pub use fashion_mnist::{default_cache_dir, fashion_mnist_dir, fashion_mnist_dir_from, load_fashion_mnist};
-pub use folder::load_folder;
+pub use folder::{index_folder, load_folder, FolderIndex};
 pub use idx::{load_idx_pair, load_idx_pair_classes};
 pub use stl10::load_stl10;
+pub use stream::{Bound, Epoch, Source, StreamBatches, StreamOptions, StreamSet};
 pub use svhn_mat::{load_svhn, load_svhn_mat};
 
 /// Training or test part of a dataset.
@@ -167,6 +168,12 @@ pub fn load(kind: DatasetKind, dir: Option<&Path>, split: Split) -> Result<Datas
         DatasetKind::Stl10 => load_stl10(dir, split),
         DatasetKind::Folder => load_folder(&folder_split(dir, split)?),
     }
+}
+
+/// Indexes `split` of an image folder for streaming (the same layout rules as [`load`]
+/// for [`DatasetKind::Folder`]).
+pub fn index(dir: &Path, split: Split) -> Result<FolderIndex, DataError> {
+    index_folder(&folder_split(dir, split)?)
 }
 
 fn folder_split(dir: &Path, split: Split) -> Result<PathBuf, DataError> {

@@ -255,9 +255,9 @@ pub fn train_transform(
 }
 
 /// The evaluation transform of one image: resize the shorter side to
-/// [`eval_resize`]`(out)`, centre-crop `out × out`. Done as one resampling of the
-/// crop's pre-image would change the filter; like torchvision it resizes first (into
-/// `resized`, reused) and crops the result.
+/// [`eval_resize`]`(out)`, centre-crop `out × out` (torchvision resizes the whole image and
+/// crops the result; only the cropped outputs are computed here, with the same weights).
+/// `acc` is a reused row buffer.
 #[allow(clippy::too_many_arguments)]
 pub fn eval_transform(
     px: &[u8],
@@ -267,59 +267,67 @@ pub fn eval_transform(
     mean: &[f32; 3],
     std: &[f32; 3],
     scratch: &mut Scratch,
-    resized: &mut Vec<f32>,
+    acc: &mut Vec<f32>,
     dst: &mut [f32],
 ) {
+    assert_eq!(px.len(), h * w * 3, "eval_transform: pixels do not match {h}×{w}×3");
+    assert_eq!(dst.len(), 3 * out * out, "eval_transform: dst is not 3×{out}×{out}");
     let (rh, rw) = resize_shorter(h, w, eval_resize(out));
     let b = center_crop_box(rh, rw, out, out);
-    // Resize the whole image to rh × rw (identity normalization, values in [0, 255]),
-    // then crop; a resize to the same size is the identity, as torchvision skips it.
     let tx = Taps::new(w, rw);
     let ty = Taps::new(h, rh);
-    let rows = &mut scratch.rows;
-    rows.clear();
-    rows.resize(h * rw * 3, 0.0);
-    for r in 0..h {
-        let src = &px[r * w * 3..(r + 1) * w * 3];
-        let drow = &mut rows[r * rw * 3..(r + 1) * rw * 3];
-        for x in 0..rw {
-            let (f, n) = (tx.first[x], tx.count[x]);
-            let ws = &tx.w[x * tx.max_count..x * tx.max_count + n];
-            let mut acc = [0f32; 3];
-            for (k, &wk) in ws.iter().enumerate() {
-                let p = &src[(f + k) * 3..(f + k) * 3 + 3];
-                acc[0] += wk * p[0] as f32;
-                acc[1] += wk * p[1] as f32;
-                acc[2] += wk * p[2] as f32;
-            }
-            drow[x * 3..x * 3 + 3].copy_from_slice(&acc);
+    let inside = |v: i64, n: usize| (0..n as i64).contains(&v).then_some(v as usize);
+    // The input rows the cropped output rows read.
+    let (mut r0, mut r1) = (h, 0);
+    for y in 0..out {
+        if let Some(ry) = inside(b.i + y as i64, rh) {
+            r0 = r0.min(ty.first[ry]);
+            r1 = r1.max(ty.first[ry] + ty.count[ry]);
         }
     }
+    let r0 = r0.min(r1);
+    // Horizontal pass over those rows, cropped columns only, in [0, 255].
+    let rows = &mut scratch.rows;
+    rows.clear();
+    rows.resize((r1 - r0) * out * 3, 0.0);
+    for r in r0..r1 {
+        let src = &px[r * w * 3..(r + 1) * w * 3];
+        let drow = &mut rows[(r - r0) * out * 3..(r - r0 + 1) * out * 3];
+        for x in 0..out {
+            let Some(rx) = inside(b.j + x as i64, rw) else { continue };
+            let (f, n) = (tx.first[rx], tx.count[rx]);
+            let ws = &tx.w[rx * tx.max_count..rx * tx.max_count + n];
+            let mut a = [0f32; 3];
+            for (k, &wk) in ws.iter().enumerate() {
+                let p = &src[(f + k) * 3..(f + k) * 3 + 3];
+                a[0] += wk * p[0] as f32;
+                a[1] += wk * p[1] as f32;
+                a[2] += wk * p[2] as f32;
+            }
+            drow[x * 3..x * 3 + 3].copy_from_slice(&a);
+        }
+    }
+    // Vertical pass and normalization, into CHW.
     let plane = out * out;
     let scale: [f32; 3] = core::array::from_fn(|c| 1.0 / (255.0 * std[c]));
     let shift: [f32; 3] = core::array::from_fn(|c| mean[c] / std[c]);
-    resized.clear();
-    resized.resize(rw * 3, 0.0);
+    acc.clear();
+    acc.resize(out * 3, 0.0);
     for y in 0..out {
-        let ry = b.i + y as i64;
-        let acc = &mut resized[..];
         acc.fill(0.0);
-        if (0..rh as i64).contains(&ry) {
-            let ry = ry as usize;
+        if let Some(ry) = inside(b.i + y as i64, rh) {
             let (f, n) = (ty.first[ry], ty.count[ry]);
             for k in 0..n {
                 let wk = ty.w[ry * ty.max_count + k];
-                let srow = &rows[(f + k) * rw * 3..(f + k + 1) * rw * 3];
+                let srow = &rows[(f + k - r0) * out * 3..(f + k - r0 + 1) * out * 3];
                 for (a, &s) in acc.iter_mut().zip(srow) {
                     *a += wk * s;
                 }
             }
         }
         for x in 0..out {
-            let rx = b.j + x as i64;
             for c in 0..3 {
-                let v = if (0..rw as i64).contains(&rx) { acc[rx as usize * 3 + c] } else { 0.0 };
-                dst[c * plane + y * out + x] = v * scale[c] - shift[c];
+                dst[c * plane + y * out + x] = acc[x * 3 + c] * scale[c] - shift[c];
             }
         }
     }
