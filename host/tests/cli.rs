@@ -402,3 +402,72 @@ fn plan_lists_ops_and_chooses_from_a_memory_limit() {
     let o = hpff(&["plan", "--memory-limit", "64XB"]);
     fails(&o, &["--memory-limit \"64XB\""]);
 }
+
+/// `root/{train,val}/<class>/*.JPEG` of varied sizes (ImageNet's layout).
+fn varied_folder(root: &Path, per_class: usize) {
+    for (split, n) in [("train", per_class), ("val", 3)] {
+        for c in 0..3u32 {
+            let d = root.join(split).join(format!("n0{c}"));
+            std::fs::create_dir_all(&d).unwrap();
+            for k in 0..n as u32 {
+                let (w, h) = (24 + (k * 17 + c * 5) % 90, 20 + (k * 31 + c * 11) % 80);
+                let img = image::RgbImage::from_fn(w, h, |x, y| {
+                    image::Rgb([(60 * c + x) as u8, (y * 3) as u8, (k * 9) as u8])
+                });
+                img.save(d.join(format!("{k:04}.JPEG"))).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn train_streams_an_image_folder_of_varied_sizes() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("imgs");
+    varied_folder(&data, 8);
+    let out = d.path().join("run");
+    let dir = data.to_str().unwrap();
+    let base = [
+        "train",
+        "--dataset",
+        "folder",
+        "--data-dir",
+        dir,
+        "--arch",
+        "resnet8",
+        "--k",
+        "2",
+        "--epochs",
+        "1",
+        "--threads",
+        "2",
+    ];
+    let o = hpff(&[&base[..], &["--stream", "16", "--batch-size", "5", "--out", out.to_str().unwrap()]].concat());
+    ok(&o);
+    let s = stdout(&o);
+    for needle in [
+        "data: 24 train / 9 test images, 3×16×16, 3 classes; augmentation RandomResizedCrop(16",
+        "stream: 2 decoding threads, 2 batches prepared ahead; memory bound",
+        "stream memory bound at the largest image so far: ",
+        "done: test accuracy",
+    ] {
+        assert!(s.contains(needle), "{needle:?} not in {s}");
+    }
+    assert!(std::fs::read_to_string(out.join("config.toml")).unwrap().contains("stream = 16"));
+    // eval of a streamed run streams its test split through the evaluation transform.
+    let o = hpff(&["eval", "--checkpoint", out.to_str().unwrap(), "--json"]);
+    ok(&o);
+    let v = json(&stdout(&o));
+    let summary = json(&std::fs::read_to_string(out.join("summary.json")).unwrap());
+    assert_eq!((v["test_images"].as_u64(), v["test_accuracy"].as_f64()), (Some(9), summary["test_accuracy"].as_f64()));
+    // A corrupt image ends the run with one line naming it.
+    let bad = data.join("train/n01/0003.JPEG");
+    std::fs::write(&bad, b"\xff\xd8\xff garbage").unwrap();
+    let o = hpff(&[&base[..], &["--stream", "16", "--out", d.path().join("x").to_str().unwrap()]].concat());
+    fails(&o, &[bad.to_str().unwrap(), "undecodable image"]);
+    // --stream reads image folders only.
+    fails(
+        &hpff(&["train", "--dataset", "cifar10", "--stream", "--out", d.path().join("y").to_str().unwrap()]),
+        &["--stream"],
+    );
+}
