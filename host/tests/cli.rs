@@ -427,21 +427,11 @@ fn train_streams_an_image_folder_of_varied_sizes() {
     varied_folder(&data, 8);
     let out = d.path().join("run");
     let dir = data.to_str().unwrap();
-    let base = [
-        "train",
-        "--dataset",
-        "folder",
-        "--data-dir",
-        dir,
-        "--arch",
-        "resnet8",
-        "--k",
-        "2",
-        "--epochs",
-        "1",
-        "--threads",
-        "2",
-    ];
+    let base: Vec<&str> =
+        format!("train --dataset folder --data-dir {dir} --arch resnet8 --k 2 --epochs 1 --threads 2")
+            .leak()
+            .split(' ')
+            .collect();
     let o = hpff(&[&base[..], &["--stream", "16", "--batch-size", "5", "--out", out.to_str().unwrap()]].concat());
     ok(&o);
     let s = stdout(&o);

@@ -180,7 +180,6 @@ impl StreamSet {
         train: bool,
         rng: &mut Rng,
         scratch: &mut Scratch,
-        resized: &mut Vec<f32>,
         dst: &mut [f32],
     ) -> Result<(), DataError> {
         let path = self.index.path(k);
@@ -194,7 +193,7 @@ impl StreamSet {
         if train {
             train_transform(px, h, w, self.size, &self.mean, &self.std, rng, scratch, dst);
         } else {
-            eval_transform(px, h, w, self.size, &self.mean, &self.std, scratch, resized, dst);
+            eval_transform(px, h, w, self.size, &self.mean, &self.std, scratch, dst);
         }
         Ok(())
     }
@@ -240,7 +239,7 @@ impl Shared {
     fn work(&self) {
         let img_len = 3 * self.set.size * self.set.size;
         let mut buf = vec![0f32; img_len];
-        let (mut scratch, mut resized) = (Scratch::default(), Vec::new());
+        let mut scratch = Scratch::default();
         let bs = self.opts.batch_size;
         loop {
             let p = {
@@ -264,7 +263,7 @@ impl Shared {
             };
             let k = self.order[p];
             let mut rng = self.rng.fork(p as u64);
-            let r = self.set.load_one(k, self.opts.train, &mut rng, &mut scratch, &mut resized, &mut buf);
+            let r = self.set.load_one(k, self.opts.train, &mut rng, &mut scratch, &mut buf);
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             match r {
                 Ok(()) => {

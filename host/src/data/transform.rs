@@ -149,23 +149,128 @@ impl Taps {
     }
 }
 
-/// Scratch of one worker: the horizontal pass's output rows.
+/// Scratch of one worker: the horizontal pass's output rows and one output row.
 #[derive(Debug, Default)]
 pub struct Scratch {
     rows: Vec<f32>,
+    acc: Vec<f32>,
 }
 
 impl Scratch {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.rows.capacity() * 4
+        (self.rows.capacity() + self.acc.capacity()) * 4
     }
 }
 
-/// Normalises `v` in [0, 1] per channel and writes a CHW image of `out × out`:
-/// resizes the `crop` of the HWC RGB image `px` (`h × w`; outside the image reads 0)
-/// to `out × out` with the antialiased bilinear filter, flips it left–right if `flip`,
-/// and normalises each value `p/255` as `(p/255 − mean[c]) / std[c]`.
+/// One axis of a resampling: the filter from the source span to a resized length, the
+/// source offset of that span, and which resized indices the output window shows.
+struct Axis {
+    taps: Taps,
+    /// Resized length (indices outside `0..len` of the window read zeros).
+    len: usize,
+    /// Resized index of the window's first output.
+    win: i64,
+    /// Source index of the span's first pixel (outside the image reads zeros).
+    src: i64,
+}
+
+impl Axis {
+    /// The resized index shown at output `o`, if inside.
+    fn at(&self, o: usize) -> Option<usize> {
+        let v = self.win + o as i64;
+        (0..self.len as i64).contains(&v).then_some(v as usize)
+    }
+}
+
+/// Resamples `px` (HWC RGB, `h × w`) along `ay`, `ax` into the `out × out` window, flips
+/// it left–right if `flip`, normalises it and writes CHW `dst`: rows first (only the
+/// source rows the window reads, only its columns), then columns. `acc` is a reused row.
+#[allow(clippy::too_many_arguments)]
+fn resample(
+    px: &[u8],
+    h: usize,
+    w: usize,
+    ay: &Axis,
+    ax: &Axis,
+    out: usize,
+    flip: bool,
+    mean: &[f32; 3],
+    std: &[f32; 3],
+    scratch: &mut Scratch,
+    acc: &mut Vec<f32>,
+    dst: &mut [f32],
+) {
+    assert_eq!(px.len(), h * w * 3, "resample: pixels do not match {h}×{w}×3");
+    assert_eq!(dst.len(), 3 * out * out, "resample: dst is not 3×{out}×{out}");
+    let (ty, tx) = (&ay.taps, &ax.taps);
+    // The span rows (relative to ay.src) the window's rows read.
+    let (mut r0, mut r1) = (usize::MAX, 0);
+    for y in 0..out {
+        if let Some(ry) = ay.at(y) {
+            r0 = r0.min(ty.first[ry]);
+            r1 = r1.max(ty.first[ry] + ty.count[ry]);
+        }
+    }
+    let r0 = r0.min(r1);
+    // Horizontal pass, in [0, 255].
+    let rows = &mut scratch.rows;
+    rows.clear();
+    rows.resize((r1 - r0) * out * 3, 0.0);
+    for r in r0..r1 {
+        let sy = ay.src + r as i64;
+        if !(0..h as i64).contains(&sy) {
+            continue; // zeros
+        }
+        let src = &px[sy as usize * w * 3..(sy as usize + 1) * w * 3];
+        let drow = &mut rows[(r - r0) * out * 3..(r - r0 + 1) * out * 3];
+        for x in 0..out {
+            let Some(rx) = ax.at(x) else { continue };
+            let (f, n) = (tx.first[rx], tx.count[rx]);
+            let mut a = [0f32; 3];
+            for (k, &wk) in tx.w[rx * tx.max_count..rx * tx.max_count + n].iter().enumerate() {
+                let sx = ax.src + (f + k) as i64;
+                if (0..w as i64).contains(&sx) {
+                    let p = &src[sx as usize * 3..sx as usize * 3 + 3];
+                    a[0] += wk * p[0] as f32;
+                    a[1] += wk * p[1] as f32;
+                    a[2] += wk * p[2] as f32;
+                }
+            }
+            let dx = if flip { out - 1 - x } else { x };
+            drow[dx * 3..dx * 3 + 3].copy_from_slice(&a);
+        }
+    }
+    // Vertical pass and normalization, into CHW.
+    let plane = out * out;
+    let scale: [f32; 3] = core::array::from_fn(|c| 1.0 / (255.0 * std[c]));
+    let shift: [f32; 3] = core::array::from_fn(|c| mean[c] / std[c]);
+    acc.clear();
+    acc.resize(out * 3, 0.0);
+    for y in 0..out {
+        acc.fill(0.0);
+        if let Some(ry) = ay.at(y) {
+            let (f, n) = (ty.first[ry], ty.count[ry]);
+            for k in 0..n {
+                let wk = ty.w[ry * ty.max_count + k];
+                let srow = &rows[(f + k - r0) * out * 3..(f + k - r0 + 1) * out * 3];
+                for (a, &s) in acc.iter_mut().zip(srow) {
+                    *a += wk * s;
+                }
+            }
+        }
+        for x in 0..out {
+            for c in 0..3 {
+                dst[c * plane + y * out + x] = acc[x * 3 + c] * scale[c] - shift[c];
+            }
+        }
+    }
+}
+
+/// torchvision's `resized_crop` + optional `hflip` + normalization: resizes the `crop`
+/// of the HWC RGB image `px` (`h × w`; outside the image reads 0) to `out × out` with
+/// the antialiased bilinear filter, flips it left–right if `flip`, and normalises each
+/// value `p/255` as `(p/255 − mean[c]) / std[c]` into CHW `dst`.
 #[allow(clippy::too_many_arguments)]
 pub fn resized_crop(
     px: &[u8],
@@ -179,60 +284,11 @@ pub fn resized_crop(
     scratch: &mut Scratch,
     dst: &mut [f32],
 ) {
-    assert_eq!(px.len(), h * w * 3, "resized_crop: pixels do not match {h}×{w}×3");
-    assert_eq!(dst.len(), 3 * out * out, "resized_crop: dst is not 3×{out}×{out}");
-    let tx = Taps::new(crop.w, out);
-    let ty = Taps::new(crop.h, out);
-    // Horizontal pass: crop.h rows × out columns × 3 channels, in [0, 255].
-    let rows = &mut scratch.rows;
-    rows.clear();
-    rows.resize(crop.h * out * 3, 0.0);
-    for r in 0..crop.h {
-        let sy = crop.i + r as i64;
-        if sy < 0 || sy >= h as i64 {
-            continue; // zeros
-        }
-        let src = &px[sy as usize * w * 3..(sy as usize + 1) * w * 3];
-        let drow = &mut rows[r * out * 3..(r + 1) * out * 3];
-        for x in 0..out {
-            let (f, n) = (tx.first[x], tx.count[x]);
-            let ws = &tx.w[x * tx.max_count..x * tx.max_count + n];
-            let mut acc = [0f32; 3];
-            for (k, &wk) in ws.iter().enumerate() {
-                let sx = crop.j + (f + k) as i64;
-                if sx < 0 || sx >= w as i64 {
-                    continue;
-                }
-                let p = &src[sx as usize * 3..sx as usize * 3 + 3];
-                acc[0] += wk * p[0] as f32;
-                acc[1] += wk * p[1] as f32;
-                acc[2] += wk * p[2] as f32;
-            }
-            let dx = if flip { out - 1 - x } else { x };
-            drow[dx * 3..dx * 3 + 3].copy_from_slice(&acc);
-        }
-    }
-    // Vertical pass, then normalization, into CHW.
-    let plane = out * out;
-    let scale: [f32; 3] = core::array::from_fn(|c| 1.0 / (255.0 * std[c]));
-    let shift: [f32; 3] = core::array::from_fn(|c| mean[c] / std[c]);
-    let mut acc = vec![0f32; out * 3];
-    for y in 0..out {
-        let (f, n) = (ty.first[y], ty.count[y]);
-        acc.fill(0.0);
-        for k in 0..n {
-            let wk = ty.w[y * ty.max_count + k];
-            let srow = &rows[(f + k) * out * 3..(f + k + 1) * out * 3];
-            for (a, &s) in acc.iter_mut().zip(srow) {
-                *a += wk * s;
-            }
-        }
-        for x in 0..out {
-            for c in 0..3 {
-                dst[c * plane + y * out + x] = acc[x * 3 + c] * scale[c] - shift[c];
-            }
-        }
-    }
+    let ay = Axis { taps: Taps::new(crop.h, out), len: out, win: 0, src: crop.i };
+    let ax = Axis { taps: Taps::new(crop.w, out), len: out, win: 0, src: crop.j };
+    let mut acc = std::mem::take(&mut scratch.acc);
+    resample(px, h, w, &ay, &ax, out, flip, mean, std, scratch, &mut acc, dst);
+    scratch.acc = acc;
 }
 
 /// The training transform of one image: a [`random_resized_crop_box`], a coin for the
@@ -257,7 +313,6 @@ pub fn train_transform(
 /// The evaluation transform of one image: resize the shorter side to
 /// [`eval_resize`]`(out)`, centre-crop `out × out` (torchvision resizes the whole image and
 /// crops the result; only the cropped outputs are computed here, with the same weights).
-/// `acc` is a reused row buffer.
 #[allow(clippy::too_many_arguments)]
 pub fn eval_transform(
     px: &[u8],
@@ -267,70 +322,15 @@ pub fn eval_transform(
     mean: &[f32; 3],
     std: &[f32; 3],
     scratch: &mut Scratch,
-    acc: &mut Vec<f32>,
     dst: &mut [f32],
 ) {
-    assert_eq!(px.len(), h * w * 3, "eval_transform: pixels do not match {h}×{w}×3");
-    assert_eq!(dst.len(), 3 * out * out, "eval_transform: dst is not 3×{out}×{out}");
     let (rh, rw) = resize_shorter(h, w, eval_resize(out));
     let b = center_crop_box(rh, rw, out, out);
-    let tx = Taps::new(w, rw);
-    let ty = Taps::new(h, rh);
-    let inside = |v: i64, n: usize| (0..n as i64).contains(&v).then_some(v as usize);
-    // The input rows the cropped output rows read.
-    let (mut r0, mut r1) = (h, 0);
-    for y in 0..out {
-        if let Some(ry) = inside(b.i + y as i64, rh) {
-            r0 = r0.min(ty.first[ry]);
-            r1 = r1.max(ty.first[ry] + ty.count[ry]);
-        }
-    }
-    let r0 = r0.min(r1);
-    // Horizontal pass over those rows, cropped columns only, in [0, 255].
-    let rows = &mut scratch.rows;
-    rows.clear();
-    rows.resize((r1 - r0) * out * 3, 0.0);
-    for r in r0..r1 {
-        let src = &px[r * w * 3..(r + 1) * w * 3];
-        let drow = &mut rows[(r - r0) * out * 3..(r - r0 + 1) * out * 3];
-        for x in 0..out {
-            let Some(rx) = inside(b.j + x as i64, rw) else { continue };
-            let (f, n) = (tx.first[rx], tx.count[rx]);
-            let ws = &tx.w[rx * tx.max_count..rx * tx.max_count + n];
-            let mut a = [0f32; 3];
-            for (k, &wk) in ws.iter().enumerate() {
-                let p = &src[(f + k) * 3..(f + k) * 3 + 3];
-                a[0] += wk * p[0] as f32;
-                a[1] += wk * p[1] as f32;
-                a[2] += wk * p[2] as f32;
-            }
-            drow[x * 3..x * 3 + 3].copy_from_slice(&a);
-        }
-    }
-    // Vertical pass and normalization, into CHW.
-    let plane = out * out;
-    let scale: [f32; 3] = core::array::from_fn(|c| 1.0 / (255.0 * std[c]));
-    let shift: [f32; 3] = core::array::from_fn(|c| mean[c] / std[c]);
-    acc.clear();
-    acc.resize(out * 3, 0.0);
-    for y in 0..out {
-        acc.fill(0.0);
-        if let Some(ry) = inside(b.i + y as i64, rh) {
-            let (f, n) = (ty.first[ry], ty.count[ry]);
-            for k in 0..n {
-                let wk = ty.w[ry * ty.max_count + k];
-                let srow = &rows[(f + k - r0) * out * 3..(f + k - r0 + 1) * out * 3];
-                for (a, &s) in acc.iter_mut().zip(srow) {
-                    *a += wk * s;
-                }
-            }
-        }
-        for x in 0..out {
-            for c in 0..3 {
-                dst[c * plane + y * out + x] = acc[x * 3 + c] * scale[c] - shift[c];
-            }
-        }
-    }
+    let ay = Axis { taps: Taps::new(h, rh), len: rh, win: b.i, src: 0 };
+    let ax = Axis { taps: Taps::new(w, rw), len: rw, win: b.j, src: 0 };
+    let mut acc = std::mem::take(&mut scratch.acc);
+    resample(px, h, w, &ay, &ax, out, false, mean, std, scratch, &mut acc, dst);
+    scratch.acc = acc;
 }
 
 #[cfg(test)]
@@ -379,7 +379,7 @@ mod tests {
         let mut s = Scratch::default();
         match bx {
             Some(b) => resized_crop(px, h, w, b, out, flip, &IMAGENET_MEAN, &IMAGENET_STD, &mut s, &mut dst),
-            None => eval_transform(px, h, w, out, &IMAGENET_MEAN, &IMAGENET_STD, &mut s, &mut Vec::new(), &mut dst),
+            None => eval_transform(px, h, w, out, &IMAGENET_MEAN, &IMAGENET_STD, &mut s, &mut dst),
         }
         dst
     }
