@@ -41,7 +41,7 @@ use super::batches::{Batch, BatchOptions, Batches};
 use super::dataset::Dataset;
 use super::error::DataError;
 use super::folder::{open_image, FolderIndex};
-use super::transform::{eval_transform, train_transform, Scratch, IMAGENET_MEAN, IMAGENET_STD};
+use super::transform::{eval_transform, train_transform, Norm, Rgb, Scratch, IMAGENET};
 
 /// Batches prepared ahead of the one the consumer holds, by default.
 pub const DEFAULT_DEPTH: usize = 2;
@@ -52,8 +52,7 @@ pub struct StreamSet {
     pub index: Arc<FolderIndex>,
     /// Output side `S` (224 for ImageNet).
     pub size: usize,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
+    pub norm: Norm,
     /// Decoding threads.
     pub workers: usize,
     /// The largest file bytes, image pixels and image height seen so far (for the bound).
@@ -124,16 +123,16 @@ impl std::fmt::Display for Bound {
 }
 
 impl StreamSet {
-    /// `index` through the transforms at `size`, normalized with `mean` and `std`,
-    /// decoded by `workers` threads (0: one per core).
-    pub fn new(index: FolderIndex, size: usize, mean: [f32; 3], std: [f32; 3], workers: usize) -> StreamSet {
+    /// `index` through the transforms at `size`, normalized with `norm`, decoded by
+    /// `workers` threads (0: one per core).
+    pub fn new(index: FolderIndex, size: usize, norm: Norm, workers: usize) -> StreamSet {
         let workers = if workers == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { workers };
-        StreamSet { index: Arc::new(index), size, mean, std, workers, seen: Arc::default() }
+        StreamSet { index: Arc::new(index), size, norm, workers, seen: Arc::default() }
     }
 
     /// [`StreamSet::new`] with torchvision's ImageNet mean and std.
     pub fn imagenet(index: FolderIndex, size: usize, workers: usize) -> StreamSet {
-        StreamSet::new(index, size, IMAGENET_MEAN, IMAGENET_STD, workers)
+        StreamSet::new(index, size, IMAGENET, workers)
     }
 
     /// Number of images.
@@ -189,11 +188,11 @@ impl StreamSet {
         self.seen.file.fetch_max(file, Ordering::Relaxed);
         self.seen.pixels.fetch_max(w * h, Ordering::Relaxed);
         self.seen.height.fetch_max(h, Ordering::Relaxed);
-        let px = img.as_raw();
+        let img = Rgb { px: img.as_raw(), h, w };
         if train {
-            train_transform(px, h, w, self.size, &self.mean, &self.std, rng, scratch, dst);
+            train_transform(img, self.size, &self.norm, rng, scratch, dst);
         } else {
-            eval_transform(px, h, w, self.size, &self.mean, &self.std, scratch, dst);
+            eval_transform(img, self.size, &self.norm, scratch, dst);
         }
         Ok(())
     }
@@ -624,7 +623,7 @@ mod tests {
             let o = StreamOptions { depth, ..StreamOptions::train(2, 4) };
             let mut it = s.batches(&o, &Rng::new(1), 1);
             let mut n = 0;
-            while let Some(b) = it.next() {
+            for b in it.by_ref() {
                 b.unwrap();
                 n += 1;
                 std::thread::sleep(Duration::from_millis(5)); // a slow consumer: workers catch up and wait

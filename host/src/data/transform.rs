@@ -35,6 +35,24 @@ pub const RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// A decoded RGB image: `h × w` pixels, HWC.
+#[derive(Clone, Copy, Debug)]
+pub struct Rgb<'a> {
+    pub px: &'a [u8],
+    pub h: usize,
+    pub w: usize,
+}
+
+/// Per-channel normalization of `p/255`: `(p/255 − mean[c]) / std[c]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Norm {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// torchvision's ImageNet normalization.
+pub const IMAGENET: Norm = Norm { mean: IMAGENET_MEAN, std: IMAGENET_STD };
+
 /// A crop box: top row `i`, left column `j`, height `h`, width `w` (torchvision's order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CropBox {
@@ -185,22 +203,20 @@ impl Axis {
 
 /// Resamples `px` (HWC RGB, `h × w`) along `ay`, `ax` into the `out × out` window, flips
 /// it left–right if `flip`, normalises it and writes CHW `dst`: rows first (only the
-/// source rows the window reads, only its columns), then columns. `acc` is a reused row.
-#[allow(clippy::too_many_arguments)]
+/// source rows the window reads, only its columns), then columns.
 fn resample(
-    px: &[u8],
-    h: usize,
-    w: usize,
+    img: Rgb,
     ay: &Axis,
     ax: &Axis,
     out: usize,
     flip: bool,
-    mean: &[f32; 3],
-    std: &[f32; 3],
+    norm: &Norm,
     scratch: &mut Scratch,
-    acc: &mut Vec<f32>,
     dst: &mut [f32],
 ) {
+    let Rgb { px, h, w } = img;
+    let (mean, std) = (&norm.mean, &norm.std);
+    let mut acc = std::mem::take(&mut scratch.acc);
     assert_eq!(px.len(), h * w * 3, "resample: pixels do not match {h}×{w}×3");
     assert_eq!(dst.len(), 3 * out * out, "resample: dst is not 3×{out}×{out}");
     let (ty, tx) = (&ay.taps, &ax.taps);
@@ -265,72 +281,45 @@ fn resample(
             }
         }
     }
+    scratch.acc = acc;
 }
 
 /// torchvision's `resized_crop` + optional `hflip` + normalization: resizes the `crop`
 /// of the HWC RGB image `px` (`h × w`; outside the image reads 0) to `out × out` with
 /// the antialiased bilinear filter, flips it left–right if `flip`, and normalises each
 /// value `p/255` as `(p/255 − mean[c]) / std[c]` into CHW `dst`.
-#[allow(clippy::too_many_arguments)]
 pub fn resized_crop(
-    px: &[u8],
-    h: usize,
-    w: usize,
+    img: Rgb,
     crop: CropBox,
     out: usize,
     flip: bool,
-    mean: &[f32; 3],
-    std: &[f32; 3],
+    norm: &Norm,
     scratch: &mut Scratch,
     dst: &mut [f32],
 ) {
     let ay = Axis { taps: Taps::new(crop.h, out), len: out, win: 0, src: crop.i };
     let ax = Axis { taps: Taps::new(crop.w, out), len: out, win: 0, src: crop.j };
-    let mut acc = std::mem::take(&mut scratch.acc);
-    resample(px, h, w, &ay, &ax, out, flip, mean, std, scratch, &mut acc, dst);
-    scratch.acc = acc;
+    resample(img, &ay, &ax, out, flip, norm, scratch, dst);
 }
 
 /// The training transform of one image: a [`random_resized_crop_box`], a coin for the
 /// flip, then [`resized_crop`].
-#[allow(clippy::too_many_arguments)]
-pub fn train_transform(
-    px: &[u8],
-    h: usize,
-    w: usize,
-    out: usize,
-    mean: &[f32; 3],
-    std: &[f32; 3],
-    rng: &mut Rng,
-    scratch: &mut Scratch,
-    dst: &mut [f32],
-) {
-    let b = random_resized_crop_box(h, w, SCALE, RATIO, rng);
+pub fn train_transform(img: Rgb, out: usize, norm: &Norm, rng: &mut Rng, scratch: &mut Scratch, dst: &mut [f32]) {
+    let b = random_resized_crop_box(img.h, img.w, SCALE, RATIO, rng);
     let flip = rng.coin();
-    resized_crop(px, h, w, b, out, flip, mean, std, scratch, dst);
+    resized_crop(img, b, out, flip, norm, scratch, dst);
 }
 
 /// The evaluation transform of one image: resize the shorter side to
 /// [`eval_resize`]`(out)`, centre-crop `out × out` (torchvision resizes the whole image and
 /// crops the result; only the cropped outputs are computed here, with the same weights).
-#[allow(clippy::too_many_arguments)]
-pub fn eval_transform(
-    px: &[u8],
-    h: usize,
-    w: usize,
-    out: usize,
-    mean: &[f32; 3],
-    std: &[f32; 3],
-    scratch: &mut Scratch,
-    dst: &mut [f32],
-) {
+pub fn eval_transform(img: Rgb, out: usize, norm: &Norm, scratch: &mut Scratch, dst: &mut [f32]) {
+    let (h, w) = (img.h, img.w);
     let (rh, rw) = resize_shorter(h, w, eval_resize(out));
     let b = center_crop_box(rh, rw, out, out);
     let ay = Axis { taps: Taps::new(h, rh), len: rh, win: b.i, src: 0 };
     let ax = Axis { taps: Taps::new(w, rw), len: rw, win: b.j, src: 0 };
-    let mut acc = std::mem::take(&mut scratch.acc);
-    resample(px, h, w, &ay, &ax, out, false, mean, std, scratch, &mut acc, dst);
-    scratch.acc = acc;
+    resample(img, &ay, &ax, out, false, norm, scratch, dst);
 }
 
 #[cfg(test)]
@@ -377,9 +366,10 @@ mod tests {
     fn run(px: &[u8], h: usize, w: usize, bx: Option<CropBox>, flip: bool, out: usize) -> Vec<f32> {
         let mut dst = vec![0f32; 3 * out * out];
         let mut s = Scratch::default();
+        let img = Rgb { px, h, w };
         match bx {
-            Some(b) => resized_crop(px, h, w, b, out, flip, &IMAGENET_MEAN, &IMAGENET_STD, &mut s, &mut dst),
-            None => eval_transform(px, h, w, out, &IMAGENET_MEAN, &IMAGENET_STD, &mut s, &mut dst),
+            Some(b) => resized_crop(img, b, out, flip, &IMAGENET, &mut s, &mut dst),
+            None => eval_transform(img, out, &IMAGENET, &mut s, &mut dst),
         }
         dst
     }
