@@ -216,6 +216,8 @@ struct State {
     peak: usize,
     error: Option<DataError>,
     stop: bool,
+    /// A worker panicked (the consumer re-raises it rather than wait forever).
+    panicked: bool,
 }
 
 struct Shared {
@@ -234,9 +236,21 @@ impl Shared {
         bs.min(self.order.len() - b * bs)
     }
 
-    /// A worker: claims the next image within `depth` batches of the consumer's,
-    /// transforms it into its own buffer and copies it into its batch.
+    /// A worker ([`Shared::work_inner`]); a panic stops the epoch and reaches the consumer.
     fn work(&self) {
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.work_inner())) {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.panicked = true;
+            st.stop = true;
+            drop(st);
+            self.cv.notify_all();
+            std::panic::resume_unwind(p);
+        }
+    }
+
+    /// Claims the next image within `depth` batches of the consumer's, transforms it into
+    /// its own buffer and copies it into its batch, until the epoch is done or stopped.
+    fn work_inner(&self) {
         let img_len = 3 * self.set.size * self.set.size;
         let mut buf = vec![0f32; img_len];
         let mut scratch = Scratch::default();
@@ -334,6 +348,7 @@ impl StreamBatches {
                 peak: 0,
                 error: None,
                 stop: false,
+                panicked: false,
             }),
             cv: Condvar::new(),
         });
@@ -398,6 +413,12 @@ impl Iterator for StreamBatches {
         let r = loop {
             if let Some(e) = st.error.take() {
                 break Err(e);
+            }
+            if st.panicked {
+                drop(st);
+                self.failed = true;
+                self.stop(); // re-raises the worker's panic
+                return None;
             }
             if st.slots.front().is_some_and(|s| s.left == 0) {
                 let s = st.slots.pop_front().expect("checked");
