@@ -46,7 +46,7 @@ fn extra(plan: &Plan) -> Extra {
     let mut partial = 0;
     let mut scan = |op: &Op| {
         let need = match *op {
-            Op::ConvBackward { s, b, weights: true, .. } => s.weight_len() + b.map_or(0, |_| s.c_out),
+            Op::ConvBackward { s, b, x: Some(_), .. } => s.weight_len() + b.map_or(0, |_| s.c_out),
             Op::LinearBackward { s, .. } => s.weight_len() + s.out_f,
             Op::BnTrain { s, .. } | Op::BnBackward { s, .. } => 2 * s.c,
             _ => 0,
@@ -393,7 +393,8 @@ impl<'a> Ctx<'a> {
                 let t = loss::SUPCON_TEMPERATURE;
                 losses[slot] += loss::supcon(n, d, self.r(f), labels, t, t, scale, self.w(df), self.w(scratch));
             }
-            Op::ConvBackward { s, w, b, x, dy, dx, weights } => {
+            Op::ConvBackward { s, w, b, x, dy, dx } => {
+                let weights = x.is_some();
                 let (wl, cb) = (s.weight_len(), if b.is_some() { s.c_out } else { 0 });
                 let wt = self.arena.r(w, wl);
                 let grad = self.arena.w(self.plan.grad_of(w), wl);
@@ -403,9 +404,10 @@ impl<'a> Ctx<'a> {
                     None => &mut gb[..],
                 };
                 self.each_chunk(|c, i0, cnt| {
-                    let (xs, dys) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt));
+                    let dys = self.rows(dy, i0, cnt);
                     let scratch = self.thread_scratch();
-                    if weights {
+                    if let Some(x) = x {
+                        let xs = self.rows(x, i0, cnt);
                         let part = self.partial(c, wl + cb);
                         part.fill(0.0);
                         let (pw, pb) = part.split_at_mut(wl);

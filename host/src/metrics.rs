@@ -167,9 +167,9 @@ pub fn plan_flops(plan: &Plan) -> (u64, u64) {
     fn count(op: &Op) -> u64 {
         match *op {
             Op::Conv { s, x, .. } => (s.flops() * (x.len / s.in_len().max(1))) as u64,
-            Op::ConvBackward { s, x, dx, weights, .. } => {
-                let f = (s.flops() * (x.len / s.in_len().max(1))) as u64;
-                f * (u64::from(weights) + u64::from(dx.is_some()))
+            Op::ConvBackward { s, x, dy, dx, .. } => {
+                let f = (s.flops() * (dy.len / s.out_len().max(1))) as u64;
+                f * (u64::from(x.is_some()) + u64::from(dx.is_some()))
             }
             Op::Linear { s, x, .. } => (2 * s.in_f * s.out_f * (x.len / s.in_f.max(1))) as u64,
             Op::LinearBackward { s, x, dx, .. } => {
@@ -212,10 +212,10 @@ mod tests {
         let h = plan(Base::InfoPro, true);
         let (mut cascade_only, mut all) = (0u64, 0u64);
         h.train_step(|op| {
-            if let Op::ConvBackward { s, x, weights, .. } = *op {
-                let f = (s.flops() * (x.len / s.in_len())) as u64;
+            if let Op::ConvBackward { s, x, dy, .. } = *op {
+                let f = (s.flops() * (dy.len / s.out_len())) as u64;
                 all += f;
-                if !weights {
+                if x.is_none() {
                     cascade_only += f;
                 }
             }

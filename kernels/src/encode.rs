@@ -241,7 +241,7 @@ impl<'a, S: Sink> Encoder<'a, S> {
                 self.each(K::SupconGrad, n * d, &[nn, dd, self.b(f), self.b(scratch), self.b(df), Arg::D(g)])?;
                 self.loss_finalize(n, coef, slot)?;
             }
-            Op::ConvBackward { s, w, b, x, dy, dx, weights } => self.conv_backward(&s, w, b, x, dy, dx, weights)?,
+            Op::ConvBackward { s, w, b, x, dy, dx } => self.conv_backward(&s, w, b, x, dy, dx)?,
             Op::BnBackward { s, p, x, dy, dx, stats, sums, weights } => {
                 let total = n * s.hw;
                 let parts = chan_parts(total);
@@ -435,16 +435,17 @@ impl<'a, S: Sink> Encoder<'a, S> {
 
     /// Backward: per chunk (in order), dy → rows; `dW += rows·colᵀ` (GEMM with β = 1);
     /// `dcol = Wᵀ·rows` and the col2im gather into dx. Bias: a per-channel reduction.
+    /// Weight and bias gradients are taken when the input `x` is given.
     fn conv_backward(
         &mut self,
         s: &Conv2d,
         w: usize,
         b: Option<usize>,
-        x: Buf,
+        x: Option<Buf>,
         dy: Buf,
         dx: Option<Buf>,
-        weights: bool,
     ) -> Result<(), CudaError> {
+        let weights = x.is_some();
         let plan = self.plan;
         let n = plan.batch;
         let (ckk, hw) = (s.c_in * s.k * s.k, s.h_out() * s.w_out());
@@ -463,7 +464,7 @@ impl<'a, S: Sink> Encoder<'a, S> {
                     i("chunk", g)?,
                 ];
                 self.each(K::NchwToRows, g * s.out_len(), &args)?;
-                if weights {
+                if let Some(x) = x {
                     self.im2col(s, x, i0, g)?;
                     let gm = Gemm {
                         m: s.c_out,

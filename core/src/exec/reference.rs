@@ -214,8 +214,8 @@ impl<'a> Arena<'a> {
                 let t = loss::SUPCON_TEMPERATURE;
                 losses[slot] += loss::supcon(n, d, self.r(f), inp.labels, t, t, scale, self.w(df), self.w(scratch));
             }
-            Op::ConvBackward { s, w, b, x, dy, dx, weights } => {
-                if weights {
+            Op::ConvBackward { s, w, b, x, dy, dx } => {
+                if let Some(x) = x {
                     let dw = self.w(buf(plan.grad_of(w), s.weight_len()));
                     let db = b.map(|b| self.w(buf(plan.grad_of(b), s.c_out)));
                     ops::conv2d_accumulate_weight_grad(&s, n, self.r(x), self.r(dy), dw, db, scratch);

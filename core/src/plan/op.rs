@@ -148,15 +148,16 @@ pub enum Op {
         slot: LossSlot,
         scratch: Buf,
     },
-    /// Adds weight (and bias) gradients when `weights`; writes dx when asked.
+    /// Adds weight (and bias) gradients when the layer's input `x` is given (it is read
+    /// for nothing else, so an input-gradient-only pass does not keep it alive); writes dx
+    /// when asked.
     ConvBackward {
         s: Conv2d,
         w: usize,
         b: Option<usize>,
-        x: Buf,
+        x: Option<Buf>,
         dy: Buf,
         dx: Option<Buf>,
-        weights: bool,
     },
     /// Training-mode BN backward; adds γ/β gradients when `weights`; `sums` is 2·c scratch.
     BnBackward {
@@ -296,7 +297,16 @@ impl Op {
                 f("scratch", W, scratch);
                 f("df", W, df);
             }
-            Op::ConvBackward { x, dy, dx, .. } | Op::LinearBackward { x, dy, dx, .. } => {
+            Op::ConvBackward { x, dy, dx, .. } => {
+                if let Some(x) = x {
+                    f("x", R, x);
+                }
+                f("dy", R, dy);
+                if let Some(dx) = dx {
+                    f("dx", W, dx);
+                }
+            }
+            Op::LinearBackward { x, dy, dx, .. } => {
                 f("x", R, x);
                 f("dy", R, dy);
                 if let Some(dx) = dx {

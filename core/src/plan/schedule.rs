@@ -81,6 +81,18 @@ struct ModuleFwd {
 
 const NONE: Buf = Buf { off: 0, len: 0 };
 
+/// Where a backward pass puts its input gradient.
+#[derive(Clone, Copy)]
+enum Dx {
+    /// Not wanted.
+    No,
+    /// Into this buffer.
+    At(Buf),
+    /// `len` floats wherever the pass's temporaries leave room; the caller reads the
+    /// returned buffer before it allocates anything.
+    Temp(usize),
+}
+
 /// How a forward pass runs its BNs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fwd {
@@ -176,7 +188,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             Some(b) => b,
             None => self.alloc(a.len),
         };
-        self.module_bwd(&m, dout, Some(ds), true);
+        self.module_bwd(&m, dout, Dx::At(ds), true);
         let lo = if ds.off >= m.start && ds.off < m.end { ds.end() } else { m.start };
         self.stem_bwd(s, a, img, ds, Some((lo, m.end)));
         self.top = mark;
@@ -190,7 +202,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let dh = self.alloc(s.h.len);
         let sums = self.alloc(2 * sp.bn.s.c);
         self.op(Op::BnBackward { s: sp.bn.s, p: sp.bn.p, x: s.h, dy: dout, dx: dh, stats: s.st, sums, weights: true });
-        self.op(Op::ConvBackward { s: sp.conv.s, w: sp.conv.w, b: None, x: img, dy: dh, dx: None, weights: true });
+        self.op(Op::ConvBackward { s: sp.conv.s, w: sp.conv.w, b: None, x: Some(img), dy: dh, dx: None });
         self.top = mark;
     }
 
@@ -264,27 +276,46 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     }
 
     /// Backward of one block: `dout` (modified in place) is the gradient of its output;
-    /// adds parameter gradients when `weights` and writes `dx` when given. Temporaries go
-    /// into `room` when they fit. `dx` may overlay the block's own values: it is written by
-    /// the last op that reads them.
+    /// adds parameter gradients when `weights` and writes the input gradient per `dx`,
+    /// returning where it went. Temporaries go into `room` when they fit. An `At` buffer
+    /// may overlay the block's own values: it is written by the last op that reads them.
     fn block_bwd(
         &mut self,
         bp: &BlockP,
         a: &BlockActs,
         dout: Buf,
-        dx: Option<Buf>,
+        dx: Dx,
         weights: bool,
         room: Option<(usize, usize)>,
-    ) {
+    ) -> Option<Buf> {
         let mark = self.top;
         let tmax = (0..bp.layers).map(|l| a.h[l].len).max().unwrap_or(0).max(a.ds.map_or(0, |d| d.0.len));
         let cmax = (0..bp.layers).map(|l| bp.bns[l].s.c).max().unwrap_or(0).max(bp.shape.c_out);
-        // On a last backward a recomputed ReLU output goes over the BN input just consumed.
+        // A recomputed ReLU output is needed as the conv's input only for its weight
+        // gradient: without one it is computed after the conv, over the conv's dy (t1).
+        // On a last backward it goes over the BN input just consumed.
         let overlay = room.is_some() && (1..bp.layers).all(|l| a.h[l].len >= a.h[l - 1].len);
-        let inner = if overlay { 0 } else { self.inner_len(bp) };
-        let shortcut_dx = if a.ds.is_some() { dx.map_or(0, |d| d.len) } else { 0 };
-        self.top = self.reuse_or_top(room, 2 * tmax + inner + 2 * cmax + shortcut_dx);
-        let (t1, t2, ra, sums) = (self.alloc(tmax), self.alloc(tmax), self.alloc(inner), self.alloc(2 * cmax));
+        let inner = if overlay || !weights { 0 } else { self.inner_len(bp) };
+        let want = match dx {
+            Dx::No => 0,
+            Dx::At(d) => d.len,
+            Dx::Temp(len) => len,
+        };
+        let shortcut_dx = if a.ds.is_some() { want } else { 0 };
+        let start = self.reuse_or_top(room, 2 * tmax + inner + 2 * cmax + shortcut_dx);
+        let on_top = start == self.top;
+        self.top = start;
+        let (t1, sums, sc) = (self.alloc(tmax), self.alloc(2 * cmax), self.alloc(shortcut_dx));
+        let (t2, ra) = (self.alloc(tmax), self.alloc(inner));
+        // A temporary input gradient is written by the first layer's conv, which reads only
+        // t1 (and the shortcut's gradient): from t2 on everything is dead by then, and on
+        // top of the stack it may reach past the end.
+        let dx = match dx {
+            Dx::No => None,
+            Dx::At(d) => Some(d),
+            Dx::Temp(len) if on_top || t2.off + len <= self.top => Some(Buf { off: t2.off, len }),
+            Dx::Temp(len) => Some(Buf { off: mark.max(self.top), len }),
+        };
         self.op(Op::ReluBackward { y: a.out, dy: dout });
         // The shortcut first: dx may overlay this block's values, which it reads.
         let shortcut = match (bp.downsample, a.ds) {
@@ -292,8 +323,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let dh = Buf { off: t1.off, len: hd.len };
                 let sums_d = Buf { off: sums.off, len: 2 * bn.s.c };
                 self.op(Op::BnBackward { s: bn.s, p: bn.p, x: hd, dy: dout, dx: dh, stats: sd, sums: sums_d, weights });
-                let tmp = dx.map(|d| self.alloc(d.len));
-                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.x, dy: dh, dx: tmp, weights });
+                let tmp = dx.map(|d| Buf { off: sc.off, len: d.len });
+                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: weights.then_some(a.x), dy: dh, dx: tmp });
                 tmp
             }
             _ => dx.map(|_| dout),
@@ -315,20 +346,32 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             });
             let c = bp.convs[l];
             if l > 0 {
-                let r = Buf { off: if overlay { a.h[l].off } else { ra.off }, len: a.h[l - 1].len };
-                self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
-                let da = Buf { off: t2.off, len: r.len };
-                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: r, dy: dh, dx: Some(da), weights });
-                self.op(Op::ReluBackward { y: r, dy: da });
+                let len = a.h[l - 1].len;
+                let da = Buf { off: t2.off, len };
+                if weights {
+                    let r = Buf { off: if overlay { a.h[l].off } else { ra.off }, len };
+                    self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
+                    self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: Some(r), dy: dh, dx: Some(da) });
+                    self.op(Op::ReluBackward { y: r, dy: da });
+                } else {
+                    self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: None, dy: dh, dx: Some(da) });
+                    let r = Buf { off: t1.off, len };
+                    self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
+                    self.op(Op::ReluBackward { y: r, dy: da });
+                }
                 dcur = da;
             } else {
-                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.x, dy: dh, dx, weights });
+                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: weights.then_some(a.x), dy: dh, dx });
             }
         }
         if let (Some(d), Some(s)) = (dx, shortcut) {
             self.op(Op::Add { y: d, x: s });
         }
+        if let Some(d) = dx {
+            self.peak = self.peak.max(d.end() - self.plan.act_off());
+        }
         self.top = mark;
+        dx
     }
 
     fn module_fwd(&mut self, j: usize, x: Buf, out: Buf, mode: Fwd) -> ModuleFwd {
@@ -384,16 +427,17 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         (first.start + len <= first.end).then_some(Buf { off: first.start, len })
     }
 
-    /// Backward of a module: parameter gradients when `weights`, input gradient into `dx`
-    /// when given. The pass that takes parameter gradients is the last to read the module's
+    /// Backward of a module: parameter gradients when `weights`, input gradient per `dx`
+    /// (returned). The pass that takes parameter gradients is the last to read the module's
     /// values (see [`Gen::train_hpff`]), so it reuses the region of each block it finishes.
-    fn module_bwd(&mut self, m: &ModuleFwd, dout: Buf, dx: Option<Buf>, weights: bool) {
+    fn module_bwd(&mut self, m: &ModuleFwd, dout: Buf, dx: Dx, weights: bool) -> Option<Buf> {
         let mark = self.top;
         let blocks = self.plan.part.blocks_of(m.j);
         let consume = weights;
         let mut ping: Option<[Buf; 2]> = None;
         let mut dy = dout;
         let mut k = 0;
+        let mut input_grad = None;
         for g in blocks.clone().rev() {
             let (bp, acts) = self.acts_of(m, g);
             let first = g == blocks.start;
@@ -401,24 +445,27 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let dxb = if first {
                 dx
             } else if consume && acts.start + len <= acts.end {
-                Some(Buf { off: acts.start, len })
+                Dx::At(Buf { off: acts.start, len })
             } else {
                 let maxlen = blocks.clone().map(|b| self.in_len(b)).max().unwrap_or(0);
                 let p = *ping.get_or_insert_with(|| [self.alloc(maxlen), self.alloc(maxlen)]);
                 k ^= 1;
-                Some(Buf { off: p[k].off, len })
+                Dx::At(Buf { off: p[k].off, len })
             };
             // Dead space: the regions of the blocks above, less the gradient living there.
             let room = consume.then(|| {
                 let lo = if dy.off >= acts.end && dy.off < m.end { dy.end() } else { acts.end };
                 (lo, m.end)
             });
-            self.block_bwd(&bp, &acts, dy, dxb, weights, room);
-            if let (false, Some(d)) = (first, dxb) {
-                dy = d;
+            let d = self.block_bwd(&bp, &acts, dy, dxb, weights, room);
+            match (first, d) {
+                (true, _) => input_grad = d,
+                (false, Some(d)) => dy = d,
+                (false, None) => {}
             }
         }
         self.top = mark;
+        input_grad
     }
 
     /// Floats of block `g`'s input.
@@ -499,8 +546,11 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         }
         // Conv backward: the running gradient in `g`, the BN input gradient in `dh`, the
         // recomputed ReLU output in `r` (it is also the next conv's input, so computed once).
-        let g = self.alloc(alen.max(x.len));
+        // The input gradient is written by the first conv's backward, which reads only `dh`
+        // and `x`: it goes over the saved values below `dh` when they are large enough.
+        let g = self.alloc(alen);
         let dh = self.alloc(alen);
+        let dx = if mark + x.len <= dh.off { Buf { off: mark, len: x.len } } else { self.alloc(x.len) };
         let r = self.alloc(alen);
         let sums = self.alloc(2 * hp.convs.iter().take(hp.n_convs).map(|c| c.1.s.c).max().unwrap_or(0));
         let last = hp.n_convs - 1;
@@ -531,8 +581,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 self.relu_recompute(hp.convs[i - 1].1, saved[i - 1], below);
                 below
             };
-            dcur = Buf { off: g.off, len: xin.len };
-            self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: xin, dy: dhi, dx: Some(dcur), weights: true });
+            dcur = if i == 0 { dx } else { Buf { off: g.off, len: xin.len } };
+            self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: Some(xin), dy: dhi, dx: Some(dcur) });
         }
         self.op(Op::Add { y: dacc, x: dcur });
         self.top = mark;
@@ -570,7 +620,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 self.op(Op::Relu { x: a1 });
                 // Each value takes the place of one that is dead by the time it is written:
                 // the target and dh2 that of h2, da1 that of o and the BCE gradient, dh1 that
-                // of a1, and the resize gradient that of everything from h1 on.
+                // of a1, and the resize gradient that of the resized input.
                 let olen = n * ci * po * po;
                 let h2 = self.alloc(olen);
                 let o = self.alloc(olen);
@@ -584,13 +634,16 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let dh2 = h2;
                 self.op(Op::SigmoidBackward { y: o, dy: dout, dx: dh2 });
                 let da1 = self.alloc_at(o.off, mid);
-                self.op(Op::ConvBackward { s: cb.s, w: cb.w, b: cb.b, x: a1, dy: dh2, dx: Some(da1), weights: true });
+                self.op(Op::ConvBackward { s: cb.s, w: cb.w, b: cb.b, x: Some(a1), dy: dh2, dx: Some(da1) });
                 self.op(Op::ReluBackward { y: a1, dy: da1 });
                 let dh1 = a1;
                 let sums = self.alloc_at(da1.end(), 2 * bn.s.c);
                 self.op(Op::BnBackward { s: bn.s, p: bn.p, x: h1, dy: da1, dx: dh1, stats: st, sums, weights: true });
-                let drs = self.alloc_at(h1.off, rs.len);
-                self.op(Op::ConvBackward { s: ca.s, w: ca.w, b: ca.b, x: rs, dy: dh1, dx: Some(drs), weights: true });
+                // Weight gradients first, so that the resize gradient (as large as the
+                // resized input, the decoder's largest values) can take the input's place.
+                self.op(Op::ConvBackward { s: ca.s, w: ca.w, b: ca.b, x: Some(rs), dy: dh1, dx: None });
+                let drs = rs;
+                self.op(Op::ConvBackward { s: ca.s, w: ca.w, b: None, x: None, dy: dh1, dx: Some(drs) });
                 self.op(Op::ResizeBackward { win, dy: drs, dx: dacc });
                 self.decoder_peak = self.decoder_peak.max(self.top - entry);
                 self.top = mark;
@@ -683,7 +736,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             }
             match stem {
                 Some(s) => self.stem_module_bwd(&fwd, &s, img, d),
-                None => self.module_bwd(&fwd, d, None, true),
+                None => _ = self.module_bwd(&fwd, d, Dx::No, true),
             }
             self.top = mark;
         }
@@ -742,44 +795,48 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             self.top = below.1.max(start + flen);
             below = (start, start + flen);
             self.op(Op::Zero { buf: t });
-            // The cascade-only gradient dies with this step, so it lives above the frames.
-            let c = self.zeroed(len);
 
-            // Its losses.
-            if j < last {
-                if do_x && (j > 0 || lv == Levels::Independent) {
-                    let hp = plan.head(j, AuxNet::Independent);
-                    self.head_loss(&hp, out, t, wx, LossKind::Independent.slot(j));
-                }
-                if do_y && j > 0 {
+            // The cascade losses first, alone in `t`: their gradient is the part that
+            // continues into module j−1. Its backward masks `t` by the output ReLU in place;
+            // the frame's own backward applies the same mask to the sum again, which
+            // changes nothing (the mask is idempotent and the additions commute), so no
+            // separate cascade gradient is kept.
+            let below = if j > 0 { frames[(j - 1) % 2].take() } else { None };
+            // The last module's two losses share the network's classifier, whose gradient
+            // they accumulate in the reference's order (x path first): the x loss goes
+            // into a buffer of its own, added to `t` after the cascade.
+            let mark = self.top;
+            let last_x = (j == last && do_x).then(|| {
+                let g = self.zeroed(len);
+                self.final_loss(out, g, wx, LossKind::LastX.slot(j));
+                g
+            });
+            if do_y && j > 0 {
+                if j < last {
                     let (l1, l2) = method.local_weights(&plan.part, j);
                     if method.uses_decoder() {
                         let dp = plan.decoder(j, AuxNet::Decoder);
-                        self.decoder_loss(&dp, out, c, restored, wy * l1, LossKind::CascadeDecoder.slot(j));
+                        self.decoder_loss(&dp, out, t, restored, wy * l1, LossKind::CascadeDecoder.slot(j));
                     }
                     let hp = plan.head(j, AuxNet::Classifier);
-                    self.head_loss(&hp, out, c, wy * l2, LossKind::CascadeClassifier.slot(j));
+                    self.head_loss(&hp, out, t, wy * l2, LossKind::CascadeClassifier.slot(j));
+                } else {
+                    self.final_loss(out, t, wy, LossKind::LastY.slot(j));
                 }
-            } else {
-                if do_x {
-                    self.final_loss(out, t, wx, LossKind::LastX.slot(j));
-                }
-                if do_y {
-                    self.final_loss(out, c, wy, LossKind::LastY.slot(j));
-                }
+                let below = below.as_ref().expect("module below is live");
+                let h = self.module_bwd(&fwd, t, Dx::Temp(below.out.len), false).expect("asked for");
+                self.op(Op::Add { y: below.t, x: h });
             }
-            self.op(Op::Add { y: t, x: c });
-
-            // The cascade gradient continues one module down, then that module is done.
-            if j > 0 {
-                let below = frames[(j - 1) % 2].take().expect("module below is live");
-                if do_y {
-                    let h = self.alloc(below.out.len);
-                    self.module_bwd(&fwd, c, Some(h), false);
-                    self.op(Op::Add { y: below.t, x: h });
-                }
-                // The cascade gradient is spent: the module below's backward goes over it.
-                self.top = c.off;
+            // Then the independent level's loss.
+            if let Some(g) = last_x {
+                self.op(Op::Add { y: t, x: g });
+            } else if do_x && (j > 0 || lv == Levels::Independent) {
+                let hp = plan.head(j, AuxNet::Independent);
+                self.head_loss(&hp, out, t, wx, LossKind::Independent.slot(j));
+            }
+            self.top = mark;
+            // Module j−1 has every gradient it gets: its parameter gradients, then it is done.
+            if let Some(below) = below {
                 self.frame_bwd(&below, img);
             }
             frames[j % 2] = Some(Frame { fwd, out, t, stem });
@@ -793,7 +850,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     fn frame_bwd(&mut self, f: &Frame, img: Buf) {
         match f.stem {
             Some(s) => self.stem_module_bwd(&f.fwd, &s, img, f.t),
-            None => self.module_bwd(&f.fwd, f.t, None, true),
+            None => _ = self.module_bwd(&f.fwd, f.t, Dx::No, true),
         }
     }
 
