@@ -7,11 +7,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands;
 use crate::config::{Config, DatasetName, ModelArgs, RunArgs, Shape, TrainingArgs};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::train::{self, RunOptions};
+use crate::{budget, commands};
 
 /// Hierarchical locally supervised learning with patch feature fusion (HPFF), Greedy
 /// SL, DGL, InfoPro and end-to-end training of CIFAR ResNets.
@@ -216,7 +216,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => {
             let cfg = with_file(&a.config, a.to_config())?;
-            let memory_limit = a.memory_limit.as_deref().map(commands::budget::parse_size).transpose()?;
+            let memory_limit = a.memory_limit.as_deref().map(budget::parse_size).transpose()?;
             let opts = RunOptions { resume: a.resume.clone(), stop_after: a.stop_after, quiet: a.quiet, memory_limit };
             train::train(&cfg, &opts).map(|_| ())
         }
@@ -231,7 +231,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 limit_test: a.limit_test,
                 ..Config::default()
             };
-            let limit = a.memory_limit.as_deref().map(commands::budget::parse_size).transpose()?;
+            let limit = a.memory_limit.as_deref().map(budget::parse_size).transpose()?;
             commands::eval::eval(&a.checkpoint, &over, a.json, limit)
         }
         Command::Plan(a) => {
@@ -239,7 +239,7 @@ pub fn run(cli: Cli) -> Result<()> {
             a.model.apply(&mut flags);
             let cfg = with_file(&a.config, flags)?.settings();
             let shape = a.shape.shape(cfg.dataset)?;
-            let limit = a.memory_limit.as_deref().map(commands::budget::parse_size).transpose()?;
+            let limit = a.memory_limit.as_deref().map(budget::parse_size).transpose()?;
             commands::plan::plan(&cfg, shape, a.json, a.ops, limit)
         }
         Command::Bench(a) => {
@@ -248,7 +248,7 @@ pub fn run(cli: Cli) -> Result<()> {
             a.run.apply(&mut flags);
             let cfg = with_file(&a.config, flags)?.settings();
             let shape = a.shape.shape(cfg.dataset)?;
-            let limit = a.memory_limit.as_deref().map(commands::budget::parse_size).transpose()?;
+            let limit = a.memory_limit.as_deref().map(budget::parse_size).transpose()?;
             commands::bench::bench(&cfg, shape, a.steps, a.warmup, a.json, limit)
         }
     }

@@ -148,7 +148,6 @@ pub struct Shape {
     pub classes: usize,
 }
 
-
 /// Defines the hyper-parameters once. Each entry is
 /// `/// help` `#[arg(..)]` `name: Type [= default];` in groups of flags; an entry without
 /// a default stays optional when completed. Defaults may use the completed values of the
@@ -248,13 +247,21 @@ macro_rules! completed_type {
 }
 
 macro_rules! completed_value {
-    ($v:expr, $d:expr) => { $v.unwrap_or_else(|| $d) };
-    ($v:expr) => { $v };
+    ($v:expr, $d:expr) => {
+        $v.unwrap_or_else(|| $d)
+    };
+    ($v:expr) => {
+        $v
+    };
 }
 
 macro_rules! completed_given {
-    ($v:expr, $d:expr) => { Some($v) };
-    ($v:expr) => { $v };
+    ($v:expr, $d:expr) => {
+        Some($v)
+    };
+    ($v:expr) => {
+        $v
+    };
 }
 
 hyper_parameters! {
@@ -520,11 +527,7 @@ impl Settings {
             }
             ScheduleName::Constant => LrSchedule::Constant { lr },
         };
-        let sgd = Sgd {
-            momentum: c.momentum as f32,
-            weight_decay: c.weight_decay as f32,
-            nesterov: c.nesterov,
-        };
+        let sgd = Sgd { momentum: c.momentum as f32, weight_decay: c.weight_decay as f32, nesterov: c.nesterov };
         if !(0.0..1.0).contains(&sgd.momentum) {
             return Err(Error::msg(format!("--momentum must be in [0, 1), not {}", sgd.momentum)));
         }

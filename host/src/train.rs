@@ -21,8 +21,9 @@ use crate::config::{Config, NonFinite, Settings, Setup, Shape};
 use crate::data::{self, Augment, BatchOptions, Batches, Dataset, Normalize, Split};
 use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
 use crate::error::{io_err, Error, Result};
-use crate::metrics::{self, fmt_mib, EpochMetrics, EvalResult, LossMeter};
+use crate::metrics::{self, EpochMetrics, EvalResult, LossMeter};
 use crate::plot;
+use crate::resources::fmt_mib;
 
 /// Stream of the parameter initialisation.
 pub const INIT_STREAM: u64 = 1;
@@ -264,7 +265,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     let batch = setup.batch;
     let plan = setup.plan(batch)?;
     if let Some(limit) = opts.memory_limit {
-        crate::commands::budget::check_fits(&setup, &plan, limit)?;
+        crate::budget::check_fits(&setup, &plan, limit)?;
     }
     let tail_n = data.train.n % batch;
     // The last partial batch (the reference's DataLoader keeps it) runs on a plan of

@@ -11,7 +11,8 @@ use super::plan::describe;
 use crate::config::{Settings, Shape};
 use crate::device::Snapshot;
 use crate::error::{Error, Result};
-use crate::metrics::{self, fmt_mib};
+use crate::metrics;
+use crate::resources::fmt_mib;
 use crate::train;
 
 /// The median of per-step times (the mean of the middle two for an even count).
@@ -58,7 +59,7 @@ pub fn bench(
     let setup = cfg.setup(shape)?;
     let plan = setup.plan(setup.batch)?;
     if let Some(limit) = memory_limit {
-        super::budget::check_fits(&setup, &plan, limit)?;
+        crate::budget::check_fits(&setup, &plan, limit)?;
     }
     let seed = cfg.seed;
     let mut exec = open_executor(cfg, &plan)?;

@@ -3,7 +3,6 @@
 //! nothing here depends on the command-line parser that calls it.
 
 pub mod bench;
-pub mod budget;
 pub mod eval;
 pub mod ops;
 pub mod plan;

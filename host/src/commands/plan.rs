@@ -3,8 +3,8 @@
 use hpff_core::plan::{Memory, Plan};
 use serde_json::json;
 
-use super::budget::fitting_plan;
 use super::ops::{listing, render};
+use crate::budget::fitting_plan;
 use crate::config::{Settings, Setup, Shape};
 use crate::error::Result;
 
