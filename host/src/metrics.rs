@@ -154,11 +154,6 @@ pub fn peak_rss_bytes() -> Option<u64> {
     crate::resources::proc_kib("/proc/self/status", "VmHWM:")
 }
 
-/// `12.34 MiB` or `n/a`.
-pub fn fmt_mib(bytes: Option<u64>) -> String {
-    bytes.map_or_else(|| "n/a".to_string(), |b| format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0)))
-}
-
 /// FLOPs of one training step and of one eval pass of `plan` (2 per multiply-add;
 /// convolutions and linear layers only): only work that runs. A conv backward counts its
 /// weight gradient when it computes one (HPFF's cascade-only passes do not) and its input
@@ -188,6 +183,7 @@ pub fn plan_flops(plan: &Plan) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::fmt_mib;
     use hpff_core::arch::Arch;
     use hpff_core::method::{Base, Method};
     use hpff_core::partition::{Partition, TableKind};

@@ -39,11 +39,11 @@ fn check_eval_fits(plan: &hpff_core::plan::Plan, limit: usize) -> Result<()> {
 /// threads, device, precision, `limit_test`).
 pub fn eval(checkpoint: &Path, over: &Config, as_json: bool, memory_limit: Option<usize>) -> Result<()> {
     let loaded = checkpoint::load(checkpoint)?;
-    let cfg = loaded.meta.config.merge(over).complete();
-    let kind = cfg.dataset.expect("completed").kind();
+    let cfg = loaded.meta.config.merge(over).settings();
+    let kind = cfg.dataset.kind();
     let test = data::load(kind, cfg.data_dir.as_deref(), Split::Test)?;
     // The subset hpff train evaluated on with the same seed and limit.
-    let test = train::limit_subset(test, over.limit_test, cfg.seed.expect("completed"));
+    let test = train::limit_subset(test, over.limit_test, cfg.seed);
     if test.n == 0 {
         return Err(Error::msg("the test split has no images"));
     }
