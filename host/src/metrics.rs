@@ -161,14 +161,14 @@ pub fn peak_rss_bytes() -> Option<u64> {
 pub fn plan_flops(plan: &Plan) -> (u64, u64) {
     fn count(op: &Op) -> u64 {
         match *op {
-            Op::Conv { s, x, .. } => (s.flops() * (x.len / s.in_len().max(1))) as u64,
-            Op::ConvBackward { s, x, dy, dx, .. } => {
-                let f = (s.flops() * (dy.len / s.out_len().max(1))) as u64;
+            Op::Conv { shape, x, .. } => (shape.flops() * (x.len / shape.in_len().max(1))) as u64,
+            Op::ConvBackward { shape, x, dy, dx, .. } => {
+                let f = (shape.flops() * (dy.len / shape.out_len().max(1))) as u64;
                 f * (u64::from(x.is_some()) + u64::from(dx.is_some()))
             }
-            Op::Linear { s, x, .. } => (2 * s.in_f * s.out_f * (x.len / s.in_f.max(1))) as u64,
-            Op::LinearBackward { s, x, dx, .. } => {
-                let f = (2 * s.in_f * s.out_f * (x.len / s.in_f.max(1))) as u64;
+            Op::Linear { shape, x, .. } => (2 * shape.in_f * shape.out_f * (x.len / shape.in_f.max(1))) as u64,
+            Op::LinearBackward { shape, x, dx, .. } => {
+                let f = (2 * shape.in_f * shape.out_f * (x.len / shape.in_f.max(1))) as u64;
                 f * if dx.is_some() { 2 } else { 1 }
             }
             _ => 0,
@@ -208,7 +208,7 @@ mod tests {
         let h = plan(Base::InfoPro, true);
         let (mut cascade_only, mut all) = (0u64, 0u64);
         h.train_step(|op| {
-            if let Op::ConvBackward { s, x, dy, .. } = *op {
+            if let Op::ConvBackward { shape: s, x, dy, .. } = *op {
                 let f = (s.flops() * (dy.len / s.out_len())) as u64;
                 all += f;
                 if x.is_none() {

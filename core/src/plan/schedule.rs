@@ -135,7 +135,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     }
 
     fn op(&mut self, op: Op) {
-        if let Op::Conv { s, .. } | Op::ConvBackward { s, .. } = op {
+        if let Op::Conv { shape: s, .. } | Op::ConvBackward { shape: s, .. } = op {
             self.scratch = self.scratch.max(s.scratch_len());
         }
         (self.emit)(&op);
@@ -167,7 +167,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let s = StemActs { h: self.alloc(len), st: self.alloc(4 * sp.bn.s.c) };
         let m = self.module_alloc(0, NONE, out);
         let a = self.alloc(len);
-        self.op(Op::Conv { s: sp.conv.s, w: sp.conv.w, b: None, x: img, y: s.h });
+        self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: s.h });
         self.bn_fwd(sp.bn, s.h, a, s.st, TRAIN);
         self.op(Op::Relu { x: a });
         let m = ModuleFwd { x: a, ..m };
@@ -201,16 +201,25 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         self.top = self.reuse_or_top(room, s.h.len + 2 * sp.bn.s.c);
         let dh = self.alloc(s.h.len);
         let sums = self.alloc(2 * sp.bn.s.c);
-        self.op(Op::BnBackward { s: sp.bn.s, p: sp.bn.p, x: s.h, dy: dout, dx: dh, stats: s.st, sums, weights: true });
-        self.op(Op::ConvBackward { s: sp.conv.s, w: sp.conv.w, b: None, x: Some(img), dy: dh, dx: None });
+        self.op(Op::BnBackward {
+            shape: sp.bn.s,
+            affine: sp.bn.p,
+            x: s.h,
+            dy: dout,
+            dx: dh,
+            stats: s.st,
+            sums,
+            weights: true,
+        });
+        self.op(Op::ConvBackward { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: Some(img), dy: dh, dx: None });
         self.top = mark;
     }
 
     fn bn_fwd(&mut self, bn: super::BnP, x: Buf, y: Buf, stats: Buf, mode: Fwd) {
         let (s, p, state) = (bn.s, bn.p, bn.state + self.plan.state_off());
         self.op(match mode {
-            Fwd::Train(updates) => Op::BnTrain { s, p, state, x, y, stats, updates },
-            Fwd::Eval => Op::BnEval { s, p, state, x, y, stats },
+            Fwd::Train(updates) => Op::BnTrain { shape: s, affine: p, state, x, y, stats, updates },
+            Fwd::Eval => Op::BnEval { shape: s, affine: p, state, x, y, stats },
         });
     }
 
@@ -244,7 +253,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let mut inp = a.x;
         for l in 0..bp.layers {
             let c = bp.convs[l];
-            self.op(Op::Conv { s: c.s, w: c.w, b: None, x: inp, y: a.h[l] });
+            self.op(Op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: a.h[l] });
             if l + 1 < bp.layers {
                 let r = Buf { off: tmp.off, len: a.h[l].len };
                 self.bn_fwd(bp.bns[l], a.h[l], r, a.st[l], mode);
@@ -257,7 +266,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         match (bp.downsample, a.ds) {
             (Some((c, bn)), Some((hd, sd))) => {
                 let od = Buf { off: tmp.off, len: a.out.len };
-                self.op(Op::Conv { s: c.s, w: c.w, b: None, x: a.x, y: hd });
+                self.op(Op::Conv { shape: c.s, weight: c.w, bias: None, x: a.x, y: hd });
                 self.bn_fwd(bn, hd, od, sd, mode);
                 self.op(Op::AddRelu { y: a.out, x: od });
             }
@@ -322,9 +331,25 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             (Some((c, bn)), Some((hd, sd))) => {
                 let dh = Buf { off: t1.off, len: hd.len };
                 let sums_d = Buf { off: sums.off, len: 2 * bn.s.c };
-                self.op(Op::BnBackward { s: bn.s, p: bn.p, x: hd, dy: dout, dx: dh, stats: sd, sums: sums_d, weights });
+                self.op(Op::BnBackward {
+                    shape: bn.s,
+                    affine: bn.p,
+                    x: hd,
+                    dy: dout,
+                    dx: dh,
+                    stats: sd,
+                    sums: sums_d,
+                    weights,
+                });
                 let tmp = dx.map(|d| Buf { off: sc.off, len: d.len });
-                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: weights.then_some(a.x), dy: dh, dx: tmp });
+                self.op(Op::ConvBackward {
+                    shape: c.s,
+                    weight: c.w,
+                    bias: None,
+                    x: weights.then_some(a.x),
+                    dy: dh,
+                    dx: tmp,
+                });
                 tmp
             }
             _ => dx.map(|_| dout),
@@ -335,8 +360,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let dh = Buf { off: t1.off, len: a.h[l].len };
             let sums_l = Buf { off: sums.off, len: 2 * bn.s.c };
             self.op(Op::BnBackward {
-                s: bn.s,
-                p: bn.p,
+                shape: bn.s,
+                affine: bn.p,
                 x: a.h[l],
                 dy: dcur,
                 dx: dh,
@@ -351,17 +376,24 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 if weights {
                     let r = Buf { off: if overlay { a.h[l].off } else { ra.off }, len };
                     self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
-                    self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: Some(r), dy: dh, dx: Some(da) });
+                    self.op(Op::ConvBackward { shape: c.s, weight: c.w, bias: None, x: Some(r), dy: dh, dx: Some(da) });
                     self.op(Op::ReluBackward { y: r, dy: da });
                 } else {
-                    self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: None, dy: dh, dx: Some(da) });
+                    self.op(Op::ConvBackward { shape: c.s, weight: c.w, bias: None, x: None, dy: dh, dx: Some(da) });
                     let r = Buf { off: t1.off, len };
                     self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
                     self.op(Op::ReluBackward { y: r, dy: da });
                 }
                 dcur = da;
             } else {
-                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: weights.then_some(a.x), dy: dh, dx });
+                self.op(Op::ConvBackward {
+                    shape: c.s,
+                    weight: c.w,
+                    bias: None,
+                    x: weights.then_some(a.x),
+                    dy: dh,
+                    dx,
+                });
             }
         }
         if let (Some(d), Some(s)) = (dx, shortcut) {
@@ -494,19 +526,19 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let mut inp = x;
         for (i, &(h, st)) in saved.iter().enumerate().take(hp.n_convs) {
             let (c, bn) = hp.convs[i];
-            self.op(Op::Conv { s: c.s, w: c.w, b: None, x: inp, y: h });
+            self.op(Op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: h });
             inp = Buf { off: r.off, len: h.len };
             self.bn_fwd(bn, h, inp, st, TRAIN);
             self.op(Op::Relu { x: inp });
         }
-        self.op(Op::Pool { c: hp.pool_c, hw: hp.pool_hw, x: inp, y: pooled });
+        self.op(Op::Pool { channels: hp.pool_c, hw: hp.pool_hw, x: inp, y: pooled });
         self.top = fwd_tmp;
         let mut outs = [NONE; 3];
         let mut lin_in = pooled;
         for i in 0..hp.n_linears {
             let l = hp.linears[i];
             outs[i] = self.alloc(n * l.s.out_f);
-            self.op(Op::Linear { s: l.s, w: l.w, b: l.b, x: lin_in, y: outs[i] });
+            self.op(Op::Linear { shape: l.s, weight: l.w, bias: l.b, x: lin_in, y: outs[i] });
             if i + 1 < hp.n_linears {
                 self.op(Op::Relu { x: outs[i] });
             }
@@ -519,9 +551,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let f = self.alloc(logits.len);
             let df = self.alloc(logits.len);
             let scratch = self.alloc(crate::loss::supcon_scratch_len(n));
-            self.op(Op::L2Normalize { d, x: logits, y: f });
-            self.op(Op::SupCon { d, f, df, scale, slot, scratch });
-            self.op(Op::L2NormalizeBackward { d, x: logits, dy: df, dx: dl });
+            self.op(Op::L2Normalize { dim: d, x: logits, y: f });
+            self.op(Op::SupCon { dim: d, features: f, dfeatures: df, scale, slot, scratch });
+            self.op(Op::L2NormalizeBackward { dim: d, x: logits, dy: df, dx: dl });
         } else {
             self.op(Op::CrossEntropy { classes: d, logits, dlogits: dl, scale, slot });
         }
@@ -530,7 +562,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let l = hp.linears[i];
             let xin = if i == 0 { pooled } else { outs[i - 1] };
             let dxi = self.alloc(xin.len);
-            self.op(Op::LinearBackward { s: l.s, w: l.w, b: l.b, x: xin, dy: dcur, dx: Some(dxi) });
+            self.op(Op::LinearBackward { shape: l.s, weight: l.w, bias: l.b, x: xin, dy: dcur, dx: Some(dxi) });
             if i > 0 {
                 self.op(Op::ReluBackward { y: outs[i - 1], dy: dxi });
             }
@@ -539,7 +571,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let dpool = dcur;
         if hp.n_convs == 0 {
             let dp = self.alloc(x.len);
-            self.op(Op::PoolBackward { c: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dp });
+            self.op(Op::PoolBackward { channels: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dp });
             self.op(Op::Add { y: dacc, x: dp });
             self.top = mark;
             return;
@@ -556,7 +588,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let last = hp.n_convs - 1;
         self.relu_recompute(hp.convs[last].1, saved[last], r);
         let mut dcur = Buf { off: g.off, len: saved[last].0.len };
-        self.op(Op::PoolBackward { c: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dcur });
+        self.op(Op::PoolBackward { channels: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dcur });
         for i in (0..hp.n_convs).rev() {
             let (c, bn) = hp.convs[i];
             let (h, st) = saved[i];
@@ -565,8 +597,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let dhi = Buf { off: dh.off, len: h.len };
             let sums_i = Buf { off: sums.off, len: 2 * bn.s.c };
             self.op(Op::BnBackward {
-                s: bn.s,
-                p: bn.p,
+                shape: bn.s,
+                affine: bn.p,
                 x: h,
                 dy: dcur,
                 dx: dhi,
@@ -582,7 +614,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 below
             };
             dcur = if i == 0 { dx } else { Buf { off: g.off, len: xin.len } };
-            self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: Some(xin), dy: dhi, dx: Some(dcur) });
+            self.op(Op::ConvBackward { shape: c.s, weight: c.w, bias: None, x: Some(xin), dy: dhi, dx: Some(dcur) });
         }
         self.op(Op::Add { y: dacc, x: dcur });
         self.top = mark;
@@ -590,7 +622,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
 
     /// Recomputes a BN–ReLU output into `y` from the BN input and batch statistics kept by the forward.
     fn relu_recompute(&mut self, bn: BnP, (h, st): (Buf, Buf), y: Buf) {
-        self.op(Op::BnApply { s: bn.s, p: bn.p, x: h, y, stats: st });
+        self.op(Op::BnApply { shape: bn.s, affine: bn.p, x: h, y, stats: st });
         self.op(Op::Relu { x: y });
     }
 
@@ -610,12 +642,12 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let (x0, x1) = (c * h / gn, (c + 1) * h / gn);
                 let win = Window { c: dp.c, h, w: h, y0, x0, ph: y1 - y0, pw: x1 - x0, oh: po, ow: po };
                 let rs = self.alloc(n * dp.c * po * po);
-                self.op(Op::Resize { win, x, y: rs });
+                self.op(Op::Resize { window: win, x, y: rs });
                 let mid = n * bn.s.c * po * po;
                 let a1 = self.alloc(mid);
                 let h1 = self.alloc(mid);
                 let st = self.alloc(4 * bn.s.c);
-                self.op(Op::Conv { s: ca.s, w: ca.w, b: ca.b, x: rs, y: h1 });
+                self.op(Op::Conv { shape: ca.s, weight: ca.w, bias: ca.b, x: rs, y: h1 });
                 self.bn_fwd(bn, h1, a1, st, TRAIN);
                 self.op(Op::Relu { x: a1 });
                 // Each value takes the place of one that is dead by the time it is written:
@@ -624,27 +656,43 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let olen = n * ci * po * po;
                 let h2 = self.alloc(olen);
                 let o = self.alloc(olen);
-                self.op(Op::Conv { s: cb.s, w: cb.w, b: cb.b, x: a1, y: h2 });
+                self.op(Op::Conv { shape: cb.s, weight: cb.w, bias: cb.b, x: a1, y: h2 });
                 self.op(Op::Sigmoid { x: h2, y: o });
                 let t = h2;
                 let twin = Window { c: ci, h: image, w: image, y0: r * po, x0: c * po, ph: po, pw: po, oh: po, ow: po };
-                self.op(Op::Crop { win: twin, x: img, y: t });
+                self.op(Op::Crop { window: twin, x: img, y: t });
                 let dout = self.alloc(olen);
-                self.op(Op::Bce { p: o, t, dp: dout, scale, slot });
+                self.op(Op::Bce { probs: o, target: t, dprobs: dout, scale, slot });
                 let dh2 = h2;
                 self.op(Op::SigmoidBackward { y: o, dy: dout, dx: dh2 });
                 let da1 = self.alloc_at(o.off, mid);
-                self.op(Op::ConvBackward { s: cb.s, w: cb.w, b: cb.b, x: Some(a1), dy: dh2, dx: Some(da1) });
+                self.op(Op::ConvBackward {
+                    shape: cb.s,
+                    weight: cb.w,
+                    bias: cb.b,
+                    x: Some(a1),
+                    dy: dh2,
+                    dx: Some(da1),
+                });
                 self.op(Op::ReluBackward { y: a1, dy: da1 });
                 let dh1 = a1;
                 let sums = self.alloc_at(da1.end(), 2 * bn.s.c);
-                self.op(Op::BnBackward { s: bn.s, p: bn.p, x: h1, dy: da1, dx: dh1, stats: st, sums, weights: true });
+                self.op(Op::BnBackward {
+                    shape: bn.s,
+                    affine: bn.p,
+                    x: h1,
+                    dy: da1,
+                    dx: dh1,
+                    stats: st,
+                    sums,
+                    weights: true,
+                });
                 // Weight gradients first, so that the resize gradient (as large as the
                 // resized input, the decoder's largest values) can take the input's place.
-                self.op(Op::ConvBackward { s: ca.s, w: ca.w, b: ca.b, x: Some(rs), dy: dh1, dx: None });
+                self.op(Op::ConvBackward { shape: ca.s, weight: ca.w, bias: ca.b, x: Some(rs), dy: dh1, dx: None });
                 let drs = rs;
-                self.op(Op::ConvBackward { s: ca.s, w: ca.w, b: None, x: None, dy: dh1, dx: Some(drs) });
-                self.op(Op::ResizeBackward { win, dy: drs, dx: dacc });
+                self.op(Op::ConvBackward { shape: ca.s, weight: ca.w, bias: None, x: None, dy: dh1, dx: Some(drs) });
+                self.op(Op::ResizeBackward { window: win, dy: drs, dx: dacc });
                 self.decoder_peak = self.decoder_peak.max(self.top - entry);
                 self.top = mark;
             }
@@ -662,11 +710,11 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let dl = self.alloc(logits.len);
         let dp = self.alloc(pooled.len);
         let dx = self.alloc(x.len);
-        self.op(Op::Pool { c, hw: h * h, x, y: pooled });
-        self.op(Op::Linear { s: fc.s, w: fc.w, b: fc.b, x: pooled, y: logits });
+        self.op(Op::Pool { channels: c, hw: h * h, x, y: pooled });
+        self.op(Op::Linear { shape: fc.s, weight: fc.w, bias: fc.b, x: pooled, y: logits });
         self.op(Op::CrossEntropy { classes: fc.s.out_f, logits, dlogits: dl, scale, slot });
-        self.op(Op::LinearBackward { s: fc.s, w: fc.w, b: fc.b, x: pooled, dy: dl, dx: Some(dp) });
-        self.op(Op::PoolBackward { c, hw: h * h, dy: dp, dx });
+        self.op(Op::LinearBackward { shape: fc.s, weight: fc.w, bias: fc.b, x: pooled, dy: dl, dx: Some(dp) });
+        self.op(Op::PoolBackward { channels: c, hw: h * h, dy: dp, dx });
         self.op(Op::Add { y: dacc, x: dx });
         self.top = mark;
     }
@@ -682,7 +730,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             self.op(Op::Restore {
                 x: img,
                 y: r,
-                c: a.in_channels,
+                channels: a.in_channels,
                 hw: a.image * a.image,
                 mean: self.plan.mean,
                 std: self.plan.std,
@@ -900,7 +948,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let (ta, tb, stats) = (self.alloc(maxt), self.alloc(maxt), self.alloc(4 * cmax));
         let h = Buf { off: ta.off, len: stem_len };
         let mut x = Buf { off: carry[0].off, len: stem_len };
-        self.op(Op::Conv { s: sp.conv.s, w: sp.conv.w, b: None, x: img, y: h });
+        self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h });
         self.bn_fwd(sp.bn, h, x, Buf { off: stats.off, len: 4 * sp.bn.s.c }, Fwd::Eval);
         self.op(Op::Relu { x });
         for g in blocks {
@@ -911,8 +959,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let fc = self.plan.fc();
         let (c, h, _) = self.plan.module_out(self.plan.modules() - 1);
         let pooled = self.alloc(self.n * c);
-        self.op(Op::Pool { c, hw: h * h, x, y: pooled });
-        self.op(Op::Linear { s: fc.s, w: fc.w, b: fc.b, x: pooled, y: logits });
+        self.op(Op::Pool { channels: c, hw: h * h, x, y: pooled });
+        self.op(Op::Linear { shape: fc.s, weight: fc.w, bias: fc.b, x: pooled, y: logits });
     }
 
     /// One block in eval mode: conv outputs in `ta`, BN(–ReLU) outputs in `tb`, then `out`.
@@ -923,7 +971,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let (c, bn) = (bp.convs[l], bp.bns[l]);
             let len = n * bn.s.c * bn.s.hw;
             let (h, st) = (Buf { off: ta.off, len }, Buf { off: stats.off, len: 4 * bn.s.c });
-            self.op(Op::Conv { s: c.s, w: c.w, b: None, x: inp, y: h });
+            self.op(Op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: h });
             if l + 1 < bp.layers {
                 inp = Buf { off: tb.off, len };
                 self.bn_fwd(bn, h, inp, st, Fwd::Eval);
@@ -935,7 +983,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         match bp.downsample {
             Some((c, bn)) => {
                 let (h, od) = (Buf { off: ta.off, len: out.len }, Buf { off: tb.off, len: out.len });
-                self.op(Op::Conv { s: c.s, w: c.w, b: None, x, y: h });
+                self.op(Op::Conv { shape: c.s, weight: c.w, bias: None, x, y: h });
                 self.bn_fwd(bn, h, od, Buf { off: stats.off, len: 4 * bn.s.c }, Fwd::Eval);
                 self.op(Op::AddRelu { y: out, x: od });
             }
