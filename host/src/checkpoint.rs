@@ -92,8 +92,12 @@ fn shape_of(t: &Tensor) -> Vec<usize> {
     t.shape[..t.rank()].to_vec()
 }
 
+// Safetensors stores little-endian values: the bytes of a slice of f32, as they are in memory.
+#[cfg(target_endian = "big")]
+compile_error!("checkpoints are written as the in-memory bytes of f32 values, which safetensors wants little-endian");
+
 fn le_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    bytemuck::cast_slice(v).to_vec()
 }
 
 /// The safetensors bytes of a model's parameters, BN statistics and momentum.
@@ -295,7 +299,7 @@ impl Loaded {
                     }
                 };
                 let want = shape_of(&t);
-                if v.dtype() != Dtype::F32 || v.shape() != want.as_slice() {
+                if v.dtype() != Dtype::F32 || v.shape() != want.as_slice() || v.data().len() != 4 * t.len {
                     err = Some(mismatch(format!("{n} is {:?} {:?} there, F32 {:?} here", v.dtype(), v.shape(), want)));
                     return;
                 }
@@ -304,9 +308,8 @@ impl Loaded {
                     (false, true) => &mut model.momentum,
                     (false, false) => &mut model.params,
                 };
-                for (dst, b) in dst[t.off..t.off + t.len].iter_mut().zip(v.data().chunks_exact(4)) {
-                    *dst = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                }
+                // A f32 slice is always aligned as bytes.
+                bytemuck::cast_slice_mut::<f32, u8>(&mut dst[t.off..t.off + t.len]).copy_from_slice(v.data());
             }
         });
         if let Some(e) = err {

@@ -7,13 +7,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::commands;
-use crate::config::{
-    parse_pair, Config, DatasetName, LevelsName, LocalLossName, MethodName, NonFinite, ScheduleName, Shape,
-};
+use crate::config::{Config, DatasetName, ModelArgs, RunArgs, Shape, TrainingArgs};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::train::{self, RunOptions};
+use crate::{budget, commands};
 
 /// Hierarchical locally supervised learning with patch feature fusion (HPFF), Greedy
 /// SL, DGL, InfoPro and end-to-end training of CIFAR ResNets.
@@ -36,99 +34,22 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
-/// The network and method (shared by train, plan and bench).
+/// The network and method (shared by train, plan and bench): the hyper-parameters of
+/// [`ModelArgs`], and `--no-hpff`, which is `hpff = false` in a config file.
 #[derive(Debug, Clone, Default, Args)]
-pub struct ModelArgs {
-    /// Dataset [default: fashion-mnist]
-    #[arg(long, value_enum)]
-    pub dataset: Option<DatasetName>,
-    /// Backbone: resnetN, N = 6m+2 (resnet8, resnet20, resnet32, resnet110, …) or resnet164 [default: resnet32]
-    #[arg(long)]
-    pub arch: Option<String>,
-    /// Training method [default: infopro, with --hpff unless a method is named]
-    #[arg(long, value_enum)]
-    pub method: Option<MethodName>,
-    /// Add HPFF (HiLo levels + patch feature fusion) to a local method
-    #[arg(long, conflicts_with = "no_hpff")]
-    pub hpff: bool,
+pub struct ModelFlags {
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Train the plain method (turns off the default HPFF)
     #[arg(long)]
     pub no_hpff: bool,
-    /// Number of modules K (the reference's label; see `hpff plan` for the true count) [default: 4]
-    #[arg(long)]
-    pub k: Option<usize>,
-    /// Use InfoPro's balanced-memory split tables (ResNet-110, K ≤ 4)
-    #[arg(long)]
-    pub balanced_memory: bool,
-    /// Explicit split points "stage,block;stage,block" (stages 1..=3), replacing --k
-    #[arg(long)]
-    pub splits: Option<String>,
-    /// Decoder patch grid n (n×n patches: 1, 2 or 4) [default: 2 with --hpff, else 1]
-    #[arg(long)]
-    pub patches: Option<usize>,
-    /// HiLo levels (ablations: independent or cascade only) [default: both]
-    #[arg(long, value_enum)]
-    pub levels: Option<LevelsName>,
-    /// Auxiliary classifier head: 0c1f, 0c2f, 1c1f, 1c2f, 1c3f, 2c2f [default: 2c2f; greedy 0c1f]
-    #[arg(long)]
-    pub aux_classifier: Option<String>,
-    /// Loss of the auxiliary classifiers [default: ce]
-    #[arg(long, value_enum)]
-    pub local_loss: Option<LocalLossName>,
-    /// Width multiplier of the auxiliary nets [default: 1]
-    #[arg(long)]
-    pub aux_widen: Option<usize>,
-    /// Feature dimension of the auxiliary classifier [default: 128]
-    #[arg(long)]
-    pub feature_dim: Option<usize>,
-    /// Decoder weight λ1 at the first and the (K−1)-th module [default: 5,0]
-    #[arg(long, value_parser = parse_pair, value_name = "FIRST,LAST")]
-    pub lambda1: Option<[f64; 2]>,
-    /// Classifier weight λ2 at the first and the (K−1)-th module [default: 0.5,0]
-    #[arg(long, value_parser = parse_pair, value_name = "FIRST,LAST")]
-    pub lambda2: Option<[f64; 2]>,
-    /// HPFF's independent-level weight [default: 0.001]
-    #[arg(long)]
-    pub wx: Option<f64>,
-    /// HPFF's cascade-level weight [default: 0.999]
-    #[arg(long)]
-    pub wy: Option<f64>,
-    /// Batch size [default: 1024 for cifar10, svhn; else 128]
-    #[arg(long)]
-    pub batch_size: Option<usize>,
 }
 
-impl ModelArgs {
-    fn to_config(&self) -> Config {
-        let flag = |on: bool, off: bool| {
-            if on {
-                Some(true)
-            } else if off {
-                Some(false)
-            } else {
-                None
-            }
-        };
-        Config {
-            dataset: self.dataset,
-            arch: self.arch.clone(),
-            method: self.method,
-            hpff: flag(self.hpff, self.no_hpff),
-            k: self.k,
-            balanced_memory: self.balanced_memory.then_some(true),
-            splits: self.splits.clone(),
-            patches: self.patches,
-            levels: self.levels,
-            aux_classifier: self.aux_classifier.clone(),
-            local_loss: self.local_loss,
-            aux_widen: self.aux_widen,
-            feature_dim: self.feature_dim,
-            lambda1: self.lambda1,
-            lambda2: self.lambda2,
-            wx: self.wx,
-            wy: self.wy,
-            batch_size: self.batch_size,
-            ..Config::default()
+impl ModelFlags {
+    fn apply(&self, c: &mut Config) {
+        self.model.apply(c);
+        if self.no_hpff {
+            c.hpff = Some(false);
         }
     }
 }
@@ -136,79 +57,17 @@ impl ModelArgs {
 #[derive(Debug, Clone, Default, Args)]
 pub struct TrainArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
-    /// Folder holding the dataset's files [default: the cache folder; Fashion-MNIST also /usr/share/datasets/fashion-mnist]
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Epochs [default: 1 for fashion-mnist, else 400]
-    #[arg(long)]
-    pub epochs: Option<u32>,
-    /// Base learning rate [default: 0.8 for cifar10, svhn; else 0.1]
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// SGD momentum [default: 0.9]
-    #[arg(long)]
-    pub momentum: Option<f64>,
-    /// Weight decay [default: 1e-4]
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
-    /// Plain momentum instead of Nesterov
-    #[arg(long)]
-    pub no_nesterov: bool,
-    /// Learning-rate schedule [default: cosine]
-    #[arg(long, value_enum)]
-    pub schedule: Option<ScheduleName>,
-    /// Linear warm-up epochs of the cosine schedule [default: min(10, epochs / 10)]
-    #[arg(long)]
-    pub warmup_epochs: Option<u32>,
-    /// Epochs where the step schedule multiplies the rate by --gamma [default: 80,120]
-    #[arg(long, value_delimiter = ',', value_name = "E1,E2")]
-    pub milestones: Option<Vec<u32>>,
-    /// Factor of the step schedule [default: 0.1]
-    #[arg(long)]
-    pub gamma: Option<f64>,
-    /// Seed of initialisation, data order, augmentation and validation split [default: 0]
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// CPU threads (0 = all cores) [default: 0]
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Where to train: cpu, cuda or cuda:N [default: cpu]
-    #[arg(long)]
-    pub device: Option<Device>,
-    /// Allow TF32 tensor-core math on the GPU (default: strict fp32)
-    #[arg(long)]
-    pub tf32: bool,
-    /// Output folder for config, metrics, checkpoints and the plot [default: runs/<dataset>-<method>[-hpff]]
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+    pub model: ModelFlags,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub training: TrainingArgs,
     /// Continue a run from its checkpoint (folder, checkpoint.json or .safetensors); its config is the base that flags override
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Read settings from a TOML file (same names as the flags, with underscores); flags override it
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Hold out N training images for validation (evaluated each epoch; the test split once at the end) [default: 0]
-    #[arg(long)]
-    pub val_split: Option<usize>,
-    /// Train on a seeded random subset of N training images (0 = all)
-    #[arg(long)]
-    pub limit_train: Option<usize>,
-    /// Evaluate on a seeded random subset of N test (or validation) images (0 = all)
-    #[arg(long)]
-    pub limit_test: Option<usize>,
-    /// Turn off the dataset's training augmentation
-    #[arg(long)]
-    pub no_augment: bool,
-    /// Stream an image folder (--dataset folder) from disk instead of loading it: decoded on worker threads a few batches ahead, torchvision's ImageNet transforms (RandomResizedCrop + flip; resize + centre crop for evaluation) at SIZE×SIZE, ImageNet normalization [SIZE: 224]
-    #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "224")]
-    pub stream: Option<usize>,
-    /// Evaluate every N epochs (and after the last) [default: 1]
-    #[arg(long)]
-    pub eval_every: Option<u32>,
-    /// A NaN or infinite loss or gradient: stop with an error, or skip (undo) the step and count it [default: stop]
-    #[arg(long, value_enum)]
-    pub on_nonfinite: Option<NonFinite>,
     /// Stop once this epoch is complete; the schedule still spans --epochs (continue with --resume)
     #[arg(long)]
     pub stop_after: Option<u32>,
@@ -224,31 +83,11 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// The settings the flags give (unset flags are `None`).
     pub fn to_config(&self) -> Config {
-        Config {
-            data_dir: self.data_dir.clone(),
-            epochs: self.epochs,
-            lr: self.lr,
-            momentum: self.momentum,
-            weight_decay: self.weight_decay,
-            nesterov: self.no_nesterov.then_some(false),
-            schedule: self.schedule,
-            warmup_epochs: self.warmup_epochs,
-            milestones: self.milestones.clone(),
-            gamma: self.gamma,
-            seed: self.seed,
-            threads: self.threads,
-            device: self.device,
-            tf32: self.tf32.then_some(true),
-            out: self.out.clone(),
-            val_split: self.val_split,
-            limit_train: self.limit_train,
-            limit_test: self.limit_test,
-            augment: self.no_augment.then_some(false),
-            stream: self.stream,
-            eval_every: self.eval_every,
-            on_nonfinite: self.on_nonfinite,
-            ..self.model.to_config()
-        }
+        let mut c = Config::default();
+        self.model.apply(&mut c);
+        self.run.apply(&mut c);
+        self.training.apply(&mut c);
+        c
     }
 }
 
@@ -321,12 +160,9 @@ impl ShapeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct PlanArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelFlags,
     #[command(flatten)]
     pub shape: ShapeArgs,
-    /// Base width of the ResNet: stem channels, stages w, 2w, 4w (4 or 8 to fit a microcontroller) [default: 16]
-    #[arg(long)]
-    pub width: Option<usize>,
     /// Read settings from a TOML file; flags override it
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -346,7 +182,9 @@ pub struct PlanArgs {
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelFlags,
+    #[command(flatten)]
+    pub run: RunArgs,
     #[command(flatten)]
     pub shape: ShapeArgs,
     /// Refuse (before allocating) a plan whose activation peak exceeds SIZE (64MiB, 1GiB, …), naming what fits
@@ -361,18 +199,6 @@ pub struct BenchArgs {
     /// Untimed steps before timing
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
-    /// CPU threads (0 = all cores) [default: 0]
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Seed of the synthetic data and the initialisation [default: 0]
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Where to run: cpu, cuda or cuda:N [default: cpu]
-    #[arg(long)]
-    pub device: Option<Device>,
-    /// Allow TF32 tensor-core math on the GPU (default: strict fp32)
-    #[arg(long)]
-    pub tf32: bool,
     /// Print one JSON object
     #[arg(long)]
     pub json: bool,
@@ -390,7 +216,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => {
             let cfg = with_file(&a.config, a.to_config())?;
-            let memory_limit = a.memory_limit.as_deref().map(commands::budget::parse_size).transpose()?;
+            let memory_limit = a.memory_limit.as_deref().map(budget::parse_size).transpose()?;
             let opts = RunOptions { resume: a.resume.clone(), stop_after: a.stop_after, quiet: a.quiet, memory_limit };
             train::train(&cfg, &opts).map(|_| ())
         }
@@ -405,27 +231,24 @@ pub fn run(cli: Cli) -> Result<()> {
                 limit_test: a.limit_test,
                 ..Config::default()
             };
-            let limit = a.memory_limit.as_deref().map(commands::budget::parse_size).transpose()?;
+            let limit = a.memory_limit.as_deref().map(budget::parse_size).transpose()?;
             commands::eval::eval(&a.checkpoint, &over, a.json, limit)
         }
         Command::Plan(a) => {
-            let flags = Config { width: a.width, ..a.model.to_config() };
-            let cfg = with_file(&a.config, flags)?.complete();
-            let shape = a.shape.shape(cfg.dataset.unwrap_or(DatasetName::FashionMnist))?;
-            let limit = a.memory_limit.as_deref().map(commands::budget::parse_size).transpose()?;
+            let mut flags = Config::default();
+            a.model.apply(&mut flags);
+            let cfg = with_file(&a.config, flags)?.settings();
+            let shape = a.shape.shape(cfg.dataset)?;
+            let limit = a.memory_limit.as_deref().map(budget::parse_size).transpose()?;
             commands::plan::plan(&cfg, shape, a.json, a.ops, limit)
         }
         Command::Bench(a) => {
-            let flags = Config {
-                threads: a.threads,
-                seed: a.seed,
-                device: a.device,
-                tf32: a.tf32.then_some(true),
-                ..a.model.to_config()
-            };
-            let cfg = with_file(&a.config, flags)?.complete();
-            let shape = a.shape.shape(cfg.dataset.unwrap_or(DatasetName::FashionMnist))?;
-            let limit = a.memory_limit.as_deref().map(commands::budget::parse_size).transpose()?;
+            let mut flags = Config::default();
+            a.model.apply(&mut flags);
+            a.run.apply(&mut flags);
+            let cfg = with_file(&a.config, flags)?.settings();
+            let shape = a.shape.shape(cfg.dataset)?;
+            let limit = a.memory_limit.as_deref().map(budget::parse_size).transpose()?;
             commands::bench::bench(&cfg, shape, a.steps, a.warmup, a.json, limit)
         }
     }
@@ -453,7 +276,7 @@ pub fn main() -> i32 {
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("hpff: error: {e}");
+            eprintln!("hpff: error: {}", crate::error::report(&e));
             1
         }
     }

@@ -2,33 +2,16 @@
 //! and command-line flags (flags win), completed with defaults, and turned into the
 //! core's architecture, partition, method and schedule.
 //!
+//! Each hyper-parameter is written once, in the [`hyper_parameters!`] table below: its
+//! type, its flag (with the help text, which is also its documentation as a config key)
+//! and its default. The table makes the TOML schema ([`Config`], every field optional),
+//! the flag groups the commands flatten ([`ModelArgs`], [`RunArgs`], [`TrainingArgs`])
+//! and the completed, typed settings ([`Settings`], nothing optional that has a default).
+//!
 //! Defaults are the reference's (Zeudfish/HPFF `train.py`) where it has one, except
 //! that a run with no flags at all is a quick demonstration: InfoPro + HPFF, K = 4, on
-//! Fashion-MNIST for one epoch at batch 128, lr 0.1. In detail:
-//!
-//! | field | default |
-//! |---|---|
-//! | dataset | `fashion-mnist` |
-//! | arch | `resnet32` |
-//! | width | 16: the ResNet's base width (stages `w, 2w, 4w`; 4 or 8 for a microcontroller) |
-//! | method / hpff | `infopro` with HPFF when `method` is not given; a named method trains plainly unless `hpff = true` |
-//! | k | 4 (ignored by `e2e`); `splits` replaces it |
-//! | patches | 2 with HPFF, else 1 |
-//! | aux_classifier | `0c1f` for greedy, else `2c2f` |
-//! | local_loss, aux_widen, feature_dim | `ce`, 1, 128 |
-//! | lambda1, lambda2, wx, wy | [5, 0], [0.5, 0], 0.001, 0.999 |
-//! | epochs | 1 on Fashion-MNIST, else 400 |
-//! | batch_size, lr | CIFAR-10 and SVHN 1024 and 0.8; CIFAR-100, STL-10, Fashion-MNIST and folders 128 and 0.1 (the reference's) |
-//! | momentum, weight_decay, nesterov | 0.9, 1e-4, true |
-//! | schedule | `cosine` (the reference's, per epoch) for 10 epochs or more; `cosine-steps` (per step) for shorter runs, where the per-epoch rule would give the last — or only — epoch a rate of 0 |
-//! | warmup_epochs | min(10, epochs / 10): the reference's 10 from 100 epochs up, none for short runs |
-//! | milestones, gamma | [80, 120], 0.1 (step schedule) |
-//! | seed, threads, device, tf32 | 0, 0 (all cores), `cpu` (or `cuda[:N]`), false (strict fp32) |
-//! | augment | the dataset's reference augmentation (`--no-augment` turns it off) |
-//! | stream | none: load the data set; `S`: stream an image folder through torchvision's ImageNet transforms at `S × S` |
-//! | eval_every | 1 |
-//! | on_nonfinite | `stop` (`skip` undoes the step and counts it) |
-//! | out | `runs/<dataset>-<method>[-hpff]` |
+//! Fashion-MNIST for one epoch at batch 128, lr 0.1. A default may depend on the fields
+//! above it in the table (the batch size on the data set, the schedule on the epochs).
 
 use std::path::{Path, PathBuf};
 
@@ -66,6 +49,12 @@ pub enum DatasetName {
 }
 
 impl DatasetName {
+    /// Trained at the reference's large batch (1024, lr 0.8): CIFAR-10 and SVHN. The
+    /// reference gives CIFAR-100 the small one (128, 0.1).
+    pub fn reference_sized(self) -> bool {
+        matches!(self, DatasetName::Cifar10 | DatasetName::Svhn)
+    }
+
     pub fn kind(self) -> DatasetKind {
         match self {
             DatasetName::FashionMnist => DatasetKind::FashionMnist,
@@ -159,111 +148,273 @@ pub struct Shape {
     pub classes: usize,
 }
 
-/// Every field of a run; `None` means "not given here". A config file, the command
-/// line and a checkpoint each give one of these; [`Config::merge`] layers them and
-/// [`Config::complete`] fills the rest with defaults. The completed config is what is
-/// printed, saved as `config.toml` and recorded in checkpoints.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dataset: Option<DatasetName>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub arch: Option<String>,
-    /// Base width of the ResNet (stem channels; stages `w, 2w, 4w`); none = 16.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub width: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<MethodName>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hpff: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub k: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub balanced_memory: Option<bool>,
-    /// Split points `"stage,block;stage,block"` (replaces `k`); empty = use `k`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub splits: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub patches: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub levels: Option<LevelsName>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub aux_classifier: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub local_loss: Option<LocalLossName>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub aux_widen: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub feature_dim: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lambda1: Option<[f64; 2]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lambda2: Option<[f64; 2]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wx: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wy: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub epochs: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch_size: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lr: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub momentum: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub weight_decay: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nesterov: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<ScheduleName>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub warmup_epochs: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub milestones: Option<Vec<u32>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gamma: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub threads: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<Device>,
-    /// Allow TF32 tensor-core math on the GPU (default: strict fp32).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tf32: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub out: Option<PathBuf>,
-    /// Images carved from the training split for validation (0 = none).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub val_split: Option<usize>,
-    /// Use a seeded random subset of N training images (0 = all).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit_train: Option<usize>,
-    /// Use a seeded random subset of N test (or validation) images (0 = all).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limit_test: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub augment: Option<bool>,
-    /// Stream the image folder at this output side (ImageNet transforms and normalization;
-    /// `data::StreamSet`) instead of loading it; none = load it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stream: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eval_every: Option<u32>,
-    /// What a NaN or infinite loss or gradient does.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub on_nonfinite: Option<NonFinite>,
+/// Defines the hyper-parameters once. Each entry is
+/// `/// help` `#[arg(..)]` `name: Type [= default];` in groups of flags; an entry without
+/// a default stays optional when completed. Defaults may use the completed values of the
+/// entries above them (by name) and the raw layer `$given`.
+macro_rules! hyper_parameters {
+    (
+        $given:ident;
+        $(
+            $(#[doc = $gdoc:literal])*
+            $group:ident {
+                $(
+                    $(#[doc = $doc:literal])*
+                    #[arg($($arg:tt)*)]
+                    $field:ident: $ty:ty $(= $default:expr)?;
+                )*
+            }
+        )*
+    ) => {
+        /// Every field of a run; `None` means "not given here". A config file, the command
+        /// line and a checkpoint each give one of these; [`Config::merge`] layers them and
+        /// [`Config::settings`] fills the rest with defaults. The completed config
+        /// ([`Config::complete`]) is what is printed, saved as `config.toml` and recorded in
+        /// checkpoints.
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Config {
+            $($(
+                $(#[doc = $doc])*
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$ty>,
+            )*)*
+        }
+
+        /// A completed [`Config`]: every field with a default is filled.
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct Settings {
+            $($(
+                $(#[doc = $doc])*
+                pub $field: completed_type!($ty $(, $default)?),
+            )*)*
+        }
+
+        impl Config {
+            /// Every field filled: the given values, else the defaults (see the table).
+            pub fn settings(&self) -> Settings {
+                let $given = self;
+                $($(
+                    let $field: completed_type!($ty $(, $default)?) =
+                        completed_value!($given.$field.clone() $(, $default)?);
+                )*)*
+                Settings { $($($field,)*)* }
+            }
+
+            /// `self` with every field that `over` gives replaced by `over`'s value.
+            pub fn merge(&self, over: &Config) -> Config {
+                let mut c = self.clone();
+                $($(if over.$field.is_some() {
+                    c.$field = over.$field.clone();
+                })*)*
+                c
+            }
+        }
+
+        impl Settings {
+            /// The completed settings as a config layer (every known field given).
+            pub fn to_config(&self) -> Config {
+                Config { $($($field: completed_given!(self.$field.clone() $(, $default)?),)*)* }
+            }
+        }
+
+        $(
+            $(#[doc = $gdoc])*
+            #[derive(Debug, Clone, Default, clap::Args)]
+            pub struct $group {
+                $(
+                    $(#[doc = $doc])*
+                    #[arg($($arg)*)]
+                    pub $field: Option<$ty>,
+                )*
+            }
+
+            impl $group {
+                /// Writes the flags given into `c`.
+                pub fn apply(&self, c: &mut Config) {
+                    $(if self.$field.is_some() {
+                        c.$field = self.$field.clone();
+                    })*
+                }
+            }
+        )*
+    };
+}
+
+macro_rules! completed_type {
+    ($t:ty, $d:expr) => { $t };
+    ($t:ty) => { Option<$t> };
+}
+
+macro_rules! completed_value {
+    ($v:expr, $d:expr) => {
+        $v.unwrap_or_else(|| $d)
+    };
+    ($v:expr) => {
+        $v
+    };
+}
+
+macro_rules! completed_given {
+    ($v:expr, $d:expr) => {
+        Some($v)
+    };
+    ($v:expr) => {
+        $v
+    };
+}
+
+hyper_parameters! {
+    given;
+
+    /// The network and the method (`train`, `plan` and `bench`).
+    ModelArgs {
+        /// Dataset [default: fashion-mnist]
+        #[arg(long, value_enum)]
+        dataset: DatasetName = DatasetName::FashionMnist;
+        /// Backbone: resnetN, N = 6m+2 (resnet8, resnet20, resnet32, resnet110, …) or resnet164 [default: resnet32]
+        #[arg(long)]
+        arch: String = "resnet32".into();
+        /// Base width of the ResNet: stem channels, stages w, 2w, 4w (4 or 8 to fit a microcontroller) [default: 16]
+        // Left out unless given, so configs and checkpoints of default-width runs stay as they were.
+        #[arg(long)]
+        width: usize;
+        /// Training method [default: infopro, with --hpff unless a method is named]
+        #[arg(long, value_enum)]
+        method: MethodName = MethodName::Infopro;
+        /// Add HPFF (HiLo levels + patch feature fusion) to a local method
+        #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true, conflicts_with = "no_hpff")]
+        hpff: bool = given.method.is_none();
+        /// Number of modules K (the reference's label; see `hpff plan` for the true count) [default: 4]
+        #[arg(long)]
+        k: usize = 4;
+        /// Use InfoPro's balanced-memory split tables (ResNet-110, K ≤ 4)
+        #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
+        balanced_memory: bool = false;
+        /// Explicit split points "stage,block;stage,block" (stages 1..=3), replacing --k
+        #[arg(long)]
+        splits: String = String::new();
+        /// Decoder patch grid n (n×n patches: 1, 2 or 4) [default: 2 with --hpff, else 1]
+        #[arg(long)]
+        patches: usize = if hpff { 2 } else { 1 };
+        /// HiLo levels (ablations: independent or cascade only) [default: both]
+        #[arg(long, value_enum)]
+        levels: LevelsName = LevelsName::Both;
+        /// Auxiliary classifier head: 0c1f, 0c2f, 1c1f, 1c2f, 1c3f, 2c2f [default: 2c2f; greedy 0c1f]
+        #[arg(long)]
+        aux_classifier: String = if method == MethodName::Greedy { "0c1f".into() } else { "2c2f".into() };
+        /// Loss of the auxiliary classifiers [default: ce]
+        #[arg(long, value_enum)]
+        local_loss: LocalLossName = LocalLossName::Ce;
+        /// Width multiplier of the auxiliary nets [default: 1]
+        #[arg(long)]
+        aux_widen: usize = 1;
+        /// Feature dimension of the auxiliary classifier [default: 128]
+        #[arg(long)]
+        feature_dim: usize = 128;
+        /// Decoder weight λ1 at the first and the (K−1)-th module [default: 5,0]
+        #[arg(long, value_parser = parse_pair, value_name = "FIRST,LAST")]
+        lambda1: [f64; 2] = [5.0, 0.0];
+        /// Classifier weight λ2 at the first and the (K−1)-th module [default: 0.5,0]
+        #[arg(long, value_parser = parse_pair, value_name = "FIRST,LAST")]
+        lambda2: [f64; 2] = [0.5, 0.0];
+        /// HPFF's independent-level weight [default: 0.001]
+        #[arg(long)]
+        wx: f64 = 0.001;
+        /// HPFF's cascade-level weight [default: 0.999]
+        #[arg(long)]
+        wy: f64 = 0.999;
+        /// Batch size [default: 1024 for cifar10, svhn; else 128]
+        // The reference trains CIFAR-10 and SVHN at 1024 / 0.8, CIFAR-100 at 128 / 0.1.
+        #[arg(long)]
+        batch_size: usize = if dataset.reference_sized() { 1024 } else { 128 };
+    }
+
+    /// Where and how a run computes (`train` and `bench`).
+    RunArgs {
+        /// Seed of initialisation, data order, augmentation and validation split [default: 0]
+        #[arg(long)]
+        seed: u64 = 0;
+        /// CPU threads (0 = all cores) [default: 0]
+        #[arg(long)]
+        threads: usize = 0;
+        /// Where to run: cpu, cuda or cuda:N [default: cpu]
+        #[arg(long)]
+        device: Device = Device::Cpu;
+        /// Allow TF32 tensor-core math on the GPU (default: strict fp32)
+        #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
+        tf32: bool = false;
+    }
+
+    /// Training (`train`).
+    TrainingArgs {
+        /// Folder holding the dataset's files [default: the cache folder; Fashion-MNIST also /usr/share/datasets/fashion-mnist]
+        #[arg(long)]
+        data_dir: PathBuf;
+        /// Epochs [default: 1 for fashion-mnist, else 400]
+        #[arg(long)]
+        epochs: u32 = if dataset == DatasetName::FashionMnist { 1 } else { 400 };
+        /// Base learning rate [default: 0.8 for cifar10, svhn; else 0.1]
+        #[arg(long)]
+        lr: f64 = if dataset.reference_sized() { 0.8 } else { 0.1 };
+        /// SGD momentum [default: 0.9]
+        #[arg(long)]
+        momentum: f64 = 0.9;
+        /// Weight decay [default: 1e-4]
+        #[arg(long)]
+        weight_decay: f64 = 1e-4;
+        /// Plain momentum instead of Nesterov (config key: nesterov = false)
+        #[arg(long = "no-nesterov", num_args = 0, default_missing_value = "false", hide_possible_values = true)]
+        nesterov: bool = true;
+        /// Learning-rate schedule [default: cosine; cosine-steps for runs under 10 epochs]
+        // Per step for short runs, where the per-epoch rule would give the last — or only —
+        // epoch a rate of 0.
+        #[arg(long, value_enum)]
+        schedule: ScheduleName = if epochs >= 10 { ScheduleName::Cosine } else { ScheduleName::CosineSteps };
+        /// Linear warm-up epochs of the cosine schedule [default: min(10, epochs / 10)]
+        #[arg(long)]
+        warmup_epochs: u32 = (epochs / 10).min(10);
+        /// Epochs where the step schedule multiplies the rate by --gamma [default: 80,120]
+        #[arg(long, value_delimiter = ',', value_name = "E1,E2")]
+        milestones: Vec<u32> = vec![80, 120];
+        /// Factor of the step schedule [default: 0.1]
+        #[arg(long)]
+        gamma: f64 = 0.1;
+        /// Output folder for config, metrics, checkpoints and the plot [default: runs/<dataset>-<method>[-hpff]]
+        #[arg(long)]
+        out: PathBuf = {
+            let h = if hpff { "-hpff" } else { "" };
+            PathBuf::from(format!("runs/{}-{}{h}", dataset.kind().name(), method.name()))
+        };
+        /// Hold out N training images for validation (evaluated each epoch; the test split once at the end) [default: 0]
+        #[arg(long)]
+        val_split: usize = 0;
+        /// Train on a seeded random subset of N training images (0 = all)
+        #[arg(long)]
+        limit_train: usize = 0;
+        /// Evaluate on a seeded random subset of N test (or validation) images (0 = all)
+        #[arg(long)]
+        limit_test: usize = 0;
+        /// Turn off the dataset's training augmentation (config key: augment = false)
+        #[arg(long = "no-augment", num_args = 0, default_missing_value = "false", hide_possible_values = true)]
+        augment: bool = true;
+        /// Stream an image folder (--dataset folder) from disk instead of loading it: decoded on worker threads a few batches ahead, torchvision's ImageNet transforms (RandomResizedCrop + flip; resize + centre crop for evaluation) at SIZE×SIZE, ImageNet normalization [SIZE: 224]
+        #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "224")]
+        stream: usize;
+        /// Evaluate every N epochs (and after the last) [default: 1]
+        #[arg(long)]
+        eval_every: u32 = 1;
+        /// A NaN or infinite loss or gradient: stop with an error, or skip (undo) the step and count it [default: stop]
+        #[arg(long, value_enum)]
+        on_nonfinite: NonFinite = NonFinite::Stop;
+    }
 }
 
 impl Config {
     /// Reads a TOML config file.
     pub fn from_toml_file(path: &Path) -> Result<Config> {
         let s = std::fs::read_to_string(path).map_err(|e| crate::error::io_err(path, "read the config file", e))?;
-        Config::from_toml(&s).map_err(|e| e.context(path.display()))
+        Config::from_toml(&s).map_err(|e| e.context(path.display().to_string()))
     }
 
     /// Parses TOML text.
@@ -276,7 +427,7 @@ impl Config {
                 let text: String = text.chars().take(60).collect();
                 format!(" at line {line} ({text:?})")
             });
-            Error::msg(format!("bad config{}: {}", at.unwrap_or_default(), e.message().trim()))
+            Error::msg(format!("bad config{}: {}", at.unwrap_or_default(), crate::error::one_line(e.message())))
         })
     }
 
@@ -285,104 +436,35 @@ impl Config {
         toml::to_string(self).unwrap_or_default()
     }
 
-    /// `self` with every field that `over` gives replaced by `over`'s value.
-    pub fn merge(&self, over: &Config) -> Config {
-        let mut a = match serde_json::to_value(self) {
-            Ok(serde_json::Value::Object(m)) => m,
-            _ => unreachable!("a Config serializes to an object"),
-        };
-        if let Ok(serde_json::Value::Object(b)) = serde_json::to_value(over) {
-            a.extend(b);
-        }
-        serde_json::from_value(serde_json::Value::Object(a)).expect("merging two valid configs gives a valid config")
-    }
-
-    /// Every field filled: the given values, else the defaults (see the module docs).
+    /// Every field filled: [`Config::settings`] as a config layer.
     pub fn complete(&self) -> Config {
-        let dataset = self.dataset.unwrap_or(DatasetName::FashionMnist);
-        let method = self.method.unwrap_or(MethodName::Infopro);
-        let hpff = self.hpff.unwrap_or(self.method.is_none());
-        // The reference trains CIFAR-10 and SVHN at 1024 / 0.8, CIFAR-100 at 128 / 0.1.
-        let reference_sized = matches!(dataset, DatasetName::Cifar10 | DatasetName::Svhn);
-        let epochs = self.epochs.unwrap_or(if dataset == DatasetName::FashionMnist { 1 } else { 400 });
-        let out = self.out.clone().unwrap_or_else(|| {
-            let h = if hpff { "-hpff" } else { "" };
-            PathBuf::from(format!("runs/{}-{}{h}", dataset.kind().name(), method.name()))
-        });
-        Config {
-            dataset: Some(dataset),
-            data_dir: self.data_dir.clone(),
-            arch: Some(self.arch.clone().unwrap_or_else(|| "resnet32".into())),
-            // Left out unless given, so configs and checkpoints of default-width runs stay as they were.
-            width: self.width,
-            method: Some(method),
-            hpff: Some(hpff),
-            k: Some(self.k.unwrap_or(4)),
-            balanced_memory: Some(self.balanced_memory.unwrap_or(false)),
-            splits: Some(self.splits.clone().unwrap_or_default()),
-            patches: Some(self.patches.unwrap_or(if hpff { 2 } else { 1 })),
-            levels: Some(self.levels.unwrap_or(LevelsName::Both)),
-            aux_classifier: Some(self.aux_classifier.clone().unwrap_or_else(|| {
-                if method == MethodName::Greedy {
-                    "0c1f".into()
-                } else {
-                    "2c2f".into()
-                }
-            })),
-            local_loss: Some(self.local_loss.unwrap_or(LocalLossName::Ce)),
-            aux_widen: Some(self.aux_widen.unwrap_or(1)),
-            feature_dim: Some(self.feature_dim.unwrap_or(128)),
-            lambda1: Some(self.lambda1.unwrap_or([5.0, 0.0])),
-            lambda2: Some(self.lambda2.unwrap_or([0.5, 0.0])),
-            wx: Some(self.wx.unwrap_or(0.001)),
-            wy: Some(self.wy.unwrap_or(0.999)),
-            epochs: Some(epochs),
-            batch_size: Some(self.batch_size.unwrap_or(if reference_sized { 1024 } else { 128 })),
-            lr: Some(self.lr.unwrap_or(if reference_sized { 0.8 } else { 0.1 })),
-            momentum: Some(self.momentum.unwrap_or(0.9)),
-            weight_decay: Some(self.weight_decay.unwrap_or(1e-4)),
-            nesterov: Some(self.nesterov.unwrap_or(true)),
-            schedule: Some(self.schedule.unwrap_or(if epochs >= 10 {
-                ScheduleName::Cosine
-            } else {
-                ScheduleName::CosineSteps
-            })),
-            warmup_epochs: Some(self.warmup_epochs.unwrap_or((epochs / 10).min(10))),
-            milestones: Some(self.milestones.clone().unwrap_or_else(|| vec![80, 120])),
-            gamma: Some(self.gamma.unwrap_or(0.1)),
-            seed: Some(self.seed.unwrap_or(0)),
-            threads: Some(self.threads.unwrap_or(0)),
-            device: Some(self.device.unwrap_or(Device::Cpu)),
-            tf32: Some(self.tf32.unwrap_or(false)),
-            out: Some(out),
-            val_split: Some(self.val_split.unwrap_or(0)),
-            limit_train: Some(self.limit_train.unwrap_or(0)),
-            limit_test: Some(self.limit_test.unwrap_or(0)),
-            augment: Some(self.augment.unwrap_or(true)),
-            stream: self.stream,
-            eval_every: Some(self.eval_every.unwrap_or(1)),
-            on_nonfinite: Some(self.on_nonfinite.unwrap_or(NonFinite::Stop)),
-        }
+        self.settings().to_config()
     }
 
-    /// Checks a completed config and builds the typed [`Setup`] for input `shape`.
+    /// Completes the config, checks it and builds the typed [`Setup`] for input `shape`.
     pub fn setup(&self, shape: Shape) -> Result<Setup> {
-        let c = self.complete();
-        let g = Get(&c);
-        let depth = parse_arch(&g.s(&c.arch))?;
+        self.settings().setup(shape)
+    }
+}
+
+impl Settings {
+    /// Checks the settings and builds the typed [`Setup`] for input `shape`.
+    pub fn setup(&self, shape: Shape) -> Result<Setup> {
+        let c = self;
+        let depth = parse_arch(&c.arch)?;
         let mut arch = Arch::resnet(depth, shape.c, shape.image, shape.classes)?;
         if let Some(w) = c.width {
             arch = arch.with_width(w)?;
         }
-        let method_name = g.v(c.method);
+        let method_name = c.method;
         let base = method_name.base();
-        let hpff = g.v(c.hpff);
-        let splits = g.s(&c.splits);
+        let hpff = c.hpff;
+        let splits = &c.splits;
         let part = if !splits.trim().is_empty() {
-            Partition::from_splits(&arch, parse_splits(&splits)?)?
+            Partition::from_splits(&arch, parse_splits(splits)?)?
         } else {
-            let table = if g.v(c.balanced_memory) {
-                if g.v(c.dataset) == DatasetName::Stl10 {
+            let table = if c.balanced_memory {
+                if c.dataset == DatasetName::Stl10 {
                     TableKind::BalancedStl10
                 } else {
                     TableKind::BalancedCifar10
@@ -390,91 +472,87 @@ impl Config {
             } else {
                 TableKind::Reference
             };
-            let k = if base == Base::E2e { 1 } else { g.v(c.k) };
+            let k = if base == Base::E2e { 1 } else { c.k };
             Partition::for_k(&arch, k, table)?
         };
         let mut method = Method::reference(base, hpff);
-        method.levels = match g.v(c.levels) {
+        method.levels = match c.levels {
             LevelsName::Both => Levels::Both,
             LevelsName::Independent => Levels::Independent,
             LevelsName::Cascade => Levels::Cascade,
         };
-        method.patches = g.v(c.patches);
-        method.head = AuxHead::parse(&g.s(&c.aux_classifier))?;
-        method.local_loss = match g.v(c.local_loss) {
+        method.patches = c.patches;
+        method.head = AuxHead::parse(&c.aux_classifier)?;
+        method.local_loss = match c.local_loss {
             LocalLossName::Ce => LocalLoss::CrossEntropy,
             LocalLossName::Contrast => LocalLoss::Contrast,
         };
-        method.widen = g.v(c.aux_widen);
-        method.feature_dim = g.v(c.feature_dim);
+        method.widen = c.aux_widen;
+        method.feature_dim = c.feature_dim;
         let pair = |p: [f64; 2]| [p[0] as f32, p[1] as f32];
-        method.lambda1 = pair(g.v(c.lambda1));
-        method.lambda2 = pair(g.v(c.lambda2));
-        method.wx = g.v(c.wx) as f32;
-        method.wy = g.v(c.wy) as f32;
+        method.lambda1 = pair(c.lambda1);
+        method.lambda2 = pair(c.lambda2);
+        method.wx = c.wx as f32;
+        method.wy = c.wy as f32;
         // Paths are recorded in config.toml and checkpoint.json, which hold text.
-        for (flag, p) in [("--data-dir", &c.data_dir), ("--out", &c.out)] {
-            if let Some(p) = p.as_ref().filter(|p| p.to_str().is_none()) {
+        for (flag, p) in [("--data-dir", c.data_dir.as_ref()), ("--out", Some(&c.out))] {
+            if let Some(p) = p.filter(|p| p.to_str().is_none()) {
                 return Err(Error::msg(format!(
                     "{flag} {}: the path is not valid UTF-8, and run folders record their paths as text; rename it",
                     p.display()
                 )));
             }
         }
-        let epochs = g.v(c.epochs);
+        let epochs = c.epochs;
         if epochs == 0 {
             return Err(Error::msg("--epochs must be at least 1"));
         }
-        let lr = g.v(c.lr) as f32;
+        let lr = c.lr as f32;
         if !(lr.is_finite() && lr > 0.0) {
             return Err(Error::msg(format!("--lr must be a positive number, not {lr}")));
         }
-        let schedule_name = g.v(c.schedule);
+        let schedule_name = c.schedule;
         let schedule = match schedule_name {
             ScheduleName::Cosine | ScheduleName::CosineSteps => LrSchedule::Cosine {
                 base_lr: lr,
                 epochs,
-                warmup_epochs: g.v(c.warmup_epochs),
+                warmup_epochs: c.warmup_epochs,
                 warmup_floor: LrSchedule::REFERENCE_WARMUP_FLOOR,
             },
             ScheduleName::Step => {
-                let ms = g.v(c.milestones.clone());
+                let ms = c.milestones.clone();
                 if ms.len() > 4 {
                     return Err(Error::msg("--milestones takes at most 4 epochs"));
                 }
                 let mut milestones = [0u32; 4];
                 milestones[..ms.len()].copy_from_slice(&ms);
-                LrSchedule::Step { base_lr: lr, milestones, n_milestones: ms.len(), gamma: g.v(c.gamma) as f32 }
+                LrSchedule::Step { base_lr: lr, milestones, n_milestones: ms.len(), gamma: c.gamma as f32 }
             }
             ScheduleName::Constant => LrSchedule::Constant { lr },
         };
-        let sgd = Sgd {
-            momentum: g.v(c.momentum) as f32,
-            weight_decay: g.v(c.weight_decay) as f32,
-            nesterov: g.v(c.nesterov),
-        };
+        let sgd = Sgd { momentum: c.momentum as f32, weight_decay: c.weight_decay as f32, nesterov: c.nesterov };
         if !(0.0..1.0).contains(&sgd.momentum) {
             return Err(Error::msg(format!("--momentum must be in [0, 1), not {}", sgd.momentum)));
         }
         if !(sgd.weight_decay.is_finite() && sgd.weight_decay >= 0.0) {
             return Err(Error::msg(format!("--weight-decay must be a number ≥ 0, not {}", sgd.weight_decay)));
         }
-        let gamma = g.v(c.gamma);
+        let gamma = c.gamma;
         if !(gamma.is_finite() && gamma > 0.0) {
             return Err(Error::msg(format!("--gamma must be a positive number, not {gamma}")));
         }
-        let threads = g.v(c.threads);
+        let threads = c.threads;
         if threads > crate::resources::MAX_THREADS {
             return Err(Error::msg(format!(
                 "--threads {threads} is more than {} (0 uses every core)",
                 crate::resources::MAX_THREADS
             )));
         }
-        if g.v(c.eval_every) == 0 {
+        if c.eval_every == 0 {
             return Err(Error::msg("--eval-every must be at least 1"));
         }
-        let batch = g.v(c.batch_size);
-        let dataset = g.v(c.dataset);
+        let batch = c.batch_size;
+        let dataset = c.dataset;
         let normalize = if c.stream.is_some() { Normalize::imagenet() } else { dataset.kind().default_normalize() };
         let (mean, std) = plan_normalization(&normalize, shape.c);
         let setup = Setup {
@@ -489,21 +567,10 @@ impl Config {
             mean,
             std,
             normalize,
-            config: c,
+            settings: c.clone(),
         };
         setup.plan(batch)?; // reject impossible configs before anything runs
         Ok(setup)
-    }
-}
-
-struct Get<'a>(&'a Config);
-impl Get<'_> {
-    fn v<T>(&self, x: Option<T>) -> T {
-        x.expect("a completed config has every field")
-    }
-    fn s(&self, x: &Option<String>) -> String {
-        let _ = self.0;
-        x.clone().expect("a completed config has every field")
     }
 }
 
@@ -581,8 +648,8 @@ pub struct Setup {
     pub mean: [f32; 4],
     pub std: [f32; 4],
     pub normalize: Normalize,
-    /// The completed config it came from.
-    pub config: Config,
+    /// The completed settings it came from.
+    pub settings: Settings,
 }
 
 impl Setup {
@@ -647,9 +714,9 @@ impl Setup {
 
     /// A short description of the method ("infopro+hpff K=4 (4 modules)").
     pub fn method_line(&self) -> String {
-        let c = &self.config;
-        let name = c.method.map_or("?", MethodName::name);
-        let h = if c.hpff == Some(true) { "+hpff" } else { "" };
+        let c = &self.settings;
+        let name = c.method.name();
+        let h = if c.hpff { "+hpff" } else { "" };
         format!(
             "{name}{h}, K = {} ({} modules), patches {}, aux {}",
             self.part.k_label,

@@ -46,9 +46,9 @@ fn extra(plan: &Plan) -> Extra {
     let mut partial = 0;
     let mut scan = |op: &Op| {
         let need = match *op {
-            Op::ConvBackward { s, b, weights: true, .. } => s.weight_len() + b.map_or(0, |_| s.c_out),
-            Op::LinearBackward { s, .. } => s.weight_len() + s.out_f,
-            Op::BnTrain { s, .. } | Op::BnBackward { s, .. } => 2 * s.c,
+            Op::ConvBackward { shape, bias, x: Some(_), .. } => shape.weight_len() + bias.map_or(0, |_| shape.c_out),
+            Op::LinearBackward { shape, .. } => shape.weight_len() + shape.out_f,
+            Op::BnTrain { shape, .. } | Op::BnBackward { shape, .. } => 2 * shape.c,
             _ => 0,
         };
         partial = partial.max(need);
@@ -326,10 +326,10 @@ impl<'a> Ctx<'a> {
                 losses.iter_mut().for_each(|l| *l = 0.0);
             }
             Op::Zero { buf } => self.w(buf).fill(0.0),
-            Op::Restore { x, y, c, hw, mean, std } => self.each_chunk(|_, i0, cnt| {
-                ops::denormalize(c, hw, cnt, &mean, &std, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
+            Op::Restore { x, y, channels, hw, mean, std } => self.each_chunk(|_, i0, cnt| {
+                ops::denormalize(channels, hw, cnt, &mean, &std, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
             }),
-            Op::Conv { s, w, b, x, y } => {
+            Op::Conv { shape: s, weight: w, bias: b, x, y } => {
                 let wt = self.arena.r(w, s.weight_len());
                 let bias = b.map(|b| self.arena.r(b, s.c_out));
                 self.each_chunk(|_, i0, cnt| {
@@ -337,19 +337,19 @@ impl<'a> Ctx<'a> {
                     ops::conv2d_forward(&s, cnt, xs, wt, bias, ys, self.thread_scratch());
                 });
             }
-            Op::BnTrain { s, p: gp, state, x, y, stats, updates } => {
-                self.bn_stats(s, x, stats, state, updates);
-                self.bn_apply(s, gp, x, y, stats);
+            Op::BnTrain { shape, affine, state, x, y, stats, updates } => {
+                self.bn_stats(shape, x, stats, state, updates);
+                self.bn_apply(shape, affine, x, y, stats);
             }
-            Op::BnEval { s, p: gp, state, x, y, stats } => {
-                let c = s.c;
+            Op::BnEval { shape, affine, state, x, y, stats } => {
+                let c = shape.c;
                 let st = self.w(stats);
                 let (mean, invstd) = st[..2 * c].split_at_mut(c);
                 let rs = self.arena.r(state, 2 * c);
                 ops::batchnorm_eval_stats(&rs[..c], &rs[c..], mean, invstd);
-                self.bn_apply(s, gp, x, y, stats);
+                self.bn_apply(shape, affine, x, y, stats);
             }
-            Op::BnApply { s, p: gp, x, y, stats } => self.bn_apply(s, gp, x, y, stats),
+            Op::BnApply { shape, affine, x, y, stats } => self.bn_apply(shape, affine, x, y, stats),
             Op::Relu { x } => self.each_chunk(|_, i0, cnt| ops::relu_inplace(self.rows_mut(x, i0, cnt))),
             Op::AddRelu { y, x } => self.each_chunk(|_, i0, cnt| {
                 let ys = self.rows_mut(y, i0, cnt);
@@ -359,23 +359,23 @@ impl<'a> Ctx<'a> {
             Op::Sigmoid { x, y } => {
                 self.each_chunk(|_, i0, cnt| ops::sigmoid_forward(self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt)))
             }
-            Op::Pool { c, hw, x, y } => self.each_chunk(|_, i0, cnt| {
-                ops::global_avg_pool_forward(c, hw, cnt, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
+            Op::Pool { channels, hw, x, y } => self.each_chunk(|_, i0, cnt| {
+                ops::global_avg_pool_forward(channels, hw, cnt, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
             }),
-            Op::Linear { s, w, b, x, y } => {
+            Op::Linear { shape: s, weight: w, bias: b, x, y } => {
                 let (wt, bias) = (self.arena.r(w, s.weight_len()), self.arena.r(b, s.out_f));
                 self.each_chunk(|_, i0, cnt| {
                     ops::linear_forward(&s, cnt, self.rows(x, i0, cnt), wt, bias, self.rows_mut(y, i0, cnt))
                 });
             }
-            Op::Resize { win, x, y } => self.each_chunk(|_, i0, cnt| {
-                ops::bilinear_forward(&win, cnt, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
+            Op::Resize { window, x, y } => self.each_chunk(|_, i0, cnt| {
+                ops::bilinear_forward(&window, cnt, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
             }),
-            Op::Crop { win, x, y } => self.each_chunk(|_, i0, cnt| {
-                ops::crop_forward(&win, cnt, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
+            Op::Crop { window, x, y } => self.each_chunk(|_, i0, cnt| {
+                ops::crop_forward(&window, cnt, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
             }),
-            Op::L2Normalize { d, x, y } => self.each_chunk(|_, i0, cnt| {
-                loss::l2_normalize_forward(cnt, d, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
+            Op::L2Normalize { dim, x, y } => self.each_chunk(|_, i0, cnt| {
+                loss::l2_normalize_forward(cnt, dim, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
             }),
             Op::CrossEntropy { classes, logits, dlogits, scale, slot } => {
                 losses[slot] += self.sum_values(|i0, cnt| {
@@ -383,44 +383,48 @@ impl<'a> Ctx<'a> {
                     loss::cross_entropy(cnt, classes, l, &labels[i0..i0 + cnt], n, scale, dl)
                 });
             }
-            Op::Bce { p: pr, t, dp, scale, slot } => {
+            Op::Bce { probs, target, dprobs, scale, slot } => {
                 losses[slot] += self.sum_values(|i0, cnt| {
-                    let (a, b, d) = (self.rows(pr, i0, cnt), self.rows(t, i0, cnt), self.rows_mut(dp, i0, cnt));
-                    loss::bce(a, b, pr.len, scale, d)
+                    let (a, b, d) =
+                        (self.rows(probs, i0, cnt), self.rows(target, i0, cnt), self.rows_mut(dprobs, i0, cnt));
+                    loss::bce(a, b, probs.len, scale, d)
                 });
             }
-            Op::SupCon { d, f, df, scale, slot, scratch } => {
+            Op::SupCon { dim, features, dfeatures, scale, slot, scratch } => {
                 let t = loss::SUPCON_TEMPERATURE;
-                losses[slot] += loss::supcon(n, d, self.r(f), labels, t, t, scale, self.w(df), self.w(scratch));
+                losses[slot] +=
+                    loss::supcon(n, dim, self.r(features), labels, t, t, scale, self.w(dfeatures), self.w(scratch));
             }
-            Op::ConvBackward { s, w, b, x, dy, dx, weights } => {
-                let (wl, cb) = (s.weight_len(), if b.is_some() { s.c_out } else { 0 });
-                let wt = self.arena.r(w, wl);
-                let grad = self.arena.w(self.plan.grad_of(w), wl);
+            Op::ConvBackward { shape, weight, bias, x, dy, dx } => {
+                let weights = x.is_some();
+                let (wl, cb) = (shape.weight_len(), if bias.is_some() { shape.c_out } else { 0 });
+                let wt = self.arena.r(weight, wl);
+                let grad = self.arena.w(self.plan.grad_of(weight), wl);
                 let mut gb = [0f32; 0];
-                let gbias = match b {
-                    Some(b) => self.arena.w(self.plan.grad_of(b), s.c_out),
+                let gbias = match bias {
+                    Some(bias) => self.arena.w(self.plan.grad_of(bias), shape.c_out),
                     None => &mut gb[..],
                 };
                 self.each_chunk(|c, i0, cnt| {
-                    let (xs, dys) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt));
+                    let dys = self.rows(dy, i0, cnt);
                     let scratch = self.thread_scratch();
-                    if weights {
+                    if let Some(x) = x {
+                        let xs = self.rows(x, i0, cnt);
                         let part = self.partial(c, wl + cb);
                         part.fill(0.0);
                         let (pw, pb) = part.split_at_mut(wl);
-                        ops::conv2d_accumulate_weight_grad(&s, cnt, xs, dys, pw, b.map(|_| pb), scratch);
+                        ops::conv2d_accumulate_weight_grad(&shape, cnt, xs, dys, pw, bias.map(|_| pb), scratch);
                     }
                     if let Some(dx) = dx {
-                        ops::conv2d_backward_input(&s, cnt, dys, wt, self.rows_mut(dx, i0, cnt), scratch);
+                        ops::conv2d_backward_input(&shape, cnt, dys, wt, self.rows_mut(dx, i0, cnt), scratch);
                     }
                 });
                 if weights {
                     self.gather(wl, cb, grad, gbias);
                 }
             }
-            Op::BnBackward { s, p: gp, x, dy, dx, stats, sums, weights } => {
-                let c = s.c;
+            Op::BnBackward { shape, affine, x, dy, dx, stats, sums, weights } => {
+                let c = shape.c;
                 let st = self.r(stats);
                 let (mean, invstd) = (&st[..c], &st[c..2 * c]);
                 let sm = self.w(sums);
@@ -428,14 +432,14 @@ impl<'a> Ctx<'a> {
                 self.reduce(2 * c, sm, |i0, cnt, part| {
                     let (pd, px) = part.split_at_mut(c);
                     let (xs, dys) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt));
-                    ops::batchnorm_accumulate_backward_sums(&s, cnt, xs, dys, mean, invstd, pd, px);
+                    ops::batchnorm_accumulate_backward_sums(&shape, cnt, xs, dys, mean, invstd, pd, px);
                 });
                 let (sum_dy, sum_dy_xhat) = sm.split_at(c);
-                let gamma = self.arena.r(gp, c);
+                let gamma = self.arena.r(affine, c);
                 self.each_chunk(|_, i0, cnt| {
                     let (xs, dys, dxs) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt));
                     ops::batchnorm_backward_input(
-                        &s,
+                        &shape,
                         cnt,
                         xs,
                         dys,
@@ -444,12 +448,12 @@ impl<'a> Ctx<'a> {
                         gamma,
                         sum_dy,
                         sum_dy_xhat,
-                        n * s.hw,
+                        n * shape.hw,
                         dxs,
                     );
                 });
                 if weights {
-                    let g = self.arena.w(self.plan.grad_of(gp), 2 * c);
+                    let g = self.arena.w(self.plan.grad_of(affine), 2 * c);
                     ops::add_assign(&mut g[..c], sum_dy_xhat);
                     ops::add_assign(&mut g[c..], sum_dy);
                 }
@@ -459,32 +463,32 @@ impl<'a> Ctx<'a> {
             Op::SigmoidBackward { y, dy, dx } => self.each_chunk(|_, i0, cnt| {
                 ops::sigmoid_backward(self.rows(y, i0, cnt), self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt))
             }),
-            Op::PoolBackward { c, hw, dy, dx } => self.each_chunk(|_, i0, cnt| {
-                ops::global_avg_pool_backward(c, hw, cnt, self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt))
+            Op::PoolBackward { channels, hw, dy, dx } => self.each_chunk(|_, i0, cnt| {
+                ops::global_avg_pool_backward(channels, hw, cnt, self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt))
             }),
-            Op::LinearBackward { s, w, b, x, dy, dx } => {
-                let wl = s.weight_len();
-                let wt = self.arena.r(w, wl);
+            Op::LinearBackward { shape, weight, bias, x, dy, dx } => {
+                let wl = shape.weight_len();
+                let wt = self.arena.r(weight, wl);
                 let (grad, gbias) =
-                    (self.arena.w(self.plan.grad_of(w), wl), self.arena.w(self.plan.grad_of(b), s.out_f));
+                    (self.arena.w(self.plan.grad_of(weight), wl), self.arena.w(self.plan.grad_of(bias), shape.out_f));
                 self.each_chunk(|c, i0, cnt| {
-                    let part = self.partial(c, wl + s.out_f);
+                    let part = self.partial(c, wl + shape.out_f);
                     part.fill(0.0);
                     let (pw, pb) = part.split_at_mut(wl);
                     let (xs, dys) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt));
-                    ops::linear_accumulate_weight_grad(&s, cnt, xs, dys, pw, pb);
+                    ops::linear_accumulate_weight_grad(&shape, cnt, xs, dys, pw, pb);
                     if let Some(dx) = dx {
-                        ops::linear_backward_input(&s, cnt, dys, wt, self.rows_mut(dx, i0, cnt));
+                        ops::linear_backward_input(&shape, cnt, dys, wt, self.rows_mut(dx, i0, cnt));
                     }
                 });
-                self.gather(wl, s.out_f, grad, gbias);
+                self.gather(wl, shape.out_f, grad, gbias);
             }
-            Op::ResizeBackward { win, dy, dx } => self.each_chunk(|_, i0, cnt| {
-                ops::bilinear_accumulate_backward(&win, cnt, self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt))
+            Op::ResizeBackward { window, dy, dx } => self.each_chunk(|_, i0, cnt| {
+                ops::bilinear_accumulate_backward(&window, cnt, self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt))
             }),
-            Op::L2NormalizeBackward { d, x, dy, dx } => self.each_chunk(|_, i0, cnt| {
+            Op::L2NormalizeBackward { dim, x, dy, dx } => self.each_chunk(|_, i0, cnt| {
                 let (xs, dys, dxs) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt));
-                loss::l2_normalize_backward(cnt, d, xs, dys, dxs)
+                loss::l2_normalize_backward(cnt, dim, xs, dys, dxs)
             }),
             Op::Add { y, x } => {
                 self.each_chunk(|_, i0, cnt| ops::add_assign(self.rows_mut(y, i0, cnt), self.rows(x, i0, cnt)))

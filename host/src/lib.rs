@@ -3,6 +3,7 @@
 //! Datasets and augmentation, the local-training loop, checkpoints, metrics and the
 //! `hpff` command line, on top of the `no_std` [`hpff_core`].
 
+pub mod budget;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;

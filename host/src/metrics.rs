@@ -154,11 +154,6 @@ pub fn peak_rss_bytes() -> Option<u64> {
     crate::resources::proc_kib("/proc/self/status", "VmHWM:")
 }
 
-/// `12.34 MiB` or `n/a`.
-pub fn fmt_mib(bytes: Option<u64>) -> String {
-    bytes.map_or_else(|| "n/a".to_string(), |b| format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0)))
-}
-
 /// FLOPs of one training step and of one eval pass of `plan` (2 per multiply-add;
 /// convolutions and linear layers only): only work that runs. A conv backward counts its
 /// weight gradient when it computes one (HPFF's cascade-only passes do not) and its input
@@ -166,14 +161,14 @@ pub fn fmt_mib(bytes: Option<u64>) -> String {
 pub fn plan_flops(plan: &Plan) -> (u64, u64) {
     fn count(op: &Op) -> u64 {
         match *op {
-            Op::Conv { s, x, .. } => (s.flops() * (x.len / s.in_len().max(1))) as u64,
-            Op::ConvBackward { s, x, dx, weights, .. } => {
-                let f = (s.flops() * (x.len / s.in_len().max(1))) as u64;
-                f * (u64::from(weights) + u64::from(dx.is_some()))
+            Op::Conv { shape, x, .. } => (shape.flops() * (x.len / shape.in_len().max(1))) as u64,
+            Op::ConvBackward { shape, x, dy, dx, .. } => {
+                let f = (shape.flops() * (dy.len / shape.out_len().max(1))) as u64;
+                f * (u64::from(x.is_some()) + u64::from(dx.is_some()))
             }
-            Op::Linear { s, x, .. } => (2 * s.in_f * s.out_f * (x.len / s.in_f.max(1))) as u64,
-            Op::LinearBackward { s, x, dx, .. } => {
-                let f = (2 * s.in_f * s.out_f * (x.len / s.in_f.max(1))) as u64;
+            Op::Linear { shape, x, .. } => (2 * shape.in_f * shape.out_f * (x.len / shape.in_f.max(1))) as u64,
+            Op::LinearBackward { shape, x, dx, .. } => {
+                let f = (2 * shape.in_f * shape.out_f * (x.len / shape.in_f.max(1))) as u64;
                 f * if dx.is_some() { 2 } else { 1 }
             }
             _ => 0,
@@ -188,6 +183,7 @@ pub fn plan_flops(plan: &Plan) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::fmt_mib;
     use hpff_core::arch::Arch;
     use hpff_core::method::{Base, Method};
     use hpff_core::partition::{Partition, TableKind};
@@ -212,10 +208,10 @@ mod tests {
         let h = plan(Base::InfoPro, true);
         let (mut cascade_only, mut all) = (0u64, 0u64);
         h.train_step(|op| {
-            if let Op::ConvBackward { s, x, weights, .. } = *op {
-                let f = (s.flops() * (x.len / s.in_len())) as u64;
+            if let Op::ConvBackward { shape: s, x, dy, .. } = *op {
+                let f = (s.flops() * (dy.len / s.out_len())) as u64;
                 all += f;
-                if !weights {
+                if x.is_none() {
                     cascade_only += f;
                 }
             }

@@ -1,12 +1,18 @@
-//! `curves.png`: loss and accuracy per epoch, drawn with a tiny built-in bitmap font.
+//! `curves.png`: loss and accuracy per epoch, drawn with `plotters`.
 //!
-//! Left panel "LOSS": the training loss (blue) and the evaluation loss (orange).
-//! Right panel "ACC %": the evaluation accuracy in percent (orange). The x axis is the
-//! epoch. The key under the panels names the colours (TRAIN blue, TEST or VAL orange).
+//! Left panel, "Loss per epoch": the network's training loss (blue), the evaluation loss
+//! (orange) and, thinner, each module's local loss (the loss its own auxiliary head
+//! trains it with). Right panel, "Accuracy per epoch": the evaluation accuracy in percent
+//! (orange). The x axis is the epoch; each panel has its legend. Text is drawn with the
+//! DejaVu Sans font embedded in the binary (`assets/`), so no system font is needed.
 
 use std::path::Path;
+use std::sync::Once;
 
-use image::{Rgb, RgbImage};
+use hpff_core::plan::LossKind;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
 
 use crate::error::{Error, Result};
 use crate::metrics::EpochMetrics;
@@ -15,225 +21,212 @@ use crate::metrics::EpochMetrics;
 pub const WIDTH: u32 = 960;
 pub const HEIGHT: u32 = 420;
 
-const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
-const BLACK: Rgb<u8> = Rgb([30, 30, 30]);
-const GRID: Rgb<u8> = Rgb([225, 225, 225]);
-const BLUE: Rgb<u8> = Rgb([31, 119, 180]);
-const ORANGE: Rgb<u8> = Rgb([255, 127, 14]);
+const BLUE: RGBColor = RGBColor(31, 119, 180);
+const ORANGE: RGBColor = RGBColor(255, 127, 14);
+/// The modules' local losses (matplotlib's tab10 after blue and orange).
+const MODULE_COLOURS: [RGBColor; 8] = [
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
 
-const SCALE: u32 = 2;
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
-/// 3×5 glyphs, one row per 3 bits (msb left).
-fn glyph(c: char) -> [u8; 5] {
-    match c.to_ascii_uppercase() {
-        '0' | 'O' => [7, 5, 5, 5, 7],
-        '1' => [2, 6, 2, 2, 7],
-        '2' => [7, 1, 7, 4, 7],
-        '3' => [7, 1, 7, 1, 7],
-        '4' => [5, 5, 7, 1, 1],
-        '5' | 'S' => [7, 4, 7, 1, 7],
-        '6' => [7, 4, 7, 5, 7],
-        '7' => [7, 1, 1, 1, 1],
-        '8' => [7, 5, 7, 5, 7],
-        '9' => [7, 5, 7, 1, 7],
-        '.' => [0, 0, 0, 0, 2],
-        '-' => [0, 0, 7, 0, 0],
-        '%' => [5, 1, 2, 4, 5],
-        'A' => [2, 5, 7, 5, 5],
-        'C' => [7, 4, 4, 4, 7],
-        'E' => [7, 4, 7, 4, 7],
-        'H' => [5, 5, 7, 5, 5],
-        'I' => [7, 2, 2, 2, 7],
-        'L' => [4, 4, 4, 4, 7],
-        'N' => [5, 7, 7, 5, 5],
-        'P' => [7, 5, 7, 4, 4],
-        'R' => [6, 5, 6, 5, 5],
-        'T' => [7, 2, 2, 2, 2],
-        'U' => [5, 5, 5, 5, 7],
-        'V' => [5, 5, 5, 5, 2],
-        'Y' => [5, 5, 2, 2, 2],
-        _ => [0; 5],
-    }
+fn register_the_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The embedded font is a valid TTF; if it ever were not, text would be missing,
+        // and drawing reports that as an error.
+        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    });
 }
 
-fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
-    if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
-        img.put_pixel(x as u32, y as u32, c);
-    }
+/// The loss kinds that stand for a module's local loss, in order of preference: its
+/// auxiliary classifier's cross-entropy, else the level of HPFF that has one, else the
+/// network's classifier (the last module).
+const LOCAL_KINDS: [LossKind; 6] = [
+    LossKind::Classifier,
+    LossKind::CascadeClassifier,
+    LossKind::Independent,
+    LossKind::Ce,
+    LossKind::LastY,
+    LossKind::LastX,
+];
+
+/// A named line of (epoch, value) points.
+struct Series {
+    name: String,
+    colour: RGBColor,
+    width: u32,
+    points: Vec<(u32, f64)>,
 }
 
-fn text_width(s: &str) -> i64 {
-    (s.chars().count() as i64) * 4 * SCALE as i64 - SCALE as i64
+/// One line per module: the first of [`LOCAL_KINDS`] the records hold for it.
+/// The last module's is the training loss, drawn already.
+fn module_series(records: &[EpochMetrics]) -> Vec<Series> {
+    let modules = records.iter().flat_map(|r| r.losses.values().map(Vec::len)).max().unwrap_or(0);
+    (0..modules.saturating_sub(1))
+        .filter_map(|m| {
+            let kind = LOCAL_KINDS.iter().find(|k| {
+                records.iter().any(|r| r.losses.get(k.name()).and_then(|v| v.get(m).copied().flatten()).is_some())
+            })?;
+            let points = records
+                .iter()
+                .filter_map(|r| r.losses.get(kind.name())?.get(m).copied().flatten().map(|v| (r.epoch, v)))
+                .collect();
+            Some(Series {
+                name: format!("module {} ({})", m + 1, kind.name().replace('_', " ")),
+                colour: MODULE_COLOURS[m % MODULE_COLOURS.len()],
+                width: 1,
+                points,
+            })
+        })
+        .collect()
 }
 
-fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, c: Rgb<u8>) {
-    for (i, ch) in s.chars().enumerate() {
-        let g = glyph(ch);
-        let ox = x + i as i64 * 4 * SCALE as i64;
-        for (r, bits) in g.iter().enumerate() {
-            for col in 0..3 {
-                if bits >> (2 - col) & 1 == 1 {
-                    for dy in 0..SCALE as i64 {
-                        for dx in 0..SCALE as i64 {
-                            put(img, ox + col * SCALE as i64 + dx, y + r as i64 * SCALE as i64 + dy, c);
-                        }
-                    }
-                }
-            }
-        }
-    }
+/// Where a panel's legend goes; the y range leaves it a band of its own there, so it
+/// never hides a line.
+#[derive(Clone, Copy, PartialEq)]
+enum Legend {
+    Top,
+    Bottom,
 }
 
-fn line(img: &mut RgbImage, (x0, y0): (i64, i64), (x1, y1): (i64, i64), c: Rgb<u8>, w: i64) {
-    let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-    let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-    let (mut x, mut y, mut err) = (x0, y0, dx + dy);
-    loop {
-        for a in 0..w {
-            for b in 0..w {
-                put(img, x + a - w / 2, y + b - w / 2, c);
-            }
-        }
-        if x == x1 && y == y1 {
-            break;
-        }
-        let e2 = 2 * err;
-        if e2 >= dy {
-            err += dy;
-            x += sx;
-        }
-        if e2 <= dx {
-            err += dx;
-            y += sy;
-        }
-    }
-}
+/// Height of the plotting area and of one legend entry, in pixels (about).
+const PLOT_PX: f64 = 320.0;
+const LEGEND_ENTRY_PX: f64 = 17.0;
 
-/// Round tick step (1, 2 or 5 × 10^k) giving about `n` intervals over `span`.
-fn nice_step(span: f64, n: f64) -> f64 {
-    let raw = (span / n).max(1e-12);
-    let p = 10f64.powf(raw.log10().floor());
-    let m = raw / p;
-    p * if m <= 1.0 {
-        1.0
-    } else if m <= 2.0 {
-        2.0
-    } else if m <= 5.0 {
-        5.0
-    } else {
-        10.0
+/// `lo..hi` around the finite values of `series` (0..1 when there are none), from 0 when
+/// `from_zero`, within `clamp`, with room for the legend.
+fn y_range(series: &[Series], from_zero: bool, legend: Legend, clamp: (f64, f64)) -> (f64, f64) {
+    let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).filter(|y| y.is_finite());
+    let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    if lo > hi {
+        return (0.0, 1.0);
     }
-}
-
-fn label(v: f64, step: f64) -> String {
-    let d = if step >= 1.0 { 0 } else { (-step.log10()).ceil() as usize };
-    format!("{v:.d$}")
-}
-
-struct Series<'a> {
-    points: Vec<(f64, f64)>,
-    colour: Rgb<u8>,
-    _name: &'a str,
-}
-
-fn panel(img: &mut RgbImage, x0: i64, title: &str, series: &[Series], x_max: f64) {
-    let (left, right, top, bottom) = (x0 + 70, x0 + 470, 40i64, 350i64);
-    text(img, (left + right) / 2 - text_width(title) / 2, 12, title, BLACK);
-    let ys: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).filter(|v| v.is_finite()).collect();
-    let (mut lo, mut hi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-    if !lo.is_finite() {
-        (lo, hi) = (0.0, 1.0);
-    }
-    if hi - lo < 1e-9 {
-        let pad = hi.abs().max(1.0) * 0.05;
-        (lo, hi) = (lo - pad, hi + pad);
-    }
-    let ystep = nice_step(hi - lo, 5.0);
-    let (lo, hi) = ((lo / ystep).floor() * ystep, (hi / ystep).ceil() * ystep);
-    let (xlo, xhi) = (1.0, x_max.max(2.0));
-    let px = |x: f64| left + ((x - xlo) / (xhi - xlo) * (right - left) as f64).round() as i64;
-    let py = |y: f64| bottom - ((y - lo) / (hi - lo) * (bottom - top) as f64).round() as i64;
-    // Grid, ticks and labels.
-    let mut v = lo;
-    while v <= hi + ystep * 0.5 {
-        let y = py(v);
-        line(img, (left, y), (right, y), GRID, 1);
-        line(img, (left - 5, y), (left, y), BLACK, 1);
-        let s = label(v, ystep);
-        text(img, left - 9 - text_width(&s), y - 5, &s, BLACK);
-        v += ystep;
-    }
-    let xstep = nice_step(xhi - xlo, 8.0).max(1.0);
-    let mut e = (xlo / xstep).ceil() * xstep;
-    if e < xlo {
-        e = xlo;
-    }
-    let mut ticks = vec![xlo];
-    while e <= xhi + 1e-9 {
-        if e > xlo {
-            ticks.push(e);
-        }
-        e += xstep;
-    }
-    for t in ticks {
-        let x = px(t);
-        line(img, (x, bottom), (x, bottom + 5), BLACK, 1);
-        let s = label(t, 1.0);
-        text(img, x - text_width(&s) / 2, bottom + 10, &s, BLACK);
-    }
-    text(img, (left + right) / 2 - text_width("EPOCH") / 2, bottom + 30, "EPOCH", BLACK);
-    line(img, (left, top), (left, bottom), BLACK, 1);
-    line(img, (left, bottom), (right, bottom), BLACK, 1);
-    for s in series {
-        let pts: Vec<(i64, i64)> = s.points.iter().filter(|p| p.1.is_finite()).map(|&(x, y)| (px(x), py(y))).collect();
-        for w in pts.windows(2) {
-            line(img, w[0], w[1], s.colour, 2);
-        }
-        for &p in &pts {
-            line(img, p, p, s.colour, 6);
-        }
-    }
-}
-
-/// Draws the curves of `records` (`eval_name` is "TEST" or "VAL").
-pub fn render(records: &[EpochMetrics], eval_name: &str) -> RgbImage {
-    let mut img = RgbImage::from_pixel(WIDTH, HEIGHT, WHITE);
-    let x_max = records.iter().map(|r| r.epoch).max().unwrap_or(1) as f64;
-    let train: Vec<(f64, f64)> = records.iter().map(|r| (r.epoch as f64, r.train_loss)).collect();
-    let eval = |f: fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
-        records.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v))).collect()
+    let lo = if from_zero { lo.min(0.0) } else { lo };
+    let pad = if hi > lo { 0.05 * (hi - lo) } else { 0.5 };
+    let (lo, hi) = (if from_zero { lo } else { lo - pad }, hi + pad);
+    let entries = series.iter().filter(|s| s.points.iter().any(|p| p.1.is_finite())).count() as f64;
+    let share = ((entries * LEGEND_ENTRY_PX + 16.0) / PLOT_PX).min(0.6);
+    let room = (hi - lo) * share / (1.0 - share);
+    let (lo, hi) = match legend {
+        Legend::Top => (lo, hi + room),
+        Legend::Bottom => (lo - room, hi),
     };
-    panel(
-        &mut img,
-        0,
-        "LOSS",
-        &[
-            Series { points: train, colour: BLUE, _name: "train" },
-            Series { points: eval(|r| r.eval_loss), colour: ORANGE, _name: "eval" },
-        ],
-        x_max,
-    );
-    panel(
-        &mut img,
-        480,
-        "ACC %",
-        &[Series { points: eval(|r| r.eval_accuracy.map(|a| 100.0 * a)), colour: ORANGE, _name: "eval" }],
-        x_max,
-    );
-    // Key.
-    let y = HEIGHT as i64 - 16;
-    let mut x = 380;
-    for (name, c) in [("TRAIN", BLUE), (eval_name, ORANGE)] {
-        line(&mut img, (x, y + 4), (x + 24, y + 4), c, 3);
-        text(&mut img, x + 32, y, name, BLACK);
-        x += 40 + text_width(name) + 30;
+    (lo.max(clamp.0), hi.min(clamp.1))
+}
+
+fn err(e: impl std::fmt::Display) -> Error {
+    Error::msg(format!("cannot draw the plot: {e}"))
+}
+
+fn panel(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    title: &str,
+    y_label: &str,
+    series: &[Series],
+    x_max: u32,
+    (y_lo, y_hi): (f64, f64),
+    legend: Legend,
+    y_decimals: usize,
+) -> Result<()> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(8)
+        .x_label_area_size(38)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0u32..x_max + 1, y_lo..y_hi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(y_label)
+        .x_labels(x_max.min(10) as usize + 2)
+        .y_labels(6)
+        .y_label_formatter(&|y| format!("{y:.y_decimals$}"))
+        .light_line_style(RGBColor(235, 235, 235))
+        .label_style(("sans-serif", 12))
+        .axis_desc_style(("sans-serif", 14))
+        .draw()
+        .map_err(err)?;
+    for s in series {
+        let pts: Vec<(u32, f64)> = s.points.iter().copied().filter(|p| p.1.is_finite()).collect();
+        if pts.is_empty() {
+            continue;
+        }
+        let style = s.colour.stroke_width(s.width);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), style))
+            .map_err(err)?
+            .label(s.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        let r = s.width + 2;
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, r, s.colour.filled()))).map_err(err)?;
     }
-    img
+    if series.iter().any(|s| s.points.iter().any(|p| p.1.is_finite())) {
+        chart
+            .configure_series_labels()
+            .position(match legend {
+                Legend::Top => SeriesLabelPosition::UpperRight,
+                Legend::Bottom => SeriesLabelPosition::LowerRight,
+            })
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(200, 200, 200))
+            .label_font(("sans-serif", 12))
+            .draw()
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Draws the curves of `records` into an RGB buffer of [`WIDTH`]×[`HEIGHT`] (`eval_name`
+/// is "test" or "val").
+pub fn render(records: &[EpochMetrics], eval_name: &str) -> Result<image::RgbImage> {
+    register_the_font();
+    let mut buf = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let x_max = records.iter().map(|r| r.epoch).max().unwrap_or(1).max(1);
+        let eval = |f: fn(&EpochMetrics) -> Option<f64>| -> Vec<(u32, f64)> {
+            records.iter().filter_map(|r| f(r).map(|v| (r.epoch, v))).collect()
+        };
+        let modules = module_series(records);
+        let mut losses = vec![
+            Series {
+                name: if modules.is_empty() { "train loss".into() } else { "train loss (last module)".into() },
+                colour: BLUE,
+                width: 2,
+                points: records.iter().map(|r| (r.epoch, r.train_loss)).collect(),
+            },
+            Series { name: format!("{eval_name} loss"), colour: ORANGE, width: 2, points: eval(|r| r.eval_loss) },
+        ];
+        losses.extend(modules);
+        let accuracy = [Series {
+            name: format!("{eval_name} accuracy"),
+            colour: ORANGE,
+            width: 2,
+            points: eval(|r| r.eval_accuracy.map(|a| 100.0 * a)),
+        }];
+        let (left, right) = root.split_horizontally(WIDTH / 2);
+        let y = y_range(&losses, true, Legend::Top, (f64::NEG_INFINITY, f64::INFINITY));
+        panel(&left, "Loss per epoch", "loss (mean over the epoch)", &losses, x_max, y, Legend::Top, 2)?;
+        let y = y_range(&accuracy, false, Legend::Bottom, (0.0, 100.0));
+        panel(&right, "Accuracy per epoch", "accuracy (%)", &accuracy, x_max, y, Legend::Bottom, 0)?;
+        root.present().map_err(err)?;
+    }
+    image::RgbImage::from_raw(WIDTH, HEIGHT, buf).ok_or_else(|| err("the picture buffer has the wrong size"))
 }
 
 /// Writes `curves.png`.
 pub fn save(path: &Path, records: &[EpochMetrics], eval_name: &str) -> Result<()> {
-    render(records, eval_name)
+    render(records, eval_name)?
         .save(path)
         .map_err(|e| Error::msg(format!("{}: cannot write the plot: {e}", path.display())))
 }
@@ -241,6 +234,7 @@ pub fn save(path: &Path, records: &[EpochMetrics], eval_name: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::Rgb;
 
     fn rec(epoch: u32, loss: f64, acc: Option<f64>) -> EpochMetrics {
         EpochMetrics {
@@ -269,12 +263,26 @@ mod tests {
         save(&p, &recs, "TEST").unwrap();
         let img = image::open(&p).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (WIDTH, HEIGHT));
-        assert!(img.pixels().any(|p| *p == BLUE));
-        assert!(img.pixels().any(|p| *p == ORANGE));
+        assert!(img.pixels().any(|p| *p == Rgb([BLUE.0, BLUE.1, BLUE.2])));
+        assert!(img.pixels().any(|p| *p == Rgb([ORANGE.0, ORANGE.1, ORANGE.2])));
         // Degenerate inputs draw without panicking.
         save(&p, &[rec(1, f64::NAN, None)], "VAL").unwrap();
         save(&p, &[], "VAL").unwrap();
-        assert_eq!(nice_step(0.87, 5.0), 0.2);
-        assert_eq!(label(0.4, 0.2), "0.4");
+    }
+
+    #[test]
+    fn one_line_per_module() {
+        let mut recs: Vec<_> = (1..=3).map(|e| rec(e, 1.0 / e as f64, Some(0.5))).collect();
+        for r in &mut recs {
+            r.losses.insert("classifier".into(), vec![Some(2.0), Some(1.5), None]);
+            r.losses.insert("ce".into(), vec![None, None, Some(r.train_loss)]);
+        }
+        let s = module_series(&recs);
+        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+        // The last module's loss is the training loss, drawn already.
+        assert_eq!(names, ["module 1 (classifier)", "module 2 (classifier)"]);
+        let img = render(&recs, "test").unwrap();
+        let c = MODULE_COLOURS[0];
+        assert!(img.pixels().any(|p| *p == Rgb([c.0, c.1, c.2])));
     }
 }

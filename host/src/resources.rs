@@ -5,7 +5,11 @@
 use hpff_core::plan::Plan;
 
 use crate::error::{Error, Result};
-use crate::metrics::fmt_mib;
+
+/// `12.34 MiB` or `n/a`.
+pub fn fmt_mib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "n/a".to_string(), |b| format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0)))
+}
 
 /// Most worker threads `--threads` accepts: far above any CPU's cores, far below the
 /// point where spawning them stalls the machine.

@@ -17,12 +17,13 @@ use hpff_core::rng::Rng;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::checkpoint::{self, Meta, TensorFile};
-use crate::config::{Config, NonFinite, Setup, Shape};
+use crate::config::{Config, NonFinite, Settings, Setup, Shape};
 use crate::data::{self, Augment, Dataset, Normalize, Source, Split};
 use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
 use crate::error::{io_err, Error, Result};
-use crate::metrics::{self, fmt_mib, EpochMetrics, EvalResult, LossMeter};
+use crate::metrics::{self, EpochMetrics, EvalResult, LossMeter};
 use crate::plot;
+use crate::resources::fmt_mib;
 
 /// Stream of the parameter initialisation.
 pub const INIT_STREAM: u64 = 1;
@@ -80,8 +81,8 @@ impl Cut for data::FolderIndex {
 
 /// Loads the splits `cfg` (completed) asks for: decoded into memory, or indexed for
 /// streaming with `--stream SIZE`.
-pub fn load_data(cfg: &Config) -> Result<Data> {
-    let kind = cfg.dataset.unwrap_or(crate::config::DatasetName::FashionMnist).kind();
+pub fn load_data(cfg: &Settings) -> Result<Data> {
+    let kind = cfg.dataset.kind();
     let dir = cfg.data_dir.as_deref();
     match cfg.stream {
         None => cut_splits(cfg, data::load(kind, dir, Split::Train)?, data::load(kind, dir, Split::Test), |d| {
@@ -95,7 +96,7 @@ pub fn load_data(cfg: &Config) -> Result<Data> {
             if size == 0 {
                 return Err(Error::msg("--stream SIZE must be at least 1"));
             }
-            let workers = cfg.threads.unwrap_or(0);
+            let workers = cfg.threads;
             cut_splits(cfg, data::index(dir, Split::Train)?, data::index(dir, Split::Test), |ix| {
                 Source::Stream(data::StreamSet::imagenet(ix, size, workers))
             })
@@ -106,12 +107,12 @@ pub fn load_data(cfg: &Config) -> Result<Data> {
 /// The training, evaluation and test splits of `train` and `test` (`--val-split`,
 /// `--limit-*`), wrapped by `wrap`.
 fn cut_splits<T: Cut>(
-    cfg: &Config,
+    cfg: &Settings,
     train: T,
     test: std::result::Result<T, data::DataError>,
     wrap: impl Fn(T) -> Source,
 ) -> Result<Data> {
-    let val_split = cfg.val_split.unwrap_or(0);
+    let val_split = cfg.val_split;
     let test = match test {
         Ok(t) => Some(t),
         Err(data::DataError::Missing { .. }) if val_split > 0 => {
@@ -120,13 +121,10 @@ fn cut_splits<T: Cut>(
         }
         Err(e) => return Err(e.into()),
     };
-    let seed = cfg.seed.unwrap_or(0);
-    let limit = |d: T, n: Option<usize>| match n {
-        Some(n) if n > 0 => d.sample(n, Rng::new(seed).fork(LIMIT_STREAM)),
-        _ => d,
-    };
-    let data = match cfg.val_split {
-        Some(v) if v > 0 => {
+    let seed = cfg.seed;
+    let limit = |d: T, n: usize| if n > 0 { d.sample(n, Rng::new(seed).fork(LIMIT_STREAM)) } else { d };
+    let data = match val_split {
+        v if v > 0 => {
             if v >= train.count() {
                 return Err(Error::msg(format!(
                     "--val-split {v} leaves no training images (the training split has {})",
@@ -166,11 +164,11 @@ pub fn limit_subset(d: Dataset, n: Option<usize>, seed: u64) -> Dataset {
 }
 
 /// The training augmentation `cfg` asks for.
-pub fn augment_of(cfg: &Config) -> Option<Augment> {
-    if cfg.augment == Some(false) {
+pub fn augment_of(cfg: &Settings) -> Option<Augment> {
+    if !cfg.augment {
         return None;
     }
-    cfg.dataset?.kind().default_augment()
+    cfg.dataset.kind().default_augment()
 }
 
 /// The network's input shape for training on `train` (after augmentation, or the
@@ -310,15 +308,15 @@ pub fn train(cli: &Config, opts: &RunOptions) -> Result<Outcome> {
             if cli.out.is_none() {
                 c.out = Some(l.json_path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf));
             }
-            c.complete()
+            c
         }
-        None => cli.complete(),
+        None => cli.clone(),
     };
     // Say what is missing before spending time on the data.
-    if let Some(device::Device::Cuda(n)) = cfg.device {
+    if let device::Device::Cuda(n) = cfg.settings().device {
         device::cuda_device(n)?;
     }
-    let data = load_data(&cfg)?;
+    let data = load_data(&cfg.settings())?;
     train_on(&cfg, data, resumed, opts)
 }
 
@@ -328,10 +326,10 @@ fn say(opts: &RunOptions, s: impl AsRef<str>) {
     }
 }
 
-/// Trains with completed config `cfg` on `data`, from scratch or from `resumed`.
+/// Trains with config `cfg` (completed with the defaults) on `data`, from scratch or from `resumed`.
 pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, opts: &RunOptions) -> Result<Outcome> {
     let t0 = Instant::now();
-    let cfg = cfg.complete();
+    let cfg = cfg.settings();
     let aug = augment_of(&cfg);
     let mut evals = vec![&data.eval];
     if let Some(t) = &data.test {
@@ -339,26 +337,26 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     }
     let shape = data_shape(&data.train, aug.as_ref(), &evals)?;
     let setup: Setup = cfg.setup(shape)?;
-    let out = cfg.out.clone().expect("completed");
+    let out = cfg.out.clone();
     let batch = setup.batch;
     let plan = setup.plan(batch)?;
     if let Some(limit) = opts.memory_limit {
-        crate::commands::budget::check_fits(&setup, &plan, limit)?;
+        crate::budget::check_fits(&setup, &plan, limit)?;
     }
     let tail_n = data.train.len() % batch;
     // The last partial batch (the reference's DataLoader keeps it) runs on a plan of
     // its own size; parameter offsets do not depend on the batch, so the arena is shared.
     let tail = if tail_n > 0 { Some(setup.plan(tail_n)?) } else { None };
-    let seed = cfg.seed.expect("completed");
-    let epochs = cfg.epochs.expect("completed");
-    let eval_every = cfg.eval_every.expect("completed");
-    let device = cfg.device.expect("completed");
-    let exec_opts = ExecOptions { threads: cfg.threads.expect("completed"), tf32: cfg.tf32.expect("completed") };
+    let seed = cfg.seed;
+    let epochs = cfg.epochs;
+    let eval_every = cfg.eval_every;
+    let device = cfg.device;
+    let exec_opts = ExecOptions { threads: cfg.threads, tf32: cfg.tf32 };
     let mut exec: DynExecutor = device::open(device, &plan, exec_opts)?;
     let data_rng = Rng::new(seed).fork(DATA_STREAM);
     let mut meta = Meta {
         hpff_version: env!("CARGO_PKG_VERSION").into(),
-        config: cfg.clone(),
+        config: cfg.to_config(),
         shape,
         epoch: 0,
         global_step: 0,
@@ -406,12 +404,12 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         )));
     }
     let cfg_path = out.join("config.toml");
-    crate::files::write_atomic(&cfg_path, cfg.to_toml().as_bytes())?;
+    crate::files::write_atomic(&cfg_path, meta.config.to_toml().as_bytes())?;
 
     let mem = plan.memory();
     say(opts, format!("hpff {} — config (saved in {}):", env!("CARGO_PKG_VERSION"), cfg_path.display()));
     if !opts.quiet {
-        for l in cfg.to_toml().lines() {
+        for l in meta.config.to_toml().lines() {
             println!("  {l}");
         }
     }
@@ -484,7 +482,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     }
     let mut losses = vec![0f32; plan.loss_slots()];
     let mut grads = vec![0f32; plan.params];
-    let on_nonfinite = cfg.on_nonfinite.expect("completed");
+    let on_nonfinite = cfg.on_nonfinite;
     let start_epoch = meta.epoch;
     for epoch in start_epoch + 1..=stop {
         let te = Instant::now();
@@ -679,7 +677,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
 fn write_outputs(out: &Path, plan: &Plan, model: &Snapshot, meta: &mut Meta, eval_name: &str) -> Result<()> {
     checkpoint::save(out, plan, model, meta)?;
     metrics::write_jsonl(&out.join("metrics.jsonl"), &meta.metrics)?;
-    plot::save(&out.join("curves.png"), &meta.metrics, &eval_name.to_ascii_uppercase())
+    plot::save(&out.join("curves.png"), &meta.metrics, eval_name)
 }
 
 /// One training step, checked: `None` if its losses and gradients are finite, else what

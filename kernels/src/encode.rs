@@ -116,24 +116,24 @@ impl<'a, S: Sink> Encoder<'a, S> {
                 self.fill_zero(self.p.loss, plan.loss_slots())?;
             }
             Op::Zero { buf } => self.fill_zero(self.a(buf.off), buf.len)?,
-            Op::Restore { x, y, c, hw, mean, std } => {
-                let mut args = vec![self.b(x), self.b(y), c32(c)?, l("hw", hw)?];
+            Op::Restore { x, y, channels, hw, mean, std } => {
+                let mut args = vec![self.b(x), self.b(y), c32(channels)?, l("hw", hw)?];
                 args.extend(mean.iter().chain(std.iter()).map(|&v| Arg::F(v)));
-                self.each(K::Restore, n * c * hw, &args)?;
+                self.each(K::Restore, n * channels * hw, &args)?;
             }
-            Op::Conv { s, w, b, x, y } => self.conv_forward(&s, w, b, x, y)?,
-            Op::BnTrain { s, p, state, x, y, stats, updates } => {
-                let total = n * s.hw;
+            Op::Conv { shape, weight, bias, x, y } => self.conv_forward(&shape, weight, bias, x, y)?,
+            Op::BnTrain { shape, affine, state, x, y, stats, updates } => {
+                let total = n * shape.hw;
                 let parts = chan_parts(total);
-                let common = [self.b(x), c32(s.c)?, l("hw", s.hw)?, l("count", total)?, i("parts", parts)?];
+                let common = [self.b(x), c32(shape.c)?, l("hw", shape.hw)?, l("count", total)?, i("parts", parts)?];
                 let mut a = common.to_vec();
                 a.push(Arg::P(self.p.partials));
-                self.launch(K::ChanPartialSum, (parts, s.c), BLOCK, &a)?;
+                self.launch(K::ChanPartialSum, (parts, shape.c), BLOCK, &a)?;
                 let (part, st) = (Arg::P(self.p.partials), self.b(stats));
-                self.each(K::BnMean, s.c, &[part, i("parts", parts)?, l("count", total)?, st])?;
+                self.each(K::BnMean, shape.c, &[part, i("parts", parts)?, l("count", total)?, st])?;
                 let mut a = common.to_vec();
                 a.extend([st, part]);
-                self.launch(K::ChanPartialSqdev, (parts, s.c), BLOCK, &a)?;
+                self.launch(K::ChanPartialSqdev, (parts, shape.c), BLOCK, &a)?;
                 let fin = [
                     part,
                     i("parts", parts)?,
@@ -144,23 +144,25 @@ impl<'a, S: Sink> Encoder<'a, S> {
                     Arg::F(BN_MOMENTUM),
                     Arg::F(BN_EPS),
                 ];
-                self.each(K::BnFinalize, s.c, &fin)?;
-                self.bn_forward(&s, p, x, y, stats)?;
+                self.each(K::BnFinalize, shape.c, &fin)?;
+                self.bn_forward(&shape, affine, x, y, stats)?;
             }
-            Op::BnEval { s, p, state, x, y, stats } => {
-                self.each(K::BnEvalStats, s.c, &[Arg::P(self.a(state)), self.b(stats), Arg::F(BN_EPS)])?;
-                self.bn_forward(&s, p, x, y, stats)?;
+            Op::BnEval { shape, affine, state, x, y, stats } => {
+                self.each(K::BnEvalStats, shape.c, &[Arg::P(self.a(state)), self.b(stats), Arg::F(BN_EPS)])?;
+                self.bn_forward(&shape, affine, x, y, stats)?;
             }
-            Op::BnApply { s, p, x, y, stats } => self.bn_forward(&s, p, x, y, stats)?,
+            Op::BnApply { shape, affine, x, y, stats } => self.bn_forward(&shape, affine, x, y, stats)?,
             Op::Relu { x } => self.each(K::Relu, x.len, &[self.b(x)])?,
             Op::AddRelu { y, x } => self.each(K::AddRelu, y.len, &[self.b(y), self.b(x)])?,
             Op::Sigmoid { x, y } => self.each(K::Sigmoid, x.len, &[self.b(x), self.b(y)])?,
-            Op::Pool { c, hw, x, y } => self.each(K::PoolForward, n * c, &[self.b(x), self.b(y), l("hw", hw)?])?,
-            Op::Linear { s, w, b, x, y } => {
-                if n == 0 || s.out_f == 0 {
+            Op::Pool { channels, hw, x, y } => {
+                self.each(K::PoolForward, n * channels, &[self.b(x), self.b(y), l("hw", hw)?])?
+            }
+            Op::Linear { shape, weight, bias, x, y } => {
+                if n == 0 || shape.out_f == 0 {
                     return Ok(());
                 }
-                let (inf, outf) = (s.in_f, s.out_f);
+                let (inf, outf) = (shape.in_f, shape.out_f);
                 let g = Gemm {
                     m: n,
                     n: outf,
@@ -168,7 +170,7 @@ impl<'a, S: Sink> Encoder<'a, S> {
                     a: self.a(x.off),
                     lda: inf,
                     ta: false,
-                    b: self.a(w),
+                    b: self.a(weight),
                     ldb: inf,
                     tb: true,
                     c: self.a(y.off),
@@ -176,27 +178,27 @@ impl<'a, S: Sink> Encoder<'a, S> {
                     beta: 0.0,
                 };
                 self.gemm(g)?;
-                self.each(K::AddRowBias, n * outf, &[self.b(y), Arg::P(self.a(b)), i("features", outf)?])?;
+                self.each(K::AddRowBias, n * outf, &[self.b(y), Arg::P(self.a(bias)), i("features", outf)?])?;
             }
-            Op::Resize { win, x, y } => {
+            Op::Resize { window, x, y } => {
                 let mut args = vec![self.b(x), self.b(y)];
-                args.extend(window_args(&win)?);
-                self.each(K::ResizeForward, n * win.out_len(), &args)?;
+                args.extend(window_args(&window)?);
+                self.each(K::ResizeForward, n * window.out_len(), &args)?;
             }
-            Op::Crop { win, x, y } => {
+            Op::Crop { window, x, y } => {
                 let args = [
                     self.b(x),
                     self.b(y),
-                    i("h", win.h)?,
-                    i("w", win.w)?,
-                    i("y0", win.y0)?,
-                    i("x0", win.x0)?,
-                    i("oh", win.oh)?,
-                    i("ow", win.ow)?,
+                    i("h", window.h)?,
+                    i("w", window.w)?,
+                    i("y0", window.y0)?,
+                    i("x0", window.x0)?,
+                    i("oh", window.oh)?,
+                    i("ow", window.ow)?,
                 ];
-                self.each(K::CropForward, n * win.out_len(), &args)?;
+                self.each(K::CropForward, n * window.out_len(), &args)?;
             }
-            Op::L2Normalize { d, x, y } => self.each(K::L2normForward, n, &[i("d", d)?, self.b(x), self.b(y)])?,
+            Op::L2Normalize { dim, x, y } => self.each(K::L2normForward, n, &[i("dim", dim)?, self.b(x), self.b(y)])?,
             Op::CrossEntropy { classes, logits, dlogits, scale, slot } => {
                 let args = [
                     i("batch", n)?,
@@ -210,84 +212,90 @@ impl<'a, S: Sink> Encoder<'a, S> {
                 ];
                 self.launch(K::CrossEntropy, (1, 1), BLOCK, &args)?;
             }
-            Op::Bce { p, t, dp, scale, slot } => {
-                if p.len == 0 {
+            Op::Bce { probs, target, dprobs, scale, slot } => {
+                if probs.len == 0 {
                     return Ok(());
                 }
-                let parts = flat_parts(p.len);
+                let parts = flat_parts(probs.len);
                 let args = [
-                    l("len", p.len)?,
+                    l("len", probs.len)?,
                     i("parts", parts)?,
-                    self.b(p),
-                    self.b(t),
-                    self.b(dp),
+                    self.b(probs),
+                    self.b(target),
+                    self.b(dprobs),
                     Arg::F(scale),
-                    l("len", p.len)?,
+                    l("len", probs.len)?,
                     Arg::P(self.p.partials),
                 ];
                 self.launch(K::BcePartial, (parts, 1), BLOCK, &args)?;
-                self.loss_finalize(parts, 1.0 / p.len as f64, slot)?;
+                self.loss_finalize(parts, 1.0 / probs.len as f64, slot)?;
             }
-            Op::SupCon { d, f, df, scale, slot, scratch } => {
+            Op::SupCon { dim, features, dfeatures, scale, slot, scratch } => {
                 // The reference passes the temperature as the base temperature too.
                 let (t, base_t) = (SUPCON_TEMPERATURE as f64, SUPCON_TEMPERATURE as f64);
                 let inv_t = 1.0 / t;
                 let coef = -(t / base_t) / n as f64;
-                let (nn, dd) = (i("batch", n)?, i("d", d)?);
-                self.each(K::SupconSim, n * n, &[nn, dd, self.b(f), self.b(scratch), Arg::D(inv_t)])?;
+                let (nn, dd) = (i("batch", n)?, i("dim", dim)?);
+                self.each(K::SupconSim, n * n, &[nn, dd, self.b(features), self.b(scratch), Arg::D(inv_t)])?;
                 let rows = [Arg::P(self.p.labels), self.b(scratch), Arg::P(self.p.partials), Arg::D(coef)];
                 self.each(K::SupconRows, n, &rows)?;
                 let g = scale as f64 * inv_t;
-                self.each(K::SupconGrad, n * d, &[nn, dd, self.b(f), self.b(scratch), self.b(df), Arg::D(g)])?;
+                self.each(
+                    K::SupconGrad,
+                    n * dim,
+                    &[nn, dd, self.b(features), self.b(scratch), self.b(dfeatures), Arg::D(g)],
+                )?;
                 self.loss_finalize(n, coef, slot)?;
             }
-            Op::ConvBackward { s, w, b, x, dy, dx, weights } => self.conv_backward(&s, w, b, x, dy, dx, weights)?,
-            Op::BnBackward { s, p, x, dy, dx, stats, sums, weights } => {
-                let total = n * s.hw;
+            Op::ConvBackward { shape, weight, bias, x, dy, dx } => {
+                self.conv_backward(&shape, weight, bias, x, dy, dx)?
+            }
+            Op::BnBackward { shape, affine, x, dy, dx, stats, sums, weights } => {
+                let total = n * shape.hw;
                 let parts = chan_parts(total);
                 let args = [
                     self.b(x),
                     self.b(dy),
-                    c32(s.c)?,
-                    l("hw", s.hw)?,
+                    c32(shape.c)?,
+                    l("hw", shape.hw)?,
                     l("count", total)?,
                     i("parts", parts)?,
                     self.b(stats),
                     Arg::P(self.p.partials),
                 ];
-                self.launch(K::ChanPartialBwd, (parts, s.c), BLOCK, &args)?;
+                self.launch(K::ChanPartialBwd, (parts, shape.c), BLOCK, &args)?;
                 let fin = [
                     Arg::P(self.p.partials),
                     i("parts", parts)?,
                     self.b(stats),
                     self.b(sums),
-                    Arg::P(self.a(plan.grad_of(p))),
+                    Arg::P(self.a(plan.grad_of(affine))),
                     Arg::I(weights.into()),
                 ];
-                self.each(K::BnBackwardFinalize, s.c, &fin)?;
+                self.each(K::BnBackwardFinalize, shape.c, &fin)?;
                 let inv_count = 1.0f32 / total as f32;
                 let args = [
                     self.b(x),
                     self.b(dy),
                     self.b(dx),
-                    c32(s.c)?,
-                    l("hw", s.hw)?,
+                    c32(shape.c)?,
+                    l("hw", shape.hw)?,
                     self.b(stats),
-                    Arg::P(self.a(p)),
+                    Arg::P(self.a(affine)),
                     self.b(sums),
                     Arg::F(inv_count),
                 ];
-                self.each(K::BnBackwardInput, n * s.len(), &args)?;
+                self.each(K::BnBackwardInput, n * shape.len(), &args)?;
             }
             Op::ReluBackward { y, dy } => self.each(K::ReluBackward, y.len, &[self.b(y), self.b(dy)])?,
             Op::SigmoidBackward { y, dy, dx } => {
                 self.each(K::SigmoidBackward, y.len, &[self.b(y), self.b(dy), self.b(dx)])?
             }
-            Op::PoolBackward { c, hw, dy, dx } => {
-                self.each(K::PoolBackward, n * c * hw, &[self.b(dy), self.b(dx), l("hw", hw)?])?
+            Op::PoolBackward { channels, hw, dy, dx } => {
+                self.each(K::PoolBackward, n * channels * hw, &[self.b(dy), self.b(dx), l("hw", hw)?])?
             }
-            Op::LinearBackward { s, w, b, x, dy, dx } => {
-                let (inf, outf) = (s.in_f, s.out_f);
+            Op::LinearBackward { shape, weight, bias, x, dy, dx } => {
+                let (inf, outf) = (shape.in_f, shape.out_f);
                 if n > 0 && outf > 0 {
                     let g = Gemm {
                         m: outf,
@@ -299,12 +307,12 @@ impl<'a, S: Sink> Encoder<'a, S> {
                         b: self.a(x.off),
                         ldb: inf,
                         tb: false,
-                        c: self.a(plan.grad_of(w)),
+                        c: self.a(plan.grad_of(weight)),
                         ldc: inf,
                         beta: 1.0,
                     };
                     self.gemm(g)?;
-                    let db = Arg::P(self.a(plan.grad_of(b)));
+                    let db = Arg::P(self.a(plan.grad_of(bias)));
                     self.each(K::ColSumAdd, outf, &[self.b(dy), db, i("batch", n)?])?;
                 }
                 if let Some(dx) = dx {
@@ -316,7 +324,7 @@ impl<'a, S: Sink> Encoder<'a, S> {
                             a: self.a(dy.off),
                             lda: outf,
                             ta: false,
-                            b: self.a(w),
+                            b: self.a(weight),
                             ldb: inf,
                             tb: false,
                             c: self.a(dx.off),
@@ -327,13 +335,13 @@ impl<'a, S: Sink> Encoder<'a, S> {
                     }
                 }
             }
-            Op::ResizeBackward { win, dy, dx } => {
+            Op::ResizeBackward { window, dy, dx } => {
                 let mut args = vec![self.b(dy), self.b(dx)];
-                args.extend(window_args(&win)?);
-                self.each(K::ResizeBackward, n * win.c * win.ph * win.pw, &args)?;
+                args.extend(window_args(&window)?);
+                self.each(K::ResizeBackward, n * window.c * window.ph * window.pw, &args)?;
             }
-            Op::L2NormalizeBackward { d, x, dy, dx } => {
-                self.each(K::L2normBackward, n, &[i("d", d)?, self.b(x), self.b(dy), self.b(dx)])?
+            Op::L2NormalizeBackward { dim, x, dy, dx } => {
+                self.each(K::L2normBackward, n, &[i("dim", dim)?, self.b(x), self.b(dy), self.b(dx)])?
             }
             Op::Add { y, x } => self.each(K::Add, y.len, &[self.b(y), self.b(x)])?,
             Op::Sgd => {
@@ -435,16 +443,17 @@ impl<'a, S: Sink> Encoder<'a, S> {
 
     /// Backward: per chunk (in order), dy → rows; `dW += rows·colᵀ` (GEMM with β = 1);
     /// `dcol = Wᵀ·rows` and the col2im gather into dx. Bias: a per-channel reduction.
+    /// Weight and bias gradients are taken when the input `x` is given.
     fn conv_backward(
         &mut self,
         s: &Conv2d,
         w: usize,
         b: Option<usize>,
-        x: Buf,
+        x: Option<Buf>,
         dy: Buf,
         dx: Option<Buf>,
-        weights: bool,
     ) -> Result<(), CudaError> {
+        let weights = x.is_some();
         let plan = self.plan;
         let n = plan.batch;
         let (ckk, hw) = (s.c_in * s.k * s.k, s.h_out() * s.w_out());
@@ -463,7 +472,7 @@ impl<'a, S: Sink> Encoder<'a, S> {
                     i("chunk", g)?,
                 ];
                 self.each(K::NchwToRows, g * s.out_len(), &args)?;
-                if weights {
+                if let Some(x) = x {
                     self.im2col(s, x, i0, g)?;
                     let gm = Gemm {
                         m: s.c_out,
@@ -657,7 +666,7 @@ mod tests {
         // A workspace of 3 images' worth forces chunks of 3, 3, 2 in every conv.
         let mut per = 0;
         layout.train_step(|op| {
-            if let Op::Conv { s, .. } = op {
+            if let Op::Conv { shape: s, .. } = op {
                 per = per.max(conv_ws_per_image(s));
             }
         });

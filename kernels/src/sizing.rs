@@ -61,14 +61,15 @@ impl Extras {
         let mut max_c = 0usize;
         let mut flat = 1usize;
         let mut visit = |op: &Op| match *op {
-            Op::Conv { s, .. } | Op::ConvBackward { s, .. } => {
-                conv_per_image = conv_per_image.max(conv_ws_per_image(&s));
-                max_c = max_c.max(s.c_out);
+            Op::Conv { shape, .. } | Op::ConvBackward { shape, .. } => {
+                conv_per_image = conv_per_image.max(conv_ws_per_image(&shape));
+                max_c = max_c.max(shape.c_out);
             }
-            Op::BnTrain { s, .. } | Op::BnEval { s, .. } | Op::BnApply { s, .. } | Op::BnBackward { s, .. } => {
-                max_c = max_c.max(s.c)
-            }
-            Op::Bce { p, .. } => flat = flat.max(flat_parts(p.len)),
+            Op::BnTrain { shape, .. }
+            | Op::BnEval { shape, .. }
+            | Op::BnApply { shape, .. }
+            | Op::BnBackward { shape, .. } => max_c = max_c.max(shape.c),
+            Op::Bce { probs, .. } => flat = flat.max(flat_parts(probs.len)),
             _ => {}
         };
         plan.train_step(&mut visit);

@@ -49,7 +49,8 @@ impl Golden {
             .tensors()
             .into_iter()
             .map(|(k, v)| {
-                let data = v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                // Little-endian f32s (the machines that run the tests are little-endian), perhaps unaligned.
+                let data = bytemuck::pod_collect_to_vec::<u8, f32>(v.data());
                 (k, data)
             })
             .collect();

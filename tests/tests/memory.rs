@@ -162,6 +162,12 @@ fn planned_peaks_meet_the_memory_targets() {
     const MIB: usize = 1 << 20;
     let e32 = plan(32, Base::E2e, false, 1, 128, 1).memory();
     assert!(e32.activations <= 250 * MIB, "e2e ResNet-32: {:.1} MiB", mib(e32.activations));
+    let i32 = plan(32, Base::InfoPro, false, 16, 128, 1).memory();
+    assert!(i32.activations <= 80 * MIB, "infopro K=16 ResNet-32: {:.1} MiB", mib(i32.activations));
+    // Not yet the ⅓ of e2e the issue asks for (module recomputation would be needed), but
+    // below PyTorch's ½; a regression past 45 % fails.
+    let h32 = plan(32, Base::InfoPro, true, 16, 128, 2).memory();
+    assert!(h32.activations * 100 <= 45 * e32.activations, "infopro+HPFF K=16: {:.1} MiB", mib(h32.activations));
     let e110 = plan(110, Base::E2e, false, 1, 1024, 1).memory();
     let h110 = plan(110, Base::InfoPro, true, 55, 1024, 2).memory();
     assert!(4 * h110.activations <= e110.activations, "{} vs {}", h110.activations, e110.activations);
@@ -170,4 +176,78 @@ fn planned_peaks_meet_the_memory_targets() {
     assert_eq!(deep.eval_activations, e32.eval_activations);
     let (layer, input) = (128 * 16 * 32 * 32 * 4, 128 * 3 * 32 * 32 * 4);
     assert!(deep.eval_activations < input + 4 * layer + MIB, "eval {:.1} MiB", mib(deep.eval_activations));
+}
+
+/// The overlays of the schedule never clobber a live value: simulated op by op, every
+/// buffer an op reads (or updates) holds exactly one value, written earlier in the same
+/// step (or the input batch, uploaded before it), and not overwritten since. Each float
+/// carries the id of the write that produced it; an in-place update keeps the id.
+fn reads_only_live_values(plan: &Plan, train: bool) -> usize {
+    use hpff_core::plan::{Access, Op};
+    const STALE: u32 = u32::MAX;
+    let lo = plan.act_off();
+    let peak = if train { plan.memory().activations } else { plan.memory().eval_activations } / 4;
+    let mut owner = vec![STALE; peak];
+    let input = plan.input();
+    owner[input.off - lo..input.end() - lo].fill(0);
+    let mut i = 0u32;
+    let mut visit = |op: &Op| {
+        i += 1;
+        let mut writes = Vec::new();
+        let mut bufs = Vec::new();
+        op.for_each_buf(|_, _, b| bufs.push(b));
+        for (k, a) in bufs.iter().enumerate() {
+            for b in &bufs[k + 1..] {
+                assert!(!a.overlaps(b), "op {i} {}: {a:?} overlaps {b:?}", op.name());
+            }
+        }
+        op.for_each_buf(|field, access, b| {
+            let r = b.off - lo..b.end() - lo;
+            if matches!(access, Access::Read | Access::Update) && b.len > 0 {
+                let first = owner[r.start];
+                assert!(first != STALE, "op {i} {} reads {field} {b:?} before anything wrote it", op.name());
+                if let Some(k) = owner[r.clone()].iter().position(|&o| o != first) {
+                    panic!(
+                        "op {i} {} reads {field} {b:?}, partly clobbered at float {} (written by op {}, not op {first})",
+                        op.name(),
+                        b.off + k,
+                        owner[r.start + k]
+                    );
+                }
+            }
+            if access == Access::Write {
+                writes.push(r);
+            }
+        });
+        for r in writes {
+            owner[r].fill(i);
+        }
+    };
+    if train {
+        plan.train_step(&mut visit);
+    } else {
+        plan.eval_step(&mut visit);
+    }
+    i as usize
+}
+
+#[test]
+fn overlays_never_clobber_a_live_value() {
+    let mut checked = 0;
+    for (base, hpff) in every_method() {
+        for (depth, image, k, batch) in
+            [(8, 16, 3, 37), (14, 16, 5, 8), (20, 32, 4, 5), (32, 32, 16, 2), (164, 32, 4, 2)]
+        {
+            let patches = if hpff { 2 } else { 1 };
+            let arch = Arch::resnet(depth, 3, image, 10).unwrap();
+            let Ok(part) = Partition::for_k(&arch, k, TableKind::Reference) else { continue };
+            let mut m = Method::reference(base, hpff);
+            m.patches = patches;
+            let Ok(p) = Plan::new(arch, part, m, batch, CIFAR_MEAN, CIFAR_STD) else { continue };
+            assert!(reads_only_live_values(&p, true) > 0);
+            assert!(reads_only_live_values(&p, false) > 0);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "only {checked} plans checked");
 }

@@ -148,42 +148,51 @@ impl<'a> Arena<'a> {
                 losses.iter_mut().for_each(|l| *l = 0.0);
             }
             Op::Zero { buf } => self.w(buf).fill(0.0),
-            Op::Restore { x, y, c, hw, mean, std } => ops::denormalize(c, hw, n, &mean, &std, self.r(x), self.w(y)),
-            Op::Conv { s, w, b, x, y } => {
+            Op::Restore { x, y, channels, hw, mean, std } => {
+                ops::denormalize(channels, hw, n, &mean, &std, self.r(x), self.w(y))
+            }
+            Op::Conv { shape: s, weight: w, bias: b, x, y } => {
                 let bias = b.map(|b| self.r(buf(b, s.c_out)));
                 ops::conv2d_forward(&s, n, self.r(x), self.r(buf(w, s.weight_len())), bias, self.w(y), scratch);
             }
-            Op::BnTrain { s, p: gp, state, x, y, stats, updates } => {
-                let c = s.c;
+            Op::BnTrain { shape, affine, state, x, y, stats, updates } => {
+                let c = shape.c;
                 let st = self.w(stats);
                 let (mean_invstd, raw) = st.split_at_mut(2 * c);
                 let (sum, sq_dev) = raw.split_at_mut(c);
                 let x = self.r(x);
                 sum.fill(0.0);
-                ops::batchnorm_accumulate_sum(&s, n, x, sum);
+                ops::batchnorm_accumulate_sum(&shape, n, x, sum);
                 let mean = &mut mean_invstd[..c];
-                ops::batchnorm_mean_from_sum(sum, n * s.hw, mean);
+                ops::batchnorm_mean_from_sum(sum, n * shape.hw, mean);
                 sq_dev.fill(0.0);
-                ops::batchnorm_accumulate_sq_dev(&s, n, x, mean, sq_dev);
-                ops::batchnorm_update_running(&s, n * s.hw, raw, mean_invstd, self.w(buf(state, 2 * c)), updates);
+                ops::batchnorm_accumulate_sq_dev(&shape, n, x, mean, sq_dev);
+                ops::batchnorm_update_running(
+                    &shape,
+                    n * shape.hw,
+                    raw,
+                    mean_invstd,
+                    self.w(buf(state, 2 * c)),
+                    updates,
+                );
                 let (mean, invstd) = mean_invstd.split_at(c);
-                let gb = self.r(buf(gp, 2 * c));
-                ops::batchnorm_forward(&s, n, x, mean, invstd, &gb[..c], &gb[c..], self.w(y));
+                let gb = self.r(buf(affine, 2 * c));
+                ops::batchnorm_forward(&shape, n, x, mean, invstd, &gb[..c], &gb[c..], self.w(y));
             }
-            Op::BnEval { s, p: gp, state, x, y, stats } => {
-                let c = s.c;
+            Op::BnEval { shape, affine, state, x, y, stats } => {
+                let c = shape.c;
                 let st = self.w(stats);
                 let (mean, invstd) = st[..2 * c].split_at_mut(c);
                 let rs = self.r(buf(state, 2 * c));
                 ops::batchnorm_eval_stats(&rs[..c], &rs[c..], mean, invstd);
-                let gb = self.r(buf(gp, 2 * c));
-                ops::batchnorm_forward(&s, n, self.r(x), mean, invstd, &gb[..c], &gb[c..], self.w(y));
+                let gb = self.r(buf(affine, 2 * c));
+                ops::batchnorm_forward(&shape, n, self.r(x), mean, invstd, &gb[..c], &gb[c..], self.w(y));
             }
-            Op::BnApply { s, p: gp, x, y, stats } => {
-                let c = s.c;
+            Op::BnApply { shape, affine, x, y, stats } => {
+                let c = shape.c;
                 let (mean, invstd) = self.r(stats)[..2 * c].split_at(c);
-                let gb = self.r(buf(gp, 2 * c));
-                ops::batchnorm_forward(&s, n, self.r(x), mean, invstd, &gb[..c], &gb[c..], self.w(y));
+                let gb = self.r(buf(affine, 2 * c));
+                ops::batchnorm_forward(&shape, n, self.r(x), mean, invstd, &gb[..c], &gb[c..], self.w(y));
             }
             Op::Relu { x } => ops::relu_inplace(self.w(x)),
             Op::AddRelu { y, x } => {
@@ -192,50 +201,58 @@ impl<'a> Arena<'a> {
                 ops::relu_inplace(y);
             }
             Op::Sigmoid { x, y } => ops::sigmoid_forward(self.r(x), self.w(y)),
-            Op::Pool { c, hw, x, y } => ops::global_avg_pool_forward(c, hw, n, self.r(x), self.w(y)),
-            Op::Linear { s, w, b, x, y } => ops::linear_forward(
-                &s,
+            Op::Pool { channels, hw, x, y } => ops::global_avg_pool_forward(channels, hw, n, self.r(x), self.w(y)),
+            Op::Linear { shape, weight, bias, x, y } => ops::linear_forward(
+                &shape,
                 n,
                 self.r(x),
-                self.r(buf(w, s.weight_len())),
-                self.r(buf(b, s.out_f)),
+                self.r(buf(weight, shape.weight_len())),
+                self.r(buf(bias, shape.out_f)),
                 self.w(y),
             ),
-            Op::Resize { win, x, y } => ops::bilinear_forward(&win, n, self.r(x), self.w(y)),
-            Op::Crop { win, x, y } => ops::crop_forward(&win, n, self.r(x), self.w(y)),
-            Op::L2Normalize { d, x, y } => loss::l2_normalize_forward(n, d, self.r(x), self.w(y)),
+            Op::Resize { window, x, y } => ops::bilinear_forward(&window, n, self.r(x), self.w(y)),
+            Op::Crop { window, x, y } => ops::crop_forward(&window, n, self.r(x), self.w(y)),
+            Op::L2Normalize { dim, x, y } => loss::l2_normalize_forward(n, dim, self.r(x), self.w(y)),
             Op::CrossEntropy { classes, logits, dlogits, scale, slot } => {
                 losses[slot] += loss::cross_entropy(n, classes, self.r(logits), inp.labels, n, scale, self.w(dlogits));
             }
-            Op::Bce { p: pr, t, dp, scale, slot } => {
-                losses[slot] += loss::bce(self.r(pr), self.r(t), pr.len, scale, self.w(dp));
+            Op::Bce { probs, target, dprobs, scale, slot } => {
+                losses[slot] += loss::bce(self.r(probs), self.r(target), probs.len, scale, self.w(dprobs));
             }
-            Op::SupCon { d, f, df, scale, slot, scratch } => {
+            Op::SupCon { dim, features, dfeatures, scale, slot, scratch } => {
                 let t = loss::SUPCON_TEMPERATURE;
-                losses[slot] += loss::supcon(n, d, self.r(f), inp.labels, t, t, scale, self.w(df), self.w(scratch));
+                losses[slot] +=
+                    loss::supcon(n, dim, self.r(features), inp.labels, t, t, scale, self.w(dfeatures), self.w(scratch));
             }
-            Op::ConvBackward { s, w, b, x, dy, dx, weights } => {
-                if weights {
-                    let dw = self.w(buf(plan.grad_of(w), s.weight_len()));
-                    let db = b.map(|b| self.w(buf(plan.grad_of(b), s.c_out)));
-                    ops::conv2d_accumulate_weight_grad(&s, n, self.r(x), self.r(dy), dw, db, scratch);
+            Op::ConvBackward { shape, weight, bias, x, dy, dx } => {
+                if let Some(x) = x {
+                    let dw = self.w(buf(plan.grad_of(weight), shape.weight_len()));
+                    let db = bias.map(|bias| self.w(buf(plan.grad_of(bias), shape.c_out)));
+                    ops::conv2d_accumulate_weight_grad(&shape, n, self.r(x), self.r(dy), dw, db, scratch);
                 }
                 if let Some(dx) = dx {
-                    ops::conv2d_backward_input(&s, n, self.r(dy), self.r(buf(w, s.weight_len())), self.w(dx), scratch);
+                    ops::conv2d_backward_input(
+                        &shape,
+                        n,
+                        self.r(dy),
+                        self.r(buf(weight, shape.weight_len())),
+                        self.w(dx),
+                        scratch,
+                    );
                 }
             }
-            Op::BnBackward { s, p: gp, x, dy, dx, stats, sums, weights } => {
-                let c = s.c;
+            Op::BnBackward { shape, affine, x, dy, dx, stats, sums, weights } => {
+                let c = shape.c;
                 let st = self.r(stats);
                 let (mean, invstd) = (&st[..c], &st[c..2 * c]);
                 let sm = self.w(sums);
                 sm.fill(0.0);
                 let (sum_dy, sum_dy_xhat) = sm.split_at_mut(c);
                 let (x, dy) = (self.r(x), self.r(dy));
-                ops::batchnorm_accumulate_backward_sums(&s, n, x, dy, mean, invstd, sum_dy, sum_dy_xhat);
-                let gamma = self.r(buf(gp, c));
+                ops::batchnorm_accumulate_backward_sums(&shape, n, x, dy, mean, invstd, sum_dy, sum_dy_xhat);
+                let gamma = self.r(buf(affine, c));
                 ops::batchnorm_backward_input(
-                    &s,
+                    &shape,
                     n,
                     x,
                     dy,
@@ -244,29 +261,39 @@ impl<'a> Arena<'a> {
                     gamma,
                     sum_dy,
                     sum_dy_xhat,
-                    n * s.hw,
+                    n * shape.hw,
                     self.w(dx),
                 );
                 if weights {
-                    let g = self.w(buf(plan.grad_of(gp), 2 * c));
+                    let g = self.w(buf(plan.grad_of(affine), 2 * c));
                     ops::add_assign(&mut g[..c], sum_dy_xhat);
                     ops::add_assign(&mut g[c..], sum_dy);
                 }
             }
             Op::ReluBackward { y, dy } => ops::relu_backward_inplace(self.r(y), self.w(dy)),
             Op::SigmoidBackward { y, dy, dx } => ops::sigmoid_backward(self.r(y), self.r(dy), self.w(dx)),
-            Op::PoolBackward { c, hw, dy, dx } => ops::global_avg_pool_backward(c, hw, n, self.r(dy), self.w(dx)),
-            Op::LinearBackward { s, w, b, x, dy, dx } => {
-                let dw = self.w(buf(plan.grad_of(w), s.weight_len()));
-                let db = self.w(buf(plan.grad_of(b), s.out_f));
-                ops::linear_accumulate_weight_grad(&s, n, self.r(x), self.r(dy), dw, db);
+            Op::PoolBackward { channels, hw, dy, dx } => {
+                ops::global_avg_pool_backward(channels, hw, n, self.r(dy), self.w(dx))
+            }
+            Op::LinearBackward { shape, weight, bias, x, dy, dx } => {
+                let dw = self.w(buf(plan.grad_of(weight), shape.weight_len()));
+                let db = self.w(buf(plan.grad_of(bias), shape.out_f));
+                ops::linear_accumulate_weight_grad(&shape, n, self.r(x), self.r(dy), dw, db);
                 if let Some(dx) = dx {
-                    ops::linear_backward_input(&s, n, self.r(dy), self.r(buf(w, s.weight_len())), self.w(dx));
+                    ops::linear_backward_input(
+                        &shape,
+                        n,
+                        self.r(dy),
+                        self.r(buf(weight, shape.weight_len())),
+                        self.w(dx),
+                    );
                 }
             }
-            Op::ResizeBackward { win, dy, dx } => ops::bilinear_accumulate_backward(&win, n, self.r(dy), self.w(dx)),
-            Op::L2NormalizeBackward { d, x, dy, dx } => {
-                loss::l2_normalize_backward(n, d, self.r(x), self.r(dy), self.w(dx))
+            Op::ResizeBackward { window, dy, dx } => {
+                ops::bilinear_accumulate_backward(&window, n, self.r(dy), self.w(dx))
+            }
+            Op::L2NormalizeBackward { dim, x, dy, dx } => {
+                loss::l2_normalize_backward(n, dim, self.r(x), self.r(dy), self.w(dx))
             }
             Op::Add { y, x } => ops::add_assign(self.w(y), self.r(x)),
             Op::Sgd => {

@@ -29,7 +29,11 @@ impl Buf {
 /// Where a loss value is recorded: `module * LOSS_KINDS + kind`.
 pub type LossSlot = usize;
 
-/// One step of a schedule.
+/// One step of a schedule. Tensors on the activation stack are [`Buf`]s named as in the
+/// math (`x` in, `y` out, `dx`/`dy` their gradients); `weight`, `bias` and a BN's `affine`
+/// (γ then β) are float offsets into the parameter region, whose gradients sit at
+/// [`super::Plan::grad_of`]; `state` is a BN's running mean then variance; `shape` is the
+/// layer's geometry.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Op {
     /// Zero the gradient region and the loss record (first op of a training step).
@@ -41,15 +45,15 @@ pub enum Op {
     Restore {
         x: Buf,
         y: Buf,
-        c: usize,
+        channels: usize,
         hw: usize,
         mean: [f32; 4],
         std: [f32; 4],
     },
     Conv {
-        s: Conv2d,
-        w: usize,
-        b: Option<usize>,
+        shape: Conv2d,
+        weight: usize,
+        bias: Option<usize>,
         x: Buf,
         y: Buf,
     },
@@ -57,8 +61,8 @@ pub enum Op {
     /// raw sums), the running statistics updated `updates` times with them (once per pass the
     /// reference would make through this layer on the same batch).
     BnTrain {
-        s: BatchNorm2d,
-        p: usize,
+        shape: BatchNorm2d,
+        affine: usize,
         state: usize,
         x: Buf,
         y: Buf,
@@ -67,8 +71,8 @@ pub enum Op {
     },
     /// Eval-mode BN with the running statistics (`stats` is scratch for mean, invstd).
     BnEval {
-        s: BatchNorm2d,
-        p: usize,
+        shape: BatchNorm2d,
+        affine: usize,
         state: usize,
         x: Buf,
         y: Buf,
@@ -77,8 +81,8 @@ pub enum Op {
     /// BN with the batch statistics a [`Op::BnTrain`] left in `stats` (same arithmetic, so the
     /// same bits): recomputes in backward a BN output that the forward did not keep.
     BnApply {
-        s: BatchNorm2d,
-        p: usize,
+        shape: BatchNorm2d,
+        affine: usize,
         x: Buf,
         y: Buf,
         stats: Buf,
@@ -96,30 +100,30 @@ pub enum Op {
         y: Buf,
     },
     Pool {
-        c: usize,
+        channels: usize,
         hw: usize,
         x: Buf,
         y: Buf,
     },
     Linear {
-        s: Linear,
-        w: usize,
-        b: usize,
+        shape: Linear,
+        weight: usize,
+        bias: usize,
         x: Buf,
         y: Buf,
     },
     Resize {
-        win: Window,
+        window: Window,
         x: Buf,
         y: Buf,
     },
     Crop {
-        win: Window,
+        window: Window,
         x: Buf,
         y: Buf,
     },
     L2Normalize {
-        d: usize,
+        dim: usize,
         x: Buf,
         y: Buf,
     },
@@ -131,37 +135,38 @@ pub enum Op {
         scale: f32,
         slot: LossSlot,
     },
-    /// Mean BCE of probabilities `p` against `t`; `dp` = scale·gradient. Losses of one slot add up.
+    /// Mean BCE of `probs` against `target`; `dprobs` = scale·gradient. Losses of one slot add up.
     Bce {
-        p: Buf,
-        t: Buf,
-        dp: Buf,
+        probs: Buf,
+        target: Buf,
+        dprobs: Buf,
         scale: f32,
         slot: LossSlot,
     },
-    /// SupCon on normalised features `f` (batch × d); `df` = scale·gradient.
+    /// SupCon on normalised `features` (batch × dim); `dfeatures` = scale·gradient.
     SupCon {
-        d: usize,
-        f: Buf,
-        df: Buf,
+        dim: usize,
+        features: Buf,
+        dfeatures: Buf,
         scale: f32,
         slot: LossSlot,
         scratch: Buf,
     },
-    /// Adds weight (and bias) gradients when `weights`; writes dx when asked.
+    /// Adds `weight` (and `bias`) gradients when the layer's input `x` is given (it is read
+    /// for nothing else, so an input-gradient-only pass does not keep it alive); writes dx
+    /// when asked.
     ConvBackward {
-        s: Conv2d,
-        w: usize,
-        b: Option<usize>,
-        x: Buf,
+        shape: Conv2d,
+        weight: usize,
+        bias: Option<usize>,
+        x: Option<Buf>,
         dy: Buf,
         dx: Option<Buf>,
-        weights: bool,
     },
     /// Training-mode BN backward; adds γ/β gradients when `weights`; `sums` is 2·c scratch.
     BnBackward {
-        s: BatchNorm2d,
-        p: usize,
+        shape: BatchNorm2d,
+        affine: usize,
         x: Buf,
         dy: Buf,
         dx: Buf,
@@ -180,27 +185,27 @@ pub enum Op {
         dx: Buf,
     },
     PoolBackward {
-        c: usize,
+        channels: usize,
         hw: usize,
         dy: Buf,
         dx: Buf,
     },
     LinearBackward {
-        s: Linear,
-        w: usize,
-        b: usize,
+        shape: Linear,
+        weight: usize,
+        bias: usize,
         x: Buf,
         dy: Buf,
         dx: Option<Buf>,
     },
     /// Adds the gradient of a resize into the window of `dx`.
     ResizeBackward {
-        win: Window,
+        window: Window,
         dy: Buf,
         dx: Buf,
     },
     L2NormalizeBackward {
-        d: usize,
+        dim: usize,
         x: Buf,
         dy: Buf,
         dx: Buf,
@@ -286,17 +291,26 @@ impl Op {
                 f("logits", R, logits);
                 f("dlogits", W, dlogits);
             }
-            Op::Bce { p, t, dp, .. } => {
-                f("p", R, p);
-                f("t", R, t);
-                f("dp", W, dp);
+            Op::Bce { probs, target, dprobs, .. } => {
+                f("probs", R, probs);
+                f("target", R, target);
+                f("dprobs", W, dprobs);
             }
-            Op::SupCon { f: feats, df, scratch, .. } => {
-                f("f", R, feats);
+            Op::SupCon { features, dfeatures, scratch, .. } => {
+                f("features", R, features);
                 f("scratch", W, scratch);
-                f("df", W, df);
+                f("dfeatures", W, dfeatures);
             }
-            Op::ConvBackward { x, dy, dx, .. } | Op::LinearBackward { x, dy, dx, .. } => {
+            Op::ConvBackward { x, dy, dx, .. } => {
+                if let Some(x) = x {
+                    f("x", R, x);
+                }
+                f("dy", R, dy);
+                if let Some(dx) = dx {
+                    f("dx", W, dx);
+                }
+            }
+            Op::LinearBackward { x, dy, dx, .. } => {
                 f("x", R, x);
                 f("dy", R, dy);
                 if let Some(dx) = dx {

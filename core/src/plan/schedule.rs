@@ -81,6 +81,18 @@ struct ModuleFwd {
 
 const NONE: Buf = Buf { off: 0, len: 0 };
 
+/// Where a backward pass puts its input gradient.
+#[derive(Clone, Copy)]
+enum Dx {
+    /// Not wanted.
+    No,
+    /// Into this buffer.
+    At(Buf),
+    /// `len` floats wherever the pass's temporaries leave room; the caller reads the
+    /// returned buffer before it allocates anything.
+    Temp(usize),
+}
+
 /// How a forward pass runs its BNs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fwd {
@@ -123,7 +135,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     }
 
     fn op(&mut self, op: Op) {
-        if let Op::Conv { s, .. } | Op::ConvBackward { s, .. } = op {
+        if let Op::Conv { shape: s, .. } | Op::ConvBackward { shape: s, .. } = op {
             self.scratch = self.scratch.max(s.scratch_len());
         }
         (self.emit)(&op);
@@ -155,7 +167,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let s = StemActs { h: self.alloc(len), st: self.alloc(4 * sp.bn.s.c) };
         let m = self.module_alloc(0, NONE, out);
         let a = self.alloc(len);
-        self.op(Op::Conv { s: sp.conv.s, w: sp.conv.w, b: None, x: img, y: s.h });
+        self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: s.h });
         self.bn_fwd(sp.bn, s.h, a, s.st, TRAIN);
         self.op(Op::Relu { x: a });
         let m = ModuleFwd { x: a, ..m };
@@ -176,7 +188,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             Some(b) => b,
             None => self.alloc(a.len),
         };
-        self.module_bwd(&m, dout, Some(ds), true);
+        self.module_bwd(&m, dout, Dx::At(ds), true);
         let lo = if ds.off >= m.start && ds.off < m.end { ds.end() } else { m.start };
         self.stem_bwd(s, a, img, ds, Some((lo, m.end)));
         self.top = mark;
@@ -189,16 +201,25 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         self.top = self.reuse_or_top(room, s.h.len + 2 * sp.bn.s.c);
         let dh = self.alloc(s.h.len);
         let sums = self.alloc(2 * sp.bn.s.c);
-        self.op(Op::BnBackward { s: sp.bn.s, p: sp.bn.p, x: s.h, dy: dout, dx: dh, stats: s.st, sums, weights: true });
-        self.op(Op::ConvBackward { s: sp.conv.s, w: sp.conv.w, b: None, x: img, dy: dh, dx: None, weights: true });
+        self.op(Op::BnBackward {
+            shape: sp.bn.s,
+            affine: sp.bn.p,
+            x: s.h,
+            dy: dout,
+            dx: dh,
+            stats: s.st,
+            sums,
+            weights: true,
+        });
+        self.op(Op::ConvBackward { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: Some(img), dy: dh, dx: None });
         self.top = mark;
     }
 
     fn bn_fwd(&mut self, bn: super::BnP, x: Buf, y: Buf, stats: Buf, mode: Fwd) {
         let (s, p, state) = (bn.s, bn.p, bn.state + self.plan.state_off());
         self.op(match mode {
-            Fwd::Train(updates) => Op::BnTrain { s, p, state, x, y, stats, updates },
-            Fwd::Eval => Op::BnEval { s, p, state, x, y, stats },
+            Fwd::Train(updates) => Op::BnTrain { shape: s, affine: p, state, x, y, stats, updates },
+            Fwd::Eval => Op::BnEval { shape: s, affine: p, state, x, y, stats },
         });
     }
 
@@ -232,7 +253,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let mut inp = a.x;
         for l in 0..bp.layers {
             let c = bp.convs[l];
-            self.op(Op::Conv { s: c.s, w: c.w, b: None, x: inp, y: a.h[l] });
+            self.op(Op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: a.h[l] });
             if l + 1 < bp.layers {
                 let r = Buf { off: tmp.off, len: a.h[l].len };
                 self.bn_fwd(bp.bns[l], a.h[l], r, a.st[l], mode);
@@ -245,7 +266,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         match (bp.downsample, a.ds) {
             (Some((c, bn)), Some((hd, sd))) => {
                 let od = Buf { off: tmp.off, len: a.out.len };
-                self.op(Op::Conv { s: c.s, w: c.w, b: None, x: a.x, y: hd });
+                self.op(Op::Conv { shape: c.s, weight: c.w, bias: None, x: a.x, y: hd });
                 self.bn_fwd(bn, hd, od, sd, mode);
                 self.op(Op::AddRelu { y: a.out, x: od });
             }
@@ -264,36 +285,71 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     }
 
     /// Backward of one block: `dout` (modified in place) is the gradient of its output;
-    /// adds parameter gradients when `weights` and writes `dx` when given. Temporaries go
-    /// into `room` when they fit. `dx` may overlay the block's own values: it is written by
-    /// the last op that reads them.
+    /// adds parameter gradients when `weights` and writes the input gradient per `dx`,
+    /// returning where it went. Temporaries go into `room` when they fit. An `At` buffer
+    /// may overlay the block's own values: it is written by the last op that reads them.
     fn block_bwd(
         &mut self,
         bp: &BlockP,
         a: &BlockActs,
         dout: Buf,
-        dx: Option<Buf>,
+        dx: Dx,
         weights: bool,
         room: Option<(usize, usize)>,
-    ) {
+    ) -> Option<Buf> {
         let mark = self.top;
         let tmax = (0..bp.layers).map(|l| a.h[l].len).max().unwrap_or(0).max(a.ds.map_or(0, |d| d.0.len));
         let cmax = (0..bp.layers).map(|l| bp.bns[l].s.c).max().unwrap_or(0).max(bp.shape.c_out);
-        // On a last backward a recomputed ReLU output goes over the BN input just consumed.
+        // A recomputed ReLU output is needed as the conv's input only for its weight
+        // gradient: without one it is computed after the conv, over the conv's dy (t1).
+        // On a last backward it goes over the BN input just consumed.
         let overlay = room.is_some() && (1..bp.layers).all(|l| a.h[l].len >= a.h[l - 1].len);
-        let inner = if overlay { 0 } else { self.inner_len(bp) };
-        let shortcut_dx = if a.ds.is_some() { dx.map_or(0, |d| d.len) } else { 0 };
-        self.top = self.reuse_or_top(room, 2 * tmax + inner + 2 * cmax + shortcut_dx);
-        let (t1, t2, ra, sums) = (self.alloc(tmax), self.alloc(tmax), self.alloc(inner), self.alloc(2 * cmax));
+        let inner = if overlay || !weights { 0 } else { self.inner_len(bp) };
+        let want = match dx {
+            Dx::No => 0,
+            Dx::At(d) => d.len,
+            Dx::Temp(len) => len,
+        };
+        let shortcut_dx = if a.ds.is_some() { want } else { 0 };
+        let start = self.reuse_or_top(room, 2 * tmax + inner + 2 * cmax + shortcut_dx);
+        let on_top = start == self.top;
+        self.top = start;
+        let (t1, sums, sc) = (self.alloc(tmax), self.alloc(2 * cmax), self.alloc(shortcut_dx));
+        let (t2, ra) = (self.alloc(tmax), self.alloc(inner));
+        // A temporary input gradient is written by the first layer's conv, which reads only
+        // t1 (and the shortcut's gradient): from t2 on everything is dead by then, and on
+        // top of the stack it may reach past the end.
+        let dx = match dx {
+            Dx::No => None,
+            Dx::At(d) => Some(d),
+            Dx::Temp(len) if on_top || t2.off + len <= self.top => Some(Buf { off: t2.off, len }),
+            Dx::Temp(len) => Some(Buf { off: mark.max(self.top), len }),
+        };
         self.op(Op::ReluBackward { y: a.out, dy: dout });
         // The shortcut first: dx may overlay this block's values, which it reads.
         let shortcut = match (bp.downsample, a.ds) {
             (Some((c, bn)), Some((hd, sd))) => {
                 let dh = Buf { off: t1.off, len: hd.len };
                 let sums_d = Buf { off: sums.off, len: 2 * bn.s.c };
-                self.op(Op::BnBackward { s: bn.s, p: bn.p, x: hd, dy: dout, dx: dh, stats: sd, sums: sums_d, weights });
-                let tmp = dx.map(|d| self.alloc(d.len));
-                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.x, dy: dh, dx: tmp, weights });
+                self.op(Op::BnBackward {
+                    shape: bn.s,
+                    affine: bn.p,
+                    x: hd,
+                    dy: dout,
+                    dx: dh,
+                    stats: sd,
+                    sums: sums_d,
+                    weights,
+                });
+                let tmp = dx.map(|d| Buf { off: sc.off, len: d.len });
+                self.op(Op::ConvBackward {
+                    shape: c.s,
+                    weight: c.w,
+                    bias: None,
+                    x: weights.then_some(a.x),
+                    dy: dh,
+                    dx: tmp,
+                });
                 tmp
             }
             _ => dx.map(|_| dout),
@@ -304,8 +360,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let dh = Buf { off: t1.off, len: a.h[l].len };
             let sums_l = Buf { off: sums.off, len: 2 * bn.s.c };
             self.op(Op::BnBackward {
-                s: bn.s,
-                p: bn.p,
+                shape: bn.s,
+                affine: bn.p,
                 x: a.h[l],
                 dy: dcur,
                 dx: dh,
@@ -315,20 +371,39 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             });
             let c = bp.convs[l];
             if l > 0 {
-                let r = Buf { off: if overlay { a.h[l].off } else { ra.off }, len: a.h[l - 1].len };
-                self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
-                let da = Buf { off: t2.off, len: r.len };
-                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: r, dy: dh, dx: Some(da), weights });
-                self.op(Op::ReluBackward { y: r, dy: da });
+                let len = a.h[l - 1].len;
+                let da = Buf { off: t2.off, len };
+                if weights {
+                    let r = Buf { off: if overlay { a.h[l].off } else { ra.off }, len };
+                    self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
+                    self.op(Op::ConvBackward { shape: c.s, weight: c.w, bias: None, x: Some(r), dy: dh, dx: Some(da) });
+                    self.op(Op::ReluBackward { y: r, dy: da });
+                } else {
+                    self.op(Op::ConvBackward { shape: c.s, weight: c.w, bias: None, x: None, dy: dh, dx: Some(da) });
+                    let r = Buf { off: t1.off, len };
+                    self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
+                    self.op(Op::ReluBackward { y: r, dy: da });
+                }
                 dcur = da;
             } else {
-                self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: a.x, dy: dh, dx, weights });
+                self.op(Op::ConvBackward {
+                    shape: c.s,
+                    weight: c.w,
+                    bias: None,
+                    x: weights.then_some(a.x),
+                    dy: dh,
+                    dx,
+                });
             }
         }
         if let (Some(d), Some(s)) = (dx, shortcut) {
             self.op(Op::Add { y: d, x: s });
         }
+        if let Some(d) = dx {
+            self.peak = self.peak.max(d.end() - self.plan.act_off());
+        }
         self.top = mark;
+        dx
     }
 
     fn module_fwd(&mut self, j: usize, x: Buf, out: Buf, mode: Fwd) -> ModuleFwd {
@@ -384,16 +459,17 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         (first.start + len <= first.end).then_some(Buf { off: first.start, len })
     }
 
-    /// Backward of a module: parameter gradients when `weights`, input gradient into `dx`
-    /// when given. The pass that takes parameter gradients is the last to read the module's
+    /// Backward of a module: parameter gradients when `weights`, input gradient per `dx`
+    /// (returned). The pass that takes parameter gradients is the last to read the module's
     /// values (see [`Gen::train_hpff`]), so it reuses the region of each block it finishes.
-    fn module_bwd(&mut self, m: &ModuleFwd, dout: Buf, dx: Option<Buf>, weights: bool) {
+    fn module_bwd(&mut self, m: &ModuleFwd, dout: Buf, dx: Dx, weights: bool) -> Option<Buf> {
         let mark = self.top;
         let blocks = self.plan.part.blocks_of(m.j);
         let consume = weights;
         let mut ping: Option<[Buf; 2]> = None;
         let mut dy = dout;
         let mut k = 0;
+        let mut input_grad = None;
         for g in blocks.clone().rev() {
             let (bp, acts) = self.acts_of(m, g);
             let first = g == blocks.start;
@@ -401,24 +477,27 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let dxb = if first {
                 dx
             } else if consume && acts.start + len <= acts.end {
-                Some(Buf { off: acts.start, len })
+                Dx::At(Buf { off: acts.start, len })
             } else {
                 let maxlen = blocks.clone().map(|b| self.in_len(b)).max().unwrap_or(0);
                 let p = *ping.get_or_insert_with(|| [self.alloc(maxlen), self.alloc(maxlen)]);
                 k ^= 1;
-                Some(Buf { off: p[k].off, len })
+                Dx::At(Buf { off: p[k].off, len })
             };
             // Dead space: the regions of the blocks above, less the gradient living there.
             let room = consume.then(|| {
                 let lo = if dy.off >= acts.end && dy.off < m.end { dy.end() } else { acts.end };
                 (lo, m.end)
             });
-            self.block_bwd(&bp, &acts, dy, dxb, weights, room);
-            if let (false, Some(d)) = (first, dxb) {
-                dy = d;
+            let d = self.block_bwd(&bp, &acts, dy, dxb, weights, room);
+            match (first, d) {
+                (true, _) => input_grad = d,
+                (false, Some(d)) => dy = d,
+                (false, None) => {}
             }
         }
         self.top = mark;
+        input_grad
     }
 
     /// Floats of block `g`'s input.
@@ -447,19 +526,19 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let mut inp = x;
         for (i, &(h, st)) in saved.iter().enumerate().take(hp.n_convs) {
             let (c, bn) = hp.convs[i];
-            self.op(Op::Conv { s: c.s, w: c.w, b: None, x: inp, y: h });
+            self.op(Op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: h });
             inp = Buf { off: r.off, len: h.len };
             self.bn_fwd(bn, h, inp, st, TRAIN);
             self.op(Op::Relu { x: inp });
         }
-        self.op(Op::Pool { c: hp.pool_c, hw: hp.pool_hw, x: inp, y: pooled });
+        self.op(Op::Pool { channels: hp.pool_c, hw: hp.pool_hw, x: inp, y: pooled });
         self.top = fwd_tmp;
         let mut outs = [NONE; 3];
         let mut lin_in = pooled;
         for i in 0..hp.n_linears {
             let l = hp.linears[i];
             outs[i] = self.alloc(n * l.s.out_f);
-            self.op(Op::Linear { s: l.s, w: l.w, b: l.b, x: lin_in, y: outs[i] });
+            self.op(Op::Linear { shape: l.s, weight: l.w, bias: l.b, x: lin_in, y: outs[i] });
             if i + 1 < hp.n_linears {
                 self.op(Op::Relu { x: outs[i] });
             }
@@ -472,9 +551,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let f = self.alloc(logits.len);
             let df = self.alloc(logits.len);
             let scratch = self.alloc(crate::loss::supcon_scratch_len(n));
-            self.op(Op::L2Normalize { d, x: logits, y: f });
-            self.op(Op::SupCon { d, f, df, scale, slot, scratch });
-            self.op(Op::L2NormalizeBackward { d, x: logits, dy: df, dx: dl });
+            self.op(Op::L2Normalize { dim: d, x: logits, y: f });
+            self.op(Op::SupCon { dim: d, features: f, dfeatures: df, scale, slot, scratch });
+            self.op(Op::L2NormalizeBackward { dim: d, x: logits, dy: df, dx: dl });
         } else {
             self.op(Op::CrossEntropy { classes: d, logits, dlogits: dl, scale, slot });
         }
@@ -483,7 +562,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let l = hp.linears[i];
             let xin = if i == 0 { pooled } else { outs[i - 1] };
             let dxi = self.alloc(xin.len);
-            self.op(Op::LinearBackward { s: l.s, w: l.w, b: l.b, x: xin, dy: dcur, dx: Some(dxi) });
+            self.op(Op::LinearBackward { shape: l.s, weight: l.w, bias: l.b, x: xin, dy: dcur, dx: Some(dxi) });
             if i > 0 {
                 self.op(Op::ReluBackward { y: outs[i - 1], dy: dxi });
             }
@@ -492,21 +571,24 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let dpool = dcur;
         if hp.n_convs == 0 {
             let dp = self.alloc(x.len);
-            self.op(Op::PoolBackward { c: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dp });
+            self.op(Op::PoolBackward { channels: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dp });
             self.op(Op::Add { y: dacc, x: dp });
             self.top = mark;
             return;
         }
         // Conv backward: the running gradient in `g`, the BN input gradient in `dh`, the
         // recomputed ReLU output in `r` (it is also the next conv's input, so computed once).
-        let g = self.alloc(alen.max(x.len));
+        // The input gradient is written by the first conv's backward, which reads only `dh`
+        // and `x`: it goes over the saved values below `dh` when they are large enough.
+        let g = self.alloc(alen);
         let dh = self.alloc(alen);
+        let dx = if mark + x.len <= dh.off { Buf { off: mark, len: x.len } } else { self.alloc(x.len) };
         let r = self.alloc(alen);
         let sums = self.alloc(2 * hp.convs.iter().take(hp.n_convs).map(|c| c.1.s.c).max().unwrap_or(0));
         let last = hp.n_convs - 1;
         self.relu_recompute(hp.convs[last].1, saved[last], r);
         let mut dcur = Buf { off: g.off, len: saved[last].0.len };
-        self.op(Op::PoolBackward { c: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dcur });
+        self.op(Op::PoolBackward { channels: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dcur });
         for i in (0..hp.n_convs).rev() {
             let (c, bn) = hp.convs[i];
             let (h, st) = saved[i];
@@ -515,8 +597,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let dhi = Buf { off: dh.off, len: h.len };
             let sums_i = Buf { off: sums.off, len: 2 * bn.s.c };
             self.op(Op::BnBackward {
-                s: bn.s,
-                p: bn.p,
+                shape: bn.s,
+                affine: bn.p,
                 x: h,
                 dy: dcur,
                 dx: dhi,
@@ -531,8 +613,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 self.relu_recompute(hp.convs[i - 1].1, saved[i - 1], below);
                 below
             };
-            dcur = Buf { off: g.off, len: xin.len };
-            self.op(Op::ConvBackward { s: c.s, w: c.w, b: None, x: xin, dy: dhi, dx: Some(dcur), weights: true });
+            dcur = if i == 0 { dx } else { Buf { off: g.off, len: xin.len } };
+            self.op(Op::ConvBackward { shape: c.s, weight: c.w, bias: None, x: Some(xin), dy: dhi, dx: Some(dcur) });
         }
         self.op(Op::Add { y: dacc, x: dcur });
         self.top = mark;
@@ -540,7 +622,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
 
     /// Recomputes a BN–ReLU output into `y` from the BN input and batch statistics kept by the forward.
     fn relu_recompute(&mut self, bn: BnP, (h, st): (Buf, Buf), y: Buf) {
-        self.op(Op::BnApply { s: bn.s, p: bn.p, x: h, y, stats: st });
+        self.op(Op::BnApply { shape: bn.s, affine: bn.p, x: h, y, stats: st });
         self.op(Op::Relu { x: y });
     }
 
@@ -560,38 +642,57 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let (x0, x1) = (c * h / gn, (c + 1) * h / gn);
                 let win = Window { c: dp.c, h, w: h, y0, x0, ph: y1 - y0, pw: x1 - x0, oh: po, ow: po };
                 let rs = self.alloc(n * dp.c * po * po);
-                self.op(Op::Resize { win, x, y: rs });
+                self.op(Op::Resize { window: win, x, y: rs });
                 let mid = n * bn.s.c * po * po;
                 let a1 = self.alloc(mid);
                 let h1 = self.alloc(mid);
                 let st = self.alloc(4 * bn.s.c);
-                self.op(Op::Conv { s: ca.s, w: ca.w, b: ca.b, x: rs, y: h1 });
+                self.op(Op::Conv { shape: ca.s, weight: ca.w, bias: ca.b, x: rs, y: h1 });
                 self.bn_fwd(bn, h1, a1, st, TRAIN);
                 self.op(Op::Relu { x: a1 });
                 // Each value takes the place of one that is dead by the time it is written:
                 // the target and dh2 that of h2, da1 that of o and the BCE gradient, dh1 that
-                // of a1, and the resize gradient that of everything from h1 on.
+                // of a1, and the resize gradient that of the resized input.
                 let olen = n * ci * po * po;
                 let h2 = self.alloc(olen);
                 let o = self.alloc(olen);
-                self.op(Op::Conv { s: cb.s, w: cb.w, b: cb.b, x: a1, y: h2 });
+                self.op(Op::Conv { shape: cb.s, weight: cb.w, bias: cb.b, x: a1, y: h2 });
                 self.op(Op::Sigmoid { x: h2, y: o });
                 let t = h2;
                 let twin = Window { c: ci, h: image, w: image, y0: r * po, x0: c * po, ph: po, pw: po, oh: po, ow: po };
-                self.op(Op::Crop { win: twin, x: img, y: t });
+                self.op(Op::Crop { window: twin, x: img, y: t });
                 let dout = self.alloc(olen);
-                self.op(Op::Bce { p: o, t, dp: dout, scale, slot });
+                self.op(Op::Bce { probs: o, target: t, dprobs: dout, scale, slot });
                 let dh2 = h2;
                 self.op(Op::SigmoidBackward { y: o, dy: dout, dx: dh2 });
                 let da1 = self.alloc_at(o.off, mid);
-                self.op(Op::ConvBackward { s: cb.s, w: cb.w, b: cb.b, x: a1, dy: dh2, dx: Some(da1), weights: true });
+                self.op(Op::ConvBackward {
+                    shape: cb.s,
+                    weight: cb.w,
+                    bias: cb.b,
+                    x: Some(a1),
+                    dy: dh2,
+                    dx: Some(da1),
+                });
                 self.op(Op::ReluBackward { y: a1, dy: da1 });
                 let dh1 = a1;
                 let sums = self.alloc_at(da1.end(), 2 * bn.s.c);
-                self.op(Op::BnBackward { s: bn.s, p: bn.p, x: h1, dy: da1, dx: dh1, stats: st, sums, weights: true });
-                let drs = self.alloc_at(h1.off, rs.len);
-                self.op(Op::ConvBackward { s: ca.s, w: ca.w, b: ca.b, x: rs, dy: dh1, dx: Some(drs), weights: true });
-                self.op(Op::ResizeBackward { win, dy: drs, dx: dacc });
+                self.op(Op::BnBackward {
+                    shape: bn.s,
+                    affine: bn.p,
+                    x: h1,
+                    dy: da1,
+                    dx: dh1,
+                    stats: st,
+                    sums,
+                    weights: true,
+                });
+                // Weight gradients first, so that the resize gradient (as large as the
+                // resized input, the decoder's largest values) can take the input's place.
+                self.op(Op::ConvBackward { shape: ca.s, weight: ca.w, bias: ca.b, x: Some(rs), dy: dh1, dx: None });
+                let drs = rs;
+                self.op(Op::ConvBackward { shape: ca.s, weight: ca.w, bias: None, x: None, dy: dh1, dx: Some(drs) });
+                self.op(Op::ResizeBackward { window: win, dy: drs, dx: dacc });
                 self.decoder_peak = self.decoder_peak.max(self.top - entry);
                 self.top = mark;
             }
@@ -609,11 +710,11 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let dl = self.alloc(logits.len);
         let dp = self.alloc(pooled.len);
         let dx = self.alloc(x.len);
-        self.op(Op::Pool { c, hw: h * h, x, y: pooled });
-        self.op(Op::Linear { s: fc.s, w: fc.w, b: fc.b, x: pooled, y: logits });
+        self.op(Op::Pool { channels: c, hw: h * h, x, y: pooled });
+        self.op(Op::Linear { shape: fc.s, weight: fc.w, bias: fc.b, x: pooled, y: logits });
         self.op(Op::CrossEntropy { classes: fc.s.out_f, logits, dlogits: dl, scale, slot });
-        self.op(Op::LinearBackward { s: fc.s, w: fc.w, b: fc.b, x: pooled, dy: dl, dx: Some(dp) });
-        self.op(Op::PoolBackward { c, hw: h * h, dy: dp, dx });
+        self.op(Op::LinearBackward { shape: fc.s, weight: fc.w, bias: fc.b, x: pooled, dy: dl, dx: Some(dp) });
+        self.op(Op::PoolBackward { channels: c, hw: h * h, dy: dp, dx });
         self.op(Op::Add { y: dacc, x: dx });
         self.top = mark;
     }
@@ -629,7 +730,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             self.op(Op::Restore {
                 x: img,
                 y: r,
-                c: a.in_channels,
+                channels: a.in_channels,
                 hw: a.image * a.image,
                 mean: self.plan.mean,
                 std: self.plan.std,
@@ -683,7 +784,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             }
             match stem {
                 Some(s) => self.stem_module_bwd(&fwd, &s, img, d),
-                None => self.module_bwd(&fwd, d, None, true),
+                None => _ = self.module_bwd(&fwd, d, Dx::No, true),
             }
             self.top = mark;
         }
@@ -742,44 +843,48 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             self.top = below.1.max(start + flen);
             below = (start, start + flen);
             self.op(Op::Zero { buf: t });
-            // The cascade-only gradient dies with this step, so it lives above the frames.
-            let c = self.zeroed(len);
 
-            // Its losses.
-            if j < last {
-                if do_x && (j > 0 || lv == Levels::Independent) {
-                    let hp = plan.head(j, AuxNet::Independent);
-                    self.head_loss(&hp, out, t, wx, LossKind::Independent.slot(j));
-                }
-                if do_y && j > 0 {
+            // The cascade losses first, alone in `t`: their gradient is the part that
+            // continues into module j−1. Its backward masks `t` by the output ReLU in place;
+            // the frame's own backward applies the same mask to the sum again, which
+            // changes nothing (the mask is idempotent and the additions commute), so no
+            // separate cascade gradient is kept.
+            let below = if j > 0 { frames[(j - 1) % 2].take() } else { None };
+            // The last module's two losses share the network's classifier, whose gradient
+            // they accumulate in the reference's order (x path first): the x loss goes
+            // into a buffer of its own, added to `t` after the cascade.
+            let mark = self.top;
+            let last_x = (j == last && do_x).then(|| {
+                let g = self.zeroed(len);
+                self.final_loss(out, g, wx, LossKind::LastX.slot(j));
+                g
+            });
+            if do_y && j > 0 {
+                if j < last {
                     let (l1, l2) = method.local_weights(&plan.part, j);
                     if method.uses_decoder() {
                         let dp = plan.decoder(j, AuxNet::Decoder);
-                        self.decoder_loss(&dp, out, c, restored, wy * l1, LossKind::CascadeDecoder.slot(j));
+                        self.decoder_loss(&dp, out, t, restored, wy * l1, LossKind::CascadeDecoder.slot(j));
                     }
                     let hp = plan.head(j, AuxNet::Classifier);
-                    self.head_loss(&hp, out, c, wy * l2, LossKind::CascadeClassifier.slot(j));
+                    self.head_loss(&hp, out, t, wy * l2, LossKind::CascadeClassifier.slot(j));
+                } else {
+                    self.final_loss(out, t, wy, LossKind::LastY.slot(j));
                 }
-            } else {
-                if do_x {
-                    self.final_loss(out, t, wx, LossKind::LastX.slot(j));
-                }
-                if do_y {
-                    self.final_loss(out, c, wy, LossKind::LastY.slot(j));
-                }
+                let below = below.as_ref().expect("module below is live");
+                let h = self.module_bwd(&fwd, t, Dx::Temp(below.out.len), false).expect("asked for");
+                self.op(Op::Add { y: below.t, x: h });
             }
-            self.op(Op::Add { y: t, x: c });
-
-            // The cascade gradient continues one module down, then that module is done.
-            if j > 0 {
-                let below = frames[(j - 1) % 2].take().expect("module below is live");
-                if do_y {
-                    let h = self.alloc(below.out.len);
-                    self.module_bwd(&fwd, c, Some(h), false);
-                    self.op(Op::Add { y: below.t, x: h });
-                }
-                // The cascade gradient is spent: the module below's backward goes over it.
-                self.top = c.off;
+            // Then the independent level's loss.
+            if let Some(g) = last_x {
+                self.op(Op::Add { y: t, x: g });
+            } else if do_x && (j > 0 || lv == Levels::Independent) {
+                let hp = plan.head(j, AuxNet::Independent);
+                self.head_loss(&hp, out, t, wx, LossKind::Independent.slot(j));
+            }
+            self.top = mark;
+            // Module j−1 has every gradient it gets: its parameter gradients, then it is done.
+            if let Some(below) = below {
                 self.frame_bwd(&below, img);
             }
             frames[j % 2] = Some(Frame { fwd, out, t, stem });
@@ -793,7 +898,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     fn frame_bwd(&mut self, f: &Frame, img: Buf) {
         match f.stem {
             Some(s) => self.stem_module_bwd(&f.fwd, &s, img, f.t),
-            None => self.module_bwd(&f.fwd, f.t, None, true),
+            None => _ = self.module_bwd(&f.fwd, f.t, Dx::No, true),
         }
     }
 
@@ -843,7 +948,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let (ta, tb, stats) = (self.alloc(maxt), self.alloc(maxt), self.alloc(4 * cmax));
         let h = Buf { off: ta.off, len: stem_len };
         let mut x = Buf { off: carry[0].off, len: stem_len };
-        self.op(Op::Conv { s: sp.conv.s, w: sp.conv.w, b: None, x: img, y: h });
+        self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h });
         self.bn_fwd(sp.bn, h, x, Buf { off: stats.off, len: 4 * sp.bn.s.c }, Fwd::Eval);
         self.op(Op::Relu { x });
         for g in blocks {
@@ -854,8 +959,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let fc = self.plan.fc();
         let (c, h, _) = self.plan.module_out(self.plan.modules() - 1);
         let pooled = self.alloc(self.n * c);
-        self.op(Op::Pool { c, hw: h * h, x, y: pooled });
-        self.op(Op::Linear { s: fc.s, w: fc.w, b: fc.b, x: pooled, y: logits });
+        self.op(Op::Pool { channels: c, hw: h * h, x, y: pooled });
+        self.op(Op::Linear { shape: fc.s, weight: fc.w, bias: fc.b, x: pooled, y: logits });
     }
 
     /// One block in eval mode: conv outputs in `ta`, BN(–ReLU) outputs in `tb`, then `out`.
@@ -866,7 +971,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let (c, bn) = (bp.convs[l], bp.bns[l]);
             let len = n * bn.s.c * bn.s.hw;
             let (h, st) = (Buf { off: ta.off, len }, Buf { off: stats.off, len: 4 * bn.s.c });
-            self.op(Op::Conv { s: c.s, w: c.w, b: None, x: inp, y: h });
+            self.op(Op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: h });
             if l + 1 < bp.layers {
                 inp = Buf { off: tb.off, len };
                 self.bn_fwd(bn, h, inp, st, Fwd::Eval);
@@ -878,7 +983,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         match bp.downsample {
             Some((c, bn)) => {
                 let (h, od) = (Buf { off: ta.off, len: out.len }, Buf { off: tb.off, len: out.len });
-                self.op(Op::Conv { s: c.s, w: c.w, b: None, x, y: h });
+                self.op(Op::Conv { shape: c.s, weight: c.w, bias: None, x, y: h });
                 self.bn_fwd(bn, h, od, Buf { off: stats.off, len: 4 * bn.s.c }, Fwd::Eval);
                 self.op(Op::AddRelu { y: out, x: od });
             }

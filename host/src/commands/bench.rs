@@ -8,10 +8,11 @@ use serde_json::json;
 
 use super::open_executor;
 use super::plan::describe;
-use crate::config::{Config, Shape};
+use crate::config::{Settings, Shape};
 use crate::device::Snapshot;
 use crate::error::{Error, Result};
-use crate::metrics::{self, fmt_mib};
+use crate::metrics;
+use crate::resources::fmt_mib;
 use crate::train;
 
 /// The median of per-step times (the mean of the middle two for an even count).
@@ -45,7 +46,7 @@ fn timed(warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) -> Resu
 
 /// `hpff bench`: times training steps and eval passes on synthetic data.
 pub fn bench(
-    cfg: &Config,
+    cfg: &Settings,
     shape: Shape,
     steps: usize,
     warmup: usize,
@@ -58,9 +59,9 @@ pub fn bench(
     let setup = cfg.setup(shape)?;
     let plan = setup.plan(setup.batch)?;
     if let Some(limit) = memory_limit {
-        super::budget::check_fits(&setup, &plan, limit)?;
+        crate::budget::check_fits(&setup, &plan, limit)?;
     }
-    let seed = cfg.seed.unwrap_or(0);
+    let seed = cfg.seed;
     let mut exec = open_executor(cfg, &plan)?;
     let mut rng = Rng::new(seed);
     Snapshot::init(&plan, &mut rng.fork(train::INIT_STREAM)).upload(&mut *exec)?;
@@ -79,11 +80,11 @@ pub fn bench(
     let mut v = describe(&setup, &plan);
     let fields = json!({
         "device": exec.to_string(),
-        "threads": match cfg.threads.unwrap_or(0) {
+        "threads": match cfg.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         },
-        "tf32": cfg.tf32.unwrap_or(false),
+        "tf32": cfg.tf32,
         "steps": steps,
         "warmup": warmup,
         "train_step_s": train_s,

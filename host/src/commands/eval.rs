@@ -39,9 +39,9 @@ fn check_eval_fits(plan: &hpff_core::plan::Plan, limit: usize) -> Result<()> {
 /// threads, device, precision, `limit_test`).
 pub fn eval(checkpoint: &Path, over: &Config, as_json: bool, memory_limit: Option<usize>) -> Result<()> {
     let loaded = checkpoint::load(checkpoint)?;
-    let cfg = loaded.meta.config.merge(over).complete();
-    let kind = cfg.dataset.expect("completed").kind();
-    let seed = cfg.seed.expect("completed");
+    let cfg = loaded.meta.config.merge(over).settings();
+    let kind = cfg.dataset.kind();
+    let seed = cfg.seed;
     let (test, (c, h, w, classes)) = match cfg.stream {
         // A streamed run: its test split streamed through the evaluation transform.
         Some(size) => {
@@ -54,7 +54,7 @@ pub fn eval(checkpoint: &Path, over: &Config, as_json: bool, memory_limit: Optio
                 ix = ix.sample(n, hpff_core::rng::Rng::new(seed).fork(train::LIMIT_STREAM));
             }
             let classes = ix.class_names.len();
-            let threads = cfg.threads.unwrap_or(0);
+            let threads = cfg.threads;
             (data::Source::Stream(data::StreamSet::imagenet(ix, size, threads)), (3, size, size, classes))
         }
         None => {

@@ -3,9 +3,9 @@
 use hpff_core::plan::{Memory, Plan};
 use serde_json::json;
 
-use super::budget::fitting_plan;
 use super::ops::{listing, render};
-use crate::config::{Config, Setup, Shape};
+use crate::budget::fitting_plan;
+use crate::config::{Settings, Setup, Shape};
 use crate::error::Result;
 
 fn mib(b: usize) -> String {
@@ -60,10 +60,10 @@ fn memory_json(m: &Memory, arena_bytes: usize) -> serde_json::Value {
 }
 
 pub(crate) fn describe(setup: &Setup, plan: &Plan) -> serde_json::Value {
-    let c = &setup.config;
+    let c = &setup.settings;
     json!({
         "arch": format!("resnet{}", setup.arch.depth),
-        "method": c.method.map(|m| m.name()),
+        "method": c.method.name(),
         "hpff": c.hpff,
         "k_label": plan.part.k_label,
         "modules": plan.modules(),
@@ -78,7 +78,7 @@ pub(crate) fn describe(setup: &Setup, plan: &Plan) -> serde_json::Value {
 
 /// `hpff plan`; with `ops`, the schedule op by op after the summary; with `limit`
 /// (bytes of activations), the configuration [`fitting_plan`] chooses instead of the one asked for.
-pub fn plan(cfg: &Config, shape: Shape, as_json: bool, ops: bool, limit: Option<usize>) -> Result<()> {
+pub fn plan(cfg: &Settings, shape: Shape, as_json: bool, ops: bool, limit: Option<usize>) -> Result<()> {
     let setup = cfg.setup(shape)?;
     let (plan, why) = match limit {
         Some(l) => {

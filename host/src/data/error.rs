@@ -38,10 +38,8 @@ pub enum DataError {
     Download { path: PathBuf, url: String, detail: String, hint: String },
 }
 
-/// Collapses a message onto one line (external errors may carry newlines).
-pub(crate) fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
+// One line for messages of external errors, which may carry newlines.
+pub(crate) use crate::error::one_line;
 
 impl DataError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
