@@ -244,6 +244,7 @@ fn overlays_never_clobber_a_live_value() {
             let mut m = Method::reference(base, hpff);
             m.patches = patches;
             let Ok(p) = Plan::new(arch, part, m, batch, CIFAR_MEAN, CIFAR_STD) else { continue };
+            eprintln!("checking {base:?} hpff={hpff} resnet{depth} {image}px K={k} batch {batch}");
             assert!(reads_only_live_values(&p, true) > 0);
             assert!(reads_only_live_values(&p, false) > 0);
             checked += 1;

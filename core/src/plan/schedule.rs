@@ -51,11 +51,11 @@ struct BlockActs {
     end: usize,
 }
 
-/// What the stem keeps: its conv output and batch statistics (its ReLU output, module 0's
-/// input, is a forward temporary, recomputed for the backward).
+/// What the stem keeps: its batch statistics. Its conv output and its ReLU output (module
+/// 0's input) are forward temporaries, recomputed for the backward: the stem conv is a
+/// few channels deep, so recomputing it costs little and saves a full-resolution tensor.
 #[derive(Clone, Copy)]
 struct StemActs {
-    h: Buf,
     st: Buf,
 }
 
@@ -163,26 +163,50 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     /// stem's output goes above the module's values, so it is dropped with the forward.
     fn stem_module_fwd(&mut self, img: Buf, out: Buf, mode: Fwd) -> (StemActs, ModuleFwd) {
         let sp = self.plan.stem();
-        let len = self.n * sp.bn.s.c * sp.bn.s.hw;
-        let s = StemActs { h: self.alloc(len), st: self.alloc(4 * sp.bn.s.c) };
+        let s = StemActs { st: self.alloc(4 * sp.bn.s.c) };
         let m = self.module_alloc(0, NONE, out);
-        let a = self.alloc(len);
-        self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: s.h });
-        self.bn_fwd(sp.bn, s.h, a, s.st, TRAIN);
-        self.op(Op::Relu { x: a });
+        let a = self.alloc(self.stem_len());
+        self.stem_output(img, s, a, Some(TRAIN));
         let m = ModuleFwd { x: a, ..m };
         self.module_run(&m, mode);
         self.top = m.end;
         (s, m)
     }
 
-    /// Backward of module 0 and the stem under it, the last use of their values: the
-    /// stem's output is recomputed on top; its gradient and temporaries go over the
-    /// module's values when they fit.
-    fn stem_module_bwd(&mut self, m: &ModuleFwd, s: &StemActs, img: Buf, dout: Buf) {
+    /// Floats of the stem's output (and of its conv output).
+    fn stem_len(&self) -> usize {
+        let sp = self.plan.stem();
+        self.n * sp.bn.s.c * sp.bn.s.hw
+    }
+
+    /// The stem's output into `a`: its conv output is a temporary above the stack, and the
+    /// BN trains (`mode`) or applies the statistics the forward kept (recomputation: the
+    /// same arithmetic on the same values, so the same bits).
+    fn stem_output(&mut self, img: Buf, s: StemActs, a: Buf, mode: Option<Fwd>) {
+        let sp = self.plan.stem();
         let mark = self.top;
-        let a = self.alloc(s.h.len);
-        self.relu_recompute(self.plan.stem().bn, (s.h, s.st), a);
+        let h = self.alloc(a.len);
+        self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h });
+        match mode {
+            Some(mode) => self.bn_fwd(sp.bn, h, a, s.st, mode),
+            None => self.op(Op::BnApply { shape: sp.bn.s, affine: sp.bn.p, x: h, y: a, stats: s.st }),
+        }
+        self.op(Op::Relu { x: a });
+        self.top = mark;
+    }
+
+    /// Backward of module 0 and the stem under it, the last use of their values: the
+    /// stem's output is recomputed into `spare` when the caller has a free buffer that
+    /// large, else on top; its gradient and temporaries go over the module's values when
+    /// they fit.
+    fn stem_module_bwd(&mut self, m: &ModuleFwd, s: &StemActs, img: Buf, dout: Buf, spare: Option<Buf>) {
+        let mark = self.top;
+        let len = self.stem_len();
+        let a = match spare {
+            Some(b) if b.len >= len => Buf { off: b.off, len },
+            _ => self.alloc(len),
+        };
+        self.stem_output(img, *s, a, None);
         let m = ModuleFwd { x: a, ..*m };
         let ds = match self.input_grad_in_module(&m, a.len) {
             Some(b) => b,
@@ -198,13 +222,16 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let sp = self.plan.stem();
         let mark = self.top;
         self.op(Op::ReluBackward { y: a, dy: dout });
-        self.top = self.reuse_or_top(room, s.h.len + 2 * sp.bn.s.c);
-        let dh = self.alloc(s.h.len);
+        self.top = self.reuse_or_top(room, 2 * a.len + 2 * sp.bn.s.c);
+        // The conv output again, for the BN's backward.
+        let h = self.alloc(a.len);
+        self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h });
+        let dh = self.alloc(a.len);
         let sums = self.alloc(2 * sp.bn.s.c);
         self.op(Op::BnBackward {
             shape: sp.bn.s,
             affine: sp.bn.p,
-            x: s.h,
+            x: h,
             dy: dout,
             dx: dh,
             stats: s.st,
@@ -783,7 +810,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 self.final_loss(out, d, 1.0, LossKind::Ce.slot(j));
             }
             match stem {
-                Some(s) => self.stem_module_bwd(&fwd, &s, img, d),
+                Some(s) => self.stem_module_bwd(&fwd, &s, img, d, None),
                 None => _ = self.module_bwd(&fwd, d, Dx::No, true),
             }
             self.top = mark;
@@ -836,8 +863,15 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let (s, m) = self.stem_module_fwd(img, out, passes(0));
                 (Some(s), m)
             } else {
-                let below = frames[(j - 1) % 2].as_ref().expect("module below is live").out;
-                (None, self.module_fwd(j, below, out, passes(j)))
+                let x = frames[(j - 1) % 2].as_ref().expect("module below is live").out;
+                let m = self.module_alloc(j, x, out);
+                // The forward's temporaries go above both frames: a frame placed at the
+                // base may end right below the older one.
+                let values_end = self.top;
+                self.top = values_end.max(below.1);
+                self.module_run(&m, passes(j));
+                self.top = values_end;
+                (None, m)
             };
             debug_assert_eq!(self.top, start + flen);
             self.top = below.1.max(start + flen);
@@ -884,20 +918,23 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             }
             self.top = mark;
             // Module j−1 has every gradient it gets: its parameter gradients, then it is done.
+            // Module 0's backward comes at the end of module 1's step, when the slot of
+            // module 2's output is still free: the stem's output is recomputed there.
             if let Some(below) = below {
-                self.frame_bwd(&below, img);
+                self.frame_bwd(&below, img, (j == 1).then_some(outs[2]));
             }
             frames[j % 2] = Some(Frame { fwd, out, t, stem });
         }
         let top = frames[last % 2].take().expect("last module is live");
-        self.frame_bwd(&top, img);
+        self.frame_bwd(&top, img, None);
         self.top = base;
     }
 
-    /// Parameter gradients of a module from its accumulated output gradient (through the stem for module 0).
-    fn frame_bwd(&mut self, f: &Frame, img: Buf) {
+    /// Parameter gradients of a module from its accumulated output gradient (through the
+    /// stem for module 0, whose output may be recomputed into `spare`).
+    fn frame_bwd(&mut self, f: &Frame, img: Buf, spare: Option<Buf>) {
         match f.stem {
-            Some(s) => self.stem_module_bwd(&f.fwd, &s, img, f.t),
+            Some(s) => self.stem_module_bwd(&f.fwd, &s, img, f.t, spare),
             None => _ = self.module_bwd(&f.fwd, f.t, Dx::No, true),
         }
     }
@@ -908,9 +945,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let start = self.top;
         self.alloc(self.out_len(j));
         if j == 0 {
-            let sp = self.plan.stem();
-            self.alloc(self.n * sp.bn.s.c * sp.bn.s.hw);
-            self.alloc(4 * sp.bn.s.c);
+            self.alloc(4 * self.plan.stem().bn.s.c);
         }
         let mut x = NONE;
         let blocks = self.plan.part.blocks_of(j);
