@@ -14,7 +14,10 @@
 //!    table (ResNet-110), then an even split, then a split of this search's own that
 //!    balances the bytes each module keeps for backward;
 //! 4. **patch grid** (HPFF only): the one asked for, then the others from coarse to
-//!    fine (the paper's ablation has 2×2 best, finer grids cost a little accuracy).
+//!    fine (the paper's ablation has 2×2 best, finer grids cost a little accuracy);
+//! 5. **recomputation** (HPFF only): off, then on ([`Method::recompute`]: the same results
+//!    for one more forward per module, so it is chosen only where it buys a larger batch
+//!    or fewer modules).
 //!
 //! When nothing fits, the answer is the smallest activation peak any candidate needs.
 
@@ -92,8 +95,8 @@ pub fn choose(
             if splits != Splits::Reference && Splits::Reference.partition(&arch, k).as_ref() == Some(&part) {
                 continue;
             }
-            for patches in grids(&method) {
-                let m = Method { patches, ..method };
+            for (patches, recompute) in grids(&method).flat_map(|p| recomputes(&method).map(move |r| (p, r))) {
+                let m = Method { patches, recompute, ..method };
                 let build = |b: usize| Plan::new(arch, part.clone(), m, b, mean, std);
                 // The activation peak grows with the batch: the largest fitting one of the
                 // halving ladder batch, batch/2, …, 1 is found by bisection over the ladder.
@@ -145,6 +148,11 @@ pub fn choose(
 fn grids(method: &Method) -> impl Iterator<Item = usize> + '_ {
     let others = [1, 2, 4].into_iter().filter(move |&n| n != method.patches);
     core::iter::once(method.patches).chain(others.filter(move |_| method.hpff))
+}
+
+/// Whether HPFF recomputes forward values, in order of preference: as asked, then on.
+fn recomputes(method: &Method) -> impl Iterator<Item = bool> + '_ {
+    core::iter::once(method.recompute).chain((method.hpff && !method.recompute).then_some(true))
 }
 
 /// Floats block `g` keeps for backward (its conv outputs and its output), batch 1: what the

@@ -93,6 +93,11 @@ pub struct Method {
     pub lambda2: [f32; 2],
     pub wx: f32,
     pub wy: f32,
+    /// HPFF only, a memory-for-time trade: a module keeps its forward values only until
+    /// its cascade backward, and its forward is recomputed (same bits) when its parameter
+    /// gradients are taken one step later, so one module's values are live instead of
+    /// two. Costs one more forward per module and step (see [`crate::plan`]).
+    pub recompute: bool,
 }
 
 impl Method {
@@ -112,6 +117,7 @@ impl Method {
             lambda2: [0.5, 0.0],
             wx: 0.001,
             wy: 0.999,
+            recompute: false,
         }
     }
 
@@ -147,6 +153,9 @@ impl Method {
         }
         if self.levels != Levels::Both && !self.hpff {
             return Err(PlanError::BadMethod("--levels applies to HPFF only"));
+        }
+        if self.recompute && !self.hpff {
+            return Err(PlanError::BadMethod("--recompute applies to HPFF only"));
         }
         Ok(())
     }

@@ -377,6 +377,27 @@ fn batchnorm_running_stats_hand_worked() {
     assert!((rv[0] - 1.0666667).abs() < 1e-6);
 }
 
+/// `updates` running-statistics updates from the raw sums [10, 5] of the case above: the
+/// batch mean and invstd are the same for any count, and 0 updates (a recomputed forward)
+/// leaves the running statistics untouched; two updates apply the momentum twice.
+#[test]
+fn batchnorm_update_counts() {
+    let s = BatchNorm2d { c: 1, hw: 2 };
+    let run = |updates: u8| {
+        let (mut mean_invstd, mut running) = ([f32::NAN; 2], [0.0f32, 1.0]);
+        batchnorm_update_running(&s, 4, &[10.0, 5.0], &mut mean_invstd, &mut running, updates);
+        (mean_invstd, running)
+    };
+    let (once, after_one) = run(1);
+    assert_eq!(once[0], 2.5);
+    let (none, untouched) = run(0);
+    assert_eq!((none[0].to_bits(), none[1].to_bits()), (once[0].to_bits(), once[1].to_bits()));
+    assert_eq!(untouched, [0.0, 1.0]);
+    let (twice, after_two) = run(2);
+    assert_eq!(twice[1].to_bits(), once[1].to_bits());
+    assert!((after_one[0] - 0.25).abs() < 1e-7 && (after_two[0] - 0.475).abs() < 1e-6);
+}
+
 // ---------- elementwise, pool, linear ----------
 
 proptest! {

@@ -53,7 +53,8 @@ fn configuration(plan: &Plan) -> String {
         .collect();
     let splits = if splits.is_empty() { String::new() } else { format!(" --splits \"{}\"", splits.join(";")) };
     let patches = if plan.method.hpff { format!(" --patches {}", plan.method.patches) } else { String::new() };
-    format!("--batch-size {}{splits}{patches}", plan.batch)
+    let recompute = if plan.method.recompute { " --recompute" } else { "" };
+    format!("--batch-size {}{splits}{patches}{recompute}", plan.batch)
 }
 
 /// The plan `hpff plan --memory-limit` settles on for `setup`, with a line saying why; an
@@ -68,7 +69,11 @@ pub fn fitting_plan(setup: &Setup, limit: usize) -> Result<(Plan, String)> {
                 plan.modules(),
                 splits.name(),
                 plan.batch,
-                if plan.method.hpff { format!(", {0}×{0} patches", plan.method.patches) } else { String::new() },
+                match (plan.method.hpff, plan.method.recompute) {
+                    (true, false) => format!(", {0}×{0} patches", plan.method.patches),
+                    (true, true) => format!(", {0}×{0} patches, recomputing forward values", plan.method.patches),
+                    _ => String::new(),
+                },
                 mib(plan.memory().activations),
                 configuration(&plan)
             );

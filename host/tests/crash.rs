@@ -192,3 +192,18 @@ fn full_or_read_only_out_is_an_error_before_training() {
         }
     }
 }
+
+/// A reader that closes the pipe early (`hpff plan --ops | head`) ends hpff the way it ends
+/// any Unix filter, by SIGPIPE, not with a panic and its backtrace.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = cmd(&["plan", "--arch", "resnet110", "--ops"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut head = [0u8; 64];
+    child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "hpff panicked on a closed stdout: {stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {stderr}", out.status);
+}

@@ -76,8 +76,9 @@ extern "C" __global__ void bn_mean(i64 C, const double* part, int parts, i64 cou
     }
 }
 
-// Writes sq_dev, then core::ops::batchnorm_update_running: `updates` times, mean and
-// invstd from the raw sums and the running statistics' momentum update (unbiased var).
+// Writes sq_dev, then core::ops::batchnorm_update_running: mean and invstd from the raw
+// sums, and `updates` times the running statistics' momentum update (unbiased var; none
+// when the forward is a recomputation).
 extern "C" __global__ void bn_finalize(i64 C, const double* part, int parts, i64 count, float* stats, float* running,
                                        int updates, float momentum, float eps) {
     FOR_EACH(c, C) {
@@ -89,11 +90,11 @@ extern "C" __global__ void bn_finalize(i64 C, const double* part, int parts, i64
         double cnt = (double)count;
         double unbias = count > 1 ? cnt / (cnt - 1.0) : 1.0;
         double mom = (double)momentum;
+        double mean = (double)sum / cnt;
+        double var = (double)sq / cnt;
+        stats[c] = (float)mean;
+        stats[C + c] = (float)(1.0 / sqrt(var + (double)eps));
         for (int u = 0; u < updates; u++) {
-            double mean = (double)sum / cnt;
-            double var = (double)sq / cnt;
-            stats[c] = (float)mean;
-            stats[C + c] = (float)(1.0 / sqrt(var + (double)eps));
             running[c] = (float)((1.0 - mom) * (double)running[c] + mom * mean);
             running[C + c] = (float)((1.0 - mom) * (double)running[C + c] + mom * var * unbias);
         }

@@ -13,14 +13,16 @@ use hpff_tests::executors::Target;
 use hpff_tests::golden::{rel_err, Golden, GOLDEN_SGD};
 use hpff_tests::on_every_executor;
 
-/// Two steps of InfoPro + HPFF on a batch of 37 (four full CPU chunks and a partial one);
-/// returns parameters, BN statistics, momentum, gradients and the last losses.
-fn run_synthetic(target: Target, local_loss: LocalLoss) -> (Snapshot, Vec<f32>, Vec<f32>) {
+/// Two steps of InfoPro + HPFF on a batch of 37 (four full CPU chunks and a partial one),
+/// its modules' forward values kept or `recompute`d; returns parameters, BN statistics,
+/// momentum, gradients and the last losses.
+fn run_synthetic(target: Target, local_loss: LocalLoss, recompute: bool) -> (Snapshot, Vec<f32>, Vec<f32>) {
     let arch = Arch::resnet(8, 3, 16, 5).unwrap();
     let part = Partition::from_splits(&arch, [(1, 0), (2, 0)]).unwrap();
     let mut m = Method::reference(Base::InfoPro, true);
     m.local_loss = local_loss;
     m.head = AuxHead::parse("1c2f").unwrap();
+    m.recompute = recompute;
     let batch = 37;
     let plan = Plan::new(arch, part, m, batch, [0.5; 4], [0.25; 4]).unwrap();
     let mut rng = Rng::new(3);
@@ -44,14 +46,24 @@ fn bits(v: &[f32]) -> Vec<u32> {
 fn same_bits(target: Target) {
     for local_loss in [LocalLoss::CrossEntropy, LocalLoss::Contrast] {
         let peers = target.bitwise_peers();
-        let (m0, g0, l0) = run_synthetic(peers[0], local_loss);
+        let (m0, g0, l0) = run_synthetic(peers[0], local_loss, false);
         assert!(l0.iter().all(|l| l.is_finite()));
         for &p in &peers[1..] {
-            let (m, g, l) = run_synthetic(p, local_loss);
+            let (m, g, l) = run_synthetic(p, local_loss, false);
             assert!(m == m0 && bits(&g) == bits(&g0), "{local_loss:?}: {p:?} differs from {:?}", peers[0]);
             assert_eq!(bits(&l), bits(&l0), "{local_loss:?}: losses differ on {p:?}");
         }
     }
+}
+
+/// Recomputing the modules' forward values (HPFF's memory-for-time trade) gives the same
+/// bits as keeping them: same parameters, BN running statistics, gradients and losses.
+fn recompute_same_bits(target: Target) {
+    let (m0, g0, l0) = run_synthetic(target, LocalLoss::CrossEntropy, false);
+    let (m, g, l) = run_synthetic(target, LocalLoss::CrossEntropy, true);
+    assert!(m == m0, "{target:?}: parameters or BN statistics differ when recomputing");
+    assert_eq!(bits(&g), bits(&g0), "{target:?}: gradients differ when recomputing");
+    assert_eq!(bits(&l), bits(&l0), "{target:?}: losses differ when recomputing");
 }
 
 /// Eval logits against the reference executor's, after the same three golden steps.
@@ -124,6 +136,7 @@ fn deeper_nets_agree_with_the_reference(target: Target) {
 on_every_executor! {
     deeper_nets => deeper_nets_agree_with_the_reference;
     same_steps_same_bits => same_bits;
+    recompute_gives_the_same_bits => recompute_same_bits;
     eval_matches_the_reference_executor => eval_agrees;
     bad_input => bad_inputs_are_errors;
 }

@@ -81,13 +81,20 @@ fn the_arena_scales_with_the_batch_and_parameters_do_not() {
     assert!(b.memory().activations > a.memory().activations * 19 / 10);
 }
 
-/// Every method the plan knows, as the memory test runs it.
-fn every_method() -> Vec<(Base, bool)> {
-    let mut v = vec![(Base::E2e, false)];
+/// Every method the plan knows, as the memory test runs it: each local one plain, with
+/// HPFF, and with HPFF recomputing its modules' forward values.
+fn every_method() -> Vec<Method> {
+    let mut v = vec![Method::reference(Base::E2e, false)];
     for base in [Base::Greedy, Base::Dgl, Base::InfoPro] {
-        v.extend([(base, false), (base, true)]);
+        let recompute = Method { recompute: true, ..Method::reference(base, true) };
+        v.extend([Method::reference(base, false), Method::reference(base, true), recompute]);
     }
     v
+}
+
+/// How a method is named in the messages: base, `+hpff`, `+recompute`.
+fn label(m: &Method) -> String {
+    format!("{:?}{}{}", m.base, if m.hpff { "+hpff" } else { "" }, if m.recompute { "+recompute" } else { "" })
 }
 
 /// Planned = measured, on every executor and for every method. The executor is laid out
@@ -102,11 +109,11 @@ fn touches_the_planned_peak(target: Target) {
     use hpff_core::optim::Sgd;
     use hpff_core::rng::Rng;
     let (batch, layout_batch) = (16, 24);
-    for (base, hpff) in every_method() {
+    for method in every_method() {
+        let name = label(&method);
         let arch = Arch::resnet(20, 3, 16, 10).unwrap();
-        let k = if base == Base::E2e { 1 } else { 4 };
+        let k = if method.base == Base::E2e { 1 } else { 4 };
         let part = Partition::for_k(&arch, k, TableKind::Reference).unwrap();
-        let method = Method::reference(base, hpff);
         let plan = Plan::new(arch, part.clone(), method, batch, CIFAR_MEAN, CIFAR_STD).unwrap();
         let layout = Plan::new(arch, part, method, layout_batch, CIFAR_MEAN, CIFAR_STD).unwrap();
         assert_eq!(plan.act_off(), layout.act_off());
@@ -136,16 +143,10 @@ fn touches_the_planned_peak(target: Target) {
             let changed = |i: &usize| work[*i].to_bits() != sentinel.to_bits();
             let outside = (0..whole).filter(|i| !scratch.contains(i)).filter(changed);
             let used = outside.max().map_or(0, |i| i + 1);
-            println!("{target:?} {base:?} hpff={hpff} {step}: planned {planned} floats, highest touched {used}");
-            assert!(
-                used <= planned,
-                "{target:?} {base:?} hpff={hpff} {step}: wrote float {used}, past the planned peak {planned}"
-            );
+            println!("{target:?} {name} {step}: planned {planned} floats, highest touched {used}");
+            assert!(used <= planned, "{target:?} {name} {step}: wrote float {used}, past the planned peak {planned}");
             // Only a last buffer that is allocated but written later than read can stay clean.
-            assert!(
-                used as f64 >= 0.95 * planned as f64,
-                "{base:?} hpff={hpff} {step}: plan overestimates: {used} of {planned}"
-            );
+            assert!(used as f64 >= 0.95 * planned as f64, "{name} {step}: plan overestimates: {used} of {planned}");
         }
     }
 }
@@ -154,9 +155,10 @@ on_every_executor! {
     a_step_touches_exactly_the_planned_activation_peak => touches_the_planned_peak;
 }
 
-/// Issue 14's targets that the plan meets (ResNet-32/110 on CIFAR shapes): e2e below what
-/// PyTorch saves for backward, infopro+HPFF at ResNet-110 K=55 within a quarter of e2e at
-/// batch 1024, and an eval pass in O(largest layer), whatever the depth.
+/// Issue 14's targets (ResNet-32/110 on CIFAR shapes): e2e and InfoPro below what PyTorch
+/// saves for backward, infopro+HPFF K=16 within a third of e2e (recomputing), ResNet-110
+/// K=55 within a quarter of e2e at batch 1024, and an eval pass in O(largest layer),
+/// whatever the depth.
 #[test]
 fn planned_peaks_meet_the_memory_targets() {
     const MIB: usize = 1 << 20;
@@ -164,10 +166,15 @@ fn planned_peaks_meet_the_memory_targets() {
     assert!(e32.activations <= 250 * MIB, "e2e ResNet-32: {:.1} MiB", mib(e32.activations));
     let i32 = plan(32, Base::InfoPro, false, 16, 128, 1).memory();
     assert!(i32.activations <= 80 * MIB, "infopro K=16 ResNet-32: {:.1} MiB", mib(i32.activations));
-    // Not yet the ⅓ of e2e the issue asks for (module recomputation would be needed), but
-    // below PyTorch's ½; a regression past 45 % fails.
+    // infopro+HPFF within a third of e2e when it recomputes its modules' forward values;
+    // without, below PyTorch's ½ (a regression past 42 % fails).
     let h32 = plan(32, Base::InfoPro, true, 16, 128, 2).memory();
-    assert!(h32.activations * 100 <= 45 * e32.activations, "infopro+HPFF K=16: {:.1} MiB", mib(h32.activations));
+    assert!(h32.activations * 100 <= 42 * e32.activations, "infopro+HPFF K=16: {:.1} MiB", mib(h32.activations));
+    let arch = Arch::resnet(32, 3, 32, 10).unwrap();
+    let part = Partition::for_k(&arch, 16, TableKind::Reference).unwrap();
+    let m = Method { recompute: true, ..Method::reference(Base::InfoPro, true) };
+    let r32 = Plan::new(arch, part, m, 128, CIFAR_MEAN, CIFAR_STD).unwrap().memory();
+    assert!(3 * r32.activations <= e32.activations, "recomputing infopro+HPFF K=16: {:.1} MiB", mib(r32.activations));
     let e110 = plan(110, Base::E2e, false, 1, 1024, 1).memory();
     let h110 = plan(110, Base::InfoPro, true, 55, 1024, 2).memory();
     assert!(4 * h110.activations <= e110.activations, "{} vs {}", h110.activations, e110.activations);
@@ -234,21 +241,18 @@ fn reads_only_live_values(plan: &Plan, train: bool) -> usize {
 #[test]
 fn overlays_never_clobber_a_live_value() {
     let mut checked = 0;
-    for (base, hpff) in every_method() {
+    for method in every_method() {
         for (depth, image, k, batch) in
             [(8, 16, 3, 37), (14, 16, 5, 8), (20, 32, 4, 5), (32, 32, 16, 2), (164, 32, 4, 2)]
         {
-            let patches = if hpff { 2 } else { 1 };
             let arch = Arch::resnet(depth, 3, image, 10).unwrap();
             let Ok(part) = Partition::for_k(&arch, k, TableKind::Reference) else { continue };
-            let mut m = Method::reference(base, hpff);
-            m.patches = patches;
-            let Ok(p) = Plan::new(arch, part, m, batch, CIFAR_MEAN, CIFAR_STD) else { continue };
-            eprintln!("checking {base:?} hpff={hpff} resnet{depth} {image}px K={k} batch {batch}");
+            let Ok(p) = Plan::new(arch, part, method, batch, CIFAR_MEAN, CIFAR_STD) else { continue };
+            eprintln!("checking {} resnet{depth} {image}px K={k} batch {batch}", label(&method));
             assert!(reads_only_live_values(&p, true) > 0);
             assert!(reads_only_live_values(&p, false) > 0);
             checked += 1;
         }
     }
-    assert!(checked >= 30, "only {checked} plans checked");
+    assert!(checked >= 40, "only {checked} plans checked");
 }

@@ -102,10 +102,21 @@ pub fn batchnorm_finalize(
     for ch in 0..s.c {
         let mean = sum_to_mean[ch] as f64 / cnt;
         let var = sq_dev_to_invstd[ch] as f64 / cnt;
-        sum_to_mean[ch] = mean as f32;
-        sq_dev_to_invstd[ch] = (1.0 / libm::sqrt(var + BN_EPS as f64)) as f32;
         running_mean[ch] = ((1.0 - mom) * running_mean[ch] as f64 + mom * mean) as f32;
         running_var[ch] = ((1.0 - mom) * running_var[ch] as f64 + mom * var * unbias) as f32;
+    }
+    batchnorm_batch_stats(s, count, sum_to_mean, sq_dev_to_invstd);
+}
+
+/// The batch half of [`batchnorm_finalize`]: `mean` and `invstd` from the sums, in place,
+/// the running statistics left alone.
+pub fn batchnorm_batch_stats(s: &BatchNorm2d, count: usize, sum_to_mean: &mut [f32], sq_dev_to_invstd: &mut [f32]) {
+    let cnt = count as f64;
+    for ch in 0..s.c {
+        let mean = sum_to_mean[ch] as f64 / cnt;
+        let var = sq_dev_to_invstd[ch] as f64 / cnt;
+        sum_to_mean[ch] = mean as f32;
+        sq_dev_to_invstd[ch] = (1.0 / libm::sqrt(var + BN_EPS as f64)) as f32;
     }
 }
 
@@ -114,7 +125,8 @@ pub fn batchnorm_finalize(
 /// batch); `mean_invstd` receives the batch mean and invstd (`2·c`); the running
 /// statistics are updated `updates` times with them, once per pass the reference makes
 /// through the layer on the same batch (the HPFF schedule runs a module once where the
-/// reference runs it up to three times). `updates` must be at least 1.
+/// reference runs it up to three times). `updates == 0` is a recomputation of a forward
+/// whose updates were already applied: the batch statistics only.
 pub fn batchnorm_update_running(
     s: &BatchNorm2d,
     count: usize,
@@ -123,14 +135,16 @@ pub fn batchnorm_update_running(
     running: &mut [f32],
     updates: u8,
 ) {
-    debug_assert!(updates >= 1);
     let c = s.c;
     let (mean, invstd) = mean_invstd[..2 * c].split_at_mut(c);
     let (rm, rv) = running[..2 * c].split_at_mut(c);
-    for _ in 0..updates {
+    for _ in 0..updates.max(1) {
         mean.copy_from_slice(&raw[..c]);
         invstd.copy_from_slice(&raw[c..2 * c]);
-        batchnorm_finalize(s, count, mean, invstd, rm, rv, BN_MOMENTUM);
+        match updates {
+            0 => batchnorm_batch_stats(s, count, mean, invstd),
+            _ => batchnorm_finalize(s, count, mean, invstd, rm, rv, BN_MOMENTUM),
+        }
     }
 }
 

@@ -20,8 +20,8 @@ pub use activation::{
 };
 pub use batchnorm::{
     batchnorm_accumulate_backward_sums, batchnorm_accumulate_sq_dev, batchnorm_accumulate_sum,
-    batchnorm_backward_input, batchnorm_eval_stats, batchnorm_finalize, batchnorm_forward, batchnorm_mean_from_sum,
-    batchnorm_update_running, BatchNorm2d, BN_EPS, BN_MOMENTUM,
+    batchnorm_backward_input, batchnorm_batch_stats, batchnorm_eval_stats, batchnorm_finalize, batchnorm_forward,
+    batchnorm_mean_from_sum, batchnorm_update_running, BatchNorm2d, BN_EPS, BN_MOMENTUM,
 };
 pub use conv::{conv2d_accumulate_weight_grad, conv2d_backward_input, conv2d_forward, Conv2d};
 pub use gemm::{sgemm, sgemm_kernel, sgemm_using, GemmKernel};

@@ -59,7 +59,8 @@ pub enum Op {
     },
     /// Training-mode BN: batch statistics into `stats` (4·c floats: mean, invstd, then the
     /// raw sums), the running statistics updated `updates` times with them (once per pass the
-    /// reference would make through this layer on the same batch).
+    /// reference would make through this layer on the same batch; 0 when the forward is
+    /// recomputed for a backward, see [`crate::method::Method::recompute`]).
     BnTrain {
         shape: BatchNorm2d,
         affine: usize,

@@ -66,6 +66,9 @@ struct Frame {
     /// Gradient of the output from every loss that trains this module.
     t: Buf,
     stem: Option<StemActs>,
+    /// Its forward values were dropped after its cascade backward
+    /// ([`crate::method::Method::recompute`]): the backward recomputes them from `fwd.x`.
+    dropped: bool,
 }
 
 /// Where a module's forward left its values: enough to re-derive every block's layout.
@@ -103,6 +106,8 @@ enum Fwd {
 }
 
 const TRAIN: Fwd = Fwd::Train(1);
+/// A forward run again for a backward: batch statistics, no running-statistics update.
+const RECOMPUTE: Fwd = Fwd::Train(0);
 
 pub(crate) struct Gen<'a, F: FnMut(&Op)> {
     plan: &'a Plan,
@@ -159,18 +164,22 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
 
     // ---- backbone ------------------------------------------------------------------
 
-    /// The stem and module 0 (BN running statistics of module 0 updated per `mode`). The
-    /// stem's output goes above the module's values, so it is dropped with the forward.
-    fn stem_module_fwd(&mut self, img: Buf, out: Buf, mode: Fwd) -> (StemActs, ModuleFwd) {
-        let sp = self.plan.stem();
-        let s = StemActs { st: self.alloc(4 * sp.bn.s.c) };
+    /// Room for the stem's batch statistics.
+    fn stem_acts(&mut self) -> StemActs {
+        StemActs { st: self.alloc(4 * self.plan.stem().bn.s.c) }
+    }
+
+    /// The stem (statistics into `s`) and module 0 (BN running statistics of module 0
+    /// updated per `mode`). The stem's output goes above the module's values, so it is
+    /// dropped with the forward.
+    fn stem_module_fwd(&mut self, img: Buf, s: StemActs, out: Buf, mode: Fwd) -> ModuleFwd {
         let m = self.module_alloc(0, NONE, out);
         let a = self.alloc(self.stem_len());
         self.stem_output(img, s, a, Some(TRAIN));
         let m = ModuleFwd { x: a, ..m };
         self.module_run(&m, mode);
         self.top = m.end;
-        (s, m)
+        m
     }
 
     /// Floats of the stem's output (and of its conv output).
@@ -197,9 +206,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
 
     /// Backward of module 0 and the stem under it, the last use of their values: the
     /// stem's output is recomputed into `spare` when the caller has a free buffer that
-    /// large, else on top; its gradient and temporaries go over the module's values when
-    /// they fit.
-    fn stem_module_bwd(&mut self, m: &ModuleFwd, s: &StemActs, img: Buf, dout: Buf, spare: Option<Buf>) {
+    /// large, else on top (and module 0's values from it, on top, when `dropped`); its
+    /// gradient and temporaries go over the module's values when they fit.
+    fn stem_module_bwd(&mut self, m: &ModuleFwd, s: &StemActs, img: Buf, dout: Buf, spare: Option<Buf>, dropped: bool) {
         let mark = self.top;
         let len = self.stem_len();
         let a = match spare {
@@ -207,7 +216,10 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             _ => self.alloc(len),
         };
         self.stem_output(img, *s, a, None);
-        let m = ModuleFwd { x: a, ..*m };
+        let m = match dropped {
+            true => self.module_fwd(0, a, m.out, RECOMPUTE),
+            false => ModuleFwd { x: a, ..*m },
+        };
         let ds = match self.input_grad_in_module(&m, a.len) {
             Some(b) => b,
             None => self.alloc(a.len),
@@ -654,7 +666,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     }
 
     /// The decoder's loss on `x`, one patch at a time (each patch's backward before the
-    /// next patch's forward, so only one patch's values are ever live).
+    /// next patch's forward, so only one patch's values are ever live). Its target is the
+    /// patch of the de-normalised input `img`, restored from the crop (elementwise, so the
+    /// same bits as cropping a restored image, without keeping one for the whole step).
     fn decoder_loss(&mut self, dp: &DecoderP, x: Buf, dacc: Buf, img: Buf, scale: f32, slot: LossSlot) {
         let n = self.n;
         let (gn, po, h) = (dp.n, dp.out, dp.h);
@@ -687,8 +701,10 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 self.op(Op::Sigmoid { x: h2, y: o });
                 let t = h2;
                 let twin = Window { c: ci, h: image, w: image, y0: r * po, x0: c * po, ph: po, pw: po, oh: po, ow: po };
-                self.op(Op::Crop { window: twin, x: img, y: t });
                 let dout = self.alloc(olen);
+                self.op(Op::Crop { window: twin, x: img, y: dout });
+                let (mean, std) = (self.plan.mean, self.plan.std);
+                self.op(Op::Restore { x: dout, y: t, channels: ci, hw: po * po, mean, std });
                 self.op(Op::Bce { probs: o, target: t, dprobs: dout, scale, slot });
                 let dh2 = h2;
                 self.op(Op::SigmoidBackward { y: o, dy: dout, dx: dh2 });
@@ -751,29 +767,16 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     pub(crate) fn train(&mut self) {
         self.op(Op::BeginStep);
         let img = self.alloc(self.plan.input().len);
-        let restored = self.plan.method.uses_decoder().then(|| {
-            let r = self.alloc(img.len);
-            let a = &self.plan.arch;
-            self.op(Op::Restore {
-                x: img,
-                y: r,
-                channels: a.in_channels,
-                hw: a.image * a.image,
-                mean: self.plan.mean,
-                std: self.plan.std,
-            });
-            r
-        });
         if self.plan.method.hpff {
-            self.train_hpff(img, restored.unwrap_or(NONE));
+            self.train_hpff(img);
         } else {
-            self.train_local(img, restored.unwrap_or(NONE));
+            self.train_local(img);
         }
         self.op(Op::Sgd);
     }
 
     /// E2E (one module) and the plain local methods: each module alone, input detached.
-    fn train_local(&mut self, img: Buf, restored: Buf) {
+    fn train_local(&mut self, img: Buf) {
         let m = self.plan.modules();
         let method = self.plan.method;
         // A module's output outlives it (the next module's input): it goes at the base when
@@ -791,8 +794,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let mark = self.top;
             let (stem, fwd) = match input {
                 None => {
-                    let (s, m) = self.stem_module_fwd(img, out, TRAIN);
-                    (Some(s), m)
+                    let s = self.stem_acts();
+                    (Some(s), self.stem_module_fwd(img, s, out, TRAIN))
                 }
                 Some(x) => (None, self.module_fwd(j, x, out, TRAIN)),
             };
@@ -802,7 +805,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let (l1, l2) = method.local_weights(&self.plan.part, j);
                 if method.uses_decoder() {
                     let dp = self.plan.decoder(j, AuxNet::Decoder);
-                    self.decoder_loss(&dp, out, d, restored, l1, LossKind::Decoder.slot(j));
+                    self.decoder_loss(&dp, out, d, img, l1, LossKind::Decoder.slot(j));
                 }
                 let hp = self.plan.head(j, AuxNet::Classifier);
                 self.head_loss(&hp, out, d, l2, LossKind::Classifier.slot(j));
@@ -810,7 +813,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 self.final_loss(out, d, 1.0, LossKind::Ce.slot(j));
             }
             match stem {
-                Some(s) => self.stem_module_bwd(&fwd, &s, img, d, None),
+                Some(s) => self.stem_module_bwd(&fwd, &s, img, d, None, false),
                 None => _ = self.module_bwd(&fwd, d, Dx::No, true),
             }
             self.top = mark;
@@ -832,8 +835,11 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     ///   i+1's bottom have detached inputs).
     ///
     /// Modules i−1 and i are live together, as in the reference's cascade; their frames
-    /// alternate between two regions so the older one can be dropped first.
-    fn train_hpff(&mut self, img: Buf, restored: Buf) {
+    /// alternate between two regions so the older one can be dropped first. With
+    /// `recompute`, a frame's values are dropped once its cascade backward has run and
+    /// recomputed for its parameter gradients, so only the gradient accumulators (two fixed
+    /// slots) and one module's values are live at a time.
+    fn train_hpff(&mut self, img: Buf) {
         let plan = self.plan;
         let method = plan.method;
         let last = plan.modules() - 1;
@@ -845,6 +851,10 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         // later) still read its input, the output of module i−1.
         let maxo = self.max_out_len();
         let outs = [self.alloc(maxo), self.alloc(maxo), self.alloc(maxo)];
+        let recompute = method.recompute;
+        // With recompute, what outlives a step (the accumulators, the stem's statistics) has
+        // fixed room below the frames.
+        let kept = recompute.then(|| ([self.alloc(maxo), self.alloc(maxo)], self.stem_acts()));
         let base = self.top;
         // Frames: module j's goes at the base when it fits below module j−1's (frames shrink
         // with depth, so they mostly alternate), else right above it; temporaries go above both.
@@ -858,10 +868,16 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             self.top = start;
             let len = self.out_len(j);
             let out = Buf { off: outs[j % 3].off, len };
-            let t = self.alloc(len);
+            let t = match kept {
+                Some((ts, _)) => Buf { off: ts[j % 2].off, len },
+                None => self.alloc(len),
+            };
             let (stem, fwd) = if j == 0 {
-                let (s, m) = self.stem_module_fwd(img, out, passes(0));
-                (Some(s), m)
+                let s = match kept {
+                    Some((_, s)) => s,
+                    None => self.stem_acts(),
+                };
+                (Some(s), self.stem_module_fwd(img, s, out, passes(0)))
             } else {
                 let x = frames[(j - 1) % 2].as_ref().expect("module below is live").out;
                 let m = self.module_alloc(j, x, out);
@@ -883,7 +899,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             // the frame's own backward applies the same mask to the sum again, which
             // changes nothing (the mask is idempotent and the additions commute), so no
             // separate cascade gradient is kept.
-            let below = if j > 0 { frames[(j - 1) % 2].take() } else { None };
+            let prev = if j > 0 { frames[(j - 1) % 2].take() } else { None };
             // The last module's two losses share the network's classifier, whose gradient
             // they accumulate in the reference's order (x path first): the x loss goes
             // into a buffer of its own, added to `t` after the cascade.
@@ -898,16 +914,16 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                     let (l1, l2) = method.local_weights(&plan.part, j);
                     if method.uses_decoder() {
                         let dp = plan.decoder(j, AuxNet::Decoder);
-                        self.decoder_loss(&dp, out, t, restored, wy * l1, LossKind::CascadeDecoder.slot(j));
+                        self.decoder_loss(&dp, out, t, img, wy * l1, LossKind::CascadeDecoder.slot(j));
                     }
                     let hp = plan.head(j, AuxNet::Classifier);
                     self.head_loss(&hp, out, t, wy * l2, LossKind::CascadeClassifier.slot(j));
                 } else {
                     self.final_loss(out, t, wy, LossKind::LastY.slot(j));
                 }
-                let below = below.as_ref().expect("module below is live");
-                let h = self.module_bwd(&fwd, t, Dx::Temp(below.out.len), false).expect("asked for");
-                self.op(Op::Add { y: below.t, x: h });
+                let prev = prev.as_ref().expect("module below is live");
+                let h = self.module_bwd(&fwd, t, Dx::Temp(prev.out.len), false).expect("asked for");
+                self.op(Op::Add { y: prev.t, x: h });
             }
             // Then the independent level's loss.
             if let Some(g) = last_x {
@@ -917,13 +933,19 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 self.head_loss(&hp, out, t, wx, LossKind::Independent.slot(j));
             }
             self.top = mark;
+            // Recompute drops module j's values, spent until its parameter gradients (the
+            // last module's come next, so it keeps them).
+            let dropped = recompute && j < last;
+            if dropped {
+                (self.top, below) = (base, (base, base));
+            }
             // Module j−1 has every gradient it gets: its parameter gradients, then it is done.
             // Module 0's backward comes at the end of module 1's step, when the slot of
             // module 2's output is still free: the stem's output is recomputed there.
-            if let Some(below) = below {
-                self.frame_bwd(&below, img, (j == 1).then_some(outs[2]));
+            if let Some(prev) = prev {
+                self.frame_bwd(&prev, img, (j == 1).then_some(outs[2]));
             }
-            frames[j % 2] = Some(Frame { fwd, out, t, stem });
+            frames[j % 2] = Some(Frame { fwd, out, t, stem, dropped });
         }
         let top = frames[last % 2].take().expect("last module is live");
         self.frame_bwd(&top, img, None);
@@ -931,21 +953,33 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     }
 
     /// Parameter gradients of a module from its accumulated output gradient (through the
-    /// stem for module 0, whose output may be recomputed into `spare`).
+    /// stem for module 0, whose output may be recomputed into `spare`), its forward
+    /// recomputed first on top of the stack if its values were dropped.
     fn frame_bwd(&mut self, f: &Frame, img: Buf, spare: Option<Buf>) {
+        let mark = self.top;
         match f.stem {
-            Some(s) => self.stem_module_bwd(&f.fwd, &s, img, f.t, spare),
-            None => _ = self.module_bwd(&f.fwd, f.t, Dx::No, true),
+            Some(s) => self.stem_module_bwd(&f.fwd, &s, img, f.t, spare, f.dropped),
+            None => {
+                let m = match f.dropped {
+                    true => self.module_fwd(f.fwd.j, f.fwd.x, f.out, RECOMPUTE),
+                    false => f.fwd,
+                };
+                _ = self.module_bwd(&m, f.t, Dx::No, true);
+            }
         }
+        self.top = mark;
     }
 
-    /// Floats of module `j`'s frame in [`Gen::train_hpff`]: its gradient accumulator, forward values.
+    /// Floats of module `j`'s frame in [`Gen::train_hpff`]: its gradient accumulator (and
+    /// the stem's statistics) unless they have fixed room (recompute), its forward values.
     fn frame_len(&mut self, j: usize) -> usize {
         let saved = (self.top, self.peak);
         let start = self.top;
-        self.alloc(self.out_len(j));
-        if j == 0 {
-            self.alloc(4 * self.plan.stem().bn.s.c);
+        if !self.plan.method.recompute {
+            self.alloc(self.out_len(j));
+            if j == 0 {
+                self.alloc(4 * self.plan.stem().bn.s.c);
+            }
         }
         let mut x = NONE;
         let blocks = self.plan.part.blocks_of(j);
