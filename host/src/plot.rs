@@ -80,7 +80,7 @@ fn module_series(records: &[EpochMetrics]) -> Vec<Series> {
                 .filter_map(|r| r.losses.get(kind.name())?.get(m).copied().flatten().map(|v| (r.epoch, v)))
                 .collect();
             Some(Series {
-                name: format!("module {} ({})", m + 1, kind.name().replace('_', " ")),
+                name: format!("module {m} ({})", kind.name().replace('_', " ")),
                 colour: MODULE_COLOURS[m % MODULE_COLOURS.len()],
                 width: 1,
                 points,
@@ -280,7 +280,7 @@ mod tests {
         let s = module_series(&recs);
         let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
         // The last module's loss is the training loss, drawn already.
-        assert_eq!(names, ["module 1 (classifier)", "module 2 (classifier)"]);
+        assert_eq!(names, ["module 0 (classifier)", "module 1 (classifier)"]);
         let img = render(&recs, "test").unwrap();
         let c = MODULE_COLOURS[0];
         assert!(img.pixels().any(|p| *p == Rgb([c.0, c.1, c.2])));

@@ -709,7 +709,8 @@ where
 /// or a parameter's gradient (named by the tensor).
 fn nonfinite(plan: &Plan, meter: &LossMeter, losses: &[f32], grads: &[f32]) -> Option<String> {
     if let Some((module, kind, v)) = meter.nonfinite(losses) {
-        return Some(format!("the {} loss of module {} is {v}", kind.name(), module + 1));
+        // Modules are numbered from 0, as `hpff plan` lists them.
+        return Some(format!("the {} loss of module {module} is {v}", kind.name()));
     }
     let i = grads.iter().position(|g| !g.is_finite())?;
     let mut name = None;
@@ -903,12 +904,12 @@ mod tests {
         };
         // A good step counts and changes the model.
         assert_eq!(step(&mut exec, NonFinite::Skip), (None, false));
-        // A NaN loss of module 2, named by module and kind, and undone.
+        // A NaN loss of module 1 (the second), named by module and kind, and undone.
         let kinds = hpff_core::plan::LossKind::ALL;
         let slot = *metrics::used_slots(&plan).iter().find(|&&s| s / kinds.len() == 1).unwrap();
         exec.loss_slot = Some(slot);
         let (fault, unchanged) = step(&mut exec, NonFinite::Skip);
-        let want = format!("the {} loss of module 2 is NaN", kinds[slot % kinds.len()].name());
+        let want = format!("the {} loss of module 1 is NaN", kinds[slot % kinds.len()].name());
         assert_eq!(fault, Some(want));
         assert!(unchanged, "a skipped step must leave parameters, momentum and BN statistics as they were");
         // Under stop the step is reported (and training stops; the model is not rolled back).
@@ -948,7 +949,7 @@ mod tests {
                 && e.contains("the last checkpoint (epoch 1) is kept"),
             "{e}"
         );
-        assert!(e.starts_with("the ce loss of module 1 is ") || e.starts_with("the gradient of "), "{e}");
+        assert!(e.starts_with("the ce loss of module 0 is ") || e.starts_with("the gradient of "), "{e}");
         let after = checkpoint::load(d.path()).unwrap();
         assert_eq!(after.meta, good.meta);
         assert_eq!(after.restore(&o_plan(&c), true).unwrap(), good.restore(&o_plan(&c), true).unwrap());
