@@ -119,6 +119,8 @@ fn im2col(s: &Conv2d, x: &[f32], col: &mut [f32]) {
                     im2col_shifted(s, plane, kh, kw, (lo, hi), row);
                     continue;
                 }
+                // Zero-padding columns (see zero_columns), then the rows' valid parts.
+                zero_columns(row, wo, lo, hi);
                 for (oy, out) in row.chunks_exact_mut(wo).enumerate() {
                     let iy = oy * s.stride + kh;
                     if iy < s.pad || iy - s.pad >= s.h {
@@ -126,8 +128,6 @@ fn im2col(s: &Conv2d, x: &[f32], col: &mut [f32]) {
                         continue;
                     }
                     let xrow = &plane[(iy - s.pad) * s.w..][..s.w];
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
                     if lo < hi {
                         // ix = ox·stride + kw − pad, in range for ox in lo..hi.
                         let ix0 = lo * s.stride + kw - s.pad;
@@ -161,24 +161,35 @@ fn im2col_shifted(s: &Conv2d, plane: &[f32], kh: usize, kw: usize, (lo, hi): (us
     row[p_lo..p_hi].copy_from_slice(&plane[p_lo + up - down..p_hi + up - down]);
     row[p_hi..].fill(0.0);
     // Columns outside lo..hi read the neighbouring input row: zero them.
-    if lo > 0 || hi < w {
-        for out in row.chunks_exact_mut(w) {
-            out[..lo].fill(0.0);
-            out[hi..].fill(0.0);
-        }
+    zero_columns(row, w, lo, hi);
+}
+
+/// Zeroes columns `..lo` and `hi..` of every `w`-wide row of `rows`. Column by column,
+/// as strided stores: a `fill` per row of the one or two elements a padded edge has would
+/// become a `memset` call per row, which cost more than im2col's whole copy.
+#[inline]
+fn zero_columns(rows: &mut [f32], w: usize, lo: usize, hi: usize) {
+    for c in (0..lo).chain(hi..w) {
+        rows[c..].iter_mut().step_by(w).for_each(|v| *v = 0.0);
     }
 }
 
 /// Folds a column-matrix gradient back onto one image, adding (`dx` zeroed by the caller).
-fn col2im_add(s: &Conv2d, col: &[f32], dx: &mut [f32]) {
+/// Clobbers `col`.
+fn col2im_add(s: &Conv2d, col: &mut [f32], dx: &mut [f32]) {
     let (ho, wo, k) = (s.h_out(), s.w_out(), s.k);
     let hw_o = ho * wo;
+    let same = s.stride == 1 && ho == s.h && wo == s.w;
     for ci in 0..s.c_in {
         let plane = &mut dx[ci * s.h * s.w..][..s.h * s.w];
         for kh in 0..k {
             for kw in 0..k {
-                let row = &col[((ci * k + kh) * k + kw) * hw_o..][..hw_o];
+                let row = &mut col[((ci * k + kh) * k + kw) * hw_o..][..hw_o];
                 let (lo, hi) = s.valid_cols(kw);
+                if same {
+                    col2im_shifted_add(s, kh, kw, (lo, hi), row, plane);
+                    continue;
+                }
                 if lo >= hi {
                     continue;
                 }
@@ -200,6 +211,26 @@ fn col2im_add(s: &Conv2d, col: &[f32], dx: &mut [f32]) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The inverse of [`im2col_shifted`]: `plane[p + shift] += row[p]` over the valid `p`, as
+/// one long add instead of one short add per output row. The row's columns outside
+/// `lo..hi` (which would land on the neighbouring input row) are zeroed first, so they
+/// add `+0.0`: that changes no bit of `dx`, which starts at `+0.0` and so never holds
+/// `−0.0` (a sum only gives `−0.0` when both terms are `−0.0`).
+fn col2im_shifted_add(s: &Conv2d, kh: usize, kw: usize, (lo, hi): (usize, usize), row: &mut [f32], plane: &mut [f32]) {
+    let (w, hw) = (s.w, s.h * s.w);
+    zero_columns(row, w, lo, hi);
+    // As in im2col_shifted: shift = up − down, valid p: down ≤ p + up < hw + down.
+    let up = kh * w + kw;
+    let down = s.pad * w + s.pad;
+    let p_lo = down.saturating_sub(up).min(hw);
+    let p_hi = (hw + down).saturating_sub(up).clamp(p_lo, hw);
+    if p_lo < p_hi {
+        for (d, &v) in plane[p_lo + up - down..p_hi + up - down].iter_mut().zip(&row[p_lo..p_hi]) {
+            *d += v;
         }
     }
 }
