@@ -7,6 +7,9 @@
 
 use super::{fold_lanes, sgemm, sum_lanes};
 
+/// Floats of one block of the column matrix (144 KiB), see [`Conv2d::block_rows`].
+const COL_BLOCK: usize = 36 * 1024;
+
 /// Shape of a convolution layer on `h × w` inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2d {
@@ -64,6 +67,14 @@ impl Conv2d {
     pub const fn flops(&self) -> usize {
         2 * self.c_out * self.c_in * self.k * self.k * self.h_out() * self.w_out()
     }
+    /// Output rows per block of the forward and weight-gradient column matrix: the block
+    /// (`c_in·k·k × rows·w_out` floats) is kept to [`COL_BLOCK`] floats so it is still in
+    /// L2 when the GEMM packs it right after im2col wrote it (a whole 16-channel 32×32
+    /// image's matrix, 576 KiB, is not).
+    fn block_rows(&self) -> usize {
+        let per_row = self.c_in * self.k * self.k * self.w_out();
+        (COL_BLOCK / per_row.max(1)).clamp(1, self.h_out().max(1))
+    }
     /// Output columns `ox` whose input column `ox·stride + kw − pad` lies inside the row.
     fn valid_cols(&self, kw: usize) -> (usize, usize) {
         let wo = self.w_out();
@@ -100,10 +111,11 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// Unfolds one image into its column matrix.
-fn im2col(s: &Conv2d, x: &[f32], col: &mut [f32]) {
+/// Unfolds output rows `oy0..oy1` of one image into their column matrix
+/// (`[c_in·k·k][(oy1 − oy0)·w_out]`).
+fn im2col(s: &Conv2d, x: &[f32], (oy0, oy1): (usize, usize), col: &mut [f32]) {
     let (ho, wo, k) = (s.h_out(), s.w_out(), s.k);
-    let hw_o = ho * wo;
+    let nb = (oy1 - oy0) * wo;
     // A stride-1 "same" convolution (every 3×3 of a ResNet but the downsampling ones):
     // output and input planes have one shape, so each column-matrix row is the input
     // plane shifted by (kh − pad)·w + (kw − pad) — one long copy — after which the
@@ -113,15 +125,15 @@ fn im2col(s: &Conv2d, x: &[f32], col: &mut [f32]) {
         let plane = &x[ci * s.h * s.w..][..s.h * s.w];
         for kh in 0..k {
             for kw in 0..k {
-                let row = &mut col[((ci * k + kh) * k + kw) * hw_o..][..hw_o];
+                let row = &mut col[((ci * k + kh) * k + kw) * nb..][..nb];
                 let (lo, hi) = s.valid_cols(kw);
                 if same {
-                    im2col_shifted(s, plane, kh, kw, (lo, hi), row);
+                    im2col_shifted(s, plane, kh, kw, (lo, hi), (oy0 * wo, oy1 * wo), row);
                     continue;
                 }
                 // Zero-padding columns (see zero_columns), then the rows' valid parts.
                 zero_columns(row, wo, lo, hi);
-                for (oy, out) in row.chunks_exact_mut(wo).enumerate() {
+                for (oy, out) in (oy0..oy1).zip(row.chunks_exact_mut(wo)) {
                     let iy = oy * s.stride + kh;
                     if iy < s.pad || iy - s.pad >= s.h {
                         out.fill(0.0);
@@ -145,10 +157,19 @@ fn im2col(s: &Conv2d, x: &[f32], col: &mut [f32]) {
     }
 }
 
-/// One column-matrix row of a stride-1 "same" convolution: `row[p] = plane[p + shift]`
-/// where that input pixel lies inside the plane, else 0; `(lo, hi)` are the output
-/// columns whose input column is inside the row ([`Conv2d::valid_cols`]).
-fn im2col_shifted(s: &Conv2d, plane: &[f32], kh: usize, kw: usize, (lo, hi): (usize, usize), row: &mut [f32]) {
+/// One column-matrix row of a stride-1 "same" convolution, for the output pixels
+/// `b0..b1` (whole output rows): `row[p − b0] = plane[p + shift]` where that input pixel
+/// lies inside the plane, else 0; `(lo, hi)` are the output columns whose input column is
+/// inside the row ([`Conv2d::valid_cols`]).
+fn im2col_shifted(
+    s: &Conv2d,
+    plane: &[f32],
+    kh: usize,
+    kw: usize,
+    (lo, hi): (usize, usize),
+    (b0, b1): (usize, usize),
+    row: &mut [f32],
+) {
     let (w, hw) = (s.w, s.h * s.w);
     // Flat input index p + shift, shift = (kh − pad)·w + (kw − pad), split into its
     // non-negative parts so no signed arithmetic is needed.
@@ -157,9 +178,13 @@ fn im2col_shifted(s: &Conv2d, plane: &[f32], kh: usize, kw: usize, (lo, hi): (us
     // Valid p: down ≤ p + up < hw + down.
     let p_lo = down.saturating_sub(up).min(hw);
     let p_hi = (hw + down).saturating_sub(up).clamp(p_lo, hw);
-    row[..p_lo].fill(0.0);
-    row[p_lo..p_hi].copy_from_slice(&plane[p_lo + up - down..p_hi + up - down]);
-    row[p_hi..].fill(0.0);
+    // The valid p inside the block, relative to it.
+    let (a, b) = (p_lo.clamp(b0, b1), p_hi.clamp(b0, b1));
+    row[..a - b0].fill(0.0);
+    if a < b {
+        row[a - b0..b - b0].copy_from_slice(&plane[a + up - down..b + up - down]);
+    }
+    row[b - b0..].fill(0.0);
     // Columns outside lo..hi read the neighbouring input row: zero them.
     zero_columns(row, w, lo, hi);
 }
@@ -252,14 +277,20 @@ pub fn conv2d_forward(
     for i in 0..n {
         let xi = &x[i * s.in_len()..][..s.in_len()];
         let yi = &mut y[i * s.out_len()..][..s.out_len()];
-        let col: &[f32] = if s.direct() {
-            xi
+        if s.direct() {
+            sgemm(s.c_out, hw_o, kk, w, kk, false, xi, hw_o, false, yi, hw_o, false);
         } else {
-            let col = &mut scratch[..s.scratch_len()];
-            im2col(s, xi, col);
-            col
-        };
-        sgemm(s.c_out, hw_o, kk, w, kk, false, col, hw_o, false, yi, hw_o, false);
+            // Column block by column block: each output element is still one FMA chain
+            // over all of k, so the blocking changes no bit.
+            let (ho, wo, rows) = (s.h_out(), s.w_out(), s.block_rows());
+            for oy0 in (0..ho).step_by(rows) {
+                let oy1 = (oy0 + rows).min(ho);
+                let nb = (oy1 - oy0) * wo;
+                let col = &mut scratch[..kk * nb];
+                im2col(s, xi, (oy0, oy1), col);
+                sgemm(s.c_out, nb, kk, w, kk, false, col, nb, false, &mut yi[oy0 * wo..], hw_o, false);
+            }
+        }
         if let Some(b) = bias {
             for (plane, &bb) in yi.chunks_exact_mut(hw_o.max(1)).zip(b) {
                 for v in plane.iter_mut() {
@@ -306,14 +337,20 @@ pub fn conv2d_accumulate_weight_grad(
     for i in 0..n {
         let xi = &x[i * s.in_len()..][..s.in_len()];
         let dyi = &dy[i * s.out_len()..][..s.out_len()];
-        let col: &[f32] = if s.direct() {
-            xi
+        if s.direct() {
+            sgemm(s.c_out, kk, hw_o, dyi, hw_o, false, xi, hw_o, true, dw, kk, true);
         } else {
-            let col = &mut scratch[..s.scratch_len()];
-            im2col(s, xi, col);
-            col
-        };
-        sgemm(s.c_out, kk, hw_o, dyi, hw_o, false, col, hw_o, true, dw, kk, true);
+            // Block by block of pixels (the GEMM's k), accumulating: each element of `dw`
+            // is the same FMA chain over the pixels in order as in one call.
+            let (ho, wo, rows) = (s.h_out(), s.w_out(), s.block_rows());
+            for oy0 in (0..ho).step_by(rows) {
+                let oy1 = (oy0 + rows).min(ho);
+                let nb = (oy1 - oy0) * wo;
+                let col = &mut scratch[..kk * nb];
+                im2col(s, xi, (oy0, oy1), col);
+                sgemm(s.c_out, kk, nb, &dyi[oy0 * wo..], hw_o, false, col, nb, true, dw, kk, true);
+            }
+        }
     }
     if let Some(db) = dbias {
         for (co, d) in db.iter_mut().enumerate().take(s.c_out) {
