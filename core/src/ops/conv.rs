@@ -146,8 +146,9 @@ fn im2col(s: &Conv2d, x: &[f32], (oy0, oy1): (usize, usize), col: &mut [f32]) {
                         if s.stride == 1 {
                             copy_short(&mut out[lo..hi], &xrow[ix0..ix0 + (hi - lo)]);
                         } else {
-                            for (j, o) in out[lo..hi].iter_mut().enumerate() {
-                                *o = xrow[ix0 + j * s.stride];
+                            // Iterators, not `xrow[ix0 + j·stride]`: no bounds check per element.
+                            for (o, &v) in out[lo..hi].iter_mut().zip(xrow[ix0..].iter().step_by(s.stride)) {
+                                *o = v;
                             }
                         }
                     }
@@ -230,8 +231,8 @@ fn col2im_add(s: &Conv2d, col: &mut [f32], dx: &mut [f32]) {
                             *d += v;
                         }
                     } else {
-                        for (j, &v) in g[lo..hi].iter().enumerate() {
-                            xrow[ix0 + j * s.stride] += v;
+                        for (d, &v) in xrow[ix0..].iter_mut().step_by(s.stride).zip(&g[lo..hi]) {
+                            *d += v;
                         }
                     }
                 }
