@@ -685,3 +685,150 @@ fn sgemm_bits_independent_of_blocking() {
         }
     }
 }
+
+/// The forward keeps each source row's horizontal interpolation for the output rows that
+/// reuse it; its bits must be those of evaluating PyTorch's align_corners expression
+/// `h0·(w0·a + w1·b) + h1·(w0·c + w1·d)` per output pixel (f32, taps as PyTorch computes
+/// them), for up- and downsampling windows.
+#[test]
+fn bilinear_forward_is_bitwise_the_direct_expression() {
+    fn taps(inp: usize, out: usize, o: usize) -> (usize, usize, f32, f32) {
+        let scale = if out > 1 { (inp - 1) as f32 / (out - 1) as f32 } else { 0.0 };
+        let src = scale * o as f32;
+        let i0 = (src as usize).min(inp - 1);
+        let i1 = if i0 < inp - 1 { i0 + 1 } else { i0 };
+        let l1 = (src - i0 as f32).clamp(0.0, 1.0);
+        (i0, i1, 1.0 - l1, l1)
+    }
+    let windows = [
+        Window { y0: 8, x0: 0, ph: 8, pw: 8, ..Window::full(3, 16, 16, 16, 16) },
+        Window { y0: 1, x0: 3, ph: 5, pw: 9, ..Window::full(2, 11, 13, 17, 7) },
+        Window { y0: 0, x0: 0, ph: 12, pw: 12, ..Window::full(1, 12, 12, 5, 150) },
+    ];
+    for (k, s) in windows.into_iter().enumerate() {
+        let n = 2;
+        let x = rand_vec(40 + k as u64, n * s.map_len());
+        let mut y = vec![f32::NAN; n * s.out_len()];
+        bilinear_forward(&s, n, &x, &mut y);
+        for img in 0..n {
+            for ch in 0..s.c {
+                let xp = &x[img * s.map_len() + ch * s.h * s.w..];
+                for oy in 0..s.oh {
+                    let (r0, r1, h0, h1) = taps(s.ph, s.oh, oy);
+                    for ox in 0..s.ow {
+                        let (c0, c1, w0, w1) = taps(s.pw, s.ow, ox);
+                        let at = |r: usize, c: usize| xp[(s.y0 + r) * s.w + s.x0 + c];
+                        let want = h0 * (w0 * at(r0, c0) + w1 * at(r0, c1)) + h1 * (w0 * at(r1, c0) + w1 * at(r1, c1));
+                        let got = y[img * s.out_len() + (ch * s.oh + oy) * s.ow + ox];
+                        assert_eq!(got.to_bits(), want.to_bits(), "window {k}, image {img}, ch {ch}, ({oy}, {ox})");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// With the AVX2+FMA GEMM, every convolution output is one FMA chain in a fixed order,
+/// whatever the blocking of im2col and the GEMM: check the three convolution calls bit
+/// for bit against those chains written out (forward: over `(ci, kh, kw)` from 0; weight
+/// gradient: over images then output pixels, from the gradient's old value; input
+/// gradient: each column entry a chain over output channels, added into a zeroed `dx`
+/// tap by tap), on shapes whose column matrices span several blocks (32×32 and 28×28
+/// stride 1), a downsampling 3×3 and 1×1, and a direct 1×1.
+#[test]
+fn conv_is_bitwise_its_fma_chains() {
+    if sgemm_kernel() != GemmKernel::Avx2Fma {
+        return;
+    }
+    let shapes = [
+        Conv2d { c_in: 16, c_out: 16, h: 32, w: 32, k: 3, stride: 1, pad: 1 },
+        Conv2d { c_in: 16, c_out: 12, h: 28, w: 28, k: 3, stride: 1, pad: 1 },
+        Conv2d { c_in: 16, c_out: 32, h: 16, w: 16, k: 3, stride: 2, pad: 1 },
+        Conv2d { c_in: 8, c_out: 16, h: 9, w: 9, k: 1, stride: 2, pad: 0 },
+        Conv2d { c_in: 8, c_out: 5, h: 6, w: 6, k: 1, stride: 1, pad: 0 },
+    ];
+    for (t, s) in shapes.into_iter().enumerate() {
+        let n = 2;
+        let (ho, wo, k) = (s.h_out(), s.w_out(), s.k);
+        let x = rand_vec(60 + t as u64, n * s.in_len());
+        let w = rand_vec(70 + t as u64, s.weight_len());
+        let dy = rand_vec(80 + t as u64, n * s.out_len());
+        let mut scratch = vec![0.0; s.scratch_len()];
+        // The input pixel tap (kh, kw) of output pixel (oy, ox) reads, if inside.
+        let src = |oy: usize, ox: usize, kh: usize, kw: usize| {
+            let (iy, ix) = (oy * s.stride + kh, ox * s.stride + kw);
+            (iy >= s.pad && iy - s.pad < s.h && ix >= s.pad && ix - s.pad < s.w).then(|| (iy - s.pad, ix - s.pad))
+        };
+        let xv = |i: usize, ci: usize, p: Option<(usize, usize)>| {
+            p.map_or(0.0, |(y, x_)| x[i * s.in_len() + (ci * s.h + y) * s.w + x_])
+        };
+
+        let mut y = vec![f32::NAN; n * s.out_len()];
+        conv2d_forward(&s, n, &x, &w, None, &mut y, &mut scratch);
+        let mut dw = rand_vec(90 + t as u64, s.weight_len());
+        let mut want_dw = dw.clone();
+        conv2d_accumulate_weight_grad(&s, n, &x, &dy, &mut dw, None, &mut scratch);
+        let mut dx = vec![f32::NAN; n * s.in_len()];
+        conv2d_backward_input(&s, n, &dy, &w, &mut dx, &mut scratch);
+
+        let mut want_dx = vec![0.0f32; n * s.in_len()];
+        for i in 0..n {
+            for co in 0..s.c_out {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut acc = 0.0f32;
+                        for ci in 0..s.c_in {
+                            for kh in 0..k {
+                                for kw in 0..k {
+                                    let wq = w[((co * s.c_in + ci) * k + kh) * k + kw];
+                                    acc = wq.mul_add(xv(i, ci, src(oy, ox, kh, kw)), acc);
+                                }
+                            }
+                        }
+                        let got = y[i * s.out_len() + (co * ho + oy) * wo + ox];
+                        assert_eq!(got.to_bits(), acc.to_bits(), "shape {t} forward");
+                    }
+                }
+            }
+            for ci in 0..s.c_in {
+                for kh in 0..k {
+                    for kw in 0..k {
+                        for oy in 0..ho {
+                            for ox in 0..wo {
+                                let Some((iy, ix)) = src(oy, ox, kh, kw) else { continue };
+                                let mut col = 0.0f32;
+                                for co in 0..s.c_out {
+                                    let wq = w[((co * s.c_in + ci) * k + kh) * k + kw];
+                                    col = wq.mul_add(dy[i * s.out_len() + (co * ho + oy) * wo + ox], col);
+                                }
+                                want_dx[i * s.in_len() + (ci * s.h + iy) * s.w + ix] += col;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for co in 0..s.c_out {
+            for ci in 0..s.c_in {
+                for kh in 0..k {
+                    for kw in 0..k {
+                        let q = ((co * s.c_in + ci) * k + kh) * k + kw;
+                        let mut acc = want_dw[q];
+                        for i in 0..n {
+                            for oy in 0..ho {
+                                for ox in 0..wo {
+                                    let g = dy[i * s.out_len() + (co * ho + oy) * wo + ox];
+                                    acc = g.mul_add(xv(i, ci, src(oy, ox, kh, kw)), acc);
+                                }
+                            }
+                        }
+                        want_dw[q] = acc;
+                    }
+                }
+            }
+        }
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&dw), bits(&want_dw), "shape {t} weight gradient");
+        assert_eq!(bits(&dx), bits(&want_dx), "shape {t} input gradient");
+    }
+}

@@ -152,8 +152,10 @@ impl Executor for CpuExecutor {
         let e = self.extra_for(plan)?;
         let inp = plan.input();
         self.arena[inp.off..inp.end()].copy_from_slice(input.x);
+        let mut ops = Vec::new();
+        plan.train_step(|op| ops.push(*op));
         let ctx = Ctx::new(plan, &mut self.arena, &mut self.scratch, &mut self.partials, e, input);
-        self.pool.install(|| plan.train_step(|op| ctx.run(op, losses)));
+        self.pool.install(|| ctx.run_all(&ops, losses));
         Ok(())
     }
 
@@ -163,8 +165,10 @@ impl Executor for CpuExecutor {
         let inp = plan.input();
         self.arena[inp.off..inp.end()].copy_from_slice(x);
         let input = StepInput { x, labels: &[], lr: 0.0, sgd: Default::default() };
+        let mut ops = Vec::new();
+        plan.eval_step(|op| ops.push(*op));
         let ctx = Ctx::new(plan, &mut self.arena, &mut self.scratch, &mut self.partials, e, &input);
-        self.pool.install(|| plan.eval_step(|op| ctx.run(op, &mut [])));
+        self.pool.install(|| ctx.run_all(&ops, &mut []));
         let l = plan.logits();
         logits.copy_from_slice(&self.arena[l.off..l.end()]);
         Ok(())
@@ -200,6 +204,32 @@ impl Region {
         assert!(off + len <= self.len, "slice outside its region");
         // SAFETY: in bounds; the caller owns these elements exclusively for the op's duration.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), len) }
+    }
+}
+
+/// The op right after a BN apply when it only transforms that BN's output: the executor
+/// runs it on each image straight after the image's BN apply, while the image is still in
+/// cache, instead of as another pass over the whole batch. Every element gets the same
+/// operations in the same order as the separate ops would give it, so results keep their bits.
+#[derive(Clone, Copy)]
+enum Tail {
+    /// `Relu { x: bn.y }`.
+    Relu,
+    /// `AddRelu { y: bn.y, x: residual }`: the residual is added into the BN output.
+    AddInto(Buf),
+    /// `AddRelu { y: out, x: bn.y }`: the BN output (a shortcut's) is added into `out`.
+    AddOnto(Buf),
+}
+
+impl Tail {
+    /// The tail `next` makes of a BN that writes `bn_y`, if it is one.
+    fn of(bn_y: Buf, next: Option<&Op>) -> Option<Tail> {
+        match next {
+            Some(&Op::Relu { x }) if x == bn_y => Some(Tail::Relu),
+            Some(&Op::AddRelu { y, x }) if y == bn_y => Some(Tail::AddInto(x)),
+            Some(&Op::AddRelu { y, x }) if x == bn_y => Some(Tail::AddOnto(y)),
+            _ => None,
+        }
     }
 }
 
@@ -316,6 +346,116 @@ impl<'a> Ctx<'a> {
         ops::batchnorm_update_running(&s, count, raw, mean_invstd, self.arena.w(state, 2 * c), updates);
     }
 
+    /// Runs `ops` in order, fusing the runs of ops that [`Ctx::run_fused`] knows.
+    fn run_all(&self, ops: &[Op], losses: &mut [f32]) {
+        let mut i = 0;
+        while i < ops.len() {
+            i += match self.run_fused(&ops[i..]) {
+                Some(taken) => taken,
+                None => {
+                    self.run(&ops[i], losses);
+                    1
+                }
+            };
+        }
+    }
+
+    /// Runs a fusable run of ops at the head of `ops` as one pass over the batch and
+    /// returns how many ops it took, or `None` (nothing run) if the head is not one:
+    /// - eval's conv → BN (→ ReLU or residual add + ReLU): each image's conv output is
+    ///   normalized (and rectified) while still in cache;
+    /// - training's BN apply (→ ReLU or residual add + ReLU), after the batch statistics;
+    /// - a conv's input gradient → ReLU backward: the mask is applied per image in cache;
+    /// - ReLU backward → BN backward over that gradient: masked in the BN's first pass.
+    ///
+    /// Each fused run performs exactly the element operations of its ops, so the bits are
+    /// those of running them one by one.
+    fn run_fused(&self, ops: &[Op]) -> Option<usize> {
+        let tail = |bn_y: Buf, at: usize| Tail::of(bn_y, ops.get(at));
+        let with_tail = |t: Option<Tail>, len: usize| len + usize::from(t.is_some());
+        match (ops[0], ops.get(1)) {
+            (
+                Op::Conv { shape: s, weight, bias, x, y: h },
+                Some(&Op::BnEval { shape, affine, state, x: bx, y, stats }),
+            ) if bx == h => {
+                self.bn_eval_stats(shape.c, state, stats);
+                let t = tail(y, 2);
+                let wt = self.arena.r(weight, s.weight_len());
+                let bias = bias.map(|b| self.arena.r(b, s.c_out));
+                self.each_chunk(|_, i0, cnt| {
+                    for i in i0..i0 + cnt {
+                        let (xs, hs) = (self.rows(x, i, 1), self.rows_mut(h, i, 1));
+                        ops::conv2d_forward(&s, 1, xs, wt, bias, hs, self.thread_scratch());
+                        self.bn_apply_image(shape, affine, h, y, stats, t, i);
+                    }
+                });
+                Some(with_tail(t, 2))
+            }
+            (Op::BnTrain { shape, affine, state, x, y, stats, updates }, _) => {
+                let t = tail(y, 1)?;
+                self.bn_stats(shape, x, stats, state, updates);
+                self.bn_apply_tail(shape, affine, x, y, stats, t);
+                Some(2)
+            }
+            (Op::BnApply { shape, affine, x, y, stats }, _) => {
+                let t = tail(y, 1)?;
+                self.bn_apply_tail(shape, affine, x, y, stats, t);
+                Some(2)
+            }
+            (
+                Op::ConvBackward { shape, weight, bias: None, x, dy, dx: Some(dx) },
+                Some(&Op::ReluBackward { y: r, dy: d }),
+            ) if d == dx => {
+                self.conv_backward(shape, weight, None, x, dy, Some((dx, Some(r))));
+                Some(2)
+            }
+            (
+                Op::ReluBackward { y: r, dy },
+                Some(&Op::BnBackward { shape, affine, x, dy: d, dx, stats, sums, weights }),
+            ) if d == dy => {
+                self.bn_backward(shape, affine, x, dy, dx, stats, sums, weights, Some(r));
+                Some(2)
+            }
+            _ => None,
+        }
+    }
+
+    /// Eval-mode BN statistics: the running statistics as mean and invstd into `stats`.
+    fn bn_eval_stats(&self, c: usize, state: usize, stats: Buf) {
+        let st = self.w(stats);
+        let (mean, invstd) = st[..2 * c].split_at_mut(c);
+        let rs = self.arena.r(state, 2 * c);
+        ops::batchnorm_eval_stats(&rs[..c], &rs[c..], mean, invstd);
+    }
+
+    /// BN apply then `tail`, image by image.
+    fn bn_apply_tail(&self, s: BatchNorm2d, gp: usize, x: Buf, y: Buf, stats: Buf, t: Tail) {
+        self.each_chunk(|_, i0, cnt| (i0..i0 + cnt).for_each(|i| self.bn_apply_image(s, gp, x, y, stats, Some(t), i)));
+    }
+
+    /// BN apply of image `i` from `x` into `y`, then its `tail`.
+    #[allow(clippy::too_many_arguments)]
+    fn bn_apply_image(&self, s: BatchNorm2d, gp: usize, x: Buf, y: Buf, stats: Buf, t: Option<Tail>, i: usize) {
+        let c = s.c;
+        let st = self.r(stats);
+        let gb = self.arena.r(gp, 2 * c);
+        let ys = self.rows_mut(y, i, 1);
+        ops::batchnorm_forward(&s, 1, self.rows(x, i, 1), &st[..c], &st[c..2 * c], &gb[..c], &gb[c..], ys);
+        match t {
+            None => {}
+            Some(Tail::Relu) => ops::relu_inplace(ys),
+            Some(Tail::AddInto(r)) => {
+                ops::add_assign(ys, self.rows(r, i, 1));
+                ops::relu_inplace(ys);
+            }
+            Some(Tail::AddOnto(out)) => {
+                let os = self.rows_mut(out, i, 1);
+                ops::add_assign(os, ys);
+                ops::relu_inplace(os);
+            }
+        }
+    }
+
     fn run(&self, op: &Op, losses: &mut [f32]) {
         let p = self.plan.params;
         let n = self.n;
@@ -342,11 +482,7 @@ impl<'a> Ctx<'a> {
                 self.bn_apply(shape, affine, x, y, stats);
             }
             Op::BnEval { shape, affine, state, x, y, stats } => {
-                let c = shape.c;
-                let st = self.w(stats);
-                let (mean, invstd) = st[..2 * c].split_at_mut(c);
-                let rs = self.arena.r(state, 2 * c);
-                ops::batchnorm_eval_stats(&rs[..c], &rs[c..], mean, invstd);
+                self.bn_eval_stats(shape.c, state, stats);
                 self.bn_apply(shape, affine, x, y, stats);
             }
             Op::BnApply { shape, affine, x, y, stats } => self.bn_apply(shape, affine, x, y, stats),
@@ -396,67 +532,10 @@ impl<'a> Ctx<'a> {
                     loss::supcon(n, dim, self.r(features), labels, t, t, scale, self.w(dfeatures), self.w(scratch));
             }
             Op::ConvBackward { shape, weight, bias, x, dy, dx } => {
-                let weights = x.is_some();
-                let (wl, cb) = (shape.weight_len(), if bias.is_some() { shape.c_out } else { 0 });
-                let wt = self.arena.r(weight, wl);
-                let grad = self.arena.w(self.plan.grad_of(weight), wl);
-                let mut gb = [0f32; 0];
-                let gbias = match bias {
-                    Some(bias) => self.arena.w(self.plan.grad_of(bias), shape.c_out),
-                    None => &mut gb[..],
-                };
-                self.each_chunk(|c, i0, cnt| {
-                    let dys = self.rows(dy, i0, cnt);
-                    let scratch = self.thread_scratch();
-                    if let Some(x) = x {
-                        let xs = self.rows(x, i0, cnt);
-                        let part = self.partial(c, wl + cb);
-                        part.fill(0.0);
-                        let (pw, pb) = part.split_at_mut(wl);
-                        ops::conv2d_accumulate_weight_grad(&shape, cnt, xs, dys, pw, bias.map(|_| pb), scratch);
-                    }
-                    if let Some(dx) = dx {
-                        ops::conv2d_backward_input(&shape, cnt, dys, wt, self.rows_mut(dx, i0, cnt), scratch);
-                    }
-                });
-                if weights {
-                    self.gather(wl, cb, grad, gbias);
-                }
+                self.conv_backward(shape, weight, bias, x, dy, dx.map(|d| (d, None)))
             }
             Op::BnBackward { shape, affine, x, dy, dx, stats, sums, weights } => {
-                let c = shape.c;
-                let st = self.r(stats);
-                let (mean, invstd) = (&st[..c], &st[c..2 * c]);
-                let sm = self.w(sums);
-                sm.fill(0.0);
-                self.reduce(2 * c, sm, |i0, cnt, part| {
-                    let (pd, px) = part.split_at_mut(c);
-                    let (xs, dys) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt));
-                    ops::batchnorm_accumulate_backward_sums(&shape, cnt, xs, dys, mean, invstd, pd, px);
-                });
-                let (sum_dy, sum_dy_xhat) = sm.split_at(c);
-                let gamma = self.arena.r(affine, c);
-                self.each_chunk(|_, i0, cnt| {
-                    let (xs, dys, dxs) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt));
-                    ops::batchnorm_backward_input(
-                        &shape,
-                        cnt,
-                        xs,
-                        dys,
-                        mean,
-                        invstd,
-                        gamma,
-                        sum_dy,
-                        sum_dy_xhat,
-                        n * shape.hw,
-                        dxs,
-                    );
-                });
-                if weights {
-                    let g = self.arena.w(self.plan.grad_of(affine), 2 * c);
-                    ops::add_assign(&mut g[..c], sum_dy_xhat);
-                    ops::add_assign(&mut g[c..], sum_dy);
-                }
+                self.bn_backward(shape, affine, x, dy, dx, stats, sums, weights, None)
             }
             Op::ReluBackward { y, dy } => self
                 .each_chunk(|_, i0, cnt| ops::relu_backward_inplace(self.rows(y, i0, cnt), self.rows_mut(dy, i0, cnt))),
@@ -503,6 +582,104 @@ impl<'a> Ctx<'a> {
                     .zip(mom.par_chunks_mut(SGD_PIECE))
                     .for_each(|((pp, gg), mm)| sgd_step(&sgd, lr, pp, gg, mm));
             }
+        }
+    }
+
+    /// A conv's weight gradient (with `x`) and input gradient (with `dx`); `dx`'s second
+    /// part is a ReLU output whose backward mask then goes over each image's input
+    /// gradient while it is in cache (a fused `ReluBackward { y, dy: dx }`).
+    fn conv_backward(
+        &self,
+        shape: ops::Conv2d,
+        weight: usize,
+        bias: Option<usize>,
+        x: Option<Buf>,
+        dy: Buf,
+        dx: Option<(Buf, Option<Buf>)>,
+    ) {
+        let weights = x.is_some();
+        let (wl, cb) = (shape.weight_len(), if bias.is_some() { shape.c_out } else { 0 });
+        let wt = self.arena.r(weight, wl);
+        let grad = self.arena.w(self.plan.grad_of(weight), wl);
+        let mut gb = [0f32; 0];
+        let gbias = match bias {
+            Some(bias) => self.arena.w(self.plan.grad_of(bias), shape.c_out),
+            None => &mut gb[..],
+        };
+        self.each_chunk(|c, i0, cnt| {
+            let scratch = self.thread_scratch();
+            if let Some(x) = x {
+                let (xs, dys) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt));
+                let part = self.partial(c, wl + cb);
+                part.fill(0.0);
+                let (pw, pb) = part.split_at_mut(wl);
+                ops::conv2d_accumulate_weight_grad(&shape, cnt, xs, dys, pw, bias.map(|_| pb), scratch);
+            }
+            if let Some((dx, mask)) = dx {
+                for i in i0..i0 + cnt {
+                    let dxs = self.rows_mut(dx, i, 1);
+                    ops::conv2d_backward_input(&shape, 1, self.rows(dy, i, 1), wt, dxs, scratch);
+                    if let Some(r) = mask {
+                        ops::relu_backward_inplace(self.rows(r, i, 1), dxs);
+                    }
+                }
+            }
+        });
+        if weights {
+            self.gather(wl, cb, grad, gbias);
+        }
+    }
+
+    /// Training-mode BN backward; with `mask` (a ReLU output), `dy` first gets that
+    /// ReLU's backward, in place, in the pass that sums it (a fused `ReluBackward`).
+    #[allow(clippy::too_many_arguments)]
+    fn bn_backward(
+        &self,
+        shape: BatchNorm2d,
+        affine: usize,
+        x: Buf,
+        dy: Buf,
+        dx: Buf,
+        stats: Buf,
+        sums: Buf,
+        weights: bool,
+        mask: Option<Buf>,
+    ) {
+        let (c, n) = (shape.c, self.n);
+        let st = self.r(stats);
+        let (mean, invstd) = (&st[..c], &st[c..2 * c]);
+        let sm = self.w(sums);
+        sm.fill(0.0);
+        self.reduce(2 * c, sm, |i0, cnt, part| {
+            if let Some(r) = mask {
+                ops::relu_backward_inplace(self.rows(r, i0, cnt), self.rows_mut(dy, i0, cnt));
+            }
+            let (pd, px) = part.split_at_mut(c);
+            let (xs, dys) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt));
+            ops::batchnorm_accumulate_backward_sums(&shape, cnt, xs, dys, mean, invstd, pd, px);
+        });
+        let (sum_dy, sum_dy_xhat) = sm.split_at(c);
+        let gamma = self.arena.r(affine, c);
+        self.each_chunk(|_, i0, cnt| {
+            let (xs, dys, dxs) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt));
+            ops::batchnorm_backward_input(
+                &shape,
+                cnt,
+                xs,
+                dys,
+                mean,
+                invstd,
+                gamma,
+                sum_dy,
+                sum_dy_xhat,
+                n * shape.hw,
+                dxs,
+            );
+        });
+        if weights {
+            let g = self.arena.w(self.plan.grad_of(affine), 2 * c);
+            ops::add_assign(&mut g[..c], sum_dy_xhat);
+            ops::add_assign(&mut g[c..], sum_dy);
         }
     }
 

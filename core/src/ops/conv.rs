@@ -7,6 +7,9 @@
 
 use super::{fold_lanes, sgemm, sum_lanes};
 
+/// Floats of one block of the column matrix (144 KiB), see [`Conv2d::block_rows`].
+const COL_BLOCK: usize = 36 * 1024;
+
 /// Shape of a convolution layer on `h × w` inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2d {
@@ -64,6 +67,14 @@ impl Conv2d {
     pub const fn flops(&self) -> usize {
         2 * self.c_out * self.c_in * self.k * self.k * self.h_out() * self.w_out()
     }
+    /// Output rows per block of the forward and weight-gradient column matrix: the block
+    /// (`c_in·k·k × rows·w_out` floats) is kept to [`COL_BLOCK`] floats so it is still in
+    /// L2 when the GEMM packs it right after im2col wrote it (a whole 16-channel 32×32
+    /// image's matrix, 576 KiB, is not).
+    fn block_rows(&self) -> usize {
+        let per_row = self.c_in * self.k * self.k * self.w_out();
+        (COL_BLOCK / per_row.max(1)).clamp(1, self.h_out().max(1))
+    }
     /// Output columns `ox` whose input column `ox·stride + kw − pad` lies inside the row.
     fn valid_cols(&self, kw: usize) -> (usize, usize) {
         let wo = self.w_out();
@@ -100,10 +111,11 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// Unfolds one image into its column matrix.
-fn im2col(s: &Conv2d, x: &[f32], col: &mut [f32]) {
+/// Unfolds output rows `oy0..oy1` of one image into their column matrix
+/// (`[c_in·k·k][(oy1 − oy0)·w_out]`).
+fn im2col(s: &Conv2d, x: &[f32], (oy0, oy1): (usize, usize), col: &mut [f32]) {
     let (ho, wo, k) = (s.h_out(), s.w_out(), s.k);
-    let hw_o = ho * wo;
+    let nb = (oy1 - oy0) * wo;
     // A stride-1 "same" convolution (every 3×3 of a ResNet but the downsampling ones):
     // output and input planes have one shape, so each column-matrix row is the input
     // plane shifted by (kh − pad)·w + (kw − pad) — one long copy — after which the
@@ -113,29 +125,30 @@ fn im2col(s: &Conv2d, x: &[f32], col: &mut [f32]) {
         let plane = &x[ci * s.h * s.w..][..s.h * s.w];
         for kh in 0..k {
             for kw in 0..k {
-                let row = &mut col[((ci * k + kh) * k + kw) * hw_o..][..hw_o];
+                let row = &mut col[((ci * k + kh) * k + kw) * nb..][..nb];
                 let (lo, hi) = s.valid_cols(kw);
                 if same {
-                    im2col_shifted(s, plane, kh, kw, (lo, hi), row);
+                    im2col_shifted(s, plane, kh, kw, (lo, hi), (oy0 * wo, oy1 * wo), row);
                     continue;
                 }
-                for (oy, out) in row.chunks_exact_mut(wo).enumerate() {
+                // Zero-padding columns (see zero_columns), then the rows' valid parts.
+                zero_columns(row, wo, lo, hi);
+                for (oy, out) in (oy0..oy1).zip(row.chunks_exact_mut(wo)) {
                     let iy = oy * s.stride + kh;
                     if iy < s.pad || iy - s.pad >= s.h {
                         out.fill(0.0);
                         continue;
                     }
                     let xrow = &plane[(iy - s.pad) * s.w..][..s.w];
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
                     if lo < hi {
                         // ix = ox·stride + kw − pad, in range for ox in lo..hi.
                         let ix0 = lo * s.stride + kw - s.pad;
                         if s.stride == 1 {
                             copy_short(&mut out[lo..hi], &xrow[ix0..ix0 + (hi - lo)]);
                         } else {
-                            for (j, o) in out[lo..hi].iter_mut().enumerate() {
-                                *o = xrow[ix0 + j * s.stride];
+                            // Iterators, not `xrow[ix0 + j·stride]`: no bounds check per element.
+                            for (o, &v) in out[lo..hi].iter_mut().zip(xrow[ix0..].iter().step_by(s.stride)) {
+                                *o = v;
                             }
                         }
                     }
@@ -145,10 +158,19 @@ fn im2col(s: &Conv2d, x: &[f32], col: &mut [f32]) {
     }
 }
 
-/// One column-matrix row of a stride-1 "same" convolution: `row[p] = plane[p + shift]`
-/// where that input pixel lies inside the plane, else 0; `(lo, hi)` are the output
-/// columns whose input column is inside the row ([`Conv2d::valid_cols`]).
-fn im2col_shifted(s: &Conv2d, plane: &[f32], kh: usize, kw: usize, (lo, hi): (usize, usize), row: &mut [f32]) {
+/// One column-matrix row of a stride-1 "same" convolution, for the output pixels
+/// `b0..b1` (whole output rows): `row[p − b0] = plane[p + shift]` where that input pixel
+/// lies inside the plane, else 0; `(lo, hi)` are the output columns whose input column is
+/// inside the row ([`Conv2d::valid_cols`]).
+fn im2col_shifted(
+    s: &Conv2d,
+    plane: &[f32],
+    kh: usize,
+    kw: usize,
+    (lo, hi): (usize, usize),
+    (b0, b1): (usize, usize),
+    row: &mut [f32],
+) {
     let (w, hw) = (s.w, s.h * s.w);
     // Flat input index p + shift, shift = (kh − pad)·w + (kw − pad), split into its
     // non-negative parts so no signed arithmetic is needed.
@@ -157,28 +179,43 @@ fn im2col_shifted(s: &Conv2d, plane: &[f32], kh: usize, kw: usize, (lo, hi): (us
     // Valid p: down ≤ p + up < hw + down.
     let p_lo = down.saturating_sub(up).min(hw);
     let p_hi = (hw + down).saturating_sub(up).clamp(p_lo, hw);
-    row[..p_lo].fill(0.0);
-    row[p_lo..p_hi].copy_from_slice(&plane[p_lo + up - down..p_hi + up - down]);
-    row[p_hi..].fill(0.0);
+    // The valid p inside the block, relative to it.
+    let (a, b) = (p_lo.clamp(b0, b1), p_hi.clamp(b0, b1));
+    row[..a - b0].fill(0.0);
+    if a < b {
+        row[a - b0..b - b0].copy_from_slice(&plane[a + up - down..b + up - down]);
+    }
+    row[b - b0..].fill(0.0);
     // Columns outside lo..hi read the neighbouring input row: zero them.
-    if lo > 0 || hi < w {
-        for out in row.chunks_exact_mut(w) {
-            out[..lo].fill(0.0);
-            out[hi..].fill(0.0);
-        }
+    zero_columns(row, w, lo, hi);
+}
+
+/// Zeroes columns `..lo` and `hi..` of every `w`-wide row of `rows`. Column by column,
+/// as strided stores: a `fill` per row of the one or two elements a padded edge has would
+/// become a `memset` call per row, which cost more than im2col's whole copy.
+#[inline]
+fn zero_columns(rows: &mut [f32], w: usize, lo: usize, hi: usize) {
+    for c in (0..lo).chain(hi..w) {
+        rows[c..].iter_mut().step_by(w).for_each(|v| *v = 0.0);
     }
 }
 
 /// Folds a column-matrix gradient back onto one image, adding (`dx` zeroed by the caller).
-fn col2im_add(s: &Conv2d, col: &[f32], dx: &mut [f32]) {
+/// Clobbers `col`.
+fn col2im_add(s: &Conv2d, col: &mut [f32], dx: &mut [f32]) {
     let (ho, wo, k) = (s.h_out(), s.w_out(), s.k);
     let hw_o = ho * wo;
+    let same = s.stride == 1 && ho == s.h && wo == s.w;
     for ci in 0..s.c_in {
         let plane = &mut dx[ci * s.h * s.w..][..s.h * s.w];
         for kh in 0..k {
             for kw in 0..k {
-                let row = &col[((ci * k + kh) * k + kw) * hw_o..][..hw_o];
+                let row = &mut col[((ci * k + kh) * k + kw) * hw_o..][..hw_o];
                 let (lo, hi) = s.valid_cols(kw);
+                if same {
+                    col2im_shifted_add(s, kh, kw, (lo, hi), row, plane);
+                    continue;
+                }
                 if lo >= hi {
                     continue;
                 }
@@ -194,12 +231,32 @@ fn col2im_add(s: &Conv2d, col: &[f32], dx: &mut [f32]) {
                             *d += v;
                         }
                     } else {
-                        for (j, &v) in g[lo..hi].iter().enumerate() {
-                            xrow[ix0 + j * s.stride] += v;
+                        for (d, &v) in xrow[ix0..].iter_mut().step_by(s.stride).zip(&g[lo..hi]) {
+                            *d += v;
                         }
                     }
                 }
             }
+        }
+    }
+}
+
+/// The inverse of [`im2col_shifted`]: `plane[p + shift] += row[p]` over the valid `p`, as
+/// one long add instead of one short add per output row. The row's columns outside
+/// `lo..hi` (which would land on the neighbouring input row) are zeroed first, so they
+/// add `+0.0`: that changes no bit of `dx`, which starts at `+0.0` and so never holds
+/// `−0.0` (a sum only gives `−0.0` when both terms are `−0.0`).
+fn col2im_shifted_add(s: &Conv2d, kh: usize, kw: usize, (lo, hi): (usize, usize), row: &mut [f32], plane: &mut [f32]) {
+    let (w, hw) = (s.w, s.h * s.w);
+    zero_columns(row, w, lo, hi);
+    // As in im2col_shifted: shift = up − down, valid p: down ≤ p + up < hw + down.
+    let up = kh * w + kw;
+    let down = s.pad * w + s.pad;
+    let p_lo = down.saturating_sub(up).min(hw);
+    let p_hi = (hw + down).saturating_sub(up).clamp(p_lo, hw);
+    if p_lo < p_hi {
+        for (d, &v) in plane[p_lo + up - down..p_hi + up - down].iter_mut().zip(&row[p_lo..p_hi]) {
+            *d += v;
         }
     }
 }
@@ -221,14 +278,20 @@ pub fn conv2d_forward(
     for i in 0..n {
         let xi = &x[i * s.in_len()..][..s.in_len()];
         let yi = &mut y[i * s.out_len()..][..s.out_len()];
-        let col: &[f32] = if s.direct() {
-            xi
+        if s.direct() {
+            sgemm(s.c_out, hw_o, kk, w, kk, false, xi, hw_o, false, yi, hw_o, false);
         } else {
-            let col = &mut scratch[..s.scratch_len()];
-            im2col(s, xi, col);
-            col
-        };
-        sgemm(s.c_out, hw_o, kk, w, kk, false, col, hw_o, false, yi, hw_o, false);
+            // Column block by column block: each output element is still one FMA chain
+            // over all of k, so the blocking changes no bit.
+            let (ho, wo, rows) = (s.h_out(), s.w_out(), s.block_rows());
+            for oy0 in (0..ho).step_by(rows) {
+                let oy1 = (oy0 + rows).min(ho);
+                let nb = (oy1 - oy0) * wo;
+                let col = &mut scratch[..kk * nb];
+                im2col(s, xi, (oy0, oy1), col);
+                sgemm(s.c_out, nb, kk, w, kk, false, col, nb, false, &mut yi[oy0 * wo..], hw_o, false);
+            }
+        }
         if let Some(b) = bias {
             for (plane, &bb) in yi.chunks_exact_mut(hw_o.max(1)).zip(b) {
                 for v in plane.iter_mut() {
@@ -275,14 +338,20 @@ pub fn conv2d_accumulate_weight_grad(
     for i in 0..n {
         let xi = &x[i * s.in_len()..][..s.in_len()];
         let dyi = &dy[i * s.out_len()..][..s.out_len()];
-        let col: &[f32] = if s.direct() {
-            xi
+        if s.direct() {
+            sgemm(s.c_out, kk, hw_o, dyi, hw_o, false, xi, hw_o, true, dw, kk, true);
         } else {
-            let col = &mut scratch[..s.scratch_len()];
-            im2col(s, xi, col);
-            col
-        };
-        sgemm(s.c_out, kk, hw_o, dyi, hw_o, false, col, hw_o, true, dw, kk, true);
+            // Block by block of pixels (the GEMM's k), accumulating: each element of `dw`
+            // is the same FMA chain over the pixels in order as in one call.
+            let (ho, wo, rows) = (s.h_out(), s.w_out(), s.block_rows());
+            for oy0 in (0..ho).step_by(rows) {
+                let oy1 = (oy0 + rows).min(ho);
+                let nb = (oy1 - oy0) * wo;
+                let col = &mut scratch[..kk * nb];
+                im2col(s, xi, (oy0, oy1), col);
+                sgemm(s.c_out, kk, nb, &dyi[oy0 * wo..], hw_o, false, col, nb, true, dw, kk, true);
+            }
+        }
     }
     if let Some(db) = dbias {
         for (co, d) in db.iter_mut().enumerate().take(s.c_out) {

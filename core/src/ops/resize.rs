@@ -67,6 +67,34 @@ fn col_taps(s: &Window, ox0: usize, table: &mut [(usize, usize, f32, f32)]) {
     }
 }
 
+/// The horizontal interpolations of the last two source rows [`bilinear_forward`] used.
+struct RowCache {
+    row: [usize; 2],
+    val: [[f32; TAP_BLOCK]; 2],
+}
+
+impl RowCache {
+    /// The values of rows `r0 ≤ r1`, computing missing ones with `fill`. Output rows
+    /// only move down the source, so the slot to reuse is the one holding neither
+    /// (the older row, never needed again).
+    fn get(
+        &mut self,
+        r0: usize,
+        r1: usize,
+        mut fill: impl FnMut(usize, &mut [f32; TAP_BLOCK]),
+    ) -> (&[f32; TAP_BLOCK], &[f32; TAP_BLOCK]) {
+        for r in [r0, r1] {
+            if !self.row.contains(&r) {
+                let slot = if self.row[0] == r0 || self.row[0] == r1 { 1 } else { 0 };
+                fill(r, &mut self.val[slot]);
+                self.row[slot] = r;
+            }
+        }
+        let at = |r: usize| if self.row[0] == r { 0 } else { 1 };
+        (&self.val[at(r0)], &self.val[at(r1)])
+    }
+}
+
 /// Bilinear resize of the window of each of `n` maps to `oh × ow` (overwrites `y`).
 pub fn bilinear_forward(s: &Window, n: usize, x_full: &[f32], y: &mut [f32]) {
     s.check();
@@ -80,12 +108,21 @@ pub fn bilinear_forward(s: &Window, n: usize, x_full: &[f32], y: &mut [f32]) {
             for ch in 0..s.c {
                 let xp = &x_full[img * s.map_len() + ch * plane_in..][..plane_in];
                 let yp = &mut y[img * s.out_len() + ch * s.oh * s.ow..][..s.oh * s.ow];
+                // Each source row's horizontal interpolation is computed once and kept while
+                // output rows still use it (upsampling reuses a row for several output
+                // rows); the output is the same expression of the same values as before.
+                let mut rows = RowCache { row: [usize::MAX; 2], val: [[0.0; TAP_BLOCK]; 2] };
                 for (oy, yrow) in yp.chunks_exact_mut(s.ow).enumerate() {
                     let (r0, r1, h0, h1) = taps(s.ph, s.oh, oy);
-                    let row0 = &xp[(s.y0 + r0) * s.w + s.x0..][..s.pw];
-                    let row1 = &xp[(s.y0 + r1) * s.w + s.x0..][..s.pw];
-                    for (o, &(c0, c1, w0, w1)) in yrow[ox0..].iter_mut().zip(cols.iter()) {
-                        *o = h0 * (w0 * row0[c0] + w1 * row0[c1]) + h1 * (w0 * row1[c0] + w1 * row1[c1]);
+                    let horizontal = |r: usize, out: &mut [f32; TAP_BLOCK]| {
+                        let row = &xp[(s.y0 + r) * s.w + s.x0..][..s.pw];
+                        for (o, &(c0, c1, w0, w1)) in out.iter_mut().zip(cols.iter()) {
+                            *o = w0 * row[c0] + w1 * row[c1];
+                        }
+                    };
+                    let (a, b) = rows.get(r0, r1, horizontal);
+                    for ((o, &a), &b) in yrow[ox0..].iter_mut().zip(&a[..cols.len()]).zip(&b[..cols.len()]) {
+                        *o = h0 * a + h1 * b;
                     }
                 }
             }
