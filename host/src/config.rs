@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hpff_core::arch::Arch;
+use hpff_core::arch::{Arch, Family};
 use hpff_core::method::{AuxHead, Base, Levels, LocalLoss, Method};
 use hpff_core::optim::{LrSchedule, Sgd};
 use hpff_core::partition::{Partition, TableKind};
@@ -272,10 +272,10 @@ hyper_parameters! {
         /// Dataset [default: fashion-mnist]
         #[arg(long, value_enum)]
         dataset: DatasetName = DatasetName::FashionMnist;
-        /// Backbone: resnetN, N = 6m+2 (resnet8, resnet20, resnet32, resnet110, …) or resnet164 [default: resnet32]
+        /// Backbone: CIFAR resnetN, N = 6m+2 (resnet8, resnet20, resnet32, resnet110, …) or resnet164; ImageNet resnetN-imagenet, N = 18, 34, 50, 101, 152 (7×7 stem + max pool, four stages) [default: resnet32]
         #[arg(long)]
         arch: String = "resnet32".into();
-        /// Base width of the ResNet: stem channels, stages w, 2w, 4w (4 or 8 to fit a microcontroller) [default: 16]
+        /// Base width of the ResNet: stem channels, stages w, 2w, 4w (, 8w on ImageNet; 4 or 8 to fit a microcontroller) [default: 16, 64 for the ImageNet networks]
         // Left out unless given, so configs and checkpoints of default-width runs stay as they were.
         #[arg(long)]
         width: usize;
@@ -451,8 +451,10 @@ impl Settings {
     /// Checks the settings and builds the typed [`Setup`] for input `shape`.
     pub fn setup(&self, shape: Shape) -> Result<Setup> {
         let c = self;
-        let depth = parse_arch(&c.arch)?;
-        let mut arch = Arch::resnet(depth, shape.c, shape.image, shape.classes)?;
+        let mut arch = match parse_arch(&c.arch)? {
+            (Family::Cifar, depth) => Arch::resnet(depth, shape.c, shape.image, shape.classes)?,
+            (Family::ImageNet, depth) => Arch::resnet_imagenet(depth, shape.c, shape.image, shape.classes)?,
+        };
         if let Some(w) = c.width {
             arch = arch.with_width(w)?;
         }
@@ -574,15 +576,21 @@ impl Settings {
     }
 }
 
-/// `"resnet32"` (or `"32"`) → 32.
-pub fn parse_arch(s: &str) -> Result<usize> {
+/// `"resnet32"` (or `"32"`) → the CIFAR ResNet-32; `"resnet101-imagenet"` → the ImageNet
+/// ResNet-101. The depth is checked when the network is built.
+pub fn parse_arch(s: &str) -> Result<(Family, usize)> {
     let t = s.trim().to_ascii_lowercase();
-    let digits = t.strip_prefix("resnet").unwrap_or(&t).trim_start_matches(['-', '_']);
-    digits.parse::<usize>().map_err(|_| {
+    let (family, t) = match t.strip_suffix("-imagenet") {
+        Some(rest) => (Family::ImageNet, rest),
+        None => (Family::Cifar, t.as_str()),
+    };
+    let digits = t.strip_prefix("resnet").unwrap_or(t).trim_start_matches(['-', '_']);
+    let depth = digits.parse::<usize>().map_err(|_| {
         Error::msg(format!(
-            "unknown architecture {s:?}: use resnetN with N = 6m+2 (resnet8, resnet20, resnet32, resnet56, resnet110) or resnet164"
+            "unknown architecture {s:?}: use resnetN with N = 6m+2 (resnet8, resnet20, resnet32, resnet56, resnet110) or resnet164, or resnetN-imagenet with N = 18, 34, 50, 101, 152"
         ))
-    })
+    })?;
+    Ok((family, depth))
 }
 
 /// `"1,4;2,4"` → [(1,4), (2,4)].

@@ -8,7 +8,7 @@ use crate::kernels::K;
 use crate::launch::{check_signature, Arg, Gemm, Sink, BLOCK, MAX_GRID};
 use crate::sizing::{chan_parts, conv_ws_per_image, flat_parts, Extras};
 use hpff_core::loss::SUPCON_TEMPERATURE;
-use hpff_core::ops::{BatchNorm2d, Conv2d, Window, BN_EPS, BN_MOMENTUM};
+use hpff_core::ops::{BatchNorm2d, Conv2d, MaxPool2d, Window, BN_EPS, BN_MOMENTUM};
 use hpff_core::plan::{Buf, Op, Plan};
 
 /// Device addresses of the arena and the executor's buffers.
@@ -39,6 +39,19 @@ fn l(what: &'static str, v: usize) -> Result<Arg, CudaError> {
 
 fn i(what: &'static str, v: usize) -> Result<Arg, CudaError> {
     Ok(Arg::I(dim_i32(what, v)?))
+}
+
+/// A max pool's geometry as its kernels take it: h, w, k, stride, pad, h_out, w_out.
+fn maxpool_dims(s: &MaxPool2d) -> Result<[Arg; 7], CudaError> {
+    Ok([
+        i("height", s.h)?,
+        i("width", s.w)?,
+        i("window", s.k)?,
+        i("stride", s.stride)?,
+        i("padding", s.pad)?,
+        i("height", s.h_out())?,
+        i("width", s.w_out())?,
+    ])
 }
 
 impl<'a, S: Sink> Encoder<'a, S> {
@@ -157,6 +170,11 @@ impl<'a, S: Sink> Encoder<'a, S> {
             Op::Sigmoid { x, y } => self.each(K::Sigmoid, x.len, &[self.b(x), self.b(y)])?,
             Op::Pool { channels, hw, x, y } => {
                 self.each(K::PoolForward, n * channels, &[self.b(x), self.b(y), l("hw", hw)?])?
+            }
+            Op::MaxPool { shape, x, y } => {
+                let mut args = vec![self.b(x), self.b(y)];
+                args.extend(maxpool_dims(&shape)?);
+                self.each(K::MaxPoolForward, n * shape.out_len(), &args)?
             }
             Op::Linear { shape, weight, bias, x, y } => {
                 if n == 0 || shape.out_f == 0 {
@@ -293,6 +311,11 @@ impl<'a, S: Sink> Encoder<'a, S> {
             }
             Op::PoolBackward { channels, hw, dy, dx } => {
                 self.each(K::PoolBackward, n * channels * hw, &[self.b(dy), self.b(dx), l("hw", hw)?])?
+            }
+            Op::MaxPoolBackward { shape, x, dy, dx } => {
+                let mut args = vec![self.b(x), self.b(dy), self.b(dx)];
+                args.extend(maxpool_dims(&shape)?);
+                self.each(K::MaxPoolBackward, n * shape.in_len(), &args)?
             }
             Op::LinearBackward { shape, weight, bias, x, dy, dx } => {
                 let (inf, outf) = (shape.in_f, shape.out_f);
