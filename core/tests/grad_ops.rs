@@ -163,7 +163,10 @@ fn conv_shape() -> impl Strategy<Value = (Conv2d, usize, bool, u64)> {
         .prop_map(|(c_in, c_out, h, w, k3, stride, padded, n, bias, seed)| {
             let k = if k3 { 3 } else { 1 };
             let pad = if padded { k / 2 } else { 0 };
-            (Conv2d { c_in, c_out, h: h.max(k), w: w.max(k), k, stride, pad }, n, bias, seed)
+            // Padded maps may be smaller than the kernel (down to 1×1, as in the last
+            // stage of an ImageNet network on small images).
+            let min = k - 2 * pad;
+            (Conv2d { c_in, c_out, h: h.max(min), w: w.max(min), k, stride, pad }, n, bias, seed)
         })
 }
 

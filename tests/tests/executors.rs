@@ -88,12 +88,22 @@ fn bad_inputs_are_errors(target: Target) {
     assert!(e.contains("parameters"), "{e}");
 }
 
-/// One step of a deeper net than the golden ones (several blocks per stage, K = 4 and the
-/// whole network) against the reference executor. One step only: two SGD steps on this
-/// random batch amplify a 1e-6 change of the input into 10% of the gradients.
+/// One step of deeper nets than the golden ones (several blocks per stage, K = 4 and the
+/// whole network; the CIFAR ResNet-20 and the ImageNet-style ResNet-18 and bottleneck
+/// ResNet-50, these two at base width 16 on 32×32 images) against the reference executor.
+/// One step only: two SGD steps on this random batch amplify a 1e-6 change of the input
+/// into 10% of the gradients.
 fn deeper_nets_agree_with_the_reference(target: Target) {
-    for (base, hpff, k) in [(Base::E2e, false, 1), (Base::InfoPro, true, 4)] {
-        let arch = Arch::resnet(20, 3, 16, 10).unwrap();
+    let resnet20 = Arch::resnet(20, 3, 16, 10).unwrap();
+    let imagenet = |d| Arch::resnet_imagenet(d, 3, 32, 10).unwrap().with_width(16).unwrap();
+    let cases = [
+        (resnet20, Base::E2e, false, 1),
+        (resnet20, Base::InfoPro, true, 4),
+        (imagenet(18), Base::E2e, false, 1),
+        (imagenet(18), Base::InfoPro, true, 4),
+        (imagenet(50), Base::E2e, false, 1),
+    ];
+    for (arch, base, hpff, k) in cases {
         let part = Partition::for_k(&arch, k, hpff_core::partition::TableKind::Reference).unwrap();
         let plan = Plan::new(arch, part, Method::reference(base, hpff), 20, [0.5; 4], [0.25; 4]).unwrap();
         let mut rng = Rng::new(11);
@@ -114,7 +124,8 @@ fn deeper_nets_agree_with_the_reference(target: Target) {
         let (l, g, m) = step(target);
         let e = [rel_err(&l, &l0), rel_err(&g, &g0), rel_err(&m.params, &m0.params), rel_err(&m.state, &m0.state)];
         println!(
-            "{target:?} ResNet-20 {base:?} hpff={hpff}: losses {:.1e}, grads {:.1e}, params {:.1e}, BN {:.1e}",
+            "{target:?} {} {base:?} hpff={hpff}: losses {:.1e}, grads {:.1e}, params {:.1e}, BN {:.1e}",
+            arch.name(),
             e[0], e[1], e[2], e[3]
         );
         assert!(e[0] < 1e-5 && e[1] < 1e-4 && e[2] < 1e-5 && e[3] < 1e-5, "{target:?}: {e:?}");

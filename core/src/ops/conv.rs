@@ -158,7 +158,12 @@ fn im2col_shifted(s: &Conv2d, plane: &[f32], kh: usize, kw: usize, (lo, hi): (us
     let p_lo = down.saturating_sub(up).min(hw);
     let p_hi = (hw + down).saturating_sub(up).clamp(p_lo, hw);
     row[..p_lo].fill(0.0);
-    row[p_lo..p_hi].copy_from_slice(&plane[p_lo + up - down..p_hi + up - down]);
+    // Empty when the tap lies in the padding for every output (a map smaller than the
+    // padding, like the 1×1 maps of an ImageNet network's last stage at small images);
+    // then `p_lo + up` may be below `down`.
+    if p_lo < p_hi {
+        row[p_lo..p_hi].copy_from_slice(&plane[p_lo + up - down..p_hi + up - down]);
+    }
     row[p_hi..].fill(0.0);
     // Columns outside lo..hi read the neighbouring input row: zero them.
     if lo > 0 || hi < w {
