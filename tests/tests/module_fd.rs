@@ -36,19 +36,6 @@ struct Case {
 fn case(base: Base, hpff: bool, loss: LocalLoss) -> Case {
     let arch = Arch::resnet(8, 3, 8, 3).unwrap();
     let part = Partition::from_splits(&arch, [(1, 0), (2, 0)]).unwrap();
-    case_on(arch, part, base, hpff, loss)
-}
-
-/// An ImageNet-style ResNet-18 (7×7 stride-2 stem, max pool, four stages) at base width 4
-/// on 32×32 images: stem 16×16, pooled 8×8, stages 8, 4, 2, 1. Module 0 is the stem and
-/// layer1, module 1 layer2 and the first block of layer3, module 2 the rest.
-fn imagenet_case(base: Base, hpff: bool) -> Case {
-    let arch = Arch::resnet_imagenet(18, 3, 32, 3).unwrap().with_width(4).unwrap();
-    let part = Partition::from_splits(&arch, [(1, 1), (3, 0)]).unwrap();
-    case_on(arch, part, base, hpff, LocalLoss::CrossEntropy)
-}
-
-fn case_on(arch: Arch, part: Partition, base: Base, hpff: bool, loss: LocalLoss) -> Case {
     let mut m = Method::reference(base, hpff);
     m.head = AuxHead::parse("1c2f").unwrap();
     m.feature_dim = 16;
@@ -218,36 +205,6 @@ fn hpff_independent_level_alone_is_dgl(target: Target) {
     assert!(ma == mb && bits(&ga) == bits(&gb), "parameters, statistics or gradients differ");
 }
 
-fn stem(n: &str) -> bool {
-    n.starts_with("conv1") || n.starts_with("bn1")
-}
-
-/// The whole ImageNet-style network, and its stem alone (the 7×7 stride-2 conv, its BN and
-/// the max pool's gradient routing all sit between the loss and these parameters).
-fn imagenet_e2e_whole_network_and_stem(target: Target) {
-    let c = imagenet_case(Base::E2e, false);
-    check(target, &c, |_| true, &[(LossKind::Ce.slot(0), 1.0)]);
-    check(target, &c, stem, &[(LossKind::Ce.slot(0), 1.0)]);
-}
-
-/// InfoPro's first module on the ImageNet network: the stem under module 0's decoder and head.
-fn imagenet_infopro_first_module_with_the_stem(target: Target) {
-    let c = imagenet_case(Base::InfoPro, false);
-    let (l1, l2) = c.plan.method.local_weights(&c.plan.part, 0);
-    let terms = [(LossKind::Decoder.slot(0), l1), (LossKind::Classifier.slot(0), l2)];
-    check(target, &c, |n| stem(n) || n.starts_with("layer1.") || n.contains("_1_1."), &terms);
-}
-
-/// HPFF on the ImageNet network: the stem is trained through module 1's cascade, its
-/// output recomputed for the backward in HiLo's schedule.
-fn imagenet_hpff_stem_through_the_cascade(target: Target) {
-    let c = imagenet_case(Base::InfoPro, true);
-    let m = c.plan.method;
-    let (l1, l2) = m.local_weights(&c.plan.part, 1);
-    let terms = [(LossKind::CascadeDecoder.slot(1), m.wy * l1), (LossKind::CascadeClassifier.slot(1), m.wy * l2)];
-    check(target, &c, stem, &terms);
-}
-
 fn relevel(c: Case, levels: Levels) -> Case {
     let mut m = c.plan.method;
     m.levels = levels;
@@ -265,7 +222,4 @@ on_every_executor! {
     hpff_first_module_is_trained_only_through_the_cascade => hpff_first_module_is_trained_only_through_the_cascade;
     hpff_cascade_level_alone => hpff_cascade_level_alone;
     hpff_independent_level_alone_is_dgl => hpff_independent_level_alone_is_dgl;
-    imagenet_e2e_whole_network_and_stem => imagenet_e2e_whole_network_and_stem;
-    imagenet_infopro_first_module_with_the_stem => imagenet_infopro_first_module_with_the_stem;
-    imagenet_hpff_stem_through_the_cascade => imagenet_hpff_stem_through_the_cascade;
 }

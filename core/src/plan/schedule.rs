@@ -1101,8 +1101,9 @@ mod tests {
             (Base::InfoPro, true),
         ];
         let mut checked = 0;
-        for depth in [20, 32, 164] {
-            let arch = Arch::resnet(depth, 3, 32, 10).unwrap();
+        let cifar = [20, 32, 164].map(|d| Arch::resnet(d, 3, 32, 10).unwrap());
+        let imagenet = [18, 50].map(|d| Arch::resnet_imagenet(d, 3, 64, 10).unwrap().with_width(8).unwrap());
+        for arch in cifar.into_iter().chain(imagenet) {
             for (base, hpff) in methods {
                 for k in [1, 2, 4, 8] {
                     let Ok(part) = Partition::for_k(&arch, k, TableKind::Reference) else { continue };
@@ -1115,6 +1116,6 @@ mod tests {
                 }
             }
         }
-        assert!(checked >= 40, "only {checked} plans built");
+        assert!(checked >= 60, "only {checked} plans built");
     }
 }
