@@ -291,7 +291,7 @@ hyper_parameters! {
         /// Use InfoPro's balanced-memory split tables (ResNet-110, K ≤ 4)
         #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
         balanced_memory: bool = false;
-        /// Explicit split points "stage,block;stage,block" (stages 1..=3), replacing --k
+        /// Explicit split points "stage,block;stage,block" (stages 1..=3, 1..=4 on the ImageNet networks), replacing --k
         #[arg(long)]
         splits: String = String::new();
         /// Decoder patch grid n (n×n patches: 1, 2 or 4) [default: 2 with --hpff, else 1]

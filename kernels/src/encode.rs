@@ -647,7 +647,10 @@ mod tests {
     }
 
     fn plans(method: Method, k: usize, batch: usize, last: usize) -> (Plan, Plan) {
-        let arch = Arch::resnet(20, 3, 16, 10).unwrap();
+        plans_of(Arch::resnet(20, 3, 16, 10).unwrap(), method, k, batch, last)
+    }
+
+    fn plans_of(arch: Arch, method: Method, k: usize, batch: usize, last: usize) -> (Plan, Plan) {
         let part = Partition::for_k(&arch, k, TableKind::Reference).unwrap();
         let mean = [0.5, 0.4, 0.3, 0.0];
         let std = [0.2, 0.25, 0.3, 1.0];
@@ -661,14 +664,18 @@ mod tests {
         let mut contrast = Method::reference(Base::Dgl, false);
         contrast.local_loss = LocalLoss::Contrast;
         let mut seen = std::collections::HashSet::new();
-        for (method, k) in [
-            (Method::reference(Base::E2e, false), 1),
-            (Method::reference(Base::InfoPro, false), 2),
-            (Method::reference(Base::InfoPro, true), 4),
-            (Method::reference(Base::Greedy, false), 2),
-            (contrast, 2),
+        let cifar = Arch::resnet(20, 3, 16, 10).unwrap();
+        // The ImageNet stem's max pool, and four stages.
+        let imagenet = Arch::resnet_imagenet(18, 3, 32, 10).unwrap().with_width(8).unwrap();
+        for (arch, method, k) in [
+            (cifar, Method::reference(Base::E2e, false), 1),
+            (cifar, Method::reference(Base::InfoPro, false), 2),
+            (cifar, Method::reference(Base::InfoPro, true), 4),
+            (cifar, Method::reference(Base::Greedy, false), 2),
+            (cifar, contrast, 2),
+            (imagenet, Method::reference(Base::InfoPro, true), 4),
         ] {
-            let (layout, small) = plans(method, k, 6, 3);
+            let (layout, small) = plans_of(arch, method, k, 6, 3);
             for (step, train) in [(&layout, true), (&layout, false), (&small, true), (&small, false)] {
                 let mut rec = Recorder { bufs: vec![], launches: 0, gemms: 0, kernels_seen: Default::default() };
                 run(&layout, step, train, &mut rec);
