@@ -43,7 +43,7 @@ impl MaxPool2d {
     /// Input rows (or columns) `lo..hi` of output index `o` along an axis of length `len`.
     const fn span(&self, o: usize, len: usize) -> (usize, usize) {
         let start = o * self.stride;
-        let lo = if start > self.pad { start - self.pad } else { 0 };
+        let lo = start.saturating_sub(self.pad);
         let end = start + self.k - self.pad;
         (lo, if end < len { end } else { len })
     }
