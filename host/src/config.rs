@@ -789,6 +789,21 @@ mod tests {
     }
 
     #[test]
+    fn imagenet_arch_names() {
+        assert_eq!(parse_arch("resnet101-imagenet").unwrap(), (Family::ImageNet, 101));
+        assert_eq!(parse_arch(" ResNet18-ImageNet").unwrap(), (Family::ImageNet, 18));
+        assert_eq!(parse_arch("resnet32").unwrap(), (Family::Cifar, 32));
+        let shape = Shape { c: 3, image: 64, classes: 10 };
+        let cfg = |arch: &str, k| Config { arch: Some(arch.into()), k: Some(k), ..Config::default() };
+        let s = cfg("resnet34-imagenet", 4).setup(shape).unwrap();
+        assert_eq!((s.arch.family, s.arch.width, s.arch.blocks(), s.arch.features()), (Family::ImageNet, 64, 16, 512));
+        // The reference's ResNet-34 K = 4 table, not an even split.
+        assert_eq!(s.part.split_point(&s.arch, 0), (2, 0));
+        let e = cfg("resnet20-imagenet", 2).setup(shape).unwrap_err().to_string();
+        assert!(e.contains("no ImageNet ResNet of depth 20"), "{e}");
+    }
+
+    #[test]
     fn setup_builds_and_rejects() {
         let fm = DatasetName::FashionMnist.nominal_shape().unwrap();
         let s = Config::default().setup(fm).unwrap();
