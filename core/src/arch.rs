@@ -1,15 +1,26 @@
-//! CIFAR-style ResNets: the backbone a plan trains.
+//! The ResNets a plan trains: the CIFAR family and the ImageNet family.
 //!
-//! ResNet-n with BasicBlocks has n = 6m + 2 (m blocks per stage); with Bottleneck
-//! blocks n = 9m + 2 (ResNet-164: m = 18). Stage widths are 16, 32, 64 (times 4 at a
-//! bottleneck's output); stages 2 and 3 start with a stride-2 block whose shortcut is
-//! a 1×1 conv + BN. Input channels, image size and class count are free.
+//! **CIFAR** (He et al.'s CIFAR networks, the reference's `Exp on CIFAR_SVHN_STL`):
+//! stem conv3×3 stride 1 + BN + ReLU, three stages at widths 16, 32, 64 (times 4 at a
+//! bottleneck's output), m blocks each. ResNet-n with BasicBlocks has n = 6m + 2; with
+//! Bottleneck blocks n = 9m + 2 (ResNet-164: m = 18).
 //!
-//! The base width (stem channels, 16 in the papers) is a parameter too:
-//! [`Arch::with_width`] gives stage widths `w, 2w, 4w` (4 or 8 for a microcontroller's
-//! RAM). The default, [`DEFAULT_WIDTH`] = 16, is the reference network exactly.
+//! **ImageNet** (torchvision's ResNets, the reference's `Exp on Imagenet`): stem conv7×7
+//! stride 2 pad 3 + BN + ReLU + max-pool 3×3 stride 2 pad 1, four stages at widths 64,
+//! 128, 256, 512; ResNet-18 [2, 2, 2, 2] and -34 [3, 4, 6, 3] with BasicBlocks, -50
+//! [3, 4, 6, 3], -101 [3, 4, 23, 3] and -152 [3, 8, 36, 3] with Bottlenecks (stride on
+//! the 3×3 conv, as torchvision does).
+//!
+//! In both, every stage after the first starts with a stride-2 block, and a block whose
+//! stride or width changes has a 1×1 conv + BN shortcut. Input channels, image size and
+//! class count are free; spatial sizes follow PyTorch's floor formula.
+//!
+//! The base width (stem channels: 16 for CIFAR, 64 for ImageNet) is a parameter too:
+//! [`Arch::with_width`] gives stage widths `w, 2w, 4w (, 8w)` (4 or 8 for a
+//! microcontroller's RAM).
 
 use crate::error::PlanError;
+use crate::ops::{Conv2d, MaxPool2d};
 
 /// Which residual block the network is built from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,30 +30,54 @@ pub enum BlockKind {
     Bottleneck,
 }
 
+/// Which family of ResNets: decides the stem, the stage count and the default width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Family {
+    /// 3×3 stem, three stages.
+    Cifar,
+    /// 7×7 stride-2 stem and a max pool, four stages.
+    ImageNet,
+}
+
 /// Stage widths (planes) of the CIFAR ResNets at the default width; a stage's output has
 /// `planes × expansion` channels. At base width `w` they are `w, 2w, 4w`.
 pub const STAGE_PLANES: [usize; 3] = [16, 32, 64];
 /// Channels of the stem at the default width (the base width).
 pub const STEM_CHANNELS: usize = 16;
-/// The reference networks' base width: [`Arch::resnet`] builds this one.
+/// The CIFAR reference networks' base width: [`Arch::resnet`] builds this one.
 pub const DEFAULT_WIDTH: usize = 16;
-/// Largest supported base width (stage 3 then has 4096 planes).
+/// The ImageNet networks' base width (torchvision's `inplanes`).
+pub const IMAGENET_WIDTH: usize = 64;
+/// Largest supported base width.
 pub const MAX_WIDTH: usize = 1024;
 /// Largest supported blocks-per-stage (ResNet-1202 has 200).
 pub const MAX_BLOCKS_PER_STAGE: usize = 200;
+/// Most stages a network has (the ImageNet family's four).
+pub const MAX_STAGES: usize = 4;
 
-/// A backbone: block kind, blocks per stage, input and output sizes.
+/// The ImageNet depths and their blocks per stage.
+const IMAGENET_DEPTHS: [(usize, BlockKind, [usize; 4]); 5] = [
+    (18, BlockKind::Basic, [2, 2, 2, 2]),
+    (34, BlockKind::Basic, [3, 4, 6, 3]),
+    (50, BlockKind::Bottleneck, [3, 4, 6, 3]),
+    (101, BlockKind::Bottleneck, [3, 4, 23, 3]),
+    (152, BlockKind::Bottleneck, [3, 8, 36, 3]),
+];
+
+/// A backbone: family, block kind, blocks per stage, input and output sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Arch {
     pub depth: usize,
+    pub family: Family,
     pub kind: BlockKind,
-    pub blocks_per_stage: usize,
+    /// Blocks of each stage; stages past [`Arch::stages`] have none.
+    pub stage_blocks: [usize; MAX_STAGES],
     pub in_channels: usize,
     pub image: usize,
     pub classes: usize,
-    /// Base width: stem channels, and stage `s` has `width << s` planes
-    /// ([`DEFAULT_WIDTH`] = 16 unless [`Arch::with_width`] changed it).
+    /// Base width: stem channels, and stage `s` has `width << s` planes.
     pub width: usize,
 }
 
@@ -66,8 +101,18 @@ const fn conv_out(x: usize, stride: usize) -> usize {
     (x - 1) / stride + 1
 }
 
+fn check_io(in_channels: usize, image: usize, classes: usize) -> Result<(), PlanError> {
+    if in_channels == 0 || classes < 2 {
+        return Err(PlanError::BadShape("input channels must be ≥ 1 and classes ≥ 2"));
+    }
+    if image < 4 {
+        return Err(PlanError::BadShape("image size must be at least 4 pixels"));
+    }
+    Ok(())
+}
+
 impl Arch {
-    /// ResNet-`depth` (20, 32, 44, 56, 110, 1202 Basic; 164, 1001 Bottleneck; any 6m+2 / 9m+2).
+    /// CIFAR ResNet-`depth` (20, 32, 44, 56, 110, 1202 Basic; 164, 1001 Bottleneck; any 6m+2 / 9m+2).
     pub fn resnet(depth: usize, in_channels: usize, image: usize, classes: usize) -> Result<Arch, PlanError> {
         let (kind, m) = if depth == 164 || depth == 1001 {
             (BlockKind::Bottleneck, (depth - 2) / 9)
@@ -79,17 +124,39 @@ impl Arch {
         if m > MAX_BLOCKS_PER_STAGE {
             return Err(PlanError::UnknownDepth(depth));
         }
-        if in_channels == 0 || classes < 2 {
-            return Err(PlanError::BadShape("input channels must be ≥ 1 and classes ≥ 2"));
-        }
-        if image < 4 {
-            return Err(PlanError::BadShape("image size must be at least 4 pixels"));
-        }
-        Ok(Arch { depth, kind, blocks_per_stage: m, in_channels, image, classes, width: DEFAULT_WIDTH })
+        check_io(in_channels, image, classes)?;
+        Ok(Arch {
+            depth,
+            family: Family::Cifar,
+            kind,
+            stage_blocks: [m, m, m, 0],
+            in_channels,
+            image,
+            classes,
+            width: DEFAULT_WIDTH,
+        })
     }
 
-    /// The same network with base width `width` (stem channels; stages `w, 2w, 4w`), e.g.
-    /// 4 or 8 for a microcontroller. The auxiliary classifiers' convs scale with it
+    /// ImageNet ResNet-`depth` (18, 34, 50, 101, 152), at any image size.
+    pub fn resnet_imagenet(depth: usize, in_channels: usize, image: usize, classes: usize) -> Result<Arch, PlanError> {
+        let Some(&(_, kind, stage_blocks)) = IMAGENET_DEPTHS.iter().find(|d| d.0 == depth) else {
+            return Err(PlanError::UnknownImageNetDepth(depth));
+        };
+        check_io(in_channels, image, classes)?;
+        Ok(Arch {
+            depth,
+            family: Family::ImageNet,
+            kind,
+            stage_blocks,
+            in_channels,
+            image,
+            classes,
+            width: IMAGENET_WIDTH,
+        })
+    }
+
+    /// The same network with base width `width` (stem channels; stages `w, 2w, 4w (, 8w)`),
+    /// e.g. 4 or 8 for a microcontroller. The auxiliary classifiers' convs scale with it
     /// (2w, 4w, 4w instead of 32, 64, 64); the decoders' hidden width does not.
     pub fn with_width(self, width: usize) -> Result<Arch, PlanError> {
         if width == 0 || width > MAX_WIDTH {
@@ -98,9 +165,55 @@ impl Arch {
         Ok(Arch { width, ..self })
     }
 
+    /// Number of stages (3 for CIFAR, 4 for ImageNet).
+    pub const fn stages(&self) -> usize {
+        match self.family {
+            Family::Cifar => 3,
+            Family::ImageNet => 4,
+        }
+    }
+
+    /// The name `--arch` takes: `resnet32`, `resnet101-imagenet`.
+    pub fn name(&self) -> heapless::String<24> {
+        let mut s = heapless::String::new();
+        let suffix = if self.family == Family::ImageNet { "-imagenet" } else { "" };
+        // 24 bytes hold "resnet" + any usize depth + "-imagenet" up to depth 10^9.
+        let _ = core::fmt::write(&mut s, format_args!("resnet{}{suffix}", self.depth));
+        s
+    }
+
     /// Stem channels (the base width).
     pub const fn stem_channels(&self) -> usize {
         self.width
+    }
+
+    /// The stem's convolution: 3×3 stride 1 (CIFAR) or 7×7 stride 2 pad 3 (ImageNet).
+    pub const fn stem_conv(&self) -> Conv2d {
+        let (k, stride, pad) = match self.family {
+            Family::Cifar => (3, 1, 1),
+            Family::ImageNet => (7, 2, 3),
+        };
+        let (c_in, c_out, h, w) = (self.in_channels, self.stem_channels(), self.image, self.image);
+        Conv2d { c_in, c_out, h, w, k, stride, pad }
+    }
+
+    /// The ImageNet stem's max pool (3×3 stride 2 pad 1) over the stem conv's output.
+    pub const fn stem_pool(&self) -> Option<MaxPool2d> {
+        match self.family {
+            Family::Cifar => None,
+            Family::ImageNet => {
+                let c = self.stem_conv();
+                Some(MaxPool2d { c: c.c_out, h: c.h_out(), w: c.w_out(), k: 3, stride: 2, pad: 1 })
+            }
+        }
+    }
+
+    /// Spatial size of the stem's output (module 0's input).
+    pub const fn stem_size(&self) -> usize {
+        match self.stem_pool() {
+            Some(p) => p.h_out(),
+            None => self.stem_conv().h_out(),
+        }
     }
 
     /// Planes of stage `s` (0-based): `width << s`.
@@ -117,7 +230,13 @@ impl Arch {
 
     /// Total residual blocks (all stages).
     pub const fn blocks(&self) -> usize {
-        3 * self.blocks_per_stage
+        let mut n = 0;
+        let mut s = 0;
+        while s < MAX_STAGES {
+            n += self.stage_blocks[s];
+            s += 1;
+        }
+        n
     }
 
     /// Output channels of stage `s` (0-based).
@@ -127,7 +246,7 @@ impl Arch {
 
     /// Spatial size after stage `s` (0-based).
     pub const fn stage_size(&self, s: usize) -> usize {
-        let mut x = self.image;
+        let mut x = self.stem_size();
         let mut i = 1;
         while i <= s {
             x = conv_out(x, 2);
@@ -138,12 +257,27 @@ impl Arch {
 
     /// Features entering the classifier.
     pub const fn features(&self) -> usize {
-        self.stage_channels(2)
+        self.stage_channels(self.stages() - 1)
     }
 
     /// (stage, block-in-stage) of global block `g`.
     pub const fn locate(&self, g: usize) -> (usize, usize) {
-        (g / self.blocks_per_stage, g % self.blocks_per_stage)
+        let (mut s, mut b) = (0, g);
+        while s + 1 < self.stages() && b >= self.stage_blocks[s] {
+            b -= self.stage_blocks[s];
+            s += 1;
+        }
+        (s, b)
+    }
+
+    /// Global index of the first block of stage `s`.
+    pub const fn stage_start(&self, s: usize) -> usize {
+        let (mut g, mut i) = (0, 0);
+        while i < s {
+            g += self.stage_blocks[i];
+            i += 1;
+        }
+        g
     }
 
     /// Shapes of global block `g`.
@@ -195,7 +329,7 @@ mod tests {
         let a = Arch::resnet(20, 1, 28, 10).unwrap();
         assert_eq!((a.stage_size(1), a.stage_size(2)), (14, 7));
         let r = Arch::resnet(164, 3, 32, 10).unwrap();
-        assert_eq!((r.kind, r.blocks_per_stage), (BlockKind::Bottleneck, 18));
+        assert_eq!((r.kind, r.stage_blocks), (BlockKind::Bottleneck, [18, 18, 18, 0]));
         assert!(r.block(0).downsample); // 16 → 64 channels
         assert_eq!(r.features(), 256);
         assert!(Arch::resnet(33, 3, 32, 10).is_err());
@@ -218,5 +352,31 @@ mod tests {
         let r = Arch::resnet(164, 3, 32, 10).unwrap().with_width(8).unwrap();
         assert_eq!((r.block(0).c_in, r.block(0).c_out, r.features()), (8, 32, 128));
         assert!(d.with_width(0).is_err() && d.with_width(MAX_WIDTH + 1).is_err());
+    }
+
+    /// torchvision's shapes at 224² and at the 64² the tests use.
+    #[test]
+    fn imagenet_shapes() {
+        let a = Arch::resnet_imagenet(101, 3, 224, 1000).unwrap();
+        assert_eq!((a.stages(), a.blocks(), a.kind), (4, 33, BlockKind::Bottleneck));
+        assert_eq!((a.stem_conv().h_out(), a.stem_size()), (112, 56));
+        assert_eq!([a.stage_size(0), a.stage_size(1), a.stage_size(2), a.stage_size(3)], [56, 28, 14, 7]);
+        assert_eq!(a.features(), 2048);
+        let b = a.block(0); // 64 → 256 channels: a stride-1 shortcut
+        assert_eq!((b.c_in, b.planes, b.c_out, b.stride, b.downsample), (64, 64, 256, 1, true));
+        let b = a.block(a.stage_start(2)); // first of layer3
+        assert_eq!((b.c_in, b.c_out, b.h_in, b.h_out, b.stride), (512, 1024, 28, 14, 2));
+        assert_eq!(a.locate(3 + 4 + 22), (2, 22));
+        assert_eq!(a.locate(32), (3, 2));
+        let r = Arch::resnet_imagenet(18, 3, 64, 10).unwrap();
+        assert_eq!((r.blocks(), r.stem_size(), r.stage_size(3), r.features()), (8, 16, 2, 512));
+        assert!(!r.block(1).downsample && r.block(2).downsample);
+        assert_eq!(r.name().as_str(), "resnet18-imagenet");
+        assert_eq!(Arch::resnet_imagenet(152, 3, 224, 1000).unwrap().blocks(), 50);
+        assert_eq!(Arch::resnet_imagenet(34, 3, 224, 1000).unwrap().features(), 512);
+        assert!(matches!(Arch::resnet_imagenet(32, 3, 64, 10), Err(PlanError::UnknownImageNetDepth(32))));
+        // An odd size: 7×7 s2 p3 on 75 → 38, pool → 19, then 10, 5, 3.
+        let o = Arch::resnet_imagenet(18, 3, 75, 10).unwrap();
+        assert_eq!([o.stem_conv().h_out(), o.stem_size(), o.stage_size(1), o.stage_size(3)], [38, 19, 10, 3]);
     }
 }

@@ -218,8 +218,14 @@ fn searched(arch: &Arch, k: usize) -> Option<Partition> {
         let s = if j == 0 { 0 } else { ends[j - 1] + 1 };
         ends.insert(j, s + (ends[j] - s) / 2).ok()?;
     }
-    let bps = arch.blocks_per_stage;
-    let mut p = Partition::from_splits(arch, ends.iter().map(|&g| (g / bps + 1, g % bps))).ok()?;
+    let mut p = Partition::from_splits(
+        arch,
+        ends.iter().map(|&g| {
+            let (s, b) = arch.locate(g);
+            (s + 1, b)
+        }),
+    )
+    .ok()?;
     p.k_label = k;
     Some(p)
 }

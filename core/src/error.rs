@@ -7,16 +7,20 @@ use core::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlanError {
     UnknownDepth(usize),
+    UnknownImageNetDepth(usize),
     BadShape(&'static str),
     BadPartition(&'static str),
     TooManyModules {
         k: usize,
         blocks: usize,
     },
+    /// `stages` is the network's stage count, `blocks` the block count of `stage` (0 when
+    /// the stage does not exist).
     NoSuchSplit {
         stage: usize,
         block: usize,
-        blocks_per_stage: usize,
+        stages: usize,
+        blocks: usize,
     },
     UnknownAuxHead,
     BadMethod(&'static str),
@@ -36,14 +40,20 @@ impl fmt::Display for PlanError {
                 f,
                 "no CIFAR ResNet of depth {d}: use 6m+2 (20, 32, 44, 56, 110, …) or 164 / 1001 (bottleneck)"
             ),
+            PlanError::UnknownImageNetDepth(d) => {
+                write!(f, "no ImageNet ResNet of depth {d}: use 18, 34, 50, 101 or 152")
+            }
             PlanError::BadShape(s) | PlanError::BadPartition(s) | PlanError::BadMethod(s) => f.write_str(s),
             PlanError::TooManyModules { k, blocks } => {
                 write!(f, "K = {k} modules is more than the {blocks} blocks the network has")
             }
-            PlanError::NoSuchSplit { stage, block, blocks_per_stage } => write!(
-                f,
-                "split point ({stage}, {block}) does not exist: stages are 1..=3 and blocks 0..{blocks_per_stage}"
-            ),
+            PlanError::NoSuchSplit { stage, block, stages, blocks } => {
+                if (1..=stages).contains(&stage) {
+                    write!(f, "split point ({stage}, {block}) does not exist: stage {stage} has blocks 0..{blocks}")
+                } else {
+                    write!(f, "split point ({stage}, {block}) does not exist: stages are 1..={stages}")
+                }
+            }
             PlanError::UnknownAuxHead => f.write_str("unknown aux classifier: use 0c1f, 0c2f, 1c1f, 1c2f, 1c3f or 2c2f"),
             PlanError::PatchGrid { patches, map, image } => write!(
                 f,

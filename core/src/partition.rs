@@ -1,14 +1,15 @@
 //! Module partitions: where the network is cut into gradient-isolated modules.
 //!
 //! A partition is a list of split points `(stage, block)` — 1-based stage, 0-based
-//! block as in the reference tables — each the last block of a module; the last
+//! block as in the reference tables (stages 1..=3 on CIFAR, 1..=4 on ImageNet) — each
+//! the last block of a module; the last
 //! split point is always the network's last block, and the stem belongs to
 //! module 0. The reference labels some tables with a K that is not their module
 //! count (ResNet-32 "16" has 15 modules, ResNet-110 "55" has 54); the label is
 //! kept as `k_label` because the reference's λ interpolation divides by it, and
 //! `modules()` is the true count.
 
-use crate::arch::Arch;
+use crate::arch::{Arch, Family};
 use crate::error::PlanError;
 use heapless::Vec;
 
@@ -122,6 +123,16 @@ const ALL_110: [(u8, u8); 54] = {
     t
 };
 
+/// The reference's ImageNet tables (`Exp on Imagenet/networks/configs.py`). ResNet-101
+/// and -152 share theirs (the reference's ResNeXt-101 32x8d uses the same one too);
+/// every label is its true module count.
+const IMAGENET_RESNET34: &[(usize, Table)] = &[(1, &[(4, 2)]), (4, &[(2, 0), (3, 0), (3, 5), (4, 2)])];
+const IMAGENET_RESNET101_152: &[(usize, Table)] = &[
+    (1, &[(4, 2)]),
+    (4, &[(3, 0), (3, 9), (3, 17), (4, 2)]),
+    (8, &[(2, 0), (3, 1), (3, 5), (3, 9), (3, 13), (3, 17), (3, 21), (4, 2)]),
+];
+
 /// InfoPro's balanced-memory tables (InfoPro* in the papers), ResNet-110 only.
 const RESNET110_BALANCED_CIFAR10: &[(usize, Table)] = &[
     (1, &[(3, 17)]),
@@ -161,12 +172,14 @@ impl Partition {
         if k == 0 {
             return Err(PlanError::BadPartition("K must be at least 1"));
         }
-        let tables: &[(usize, Table)] = match (table, arch.depth) {
-            (TableKind::Reference, 32) => RESNET32,
-            (TableKind::Reference, 110) => RESNET110,
-            (TableKind::BalancedCifar10, 110) => RESNET110_BALANCED_CIFAR10,
-            (TableKind::BalancedStl10, 110) => RESNET110_BALANCED_STL10,
-            (TableKind::Reference, _) => &[],
+        let tables: &[(usize, Table)] = match (table, arch.family, arch.depth) {
+            (TableKind::Reference, Family::Cifar, 32) => RESNET32,
+            (TableKind::Reference, Family::Cifar, 110) => RESNET110,
+            (TableKind::Reference, Family::ImageNet, 34) => IMAGENET_RESNET34,
+            (TableKind::Reference, Family::ImageNet, 101 | 152) => IMAGENET_RESNET101_152,
+            (TableKind::BalancedCifar10, Family::Cifar, 110) => RESNET110_BALANCED_CIFAR10,
+            (TableKind::BalancedStl10, Family::Cifar, 110) => RESNET110_BALANCED_STL10,
+            (TableKind::Reference, ..) => &[],
             _ => return Err(PlanError::BadPartition("balanced-memory tables exist only for ResNet-110 with K ≤ 4")),
         };
         if let Some((_, t)) = tables.iter().find(|(kk, _)| *kk == k) {
@@ -199,14 +212,16 @@ impl Partition {
         Ok(Partition { ends, k_label: k })
     }
 
-    /// User-given split points `(stage 1..=3, block)`; the last block is appended if missing.
+    /// User-given split points `(stage 1..=stages, block)`; the last block is appended if missing.
     pub fn from_splits(arch: &Arch, splits: impl IntoIterator<Item = (usize, usize)>) -> Result<Partition, PlanError> {
         let mut ends: Vec<u16, MAX_MODULES> = Vec::new();
+        let stages = arch.stages();
         for (s, b) in splits {
-            if !(1..=3).contains(&s) || b >= arch.blocks_per_stage {
-                return Err(PlanError::NoSuchSplit { stage: s, block: b, blocks_per_stage: arch.blocks_per_stage });
+            let blocks = if (1..=stages).contains(&s) { arch.stage_blocks[s - 1] } else { 0 };
+            if b >= blocks {
+                return Err(PlanError::NoSuchSplit { stage: s, block: b, stages, blocks });
             }
-            let g = ((s - 1) * arch.blocks_per_stage + b) as u16;
+            let g = (arch.stage_start(s - 1) + b) as u16;
             if ends.last().is_some_and(|&last| g <= last) {
                 return Err(PlanError::BadPartition("split points must be strictly increasing"));
             }
@@ -276,5 +291,40 @@ mod tests {
         assert!(Partition::from_splits(&a, [(2, 1), (1, 1)]).is_err());
         let p = Partition::from_splits(&a, [(1, 2)]).unwrap();
         assert_eq!(p.modules(), 2);
+    }
+
+    /// The reference's ImageNet tables land on the blocks configs.py names, and ImageNet
+    /// networks without a table (or a K without one) get an even split.
+    #[test]
+    fn imagenet_tables() {
+        let a = Arch::resnet_imagenet(101, 3, 224, 1000).unwrap();
+        let p = Partition::for_k(&a, 4, TableKind::Reference).unwrap();
+        assert_eq!((p.k_label, p.modules()), (4, 4));
+        // [3,0]: stem + layer1 (3) + layer2 (4) + layer3[0]; [4,2]: the network's last block.
+        assert_eq!([p.blocks_of(0), p.blocks_of(1), p.blocks_of(3)], [0..8, 8..17, 25..33]);
+        assert_eq!(p.split_point(&a, 2), (3, 17));
+        let p = Partition::for_k(&a, 8, TableKind::Reference).unwrap();
+        assert_eq!((p.modules(), p.blocks_of(0), p.split_point(&a, 6)), (8, 0..4, (3, 21)));
+        let b = Arch::resnet_imagenet(152, 3, 224, 1000).unwrap();
+        let p = Partition::for_k(&b, 8, TableKind::Reference).unwrap();
+        // layer3 has 36 blocks here: the last module holds layer3[22..36] and layer4.
+        assert_eq!((p.blocks_of(7), p.split_point(&b, 7)), (11 + 22..50, (4, 2)));
+        let c = Arch::resnet_imagenet(34, 3, 224, 1000).unwrap();
+        let p = Partition::for_k(&c, 4, TableKind::Reference).unwrap();
+        assert_eq!([p.blocks_of(0), p.blocks_of(2), p.blocks_of(3)], [0..4, 8..13, 13..16]);
+        let p = Partition::for_k(&c, 8, TableKind::Reference).unwrap();
+        assert_eq!((p.modules(), p.blocks_of(0)), (8, 0..2));
+        let r = Arch::resnet_imagenet(18, 3, 64, 10).unwrap();
+        assert_eq!(Partition::for_k(&r, 8, TableKind::Reference).unwrap().blocks_of(7), 7..8);
+        assert!(Partition::from_splits(&r, [(4, 1)]).is_ok());
+        let text = |e: PlanError| {
+            let mut s = heapless::String::<80>::new();
+            core::fmt::write(&mut s, format_args!("{e}")).unwrap();
+            s
+        };
+        let e = Partition::from_splits(&r, [(4, 2)]).unwrap_err();
+        assert_eq!(text(e), "split point (4, 2) does not exist: stage 4 has blocks 0..2");
+        let e = Partition::from_splits(&a, [(5, 0)]).unwrap_err();
+        assert_eq!(text(e), "split point (5, 0) does not exist: stages are 1..=4");
     }
 }

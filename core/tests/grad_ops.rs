@@ -163,8 +163,57 @@ fn conv_shape() -> impl Strategy<Value = (Conv2d, usize, bool, u64)> {
         .prop_map(|(c_in, c_out, h, w, k3, stride, padded, n, bias, seed)| {
             let k = if k3 { 3 } else { 1 };
             let pad = if padded { k / 2 } else { 0 };
-            (Conv2d { c_in, c_out, h: h.max(k), w: w.max(k), k, stride, pad }, n, bias, seed)
+            // Padded maps may be smaller than the kernel (down to 1×1, as in the last
+            // stage of an ImageNet network on small images).
+            let min = k - 2 * pad;
+            (Conv2d { c_in, c_out, h: h.max(min), w: w.max(min), k, stride, pad }, n, bias, seed)
         })
+}
+
+/// Forward against the f64 reference, the three gradients against finite differences,
+/// the batch sub-range property and "accumulate adds", for one conv shape.
+fn check_conv(s: Conv2d, n: usize, with_bias: bool, seed: u64) -> Result<(), TestCaseError> {
+    let x = rand_vec(seed, n * s.in_len());
+    let w = rand_vec(seed ^ 1, s.weight_len());
+    let b = rand_vec(seed ^ 2, s.c_out);
+    let r = rand_vec(seed ^ 3, n * s.out_len());
+    let bias = with_bias.then_some(&b[..]);
+    let mut scratch = vec![f32::NAN; s.scratch_len()];
+    let mut y = vec![f32::NAN; n * s.out_len()];
+    conv2d_forward(&s, n, &x, &w, bias, &mut y, &mut scratch);
+    let (x64, w64, b64) = (to64(&x), to64(&w), to64(&b));
+    let b64o = with_bias.then_some(&b64[..]);
+    assert_fwd("conv y", &y, &conv_ref(&s, n, &x64, &w64, b64o));
+
+    let mut dx = vec![f32::NAN; n * s.in_len()];
+    conv2d_backward_input(&s, n, &r, &w, &mut dx, &mut scratch);
+    assert_grad("conv dx", &x, &dx, |xp| dot(&r, &conv_ref(&s, n, xp, &w64, b64o)));
+
+    let mut dw = vec![0.0; s.weight_len()];
+    let mut db = vec![0.0; s.c_out];
+    conv2d_accumulate_weight_grad(&s, n, &x, &r, &mut dw, with_bias.then_some(&mut db[..]), &mut scratch);
+    assert_grad("conv dw", &w, &dw, |wp| dot(&r, &conv_ref(&s, n, &x64, wp, b64o)));
+    if with_bias {
+        assert_grad("conv db", &b, &db, |bp| dot(&r, &conv_ref(&s, n, &x64, &w64, Some(bp))));
+    } else {
+        prop_assert!(db.iter().all(|&v| v == 0.0));
+    }
+
+    // Sub-range property: the batch in two pieces gives the same bits.
+    if n == 2 {
+        let mut y2 = vec![f32::NAN; n * s.out_len()];
+        let (y_a, y_b) = y2.split_at_mut(s.out_len());
+        conv2d_forward(&s, 1, &x[..s.in_len()], &w, bias, y_a, &mut scratch);
+        conv2d_forward(&s, 1, &x[s.in_len()..], &w, bias, y_b, &mut scratch);
+        prop_assert_eq!(&y, &y2);
+    }
+    // Accumulate adds: a second call doubles the gradient.
+    let mut dw2 = dw.clone();
+    conv2d_accumulate_weight_grad(&s, n, &x, &r, &mut dw2, None, &mut scratch);
+    for (a, b) in dw2.iter().zip(&dw) {
+        prop_assert!((a - 2.0 * b).abs() <= 1e-5 * (1.0 + b.abs()));
+    }
+    Ok(())
 }
 
 proptest! {
@@ -172,46 +221,14 @@ proptest! {
 
     #[test]
     fn conv_forward_and_gradients((s, n, with_bias, seed) in conv_shape()) {
-        let x = rand_vec(seed, n * s.in_len());
-        let w = rand_vec(seed ^ 1, s.weight_len());
-        let b = rand_vec(seed ^ 2, s.c_out);
-        let r = rand_vec(seed ^ 3, n * s.out_len());
-        let bias = with_bias.then_some(&b[..]);
-        let mut scratch = vec![f32::NAN; s.scratch_len()];
-        let mut y = vec![f32::NAN; n * s.out_len()];
-        conv2d_forward(&s, n, &x, &w, bias, &mut y, &mut scratch);
-        let (x64, w64, b64) = (to64(&x), to64(&w), to64(&b));
-        let b64o = with_bias.then_some(&b64[..]);
-        assert_fwd("conv y", &y, &conv_ref(&s, n, &x64, &w64, b64o));
+        check_conv(s, n, with_bias, seed)?;
+    }
 
-        let mut dx = vec![f32::NAN; n * s.in_len()];
-        conv2d_backward_input(&s, n, &r, &w, &mut dx, &mut scratch);
-        assert_grad("conv dx", &x, &dx, |xp| dot(&r, &conv_ref(&s, n, xp, &w64, b64o)));
-
-        let mut dw = vec![0.0; s.weight_len()];
-        let mut db = vec![0.0; s.c_out];
-        conv2d_accumulate_weight_grad(&s, n, &x, &r, &mut dw, with_bias.then_some(&mut db[..]), &mut scratch);
-        assert_grad("conv dw", &w, &dw, |wp| dot(&r, &conv_ref(&s, n, &x64, wp, b64o)));
-        if with_bias {
-            assert_grad("conv db", &b, &db, |bp| dot(&r, &conv_ref(&s, n, &x64, &w64, Some(bp))));
-        } else {
-            prop_assert!(db.iter().all(|&v| v == 0.0));
-        }
-
-        // Sub-range property: the batch in two pieces gives the same bits.
-        if n == 2 {
-            let mut y2 = vec![f32::NAN; n * s.out_len()];
-            let (y_a, y_b) = y2.split_at_mut(s.out_len());
-            conv2d_forward(&s, 1, &x[..s.in_len()], &w, bias, y_a, &mut scratch);
-            conv2d_forward(&s, 1, &x[s.in_len()..], &w, bias, y_b, &mut scratch);
-            prop_assert_eq!(&y, &y2);
-        }
-        // Accumulate adds: a second call doubles the gradient.
-        let mut dw2 = dw.clone();
-        conv2d_accumulate_weight_grad(&s, n, &x, &r, &mut dw2, None, &mut scratch);
-        for (a, b) in dw2.iter().zip(&dw) {
-            prop_assert!((a - 2.0 * b).abs() <= 1e-5 * (1.0 + b.abs()));
-        }
+    /// The ImageNet stem's conv: 7×7 stride 2 pad 3, on even and odd sizes (some smaller
+    /// than the kernel, where only the padding makes room).
+    #[test]
+    fn conv_7x7_stride2_pad3(c_in in 1usize..4, c_out in 1usize..4, h in 4usize..14, w in 4usize..14, n in 1usize..3, bias: bool, seed: u64) {
+        check_conv(Conv2d { c_in, c_out, h, w, k: 7, stride: 2, pad: 3 }, n, bias, seed)?;
     }
 }
 
@@ -239,6 +256,58 @@ fn conv_hand_worked() {
         let keep: Vec<usize> = if stride == 1 { (0..16).collect() } else { vec![0, 2, 8, 10] };
         let expect: Vec<f32> = keep.iter().map(|&i| y0[i] + 0.5).chain(keep.iter().map(|&i| y1[i] - 1.0)).collect();
         assert_eq!(y, expect, "stride {stride}");
+    }
+}
+
+// ---------- max pool ----------
+
+fn maxpool_ref(s: &MaxPool2d, n: usize, x: &[f64]) -> Vec<f64> {
+    let (ho, wo) = (s.h_out() as isize, s.w_out() as isize);
+    let mut y = Vec::new();
+    for plane in x.chunks(s.h * s.w).take(n * s.c) {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let mut m = f64::NEG_INFINITY;
+                for ky in 0..s.k as isize {
+                    for kx in 0..s.k as isize {
+                        let (iy, ix) = (
+                            oy * s.stride as isize + ky - s.pad as isize,
+                            ox * s.stride as isize + kx - s.pad as isize,
+                        );
+                        if iy >= 0 && ix >= 0 && (iy as usize) < s.h && (ix as usize) < s.w {
+                            m = m.max(plane[iy as usize * s.w + ix as usize]);
+                        }
+                    }
+                }
+                y.push(m);
+            }
+        }
+    }
+    y
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    /// Max pool against an f64 reference and finite differences. The input is a
+    /// permutation of evenly spaced values, so no window ties and the finite-difference
+    /// step never changes a winner.
+    #[test]
+    fn maxpool_forward_and_gradient(c in 1usize..4, h in 1usize..12, w in 1usize..12, n in 1usize..3, k in 2usize..4, stride in 1usize..3, seed: u64) {
+        let s = MaxPool2d { c, h: h.max(k), w: w.max(k), k, stride, pad: k / 2 };
+        let len = n * s.in_len();
+        let mut a = (seed as usize % len) | 1;
+        while (2..=a).any(|d| a % d == 0 && len % d == 0) {
+            a += 2;
+        }
+        let x: Vec<f32> = (0..len).map(|i| ((i * a + 7) % len) as f32 / len as f32 - 0.5).collect();
+        let r = rand_vec(seed ^ 3, n * s.out_len());
+        let mut y = vec![f32::NAN; n * s.out_len()];
+        maxpool_forward(&s, n, &x, &mut y);
+        assert_fwd("maxpool", &y, &maxpool_ref(&s, n, &to64(&x)));
+        let mut dx = vec![f32::NAN; len];
+        maxpool_backward(&s, n, &x, &r, &mut dx);
+        assert_grad("maxpool dx", &x, &dx, |xp| dot(&r, &maxpool_ref(&s, n, xp)));
     }
 }
 

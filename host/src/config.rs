@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use hpff_core::arch::Arch;
+use hpff_core::arch::{Arch, Family};
 use hpff_core::method::{AuxHead, Base, Levels, LocalLoss, Method};
 use hpff_core::optim::{LrSchedule, Sgd};
 use hpff_core::partition::{Partition, TableKind};
@@ -272,10 +272,10 @@ hyper_parameters! {
         /// Dataset [default: fashion-mnist]
         #[arg(long, value_enum)]
         dataset: DatasetName = DatasetName::FashionMnist;
-        /// Backbone: resnetN, N = 6m+2 (resnet8, resnet20, resnet32, resnet110, …) or resnet164 [default: resnet32]
+        /// Backbone: CIFAR resnetN, N = 6m+2 (resnet8, resnet20, resnet32, resnet110, …) or resnet164; ImageNet resnetN-imagenet, N = 18, 34, 50, 101, 152 (7×7 stem + max pool, four stages) [default: resnet32]
         #[arg(long)]
         arch: String = "resnet32".into();
-        /// Base width of the ResNet: stem channels, stages w, 2w, 4w (4 or 8 to fit a microcontroller) [default: 16]
+        /// Base width of the ResNet: stem channels, stages w, 2w, 4w (, 8w on ImageNet; 4 or 8 to fit a microcontroller) [default: 16, 64 for the ImageNet networks]
         // Left out unless given, so configs and checkpoints of default-width runs stay as they were.
         #[arg(long)]
         width: usize;
@@ -291,7 +291,7 @@ hyper_parameters! {
         /// Use InfoPro's balanced-memory split tables (ResNet-110, K ≤ 4)
         #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
         balanced_memory: bool = false;
-        /// Explicit split points "stage,block;stage,block" (stages 1..=3), replacing --k
+        /// Explicit split points "stage,block;stage,block" (stages 1..=3, 1..=4 on the ImageNet networks), replacing --k
         #[arg(long)]
         splits: String = String::new();
         /// Decoder patch grid n (n×n patches: 1, 2 or 4) [default: 2 with --hpff, else 1]
@@ -454,8 +454,10 @@ impl Settings {
     /// Checks the settings and builds the typed [`Setup`] for input `shape`.
     pub fn setup(&self, shape: Shape) -> Result<Setup> {
         let c = self;
-        let depth = parse_arch(&c.arch)?;
-        let mut arch = Arch::resnet(depth, shape.c, shape.image, shape.classes)?;
+        let mut arch = match parse_arch(&c.arch)? {
+            (Family::Cifar, depth) => Arch::resnet(depth, shape.c, shape.image, shape.classes)?,
+            (Family::ImageNet, depth) => Arch::resnet_imagenet(depth, shape.c, shape.image, shape.classes)?,
+        };
         if let Some(w) = c.width {
             arch = arch.with_width(w)?;
         }
@@ -578,15 +580,21 @@ impl Settings {
     }
 }
 
-/// `"resnet32"` (or `"32"`) → 32.
-pub fn parse_arch(s: &str) -> Result<usize> {
+/// `"resnet32"` (or `"32"`) → the CIFAR ResNet-32; `"resnet101-imagenet"` → the ImageNet
+/// ResNet-101. The depth is checked when the network is built.
+pub fn parse_arch(s: &str) -> Result<(Family, usize)> {
     let t = s.trim().to_ascii_lowercase();
-    let digits = t.strip_prefix("resnet").unwrap_or(&t).trim_start_matches(['-', '_']);
-    digits.parse::<usize>().map_err(|_| {
+    let (family, t) = match t.strip_suffix("-imagenet") {
+        Some(rest) => (Family::ImageNet, rest),
+        None => (Family::Cifar, t.as_str()),
+    };
+    let digits = t.strip_prefix("resnet").unwrap_or(t).trim_start_matches(['-', '_']);
+    let depth = digits.parse::<usize>().map_err(|_| {
         Error::msg(format!(
-            "unknown architecture {s:?}: use resnetN with N = 6m+2 (resnet8, resnet20, resnet32, resnet56, resnet110) or resnet164"
+            "unknown architecture {s:?}: use resnetN with N = 6m+2 (resnet8, resnet20, resnet32, resnet56, resnet110) or resnet164, or resnetN-imagenet with N = 18, 34, 50, 101, 152"
         ))
-    })
+    })?;
+    Ok((family, depth))
 }
 
 /// `"1,4;2,4"` → [(1,4), (2,4)].
@@ -782,6 +790,21 @@ mod tests {
         assert!(e.contains("unknown field `epoch`"), "{e}");
         assert!(!e.contains('\n'));
         assert!(Config::from_toml("method = \"sgd\"").is_err());
+    }
+
+    #[test]
+    fn imagenet_arch_names() {
+        assert_eq!(parse_arch("resnet101-imagenet").unwrap(), (Family::ImageNet, 101));
+        assert_eq!(parse_arch(" ResNet18-ImageNet").unwrap(), (Family::ImageNet, 18));
+        assert_eq!(parse_arch("resnet32").unwrap(), (Family::Cifar, 32));
+        let shape = Shape { c: 3, image: 64, classes: 10 };
+        let cfg = |arch: &str, k| Config { arch: Some(arch.into()), k: Some(k), ..Config::default() };
+        let s = cfg("resnet34-imagenet", 4).setup(shape).unwrap();
+        assert_eq!((s.arch.family, s.arch.width, s.arch.blocks(), s.arch.features()), (Family::ImageNet, 64, 16, 512));
+        // The reference's ResNet-34 K = 4 table, not an even split.
+        assert_eq!(s.part.split_point(&s.arch, 0), (2, 0));
+        let e = cfg("resnet20-imagenet", 2).setup(shape).unwrap_err().to_string();
+        assert!(e.contains("no ImageNet ResNet of depth 20"), "{e}");
     }
 
     #[test]

@@ -498,6 +498,9 @@ impl<'a> Ctx<'a> {
             Op::Pool { channels, hw, x, y } => self.each_chunk(|_, i0, cnt| {
                 ops::global_avg_pool_forward(channels, hw, cnt, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
             }),
+            Op::MaxPool { shape, x, y } => self.each_chunk(|_, i0, cnt| {
+                ops::maxpool_forward(&shape, cnt, self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
+            }),
             Op::Linear { shape: s, weight: w, bias: b, x, y } => {
                 let (wt, bias) = (self.arena.r(w, s.weight_len()), self.arena.r(b, s.out_f));
                 self.each_chunk(|_, i0, cnt| {
@@ -544,6 +547,10 @@ impl<'a> Ctx<'a> {
             }),
             Op::PoolBackward { channels, hw, dy, dx } => self.each_chunk(|_, i0, cnt| {
                 ops::global_avg_pool_backward(channels, hw, cnt, self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt))
+            }),
+            Op::MaxPoolBackward { shape, x, dy, dx } => self.each_chunk(|_, i0, cnt| {
+                let (x, dy) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt));
+                ops::maxpool_backward(&shape, cnt, x, dy, self.rows_mut(dx, i0, cnt))
             }),
             Op::LinearBackward { shape, weight, bias, x, dy, dx } => {
                 let wl = shape.weight_len();

@@ -171,6 +171,9 @@ pub fn plan_flops(plan: &Plan) -> (u64, u64) {
                 let f = (2 * shape.in_f * shape.out_f * (x.len / shape.in_f.max(1))) as u64;
                 f * if dx.is_some() { 2 } else { 1 }
             }
+            // Comparisons and adds, not multiply-adds: like BN and ReLU, left out of a count
+            // that is held against the GEMM peak.
+            Op::MaxPool { .. } | Op::MaxPoolBackward { .. } => 0,
             _ => 0,
         }
     }

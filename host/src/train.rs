@@ -445,8 +445,8 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     say(
         opts,
         format!(
-            "model: resnet{} {}; arena {} planned; executor: {exec}",
-            setup.arch.depth,
+            "model: {} {}; arena {} planned; executor: {exec}",
+            setup.arch.name(),
             setup.method_line(),
             fmt_mib(Some(mem.total() as u64)),
         ),

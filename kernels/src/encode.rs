@@ -8,7 +8,7 @@ use crate::kernels::K;
 use crate::launch::{check_signature, Arg, Gemm, Sink, BLOCK, MAX_GRID};
 use crate::sizing::{chan_parts, conv_ws_per_image, flat_parts, Extras};
 use hpff_core::loss::SUPCON_TEMPERATURE;
-use hpff_core::ops::{BatchNorm2d, Conv2d, Window, BN_EPS, BN_MOMENTUM};
+use hpff_core::ops::{BatchNorm2d, Conv2d, MaxPool2d, Window, BN_EPS, BN_MOMENTUM};
 use hpff_core::plan::{Buf, Op, Plan};
 
 /// Device addresses of the arena and the executor's buffers.
@@ -39,6 +39,19 @@ fn l(what: &'static str, v: usize) -> Result<Arg, CudaError> {
 
 fn i(what: &'static str, v: usize) -> Result<Arg, CudaError> {
     Ok(Arg::I(dim_i32(what, v)?))
+}
+
+/// A max pool's geometry as its kernels take it: h, w, k, stride, pad, h_out, w_out.
+fn maxpool_dims(s: &MaxPool2d) -> Result<[Arg; 7], CudaError> {
+    Ok([
+        i("height", s.h)?,
+        i("width", s.w)?,
+        i("window", s.k)?,
+        i("stride", s.stride)?,
+        i("padding", s.pad)?,
+        i("height", s.h_out())?,
+        i("width", s.w_out())?,
+    ])
 }
 
 impl<'a, S: Sink> Encoder<'a, S> {
@@ -157,6 +170,11 @@ impl<'a, S: Sink> Encoder<'a, S> {
             Op::Sigmoid { x, y } => self.each(K::Sigmoid, x.len, &[self.b(x), self.b(y)])?,
             Op::Pool { channels, hw, x, y } => {
                 self.each(K::PoolForward, n * channels, &[self.b(x), self.b(y), l("hw", hw)?])?
+            }
+            Op::MaxPool { shape, x, y } => {
+                let mut args = vec![self.b(x), self.b(y)];
+                args.extend(maxpool_dims(&shape)?);
+                self.each(K::MaxPoolForward, n * shape.out_len(), &args)?
             }
             Op::Linear { shape, weight, bias, x, y } => {
                 if n == 0 || shape.out_f == 0 {
@@ -293,6 +311,11 @@ impl<'a, S: Sink> Encoder<'a, S> {
             }
             Op::PoolBackward { channels, hw, dy, dx } => {
                 self.each(K::PoolBackward, n * channels * hw, &[self.b(dy), self.b(dx), l("hw", hw)?])?
+            }
+            Op::MaxPoolBackward { shape, x, dy, dx } => {
+                let mut args = vec![self.b(x), self.b(dy), self.b(dx)];
+                args.extend(maxpool_dims(&shape)?);
+                self.each(K::MaxPoolBackward, n * shape.in_len(), &args)?
             }
             Op::LinearBackward { shape, weight, bias, x, dy, dx } => {
                 let (inf, outf) = (shape.in_f, shape.out_f);
@@ -624,7 +647,10 @@ mod tests {
     }
 
     fn plans(method: Method, k: usize, batch: usize, last: usize) -> (Plan, Plan) {
-        let arch = Arch::resnet(20, 3, 16, 10).unwrap();
+        plans_of(Arch::resnet(20, 3, 16, 10).unwrap(), method, k, batch, last)
+    }
+
+    fn plans_of(arch: Arch, method: Method, k: usize, batch: usize, last: usize) -> (Plan, Plan) {
         let part = Partition::for_k(&arch, k, TableKind::Reference).unwrap();
         let mean = [0.5, 0.4, 0.3, 0.0];
         let std = [0.2, 0.25, 0.3, 1.0];
@@ -638,14 +664,18 @@ mod tests {
         let mut contrast = Method::reference(Base::Dgl, false);
         contrast.local_loss = LocalLoss::Contrast;
         let mut seen = std::collections::HashSet::new();
-        for (method, k) in [
-            (Method::reference(Base::E2e, false), 1),
-            (Method::reference(Base::InfoPro, false), 2),
-            (Method::reference(Base::InfoPro, true), 4),
-            (Method::reference(Base::Greedy, false), 2),
-            (contrast, 2),
+        let cifar = Arch::resnet(20, 3, 16, 10).unwrap();
+        // The ImageNet stem's max pool, and four stages.
+        let imagenet = Arch::resnet_imagenet(18, 3, 32, 10).unwrap().with_width(8).unwrap();
+        for (arch, method, k) in [
+            (cifar, Method::reference(Base::E2e, false), 1),
+            (cifar, Method::reference(Base::InfoPro, false), 2),
+            (cifar, Method::reference(Base::InfoPro, true), 4),
+            (cifar, Method::reference(Base::Greedy, false), 2),
+            (cifar, contrast, 2),
+            (imagenet, Method::reference(Base::InfoPro, true), 4),
         ] {
-            let (layout, small) = plans(method, k, 6, 3);
+            let (layout, small) = plans_of(arch, method, k, 6, 3);
             for (step, train) in [(&layout, true), (&layout, false), (&small, true), (&small, false)] {
                 let mut rec = Recorder { bufs: vec![], launches: 0, gemms: 0, kernels_seen: Default::default() };
                 run(&layout, step, train, &mut rec);

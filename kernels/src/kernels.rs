@@ -13,11 +13,13 @@ pub(crate) enum Src {
     Batchnorm,
     Conv,
     Resize,
+    MaxPool,
     Loss,
 }
 
 impl Src {
-    pub(crate) const ALL: [Src; 5] = [Src::Elementwise, Src::Batchnorm, Src::Conv, Src::Resize, Src::Loss];
+    pub(crate) const ALL: [Src; 6] =
+        [Src::Elementwise, Src::Batchnorm, Src::Conv, Src::Resize, Src::MaxPool, Src::Loss];
 
     pub(crate) const fn name(self) -> &'static str {
         match self {
@@ -25,6 +27,7 @@ impl Src {
             Src::Batchnorm => "batchnorm.cu",
             Src::Conv => "conv.cu",
             Src::Resize => "resize.cu",
+            Src::MaxPool => "maxpool.cu",
             Src::Loss => "loss.cu",
         }
     }
@@ -35,6 +38,7 @@ impl Src {
             Src::Batchnorm => include_str!("../cu/batchnorm.cu"),
             Src::Conv => include_str!("../cu/conv.cu"),
             Src::Resize => include_str!("../cu/resize.cu"),
+            Src::MaxPool => include_str!("../cu/maxpool.cu"),
             Src::Loss => include_str!("../cu/loss.cu"),
         }
     }
@@ -97,6 +101,8 @@ kernels! {
     ResizeForward = Resize "resize_forward" "lppiiiiiiiii";
     ResizeBackward = Resize "resize_backward" "lppiiiiiiiii";
     CropForward = Resize "crop_forward" "lppiiiiii";
+    MaxPoolForward = MaxPool "maxpool_forward" "lppiiiiiii";
+    MaxPoolBackward = MaxPool "maxpool_backward" "lpppiiiiiii";
     CrossEntropy = Loss "cross_entropy" "iipppfpi";
     BcePartial = Loss "bce_partial" "lipppflp";
     LossFinalize = Loss "loss_finalize" "ipdpi";

@@ -57,7 +57,12 @@ impl Golden {
         let f = |k: &str| cfg[k].as_f64().unwrap_or_else(|| panic!("config {k}")) as f32;
         let u = |k: &str| cfg[k].as_u64().unwrap_or_else(|| panic!("config {k}")) as usize;
         let blocks = cfg.get("blocks").map_or(1, |b| b[0].as_u64().unwrap() as usize);
-        let arch = Arch::resnet(6 * blocks + 2, 3, u("image_size"), u("classes")).unwrap();
+        let arch = if cfg.get("family").and_then(|f| f.as_str()) == Some("imagenet") {
+            let a = Arch::resnet_imagenet(u("depth"), 3, u("image_size"), u("classes")).unwrap();
+            a.with_width(u("width")).unwrap()
+        } else {
+            Arch::resnet(6 * blocks + 2, 3, u("image_size"), u("classes")).unwrap()
+        };
         let splits: Vec<(usize, usize)> = cfg["splits"]
             .as_array()
             .unwrap()

@@ -100,12 +100,25 @@ fn bad_inputs_are_errors(target: Target) {
     assert!(e.contains("parameters"), "{e}");
 }
 
-/// One step of a deeper net than the golden ones (several blocks per stage, K = 4 and the
-/// whole network) against the reference executor. One step only: two SGD steps on this
-/// random batch amplify a 1e-6 change of the input into 10% of the gradients.
+/// One step of deeper nets than the golden ones (several blocks per stage, K = 4 and the
+/// whole network; the CIFAR ResNet-20 and the ImageNet-style ResNet-18 at base width 16 on
+/// 32×32 images, whose last stage has 1×1 maps) against the reference executor. One step
+/// only: two SGD steps on this random batch amplify a 1e-6 change of the input into 10% of
+/// the gradients. No bottleneck ImageNet net: ResNet-50 at init (no zero-init of the last
+/// BNs; base width 16, 64×64, batch 20) is so ill-conditioned that PyTorch's own float32
+/// and float64 gradients differ by 28% (relative), so two correct executors cannot be held
+/// to 1e-4; the golden and memory tests cover the ImageNet stem, and bottlenecks are the
+/// CIFAR ResNet-164's.
 fn deeper_nets_agree_with_the_reference(target: Target) {
-    for (base, hpff, k) in [(Base::E2e, false, 1), (Base::InfoPro, true, 4)] {
-        let arch = Arch::resnet(20, 3, 16, 10).unwrap();
+    let resnet20 = Arch::resnet(20, 3, 16, 10).unwrap();
+    let resnet18 = Arch::resnet_imagenet(18, 3, 32, 10).unwrap().with_width(16).unwrap();
+    let cases = [
+        (resnet20, Base::E2e, false, 1),
+        (resnet20, Base::InfoPro, true, 4),
+        (resnet18, Base::E2e, false, 1),
+        (resnet18, Base::InfoPro, true, 4),
+    ];
+    for (arch, base, hpff, k) in cases {
         let part = Partition::for_k(&arch, k, hpff_core::partition::TableKind::Reference).unwrap();
         let plan = Plan::new(arch, part, Method::reference(base, hpff), 20, [0.5; 4], [0.25; 4]).unwrap();
         let mut rng = Rng::new(11);
@@ -126,8 +139,12 @@ fn deeper_nets_agree_with_the_reference(target: Target) {
         let (l, g, m) = step(target);
         let e = [rel_err(&l, &l0), rel_err(&g, &g0), rel_err(&m.params, &m0.params), rel_err(&m.state, &m0.state)];
         println!(
-            "{target:?} ResNet-20 {base:?} hpff={hpff}: losses {:.1e}, grads {:.1e}, params {:.1e}, BN {:.1e}",
-            e[0], e[1], e[2], e[3]
+            "{target:?} {} {base:?} hpff={hpff}: losses {:.1e}, grads {:.1e}, params {:.1e}, BN {:.1e}",
+            arch.name(),
+            e[0],
+            e[1],
+            e[2],
+            e[3]
         );
         assert!(e[0] < 1e-5 && e[1] < 1e-4 && e[2] < 1e-5 && e[3] < 1e-5, "{target:?}: {e:?}");
     }

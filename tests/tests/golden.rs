@@ -1,7 +1,8 @@
 //! One and three SGD steps of every method against PyTorch, on every executor (fixtures
 //! from `tools/golden/make_golden.py`: ResNet-8 on 16×16 images, batch 8, K = 3; a batch
-//! of 37 — four 8-image chunks of the CPU executor and a partial one — and a ResNet-14
-//! cut into five modules).
+//! of 37 — four 8-image chunks of the CPU executor and a partial one — a ResNet-14
+//! cut into five modules, and an ImageNet-style ResNet-18 at base width 8 on 64×64
+//! images, batch 4, end to end).
 //!
 //! Tolerance: every loss, gradient, parameter and BN running statistic within 1e-4 of
 //! the fixture, relative to the tensor's largest magnitude floored at 1e-3 (see `rel_err`).
@@ -78,4 +79,5 @@ on_every_executor! {
     dgl_hpff => |t| run_case("dgl_hpff_n2_ce", t);
     infopro_hpff_five_modules => |t| run_case("infopro_hpff_k5_resnet14", t);
     infopro_hpff_batch_37 => |t| run_case("infopro_hpff_n2_ce_b37", t);
+    imagenet_resnet18_e2e => |t| run_case("imagenet_resnet18_e2e", t);
 }

@@ -109,9 +109,11 @@ fn touches_the_planned_peak(target: Target) {
     use hpff_core::optim::Sgd;
     use hpff_core::rng::Rng;
     let (batch, layout_batch) = (16, 24);
-    for method in every_method() {
-        let name = label(&method);
-        let arch = Arch::resnet(20, 3, 16, 10).unwrap();
+    let imagenet = Arch::resnet_imagenet(18, 3, 32, 10).unwrap().with_width(8).unwrap();
+    for (method, arch) in
+        every_method().into_iter().flat_map(|m| [(m, Arch::resnet(20, 3, 16, 10).unwrap()), (m, imagenet)])
+    {
+        let name = format!("{} {}", arch.name(), label(&method));
         let k = if method.base == Base::E2e { 1 } else { 4 };
         let part = Partition::for_k(&arch, k, TableKind::Reference).unwrap();
         let plan = Plan::new(arch, part.clone(), method, batch, CIFAR_MEAN, CIFAR_STD).unwrap();
@@ -242,13 +244,18 @@ fn reads_only_live_values(plan: &Plan, train: bool) -> usize {
 fn overlays_never_clobber_a_live_value() {
     let mut checked = 0;
     for method in every_method() {
-        for (depth, image, k, batch) in
-            [(8, 16, 3, 37), (14, 16, 5, 8), (20, 32, 4, 5), (32, 32, 16, 2), (164, 32, 4, 2)]
-        {
-            let arch = Arch::resnet(depth, 3, image, 10).unwrap();
+        let cifar = [(8, 16, 3, 37), (14, 16, 5, 8), (20, 32, 4, 5), (32, 32, 16, 2), (164, 32, 4, 2)]
+            .map(|(depth, image, k, batch)| (Arch::resnet(depth, 3, image, 10).unwrap(), k, batch));
+        // The ImageNet stem (max pool, recomputed in backward) and four stages, Basic and
+        // Bottleneck, at base width 8.
+        let imagenet = [(18, 32, 4, 5), (50, 64, 8, 2)].map(|(depth, image, k, batch)| {
+            (Arch::resnet_imagenet(depth, 3, image, 10).unwrap().with_width(8).unwrap(), k, batch)
+        });
+        for (arch, k, batch) in cifar.into_iter().chain(imagenet) {
+            let (depth, image) = (arch.name(), arch.image);
             let Ok(part) = Partition::for_k(&arch, k, TableKind::Reference) else { continue };
             let Ok(p) = Plan::new(arch, part, method, batch, CIFAR_MEAN, CIFAR_STD) else { continue };
-            eprintln!("checking {} resnet{depth} {image}px K={k} batch {batch}", label(&method));
+            eprintln!("checking {} {depth} {image}px K={k} batch {batch}", label(&method));
             assert!(reads_only_live_values(&p, true) > 0);
             assert!(reads_only_live_values(&p, false) > 0);
             checked += 1;

@@ -202,6 +202,7 @@ impl<'a> Arena<'a> {
             }
             Op::Sigmoid { x, y } => ops::sigmoid_forward(self.r(x), self.w(y)),
             Op::Pool { channels, hw, x, y } => ops::global_avg_pool_forward(channels, hw, n, self.r(x), self.w(y)),
+            Op::MaxPool { shape, x, y } => ops::maxpool_forward(&shape, n, self.r(x), self.w(y)),
             Op::Linear { shape, weight, bias, x, y } => ops::linear_forward(
                 &shape,
                 n,
@@ -274,6 +275,9 @@ impl<'a> Arena<'a> {
             Op::SigmoidBackward { y, dy, dx } => ops::sigmoid_backward(self.r(y), self.r(dy), self.w(dx)),
             Op::PoolBackward { channels, hw, dy, dx } => {
                 ops::global_avg_pool_backward(channels, hw, n, self.r(dy), self.w(dx))
+            }
+            Op::MaxPoolBackward { shape, x, dy, dx } => {
+                ops::maxpool_backward(&shape, n, self.r(x), self.r(dy), self.w(dx))
             }
             Op::LinearBackward { shape, weight, bias, x, dy, dx } => {
                 let dw = self.w(buf(plan.grad_of(weight), shape.weight_len()));

@@ -179,7 +179,9 @@ fn im2col_shifted(
     // Valid p: down ≤ p + up < hw + down.
     let p_lo = down.saturating_sub(up).min(hw);
     let p_hi = (hw + down).saturating_sub(up).clamp(p_lo, hw);
-    // The valid p inside the block, relative to it.
+    // The valid p inside the block, relative to it. Empty when the tap lies in the padding
+    // for every output (a map smaller than the padding, like the 1×1 maps of an ImageNet
+    // network's last stage at small images); then `a + up` may be below `down`.
     let (a, b) = (p_lo.clamp(b0, b1), p_hi.clamp(b0, b1));
     row[..a - b0].fill(0.0);
     if a < b {

@@ -12,6 +12,7 @@ mod batchnorm;
 mod conv;
 mod gemm;
 mod linear;
+mod maxpool;
 mod pool;
 mod resize;
 
@@ -26,6 +27,7 @@ pub use batchnorm::{
 pub use conv::{conv2d_accumulate_weight_grad, conv2d_backward_input, conv2d_forward, Conv2d};
 pub use gemm::{sgemm, sgemm_kernel, sgemm_using, GemmKernel};
 pub use linear::{linear_accumulate_weight_grad, linear_backward_input, linear_forward, Linear};
+pub use maxpool::{maxpool_backward, maxpool_forward, MaxPool2d};
 pub use pool::{global_avg_pool_backward, global_avg_pool_forward};
 pub use resize::{bilinear_accumulate_backward, bilinear_forward, crop_accumulate_backward, crop_forward, Window};
 

@@ -6,8 +6,8 @@
 //! the PyTorch reference's `state_dict` keys, so checkpoints move to and from it.
 
 use super::{AuxNet, Plan};
-use crate::arch::{Arch, BlockKind, BlockShape};
-use crate::ops::{BatchNorm2d, Conv2d, Linear};
+use crate::arch::{Arch, BlockKind, BlockShape, Family};
+use crate::ops::{BatchNorm2d, Conv2d, Linear, MaxPool2d};
 use core::fmt;
 
 /// A conv layer's parameters.
@@ -224,19 +224,28 @@ pub(crate) fn block_params(cur: &mut Cursor, sh: BlockShape, stage: usize, block
     BlockP { shape: sh, convs, bns, layers, downsample }
 }
 
-/// Stem: conv3x3(in → base width, 16 by default) + BN.
+/// Stem: conv3x3 (CIFAR) or conv7x7 stride 2 (ImageNet), in → base width, + BN (+ ReLU),
+/// then on ImageNet a 3×3 stride-2 max pool (no parameters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StemP {
     pub conv: ConvP,
     pub bn: BnP,
+    pub pool: Option<MaxPool2d>,
 }
 
 pub(crate) fn stem_params(cur: &mut Cursor, arch: &Arch) -> StemP {
-    let (in_ch, image) = (arch.in_channels, arch.image);
-    let s = Conv2d { c_in: in_ch, c_out: arch.stem_channels(), h: image, w: image, k: 3, stride: 1, pad: 1 };
+    let s = arch.stem_conv();
     let conv = cur.conv(Prefix::Top("conv1"), s, false);
-    let bn = cur.bn(Prefix::Top("bn1"), s.c_out, image * image);
-    StemP { conv, bn }
+    let bn = cur.bn(Prefix::Top("bn1"), s.c_out, s.h_out() * s.w_out());
+    StemP { conv, bn, pool: arch.stem_pool() }
+}
+
+/// The classifier's name: the CIFAR reference calls it `fc64`, torchvision's ResNets `fc`.
+fn fc_prefix(arch: &Arch) -> Prefix {
+    Prefix::Top(match arch.family {
+        Family::Cifar => "fc64",
+        Family::ImageNet => "fc",
+    })
 }
 
 /// An auxiliary classifier head: up to two conv+BN+ReLU, global pool, up to three linears.
@@ -297,7 +306,7 @@ impl Plan {
             let (s, b) = self.arch.locate(g);
             block_params(cur, self.arch.block(g), s, b);
         }
-        cur.linear(Prefix::Top("fc64"), self.arch.features(), self.arch.classes);
+        cur.linear(fc_prefix(&self.arch), self.arch.features(), self.arch.classes);
         for j in 0..self.part.modules() {
             for net in self.aux_nets(j) {
                 self.aux_params(cur, j, net);
@@ -313,34 +322,32 @@ impl Plan {
     pub(crate) fn block(&self, g: usize) -> BlockP {
         let mut cur = Cursor::new(0, 0, None);
         stem_params(&mut cur, &self.arch);
-        let m = self.arch.blocks_per_stage;
         let (stage, b) = self.arch.locate(g);
         // Blocks after the first of a stage all have the same size: skip them in one stride.
         for s in 0..=stage {
-            let first = s * m;
-            let (p0, s0) = (cur.p, cur.s);
+            let first = self.arch.stage_start(s);
             let bp = block_params(&mut cur, self.arch.block(first), s, 0);
             if s == stage && b == 0 {
                 return bp;
             }
-            let _ = (p0, s0);
-            let (p1, s1) = (cur.p, cur.s);
-            block_params(&mut cur, self.arch.block(first + 1.min(m - 1)), s, 1);
-            let (dp, ds) = (cur.p - p1, cur.s - s1);
-            let count = if s == stage { b } else { m };
-            cur.p = p1 + dp * (count - 1);
-            cur.s = s1 + ds * (count - 1);
+            let later = if s == stage { b - 1 } else { self.arch.stage_blocks[s] - 1 };
+            if later > 0 {
+                let mut probe = Cursor::new(0, 0, None);
+                block_params(&mut probe, self.arch.block(first + 1), s, 1);
+                cur.p += probe.p * later;
+                cur.s += probe.s * later;
+            }
             if s == stage {
                 return block_params(&mut cur, self.arch.block(g), s, b);
             }
         }
-        unreachable!("locate() returns a stage below 3")
+        unreachable!("locate() returns a stage of the network")
     }
 
     pub(crate) fn fc(&self) -> LinearP {
         let mut cur = Cursor::new(0, 0, None);
         self.backbone_end(&mut cur);
-        cur.linear(Prefix::Top("fc64"), self.arch.features(), self.arch.classes)
+        cur.linear(fc_prefix(&self.arch), self.arch.features(), self.arch.classes)
     }
 
     fn backbone_end(&self, cur: &mut Cursor) {
@@ -356,7 +363,7 @@ impl Plan {
     fn aux_cursor(&self, j: usize) -> Cursor<'static> {
         let mut cur = Cursor::new(0, 0, None);
         self.backbone_end(&mut cur);
-        cur.linear(Prefix::Top("fc64"), self.arch.features(), self.arch.classes);
+        cur.linear(fc_prefix(&self.arch), self.arch.features(), self.arch.classes);
         for jj in 0..j {
             for net in self.aux_nets(jj) {
                 self.aux_params(&mut cur, jj, net);
@@ -414,9 +421,11 @@ impl Plan {
         };
         let pre = |index| Prefix::Head { net: net.name(self.method.hpff), stage: sp, block: sb, index };
         // The reference keys its head widths on the input width 16/32/64, i.e. on the stage:
-        // 32, 64, 64 at the default base width 16; they scale with the base width.
-        let width = [2, 4, 4][stage] * self.arch.width * m.widen;
-        let stride = [2, 2, 1][stage];
+        // 32, 64, 64 at the default base width 16; they scale with the base width. An
+        // ImageNet network's fourth stage gets the third's head (the reference's own
+        // ImageNet heads are different nets, not built yet).
+        let width = [2, 4, 4, 4][stage] * self.arch.width * m.widen;
+        let stride = [2, 2, 1, 1][stage];
         let mut convs = [(
             ConvP { s: Conv2d { c_in: 0, c_out: 0, h: 1, w: 1, k: 1, stride: 1, pad: 0 }, w: 0, b: None },
             BnP { s: BatchNorm2d { c: 0, hw: 0 }, p: 0, state: 0 },

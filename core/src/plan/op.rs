@@ -6,7 +6,7 @@
 //! offsets point at BN running statistics (mean, then var). Every op works on the
 //! plan's whole batch; buffers of one op never overlap.
 
-use crate::ops::{BatchNorm2d, Conv2d, Linear, Window};
+use crate::ops::{BatchNorm2d, Conv2d, Linear, MaxPool2d, Window};
 
 /// A slice of the arena.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +106,12 @@ pub enum Op {
         x: Buf,
         y: Buf,
     },
+    /// The ImageNet stem's max pool.
+    MaxPool {
+        shape: MaxPool2d,
+        x: Buf,
+        y: Buf,
+    },
     Linear {
         shape: Linear,
         weight: usize,
@@ -191,6 +197,14 @@ pub enum Op {
         dy: Buf,
         dx: Buf,
     },
+    /// Overwrites `dx` with the max pool's input gradient; `x` is the pool's input, from
+    /// which each window's winner is found again (no indices are kept).
+    MaxPoolBackward {
+        shape: MaxPool2d,
+        x: Buf,
+        dy: Buf,
+        dx: Buf,
+    },
     LinearBackward {
         shape: Linear,
         weight: usize,
@@ -235,6 +249,7 @@ impl Op {
             Op::AddRelu { .. } => "add_relu",
             Op::Sigmoid { .. } => "sigmoid",
             Op::Pool { .. } => "pool",
+            Op::MaxPool { .. } => "max_pool",
             Op::Linear { .. } => "linear",
             Op::Resize { .. } => "resize",
             Op::Crop { .. } => "crop",
@@ -247,6 +262,7 @@ impl Op {
             Op::ReluBackward { .. } => "relu_backward",
             Op::SigmoidBackward { .. } => "sigmoid_backward",
             Op::PoolBackward { .. } => "pool_backward",
+            Op::MaxPoolBackward { .. } => "max_pool_backward",
             Op::LinearBackward { .. } => "linear_backward",
             Op::ResizeBackward { .. } => "resize_backward",
             Op::L2NormalizeBackward { .. } => "l2_normalize_backward",
@@ -267,6 +283,7 @@ impl Op {
             | Op::Conv { x, y, .. }
             | Op::Sigmoid { x, y }
             | Op::Pool { x, y, .. }
+            | Op::MaxPool { x, y, .. }
             | Op::Linear { x, y, .. }
             | Op::Resize { x, y, .. }
             | Op::Crop { x, y, .. }
@@ -317,6 +334,11 @@ impl Op {
                 if let Some(dx) = dx {
                     f("dx", W, dx);
                 }
+            }
+            Op::MaxPoolBackward { x, dy, dx, .. } => {
+                f("x", R, x);
+                f("dy", R, dy);
+                f("dx", W, dx);
             }
             Op::BnBackward { x, dy, dx, stats, sums, .. } => {
                 f("x", R, x);

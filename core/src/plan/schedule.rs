@@ -182,25 +182,36 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         m
     }
 
-    /// Floats of the stem's output (and of its conv output).
+    /// Floats of the stem's output (module 0's input).
     fn stem_len(&self) -> usize {
+        let sp = self.plan.stem();
+        let side = self.plan.arch.stem_size();
+        self.n * sp.bn.s.c * side * side
+    }
+
+    /// Floats of the stem's conv output: the stem's output itself unless a max pool follows.
+    fn stem_conv_len(&self) -> usize {
         let sp = self.plan.stem();
         self.n * sp.bn.s.c * sp.bn.s.hw
     }
 
-    /// The stem's output into `a`: its conv output is a temporary above the stack, and the
-    /// BN trains (`mode`) or applies the statistics the forward kept (recomputation: the
-    /// same arithmetic on the same values, so the same bits).
+    /// The stem's output into `a`: its conv output (and, before a max pool, its ReLU output)
+    /// are temporaries above the stack, and the BN trains (`mode`) or applies the statistics
+    /// the forward kept (recomputation: the same arithmetic on the same values, so the same bits).
     fn stem_output(&mut self, img: Buf, s: StemActs, a: Buf, mode: Option<Fwd>) {
         let sp = self.plan.stem();
         let mark = self.top;
-        let h = self.alloc(a.len);
+        let h = self.alloc(self.stem_conv_len());
         self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h });
+        let r = if sp.pool.is_some() { self.alloc(h.len) } else { a };
         match mode {
-            Some(mode) => self.bn_fwd(sp.bn, h, a, s.st, mode),
-            None => self.op(Op::BnApply { shape: sp.bn.s, affine: sp.bn.p, x: h, y: a, stats: s.st }),
+            Some(mode) => self.bn_fwd(sp.bn, h, r, s.st, mode),
+            None => self.op(Op::BnApply { shape: sp.bn.s, affine: sp.bn.p, x: h, y: r, stats: s.st }),
         }
-        self.op(Op::Relu { x: a });
+        self.op(Op::Relu { x: r });
+        if let Some(pool) = sp.pool {
+            self.op(Op::MaxPool { shape: pool, x: r, y: a });
+        }
         self.top = mark;
     }
 
@@ -230,27 +241,41 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         self.top = mark;
     }
 
+    /// The stem's backward from `dout`, the gradient of its output `a`; temporaries go into
+    /// `room` when they fit.
     fn stem_bwd(&mut self, s: &StemActs, a: Buf, img: Buf, dout: Buf, room: Option<(usize, usize)>) {
         let sp = self.plan.stem();
         let mark = self.top;
-        self.op(Op::ReluBackward { y: a, dy: dout });
-        self.top = self.reuse_or_top(room, 2 * a.len + 2 * sp.bn.s.c);
-        // The conv output again, for the BN's backward.
-        let h = self.alloc(a.len);
-        self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h });
-        let dh = self.alloc(a.len);
+        let hl = self.stem_conv_len();
+        let (h, dh) = match sp.pool {
+            None => {
+                self.op(Op::ReluBackward { y: a, dy: dout });
+                self.top = self.reuse_or_top(room, 2 * hl + 2 * sp.bn.s.c);
+                // The conv output again, for the BN's backward.
+                let h = self.alloc(hl);
+                self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h });
+                (h, (dout, self.alloc(hl)))
+            }
+            Some(pool) => {
+                // The pool's backward finds each window's winner in the ReLU output, so the
+                // conv output and the ReLU output are both recomputed; the BN's input
+                // gradient then goes over the ReLU output, dead by then.
+                self.top = self.reuse_or_top(room, 3 * hl + 2 * sp.bn.s.c);
+                let h = self.alloc(hl);
+                self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h });
+                let r = self.alloc(hl);
+                self.op(Op::BnApply { shape: sp.bn.s, affine: sp.bn.p, x: h, y: r, stats: s.st });
+                self.op(Op::Relu { x: r });
+                let dr = self.alloc(hl);
+                self.op(Op::MaxPoolBackward { shape: pool, x: r, dy: dout, dx: dr });
+                self.op(Op::ReluBackward { y: r, dy: dr });
+                (h, (dr, r))
+            }
+        };
+        let (dy, dx) = dh;
         let sums = self.alloc(2 * sp.bn.s.c);
-        self.op(Op::BnBackward {
-            shape: sp.bn.s,
-            affine: sp.bn.p,
-            x: h,
-            dy: dout,
-            dx: dh,
-            stats: s.st,
-            sums,
-            weights: true,
-        });
-        self.op(Op::ConvBackward { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: Some(img), dy: dh, dx: None });
+        self.op(Op::BnBackward { shape: sp.bn.s, affine: sp.bn.p, x: h, dy, dx, stats: s.st, sums, weights: true });
+        self.op(Op::ConvBackward { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: Some(img), dy: dx, dx: None });
         self.top = mark;
     }
 
@@ -1001,7 +1026,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let (n, arch) = (self.n, self.plan.arch);
         let sp = self.plan.stem();
         let blocks = 0..arch.blocks();
-        let stem_len = n * sp.bn.s.c * sp.bn.s.hw;
+        let (stem_len, conv_len) = (self.stem_len(), self.stem_conv_len());
         let out_len = |g: usize| {
             let s = arch.block(g);
             n * s.c_out * s.h_out * s.w_out
@@ -1011,15 +1036,20 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let bp = self.plan.block(g);
             (0..bp.layers).map(|l| n * bp.bns[l].s.c * bp.bns[l].s.hw).max().unwrap_or(0)
         };
-        let maxt = blocks.clone().map(layer_len).fold(stem_len.max(maxo), usize::max);
+        let maxt = blocks.clone().map(layer_len).fold(conv_len.max(maxo), usize::max);
         let cmax = blocks.clone().map(|g| arch.block(g).c_out).fold(sp.bn.s.c, usize::max);
         let carry = [self.alloc(maxo), self.alloc(maxo)];
         let (ta, tb, stats) = (self.alloc(maxt), self.alloc(maxt), self.alloc(4 * cmax));
-        let h = Buf { off: ta.off, len: stem_len };
+        let h = Buf { off: ta.off, len: conv_len };
         let mut x = Buf { off: carry[0].off, len: stem_len };
+        // Before a max pool the ReLU output is a temporary in `tb`.
+        let r = if sp.pool.is_some() { Buf { off: tb.off, len: conv_len } } else { x };
         self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h });
-        self.bn_fwd(sp.bn, h, x, Buf { off: stats.off, len: 4 * sp.bn.s.c }, Fwd::Eval);
-        self.op(Op::Relu { x });
+        self.bn_fwd(sp.bn, h, r, Buf { off: stats.off, len: 4 * sp.bn.s.c }, Fwd::Eval);
+        self.op(Op::Relu { x: r });
+        if let Some(pool) = sp.pool {
+            self.op(Op::MaxPool { shape: pool, x: r, y: x });
+        }
         for g in blocks {
             let out = Buf { off: carry[(g + 1) % 2].off, len: out_len(g) };
             self.block_eval(&self.plan.block(g), x, out, ta, tb, stats);
@@ -1105,8 +1135,9 @@ mod tests {
             (Base::InfoPro, true),
         ];
         let mut checked = 0;
-        for depth in [20, 32, 164] {
-            let arch = Arch::resnet(depth, 3, 32, 10).unwrap();
+        let cifar = [20, 32, 164].map(|d| Arch::resnet(d, 3, 32, 10).unwrap());
+        let imagenet = [18, 50].map(|d| Arch::resnet_imagenet(d, 3, 64, 10).unwrap().with_width(8).unwrap());
+        for arch in cifar.into_iter().chain(imagenet) {
             for (base, hpff) in methods {
                 for k in [1, 2, 4, 8] {
                     let Ok(part) = Partition::for_k(&arch, k, TableKind::Reference) else { continue };
@@ -1119,6 +1150,6 @@ mod tests {
                 }
             }
         }
-        assert!(checked >= 40, "only {checked} plans built");
+        assert!(checked >= 60, "only {checked} plans built");
     }
 }

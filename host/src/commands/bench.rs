@@ -111,8 +111,8 @@ pub fn bench(
         println!("{v}");
     } else {
         println!(
-            "bench: resnet{} {}; batch {}; {exec}; {steps} steps after {warmup} warm-up",
-            setup.arch.depth,
+            "bench: {} {}; batch {}; {exec}; {steps} steps after {warmup} warm-up",
+            setup.arch.name(),
             setup.method_line(),
             plan.batch,
         );

@@ -18,7 +18,7 @@ pub struct ModuleInfo {
     pub index: usize,
     /// Global block indices, first and last (inclusive).
     pub blocks: [usize; 2],
-    /// The reference's split point ending it, (stage 1..=3, block).
+    /// The reference's split point ending it, (stage 1..=3, or 1..=4 on ImageNet, block).
     pub split: [usize; 2],
     /// Output channels, height, width.
     pub out: [usize; 3],
@@ -62,7 +62,7 @@ fn memory_json(m: &Memory, arena_bytes: usize) -> serde_json::Value {
 pub(crate) fn describe(setup: &Setup, plan: &Plan) -> serde_json::Value {
     let c = &setup.settings;
     json!({
-        "arch": format!("resnet{}", setup.arch.depth),
+        "arch": setup.arch.name().as_str(),
         "method": c.method.name(),
         "hpff": c.hpff,
         "k_label": plan.part.k_label,
@@ -108,8 +108,8 @@ pub fn plan(cfg: &Settings, shape: Shape, as_json: bool, ops: bool, limit: Optio
         println!("{why}");
     }
     println!(
-        "plan: resnet{} {}; batch {}; input {}×{}×{}, {} classes; {} parameters",
-        setup.arch.depth,
+        "plan: {} {}; batch {}; input {}×{}×{}, {} classes; {} parameters",
+        setup.arch.name(),
         setup.method_line(),
         plan.batch,
         shape.c,
