@@ -111,6 +111,19 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// One image's column matrix, [`Conv2d::block_rows`] output rows at a time in `scratch`:
+/// `f(first output pixel, pixels, columns)` for each block, in order.
+fn im2col_blocks(s: &Conv2d, x: &[f32], scratch: &mut [f32], mut f: impl FnMut(usize, usize, &[f32])) {
+    let (ho, wo, rows, kk) = (s.h_out(), s.w_out(), s.block_rows(), s.c_in * s.k * s.k);
+    for oy0 in (0..ho).step_by(rows) {
+        let oy1 = (oy0 + rows).min(ho);
+        let nb = (oy1 - oy0) * wo;
+        let col = &mut scratch[..kk * nb];
+        im2col(s, x, (oy0, oy1), col);
+        f(oy0 * wo, nb, col);
+    }
+}
+
 /// Unfolds output rows `oy0..oy1` of one image into their column matrix
 /// (`[c_in·k·k][(oy1 − oy0)·w_out]`).
 fn im2col(s: &Conv2d, x: &[f32], (oy0, oy1): (usize, usize), col: &mut [f32]) {
@@ -285,14 +298,9 @@ pub fn conv2d_forward(
         } else {
             // Column block by column block: each output element is still one FMA chain
             // over all of k, so the blocking changes no bit.
-            let (ho, wo, rows) = (s.h_out(), s.w_out(), s.block_rows());
-            for oy0 in (0..ho).step_by(rows) {
-                let oy1 = (oy0 + rows).min(ho);
-                let nb = (oy1 - oy0) * wo;
-                let col = &mut scratch[..kk * nb];
-                im2col(s, xi, (oy0, oy1), col);
-                sgemm(s.c_out, nb, kk, w, kk, false, col, nb, false, &mut yi[oy0 * wo..], hw_o, false);
-            }
+            im2col_blocks(s, xi, scratch, |p0, nb, col| {
+                sgemm(s.c_out, nb, kk, w, kk, false, col, nb, false, &mut yi[p0..], hw_o, false);
+            });
         }
         if let Some(b) = bias {
             for (plane, &bb) in yi.chunks_exact_mut(hw_o.max(1)).zip(b) {
@@ -345,14 +353,9 @@ pub fn conv2d_accumulate_weight_grad(
         } else {
             // Block by block of pixels (the GEMM's k), accumulating: each element of `dw`
             // is the same FMA chain over the pixels in order as in one call.
-            let (ho, wo, rows) = (s.h_out(), s.w_out(), s.block_rows());
-            for oy0 in (0..ho).step_by(rows) {
-                let oy1 = (oy0 + rows).min(ho);
-                let nb = (oy1 - oy0) * wo;
-                let col = &mut scratch[..kk * nb];
-                im2col(s, xi, (oy0, oy1), col);
-                sgemm(s.c_out, kk, nb, &dyi[oy0 * wo..], hw_o, false, col, nb, true, dw, kk, true);
-            }
+            im2col_blocks(s, xi, scratch, |p0, nb, col| {
+                sgemm(s.c_out, kk, nb, &dyi[p0..], hw_o, false, col, nb, true, dw, kk, true);
+            });
         }
     }
     if let Some(db) = dbias {
