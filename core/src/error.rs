@@ -57,7 +57,7 @@ impl fmt::Display for PlanError {
             PlanError::UnknownAuxHead => f.write_str("unknown aux classifier: use 0c1f, 0c2f, 1c1f, 1c2f, 1c3f or 2c2f"),
             PlanError::PatchGrid { patches, map, image } => write!(
                 f,
-                "a {patches}×{patches} patch grid does not fit: feature maps are {map}×{map} and the image {image}×{image} must divide by {patches}"
+                "a {patches}×{patches} patch grid does not fit: a feature map is {map}×{map} and the image {image}×{image} (the image must divide by {patches}; ImageNet decoders on patches, --pff input, also need maps that divide by {patches} and images of at least 16·{patches} pixels)"
             ),
             PlanError::ZeroBatch => f.write_str("batch size must be at least 1"),
         }

@@ -10,7 +10,16 @@
 //! weight `wx`) and a cascade level (modules i−1 and i together, the decoder and a second
 //! classifier on module i's output, weight `wy`), the decoder working on `patches × patches`
 //! patches one at a time.
+//!
+//! The reference has two recipes, one per family of networks ([`Method::reference`],
+//! [`Method::imagenet_reference`]). They differ in the auxiliary nets ([`Method::aux`]: the
+//! CIFAR code's small heads and per-patch decoders, or `InfoProAux.py`'s ImageNet heads
+//! with strided convs to 2048 features and decoders that upsample in stages), and in
+//! HPFF: on ImageNet only the cascade level is trained, with fixed weights 5 (decoder) and
+//! 0.75 (classifier), and PFF cuts the *output* of one whole-map decoder into patches
+//! ([`Pff::Output`]) instead of decoding feature patches one at a time ([`Pff::Input`]).
 
+pub use crate::arch::Family;
 use crate::error::PlanError;
 use crate::partition::Partition;
 
@@ -75,6 +84,20 @@ impl core::fmt::Display for AuxHead {
     }
 }
 
+/// Where patch feature fusion cuts the decoder's work into `patches × patches` pieces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Pff {
+    /// Each patch of the module's output is decoded on its own, by its own decoder, into
+    /// the matching patch of the image, one patch at a time: the decoder's memory drops by
+    /// the number of patches (the CIFAR reference; an option on ImageNet).
+    Input,
+    /// One decoder runs on the whole map and its output is cut into patches, each scored
+    /// against its patch of the image (the ImageNet reference): the loss is patch-wise,
+    /// the memory is the whole decoder's.
+    Output,
+}
+
 /// A complete method configuration. [`Method::reference`] gives the reference's defaults.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Method {
@@ -98,6 +121,10 @@ pub struct Method {
     /// gradients are taken one step later, so one module's values are live instead of
     /// two. Costs one more forward per module and step (see [`crate::plan`]).
     pub recompute: bool,
+    /// Which reference's auxiliary nets: the CIFAR code's or the ImageNet code's
+    /// (`InfoProAux.py`; ImageNet networks only).
+    pub aux: Family,
+    pub pff: Pff,
 }
 
 impl Method {
@@ -118,7 +145,38 @@ impl Method {
             wx: 0.001,
             wy: 0.999,
             recompute: false,
+            aux: Family::Cifar,
+            pff: Pff::Input,
         }
+    }
+
+    /// The ImageNet reference's recipe (`Exp on Imagenet`): its auxiliary nets and, with
+    /// `hpff`, its HPFF: the cascade level alone, decoder weight 5 and classifier weight
+    /// 0.75 at every module, the whole-map decoder's output cut into 2×2 patches.
+    pub fn imagenet_reference(base: Base, hpff: bool) -> Method {
+        Method {
+            levels: if hpff { Levels::Cascade } else { Levels::Both },
+            lambda1: [5.0, 5.0],
+            lambda2: [0.75, 0.75],
+            aux: Family::ImageNet,
+            pff: Pff::Output,
+            ..Method::reference(base, hpff)
+        }
+    }
+
+    /// The reference recipe for a family of networks.
+    pub fn reference_for(family: Family, base: Base, hpff: bool) -> Method {
+        match family {
+            Family::Cifar => Method::reference(base, hpff),
+            Family::ImageNet => Method::imagenet_reference(base, hpff),
+        }
+    }
+
+    /// Whether module 0 runs on the independent path although only the cascade level is
+    /// trained: the ImageNet reference's loop starts with that pass, which no loss reads
+    /// but which updates module 0's BN running statistics (see [`crate::plan`]).
+    pub fn module0_x_pass(&self) -> bool {
+        self.hpff && self.aux == Family::ImageNet
     }
 
     /// Whether modules get a decoder (InfoPro-based methods only).
@@ -156,6 +214,9 @@ impl Method {
         }
         if self.recompute && !self.hpff {
             return Err(PlanError::BadMethod("--recompute applies to HPFF only"));
+        }
+        if self.pff == Pff::Output && self.aux != Family::ImageNet {
+            return Err(PlanError::BadMethod("--pff output needs the ImageNet auxiliary nets (--aux-nets imagenet)"));
         }
         Ok(())
     }

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use hpff_core::arch::{Arch, Family};
-use hpff_core::method::{AuxHead, Base, Levels, LocalLoss, Method};
+use hpff_core::method::{AuxHead, Base, Levels, LocalLoss, Method, Pff};
 use hpff_core::optim::{LrSchedule, Sgd};
 use hpff_core::partition::{Partition, TableKind};
 use hpff_core::plan::Plan;
@@ -116,6 +116,27 @@ pub enum LevelsName {
     Both,
     Independent,
     Cascade,
+}
+
+/// Which reference's auxiliary nets (`--aux-nets`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuxNetsName {
+    /// The CIFAR code's: small conv heads, one-conv decoders.
+    Cifar,
+    /// The ImageNet code's (`InfoProAux.py`): heads with strided convs to 2048 features,
+    /// decoders that upsample in stages (ImageNet networks only).
+    Imagenet,
+}
+
+/// Where PFF cuts the decoder's work into patches (`--pff`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PffName {
+    /// Feature patches decoded one at a time (cuts the decoder's memory).
+    Input,
+    /// One decoder on the whole map, its output cut into patches for the loss (the ImageNet reference).
+    Output,
 }
 
 /// The auxiliary classifiers' loss.
@@ -294,16 +315,22 @@ hyper_parameters! {
         /// Explicit split points "stage,block;stage,block" (stages 1..=3, 1..=4 on the ImageNet networks), replacing --k
         #[arg(long)]
         splits: String = String::new();
+        /// Auxiliary nets: the CIFAR reference's or the ImageNet reference's (InfoProAux.py; ImageNet networks only). With imagenet, HPFF defaults to that reference's recipe: cascade level only, weights λ1 = 5 and λ2 = 0.75 at every module, --pff output [default: imagenet for resnetN-imagenet, else cifar]
+        #[arg(long, value_enum)]
+        aux_nets: AuxNetsName = if arch.trim().to_ascii_lowercase().ends_with("-imagenet") { AuxNetsName::Imagenet } else { AuxNetsName::Cifar };
         /// Decoder patch grid n (n×n patches: 1, 2 or 4) [default: 2 with --hpff, else 1]
         #[arg(long)]
         patches: usize = if hpff { 2 } else { 1 };
-        /// HiLo levels (ablations: independent or cascade only) [default: both]
+        /// Where PFF cuts patches: input (feature patches decoded one at a time, each by its own decoder: less memory) or output (one decoder on the whole map, its output cut into patches for the loss: the ImageNet reference) [default: output with --aux-nets imagenet, else input]
         #[arg(long, value_enum)]
-        levels: LevelsName = LevelsName::Both;
+        pff: PffName = if aux_nets == AuxNetsName::Imagenet { PffName::Output } else { PffName::Input };
+        /// HiLo levels (ablations: independent or cascade only) [default: both; cascade with --aux-nets imagenet]
+        #[arg(long, value_enum)]
+        levels: LevelsName = if aux_nets == AuxNetsName::Imagenet && hpff { LevelsName::Cascade } else { LevelsName::Both };
         /// HPFF: drop each module's forward values after its cascade backward and recompute them for its parameter gradients (same results, one more forward per module, about a fifth less activation memory)
         #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
         recompute: bool = false;
-        /// Auxiliary classifier head: 0c1f, 0c2f, 1c1f, 1c2f, 1c3f, 2c2f [default: 2c2f; greedy 0c1f]
+        /// Auxiliary classifier head of the CIFAR aux nets: 0c1f, 0c2f, 1c1f, 1c2f, 1c3f, 2c2f [default: 2c2f; greedy 0c1f (also with the ImageNet aux nets)]
         #[arg(long)]
         aux_classifier: String = if method == MethodName::Greedy { "0c1f".into() } else { "2c2f".into() };
         /// Loss of the auxiliary classifiers [default: ce]
@@ -315,12 +342,12 @@ hyper_parameters! {
         /// Feature dimension of the auxiliary classifier [default: 128]
         #[arg(long)]
         feature_dim: usize = 128;
-        /// Decoder weight λ1 at the first and the (K−1)-th module [default: 5,0]
+        /// Decoder weight λ1 at the first and the (K−1)-th module [default: 5,0; 5,5 with --aux-nets imagenet]
         #[arg(long, value_parser = parse_pair, value_name = "FIRST,LAST")]
-        lambda1: [f64; 2] = [5.0, 0.0];
-        /// Classifier weight λ2 at the first and the (K−1)-th module [default: 0.5,0]
+        lambda1: [f64; 2] = if aux_nets == AuxNetsName::Imagenet { [5.0, 5.0] } else { [5.0, 0.0] };
+        /// Classifier weight λ2 at the first and the (K−1)-th module [default: 0.5,0; 0.75,0.75 with --aux-nets imagenet]
         #[arg(long, value_parser = parse_pair, value_name = "FIRST,LAST")]
-        lambda2: [f64; 2] = [0.5, 0.0];
+        lambda2: [f64; 2] = if aux_nets == AuxNetsName::Imagenet { [0.75, 0.75] } else { [0.5, 0.0] };
         /// HPFF's independent-level weight [default: 0.001]
         #[arg(long)]
         wx: f64 = 0.001;
@@ -488,6 +515,14 @@ impl Settings {
         };
         method.patches = c.patches;
         method.recompute = c.recompute;
+        method.aux = match c.aux_nets {
+            AuxNetsName::Cifar => Family::Cifar,
+            AuxNetsName::Imagenet => Family::ImageNet,
+        };
+        method.pff = match c.pff {
+            PffName::Input => Pff::Input,
+            PffName::Output => Pff::Output,
+        };
         method.head = AuxHead::parse(&c.aux_classifier)?;
         method.local_loss = match c.local_loss {
             LocalLossName::Ce => LocalLoss::CrossEntropy,
@@ -729,12 +764,21 @@ impl Setup {
         let c = &self.settings;
         let name = c.method.name();
         let h = if c.hpff { "+hpff" } else { "" };
+        let m = &self.method;
+        let aux = match m.aux {
+            Family::Cifar => m.head.to_string(),
+            Family::ImageNet => "imagenet".to_string(),
+        };
+        let pff = match (m.aux, m.pff) {
+            (Family::ImageNet, Pff::Output) => " (output)",
+            (Family::ImageNet, Pff::Input) => " (input)",
+            (Family::Cifar, _) => "",
+        };
         format!(
-            "{name}{h}, K = {} ({} modules), patches {}, aux {}",
+            "{name}{h}, K = {} ({} modules), patches {}{pff}, aux {aux}",
             self.part.k_label,
             self.part.modules(),
-            self.method.patches,
-            self.method.head
+            m.patches
         )
     }
 }
@@ -805,6 +849,35 @@ mod tests {
         assert_eq!(s.part.split_point(&s.arch, 0), (2, 0));
         let e = cfg("resnet20-imagenet", 2).setup(shape).unwrap_err().to_string();
         assert!(e.contains("no ImageNet ResNet of depth 20"), "{e}");
+    }
+
+    /// An ImageNet network gets the ImageNet reference's recipe by default (its aux nets,
+    /// HPFF on the cascade level only with weights 5 and 0.75, PFF cutting the output); a
+    /// CIFAR network keeps the CIFAR recipe, and cannot take the ImageNet aux nets.
+    #[test]
+    fn imagenet_recipe_defaults() {
+        let shape = Shape { c: 3, image: 64, classes: 10 };
+        let s = Config { arch: Some("resnet18-imagenet".into()), ..Config::default() }.setup(shape).unwrap();
+        let m = s.method;
+        assert!(m.hpff && m.aux == Family::ImageNet && m.pff == Pff::Output && m.levels == Levels::Cascade);
+        assert_eq!((m.lambda1, m.lambda2, m.patches), ([5.0, 5.0], [0.75, 0.75], 2));
+        assert!(m.module0_x_pass());
+        let mixed = Config {
+            arch: Some("resnet18-imagenet".into()),
+            pff: Some(PffName::Input),
+            levels: Some(LevelsName::Both),
+            ..Config::default()
+        };
+        let m = mixed.setup(shape).unwrap().method;
+        assert!(m.aux == Family::ImageNet && m.pff == Pff::Input && m.levels == Levels::Both);
+        let cifar = Config { arch: Some("resnet20".into()), ..Config::default() }.setup(shape).unwrap().method;
+        assert!(cifar.aux == Family::Cifar && cifar.pff == Pff::Input && cifar.levels == Levels::Both);
+        assert_eq!((cifar.lambda1, cifar.lambda2), ([5.0, 0.0], [0.5, 0.0]));
+        let bad = Config { arch: Some("resnet20".into()), aux_nets: Some(AuxNetsName::Imagenet), ..Config::default() };
+        let e = bad.setup(shape).unwrap_err().to_string();
+        assert!(e.contains("need an ImageNet network"), "{e}");
+        let bad = Config { arch: Some("resnet20".into()), pff: Some(PffName::Output), ..Config::default() };
+        assert!(bad.setup(shape).unwrap_err().to_string().contains("--pff output needs"));
     }
 
     #[test]

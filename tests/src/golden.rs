@@ -3,7 +3,7 @@
 use hpff::device::Snapshot;
 use hpff_core::arch::Arch;
 use hpff_core::exec::StepInput;
-use hpff_core::method::{AuxHead, Base, LocalLoss, Method};
+use hpff_core::method::{AuxHead, Base, Family, Levels, LocalLoss, Method, Pff};
 use hpff_core::optim::Sgd;
 use hpff_core::partition::Partition;
 use hpff_core::plan::{LossKind, Plan, TensorKind};
@@ -21,6 +21,9 @@ pub struct Golden {
     pub tensors: HashMap<String, Vec<f32>>,
     pub plan: Plan,
     pub lr: f32,
+    /// Per-tensor tolerances of a fixture that holds a float64 run (`f64_truth` in the
+    /// generator): 8 × the float32 spread measured around it, at least 1e-4.
+    pub tolerance: HashMap<String, f64>,
 }
 
 /// `$HPFF_FIXTURES` when set; else this crate's `fixtures/golden`, found from the build
@@ -79,8 +82,12 @@ impl Golden {
             m => panic!("unknown method {m}"),
         };
         let hpff = cfg["hpff"].as_bool().unwrap();
+        let imagenet_aux = cfg.get("aux_nets").and_then(|a| a.as_str()) == Some("imagenet");
         let mut method = Method::reference(base, hpff);
-        if base != Base::E2e {
+        if imagenet_aux {
+            method.aux = Family::ImageNet;
+            method.pff = if cfg["pff"].as_str() == Some("input") { Pff::Input } else { Pff::Output };
+        } else if base != Base::E2e {
             method.head = AuxHead::parse(cfg["aux_head"].as_str().unwrap()).unwrap();
         }
         method.patches = u("patches");
@@ -97,6 +104,16 @@ impl Golden {
         method.lambda2 = pair("lambda2");
         method.wx = f("wx");
         method.wy = f("wy");
+        method.levels = match cfg.get("levels").and_then(|l| l.as_str()) {
+            Some("cascade") => Levels::Cascade,
+            Some("independent") => Levels::Independent,
+            _ => Levels::Both,
+        };
+        let tolerance = cfg
+            .get("tolerance")
+            .and_then(|t| t.as_object())
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.as_f64().unwrap())).collect())
+            .unwrap_or_default();
         let mut mean = [0.0; 4];
         let mut std = [1.0; 4];
         for c in 0..3 {
@@ -104,7 +121,12 @@ impl Golden {
             std[c] = cfg["std"][c].as_f64().unwrap() as f32;
         }
         let plan = Plan::new(arch, part, method, u("batch"), mean, std).unwrap();
-        Golden { name: case.to_string(), tensors, plan, lr: f("lr") }
+        Golden { name: case.to_string(), tensors, plan, lr: f("lr"), tolerance }
+    }
+
+    /// The tolerance of fixture tensor `key`: its own for a float64 fixture, else `default`.
+    pub fn tol(&self, key: &str, default: f64) -> f64 {
+        self.tolerance.get(key).copied().unwrap_or(default)
     }
 
     pub fn get(&self, key: &str) -> &[f32] {
@@ -160,8 +182,12 @@ impl Golden {
             }
         }
         if hpff {
-            v.push(("last.x".into(), LossKind::LastX.slot(m - 1)));
-            v.push(("last.y".into(), LossKind::LastY.slot(m - 1)));
+            for (key, kind) in [("last.x", LossKind::LastX), ("last.y", LossKind::LastY)] {
+                // Without the independent level (the ImageNet recipe) there is no x path.
+                if self.tensors.contains_key(&format!("loss.0.{key}")) {
+                    v.push((key.into(), kind.slot(m - 1)));
+                }
+            }
         } else {
             v.push((format!("m{}.ce", m - 1), LossKind::Ce.slot(m - 1)));
         }

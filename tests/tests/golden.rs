@@ -4,8 +4,15 @@
 //! cut into five modules, and an ImageNet-style ResNet-18 at base width 8 on 64×64
 //! images, batch 4, end to end).
 //!
+//! The ImageNet recipe's HPFF (the ImageNet aux nets, cascade level only, the whole-map
+//! decoder's output cut into quadrants, and true patch-input PFF) on ImageNet-style
+//! ResNet-18 and ResNet-50 at base width 8, 64×64, batch 4, K = 4.
+//!
 //! Tolerance: every loss, gradient, parameter and BN running statistic within 1e-4 of
 //! the fixture, relative to the tensor's largest magnitude floored at 1e-3 (see `rel_err`).
+//! The ImageNet HPFF fixtures hold a float64 run and a tolerance per tensor (8 × the
+//! float32 spread measured around it, at least 1e-4): these tiny nets are ill-conditioned
+//! in float32 (see `tools/golden/README.md`).
 
 use hpff::device::Snapshot;
 use hpff_core::exec::Region;
@@ -29,7 +36,8 @@ fn run_case(case: &str, target: Target) {
         for (key, slot) in g.loss_keys() {
             let want = g.get(&format!("loss.{t}.{key}"))[0];
             let e = rel_err(&[losses[slot]], &[want]);
-            assert!(e < TOL, "{case} on {target:?}: loss {key} at step {t}: {} vs {want}", losses[slot]);
+            let tol = g.tol(&format!("loss.{t}.{key}"), TOL);
+            assert!(e < tol, "{case} on {target:?}: loss {key} at step {t}: {} vs {want}", losses[slot]);
             worst[0] = worst[0].max(e);
         }
         let check = |prefix: &str, m: &Snapshot, grads: Option<&[f32]>, worst: &mut f64| {
@@ -42,7 +50,8 @@ fn run_case(case: &str, target: Target) {
                     (TensorKind::Param, None) => &m.params[tn.off..tn.off + tn.len],
                 };
                 let e = rel_err(got, g.get(&key));
-                assert!(e < TOL, "{case} on {target:?}: {key} differs by {e:.2e} (relative)");
+                let tol = g.tol(&key, TOL);
+                assert!(e < tol, "{case} on {target:?}: {key} differs by {e:.2e} (relative; tolerance {tol:.1e})");
                 *worst = worst.max(e);
             })
         };
@@ -56,7 +65,7 @@ fn run_case(case: &str, target: Target) {
                     check("step1", &m, None, &mut worst[2]);
                 }
             }
-            2 => check("step3", &m, None, &mut worst[3]),
+            2 if g.tensors.contains_key("step3.conv1.weight") => check("step3", &m, None, &mut worst[3]),
             _ => {}
         }
     }
@@ -80,4 +89,7 @@ on_every_executor! {
     infopro_hpff_five_modules => |t| run_case("infopro_hpff_k5_resnet14", t);
     infopro_hpff_batch_37 => |t| run_case("infopro_hpff_n2_ce_b37", t);
     imagenet_resnet18_e2e => |t| run_case("imagenet_resnet18_e2e", t);
+    imagenet_resnet18_hpff => |t| run_case("imagenet_resnet18_hpff", t);
+    imagenet_resnet18_hpff_pff_input => |t| run_case("imagenet_resnet18_hpff_pff_input", t);
+    imagenet_resnet50_hpff => |t| run_case("imagenet_resnet50_hpff", t);
 }

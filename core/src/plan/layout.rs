@@ -65,6 +65,21 @@ pub enum Name {
     Head { net: &'static str, stage: usize, block: usize, index: usize, leaf: &'static str },
     /// `{net}_{stage}_{block}.decoders.{patch}.{index}.{leaf}`
     Decoder { net: &'static str, stage: usize, block: usize, patch: usize, index: usize, leaf: &'static str },
+    /// The ImageNet reference's auxiliary classifiers, `{net}{stage}_{block}.head.{index}.{leaf}`
+    /// (`aux13_0.head.0.weight`).
+    ImageNetHead { net: &'static str, stage: usize, block: usize, index: usize, leaf: &'static str },
+    /// The ImageNet reference's decoders, `{net}{stage}_{block}.decoder{seq}.{index}.{leaf}`
+    /// (`decoder13_0.decoder3.0.weight`; `seq` is the stage of the map it decodes); with
+    /// patch-input PFF, one per patch: `{net}{stage}_{block}.decoders.{patch}.decoder{seq}.…`.
+    ImageNetDecoder {
+        net: &'static str,
+        stage: usize,
+        block: usize,
+        patch: Option<usize>,
+        seq: usize,
+        index: usize,
+        leaf: &'static str,
+    },
 }
 
 impl fmt::Display for Name {
@@ -75,6 +90,16 @@ impl fmt::Display for Name {
             Name::Head { net, stage, block, index, leaf } => write!(f, "{net}_{stage}_{block}.head.{index}.{leaf}"),
             Name::Decoder { net, stage, block, patch, index, leaf } => {
                 write!(f, "{net}_{stage}_{block}.decoders.{patch}.{index}.{leaf}")
+            }
+            Name::ImageNetHead { net, stage, block, index, leaf } => {
+                write!(f, "{net}{stage}_{block}.head.{index}.{leaf}")
+            }
+            Name::ImageNetDecoder { net, stage, block, patch, seq, index, leaf } => {
+                write!(f, "{net}{stage}_{block}.")?;
+                if let Some(p) = patch {
+                    write!(f, "decoders.{p}.")?;
+                }
+                write!(f, "decoder{seq}.{index}.{leaf}")
             }
         }
     }
@@ -112,6 +137,8 @@ pub(crate) enum Prefix {
     Block { stage: usize, block: usize, layer: &'static str },
     Head { net: &'static str, stage: usize, block: usize, index: usize },
     Decoder { net: &'static str, stage: usize, block: usize, patch: usize, index: usize },
+    ImageNetHead { net: &'static str, stage: usize, block: usize, index: usize },
+    ImageNetDecoder { net: &'static str, stage: usize, block: usize, patch: Option<usize>, seq: usize, index: usize },
 }
 
 impl Prefix {
@@ -122,6 +149,10 @@ impl Prefix {
             Prefix::Head { net, stage, block, index } => Name::Head { net, stage, block, index, leaf },
             Prefix::Decoder { net, stage, block, patch, index } => {
                 Name::Decoder { net, stage, block, patch, index, leaf }
+            }
+            Prefix::ImageNetHead { net, stage, block, index } => Name::ImageNetHead { net, stage, block, index, leaf },
+            Prefix::ImageNetDecoder { net, stage, block, patch, seq, index } => {
+                Name::ImageNetDecoder { net, stage, block, patch, seq, index, leaf }
             }
         }
     }
@@ -248,10 +279,13 @@ fn fc_prefix(arch: &Arch) -> Prefix {
     })
 }
 
-/// An auxiliary classifier head: up to two conv+BN+ReLU, global pool, up to three linears.
+/// Most conv+BN+ReLU layers of an auxiliary classifier (the ImageNet reference's four).
+pub const MAX_HEAD_CONVS: usize = 4;
+
+/// An auxiliary classifier head: up to four conv+BN+ReLU, global pool, up to three linears.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeadP {
-    pub convs: [(ConvP, BnP); 2],
+    pub convs: [(ConvP, BnP); MAX_HEAD_CONVS],
     pub n_convs: usize,
     pub linears: [LinearP; 3],
     pub n_linears: usize,
@@ -291,6 +325,12 @@ impl DecoderP {
         (a, b, c)
     }
 }
+
+/// An unused conv slot of a [`HeadP`].
+pub(crate) const NO_HEAD_CONV: (ConvP, BnP) = (
+    ConvP { s: Conv2d { c_in: 0, c_out: 0, h: 1, w: 1, k: 1, stride: 1, pad: 0 }, w: 0, b: None },
+    BnP { s: BatchNorm2d { c: 0, hw: 0 }, p: 0, state: 0 },
+);
 
 impl Plan {
     /// Calls `f` for every parameter and BN running statistic, in checkpoint order.
@@ -372,34 +412,33 @@ impl Plan {
         cur
     }
 
-    /// The head of auxiliary net `net` of module `j`.
-    pub(crate) fn head(&self, j: usize, net: AuxNet) -> HeadP {
+    /// A cursor positioned at auxiliary net `net` of module `j`.
+    pub(crate) fn aux_cursor_at(&self, j: usize, net: AuxNet) -> Cursor<'static> {
         let mut cur = self.aux_cursor(j);
         for n in self.aux_nets(j) {
             if n == net {
-                return self.head_params(&mut cur, j, net);
+                return cur;
             }
             self.aux_params(&mut cur, j, n);
         }
         unreachable!("module {j} has no auxiliary net {net:?}")
     }
 
+    /// The head of auxiliary net `net` of module `j`.
+    pub(crate) fn head(&self, j: usize, net: AuxNet) -> HeadP {
+        self.head_params(&mut self.aux_cursor_at(j, net), j, net)
+    }
+
+    /// The CIFAR decoder `net` of module `j`.
     pub(crate) fn decoder(&self, j: usize, net: AuxNet) -> DecoderP {
-        let mut cur = self.aux_cursor(j);
-        for n in self.aux_nets(j) {
-            if n == net {
-                return self.decoder_params(&mut cur, j, net);
-            }
-            self.aux_params(&mut cur, j, n);
-        }
-        unreachable!("module {j} has no decoder {net:?}")
+        self.decoder_params(&mut self.aux_cursor_at(j, net), j, net)
     }
 
     fn aux_params(&self, cur: &mut Cursor, j: usize, net: AuxNet) {
-        if net.is_decoder() {
-            self.decoder_params(cur, j, net);
-        } else {
-            self.head_params(cur, j, net);
+        match (net.is_decoder(), self.method.aux) {
+            (true, Family::Cifar) => _ = self.decoder_params(cur, j, net),
+            (true, Family::ImageNet) => _ = self.staged_decoder_params(cur, j, net),
+            (false, _) => _ = self.head_params(cur, j, net),
         }
     }
 
@@ -414,22 +453,19 @@ impl Plan {
         let (c, h, stage) = self.module_out(j);
         let (sp, sb) = self.part.split_point(&self.arch, j);
         let m = &self.method;
-        let head = if self.method.base == crate::method::Base::Greedy && net != AuxNet::Decoder {
-            crate::method::AuxHead::GREEDY
-        } else {
-            m.head
-        };
+        let greedy = self.method.base == crate::method::Base::Greedy;
+        if m.aux == Family::ImageNet && !greedy {
+            return self.imagenet_head_params(cur, j, net);
+        }
+        let head = if greedy { crate::method::AuxHead::GREEDY } else { m.head };
         let pre = |index| Prefix::Head { net: net.name(self.method.hpff), stage: sp, block: sb, index };
         // The reference keys its head widths on the input width 16/32/64, i.e. on the stage:
         // 32, 64, 64 at the default base width 16; they scale with the base width. An
-        // ImageNet network's fourth stage gets the third's head (the reference's own
-        // ImageNet heads are different nets, not built yet).
+        // ImageNet network's fourth stage gets the third's head (with the CIFAR aux nets;
+        // the reference's ImageNet heads are in `imagenet_aux.rs`).
         let width = [2, 4, 4, 4][stage] * self.arch.width * m.widen;
         let stride = [2, 2, 1, 1][stage];
-        let mut convs = [(
-            ConvP { s: Conv2d { c_in: 0, c_out: 0, h: 1, w: 1, k: 1, stride: 1, pad: 0 }, w: 0, b: None },
-            BnP { s: BatchNorm2d { c: 0, hw: 0 }, p: 0, state: 0 },
-        ); 2];
+        let mut convs = [NO_HEAD_CONV; MAX_HEAD_CONVS];
         let (mut ch, mut hh) = (c, h);
         for i in 0..head.convs {
             let st = if i == 0 { stride } else { 1 };

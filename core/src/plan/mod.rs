@@ -30,6 +30,7 @@
 //! With `levels = Independent` module 0 gets an independent loss too (otherwise nothing
 //! would train it) and the sole level has weight 1; likewise `Cascade` alone has weight 1.
 
+mod imagenet_aux;
 mod layout;
 mod op;
 mod schedule;
@@ -37,11 +38,12 @@ mod schedule;
 /// Re-exported from [`crate::error`], where it lives so that `arch`, `partition` and
 /// `method` need not depend on the plan that depends on them.
 pub use crate::error::PlanError;
-pub use layout::{BlockP, BnP, ConvP, DecoderP, HeadP, Init, LinearP, Name, StemP, Tensor, TensorKind};
+pub use imagenet_aux::{StagedDecoderP, MAX_DECODER_LAYERS};
+pub use layout::{BlockP, BnP, ConvP, DecoderP, HeadP, Init, LinearP, Name, StemP, Tensor, TensorKind, MAX_HEAD_CONVS};
 pub use op::{Access, Buf, LossKind, LossSlot, Op, LOSS_KINDS};
 
-use crate::arch::Arch;
-use crate::method::{Base, Levels, Method};
+use crate::arch::{Arch, Family};
+use crate::method::{Base, Levels, Method, Pff};
 use crate::partition::Partition;
 
 /// An auxiliary net attached to a module's output.
@@ -65,6 +67,22 @@ impl AuxNet {
             (AuxNet::Independent, _) => "net_classifier",
             (AuxNet::Decoder, false) => "decoder",
             (AuxNet::Decoder, true) => "aux_decoder",
+        }
+    }
+    /// The attribute name in the reference the method's auxiliary nets come from.
+    pub const fn label(self, method: &Method) -> &'static str {
+        match method.aux {
+            Family::Cifar => self.name(method.hpff),
+            Family::ImageNet => self.imagenet_name(),
+        }
+    }
+    /// The ImageNet reference's attribute name (before the split point, `aux13_0`): its
+    /// cascade nets are `aux1`/`decoder1`, its independent-path head `aux2`.
+    pub const fn imagenet_name(self) -> &'static str {
+        match self {
+            AuxNet::Classifier => "aux1",
+            AuxNet::Independent => "aux2",
+            AuxNet::Decoder => "decoder1",
         }
     }
 }
@@ -145,13 +163,24 @@ impl Plan {
             decoder_peak: 0,
             scratch: 0,
         };
+        if method.aux == Family::ImageNet && arch.family != Family::ImageNet {
+            return Err(PlanError::BadMethod(
+                "the ImageNet auxiliary nets need an ImageNet network (resnetN-imagenet)",
+            ));
+        }
         if method.uses_decoder() {
             let n = method.patches;
+            // Patch-input ImageNet decoders work on equal patches, down to 1/16 of the image.
+            let imagenet_input = method.aux == Family::ImageNet && method.pff == Pff::Input;
             for j in 0..plan.part.modules().saturating_sub(1) {
                 let (_, h, _) = plan.module_out(j);
-                if h < n || arch.image % n != 0 {
+                let uneven = imagenet_input && (h % n != 0 || (arch.image >> 4) < n);
+                if h < n || arch.image % n != 0 || uneven {
                     return Err(PlanError::PatchGrid { patches: n, map: h, image: arch.image });
                 }
+            }
+            if method.aux == Family::ImageNet && arch.image < 16 {
+                return Err(PlanError::BadShape("the ImageNet decoders need images of at least 16 pixels"));
             }
         }
         let mut cur = layout::Cursor::new(0, 0, None);

@@ -16,8 +16,10 @@
 use super::layout::{BlockP, BnP, DecoderP, HeadP};
 use super::op::{Buf, LossKind, LossSlot, Op};
 use super::{AuxNet, Plan};
-use crate::method::Levels;
+use crate::method::{Family, Levels};
 use crate::ops::Window;
+
+mod imagenet_decoder;
 
 pub(crate) struct DryRun {
     pub peak: usize,
@@ -578,7 +580,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     fn head_loss(&mut self, hp: &HeadP, x: Buf, dacc: Buf, scale: f32, slot: LossSlot) {
         let mark = self.top;
         let n = self.n;
-        let mut saved = [(NONE, NONE); 2];
+        let mut saved = [(NONE, NONE); super::MAX_HEAD_CONVS];
         for (i, s) in saved.iter_mut().enumerate().take(hp.n_convs) {
             let bn = hp.convs[i].1.s;
             *s = (self.alloc(n * bn.c * bn.hw), self.alloc(4 * bn.c));
@@ -650,7 +652,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let r = self.alloc(alen);
         let sums = self.alloc(2 * hp.convs.iter().take(hp.n_convs).map(|c| c.1.s.c).max().unwrap_or(0));
         let last = hp.n_convs - 1;
-        self.relu_recompute(hp.convs[last].1, saved[last], r);
+        self.relu_recompute(hp.convs[last].1, saved[last], Buf { off: r.off, len: saved[last].0.len });
         let mut dcur = Buf { off: g.off, len: saved[last].0.len };
         self.op(Op::PoolBackward { channels: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dcur });
         for i in (0..hp.n_convs).rev() {
@@ -688,6 +690,20 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     fn relu_recompute(&mut self, bn: BnP, (h, st): (Buf, Buf), y: Buf) {
         self.op(Op::BnApply { shape: bn.s, affine: bn.p, x: h, y, stats: st });
         self.op(Op::Relu { x: y });
+    }
+
+    /// The decoder loss of module `j` on its output `x`, by the method's kind of decoder.
+    fn any_decoder_loss(&mut self, j: usize, x: Buf, dacc: Buf, img: Buf, scale: f32, slot: LossSlot) {
+        match self.plan.method.aux {
+            Family::Cifar => {
+                let dp = self.plan.decoder(j, AuxNet::Decoder);
+                self.decoder_loss(&dp, x, dacc, img, scale, slot);
+            }
+            Family::ImageNet => {
+                let dp = self.plan.staged_decoder(j, AuxNet::Decoder);
+                self.staged_decoder_loss(&dp, x, dacc, img, scale, slot);
+            }
+        }
     }
 
     /// The decoder's loss on `x`, one patch at a time (each patch's backward before the
@@ -829,8 +845,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             if j + 1 < m {
                 let (l1, l2) = method.local_weights(&self.plan.part, j);
                 if method.uses_decoder() {
-                    let dp = self.plan.decoder(j, AuxNet::Decoder);
-                    self.decoder_loss(&dp, out, d, img, l1, LossKind::Decoder.slot(j));
+                    self.any_decoder_loss(j, out, d, img, l1, LossKind::Decoder.slot(j));
                 }
                 let hp = self.plan.head(j, AuxNet::Classifier);
                 self.head_loss(&hp, out, d, l2, LossKind::Classifier.slot(j));
@@ -871,7 +886,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let lv = method.levels;
         let (do_x, do_y) = (lv != Levels::Cascade, lv != Levels::Independent);
         let (wx, wy) = if lv == Levels::Both { (method.wx, method.wy) } else { (1.0, 1.0) };
-        let passes = |j: usize| Fwd::Train(u8::from(do_x) + u8::from(do_y && (1..last).contains(&j)) + u8::from(do_y));
+        let x_pass = |j: usize| do_x || (j == 0 && method.module0_x_pass());
+        let passes =
+            |j: usize| Fwd::Train(u8::from(x_pass(j)) + u8::from(do_y && (1..last).contains(&j)) + u8::from(do_y));
         // Outputs live longer than frames: module i's parameter gradients (taken one step
         // later) still read its input, the output of module i−1.
         let maxo = self.max_out_len();
@@ -938,8 +955,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 if j < last {
                     let (l1, l2) = method.local_weights(&plan.part, j);
                     if method.uses_decoder() {
-                        let dp = plan.decoder(j, AuxNet::Decoder);
-                        self.decoder_loss(&dp, out, t, img, wy * l1, LossKind::CascadeDecoder.slot(j));
+                        self.any_decoder_loss(j, out, t, img, wy * l1, LossKind::CascadeDecoder.slot(j));
                     }
                     let hp = plan.head(j, AuxNet::Classifier);
                     self.head_loss(&hp, out, t, wy * l2, LossKind::CascadeClassifier.slot(j));
@@ -1115,6 +1131,17 @@ mod tests {
                     assert!(!a.overlaps(b), "op {count} {}: {a:?} overlaps {b:?}", op.name());
                 }
             }
+            // Elementwise ops see their buffers image by image (an executor may cut the
+            // batch anywhere), so their buffers must be exactly as long as each other.
+            let same = match *op {
+                Op::BnTrain { x, y, .. } | Op::BnEval { x, y, .. } | Op::BnApply { x, y, .. } => [x, y, x],
+                Op::Sigmoid { x, y } | Op::Restore { x, y, .. } | Op::Add { y, x } | Op::AddRelu { y, x } => [x, y, x],
+                Op::SigmoidBackward { y, dy, dx } => [y, dy, dx],
+                Op::ReluBackward { y, dy } => [y, dy, y],
+                Op::BnBackward { x, dy, dx, .. } => [x, dy, dx],
+                _ => [NONE; 3],
+            };
+            assert!(same.iter().all(|b| b.len == same[0].len), "op {count} {}: lengths differ: {same:?}", op.name());
             count += 1;
         };
         if train {
@@ -1139,17 +1166,23 @@ mod tests {
         let imagenet = [18, 50].map(|d| Arch::resnet_imagenet(d, 3, 64, 10).unwrap().with_width(8).unwrap());
         for arch in cifar.into_iter().chain(imagenet) {
             for (base, hpff) in methods {
-                for k in [1, 2, 4, 8] {
-                    let Ok(part) = Partition::for_k(&arch, k, TableKind::Reference) else { continue };
-                    let Ok(plan) = Plan::new(arch, part, Method::reference(base, hpff), 3, [0.0; 4], [1.0; 4]) else {
-                        continue;
-                    };
-                    check(&plan, true);
-                    check(&plan, false);
-                    checked += 1;
+                // Both recipes' aux nets on the ImageNet networks, and both kinds of PFF.
+                let m = Method::imagenet_reference(base, hpff);
+                let imagenet = [m, Method { pff: crate::method::Pff::Input, ..m }];
+                let n = if arch.family == Family::ImageNet { 3 } else { 1 };
+                for method in [Method::reference(base, hpff)].into_iter().chain(imagenet).take(n) {
+                    for k in [1, 2, 4, 8] {
+                        let Ok(part) = Partition::for_k(&arch, k, TableKind::Reference) else { continue };
+                        let Ok(plan) = Plan::new(arch, part, method, 3, [0.0; 4], [1.0; 4]) else {
+                            continue;
+                        };
+                        check(&plan, true);
+                        check(&plan, false);
+                        checked += 1;
+                    }
                 }
             }
         }
-        assert!(checked >= 60, "only {checked} plans built");
+        assert!(checked >= 90, "only {checked} plans built");
     }
 }

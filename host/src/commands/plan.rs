@@ -38,7 +38,7 @@ pub fn modules(plan: &Plan) -> Vec<ModuleInfo> {
                 blocks: [r.start, r.end - 1],
                 split: [s, b],
                 out: [last.c_out, last.h_out, last.w_out],
-                aux: plan.aux_nets(j).iter().map(|a| a.name(plan.method.hpff)).collect(),
+                aux: plan.aux_nets(j).iter().map(|a| a.label(&plan.method)).collect(),
             }
         })
         .collect()
