@@ -1,7 +1,7 @@
 //! The memory property of local learning, read off the static plan.
 
 use hpff_core::arch::Arch;
-use hpff_core::method::{Base, Method};
+use hpff_core::method::{Base, Family, Method, Pff};
 use hpff_core::partition::{Partition, TableKind};
 use hpff_core::plan::{Memory, Plan};
 use hpff_tests::executors::Target;
@@ -89,12 +89,28 @@ fn every_method() -> Vec<Method> {
         let recompute = Method { recompute: true, ..Method::reference(base, true) };
         v.extend([Method::reference(base, false), Method::reference(base, true), recompute]);
     }
+    // The ImageNet recipe (ImageNet networks only): its aux nets, its HPFF with the
+    // decoder's output cut into patches, and with true patch-input PFF.
+    let hpff = Method::imagenet_reference(Base::InfoPro, true);
+    v.extend([
+        Method::imagenet_reference(Base::Dgl, false),
+        Method::imagenet_reference(Base::InfoPro, false),
+        hpff,
+        Method { pff: Pff::Input, ..hpff },
+        Method { pff: Pff::Input, recompute: true, ..hpff },
+    ]);
     v
 }
 
-/// How a method is named in the messages: base, `+hpff`, `+recompute`.
+/// How a method is named in the messages: base, `+hpff`, `+recompute`, the ImageNet recipe.
 fn label(m: &Method) -> String {
-    format!("{:?}{}{}", m.base, if m.hpff { "+hpff" } else { "" }, if m.recompute { "+recompute" } else { "" })
+    let recipe = match (m.aux, m.pff) {
+        (Family::Cifar, _) => "",
+        (Family::ImageNet, Pff::Output) => " (imagenet aux, pff output)",
+        (Family::ImageNet, Pff::Input) => " (imagenet aux, pff input)",
+    };
+    let (h, r) = (if m.hpff { "+hpff" } else { "" }, if m.recompute { "+recompute" } else { "" });
+    format!("{:?}{h}{r}{recipe}", m.base)
 }
 
 /// Planned = measured, on every executor and for every method. The executor is laid out
@@ -110,9 +126,10 @@ fn touches_the_planned_peak(target: Target) {
     use hpff_core::rng::Rng;
     let (batch, layout_batch) = (16, 24);
     let imagenet = Arch::resnet_imagenet(18, 3, 32, 10).unwrap().with_width(8).unwrap();
-    for (method, arch) in
-        every_method().into_iter().flat_map(|m| [(m, Arch::resnet(20, 3, 16, 10).unwrap()), (m, imagenet)])
-    {
+    let cifar = Arch::resnet(20, 3, 16, 10).unwrap();
+    let pairs = every_method().into_iter().flat_map(|m| [(m, cifar), (m, imagenet)]);
+    // The ImageNet aux nets need an ImageNet network.
+    for (method, arch) in pairs.filter(|(m, a)| m.aux == Family::Cifar || a.family == Family::ImageNet) {
         let name = format!("{} {}", arch.name(), label(&method));
         let k = if method.base == Base::E2e { 1 } else { 4 };
         let part = Partition::for_k(&arch, k, TableKind::Reference).unwrap();
