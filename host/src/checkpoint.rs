@@ -68,12 +68,14 @@ pub struct Meta {
     pub tensors: TensorFile,
 }
 
-struct Bytes {
+/// One tensor's shape and its bytes, borrowed from the snapshot: serializing then holds
+/// the snapshot and the file's bytes, not a third copy of the model.
+struct Bytes<'a> {
     shape: Vec<usize>,
-    data: Vec<u8>,
+    data: &'a [u8],
 }
 
-impl View for &Bytes {
+impl View for &Bytes<'_> {
     fn dtype(&self) -> Dtype {
         Dtype::F32
     }
@@ -81,7 +83,7 @@ impl View for &Bytes {
         &self.shape
     }
     fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.data)
+        std::borrow::Cow::Borrowed(self.data)
     }
     fn data_len(&self) -> usize {
         self.data.len()
@@ -96,8 +98,8 @@ fn shape_of(t: &Tensor) -> Vec<usize> {
 #[cfg(target_endian = "big")]
 compile_error!("checkpoints are written as the in-memory bytes of f32 values, which safetensors wants little-endian");
 
-fn le_bytes(v: &[f32]) -> Vec<u8> {
-    bytemuck::cast_slice(v).to_vec()
+fn le_bytes(v: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(v)
 }
 
 /// The safetensors bytes of a model's parameters, BN statistics and momentum.
