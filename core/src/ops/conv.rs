@@ -305,13 +305,19 @@ struct ShiftedTaps<'a> {
 }
 
 impl ShiftedTaps<'_> {
-    /// The input plane and flat offsets of tap row `t`: pixel `p`'s tap value is
-    /// `plane[p + up − down]` for `p` in `p_lo..p_hi` whose column is in `lo..hi`, else 0.
-    fn tap(&self, t: usize) -> (&[f32], usize, usize, (usize, usize)) {
+    /// Tap row `(ci, kh, kw)` at pixel `p`: `x[ci·h·w + p + up − down]` (`up = kh·w + kw`,
+    /// `down = pad·w + pad`) when that lies inside plane `ci` and the column is inside the
+    /// row, else 0 (the padding).
+    fn value(&self, (ci, kh, kw): (usize, usize, usize), p: usize) -> f32 {
         let s = self.s;
-        let (ci, kh, kw) = (t / (s.k * s.k), t / s.k % s.k, t % s.k);
-        let hw = s.h * s.w;
-        (&self.x[ci * hw..][..hw], kh * s.w + kw, s.pad * s.w + s.pad, s.valid_cols(kw))
+        let (hw, up, down) = (s.h * s.w, kh * s.w + kw, s.pad * s.w + s.pad);
+        let (lo, hi) = s.valid_cols(kw);
+        let inside = (lo..hi).contains(&(p % s.w)) && (down..hw + down).contains(&(p + up));
+        if inside {
+            self.x[ci * hw + p + up - down]
+        } else {
+            0.0
+        }
     }
 }
 
@@ -322,13 +328,19 @@ impl PackB for ShiftedTaps<'_> {
             // SAFETY: the CPU has AVX2 (checked just above).
             return unsafe { self.pack_avx2(jc, ncv, pc, kc, out) };
         }
-        let (w, hw) = (self.s.w, self.s.h * self.s.w);
+        self.pack_scalar(jc, ncv, pc, kc, out)
+    }
+}
+
+impl ShiftedTaps<'_> {
+    /// [`PackB::pack`] element by element, for CPUs without AVX2.
+    fn pack_scalar(&self, jc: usize, ncv: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]) {
+        let k = self.s.k;
         for q in 0..kc {
-            let (plane, up, down, (lo, hi)) = self.tap(pc + q);
+            let t = pc + q;
+            let tap = (t / (k * k), t / k % k, t % k);
             for j in 0..ncv.div_ceil(PANEL_NR) * PANEL_NR {
-                let p = jc + j;
-                let inside = j < ncv && (lo..hi).contains(&(p % w)) && (down..hw + down).contains(&(p + up));
-                let v = if inside { plane[p + up - down] } else { 0.0 };
+                let v = if j < ncv { self.value(tap, jc + j) } else { 0.0 };
                 out[(j / PANEL_NR) * kc * PANEL_NR + q * PANEL_NR + j % PANEL_NR] = MaybeUninit::new(v);
             }
         }
@@ -338,8 +350,8 @@ impl PackB for ShiftedTaps<'_> {
 #[cfg(target_arch = "x86_64")]
 impl ShiftedTaps<'_> {
     /// [`PackB::pack`] in vector registers: per tap and 16 pixels, two loads whose lanes
-    /// in the zero padding are cleared, and two stores. Taps outer, so a tap's offsets
-    /// are worked out once for all panels.
+    /// in the zero padding are cleared with an AND, and two stores. Panel by panel, so
+    /// the stores run along one panel.
     ///
     /// # Safety
     /// The CPU must support AVX2.
@@ -375,55 +387,74 @@ impl ShiftedTaps<'_> {
                 colmask[r][kw] = ox.map(|c| _mm256_and_si256(_mm256_cmpgt_epi32(c, lo), _mm256_cmpgt_epi32(hi, c)));
             }
         }
-        let (mut ci, mut kh, mut kw) = (pc / (s.k * s.k), pc / s.k % s.k, pc % s.k);
         let down = s.pad * w + s.pad;
-        for q in 0..kc {
-            let plane = &self.x[ci * hw..][..hw];
-            let up = kh * w + kw;
-            // The pixels whose tap lies inside the plane: down − up ≤ p < hw + down − up.
-            let (p_lo, p_hi) = (down as i64 - up as i64, (hw + down) as i64 - up as i64);
-            let (lo, hi) = (_mm256_set1_epi32(p_lo as i32 - 1), _mm256_set1_epi32(p_hi as i32));
-            for r in 0..panels {
-                let p0 = jc + r * NR;
-                let [m0, m1] = colmask[r][kw];
-                let src = plane.as_ptr().wrapping_add(p0 + up).wrapping_sub(down);
-                let d = out[(r * kc + q) * NR..][..NR].as_mut_ptr().cast::<f32>();
-                // SAFETY: the stores write the 16 floats of the slice `d` came from. Loads:
-                // when all 16 pixels' taps lie inside `plane`, plain loads of those; else
-                // masked loads, which touch only lanes whose mask is set, pixels p with
-                // down ≤ p + up < hw + down, i.e. inside `plane` (a masked-off lane reads
-                // nothing, so the wrapping pointer may point anywhere for it).
-                unsafe {
-                    let (v0, v1) = if p_lo <= p0 as i64 && (p0 + NR) as i64 <= p_hi {
-                        // Most panels: zeroing the padding columns is an AND (masked loads
-                        // cost several times a plain one).
-                        (
-                            _mm256_and_ps(_mm256_loadu_ps(src), _mm256_castsi256_ps(m0)),
-                            _mm256_and_ps(_mm256_loadu_ps(src.add(8)), _mm256_castsi256_ps(m1)),
-                        )
+        let xp = self.x.as_ptr();
+        for r in 0..panels {
+            let p0 = (jc + r * NR) as isize;
+            let dst = &mut out[r * kc * NR..][..kc * NR];
+            let (mut ci, mut kh, mut kw) = (pc / (s.k * s.k), pc / s.k % s.k, pc % s.k);
+            for q in 0..kc {
+                let up = kh * w + kw;
+                // x index of pixel 0's tap (negative at the top of the first plane).
+                let off = (ci * hw + up) as isize - down as isize;
+                // The pixels whose tap lies inside its plane: down − up ≤ p < hw + down − up.
+                let (p_lo, p_hi) = (down as isize - up as isize, (hw + down) as isize - up as isize);
+                let [mut m0, mut m1] = colmask[r][kw];
+                let d = dst[q * NR..][..NR].as_mut_ptr().cast::<f32>();
+                if p0 < p_lo || p0 + NR as isize > p_hi {
+                    if off + p0 < 0 || off + p0 + NR as isize > self.x.len() as isize {
+                        // Past either end of the image (top taps of its first plane, bottom
+                        // taps of its last): element by element.
+                        for l in 0..NR {
+                            let v = if r * NR + l < ncv { self.value((ci, kh, kw), p0 as usize + l) } else { 0.0 };
+                            // SAFETY: lane l < NR of the 16-float slice `d` came from.
+                            unsafe { *d.add(l) = v };
+                        }
                     } else {
+                        // Lanes whose tap falls outside the plane read the neighbouring
+                        // one: clear them like the padding columns. (Masked loads would not
+                        // read them at all, but cost several times a plain load on Zen 3.)
+                        let (lo, hi) = (_mm256_set1_epi32(p_lo as i32 - 1), _mm256_set1_epi32(p_hi as i32));
                         let [r0, r1] =
                             pix[r].map(|p| _mm256_and_si256(_mm256_cmpgt_epi32(p, lo), _mm256_cmpgt_epi32(hi, p)));
-                        (
-                            _mm256_maskload_ps(src, _mm256_and_si256(m0, r0)),
-                            _mm256_maskload_ps(src.wrapping_add(8), _mm256_and_si256(m1, r1)),
-                        )
-                    };
-                    _mm256_storeu_ps(d, v0);
-                    _mm256_storeu_ps(d.add(8), v1);
+                        m0 = _mm256_and_si256(m0, r0);
+                        m1 = _mm256_and_si256(m1, r1);
+                        // SAFETY: as below, with the bounds checked just above.
+                        unsafe { store_masked(d, xp.offset(off + p0), m0, m1) };
+                    }
+                } else {
+                    // SAFETY: every lane's tap lies inside plane ci, so the 16 floats at
+                    // x[off + p0..] lie inside `x`; `d` is a 16-float slice.
+                    unsafe { store_masked(d, xp.offset(off + p0), m0, m1) };
                 }
-            }
-            // Next tap, in (ci, kh, kw) order.
-            kw += 1;
-            if kw == s.k {
-                kw = 0;
-                kh += 1;
-                if kh == s.k {
-                    kh = 0;
-                    ci += 1;
+                // Next tap, in (ci, kh, kw) order.
+                kw += 1;
+                if kw == s.k {
+                    kw = 0;
+                    kh += 1;
+                    if kh == s.k {
+                        kh = 0;
+                        ci += 1;
+                    }
                 }
             }
         }
+    }
+}
+
+/// `d[..16] = src[..16] & (m0, m1)`: a tap row's padding lanes cleared.
+///
+/// # Safety
+/// `src` and `d` point to 16 readable / writable floats; the CPU supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_masked(d: *mut f32, src: *const f32, m0: core::arch::x86_64::__m256i, m1: core::arch::x86_64::__m256i) {
+    use core::arch::x86_64::*;
+    // SAFETY: forwarded contract.
+    unsafe {
+        _mm256_storeu_ps(d, _mm256_and_ps(_mm256_loadu_ps(src), _mm256_castsi256_ps(m0)));
+        _mm256_storeu_ps(d.add(8), _mm256_and_ps(_mm256_loadu_ps(src.add(8)), _mm256_castsi256_ps(m1)));
     }
 }
 
@@ -529,6 +560,50 @@ pub fn conv2d_accumulate_weight_grad(
                 sum_lanes(&dy[i * s.out_len() + co * hw_o..][..hw_o], &mut lanes);
             }
             *d += fold_lanes(&lanes) as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector packer writes exactly the scalar one's floats (and so im2col's), for
+    /// shapes whose rows do not line up with panels, a 3-channel stem and a 5×5 kernel,
+    /// across several column blocks and k slabs.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn shifted_taps_vector_packing_matches_scalar() {
+        if sgemm_kernel() != GemmKernel::Avx2Fma {
+            return;
+        }
+        let shapes = [
+            Conv2d { c_in: 3, c_out: 16, h: 32, w: 32, k: 3, stride: 1, pad: 1 },
+            Conv2d { c_in: 4, c_out: 8, h: 7, w: 9, k: 3, stride: 1, pad: 1 },
+            Conv2d { c_in: 2, c_out: 8, h: 6, w: 5, k: 5, stride: 1, pad: 2 },
+        ];
+        let mut x = [0.0f32; 3 * 32 * 32];
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = (i % 97) as f32 - 40.0;
+        }
+        for s in &shapes {
+            let taps = ShiftedTaps { s, x: &x[..s.in_len()] };
+            let (kk, n) = (s.c_in * s.k * s.k, s.h * s.w);
+            for (pc, kc) in [(0, kk.min(20)), (kk / 3, kk - kk / 3)] {
+                for jc in (0..n).step_by(NC) {
+                    let ncv = NC.min(n - jc);
+                    let len = ncv.div_ceil(PANEL_NR) * kc * PANEL_NR;
+                    let mut a = [MaybeUninit::new(f32::NAN); 64 * NC];
+                    let mut b = [MaybeUninit::new(f32::NAN); 64 * NC];
+                    taps.pack(jc, ncv, pc, kc, &mut a[..len]);
+                    taps.pack_scalar(jc, ncv, pc, kc, &mut b[..len]);
+                    for i in 0..len {
+                        // SAFETY: both packers write every float of the first `len`.
+                        let (u, v) = unsafe { (a[i].assume_init(), b[i].assume_init()) };
+                        assert_eq!(u.to_bits(), v.to_bits(), "{s:?} pc {pc} jc {jc} at {i}");
+                    }
+                }
+            }
         }
     }
 }
