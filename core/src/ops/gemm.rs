@@ -4,7 +4,10 @@
 //! the K dimension is cut into `KC` slabs, the rows of `op(A)` into `MC` blocks packed
 //! as `MR`-row micro-panels, and `op(B)` is packed one `KC × NR` micro-panel at a time
 //! (small enough to stay in L1 while the whole packed A block streams past it from L2).
-//! A register-blocked micro-kernel computes an `MR × NR` tile of C.
+//! A register-blocked micro-kernel computes an `MR × NR` tile of C. op(B) is either a
+//! stored matrix or a [`PackB`] source that writes the packed panels itself (a
+//! convolution's column matrix gathered straight from the image, so it is never
+//! materialised); either way the kernels see the same panels.
 //!
 //! Kernels: AVX2+FMA (`6 × 16`: 12 accumulators + 2 B rows + 1 broadcast fill the 16 ymm
 //! registers without spilling, runtime-detected on x86_64) and a portable plain-loop
