@@ -3,11 +3,17 @@
 //!
 //! One image's column matrix is `[c_in·k·k][h_out·w_out]`, so the forward is
 //! `Y[c_out × hw_out] = W[c_out × c_in·k·k] · col`. Scratch is per image, so its size does
-//! not grow with the batch; a 1×1 stride-1 unpadded conv reads the input directly.
+//! not grow with the batch; a 1×1 stride-1 unpadded conv reads the input directly, and the
+//! forward of a stride-1 "same" conv never materialises its column matrix: the GEMM packs
+//! it straight from the image ([`ShiftedTaps`]).
 
-use super::{fold_lanes, sgemm, sum_lanes};
+use core::mem::MaybeUninit;
 
-/// Floats of one block of the column matrix (144 KiB), see [`Conv2d::block_rows`].
+use super::gemm::{sgemm_packed_b, GemmKernel, PackB, NC, PANEL_NR};
+use super::{fold_lanes, sgemm, sgemm_kernel, sum_lanes};
+
+/// Floats of one block of the column matrix (144 KiB), see [`Conv2d::block_rows`]; also
+/// the bound on the input gradient's channel groups.
 const COL_BLOCK: usize = 36 * 1024;
 
 /// Shape of a convolution layer on `h × w` inputs.
@@ -53,6 +59,11 @@ impl Conv2d {
     /// Whether the input already is the column matrix (no im2col needed).
     const fn direct(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+    /// A stride-1 convolution whose output has the input's shape (every 3×3 of a ResNet
+    /// but the downsampling ones): each column-matrix row is an input plane shifted.
+    const fn same(&self) -> bool {
+        self.stride == 1 && self.h_out() == self.h && self.w_out() == self.w
     }
     /// Scratch floats any of the three conv calls needs (one image's column matrix,
     /// 0 for a 1×1 stride-1 unpadded conv); independent of the batch size.
@@ -127,13 +138,13 @@ fn im2col_blocks(s: &Conv2d, x: &[f32], scratch: &mut [f32], mut f: impl FnMut(u
 /// Unfolds output rows `oy0..oy1` of one image into their column matrix
 /// (`[c_in·k·k][(oy1 − oy0)·w_out]`).
 fn im2col(s: &Conv2d, x: &[f32], (oy0, oy1): (usize, usize), col: &mut [f32]) {
-    let (ho, wo, k) = (s.h_out(), s.w_out(), s.k);
+    let (wo, k) = (s.w_out(), s.k);
     let nb = (oy1 - oy0) * wo;
     // A stride-1 "same" convolution (every 3×3 of a ResNet but the downsampling ones):
     // output and input planes have one shape, so each column-matrix row is the input
     // plane shifted by (kh − pad)·w + (kw − pad) — one long copy — after which the
     // elements that wrapped around a row edge are zeroed.
-    let same = s.stride == 1 && ho == s.h && wo == s.w;
+    let same = s.same();
     for ci in 0..s.c_in {
         let plane = &x[ci * s.h * s.w..][..s.h * s.w];
         for kh in 0..k {
@@ -215,13 +226,14 @@ fn zero_columns(rows: &mut [f32], w: usize, lo: usize, hi: usize) {
     }
 }
 
-/// Folds a column-matrix gradient back onto one image, adding (`dx` zeroed by the caller).
-/// Clobbers `col`.
-fn col2im_add(s: &Conv2d, col: &mut [f32], dx: &mut [f32]) {
+/// Folds the column-matrix gradient rows of `channels` consecutive input channels back
+/// onto their planes (`dx` starts at the first of them), adding (`dx` zeroed by the
+/// caller). Clobbers `col`.
+fn col2im_add(s: &Conv2d, channels: usize, col: &mut [f32], dx: &mut [f32]) {
     let (ho, wo, k) = (s.h_out(), s.w_out(), s.k);
     let hw_o = ho * wo;
-    let same = s.stride == 1 && ho == s.h && wo == s.w;
-    for ci in 0..s.c_in {
+    let same = s.same();
+    for ci in 0..channels {
         let plane = &mut dx[ci * s.h * s.w..][..s.h * s.w];
         for kh in 0..k {
             for kw in 0..k {
@@ -276,6 +288,176 @@ fn col2im_shifted_add(s: &Conv2d, kh: usize, kw: usize, (lo, hi): (usize, usize)
     }
 }
 
+/// Widest kernel [`ShiftedTaps`] packs (its per-`kw` column masks live on the stack).
+const SHIFTED_MAX_K: usize = 8;
+/// Most micro-panels one [`PackB::pack`] call asks for.
+const SHIFTED_MAX_PANELS: usize = NC / PANEL_NR;
+
+/// The column matrix of one image under a stride-1 "same" convolution, as the forward
+/// GEMM's op(B) (`c_in·k·k × h·w`), packed straight from the image: tap row
+/// `(ci, kh, kw)` is plane `ci` shifted by `(kh − pad)·w + (kw − pad)`, with the taps
+/// that land in the zero padding read as `+0.0`. The same values im2col would write, so
+/// the same bits, without writing and re-reading the matrix (which cost as much as
+/// packing it).
+struct ShiftedTaps<'a> {
+    s: &'a Conv2d,
+    x: &'a [f32],
+}
+
+impl ShiftedTaps<'_> {
+    /// Tap row `(ci, kh, kw)` at pixel `p`: `x[ci·h·w + p + up − down]` (`up = kh·w + kw`,
+    /// `down = pad·w + pad`) when that lies inside plane `ci` and the column is inside the
+    /// row, else 0 (the padding).
+    fn value(&self, (ci, kh, kw): (usize, usize, usize), p: usize) -> f32 {
+        let s = self.s;
+        let (hw, up, down) = (s.h * s.w, kh * s.w + kw, s.pad * s.w + s.pad);
+        let (lo, hi) = s.valid_cols(kw);
+        let inside = (lo..hi).contains(&(p % s.w)) && (down..hw + down).contains(&(p + up));
+        if inside {
+            self.x[ci * hw + p + up - down]
+        } else {
+            0.0
+        }
+    }
+}
+
+impl PackB for ShiftedTaps<'_> {
+    fn pack(&self, jc: usize, ncv: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]) {
+        #[cfg(target_arch = "x86_64")]
+        if sgemm_kernel() == GemmKernel::Avx2Fma {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { self.pack_avx2(jc, ncv, pc, kc, out) };
+        }
+        self.pack_scalar(jc, ncv, pc, kc, out)
+    }
+}
+
+impl ShiftedTaps<'_> {
+    /// [`PackB::pack`] element by element, for CPUs without AVX2.
+    fn pack_scalar(&self, jc: usize, ncv: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]) {
+        let k = self.s.k;
+        for q in 0..kc {
+            let t = pc + q;
+            let tap = (t / (k * k), t / k % k, t % k);
+            for j in 0..ncv.div_ceil(PANEL_NR) * PANEL_NR {
+                let v = if j < ncv { self.value(tap, jc + j) } else { 0.0 };
+                out[(j / PANEL_NR) * kc * PANEL_NR + q * PANEL_NR + j % PANEL_NR] = MaybeUninit::new(v);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl ShiftedTaps<'_> {
+    /// [`PackB::pack`] in vector registers: per tap and 16 pixels, two loads whose lanes
+    /// in the zero padding are cleared with an AND, and two stores. Panel by panel, so
+    /// the stores run along one panel.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn pack_avx2(&self, jc: usize, ncv: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]) {
+        use core::arch::x86_64::*;
+        const NR: usize = PANEL_NR;
+        let s = self.s;
+        let (w, hw) = (s.w, s.h * s.w);
+        let panels = ncv.div_ceil(NR);
+        debug_assert!(panels <= SHIFTED_MAX_PANELS);
+        // Per panel: its pixel indices, and for each kw the lanes whose column is inside
+        // the row (lo ≤ ox < hi); lanes past `ncv` fail the column test. Pixel indices
+        // fit i32 (an image plane is far below 2³¹ floats).
+        let mut pix = [[_mm256_setzero_si256(); 2]; SHIFTED_MAX_PANELS];
+        let mut colmask = [[[_mm256_setzero_si256(); 2]; SHIFTED_MAX_K]; SHIFTED_MAX_PANELS];
+        for r in 0..panels {
+            let p0 = jc + r * NR;
+            let valid = (ncv - r * NR).min(NR);
+            let idx: [i32; NR] = core::array::from_fn(|l| (p0 + l) as i32);
+            let ox: [i32; NR] = core::array::from_fn(|l| if l < valid { ((p0 + l) % w) as i32 } else { -1 });
+            // SAFETY: unaligned loads of 8 i32 from 16-element stack arrays.
+            let (idx, ox) = unsafe {
+                (
+                    [_mm256_loadu_si256(idx.as_ptr().cast()), _mm256_loadu_si256(idx[8..].as_ptr().cast())],
+                    [_mm256_loadu_si256(ox.as_ptr().cast()), _mm256_loadu_si256(ox[8..].as_ptr().cast())],
+                )
+            };
+            pix[r] = idx;
+            for kw in 0..s.k {
+                let (lo, hi) = s.valid_cols(kw);
+                let (lo, hi) = (_mm256_set1_epi32(lo as i32 - 1), _mm256_set1_epi32(hi as i32));
+                colmask[r][kw] = ox.map(|c| _mm256_and_si256(_mm256_cmpgt_epi32(c, lo), _mm256_cmpgt_epi32(hi, c)));
+            }
+        }
+        let down = s.pad * w + s.pad;
+        let xp = self.x.as_ptr();
+        for r in 0..panels {
+            let p0 = (jc + r * NR) as isize;
+            let dst = &mut out[r * kc * NR..][..kc * NR];
+            let (mut ci, mut kh, mut kw) = (pc / (s.k * s.k), pc / s.k % s.k, pc % s.k);
+            for q in 0..kc {
+                let up = kh * w + kw;
+                // x index of pixel 0's tap (negative at the top of the first plane).
+                let off = (ci * hw + up) as isize - down as isize;
+                // The pixels whose tap lies inside its plane: down − up ≤ p < hw + down − up.
+                let (p_lo, p_hi) = (down as isize - up as isize, (hw + down) as isize - up as isize);
+                let [mut m0, mut m1] = colmask[r][kw];
+                let d = dst[q * NR..][..NR].as_mut_ptr().cast::<f32>();
+                if p0 < p_lo || p0 + NR as isize > p_hi {
+                    if off + p0 < 0 || off + p0 + NR as isize > self.x.len() as isize {
+                        // Past either end of the image (top taps of its first plane, bottom
+                        // taps of its last): element by element.
+                        for l in 0..NR {
+                            let v = if r * NR + l < ncv { self.value((ci, kh, kw), p0 as usize + l) } else { 0.0 };
+                            // SAFETY: lane l < NR of the 16-float slice `d` came from.
+                            unsafe { *d.add(l) = v };
+                        }
+                    } else {
+                        // Lanes whose tap falls outside the plane read the neighbouring
+                        // one: clear them like the padding columns. (Masked loads would not
+                        // read them at all, but cost several times a plain load on Zen 3.)
+                        let (lo, hi) = (_mm256_set1_epi32(p_lo as i32 - 1), _mm256_set1_epi32(p_hi as i32));
+                        let [r0, r1] =
+                            pix[r].map(|p| _mm256_and_si256(_mm256_cmpgt_epi32(p, lo), _mm256_cmpgt_epi32(hi, p)));
+                        m0 = _mm256_and_si256(m0, r0);
+                        m1 = _mm256_and_si256(m1, r1);
+                        // SAFETY: as below, with the bounds checked just above.
+                        unsafe { store_masked(d, xp.offset(off + p0), m0, m1) };
+                    }
+                } else {
+                    // SAFETY: every lane's tap lies inside plane ci, so the 16 floats at
+                    // x[off + p0..] lie inside `x`; `d` is a 16-float slice.
+                    unsafe { store_masked(d, xp.offset(off + p0), m0, m1) };
+                }
+                // Next tap, in (ci, kh, kw) order.
+                kw += 1;
+                if kw == s.k {
+                    kw = 0;
+                    kh += 1;
+                    if kh == s.k {
+                        kh = 0;
+                        ci += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `d[..16] = src[..16] & (m0, m1)`: a tap row's padding lanes cleared.
+///
+/// # Safety
+/// `src` and `d` point to 16 readable / writable floats; the CPU supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_masked(d: *mut f32, src: *const f32, m0: core::arch::x86_64::__m256i, m1: core::arch::x86_64::__m256i) {
+    use core::arch::x86_64::*;
+    // SAFETY: forwarded contract.
+    unsafe {
+        _mm256_storeu_ps(d, _mm256_and_ps(_mm256_loadu_ps(src), _mm256_castsi256_ps(m0)));
+        _mm256_storeu_ps(d.add(8), _mm256_and_ps(_mm256_loadu_ps(src.add(8)), _mm256_castsi256_ps(m1)));
+    }
+}
+
 /// Forward convolution of `n` images, `y = conv(x, w) + bias` (overwrites `y`).
 /// `scratch` holds at least [`Conv2d::scratch_len`] floats.
 pub fn conv2d_forward(
@@ -295,6 +477,9 @@ pub fn conv2d_forward(
         let yi = &mut y[i * s.out_len()..][..s.out_len()];
         if s.direct() {
             sgemm(s.c_out, hw_o, kk, w, kk, false, xi, hw_o, false, yi, hw_o, false);
+        } else if s.same() && s.k <= SHIFTED_MAX_K {
+            let taps = ShiftedTaps { s, x: xi };
+            sgemm_packed_b(s.c_out, hw_o, kk, w, kk, false, &taps, yi, hw_o, false);
         } else {
             // Column block by column block: each output element is still one FMA chain
             // over all of k, so the blocking changes no bit.
@@ -314,7 +499,8 @@ pub fn conv2d_forward(
 
 /// Gradient with respect to the input (overwrites `dx`).
 pub fn conv2d_backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], scratch: &mut [f32]) {
-    let (kk, hw_o) = (s.c_in * s.k * s.k, s.h_out() * s.w_out());
+    let (k2, hw_o) = (s.k * s.k, s.h_out() * s.w_out());
+    let kk = s.c_in * k2;
     debug_assert!(dx.len() >= n * s.in_len() && dy.len() >= n * s.out_len());
     debug_assert!(w.len() >= s.weight_len() && scratch.len() >= s.scratch_len());
     for i in 0..n {
@@ -323,10 +509,19 @@ pub fn conv2d_backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &m
         if s.direct() {
             sgemm(kk, hw_o, s.c_out, w, kk, true, dyi, hw_o, false, dxi, hw_o, false);
         } else {
-            let col = &mut scratch[..s.scratch_len()];
-            sgemm(kk, hw_o, s.c_out, w, kk, true, dyi, hw_o, false, col, hw_o, false);
+            // A few input channels at a time, so their column-matrix rows are still in
+            // cache when col2im folds them back (one 16-channel 32×32 image's matrix
+            // is 576 KiB). A channel's rows feed only its own plane of `dx`, so every
+            // `dx` element still sums its taps in the same order.
             dxi.fill(0.0);
-            col2im_add(s, col, dxi);
+            let rows = k2 * hw_o;
+            let group = (COL_BLOCK / rows.max(1)).clamp(1, s.c_in);
+            for c0 in (0..s.c_in).step_by(group) {
+                let cs = group.min(s.c_in - c0);
+                let col = &mut scratch[..cs * rows];
+                sgemm(cs * k2, hw_o, s.c_out, &w[c0 * k2..], kk, true, dyi, hw_o, false, col, hw_o, false);
+                col2im_add(s, cs, col, &mut dxi[c0 * s.h * s.w..]);
+            }
         }
     }
 }
@@ -365,6 +560,50 @@ pub fn conv2d_accumulate_weight_grad(
                 sum_lanes(&dy[i * s.out_len() + co * hw_o..][..hw_o], &mut lanes);
             }
             *d += fold_lanes(&lanes) as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector packer writes exactly the scalar one's floats (and so im2col's), for
+    /// shapes whose rows do not line up with panels, a 3-channel stem and a 5×5 kernel,
+    /// across several column blocks and k slabs.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn shifted_taps_vector_packing_matches_scalar() {
+        if sgemm_kernel() != GemmKernel::Avx2Fma {
+            return;
+        }
+        let shapes = [
+            Conv2d { c_in: 3, c_out: 16, h: 32, w: 32, k: 3, stride: 1, pad: 1 },
+            Conv2d { c_in: 4, c_out: 8, h: 7, w: 9, k: 3, stride: 1, pad: 1 },
+            Conv2d { c_in: 2, c_out: 8, h: 6, w: 5, k: 5, stride: 1, pad: 2 },
+        ];
+        let mut x = [0.0f32; 3 * 32 * 32];
+        for (i, v) in x.iter_mut().enumerate() {
+            *v = (i % 97) as f32 - 40.0;
+        }
+        for s in &shapes {
+            let taps = ShiftedTaps { s, x: &x[..s.in_len()] };
+            let (kk, n) = (s.c_in * s.k * s.k, s.h * s.w);
+            for (pc, kc) in [(0, kk.min(20)), (kk / 3, kk - kk / 3)] {
+                for jc in (0..n).step_by(NC) {
+                    let ncv = NC.min(n - jc);
+                    let len = ncv.div_ceil(PANEL_NR) * kc * PANEL_NR;
+                    let mut a = [MaybeUninit::new(f32::NAN); 64 * NC];
+                    let mut b = [MaybeUninit::new(f32::NAN); 64 * NC];
+                    taps.pack(jc, ncv, pc, kc, &mut a[..len]);
+                    taps.pack_scalar(jc, ncv, pc, kc, &mut b[..len]);
+                    for i in 0..len {
+                        // SAFETY: both packers write every float of the first `len`.
+                        let (u, v) = unsafe { (a[i].assume_init(), b[i].assume_init()) };
+                        assert_eq!(u.to_bits(), v.to_bits(), "{s:?} pc {pc} jc {jc} at {i}");
+                    }
+                }
+            }
         }
     }
 }

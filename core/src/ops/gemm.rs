@@ -4,7 +4,10 @@
 //! the K dimension is cut into `KC` slabs, the rows of `op(A)` into `MC` blocks packed
 //! as `MR`-row micro-panels, and `op(B)` is packed one `KC × NR` micro-panel at a time
 //! (small enough to stay in L1 while the whole packed A block streams past it from L2).
-//! A register-blocked micro-kernel computes an `MR × NR` tile of C.
+//! A register-blocked micro-kernel computes an `MR × NR` tile of C. op(B) is either a
+//! stored matrix or a [`PackB`] source that writes the packed panels itself (a
+//! convolution's column matrix gathered straight from the image, so it is never
+//! materialised); either way the kernels see the same panels.
 //!
 //! Kernels: AVX2+FMA (`6 × 16`: 12 accumulators + 2 B rows + 1 broadcast fill the 16 ymm
 //! registers without spilling, runtime-detected on x86_64) and a portable plain-loop
@@ -44,18 +47,30 @@ const MC: usize = 72;
 /// Columns of op(B) packed per block (a multiple of every `NR`): several micro-panels
 /// at once, so packing reads whole cache lines of each B row in one sweep.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-const NC: usize = 64;
+pub(crate) const NC: usize = 64;
 // Small targets: keep the stack footprint to a few KiB.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const KC: usize = 64;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const MC: usize = 24;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-const NC: usize = 16;
+pub(crate) const NC: usize = 16;
 
 /// Largest `MR × NR` over all kernels (edge-tile scratch).
 const MAX_MR: usize = 6;
 const MAX_NR: usize = 16;
+
+/// The `NR` of every kernel: the width of the B micro-panels a [`PackB`] source writes.
+pub(crate) const PANEL_NR: usize = 16;
+
+/// An op(B) that packs itself instead of being read from a stored matrix, e.g. a
+/// convolution's column matrix gathered straight from the image (see [`sgemm_packed_b`]).
+pub(crate) trait PackB {
+    /// Writes columns `jc..jc+ncv`, rows `pc..pc+kc` of op(B) as `[panel][p][PANEL_NR]`
+    /// micro-panels, the columns of the last panel past `ncv` zero: the layout of
+    /// [`pack_b`]. `out` holds `ncv.div_ceil(PANEL_NR) · kc · PANEL_NR` floats.
+    fn pack(&self, jc: usize, ncv: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]);
+}
 
 /// A register-blocked micro-kernel: `C[MR×NR] (+)= Apanel[KC×MR]ᵀ · Bpanel[KC×NR]`, with
 /// the packing routines it wants (the defaults are plain loops).
@@ -483,15 +498,44 @@ pub fn sgemm_using(
     assert!(lda >= ac && a.len() >= (ar - 1) * lda + ac, "sgemm: A too small");
     let (br, bc) = if trans_b { (n, k) } else { (k, n) };
     assert!(ldb >= bc && b.len() >= (br - 1) * ldb + bc, "sgemm: B too small");
-    let p = Problem { m, n, k, a, lda, trans_a, b, ldb, trans_b, ldc, accumulate };
+    run(kernel, &Problem { m, n, k, a, lda, trans_a, b, ldb, trans_b, packer: None, ldc, accumulate }, c);
+}
+
+/// [`sgemm`] with op(B) (`k × n`) supplied by a [`PackB`] source rather than stored:
+/// the same blocking and kernels, so the same bits as `sgemm` on the matrix it packs.
+pub(crate) fn sgemm_packed_b(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    trans_a: bool,
+    b: &dyn PackB,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        // Every caller has k > 0; the stored-matrix path handles k == 0 (no B is read).
+        return sgemm(m, n, k, a, lda, trans_a, &[], n, false, c, ldc, accumulate);
+    }
+    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "sgemm: C too small");
+    let (ar, ac) = if trans_a { (k, m) } else { (m, k) };
+    assert!(lda >= ac && a.len() >= (ar - 1) * lda + ac, "sgemm: A too small");
+    let p = Problem { m, n, k, a, lda, trans_a, b: &[], ldb: n, trans_b: false, packer: Some(b), ldc, accumulate };
+    run(sgemm_kernel(), &p, c);
+}
+
+/// Runs a checked problem on `kernel`, or on the best one the CPU has if it lacks it.
+fn run(kernel: GemmKernel, p: &Problem<'_>, c: &mut [f32]) {
     let kernel = kernel.min(sgemm_kernel());
     match kernel {
         #[cfg(target_arch = "x86_64")]
         GemmKernel::Avx2Fma => {
             // SAFETY: `kernel <= sgemm_kernel()`, so the CPU has AVX2 and FMA.
-            unsafe { sgemm_avx2(&p, c) }
+            unsafe { sgemm_avx2(p, c) }
         }
-        _ => driver::<Portable>(&p, c),
+        _ => driver::<Portable>(p, c),
     }
 }
 
@@ -505,6 +549,8 @@ struct Problem<'a> {
     b: &'a [f32],
     ldb: usize,
     trans_b: bool,
+    /// Packs op(B) in place of `b` (then empty) when set.
+    packer: Option<&'a dyn PackB>,
     ldc: usize,
     accumulate: bool,
 }
@@ -529,6 +575,7 @@ fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
     let mut tile = [0.0f32; MAX_MR * MAX_NR];
     let (mr, nr) = (K::MR, K::NR);
     debug_assert!(MC % mr == 0 && NC % nr == 0 && nr <= MAX_NR && mr <= MAX_MR);
+    debug_assert!(p.packer.is_none() || nr == PANEL_NR);
     let ldc = p.ldc;
     let mut pc = 0;
     while pc < p.k {
@@ -542,8 +589,11 @@ fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
             let mut jc = 0;
             while jc < p.n {
                 let ncv = NC.min(p.n - jc);
-                // SAFETY: as above.
-                unsafe { K::pack_b(p, jc, ncv, pc, kc, &mut bpack) };
+                match p.packer {
+                    Some(src) => src.pack(jc, ncv, pc, kc, &mut bpack),
+                    // SAFETY: as above.
+                    None => unsafe { K::pack_b(p, jc, ncv, pc, kc, &mut bpack) },
+                }
                 let mut jr = 0;
                 while jr < ncv {
                     let nv = nr.min(ncv - jr);
