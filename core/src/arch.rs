@@ -79,6 +79,10 @@ pub struct Arch {
     pub classes: usize,
     /// Base width: stem channels, and stage `s` has `width << s` planes.
     pub width: usize,
+    /// Initialise the last BN's γ of every residual branch to zero (torchvision's and the
+    /// reference's `zero_init_residual`, off by default there too): each block starts as
+    /// its shortcut.
+    pub zero_init_residual: bool,
 }
 
 /// Shapes of one residual block.
@@ -94,6 +98,8 @@ pub struct BlockShape {
     pub h_out: usize,
     pub w_out: usize,
     pub downsample: bool,
+    /// The branch's last BN starts with γ = 0 ([`Arch::zero_init_residual`]).
+    pub zero_init_last_bn: bool,
 }
 
 const fn conv_out(x: usize, stride: usize) -> usize {
@@ -134,6 +140,7 @@ impl Arch {
             image,
             classes,
             width: DEFAULT_WIDTH,
+            zero_init_residual: false,
         })
     }
 
@@ -152,6 +159,7 @@ impl Arch {
             image,
             classes,
             width: IMAGENET_WIDTH,
+            zero_init_residual: false,
         })
     }
 
@@ -163,6 +171,11 @@ impl Arch {
             return Err(PlanError::BadShape("base width must be between 1 and 1024"));
         }
         Ok(Arch { width, ..self })
+    }
+
+    /// The same network with every residual branch's last BN initialised to γ = 0.
+    pub const fn with_zero_init_residual(self) -> Arch {
+        Arch { zero_init_residual: true, ..self }
     }
 
     /// Number of stages (3 for CIFAR, 4 for ImageNet).
@@ -305,6 +318,7 @@ impl Arch {
             h_out,
             w_out: h_out,
             downsample: stride != 1 || c_in != c_out,
+            zero_init_last_bn: self.zero_init_residual,
         }
     }
 }

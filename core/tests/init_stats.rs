@@ -57,3 +57,36 @@ fn fill_sets_all() {
     fill(&mut w, 1.0);
     assert_eq!(w, [1.0; 5]);
 }
+
+/// `zero_init_residual` zeroes γ of each branch's last BN (bn2 of a BasicBlock, bn3 of a
+/// Bottleneck), never a shortcut's, an inner one's or the stem's, as torchvision does.
+#[test]
+fn zero_init_residual_zeroes_each_branch_s_last_bn() {
+    use hpff_core::arch::Arch;
+    use hpff_core::method::{Base, Method};
+    use hpff_core::partition::Partition;
+    use hpff_core::plan::{Init, Plan};
+    for (depth, last) in [(18, "bn2"), (50, "bn3")] {
+        let a = Arch::resnet_imagenet(depth, 3, 32, 10).unwrap().with_width(8).unwrap();
+        for arch in [a, a.with_zero_init_residual()] {
+            let part = Partition::even(&arch, 1).unwrap();
+            let plan = Plan::new(arch, part, Method::reference(Base::E2e, false), 2, [0.0; 4], [1.0; 4]).unwrap();
+            let (mut zeroed, mut branches) = (0, 0);
+            plan.for_each_tensor(|t| {
+                let name = t.name.to_string();
+                if !name.ends_with(".weight")
+                    || !(name.contains(".bn") || name.contains("downsample.1") || name == "bn1.weight")
+                {
+                    return;
+                }
+                let is_last = name.starts_with("layer") && name.contains(&format!(".{last}."));
+                let want = if is_last && arch.zero_init_residual { Init::Zeros } else { Init::Ones };
+                assert_eq!(t.init, want, "{name}");
+                branches += usize::from(is_last);
+                zeroed += usize::from(t.init == Init::Zeros);
+            });
+            assert_eq!(branches, arch.blocks());
+            assert_eq!(zeroed, if arch.zero_init_residual { arch.blocks() } else { 0 });
+        }
+    }
+}

@@ -306,6 +306,9 @@ hyper_parameters! {
         /// Add HPFF (HiLo levels + patch feature fusion) to a local method
         #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true, conflicts_with = "no_hpff")]
         hpff: bool = given.method.is_none();
+        /// Initialise the last BN of every residual branch to γ = 0, so each block starts as its shortcut (torchvision's and the reference's zero_init_residual) [default: off, as there]
+        #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
+        zero_init_residual: bool = false;
         /// Number of modules K (the reference's label; see `hpff plan` for the true count) [default: 4]
         #[arg(long)]
         k: usize = 4;
@@ -487,6 +490,9 @@ impl Settings {
         };
         if let Some(w) = c.width {
             arch = arch.with_width(w)?;
+        }
+        if c.zero_init_residual {
+            arch = arch.with_zero_init_residual();
         }
         let method_name = c.method;
         let base = method_name.base();
@@ -870,6 +876,8 @@ mod tests {
         };
         let m = mixed.setup(shape).unwrap().method;
         assert!(m.aux == Family::ImageNet && m.pff == Pff::Input && m.levels == Levels::Both);
+        let z = Config { arch: Some("resnet18-imagenet".into()), zero_init_residual: Some(true), ..Config::default() };
+        assert!(z.setup(shape).unwrap().arch.zero_init_residual);
         let cifar = Config { arch: Some("resnet20".into()), ..Config::default() }.setup(shape).unwrap().method;
         assert!(cifar.aux == Family::Cifar && cifar.pff == Pff::Input && cifar.levels == Levels::Both);
         assert_eq!((cifar.lambda1, cifar.lambda2), ([5.0, 0.0], [0.5, 0.0]));

@@ -188,8 +188,13 @@ impl<'v> Cursor<'v> {
     }
 
     pub fn bn(&mut self, pre: Prefix, c: usize, hw: usize) -> BnP {
+        self.bn_init(pre, c, hw, Init::Ones)
+    }
+
+    /// A BN layer whose γ starts as `gamma` (β at 0).
+    pub fn bn_init(&mut self, pre: Prefix, c: usize, hw: usize, gamma: Init) -> BnP {
         let shape = [c, 0, 0, 0];
-        let p = self.emit(pre.with("weight"), TensorKind::Param, c, shape, Init::Ones);
+        let p = self.emit(pre.with("weight"), TensorKind::Param, c, shape, gamma);
         self.emit(pre.with("bias"), TensorKind::Param, c, shape, Init::Zeros);
         let state = self.emit(pre.with("running_mean"), TensorKind::State, c, shape, Init::Zeros);
         self.emit(pre.with("running_var"), TensorKind::State, c, shape, Init::Ones);
@@ -245,7 +250,9 @@ pub(crate) fn block_params(cur: &mut Cursor, sh: BlockShape, stage: usize, block
     let mut bns = [BnP { s: BatchNorm2d { c: 0, hw: 0 }, p: 0, state: 0 }; 3];
     for l in 0..layers {
         convs[l] = cur.conv(pre(CONV_NAMES[l]), specs[l].0, false);
-        bns[l] = cur.bn(pre(BN_NAMES[l]), specs[l].0.c_out, specs[l].1);
+        let zero = sh.zero_init_last_bn && l + 1 == layers;
+        let gamma = if zero { Init::Zeros } else { Init::Ones };
+        bns[l] = cur.bn_init(pre(BN_NAMES[l]), specs[l].0.c_out, specs[l].1, gamma);
     }
     let downsample = sh.downsample.then(|| {
         let c = cur.conv(pre("downsample.0"), conv(sh.c_in, sh.c_out, sh.h_in, 1, sh.stride), false);
