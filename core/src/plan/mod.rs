@@ -29,6 +29,12 @@
 //!
 //! With `levels = Independent` module 0 gets an independent loss too (otherwise nothing
 //! would train it) and the sole level has weight 1; likewise `Cascade` alone has weight 1.
+//!
+//! The ImageNet reference's HPFF ([`Method::imagenet_reference`]) is this schedule with the
+//! cascade level alone (weights 5 and 0.75 as λ1, λ2 at every module, the last pair by CE),
+//! module 0 still run on the x path once (its loop starts with that pass, so module 0's BN
+//! statistics get two updates), its own aux nets, and the decoder's output cut into
+//! patches ([`crate::method::Pff::Output`]).
 
 mod imagenet_aux;
 mod layout;
