@@ -807,6 +807,9 @@ fn bilinear_forward_is_bitwise_the_direct_expression() {
 #[test]
 fn conv_is_bitwise_its_fma_chains() {
     if sgemm_kernel() != GemmKernel::Avx2Fma {
+        eprintln!(
+            "conv_is_bitwise_its_fma_chains: skipped, this CPU has no AVX2+FMA (the kernel whose bits it checks)"
+        );
         return;
     }
     let shapes = [

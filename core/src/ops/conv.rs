@@ -567,6 +567,8 @@ pub fn conv2d_accumulate_weight_grad(
 #[cfg(test)]
 mod tests {
     use super::*;
+    // For the skip message only: the tests run on a host.
+    extern crate std;
 
     /// The vector packer writes exactly the scalar one's floats (and so im2col's), for
     /// shapes whose rows do not line up with panels, a 3-channel stem and a 5×5 kernel,
@@ -575,6 +577,7 @@ mod tests {
     #[test]
     fn shifted_taps_vector_packing_matches_scalar() {
         if sgemm_kernel() != GemmKernel::Avx2Fma {
+            std::eprintln!("shifted_taps_vector_packing_matches_scalar: skipped, this CPU has no AVX2+FMA (the kernel whose bits it checks)");
             return;
         }
         let shapes = [

@@ -484,9 +484,8 @@ pub fn sgemm_using(
     if m == 0 || n == 0 {
         return;
     }
-    // Shape checks: once per call, so the packing and kernels may trust them.
-    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "sgemm: C too small");
     if k == 0 {
+        assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "sgemm: C too small");
         if !accumulate {
             for row in c.chunks_mut(ldc).take(m) {
                 row[..n].fill(0.0);
@@ -494,8 +493,7 @@ pub fn sgemm_using(
         }
         return;
     }
-    let (ar, ac) = if trans_a { (k, m) } else { (m, k) };
-    assert!(lda >= ac && a.len() >= (ar - 1) * lda + ac, "sgemm: A too small");
+    check_a_c(m, n, k, a, lda, trans_a, c, ldc);
     let (br, bc) = if trans_b { (n, k) } else { (k, n) };
     assert!(ldb >= bc && b.len() >= (br - 1) * ldb + bc, "sgemm: B too small");
     run(kernel, &Problem { m, n, k, a, lda, trans_a, b, ldb, trans_b, packer: None, ldc, accumulate }, c);
@@ -519,11 +517,18 @@ pub(crate) fn sgemm_packed_b(
         // Every caller has k > 0; the stored-matrix path handles k == 0 (no B is read).
         return sgemm(m, n, k, a, lda, trans_a, &[], n, false, c, ldc, accumulate);
     }
+    check_a_c(m, n, k, a, lda, trans_a, c, ldc);
+    let p = Problem { m, n, k, a, lda, trans_a, b: &[], ldb: n, trans_b: false, packer: Some(b), ldc, accumulate };
+    run(sgemm_kernel(), &p, c);
+}
+
+/// The shape checks of A and C (`m, n, k > 0`): once per call, so the packing and kernels
+/// may trust them.
+#[allow(clippy::too_many_arguments)]
+fn check_a_c(m: usize, n: usize, k: usize, a: &[f32], lda: usize, trans_a: bool, c: &[f32], ldc: usize) {
     assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "sgemm: C too small");
     let (ar, ac) = if trans_a { (k, m) } else { (m, k) };
     assert!(lda >= ac && a.len() >= (ar - 1) * lda + ac, "sgemm: A too small");
-    let p = Problem { m, n, k, a, lda, trans_a, b: &[], ldb: n, trans_b: false, packer: Some(b), ldc, accumulate };
-    run(sgemm_kernel(), &p, c);
 }
 
 /// Runs a checked problem on `kernel`, or on the best one the CPU has if it lacks it.
