@@ -54,7 +54,12 @@ fn bench_sgemm() {
 #[test]
 #[ignore]
 fn bench_conv() {
-    let s = Conv2d { c_in: 16, c_out: 16, h: 32, w: 32, k: 3, stride: 1, pad: 1 };
+    for (c, hw) in [(16, 32), (32, 16), (64, 8)] {
+        bench_conv_shape(Conv2d { c_in: c, c_out: c, h: hw, w: hw, k: 3, stride: 1, pad: 1 });
+    }
+}
+
+fn bench_conv_shape(s: Conv2d) {
     let n = 128;
     let mut x = vec![0.0; n * s.in_len()];
     let mut w = vec![0.0; s.weight_len()];
@@ -78,7 +83,7 @@ fn bench_conv() {
     let tbw = time(&mut || conv2d_accumulate_weight_grad(&s, n, &x, &y, &mut dw, None, &mut scratch));
     let f = (s.flops() * n) as f64 / 1e9;
     println!(
-        "conv 16->16 32x32 k3 n=128: fwd {:.2} ms ({:.1} GFLOP/s), bwd-input {:.2} ms ({:.1}), bwd-weight {:.2} ms ({:.1})",
-        tf * 1e3, f / tf, tbi * 1e3, f / tbi, tbw * 1e3, f / tbw
+        "conv {}->{} {}x{} k3 n=128: fwd {:.2} ms ({:.1} GFLOP/s), bwd-input {:.2} ms ({:.1}), bwd-weight {:.2} ms ({:.1})",
+        s.c_in, s.c_out, s.h, s.w, tf * 1e3, f / tf, tbi * 1e3, f / tbi, tbw * 1e3, f / tbw
     );
 }

@@ -802,8 +802,10 @@ fn bilinear_forward_is_bitwise_the_direct_expression() {
 /// for bit against those chains written out (forward: over `(ci, kh, kw)` from 0; weight
 /// gradient: over images then output pixels, from the gradient's old value; input
 /// gradient: each column entry a chain over output channels, added into a zeroed `dx`
-/// tap by tap), on shapes whose column matrices span several blocks (32×32 and 28×28
-/// stride 1), a downsampling 3×3 and 1×1, and a direct 1×1.
+/// tap by tap; but for a stride-1 "same" 3×3, which runs the direct kernel, one chain
+/// from 0 over `(co, kh, kw)` with the taps in reverse), on shapes whose column matrices
+/// span several blocks (32×32 and 28×28 stride 1, the latter with rows that end inside
+/// an 8-pixel vector), a downsampling 3×3 and 1×1, and a direct 1×1.
 #[test]
 fn conv_is_bitwise_its_fma_chains() {
     if sgemm_kernel() != GemmKernel::Avx2Fma {
@@ -861,6 +863,31 @@ fn conv_is_bitwise_its_fma_chains() {
                         assert_eq!(got.to_bits(), acc.to_bits(), "shape {t} forward");
                     }
                 }
+            }
+            if s.stride == 1 && k == 3 && (ho, wo) == (s.h, s.w) {
+                // dx[ci][iy][ix] = Σ w[co][ci][kh][kw] · dy[co][iy + pad − kh][ix + pad − kw].
+                for ci in 0..s.c_in {
+                    for iy in 0..s.h {
+                        for ix in 0..s.w {
+                            let mut acc = 0.0f32;
+                            for co in 0..s.c_out {
+                                for kh in (0..k).rev() {
+                                    for kw in (0..k).rev() {
+                                        let (oy, ox) = ((iy + s.pad).wrapping_sub(kh), (ix + s.pad).wrapping_sub(kw));
+                                        let g = if oy < ho && ox < wo {
+                                            dy[i * s.out_len() + (co * ho + oy) * wo + ox]
+                                        } else {
+                                            0.0
+                                        };
+                                        acc = w[((co * s.c_in + ci) * k + kh) * k + kw].mul_add(g, acc);
+                                    }
+                                }
+                            }
+                            want_dx[i * s.in_len() + (ci * s.h + iy) * s.w + ix] = acc;
+                        }
+                    }
+                }
+                continue;
             }
             for ci in 0..s.c_in {
                 for kh in 0..k {

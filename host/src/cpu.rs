@@ -623,12 +623,11 @@ impl<'a> Ctx<'a> {
                 ops::conv2d_accumulate_weight_grad(&shape, cnt, xs, dys, pw, bias.map(|_| pb), scratch);
             }
             if let Some((dx, mask)) = dx {
-                for i in i0..i0 + cnt {
-                    let dxs = self.rows_mut(dx, i, 1);
-                    ops::conv2d_backward_input(&shape, 1, self.rows(dy, i, 1), wt, dxs, scratch);
-                    if let Some(r) = mask {
-                        ops::relu_backward_inplace(self.rows(r, i, 1), dxs);
-                    }
+                // The whole chunk in one call: the conv packs its weights once per call.
+                let dxs = self.rows_mut(dx, i0, cnt);
+                ops::conv2d_backward_input(&shape, cnt, self.rows(dy, i0, cnt), wt, dxs, scratch);
+                if let Some(r) = mask {
+                    ops::relu_backward_inplace(self.rows(r, i0, cnt), dxs);
                 }
             }
         });

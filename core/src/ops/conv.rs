@@ -69,10 +69,24 @@ impl Conv2d {
     /// 0 for a 1×1 stride-1 unpadded conv); independent of the batch size.
     pub const fn scratch_len(&self) -> usize {
         if self.direct() {
-            0
-        } else {
-            self.c_in * self.k * self.k * self.h_out() * self.w_out()
+            return 0;
         }
+        let col = self.c_in * self.k * self.k * self.h_out() * self.w_out();
+        #[cfg(target_arch = "x86_64")]
+        if self.same() && self.k == super::conv_direct::DIRECT_K {
+            let padded = super::conv_direct::scratch_len(self);
+            return if padded > col { padded } else { col };
+        }
+        col
+    }
+    /// Whether the forward and input gradient run [`super::conv_direct`]'s kernels.
+    #[cfg(target_arch = "x86_64")]
+    fn runs_direct(&self) -> bool {
+        self.same() && self.k == super::conv_direct::DIRECT_K && sgemm_kernel() == GemmKernel::Avx2Fma
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    fn runs_direct(&self) -> bool {
+        false
     }
     /// Forward FLOPs per image (2 per multiply-add), for throughput reports.
     pub const fn flops(&self) -> usize {
@@ -472,10 +486,19 @@ pub fn conv2d_forward(
     let (kk, hw_o) = (s.c_in * s.k * s.k, s.h_out() * s.w_out());
     debug_assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len());
     debug_assert!(w.len() >= s.weight_len() && scratch.len() >= s.scratch_len());
+    if s.runs_direct() {
+        // SAFETY: runs_direct checked the CPU has AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            super::conv_direct::forward(s, n, x, w, y, scratch)
+        }
+    }
     for i in 0..n {
         let xi = &x[i * s.in_len()..][..s.in_len()];
         let yi = &mut y[i * s.out_len()..][..s.out_len()];
-        if s.direct() {
+        if s.runs_direct() {
+            // Computed above for all images at once.
+        } else if s.direct() {
             sgemm(s.c_out, hw_o, kk, w, kk, false, xi, hw_o, false, yi, hw_o, false);
         } else if s.same() && s.k <= SHIFTED_MAX_K {
             let taps = ShiftedTaps { s, x: xi };
@@ -503,6 +526,14 @@ pub fn conv2d_backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &m
     let kk = s.c_in * k2;
     debug_assert!(dx.len() >= n * s.in_len() && dy.len() >= n * s.out_len());
     debug_assert!(w.len() >= s.weight_len() && scratch.len() >= s.scratch_len());
+    if s.runs_direct() {
+        // SAFETY: runs_direct checked the CPU has AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            super::conv_direct::backward_input(s, n, dy, w, dx, scratch)
+        }
+        return;
+    }
     for i in 0..n {
         let dyi = &dy[i * s.out_len()..][..s.out_len()];
         let dxi = &mut dx[i * s.in_len()..][..s.in_len()];

@@ -10,6 +10,8 @@
 mod activation;
 mod batchnorm;
 mod conv;
+#[cfg(target_arch = "x86_64")]
+mod conv_direct;
 mod gemm;
 mod linear;
 mod maxpool;

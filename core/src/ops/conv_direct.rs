@@ -1,0 +1,281 @@
+//! Direct stride-1 "same" convolution on AVX2: the forward and the input gradient of
+//! every 3×3 of a ResNet but the downsampling ones, without a column matrix.
+//!
+//! The image is copied once into zero-padded planes ([`PaddedPlanes`]); a register tile
+//! of up to 6 output channels × 16 output pixels (two vectors of 8 pixels of one row, or
+//! the ends of two rows) then walks the input channels and the `k × k` taps, loading each
+//! tap's 8 pixels straight from the padded plane and broadcasting the weight. That is the
+//! GEMM micro-kernel's arithmetic without packing op(B): the packing cost as much as the
+//! product at the 16-channel layers, and the input gradient's GEMM had only `c_out` terms
+//! per element (plus a col2im pass over a matrix `k²` times the image).
+//!
+//! Bits: every output is one FMA chain from zero over (input channel, kh, kw) in order.
+//! For the forward that is the GEMM's chain over the column-matrix rows, so its bits are
+//! unchanged; the input gradient is the convolution of the padded `dy` with the weights
+//! transposed and flipped, one chain over (co, kh', kw') with `kh' = k − 1 − kh`.
+
+use core::arch::x86_64::*;
+
+use super::conv::Conv2d;
+
+/// Output pixels per vector.
+const LANES: usize = 8;
+/// Output channels per register tile (12 accumulators + 2 loaded vectors + 1 broadcast
+/// fill the 16 ymm registers).
+const TILE_ROWS: usize = 6;
+
+/// Zero-padded copies of `h × w` planes for a stride-1 convolution with padding `pad`:
+/// `pad` zero rows above and below, `pad` zero columns on the left, and on the right
+/// enough zero columns that every row holds whole 8-pixel output vectors' taps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PaddedPlanes {
+    /// Plane height and width.
+    pub h: usize,
+    pub w: usize,
+    /// Zero padding on each side.
+    pub pad: usize,
+    /// Output vectors per row.
+    pub vectors_per_row: usize,
+    /// Row stride of a padded plane.
+    pub wp: usize,
+}
+
+impl PaddedPlanes {
+    pub(crate) const fn of(h: usize, w: usize, pad: usize) -> PaddedPlanes {
+        let vectors_per_row = w.div_ceil(LANES);
+        PaddedPlanes { h, w, pad, vectors_per_row, wp: vectors_per_row * LANES + 2 * pad }
+    }
+
+    /// Floats of one padded plane.
+    pub(crate) const fn plane_len(&self) -> usize {
+        (self.h + 2 * self.pad) * self.wp
+    }
+
+    /// Copies `channels` planes of `src` into `dst` (`channels · plane_len()` floats),
+    /// padding included.
+    pub(crate) fn fill(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
+        let (h, w, pad, wp) = (self.h, self.w, self.pad, self.wp);
+        for (plane, out) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(self.plane_len())).take(channels) {
+            out[..pad * wp].fill(0.0);
+            for (row, o) in plane.chunks_exact(w).zip(out[pad * wp..].chunks_exact_mut(wp)) {
+                o[..pad].fill(0.0);
+                o[pad..pad + w].copy_from_slice(row);
+                o[pad + w..].fill(0.0);
+            }
+            out[(pad + h) * wp..].fill(0.0);
+        }
+    }
+}
+
+/// Packs the forward's weights `w[o][c][t]` as `[row block][c][t][TILE_ROWS]` (rows
+/// past `c_out` zero), so a tile's broadcasts walk one pointer.
+fn pack_forward(s: &Conv2d, w: &[f32], out: &mut [f32]) {
+    let per_row = s.c_in * s.k * s.k;
+    for (b, dst) in out.chunks_exact_mut(per_row * TILE_ROWS).take(s.c_out.div_ceil(TILE_ROWS)).enumerate() {
+        for i in 0..TILE_ROWS {
+            let o = b * TILE_ROWS + i;
+            let d = dst[i..].iter_mut().step_by(TILE_ROWS);
+            if o < s.c_out {
+                d.zip(&w[o * per_row..][..per_row]).for_each(|(d, &v)| *d = v);
+            } else {
+                d.for_each(|d| *d = 0.0);
+            }
+        }
+    }
+}
+
+/// Packs the input gradient's weights `A(ci, co, t) = w[co][ci][k² − 1 − t]` as
+/// [`pack_forward`] does (`[ci block][co][t][TILE_ROWS]`).
+fn pack_input_grad(s: &Conv2d, w: &[f32], out: &mut [f32]) {
+    let kk = s.k * s.k;
+    let per_block = s.c_out * kk * TILE_ROWS;
+    for (b, dst) in out.chunks_exact_mut(per_block).take(s.c_in.div_ceil(TILE_ROWS)).enumerate() {
+        let (ci0, rows) = (b * TILE_ROWS, TILE_ROWS.min(s.c_in - b * TILE_ROWS));
+        for (co, dc) in dst.chunks_exact_mut(kk * TILE_ROWS).enumerate() {
+            // The block's rows of this co: w[co][ci0..ci0 + rows][..], contiguous.
+            let src = &w[(co * s.c_in + ci0) * kk..][..rows * kk];
+            for (t, d) in dc.chunks_exact_mut(TILE_ROWS).enumerate() {
+                for (i, v) in d.iter_mut().enumerate() {
+                    *v = if i < rows { src[i * kk + kk - 1 - t] } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
+/// Floats [`pack_forward`] or [`pack_input_grad`] write.
+const fn packed_len(rows: usize, channels: usize, kk: usize) -> usize {
+    rows.div_ceil(TILE_ROWS) * TILE_ROWS * channels * kk
+}
+
+/// The direct convolution of one image: `out[o][p] = Σ_{c, kh, kw} A(o, c, kh·k + kw) ·
+/// padded[c][p + tap shift]` for all `rows` output planes (`h × w` each, overwritten),
+/// `A` packed by [`pack_forward`] or [`pack_input_grad`].
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA; `padded` holds `channels` planes of `g`, `out` holds
+/// `rows · h · w` floats and `packed` the packing of `rows × channels` weights.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn direct_image<const K: usize>(
+    g: &PaddedPlanes,
+    channels: usize,
+    padded: &[f32],
+    packed: &[f32],
+    rows: usize,
+    out: &mut [f32],
+) {
+    debug_assert!(padded.len() >= channels * g.plane_len() && out.len() >= rows * g.h * g.w);
+    debug_assert!(packed.len() >= packed_len(rows, channels, K * K));
+    let vectors = g.h * g.vectors_per_row;
+    let hw = g.h * g.w;
+    for o0 in (0..rows).step_by(TILE_ROWS) {
+        let r = TILE_ROWS.min(rows - o0);
+        let a = packed[o0 * channels * K * K..].as_ptr();
+        for v0 in (0..vectors).step_by(2) {
+            let nv = 2.min(vectors - v0);
+            let mut src = [padded.as_ptr(); 2];
+            let mut dst = [out[o0 * hw..].as_mut_ptr(); 2];
+            let mut lanes = [0usize; 2];
+            for j in 0..nv {
+                let (oy, ox) = ((v0 + j) / g.vectors_per_row, (v0 + j) % g.vectors_per_row * LANES);
+                src[j] = src[j].wrapping_add(oy * g.wp + ox);
+                dst[j] = dst[j].wrapping_add(oy * g.w + ox);
+                lanes[j] = LANES.min(g.w - ox);
+            }
+            let t = Tile { channels, plane: g.plane_len(), wp: g.wp, a, src, dst, lanes, out_row: hw };
+            // SAFETY: the tile's loads stay inside `padded` (PaddedPlanes: every tap of a
+            // whole vector lies in its padded plane), its weight reads inside block o0 of
+            // `packed`, and its stores inside rows o0..o0+r of `out`.
+            unsafe {
+                match (r, nv) {
+                    (6, 2) => t.run::<K, 6, 2>(),
+                    (5, 2) => t.run::<K, 5, 2>(),
+                    (4, 2) => t.run::<K, 4, 2>(),
+                    (3, 2) => t.run::<K, 3, 2>(),
+                    (2, 2) => t.run::<K, 2, 2>(),
+                    (1, 2) => t.run::<K, 1, 2>(),
+                    (6, _) => t.run::<K, 6, 1>(),
+                    (5, _) => t.run::<K, 5, 1>(),
+                    (4, _) => t.run::<K, 4, 1>(),
+                    (3, _) => t.run::<K, 3, 1>(),
+                    (2, _) => t.run::<K, 2, 1>(),
+                    _ => t.run::<K, 1, 1>(),
+                }
+            }
+        }
+    }
+}
+
+/// One register tile: up to [`TILE_ROWS`] output planes × two 8-pixel vectors.
+struct Tile {
+    channels: usize,
+    /// Floats of one padded plane, and its row stride.
+    plane: usize,
+    wp: usize,
+    /// The tile's packed weight block.
+    a: *const f32,
+    /// Padded-plane address of each vector's tap (0, 0) in channel 0.
+    src: [*const f32; 2],
+    /// Output address of each vector in the tile's first plane.
+    dst: [*mut f32; 2],
+    /// Valid pixels of each vector (8 but at the end of a row narrower than a vector).
+    lanes: [usize; 2],
+    /// Floats between two output planes.
+    out_row: usize,
+}
+
+impl Tile {
+    /// # Safety
+    /// As [`direct_image`]'s, for this tile's `R` rows and `V` vectors.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run<const K: usize, const R: usize, const V: usize>(&self) {
+        // SAFETY: the caller's contract covers every address formed below.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); V]; R];
+            let mut a = self.a;
+            let mut src = self.src;
+            for _ in 0..self.channels {
+                for kh in 0..K {
+                    let rows: [*const f32; V] = core::array::from_fn(|j| src[j].add(kh * self.wp));
+                    for kw in 0..K {
+                        let b: [__m256; V] = core::array::from_fn(|j| _mm256_loadu_ps(rows[j].add(kw)));
+                        for i in 0..R {
+                            let ai = _mm256_broadcast_ss(&*a.add(i));
+                            for j in 0..V {
+                                acc[i][j] = _mm256_fmadd_ps(ai, b[j], acc[i][j]);
+                            }
+                        }
+                        a = a.add(TILE_ROWS);
+                    }
+                }
+                for s in src.iter_mut() {
+                    *s = s.add(self.plane);
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                for (j, v) in row.iter().enumerate() {
+                    let d = self.dst[j].add(i * self.out_row);
+                    if self.lanes[j] == LANES {
+                        _mm256_storeu_ps(d, *v);
+                    } else {
+                        let mut tmp = [0.0f32; LANES];
+                        _mm256_storeu_ps(tmp.as_mut_ptr(), *v);
+                        core::ptr::copy_nonoverlapping(tmp.as_ptr(), d, self.lanes[j]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The kernel size the direct kernels are built for (every "same" conv of the networks).
+pub(crate) const DIRECT_K: usize = 3;
+
+/// Floats of scratch the direct kernels need: the padded planes of the input side, then
+/// the packed weights, for whichever of the forward and input gradient needs more.
+pub(crate) const fn scratch_len(s: &Conv2d) -> usize {
+    let (plane, kk) = (PaddedPlanes::of(s.h, s.w, s.pad).plane_len(), s.k * s.k);
+    let fwd = s.c_in * plane + packed_len(s.c_out, s.c_in, kk);
+    let bwd = s.c_out * plane + packed_len(s.c_in, s.c_out, kk);
+    if fwd > bwd {
+        fwd
+    } else {
+        bwd
+    }
+}
+
+/// Forward of `n` images of a stride-1 "same" 3×3 convolution: `y = conv(x, w)`
+/// (overwrites); the weights are packed once for all of them.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn forward(s: &Conv2d, n: usize, x: &[f32], w: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+    let g = PaddedPlanes::of(s.h, s.w, s.pad);
+    assert!(s.k == DIRECT_K && x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() >= s.weight_len());
+    let (padded, packed) = scratch.split_at_mut(s.c_in * g.plane_len());
+    pack_forward(s, w, packed);
+    for (xi, yi) in x.chunks_exact(s.in_len()).zip(y.chunks_exact_mut(s.out_len())).take(n) {
+        g.fill(s.c_in, xi, padded);
+        // SAFETY: `padded` holds c_in planes, `yi` c_out·h·w floats, `packed` the weights.
+        unsafe { direct_image::<DIRECT_K>(&g, s.c_in, padded, packed, s.c_out, yi) }
+    }
+}
+
+/// Input gradient of `n` images of a stride-1 "same" 3×3 convolution (overwrites `dx`):
+/// the direct convolution of the padded `dy` with `w'[ci][co][t] = w[co][ci][k² − 1 − t]`.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], scratch: &mut [f32]) {
+    let g = PaddedPlanes::of(s.h, s.w, s.pad);
+    assert!(s.k == DIRECT_K && dy.len() >= n * s.out_len() && dx.len() >= n * s.in_len() && w.len() >= s.weight_len());
+    let (padded, packed) = scratch.split_at_mut(s.c_out * g.plane_len());
+    pack_input_grad(s, w, packed);
+    for (dyi, dxi) in dy.chunks_exact(s.out_len()).zip(dx.chunks_exact_mut(s.in_len())).take(n) {
+        g.fill(s.c_out, dyi, padded);
+        // SAFETY: `padded` holds c_out planes, `dxi` c_in·h·w floats, `packed` the weights.
+        unsafe { direct_image::<DIRECT_K>(&g, s.c_out, padded, packed, s.c_in, dxi) }
+    }
+}
