@@ -10,9 +10,9 @@
 //!
 //! Tolerance: every loss, gradient, parameter and BN running statistic within 1e-4 of
 //! the fixture, relative to the tensor's largest magnitude floored at 1e-3 (see `rel_err`).
-//! The ImageNet HPFF fixtures hold a float64 run and a tolerance per tensor (8 × the
-//! float32 spread measured around it, at least 1e-4): these tiny nets are ill-conditioned
-//! in float32 (see `tools/golden/README.md`).
+//! The ImageNet HPFF fixtures and the batch-37 one hold a float64 run and a tolerance per
+//! tensor (8 × the float32 spread measured around it, at least 1e-4): these tiny nets are
+//! ill-conditioned in float32 (see `tools/golden/README.md`).
 
 use hpff::device::Snapshot;
 use hpff_core::exec::Region;

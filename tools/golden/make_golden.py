@@ -587,8 +587,11 @@ CASES = {
     "infopro_hpff_n1_ce": dict(method="infopro", hpff=True, patches=1),
     "dgl_hpff_n2_ce": dict(method="dgl", hpff=True, patches=2),
     # Batch 37: four 8-image chunks of the CPU executor and a partial one, so its
-    # cross-chunk reductions (BN statistics, weight gradients, losses) meet PyTorch.
-    "infopro_hpff_n2_ce_b37": dict(method="infopro", hpff=True, patches=2, batch=37, store_step1=False),
+    # cross-chunk reductions (BN statistics, weight gradients, losses) meet PyTorch. Its
+    # float32 run is ill-conditioned (PyTorch float32 is 1.3e-2 from float64 in the step-0
+    # gradients and 7e-2 after three steps), so the fixture is the float64 run with
+    # per-tensor tolerances, like the ImageNet HPFF cases.
+    "infopro_hpff_n2_ce_b37": dict(method="infopro", hpff=True, patches=2, batch=37, f64_truth=True),
     # ResNet-14 cut into 5 modules (the first holds two blocks): every HPFF module role
     # (first, middle, next-to-last, last) and a deeper cascade than K = 3 can show.
     "infopro_hpff_k5_resnet14": dict(

@@ -254,6 +254,7 @@ pub(crate) unsafe fn forward(s: &Conv2d, n: usize, x: &[f32], w: &[f32], y: &mut
     let g = PaddedPlanes::of(s.h, s.w, s.pad);
     assert!(s.k == DIRECT_K && x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() >= s.weight_len());
     let (padded, packed) = scratch.split_at_mut(s.c_in * g.plane_len());
+    assert!(packed.len() >= packed_len(s.c_out, s.c_in, DIRECT_K * DIRECT_K), "conv scratch too small");
     pack_forward(s, w, packed);
     for (xi, yi) in x.chunks_exact(s.in_len()).zip(y.chunks_exact_mut(s.out_len())).take(n) {
         g.fill(s.c_in, xi, padded);
@@ -272,6 +273,7 @@ pub(crate) unsafe fn backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32],
     let g = PaddedPlanes::of(s.h, s.w, s.pad);
     assert!(s.k == DIRECT_K && dy.len() >= n * s.out_len() && dx.len() >= n * s.in_len() && w.len() >= s.weight_len());
     let (padded, packed) = scratch.split_at_mut(s.c_out * g.plane_len());
+    assert!(packed.len() >= packed_len(s.c_in, s.c_out, DIRECT_K * DIRECT_K), "conv scratch too small");
     pack_input_grad(s, w, packed);
     for (dyi, dxi) in dy.chunks_exact(s.out_len()).zip(dx.chunks_exact_mut(s.in_len())).take(n) {
         g.fill(s.c_out, dyi, padded);

@@ -1,0 +1,86 @@
+//! The direct stride-1 3×3 kernels (forward and input gradient) against a float64
+//! convolution, on the map sizes the bit test does not reach: maps narrower than one
+//! 8-pixel vector (1×1, 2×2, 4×4, 3×5), odd channel counts, and batches whose images
+//! share one packing of the weights.
+
+use hpff_core::ops::*;
+fn rv(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+#[test]
+fn same_3x3_convs_match_float64() {
+    for &(c_in, c_out, h, w, n) in &[
+        (64, 64, 4, 4, 37),
+        (32, 32, 8, 8, 5),
+        (16, 16, 2, 2, 3),
+        (8, 8, 1, 1, 3),
+        (5, 7, 3, 5, 2),
+        (16, 16, 16, 16, 9),
+    ] {
+        let s = Conv2d { c_in, c_out, h, w, k: 3, stride: 1, pad: 1 };
+        let x = rv(1, n * s.in_len());
+        let wt = rv(2, s.weight_len());
+        let dy = rv(3, n * s.out_len());
+        let mut scratch = vec![f32::NAN; s.scratch_len()];
+        let mut y = vec![f32::NAN; n * s.out_len()];
+        conv2d_forward(&s, n, &x, &wt, None, &mut y, &mut scratch);
+        let mut dx = vec![f32::NAN; n * s.in_len()];
+        conv2d_backward_input(&s, n, &dy, &wt, &mut dx, &mut scratch);
+        let mut e = (0f64, 0f64);
+        for i in 0..n {
+            for co in 0..c_out {
+                for oy in 0..h {
+                    for ox in 0..w {
+                        let mut acc = 0f64;
+                        for ci in 0..c_in {
+                            for kh in 0..3 {
+                                for kw in 0..3 {
+                                    let (iy, ix) = ((oy + kh) as isize - 1, (ox + kw) as isize - 1);
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    acc += wt[((co * c_in + ci) * 3 + kh) * 3 + kw] as f64
+                                        * x[i * s.in_len() + (ci * h + iy as usize) * w + ix as usize] as f64;
+                                }
+                            }
+                        }
+                        e.0 = e.0.max((acc - y[i * s.out_len() + (co * h + oy) * w + ox] as f64).abs());
+                    }
+                }
+            }
+            for ci in 0..c_in {
+                for iy in 0..h {
+                    for ix in 0..w {
+                        let mut acc = 0f64;
+                        for co in 0..c_out {
+                            for kh in 0..3 {
+                                for kw in 0..3 {
+                                    let (oy, ox) = ((iy + 1) as isize - kh as isize, (ix + 1) as isize - kw as isize);
+                                    if oy < 0 || ox < 0 || oy >= h as isize || ox >= w as isize {
+                                        continue;
+                                    }
+                                    acc += wt[((co * c_in + ci) * 3 + kh) * 3 + kw] as f64
+                                        * dy[i * s.out_len() + (co * h + oy as usize) * w + ox as usize] as f64;
+                                }
+                            }
+                        }
+                        e.1 = e.1.max((acc - dx[i * s.in_len() + (ci * h + iy) * w + ix] as f64).abs());
+                    }
+                }
+            }
+        }
+        // Sums of up to 576 products of values in [-0.5, 0.5): float32 rounding is ~1e-6.
+        assert!(
+            e.0 < 2e-5 && e.1 < 2e-5,
+            "{c_in}->{c_out} {h}x{w} n={n}: forward off by {:.1e}, input gradient by {:.1e}",
+            e.0,
+            e.1
+        );
+    }
+}
