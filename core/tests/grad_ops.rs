@@ -820,6 +820,8 @@ fn conv_is_bitwise_its_fma_chains() {
         Conv2d { c_in: 16, c_out: 32, h: 16, w: 16, k: 3, stride: 2, pad: 1 },
         Conv2d { c_in: 8, c_out: 16, h: 9, w: 9, k: 1, stride: 2, pad: 0 },
         Conv2d { c_in: 8, c_out: 5, h: 6, w: 6, k: 1, stride: 1, pad: 0 },
+        Conv2d { c_in: 5, c_out: 6, h: 7, w: 7, k: 3, stride: 1, pad: 1 },
+        Conv2d { c_in: 3, c_out: 9, h: 8, w: 16, k: 3, stride: 1, pad: 1 },
     ];
     for (t, s) in shapes.into_iter().enumerate() {
         let n = 2;
@@ -907,12 +909,42 @@ fn conv_is_bitwise_its_fma_chains() {
                 }
             }
         }
+        // Stride-1 "same" 3×3 (the direct weight-gradient kernel): per group of
+        // ⌈128 / (h·⌈w/8⌉)⌉ (at most 8) images, 8 lane chains from +0 over (image, oy,
+        // vector), lane l taking pixel 8v + l (dy = +0 past the row end, x the padded
+        // input there), folded ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)); dw_old + S_0 + S_1 + ….
+        let same3 = s.stride == 1 && k == 3 && (ho, wo) == (s.h, s.w);
+        let vpr = wo.div_ceil(8);
+        let group = 128usize.div_ceil(ho * vpr).min(8);
         for co in 0..s.c_out {
             for ci in 0..s.c_in {
                 for kh in 0..k {
                     for kw in 0..k {
                         let q = ((co * s.c_in + ci) * k + kh) * k + kw;
                         let mut acc = want_dw[q];
+                        if same3 {
+                            for i0 in (0..n).step_by(group) {
+                                let mut l = [0.0f32; 8];
+                                for i in i0..(i0 + group).min(n) {
+                                    for oy in 0..ho {
+                                        for v in 0..vpr {
+                                            for (lane, a) in l.iter_mut().enumerate() {
+                                                let ox = 8 * v + lane;
+                                                let g = if ox < wo {
+                                                    dy[i * s.out_len() + (co * ho + oy) * wo + ox]
+                                                } else {
+                                                    0.0
+                                                };
+                                                *a = g.mul_add(xv(i, ci, src(oy, ox, kh, kw)), *a);
+                                            }
+                                        }
+                                    }
+                                }
+                                acc += ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+                            }
+                            want_dw[q] = acc;
+                            continue;
+                        }
                         for i in 0..n {
                             for oy in 0..ho {
                                 for ox in 0..wo {

@@ -79,7 +79,8 @@ impl Conv2d {
         }
         col
     }
-    /// Whether the forward and input gradient run [`super::conv_direct`]'s kernels.
+    /// Whether the forward and input gradient run [`super::conv_direct`]'s kernels, and
+    /// the weight gradient [`super::conv_wgrad`]'s.
     #[cfg(target_arch = "x86_64")]
     fn runs_direct(&self) -> bool {
         self.same() && self.k == super::conv_direct::DIRECT_K && sgemm_kernel() == GemmKernel::Avx2Fma
@@ -558,7 +559,9 @@ pub fn conv2d_backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &m
 }
 
 /// Adds the weight gradient (and, with `dbias`, the bias gradient) of `n` images to
-/// `dw`/`dbias`, so batch chunks and several losses accumulate.
+/// `dw`/`dbias`, so batch chunks and several losses accumulate. A stride-1 "same" 3×3 on
+/// AVX2 runs the direct kernel of `conv_wgrad.rs` for all `n` images (its summation order
+/// is documented there); the rest sum each element as one FMA chain over the pixels.
 pub fn conv2d_accumulate_weight_grad(
     s: &Conv2d,
     n: usize,
@@ -571,17 +574,25 @@ pub fn conv2d_accumulate_weight_grad(
     let (kk, hw_o) = (s.c_in * s.k * s.k, s.h_out() * s.w_out());
     debug_assert!(x.len() >= n * s.in_len() && dy.len() >= n * s.out_len());
     debug_assert!(dw.len() >= s.weight_len() && scratch.len() >= s.scratch_len());
-    for i in 0..n {
-        let xi = &x[i * s.in_len()..][..s.in_len()];
-        let dyi = &dy[i * s.out_len()..][..s.out_len()];
-        if s.direct() {
-            sgemm(s.c_out, kk, hw_o, dyi, hw_o, false, xi, hw_o, true, dw, kk, true);
-        } else {
-            // Block by block of pixels (the GEMM's k), accumulating: each element of `dw`
-            // is the same FMA chain over the pixels in order as in one call.
-            im2col_blocks(s, xi, scratch, |p0, nb, col| {
-                sgemm(s.c_out, kk, nb, &dyi[p0..], hw_o, false, col, nb, true, dw, kk, true);
-            });
+    if s.runs_direct() {
+        // SAFETY: runs_direct checked the CPU has AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            super::conv_wgrad::accumulate(s, n, x, dy, dw, scratch)
+        }
+    } else {
+        for i in 0..n {
+            let xi = &x[i * s.in_len()..][..s.in_len()];
+            let dyi = &dy[i * s.out_len()..][..s.out_len()];
+            if s.direct() {
+                sgemm(s.c_out, kk, hw_o, dyi, hw_o, false, xi, hw_o, true, dw, kk, true);
+            } else {
+                // Block by block of pixels (the GEMM's k), accumulating: each element of `dw`
+                // is the same FMA chain over the pixels in order as in one call.
+                im2col_blocks(s, xi, scratch, |p0, nb, col| {
+                    sgemm(s.c_out, kk, nb, &dyi[p0..], hw_o, false, col, nb, true, dw, kk, true);
+                });
+            }
         }
     }
     if let Some(db) = dbias {

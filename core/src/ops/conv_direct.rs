@@ -232,15 +232,18 @@ impl Tile {
 pub(crate) const DIRECT_K: usize = 3;
 
 /// Floats of scratch the direct kernels need: the padded planes of the input side, then
-/// the packed weights, for whichever of the forward and input gradient needs more.
+/// the packed weights, for whichever of the forward and input gradient needs more, or
+/// the weight gradient's ([`super::conv_wgrad::scratch_len`]) if that is more.
 pub(crate) const fn scratch_len(s: &Conv2d) -> usize {
     let (plane, kk) = (PaddedPlanes::of(s.h, s.w, s.pad).plane_len(), s.k * s.k);
     let fwd = s.c_in * plane + packed_len(s.c_out, s.c_in, kk);
     let bwd = s.c_out * plane + packed_len(s.c_in, s.c_out, kk);
-    if fwd > bwd {
-        fwd
+    let wgrad = super::conv_wgrad::scratch_len(s);
+    let m = if fwd > bwd { fwd } else { bwd };
+    if wgrad > m {
+        wgrad
     } else {
-        bwd
+        m
     }
 }
 

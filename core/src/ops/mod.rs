@@ -12,6 +12,8 @@ mod batchnorm;
 mod conv;
 #[cfg(target_arch = "x86_64")]
 mod conv_direct;
+#[cfg(target_arch = "x86_64")]
+mod conv_wgrad;
 mod gemm;
 mod linear;
 mod maxpool;

@@ -1,0 +1,231 @@
+//! Direct weight gradient of a stride-1 "same" 3×3 convolution on AVX2, without a column
+//! matrix: `dw[co][ci][kh][kw] += Σ_{image, oy, ox} dy[co][oy][ox] · x[ci][oy + kh − 1][ox + kw − 1]`.
+//!
+//! The inputs of a group of images are copied into zero-padded planes ([`PaddedPlanes`],
+//! as the forward does). A register tile of [`TILE_CO`] output channels × the 3 `kw` taps
+//! of one `(ci, kh)` then walks every output vector (8 pixels of one row) of the group:
+//! per vector it loads the three shifted input vectors once and each channel's `dy` vector
+//! once, and does 12 FMAs into 12 eight-lane accumulators. Loop order: tile over
+//! (co block, ci, kh), so the block's `dy` planes stay in L1 while the input planes of
+//! every `ci` pass through.
+//!
+//! `dy` is copied too (channel-major, like the inputs), into planes with no padding but
+//! zero columns `w..` up to the next multiple of 8, so on rows narrower than a whole
+//! number of vectors (`w % 8 != 0`) the lanes past the row end multiply `+0.0` into
+//! their accumulator and add nothing. A group of one image whose width is a multiple of
+//! 8 (32×32) reads `dy` in place: it already has that layout.
+//!
+//! Images are grouped so that on small maps a tile still walks enough vectors (8×8 is 8
+//! per image) to amortise folding its 12 accumulators and updating `dw`; the group is a
+//! function of the shape alone, so the bits depend only on how the caller cuts the batch
+//! into calls, as before.
+//!
+//! Bits, for every element `q = (co, ci, kh, kw)` of `dw`: the call's `n` images are cut
+//! into groups of [`group_images`] consecutive images (the last group may be shorter).
+//! For each group `g` in order, lane `l` (`0..8`) is one FMA chain from `+0.0` over
+//! (image of the group, oy, vector v) in order of `dy[co][oy][8v + l] · xp[ci][oy + kh][8v + l + kw]`,
+//! where `xp` is the padded input (`x[ci][iy − 1][ix − 1]` inside the image, else 0) and
+//! `dy[…][ox]` is `+0.0` for `ox ≥ w`. The lanes fold as
+//! `S_g = ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`, and the old value enters
+//! first: `dw_new = ((dw_old + S_0) + S_1) + …`.
+
+use core::arch::x86_64::*;
+
+use super::conv::Conv2d;
+use super::conv_direct::{PaddedPlanes, DIRECT_K};
+
+/// Output pixels per vector.
+const LANES: usize = 8;
+/// Output channels per register tile: 4 × 3 taps = 12 accumulators, plus the 3 shifted
+/// input vectors and one `dy` vector fill the 16 ymm registers.
+const TILE_CO: usize = 4;
+/// Output vectors a register tile should walk before its lanes are folded: on small
+/// maps (8×8 is 8 vectors) one image alone leaves the fold and the `dw` update a large
+/// share of the work, so several images share one fold.
+const MIN_GROUP_VECTORS: usize = 128;
+/// Most images in one group (bounds the scratch on tiny maps).
+const MAX_GROUP: usize = 8;
+
+/// Images per group for `s` (see the module doc): `⌈128 / (h · ⌈w / 8⌉)⌉`, at most 8 —
+/// a function of the shape alone.
+pub(crate) const fn group_images(s: &Conv2d) -> usize {
+    let vectors = s.h * s.w.div_ceil(LANES);
+    let g = if vectors == 0 { 1 } else { MIN_GROUP_VECTORS.div_ceil(vectors) };
+    if g > MAX_GROUP {
+        MAX_GROUP
+    } else {
+        g
+    }
+}
+
+/// Floats of scratch [`accumulate`] needs: one group's padded input planes, then its
+/// padded `dy` planes. Independent of the batch size.
+pub(crate) const fn scratch_len(s: &Conv2d) -> usize {
+    let (x, y) = (PaddedPlanes::of(s.h, s.w, s.pad).plane_len(), PaddedPlanes::of(s.h, s.w, 0).plane_len());
+    group_images(s) * s.c_in * x + s.c_out * (group_images(s) * y + Y_SKEW)
+}
+
+/// Floats between the group's `dy` planes of two channels beyond the planes themselves:
+/// at 16×16 in groups of 4 a channel's planes are 4 KiB, so a tile's four channels would
+/// map onto the same L1 sets. (A precaution: the benchmark did not measurably move.)
+const Y_SKEW: usize = 2 * LANES;
+
+/// Adds the weight gradient of `n` images of a stride-1 "same" 3×3 convolution to `dw`,
+/// in the order the module doc gives.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn accumulate(s: &Conv2d, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32], scratch: &mut [f32]) {
+    let gx = PaddedPlanes::of(s.h, s.w, s.pad);
+    let gy = PaddedPlanes::of(s.h, s.w, 0);
+    assert!(s.k == DIRECT_K && s.stride == 1 && s.pad == 1);
+    assert!(x.len() >= n * s.in_len() && dy.len() >= n * s.out_len() && dw.len() >= s.weight_len());
+    let group = group_images(s);
+    let (xplane, yplane) = (gx.plane_len(), gy.plane_len());
+    let (hw, imgs_max) = (s.h * s.w, group.min(n));
+    let (xpad, rest) = scratch.split_at_mut(imgs_max * s.c_in * xplane);
+    let ypad = &mut rest[..s.c_out * (imgs_max * yplane + Y_SKEW)];
+    for i0 in (0..n).step_by(group) {
+        let imgs = group.min(n - i0);
+        // One image whose rows are whole vectors: its dy already has the padded layout.
+        let in_place = imgs == 1 && s.w % LANES == 0;
+        let ych = if in_place { hw } else { imgs * yplane + Y_SKEW };
+        // Channel-major, `[channel][image of the group]`: a tile's planes are contiguous
+        // (image-major, the same plane of the group's images would lie a power of two
+        // apart at 8×8 and 16×16 and evict each other from L1).
+        for j in 0..imgs {
+            let i = i0 + j;
+            for c in 0..s.c_in {
+                gx.fill(1, &x[i * s.in_len() + c * hw..][..hw], &mut xpad[(c * imgs + j) * xplane..][..xplane]);
+            }
+            if !in_place {
+                for c in 0..s.c_out {
+                    gy.fill(1, &dy[i * s.out_len() + c * hw..][..hw], &mut ypad[c * ych + j * yplane..][..yplane]);
+                }
+            }
+        }
+        let t = Group { h: s.h, vpr: gx.vectors_per_row, wp: gx.wp, xplane, ych, imgs };
+        debug_assert!(yplane == s.h * gy.vectors_per_row * LANES);
+        for co0 in (0..s.c_out).step_by(TILE_CO) {
+            let r = TILE_CO.min(s.c_out - co0);
+            for ci in 0..s.c_in {
+                for kh in 0..DIRECT_K {
+                    let q = ((co0 * s.c_in + ci) * DIRECT_K + kh) * DIRECT_K;
+                    // SAFETY: the tile reads the group's dy planes of channels co0..co0+r
+                    // (inside `ypad`, or inside image i0 of `dy` when in place), the
+                    // group's padded planes of channel ci from tap row kh on (every tap of
+                    // a whole vector lies in its padded plane), and updates
+                    // dw[co0 + i][ci][kh][..3] for i < r, inside `dw` (checked above).
+                    unsafe {
+                        let xp = xpad.as_ptr().add(ci * imgs * xplane + kh * t.wp);
+                        let yp =
+                            if in_place { dy.as_ptr().add(i0 * s.out_len()) } else { ypad.as_ptr() }.add(co0 * ych);
+                        let d = dw.as_mut_ptr().add(q);
+                        let stride = s.c_in * DIRECT_K * DIRECT_K;
+                        match (r, t.vpr) {
+                            (4, 1) => t.tile::<4, 1>(xp, yp, d, stride),
+                            (4, 2) => t.tile::<4, 2>(xp, yp, d, stride),
+                            (4, 4) => t.tile::<4, 4>(xp, yp, d, stride),
+                            (4, _) => t.tile::<4, 0>(xp, yp, d, stride),
+                            (3, _) => t.tile::<3, 0>(xp, yp, d, stride),
+                            (2, _) => t.tile::<2, 0>(xp, yp, d, stride),
+                            _ => t.tile::<1, 0>(xp, yp, d, stride),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The geometry of one group of padded images.
+struct Group {
+    h: usize,
+    /// Output vectors per row, and the padded input's row stride.
+    vpr: usize,
+    wp: usize,
+    /// Floats of one padded input plane and of one padded dy plane.
+    xplane: usize,
+    /// Floats between the group's `dy` planes of two channels.
+    ych: usize,
+    /// Images in the group.
+    imgs: usize,
+}
+
+impl Group {
+    /// One register tile: `R` output channels × 3 taps of one (ci, kh) over the group,
+    /// folded and added to `d[i·stride + kw]`.
+    /// `VPR` is `self.vpr` when nonzero.
+    ///
+    /// # Safety
+    /// `xp` is tap row kh of plane ci of the group's first padded image, `yp` dy plane co0
+    /// of its first image (channel-major layout), `d` `dw[co0][ci][kh][0]`; `R` channels
+    /// from co0 exist.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile<const R: usize, const VPR: usize>(
+        &self,
+        xp: *const f32,
+        yp: *const f32,
+        d: *mut f32,
+        stride: usize,
+    ) {
+        // VPR > 0 is `self.vpr` known at compile time (the row loop fully unrolled: at
+        // 8×8 and 16×16 a row is one or two vectors), 0 reads it at run time.
+        debug_assert!(VPR == 0 || VPR == self.vpr);
+        // Wrapping index arithmetic: `hpff-core` keeps overflow checks in release, and a
+        // checked multiply per row costs more than the row's FMAs at 8×8.
+        let vpr = if VPR > 0 { VPR } else { self.vpr };
+        let ys: [*const f32; R] = core::array::from_fn(|i| yp.wrapping_add(i.wrapping_mul(self.ych)));
+        let row_skip = self.wp.wrapping_sub(vpr.wrapping_mul(LANES));
+        let plane_skip = self.xplane.wrapping_sub(self.h.wrapping_mul(self.wp));
+        // SAFETY: the caller's contract covers every address formed below.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); DIRECT_K]; R];
+            // The dy planes of one channel are consecutive, so one offset walks all the
+            // group's images; the padded input planes have rows `wp` apart.
+            let mut yo = 0usize;
+            let mut xv = xp;
+            for _ in 0..self.imgs {
+                for _ in 0..self.h {
+                    for _ in 0..vpr {
+                        let xs: [__m256; DIRECT_K] = core::array::from_fn(|kw| _mm256_loadu_ps(xv.add(kw)));
+                        for (a, y) in acc.iter_mut().zip(ys) {
+                            let g = _mm256_loadu_ps(y.add(yo));
+                            for kw in 0..DIRECT_K {
+                                a[kw] = _mm256_fmadd_ps(g, xs[kw], a[kw]);
+                            }
+                        }
+                        xv = xv.add(LANES);
+                        yo = yo.wrapping_add(LANES);
+                    }
+                    xv = xv.add(row_skip);
+                }
+                xv = xv.add(plane_skip);
+            }
+            for (i, a) in acc.iter().enumerate() {
+                let sums = fold3(a);
+                let di = d.add(i * stride);
+                for (kw, &v) in sums.iter().enumerate() {
+                    *di.add(kw) += v;
+                }
+            }
+        }
+    }
+}
+
+/// Folds three accumulators' lanes, each as `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn fold3(a: &[__m256; DIRECT_K]) -> [f32; DIRECT_K] {
+    // hadd(u, v) = [u0+u1, u2+u3, v0+v1, v2+v3 | u4+u5, u6+u7, v4+v5, v6+v7]; twice gives
+    // each vector's (l0+l1)+(l2+l3) in the low half and (l4+l5)+(l6+l7) in the high half.
+    let h01 = _mm256_hadd_ps(a[0], a[1]);
+    let h2 = _mm256_hadd_ps(a[2], a[2]);
+    let h = _mm256_hadd_ps(h01, h2);
+    let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+    let mut out = [0.0f32; 4];
+    // SAFETY: an unaligned store of 4 floats into a 4-float array.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), s) };
+    [out[0], out[1], out[2]]
+}
