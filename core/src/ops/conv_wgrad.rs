@@ -62,13 +62,8 @@ pub(crate) const fn group_images(s: &Conv2d) -> usize {
 /// padded `dy` planes. Independent of the batch size.
 pub(crate) const fn scratch_len(s: &Conv2d) -> usize {
     let (x, y) = (PaddedPlanes::of(s.h, s.w, s.pad).plane_len(), PaddedPlanes::of(s.h, s.w, 0).plane_len());
-    group_images(s) * s.c_in * x + s.c_out * (group_images(s) * y + Y_SKEW)
+    group_images(s) * s.c_in * x + s.c_out * group_images(s) * y
 }
-
-/// Floats between the group's `dy` planes of two channels beyond the planes themselves:
-/// at 16×16 in groups of 4 a channel's planes are 4 KiB, so a tile's four channels would
-/// map onto the same L1 sets. (A precaution: the benchmark did not measurably move.)
-const Y_SKEW: usize = 2 * LANES;
 
 /// Adds the weight gradient of `n` images of a stride-1 "same" 3×3 convolution to `dw`,
 /// in the order the module doc gives.
@@ -85,12 +80,12 @@ pub(crate) unsafe fn accumulate(s: &Conv2d, n: usize, x: &[f32], dy: &[f32], dw:
     let (xplane, yplane) = (gx.plane_len(), gy.plane_len());
     let (hw, imgs_max) = (s.h * s.w, group.min(n));
     let (xpad, rest) = scratch.split_at_mut(imgs_max * s.c_in * xplane);
-    let ypad = &mut rest[..s.c_out * (imgs_max * yplane + Y_SKEW)];
+    let ypad = &mut rest[..s.c_out * imgs_max * yplane];
     for i0 in (0..n).step_by(group) {
         let imgs = group.min(n - i0);
         // One image whose rows are whole vectors: its dy already has the padded layout.
         let in_place = imgs == 1 && s.w % LANES == 0;
-        let ych = if in_place { hw } else { imgs * yplane + Y_SKEW };
+        let ych = if in_place { hw } else { imgs * yplane };
         // Channel-major, `[channel][image of the group]`: a tile's planes are contiguous
         // (image-major, the same plane of the group's images would lie a power of two
         // apart at 8×8 and 16×16 and evict each other from L1).
