@@ -383,11 +383,11 @@ impl<'a> Ctx<'a> {
                 let wt = self.arena.r(weight, s.weight_len());
                 let bias = bias.map(|b| self.arena.r(b, s.c_out));
                 self.each_chunk(|_, i0, cnt| {
-                    for i in i0..i0 + cnt {
-                        let (xs, hs) = (self.rows(x, i, 1), self.rows_mut(h, i, 1));
-                        ops::conv2d_forward(&s, 1, xs, wt, bias, hs, self.thread_scratch());
-                        self.bn_apply_image(shape, affine, h, y, stats, t, i);
-                    }
+                    // The chunk's convs in one call (the weights are packed once per
+                    // call), then BN and its tail image by image.
+                    let (xs, hs) = (self.rows(x, i0, cnt), self.rows_mut(h, i0, cnt));
+                    ops::conv2d_forward(&s, cnt, xs, wt, bias, hs, self.thread_scratch());
+                    (i0..i0 + cnt).for_each(|i| self.bn_apply_image(shape, affine, h, y, stats, t, i));
                 });
                 Some(with_tail(t, 2))
             }

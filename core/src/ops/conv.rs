@@ -110,11 +110,11 @@ impl Conv2d {
     }
 }
 
-/// `dst.copy_from_slice(src)` for the short rows of im2col's per-row path (stride-1
-/// convolutions that are not "same"), as fixed-size vector moves: `copy_from_slice`
+/// `dst.copy_from_slice(src)` for short rows (im2col's per-row path, the direct kernels'
+/// padded planes), as fixed-size vector moves: `copy_from_slice`
 /// calls memmove for each row, whose call and size dispatch cost more than the copy.
 #[inline]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
+pub(crate) fn copy_short(dst: &mut [f32], src: &[f32]) {
     let n = dst.len();
     debug_assert_eq!(n, src.len());
     if n >= 8 {

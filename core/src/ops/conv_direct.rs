@@ -16,7 +16,7 @@
 
 use core::arch::x86_64::*;
 
-use super::conv::Conv2d;
+use super::conv::{copy_short, Conv2d};
 
 /// Output pixels per vector.
 const LANES: usize = 8;
@@ -52,17 +52,17 @@ impl PaddedPlanes {
     }
 
     /// Copies `channels` planes of `src` into `dst` (`channels · plane_len()` floats),
-    /// padding included.
+    /// padding included: one `fill(0.0)` of the whole region, then the rows as
+    /// fixed-size vector moves (a `memset`/`memmove` call per short row cost more than
+    /// the copy itself).
     pub(crate) fn fill(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
         let (h, w, pad, wp) = (self.h, self.w, self.pad, self.wp);
-        for (plane, out) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(self.plane_len())).take(channels) {
-            out[..pad * wp].fill(0.0);
+        let dst = &mut dst[..channels * self.plane_len()];
+        dst.fill(0.0);
+        for (plane, out) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(self.plane_len())) {
             for (row, o) in plane.chunks_exact(w).zip(out[pad * wp..].chunks_exact_mut(wp)) {
-                o[..pad].fill(0.0);
-                o[pad..pad + w].copy_from_slice(row);
-                o[pad + w..].fill(0.0);
+                copy_short(&mut o[pad..pad + w], row);
             }
-            out[(pad + h) * wp..].fill(0.0);
         }
     }
 }
