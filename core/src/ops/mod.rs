@@ -1,7 +1,9 @@
 //! Layer math: forward and backward of every op the networks use, on NCHW `f32`
 //! tensors, allocation-free, each op working on whatever batch sub-range it is handed.
 //!
-//! Convolution and linear layers reduce to [`sgemm`]; the other ops are single passes
+//! Convolution and linear layers reduce to [`sgemm`], except the stride-1 "same" 3×3
+//! convolutions on AVX2, which run direct kernels (`conv_direct`, `conv_wgrad`) that read
+//! the image without a column matrix; the other ops are single passes
 //! written as plain slice loops the compiler vectorizes. Reductions (BatchNorm
 //! statistics, bias gradients, pooling) run in `f64` lanes inside a call, in a fixed
 //! order, so results do not depend on how a caller chunks the batch beyond the
