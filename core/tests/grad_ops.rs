@@ -910,12 +910,12 @@ fn conv_is_bitwise_its_fma_chains() {
             }
         }
         // Stride-1 "same" 3×3 (the direct weight-gradient kernel): per group of
-        // ⌈128 / (h·⌈w/8⌉)⌉ (at most 8) images, 8 lane chains from +0 over (image, oy,
+        // `weight_grad_group()` images, 8 lane chains from +0 over (image, oy,
         // vector), lane l taking pixel 8v + l (dy = +0 past the row end, x the padded
         // input there), folded ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)); dw_old + S_0 + S_1 + ….
         let same3 = s.stride == 1 && k == 3 && (ho, wo) == (s.h, s.w);
         let vpr = wo.div_ceil(8);
-        let group = 128usize.div_ceil(ho * vpr).min(8);
+        let group = s.weight_grad_group();
         for co in 0..s.c_out {
             for ci in 0..s.c_in {
                 for kh in 0..k {

@@ -11,6 +11,7 @@
 
 use core::mem::MaybeUninit;
 
+use super::conv_layout::DIRECT_K;
 use super::gemm::{sgemm_packed_b, GemmKernel, PackB, NC, PANEL_NR};
 use super::{fold_lanes, sgemm, sgemm_kernel, sum_lanes};
 
@@ -73,19 +74,29 @@ impl Conv2d {
         if self.direct() {
             return 0;
         }
-        let col = self.c_in * self.k * self.k * self.h_out() * self.w_out();
-        #[cfg(target_arch = "x86_64")]
-        if self.same() && self.k == super::conv_direct::DIRECT_K {
-            let padded = super::conv_direct::scratch_len(self);
+        let col = self.col_len();
+        // On every target, so plans agree across machines (see `conv_layout`).
+        if self.same() && self.k == DIRECT_K {
+            let padded = super::conv_layout::scratch_len(self);
             return if padded > col { padded } else { col };
         }
         col
+    }
+    /// Floats of one image's column matrix.
+    pub(crate) const fn col_len(&self) -> usize {
+        self.c_in * self.k * self.k * self.h_out() * self.w_out()
+    }
+    /// Images per group of the direct weight gradient (AVX2, stride-1 "same" 3×3): its
+    /// lanes are folded once per group, so its summation order depends on this (see
+    /// `core/tests/grad_ops.rs`); a function of the shape alone.
+    pub const fn weight_grad_group(&self) -> usize {
+        super::conv_layout::group_images(self)
     }
     /// Whether the forward and input gradient run [`super::conv_direct`]'s kernels, and
     /// the weight gradient [`super::conv_wgrad`]'s.
     #[cfg(target_arch = "x86_64")]
     fn runs_direct(&self) -> bool {
-        self.same() && self.k == super::conv_direct::DIRECT_K && sgemm_kernel() == GemmKernel::Avx2Fma
+        self.same() && self.k == DIRECT_K && sgemm_kernel() == GemmKernel::Avx2Fma
     }
     #[cfg(not(target_arch = "x86_64"))]
     fn runs_direct(&self) -> bool {

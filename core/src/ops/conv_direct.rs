@@ -16,56 +16,8 @@
 
 use core::arch::x86_64::*;
 
-use super::conv::{copy_short, Conv2d};
-
-/// Output pixels per vector.
-const LANES: usize = 8;
-/// Output channels per register tile (12 accumulators + 2 loaded vectors + 1 broadcast
-/// fill the 16 ymm registers).
-const TILE_ROWS: usize = 6;
-
-/// Zero-padded copies of `h × w` planes for a stride-1 convolution with padding `pad`:
-/// `pad` zero rows above and below, `pad` zero columns on the left, and on the right
-/// enough zero columns that every row holds whole 8-pixel output vectors' taps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct PaddedPlanes {
-    /// Plane height and width.
-    pub h: usize,
-    pub w: usize,
-    /// Zero padding on each side.
-    pub pad: usize,
-    /// Output vectors per row.
-    pub vectors_per_row: usize,
-    /// Row stride of a padded plane.
-    pub wp: usize,
-}
-
-impl PaddedPlanes {
-    pub(crate) const fn of(h: usize, w: usize, pad: usize) -> PaddedPlanes {
-        let vectors_per_row = w.div_ceil(LANES);
-        PaddedPlanes { h, w, pad, vectors_per_row, wp: vectors_per_row * LANES + 2 * pad }
-    }
-
-    /// Floats of one padded plane.
-    pub(crate) const fn plane_len(&self) -> usize {
-        (self.h + 2 * self.pad) * self.wp
-    }
-
-    /// Copies `channels` planes of `src` into `dst` (`channels · plane_len()` floats),
-    /// padding included: one `fill(0.0)` of the whole region, then the rows as
-    /// fixed-size vector moves (a `memset`/`memmove` call per short row cost more than
-    /// the copy itself).
-    pub(crate) fn fill(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
-        let (h, w, pad, wp) = (self.h, self.w, self.pad, self.wp);
-        let dst = &mut dst[..channels * self.plane_len()];
-        dst.fill(0.0);
-        for (plane, out) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(self.plane_len())) {
-            for (row, o) in plane.chunks_exact(w).zip(out[pad * wp..].chunks_exact_mut(wp)) {
-                copy_short(&mut o[pad..pad + w], row);
-            }
-        }
-    }
-}
+use super::conv::Conv2d;
+use super::conv_layout::{packed_len, PaddedPlanes, DIRECT_K, LANES, TILE_ROWS};
 
 /// Packs the forward's weights `w[o][c][t]` as `[row block][c][t][TILE_ROWS]` (rows
 /// past `c_out` zero), so a tile's broadcasts walk one pointer.
@@ -101,11 +53,6 @@ fn pack_input_grad(s: &Conv2d, w: &[f32], out: &mut [f32]) {
             }
         }
     }
-}
-
-/// Floats [`pack_forward`] or [`pack_input_grad`] write.
-const fn packed_len(rows: usize, channels: usize, kk: usize) -> usize {
-    rows.div_ceil(TILE_ROWS) * TILE_ROWS * channels * kk
 }
 
 /// The direct convolution of one image: `out[o][p] = Σ_{c, kh, kw} A(o, c, kh·k + kw) ·
@@ -225,25 +172,6 @@ impl Tile {
                 }
             }
         }
-    }
-}
-
-/// The kernel size the direct kernels are built for (every "same" conv of the networks).
-pub(crate) const DIRECT_K: usize = 3;
-
-/// Floats of scratch the direct kernels need: the padded planes of the input side, then
-/// the packed weights, for whichever of the forward and input gradient needs more, or
-/// the weight gradient's ([`super::conv_wgrad::scratch_len`]) if that is more.
-pub(crate) const fn scratch_len(s: &Conv2d) -> usize {
-    let (plane, kk) = (PaddedPlanes::of(s.h, s.w, s.pad).plane_len(), s.k * s.k);
-    let fwd = s.c_in * plane + packed_len(s.c_out, s.c_in, kk);
-    let bwd = s.c_out * plane + packed_len(s.c_in, s.c_out, kk);
-    let wgrad = super::conv_wgrad::scratch_len(s);
-    let m = if fwd > bwd { fwd } else { bwd };
-    if wgrad > m {
-        wgrad
-    } else {
-        m
     }
 }
 

@@ -32,39 +32,11 @@
 use core::arch::x86_64::*;
 
 use super::conv::Conv2d;
-use super::conv_direct::{PaddedPlanes, DIRECT_K};
+use super::conv_layout::{group_images, PaddedPlanes, DIRECT_K, LANES};
 
-/// Output pixels per vector.
-const LANES: usize = 8;
 /// Output channels per register tile: 4 × 3 taps = 12 accumulators, plus the 3 shifted
 /// input vectors and one `dy` vector fill the 16 ymm registers.
 const TILE_CO: usize = 4;
-/// Output vectors a register tile should walk before its lanes are folded: on small
-/// maps (8×8 is 8 vectors) one image alone leaves the fold and the `dw` update a large
-/// share of the work, so several images share one fold.
-const MIN_GROUP_VECTORS: usize = 128;
-/// Most images in one group (bounds the scratch on tiny maps).
-const MAX_GROUP: usize = 8;
-
-/// Images per group for `s` (see the module doc): `⌈128 / (h · ⌈w / 8⌉)⌉`, at most 8 —
-/// a function of the shape alone.
-pub(crate) const fn group_images(s: &Conv2d) -> usize {
-    let vectors = s.h * s.w.div_ceil(LANES);
-    let g = if vectors == 0 { 1 } else { MIN_GROUP_VECTORS.div_ceil(vectors) };
-    if g > MAX_GROUP {
-        MAX_GROUP
-    } else {
-        g
-    }
-}
-
-/// Floats of scratch [`accumulate`] needs: one group's padded input planes, then its
-/// padded `dy` planes. Independent of the batch size.
-pub(crate) const fn scratch_len(s: &Conv2d) -> usize {
-    let (x, y) = (PaddedPlanes::of(s.h, s.w, s.pad).plane_len(), PaddedPlanes::of(s.h, s.w, 0).plane_len());
-    group_images(s) * s.c_in * x + s.c_out * group_images(s) * y
-}
-
 /// Adds the weight gradient of `n` images of a stride-1 "same" 3×3 convolution to `dw`,
 /// in the order the module doc gives.
 ///
@@ -210,17 +182,24 @@ impl Group {
 }
 
 /// Folds three accumulators' lanes, each as `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`.
+///
+/// # Safety
+/// The CPU supports AVX2 (an `unsafe fn`: safe `#[target_feature]` functions need a
+/// newer Rust than the crate's MSRV).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn fold3(a: &[__m256; DIRECT_K]) -> [f32; DIRECT_K] {
+unsafe fn fold3(a: &[__m256; DIRECT_K]) -> [f32; DIRECT_K] {
     // hadd(u, v) = [u0+u1, u2+u3, v0+v1, v2+v3 | u4+u5, u6+u7, v4+v5, v6+v7]; twice gives
     // each vector's (l0+l1)+(l2+l3) in the low half and (l4+l5)+(l6+l7) in the high half.
-    let h01 = _mm256_hadd_ps(a[0], a[1]);
-    let h2 = _mm256_hadd_ps(a[2], a[2]);
-    let h = _mm256_hadd_ps(h01, h2);
-    let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
-    let mut out = [0.0f32; 4];
-    // SAFETY: an unaligned store of 4 floats into a 4-float array.
-    unsafe { _mm_storeu_ps(out.as_mut_ptr(), s) };
-    [out[0], out[1], out[2]]
+    // SAFETY: register shuffles and adds, and an unaligned store of 4 floats into a
+    // 4-float array; the CPU has AVX2 (the caller's contract).
+    unsafe {
+        let h01 = _mm256_hadd_ps(a[0], a[1]);
+        let h2 = _mm256_hadd_ps(a[2], a[2]);
+        let h = _mm256_hadd_ps(h01, h2);
+        let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+        let mut out = [0.0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), s);
+        [out[0], out[1], out[2]]
+    }
 }

@@ -14,6 +14,7 @@ mod batchnorm;
 mod conv;
 #[cfg(target_arch = "x86_64")]
 mod conv_direct;
+mod conv_layout;
 #[cfg(target_arch = "x86_64")]
 mod conv_wgrad;
 mod gemm;
