@@ -12,8 +12,13 @@
 use core::mem::MaybeUninit;
 
 use super::conv_layout::DIRECT_K;
-use super::gemm::{sgemm_packed_b, GemmKernel, PackB, NC, PANEL_NR};
-use super::{fold_lanes, sgemm, sgemm_kernel, sum_lanes};
+use super::gemm::{sgemm_packed_b, PackB, PANEL_NR};
+use super::{fold_lanes, sgemm, sum_lanes};
+#[cfg(target_arch = "x86_64")]
+use super::{
+    gemm::{GemmKernel, NC},
+    sgemm_kernel,
+};
 
 /// Floats of one block of the column matrix (144 KiB), see [`Conv2d::block_rows`]; also
 /// the bound on the input gradient's channel groups.
@@ -318,7 +323,8 @@ fn col2im_shifted_add(s: &Conv2d, kh: usize, kw: usize, (lo, hi): (usize, usize)
 
 /// Widest kernel [`ShiftedTaps`] packs (its per-`kw` column masks live on the stack).
 const SHIFTED_MAX_K: usize = 8;
-/// Most micro-panels one [`PackB::pack`] call asks for.
+/// Most micro-panels one [`PackB::pack`] call asks for (the AVX2 packer's masks).
+#[cfg(target_arch = "x86_64")]
 const SHIFTED_MAX_PANELS: usize = NC / PANEL_NR;
 
 /// The column matrix of one image under a stride-1 "same" convolution, as the forward
