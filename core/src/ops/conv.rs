@@ -11,7 +11,8 @@
 
 use core::mem::MaybeUninit;
 
-use super::conv_layout::DIRECT_K;
+use super::conv_layout::copy_short;
+use super::conv_shape::{Conv2d, COL_BLOCK};
 use super::gemm::{sgemm_packed_b, PackB, PANEL_NR};
 use super::{fold_lanes, sgemm, sum_lanes};
 #[cfg(target_arch = "x86_64")]
@@ -19,141 +20,6 @@ use super::{
     gemm::{GemmKernel, NC},
     sgemm_kernel,
 };
-
-/// Floats of one block of the column matrix (144 KiB), see [`Conv2d::block_rows`]; also
-/// the bound on the input gradient's channel groups.
-const COL_BLOCK: usize = 36 * 1024;
-
-/// Shape of a convolution layer on `h × w` inputs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Conv2d {
-    /// Input channels.
-    pub c_in: usize,
-    /// Output channels.
-    pub c_out: usize,
-    /// Input height.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Kernel size (square).
-    pub k: usize,
-    /// Stride (both axes).
-    pub stride: usize,
-    /// Zero padding (both axes, both sides).
-    pub pad: usize,
-}
-
-impl Conv2d {
-    /// Output height, PyTorch's floor formula.
-    pub const fn h_out(&self) -> usize {
-        (self.h + 2 * self.pad - self.k) / self.stride + 1
-    }
-    /// Output width.
-    pub const fn w_out(&self) -> usize {
-        (self.w + 2 * self.pad - self.k) / self.stride + 1
-    }
-    /// Input floats per image.
-    pub const fn in_len(&self) -> usize {
-        self.c_in * self.h * self.w
-    }
-    /// Output floats per image.
-    pub const fn out_len(&self) -> usize {
-        self.c_out * self.h_out() * self.w_out()
-    }
-    /// Weight floats, `[c_out][c_in][kh][kw]` as PyTorch stores them.
-    pub const fn weight_len(&self) -> usize {
-        self.c_out * self.c_in * self.k * self.k
-    }
-    /// Whether the input already is the column matrix (no im2col needed).
-    const fn direct(&self) -> bool {
-        self.k == 1 && self.stride == 1 && self.pad == 0
-    }
-    /// A stride-1 convolution whose output has the input's shape (every 3×3 of a ResNet
-    /// but the downsampling ones): each column-matrix row is an input plane shifted.
-    const fn same(&self) -> bool {
-        self.stride == 1 && self.h_out() == self.h && self.w_out() == self.w
-    }
-    /// Scratch floats any of the three conv calls needs (one image's column matrix,
-    /// 0 for a 1×1 stride-1 unpadded conv); independent of the batch size.
-    pub const fn scratch_len(&self) -> usize {
-        if self.direct() {
-            return 0;
-        }
-        let col = self.col_len();
-        // On every target, so plans agree across machines (see `conv_layout`).
-        if self.same() && self.k == DIRECT_K {
-            let padded = super::conv_layout::scratch_len(self);
-            return if padded > col { padded } else { col };
-        }
-        col
-    }
-    /// Floats of one image's column matrix.
-    pub(crate) const fn col_len(&self) -> usize {
-        self.c_in * self.k * self.k * self.h_out() * self.w_out()
-    }
-    /// Images per group of the direct weight gradient (AVX2, stride-1 "same" 3×3): its
-    /// lanes are folded once per group, so its summation order depends on this (see
-    /// `core/tests/grad_ops.rs`); a function of the shape alone.
-    pub const fn weight_grad_group(&self) -> usize {
-        super::conv_layout::group_images(self)
-    }
-    /// Whether the forward and input gradient run [`super::conv_direct`]'s kernels, and
-    /// the weight gradient [`super::conv_wgrad`]'s.
-    #[cfg(target_arch = "x86_64")]
-    fn runs_direct(&self) -> bool {
-        self.same() && self.k == DIRECT_K && sgemm_kernel() == GemmKernel::Avx2Fma
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    fn runs_direct(&self) -> bool {
-        false
-    }
-    /// Forward FLOPs per image (2 per multiply-add), for throughput reports.
-    pub const fn flops(&self) -> usize {
-        2 * self.c_out * self.c_in * self.k * self.k * self.h_out() * self.w_out()
-    }
-    /// Output rows per block of the forward and weight-gradient column matrix: the block
-    /// (`c_in·k·k × rows·w_out` floats) is kept to [`COL_BLOCK`] floats so it is still in
-    /// L2 when the GEMM packs it right after im2col wrote it (a whole 16-channel 32×32
-    /// image's matrix, 576 KiB, is not).
-    fn block_rows(&self) -> usize {
-        let per_row = self.c_in * self.k * self.k * self.w_out();
-        (COL_BLOCK / per_row.max(1)).clamp(1, self.h_out().max(1))
-    }
-    /// Output columns `ox` whose input column `ox·stride + kw − pad` lies inside the row.
-    fn valid_cols(&self, kw: usize) -> (usize, usize) {
-        let wo = self.w_out();
-        let lo = if self.pad > kw { (self.pad - kw).div_ceil(self.stride) } else { 0 };
-        let hi = if self.w + self.pad > kw { (self.w + self.pad - kw).div_ceil(self.stride).min(wo) } else { 0 };
-        (lo.min(hi), hi)
-    }
-}
-
-/// `dst.copy_from_slice(src)` for short rows (im2col's per-row path, the direct kernels'
-/// padded planes), as fixed-size vector moves: `copy_from_slice`
-/// calls memmove for each row, whose call and size dispatch cost more than the copy.
-#[inline]
-pub(crate) fn copy_short(dst: &mut [f32], src: &[f32]) {
-    let n = dst.len();
-    debug_assert_eq!(n, src.len());
-    if n >= 8 {
-        // 8-float blocks, the last one ending at n (overlapping its predecessor).
-        let mut i = 0;
-        loop {
-            let at = i.min(n - 8);
-            let s8: &[f32; 8] = src[at..at + 8].try_into().expect("8 floats");
-            let d8: &mut [f32; 8] = (&mut dst[at..at + 8]).try_into().expect("8 floats");
-            *d8 = *s8;
-            if at == n - 8 {
-                break;
-            }
-            i += 8;
-        }
-    } else {
-        for (d, &v) in dst.iter_mut().zip(src) {
-            *d = v;
-        }
-    }
-}
 
 /// One image's column matrix, [`Conv2d::block_rows`] output rows at a time in `scratch`:
 /// `f(first output pixel, pixels, columns)` for each block, in order.

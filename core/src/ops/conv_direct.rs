@@ -16,8 +16,8 @@
 
 use core::arch::x86_64::*;
 
-use super::conv::Conv2d;
 use super::conv_layout::{packed_len, PaddedPlanes, DIRECT_K, LANES, TILE_ROWS};
+use super::conv_shape::Conv2d;
 
 /// Packs the forward's weights `w[o][c][t]` as `[row block][c][t][TILE_ROWS]` (rows
 /// past `c_out` zero), so a tile's broadcasts walk one pointer.

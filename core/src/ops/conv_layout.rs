@@ -1,10 +1,8 @@
 //! The layouts of the direct stride-1 3×3 convolution kernels (`conv_direct`,
-//! `conv_wgrad`): zero-padded planes, packed weights, image groups, and the scratch they
-//! take. Plain arithmetic on every target, though the kernels are AVX2-only: a plan made
-//! on one machine (the firmware's `build.rs` plans on the build host) sizes the conv
-//! scratch as it would on any other.
-
-use super::conv::Conv2d;
+//! `conv_wgrad`): zero-padded planes and packed weights, and the short-row copy they and
+//! im2col share. Their sizes are plain arithmetic on every target, though the kernels
+//! are AVX2-only: a plan made on one machine (the firmware's `build.rs` plans on the
+//! build host) sizes the conv scratch as it would on any other (`Conv2d::scratch_len`).
 
 /// The kernel size the direct kernels are built for (every "same" conv of the networks).
 pub(crate) const DIRECT_K: usize = 3;
@@ -13,12 +11,6 @@ pub(crate) const LANES: usize = 8;
 /// Output channels per register tile of the forward and input gradient (12 accumulators
 /// + 2 loaded vectors + 1 broadcast fill the 16 ymm registers).
 pub(crate) const TILE_ROWS: usize = 6;
-/// Output vectors a weight-gradient register tile should walk before its lanes are
-/// folded: on small maps (8×8 is 8 vectors) one image alone leaves the fold and the `dw`
-/// update a large share of the work, so several images share one fold.
-const MIN_GROUP_VECTORS: usize = 128;
-/// Most images in one weight-gradient group.
-const MAX_GROUP: usize = 8;
 
 /// Zero-padded copies of `h × w` planes for a stride-1 convolution with padding `pad`:
 /// `pad` zero rows above and below, `pad` zero columns on the left, and on the right
@@ -60,7 +52,7 @@ impl PaddedPlanes {
         dst.fill(0.0);
         for (plane, out) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(self.plane_len())) {
             for (row, o) in plane.chunks_exact(w).zip(out[pad * wp..].chunks_exact_mut(wp)) {
-                super::conv::copy_short(&mut o[pad..pad + w], row);
+                copy_short(&mut o[pad..pad + w], row);
             }
         }
     }
@@ -72,46 +64,29 @@ pub(crate) const fn packed_len(rows: usize, channels: usize, kk: usize) -> usize
     rows.div_ceil(TILE_ROWS) * TILE_ROWS * channels * kk
 }
 
-const fn max(a: usize, b: usize) -> usize {
-    if a > b {
-        a
+/// `dst.copy_from_slice(src)` for short rows (im2col's per-row path, the direct kernels'
+/// padded planes), as fixed-size vector moves: `copy_from_slice`
+/// calls memmove for each row, whose call and size dispatch cost more than the copy.
+#[inline]
+pub(crate) fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    debug_assert_eq!(n, src.len());
+    if n >= 8 {
+        // 8-float blocks, the last one ending at n (overlapping its predecessor).
+        let mut i = 0;
+        loop {
+            let at = i.min(n - 8);
+            let s8: &[f32; 8] = src[at..at + 8].try_into().expect("8 floats");
+            let d8: &mut [f32; 8] = (&mut dst[at..at + 8]).try_into().expect("8 floats");
+            *d8 = *s8;
+            if at == n - 8 {
+                break;
+            }
+            i += 8;
+        }
     } else {
-        b
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = v;
+        }
     }
-}
-
-/// Scratch floats of the forward and input gradient: the padded planes of the input
-/// side, then the packed weights, whichever of the two needs more.
-const fn forward_scratch_len(s: &Conv2d) -> usize {
-    let (plane, kk) = (PaddedPlanes::of(s.h, s.w, s.pad).plane_len(), s.k * s.k);
-    max(s.c_in * plane + packed_len(s.c_out, s.c_in, kk), s.c_out * plane + packed_len(s.c_in, s.c_out, kk))
-}
-
-/// Scratch floats one image of the weight gradient's group takes: its padded input planes
-/// and its `dy` planes (padding 0, rows rounded up to whole vectors).
-const fn wgrad_image_len(s: &Conv2d) -> usize {
-    s.c_in * PaddedPlanes::of(s.h, s.w, s.pad).plane_len() + s.c_out * PaddedPlanes::of(s.h, s.w, 0).plane_len()
-}
-
-/// Images per group of the direct weight gradient, a function of the shape alone (its
-/// sums fold once per group, so the bits depend on it): enough for 128 output vectors,
-/// at most 8, and no more than fit in the scratch the other convolution calls need
-/// anyway (the column matrix, or the forward's planes and packed weights).
-pub(crate) const fn group_images(s: &Conv2d) -> usize {
-    let vectors = s.h * s.w.div_ceil(LANES);
-    let want = if vectors == 0 { 1 } else { MIN_GROUP_VECTORS.div_ceil(vectors) };
-    let room = max(s.col_len(), forward_scratch_len(s)) / max(wgrad_image_len(s), 1);
-    let g = if want < room { want } else { room };
-    if g > MAX_GROUP {
-        MAX_GROUP
-    } else if g == 0 {
-        1
-    } else {
-        g
-    }
-}
-
-/// Floats of scratch the direct kernels need, whichever call.
-pub(crate) const fn scratch_len(s: &Conv2d) -> usize {
-    max(forward_scratch_len(s), group_images(s) * wgrad_image_len(s))
 }

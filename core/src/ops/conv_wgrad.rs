@@ -21,7 +21,7 @@
 //! into calls, as before.
 //!
 //! Bits, for every element `q = (co, ci, kh, kw)` of `dw`: the call's `n` images are cut
-//! into groups of [`group_images`] consecutive images (the last group may be shorter).
+//! into groups of [`Conv2d::weight_grad_group`] consecutive images (the last group may be shorter).
 //! For each group `g` in order, lane `l` (`0..8`) is one FMA chain from `+0.0` over
 //! (image of the group, oy, vector v) in order of `dy[co][oy][8v + l] · xp[ci][oy + kh][8v + l + kw]`,
 //! where `xp` is the padded input (`x[ci][iy − 1][ix − 1]` inside the image, else 0) and
@@ -31,8 +31,8 @@
 
 use core::arch::x86_64::*;
 
-use super::conv::Conv2d;
-use super::conv_layout::{group_images, PaddedPlanes, DIRECT_K, LANES};
+use super::conv_layout::{PaddedPlanes, DIRECT_K, LANES};
+use super::conv_shape::Conv2d;
 
 /// Output channels per register tile: 4 × 3 taps = 12 accumulators, plus the 3 shifted
 /// input vectors and one `dy` vector fill the 16 ymm registers.
@@ -48,7 +48,7 @@ pub(crate) unsafe fn accumulate(s: &Conv2d, n: usize, x: &[f32], dy: &[f32], dw:
     let gy = PaddedPlanes::of(s.h, s.w, 0);
     assert!(s.k == DIRECT_K && s.stride == 1 && s.pad == 1);
     assert!(x.len() >= n * s.in_len() && dy.len() >= n * s.out_len() && dw.len() >= s.weight_len());
-    let group = group_images(s);
+    let group = s.weight_grad_group();
     let (xplane, yplane) = (gx.plane_len(), gy.plane_len());
     let (hw, imgs_max) = (s.h * s.w, group.min(n));
     let (xpad, rest) = scratch.split_at_mut(imgs_max * s.c_in * xplane);

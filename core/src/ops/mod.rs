@@ -15,6 +15,7 @@ mod conv;
 #[cfg(target_arch = "x86_64")]
 mod conv_direct;
 mod conv_layout;
+mod conv_shape;
 #[cfg(target_arch = "x86_64")]
 mod conv_wgrad;
 mod gemm;
@@ -31,7 +32,8 @@ pub use batchnorm::{
     batchnorm_backward_input, batchnorm_batch_stats, batchnorm_eval_stats, batchnorm_finalize, batchnorm_forward,
     batchnorm_mean_from_sum, batchnorm_update_running, BatchNorm2d, BN_EPS, BN_MOMENTUM,
 };
-pub use conv::{conv2d_accumulate_weight_grad, conv2d_backward_input, conv2d_forward, Conv2d};
+pub use conv::{conv2d_accumulate_weight_grad, conv2d_backward_input, conv2d_forward};
+pub use conv_shape::Conv2d;
 pub use gemm::{sgemm, sgemm_kernel, sgemm_using, GemmKernel};
 pub use linear::{linear_accumulate_weight_grad, linear_backward_input, linear_forward, Linear};
 pub use maxpool::{maxpool_backward, maxpool_forward, MaxPool2d};
