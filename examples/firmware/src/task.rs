@@ -7,7 +7,7 @@
 //! images, 4 classes; InfoPro + HPFF with K = 3 modules (one block each), 2×2 decoder
 //! patches, a `1c2f` auxiliary classifier (its conv scales with the base width) with
 //! feature dimension 16; batch 4 (fits 256 KiB of RAM with the stack: the planned
-//! arena is 211,952 bytes; with a `0c2f` head batch 6 would be 208 KB, batch 8 236 KB).
+//! arena is 205,904 bytes; with a `0c2f` head batch 6 would be about 212 KB, batch 8 about 240 KB).
 //!
 //! Data: a bright quadrant on a noisy background; the class is the quadrant (as in the
 //! `static_arena` example). Chance is 25 %.
