@@ -182,16 +182,9 @@ impl Tile {
 /// The CPU supports AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn forward(s: &Conv2d, n: usize, x: &[f32], w: &[f32], y: &mut [f32], scratch: &mut [f32]) {
-    let g = PaddedPlanes::of(s.h, s.w, s.pad);
-    assert!(s.k == DIRECT_K && x.len() >= n * s.in_len() && y.len() >= n * s.out_len() && w.len() >= s.weight_len());
-    let (padded, packed) = scratch.split_at_mut(s.c_in * g.plane_len());
-    assert!(packed.len() >= packed_len(s.c_out, s.c_in, DIRECT_K * DIRECT_K), "conv scratch too small");
-    pack_forward(s, w, packed);
-    for (xi, yi) in x.chunks_exact(s.in_len()).zip(y.chunks_exact_mut(s.out_len())).take(n) {
-        g.fill(s.c_in, xi, padded);
-        // SAFETY: `padded` holds c_in planes, `yi` c_out·h·w floats, `packed` the weights.
-        unsafe { direct_image::<DIRECT_K>(&g, s.c_in, padded, packed, s.c_out, yi) }
-    }
+    assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len());
+    // SAFETY: forwarded contract.
+    unsafe { run_images(s, n, (s.c_in, x), (s.c_out, y), |out| pack_forward(s, w, out), w, scratch) }
 }
 
 /// Input gradient of `n` images of a stride-1 "same" 3×3 convolution (overwrites `dx`):
@@ -201,14 +194,36 @@ pub(crate) unsafe fn forward(s: &Conv2d, n: usize, x: &[f32], w: &[f32], y: &mut
 /// The CPU supports AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], scratch: &mut [f32]) {
+    assert!(dy.len() >= n * s.out_len() && dx.len() >= n * s.in_len());
+    // SAFETY: forwarded contract.
+    unsafe { run_images(s, n, (s.c_out, dy), (s.c_in, dx), |out| pack_input_grad(s, w, out), w, scratch) }
+}
+
+/// The direct convolution of `n` images of `(channels, src)` planes into `(rows, dst)`
+/// planes (all `h × w`), with the weights packed once by `pack`.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_images(
+    s: &Conv2d,
+    n: usize,
+    (channels, src): (usize, &[f32]),
+    (rows, dst): (usize, &mut [f32]),
+    pack: impl FnOnce(&mut [f32]),
+    w: &[f32],
+    scratch: &mut [f32],
+) {
     let g = PaddedPlanes::of(s.h, s.w, s.pad);
-    assert!(s.k == DIRECT_K && dy.len() >= n * s.out_len() && dx.len() >= n * s.in_len() && w.len() >= s.weight_len());
-    let (padded, packed) = scratch.split_at_mut(s.c_out * g.plane_len());
-    assert!(packed.len() >= packed_len(s.c_in, s.c_out, DIRECT_K * DIRECT_K), "conv scratch too small");
-    pack_input_grad(s, w, packed);
-    for (dyi, dxi) in dy.chunks_exact(s.out_len()).zip(dx.chunks_exact_mut(s.in_len())).take(n) {
-        g.fill(s.c_out, dyi, padded);
-        // SAFETY: `padded` holds c_out planes, `dxi` c_in·h·w floats, `packed` the weights.
-        unsafe { direct_image::<DIRECT_K>(&g, s.c_out, padded, packed, s.c_in, dxi) }
+    let hw = s.h * s.w;
+    assert!(s.k == DIRECT_K && s.same() && w.len() >= s.weight_len());
+    let (padded, packed) = scratch.split_at_mut(channels * g.plane_len());
+    assert!(packed.len() >= packed_len(rows, channels, DIRECT_K * DIRECT_K), "conv scratch too small");
+    pack(packed);
+    for (si, di) in src.chunks_exact(channels * hw).zip(dst.chunks_exact_mut(rows * hw)).take(n) {
+        g.fill(channels, si, padded);
+        // SAFETY: `padded` holds `channels` planes, `di` `rows` planes, `packed` the
+        // weights of `rows × channels`.
+        unsafe { direct_image::<DIRECT_K>(&g, channels, padded, packed, rows, di) }
     }
 }
