@@ -13,6 +13,7 @@
 
 use crate::encode::{Encoder, Ptrs};
 use crate::error::CudaError;
+use crate::executor::step_scalars;
 use crate::kernels::K;
 use crate::launch::{check_signature, Arg, Gemm, Sink};
 use crate::sizing::Extras;
@@ -24,24 +25,24 @@ include!(concat!(env!("OUT_DIR"), "/emu_table.rs"));
 
 /// Host memory standing in for one device allocation: 8-byte aligned, never moved.
 #[derive(Debug)]
-struct HostBuf(Vec<u64>);
+pub(crate) struct HostBuf(Vec<u64>);
 
 impl HostBuf {
     fn new(bytes: usize) -> HostBuf {
         HostBuf(vec![0; bytes.div_ceil(8).max(1)])
     }
-    fn addr(&self) -> u64 {
+    pub(crate) fn addr(&self) -> u64 {
         self.0.as_ptr() as u64
     }
-    fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         8 * self.0.len()
     }
 }
 
 /// Runs launches and GEMMs on the CPU.
-struct EmuSink {
+pub(crate) struct EmuSink {
     /// (address, bytes) of every buffer: each operand must lie inside one.
-    bufs: Vec<(u64, usize)>,
+    pub bufs: Vec<(u64, usize)>,
 }
 
 impl EmuSink {
@@ -136,7 +137,7 @@ impl EmuExecutor {
         }
     }
 
-    fn bufs(&self) -> [&HostBuf; 6] {
+    pub(crate) fn host_bufs(&self) -> [&HostBuf; 6] {
         [&self.arena, &self.conv_ws, &self.partials, &self.loss, &self.labels, &self.step]
     }
 
@@ -165,11 +166,19 @@ impl EmuExecutor {
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().cast::<u8>(), buf.0.as_mut_ptr().cast::<u8>(), bytes) }
     }
 
+    /// Writes a training step's input: images, labels, step scalars.
+    pub(crate) fn stage(&mut self, plan: &Plan, input: &StepInput) {
+        let inp: Buf = plan.input();
+        self.arena_f32()[inp.off..inp.end()].copy_from_slice(input.x);
+        Self::write(&mut self.labels, input.labels);
+        Self::write(&mut self.step, &step_scalars(input));
+    }
+
     fn run(&mut self, plan: &Plan, train: bool) -> Result<(), CudaError> {
         if plan.batch > self.layout.batch {
             return Err(CudaError::BatchAboveLayout { batch: plan.batch, layout: self.layout.batch });
         }
-        let mut sink = EmuSink { bufs: self.bufs().iter().map(|b| (b.addr(), b.bytes())).collect() };
+        let mut sink = EmuSink { bufs: self.host_bufs().iter().map(|b| (b.addr(), b.bytes())).collect() };
         Encoder::new(&mut sink, plan, self.ptrs(), self.extras).step(train)
     }
 }
@@ -205,11 +214,7 @@ impl Executor for EmuExecutor {
 
     fn train_step(&mut self, plan: &Plan, input: &StepInput, losses: &mut [f32]) -> Result<(), CudaError> {
         check_train(&self.layout, plan, input, losses)?;
-        let inp: Buf = plan.input();
-        self.arena_f32()[inp.off..inp.end()].copy_from_slice(input.x);
-        Self::write(&mut self.labels, input.labels);
-        let sgd = input.sgd;
-        Self::write(&mut self.step, &[input.lr, sgd.momentum, sgd.weight_decay, if sgd.nesterov { 1.0 } else { 0.0 }]);
+        self.stage(plan, input);
         self.run(plan, true)?;
         let slots = plan.loss_slots();
         losses[slots..].fill(0.0);

@@ -63,10 +63,13 @@ impl<'a, S: Sink> Encoder<'a, S> {
     pub(crate) fn step(&mut self, train: bool) -> Result<(), CudaError> {
         let mut res = Ok(());
         let plan = self.plan;
+        let mut index = 0;
         let mut each = |op: &Op| {
             if res.is_ok() {
+                self.sink.begin_op(index, op);
                 res = self.op(op);
             }
+            index += 1;
         };
         if train {
             plan.train_step(&mut each);

@@ -54,6 +54,30 @@ pub struct CudaExecutor {
     opts: CudaOptions,
     use_graphs: bool,
     graph_fallback: Option<String>,
+    setup: Vec<(&'static str, usize)>,
+}
+
+/// The setup stage of creating the cuBLAS handle.
+const BLAS_HANDLE: &str = "cuBLAS handle";
+
+/// Device memory used before and after each stage of building an executor.
+struct SetupMemory<'a> {
+    ctx: &'a CudaContext,
+    last: usize,
+    stages: Vec<(&'static str, usize)>,
+}
+
+impl<'a> SetupMemory<'a> {
+    fn start(ctx: &'a CudaContext) -> Result<Self, CudaError> {
+        Ok(SetupMemory { ctx, last: device::memory_used(ctx)?, stages: Vec::new() })
+    }
+
+    fn mark(&mut self, stage: &'static str) -> Result<(), CudaError> {
+        let now = device::memory_used(self.ctx)?;
+        self.stages.push((stage, now.saturating_sub(self.last)));
+        self.last = now;
+        Ok(())
+    }
 }
 
 // SAFETY: every handle here (context, stream, modules, cuBLAS handle, graphs, device
@@ -110,17 +134,26 @@ impl CudaExecutor {
 
     fn build(ctx: Arc<CudaContext>, info: DeviceInfo, layout: &Plan, opts: CudaOptions) -> Result<Self, CudaError> {
         ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        let mut setup = SetupMemory::start(&ctx)?;
         let stream = ctx.new_stream().map_err(drv("cuStreamCreate"))?;
+        setup.mark("stream")?;
         let kernels = Kernels::load(&info.arch())?;
+        setup.mark("kernel modules")?;
         let extras = Extras::of(layout);
         let arena = DeviceBuf::new(4 * layout.arena_len())?;
+        setup.mark("arena")?;
         let conv_ws = DeviceBuf::new(4 * extras.conv_ws)?;
         let partials = DeviceBuf::new(8 * extras.partials)?;
         let loss = DeviceBuf::new(4 * extras.loss)?;
         let labels = DeviceBuf::new(4 * extras.labels)?;
         let step = DeviceBuf::new(4 * extras.step)?;
         let blas_ws = DeviceBuf::new(WORKSPACE_BYTES)?;
-        let blas = Blas::new(stream.cu_stream(), blas_ws.ptr, opts.tf32)?;
+        setup.mark("extra buffers")?;
+        let blas = Blas::create()?;
+        setup.mark(BLAS_HANDLE)?;
+        let blas = blas.bind(stream.cu_stream(), blas_ws.ptr, opts.tf32)?;
+        setup.mark("cuBLAS stream and workspace")?;
+        let setup = setup.stages;
         for b in [&arena, &conv_ws, &partials, &loss, &labels, &step] {
             // SAFETY: a live allocation of `b.bytes` bytes of this context; stream-ordered
             // before any use of it.
@@ -147,7 +180,21 @@ impl CudaExecutor {
             opts,
             use_graphs: opts.graphs && graph::graphs_enabled(),
             graph_fallback: None,
+            setup,
         })
+    }
+
+    /// Device memory the cuBLAS handle took for itself when created (measured; 64 MiB on
+    /// an H200 with cuBLAS 13), counted in [`Held::extra`].
+    fn handle_bytes(&self) -> usize {
+        self.setup.iter().find(|(stage, _)| *stage == BLAS_HANDLE).map_or(0, |s| s.1)
+    }
+
+    /// Device memory (cuMemGetInfo, the whole device) taken by each stage of building this
+    /// executor: stream, kernel modules, arena, extra buffers, cuBLAS handle. Diagnostics:
+    /// another process allocating at the same time shows up here too.
+    pub fn setup_memory(&self) -> &[(&'static str, usize)] {
+        &self.setup
     }
 
     /// The device this executor runs on.
@@ -227,6 +274,24 @@ impl CudaExecutor {
         self.stream.synchronize().map_err(drv("cuStreamSynchronize"))
     }
 
+    /// Enqueues the copies of a training step's input: images, labels, step scalars.
+    pub(crate) fn stage(&self, plan: &Plan, input: &StepInput) -> Result<(), CudaError> {
+        self.htod(self.arena_addr(plan.input()), input.x)?;
+        self.htod(self.labels.ptr, input.labels)?;
+        self.htod(self.step.ptr, &step_scalars(input))
+    }
+
+    /// What the lockstep comparison drives: a launcher, the six buffers (in the
+    /// emulator's order: arena, conv_ws, partials, loss, labels, step), the stream, and
+    /// the encoder's addresses and sizes. Binds the context.
+    #[cfg(feature = "emulate")]
+    pub(crate) fn parts(&self) -> Result<(Launcher<'_>, [&DeviceBuf; 6], &CudaStream, Ptrs, Extras), CudaError> {
+        self.bind()?;
+        let bufs = [&self.arena, &self.conv_ws, &self.partials, &self.loss, &self.labels, &self.step];
+        let launcher = Launcher { stream: &self.stream, kernels: &self.kernels, blas: &self.blas };
+        Ok((launcher, bufs, &self.stream, self.ptrs(), self.extras))
+    }
+
     fn arena_addr(&self, b: Buf) -> u64 {
         self.arena.ptr + 4 * b.off as u64
     }
@@ -247,10 +312,12 @@ impl CudaExecutor {
             }
             let mut sink = Launcher { stream: &self.stream, kernels: &self.kernels, blas: &self.blas };
             let extras = self.extras;
+            let before = device::memory_used(&self.ctx)?;
             match graph::capture(stream, || Encoder::new(&mut sink, plan, ptrs, extras).step(train)) {
                 Ok(g) => {
+                    let bytes = device::memory_used(&self.ctx)?.saturating_sub(before);
                     g.launch(stream)?;
-                    self.graphs.insert(train, plan, g);
+                    self.graphs.insert(train, plan, g, bytes);
                     return Ok(());
                 }
                 Err(why) => {
@@ -263,6 +330,12 @@ impl CudaExecutor {
         let mut sink = Launcher { stream: &self.stream, kernels: &self.kernels, blas: &self.blas };
         Encoder::new(&mut sink, plan, ptrs, self.extras).step(train)
     }
+}
+
+/// The step scalars a kernel reads from device memory: lr, momentum, weight decay, Nesterov.
+pub(crate) fn step_scalars(input: &StepInput) -> [f32; 4] {
+    let sgd = input.sgd;
+    [input.lr, sgd.momentum, sgd.weight_decay, if sgd.nesterov { 1.0 } else { 0.0 }]
 }
 
 impl Drop for CudaExecutor {
@@ -283,11 +356,12 @@ impl Executor for CudaExecutor {
     }
 
     fn held(&self) -> Held {
-        let extra = [&self.conv_ws, &self.partials, &self.loss, &self.labels, &self.step, &self.blas_ws]
+        let buffers: usize = [&self.conv_ws, &self.partials, &self.loss, &self.labels, &self.step, &self.blas_ws]
             .iter()
             .map(|b| b.bytes)
             .sum();
-        Held { arena: 4 * self.layout.arena_len(), extra }
+        let measured = self.handle_bytes() + self.graphs.bytes();
+        Held { arena: 4 * self.layout.arena_len(), extra: buffers + measured }
     }
 
     fn upload(&mut self, r: Region, offset: usize, src: &[f32]) -> Result<(), CudaError> {
@@ -307,11 +381,7 @@ impl Executor for CudaExecutor {
         check_train(&self.layout, plan, input, losses)?;
         self.check_batch(plan)?;
         self.bind()?;
-        self.htod(self.arena_addr(plan.input()), input.x)?;
-        self.htod(self.labels.ptr, input.labels)?;
-        let sgd = input.sgd;
-        let step = [input.lr, sgd.momentum, sgd.weight_decay, if sgd.nesterov { 1.0 } else { 0.0 }];
-        self.htod(self.step.ptr, &step)?;
+        self.stage(plan, input)?;
         self.run(plan, true)?;
         // The loss record is the only thing a training step sends back.
         let slots = plan.loss_slots();

@@ -14,13 +14,19 @@ pub(crate) const WORKSPACE_BYTES: usize = 32 << 20;
 pub(crate) struct Blas(sys::cublasHandle_t);
 
 impl Blas {
-    /// A handle bound to `stream`, with `workspace` (of [`WORKSPACE_BYTES`]) and strict
-    /// fp32 math unless `tf32`.
-    pub(crate) fn new(stream: CUstream, workspace: u64, tf32: bool) -> Result<Blas, CudaError> {
+    /// A handle with cuBLAS's defaults (see [`Blas::bind`]).
+    pub(crate) fn create() -> Result<Blas, CudaError> {
         let mut h: sys::cublasHandle_t = core::ptr::null_mut();
         // SAFETY: a valid out-pointer; the context is current on this thread.
         unsafe { sys::cublasCreate_v2(&mut h) }.result().map_err(|e| CudaError::cublas("cublasCreate", e))?;
-        let blas = Blas(h);
+        Ok(Blas(h))
+    }
+
+    /// Binds the handle to `stream`, with `workspace` (of [`WORKSPACE_BYTES`]) and strict
+    /// fp32 math unless `tf32`.
+    pub(crate) fn bind(self, stream: CUstream, workspace: u64, tf32: bool) -> Result<Blas, CudaError> {
+        let h = self.0;
+        let blas = self;
         // SAFETY: a live handle and a stream of the current context.
         unsafe { sys::cublasSetStream_v2(h, stream as sys::cudaStream_t) }
             .result()

@@ -87,7 +87,8 @@ const MAX_GRAPHS: usize = 8;
 /// The captured graphs of an executor, keyed by (train or eval, plan).
 #[derive(Debug, Default)]
 pub(crate) struct GraphCache {
-    entries: Vec<(bool, Plan, GraphExec)>,
+    /// (train, plan, graph, device bytes its capture and instantiation took).
+    entries: Vec<(bool, Plan, GraphExec, usize)>,
     /// Plans run once directly: the first run of a plan is a warm-up outside capture,
     /// so cuBLAS's and the driver's lazy first-use work (kernel loading, heuristics)
     /// never happens inside a capture.
@@ -96,7 +97,7 @@ pub(crate) struct GraphCache {
 
 impl GraphCache {
     pub(crate) fn get(&self, train: bool, plan: &Plan) -> Option<&GraphExec> {
-        self.entries.iter().find(|(t, p, _)| *t == train && p == plan).map(|(_, _, g)| g)
+        self.entries.iter().find(|(t, p, ..)| *t == train && p == plan).map(|(_, _, g, _)| g)
     }
 
     /// Whether `plan` ran before; marks it as run.
@@ -111,11 +112,16 @@ impl GraphCache {
         false
     }
 
-    pub(crate) fn insert(&mut self, train: bool, plan: &Plan, g: GraphExec) {
+    pub(crate) fn insert(&mut self, train: bool, plan: &Plan, g: GraphExec, bytes: usize) {
         if self.entries.len() == MAX_GRAPHS {
             self.entries.remove(0);
         }
-        self.entries.push((train, plan.clone(), g));
+        self.entries.push((train, plan.clone(), g, bytes));
+    }
+
+    /// Device memory the cached graphs took (measured at capture).
+    pub(crate) fn bytes(&self) -> usize {
+        self.entries.iter().map(|e| e.3).sum()
     }
 
     pub(crate) fn clear(&mut self) {

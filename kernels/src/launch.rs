@@ -5,6 +5,7 @@
 
 use crate::error::CudaError;
 use crate::kernels::K;
+use hpff_core::plan::Op;
 
 /// One kernel argument. Pointers are device addresses.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -105,4 +106,7 @@ pub(crate) trait Sink {
     fn launch(&mut self, k: K, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<(), CudaError>;
     /// Runs a GEMM.
     fn gemm(&mut self, g: &Gemm) -> Result<(), CudaError>;
+    /// Told before the launches of op `index` of the step (the lockstep comparison names
+    /// the op a launch belongs to); nothing by default.
+    fn begin_op(&mut self, _index: usize, _op: &Op) {}
 }

@@ -76,6 +76,8 @@ mod graph;
 mod kernels;
 mod launch;
 mod load;
+#[cfg(feature = "emulate")]
+mod lockstep;
 mod sizing;
 
 pub use compile::{compile_all, nvrtc_available, nvrtc_version};
@@ -85,4 +87,6 @@ pub use executor::{CudaExecutor, CudaOptions};
 pub use graph::GRAPHS_ENV;
 pub use kernels::kernel_count;
 pub use load::{preload_lib_dir, LIB_DIR_ENV};
+#[cfg(feature = "emulate")]
+pub use lockstep::Divergence;
 pub use sizing::Extras;

@@ -40,7 +40,29 @@ pub fn fixture_dir() -> PathBuf {
     }
 }
 
+/// The name of every fixture in [`fixture_dir`], sorted.
+pub fn golden_cases() -> Vec<String> {
+    let dir = fixture_dir();
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".safetensors").map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
 impl Golden {
+    /// The step-1 gradient of every parameter, laid out as the plan's gradient region.
+    pub fn grads(&self) -> Vec<f32> {
+        let mut g = vec![0.0; self.plan.params];
+        self.plan.for_each_tensor(|t| {
+            if t.kind == TensorKind::Param {
+                g[t.off..t.off + t.len].copy_from_slice(self.get(&format!("grad.{}", t.name)));
+            }
+        });
+        g
+    }
+
     pub fn load(case: &str) -> Golden {
         let path = fixture_dir().join(format!("{case}.safetensors"));
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

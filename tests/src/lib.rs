@@ -2,3 +2,4 @@
 
 pub mod executors;
 pub mod golden;
+pub mod module_case;

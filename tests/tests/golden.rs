@@ -17,8 +17,10 @@
 use hpff::device::Snapshot;
 use hpff_core::exec::Region;
 use hpff_core::plan::TensorKind;
+use hpff_core::rng::Rng;
 use hpff_tests::executors::Target;
-use hpff_tests::golden::{rel_err, Golden};
+use hpff_tests::executors::Target as Exec;
+use hpff_tests::golden::{golden_cases, rel_err, Golden};
 use hpff_tests::on_every_executor;
 
 const TOL: f64 = 1e-4;
@@ -92,4 +94,72 @@ on_every_executor! {
     imagenet_resnet18_hpff => |t| run_case("imagenet_resnet18_hpff", t);
     imagenet_resnet18_hpff_pff_input => |t| run_case("imagenet_resnet18_hpff_pff_input", t);
     imagenet_resnet50_hpff => |t| run_case("imagenet_resnet50_hpff", t);
+}
+
+/// How far an executor's own rounding may move a fixture's input in this check: the GPU's
+/// launches differ from the emulator's by up to 2e-6 of their largest output (cuBLAS sums
+/// in another order; `cuda.rs`, `every_launch_agrees_with_its_emulated_twin`), most values
+/// by far less.
+const ROUNDING_NOISE: f32 = 1e-6;
+
+/// The step-0 gradients of the reference executor from the fixture's first input scaled
+/// by `1 + noise·u`, u uniform in ±1 (seeded), one vector per parameter tensor.
+fn grads_moved(g: &Golden, noise: f32, seed: u64) -> Vec<(String, Vec<f32>)> {
+    let plan = &g.plan;
+    let mut ex = Exec::Reference.open(plan);
+    g.init().upload(&mut *ex).unwrap();
+    let mut rng = Rng::new(seed);
+    let labels = g.labels(0);
+    let input = g.input(0, &labels);
+    let x: Vec<f32> = input.x.iter().map(|&v| v * (1.0 + noise * (2.0 * rng.uniform() - 1.0))).collect();
+    let mut losses = vec![0.0; plan.loss_slots()];
+    ex.train_step(plan, &hpff_core::exec::StepInput { x: &x, ..input }, &mut losses).unwrap();
+    let mut grads = vec![0.0; plan.params];
+    ex.download(Region::Grads, 0, &mut grads).unwrap();
+    let mut out = Vec::new();
+    plan.for_each_tensor(|t| {
+        if t.kind == TensorKind::Param {
+            out.push((format!("grad.{}", t.name), grads[t.off..t.off + t.len].to_vec()));
+        }
+    });
+    out
+}
+
+/// Every fixture's first step sits where a rounding-sized change of its input moves no
+/// gradient by more than half its tolerance: executors that round differently (the GPU)
+/// then meet the fixture by the math, not by landing on the same side of a ReLU kink as
+/// PyTorch did. (The fixture `infopro_n2_contrast` once lay 1e-6 from a kink that moved its
+/// stem's gradient by 6.3e-3: the GPU failed it while every launch matched its emulated
+/// twin.) The float64 fixtures are known to be ill-conditioned and carry tolerances that the
+/// generator measured from moved inputs, so they are not held to this. Later steps are not held to this: three SGD steps on these tiny nets cross kinks
+/// at far smaller changes, and the fixtures' tolerances there rest on the executors' own
+/// agreement.
+#[test]
+fn fixtures_are_well_conditioned() {
+    let mut bad = Vec::new();
+    for name in golden_cases() {
+        let g = Golden::load(&name);
+        if !g.tolerance.is_empty() {
+            println!("{name}: a float64 fixture, its tolerances measured by the generator from moved inputs");
+            continue;
+        }
+        let base = grads_moved(&g, 0.0, 0);
+        let mut worst = (0f64, String::new());
+        for seed in 1..=4 {
+            for ((key, a), (_, b)) in grads_moved(&g, ROUNDING_NOISE, seed).iter().zip(&base) {
+                let share = rel_err(a, b) / g.tol(key, TOL);
+                if share > worst.0 {
+                    worst = (share, key.clone());
+                }
+            }
+        }
+        println!(
+            "{name}: a {ROUNDING_NOISE:.0e} change of the input moves {} by {:.2} of its tolerance",
+            worst.1, worst.0
+        );
+        if worst.0 > 0.5 {
+            bad.push(format!("{name} ({} by {:.2} of its tolerance)", worst.1, worst.0));
+        }
+    }
+    assert!(bad.is_empty(), "fixtures next to a discontinuity: {}", bad.join(", "));
 }

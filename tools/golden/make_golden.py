@@ -581,7 +581,11 @@ CASES = {
     "dgl": dict(method="dgl", hpff=False, aux_head="2c2f"),
     "infopro_n1_ce": dict(method="infopro", hpff=False, patches=1),
     "infopro_n2_ce": dict(method="infopro", hpff=False, patches=2),
-    "infopro_n2_contrast": dict(method="infopro", hpff=False, patches=2, local_loss="contrast"),
+    # Its own data seed: with the shared one the batch lay 1e-6 (relative) from a ReLU kink
+    # that moved the stem's step-0 gradient by 6.3e-3, so a GPU (whose sums round in
+    # another order) landed on the other side. Seed 1236 holds at 3e-6; the Rust test
+    # `fixtures_are_well_conditioned` checks every fixture at 1e-6.
+    "infopro_n2_contrast": dict(method="infopro", hpff=False, patches=2, local_loss="contrast", data_seed=1236),
     "infopro_hpff_n2_ce": dict(method="infopro", hpff=True, patches=2),
     "infopro_hpff_n2_contrast": dict(method="infopro", hpff=True, patches=2, local_loss="contrast"),
     "infopro_hpff_n1_ce": dict(method="infopro", hpff=True, patches=1),
@@ -654,7 +658,7 @@ def make_batches(cfg):
     """Inputs: uniform pixels in [0.02, 0.98] normalized with the CIFAR mean/std (so the
     de-normalized BCE targets stay inside [0, 1]); zero-mean, std about 1.1. Targets uniform
     in 0..classes-1, redrawn until the batch repeats at least one label (SupCon positives)."""
-    g = torch.Generator().manual_seed(DATA_SEED)
+    g = torch.Generator().manual_seed(cfg.get("data_seed", DATA_SEED))
     mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
     b, s = cfg["batch"], cfg["image_size"]
