@@ -1,7 +1,7 @@
 //! The CUDA emulator: the CUDA executor's work on the CPU, for tests on machines without
 //! a GPU (feature `emulate`).
 //!
-//! [`EmuExecutor`] runs the same [`Encoder`] as [`crate::CudaExecutor`] — every launch
+//! [`EmuExecutor`] runs the same `Encoder` as [`crate::CudaExecutor`] — every launch
 //! with its grid and arguments, every GEMM with its row-major mapping, the same buffers
 //! sized by the same [`Extras`] — but "device" memory is host memory (a device address is
 //! a host address), each kernel is the `cu/*.cu` source compiled as host C++ and run by a

@@ -58,9 +58,17 @@
 //! `layout.arena_len()` floats laid out exactly as the plan says.
 //! [`hpff_core::exec::Held::extra`]: the convolution workspace (≤ 256 MiB, see
 //! [`Extras::of`]), f64 partial sums, the loss record, labels, the step scalars and the
-//! 32 MiB cuBLAS workspace — all sized once from the layout plan. Not counted: the
-//! CUDA context, loaded modules and cuBLAS's own handle state, which `cuMemGetInfo`
-//! also sees.
+//! 32 MiB cuBLAS workspace — all sized once from the layout plan — plus what the cuBLAS
+//! handle and each cached CUDA graph took when created, measured with `cuMemGetInfo`
+//! (64 MiB and about 10 MiB on an H200 with cuBLAS 13; see
+//! [`CudaExecutor::setup_memory`]). Not counted: the CUDA context, made once per process
+//! before any executor, and the kernel modules (0 bytes measured).
+//!
+//! ## Lockstep (feature `emulate`, with a GPU)
+//! [`CudaExecutor::lockstep_train_step`] runs every launch of a step on the device and in
+//! the emulator from the same buffers and reports how far each result is from its twin:
+//! what the emulator cannot reproduce (cuBLAS's own paths, races, the CUDA compiler's
+//! code) is found launch by launch.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

@@ -43,7 +43,7 @@ pub struct Divergence {
 
 impl CudaExecutor {
     /// Runs `plan`'s training step on this executor and on `emu` launch by launch (see
-    /// the [module docs](self)); both must hold the same model. Returns one entry per
+    /// the crate docs, "Lockstep"); both must hold the same model. Returns one entry per
     /// launch and GEMM. With `isolate`, each launch starts from the emulator's buffers and
     /// afterwards both hold the emulator's result; without it each side keeps its own
     /// results, so the entries show how a difference grows through the step.

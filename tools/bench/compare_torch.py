@@ -281,7 +281,7 @@ def worker_torch(args):
     if cuda:
         if not torch.cuda.is_available():
             raise HarnessError("PyTorch sees no CUDA device")
-        dev = torch.device(args.device)
+        dev = torch.device("cuda:0" if args.device == "cuda" else args.device)  # set_device needs an index
         torch.cuda.set_device(dev)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = args.tf32

@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE from the project root, after tools/device/pack.sh packed .device/
 # here. Runs every CUDA test (HPFF_REQUIRE_CUDA=1: a missing device fails instead of
-# skipping), a benchmark and a one-epoch Fashion-MNIST run on the GPU, and writes every log
-# under $OUT (summary.txt first). Exit status: the number of failed parts.
+# skipping), a benchmark and a one-epoch Fashion-MNIST run on the GPU (when packed), and
+# writes three files under $OUT (the device tool brings back at most 8): summary.txt (one
+# line a part), parts.log (every part's output in order) and device.txt (libraries found,
+# nvidia-smi). Exit status: the number of failed parts.
 set -u
 OUT=${OUT:-/tmp/hpff-gpu}
+LOGS=$(mktemp -d)
 mkdir -p "$OUT"
 # shellcheck disable=SC1091
-source .device/env.sh > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+source .device/env.sh > "$OUT/device.txt" 2>&1
+cat "$OUT/device.txt"
 export HPFF_REQUIRE_CUDA=1 HPFF_REQUIRE_NVRTC=1 HPFF_FIXTURES=tests/fixtures/golden
 HPFF_CUDA_LIB_DIR=$(echo "$LD_LIBRARY_PATH" | tr ':' '\n' | while read -r d; do ls "$d"/libnvrtc.so* >/dev/null 2>&1 && echo "$d"; done | paste -sd:)
 export HPFF_CUDA_LIB_DIR
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+nvidia-smi >> "$OUT/device.txt" 2>&1
 failed=0
 part() { # name, command...
     local name=$1; shift
     local t0=$SECONDS
-    timeout 300 "$@" > "$OUT/$name.log" 2>&1
+    timeout 300 "$@" > "$LOGS/$name.log" 2>&1
     local rc=$?
     [ $rc -eq 0 ] || failed=$((failed + 1))
-    printf '%-28s rc %3d  %4d s  %s\n' "$name" "$rc" $((SECONDS - t0)) "$(grep -E 'test result|passed|error' "$OUT/$name.log" | tail -1)" | tee -a "$OUT/summary.txt"
+    { echo "=== $name (rc $rc): $*"; cat "$LOGS/$name.log"; } >> "$OUT/parts.log"
+    printf '%-28s rc %3d  %4d s  %s\n' "$name" "$rc" $((SECONDS - t0)) "$(grep -E 'test result|passed|error' "$LOGS/$name.log" | tail -1)" | tee -a "$OUT/summary.txt"
 }
 B=.device/bin
 if [ -f .device/bin.tar.xz ]; then
@@ -38,10 +42,10 @@ part bench-hpff-k16   $B/hpff bench --device cuda --dataset cifar10 --arch resne
 part bench-hpff-tf32  $B/hpff bench --device cuda --tf32 --dataset cifar10 --arch resnet32 --method infopro --hpff --k 16 --batch-size 1024 --steps 20 --json
 if [ -d .device/data/fashion-mnist ]; then
     part train-fmnist $B/hpff train --device cuda --data-dir .device/data/fashion-mnist --arch resnet20 \
-        --method infopro --hpff --k 4 --epochs 1 --out "$OUT/run-fmnist"
-    part train-fmnist-cpu-eval $B/hpff eval --checkpoint "$OUT/run-fmnist" --device cpu --data-dir .device/data/fashion-mnist --limit-test 2000
+        --method infopro --hpff --k 4 --epochs 1 --out "$LOGS/run-fmnist"
+    part train-fmnist-cpu-eval $B/hpff eval --checkpoint "$LOGS/run-fmnist" --device cpu --data-dir .device/data/fashion-mnist --limit-test 2000
 else
     echo "train-fmnist: skipped (Fashion-MNIST not packed; see pack.sh)" | tee -a "$OUT/summary.txt"
 fi
-echo "failed parts: $failed" | tee -a "$OUT/summary.txt"
+echo "failed parts: $failed, $SECONDS s" | tee -a "$OUT/summary.txt"
 exit "$failed"
