@@ -122,7 +122,7 @@ impl Arch {
     pub fn resnet(depth: usize, in_channels: usize, image: usize, classes: usize) -> Result<Arch, PlanError> {
         let (kind, m) = if depth == 164 || depth == 1001 {
             (BlockKind::Bottleneck, (depth - 2) / 9)
-        } else if depth >= 8 && (depth - 2) % 6 == 0 {
+        } else if depth >= 8 && (depth - 2).is_multiple_of(6) {
             (BlockKind::Basic, (depth - 2) / 6)
         } else {
             return Err(PlanError::UnknownDepth(depth));

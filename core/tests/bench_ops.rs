@@ -54,9 +54,15 @@ fn bench_sgemm() {
 #[test]
 #[ignore]
 fn bench_conv() {
-    for (c, hw) in [(16, 32), (32, 16), (64, 8)] {
-        bench_conv_shape(Conv2d { c_in: c, c_out: c, h: hw, w: hw, k: 3, stride: 1, pad: 1 });
+    // Every instruction set this CPU has, from the widest (HPFF_CPU_ISA's sets).
+    for isa in [Isa::Avx512, Isa::Avx2, Isa::Scalar].into_iter().filter(|&i| i <= detected_isa()) {
+        limit_isa(Some(isa));
+        println!("{}:", isa.name());
+        for (c, hw) in [(16, 32), (32, 16), (64, 8)] {
+            bench_conv_shape(Conv2d { c_in: c, c_out: c, h: hw, w: hw, k: 3, stride: 1, pad: 1 });
+        }
     }
+    limit_isa(None);
 }
 
 fn bench_conv_shape(s: Conv2d) {

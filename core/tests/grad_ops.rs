@@ -297,7 +297,7 @@ proptest! {
         let s = MaxPool2d { c, h: h.max(k), w: w.max(k), k, stride, pad: k / 2 };
         let len = n * s.in_len();
         let mut a = (seed as usize % len) | 1;
-        while (2..=a).any(|d| a % d == 0 && len % d == 0) {
+        while (2..=a).any(|d| a.is_multiple_of(d) && len.is_multiple_of(d)) {
             a += 2;
         }
         let x: Vec<f32> = (0..len).map(|i| ((i * a + 7) % len) as f32 / len as f32 - 0.5).collect();

@@ -273,6 +273,10 @@ pub fn main() -> i32 {
             return 2;
         }
     };
+    if let Err(e) = crate::cpu::apply_isa_env() {
+        eprintln!("hpff: error: {}", crate::error::report(&e));
+        return 2;
+    }
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {

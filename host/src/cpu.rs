@@ -120,8 +120,30 @@ impl CpuExecutor {
 
 impl fmt::Display for CpuExecutor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cpu ({} thread{})", self.threads, if self.threads == 1 { "" } else { "s" })
+        let isa = ops::cpu_isa().name();
+        write!(f, "cpu ({} thread{}, {isa})", self.threads, if self.threads == 1 { "" } else { "s" })
     }
+}
+
+/// The variable that caps the CPU kernels' instruction set (`avx512`, `avx2`, `scalar`).
+pub const ISA_ENV: &str = "HPFF_CPU_ISA";
+
+/// Applies [`ISA_ENV`] when set: kernels no richer than it names. An unknown name, or a
+/// set this CPU lacks, is an error (a forced path must be the path that runs).
+pub fn apply_isa_env() -> crate::error::Result<()> {
+    let Ok(v) = std::env::var(ISA_ENV) else { return Ok(()) };
+    let want = ops::Isa::parse(v.trim())
+        .ok_or_else(|| crate::error::Error::msg(format!("{ISA_ENV}={v:?}: expected avx512, avx2 or scalar")))?;
+    let have = ops::detected_isa();
+    if want > have {
+        return Err(crate::error::Error::msg(format!(
+            "{ISA_ENV}={}: this CPU supports up to {}",
+            want.name(),
+            have.name()
+        )));
+    }
+    ops::limit_isa(Some(want));
+    Ok(())
 }
 
 impl Executor for CpuExecutor {

@@ -122,6 +122,20 @@ fn y_range(series: &[Series], from_zero: bool, legend: Legend, clamp: (f64, f64)
     (lo.max(clamp.0), hi.min(clamp.1))
 }
 
+/// Tick labels asked of the y axis.
+const Y_LABELS: usize = 6;
+
+/// Decimals that tell apart ticks about `span / labels` apart: as many as the spacing has
+/// before its first significant digit, so a one-epoch accuracy axis around 88 % reads
+/// 87.6, 87.8, 88.0 rather than 88, 88, 88.
+fn tick_decimals(span: f64, labels: usize) -> usize {
+    let step = span / labels.max(1) as f64;
+    if !(step.is_finite() && step > 0.0) {
+        return 0;
+    }
+    (-step.log10()).ceil().clamp(0.0, 6.0) as usize
+}
+
 fn err(e: impl std::fmt::Display) -> Error {
     Error::msg(format!("cannot draw the plot: {e}"))
 }
@@ -134,8 +148,8 @@ fn panel(
     x_max: u32,
     (y_lo, y_hi): (f64, f64),
     legend: Legend,
-    y_decimals: usize,
 ) -> Result<()> {
+    let y_decimals = tick_decimals(y_hi - y_lo, Y_LABELS);
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
         .margin(8)
@@ -148,7 +162,7 @@ fn panel(
         .x_desc("epoch")
         .y_desc(y_label)
         .x_labels(x_max.min(10) as usize + 2)
-        .y_labels(6)
+        .y_labels(Y_LABELS)
         .y_label_formatter(&|y| format!("{y:.y_decimals$}"))
         .light_line_style(RGBColor(235, 235, 235))
         .label_style(("sans-serif", 12))
@@ -216,9 +230,9 @@ pub fn render(records: &[EpochMetrics], eval_name: &str) -> Result<image::RgbIma
         }];
         let (left, right) = root.split_horizontally(WIDTH / 2);
         let y = y_range(&losses, true, Legend::Top, (f64::NEG_INFINITY, f64::INFINITY));
-        panel(&left, "Loss per epoch", "loss (mean over the epoch)", &losses, x_max, y, Legend::Top, 2)?;
+        panel(&left, "Loss per epoch", "loss (mean over the epoch)", &losses, x_max, y, Legend::Top)?;
         let y = y_range(&accuracy, false, Legend::Bottom, (0.0, 100.0));
-        panel(&right, "Accuracy per epoch", "accuracy (%)", &accuracy, x_max, y, Legend::Bottom, 0)?;
+        panel(&right, "Accuracy per epoch", "accuracy (%)", &accuracy, x_max, y, Legend::Bottom)?;
         root.present().map_err(err)?;
     }
     image::RgbImage::from_raw(WIDTH, HEIGHT, buf).ok_or_else(|| err("the picture buffer has the wrong size"))
@@ -268,6 +282,27 @@ mod tests {
         // Degenerate inputs draw without panicking.
         save(&p, &[rec(1, f64::NAN, None)], "VAL").unwrap();
         save(&p, &[], "VAL").unwrap();
+    }
+
+    #[test]
+    fn tick_labels_have_the_decimals_their_spacing_needs() {
+        let labels = |lo: f64, hi: f64| -> Vec<String> {
+            let d = tick_decimals(hi - lo, Y_LABELS);
+            // The spacings plotters picks are 1, 2 or 5 × 10^k, at least span / labels.
+            let raw = (hi - lo) / Y_LABELS as f64;
+            let p = 10f64.powf(raw.log10().floor());
+            let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * p).find(|&s| s >= raw).unwrap();
+            let first = (lo / step).ceil() as i64;
+            (first..).map(|i| i as f64 * step).take_while(|&v| v <= hi).map(|v| format!("{v:.d$}")).collect()
+        };
+        for (lo, hi) in [(87.4, 88.6), (0.0, 100.0), (0.0, 2.5), (49.99, 50.01), (1e-3, 4e-3)] {
+            let l = labels(lo, hi);
+            assert!(l.len() >= 2, "{lo}..{hi}: {l:?}");
+            assert!(l.windows(2).all(|w| w[0] != w[1]), "{lo}..{hi}: {l:?}");
+        }
+        assert_eq!(tick_decimals(100.0, Y_LABELS), 0);
+        assert_eq!(tick_decimals(1.2, Y_LABELS), 1);
+        assert_eq!(tick_decimals(f64::NAN, Y_LABELS), 0);
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub(crate) unsafe fn accumulate(s: &Conv2d, n: usize, x: &[f32], dy: &[f32], dw:
     for i0 in (0..n).step_by(group) {
         let imgs = group.min(n - i0);
         // One image whose rows are whole vectors: its dy already has the padded layout.
-        let in_place = imgs == 1 && s.w % LANES == 0;
+        let in_place = imgs == 1 && s.w.is_multiple_of(LANES);
         let ych = if in_place { hw } else { imgs * yplane };
         // Channel-major, `[channel][image of the group]`: a tile's planes are contiguous
         // (image-major, the same plane of the group's images would lie a power of two

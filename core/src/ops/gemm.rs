@@ -17,9 +17,9 @@
 //! without padding rows or a scratch tile; with it come AVX2 packers that transpose
 //! 8 × 8 blocks in registers for the two layouts a scalar loop would pack one element at
 //! a time (plain A, e.g. the weights of a forward pass; transposed B, e.g. the im2col
-//! matrix of a weight gradient). AVX-512 is not used: its intrinsics and target feature
-//! need Rust 1.89, above this crate's MSRV, and on the double-pumped AVX-512 of Zen 4 the
-//! AVX2 kernel reaches the same FMA peak.
+//! matrix of a weight gradient). The GEMM has no AVX-512 kernel yet (the direct 3×3
+//! convolutions do, see [`super::Isa`]); on the double-pumped AVX-512 of Zen 4 the AVX2
+//! kernel reaches the same FMA peak anyway.
 //!
 //! Every element of C is computed as one FMA chain over `p = 0..k` in order, starting from
 //! `C` (accumulate) or zero, whatever the blocking; so the AVX2 result does not depend on
@@ -27,7 +27,6 @@
 //! uses separate multiply and add, so its bits differ from the FMA kernel's.
 
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicU8, Ordering};
 
 /// Which micro-kernel [`sgemm`] runs; exposed so benches and tests can pin one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -367,80 +366,14 @@ unsafe fn pack_a_rows_avx2(p: &Problem<'_>, ic: usize, mc: usize, pc: usize, kc:
     }
 }
 
-const UNKNOWN: u8 = 0;
-static DETECTED: AtomicU8 = AtomicU8::new(UNKNOWN);
-
-fn encode(k: GemmKernel) -> u8 {
-    match k {
-        GemmKernel::Portable => 1,
-        GemmKernel::Avx2Fma => 2,
-    }
-}
-
-/// The fastest kernel this CPU supports; detected once, then cached (no std, so no
-/// `is_x86_feature_detected!`).
+/// The fastest kernel the CPU kernels may use ([`super::cpu_isa`]: detected once, capped
+/// by [`super::limit_isa`]).
 pub fn sgemm_kernel() -> GemmKernel {
-    match DETECTED.load(Ordering::Relaxed) {
-        1 => GemmKernel::Portable,
-        2 => GemmKernel::Avx2Fma,
-        _ => {
-            let k = detect();
-            DETECTED.store(encode(k), Ordering::Relaxed);
-            k
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn detect() -> GemmKernel {
-    if cfg!(all(target_feature = "avx2", target_feature = "fma")) || x86_has_avx2_fma() {
+    if super::cpu_isa() >= super::Isa::Avx2 {
         GemmKernel::Avx2Fma
     } else {
         GemmKernel::Portable
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn detect() -> GemmKernel {
-    GemmKernel::Portable
-}
-
-// `__cpuid` became a safe fn in newer toolchains; the `unsafe` blocks keep the MSRV happy.
-#[cfg(target_arch = "x86_64")]
-#[allow(unused_unsafe)]
-fn x86_has_avx2_fma() -> bool {
-    use core::arch::x86_64::{__cpuid, __cpuid_count};
-    // SAFETY: CPUID exists on every x86_64 CPU.
-    let max_leaf = unsafe { __cpuid(0) }.eax;
-    if max_leaf < 7 {
-        return false;
-    }
-    // SAFETY: leaf 1 exists (max_leaf >= 7).
-    let l1 = unsafe { __cpuid(1) };
-    let fma = l1.ecx & (1 << 12) != 0;
-    let osxsave = l1.ecx & (1 << 27) != 0;
-    let avx = l1.ecx & (1 << 28) != 0;
-    if !(fma && osxsave && avx) {
-        return false;
-    }
-    // SAFETY: OSXSAVE is set, so XGETBV is available.
-    let xcr0 = unsafe { xgetbv0() };
-    // The OS must save XMM (bit 1) and YMM (bit 2) state.
-    if xcr0 & 0b110 != 0b110 {
-        return false;
-    }
-    // SAFETY: leaf 7 exists (checked above).
-    let l7 = unsafe { __cpuid_count(7, 0) };
-    l7.ebx & (1 << 5) != 0
-}
-
-/// # Safety
-/// The CPU must support XGETBV (CPUID.1:ECX.OSXSAVE).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "xsave")]
-unsafe fn xgetbv0() -> u64 {
-    // SAFETY: forwarded contract.
-    unsafe { core::arch::x86_64::_xgetbv(0) }
 }
 
 /// Row-major `C[m×n] (+)= op(A)[m×k] · op(B)[k×n]`, the one matrix product every layer
@@ -579,7 +512,7 @@ fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
     let mut bpack = [MaybeUninit::<f32>::uninit(); KC * NC];
     let mut tile = [0.0f32; MAX_MR * MAX_NR];
     let (mr, nr) = (K::MR, K::NR);
-    debug_assert!(MC % mr == 0 && NC % nr == 0 && nr <= MAX_NR && mr <= MAX_MR);
+    debug_assert!(MC.is_multiple_of(mr) && NC.is_multiple_of(nr) && nr <= MAX_NR && mr <= MAX_MR);
     debug_assert!(p.packer.is_none() || nr == PANEL_NR);
     let ldc = p.ldc;
     let mut pc = 0;

@@ -181,7 +181,7 @@ impl Plan {
             for j in 0..plan.part.modules().saturating_sub(1) {
                 let (_, h, _) = plan.module_out(j);
                 let uneven = imagenet_input && (h % n != 0 || (arch.image >> 4) < n);
-                if h < n || arch.image % n != 0 || uneven {
+                if h < n || !arch.image.is_multiple_of(n) || uneven {
                     return Err(PlanError::PatchGrid { patches: n, map: h, image: arch.image });
                 }
             }

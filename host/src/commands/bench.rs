@@ -85,6 +85,8 @@ pub fn bench(
             n => n,
         },
         "tf32": cfg.tf32,
+        // The host CPU's kernel path (the CPU executor's; HPFF_CPU_ISA caps it).
+        "isa": hpff_core::ops::cpu_isa().name(),
         "steps": steps,
         "warmup": warmup,
         "train_step_s": train_s,

@@ -38,7 +38,7 @@ fn parse_records(
     if bytes.is_empty() {
         return Err(DataError::wrong_size(path, "empty file, no records"));
     }
-    if bytes.len() % rec != 0 {
+    if !bytes.len().is_multiple_of(rec) {
         return Err(DataError::wrong_size(
             path,
             format!(
