@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE from the project root, after tools/device/pack.sh packed .device/
 # here. Runs every CUDA test (HPFF_REQUIRE_CUDA=1: a missing device fails instead of
-# skipping), a benchmark and a one-epoch Fashion-MNIST run on the GPU (when packed), and
-# writes three files under $OUT (the device tool brings back at most 8): summary.txt (one
-# line a part), parts.log (every part's output in order) and device.txt (libraries found,
-# nvidia-smi). Exit status: the number of failed parts.
+# skipping), hpff's own benchmark, a one-epoch Fashion-MNIST run on the GPU (when packed)
+# and the side-by-side with PyTorch, and writes four files under $OUT (the device tool
+# brings back at most 8): summary.txt (one line a part), parts.log (every part's output in
+# order), device.txt (libraries found, nvidia-smi) and bench-fp32.json (every benchmark
+# sample). About 2 minutes plus up to 5 for the PyTorch side. Exit status: the number of
+# failed parts.
 set -u
 OUT=${OUT:-/tmp/hpff-gpu}
 LOGS=$(mktemp -d)
@@ -46,6 +48,13 @@ if [ -d .device/data/fashion-mnist ]; then
     part train-fmnist-cpu-eval $B/hpff eval --checkpoint "$LOGS/run-fmnist" --device cpu --data-dir .device/data/fashion-mnist --limit-test 2000
 else
     echo "train-fmnist: skipped (Fashion-MNIST not packed; see pack.sh)" | tee -a "$OUT/summary.txt"
+fi
+# hpff against PyTorch eager and torch.compile, interleaved (tools/bench/compare_torch.py),
+# inside the part's 300 s: one round, compile runs cut at 90 s. HPFF_CHECK_TORCH=0 skips it.
+if [ "${HPFF_CHECK_TORCH:-1}" != 0 ]; then
+    part torch-compare python3 tools/bench/compare_torch.py --device cuda --hpff-bin "$B/hpff" \
+        --configs e2e infopro+hpff:k=16:aux=2c2f:patches=2 eval infopro:k=16 --rounds 1 \
+        --run-timeout 90 --time-limit 200 --json "$OUT/bench-fp32.json"
 fi
 echo "failed parts: $failed, $SECONDS s" | tee -a "$OUT/summary.txt"
 exit "$failed"
