@@ -48,6 +48,11 @@ pub struct EpochMetrics {
     pub epoch_s: f64,
     /// Seconds since the run (or its first part, across resumes) started.
     pub elapsed_s: f64,
+    /// `train_loss` within the epoch: its mean over each of [`CURVE_POINTS`] equal runs of
+    /// the epoch's steps (fewer when the epoch has fewer steps; `null` for a run whose
+    /// steps were all skipped), so `curves.png` draws a curve even for one epoch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub train_loss_curve: Vec<Option<f64>>,
 }
 
 /// The loss slots a plan's training step writes.
@@ -79,7 +84,14 @@ pub struct LossMeter {
     sums: Vec<f64>,
     images: usize,
     modules: usize,
+    /// Steps of the epoch, and (final-loss sum, images) per run of them (see
+    /// [`EpochMetrics::train_loss_curve`]).
+    steps: usize,
+    curve: Vec<(f64, usize)>,
 }
+
+/// Points per epoch of [`EpochMetrics::train_loss_curve`].
+pub const CURVE_POINTS: usize = 20;
 
 impl LossMeter {
     pub fn new(plan: &Plan) -> LossMeter {
@@ -90,7 +102,33 @@ impl LossMeter {
             sums: vec![0.0; plan.loss_slots()],
             images: 0,
             modules: plan.modules(),
+            steps: 0,
+            curve: Vec::new(),
         }
+    }
+
+    /// A meter that also keeps the final loss within an epoch of `steps` steps (see
+    /// [`LossMeter::add_at`]).
+    pub fn with_curve(mut self, steps: usize) -> LossMeter {
+        self.steps = steps;
+        self.curve = vec![(0.0, 0); CURVE_POINTS.min(steps)];
+        self
+    }
+
+    /// [`LossMeter::add`] for step `step` of the epoch, counted in its run of steps.
+    pub fn add_at(&mut self, losses: &[f32], n: usize, step: usize) {
+        self.add(losses, n);
+        if let (Some(f), false) = (self.final_slot, self.curve.is_empty()) {
+            let k = self.curve.len();
+            let c = &mut self.curve[(step * k / self.steps.max(1)).min(k - 1)];
+            c.0 += losses[f] as f64 * n as f64;
+            c.1 += n;
+        }
+    }
+
+    /// The final loss's mean over each run of steps (`None` where no step was added).
+    pub fn curve(&self) -> Vec<Option<f64>> {
+        self.curve.iter().map(|&(s, n)| (n > 0).then(|| s / n as f64)).collect()
     }
 
     /// Adds one step's losses (each a mean over its `n` images).
@@ -203,6 +241,31 @@ mod tests {
     /// = 1,527,040; training is three times that but for the stem's input gradient, plus
     /// the stem conv twice more (its output is recomputed for the backward, and its conv
     /// output again for the BN's backward).
+    #[test]
+    fn the_curve_averages_equal_runs_of_steps() {
+        let p = plan(Base::E2e, false);
+        let slot = LossKind::Ce.slot(0);
+        let mut m = LossMeter::new(&p).with_curve(41);
+        let mut losses = vec![0.0f32; p.loss_slots()];
+        for step in 0..41 {
+            // Step 7 was skipped: its run averages the steps that were added.
+            if step == 7 {
+                continue;
+            }
+            losses[slot] = step as f32;
+            m.add_at(&losses, 2, step);
+        }
+        let c = m.curve();
+        assert_eq!(c.len(), CURVE_POINTS);
+        // Step s falls in run s·20/41: runs of 2 or 3 steps, in order.
+        assert_eq!(c[0], Some(1.0)); // steps 0, 1, 2
+        assert_eq!(c[2], Some(5.5)); // steps 5, 6
+        assert_eq!(c[3], Some(8.0)); // steps 7 (skipped) and 8
+        assert_eq!(c[19], Some(39.5)); // steps 39, 40
+        let short = LossMeter::new(&p).with_curve(3);
+        assert_eq!(short.curve(), vec![None, None, None]);
+    }
+
     #[test]
     fn flops_count_only_work_that_runs() {
         let (t, e) = plan_flops(&plan(Base::E2e, false));

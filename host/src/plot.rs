@@ -1,8 +1,9 @@
 //! `curves.png`: loss and accuracy per epoch, drawn with `plotters`.
 //!
-//! Left panel, "Loss per epoch": the network's training loss (blue), the evaluation loss
-//! (orange) and, thinner, each module's local loss (the loss its own auxiliary head
-//! trains it with). Right panel, "Accuracy per epoch": the evaluation accuracy in percent
+//! Left panel, "Loss per epoch": the network's training loss (blue; a thin blue line
+//! through its means over twentieths of each epoch, so a one-epoch run draws a curve),
+//! the evaluation loss (orange) and, thinner, each module's local loss (the loss its own
+//! auxiliary head trains it with). Right panel, "Accuracy per epoch": the evaluation accuracy in percent
 //! (orange). The x axis is the epoch; each panel has its legend. Text is drawn with the
 //! DejaVu Sans font embedded in the binary (`assets/`), so no system font is needed.
 
@@ -58,12 +59,13 @@ const LOCAL_KINDS: [LossKind; 6] = [
     LossKind::LastX,
 ];
 
-/// A named line of (epoch, value) points.
+/// A named line of (epoch, value) points, with a dot at each point unless `dots` is off.
 struct Series {
     name: String,
     colour: RGBColor,
     width: u32,
-    points: Vec<(u32, f64)>,
+    points: Vec<(f64, f64)>,
+    dots: bool,
 }
 
 /// One line per module: the first of [`LOCAL_KINDS`] the records hold for it.
@@ -77,16 +79,33 @@ fn module_series(records: &[EpochMetrics]) -> Vec<Series> {
             })?;
             let points = records
                 .iter()
-                .filter_map(|r| r.losses.get(kind.name())?.get(m).copied().flatten().map(|v| (r.epoch, v)))
+                .filter_map(|r| r.losses.get(kind.name())?.get(m).copied().flatten().map(|v| (r.epoch as f64, v)))
                 .collect();
             Some(Series {
                 name: format!("module {m} ({})", kind.name().replace('_', " ")),
                 colour: MODULE_COLOURS[m % MODULE_COLOURS.len()],
                 width: 1,
                 points,
+                dots: true,
             })
         })
         .collect()
+}
+
+/// The training loss within epochs ([`EpochMetrics::train_loss_curve`]): each run of
+/// steps' mean at the middle of its run, a thin line without dots.
+fn within_epochs(records: &[EpochMetrics]) -> Series {
+    let points = records
+        .iter()
+        .flat_map(|r| {
+            let k = r.train_loss_curve.len() as f64;
+            r.train_loss_curve
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, v)| v.map(|v| (r.epoch as f64 - 1.0 + (i as f64 + 0.5) / k, v)))
+        })
+        .collect();
+    Series { name: "train loss within epochs".into(), colour: BLUE, width: 1, points, dots: false }
 }
 
 /// Where a panel's legend goes; the y range leaves it a band of its own there, so it
@@ -150,18 +169,20 @@ fn panel(
     legend: Legend,
 ) -> Result<()> {
     let y_decimals = tick_decimals(y_hi - y_lo, Y_LABELS);
+    let x_decimals = tick_decimals(x_max as f64 + 1.0, x_max.min(10) as usize + 2);
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
         .margin(8)
         .x_label_area_size(38)
         .y_label_area_size(56)
-        .build_cartesian_2d(0u32..x_max + 1, y_lo..y_hi)
+        .build_cartesian_2d(0f64..x_max as f64 + 1.0, y_lo..y_hi)
         .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("epoch")
         .y_desc(y_label)
         .x_labels(x_max.min(10) as usize + 2)
+        .x_label_formatter(&|x| format!("{x:.x_decimals$}"))
         .y_labels(Y_LABELS)
         .y_label_formatter(&|y| format!("{y:.y_decimals$}"))
         .light_line_style(RGBColor(235, 235, 235))
@@ -170,7 +191,7 @@ fn panel(
         .draw()
         .map_err(err)?;
     for s in series {
-        let pts: Vec<(u32, f64)> = s.points.iter().copied().filter(|p| p.1.is_finite()).collect();
+        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.1.is_finite()).collect();
         if pts.is_empty() {
             continue;
         }
@@ -180,8 +201,10 @@ fn panel(
             .map_err(err)?
             .label(s.name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-        let r = s.width + 2;
-        chart.draw_series(pts.iter().map(|&p| Circle::new(p, r, s.colour.filled()))).map_err(err)?;
+        if s.dots {
+            let r = s.width + 2;
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, r, s.colour.filled()))).map_err(err)?;
+        }
     }
     if series.iter().any(|s| s.points.iter().any(|p| p.1.is_finite())) {
         chart
@@ -208,8 +231,8 @@ pub fn render(records: &[EpochMetrics], eval_name: &str) -> Result<image::RgbIma
         let root = BitMapBackend::with_buffer(&mut buf, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let x_max = records.iter().map(|r| r.epoch).max().unwrap_or(1).max(1);
-        let eval = |f: fn(&EpochMetrics) -> Option<f64>| -> Vec<(u32, f64)> {
-            records.iter().filter_map(|r| f(r).map(|v| (r.epoch, v))).collect()
+        let eval = |f: fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
+            records.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v))).collect()
         };
         let modules = module_series(records);
         let mut losses = vec![
@@ -217,20 +240,32 @@ pub fn render(records: &[EpochMetrics], eval_name: &str) -> Result<image::RgbIma
                 name: if modules.is_empty() { "train loss".into() } else { "train loss (last module)".into() },
                 colour: BLUE,
                 width: 2,
-                points: records.iter().map(|r| (r.epoch, r.train_loss)).collect(),
+                points: records.iter().map(|r| (r.epoch as f64, r.train_loss)).collect(),
+                dots: true,
             },
-            Series { name: format!("{eval_name} loss"), colour: ORANGE, width: 2, points: eval(|r| r.eval_loss) },
+            Series {
+                name: format!("{eval_name} loss"),
+                colour: ORANGE,
+                width: 2,
+                points: eval(|r| r.eval_loss),
+                dots: true,
+            },
         ];
+        let within = within_epochs(records);
+        if within.points.len() > records.len() {
+            losses.insert(1, within);
+        }
         losses.extend(modules);
         let accuracy = [Series {
             name: format!("{eval_name} accuracy"),
             colour: ORANGE,
             width: 2,
             points: eval(|r| r.eval_accuracy.map(|a| 100.0 * a)),
+            dots: true,
         }];
         let (left, right) = root.split_horizontally(WIDTH / 2);
         let y = y_range(&losses, true, Legend::Top, (f64::NEG_INFINITY, f64::INFINITY));
-        panel(&left, "Loss per epoch", "loss (mean over the epoch)", &losses, x_max, y, Legend::Top)?;
+        panel(&left, "Loss per epoch", "loss", &losses, x_max, y, Legend::Top)?;
         let y = y_range(&accuracy, false, Legend::Bottom, (0.0, 100.0));
         panel(&right, "Accuracy per epoch", "accuracy (%)", &accuracy, x_max, y, Legend::Bottom)?;
         root.present().map_err(err)?;
@@ -265,6 +300,7 @@ mod tests {
             images_per_s: 1.0,
             epoch_s: 1.0,
             elapsed_s: epoch as f64,
+            train_loss_curve: Vec::new(),
         }
     }
 
@@ -303,6 +339,24 @@ mod tests {
         assert_eq!(tick_decimals(100.0, Y_LABELS), 0);
         assert_eq!(tick_decimals(1.2, Y_LABELS), 1);
         assert_eq!(tick_decimals(f64::NAN, Y_LABELS), 0);
+    }
+
+    #[test]
+    fn one_epoch_draws_a_curve_within_it() {
+        let mut r = rec(1, 1.0, Some(0.6));
+        r.train_loss_curve = (0..20).map(|i| Some(2.0 - i as f64 / 20.0)).collect();
+        r.train_loss_curve[3] = None;
+        let s = within_epochs(&[r.clone()]);
+        assert_eq!(s.points.len(), 19);
+        assert!((s.points[0].0 - 0.025).abs() < 1e-12 && (s.points[18].0 - 0.975).abs() < 1e-12);
+        // The line spans the epoch: the picture differs from the one without it in many
+        // pixel columns of the left panel.
+        let with = render(&[r.clone()], "test").unwrap();
+        r.train_loss_curve.clear();
+        let without = render(&[r], "test").unwrap();
+        let columns =
+            (0..WIDTH / 2).filter(|&x| (0..HEIGHT).any(|y| with.get_pixel(x, y) != without.get_pixel(x, y))).count();
+        assert!(columns > 150, "the curve changed {columns} columns");
     }
 
     #[test]

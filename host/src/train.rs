@@ -489,7 +489,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         let mut batches = data.train.train_epoch(batch, aug.as_ref(), &setup.normalize, &data_rng, epoch as u64);
         let steps = batches.len();
         let pb = progress(opts.quiet, steps as u64, epoch, epochs);
-        let mut meter = LossMeter::new(&plan);
+        let mut meter = LossMeter::new(&plan).with_curve(steps);
         let mut skipped = 0usize;
         let lr0 = setup.lr(epoch, 0, steps);
         let mut i = 0;
@@ -505,7 +505,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
             };
             let input = StepInput { x: &b.x, labels: &b.y, lr, sgd: setup.sgd };
             match guarded_step(&mut *exec, p, &input, &mut losses, &mut grads, &meter, on_nonfinite)? {
-                None => meter.add(&losses, b.n),
+                None => meter.add_at(&losses, b.n, i),
                 Some(fault) if on_nonfinite == NonFinite::Skip => {
                     skipped += 1;
                     if !opts.quiet {
@@ -586,6 +586,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
             images_per_s: meter.images() as f64 / train_s.max(1e-9),
             epoch_s,
             elapsed_s: meta.elapsed_s + t0.elapsed().as_secs_f64(),
+            train_loss_curve: meter.curve(),
         };
         say(opts, epoch_line(&rec, epochs));
         meta.metrics.push(rec);
