@@ -62,6 +62,91 @@ fn pack_input_grad(s: &Conv2d, w: &[f32], out: &mut [f32]) {
     }
 }
 
+/// The registers of one instruction set as the tile uses them. The methods are
+/// `#[inline(always)]` and only called from the `#[target_feature]` functions
+/// [`direct_image`] and [`direct_image_512`], so each tile is compiled with its set.
+trait Lanes {
+    type V: Copy;
+    /// Pixels per vector: one 8-pixel vector of a row, or two of one row.
+    const WIDTH: usize;
+    /// Vectors per tile: [`TILE_ROWS`] × `TILE_V` accumulators, `TILE_V` loaded vectors
+    /// and one broadcast fill the registers (16 ymm, 32 zmm).
+    const TILE_V: usize;
+    unsafe fn zero() -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn splat(p: *const f32) -> Self::V;
+    /// `a · b + c`, one rounding.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Stores the first `n` (≤ `WIDTH`) lanes of `v` at `d`.
+    unsafe fn store(d: *mut f32, v: Self::V, n: usize);
+}
+
+struct Ymm;
+struct Zmm;
+
+// SAFETY (every method below): called only from functions compiled for the set, with
+// addresses the caller's contract covers.
+impl Lanes for Ymm {
+    type V = __m256;
+    const WIDTH: usize = LANES;
+    const TILE_V: usize = 2;
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> __m256 {
+        unsafe { _mm256_broadcast_ss(&*p) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn store(d: *mut f32, v: __m256, n: usize) {
+        unsafe {
+            if n == LANES {
+                _mm256_storeu_ps(d, v);
+            } else {
+                let mut tmp = [0.0f32; LANES];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), v);
+                core::ptr::copy_nonoverlapping(tmp.as_ptr(), d, n);
+            }
+        }
+    }
+}
+
+impl Lanes for Zmm {
+    type V = __m512;
+    const WIDTH: usize = 2 * LANES;
+    const TILE_V: usize = 4;
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> __m512 {
+        unsafe { _mm512_set1_ps(*p) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn store(d: *mut f32, v: __m512, n: usize) {
+        let mask: __mmask16 = if n >= 2 * LANES { 0xffff } else { (1u16 << n) - 1 };
+        unsafe { _mm512_mask_storeu_ps(d, mask, v) }
+    }
+}
+
 /// The direct convolution of one image: `out[o][p] = Σ_{c, kh, kw} A(o, c, kh·k + kw) ·
 /// padded[c][p + tap shift]` for all `rows` output planes (`h × w` each, overwritten),
 /// `A` packed by [`pack_forward`] or [`pack_input_grad`].
@@ -78,108 +163,8 @@ unsafe fn direct_image<const K: usize>(
     rows: usize,
     out: &mut [f32],
 ) {
-    debug_assert!(padded.len() >= channels * g.plane_len() && out.len() >= rows * g.h * g.w);
-    debug_assert!(packed.len() >= packed_len(rows, channels, K * K));
-    let vectors = g.h * g.vectors_per_row;
-    let hw = g.h * g.w;
-    for o0 in (0..rows).step_by(TILE_ROWS) {
-        let r = TILE_ROWS.min(rows - o0);
-        let a = packed[o0 * channels * K * K..].as_ptr();
-        for v0 in (0..vectors).step_by(2) {
-            let nv = 2.min(vectors - v0);
-            let mut src = [padded.as_ptr(); 2];
-            let mut dst = [out[o0 * hw..].as_mut_ptr(); 2];
-            let mut lanes = [0usize; 2];
-            for j in 0..nv {
-                let (oy, ox) = ((v0 + j) / g.vectors_per_row, (v0 + j) % g.vectors_per_row * LANES);
-                src[j] = src[j].wrapping_add(oy * g.wp + ox);
-                dst[j] = dst[j].wrapping_add(oy * g.w + ox);
-                lanes[j] = LANES.min(g.w - ox);
-            }
-            let t = Tile { channels, plane: g.plane_len(), wp: g.wp, a, src, dst, lanes, out_row: hw };
-            // SAFETY: the tile's loads stay inside `padded` (PaddedPlanes: every tap of a
-            // whole vector lies in its padded plane), its weight reads inside block o0 of
-            // `packed`, and its stores inside rows o0..o0+r of `out`.
-            unsafe {
-                match (r, nv) {
-                    (6, 2) => t.run::<K, 6, 2>(),
-                    (5, 2) => t.run::<K, 5, 2>(),
-                    (4, 2) => t.run::<K, 4, 2>(),
-                    (3, 2) => t.run::<K, 3, 2>(),
-                    (2, 2) => t.run::<K, 2, 2>(),
-                    (1, 2) => t.run::<K, 1, 2>(),
-                    (6, _) => t.run::<K, 6, 1>(),
-                    (5, _) => t.run::<K, 5, 1>(),
-                    (4, _) => t.run::<K, 4, 1>(),
-                    (3, _) => t.run::<K, 3, 1>(),
-                    (2, _) => t.run::<K, 2, 1>(),
-                    _ => t.run::<K, 1, 1>(),
-                }
-            }
-        }
-    }
-}
-
-/// One register tile: up to [`TILE_ROWS`] output planes × two 8-pixel vectors.
-struct Tile {
-    channels: usize,
-    /// Floats of one padded plane, and its row stride.
-    plane: usize,
-    wp: usize,
-    /// The tile's packed weight block.
-    a: *const f32,
-    /// Padded-plane address of each vector's tap (0, 0) in channel 0.
-    src: [*const f32; 2],
-    /// Output address of each vector in the tile's first plane.
-    dst: [*mut f32; 2],
-    /// Valid pixels of each vector (8 but at the end of a row narrower than a vector).
-    lanes: [usize; 2],
-    /// Floats between two output planes.
-    out_row: usize,
-}
-
-impl Tile {
-    /// # Safety
-    /// As [`direct_image`]'s, for this tile's `R` rows and `V` vectors.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run<const K: usize, const R: usize, const V: usize>(&self) {
-        // SAFETY: the caller's contract covers every address formed below.
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); V]; R];
-            let mut a = self.a;
-            let mut src = self.src;
-            for _ in 0..self.channels {
-                for kh in 0..K {
-                    let rows: [*const f32; V] = core::array::from_fn(|j| src[j].add(kh * self.wp));
-                    for kw in 0..K {
-                        let b: [__m256; V] = core::array::from_fn(|j| _mm256_loadu_ps(rows[j].add(kw)));
-                        for i in 0..R {
-                            let ai = _mm256_broadcast_ss(&*a.add(i));
-                            for j in 0..V {
-                                acc[i][j] = _mm256_fmadd_ps(ai, b[j], acc[i][j]);
-                            }
-                        }
-                        a = a.add(TILE_ROWS);
-                    }
-                }
-                for s in src.iter_mut() {
-                    *s = s.add(self.plane);
-                }
-            }
-            for (i, row) in acc.iter().enumerate() {
-                for (j, v) in row.iter().enumerate() {
-                    let d = self.dst[j].add(i * self.out_row);
-                    if self.lanes[j] == LANES {
-                        _mm256_storeu_ps(d, *v);
-                    } else {
-                        let mut tmp = [0.0f32; LANES];
-                        _mm256_storeu_ps(tmp.as_mut_ptr(), *v);
-                        core::ptr::copy_nonoverlapping(tmp.as_ptr(), d, self.lanes[j]);
-                    }
-                }
-            }
-        }
-    }
+    // SAFETY: forwarded contract.
+    unsafe { walk::<Ymm, K>(g, channels, padded, packed, rows, out) }
 }
 
 /// [`direct_image`] with 16-pixel vectors (two 8-pixel vectors of one row each) and a
@@ -197,109 +182,144 @@ unsafe fn direct_image_512<const K: usize>(
     rows: usize,
     out: &mut [f32],
 ) {
+    debug_assert!(g.vectors_per_row.is_multiple_of(2));
+    // SAFETY: forwarded contract.
+    unsafe { walk::<Zmm, K>(g, channels, padded, packed, rows, out) }
+}
+
+/// The tiles of one image with `L`'s vectors (see [`direct_image`]).
+///
+/// # Safety
+/// As [`direct_image`]'s; the caller is compiled for `L`'s set; a row holds whole
+/// `L::WIDTH`-pixel vectors of its 8-pixel ones.
+#[inline(always)]
+unsafe fn walk<L: Lanes, const K: usize>(
+    g: &PaddedPlanes,
+    channels: usize,
+    padded: &[f32],
+    packed: &[f32],
+    rows: usize,
+    out: &mut [f32],
+) {
     debug_assert!(padded.len() >= channels * g.plane_len() && out.len() >= rows * g.h * g.w);
-    debug_assert!(packed.len() >= packed_len(rows, channels, K * K) && g.vectors_per_row.is_multiple_of(2));
-    let pairs_per_row = g.vectors_per_row / 2;
-    let pairs = g.h * pairs_per_row;
+    debug_assert!(packed.len() >= packed_len(rows, channels, K * K));
+    let per_row = g.vectors_per_row * LANES / L::WIDTH;
+    let vectors = g.h * per_row;
     let hw = g.h * g.w;
     for o0 in (0..rows).step_by(TILE_ROWS) {
         let r = TILE_ROWS.min(rows - o0);
         let a = packed[o0 * channels * K * K..].as_ptr();
-        for v0 in (0..pairs).step_by(WIDE_V) {
-            let nv = WIDE_V.min(pairs - v0);
-            let mut src = [padded.as_ptr(); WIDE_V];
-            let mut dst = [out[o0 * hw..].as_mut_ptr(); WIDE_V];
-            let mut lanes = [0usize; WIDE_V];
+        for v0 in (0..vectors).step_by(L::TILE_V) {
+            let nv = L::TILE_V.min(vectors - v0);
+            let mut t = Tile {
+                channels,
+                plane: g.plane_len(),
+                wp: g.wp,
+                a,
+                src: [padded.as_ptr(); MAX_V],
+                dst: [out[o0 * hw..].as_mut_ptr(); MAX_V],
+                lanes: [0; MAX_V],
+                out_row: hw,
+            };
             for j in 0..nv {
-                let (oy, ox) = ((v0 + j) / pairs_per_row, (v0 + j) % pairs_per_row * 2 * LANES);
-                src[j] = src[j].wrapping_add(oy * g.wp + ox);
-                dst[j] = dst[j].wrapping_add(oy * g.w + ox);
-                lanes[j] = (2 * LANES).min(g.w - ox);
+                let (oy, ox) = ((v0 + j) / per_row, (v0 + j) % per_row * L::WIDTH);
+                t.src[j] = t.src[j].wrapping_add(oy * g.wp + ox);
+                t.dst[j] = t.dst[j].wrapping_add(oy * g.w + ox);
+                t.lanes[j] = L::WIDTH.min(g.w - ox);
             }
-            let t = Tile512 { channels, plane: g.plane_len(), wp: g.wp, a, src, dst, lanes, out_row: hw };
-            // SAFETY: as in direct_image: a 16-pixel vector is two whole 8-pixel vectors
-            // of one row, whose taps lie in the padded plane; stores are masked to `lanes`.
+            // SAFETY: the tile's loads stay inside `padded` (PaddedPlanes: every tap of a
+            // whole 8-pixel vector lies in its padded plane, and a wide vector is whole
+            // 8-pixel ones of one row), its weight reads inside block o0 of `packed`, and
+            // its stores (`lanes` of each vector) inside rows o0..o0+r of `out`.
             unsafe {
                 match (r, nv) {
-                    (6, 4) => t.run::<K, 6, 4>(),
-                    (6, 3) => t.run::<K, 6, 3>(),
-                    (6, 2) => t.run::<K, 6, 2>(),
-                    (6, _) => t.run::<K, 6, 1>(),
-                    (5, 4) => t.run::<K, 5, 4>(),
-                    (5, 3) => t.run::<K, 5, 3>(),
-                    (5, 2) => t.run::<K, 5, 2>(),
-                    (5, _) => t.run::<K, 5, 1>(),
-                    (4, 4) => t.run::<K, 4, 4>(),
-                    (4, 3) => t.run::<K, 4, 3>(),
-                    (4, 2) => t.run::<K, 4, 2>(),
-                    (4, _) => t.run::<K, 4, 1>(),
-                    (3, 4) => t.run::<K, 3, 4>(),
-                    (3, 3) => t.run::<K, 3, 3>(),
-                    (3, 2) => t.run::<K, 3, 2>(),
-                    (3, _) => t.run::<K, 3, 1>(),
-                    (2, 4) => t.run::<K, 2, 4>(),
-                    (2, 3) => t.run::<K, 2, 3>(),
-                    (2, 2) => t.run::<K, 2, 2>(),
-                    (2, _) => t.run::<K, 2, 1>(),
-                    (_, 4) => t.run::<K, 1, 4>(),
-                    (_, 3) => t.run::<K, 1, 3>(),
-                    (_, 2) => t.run::<K, 1, 2>(),
-                    _ => t.run::<K, 1, 1>(),
+                    (6, 4) => t.run::<L, K, 6, 4>(),
+                    (6, 3) => t.run::<L, K, 6, 3>(),
+                    (6, 2) => t.run::<L, K, 6, 2>(),
+                    (6, _) => t.run::<L, K, 6, 1>(),
+                    (5, 4) => t.run::<L, K, 5, 4>(),
+                    (5, 3) => t.run::<L, K, 5, 3>(),
+                    (5, 2) => t.run::<L, K, 5, 2>(),
+                    (5, _) => t.run::<L, K, 5, 1>(),
+                    (4, 4) => t.run::<L, K, 4, 4>(),
+                    (4, 3) => t.run::<L, K, 4, 3>(),
+                    (4, 2) => t.run::<L, K, 4, 2>(),
+                    (4, _) => t.run::<L, K, 4, 1>(),
+                    (3, 4) => t.run::<L, K, 3, 4>(),
+                    (3, 3) => t.run::<L, K, 3, 3>(),
+                    (3, 2) => t.run::<L, K, 3, 2>(),
+                    (3, _) => t.run::<L, K, 3, 1>(),
+                    (2, 4) => t.run::<L, K, 2, 4>(),
+                    (2, 3) => t.run::<L, K, 2, 3>(),
+                    (2, 2) => t.run::<L, K, 2, 2>(),
+                    (2, _) => t.run::<L, K, 2, 1>(),
+                    (_, 4) => t.run::<L, K, 1, 4>(),
+                    (_, 3) => t.run::<L, K, 1, 3>(),
+                    (_, 2) => t.run::<L, K, 1, 2>(),
+                    _ => t.run::<L, K, 1, 1>(),
                 }
             }
         }
     }
 }
 
-/// 16-pixel vectors per AVX-512 tile.
-const WIDE_V: usize = 4;
+/// Most vectors of any tile.
+const MAX_V: usize = 4;
 
-/// One AVX-512 register tile: up to [`TILE_ROWS`] output planes × [`WIDE_V`] 16-pixel
-/// vectors (fields as [`Tile`]'s).
-struct Tile512 {
+/// One register tile: up to [`TILE_ROWS`] output planes × up to `L::TILE_V` vectors.
+struct Tile {
     channels: usize,
+    /// Floats of one padded plane, and its row stride.
     plane: usize,
     wp: usize,
+    /// The tile's packed weight block.
     a: *const f32,
-    src: [*const f32; WIDE_V],
-    dst: [*mut f32; WIDE_V],
-    lanes: [usize; WIDE_V],
+    /// Padded-plane address of each vector's tap (0, 0) in channel 0.
+    src: [*const f32; MAX_V],
+    /// Output address of each vector in the tile's first plane.
+    dst: [*mut f32; MAX_V],
+    /// Valid pixels of each vector (all but at the end of a row narrower than a vector).
+    lanes: [usize; MAX_V],
+    /// Floats between two output planes.
     out_row: usize,
 }
 
-impl Tile512 {
+impl Tile {
     /// # Safety
-    /// As [`direct_image_512`]'s, for this tile's `R` rows and `V` vectors.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run<const K: usize, const R: usize, const V: usize>(&self) {
+    /// As [`walk`]'s, for this tile's `R` rows and `V` vectors.
+    #[inline(always)]
+    unsafe fn run<L: Lanes, const K: usize, const R: usize, const V: usize>(&self) {
+        // AVX2's 16 registers hold 2 vectors a tile (the match above also names wider
+        // tiles, which its walk never forms).
+        if V > L::TILE_V {
+            return;
+        }
         // SAFETY: the caller's contract covers every address formed below.
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); V]; R];
+            let mut acc = [[L::zero(); V]; R];
             let mut a = self.a;
-            let mut src = self.src;
+            let mut src: [*const f32; V] = core::array::from_fn(|j| self.src[j]);
             for _ in 0..self.channels {
                 for kh in 0..K {
                     let rows: [*const f32; V] = core::array::from_fn(|j| src[j].add(kh * self.wp));
                     for kw in 0..K {
-                        let b: [__m512; V] = core::array::from_fn(|j| _mm512_loadu_ps(rows[j].add(kw)));
+                        let b: [L::V; V] = core::array::from_fn(|j| L::load(rows[j].add(kw)));
                         for i in 0..R {
-                            let ai = _mm512_set1_ps(*a.add(i));
+                            let ai = L::splat(a.add(i));
                             for j in 0..V {
-                                acc[i][j] = _mm512_fmadd_ps(ai, b[j], acc[i][j]);
+                                acc[i][j] = L::fma(ai, b[j], acc[i][j]);
                             }
                         }
                         a = a.add(TILE_ROWS);
                     }
                 }
-                for s in src.iter_mut().take(V) {
+                for s in src.iter_mut() {
                     *s = s.add(self.plane);
                 }
             }
             for (i, row) in acc.iter().enumerate() {
                 for (j, v) in row.iter().enumerate() {
-                    let d = self.dst[j].add(i * self.out_row);
-                    let mask: __mmask16 = if self.lanes[j] >= 2 * LANES { 0xffff } else { (1u16 << self.lanes[j]) - 1 };
-                    _mm512_mask_storeu_ps(d, mask, *v);
+                    L::store(self.dst[j].add(i * self.out_row), *v, self.lanes[j]);
                 }
             }
         }
