@@ -142,7 +142,14 @@ pub fn cuda_device(_: usize) -> Result<String> {
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize, layout: &Plan, opts: ExecOptions) -> Result<DynExecutor> {
     let o = hpff_kernels::CudaOptions { tf32: opts.tf32, ..Default::default() };
-    Ok(boxed(hpff_kernels::CudaExecutor::new(ordinal, layout, o)?))
+    let ex = hpff_kernels::CudaExecutor::new(ordinal, layout, o)?;
+    if let Some(why) = ex.conv_fallback() {
+        eprintln!(
+            "note: convolving without cuDNN (slower): {why}; {}=im2col chooses this path without the note",
+            hpff_kernels::CONV_ENV
+        );
+    }
+    Ok(boxed(ex))
 }
 
 #[cfg(not(feature = "cuda"))]

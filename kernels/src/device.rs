@@ -3,9 +3,10 @@
 
 use crate::compile;
 use crate::error::CudaError;
+use crate::dnn::Dnn;
 use crate::gemm::Blas;
 use crate::kernels::{Src, K};
-use crate::launch::{check_signature, Arg, Gemm, Sink};
+use crate::launch::{check_signature, Arg, ConvCall, ConvPath, Gemm, Sink};
 use crate::load;
 use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 use std::sync::Arc;
@@ -150,6 +151,8 @@ pub(crate) struct Launcher<'a> {
     pub stream: &'a CudaStream,
     pub kernels: &'a Kernels,
     pub blas: &'a Blas,
+    /// cuDNN, when the executor convolves with it.
+    pub dnn: Option<&'a Dnn>,
 }
 
 impl Sink for Launcher<'_> {
@@ -176,5 +179,20 @@ impl Sink for Launcher<'_> {
             });
         }
         self.blas.sgemm(g)
+    }
+
+    fn conv_path(&self) -> ConvPath {
+        if self.dnn.is_some() {
+            ConvPath::Cudnn
+        } else {
+            ConvPath::Im2col
+        }
+    }
+
+    fn conv(&mut self, c: &ConvCall) -> Result<(), CudaError> {
+        match self.dnn {
+            Some(d) => d.run(c),
+            None => Err(CudaError::Cudnn { call: "convolution", status: "cuDNN is not loaded".into() }),
+        }
     }
 }

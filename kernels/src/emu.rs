@@ -6,7 +6,9 @@
 //! sized by the same [`Extras`] — but "device" memory is host memory (a device address is
 //! a host address), each kernel is the `cu/*.cu` source compiled as host C++ and run by a
 //! scheduler that gives every CUDA thread its own fiber (so `__syncthreads` is a real
-//! barrier), and a GEMM is the core's `sgemm`. So the golden and finite-difference tests
+//! barrier), a GEMM is the core's `sgemm`, and a cuDNN convolution the core's
+//! convolution of the whole batch (with [`ConvPath::Cudnn`], the default, as on a
+//! device with cuDNN; [`EmuExecutor::with_conv`] picks the im2col kernels). So the golden and finite-difference tests
 //! check the executor's index arithmetic, kernels and reductions against PyTorch here;
 //! what only a GPU can check is the CUDA API use (modules, cuBLAS, copies, graphs) and
 //! the device's own rounding (FMA contraction by the CUDA compiler).
@@ -15,7 +17,7 @@ use crate::encode::{Encoder, Ptrs};
 use crate::error::CudaError;
 use crate::executor::step_scalars;
 use crate::kernels::K;
-use crate::launch::{check_signature, Arg, Gemm, Sink};
+use crate::launch::{check_signature, Arg, ConvCall, ConvDir, ConvPath, Gemm, Sink};
 use crate::sizing::Extras;
 use hpff_core::exec::{check_eval, check_train, region_span, Executor, Held, Region, StepInput};
 use hpff_core::plan::{Buf, Plan};
@@ -43,6 +45,7 @@ impl HostBuf {
 pub(crate) struct EmuSink {
     /// (address, bytes) of every buffer: each operand must lie inside one.
     pub bufs: Vec<(u64, usize)>,
+    pub conv: ConvPath,
 }
 
 impl EmuSink {
@@ -106,6 +109,44 @@ impl Sink for EmuSink {
         hpff_core::ops::sgemm(g.m, g.n, g.k, a, g.lda, g.ta, b, g.ldb, g.tb, c, g.ldc, g.beta == 1.0);
         Ok(())
     }
+
+    fn conv_path(&self) -> ConvPath {
+        self.conv
+    }
+
+    fn conv(&mut self, c: &ConvCall) -> Result<(), CudaError> {
+        let e = c.extents();
+        for &(p, len) in &e {
+            if len > 0 && !self.inside(p, 4 * len) {
+                return Err(CudaError::Emulator(format!("convolution operand {p:#x}+{len} floats outside: {c:?}")));
+            }
+        }
+        let (out, out_len) = c.written();
+        for &(p, len) in e.iter().filter(|&&(p, _)| p != out) {
+            if len > 0 && p < out + 4 * out_len as u64 && out < p + 4 * len as u64 {
+                return Err(CudaError::Emulator(format!("convolution output overlaps an input: {c:?}")));
+            }
+        }
+        // SAFETY: each operand lies inside one live buffer (checked above), the written
+        // one overlaps no other, and the buffers are not otherwise borrowed here; only
+        // the written one is made mutable.
+        let ro = |(p, len): (u64, usize)| unsafe { std::slice::from_raw_parts(p as *const f32, len) };
+        // SAFETY: as above.
+        let out = unsafe { std::slice::from_raw_parts_mut(out as *mut f32, out_len) };
+        let [x, w, y, b] = e;
+        let (s, n) = (&c.shape, c.n);
+        let mut scratch = vec![0.0f32; s.scratch_len()];
+        use hpff_core::ops::{conv2d_accumulate_weight_grad, conv2d_backward_input, conv2d_forward};
+        match c.dir {
+            ConvDir::Forward => {
+                let bias = (c.bias != 0).then(|| ro(b));
+                conv2d_forward(s, n, ro(x), ro(w), bias, out, &mut scratch)
+            }
+            ConvDir::BackwardData => conv2d_backward_input(s, n, ro(y), ro(w), out, &mut scratch),
+            ConvDir::BackwardFilter => conv2d_accumulate_weight_grad(s, n, ro(x), ro(y), out, None, &mut scratch),
+        }
+        Ok(())
+    }
 }
 
 /// The CUDA executor's encoding run on the CPU. See the [module docs](self).
@@ -119,13 +160,21 @@ pub struct EmuExecutor {
     loss: HostBuf,
     labels: HostBuf,
     step: HostBuf,
+    conv: ConvPath,
 }
 
 impl EmuExecutor {
-    /// An emulated executor for plans of `layout`'s parameter layout, its buffers zeroed.
+    /// An emulated executor for plans of `layout`'s parameter layout, its buffers zeroed,
+    /// convolving as a device with cuDNN does.
     pub fn new(layout: &Plan) -> EmuExecutor {
+        Self::with_conv(layout, ConvPath::Cudnn)
+    }
+
+    /// As [`EmuExecutor::new`], convolving by `conv`'s path.
+    pub fn with_conv(layout: &Plan, conv: ConvPath) -> EmuExecutor {
         let extras = Extras::of(layout);
         EmuExecutor {
+            conv,
             layout: layout.clone(),
             extras,
             arena: HostBuf::new(4 * layout.arena_len()),
@@ -178,14 +227,15 @@ impl EmuExecutor {
         if plan.batch > self.layout.batch {
             return Err(CudaError::BatchAboveLayout { batch: plan.batch, layout: self.layout.batch });
         }
-        let mut sink = EmuSink { bufs: self.host_bufs().iter().map(|b| (b.addr(), b.bytes())).collect() };
+        let bufs = self.host_bufs().iter().map(|b| (b.addr(), b.bytes())).collect();
+        let mut sink = EmuSink { bufs, conv: self.conv };
         Encoder::new(&mut sink, plan, self.ptrs(), self.extras).step(train)
     }
 }
 
 impl fmt::Display for EmuExecutor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("cuda emulator (the CUDA executor's kernels on the CPU)")
+        write!(f, "cuda emulator (the CUDA executor's kernels on the CPU, {} convolutions)", self.conv.name())
     }
 }
 

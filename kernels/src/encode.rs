@@ -5,7 +5,7 @@
 
 use crate::error::{dim_i32, dim_i64, CudaError};
 use crate::kernels::K;
-use crate::launch::{check_signature, Arg, Gemm, Sink, BLOCK, MAX_GRID};
+use crate::launch::{check_signature, Arg, ConvCall, ConvDir, ConvPath, Gemm, Sink, BLOCK, MAX_GRID};
 use crate::sizing::{chan_parts, conv_ws_per_image, flat_parts, Extras};
 use hpff_core::loss::SUPCON_TEMPERATURE;
 use hpff_core::ops::{BatchNorm2d, Conv2d, MaxPool2d, Window, BN_EPS, BN_MOMENTUM};
@@ -428,8 +428,19 @@ impl<'a, S: Sink> Encoder<'a, S> {
         self.each(K::Im2col, ckk * g * hw, &args)
     }
 
-    /// Forward: per chunk, im2col, `rows[c_out × g·hw] = W·col`, then NCHW (+ bias).
+    /// A whole-batch library convolution.
+    fn conv_call(&mut self, dir: ConvDir, s: &Conv2d, x: u64, w: u64, y: u64, bias: u64) -> Result<(), CudaError> {
+        let n = self.plan.batch;
+        self.sink.conv(&ConvCall { dir, shape: *s, n, x, w, y, bias })
+    }
+
+    /// Forward: per chunk, im2col, `rows[c_out × g·hw] = W·col`, then NCHW (+ bias); or
+    /// one library call.
     fn conv_forward(&mut self, s: &Conv2d, w: usize, b: Option<usize>, x: Buf, y: Buf) -> Result<(), CudaError> {
+        if self.sink.conv_path() == ConvPath::Cudnn {
+            let bias = b.map_or(0, |b| self.a(b));
+            return self.conv_call(ConvDir::Forward, s, self.a(x.off), self.a(w), self.a(y.off), bias);
+        }
         let n = self.plan.batch;
         let (ckk, hw) = (s.c_in * s.k * s.k, s.h_out() * s.w_out());
         let gmax = self.chunk(s)?;
@@ -467,9 +478,9 @@ impl<'a, S: Sink> Encoder<'a, S> {
         Ok(())
     }
 
-    /// Backward: per chunk (in order), dy → rows; `dW += rows·colᵀ` (GEMM with β = 1);
-    /// `dcol = Wᵀ·rows` and the col2im gather into dx. Bias: a per-channel reduction.
-    /// Weight and bias gradients are taken when the input `x` is given.
+    /// Backward: the library's weight and input gradients, or the im2col chunks. Bias: a
+    /// per-channel reduction. Weight and bias gradients are taken when the input `x` is
+    /// given.
     fn conv_backward(
         &mut self,
         s: &Conv2d,
@@ -482,72 +493,17 @@ impl<'a, S: Sink> Encoder<'a, S> {
         let weights = x.is_some();
         let plan = self.plan;
         let n = plan.batch;
-        let (ckk, hw) = (s.c_in * s.k * s.k, s.h_out() * s.w_out());
-        let gmax = self.chunk(s)?;
-        let col = self.p.conv_ws;
-        let rows = col + 4 * (ckk * gmax * hw) as u64;
-        if weights || dx.is_some() {
-            for i0 in (0..n).step_by(gmax) {
-                let g = gmax.min(n - i0);
-                let cols = g * hw;
-                let args = [
-                    Arg::P(self.a(dy.off + i0 * s.out_len())),
-                    Arg::P(rows),
-                    i("c_out", s.c_out)?,
-                    l("hw_out", hw)?,
-                    i("chunk", g)?,
-                ];
-                self.each(K::NchwToRows, g * s.out_len(), &args)?;
-                if let Some(x) = x {
-                    self.im2col(s, x, i0, g)?;
-                    let gm = Gemm {
-                        m: s.c_out,
-                        n: ckk,
-                        k: cols,
-                        a: rows,
-                        lda: cols,
-                        ta: false,
-                        b: col,
-                        ldb: cols,
-                        tb: true,
-                        c: self.a(plan.grad_of(w)),
-                        ldc: ckk,
-                        beta: 1.0,
-                    };
-                    self.gemm(gm)?;
-                }
-                if let Some(dx) = dx {
-                    let gm = Gemm {
-                        m: ckk,
-                        n: cols,
-                        k: s.c_out,
-                        a: self.a(w),
-                        lda: ckk,
-                        ta: true,
-                        b: rows,
-                        ldb: cols,
-                        tb: false,
-                        c: col,
-                        ldc: cols,
-                        beta: 0.0,
-                    };
-                    self.gemm(gm)?;
-                    let args = [
-                        Arg::P(col),
-                        Arg::P(self.a(dx.off + i0 * s.in_len())),
-                        i("c_in", s.c_in)?,
-                        i("h", s.h)?,
-                        i("w", s.w)?,
-                        i("k", s.k)?,
-                        i("stride", s.stride)?,
-                        i("pad", s.pad)?,
-                        i("h_out", s.h_out())?,
-                        i("w_out", s.w_out())?,
-                        i("chunk", g)?,
-                    ];
-                    self.each(K::Col2im, g * s.in_len(), &args)?;
-                }
+        let hw = s.h_out() * s.w_out();
+        if self.sink.conv_path() == ConvPath::Cudnn {
+            if let Some(x) = x {
+                let dw = self.a(plan.grad_of(w));
+                self.conv_call(ConvDir::BackwardFilter, s, self.a(x.off), dw, self.a(dy.off), 0)?;
             }
+            if let Some(dx) = dx {
+                self.conv_call(ConvDir::BackwardData, s, self.a(dx.off), self.a(w), self.a(dy.off), 0)?;
+            }
+        } else if weights || dx.is_some() {
+            self.conv_backward_chunks(s, w, x, dy, dx)?;
         }
         if let (true, Some(b)) = (weights, b) {
             let total = n * hw;
@@ -563,6 +519,86 @@ impl<'a, S: Sink> Encoder<'a, S> {
             self.launch(K::ChanPartialSum, (parts, s.c_out), BLOCK, &args)?;
             let db = Arg::P(self.a(plan.grad_of(b)));
             self.each(K::ChanSumAdd, s.c_out, &[Arg::P(self.p.partials), i("parts", parts)?, db])?;
+        }
+        Ok(())
+    }
+
+    /// Backward on the im2col path: per chunk (in order), dy → rows; `dW += rows·colᵀ`
+    /// (GEMM with β = 1); `dcol = Wᵀ·rows` and the col2im gather into dx.
+    fn conv_backward_chunks(
+        &mut self,
+        s: &Conv2d,
+        w: usize,
+        x: Option<Buf>,
+        dy: Buf,
+        dx: Option<Buf>,
+    ) -> Result<(), CudaError> {
+        let plan = self.plan;
+        let n = plan.batch;
+        let (ckk, hw) = (s.c_in * s.k * s.k, s.h_out() * s.w_out());
+        let gmax = self.chunk(s)?;
+        let col = self.p.conv_ws;
+        let rows = col + 4 * (ckk * gmax * hw) as u64;
+        for i0 in (0..n).step_by(gmax) {
+            let g = gmax.min(n - i0);
+            let cols = g * hw;
+            let args = [
+                Arg::P(self.a(dy.off + i0 * s.out_len())),
+                Arg::P(rows),
+                i("c_out", s.c_out)?,
+                l("hw_out", hw)?,
+                i("chunk", g)?,
+            ];
+            self.each(K::NchwToRows, g * s.out_len(), &args)?;
+            if let Some(x) = x {
+                self.im2col(s, x, i0, g)?;
+                let gm = Gemm {
+                    m: s.c_out,
+                    n: ckk,
+                    k: cols,
+                    a: rows,
+                    lda: cols,
+                    ta: false,
+                    b: col,
+                    ldb: cols,
+                    tb: true,
+                    c: self.a(plan.grad_of(w)),
+                    ldc: ckk,
+                    beta: 1.0,
+                };
+                self.gemm(gm)?;
+            }
+            if let Some(dx) = dx {
+                let gm = Gemm {
+                    m: ckk,
+                    n: cols,
+                    k: s.c_out,
+                    a: self.a(w),
+                    lda: ckk,
+                    ta: true,
+                    b: rows,
+                    ldb: cols,
+                    tb: false,
+                    c: col,
+                    ldc: cols,
+                    beta: 0.0,
+                };
+                self.gemm(gm)?;
+                let args = [
+                    Arg::P(col),
+                    Arg::P(self.a(dx.off + i0 * s.in_len())),
+                    i("c_in", s.c_in)?,
+                    i("h", s.h)?,
+                    i("w", s.w)?,
+                    i("k", s.k)?,
+                    i("stride", s.stride)?,
+                    i("pad", s.pad)?,
+                    i("h_out", s.h_out())?,
+                    i("w_out", s.w_out())?,
+                    i("chunk", g)?,
+                ];
+                self.each(K::Col2im, g * s.in_len(), &args)?;
+            }
         }
         Ok(())
     }
@@ -598,7 +634,15 @@ mod tests {
         bufs: Vec<(&'static str, u64, usize)>,
         launches: usize,
         gemms: usize,
+        convs: usize,
+        conv: ConvPath,
         kernels_seen: std::collections::HashSet<&'static str>,
+    }
+
+    impl Recorder {
+        fn new(conv: ConvPath) -> Recorder {
+            Recorder { bufs: vec![], launches: 0, gemms: 0, convs: 0, conv, kernels_seen: Default::default() }
+        }
     }
 
     impl Recorder {
@@ -630,6 +674,24 @@ mod tests {
                 assert!(addr + 4 * floats as u64 <= s + bytes as u64, "GEMM operand overruns {name}: {g:?}");
             }
             self.gemms += 1;
+            Ok(())
+        }
+
+        fn conv_path(&self) -> ConvPath {
+            self.conv
+        }
+
+        fn conv(&mut self, c: &ConvCall) -> Result<(), CudaError> {
+            assert_eq!(self.conv, ConvPath::Cudnn, "a library convolution on the im2col path");
+            for (addr, floats) in c.extents() {
+                if floats == 0 {
+                    continue;
+                }
+                let (name, s, bytes) = self.find(addr).unwrap_or_else(|| panic!("operand {addr:#x} outside: {c:?}"));
+                assert!(addr + 4 * floats as u64 <= s + bytes as u64, "convolution operand overruns {name}: {c:?}");
+                assert_eq!(name, "arena", "{c:?}");
+            }
+            self.convs += 1;
             Ok(())
         }
     }
@@ -680,10 +742,14 @@ mod tests {
         ] {
             let (layout, small) = plans_of(arch, method, k, 6, 3);
             for (step, train) in [(&layout, true), (&layout, false), (&small, true), (&small, false)] {
-                let mut rec = Recorder { bufs: vec![], launches: 0, gemms: 0, kernels_seen: Default::default() };
-                run(&layout, step, train, &mut rec);
-                assert!(rec.launches > 0 && rec.gemms > 0);
-                seen.extend(rec.kernels_seen);
+                for conv in [ConvPath::Im2col, ConvPath::Cudnn] {
+                    let mut rec = Recorder::new(conv);
+                    run(&layout, step, train, &mut rec);
+                    assert!(rec.launches > 0 && rec.gemms > 0);
+                    // Every convolution is one library call on the cuDNN path, none on im2col.
+                    assert_eq!(rec.convs > 0, conv == ConvPath::Cudnn);
+                    seen.extend(rec.kernels_seen);
+                }
             }
         }
         // Every kernel of the table is reachable from some plan (none is dead code).
@@ -705,7 +771,7 @@ mod tests {
         });
         assert_eq!(ex.conv_ws, 8 * per);
         ex.conv_ws = 3 * per;
-        let mut rec = Recorder { bufs: vec![], launches: 0, gemms: 0, kernels_seen: Default::default() };
+        let mut rec = Recorder::new(ConvPath::Im2col);
         let tb = 1u64 << 40;
         let p = Ptrs { arena: tb, conv_ws: 2 * tb, partials: 3 * tb, loss: 4 * tb, labels: 5 * tb, step: 6 * tb };
         rec.bufs = vec![

@@ -14,6 +14,8 @@ pub enum CudaError {
     NoNvrtc,
     /// cuBLAS (`libcublas.so.13`/`.12`) cannot be loaded.
     NoCublas,
+    /// cuDNN was asked for (`HPFF_CUDA_CONV=cudnn`) but cannot be used; the reason.
+    NoCudnn(String),
     /// A library loads but lacks a function this crate calls (too old a CUDA).
     MissingSymbol { lib: &'static str, symbol: &'static str },
     /// A library named by `HPFF_CUDA_LIB_DIR` exists but does not load.
@@ -24,6 +26,10 @@ pub enum CudaError {
     Driver { call: &'static str, error: String },
     /// A cuBLAS call failed.
     Cublas { call: &'static str, status: String },
+    /// An environment variable has a value this crate does not take.
+    Env { var: &'static str, value: String, expected: &'static str },
+    /// A cuDNN call failed.
+    Cudnn { call: &'static str, status: String },
     /// An NVRTC call other than the compilation itself failed.
     Nvrtc { call: &'static str, error: String },
     /// A kernel source did not compile; `log` is NVRTC's log.
@@ -56,6 +62,11 @@ impl fmt::Display for CudaError {
                 "cuBLAS not found (libcublas.so.13 or .12 is not on LD_LIBRARY_PATH or in HPFF_CUDA_LIB_DIR); \
                  install cuBLAS or use --device cpu",
             ),
+            CudaError::NoCudnn(why) => write!(
+                f,
+                "HPFF_CUDA_CONV=cudnn but cuDNN cannot be used ({}); install cuDNN 9 or set HPFF_CUDA_CONV=im2col",
+                one_line(why)
+            ),
             CudaError::MissingSymbol { lib, symbol } => {
                 write!(f, "{lib} lacks {symbol} (CUDA 12.0 or newer is needed); use --device cpu")
             }
@@ -67,6 +78,8 @@ impl fmt::Display for CudaError {
             }
             CudaError::Driver { call, error } => write!(f, "CUDA driver call {call} failed: {}", one_line(error)),
             CudaError::Cublas { call, status } => write!(f, "cuBLAS call {call} failed: {status}"),
+            CudaError::Env { var, value, expected } => write!(f, "{var}={value:?}: expected {expected}"),
+            CudaError::Cudnn { call, status } => write!(f, "cuDNN call {call} failed: {}", one_line(status)),
             CudaError::Nvrtc { call, error } => write!(f, "NVRTC call {call} failed: {}", one_line(error)),
             CudaError::Compile { source, arch, log } => {
                 write!(f, "NVRTC could not compile {source} for {arch}: {}", one_line(log))

@@ -2,10 +2,12 @@
 //! kernels and cuBLAS GEMMs on one stream, replayed as CUDA graphs.
 
 use crate::device::{self, drv, DeviceBuf, DeviceInfo, Kernels, Launcher};
+use crate::dnn::Dnn;
 use crate::encode::{Encoder, Ptrs};
 use crate::error::CudaError;
 use crate::gemm::{Blas, WORKSPACE_BYTES};
 use crate::graph::{self, GraphCache};
+use crate::launch::ConvPath;
 use crate::load;
 use crate::sizing::Extras;
 use cudarc::driver::{result, CudaContext, CudaStream};
@@ -17,17 +19,37 @@ use std::sync::Arc;
 /// How the executor computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CudaOptions {
-    /// Let cuBLAS use TF32 tensor cores for the GEMMs (10-bit mantissa products: faster,
+    /// Let cuBLAS and cuDNN use TF32 tensor cores (10-bit mantissa products: faster,
     /// not comparable with the CPU executors at 1e-4). Off by default: strict fp32.
     pub tf32: bool,
     /// Capture each plan's step once as a CUDA graph and replay it (default); `false`,
     /// or `HPFF_CUDA_GRAPHS=0` in the environment, launches every op directly.
     pub graphs: bool,
+    /// How to convolve; `None` reads [`CONV_ENV`] (`auto` there takes cuDNN where it
+    /// loads and im2col otherwise, saying why in [`CudaExecutor::conv_fallback`]).
+    pub conv: Option<ConvPath>,
 }
 
 impl Default for CudaOptions {
     fn default() -> Self {
-        CudaOptions { tf32: false, graphs: true }
+        CudaOptions { tf32: false, graphs: true, conv: None }
+    }
+}
+
+/// Environment variable: `cudnn` or `im2col` forces a convolution path; `auto` takes
+/// cuDNN where it loads. Unset: im2col, until the cuDNN path has passed the GPU check
+/// (`tools/device/gpu-check.sh` runs it with `cudnn`); it has only run on the emulator.
+pub const CONV_ENV: &str = "HPFF_CUDA_CONV";
+
+/// The convolution path asked for by [`CONV_ENV`] (`None`: automatic).
+fn conv_from_env() -> Result<Option<ConvPath>, CudaError> {
+    let Ok(v) = std::env::var(CONV_ENV) else { return Ok(Some(ConvPath::Im2col)) };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "" => Ok(Some(ConvPath::Im2col)),
+        "auto" => Ok(None),
+        "cudnn" => Ok(Some(ConvPath::Cudnn)),
+        "im2col" => Ok(Some(ConvPath::Im2col)),
+        _ => Err(CudaError::Env { var: CONV_ENV, value: v, expected: "cudnn, im2col or auto" }),
     }
 }
 
@@ -37,6 +59,7 @@ pub struct CudaExecutor {
     // before the stream and the context they belong to (`Drop` below makes the context
     // current and waits for the stream first).
     graphs: GraphCache,
+    dnn: Option<Dnn>,
     blas: Blas,
     kernels: Kernels,
     arena: DeviceBuf,
@@ -54,11 +77,16 @@ pub struct CudaExecutor {
     opts: CudaOptions,
     use_graphs: bool,
     graph_fallback: Option<String>,
+    conv_fallback: Option<String>,
     setup: Vec<(&'static str, usize)>,
+    /// Device memory taken during plans' first runs (libraries' lazy loading).
+    first_run_bytes: usize,
 }
 
 /// The setup stage of creating the cuBLAS handle.
 const BLAS_HANDLE: &str = "cuBLAS handle";
+/// The setup stage of creating the cuDNN handle.
+const DNN_HANDLE: &str = "cuDNN handle";
 
 /// Device memory used before and after each stage of building an executor.
 struct SetupMemory<'a> {
@@ -101,9 +129,13 @@ impl fmt::Debug for CudaExecutor {
 
 impl fmt::Display for CudaExecutor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let precision = if self.opts.tf32 { "TF32 GEMMs" } else { "strict fp32" };
+        let precision = if self.opts.tf32 { "TF32" } else { "strict fp32" };
         let graphs = if self.use_graphs { "CUDA graphs" } else { "direct launches" };
-        write!(f, "cuda:{} ({}, {precision}, {graphs})", self.info.ordinal, self.info.name)
+        let conv = match &self.dnn {
+            Some(d) => format!("cuDNN {} convolutions", d.version()),
+            None => "im2col convolutions".into(),
+        };
+        write!(f, "cuda:{} ({}, {precision}, {graphs}, {conv})", self.info.ordinal, self.info.name)
     }
 }
 
@@ -153,6 +185,21 @@ impl CudaExecutor {
         setup.mark(BLAS_HANDLE)?;
         let blas = blas.bind(stream.cu_stream(), blas_ws.ptr, opts.tf32)?;
         setup.mark("cuBLAS stream and workspace")?;
+        let want = match opts.conv {
+            Some(c) => Some(c),
+            None => conv_from_env()?,
+        };
+        let (dnn, conv_fallback) = match want {
+            Some(ConvPath::Im2col) => (None, None),
+            _ => match Dnn::create(opts.tf32) {
+                Ok(d) => {
+                    setup.mark(DNN_HANDLE)?;
+                    (Some(d.bind(stream.cu_stream(), conv_ws.ptr, conv_ws.bytes)?), None)
+                }
+                Err(why) if want == Some(ConvPath::Cudnn) => return Err(CudaError::NoCudnn(why)),
+                Err(why) => (None, Some(why)),
+            },
+        };
         let setup = setup.stages;
         for b in [&arena, &conv_ws, &partials, &loss, &labels, &step] {
             // SAFETY: a live allocation of `b.bytes` bytes of this context; stream-ordered
@@ -163,6 +210,7 @@ impl CudaExecutor {
         stream.synchronize().map_err(drv("cuStreamSynchronize"))?;
         Ok(CudaExecutor {
             graphs: GraphCache::default(),
+            dnn,
             blas,
             kernels,
             arena,
@@ -180,14 +228,51 @@ impl CudaExecutor {
             opts,
             use_graphs: opts.graphs && graph::graphs_enabled(),
             graph_fallback: None,
+            conv_fallback,
             setup,
+            first_run_bytes: 0,
         })
     }
 
-    /// Device memory the cuBLAS handle took for itself when created (measured; 64 MiB on
-    /// an H200 with cuBLAS 13), counted in [`Held::extra`].
+    /// Device memory the cuBLAS and cuDNN handles took for themselves when created
+    /// (measured; cuBLAS 13's is 64 MiB on an H200), counted in [`Held::extra`].
     fn handle_bytes(&self) -> usize {
-        self.setup.iter().find(|(stage, _)| *stage == BLAS_HANDLE).map_or(0, |s| s.1)
+        self.setup.iter().filter(|(stage, _)| [BLAS_HANDLE, DNN_HANDLE].contains(stage)).map(|s| s.1).sum()
+    }
+
+    /// How this executor convolves.
+    pub fn conv_path(&self) -> ConvPath {
+        if self.dnn.is_some() {
+            ConvPath::Cudnn
+        } else {
+            ConvPath::Im2col
+        }
+    }
+
+    /// Why cuDNN is not used, when it was not asked for explicitly and could not be used.
+    pub fn conv_fallback(&self) -> Option<&str> {
+        self.conv_fallback.as_deref()
+    }
+
+    /// The cuDNN algorithm chosen for each convolution met so far: one line each
+    /// (direction, shape, batch, algorithm number, workspace bytes).
+    pub fn conv_algorithms(&self) -> Vec<String> {
+        let Some(d) = &self.dnn else { return Vec::new() };
+        d.choices()
+            .into_iter()
+            .map(|(dir, s, n, algo, ws)| {
+                format!(
+                    "{dir:?} {}x{}x{}x{} k{} s{} -> {}: algo {algo}, workspace {ws} B",
+                    n,
+                    s.c_in,
+                    s.h,
+                    s.w,
+                    s.k,
+                    s.stride,
+                    s.c_out
+                )
+            })
+            .collect()
     }
 
     /// Device memory (cuMemGetInfo, the whole device) taken by each stage of building this
@@ -288,8 +373,13 @@ impl CudaExecutor {
     pub(crate) fn parts(&self) -> Result<(Launcher<'_>, [&DeviceBuf; 6], &CudaStream, Ptrs, Extras), CudaError> {
         self.bind()?;
         let bufs = [&self.arena, &self.conv_ws, &self.partials, &self.loss, &self.labels, &self.step];
-        let launcher = Launcher { stream: &self.stream, kernels: &self.kernels, blas: &self.blas };
+        let launcher = self.launcher();
         Ok((launcher, bufs, &self.stream, self.ptrs(), self.extras))
+    }
+
+    /// The sink that enqueues on this executor's stream.
+    fn launcher(&self) -> Launcher<'_> {
+        Launcher { stream: &self.stream, kernels: &self.kernels, blas: &self.blas, dnn: self.dnn.as_ref() }
     }
 
     fn arena_addr(&self, b: Buf) -> u64 {
@@ -298,37 +388,43 @@ impl CudaExecutor {
 
     /// Enqueues the ops of `plan` (training step or eval pass): direct launches the first
     /// time a plan runs (a warm-up), a capture the second time, a replay after that; or
-    /// always direct launches when graphs are off.
+    /// always direct launches when graphs are off. The device memory a plan's first run
+    /// takes (cuDNN and cuBLAS load kernels into the context on first use) is measured
+    /// and counted as held.
     fn run(&mut self, plan: &Plan, train: bool) -> Result<(), CudaError> {
         let ptrs = self.ptrs();
         let stream = self.stream.cu_stream();
-        if self.use_graphs {
-            if let Some(g) = self.graphs.get(train, plan) {
-                return g.launch(stream);
-            }
-            if !self.graphs.warmed(train, plan) {
-                let mut sink = Launcher { stream: &self.stream, kernels: &self.kernels, blas: &self.blas };
-                return Encoder::new(&mut sink, plan, ptrs, self.extras).step(train);
-            }
-            let mut sink = Launcher { stream: &self.stream, kernels: &self.kernels, blas: &self.blas };
-            let extras = self.extras;
+        if let Some(g) = self.graphs.get(train, plan).filter(|_| self.use_graphs) {
+            return g.launch(stream);
+        }
+        let first = !self.graphs.warmed(train, plan);
+        if first || !self.use_graphs {
             let before = device::memory_used(&self.ctx)?;
-            match graph::capture(stream, || Encoder::new(&mut sink, plan, ptrs, extras).step(train)) {
-                Ok(g) => {
-                    let bytes = device::memory_used(&self.ctx)?.saturating_sub(before);
-                    g.launch(stream)?;
-                    self.graphs.insert(train, plan, g, bytes);
-                    return Ok(());
-                }
-                Err(why) => {
-                    self.use_graphs = false;
-                    self.graphs.clear();
-                    self.graph_fallback = Some(why);
-                }
+            let mut sink = self.launcher();
+            Encoder::new(&mut sink, plan, ptrs, self.extras).step(train)?;
+            if first {
+                self.first_run_bytes += device::memory_used(&self.ctx)?.saturating_sub(before);
+            }
+            return Ok(());
+        }
+        let mut sink = self.launcher();
+        let extras = self.extras;
+        let before = device::memory_used(&self.ctx)?;
+        match graph::capture(stream, || Encoder::new(&mut sink, plan, ptrs, extras).step(train)) {
+            Ok(g) => {
+                let bytes = device::memory_used(&self.ctx)?.saturating_sub(before);
+                g.launch(stream)?;
+                self.graphs.insert(train, plan, g, bytes);
+                Ok(())
+            }
+            Err(why) => {
+                self.use_graphs = false;
+                self.graphs.clear();
+                self.graph_fallback = Some(why);
+                let mut sink = self.launcher();
+                Encoder::new(&mut sink, plan, ptrs, self.extras).step(train)
             }
         }
-        let mut sink = Launcher { stream: &self.stream, kernels: &self.kernels, blas: &self.blas };
-        Encoder::new(&mut sink, plan, ptrs, self.extras).step(train)
     }
 }
 
@@ -360,7 +456,7 @@ impl Executor for CudaExecutor {
             .iter()
             .map(|b| b.bytes)
             .sum();
-        let measured = self.handle_bytes() + self.graphs.bytes();
+        let measured = self.handle_bytes() + self.graphs.bytes() + self.first_run_bytes;
         Held { arena: 4 * self.layout.arena_len(), extra: buffers + measured }
     }
 

@@ -5,6 +5,7 @@
 
 use crate::error::CudaError;
 use crate::kernels::K;
+use hpff_core::ops::Conv2d;
 use hpff_core::plan::Op;
 
 /// One kernel argument. Pointers are device addresses.
@@ -100,12 +101,82 @@ impl Gemm {
     }
 }
 
+/// How the CUDA executor computes convolutions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPath {
+    /// cuDNN's convolutions (deterministic algorithms only), one call per convolution
+    /// and direction; the default where cuDNN loads.
+    Cudnn,
+    /// im2col of a chunk of images, one cuBLAS SGEMM per chunk, and the NVRTC kernels
+    /// that reorder the result: needs only cuBLAS.
+    Im2col,
+}
+
+impl ConvPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvPath::Cudnn => "cudnn",
+            ConvPath::Im2col => "im2col",
+        }
+    }
+}
+
+/// Which way a [`ConvCall`] goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConvDir {
+    /// `y = conv(x, w) (+ bias)`.
+    Forward,
+    /// `x = the input gradient of dy = y` (overwrites `x`).
+    BackwardData,
+    /// `w += the weight gradient of input x and output gradient y` (accumulates).
+    BackwardFilter,
+}
+
+/// One whole-batch convolution on device addresses: the three tensors as the forward
+/// pass names them (NCHW input `x` of `n` images, weights `w`, output `y`); which one is
+/// written depends on `dir`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConvCall {
+    pub dir: ConvDir,
+    pub shape: Conv2d,
+    pub n: usize,
+    pub x: u64,
+    pub w: u64,
+    pub y: u64,
+    /// Per-channel bias added by a forward call (0: none).
+    pub bias: u64,
+}
+
+impl ConvCall {
+    /// (address, floats) of x, w, y and the bias (for bounds checks).
+    pub(crate) fn extents(&self) -> [(u64, usize); 4] {
+        let s = &self.shape;
+        let bias = if self.bias == 0 { 0 } else { s.c_out };
+        [(self.x, self.n * s.in_len()), (self.w, s.weight_len()), (self.y, self.n * s.out_len()), (self.bias, bias)]
+    }
+
+    /// The operand the call writes.
+    pub(crate) fn written(&self) -> (u64, usize) {
+        let e = self.extents();
+        match self.dir {
+            ConvDir::Forward => e[2],
+            ConvDir::BackwardData => e[0],
+            ConvDir::BackwardFilter => e[1],
+        }
+    }
+}
+
 /// Where the encoder's work goes.
 pub(crate) trait Sink {
     /// Launches `k` on a `grid` of [`BLOCK`]-thread blocks (or `block` threads).
     fn launch(&mut self, k: K, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<(), CudaError>;
     /// Runs a GEMM.
     fn gemm(&mut self, g: &Gemm) -> Result<(), CudaError>;
+    /// How convolutions are computed here: with [`ConvPath::Cudnn`] the encoder emits
+    /// [`Sink::conv`] calls, with [`ConvPath::Im2col`] launches and GEMMs.
+    fn conv_path(&self) -> ConvPath;
+    /// Runs a whole-batch convolution (only asked when `conv_path` is `Cudnn`).
+    fn conv(&mut self, c: &ConvCall) -> Result<(), CudaError>;
     /// Told before the launches of op `index` of the step (the lockstep comparison names
     /// the op a launch belongs to); nothing by default.
     fn begin_op(&mut self, _index: usize, _op: &Op) {}

@@ -10,6 +10,7 @@
 //!    cudarc's later `dlopen("libnvrtc.so.13")` gets that copy. (`LD_LIBRARY_PATH`
 //!    works too; this variable exists for libraries that ship inside e.g. a Python
 //!    wheel, where setting `LD_LIBRARY_PATH` for the whole process is unwelcome.)
+//!    cuDNN's libraries are preloaded the same way, apart, because cuDNN is optional.
 //! 2. `require_*` check that the library is present (cudarc's `is_culib_present`) and
 //!    that every symbol this crate makes cudarc call exists in it, so a too-old CUDA is
 //!    an error value, not a panic at first use.
@@ -84,31 +85,50 @@ const CUBLAS_SYMBOLS: &[&str] = &[
     "cublasSgemm_v2",
 ];
 
+/// cuDNN 9's libraries preloaded from `HPFF_CUDA_LIB_DIR`, dependencies first (the shim,
+/// `libcudnn.so.9`, opens the others by soname on first use).
+const CUDNN_PRELOAD: [&str; 7] = [
+    "libcudnn_graph.so",
+    "libcudnn_engines_runtime_compiled.so",
+    "libcudnn_engines_precompiled.so",
+    "libcudnn_heuristic.so",
+    "libcudnn_ops.so",
+    "libcudnn_cnn.so",
+    "libcudnn.so",
+];
+
 /// Libraries opened from `HPFF_CUDA_LIB_DIR`, kept loaded for the whole process.
 static PRELOADED: OnceLock<Result<Vec<(PathBuf, libloading::Library)>, CudaError>> = OnceLock::new();
 
 /// Opens the libraries found in `HPFF_CUDA_LIB_DIR` (once per process); returns their paths.
 pub fn preload_lib_dir() -> Result<Vec<PathBuf>, CudaError> {
-    let r = PRELOADED.get_or_init(|| {
-        let dirs = std::env::var_os(LIB_DIR_ENV).unwrap_or_default();
-        let dirs: Vec<PathBuf> = std::env::split_paths(&dirs).filter(|d| !d.as_os_str().is_empty()).collect();
-        let mut loaded = Vec::new();
-        for prefix in PRELOAD {
-            let Some(path) = dirs.iter().find_map(|d| pick(d, prefix)) else { continue };
-            // SAFETY: loading a CUDA library runs its initialisers, which have no
-            // preconditions; the handle lives in a static for the rest of the process, so
-            // nothing that resolves symbols through it can outlive it.
-            match unsafe { libloading::Library::new(&path) } {
-                Ok(lib) => loaded.push((path, lib)),
-                Err(e) => return Err(CudaError::LibDir { path: path.display().to_string(), reason: e.to_string() }),
-            }
-        }
-        Ok(loaded)
-    });
+    let r = PRELOADED.get_or_init(|| preload(&PRELOAD));
     match r {
         Ok(v) => Ok(v.iter().map(|(p, _)| p.clone()).collect()),
         Err(e) => Err(e.clone()),
     }
+}
+
+/// cuDNN's libraries opened from `HPFF_CUDA_LIB_DIR` (apart from the others: cuDNN is
+/// optional, so failing to load it must not stop the executor).
+static PRELOADED_CUDNN: OnceLock<Result<Vec<(PathBuf, libloading::Library)>, CudaError>> = OnceLock::new();
+
+/// Opens the files of `HPFF_CUDA_LIB_DIR` matching `prefixes`, in that order.
+fn preload(prefixes: &[&str]) -> Result<Vec<(PathBuf, libloading::Library)>, CudaError> {
+    let dirs = std::env::var_os(LIB_DIR_ENV).unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&dirs).filter(|d| !d.as_os_str().is_empty()).collect();
+    let mut loaded = Vec::new();
+    for prefix in prefixes {
+        let Some(path) = dirs.iter().find_map(|d| pick(d, prefix)) else { continue };
+        // SAFETY: loading a CUDA library runs its initialisers, which have no
+        // preconditions; the handle lives in a static for the rest of the process, so
+        // nothing that resolves symbols through it can outlive it.
+        match unsafe { libloading::Library::new(&path) } {
+            Ok(lib) => loaded.push((path, lib)),
+            Err(e) => return Err(CudaError::LibDir { path: path.display().to_string(), reason: e.to_string() }),
+        }
+    }
+    Ok(loaded)
 }
 
 /// The file of `dir` for library `prefix` (`libnvrtc.so` matches `libnvrtc.so`,
@@ -183,6 +203,16 @@ pub fn require_nvrtc() -> Result<(), CudaError> {
     }
     // SAFETY: present, checked above.
     no_panic(|| check_symbols(unsafe { cudarc::nvrtc::sys::culib() }, "libnvrtc", NVRTC_SYMBOLS))
+}
+
+/// Preloads cuDNN's libraries from `HPFF_CUDA_LIB_DIR` (once); `dnn_api` then opens
+/// the shim by soname. An `Err` holds the reason (the executor then convolves without it).
+pub(crate) fn preload_cudnn() -> Result<(), String> {
+    preload_lib_dir().map_err(|e| e.to_string())?;
+    match PRELOADED_CUDNN.get_or_init(|| preload(&CUDNN_PRELOAD)) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// cuBLAS is loadable and has every function used here.

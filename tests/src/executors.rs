@@ -19,8 +19,11 @@ pub enum Target {
     Cpu(usize),
     /// The CUDA executor on GPU 0, strict fp32.
     Cuda,
-    /// The CUDA executor's launches and GEMMs run on the CPU.
+    /// The CUDA executor's launches and GEMMs run on the CPU, convolving as with cuDNN
+    /// (the core's whole-batch convolutions stand in for cuDNN's).
     CudaEmulated,
+    /// The same, convolving by the im2col kernels and GEMMs (the path without cuDNN).
+    CudaEmulatedIm2col,
 }
 
 impl Target {
@@ -31,7 +34,8 @@ impl Target {
             Target::Reference => Ok(device::boxed(Reference::new(layout, vec![0.0; layout.arena_len()]).unwrap())),
             Target::Cpu(threads) => device::open(Device::Cpu, layout, ExecOptions { threads, tf32: false }),
             Target::Cuda => device::open(Device::Cuda(0), layout, ExecOptions::default()),
-            Target::CudaEmulated => emulated(layout),
+            Target::CudaEmulated => emulated(layout, false),
+            Target::CudaEmulatedIm2col => emulated(layout, true),
         };
         r.unwrap_or_else(|e| panic!("{self:?}: {e}"))
     }
@@ -47,12 +51,14 @@ impl Target {
 }
 
 #[cfg(feature = "cuda")]
-fn emulated(layout: &Plan) -> hpff::error::Result<DynExecutor> {
-    Ok(device::boxed(hpff_kernels::emu::EmuExecutor::new(layout)))
+fn emulated(layout: &Plan, im2col: bool) -> hpff::error::Result<DynExecutor> {
+    use hpff_kernels::{emu::EmuExecutor, ConvPath};
+    let conv = if im2col { ConvPath::Im2col } else { ConvPath::Cudnn };
+    Ok(device::boxed(EmuExecutor::with_conv(layout, conv)))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn emulated(_: &Plan) -> hpff::error::Result<DynExecutor> {
+fn emulated(_: &Plan, _: bool) -> hpff::error::Result<DynExecutor> {
     Err(hpff::error::Error::msg("built without the cuda feature"))
 }
 
@@ -63,7 +69,7 @@ pub fn cuda_missing() -> Option<String> {
 
 /// Runs `body` on `target`, or says plainly why not.
 pub fn run_on(target: Target, body: fn(Target)) {
-    if target == Target::CudaEmulated && cfg!(not(feature = "cuda")) {
+    if matches!(target, Target::CudaEmulated | Target::CudaEmulatedIm2col) && cfg!(not(feature = "cuda")) {
         println!("skipped on the CUDA emulator: hpff-tests built without its `cuda` feature");
         return;
     }

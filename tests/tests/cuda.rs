@@ -14,7 +14,7 @@ use hpff_core::partition::{Partition, TableKind};
 use hpff_core::plan::Plan;
 use hpff_core::rng::Rng;
 use hpff_kernels::emu::EmuExecutor;
-use hpff_kernels::{CudaExecutor, CudaOptions};
+use hpff_kernels::{ConvPath, CudaExecutor, CudaOptions};
 use hpff_tests::executors::cuda_missing;
 use hpff_tests::golden::{golden_cases, rel_err, Golden, GOLDEN_SGD};
 use hpff_tests::module_case::case;
@@ -43,7 +43,7 @@ fn resnet32_hpff(batch: usize) -> Plan {
 /// the driver's 2 MiB pages.
 const ROUNDING_SLACK: usize = 16 << 20;
 /// Most device memory a cuBLAS handle may take for itself (64 MiB measured on an H200 with
-/// cuBLAS 13): more would be a change worth knowing about.
+/// cuBLAS 13): more would be a change worth knowing about. The same bound for cuDNN's.
 const BLAS_HANDLE_BOUND: usize = 128 << 20;
 
 /// The device memory an executor takes (cuMemGetInfo before and after building it, then
@@ -65,8 +65,10 @@ fn held_memory_is_what_the_device_gives_up() {
     for (stage, bytes) in ex.setup_memory() {
         println!("  device memory taken by {stage}: {:.1} MiB", mib(*bytes));
     }
-    let handle = ex.setup_memory().iter().find(|s| s.0 == "cuBLAS handle").map_or(0, |s| s.1);
-    assert!(handle <= BLAS_HANDLE_BOUND, "the cuBLAS handle took {:.1} MiB", mib(handle));
+    for lib in ["cuBLAS handle", "cuDNN handle"] {
+        let handle = ex.setup_memory().iter().find(|s| s.0 == lib).map_or(0, |s| s.1);
+        assert!(handle <= BLAS_HANDLE_BOUND, "the {lib} took {:.1} MiB", mib(handle));
+    }
     let x = vec![0.0; plan.input().len];
     let labels = vec![0; plan.batch];
     let mut losses = vec![0.0; plan.loss_slots()];
@@ -187,12 +189,17 @@ fn resnet32_hpff_batch_256_agrees_with_the_cpu_executor() {
         (losses, grads)
     };
     let (lc, gc) = run(hpff::device::boxed(hpff::cpu::CpuExecutor::new(&plan, 0)));
-    let (lg, gg) = run(hpff::device::boxed(CudaExecutor::new(0, &plan, CudaOptions::default()).unwrap()));
-    let (el, eg) = (rel_err(&lg, &lc), rel_err(&gg, &gc));
-    println!(
-        "ResNet-32 InfoPro+HPFF K=16, batch 256: losses within {el:.1e}, gradients within {eg:.1e} of the CPU executor"
-    );
-    assert!(el < 1e-4 && eg < 1e-3, "GPU and CPU disagree: losses {el:.2e}, gradients {eg:.2e}");
+    for conv in [ConvPath::Cudnn, ConvPath::Im2col] {
+        let opts = CudaOptions { conv: Some(conv), ..CudaOptions::default() };
+        let ex = CudaExecutor::new(0, &plan, opts).unwrap();
+        let name = ex.to_string();
+        let (lg, gg) = run(hpff::device::boxed(ex));
+        let (el, eg) = (rel_err(&lg, &lc), rel_err(&gg, &gc));
+        println!(
+            "ResNet-32 InfoPro+HPFF K=16, batch 256 on {name}: losses within {el:.1e}, gradients within {eg:.1e} of the CPU executor"
+        );
+        assert!(el < 1e-4 && eg < 1e-3, "GPU ({conv:?}) and CPU disagree: losses {el:.2e}, gradients {eg:.2e}");
+    }
 }
 
 /// Largest difference of one launch from its emulated twin, relative to the largest value

@@ -96,6 +96,16 @@ on_every_executor! {
     imagenet_resnet50_hpff => |t| run_case("imagenet_resnet50_hpff", t);
 }
 
+/// The CUDA executor's path without cuDNN (im2col kernels and GEMMs), emulated, on every
+/// fixture: `cuda_emulated` above convolves as with cuDNN.
+#[cfg(feature = "cuda")]
+#[test]
+fn im2col_convolutions_on_the_emulator() {
+    for case in golden_cases() {
+        run_case(&case, Exec::CudaEmulatedIm2col);
+    }
+}
+
 /// How far an executor's own rounding may move a fixture's input in this check: the GPU's
 /// launches differ from the emulator's by up to 2e-6 of their largest output (cuBLAS sums
 /// in another order; `cuda.rs`, `every_launch_agrees_with_its_emulated_twin`), most values
