@@ -601,8 +601,9 @@ impl<'a> Ctx<'a> {
             Op::Add { y, x } => {
                 self.each_chunk(|_, i0, cnt| ops::add_assign(self.rows_mut(y, i0, cnt), self.rows(x, i0, cnt)))
             }
-            Op::Sgd => {
-                let (params, grads, mom) = (self.arena.w(0, p), self.arena.r(p, p), self.arena.w(2 * p, p));
+            Op::Sgd { params: r } => {
+                let (params, grads, mom) =
+                    (self.arena.w(r.off, r.len), self.arena.r(p + r.off, r.len), self.arena.w(2 * p + r.off, r.len));
                 let sgd = self.input.sgd;
                 let lr = self.input.lr;
                 params

@@ -300,10 +300,10 @@ impl<'a> Arena<'a> {
                 loss::l2_normalize_backward(n, dim, self.r(x), self.r(dy), self.w(dx))
             }
             Op::Add { y, x } => ops::add_assign(self.w(y), self.r(x)),
-            Op::Sgd => {
-                let params = self.w(buf(0, p));
-                let grads = self.r(buf(p, p));
-                let mom = self.w(buf(2 * p, p));
+            Op::Sgd { params: r } => {
+                let params = self.w(r);
+                let grads = self.r(buf(p + r.off, r.len));
+                let mom = self.w(buf(2 * p + r.off, r.len));
                 sgd_step(&inp.sgd, inp.lr, params, grads, mom);
             }
         }

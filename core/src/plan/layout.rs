@@ -5,7 +5,7 @@
 //! head are recomputed from closed-form sizes, so the plan stores no tables. Names are
 //! the PyTorch reference's `state_dict` keys, so checkpoints move to and from it.
 
-use super::{AuxNet, Plan};
+use super::{AuxNet, Buf, Plan};
 use crate::arch::{Arch, BlockKind, BlockShape, Family};
 use crate::ops::{BatchNorm2d, Conv2d, Linear, MaxPool2d};
 use core::fmt;
@@ -417,6 +417,20 @@ impl Plan {
             }
         }
         cur
+    }
+
+    /// The parameters of module `j`, as two ranges of the parameter region: its part of
+    /// the backbone (the stem with module 0, the classifier with the last module; blocks
+    /// are laid out in module order) and its auxiliary nets (empty without any).
+    pub fn module_params(&self, j: usize) -> [Buf; 2] {
+        let start = |j: usize| match j {
+            0 => 0,
+            _ => self.block(self.part.blocks_of(j).start).convs[0].w,
+        };
+        let aux = |j: usize| if j < self.part.modules() { self.aux_cursor(j).p } else { self.params };
+        let backbone_end = if j + 1 < self.part.modules() { start(j + 1) } else { aux(0) };
+        let span = |a: usize, b: usize| Buf { off: a, len: b - a };
+        [span(start(j), backbone_end), span(aux(j), aux(j + 1))]
     }
 
     /// A cursor positioned at auxiliary net `net` of module `j`.

@@ -230,8 +230,13 @@ pub enum Op {
         y: Buf,
         x: Buf,
     },
-    /// One SGD step over all parameters.
-    Sgd,
+    /// One SGD step over the parameters `params` (offsets in the parameter region: with
+    /// their gradients and momentum). The schedule emits one per module and parameter
+    /// range, as soon as the module's gradients are final (see
+    /// [`super::Plan::module_params`]).
+    Sgd {
+        params: Buf,
+    },
 }
 
 impl Op {
@@ -267,7 +272,7 @@ impl Op {
             Op::ResizeBackward { .. } => "resize_backward",
             Op::L2NormalizeBackward { .. } => "l2_normalize_backward",
             Op::Add { .. } => "add",
-            Op::Sgd => "sgd",
+            Op::Sgd { .. } => "sgd",
         }
     }
 
@@ -276,7 +281,7 @@ impl Op {
     pub fn for_each_buf(&self, mut f: impl FnMut(&'static str, Access, Buf)) {
         use Access::{Read as R, Update as U, Write as W};
         match *self {
-            Op::BeginStep | Op::Sgd => {}
+            Op::BeginStep | Op::Sgd { .. } => {}
             Op::Zero { buf } => f("buf", W, buf),
             Op::Relu { x } => f("x", U, x),
             Op::Restore { x, y, .. }
@@ -364,6 +369,33 @@ impl Op {
                 f("dy", R, dy);
                 f("dx", U, dx);
             }
+        }
+    }
+}
+
+impl Op {
+    /// Calls `f` with every range of the parameter region (offsets as in the op) whose
+    /// values the op reads or whose gradients it adds to, or, for [`Op::Sgd`], updates.
+    /// [`Op::BeginStep`], which zeroes every gradient, lists nothing.
+    pub fn for_each_param(&self, mut f: impl FnMut(Buf)) {
+        let mut at = |off: usize, len: usize| f(Buf { off, len });
+        match *self {
+            Op::Conv { shape, weight, bias, .. } | Op::ConvBackward { shape, weight, bias, .. } => {
+                at(weight, shape.weight_len());
+                if let Some(b) = bias {
+                    at(b, shape.c_out);
+                }
+            }
+            Op::BnTrain { shape, affine, .. }
+            | Op::BnEval { shape, affine, .. }
+            | Op::BnApply { shape, affine, .. }
+            | Op::BnBackward { shape, affine, .. } => at(affine, 2 * shape.c),
+            Op::Linear { shape, weight, bias, .. } | Op::LinearBackward { shape, weight, bias, .. } => {
+                at(weight, shape.in_f * shape.out_f);
+                at(bias, shape.out_f);
+            }
+            Op::Sgd { params } => f(params),
+            _ => {}
         }
     }
 }

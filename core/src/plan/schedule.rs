@@ -813,7 +813,16 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         } else {
             self.train_local(img);
         }
-        self.op(Op::Sgd);
+    }
+
+    /// Module `j`'s update: its gradients are final and nothing after this reads its
+    /// parameters (the plan's tests check both for every method).
+    fn update(&mut self, j: usize) {
+        for params in self.plan.module_params(j) {
+            if params.len > 0 {
+                self.op(Op::Sgd { params });
+            }
+        }
     }
 
     /// E2E (one module) and the plain local methods: each module alone, input detached.
@@ -856,6 +865,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 Some(s) => self.stem_module_bwd(&fwd, &s, img, d, None, false),
                 None => _ = self.module_bwd(&fwd, d, Dx::No, true),
             }
+            self.update(j);
             self.top = mark;
         }
         self.top = base;
@@ -985,11 +995,13 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             // module 2's output is still free: the stem's output is recomputed there.
             if let Some(prev) = prev {
                 self.frame_bwd(&prev, img, (j == 1).then_some(outs[2]));
+                self.update(j - 1);
             }
             frames[j % 2] = Some(Frame { fwd, out, t, stem, dropped });
         }
         let top = frames[last % 2].take().expect("last module is live");
         self.frame_bwd(&top, img, None);
+        self.update(last);
         self.top = base;
     }
 
@@ -1152,6 +1164,53 @@ mod tests {
         assert!(count > 0);
     }
 
+    /// Every parameter is updated exactly once per step, by the [`Op::Sgd`] of its
+    /// module, and no op after that update reads the parameter or adds to its gradient:
+    /// the seam where a data-parallel run reduces a module's gradients while later
+    /// modules compute.
+    fn check_updates(plan: &Plan) {
+        let mut updated: heapless::Vec<Buf, 512> = heapless::Vec::new();
+        let mut count = 0;
+        plan.train_step(|op| {
+            op.for_each_param(|r| {
+                assert!(r.end() <= plan.params, "op {count} {}: {r:?} beyond the parameters", op.name());
+                if let Some(u) = updated.iter().find(|u| u.overlaps(&r)) {
+                    panic!("op {count} {} touches {r:?}, updated before at {u:?}", op.name());
+                }
+            });
+            if let Op::Sgd { params } = *op {
+                assert!(params.len > 0, "op {count}: an empty update");
+                updated.push(params).expect("at most 512 updates");
+            }
+            count += 1;
+        });
+        let total: usize = updated.iter().map(|u| u.len).sum();
+        assert_eq!(total, plan.params, "updates cover {total} of {} parameters", plan.params);
+        let modules = plan.modules();
+        for j in 0..modules {
+            let [a, b] = plan.module_params(j);
+            assert!(updated.contains(&a) && (b.len == 0 || updated.contains(&b)), "module {j}: {a:?} {b:?}");
+        }
+    }
+
+    #[test]
+    fn each_module_is_updated_once_its_gradients_are_final() {
+        let arch = Arch::resnet(32, 3, 32, 10).unwrap();
+        let mut checked = 0;
+        for levels in [Levels::Both, Levels::Independent, Levels::Cascade] {
+            for recompute in [false, true] {
+                for k in [2, 4, 8, 16] {
+                    let method = Method { levels, recompute, ..Method::reference(Base::InfoPro, true) };
+                    let part = Partition::for_k(&arch, k, TableKind::Reference).unwrap();
+                    let plan = Plan::new(arch, part, method, 3, [0.0; 4], [1.0; 4]).unwrap();
+                    check_updates(&plan);
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 24);
+    }
+
     #[test]
     fn buffers_stay_in_the_plan_and_never_overlap_within_an_op() {
         let methods = [
@@ -1178,6 +1237,7 @@ mod tests {
                         };
                         check(&plan, true);
                         check(&plan, false);
+                        check_updates(&plan);
                         checked += 1;
                     }
                 }
