@@ -601,6 +601,12 @@ impl<'a> Ctx<'a> {
             Op::Add { y, x } => {
                 self.each_chunk(|_, i0, cnt| ops::add_assign(self.rows_mut(y, i0, cnt), self.rows(x, i0, cnt)))
             }
+            Op::CheckGrads { slot } => {
+                let grads = self.arena.r(p, p);
+                if grads.par_chunks(SGD_PIECE).any(|c| c.iter().any(|g| !g.is_finite())) {
+                    losses[slot] = 1.0;
+                }
+            }
             Op::Sgd { params: r } => {
                 let (params, grads, mom) =
                     (self.arena.w(r.off, r.len), self.arena.r(p + r.off, r.len), self.arena.w(2 * p + r.off, r.len));

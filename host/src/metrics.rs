@@ -172,7 +172,7 @@ impl LossMeter {
                 m.insert(k.name().to_string(), v);
             }
         }
-        debug_assert!(self.sums.len() == self.modules * LOSS_KINDS);
+        debug_assert!(self.sums.len() == self.modules * LOSS_KINDS + 1);
         m
     }
 }

@@ -110,3 +110,12 @@ extern "C" __global__ void sgd_step(i64 n, float* p, const float* g, float* mom,
         p[i] = fmaf(d, -lr, pv);
     }
 }
+
+// loss[slot] = 1 if any of the n gradients is NaN or infinite (else it keeps the 0 that
+// BeginStep wrote). Threads that find one all store the same value, so the result does
+// not depend on which of them writes last.
+extern "C" __global__ void flag_nonfinite(i64 n, const float* g, float* loss, int slot) {
+    FOR_EACH(i, n) {
+        if (!isfinite(g[i])) loss[slot] = 1.0f;
+    }
+}

@@ -2,8 +2,8 @@
 //! [`Sink`] that launches on the executor's stream.
 
 use crate::compile;
-use crate::error::CudaError;
 use crate::dnn::Dnn;
+use crate::error::CudaError;
 use crate::gemm::Blas;
 use crate::kernels::{Src, K};
 use crate::launch::{check_signature, Arg, ConvCall, ConvPath, Gemm, Sink};

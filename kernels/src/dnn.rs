@@ -190,7 +190,10 @@ impl Dnn {
             ConvDir::BackwardFilter => api::BWD_FILTER_ALGOS,
         };
         if algo >= count {
-            return Err(CudaError::Cudnn { call: "cudnnGetConvolutionAlgorithm_v7", status: format!("algorithm {algo}") });
+            return Err(CudaError::Cudnn {
+                call: "cudnnGetConvolutionAlgorithm_v7",
+                status: format!("algorithm {algo}"),
+            });
         }
         p.algo = algo;
         p.ws_bytes = ws;
@@ -240,15 +243,17 @@ impl Dnn {
                 }
                 ConvDir::BackwardData => {
                     let (w, dy, dx) = (c.w as *const c_void, c.y as *const c_void, c.x as *mut c_void);
-                    let st =
-                        (a.backward_data)(self.h, alpha, p.w, w, p.y, dy, p.conv, p.algo, ws, p.ws_bytes, beta0, p.x, dx);
+                    let st = (a.backward_data)(
+                        self.h, alpha, p.w, w, p.y, dy, p.conv, p.algo, ws, p.ws_bytes, beta0, p.x, dx,
+                    );
                     check("cudnnConvolutionBackwardData", st)?;
                 }
                 ConvDir::BackwardFilter => {
                     let (x, dy, dw) = (c.x as *const c_void, c.y as *const c_void, c.w as *mut c_void);
                     // β = 1: the weight gradient accumulates over the step's losses.
-                    let st =
-                        (a.backward_filter)(self.h, alpha, p.x, x, p.y, dy, p.conv, p.algo, ws, p.ws_bytes, a1, p.w, dw);
+                    let st = (a.backward_filter)(
+                        self.h, alpha, p.x, x, p.y, dy, p.conv, p.algo, ws, p.ws_bytes, a1, p.w, dw,
+                    );
                     check("cudnnConvolutionBackwardFilter", st)?;
                 }
             }
@@ -277,7 +282,8 @@ mod tests {
     #[test]
     fn takes_the_first_deterministic_algorithm_that_fits() {
         let (ok, bad) = (api::SUCCESS, 3000);
-        let ranked = [perf(0, ok, 0, 0), perf(1, bad, 0, 1), perf(2, ok, 1 << 30, 1), perf(3, ok, 4096, 1), perf(4, ok, 0, 1)];
+        let ranked =
+            [perf(0, ok, 0, 0), perf(1, bad, 0, 1), perf(2, ok, 1 << 30, 1), perf(3, ok, 4096, 1), perf(4, ok, 0, 1)];
         assert_eq!(choose(&ranked, 1 << 20), Some((3, 4096)));
         assert_eq!(choose(&ranked, 1 << 30), Some((2, 1 << 30)));
         assert_eq!(choose(&ranked, 0), Some((4, 0)));

@@ -44,7 +44,16 @@ pub(crate) struct Perf {
     pub reserved: [c_int; 3],
 }
 
-type AlgoQuery = unsafe extern "C" fn(Handle, *mut c_void, *mut c_void, ConvDesc, *mut c_void, c_int, *mut c_int, *mut Perf) -> Status;
+type AlgoQuery = unsafe extern "C" fn(
+    Handle,
+    *mut c_void,
+    *mut c_void,
+    ConvDesc,
+    *mut c_void,
+    c_int,
+    *mut c_int,
+    *mut Perf,
+) -> Status;
 type ConvRun = unsafe extern "C" fn(
     Handle,
     *const c_void,
@@ -92,8 +101,15 @@ pub(crate) struct Api {
     pub backward_data: ConvRun,
     /// (handle, α, x desc, x, dy desc, dy, conv, algo, workspace, bytes, β, dw desc, dw)
     pub backward_filter: ConvRun,
-    pub add_tensor:
-        unsafe extern "C" fn(Handle, *const c_void, TensorDesc, *const c_void, *const c_void, TensorDesc, *mut c_void) -> Status,
+    pub add_tensor: unsafe extern "C" fn(
+        Handle,
+        *const c_void,
+        TensorDesc,
+        *const c_void,
+        *const c_void,
+        TensorDesc,
+        *mut c_void,
+    ) -> Status,
 }
 
 /// The soname opened (after `crate::load` preloaded the files of `HPFF_CUDA_LIB_DIR`,

@@ -370,6 +370,10 @@ impl<'a, S: Sink> Encoder<'a, S> {
                 self.each(K::L2normBackward, n, &[i("dim", dim)?, self.b(x), self.b(dy), self.b(dx)])?
             }
             Op::Add { y, x } => self.each(K::Add, y.len, &[self.b(y), self.b(x)])?,
+            Op::CheckGrads { slot } => {
+                let args = [Arg::P(self.a(plan.grads_off())), Arg::P(self.p.loss), i("slot", slot)?];
+                self.each(K::FlagNonfinite, plan.params, &args)?;
+            }
             Op::Sgd { params: r } => {
                 let (g, m) = (plan.grad_of(r.off), plan.momentum_off() + r.off);
                 let args = [Arg::P(self.a(r.off)), Arg::P(self.a(g)), Arg::P(self.a(m)), Arg::P(self.p.step)];

@@ -263,13 +263,7 @@ impl CudaExecutor {
             .map(|(dir, s, n, algo, ws)| {
                 format!(
                     "{dir:?} {}x{}x{}x{} k{} s{} -> {}: algo {algo}, workspace {ws} B",
-                    n,
-                    s.c_in,
-                    s.h,
-                    s.w,
-                    s.k,
-                    s.stride,
-                    s.c_out
+                    n, s.c_in, s.h, s.w, s.k, s.stride, s.c_out
                 )
             })
             .collect()

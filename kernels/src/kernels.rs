@@ -84,6 +84,7 @@ kernels! {
     PoolForward = Elementwise "pool_forward" "lppl";
     PoolBackward = Elementwise "pool_backward" "lppl";
     SgdStep = Elementwise "sgd_step" "lpppp";
+    FlagNonfinite = Elementwise "flag_nonfinite" "lppi";
     ChanPartialSum = Batchnorm "chan_partial_sum" "pillip";
     ChanPartialSqdev = Batchnorm "chan_partial_sqdev" "pillipp";
     ChanPartialBwd = Batchnorm "chan_partial_bwd" "ppillipp";

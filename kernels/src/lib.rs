@@ -108,9 +108,9 @@ pub use compile::{compile_all, nvrtc_available, nvrtc_version};
 pub use device::{device_memory_used, probe, DeviceInfo};
 pub use error::CudaError;
 pub use executor::{CudaExecutor, CudaOptions, CONV_ENV};
-pub use launch::ConvPath;
 pub use graph::GRAPHS_ENV;
 pub use kernels::kernel_count;
+pub use launch::ConvPath;
 pub use load::{preload_lib_dir, LIB_DIR_ENV};
 #[cfg(feature = "emulate")]
 pub use lockstep::Divergence;

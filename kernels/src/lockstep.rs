@@ -220,10 +220,17 @@ impl Sink for Tee<'_> {
 
     fn conv(&mut self, c: &ConvCall) -> Result<(), CudaError> {
         self.dev.conv(c)?;
-        let h = ConvCall { x: self.to_host(c.x), w: self.to_host(c.w), y: self.to_host(c.y), bias: self.to_host(c.bias), ..*c };
+        let h = ConvCall {
+            x: self.to_host(c.x),
+            w: self.to_host(c.w),
+            y: self.to_host(c.y),
+            bias: self.to_host(c.bias),
+            ..*c
+        };
         self.emu.conv(&h)?;
         let s = &c.shape;
-        let what = format!("cudnn {:?} {}x{}x{}x{} k{} s{} -> {}", c.dir, c.n, s.c_in, s.h, s.w, s.k, s.stride, s.c_out);
+        let what =
+            format!("cudnn {:?} {}x{}x{}x{} k{} s{} -> {}", c.dir, c.n, s.c_in, s.h, s.w, s.k, s.stride, s.c_out);
         self.compare(what, Some(CONV_WS))
     }
 

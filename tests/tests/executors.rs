@@ -150,7 +150,37 @@ fn deeper_nets_agree_with_the_reference(target: Target) {
     }
 }
 
+/// The step's own check of its gradients (`Op::CheckGrads`, the loss record's last slot):
+/// 0 after a normal step; 1 when one parameter is infinite (its gradient is then NaN or
+/// infinite), whichever module holds it.
+fn nonfinite_gradients_raise_the_flag(target: Target) {
+    let arch = Arch::resnet(8, 3, 16, 5).unwrap();
+    let part = Partition::from_splits(&arch, [(1, 0), (2, 0)]).unwrap();
+    let plan = Plan::new(arch, part, Method::reference(Base::InfoPro, true), 4, [0.5; 4], [0.25; 4]).unwrap();
+    let mut rng = Rng::new(9);
+    let start = Snapshot::init(&plan, &mut rng);
+    let x: Vec<f32> = (0..plan.input().len).map(|_| rng.uniform() * 3.0 - 1.5).collect();
+    let labels: Vec<u32> = (0..plan.batch).map(|_| rng.below(5) as u32).collect();
+    let flag = |poison: Option<usize>| {
+        let mut ex = target.open(&plan);
+        let mut s = start.clone();
+        if let Some(i) = poison {
+            s.params[i] = f32::INFINITY;
+        }
+        s.upload(&mut *ex).unwrap();
+        let mut losses = vec![0.0; plan.loss_slots()];
+        ex.train_step(&plan, &StepInput { x: &x, labels: &labels, lr: 0.1, sgd: GOLDEN_SGD }, &mut losses).unwrap();
+        losses[plan.nonfinite_slot()]
+    };
+    assert_eq!(flag(None), 0.0, "a finite step is flagged");
+    for j in 0..plan.modules() {
+        let [backbone, _] = plan.module_params(j);
+        assert_eq!(flag(Some(backbone.off)), 1.0, "an infinite weight in module {j} is not flagged");
+    }
+}
+
 on_every_executor! {
+    nonfinite_gradients => nonfinite_gradients_raise_the_flag;
     deeper_nets => deeper_nets_agree_with_the_reference;
     same_steps_same_bits => same_bits;
     recompute_gives_the_same_bits => recompute_same_bits;

@@ -300,6 +300,11 @@ impl<'a> Arena<'a> {
                 loss::l2_normalize_backward(n, dim, self.r(x), self.r(dy), self.w(dx))
             }
             Op::Add { y, x } => ops::add_assign(self.w(y), self.r(x)),
+            Op::CheckGrads { slot } => {
+                if self.r(buf(p, p)).iter().any(|g| !g.is_finite()) {
+                    losses[slot] = 1.0;
+                }
+            }
             Op::Sgd { params: r } => {
                 let params = self.w(r);
                 let grads = self.r(buf(p + r.off, r.len));

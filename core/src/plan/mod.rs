@@ -46,7 +46,7 @@ mod schedule;
 pub use crate::error::PlanError;
 pub use imagenet_aux::{StagedDecoderP, MAX_DECODER_LAYERS};
 pub use layout::{BlockP, BnP, ConvP, DecoderP, HeadP, Init, LinearP, Name, StemP, Tensor, TensorKind, MAX_HEAD_CONVS};
-pub use op::{Access, Buf, LossKind, LossSlot, Op, LOSS_KINDS};
+pub use op::{loss_record_len, Access, Buf, LossKind, LossSlot, Op, LOSS_KINDS};
 
 use crate::arch::{Arch, Family};
 use crate::method::{Base, Levels, Method, Pff};
@@ -278,8 +278,14 @@ impl Plan {
     pub fn logits(&self) -> Buf {
         Buf { off: self.input().end(), len: self.batch * self.arch.classes }
     }
-    /// Loss record length: `modules × LOSS_KINDS`.
+    /// Loss record length: `modules × LOSS_KINDS` losses, then the non-finite flag.
     pub fn loss_slots(&self) -> usize {
+        loss_record_len(self.part.modules())
+    }
+
+    /// The loss record's last slot: 1 after a training step whose gradients hold a NaN or
+    /// an infinity, else 0 ([`Op::CheckGrads`]).
+    pub fn nonfinite_slot(&self) -> usize {
         self.part.modules() * LOSS_KINDS
     }
 

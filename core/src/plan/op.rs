@@ -237,6 +237,12 @@ pub enum Op {
     Sgd {
         params: Buf,
     },
+    /// Sets loss-record slot `slot` to 1 if any gradient is NaN or infinite, else leaves
+    /// its 0 (the last op of a training step: the host learns of a bad step from the loss
+    /// record it receives anyway, without reading the gradients back).
+    CheckGrads {
+        slot: LossSlot,
+    },
 }
 
 impl Op {
@@ -273,6 +279,7 @@ impl Op {
             Op::L2NormalizeBackward { .. } => "l2_normalize_backward",
             Op::Add { .. } => "add",
             Op::Sgd { .. } => "sgd",
+            Op::CheckGrads { .. } => "check_grads",
         }
     }
 
@@ -281,7 +288,7 @@ impl Op {
     pub fn for_each_buf(&self, mut f: impl FnMut(&'static str, Access, Buf)) {
         use Access::{Read as R, Update as U, Write as W};
         match *self {
-            Op::BeginStep | Op::Sgd { .. } => {}
+            Op::BeginStep | Op::Sgd { .. } | Op::CheckGrads { .. } => {}
             Op::Zero { buf } => f("buf", W, buf),
             Op::Relu { x } => f("x", U, x),
             Op::Restore { x, y, .. }
@@ -443,6 +450,12 @@ pub enum LossKind {
 }
 
 pub const LOSS_KINDS: usize = 8;
+
+/// Length of the loss record of a plan with `modules` modules: [`LOSS_KINDS`] losses per
+/// module, then the non-finite gradient flag ([`Op::CheckGrads`]). For static buffers.
+pub const fn loss_record_len(modules: usize) -> usize {
+    modules * LOSS_KINDS + 1
+}
 
 impl LossKind {
     pub const ALL: [LossKind; LOSS_KINDS] = [

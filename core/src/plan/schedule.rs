@@ -813,6 +813,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         } else {
             self.train_local(img);
         }
+        self.op(Op::CheckGrads { slot: self.plan.nonfinite_slot() });
     }
 
     /// Module `j`'s update: its gradients are final and nothing after this reads its

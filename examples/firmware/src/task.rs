@@ -17,7 +17,7 @@ use hpff_core::exec::{ExecError, Executor, Reference, StepInput};
 use hpff_core::method::{AuxHead, Base, Method};
 use hpff_core::optim::Sgd;
 use hpff_core::partition::Partition;
-use hpff_core::plan::{LossKind, Plan, PlanError, LOSS_KINDS};
+use hpff_core::plan::{loss_record_len, LossKind, Plan, PlanError};
 use hpff_core::rng::Rng;
 
 pub const DEPTH: usize = 8;
@@ -36,7 +36,7 @@ pub const LR: f32 = 0.05;
 pub const EVAL_BATCHES: usize = 16;
 pub const SEED: u64 = 1;
 /// Loss record: every loss slot of every module.
-pub const LOSS_SLOTS: usize = MODULES * LOSS_KINDS;
+pub const LOSS_SLOTS: usize = loss_record_len(MODULES);
 pub const INPUT_LEN: usize = BATCH * CHANNELS * IMAGE * IMAGE;
 pub const LOGITS_LEN: usize = BATCH * CLASSES;
 /// Steps averaged at each end of training to say whether the loss fell.

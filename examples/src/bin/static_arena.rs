@@ -14,7 +14,7 @@ use hpff_core::exec::{Executor, Reference, StepInput};
 use hpff_core::method::{AuxHead, Base, Method};
 use hpff_core::optim::Sgd;
 use hpff_core::partition::Partition;
-use hpff_core::plan::{LossKind, Plan, LOSS_KINDS};
+use hpff_core::plan::{loss_record_len, LossKind, Plan};
 use hpff_core::rng::Rng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,7 +47,7 @@ const STEPS: usize = 60;
 static mut ARENA: [f32; ARENA_FLOATS] = [0.0; ARENA_FLOATS];
 static mut IMAGES: [f32; BATCH * IMAGE * IMAGE] = [0.0; BATCH * IMAGE * IMAGE];
 static mut LABELS: [u32; BATCH] = [0; BATCH];
-static mut LOSSES: [f32; 3 * LOSS_KINDS] = [0.0; 3 * LOSS_KINDS];
+static mut LOSSES: [f32; loss_record_len(3)] = [0.0; loss_record_len(3)];
 static mut LOGITS: [f32; BATCH * 4] = [0.0; BATCH * 4];
 
 /// A batch of quadrant images: background noise, one bright quadrant, normalised.
