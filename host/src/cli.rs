@@ -277,8 +277,30 @@ pub fn main() -> i32 {
         eprintln!("hpff: error: {}", crate::error::report(&e));
         return 2;
     }
+    let comm = match crate::dist::init() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hpff: error: {}", crate::error::report(&e));
+            return 2;
+        }
+    };
     match run(cli) {
-        Ok(()) => 0,
+        Ok(()) => {
+            comm.finish();
+            0
+        }
+        // One rank alone: it prints and ends the job, so that no other rank waits for it
+        // in a collective forever (most errors happen on every rank alike; rank 0's line
+        // then comes first).
+        Err(e) if comm.size() > 1 => {
+            let who =
+                if comm.rank() == 0 { String::new() } else { format!(" (rank {} of {})", comm.rank(), comm.size()) };
+            eprintln!("hpff: error{who}: {}", crate::error::report(&e));
+            if comm.rank() != 0 {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            comm.abort(1)
+        }
         Err(e) => {
             eprintln!("hpff: error: {}", crate::error::report(&e));
             1

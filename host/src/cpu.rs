@@ -13,6 +13,8 @@ use hpff_core::loss;
 use hpff_core::ops::{self, BatchNorm2d};
 use hpff_core::optim::sgd_step;
 use hpff_core::plan::{Buf, Op, Plan};
+
+use crate::dist::Comm;
 use rayon::prelude::*;
 use std::fmt;
 
@@ -32,6 +34,8 @@ pub struct CpuExecutor {
     scratch: Vec<f32>,
     partials: Vec<f32>,
     e: Extra,
+    /// The processes a module's gradients are averaged over before its update.
+    comm: Option<&'static dyn Comm>,
 }
 
 /// Sizes of the executor's own buffers for one plan.
@@ -59,10 +63,11 @@ fn extra(plan: &Plan) -> Extra {
 }
 
 impl CpuExecutor {
-    /// Worker threads `threads` means (0 = all cores).
+    /// Worker threads `threads` means (0 = this process's share of the cores, see
+    /// [`crate::dist::default_threads`]).
     pub fn resolve_threads(threads: usize) -> usize {
         if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            crate::dist::default_threads()
         } else {
             threads
         }
@@ -97,7 +102,15 @@ impl CpuExecutor {
             scratch: vec![0.0; e.scratch_per_thread * threads],
             partials: vec![0.0; e.partial_per_chunk * e.chunks],
             e,
+            comm: None,
         }
+    }
+
+    /// Averages each module's gradients over `comm`'s processes before its update (its
+    /// [`Op::Sgd`]s): data parallelism. `None` or one process: alone, as before.
+    pub fn with_comm(mut self, comm: Option<&'static dyn Comm>) -> CpuExecutor {
+        self.comm = comm.filter(|c| c.size() > 1);
+        self
     }
 
     pub fn threads(&self) -> usize {
@@ -176,7 +189,8 @@ impl Executor for CpuExecutor {
         self.arena[inp.off..inp.end()].copy_from_slice(input.x);
         let mut ops = Vec::new();
         plan.train_step(|op| ops.push(*op));
-        let ctx = Ctx::new(plan, &mut self.arena, &mut self.scratch, &mut self.partials, e, input);
+        let mut ctx = Ctx::new(plan, &mut self.arena, &mut self.scratch, &mut self.partials, e, input);
+        ctx.comm = self.comm;
         self.pool.install(|| ctx.run_all(&ops, losses));
         Ok(())
     }
@@ -263,6 +277,7 @@ struct Ctx<'a> {
     e: Extra,
     input: &'a StepInput<'a>,
     n: usize,
+    comm: Option<&'a dyn Comm>,
 }
 
 impl<'a> Ctx<'a> {
@@ -282,6 +297,7 @@ impl<'a> Ctx<'a> {
             e,
             input,
             n: plan.batch,
+            comm: None,
         }
     }
 
@@ -608,6 +624,9 @@ impl<'a> Ctx<'a> {
                 }
             }
             Op::Sgd { params: r } => {
+                if let Some(c) = self.comm {
+                    crate::dist::average(c, self.arena.w(p + r.off, r.len));
+                }
                 let (params, grads, mom) =
                     (self.arena.w(r.off, r.len), self.arena.r(p + r.off, r.len), self.arena.w(2 * p + r.off, r.len));
                 let sgd = self.input.sgd;

@@ -4,6 +4,7 @@
 //! on `&mut dyn Executor<Error = Error>`: whichever executor runs, the code is the same.
 
 use crate::cpu::CpuExecutor;
+use crate::dist::Comm;
 use crate::error::{Error, Result};
 use hpff_core::exec::{init_params, Executor, Held, Region, StepInput};
 use hpff_core::plan::Plan;
@@ -60,12 +61,15 @@ impl<'de> Deserialize<'de> for Device {
 }
 
 /// How to build an executor besides its device.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct ExecOptions {
     /// CPU worker threads (0 = all cores).
     pub threads: usize,
     /// Allow TF32 tensor-core GEMMs on the GPU (default: strict fp32).
     pub tf32: bool,
+    /// Average every module's gradients over these processes before its update (data
+    /// parallelism); `None` or one process: train alone.
+    pub comm: Option<&'static dyn Comm>,
 }
 
 /// An executor whose errors are the CLI's.
@@ -122,8 +126,11 @@ pub fn open(device: Device, layout: &Plan, opts: ExecOptions) -> Result<DynExecu
                 let need = |p: &Plan| CpuExecutor::bytes_needed(p, opts.threads);
                 crate::resources::check_fits(layout, avail, "the memory available", need)?;
             }
-            boxed(CpuExecutor::new(layout, opts.threads))
+            boxed(CpuExecutor::new(layout, opts.threads).with_comm(opts.comm))
         }
+        Device::Cuda(_) if opts.comm.is_some_and(|c| c.size() > 1) => return Err(Error::msg(
+            "training on several processes runs on --device cpu for now (the GPU path, over NCCL, is not built yet)",
+        )),
         Device::Cuda(n) => cuda(n, layout, opts)?,
     })
 }

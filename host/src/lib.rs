@@ -11,6 +11,7 @@ pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod files;
 pub mod metrics;

@@ -20,6 +20,7 @@ use crate::checkpoint::{self, Meta, TensorFile};
 use crate::config::{Config, NonFinite, Settings, Setup, Shape};
 use crate::data::{self, Augment, Dataset, Normalize, Source, Split};
 use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
+use crate::dist::{self, Comm, Shard};
 use crate::error::{io_err, Error, Result};
 use crate::metrics::{self, EpochMetrics, EvalResult, LossMeter};
 use crate::plot;
@@ -233,12 +234,29 @@ pub fn evaluate_source<E: Executor + ?Sized>(
 where
     Error: From<E::Error>,
 {
+    evaluate_over(exec, plan, src, norm, &dist::Solo)
+}
+
+/// [`evaluate_source`] split over `comm`'s processes: each evaluates its [`Shard`] of the
+/// images (every image once over all), and the counts and loss sums are added up, so
+/// every process returns the whole split's result.
+pub fn evaluate_over<E: Executor + ?Sized>(
+    exec: &mut E,
+    plan: &Plan,
+    src: &Source,
+    norm: &Normalize,
+    comm: &dyn Comm,
+) -> Result<EvalResult>
+where
+    Error: From<E::Error>,
+{
+    let shard = Shard { rank: comm.rank(), world: comm.size() };
     let b = plan.batch;
     let classes = plan.arch.classes;
     let (mut correct, mut loss, mut n) = (0usize, 0f64, 0usize);
     let mut x = vec![0f32; plan.input().len];
     let mut logits = vec![0f32; plan.logits().len];
-    for batch in src.eval_epoch(b, norm) {
+    for batch in src.eval_epoch(b, norm, shard) {
         let batch = batch?;
         x[..batch.x.len()].copy_from_slice(&batch.x);
         x[batch.x.len()..].fill(0.0);
@@ -261,7 +279,10 @@ where
         }
         n += batch.n;
     }
-    Ok(EvalResult { accuracy: correct as f64 / n.max(1) as f64, loss: loss / n.max(1) as f64, images: n })
+    let mut sums = [correct as f64, loss, n as f64];
+    comm.sum_f64(&mut sums);
+    let [correct, loss, n] = sums;
+    Ok(EvalResult { accuracy: correct / n.max(1.0), loss: loss / n.max(1.0), images: n as usize })
 }
 
 /// What a run does besides its config.
@@ -327,8 +348,16 @@ fn say(opts: &RunOptions, s: impl AsRef<str>) {
 }
 
 /// Trains with config `cfg` (completed with the defaults) on `data`, from scratch or from `resumed`.
+///
+/// Under mpirun every process calls this with the same arguments ([`crate::dist`]): each
+/// trains on its shard of every global batch, with its module gradients averaged over
+/// the processes; rank 0 alone prints and writes.
 pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, opts: &RunOptions) -> Result<Outcome> {
     let t0 = Instant::now();
+    let comm = dist::world();
+    let lead = comm.rank() == 0;
+    let opts = &RunOptions { quiet: opts.quiet || !lead, ..opts.clone() };
+    let shard = Shard { rank: comm.rank(), world: comm.size() };
     let cfg = cfg.settings();
     let aug = augment_of(&cfg);
     let mut evals = vec![&data.eval];
@@ -338,12 +367,12 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     let shape = data_shape(&data.train, aug.as_ref(), &evals)?;
     let setup: Setup = cfg.setup(shape)?;
     let out = cfg.out.clone();
-    let batch = setup.batch;
+    let batch = dist::local_batch(setup.batch, comm)?;
     let plan = setup.plan(batch)?;
     if let Some(limit) = opts.memory_limit {
         crate::budget::check_fits(&setup, &plan, limit)?;
     }
-    let tail_n = data.train.len() % batch;
+    let tail_n = shard.len(data.train.len()) % batch;
     // The last partial batch (the reference's DataLoader keeps it) runs on a plan of
     // its own size; parameter offsets do not depend on the batch, so the arena is shared.
     let tail = if tail_n > 0 { Some(setup.plan(tail_n)?) } else { None };
@@ -351,7 +380,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     let epochs = cfg.epochs;
     let eval_every = cfg.eval_every;
     let device = cfg.device;
-    let exec_opts = ExecOptions { threads: cfg.threads, tf32: cfg.tf32 };
+    let exec_opts = ExecOptions { threads: cfg.threads, tf32: cfg.tf32, comm: Some(comm) };
     let mut exec: DynExecutor = device::open(device, &plan, exec_opts)?;
     let data_rng = Rng::new(seed).fork(DATA_STREAM);
     let mut meta = Meta {
@@ -391,20 +420,11 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         }
         None => Snapshot::init(&plan, &mut Rng::new(seed).fork(INIT_STREAM)).upload(&mut *exec)?,
     }
-    std::fs::create_dir_all(&out).map_err(|e| io_err(&out, "create the output folder", e))?;
-    // Room for two checkpoints (the committed one stays until the next is in place):
-    // known now, so said now rather than after the first epoch's work.
-    let ckpt = checkpoint::bytes_bound(&plan);
-    if let Some(free) = crate::files::free_bytes(&out).filter(|&f| f < 2 * ckpt) {
-        return Err(Error::msg(format!(
-            "{}: {} free, but checkpoints need {} (two while one replaces the other); free space or choose another --out",
-            out.display(),
-            fmt_mib(Some(free)),
-            fmt_mib(Some(2 * ckpt))
-        )));
-    }
+    dist::check_same(comm, "configuration, data or hpff binary", &run_digest(&meta, &data))?;
     let cfg_path = out.join("config.toml");
-    crate::files::write_atomic(&cfg_path, meta.config.to_toml().as_bytes())?;
+    if lead {
+        prepare_out(&out, &plan, &cfg_path, &meta)?;
+    }
 
     let mem = plan.memory();
     say(opts, format!("hpff {} — config (saved in {}):", env!("CARGO_PKG_VERSION"), cfg_path.display()));
@@ -452,6 +472,22 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         ),
     );
     say(opts, format!("schedule: {}", setup.schedule_line()));
+    if comm.size() > 1 {
+        let n = data.train.len();
+        say(
+            opts,
+            format!(
+                "processes: {} (MPI); each takes {batch} of every batch of {} and {} of the epoch's {n} training images{}; gradients averaged over the processes before each module's update",
+                comm.size(),
+                setup.batch,
+                shard.len(n),
+                match shard.padding(n) {
+                    0 => String::new(),
+                    p => format!(" (padded with {p} repeated image{} to equal shards)", if p == 1 { "" } else { "s" }),
+                }
+            ),
+        );
+    }
     if let Some(l) = &resumed {
         say(
             opts,
@@ -486,7 +522,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     let start_epoch = meta.epoch;
     for epoch in start_epoch + 1..=stop {
         let te = Instant::now();
-        let mut batches = data.train.train_epoch(batch, aug.as_ref(), &setup.normalize, &data_rng, epoch as u64);
+        let mut batches = data.train.train_epoch(batch, aug.as_ref(), &setup.normalize, &data_rng, epoch as u64, shard);
         let steps = batches.len();
         let pb = progress(opts.quiet, steps as u64, epoch, epochs);
         let mut meter = LossMeter::new(&plan).with_curve(steps);
@@ -504,8 +540,8 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
                     .ok_or_else(|| Error::msg("internal: no plan for a partial batch"))?
             };
             let input = StepInput { x: &b.x, labels: &b.y, lr, sgd: setup.sgd };
-            match guarded_step(&mut *exec, p, &input, &mut losses, &mut grads, &meter, on_nonfinite)? {
-                None => meter.add_at(&losses, b.n, i),
+            match guarded_step(&mut *exec, p, &input, &mut losses, &mut grads, &meter, on_nonfinite, comm)? {
+                None => meter.add_at(&losses, b.n * comm.size(), i),
                 Some(fault) if on_nonfinite == NonFinite::Skip => {
                     skipped += 1;
                     if !opts.quiet {
@@ -561,8 +597,9 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
             )));
         }
         let train_s = te.elapsed().as_secs_f64();
+        share_bn_state(&mut *exec, comm)?;
         let ev = if epoch % eval_every == 0 || epoch == epochs {
-            Some(evaluate_source(&mut *exec, &plan, &data.eval, &setup.normalize)?)
+            Some(evaluate_over(&mut *exec, &plan, &data.eval, &setup.normalize, comm)?)
         } else {
             None
         };
@@ -591,9 +628,11 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         say(opts, epoch_line(&rec, epochs));
         meta.metrics.push(rec);
         meta.epoch = epoch;
-        let mut m = meta.clone();
-        m.elapsed_s = meta.elapsed_s + t0.elapsed().as_secs_f64();
-        write_outputs(&out, &plan, &Snapshot::download(&mut *exec)?, &mut m, data.eval_name)?;
+        if lead {
+            let mut m = meta.clone();
+            m.elapsed_s = meta.elapsed_s + t0.elapsed().as_secs_f64();
+            write_outputs(&out, &plan, &Snapshot::download(&mut *exec)?, &mut m, data.eval_name)?;
+        }
     }
 
     let finished = meta.epoch >= epochs;
@@ -605,8 +644,8 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
                 loss: r.eval_loss.unwrap_or(0.0),
                 images: data.eval.len(),
             },
-            (Some(t), _) => evaluate_source(&mut *exec, &plan, t, &setup.normalize)?,
-            (None, _) => evaluate_source(&mut *exec, &plan, &data.eval, &setup.normalize)?,
+            (Some(t), _) => evaluate_over(&mut *exec, &plan, t, &setup.normalize, comm)?,
+            (None, _) => evaluate_over(&mut *exec, &plan, &data.eval, &setup.normalize, comm)?,
         });
     }
     let wall_s = t0.elapsed().as_secs_f64();
@@ -615,7 +654,9 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     meta.elapsed_s += wall_s;
     let snapshot = Snapshot::download(&mut *exec)?;
     exec.download(Region::Grads, 0, &mut grads)?;
-    write_outputs(&out, &plan, &snapshot, &mut meta, data.eval_name)?;
+    if lead {
+        write_outputs(&out, &plan, &snapshot, &mut meta, data.eval_name)?;
+    }
     let summary = serde_json::json!({
         "finished": finished,
         "epochs": meta.epoch,
@@ -630,8 +671,10 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         "executor_extra_bytes": exec.held().extra,
         "peak_rss_bytes": peak,
     });
-    let sp = out.join("summary.json");
-    crate::files::write_atomic(&sp, &serde_json::to_vec_pretty(&summary).expect("json"))?;
+    if lead {
+        let sp = out.join("summary.json");
+        crate::files::write_atomic(&sp, &serde_json::to_vec_pretty(&summary).expect("json"))?;
+    }
     let mem_line = format!("arena {} planned, peak RSS {}", fmt_mib(Some(mem.total() as u64)), fmt_mib(peak));
     match test {
         Some(t) => say(
@@ -671,6 +714,55 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     })
 }
 
+/// Creates the output folder, checks it has room for checkpoints, and writes `config.toml`.
+fn prepare_out(out: &Path, plan: &Plan, cfg_path: &Path, meta: &Meta) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| io_err(out, "create the output folder", e))?;
+    // Room for two checkpoints (the committed one stays until the next is in place):
+    // known now, so said now rather than after the first epoch's work.
+    let ckpt = checkpoint::bytes_bound(plan);
+    if let Some(free) = crate::files::free_bytes(out).filter(|&f| f < 2 * ckpt) {
+        return Err(Error::msg(format!(
+            "{}: {} free, but checkpoints need {} (two while one replaces the other); free space or choose another --out",
+            out.display(),
+            fmt_mib(Some(free)),
+            fmt_mib(Some(2 * ckpt))
+        )));
+    }
+    crate::files::write_atomic(cfg_path, meta.config.to_toml().as_bytes())
+}
+
+/// What every process of a job must share: the configuration, the data's sizes, classes
+/// and labels, and the hpff binary itself.
+fn run_digest(meta: &Meta, data: &Data) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(meta.config.to_toml());
+    h.update(format!("{:?}", meta.shape));
+    for s in [Some(&data.train), Some(&data.eval), data.test.as_ref()].into_iter().flatten() {
+        h.update(s.len().to_le_bytes());
+        h.update(s.class_names().join("\n"));
+        if let Source::Memory(d) = s {
+            h.update(d.labels.iter().flat_map(|l| l.to_le_bytes()).collect::<Vec<u8>>());
+        }
+    }
+    if let Ok(bin) = std::env::current_exe().and_then(std::fs::read) {
+        h.update(bin);
+    }
+    h.finalize().into()
+}
+
+/// Rank 0's BN running statistics on every process (as DDP broadcasts its buffers), so
+/// that evaluation and checkpoints see one model; a no-op alone.
+fn share_bn_state(exec: &mut dyn Executor<Error = Error>, comm: &dyn Comm) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let mut state = vec![0f32; exec.layout().state];
+    exec.download(Region::BnState, 0, &mut state)?;
+    comm.broadcast_f32(&mut state);
+    exec.upload(Region::BnState, 0, &state)
+}
+
 /// The checkpoint first (its commit is the point a run can resume from), then the
 /// metrics and plot derived from the same records; each file is replaced atomically, so
 /// after a crash `metrics.jsonl` never holds an epoch the checkpoint lacks (and a
@@ -692,12 +784,15 @@ fn guarded_step<E: Executor + ?Sized>(
     grads: &mut [f32],
     meter: &LossMeter,
     policy: NonFinite,
+    comm: &dyn Comm,
 ) -> Result<Option<String>>
 where
     Error: From<E::Error>,
 {
     let before = if policy == NonFinite::Skip { Some(Snapshot::download(exec)?) } else { None };
     exec.train_step(plan, input, losses)?;
+    // The job's mean losses (and non-finite flag), so every process decides alike.
+    dist::average(comm, &mut losses[..plan.loss_slots()]);
     let fault = match meter.nonfinite(losses) {
         // Modules are numbered from 0, as `hpff plan` lists them.
         Some((module, kind, v)) => Some(format!("the {} loss of module {module} is {v}", kind.name())),
@@ -907,7 +1002,8 @@ mod tests {
         let (mut losses, mut grads) = (vec![0f32; plan.loss_slots()], vec![0f32; plan.params]);
         let mut step = |exec: &mut Faulty, policy| {
             let before = Snapshot::download(exec).unwrap();
-            let fault = guarded_step(exec, &plan, &input, &mut losses, &mut grads, &meter, policy).unwrap();
+            let fault =
+                guarded_step(exec, &plan, &input, &mut losses, &mut grads, &meter, policy, &dist::Solo).unwrap();
             (fault, before == Snapshot::download(exec).unwrap())
         };
         // A good step counts and changes the model.

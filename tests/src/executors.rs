@@ -32,7 +32,9 @@ impl Target {
     pub fn open(self, layout: &Plan) -> DynExecutor {
         let r = match self {
             Target::Reference => Ok(device::boxed(Reference::new(layout, vec![0.0; layout.arena_len()]).unwrap())),
-            Target::Cpu(threads) => device::open(Device::Cpu, layout, ExecOptions { threads, tf32: false }),
+            Target::Cpu(threads) => {
+                device::open(Device::Cpu, layout, ExecOptions { threads, ..ExecOptions::default() })
+            }
             Target::Cuda => device::open(Device::Cuda(0), layout, ExecOptions::default()),
             Target::CudaEmulated => emulated(layout, false),
             Target::CudaEmulatedIm2col => emulated(layout, true),

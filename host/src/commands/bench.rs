@@ -57,7 +57,9 @@ pub fn bench(
         return Err(Error::msg("--steps must be at least 1"));
     }
     let setup = cfg.setup(shape)?;
-    let plan = setup.plan(setup.batch)?;
+    // Under mpirun the batch is the job's, each process stepping its share of it.
+    let comm = crate::dist::world();
+    let plan = setup.plan(crate::dist::local_batch(setup.batch, comm)?)?;
     if let Some(limit) = memory_limit {
         crate::budget::check_fits(&setup, &plan, limit)?;
     }
@@ -72,21 +74,24 @@ pub fn bench(
     let (train_s, train_med) = timed(warmup, steps, || exec.train_step(&plan, &input, &mut losses))?;
     let mut logits = vec![0f32; plan.logits().len];
     let (eval_s, eval_med) = timed(warmup, steps, || exec.eval_step(&plan, &x, &mut logits))?;
+    let reduce_s = comm.reduce_time().as_secs_f64() / (warmup + steps) as f64;
     let (tf, ef) = metrics::plan_flops(&plan);
-    let b = plan.batch as f64;
+    let procs = comm.size();
+    let (tf, ef) = (tf * procs as u64, ef * procs as u64);
+    let b = setup.batch as f64;
     let peak = metrics::peak_rss_bytes();
     let arena_b = plan.arena_len() * 4;
     let extra = exec.held().extra;
     let mut v = describe(&setup, &plan);
     let fields = json!({
         "device": exec.to_string(),
-        "threads": match cfg.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        },
+        "threads": crate::cpu::CpuExecutor::resolve_threads(cfg.threads),
         "tf32": cfg.tf32,
         // The host CPU's kernel path (the CPU executor's; HPFF_CPU_ISA caps it).
         "isa": hpff_core::ops::cpu_isa().name(),
+        "processes": procs,
+        "allreduce_s_per_step": reduce_s,
+        "allreduce_share": reduce_s / train_s,
         "steps": steps,
         "warmup": warmup,
         "train_step_s": train_s,
@@ -109,6 +114,9 @@ pub fn bench(
     if let (Some(o), serde_json::Value::Object(f)) = (v.as_object_mut(), fields) {
         o.extend(f);
     }
+    if comm.rank() != 0 {
+        return Ok(());
+    }
     if as_json {
         println!("{v}");
     } else {
@@ -116,7 +124,10 @@ pub fn bench(
             "bench: {} {}; batch {}; {exec}; {steps} steps after {warmup} warm-up",
             setup.arch.name(),
             setup.method_line(),
-            plan.batch,
+            match procs {
+                1 => plan.batch.to_string(),
+                n => format!("{} ({n} processes × {})", setup.batch, plan.batch),
+            },
         );
         println!(
             "  train: {:.1} images/s, {:.3} s/step (median {:.3} s, {:.1} images/s), {:.2} GFLOP/s ({:.2} GFLOP/step)",
@@ -136,6 +147,13 @@ pub fn bench(
             ef as f64 / eval_s / 1e9,
             ef as f64 / 1e9
         );
+        if procs > 1 {
+            println!(
+                "  {procs} processes: gradient all-reduce {:.4} s/step ({:.1}% of the step)",
+                reduce_s,
+                100.0 * reduce_s / train_s
+            );
+        }
         println!(
             "  memory: arena {} planned, executor extra {}, peak RSS {}",
             fmt_mib(Some(arena_b as u64)),

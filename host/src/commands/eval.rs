@@ -84,8 +84,13 @@ pub fn eval(checkpoint: &Path, over: &Config, as_json: bool, memory_limit: Optio
     let mut exec = open_executor(&cfg, &plan)?;
     model.upload(&mut *exec)?;
     let t = Instant::now();
-    let r = train::evaluate_source(&mut *exec, &plan, &test, &setup.normalize)?;
+    // Under mpirun each process evaluates its share of the images; rank 0 reports.
+    let comm = crate::dist::world();
+    let r = train::evaluate_over(&mut *exec, &plan, &test, &setup.normalize, comm)?;
     let secs = t.elapsed().as_secs_f64();
+    if comm.rank() != 0 {
+        return Ok(());
+    }
     if as_json {
         println!(
             "{}",

@@ -12,8 +12,9 @@ use crate::device::{self, DynExecutor, ExecOptions};
 use crate::error::Result;
 use hpff_core::plan::Plan;
 
-/// The executor `cfg` asks for, laid out for `plan`.
+/// The executor `cfg` asks for, laid out for `plan`, in this process's job (which
+/// averages gradients over the job's processes under mpirun).
 pub(crate) fn open_executor(cfg: &Settings, plan: &Plan) -> Result<DynExecutor> {
-    let opts = ExecOptions { threads: cfg.threads, tf32: cfg.tf32 };
+    let opts = ExecOptions { threads: cfg.threads, tf32: cfg.tf32, comm: Some(crate::dist::world()) };
     device::open(cfg.device, plan, opts)
 }

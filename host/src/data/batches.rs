@@ -2,9 +2,11 @@
 //! thread a batch or two ahead of the consumer.
 //!
 //! The epoch's generator is `rng.fork(epoch)`: it first shuffles the index order (if
-//! `shuffle`), then draws the augmentation of each batch in order. The background
-//! thread runs exactly that sequence, so the batches are bit-identical to
-//! [`Batches::synchronous`].
+//! `shuffle`); the image at position `p` of that order then draws its augmentation from
+//! its own generator, the shuffled one forked by `p`. So a batch's contents depend only on
+//! the seed, the epoch and the positions it holds: the background thread gives the
+//! batches of [`Batches::synchronous`] bit for bit, and a process that takes a
+//! [`Shard`] of the positions (data parallelism) prepares each image as one process would.
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use hpff_core::rng::Rng;
 
 use super::augment::{batch_image_shape, fill_batch, Augment, Normalize};
 use super::dataset::Dataset;
+use crate::dist::Shard;
 
 /// One batch: `n` images as NCHW `f32` in `x` and their labels in `y`.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,25 +38,44 @@ pub struct BatchOptions {
     pub normalize: Normalize,
     /// Batches queued ahead of the consumer beyond the one being prepared (0 or more).
     pub prefetch: usize,
+    /// The positions of the epoch this process takes (training pads to equal shards).
+    pub shard: Shard,
 }
 
 impl BatchOptions {
     /// Training batches: shuffled, augmented, last partial batch kept.
     pub fn train(batch_size: usize, augment: Option<Augment>, normalize: Normalize) -> Self {
-        BatchOptions { batch_size, shuffle: true, drop_last: false, augment, normalize, prefetch: 1 }
+        BatchOptions {
+            batch_size,
+            shuffle: true,
+            drop_last: false,
+            augment,
+            normalize,
+            prefetch: 1,
+            shard: Shard::WHOLE,
+        }
     }
 
     /// Evaluation batches: in order, no augmentation, every image once.
     pub fn eval(batch_size: usize, normalize: Normalize) -> Self {
-        BatchOptions { batch_size, shuffle: false, drop_last: false, augment: None, normalize, prefetch: 1 }
+        BatchOptions {
+            batch_size,
+            shuffle: false,
+            drop_last: false,
+            augment: None,
+            normalize,
+            prefetch: 1,
+            shard: Shard::WHOLE,
+        }
     }
 }
 
-/// The plan of one epoch: index order and generator after shuffling.
+/// The plan of one epoch: this process's (position, image) pairs and the generator
+/// after shuffling.
 struct Plan {
     ds: Arc<Dataset>,
     opts: BatchOptions,
-    order: Vec<usize>,
+    items: Vec<(u64, usize)>,
     rng: Rng,
     len: usize,
     image_len: usize,
@@ -67,13 +89,16 @@ impl Plan {
         if opts.shuffle {
             erng.shuffle(&mut order);
         }
+        // Training (shuffled) pads to equal shards, so every rank runs the same steps;
+        // evaluation counts every image once.
+        let items = opts.shard.take(&order, opts.shuffle);
         let bs = opts.batch_size.max(1);
-        let len = if opts.drop_last { ds.n / bs } else { ds.n.div_ceil(bs) };
+        let len = if opts.drop_last { items.len() / bs } else { items.len().div_ceil(bs) };
         let (c, h, w) = batch_image_shape(&ds, opts.augment.as_ref());
         Plan {
             ds,
             opts: BatchOptions { batch_size: bs, ..opts.clone() },
-            order,
+            items,
             rng: erng,
             len,
             image_len: c * h * w,
@@ -86,12 +111,14 @@ impl Plan {
             return None;
         }
         let bs = self.opts.batch_size;
-        let idx = &self.order[self.next * bs..((self.next + 1) * bs).min(self.order.len())];
+        let items = &self.items[self.next * bs..((self.next + 1) * bs).min(self.items.len())];
         self.next += 1;
-        let n = idx.len();
+        let n = items.len();
+        let idx: Vec<usize> = items.iter().map(|&(_, i)| i).collect();
         let mut x = vec![0f32; n * self.image_len];
         let mut y = vec![0u32; n];
-        fill_batch(&self.ds, idx, self.opts.augment.as_ref(), &self.opts.normalize, &mut self.rng, &mut x, &mut y);
+        let rng = |k: usize| self.rng.fork(items[k].0);
+        fill_batch(&self.ds, &idx, self.opts.augment.as_ref(), &self.opts.normalize, &rng, &mut x, &mut y);
         Some(Batch { x, y, n })
     }
 }
@@ -270,6 +297,31 @@ mod tests {
         assert_eq!(ev.iter().map(|b| b.n).collect::<Vec<_>>(), vec![10, 10, 3]);
         assert_eq!(ev[0].x[0], d.images[0] as f32 / 255.0);
         assert_eq!(ev[2].y, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn shards_hold_the_single_process_batches() {
+        let d = ds(23);
+        let rng = Rng::new(9);
+        let one: Vec<Batch> = Batches::synchronous(d.clone(), &opts(6, false), &rng, 2).collect();
+        let per_image = |b: &Batch, k: usize| (b.y[k], b.x[k * b.x.len() / b.n..(k + 1) * b.x.len() / b.n].to_vec());
+        for world in [2, 3] {
+            let shards: Vec<Vec<Batch>> = (0..world)
+                .map(|rank| {
+                    let o = BatchOptions { shard: Shard { rank, world }, ..opts(6 / world, false) };
+                    Batches::new(d.clone(), &o, &rng, 2).collect()
+                })
+                .collect();
+            // 23 images pad to 24: every rank runs the same 4 steps over 24 / world images.
+            assert!(shards.iter().all(|s| s.len() == 4 && s.iter().map(|b| b.n).sum::<usize>() == 24 / world));
+            for (k, whole) in one.iter().enumerate() {
+                for (j, want) in (0..whole.n).map(|j| (j, per_image(whole, j))) {
+                    // Position j of global batch k is rank j % world's image j / world.
+                    let got = per_image(&shards[j % world][k], j / world);
+                    assert_eq!(got, want, "world {world}, batch {k}, image {j}");
+                }
+            }
+        }
     }
 
     #[test]

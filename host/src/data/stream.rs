@@ -37,6 +37,8 @@ use std::time::{Duration, Instant};
 
 use hpff_core::rng::Rng;
 
+use crate::dist::Shard;
+
 use super::augment::{Augment, Normalize};
 use super::batches::{Batch, BatchOptions, Batches};
 use super::dataset::Dataset;
@@ -79,17 +81,27 @@ pub struct StreamOptions {
     pub workers: usize,
     /// Batches prepared ahead of the one the consumer holds (at least 1).
     pub depth: usize,
+    /// The positions of the epoch this process takes (training pads to equal shards).
+    pub shard: Shard,
 }
 
 impl StreamOptions {
     /// Training: shuffled, random crops, last partial batch kept.
     pub fn train(batch_size: usize, workers: usize) -> Self {
-        StreamOptions { batch_size, shuffle: true, drop_last: false, train: true, workers, depth: DEFAULT_DEPTH }
+        StreamOptions {
+            batch_size,
+            shuffle: true,
+            drop_last: false,
+            train: true,
+            workers,
+            depth: DEFAULT_DEPTH,
+            shard: Shard::WHOLE,
+        }
     }
 
     /// Evaluation: in order, centre crops, every image once.
     pub fn eval(batch_size: usize, workers: usize) -> Self {
-        StreamOptions { batch_size, shuffle: false, drop_last: false, train: false, workers, depth: DEFAULT_DEPTH }
+        StreamOptions { shuffle: false, train: false, ..Self::train(batch_size, workers) }
     }
 }
 
@@ -223,7 +235,8 @@ struct State {
 struct Shared {
     set: StreamSet,
     opts: StreamOptions,
-    order: Vec<usize>,
+    /// This process's (position in the epoch, image) pairs.
+    items: Vec<(u64, usize)>,
     rng: Rng,
     len: usize,
     state: Mutex<State>,
@@ -233,7 +246,7 @@ struct Shared {
 impl Shared {
     fn batch_len(&self, b: usize) -> usize {
         let bs = self.opts.batch_size;
-        bs.min(self.order.len() - b * bs)
+        bs.min(self.items.len() - b * bs)
     }
 
     /// A worker ([`Shared::work_inner`]); a panic stops the epoch and reaches the consumer.
@@ -259,7 +272,7 @@ impl Shared {
             let p = {
                 let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 loop {
-                    if st.stop || st.next >= self.len * bs || st.next >= self.order.len() {
+                    if st.stop || st.next >= self.len * bs || st.next >= self.items.len() {
                         return;
                     }
                     let b = st.next / bs;
@@ -275,8 +288,8 @@ impl Shared {
                     st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            let k = self.order[p];
-            let mut rng = self.rng.fork(p as u64);
+            let (pos, k) = self.items[p];
+            let mut rng = self.rng.fork(pos);
             let r = self.set.load_one(k, self.opts.train, &mut rng, &mut scratch, &mut buf);
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             match r {
@@ -332,13 +345,14 @@ impl StreamBatches {
         if opts.shuffle {
             erng.shuffle(&mut order);
         }
+        let items = opts.shard.take(&order, opts.shuffle);
         let opts = StreamOptions { batch_size: opts.batch_size.max(1), ..opts.clone() };
         let bs = opts.batch_size;
-        let len = if opts.drop_last { order.len() / bs } else { order.len().div_ceil(bs) };
+        let len = if opts.drop_last { items.len() / bs } else { items.len().div_ceil(bs) };
         let shared = Arc::new(Shared {
             set,
             opts,
-            order,
+            items,
             rng: erng,
             len,
             state: Mutex::new(State {
@@ -497,34 +511,45 @@ impl Source {
 
     /// The options a streamed epoch runs with: `train` picks the random crops (else the
     /// evaluation transform), shuffled when `shuffle`.
-    fn stream_options(s: &StreamSet, batch: usize, train: bool, shuffle: bool) -> StreamOptions {
-        StreamOptions { train, shuffle, ..StreamOptions::train(batch, s.workers) }
+    fn stream_options(s: &StreamSet, batch: usize, train: bool, shuffle: bool, shard: Shard) -> StreamOptions {
+        StreamOptions { train, shuffle, shard, ..StreamOptions::train(batch, s.workers) }
     }
 
-    /// Training epoch `epoch`: shuffled; augmented with `aug` (in memory) or random
-    /// resized crops (streamed; `aug` none: the evaluation transform).
-    pub fn train_epoch(&self, batch: usize, aug: Option<&Augment>, norm: &Normalize, rng: &Rng, epoch: u64) -> Epoch {
+    /// Training epoch `epoch` (`shard`'s part of it): shuffled; augmented with `aug` (in
+    /// memory) or random resized crops (streamed; `aug` none: the evaluation transform).
+    pub fn train_epoch(
+        &self,
+        batch: usize,
+        aug: Option<&Augment>,
+        norm: &Normalize,
+        rng: &Rng,
+        epoch: u64,
+        shard: Shard,
+    ) -> Epoch {
         match self {
             Source::Memory(d) => Epoch::Memory(Batches::new(
                 d.clone(),
-                &BatchOptions::train(batch, aug.cloned(), norm.clone()),
+                &BatchOptions { shard, ..BatchOptions::train(batch, aug.cloned(), norm.clone()) },
                 rng,
                 epoch,
             )),
             Source::Stream(s) => {
-                Epoch::Stream(s.batches(&Self::stream_options(s, batch, aug.is_some(), true), rng, epoch))
+                Epoch::Stream(s.batches(&Self::stream_options(s, batch, aug.is_some(), true, shard), rng, epoch))
             }
         }
     }
 
-    /// Every image once, in order, without augmentation.
-    pub fn eval_epoch(&self, batch: usize, norm: &Normalize) -> Epoch {
+    /// Every image of `shard` once, in order, without augmentation.
+    pub fn eval_epoch(&self, batch: usize, norm: &Normalize, shard: Shard) -> Epoch {
         match self {
-            Source::Memory(d) => {
-                Epoch::Memory(Batches::new(d.clone(), &BatchOptions::eval(batch, norm.clone()), &Rng::new(0), 0))
-            }
+            Source::Memory(d) => Epoch::Memory(Batches::new(
+                d.clone(),
+                &BatchOptions { shard, ..BatchOptions::eval(batch, norm.clone()) },
+                &Rng::new(0),
+                0,
+            )),
             Source::Stream(s) => {
-                Epoch::Stream(s.batches(&Self::stream_options(s, batch, false, false), &Rng::new(0), 0))
+                Epoch::Stream(s.batches(&Self::stream_options(s, batch, false, false, shard), &Rng::new(0), 0))
             }
         }
     }

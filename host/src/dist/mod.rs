@@ -1,0 +1,186 @@
+//! Several processes training one model (data parallelism), on MPI.
+//!
+//! `mpirun -np N hpff train ...` starts N copies of hpff; each finds its rank and the
+//! world size through MPI ([`init`]) and reaches the others only through a [`Comm`]:
+//! - the executor averages each module's gradients over the ranks between the module's
+//!   backward and its update ([`Comm::sum_f32`], then a division by N): every rank
+//!   applies the same averaged gradients, so the parameters stay bit-identical;
+//! - the data of an epoch is cut as PyTorch's `DistributedSampler` cuts it ([`Shard`]);
+//! - losses and evaluation counts are summed; rank 0's BN running statistics are
+//!   broadcast before an evaluation or a checkpoint (as DDP broadcasts buffers);
+//! - rank 0 alone prints and writes.
+//!
+//! One process without mpirun gets [`Solo`]: no MPI, exactly the single-process
+//! behaviour. MPI is a cargo feature (`mpi`); a binary without it that finds itself
+//! started by mpirun with more than one process says so instead of training N copies.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use crate::error::{Error, Result};
+
+#[cfg(feature = "mpi")]
+mod mpi;
+mod shard;
+
+pub use shard::Shard;
+
+/// What the processes of one job say to each other. Every method is collective: every
+/// rank calls it, in the same order, with buffers of the same length.
+pub trait Comm: Send + Sync + fmt::Debug {
+    fn rank(&self) -> usize;
+    fn size(&self) -> usize;
+    /// Element-wise sum over the ranks in rank order (`((r0 + r1) + r2) + …`): the same
+    /// bits on every rank, for any message size and process count (no dependence on the
+    /// reduction algorithm an MPI library picks).
+    fn sum_f32(&self, buf: &mut [f32]);
+    /// [`Comm::sum_f32`] for `f64`.
+    fn sum_f64(&self, buf: &mut [f64]);
+    /// Rank 0's `buf` on every rank.
+    fn broadcast_f32(&self, buf: &mut [f32]);
+    /// Every rank's `mine` (the same length on every rank), in rank order.
+    fn gather_bytes(&self, mine: &[u8]) -> Vec<u8>;
+    /// Time this process has spent in [`Comm::sum_f32`] so far (waiting included).
+    fn reduce_time(&self) -> std::time::Duration;
+    /// Ends every process of the job with exit status `code`.
+    fn abort(&self, code: i32) -> !;
+    /// Shuts the engine down cleanly (before a normal exit; nothing collective after it).
+    fn finish(&self);
+}
+
+/// The communicator of one process alone.
+#[derive(Debug, Clone, Copy)]
+pub struct Solo;
+
+impl Comm for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn sum_f32(&self, _: &mut [f32]) {}
+    fn sum_f64(&self, _: &mut [f64]) {}
+    fn broadcast_f32(&self, _: &mut [f32]) {}
+    fn gather_bytes(&self, mine: &[u8]) -> Vec<u8> {
+        mine.to_vec()
+    }
+    fn reduce_time(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+    fn finish(&self) {}
+}
+
+static WORLD: OnceLock<Box<dyn Comm>> = OnceLock::new();
+
+/// This process's communicator: the job's after [`init`], else [`Solo`].
+pub fn world() -> &'static dyn Comm {
+    match WORLD.get() {
+        Some(c) => &**c,
+        None => &Solo,
+    }
+}
+
+/// The process count a launcher announced in the environment (Open MPI's `mpirun`,
+/// MPICH/Hydra and PMI launchers, Slurm's `srun`), if any.
+pub fn launched_size() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+}
+
+/// Worker threads for `--threads 0`: the cores this process may run on, shared with the
+/// other ranks on its node when they may all run on every core (`mpirun --bind-to none`);
+/// a rank bound to its own cores (Open MPI's default for up to 2 ranks) keeps them.
+pub fn default_threads() -> usize {
+    let mine = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: sysconf only reads a system constant.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let local = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    if online > 0 && mine == online as usize {
+        (mine / local).max(1)
+    } else {
+        mine
+    }
+}
+
+/// Joins the job this process was started in: MPI when a launcher started more than one
+/// process, else nothing (one process is [`Solo`]). Call once, before any thread that
+/// might use the communicator starts.
+pub fn init() -> Result<&'static dyn Comm> {
+    match launched_size() {
+        Some(n) if n > 1 => join(n),
+        _ => Ok(world()),
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn join(_: usize) -> Result<&'static dyn Comm> {
+    let comm = mpi::MpiComm::init()?;
+    if WORLD.set(Box::new(comm)).is_err() {
+        return Err(Error::msg("internal: MPI initialised twice"));
+    }
+    mpi::abort_on_panic();
+    Ok(world())
+}
+
+#[cfg(not(feature = "mpi"))]
+fn join(n: usize) -> Result<&'static dyn Comm> {
+    Err(Error::msg(format!(
+        "started as one of {n} processes, but this hpff was built without MPI; build it with `cargo build --release --features mpi` (needs libopenmpi-dev), or run one process"
+    )))
+}
+
+/// The per-rank batch of a global `batch` over `comm`'s ranks.
+pub fn local_batch(batch: usize, comm: &dyn Comm) -> Result<usize> {
+    let n = comm.size();
+    if batch < n {
+        return Err(Error::msg(format!(
+            "--batch-size {batch} is smaller than the {n} processes; each needs at least one image"
+        )));
+    }
+    if !batch.is_multiple_of(n) {
+        return Err(Error::msg(format!(
+            "--batch-size {batch} is the global batch and must divide evenly over the {n} processes (try {})",
+            batch / n * n
+        )));
+    }
+    Ok(batch / n)
+}
+
+/// Averages `grads` over the ranks: the rank-order sum, divided by the world size.
+pub fn average(comm: &dyn Comm, grads: &mut [f32]) {
+    let n = comm.size();
+    if n > 1 {
+        comm.sum_f32(grads);
+        let n = n as f32;
+        grads.iter_mut().for_each(|g| *g /= n);
+    }
+}
+
+/// Stops with an error on every rank unless every rank holds the same `what` (a digest of
+/// the configuration, the data and the binary): mismatched processes would train
+/// different models silently.
+pub fn check_same(comm: &dyn Comm, what: &str, digest: &[u8; 32]) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let all = comm.gather_bytes(digest);
+    let differ: Vec<usize> = all.chunks(32).enumerate().filter(|(_, d)| *d != &all[..32]).map(|(r, _)| r).collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(Error::msg(format!(
+        "rank{} {} {} another {what} than rank 0; every process of a job must run the same hpff with the same flags and data",
+        if differ.len() == 1 { "" } else { "s" },
+        differ.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
+        if differ.len() == 1 { "has" } else { "have" },
+    )))
+}

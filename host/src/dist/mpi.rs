@@ -1,0 +1,146 @@
+//! [`Comm`] on MPI (the `mpi` crate over the system's MPI library, e.g. Open MPI).
+
+use std::ops::Add;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mpi::datatype::{Partition, PartitionMut};
+use mpi::environment::Universe;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+use mpi::{Count, Threading};
+
+use super::Comm;
+use crate::error::{Error, Result};
+
+/// The job's world communicator. MPI is initialised with `MPI_THREAD_SERIALIZED`: the
+/// executor reduces gradients from one of its worker threads, never two at once.
+pub(super) struct MpiComm {
+    /// Kept until [`Comm::finish`]: dropping the universe calls `MPI_Finalize`.
+    universe: Mutex<Option<Universe>>,
+    world: Mutex<Raw>,
+    rank: usize,
+    size: usize,
+    /// Nanoseconds spent in `sum_f32`.
+    reducing: AtomicU64,
+}
+
+/// The world communicator, movable between threads.
+struct Raw(SimpleCommunicator);
+
+// SAFETY: MPI was initialised with MPI_THREAD_SERIALIZED, which allows calls from any
+// thread as long as no two run at once; every use goes through `MpiComm::world`'s mutex.
+unsafe impl Send for Raw {}
+
+impl std::fmt::Debug for MpiComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MpiComm {{ rank: {}, size: {} }}", self.rank, self.size)
+    }
+}
+
+impl MpiComm {
+    pub(super) fn init() -> Result<MpiComm> {
+        let (universe, got) = mpi::initialize_with_threading(Threading::Serialized)
+            .ok_or_else(|| Error::msg("internal: MPI was already initialised"))?;
+        if matches!(got, Threading::Single | Threading::Funneled) {
+            return Err(Error::msg(
+                "this MPI library offers no MPI_THREAD_SERIALIZED support, which hpff's worker threads need",
+            ));
+        }
+        let world = universe.world();
+        let (rank, size) = (world.rank() as usize, world.size() as usize);
+        Ok(MpiComm {
+            universe: Mutex::new(Some(universe)),
+            world: Mutex::new(Raw(world)),
+            rank,
+            size,
+            reducing: AtomicU64::new(0),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&SimpleCommunicator) -> T) -> T {
+        let w = self.world.lock().unwrap_or_else(|e| e.into_inner());
+        f(&w.0)
+    }
+
+    /// The rank-order sum of [`Comm::sum_f32`]: rank s receives segment s of every rank's
+    /// buffer (all-to-all), adds them in rank order, and every rank gathers the summed
+    /// segments. Only data moves through MPI, so the bits do not depend on its algorithms.
+    fn ordered_sum<T: Equivalence + Copy + Default + Add<Output = T>>(&self, buf: &mut [T]) {
+        let (n, me, len) = (self.size, self.rank, buf.len());
+        let count = |v: usize| Count::try_from(v).expect("a reduction of more than 2^31 values");
+        let start = |s: usize| len * s / n;
+        let counts: Vec<Count> = (0..n).map(|s| count(start(s + 1) - start(s))).collect();
+        let displs: Vec<Count> = (0..n).map(|s| count(start(s))).collect();
+        let mine = start(me + 1) - start(me);
+        let mut parts = vec![T::default(); mine * n];
+        let part_counts = vec![count(mine); n];
+        let part_displs: Vec<Count> = (0..n).map(|r| count(r * mine)).collect();
+        self.with(|w| {
+            let send = Partition::new(&*buf, &counts[..], &displs[..]);
+            let mut recv = PartitionMut::new(&mut parts[..], &part_counts[..], &part_displs[..]);
+            w.all_to_all_varcount_into(&send, &mut recv);
+        });
+        let mut sum = parts[..mine].to_vec();
+        for r in 1..n {
+            for (s, &v) in sum.iter_mut().zip(&parts[r * mine..(r + 1) * mine]) {
+                *s = *s + v;
+            }
+        }
+        self.with(|w| {
+            let mut all = PartitionMut::new(buf, &counts[..], &displs[..]);
+            w.all_gather_varcount_into(&sum[..], &mut all);
+        });
+    }
+}
+
+impl Comm for MpiComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn sum_f32(&self, buf: &mut [f32]) {
+        let t = Instant::now();
+        self.ordered_sum(buf);
+        self.reducing.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+    fn sum_f64(&self, buf: &mut [f64]) {
+        self.ordered_sum(buf)
+    }
+    fn broadcast_f32(&self, buf: &mut [f32]) {
+        self.with(|w| w.process_at_rank(0).broadcast_into(buf));
+    }
+    fn gather_bytes(&self, mine: &[u8]) -> Vec<u8> {
+        let mut all = vec![0u8; mine.len() * self.size];
+        self.with(|w| w.all_gather_into(mine, &mut all[..]));
+        all
+    }
+    fn reduce_time(&self) -> Duration {
+        Duration::from_nanos(self.reducing.load(Ordering::Relaxed))
+    }
+    fn abort(&self, code: i32) -> ! {
+        // No lock: a thread that panicked while holding it must still end the job.
+        // SAFETY: MPI_Abort may be called from any thread of an initialised MPI process.
+        unsafe {
+            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, code);
+        }
+        std::process::exit(code)
+    }
+    fn finish(&self) {
+        let u = self.universe.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(u);
+    }
+}
+
+/// A panic on one rank ends the whole job: without this the other ranks wait in their
+/// next collective forever (the panicking rank's MPI would finalize on unwind).
+pub(super) fn abort_on_panic() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        super::world().abort(101);
+    }));
+}

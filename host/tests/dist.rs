@@ -1,0 +1,346 @@
+//! Data-parallel training on MPI (built with `--features mpi`).
+//!
+//! A plain binary, not a libtest harness: MPI must own the process. Started by cargo (no
+//! launcher around it), it starts itself under `mpirun -np 2` and `-np 3` for the checks
+//! that need a communicator in the test process (exact gradient averaging, the same
+//! parameters on every rank, a panicking rank ending the job), then drives `hpff` under
+//! mpirun (bit-identical reruns, bad input, mismatched ranks, a killed rank).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hpff::config::{Config, DatasetName, MethodName, Shape};
+use hpff::cpu::CpuExecutor;
+use hpff::device::Snapshot;
+use hpff::dist::Comm;
+use hpff_core::exec::{Executor, Region, StepInput};
+use hpff_core::optim::sgd_step;
+use hpff_core::plan::Plan;
+use hpff_core::rng::Rng;
+
+/// What a rank started by this test does (the parent sets it).
+const MODE: &str = "HPFF_DIST_TEST_MODE";
+
+fn main() {
+    if hpff::dist::launched_size().is_some_and(|n| n > 1) {
+        rank_main();
+        return;
+    }
+    if Command::new("mpirun").arg("--version").output().is_err() {
+        println!("dist: SKIPPED (all checks): no `mpirun` on PATH; apt-get install openmpi-bin libopenmpi-dev");
+        return;
+    }
+    let t0 = Instant::now();
+    for np in [2, 3] {
+        let o = wait(mpirun(np, &std::env::current_exe().unwrap(), &[]).env(MODE, "exact"), 300);
+        assert!(o.status.success(), "the exactness checks failed at -np {np}:\n{}", text(&o));
+        print!("{}", String::from_utf8_lossy(&o.stdout));
+    }
+    a_panicking_rank_ends_the_job();
+    cli_checks();
+    println!("dist: all checks passed in {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// `mpirun` on this machine for `np` processes of `exe args` (more processes than cores,
+/// as root in a container; no shared-memory single copy, which containers often forbid).
+fn mpirun(np: usize, exe: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "-np", &np.to_string()])
+        .arg(exe)
+        .args(args)
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("HPFF_CACHE", "/nonexistent-hpff-cache")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Runs `c` to its end, failing the test (and killing it) after `secs` seconds.
+#[track_caller]
+fn wait(c: &mut Command, secs: u64) -> Output {
+    let child = c.spawn().expect("mpirun starts");
+    let t0 = Instant::now();
+    let pid = child.id();
+    let out = std::thread::spawn(move || child.wait_with_output().unwrap());
+    while !out.is_finished() {
+        if t0.elapsed() > Duration::from_secs(secs) {
+            // SAFETY: signalling a child process this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("the MPI job did not end within {secs} s (a hang)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    out.join().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+// ---------------------------------------------------------------- inside the MPI job
+
+fn rank_main() {
+    let comm = hpff::dist::init().unwrap_or_else(|e| panic!("joining the job: {e}"));
+    match std::env::var(MODE).as_deref() {
+        Ok("exact") => {
+            for (method, hpff) in [
+                (MethodName::E2e, false),
+                (MethodName::Greedy, false),
+                (MethodName::Dgl, false),
+                (MethodName::Infopro, false),
+                (MethodName::Infopro, true),
+            ] {
+                steps_average_gradients_exactly(comm, method, hpff);
+            }
+            if comm.rank() == 0 {
+                println!(
+                    "dist -np {}: gradients are the rank-order mean and parameters agree, every method",
+                    comm.size()
+                );
+            }
+        }
+        Ok("panic") => {
+            if comm.rank() == 1 {
+                panic!("a deliberate panic on rank 1");
+            }
+            // The others wait for rank 1 in a collective it never joins.
+            comm.sum_f32(&mut [1.0]);
+        }
+        m => panic!("unknown {MODE} {m:?}"),
+    }
+    comm.finish();
+}
+
+fn plan_for(method: MethodName, hpff: bool, batch: usize) -> (hpff::config::Setup, Plan) {
+    let c = Config {
+        dataset: Some(DatasetName::Folder),
+        arch: Some("resnet8".into()),
+        width: Some(4),
+        method: Some(method),
+        hpff: Some(hpff),
+        k: Some(3),
+        lr: Some(0.05),
+        ..Config::default()
+    };
+    let setup = c.setup(Shape { c: 1, image: 16, classes: 4 }).unwrap();
+    let plan = setup.plan(batch).unwrap();
+    (setup, plan)
+}
+
+/// Three steps on `comm` at a global batch of 4 images per rank: after each, the
+/// executor's gradients are bit for bit the rank-order mean of the gradients each rank's
+/// images give alone (recomputed here by one-process executors), and its parameters and
+/// momentum those of the core's SGD applied to that mean; then every rank holds the same
+/// parameters.
+fn steps_average_gradients_exactly(comm: &'static dyn Comm, method: MethodName, hpff: bool) {
+    let (n, local) = (comm.size(), 4);
+    let (setup, plan) = plan_for(method, hpff, local);
+    let what = format!("{method:?}{} at -np {n}", if hpff { "+HPFF" } else { "" });
+    let init = Snapshot::init(&plan, &mut Rng::new(11));
+    let mut job = CpuExecutor::new(&plan, 1).with_comm(Some(comm));
+    init.upload(&mut job).unwrap();
+    let mut alone: Vec<CpuExecutor> = (0..n).map(|_| CpuExecutor::new(&plan, 1)).collect();
+    let (mut params, mut momentum) = (init.params.clone(), vec![0f32; plan.params]);
+    let mut rng = Rng::new(5);
+    let mut losses = vec![0f32; plan.loss_slots()];
+    for step in 0..3 {
+        // One global batch, the same on every rank; rank r takes images r, r + n, ….
+        let img = plan.input().len / local;
+        let x: Vec<f32> = (0..img * local * n).map(|_| rng.normal() as f32).collect();
+        let y: Vec<u32> = (0..local * n).map(|_| rng.below(4) as u32).collect();
+        let shard = |r: usize| -> (Vec<f32>, Vec<u32>) {
+            let rows: Vec<usize> = (0..local).map(|i| r + i * n).collect();
+            (
+                rows.iter().flat_map(|&i| x[i * img..(i + 1) * img].to_vec()).collect(),
+                rows.iter().map(|&i| y[i]).collect(),
+            )
+        };
+        let lr = 0.05;
+        let (mx, my) = shard(comm.rank());
+        job.train_step(&plan, &StepInput { x: &mx, labels: &my, lr, sgd: setup.sgd }, &mut losses).unwrap();
+        let mut mean = vec![0f32; plan.params];
+        for (r, exec) in alone.iter_mut().enumerate() {
+            Snapshot { params: params.clone(), ..init.clone() }.upload(exec).unwrap();
+            let (sx, sy) = shard(r);
+            exec.train_step(&plan, &StepInput { x: &sx, labels: &sy, lr, sgd: setup.sgd }, &mut losses).unwrap();
+            let mut g = vec![0f32; plan.params];
+            exec.download(Region::Grads, 0, &mut g).unwrap();
+            if r == 0 {
+                mean = g;
+            } else {
+                mean.iter_mut().zip(&g).for_each(|(m, g)| *m += g);
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n as f32);
+        sgd_step(&setup.sgd, lr, &mut params, &mean, &mut momentum);
+        let mut got = vec![0f32; plan.params];
+        job.download(Region::Grads, 0, &mut got).unwrap();
+        same_bits(&got, &mean, &format!("{what}: the averaged gradients of step {step}"));
+        job.download(Region::Params, 0, &mut got).unwrap();
+        same_bits(&got, &params, &format!("{what}: the parameters after step {step}"));
+        job.download(Region::Momentum, 0, &mut got).unwrap();
+        same_bits(&got, &momentum, &format!("{what}: the momentum after step {step}"));
+    }
+    let mut mine = vec![0f32; plan.params];
+    job.download(Region::Params, 0, &mut mine).unwrap();
+    let bytes: Vec<u8> = mine.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let all = comm.gather_bytes(&bytes);
+    for (r, theirs) in all.chunks(bytes.len()).enumerate() {
+        assert!(theirs == &bytes[..], "{what}: rank {r}'s parameters differ from rank {}'s", comm.rank());
+    }
+}
+
+#[track_caller]
+fn same_bits(got: &[f32], want: &[f32], what: &str) {
+    let differ = got.iter().zip(want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(differ == 0, "{what}: {differ} of {} values differ (max |Δ| {worst:e})", got.len());
+}
+
+// ---------------------------------------------------------------- around the MPI job
+
+fn a_panicking_rank_ends_the_job() {
+    let t0 = Instant::now();
+    let o = wait(mpirun(3, &std::env::current_exe().unwrap(), &[]).env(MODE, "panic"), 60);
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(!o.status.success(), "a job with a panicking rank must fail:\n{}", text(&o));
+    assert!(text(&o).contains("a deliberate panic on rank 1"), "{}", text(&o));
+    assert!(secs < 30.0, "the job took {secs:.1} s to end after a panic");
+    println!("dist: a panicking rank ends the job in {secs:.1} s");
+}
+
+fn hpff() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hpff"))
+}
+
+/// `hpff train` on the image folder at `data` into `out`.
+fn train_args(data: &Path, out: &Path, batch: usize, epochs: usize) -> Vec<String> {
+    let mut v: Vec<String> =
+        ["train", "--dataset", "folder", "--arch", "resnet8", "--width", "4", "--k", "2"].map(String::from).to_vec();
+    v.extend(["--data-dir".into(), data.display().to_string(), "--out".into(), out.display().to_string()]);
+    v.extend(["--batch-size".into(), batch.to_string(), "--epochs".into(), epochs.to_string()]);
+    v.extend(["--threads", "1", "-q"].map(String::from));
+    v
+}
+
+fn hpff_job(np: usize, args: &[String]) -> Command {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    mpirun(np, &hpff(), &a)
+}
+
+/// The checkpoint's tensor bytes.
+fn tensors(run: &Path) -> Vec<u8> {
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("checkpoint.json")).unwrap()).unwrap();
+    std::fs::read(run.join(j["tensors"]["file"].as_str().unwrap())).unwrap()
+}
+
+fn cli_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    support::folder(&data, 4, 10, 16);
+    // Two runs at one world size end bit for bit alike; one process writes.
+    for np in [2, 3] {
+        let runs: Vec<PathBuf> = (0..2).map(|i| tmp.path().join(format!("np{np}-{i}"))).collect();
+        for r in &runs {
+            let o = wait(&mut hpff_job(np, &train_args(&data, r, 6, 2)), 300);
+            assert!(o.status.success(), "mpirun -np {np} hpff train failed:\n{}", text(&o));
+        }
+        assert!(tensors(&runs[0]) == tensors(&runs[1]), "two -np {np} runs end with different checkpoints");
+        let m = std::fs::read_to_string(runs[0].join("metrics.jsonl")).unwrap();
+        assert_eq!(m.lines().count(), 2, "one writer: one metrics line per epoch\n{m}");
+        let s: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(runs[0].join("summary.json")).unwrap()).unwrap();
+        assert!(s.to_string().contains("\"test_accuracy\""), "{s}");
+    }
+    println!("dist: mpirun -np 2 and -np 3 hpff train rerun bit for bit");
+
+    // Stopped after epoch 1 and resumed at the same process count: the straight run's end.
+    let r = tmp.path().join("resumed");
+    let mut a = train_args(&data, &r, 6, 2);
+    a.extend(["--stop-after".into(), "1".into()]);
+    let o = wait(&mut hpff_job(2, &a), 300);
+    assert!(o.status.success(), "{}", text(&o));
+    let resume = ["train".into(), "--resume".into(), r.display().to_string(), "-q".into()];
+    let o = wait(&mut hpff_job(2, &resume), 300);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        tensors(&r) == tensors(&tmp.path().join("np2-0")),
+        "a resumed -np 2 run ends elsewhere than a straight one"
+    );
+    println!("dist: a resumed -np 2 run ends bit for bit where a straight one does");
+
+    let bad = |np: usize, args: Vec<String>, want: &str| {
+        let o = wait(&mut hpff_job(np, &args), 60);
+        let t = text(&o);
+        assert!(!o.status.success() && t.contains(want), "expected an error with {want:?}:\n{t}");
+        assert!(!t.contains("panicked"), "{t}");
+    };
+    let out = tmp.path().join("bad");
+    bad(3, train_args(&data, &out, 8, 1), "must divide evenly over the 3 processes");
+    bad(3, train_args(&data, &out, 2, 1), "smaller than the 3 processes");
+    // Ranks that disagree (MPMD: rank 1 gets another learning rate).
+    let mut a = train_args(&data, &out, 6, 1);
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "-np", "1"]).arg(hpff()).args(&a).arg(":");
+    a.extend(["--lr".into(), "0.3".into()]);
+    c.args(["-np", "1"]).arg(hpff()).args(&a);
+    c.env("OMPI_MCA_btl_vader_single_copy_mechanism", "none").stdout(Stdio::piped()).stderr(Stdio::piped());
+    let o = wait(&mut c, 60);
+    assert!(!o.status.success() && text(&o).contains("rank 1 has another"), "{}", text(&o));
+    println!("dist: bad batch sizes and mismatched ranks are one-line errors");
+
+    a_killed_rank_ends_the_job(&data, &tmp.path().join("killed"));
+}
+
+/// kill -9 of one rank in the middle of training ends the job within 30 s, non-zero, and
+/// the last checkpoint loads.
+fn a_killed_rank_ends_the_job(data: &Path, out: &Path) {
+    let mut job: Child = hpff_job(2, &train_args(data, out, 2, 200)).spawn().unwrap();
+    let t0 = Instant::now();
+    while !out.join("checkpoint.json").exists() {
+        assert!(job.try_wait().unwrap().is_none(), "the job ended before its first checkpoint");
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint after 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ranks = children(job.id());
+    assert_eq!(ranks.len(), 2, "the two ranks of mpirun {}: {ranks:?}", job.id());
+    // SAFETY: signalling a process this test started (through mpirun).
+    unsafe { libc::kill(ranks[1], libc::SIGKILL) };
+    let t1 = Instant::now();
+    let status = loop {
+        if let Some(s) = job.try_wait().unwrap() {
+            break s;
+        }
+        if t1.elapsed() > Duration::from_secs(30) {
+            let _ = job.kill();
+            panic!("the job still runs 30 s after one of its ranks was killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let secs = t1.elapsed().as_secs_f64();
+    assert!(!status.success(), "a job with a killed rank must fail");
+    let o =
+        Command::new(hpff()).args(["eval", "--checkpoint"]).arg(out).args(["--data-dir"]).arg(data).output().unwrap();
+    assert!(o.status.success(), "the last checkpoint must load:\n{}", text(&o));
+    println!("dist: a killed rank ends the job in {secs:.1} s; the last checkpoint loads");
+}
+
+/// The processes whose parent is `pid` (mpirun's ranks on this machine).
+fn children(pid: u32) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        // pid (comm) state ppid …; comm may hold spaces, so read after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let ppid: Option<u32> = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if ppid == Some(pid) && stat.contains("(hpff)") {
+            v.push(e.file_name().to_string_lossy().parse().unwrap());
+        }
+    }
+    v.sort();
+    v
+}
