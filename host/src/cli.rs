@@ -295,10 +295,12 @@ pub fn main() -> i32 {
         Err(e) if comm.size() > 1 => {
             let who =
                 if comm.rank() == 0 { String::new() } else { format!(" (rank {} of {})", comm.rank(), comm.size()) };
-            eprintln!("hpff: error{who}: {}", crate::error::report(&e));
             if comm.rank() != 0 {
-                std::thread::sleep(std::time::Duration::from_millis(200));
+                // An error every rank meets is rank 0's line alone: its abort ends this
+                // process during the wait. An error of this rank alone still prints.
+                std::thread::sleep(std::time::Duration::from_millis(500));
             }
+            eprintln!("hpff: error{who}: {}", crate::error::report(&e));
             comm.abort(1)
         }
         Err(e) => {

@@ -40,6 +40,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     r
 }
 
+/// A run folder held by one `hpff train` (the lead process of a job): an exclusive
+/// advisory lock on `.hpff.lock` in it, which the OS drops when the process ends, however
+/// it ends, so a lock left by a dead run never blocks a resume. (Advisory: other
+/// programs may still write there; NFS honours it only where its lock service runs.)
+#[derive(Debug)]
+pub struct RunLock {
+    _held: File,
+}
+
+/// Takes `dir`'s [`RunLock`], or says that a live run holds it (and which process).
+pub fn lock_run(dir: &Path) -> Result<RunLock> {
+    let path = dir.join(".hpff.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_err(&path, "open the run lock", e))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let who = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (process {pid})"),
+            };
+            return Err(crate::error::Error::msg(format!(
+                "{} is in use by a running hpff train{who}; wait for it to end, or choose another --out",
+                dir.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path, "lock", e)),
+    }
+    // Who holds it, for the message above; the lock itself is what counts.
+    let _ = f.set_len(0).and_then(|()| f.write_all(std::process::id().to_string().as_bytes()));
+    Ok(RunLock { _held: f })
+}
+
 /// Bytes free for an unprivileged writer on the file system holding `dir`, where the OS says.
 #[cfg(unix)]
 pub fn free_bytes(dir: &Path) -> Option<u64> {

@@ -422,9 +422,8 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     }
     dist::check_same(comm, "configuration, data or hpff binary", &run_digest(&meta, &data))?;
     let cfg_path = out.join("config.toml");
-    if lead {
-        prepare_out(&out, &plan, &cfg_path, &meta)?;
-    }
+    // Held until this function returns: the run folder belongs to this run.
+    let _lock = if lead { Some(prepare_out(&out, &plan, &cfg_path, &meta)?) } else { None };
 
     let mem = plan.memory();
     say(opts, format!("hpff {} — config (saved in {}):", env!("CARGO_PKG_VERSION"), cfg_path.display()));
@@ -714,9 +713,11 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     })
 }
 
-/// Creates the output folder, checks it has room for checkpoints, and writes `config.toml`.
-fn prepare_out(out: &Path, plan: &Plan, cfg_path: &Path, meta: &Meta) -> Result<()> {
+/// Creates the output folder, takes its lock (one run at a time), checks it has room for
+/// checkpoints, and writes `config.toml`.
+fn prepare_out(out: &Path, plan: &Plan, cfg_path: &Path, meta: &Meta) -> Result<crate::files::RunLock> {
     std::fs::create_dir_all(out).map_err(|e| io_err(out, "create the output folder", e))?;
+    let lock = crate::files::lock_run(out)?;
     // Room for two checkpoints (the committed one stays until the next is in place):
     // known now, so said now rather than after the first epoch's work.
     let ckpt = checkpoint::bytes_bound(plan);
@@ -728,7 +729,8 @@ fn prepare_out(out: &Path, plan: &Plan, cfg_path: &Path, meta: &Meta) -> Result<
             fmt_mib(Some(2 * ckpt))
         )));
     }
-    crate::files::write_atomic(cfg_path, meta.config.to_toml().as_bytes())
+    crate::files::write_atomic(cfg_path, meta.config.to_toml().as_bytes())?;
+    Ok(lock)
 }
 
 /// What every process of a job must share: the configuration, the data's sizes, classes

@@ -111,8 +111,15 @@ fn sigkill_mid_epoch_and_mid_commit_then_resume_is_bit_identical() {
     // Killed between writing epoch 2's files and committing them.
     let mut child = cmd(&train_args(d, c.to_str().unwrap())).env("HPFF_PAUSE_BEFORE_COMMIT", "2").spawn().unwrap();
     wait_for(&mut child, "the commit window", || c.join("paused-before-commit").exists());
+    // The folder belongs to the live run: a second run into it stops at once, one line.
+    let o = cmd(&train_args(d, c.to_str().unwrap())).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("is in use by a running hpff train"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
     child.kill().unwrap();
     child.wait().unwrap();
+    // (The dead run's lock file stays; the resume below must not be blocked by it.)
+    assert!(c.join(".hpff.lock").exists());
     // Both tensor files are there, the JSON of epoch 2 is staged, epoch 1 is what loads.
     assert!(c.join("checkpoint.json.tmp").exists());
     let on_disk = || {

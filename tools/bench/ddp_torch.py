@@ -6,6 +6,7 @@ Per configuration, interleaved round by round, each measurement in its own proce
   hpff-mpi    `mpirun -np N hpff bench --json --threads 1` (N processes, one core each;
               Open MPI binds each rank to a core); the whole job's images/s from rank 0
   torch-1     PyTorch eager, one process, one thread
+              (--tcmalloc preloads tcmalloc into both PyTorch settings)
   torch-ddp   PyTorch, N processes of one thread each, pinned to a core each, gloo:
               e2e runs torch.nn.parallel.DistributedDataParallel (bucketed all-reduce
               overlapped with the backward); the local methods call backward once per
@@ -137,6 +138,8 @@ def run_torch(args, spec, plan_file, world):
            "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     env = dict(os.environ, WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
                OMP_NUM_THREADS="1")
+    if args.tcmalloc:
+        env["LD_PRELOAD"] = ct.TCMALLOC
     procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for r in range(world)]
     outs = [p.communicate(timeout=args.timeout) for p in procs]
@@ -168,6 +171,8 @@ def main():
     ap.add_argument("--configs", nargs="+", default=CONFIGS)
     ap.add_argument("--hpff-bin", default=os.path.join(ROOT, "target", "release", "hpff"))
     ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--tcmalloc", action="store_true", help="preload tcmalloc into the PyTorch processes "
+                    "(Debian: libtcmalloc-minimal4), which makes PyTorch faster on CPU")
     ap.add_argument("--json", help="write every measurement here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
