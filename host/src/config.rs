@@ -377,6 +377,9 @@ hyper_parameters! {
         /// Allow TF32 tensor-core math on the GPU (default: strict fp32)
         #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
         tf32: bool = false;
+        /// Under mpirun, BatchNorm statistics over the job's whole batch (PyTorch's SyncBatchNorm) instead of each process's share; a no-op in one process
+        #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
+        sync_bn: bool = false;
     }
 
     /// Training (`train`).

@@ -36,6 +36,8 @@ pub struct CpuExecutor {
     e: Extra,
     /// The processes a module's gradients are averaged over before its update.
     comm: Option<&'static dyn Comm>,
+    /// BatchNorm's batch statistics over `comm`'s processes.
+    sync_bn: bool,
 }
 
 /// Sizes of the executor's own buffers for one plan.
@@ -103,6 +105,7 @@ impl CpuExecutor {
             partials: vec![0.0; e.partial_per_chunk * e.chunks],
             e,
             comm: None,
+            sync_bn: false,
         }
     }
 
@@ -110,6 +113,15 @@ impl CpuExecutor {
     /// [`Op::Sgd`]s): data parallelism. `None` or one process: alone, as before.
     pub fn with_comm(mut self, comm: Option<&'static dyn Comm>) -> CpuExecutor {
         self.comm = comm.filter(|c| c.size() > 1);
+        self
+    }
+
+    /// BatchNorm over the whole job's batch (PyTorch's `SyncBatchNorm`): each BN's sums
+    /// (Σx, then Σ(x − mean)² in forward; Σdy, Σdy·x̂ in backward) are summed over the
+    /// processes, so N processes at a global batch B compute the statistics of one
+    /// process at B. No effect without [`CpuExecutor::with_comm`].
+    pub fn with_sync_bn(mut self, on: bool) -> CpuExecutor {
+        self.sync_bn = on;
         self
     }
 
@@ -191,6 +203,7 @@ impl Executor for CpuExecutor {
         plan.train_step(|op| ops.push(*op));
         let mut ctx = Ctx::new(plan, &mut self.arena, &mut self.scratch, &mut self.partials, e, input);
         ctx.comm = self.comm;
+        ctx.sync_bn = self.comm.filter(|_| self.sync_bn);
         self.pool.install(|| ctx.run_all(&ops, losses));
         Ok(())
     }
@@ -278,6 +291,8 @@ struct Ctx<'a> {
     input: &'a StepInput<'a>,
     n: usize,
     comm: Option<&'a dyn Comm>,
+    /// BN sums are summed over these processes (`--sync-bn`).
+    sync_bn: Option<&'a dyn Comm>,
 }
 
 impl<'a> Ctx<'a> {
@@ -298,6 +313,7 @@ impl<'a> Ctx<'a> {
             input,
             n: plan.batch,
             comm: None,
+            sync_bn: None,
         }
     }
 
@@ -372,7 +388,8 @@ impl<'a> Ctx<'a> {
         let mean = &mut mean_invstd[..c];
         sum.fill(0.0);
         self.reduce(c, sum, |i0, cnt, p| ops::batchnorm_accumulate_sum(&s, cnt, self.rows(x, i0, cnt), p));
-        let count = self.n * s.hw;
+        self.sync_bn.inspect(|comm| comm.sum_f32(sum));
+        let count = self.n * s.hw * self.sync_bn.map_or(1, |comm| comm.size());
         ops::batchnorm_mean_from_sum(sum, count, mean);
         sq_dev.fill(0.0);
         {
@@ -381,6 +398,7 @@ impl<'a> Ctx<'a> {
                 ops::batchnorm_accumulate_sq_dev(&s, cnt, self.rows(x, i0, cnt), mean, p)
             });
         }
+        self.sync_bn.inspect(|comm| comm.sum_f32(sq_dev));
         ops::batchnorm_update_running(&s, count, raw, mean_invstd, self.arena.w(state, 2 * c), updates);
     }
 
@@ -712,25 +730,22 @@ impl<'a> Ctx<'a> {
             let (xs, dys) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt));
             ops::batchnorm_accumulate_backward_sums(&shape, cnt, xs, dys, mean, invstd, pd, px);
         });
+        // Under --sync-bn the input gradient takes the job's sums and count; γ and β keep
+        // this process's share, as their gradients are averaged over the processes later.
+        let mut local = None;
+        if let Some(comm) = self.sync_bn {
+            local = weights.then(|| sm.to_vec());
+            comm.sum_f32(sm);
+        }
+        let count = n * shape.hw * self.sync_bn.map_or(1, |comm| comm.size());
         let (sum_dy, sum_dy_xhat) = sm.split_at(c);
         let gamma = self.arena.r(affine, c);
         self.each_chunk(|_, i0, cnt| {
             let (xs, dys, dxs) = (self.rows(x, i0, cnt), self.rows(dy, i0, cnt), self.rows_mut(dx, i0, cnt));
-            ops::batchnorm_backward_input(
-                &shape,
-                cnt,
-                xs,
-                dys,
-                mean,
-                invstd,
-                gamma,
-                sum_dy,
-                sum_dy_xhat,
-                n * shape.hw,
-                dxs,
-            );
+            ops::batchnorm_backward_input(&shape, cnt, xs, dys, mean, invstd, gamma, sum_dy, sum_dy_xhat, count, dxs);
         });
         if weights {
+            let (sum_dy, sum_dy_xhat) = local.as_deref().map_or((sum_dy, sum_dy_xhat), |l| l.split_at(c));
             let g = self.arena.w(self.plan.grad_of(affine), 2 * c);
             ops::add_assign(&mut g[..c], sum_dy_xhat);
             ops::add_assign(&mut g[c..], sum_dy);

@@ -70,6 +70,8 @@ pub struct ExecOptions {
     /// Average every module's gradients over these processes before its update (data
     /// parallelism); `None` or one process: train alone.
     pub comm: Option<&'static dyn Comm>,
+    /// With `comm`: BatchNorm's batch statistics over every process's images.
+    pub sync_bn: bool,
 }
 
 /// An executor whose errors are the CLI's.
@@ -126,7 +128,7 @@ pub fn open(device: Device, layout: &Plan, opts: ExecOptions) -> Result<DynExecu
                 let need = |p: &Plan| CpuExecutor::bytes_needed(p, opts.threads);
                 crate::resources::check_fits(layout, avail, "the memory available", need)?;
             }
-            boxed(CpuExecutor::new(layout, opts.threads).with_comm(opts.comm))
+            boxed(CpuExecutor::new(layout, opts.threads).with_comm(opts.comm).with_sync_bn(opts.sync_bn))
         }
         Device::Cuda(_) if opts.comm.is_some_and(|c| c.size() > 1) => return Err(Error::msg(
             "training on several processes runs on --device cpu for now (the GPU path, over NCCL, is not built yet)",

@@ -380,7 +380,7 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
     let epochs = cfg.epochs;
     let eval_every = cfg.eval_every;
     let device = cfg.device;
-    let exec_opts = ExecOptions { threads: cfg.threads, tf32: cfg.tf32, comm: Some(comm) };
+    let exec_opts = ExecOptions { threads: cfg.threads, tf32: cfg.tf32, comm: Some(comm), sync_bn: cfg.sync_bn };
     let mut exec: DynExecutor = device::open(device, &plan, exec_opts)?;
     let data_rng = Rng::new(seed).fork(DATA_STREAM);
     let mut meta = Meta {

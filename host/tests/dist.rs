@@ -96,9 +96,18 @@ fn rank_main() {
             ] {
                 steps_average_gradients_exactly(comm, method, hpff);
             }
+            for (method, hpff) in [
+                (MethodName::E2e, false),
+                (MethodName::Greedy, false),
+                (MethodName::Dgl, false),
+                (MethodName::Infopro, false),
+                (MethodName::Infopro, true),
+            ] {
+                sync_bn_matches_one_process(comm, method, hpff);
+            }
             if comm.rank() == 0 {
                 println!(
-                    "dist -np {}: gradients are the rank-order mean and parameters agree, every method",
+                    "dist -np {}: gradients are the rank-order mean and parameters agree; --sync-bn matches one process; every method",
                     comm.size()
                 );
             }
@@ -191,6 +200,45 @@ fn steps_average_gradients_exactly(comm: &'static dyn Comm, method: MethodName, 
     let all = comm.gather_bytes(&bytes);
     for (r, theirs) in all.chunks(bytes.len()).enumerate() {
         assert!(theirs == &bytes[..], "{what}: rank {r}'s parameters differ from rank {}'s", comm.rank());
+    }
+}
+
+/// `--sync-bn`: N processes at a global batch B end three steps where one process at B
+/// ends them, up to the rounding of other summation orders (max |Δ| ≤ 1e-5 on every
+/// parameter), BN running statistics included.
+fn sync_bn_matches_one_process(comm: &'static dyn Comm, method: MethodName, hpff: bool) {
+    let (n, local) = (comm.size(), 4);
+    let (setup, plan) = plan_for(method, hpff, local);
+    let (_, whole) = plan_for(method, hpff, local * n);
+    let what = format!("--sync-bn {method:?}{} at -np {n}", if hpff { "+HPFF" } else { "" });
+    let init = Snapshot::init(&plan, &mut Rng::new(13));
+    let mut job = CpuExecutor::new(&plan, 1).with_comm(Some(comm)).with_sync_bn(true);
+    let mut one = CpuExecutor::new(&whole, 1);
+    init.upload(&mut job).unwrap();
+    init.upload(&mut one).unwrap();
+    let mut rng = Rng::new(21);
+    let mut losses = vec![0f32; plan.loss_slots()];
+    let mut whole_losses = vec![0f32; whole.loss_slots()];
+    let img = plan.input().len / local;
+    for _ in 0..3 {
+        let x: Vec<f32> = (0..img * local * n).map(|_| rng.normal() as f32).collect();
+        let y: Vec<u32> = (0..local * n).map(|_| rng.below(4) as u32).collect();
+        let rows: Vec<usize> = (0..local).map(|i| comm.rank() + i * n).collect();
+        let mx: Vec<f32> = rows.iter().flat_map(|&i| x[i * img..(i + 1) * img].to_vec()).collect();
+        let my: Vec<u32> = rows.iter().map(|&i| y[i]).collect();
+        job.train_step(&plan, &StepInput { x: &mx, labels: &my, lr: 0.05, sgd: setup.sgd }, &mut losses).unwrap();
+        one.train_step(&whole, &StepInput { x: &x, labels: &y, lr: 0.05, sgd: setup.sgd }, &mut whole_losses).unwrap();
+    }
+    for (region, len, name) in [
+        (Region::Params, plan.params, "parameters"),
+        (Region::Momentum, plan.params, "momentum"),
+        (Region::BnState, plan.state, "BN running statistics"),
+    ] {
+        let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
+        job.download(region, 0, &mut a).unwrap();
+        one.download(region, 0, &mut b).unwrap();
+        let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-5, "{what}: the {name} after 3 steps differ from one process's by up to {worst:e}");
     }
 }
 
