@@ -40,6 +40,7 @@ fn main() {
         print!("{}", String::from_utf8_lossy(&o.stdout));
     }
     a_panicking_rank_ends_the_job();
+    a_stuck_rank_ends_the_job();
     cli_checks();
     println!("dist: all checks passed in {:.1} s", t0.elapsed().as_secs_f64());
 }
@@ -117,6 +118,13 @@ fn rank_main() {
                 panic!("a deliberate panic on rank 1");
             }
             // The others wait for rank 1 in a collective it never joins.
+            comm.sum_f32(&mut [1.0]);
+        }
+        Ok("stuck") => {
+            if comm.rank() == 1 {
+                // Alive, never joining: the others' watchdog must end the job.
+                std::thread::sleep(Duration::from_secs(120));
+            }
             comm.sum_f32(&mut [1.0]);
         }
         m => panic!("unknown {MODE} {m:?}"),
@@ -261,6 +269,17 @@ fn a_panicking_rank_ends_the_job() {
     println!("dist: a panicking rank ends the job in {secs:.1} s");
 }
 
+fn a_stuck_rank_ends_the_job() {
+    let t0 = Instant::now();
+    let exe = std::env::current_exe().unwrap();
+    let o = wait(mpirun(2, &exe, &[]).env(MODE, "stuck").env("HPFF_MPI_TIMEOUT", "3"), 60);
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(!o.status.success(), "a job with a stuck rank must fail:\n{}", text(&o));
+    assert!(text(&o).contains("one is stuck or unreachable"), "{}", text(&o));
+    assert!(secs < 30.0, "the job took {secs:.1} s to end with a 3 s limit");
+    println!("dist: a stuck rank ends the job in {secs:.1} s (HPFF_MPI_TIMEOUT=3)");
+}
+
 fn hpff() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hpff"))
 }
@@ -320,6 +339,17 @@ fn cli_checks() {
         "a resumed -np 2 run ends elsewhere than a straight one"
     );
     println!("dist: a resumed -np 2 run ends bit for bit where a straight one does");
+    // Resumed at another process count: it runs (each global batch still holds the same
+    // images; only the per-process BN batches change).
+    let r3 = tmp.path().join("resumed-at-3");
+    let mut a = train_args(&data, &r3, 6, 2);
+    a.extend(["--stop-after".into(), "1".into()]);
+    assert!(wait(&mut hpff_job(2, &a), 300).status.success());
+    let o = wait(&mut hpff_job(3, &["train".into(), "--resume".into(), r3.display().to_string(), "-q".into()]), 300);
+    assert!(o.status.success(), "resuming a -np 2 run at -np 3: {}", text(&o));
+    let m = std::fs::read_to_string(r3.join("metrics.jsonl")).unwrap();
+    assert_eq!(m.lines().count(), 2, "{m}");
+    println!("dist: a -np 2 run resumes at -np 3");
 
     let bad = |np: usize, args: Vec<String>, want: &str| {
         let o = wait(&mut hpff_job(np, &args), 60);

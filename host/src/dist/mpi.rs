@@ -2,7 +2,7 @@
 
 use std::ops::Add;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mpi::datatype::{Partition, PartitionMut};
@@ -24,6 +24,14 @@ pub(super) struct MpiComm {
     size: usize,
     /// Nanoseconds spent in `sum_f32`.
     reducing: AtomicU64,
+    watch: Arc<Watch>,
+}
+
+/// When this process entered the MPI call it is in (ns since `t0`, plus 1; 0: in none),
+/// read by the watchdog thread.
+struct Watch {
+    t0: Instant,
+    since: AtomicU64,
 }
 
 /// The world communicator, movable between threads.
@@ -50,18 +58,27 @@ impl MpiComm {
         }
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
+        let watch = Arc::new(Watch { t0: Instant::now(), since: AtomicU64::new(0) });
+        if let Some(limit) = timeout()? {
+            watchdog(watch.clone(), limit, rank, size);
+        }
         Ok(MpiComm {
             universe: Mutex::new(Some(universe)),
             world: Mutex::new(Raw(world)),
             rank,
             size,
             reducing: AtomicU64::new(0),
+            watch,
         })
     }
 
     fn with<T>(&self, f: impl FnOnce(&SimpleCommunicator) -> T) -> T {
         let w = self.world.lock().unwrap_or_else(|e| e.into_inner());
-        f(&w.0)
+        let since = self.watch.t0.elapsed().as_nanos() as u64 + 1;
+        self.watch.since.store(since, Ordering::Relaxed);
+        let r = f(&w.0);
+        self.watch.since.store(0, Ordering::Relaxed);
+        r
     }
 
     /// The rank-order sum of [`Comm::sum_f32`]: rank s receives segment s of every rank's
@@ -132,6 +149,48 @@ impl Comm for MpiComm {
     fn finish(&self) {
         let u = self.universe.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(u);
+    }
+}
+
+/// How long one MPI call may wait for the other processes (`HPFF_MPI_TIMEOUT`, seconds;
+/// default 300, 0 = forever).
+fn timeout() -> Result<Option<Duration>> {
+    let Ok(v) = std::env::var("HPFF_MPI_TIMEOUT") else {
+        return Ok(Some(Duration::from_secs(300)));
+    };
+    match v.trim().parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(s) => Ok(Some(Duration::from_secs(s))),
+        Err(_) => Err(Error::msg(format!("HPFF_MPI_TIMEOUT={v:?}: expected whole seconds (0: wait forever)"))),
+    }
+}
+
+/// A process alive but stuck (a deadlock, a hung file system, a frozen node) would hold
+/// the others in their next collective forever: a thread ends the job when this
+/// process has been inside one MPI call for longer than `limit`.
+fn watchdog(watch: Arc<Watch>, limit: Duration, rank: usize, size: usize) {
+    let spawned = std::thread::Builder::new().name("hpff-mpi-watchdog".into()).spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let since = watch.since.load(Ordering::Relaxed);
+        if since == 0 {
+            continue;
+        }
+        let waited = watch.t0.elapsed().saturating_sub(Duration::from_nanos(since - 1));
+        if waited > limit {
+            eprintln!(
+                "hpff: error (rank {rank} of {size}): waited {} s for the other processes; one is stuck or unreachable; ending the job (HPFF_MPI_TIMEOUT sets the limit)",
+                waited.as_secs()
+            );
+            // SAFETY: MPI is initialised (the watchdog starts after MPI_Init and only
+            // fires while this process is inside an MPI call, so before MPI_Finalize).
+            unsafe {
+                mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1);
+            }
+            std::process::exit(1);
+        }
+    });
+    if spawned.is_err() {
+        eprintln!("hpff: warning: no watchdog thread; a stuck process would hold this job");
     }
 }
 
