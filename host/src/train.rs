@@ -420,7 +420,9 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         }
         None => Snapshot::init(&plan, &mut Rng::new(seed).fork(INIT_STREAM)).upload(&mut *exec)?,
     }
-    dist::check_same(comm, "configuration, data or hpff binary", &run_digest(&meta, &data))?;
+    if comm.size() > 1 {
+        dist::check_same(comm, "configuration, data or hpff binary", &run_digest(&meta, &data))?;
+    }
     let cfg_path = out.join("config.toml");
     // Held until this function returns: the run folder belongs to this run.
     let _lock = if lead { Some(prepare_out(&out, &plan, &cfg_path, &meta)?) } else { None };
@@ -476,14 +478,15 @@ pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, o
         say(
             opts,
             format!(
-                "processes: {} (MPI); each takes {batch} of every batch of {} and {} of the epoch's {n} training images{}; gradients averaged over the processes before each module's update",
+                "processes: {} (MPI); each takes {batch} of every batch of {} and {} of the epoch's {n} training images{}; gradients averaged over the processes before each module's update; BN statistics {}",
                 comm.size(),
                 setup.batch,
                 shard.len(n),
                 match shard.padding(n) {
                     0 => String::new(),
                     p => format!(" (padded with {p} repeated image{} to equal shards)", if p == 1 { "" } else { "s" }),
-                }
+                },
+                if cfg.sync_bn { "over the whole batch (--sync-bn)" } else { "per process (--sync-bn: over the whole batch)" },
             ),
         );
     }
