@@ -1,0 +1,593 @@
+//! One training run, step by step: [`Run::open`] (plan, executor, resume, run folder),
+//! [`Run::header`] (what the run is, printed once), [`Run::epoch`] (training steps, the
+//! evaluation, the checkpoint) and [`Run::finish`] (the final accuracy, the summary).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use hpff_core::exec::{Executor, Region, StepInput};
+use hpff_core::plan::{Plan, TensorKind};
+use hpff_core::rng::Rng;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::{augment_of, data_shape, evaluate_over, Data, Outcome, RunOptions, DATA_STREAM, INIT_STREAM};
+use crate::checkpoint::{self, Meta, TensorFile};
+use crate::config::{Config, NonFinite, Settings, Setup};
+use crate::data::{self, Augment, Source};
+use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
+use crate::dist::{self, Comm, Shard};
+use crate::error::{io_err, Error, Result};
+use crate::files::RunLock;
+use crate::metrics::{self, EpochMetrics, EvalResult, LossMeter};
+use crate::plot;
+use crate::resources::fmt_mib;
+
+/// Trains with config `cfg` (completed with the defaults) on `data`, from scratch or from `resumed`.
+///
+/// Under mpirun every process calls this with the same arguments ([`crate::dist`]): each
+/// trains on its shard of every global batch, with its module gradients averaged over
+/// the processes; rank 0 alone prints and writes.
+pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, opts: &RunOptions) -> Result<Outcome> {
+    let mut run = Run::open(cfg, data, resumed.as_ref(), opts)?;
+    run.header(resumed.as_ref());
+    let stop = run.opts.stop_after.unwrap_or(run.cfg.epochs).min(run.cfg.epochs);
+    for epoch in run.meta.epoch + 1..=stop {
+        run.epoch(epoch)?;
+    }
+    run.finish()
+}
+
+/// A run between [`Run::open`] and [`Run::finish`].
+struct Run {
+    t0: Instant,
+    opts: RunOptions,
+    cfg: Settings,
+    setup: Setup,
+    data: Data,
+    aug: Option<Augment>,
+    data_rng: Rng,
+    comm: &'static dyn Comm,
+    shard: Shard,
+    /// This process's share of every batch.
+    batch: usize,
+    plan: Plan,
+    /// The plan of the epoch's last, partial batch (the reference's DataLoader keeps it).
+    tail: Option<Plan>,
+    exec: DynExecutor,
+    meta: Meta,
+    out: PathBuf,
+    losses: Vec<f32>,
+    grads: Vec<f32>,
+    /// The run folder belongs to this run while it is held (rank 0 only).
+    _lock: Option<RunLock>,
+}
+
+impl Run {
+    /// Plans the step, opens the executor, loads `resumed` or initialises the model, and
+    /// (rank 0) takes and prepares the run folder.
+    fn open(cfg: &Config, data: Data, resumed: Option<&checkpoint::Loaded>, opts: &RunOptions) -> Result<Run> {
+        let t0 = Instant::now();
+        let comm = dist::world();
+        let lead = comm.rank() == 0;
+        let opts = RunOptions { quiet: opts.quiet || !lead, ..opts.clone() };
+        let shard = Shard { rank: comm.rank(), world: comm.size() };
+        let cfg = cfg.settings();
+        let aug = augment_of(&cfg);
+        let mut evals = vec![&data.eval];
+        if let Some(t) = &data.test {
+            evals.push(t);
+        }
+        let shape = data_shape(&data.train, aug.as_ref(), &evals)?;
+        let setup: Setup = cfg.setup(shape)?;
+        let batch = dist::local_batch(setup.batch, comm)?;
+        let plan = setup.plan(batch)?;
+        if let Some(limit) = opts.memory_limit {
+            crate::budget::check_fits(&setup, &plan, limit)?;
+        }
+        let tail_n = shard.len(data.train.len()) % batch;
+        // Parameter offsets do not depend on the batch, so the tail shares the arena.
+        let tail = if tail_n > 0 { Some(setup.plan(tail_n)?) } else { None };
+        let exec_opts = ExecOptions { threads: cfg.threads, tf32: cfg.tf32, comm: Some(comm), sync_bn: cfg.sync_bn };
+        let mut exec: DynExecutor = device::open(cfg.device, &plan, exec_opts)?;
+        let data_rng = Rng::new(cfg.seed).fork(DATA_STREAM);
+        let mut meta = Meta {
+            hpff_version: env!("CARGO_PKG_VERSION").into(),
+            config: cfg.to_config(),
+            shape,
+            epoch: 0,
+            global_step: 0,
+            seed: cfg.seed,
+            data_rng: data_rng.state(),
+            metrics: Vec::new(),
+            best_accuracy: None,
+            test: None,
+            elapsed_s: 0.0,
+            tensors: TensorFile { file: String::new(), bytes: 0, sha256: String::new() },
+        };
+        match resumed {
+            Some(l) => resume(l, &mut meta, &plan, &mut *exec)?,
+            None => Snapshot::init(&plan, &mut Rng::new(cfg.seed).fork(INIT_STREAM)).upload(&mut *exec)?,
+        }
+        if comm.size() > 1 {
+            dist::check_same(comm, "configuration, data or hpff binary", &run_digest(&meta, &data))?;
+        }
+        let out = cfg.out.clone();
+        let _lock = if lead { Some(prepare_out(&out, &plan, &meta)?) } else { None };
+        let (losses, grads) = (vec![0f32; plan.loss_slots()], vec![0f32; plan.params]);
+        Ok(Run {
+            t0,
+            opts,
+            cfg,
+            setup,
+            data,
+            aug,
+            data_rng,
+            comm,
+            shard,
+            batch,
+            plan,
+            tail,
+            exec,
+            meta,
+            out,
+            losses,
+            grads,
+            _lock,
+        })
+    }
+
+    fn say(&self, s: impl AsRef<str>) {
+        if !self.opts.quiet {
+            println!("{}", s.as_ref());
+        }
+    }
+
+    /// What the run is: config, data, model, schedule, processes, streaming bounds.
+    fn header(&self, resumed: Option<&checkpoint::Loaded>) {
+        let (shape, setup, data) = (&self.meta.shape, &self.setup, &self.data);
+        self.say(format!(
+            "hpff {} — config (saved in {}):",
+            env!("CARGO_PKG_VERSION"),
+            self.out.join("config.toml").display()
+        ));
+        if !self.opts.quiet {
+            for l in self.meta.config.to_toml().lines() {
+                println!("  {l}");
+            }
+        }
+        self.say(format!(
+            "data: {} train / {} {} images, {}×{}×{}, {} classes; augmentation {}",
+            data.train.len(),
+            data.eval.len(),
+            data.eval_name,
+            shape.c,
+            shape.image,
+            shape.image,
+            shape.classes,
+            augmentation_line(&data.train, self.aug.as_ref()),
+        ));
+        self.say(format!(
+            "model: {} {}; arena {} planned; executor: {}",
+            setup.arch.name(),
+            setup.method_line(),
+            fmt_mib(Some(self.plan.memory().total() as u64)),
+            self.exec,
+        ));
+        self.say(format!("schedule: {}", setup.schedule_line()));
+        if self.comm.size() > 1 {
+            self.say(self.processes_line());
+        }
+        if let Some(l) = resumed {
+            self.say(format!(
+                "resumed from {} after epoch {} (step {})",
+                l.json_path.display(),
+                l.meta.epoch,
+                l.meta.global_step
+            ));
+        }
+        if let Source::Stream(s) = &data.train {
+            let o = data::StreamOptions::train(self.batch, s.workers);
+            self.say(format!(
+                "stream: {} decoding threads, {} batches prepared ahead; memory bound (depth + 1) × batch × (3·S²·4 + 4) + threads × (F + 6·P + 12·H·S + 12·S²) + index = {} + {} × decode buffers + index {} (S = {}; F, P, H: the largest file's bytes, image's pixels and rows)",
+                s.workers,
+                o.depth,
+                fmt_mib(Some(s.bound_for(&o, 0, 0, 0).batches as u64)),
+                s.workers,
+                fmt_mib(Some(s.index.bytes() as u64)),
+                s.size,
+            ));
+        }
+    }
+
+    fn processes_line(&self) -> String {
+        let n = self.data.train.len();
+        format!(
+            "processes: {} (MPI); each takes {} of every batch of {} and {} of the epoch's {n} training images{}; gradients averaged over the processes before each module's update; BN statistics {}",
+            self.comm.size(),
+            self.batch,
+            self.setup.batch,
+            self.shard.len(n),
+            match self.shard.padding(n) {
+                0 => String::new(),
+                p => format!(" (padded with {p} repeated image{} to equal shards)", if p == 1 { "" } else { "s" }),
+            },
+            if self.cfg.sync_bn { "over the whole batch (--sync-bn)" } else { "per process (--sync-bn: over the whole batch)" },
+        )
+    }
+
+    /// Trains epoch `epoch`, evaluates when due, records it and (rank 0) commits a checkpoint.
+    fn epoch(&mut self, epoch: u32) -> Result<()> {
+        let te = Instant::now();
+        let epochs = self.cfg.epochs;
+        let (meter, skipped, steps) = self.train_epoch(epoch, te)?;
+        if skipped == steps {
+            return Err(Error::msg(format!(
+                "every step of epoch {epoch} had a NaN or infinite loss or gradient and was skipped; lower --lr"
+            )));
+        }
+        let train_s = te.elapsed().as_secs_f64();
+        share_bn_state(&mut *self.exec, self.comm)?;
+        let ev = if epoch.is_multiple_of(self.cfg.eval_every) || epoch == epochs {
+            Some(evaluate_over(&mut *self.exec, &self.plan, &self.data.eval, &self.setup.normalize, self.comm)?)
+        } else {
+            None
+        };
+        if let Some(e) = ev {
+            if self.meta.best_accuracy.is_none_or(|b| e.accuracy > b) {
+                self.meta.best_accuracy = Some(e.accuracy);
+            }
+        }
+        let rec = EpochMetrics {
+            epoch,
+            lr: self.setup.lr(epoch, 0, steps),
+            train_loss: meter.final_mean(),
+            losses: meter.by_kind(),
+            eval_split: ev.map(|_| self.data.eval_name.to_string()),
+            eval_accuracy: ev.map(|e| e.accuracy),
+            eval_loss: ev.map(|e| e.loss),
+            train_images: meter.images(),
+            steps,
+            skipped_steps: skipped,
+            images_per_s: meter.images() as f64 / train_s.max(1e-9),
+            epoch_s: te.elapsed().as_secs_f64(),
+            elapsed_s: self.meta.elapsed_s + self.t0.elapsed().as_secs_f64(),
+            train_loss_curve: meter.curve(),
+        };
+        self.say(epoch_line(&rec, epochs));
+        self.meta.metrics.push(rec);
+        self.meta.epoch = epoch;
+        if self._lock.is_some() {
+            let mut m = self.meta.clone();
+            m.elapsed_s = self.meta.elapsed_s + self.t0.elapsed().as_secs_f64();
+            write_outputs(&self.out, &self.plan, &Snapshot::download(&mut *self.exec)?, &mut m, self.data.eval_name)?;
+        }
+        Ok(())
+    }
+
+    /// The training steps of epoch `epoch` (started at `te`): their losses, how many were
+    /// skipped, and how many there were.
+    fn train_epoch(&mut self, epoch: u32, te: Instant) -> Result<(LossMeter, usize, usize)> {
+        let (setup, on_nonfinite, epochs) = (&self.setup, self.cfg.on_nonfinite, self.cfg.epochs);
+        let mut batches = self.data.train.train_epoch(
+            self.batch,
+            self.aug.as_ref(),
+            &setup.normalize,
+            &self.data_rng,
+            epoch as u64,
+            self.shard,
+        );
+        let steps = batches.len();
+        let pb = progress(self.opts.quiet, steps as u64, epoch, epochs);
+        let mut meter = LossMeter::new(&self.plan).with_curve(steps);
+        let mut skipped = 0usize;
+        let mut i = 0;
+        while let Some(b) = batches.next() {
+            let b = b.inspect_err(|_| pb.finish_and_clear())?;
+            let lr = setup.lr(epoch, i, steps);
+            let p = if b.n == self.batch {
+                &self.plan
+            } else {
+                self.tail
+                    .as_ref()
+                    .filter(|t| t.batch == b.n)
+                    .ok_or_else(|| Error::msg("internal: no plan for a partial batch"))?
+            };
+            let input = StepInput { x: &b.x, labels: &b.y, lr, sgd: setup.sgd };
+            let (losses, grads) = (&mut self.losses, &mut self.grads);
+            match guarded_step(&mut *self.exec, p, &input, losses, grads, &meter, on_nonfinite, self.comm)? {
+                None => meter.add_at(losses, b.n * self.comm.size(), i),
+                Some(fault) if on_nonfinite == NonFinite::Skip => {
+                    skipped += 1;
+                    if !self.opts.quiet {
+                        let step = self.meta.global_step + 1;
+                        pb.suspend(|| eprintln!("warning: step {step} (epoch {epoch}) undone and skipped: {fault}"));
+                    }
+                }
+                Some(fault) => {
+                    pb.finish_and_clear();
+                    return Err(Error::msg(format!(
+                        "{fault} at step {} (epoch {epoch}, lr {lr}); training stopped, the last checkpoint (epoch {}) is kept; lower --lr, or --on-nonfinite skip to undo such steps",
+                        self.meta.global_step + 1,
+                        self.meta.epoch
+                    )));
+                }
+            }
+            self.meta.global_step += 1;
+            pb.inc(1);
+            let secs = te.elapsed().as_secs_f64().max(1e-9);
+            let mut status = format!("{:.0} img/s  loss {:.4}", meter.images() as f64 / secs, meter.final_mean());
+            if let Some(w) = batches.waited() {
+                // Streaming: the share of the epoch spent waiting for decoded batches.
+                status.push_str(&format!("  data wait {:.0}%", 100.0 * w.as_secs_f64() / secs));
+            }
+            // A log file gets no progress bar: a plain line every tenth of the epoch instead.
+            if !self.opts.quiet && pb.is_hidden() && (i + 1) % steps.div_ceil(10).max(1) == 0 && i + 1 < steps {
+                eprintln!("epoch {epoch}/{epochs}  step {}/{steps}  {status}", i + 1);
+            }
+            pb.set_message(status);
+            i += 1;
+        }
+        pb.finish_and_clear();
+        if let Source::Stream(s) = &self.data.train {
+            self.say(format!(
+                "stream memory bound at the largest image so far: {}",
+                s.bound(&data::StreamOptions::train(self.batch, s.workers))
+            ));
+        }
+        Ok((meter, skipped, steps))
+    }
+
+    /// The final accuracy (when the schedule is done), the outputs and the summary.
+    fn finish(mut self) -> Result<Outcome> {
+        let epochs = self.cfg.epochs;
+        let finished = self.meta.epoch >= epochs;
+        let test = if finished { Some(self.final_eval()?) } else { None };
+        let wall_s = self.t0.elapsed().as_secs_f64();
+        let peak = metrics::peak_rss_bytes();
+        let mem = self.plan.memory();
+        self.meta.test = test;
+        self.meta.elapsed_s += wall_s;
+        let snapshot = Snapshot::download(&mut *self.exec)?;
+        self.exec.download(Region::Grads, 0, &mut self.grads)?;
+        if self._lock.is_some() {
+            write_outputs(&self.out, &self.plan, &snapshot, &mut self.meta, self.data.eval_name)?;
+            let summary = serde_json::json!({
+                "finished": finished,
+                "epochs": self.meta.epoch,
+                "final_split": self.data.final_name,
+                "test_accuracy": test.map(|t| t.accuracy),
+                "test_loss": test.map(|t| t.loss),
+                "test_images": test.map(|t| t.images),
+                "best_eval_accuracy": self.meta.best_accuracy,
+                "wall_s": wall_s,
+                "arena_bytes": mem.total(),
+                "device": self.exec.to_string(),
+                "executor_extra_bytes": self.exec.held().extra,
+                "peak_rss_bytes": peak,
+            });
+            let sp = self.out.join("summary.json");
+            crate::files::write_atomic(&sp, &serde_json::to_vec_pretty(&summary).expect("json"))?;
+        }
+        let mem_line = format!("arena {} planned, peak RSS {}", fmt_mib(Some(mem.total() as u64)), fmt_mib(peak));
+        self.say(match test {
+            Some(t) => format!(
+                "done: {} accuracy {:.2}% (loss {:.4}, {} images); wall {wall_s:.1} s; {mem_line}; outputs in {}",
+                self.data.final_name,
+                100.0 * t.accuracy,
+                t.loss,
+                t.images,
+                self.out.display()
+            ),
+            None => format!(
+                "stopped after epoch {} of {epochs}; wall {wall_s:.1} s; {mem_line}; continue with --resume {}",
+                self.meta.epoch,
+                self.out.display()
+            ),
+        });
+        Ok(Outcome {
+            epochs_done: self.meta.epoch,
+            finished,
+            test,
+            metrics: self.meta.metrics,
+            wall_s,
+            arena_bytes: mem.total(),
+            peak_rss: peak,
+            out: self.out,
+            snapshot,
+            grads: self.grads,
+            plan: self.plan,
+        })
+    }
+
+    /// The test split's result; without one, the last epoch's evaluation (already done).
+    fn final_eval(&mut self) -> Result<EvalResult> {
+        let (data, norm) = (&self.data, &self.setup.normalize);
+        Ok(match (&data.test, self.meta.metrics.last()) {
+            (None, Some(r)) if r.epoch == self.cfg.epochs && r.eval_accuracy.is_some() => EvalResult {
+                accuracy: r.eval_accuracy.unwrap_or(0.0),
+                loss: r.eval_loss.unwrap_or(0.0),
+                images: data.eval.len(),
+            },
+            (Some(t), _) => evaluate_over(&mut *self.exec, &self.plan, t, norm, self.comm)?,
+            (None, _) => evaluate_over(&mut *self.exec, &self.plan, &data.eval, norm, self.comm)?,
+        })
+    }
+}
+
+/// Loads checkpoint `l` into the executor and its progress into `meta`, after checking
+/// it belongs to this run's seed and data.
+fn resume(l: &checkpoint::Loaded, meta: &mut Meta, plan: &Plan, exec: &mut dyn Executor<Error = Error>) -> Result<()> {
+    if l.meta.seed != meta.seed {
+        return Err(Error::msg(format!(
+            "--seed {} differs from the checkpoint's {}; a resumed run keeps its seed",
+            meta.seed, l.meta.seed
+        )));
+    }
+    if l.meta.shape != meta.shape {
+        return Err(Error::msg(format!(
+            "the data's shape {:?} differs from the checkpoint's {:?}",
+            meta.shape, l.meta.shape
+        )));
+    }
+    l.restore(plan, true)?.upload(exec)?;
+    meta.epoch = l.meta.epoch;
+    meta.global_step = l.meta.global_step;
+    meta.metrics = l.meta.metrics.clone();
+    meta.best_accuracy = l.meta.best_accuracy;
+    meta.elapsed_s = l.meta.elapsed_s;
+    Ok(())
+}
+
+/// The header's description of the augmentation.
+fn augmentation_line(train: &Source, aug: Option<&Augment>) -> String {
+    match (train, aug) {
+        (Source::Stream(s), Some(_)) => format!(
+            "RandomResizedCrop({0}, scale=(0.08, 1), ratio=(3/4, 4/3)) + flip; evaluation resize {1} + centre crop {0}",
+            s.size,
+            data::transform::eval_resize(s.size)
+        ),
+        (Source::Stream(s), None) => {
+            format!("off (resize {1} + centre crop {0})", s.size, data::transform::eval_resize(s.size))
+        }
+        (Source::Memory(_), a) => a.map_or("off".to_string(), |a| {
+            format!("pad {}{} crop {} flip {}", a.pad, if a.reflect { " (reflect)" } else { "" }, a.crop, a.flip)
+        }),
+    }
+}
+
+/// Creates the output folder, takes its lock (one run at a time), checks it has room for
+/// checkpoints, and writes `config.toml`.
+fn prepare_out(out: &Path, plan: &Plan, meta: &Meta) -> Result<RunLock> {
+    std::fs::create_dir_all(out).map_err(|e| io_err(out, "create the output folder", e))?;
+    let lock = crate::files::lock_run(out)?;
+    // Room for two checkpoints (the committed one stays until the next is in place):
+    // known now, so said now rather than after the first epoch's work.
+    let ckpt = checkpoint::bytes_bound(plan);
+    if let Some(free) = crate::files::free_bytes(out).filter(|&f| f < 2 * ckpt) {
+        return Err(Error::msg(format!(
+            "{}: {} free, but checkpoints need {} (two while one replaces the other); free space or choose another --out",
+            out.display(),
+            fmt_mib(Some(free)),
+            fmt_mib(Some(2 * ckpt))
+        )));
+    }
+    crate::files::write_atomic(&out.join("config.toml"), meta.config.to_toml().as_bytes())?;
+    Ok(lock)
+}
+
+/// What every process of a job must share: the configuration, the data's sizes, classes
+/// and labels, and the hpff binary itself.
+fn run_digest(meta: &Meta, data: &Data) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(meta.config.to_toml());
+    h.update(format!("{:?}", meta.shape));
+    for s in [Some(&data.train), Some(&data.eval), data.test.as_ref()].into_iter().flatten() {
+        h.update(s.len().to_le_bytes());
+        h.update(s.class_names().join("\n"));
+        if let Source::Memory(d) = s {
+            h.update(d.labels.iter().flat_map(|l| l.to_le_bytes()).collect::<Vec<u8>>());
+        }
+    }
+    if let Ok(bin) = std::env::current_exe().and_then(std::fs::read) {
+        h.update(bin);
+    }
+    h.finalize().into()
+}
+
+/// Rank 0's BN running statistics on every process (as DDP broadcasts its buffers), so
+/// that evaluation and checkpoints see one model; a no-op alone.
+fn share_bn_state(exec: &mut dyn Executor<Error = Error>, comm: &dyn Comm) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let mut state = vec![0f32; exec.layout().state];
+    exec.download(Region::BnState, 0, &mut state)?;
+    comm.broadcast_f32(&mut state);
+    exec.upload(Region::BnState, 0, &state)
+}
+
+/// The checkpoint first (its commit is the point a run can resume from), then the
+/// metrics and plot derived from the same records; each file is replaced atomically, so
+/// after a crash `metrics.jsonl` never holds an epoch the checkpoint lacks (and a
+/// resumed run rewrites it from the checkpoint's records).
+fn write_outputs(out: &Path, plan: &Plan, model: &Snapshot, meta: &mut Meta, eval_name: &str) -> Result<()> {
+    checkpoint::save(out, plan, model, meta)?;
+    metrics::write_jsonl(&out.join("metrics.jsonl"), &meta.metrics)?;
+    plot::save(&out.join("curves.png"), &meta.metrics, eval_name)
+}
+
+/// One training step, checked: `None` if its losses and gradients are finite, else what
+/// is not. Under [`NonFinite::Skip`] a faulty step is undone (parameters, momentum and BN
+/// statistics restored from a copy taken before it).
+pub(super) fn guarded_step<E: Executor + ?Sized>(
+    exec: &mut E,
+    plan: &Plan,
+    input: &StepInput,
+    losses: &mut [f32],
+    grads: &mut [f32],
+    meter: &LossMeter,
+    policy: NonFinite,
+    comm: &dyn Comm,
+) -> Result<Option<String>>
+where
+    Error: From<E::Error>,
+{
+    let before = if policy == NonFinite::Skip { Some(Snapshot::download(exec)?) } else { None };
+    exec.train_step(plan, input, losses)?;
+    // The job's mean losses (and non-finite flag), so every process decides alike.
+    dist::average(comm, &mut losses[..plan.loss_slots()]);
+    let fault = match meter.nonfinite(losses) {
+        // Modules are numbered from 0, as `hpff plan` lists them.
+        Some((module, kind, v)) => Some(format!("the {} loss of module {module} is {v}", kind.name())),
+        // The step's own flag (`Op::CheckGrads`): the gradients come back only to name one.
+        None if losses[plan.nonfinite_slot()] != 0.0 => {
+            exec.download(Region::Grads, 0, grads)?;
+            Some(nonfinite_grad(plan, grads))
+        }
+        None => None,
+    };
+    if let (Some(_), Some(s)) = (&fault, before) {
+        s.upload(exec)?;
+    }
+    Ok(fault)
+}
+
+/// Which gradient is NaN or infinite (named by its tensor).
+fn nonfinite_grad(plan: &Plan, grads: &[f32]) -> String {
+    let Some(i) = grads.iter().position(|g| !g.is_finite()) else {
+        return "a gradient is NaN or infinite".into();
+    };
+    let mut name = None;
+    plan.for_each_tensor(|t| {
+        if t.kind == TensorKind::Param && (t.off..t.off + t.len).contains(&i) {
+            name = Some(t.name.to_string());
+        }
+    });
+    format!("the gradient of {} is {}", name.as_deref().unwrap_or("a parameter"), grads[i])
+}
+
+fn progress(quiet: bool, steps: u64, epoch: u32, epochs: u32) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
+    if let Ok(s) = ProgressStyle::with_template("{prefix} [{bar:30}] step {pos}/{len} {msg} ({elapsed}, eta {eta})") {
+        pb.set_style(s.progress_chars("=> "));
+    }
+    pb.set_prefix(format!("epoch {epoch}/{epochs}"));
+    pb
+}
+
+fn epoch_line(r: &EpochMetrics, epochs: u32) -> String {
+    let mut s = format!("epoch {}/{epochs}  lr {:.4}  train loss {:.4}", r.epoch, r.lr, r.train_loss);
+    for (k, v) in &r.losses {
+        let vals: Vec<String> = v.iter().flatten().map(|x| format!("{x:.3}")).collect();
+        s.push_str(&format!("  {k} [{}]", vals.join(" ")));
+    }
+    if let (Some(split), Some(a), Some(l)) = (&r.eval_split, r.eval_accuracy, r.eval_loss) {
+        s.push_str(&format!("  {split} acc {:.2}% loss {:.4}", 100.0 * a, l));
+    }
+    s.push_str(&format!("  {:.0} img/s  {:.1} s (total {:.1} s)", r.images_per_s, r.epoch_s, r.elapsed_s));
+    s
+}
