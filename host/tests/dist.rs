@@ -371,7 +371,26 @@ fn cli_checks() {
     assert!(!o.status.success() && text(&o).contains("rank 1 has another"), "{}", text(&o));
     println!("dist: bad batch sizes and mismatched ranks are one-line errors");
 
+    bench_reports_the_whole_job();
     a_killed_rank_ends_the_job(&data, &tmp.path().join("killed"));
+}
+
+/// `hpff bench --json` under mpirun: one JSON object (rank 0's) for the whole job.
+fn bench_reports_the_whole_job() {
+    let args: Vec<String> = "bench --arch resnet8 --k 3 --batch-size 8 --steps 2 --warmup 1 --threads 1 --json"
+        .split(' ')
+        .map(String::from)
+        .collect();
+    let o = wait(&mut hpff_job(2, &args), 120);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one report from rank 0:\n{out}");
+    let j: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(j["processes"], 2, "{j}");
+    let share = j["allreduce_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "all-reduce share {share}");
+    println!("dist: hpff bench under mpirun reports the job (all-reduce {:.1}% of a step)", 100.0 * share);
 }
 
 /// kill -9 of one rank in the middle of training ends the job within 30 s, non-zero, and
