@@ -134,6 +134,19 @@ def free_port():
 
 
 def run_torch(args, spec, plan_file, world):
+    """Images/s of one PyTorch measurement; a failed multi-process start (gloo has been
+    seen to end a rank with `terminate called without an active exception`, now and then,
+    on this machine) is tried once more, saying so."""
+    try:
+        return run_torch_once(args, spec, plan_file, world)
+    except ct.HarnessError as e:
+        if world == 1:
+            raise
+        print(f"  (retrying: {e})", file=sys.stderr, flush=True)
+        return run_torch_once(args, spec, plan_file, world)
+
+
+def run_torch_once(args, spec, plan_file, world):
     cmd = [sys.executable, __file__, "--worker", "--spec", json.dumps(spec), "--plan-json", plan_file,
            "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
     env = dict(os.environ, WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
@@ -144,7 +157,9 @@ def run_torch(args, spec, plan_file, world):
                               text=True) for r in range(world)]
     outs = [p.communicate(timeout=args.timeout) for p in procs]
     if any(p.returncode for p in procs):
-        raise ct.HarnessError(f"torch world {world}: " + " | ".join(ct.error_line(e) for _, e in outs))
+        tails = [f"rank {r} (exit {p.returncode}): " + " / ".join((e or "").strip().splitlines()[-6:])
+                 for r, (p, (_, e)) in enumerate(zip(procs, outs))]
+        raise ct.HarnessError(f"torch world {world}: " + " | ".join(tails))
     return json.loads(ct.last_line(outs[0][0]))["images_per_s"]
 
 
