@@ -21,6 +21,15 @@ use hpff_core::optim::sgd_step;
 use hpff_core::plan::Plan;
 use hpff_core::rng::Rng;
 
+/// Every method, with HPFF on the method it is defined for.
+const METHODS: [(MethodName, bool); 5] = [
+    (MethodName::E2e, false),
+    (MethodName::Greedy, false),
+    (MethodName::Dgl, false),
+    (MethodName::Infopro, false),
+    (MethodName::Infopro, true),
+];
+
 /// What a rank started by this test does (the parent sets it).
 const MODE: &str = "HPFF_DIST_TEST_MODE";
 
@@ -88,22 +97,8 @@ fn rank_main() {
     let comm = hpff::dist::init().unwrap_or_else(|e| panic!("joining the job: {e}"));
     match std::env::var(MODE).as_deref() {
         Ok("exact") => {
-            for (method, hpff) in [
-                (MethodName::E2e, false),
-                (MethodName::Greedy, false),
-                (MethodName::Dgl, false),
-                (MethodName::Infopro, false),
-                (MethodName::Infopro, true),
-            ] {
+            for (method, hpff) in METHODS {
                 steps_average_gradients_exactly(comm, method, hpff);
-            }
-            for (method, hpff) in [
-                (MethodName::E2e, false),
-                (MethodName::Greedy, false),
-                (MethodName::Dgl, false),
-                (MethodName::Infopro, false),
-                (MethodName::Infopro, true),
-            ] {
                 sync_bn_matches_one_process(comm, method, hpff);
             }
             if comm.rank() == 0 {
