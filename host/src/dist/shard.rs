@@ -11,12 +11,6 @@ pub struct Shard {
     pub world: usize,
 }
 
-impl Default for Shard {
-    fn default() -> Self {
-        Shard::WHOLE
-    }
-}
-
 impl Shard {
     /// One process: every position.
     pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
@@ -39,10 +33,6 @@ impl Shard {
     /// The images this rank takes of an epoch of `n` with padding.
     pub fn len(&self, n: usize) -> usize {
         (n + self.padding(n)) / self.world.max(1)
-    }
-
-    pub fn is_whole(&self) -> bool {
-        self.world <= 1
     }
 }
 
