@@ -103,6 +103,22 @@ pub fn check_fits(setup: &Setup, plan: &Plan, limit: usize) -> Result<()> {
     Err(Error::msg(format!("the plan needs {} of activations, over the limit of {}; {instead}", mib(need), mib(limit))))
 }
 
+/// Refuses pipeline stage `s` (its plan `stage`) when its activation peak is over `limit`.
+pub fn check_stage_fits(stage: &Plan, s: usize, limit: usize) -> Result<()> {
+    let need = stage.memory().activations;
+    if need <= limit {
+        return Ok(());
+    }
+    let m = stage.stage.modules();
+    Err(Error::msg(format!(
+        "pipeline stage {s} (modules {}..={}) needs {} of activations, over the limit of {}; move modules to other stages with --stages, or use more processes",
+        m.start,
+        m.end - 1,
+        mib(need),
+        mib(limit)
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

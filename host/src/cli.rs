@@ -177,6 +177,13 @@ pub struct PlanArgs {
     /// best expected accuracy whose activation peak fits, e.g. 64MiB, 1GiB, 500MB or bytes
     #[arg(long, value_name = "SIZE")]
     pub memory_limit: Option<String>,
+    /// Cut the modules into W pipeline stages, as `mpirun -np W hpff train --pipeline` does,
+    /// and print each stage's bound; --memory-limit then applies to every stage
+    #[arg(long, value_name = "W")]
+    pub pipeline: Option<usize>,
+    /// With --pipeline: modules per stage, bottom up (e.g. 3,5) [default: balanced by FLOPs]
+    #[arg(long, value_delimiter = ',', value_name = "N1,N2,...", requires = "pipeline")]
+    pub stages: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -240,7 +247,8 @@ pub fn run(cli: Cli) -> Result<()> {
             let cfg = with_file(&a.config, flags)?.settings();
             let shape = a.shape.shape(cfg.dataset)?;
             let limit = a.memory_limit.as_deref().map(budget::parse_size).transpose()?;
-            commands::plan::plan(&cfg, shape, a.json, a.ops, limit)
+            let pipeline = a.pipeline.map(|w| (w, &a.stages[..]));
+            commands::plan::plan(&cfg, shape, a.json, a.ops, limit, pipeline)
         }
         Command::Bench(a) => {
             let mut flags = Config::default();

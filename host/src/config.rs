@@ -380,6 +380,12 @@ hyper_parameters! {
         /// Under mpirun, BatchNorm statistics over the job's whole batch (PyTorch's SyncBatchNorm) instead of each process's share; a no-op in one process
         #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
         sync_bn: bool = false;
+        /// Under mpirun, train the modules as a pipeline: each process holds a contiguous range of modules (a stage) and trains it while the stages above work on earlier steps, instead of a copy of the whole model
+        #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
+        pipeline: bool = false;
+        /// With --pipeline: modules per stage, bottom up, one count per process (e.g. 3,5) [default: balanced by the plan's FLOPs]
+        #[arg(long, value_delimiter = ',', value_name = "N1,N2,...")]
+        stages: Vec<usize> = vec![];
     }
 
     /// Training (`train`).

@@ -8,13 +8,15 @@
 //! bit-identical whatever `--threads` is. (It differs in the last bits from the core's
 //! single-threaded reference executor, which reduces over the whole batch at once.)
 
-use hpff_core::exec::{self, check_eval, check_train, region_span, ExecError, Executor, Held, StepInput};
+use hpff_core::exec::{
+    self, check_eval, check_train, check_unlinked, region_span, ExecError, Executor, Held, StepInput,
+};
 use hpff_core::loss;
 use hpff_core::ops::{self, BatchNorm2d};
 use hpff_core::optim::sgd_step;
 use hpff_core::plan::{Buf, Op, Plan};
 
-use crate::dist::Comm;
+use crate::dist::{Comm, StageLink};
 use rayon::prelude::*;
 use std::fmt;
 
@@ -38,6 +40,8 @@ pub struct CpuExecutor {
     comm: Option<&'static dyn Comm>,
     /// BatchNorm's batch statistics over `comm`'s processes.
     sync_bn: bool,
+    /// The neighbouring stages of a pipeline ([`Op::Send`], [`Op::Recv`]).
+    link: Option<StageLink>,
 }
 
 /// Sizes of the executor's own buffers for one plan.
@@ -106,7 +110,14 @@ impl CpuExecutor {
             e,
             comm: None,
             sync_bn: false,
+            link: None,
         }
+    }
+
+    /// Runs pipeline stages: [`Op::Send`] and [`Op::Recv`] go to the neighbouring ranks.
+    pub fn with_link(mut self, link: Option<StageLink>) -> CpuExecutor {
+        self.link = link;
+        self
     }
 
     /// Averages each module's gradients over `comm`'s processes before its update (its
@@ -196,6 +207,9 @@ impl Executor for CpuExecutor {
 
     fn train_step(&mut self, plan: &Plan, input: &StepInput, losses: &mut [f32]) -> Result<(), ExecError> {
         check_train(&self.layout, plan, input, losses)?;
+        if self.link.is_none() {
+            check_unlinked(plan)?;
+        }
         let e = self.extra_for(plan)?;
         let inp = plan.input();
         self.arena[inp.off..inp.end()].copy_from_slice(input.x);
@@ -204,19 +218,24 @@ impl Executor for CpuExecutor {
         let mut ctx = Ctx::new(plan, &mut self.arena, &mut self.scratch, &mut self.partials, e, input);
         ctx.comm = self.comm;
         ctx.sync_bn = self.comm.filter(|_| self.sync_bn);
+        ctx.link = self.link;
         self.pool.install(|| ctx.run_all(&ops, losses));
         Ok(())
     }
 
     fn eval_step(&mut self, plan: &Plan, x: &[f32], logits: &mut [f32]) -> Result<(), ExecError> {
         check_eval(&self.layout, plan, x, logits)?;
+        if self.link.is_none() {
+            check_unlinked(plan)?;
+        }
         let e = self.extra_for(plan)?;
         let inp = plan.input();
         self.arena[inp.off..inp.end()].copy_from_slice(x);
         let input = StepInput { x, labels: &[], lr: 0.0, sgd: Default::default() };
         let mut ops = Vec::new();
         plan.eval_step(|op| ops.push(*op));
-        let ctx = Ctx::new(plan, &mut self.arena, &mut self.scratch, &mut self.partials, e, &input);
+        let mut ctx = Ctx::new(plan, &mut self.arena, &mut self.scratch, &mut self.partials, e, &input);
+        ctx.link = self.link;
         self.pool.install(|| ctx.run_all(&ops, &mut []));
         let l = plan.logits();
         logits.copy_from_slice(&self.arena[l.off..l.end()]);
@@ -293,6 +312,7 @@ struct Ctx<'a> {
     comm: Option<&'a dyn Comm>,
     /// BN sums are summed over these processes (`--sync-bn`).
     sync_bn: Option<&'a dyn Comm>,
+    link: Option<StageLink>,
 }
 
 impl<'a> Ctx<'a> {
@@ -314,6 +334,7 @@ impl<'a> Ctx<'a> {
             n: plan.batch,
             comm: None,
             sync_bn: None,
+            link: None,
         }
     }
 
@@ -654,6 +675,14 @@ impl<'a> Ctx<'a> {
                     .zip(grads.par_chunks(SGD_PIECE))
                     .zip(mom.par_chunks_mut(SGD_PIECE))
                     .for_each(|((pp, gg), mm)| sgd_step(&sgd, lr, pp, gg, mm));
+            }
+            Op::Send { buf, to } => {
+                let l = self.link.expect("checked: a stage that talks runs with a link");
+                l.comm.send_f32(l.rank_of(to), self.r(buf));
+            }
+            Op::Recv { buf, from } => {
+                let l = self.link.expect("checked: a stage that talks runs with a link");
+                l.comm.recv_f32(l.rank_of(from), self.w(buf));
             }
         }
     }

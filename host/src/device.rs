@@ -72,6 +72,8 @@ pub struct ExecOptions {
     pub comm: Option<&'static dyn Comm>,
     /// With `comm`: BatchNorm's batch statistics over every process's images.
     pub sync_bn: bool,
+    /// A pipeline stage's link to its neighbours (module parallelism).
+    pub link: Option<crate::dist::StageLink>,
 }
 
 /// An executor whose errors are the CLI's.
@@ -128,9 +130,14 @@ pub fn open(device: Device, layout: &Plan, opts: ExecOptions) -> Result<DynExecu
                 let need = |p: &Plan| CpuExecutor::bytes_needed(p, opts.threads);
                 crate::resources::check_fits(layout, avail, "the memory available", need)?;
             }
-            boxed(CpuExecutor::new(layout, opts.threads).with_comm(opts.comm).with_sync_bn(opts.sync_bn))
+            boxed(
+                CpuExecutor::new(layout, opts.threads)
+                    .with_comm(opts.comm)
+                    .with_sync_bn(opts.sync_bn)
+                    .with_link(opts.link),
+            )
         }
-        Device::Cuda(_) if opts.comm.is_some_and(|c| c.size() > 1) => return Err(Error::msg(
+        Device::Cuda(_) if opts.comm.is_some_and(|c| c.size() > 1) || opts.link.is_some() => return Err(Error::msg(
             "training on several processes runs on --device cpu for now (the GPU path, over NCCL, is not built yet)",
         )),
         Device::Cuda(n) => cuda(n, layout, opts)?,

@@ -19,7 +19,7 @@ use crate::executor::step_scalars;
 use crate::kernels::K;
 use crate::launch::{check_signature, Arg, ConvCall, ConvDir, ConvPath, Gemm, Sink};
 use crate::sizing::Extras;
-use hpff_core::exec::{check_eval, check_train, region_span, Executor, Held, Region, StepInput};
+use hpff_core::exec::{check_eval, check_train, check_unlinked, region_span, Executor, Held, Region, StepInput};
 use hpff_core::plan::{Buf, Plan};
 use std::fmt;
 
@@ -264,6 +264,7 @@ impl Executor for EmuExecutor {
 
     fn train_step(&mut self, plan: &Plan, input: &StepInput, losses: &mut [f32]) -> Result<(), CudaError> {
         check_train(&self.layout, plan, input, losses)?;
+        check_unlinked(plan)?;
         self.stage(plan, input);
         self.run(plan, true)?;
         let slots = plan.loss_slots();
@@ -276,6 +277,7 @@ impl Executor for EmuExecutor {
 
     fn eval_step(&mut self, plan: &Plan, x: &[f32], logits: &mut [f32]) -> Result<(), CudaError> {
         check_eval(&self.layout, plan, x, logits)?;
+        check_unlinked(plan)?;
         let inp = plan.input();
         self.arena_f32()[inp.off..inp.end()].copy_from_slice(x);
         self.run(plan, false)?;

@@ -379,6 +379,8 @@ impl<'a, S: Sink> Encoder<'a, S> {
                 let args = [Arg::P(self.a(r.off)), Arg::P(self.a(g)), Arg::P(self.a(m)), Arg::P(self.p.step)];
                 self.each(K::SgdStep, r.len, &args)?;
             }
+            // Pipeline stages run on the CPU executor (the executors refuse them first).
+            Op::Send { .. } | Op::Recv { .. } => return Err(hpff_core::exec::ExecError::NoLink.into()),
         }
         Ok(())
     }

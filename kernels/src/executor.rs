@@ -11,7 +11,7 @@ use crate::launch::ConvPath;
 use crate::load;
 use crate::sizing::Extras;
 use cudarc::driver::{result, CudaContext, CudaStream};
-use hpff_core::exec::{check_eval, check_train, region_span, Executor, Held, Region, StepInput};
+use hpff_core::exec::{check_eval, check_train, check_unlinked, region_span, Executor, Held, Region, StepInput};
 use hpff_core::plan::{Buf, Plan};
 use std::fmt;
 use std::sync::Arc;
@@ -469,6 +469,7 @@ impl Executor for CudaExecutor {
 
     fn train_step(&mut self, plan: &Plan, input: &StepInput, losses: &mut [f32]) -> Result<(), CudaError> {
         check_train(&self.layout, plan, input, losses)?;
+        check_unlinked(plan)?;
         self.check_batch(plan)?;
         self.bind()?;
         self.stage(plan, input)?;
@@ -482,6 +483,7 @@ impl Executor for CudaExecutor {
 
     fn eval_step(&mut self, plan: &Plan, x: &[f32], logits: &mut [f32]) -> Result<(), CudaError> {
         check_eval(&self.layout, plan, x, logits)?;
+        check_unlinked(plan)?;
         self.check_batch(plan)?;
         self.bind()?;
         self.htod(self.arena_addr(plan.input()), x)?;

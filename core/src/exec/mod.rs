@@ -107,6 +107,9 @@ pub enum ExecError {
         end: usize,
         len: usize,
     },
+    /// A pipeline stage's plan (it sends to or receives from another stage) on an
+    /// executor without a link to the other stages.
+    NoLink,
     /// A step's plan has another parameter layout than the executor's.
     Layout {
         params: usize,
@@ -134,6 +137,9 @@ impl fmt::Display for ExecError {
             ExecError::Region { region, end, len } => {
                 write!(f, "copy to or from {} reaches float {end}, the region holds {len}", region.name())
             }
+            ExecError::NoLink => f.write_str(
+                "this plan is one stage of a pipeline: it runs on the CPU executor with a link to the other stages",
+            ),
             ExecError::Layout { params, state, have_params, have_state } => write!(
                 f,
                 "the step's plan has {params} parameters and {state} BN statistics, the executor's {have_params} and {have_state}"
@@ -207,6 +213,16 @@ pub fn check_layout(layout: &Plan, plan: &Plan) -> Result<(), ExecError> {
     }
     if plan.arena_len() > layout.arena_len() {
         return Err(ExecError::ArenaSize { need: plan.arena_len(), have: layout.arena_len() });
+    }
+    Ok(())
+}
+
+/// Refuses a pipeline stage that talks to other stages (an executor without a link to
+/// them calls this first).
+pub fn check_unlinked(plan: &Plan) -> Result<(), ExecError> {
+    let st = plan.stage;
+    if st.first > 0 || st.end < plan.modules() {
+        return Err(ExecError::NoLink);
     }
     Ok(())
 }

@@ -6,7 +6,10 @@
 //! momentum, BN running statistics, the activation stack and conv scratch are laid out
 //! by the plan. Nothing here allocates.
 
-use super::{check_eval, check_train, init_params, region, region_span, ExecError, Executor, Held, Region, StepInput};
+use super::{
+    check_eval, check_train, check_unlinked, init_params, region, region_span, ExecError, Executor, Held, Region,
+    StepInput,
+};
 use crate::loss;
 use crate::ops;
 use crate::optim::sgd_step;
@@ -90,6 +93,7 @@ impl<A: AsRef<[f32]> + AsMut<[f32]>> Executor for Reference<A> {
 
     fn train_step(&mut self, plan: &Plan, input: &StepInput, losses: &mut [f32]) -> Result<(), ExecError> {
         check_train(&self.layout, plan, input, losses)?;
+        check_unlinked(plan)?;
         let arena = self.arena.as_mut();
         let inp = plan.input();
         arena[inp.off..inp.end()].copy_from_slice(input.x);
@@ -100,6 +104,7 @@ impl<A: AsRef<[f32]> + AsMut<[f32]>> Executor for Reference<A> {
 
     fn eval_step(&mut self, plan: &Plan, x: &[f32], logits: &mut [f32]) -> Result<(), ExecError> {
         check_eval(&self.layout, plan, x, logits)?;
+        check_unlinked(plan)?;
         let arena = self.arena.as_mut();
         let inp = plan.input();
         arena[inp.off..inp.end()].copy_from_slice(x);
@@ -311,6 +316,8 @@ impl<'a> Arena<'a> {
                 let mom = self.w(buf(2 * p + r.off, r.len));
                 sgd_step(&inp.sgd, inp.lr, params, grads, mom);
             }
+            // Refused before the step (`check_unlinked`): this executor has no other stages.
+            Op::Send { .. } | Op::Recv { .. } => {}
         }
     }
 }

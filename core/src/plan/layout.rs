@@ -341,8 +341,19 @@ pub(crate) const NO_HEAD_CONV: (ConvP, BnP) = (
 
 impl Plan {
     /// Calls `f` for every parameter and BN running statistic, in checkpoint order.
+    /// A pipeline stage ([`Plan::stage`]) lists only its own tensors, at its own offsets.
     pub fn for_each_tensor(&self, mut f: impl FnMut(Tensor)) {
-        let mut cur = Cursor::new(0, 0, Some(&mut f));
+        let stage = self.stage;
+        let mut g = |t: Tensor| {
+            let off = match t.kind {
+                TensorKind::Param => stage.param(t.off),
+                TensorKind::State => stage.state_of(t.off),
+            };
+            if let Some(off) = off {
+                f(Tensor { off, ..t });
+            }
+        };
+        let mut cur = Cursor::new(0, 0, Some(&mut g));
         self.walk(&mut cur);
     }
 
@@ -427,7 +438,20 @@ impl Plan {
             0 => 0,
             _ => self.block(self.part.blocks_of(j).start).convs[0].w,
         };
-        let aux = |j: usize| if j < self.part.modules() { self.aux_cursor(j).p } else { self.params };
+        let aux = |j: usize| if j < self.part.modules() { self.aux_cursor(j).p } else { self.stage.model_params };
+        let backbone_end = if j + 1 < self.part.modules() { start(j + 1) } else { aux(0) };
+        let span = |a: usize, b: usize| Buf { off: a, len: b - a };
+        [span(start(j), backbone_end), span(aux(j), aux(j + 1))]
+    }
+
+    /// The BN running statistics of module `j`, as two ranges of the statistics region
+    /// laid out as [`Plan::module_params`] lays out the parameters.
+    pub fn module_state(&self, j: usize) -> [Buf; 2] {
+        let start = |j: usize| match j {
+            0 => 0,
+            _ => self.block(self.part.blocks_of(j).start).bns[0].state,
+        };
+        let aux = |j: usize| if j < self.part.modules() { self.aux_cursor(j).s } else { self.stage.model_state };
         let backbone_end = if j + 1 < self.part.modules() { start(j + 1) } else { aux(0) };
         let span = |a: usize, b: usize| Buf { off: a, len: b - a };
         [span(start(j), backbone_end), span(aux(j), aux(j + 1))]

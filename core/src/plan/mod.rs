@@ -40,13 +40,15 @@ mod imagenet_aux;
 mod layout;
 mod op;
 mod schedule;
+mod stage;
 
 /// Re-exported from [`crate::error`], where it lives so that `arch`, `partition` and
 /// `method` need not depend on the plan that depends on them.
 pub use crate::error::PlanError;
 pub use imagenet_aux::{StagedDecoderP, MAX_DECODER_LAYERS};
 pub use layout::{BlockP, BnP, ConvP, DecoderP, HeadP, Init, LinearP, Name, StemP, Tensor, TensorKind, MAX_HEAD_CONVS};
-pub use op::{loss_record_len, Access, Buf, LossKind, LossSlot, Op, LOSS_KINDS};
+pub use op::{loss_record_len, Access, Buf, LossKind, LossSlot, Op, Peer, LOSS_KINDS};
+pub use stage::Stage;
 
 use crate::arch::{Arch, Family};
 use crate::method::{Base, Levels, Method, Pff};
@@ -131,6 +133,8 @@ pub struct Plan {
     pub params: usize,
     /// Floats of BN running statistics.
     pub state: usize,
+    /// The modules this plan trains (all of them unless it is a pipeline stage).
+    pub stage: Stage,
     train_peak: usize,
     eval_peak: usize,
     decoder_peak: usize,
@@ -164,6 +168,7 @@ impl Plan {
             std,
             params: 0,
             state: 0,
+            stage: Stage::whole(0, 0, 0),
             train_peak: 0,
             eval_peak: 0,
             decoder_peak: 0,
@@ -193,13 +198,19 @@ impl Plan {
         plan.walk(&mut cur);
         plan.params = cur.p;
         plan.state = cur.s;
-        let t = schedule::dry_run(&plan, true);
-        let e = schedule::dry_run(&plan, false);
-        plan.train_peak = t.peak;
-        plan.eval_peak = e.peak;
-        plan.decoder_peak = t.decoder_peak;
-        plan.scratch = t.scratch.max(e.scratch);
+        plan.stage = Stage::whole(plan.part.modules(), cur.p, cur.s);
+        plan.measure();
         Ok(plan)
+    }
+
+    /// Sizes the activation stack and the conv scratch by a dry run of both schedules.
+    fn measure(&mut self) {
+        let t = schedule::dry_run(self, true);
+        let e = schedule::dry_run(self, false);
+        self.train_peak = t.peak;
+        self.eval_peak = e.peak;
+        self.decoder_peak = t.decoder_peak;
+        self.scratch = t.scratch.max(e.scratch);
     }
 
     /// Number of modules actually trained (the true K).

@@ -243,6 +243,36 @@ pub enum Op {
     CheckGrads {
         slot: LossSlot,
     },
+    /// Hands `buf` to the neighbouring pipeline stage `to` (see [`super::Plan::stage`]):
+    /// a stage's last module's output, or the cascade gradient of its first module's input.
+    Send {
+        buf: Buf,
+        to: Peer,
+    },
+    /// Overwrites `buf` with what the neighbouring stage `from` sends at the matching [`Op::Send`].
+    Recv {
+        buf: Buf,
+        from: Peer,
+    },
+}
+
+/// A neighbouring pipeline stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Peer {
+    /// The stage holding the modules below.
+    Prev,
+    /// The stage holding the modules above.
+    Next,
+}
+
+impl Peer {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Peer::Prev => "prev",
+            Peer::Next => "next",
+        }
+    }
 }
 
 impl Op {
@@ -280,6 +310,8 @@ impl Op {
             Op::Add { .. } => "add",
             Op::Sgd { .. } => "sgd",
             Op::CheckGrads { .. } => "check_grads",
+            Op::Send { .. } => "send",
+            Op::Recv { .. } => "recv",
         }
     }
 
@@ -289,7 +321,8 @@ impl Op {
         use Access::{Read as R, Update as U, Write as W};
         match *self {
             Op::BeginStep | Op::Sgd { .. } | Op::CheckGrads { .. } => {}
-            Op::Zero { buf } => f("buf", W, buf),
+            Op::Zero { buf } | Op::Recv { buf, .. } => f("buf", W, buf),
+            Op::Send { buf, .. } => f("buf", R, buf),
             Op::Relu { x } => f("x", U, x),
             Op::Restore { x, y, .. }
             | Op::Conv { x, y, .. }
@@ -402,6 +435,29 @@ impl Op {
                 at(bias, shape.out_f);
             }
             Op::Sgd { params } => f(params),
+            _ => {}
+        }
+    }
+
+    /// Moves every parameter offset (weights, biases, BN affines, the range of an
+    /// [`Op::Sgd`]) through `param`, and every BN running-statistics offset through
+    /// `state`: from the whole model's layout to a pipeline stage's.
+    pub fn relocate(&mut self, param: impl Fn(usize) -> usize, state: impl Fn(usize) -> usize) {
+        match self {
+            Op::Conv { weight, bias, .. } | Op::ConvBackward { weight, bias, .. } => {
+                *weight = param(*weight);
+                *bias = bias.map(&param);
+            }
+            Op::BnTrain { affine, state: s, .. } | Op::BnEval { affine, state: s, .. } => {
+                *affine = param(*affine);
+                *s = state(*s);
+            }
+            Op::BnApply { affine, .. } | Op::BnBackward { affine, .. } => *affine = param(*affine),
+            Op::Linear { weight, bias, .. } | Op::LinearBackward { weight, bias, .. } => {
+                *weight = param(*weight);
+                *bias = param(*bias);
+            }
+            Op::Sgd { params } => params.off = param(params.off),
             _ => {}
         }
     }

@@ -14,7 +14,7 @@
 //! - an eval pass keeps only the current block's input, output and two temporaries.
 
 use super::layout::{BlockP, BnP, DecoderP, HeadP};
-use super::op::{Buf, LossKind, LossSlot, Op};
+use super::op::{Buf, LossKind, LossSlot, Op, Peer};
 use super::{AuxNet, Plan};
 use crate::method::{Family, Levels};
 use crate::ops::Window;
@@ -141,9 +141,17 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         b
     }
 
-    fn op(&mut self, op: Op) {
+    fn op(&mut self, mut op: Op) {
         if let Op::Conv { shape: s, .. } | Op::ConvBackward { shape: s, .. } = op {
             self.scratch = self.scratch.max(s.scratch_len());
+        }
+        let stage = self.plan.stage;
+        if !stage.is_whole() {
+            let base = self.plan.state_off();
+            op.relocate(
+                |p| stage.param(p).expect("a stage's ops touch only its own parameters"),
+                |s| base + stage.state_of(s - base).expect("a stage's ops touch only its own BN statistics"),
+            );
         }
         (self.emit)(&op);
     }
@@ -160,8 +168,25 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         self.n * c * h * h
     }
 
+    /// The largest output among the stage's modules and the input it receives.
     fn max_out_len(&self) -> usize {
-        (0..self.plan.modules()).map(|j| self.out_len(j)).max().unwrap_or(0)
+        let st = self.plan.stage;
+        (st.first.saturating_sub(1)..st.end).map(|j| self.out_len(j)).max().unwrap_or(0)
+    }
+
+    /// A stage after the first: room for its first module's input, received from below.
+    fn received_input(&mut self) -> Option<Buf> {
+        let first = self.plan.stage.first;
+        (first > 0).then(|| {
+            let x = self.alloc(self.out_len(first - 1));
+            self.op(Op::Recv { buf: x, from: Peer::Prev });
+            x
+        })
+    }
+
+    /// Whether module `j` is the last of a stage below the top one, whose output goes up.
+    fn sends_output(&self, j: usize) -> bool {
+        j + 1 == self.plan.stage.end && j + 1 < self.plan.modules()
     }
 
     // ---- backbone ------------------------------------------------------------------
@@ -834,8 +859,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         // it fits below the module's input, else right above it, so two outputs of the
         // current size are live, not two of the largest.
         let base = self.top;
-        let mut input: Option<Buf> = None;
-        for j in 0..m {
+        let mut input: Option<Buf> = self.received_input();
+        for j in self.plan.stage.modules() {
             let len = self.out_len(j);
             let out = match input {
                 Some(x) if base + len > x.off => self.alloc_at(x.end(), len),
@@ -851,6 +876,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 Some(x) => (None, self.module_fwd(j, x, out, TRAIN)),
             };
             input = Some(out);
+            if self.sends_output(j) {
+                self.op(Op::Send { buf: out, to: Peer::Next });
+            }
             let d = self.zeroed(out.len);
             if j + 1 < m {
                 let (l1, l2) = method.local_weights(&self.plan.part, j);
@@ -908,13 +936,21 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         // With recompute, what outlives a step (the accumulators, the stem's statistics) has
         // fixed room below the frames.
         let kept = recompute.then(|| ([self.alloc(maxo), self.alloc(maxo)], self.stem_acts()));
+        // A stage after the first receives its first module's input into the slot the
+        // module below would have written.
+        let (first, end) = (plan.stage.first, plan.stage.end);
+        let received = (first > 0).then(|| {
+            let x = Buf { off: outs[(first - 1) % 3].off, len: self.out_len(first - 1) };
+            self.op(Op::Recv { buf: x, from: Peer::Prev });
+            x
+        });
         let base = self.top;
         // Frames: module j's goes at the base when it fits below module j−1's (frames shrink
         // with depth, so they mostly alternate), else right above it; temporaries go above both.
         let mut below = (base, base);
 
         let mut frames: [Option<Frame>; 2] = [None, None];
-        for j in 0..=last {
+        for j in first..end {
             // Module j's frame: gradient accumulators, then its forward values.
             let flen = self.frame_len(j);
             let start = if base + flen <= below.0 { base } else { below.1 };
@@ -932,7 +968,10 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 };
                 (Some(s), self.stem_module_fwd(img, s, out, passes(0)))
             } else {
-                let x = frames[(j - 1) % 2].as_ref().expect("module below is live").out;
+                let x = match received {
+                    Some(x) if j == first => x,
+                    _ => frames[(j - 1) % 2].as_ref().expect("module below is live").out,
+                };
                 let m = self.module_alloc(j, x, out);
                 // The forward's temporaries go above both frames: a frame placed at the
                 // base may end right below the older one.
@@ -945,6 +984,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             debug_assert_eq!(self.top, start + flen);
             self.top = below.1.max(start + flen);
             below = (start, start + flen);
+            if self.sends_output(j) {
+                self.op(Op::Send { buf: out, to: Peer::Next });
+            }
             self.op(Op::Zero { buf: t });
 
             // The cascade losses first, alone in `t`: their gradient is the part that
@@ -973,9 +1015,12 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 } else {
                     self.final_loss(out, t, wy, LossKind::LastY.slot(j));
                 }
-                let prev = prev.as_ref().expect("module below is live");
-                let h = self.module_bwd(&fwd, t, Dx::Temp(prev.out.len), false).expect("asked for");
-                self.op(Op::Add { y: prev.t, x: h });
+                // The module below is on this stage, or (the stage's first module) on the one below.
+                let h = self.module_bwd(&fwd, t, Dx::Temp(self.out_len(j - 1)), false).expect("asked for");
+                self.op(match &prev {
+                    Some(prev) => Op::Add { y: prev.t, x: h },
+                    None => Op::Send { buf: h, to: Peer::Prev },
+                });
             }
             // Then the independent level's loss.
             if let Some(g) = last_x {
@@ -1000,9 +1045,18 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             }
             frames[j % 2] = Some(Frame { fwd, out, t, stem, dropped });
         }
-        let top = frames[last % 2].take().expect("last module is live");
-        self.frame_bwd(&top, img, None);
-        self.update(last);
+        let top = frames[(end - 1) % 2].take().expect("last module is live");
+        if end <= last && do_y {
+            // The cascade of the stage above's first module sends its input gradient down:
+            // the last gradient this module's output gets, added as the sequential order adds it.
+            let mark = self.top;
+            let h = self.alloc(top.out.len);
+            self.op(Op::Recv { buf: h, from: Peer::Next });
+            self.op(Op::Add { y: top.t, x: h });
+            self.top = mark;
+        }
+        self.frame_bwd(&top, img, (end == 1).then_some(outs[2]));
+        self.update(end - 1);
         self.top = base;
     }
 
@@ -1049,40 +1103,53 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
 
     /// Inference with running BN statistics; logits land at [`Plan::logits`]. Only the
     /// current block's input and output and two temporaries are live: O(largest layer).
+    /// A pipeline stage runs its modules' blocks on the input it receives and sends their
+    /// output on; the top stage computes the logits.
     pub(crate) fn eval(&mut self) {
         let img = self.alloc(self.plan.input().len);
         let logits = self.alloc(self.plan.logits().len);
-        let (n, arch) = (self.n, self.plan.arch);
+        let (n, arch, part, st) = (self.n, self.plan.arch, &self.plan.part, self.plan.stage);
         let sp = self.plan.stem();
-        let blocks = 0..arch.blocks();
-        let (stem_len, conv_len) = (self.stem_len(), self.stem_conv_len());
+        let blocks = part.blocks_of(st.first).start..part.blocks_of(st.end - 1).end;
+        let stem = st.first == 0;
+        let (stem_len, conv_len) = if stem { (self.stem_len(), self.stem_conv_len()) } else { (0, 0) };
         let out_len = |g: usize| {
             let s = arch.block(g);
             n * s.c_out * s.h_out * s.w_out
         };
-        let maxo = blocks.clone().map(out_len).fold(stem_len, usize::max);
+        let in_len = if stem { stem_len } else { self.out_len(st.first - 1) };
+        let maxo = blocks.clone().map(out_len).fold(in_len, usize::max);
         let layer_len = |g: usize| {
             let bp = self.plan.block(g);
             (0..bp.layers).map(|l| n * bp.bns[l].s.c * bp.bns[l].s.hw).max().unwrap_or(0)
         };
         let maxt = blocks.clone().map(layer_len).fold(conv_len.max(maxo), usize::max);
-        let cmax = blocks.clone().map(|g| arch.block(g).c_out).fold(sp.bn.s.c, usize::max);
+        let c0 = if stem { sp.bn.s.c } else { 0 };
+        let cmax = blocks.clone().map(|g| arch.block(g).c_out).fold(c0, usize::max);
         let carry = [self.alloc(maxo), self.alloc(maxo)];
         let (ta, tb, stats) = (self.alloc(maxt), self.alloc(maxt), self.alloc(4 * cmax));
-        let h = Buf { off: ta.off, len: conv_len };
-        let mut x = Buf { off: carry[0].off, len: stem_len };
-        // Before a max pool the ReLU output is a temporary in `tb`.
-        let r = if sp.pool.is_some() { Buf { off: tb.off, len: conv_len } } else { x };
-        self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h });
-        self.bn_fwd(sp.bn, h, r, Buf { off: stats.off, len: 4 * sp.bn.s.c }, Fwd::Eval);
-        self.op(Op::Relu { x: r });
-        if let Some(pool) = sp.pool {
-            self.op(Op::MaxPool { shape: pool, x: r, y: x });
+        let mut x = Buf { off: carry[blocks.start % 2].off, len: in_len };
+        if stem {
+            let h = Buf { off: ta.off, len: conv_len };
+            // Before a max pool the ReLU output is a temporary in `tb`.
+            let r = if sp.pool.is_some() { Buf { off: tb.off, len: conv_len } } else { x };
+            self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h });
+            self.bn_fwd(sp.bn, h, r, Buf { off: stats.off, len: 4 * sp.bn.s.c }, Fwd::Eval);
+            self.op(Op::Relu { x: r });
+            if let Some(pool) = sp.pool {
+                self.op(Op::MaxPool { shape: pool, x: r, y: x });
+            }
+        } else {
+            self.op(Op::Recv { buf: x, from: Peer::Prev });
         }
         for g in blocks {
             let out = Buf { off: carry[(g + 1) % 2].off, len: out_len(g) };
             self.block_eval(&self.plan.block(g), x, out, ta, tb, stats);
             x = out;
+        }
+        if self.sends_output(st.end - 1) {
+            self.op(Op::Send { buf: x, to: Peer::Next });
+            return;
         }
         let fc = self.plan.fc();
         let (c, h, _) = self.plan.module_out(self.plan.modules() - 1);
@@ -1187,11 +1254,107 @@ mod tests {
         });
         let total: usize = updated.iter().map(|u| u.len).sum();
         assert_eq!(total, plan.params, "updates cover {total} of {} parameters", plan.params);
-        let modules = plan.modules();
-        for j in 0..modules {
-            let [a, b] = plan.module_params(j);
+        let local = |r: Buf| Buf { off: plan.stage.param(r.off).unwrap_or(r.off), len: r.len };
+        for j in plan.stage.modules() {
+            let [a, b] = plan.module_params(j).map(local);
             assert!(updated.contains(&a) && (b.len == 0 || updated.contains(&b)), "module {j}: {a:?} {b:?}");
         }
+    }
+
+    /// What one stage sends to (or receives from) one neighbour, in order: buffer lengths.
+    fn links(plan: &Plan, train: bool, send: bool, peer: Peer) -> heapless::Vec<usize, 64> {
+        let mut v = heapless::Vec::new();
+        let mut visit = |op: &Op| match *op {
+            Op::Send { buf, to } if send && to == peer => v.push(buf.len).expect("at most 64"),
+            Op::Recv { buf, from } if !send && from == peer => v.push(buf.len).expect("at most 64"),
+            _ => {}
+        };
+        if train {
+            plan.train_step(&mut visit);
+        } else {
+            plan.eval_step(&mut visit);
+        }
+        v
+    }
+
+    /// Cuts `plan` into the stages ending at `ends` and checks each stage as a plan of its
+    /// own: its parameters and statistics are its modules' and every model tensor is in
+    /// exactly one stage; its buffers stay in its arena; it updates each of its parameters
+    /// once; and what a stage sends matches what its neighbour receives, in order.
+    fn check_stages(plan: &Plan, ends: &[usize]) {
+        let mut first = 0;
+        let (mut params, mut state) = (0, 0);
+        let mut prev: Option<Plan> = None;
+        for &end in ends {
+            let st = plan.stage(first..end).expect("a valid stage");
+            check(&st, true);
+            check(&st, false);
+            check_updates(&st);
+            let mut count = 0;
+            st.for_each_tensor(|t| {
+                let region = if t.kind == crate::plan::TensorKind::Param { st.params } else { st.state };
+                assert!(t.off + t.len <= region, "{}: beyond the stage's region", t.name);
+                count += t.len;
+            });
+            assert_eq!(count, st.params + st.state);
+            (params, state) = (params + st.params, state + st.state);
+            if let Some(p) = &prev {
+                for train in [true, false] {
+                    assert_eq!(links(p, train, true, Peer::Next), links(&st, train, false, Peer::Prev));
+                    assert_eq!(links(&st, train, true, Peer::Prev), links(p, train, false, Peer::Next));
+                }
+                assert_eq!(links(&st, true, false, Peer::Prev).len(), 1, "one input per step");
+            }
+            prev = Some(st);
+            first = end;
+        }
+        assert_eq!((params, state), (plan.params, plan.state));
+    }
+
+    #[test]
+    fn stages_split_the_model_and_agree_on_what_crosses() {
+        let arch = Arch::resnet(32, 3, 32, 10).unwrap();
+        let local = [(Base::Greedy, false), (Base::Dgl, false), (Base::InfoPro, false), (Base::InfoPro, true)];
+        let mut checked = 0;
+        for (base, hpff) in local {
+            for levels in [Levels::Both, Levels::Independent, Levels::Cascade] {
+                for recompute in [false, true] {
+                    if !hpff && (levels != Levels::Both || recompute) {
+                        continue;
+                    }
+                    let method = Method { levels, recompute, ..Method::reference(base, hpff) };
+                    let part = Partition::for_k(&arch, 8, TableKind::Reference).unwrap();
+                    let plan = Plan::new(arch, part, method, 3, [0.0; 4], [1.0; 4]).unwrap();
+                    for ends in [&[1, 8][..], &[4, 8], &[2, 5, 8], &[1, 2, 3, 4, 5, 6, 7, 8], &[7, 8]] {
+                        check_stages(&plan, ends);
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 45);
+        // The ImageNet networks and recipe, both kinds of PFF.
+        let arch = Arch::resnet_imagenet(18, 3, 64, 10).unwrap().with_width(8).unwrap();
+        for hpff in [false, true] {
+            let m = Method::imagenet_reference(Base::InfoPro, hpff);
+            for method in [m, Method { pff: crate::method::Pff::Input, ..m }] {
+                let part = Partition::for_k(&arch, 4, TableKind::Reference).unwrap();
+                let plan = Plan::new(arch, part, method, 3, [0.0; 4], [1.0; 4]).unwrap();
+                check_stages(&plan, &[1, 3, plan.modules()]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_stage_needs_modules_of_a_whole_plan() {
+        let arch = Arch::resnet(20, 3, 32, 10).unwrap();
+        let part = Partition::for_k(&arch, 4, TableKind::Reference).unwrap();
+        let plan = Plan::new(arch, part, Method::reference(Base::InfoPro, true), 2, [0.0; 4], [1.0; 4]).unwrap();
+        assert!(plan.stage(2..2).is_err());
+        assert!(plan.stage(0..plan.modules() + 1).is_err());
+        let st = plan.stage(1..3).unwrap();
+        assert!(st.stage(1..2).is_err(), "a stage of a stage");
+        assert!(st.memory().total() < plan.memory().total());
     }
 
     #[test]

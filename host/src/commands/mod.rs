@@ -15,7 +15,12 @@ use hpff_core::plan::Plan;
 /// The executor `cfg` asks for, laid out for `plan`, in this process's job (which
 /// averages gradients over the job's processes under mpirun).
 pub(crate) fn open_executor(cfg: &Settings, plan: &Plan) -> Result<DynExecutor> {
-    let opts =
-        ExecOptions { threads: cfg.threads, tf32: cfg.tf32, comm: Some(crate::dist::world()), sync_bn: cfg.sync_bn };
+    let opts = ExecOptions {
+        threads: cfg.threads,
+        tf32: cfg.tf32,
+        comm: Some(crate::dist::world()),
+        sync_bn: cfg.sync_bn,
+        link: None,
+    };
     device::open(cfg.device, plan, opts)
 }

@@ -1,12 +1,14 @@
 //! `hpff plan`: the static memory plan, bytes by kind and per module, before anything runs.
 
-use hpff_core::plan::{Memory, Plan};
+use hpff_core::plan::{Memory, Op, Plan};
 use serde_json::json;
 
 use super::ops::{listing, render};
-use crate::budget::fitting_plan;
+use crate::budget::{check_stage_fits, fitting_plan};
 use crate::config::{Settings, Setup, Shape};
+use crate::dist::Pipeline;
 use crate::error::Result;
+use crate::metrics::plan_flops;
 
 fn mib(b: usize) -> String {
     format!("{:.2}", b as f64 / (1024.0 * 1024.0))
@@ -76,16 +78,75 @@ pub(crate) fn describe(setup: &Setup, plan: &Plan) -> serde_json::Value {
     })
 }
 
+/// One stage of a pipeline, as `hpff plan --pipeline` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StageInfo {
+    pub stage: usize,
+    /// First and last module (inclusive).
+    pub modules: [usize; 2],
+    pub params: usize,
+    /// Training FLOPs of one step.
+    pub flops: u64,
+    /// Bytes received and sent per training step (activations up, cascade gradients down);
+    /// their buffers are part of the activation peak.
+    pub recv_bytes: usize,
+    pub send_bytes: usize,
+    pub memory_bytes: serde_json::Value,
+}
+
+/// The stages of `plan` cut over `workers` processes (`by_hand`: modules per stage),
+/// each checked against `limit` (bytes of activations).
+pub fn stages(plan: &Plan, workers: usize, by_hand: &[usize], limit: Option<usize>) -> Result<Vec<StageInfo>> {
+    let p = Pipeline::split(plan, workers, by_hand)?;
+    (0..workers)
+        .map(|s| {
+            let st = p.stage_plan(plan, s)?;
+            if let Some(l) = limit {
+                check_stage_fits(&st, s, l)?;
+            }
+            let (mut recv, mut send) = (0, 0);
+            st.train_step(|op| match *op {
+                Op::Recv { buf, .. } => recv += 4 * buf.len,
+                Op::Send { buf, .. } => send += 4 * buf.len,
+                _ => {}
+            });
+            let m = st.memory();
+            Ok(StageInfo {
+                stage: s,
+                modules: [p.stages[s].start, p.stages[s].end - 1],
+                params: st.params,
+                flops: plan_flops(&st).0,
+                recv_bytes: recv,
+                send_bytes: send,
+                memory_bytes: memory_json(&m, st.arena_len() * 4),
+            })
+        })
+        .collect()
+}
+
 /// `hpff plan`; with `ops`, the schedule op by op after the summary; with `limit`
-/// (bytes of activations), the configuration [`fitting_plan`] chooses instead of the one asked for.
-pub fn plan(cfg: &Settings, shape: Shape, as_json: bool, ops: bool, limit: Option<usize>) -> Result<()> {
+/// (bytes of activations), the configuration [`fitting_plan`] chooses instead of the one
+/// asked for; with `pipeline` (W processes, `by_hand` modules per stage), each stage's
+/// bound, `limit` then applying per stage.
+pub fn plan(
+    cfg: &Settings,
+    shape: Shape,
+    as_json: bool,
+    ops: bool,
+    limit: Option<usize>,
+    pipeline: Option<(usize, &[usize])>,
+) -> Result<()> {
     let setup = cfg.setup(shape)?;
     let (plan, why) = match limit {
-        Some(l) => {
+        Some(l) if pipeline.is_none() => {
             let (p, why) = fitting_plan(&setup, l)?;
             (p, Some(why))
         }
-        None => (setup.plan(setup.batch)?, None),
+        _ => (setup.plan(setup.batch)?, None),
+    };
+    let staged = match pipeline {
+        Some((w, by_hand)) => Some(stages(&plan, w, by_hand, limit)?),
+        None => None,
     };
     let setup = Setup { part: plan.part.clone(), method: plan.method, batch: plan.batch, ..setup };
     let m = plan.memory();
@@ -100,6 +161,9 @@ pub fn plan(cfg: &Settings, shape: Shape, as_json: bool, ops: bool, limit: Optio
         }
         if ops {
             v["ops"] = json!({ "train": listing(&plan, true), "eval": listing(&plan, false) });
+        }
+        if let Some(st) = &staged {
+            v["pipeline"] = serde_json::to_value(st).expect("json");
         }
         println!("{v}");
         return Ok(());
@@ -151,9 +215,37 @@ pub fn plan(cfg: &Settings, shape: Shape, as_json: bool, ops: bool, limit: Optio
             if md.aux.is_empty() { "-".to_string() } else { md.aux.join(", ") }
         );
     }
+    if let Some(st) = &staged {
+        print_stages(st);
+    }
     if ops {
         print!("{}", render("training step", &listing(&plan, true)));
         print!("{}", render("eval pass", &listing(&plan, false)));
     }
     Ok(())
+}
+
+fn print_stages(st: &[StageInfo]) {
+    println!("pipeline: {} stages, one per process (MiB per process; sent/received: per training step)", st.len());
+    println!(
+        "  {:<7}{:<10}{:>10}{:>9}{:>9}{:>13}{:>9}{:>9}{:>10}{:>10}",
+        "stage", "modules", "GFLOP", "params", "grads", "momentum+BN", "peak", "arena", "received", "sent"
+    );
+    for s in st {
+        let m = &s.memory_bytes;
+        let b = |k: &str| m[k].as_u64().unwrap_or(0) as usize;
+        println!(
+            "  {:<7}{:<10}{:>10.2}{:>9}{:>9}{:>13}{:>9}{:>9}{:>10}{:>10}",
+            s.stage,
+            format!("{}..={}", s.modules[0], s.modules[1]),
+            s.flops as f64 / 1e9,
+            mib(b("params")),
+            mib(b("grads")),
+            mib(b("momentum") + b("bn_state")),
+            mib(b("activations")),
+            mib(b("arena")),
+            mib(s.recv_bytes),
+            mib(s.send_bytes),
+        );
+    }
 }

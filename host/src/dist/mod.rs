@@ -21,12 +21,15 @@ use crate::error::{Error, Result};
 
 #[cfg(feature = "mpi")]
 mod mpi;
+mod pipe;
 mod shard;
 
+pub use pipe::{Pipeline, StageLink};
 pub use shard::Shard;
 
-/// What the processes of one job say to each other. Every method is collective: every
-/// rank calls it, in the same order, with buffers of the same length.
+/// What the processes of one job say to each other. Every method but the point-to-point
+/// pair ([`Comm::send_f32`], [`Comm::recv_f32`]) is collective: every rank calls it, in
+/// the same order, with buffers of the same length.
 pub trait Comm: Send + Sync + fmt::Debug {
     fn rank(&self) -> usize;
     fn size(&self) -> usize;
@@ -40,6 +43,12 @@ pub trait Comm: Send + Sync + fmt::Debug {
     fn broadcast_f32(&self, buf: &mut [f32]);
     /// Every rank's `mine` (the same length on every rank), in rank order.
     fn gather_bytes(&self, mine: &[u8]) -> Vec<u8>;
+    /// Hands `buf` to rank `to`, which takes it with [`Comm::recv_f32`] of the same length
+    /// (messages between two ranks arrive in the order they were sent).
+    fn send_f32(&self, to: usize, buf: &[f32]);
+    /// Overwrites `buf` with the next message rank `from` sends this rank; ends the job if
+    /// its length differs (the two processes disagree on the schedule).
+    fn recv_f32(&self, from: usize, buf: &mut [f32]);
     /// Time this process has spent in [`Comm::sum_f32`] so far (waiting included).
     fn reduce_time(&self) -> std::time::Duration;
     /// Ends every process of the job with exit status `code`.
@@ -64,6 +73,12 @@ impl Comm for Solo {
     fn broadcast_f32(&self, _: &mut [f32]) {}
     fn gather_bytes(&self, mine: &[u8]) -> Vec<u8> {
         mine.to_vec()
+    }
+    fn send_f32(&self, to: usize, _: &[f32]) {
+        unreachable!("one process has no rank {to} to send to")
+    }
+    fn recv_f32(&self, from: usize, _: &mut [f32]) {
+        unreachable!("one process has no rank {from} to receive from")
     }
     fn reduce_time(&self) -> std::time::Duration {
         std::time::Duration::ZERO

@@ -135,6 +135,22 @@ impl Comm for MpiComm {
         self.with(|w| w.all_gather_into(mine, &mut all[..]));
         all
     }
+    fn send_f32(&self, to: usize, buf: &[f32]) {
+        self.with(|w| w.process_at_rank(rank_of(to)).send(buf));
+    }
+    fn recv_f32(&self, from: usize, buf: &mut [f32]) {
+        let status = self.with(|w| w.process_at_rank(rank_of(from)).receive_into(buf));
+        let got = status.count(f32::equivalent_datatype()) as usize;
+        if got != buf.len() {
+            eprintln!(
+                "hpff: error (rank {} of {}): expected {} values from rank {from}, got {got}; ending the job",
+                self.rank,
+                self.size,
+                buf.len()
+            );
+            self.abort(1);
+        }
+    }
     fn reduce_time(&self) -> Duration {
         Duration::from_nanos(self.reducing.load(Ordering::Relaxed))
     }
@@ -150,6 +166,10 @@ impl Comm for MpiComm {
         let u = self.universe.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(u);
     }
+}
+
+fn rank_of(r: usize) -> mpi::Rank {
+    mpi::Rank::try_from(r).expect("a rank below 2^31")
 }
 
 /// How long one MPI call may wait for the other processes (`HPFF_MPI_TIMEOUT`, seconds;

@@ -252,6 +252,26 @@ where
     Error: From<E::Error>,
 {
     let shard = Shard { rank: comm.rank(), world: comm.size() };
+    let mut sums = score(exec, plan, src, norm, shard, true)?;
+    comm.sum_f64(&mut sums);
+    let [correct, loss, n] = sums;
+    Ok(EvalResult { accuracy: correct / n.max(1.0), loss: loss / n.max(1.0), images: n as usize })
+}
+
+/// Correct predictions, summed cross-entropy and images of an eval pass over `shard` of
+/// `src`; with `counts` false (a pipeline stage below the top, which computes no logits)
+/// the pass runs and counts nothing.
+pub(crate) fn score<E: Executor + ?Sized>(
+    exec: &mut E,
+    plan: &Plan,
+    src: &Source,
+    norm: &Normalize,
+    shard: Shard,
+    counts: bool,
+) -> Result<[f64; 3]>
+where
+    Error: From<E::Error>,
+{
     let b = plan.batch;
     let classes = plan.arch.classes;
     let (mut correct, mut loss, mut n) = (0usize, 0f64, 0usize);
@@ -262,6 +282,9 @@ where
         x[..batch.x.len()].copy_from_slice(&batch.x);
         x[batch.x.len()..].fill(0.0);
         exec.eval_step(plan, &x, &mut logits)?;
+        if !counts {
+            continue;
+        }
         for (i, &y) in batch.y.iter().enumerate() {
             let row = &logits[i * classes..(i + 1) * classes];
             let (arg, max) = row.iter().enumerate().fold(
@@ -280,10 +303,7 @@ where
         }
         n += batch.n;
     }
-    let mut sums = [correct as f64, loss, n as f64];
-    comm.sum_f64(&mut sums);
-    let [correct, loss, n] = sums;
-    Ok(EvalResult { accuracy: correct / n.max(1.0), loss: loss / n.max(1.0), images: n as usize })
+    Ok([correct as f64, loss, n as f64])
 }
 
 /// What a run does besides its config.

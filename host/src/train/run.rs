@@ -10,12 +10,12 @@ use hpff_core::plan::{Plan, TensorKind};
 use hpff_core::rng::Rng;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::{augment_of, data_shape, evaluate_over, Data, Outcome, RunOptions, DATA_STREAM, INIT_STREAM};
+use super::{augment_of, data_shape, evaluate_over, score, Data, Outcome, RunOptions, DATA_STREAM, INIT_STREAM};
 use crate::checkpoint::{self, Meta, TensorFile};
 use crate::config::{Config, NonFinite, Settings, Setup};
 use crate::data::{self, Augment, Source};
 use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
-use crate::dist::{self, Comm, Shard};
+use crate::dist::{self, Comm, Pipeline, Shard, Solo, StageLink};
 use crate::error::{io_err, Error, Result};
 use crate::files::RunLock;
 use crate::metrics::{self, EpochMetrics, EvalResult, LossMeter};
@@ -50,6 +50,10 @@ struct Run {
     shard: Shard,
     /// This process's share of every batch.
     batch: usize,
+    /// The step of the whole model; `plan` is this process's part of it.
+    full: Plan,
+    /// With `--pipeline` under mpirun: the stage (rank) each module trains on.
+    pipe: Option<Pipeline>,
     plan: Plan,
     /// The plan of the epoch's last, partial batch (the reference's DataLoader keeps it).
     tail: Option<Plan>,
@@ -70,8 +74,11 @@ impl Run {
         let comm = dist::world();
         let lead = comm.rank() == 0;
         let opts = RunOptions { quiet: opts.quiet || !lead, ..opts.clone() };
-        let shard = Shard { rank: comm.rank(), world: comm.size() };
         let cfg = cfg.settings();
+        let pipelined = cfg.pipeline && comm.size() > 1;
+        check_pipeline_flags(&cfg, pipelined)?;
+        // A pipeline's stages all see every image of every batch; data-parallel ranks a shard.
+        let shard = if pipelined { Shard::WHOLE } else { Shard { rank: comm.rank(), world: comm.size() } };
         let aug = augment_of(&cfg);
         let mut evals = vec![&data.eval];
         if let Some(t) = &data.test {
@@ -79,15 +86,29 @@ impl Run {
         }
         let shape = data_shape(&data.train, aug.as_ref(), &evals)?;
         let setup: Setup = cfg.setup(shape)?;
-        let batch = dist::local_batch(setup.batch, comm)?;
-        let plan = setup.plan(batch)?;
-        if let Some(limit) = opts.memory_limit {
-            crate::budget::check_fits(&setup, &plan, limit)?;
+        let batch = if pipelined { setup.batch } else { dist::local_batch(setup.batch, comm)? };
+        let full = setup.plan(batch)?;
+        let pipe = if pipelined { Some(Pipeline::split(&full, comm.size(), &cfg.stages)?) } else { None };
+        let part = |p: Plan| match &pipe {
+            Some(pp) => pp.stage_plan(&p, comm.rank()),
+            None => Ok(p),
+        };
+        let plan = part(full.clone())?;
+        match opts.memory_limit {
+            Some(limit) if pipe.is_some() => crate::budget::check_stage_fits(&plan, comm.rank(), limit)?,
+            Some(limit) => crate::budget::check_fits(&setup, &plan, limit)?,
+            None => {}
         }
         let tail_n = shard.len(data.train.len()) % batch;
         // Parameter offsets do not depend on the batch, so the tail shares the arena.
-        let tail = if tail_n > 0 { Some(setup.plan(tail_n)?) } else { None };
-        let exec_opts = ExecOptions { threads: cfg.threads, tf32: cfg.tf32, comm: Some(comm), sync_bn: cfg.sync_bn };
+        let tail = if tail_n > 0 { Some(part(setup.plan(tail_n)?)?) } else { None };
+        let exec_opts = ExecOptions {
+            threads: cfg.threads,
+            tf32: cfg.tf32,
+            comm: if pipelined { None } else { Some(comm) },
+            sync_bn: cfg.sync_bn,
+            link: pipelined.then_some(StageLink { comm }),
+        };
         let mut exec: DynExecutor = device::open(cfg.device, &plan, exec_opts)?;
         let data_rng = Rng::new(cfg.seed).fork(DATA_STREAM);
         let mut meta = Meta {
@@ -104,15 +125,22 @@ impl Run {
             elapsed_s: 0.0,
             tensors: TensorFile { file: String::new(), bytes: 0, sha256: String::new() },
         };
-        match resumed {
-            Some(l) => resume(l, &mut meta, &plan, &mut *exec)?,
-            None => Snapshot::init(&plan, &mut Rng::new(cfg.seed).fork(INIT_STREAM)).upload(&mut *exec)?,
+        // The whole model is initialised (or loaded) on every rank, drawing the generator in
+        // the reference's order; a pipeline stage keeps its part.
+        let model = match resumed {
+            Some(l) => resume(l, &mut meta, &full)?,
+            None => Snapshot::init(&full, &mut Rng::new(cfg.seed).fork(INIT_STREAM)),
+        };
+        match &pipe {
+            Some(p) => p.restrict(&full, comm.rank(), &model)?.upload(&mut *exec)?,
+            None => model.upload(&mut *exec)?,
         }
+        drop(model);
         if comm.size() > 1 {
             dist::check_same(comm, "configuration, data or hpff binary", &run_digest(&meta, &data))?;
         }
         let out = cfg.out.clone();
-        let _lock = if lead { Some(prepare_out(&out, &plan, &meta)?) } else { None };
+        let _lock = if lead { Some(prepare_out(&out, &full, &meta)?) } else { None };
         let (losses, grads) = (vec![0f32; plan.loss_slots()], vec![0f32; plan.params]);
         Ok(Run {
             t0,
@@ -125,6 +153,8 @@ impl Run {
             comm,
             shard,
             batch,
+            full,
+            pipe,
             plan,
             tail,
             exec,
@@ -174,8 +204,29 @@ impl Run {
             self.exec,
         ));
         self.say(format!("schedule: {}", setup.schedule_line()));
-        if self.comm.size() > 1 {
-            self.say(self.processes_line());
+        match &self.pipe {
+            Some(p) => {
+                self.say(format!(
+                    "pipeline: {} stages (MPI), one per process; every stage reads every batch of {} itself; activations go up, {}",
+                    p.stages.len(),
+                    self.batch,
+                    if self.setup.method.hpff && self.setup.method.levels != hpff_core::method::Levels::Independent {
+                        "and at each stage boundary the cascade's input gradient comes down"
+                    } else {
+                        "nothing comes down"
+                    }
+                ));
+                if !self.opts.quiet {
+                    for l in p.describe(&self.full).unwrap_or_default() {
+                        println!("  {l}");
+                    }
+                }
+            }
+            None if self.comm.size() > 1 => self.say(self.processes_line()),
+            None if self.cfg.pipeline => {
+                self.say("pipeline: one process, so one stage (--pipeline takes effect under mpirun)")
+            }
+            None => {}
         }
         if let Some(l) = resumed {
             self.say(format!(
@@ -226,9 +277,11 @@ impl Run {
             )));
         }
         let train_s = te.elapsed().as_secs_f64();
-        share_bn_state(&mut *self.exec, self.comm)?;
+        if self.pipe.is_none() {
+            share_bn_state(&mut *self.exec, self.comm)?;
+        }
         let ev = if epoch.is_multiple_of(self.cfg.eval_every) || epoch == epochs {
-            Some(evaluate_over(&mut *self.exec, &self.plan, &self.data.eval, &self.setup.normalize, self.comm)?)
+            Some(self.evaluate(false)?)
         } else {
             None
         };
@@ -256,12 +309,41 @@ impl Run {
         self.say(epoch_line(&rec, epochs));
         self.meta.metrics.push(rec);
         self.meta.epoch = epoch;
-        if self._lock.is_some() {
+        let model = self.whole_model()?;
+        if let (Some(_), Some(model)) = (&self._lock, model) {
             let mut m = self.meta.clone();
             m.elapsed_s = self.meta.elapsed_s + self.t0.elapsed().as_secs_f64();
-            write_outputs(&self.out, &self.plan, &Snapshot::download(&mut *self.exec)?, &mut m, self.data.eval_name)?;
+            write_outputs(&self.out, &self.full, &model, &mut m, self.data.eval_name)?;
         }
         Ok(())
+    }
+
+    /// The whole model's parameters, BN statistics and momentum: on rank 0 (gathered from
+    /// every stage of a pipeline), and on every data-parallel rank; `None` elsewhere.
+    fn whole_model(&mut self) -> Result<Option<Snapshot>> {
+        let mine = Snapshot::download(&mut *self.exec)?;
+        match &self.pipe {
+            Some(p) => p.gather(&self.full, self.comm, &mine),
+            None => Ok(Some(mine)),
+        }
+    }
+
+    /// Accuracy and loss on the test split (`test`) or the evaluation split. A pipeline's
+    /// stages all run the pass; the top one scores it.
+    fn evaluate(&mut self, test: bool) -> Result<EvalResult> {
+        let src = match (&self.data.test, test) {
+            (Some(t), true) => t,
+            _ => &self.data.eval,
+        };
+        let norm = &self.setup.normalize;
+        let Some(p) = &self.pipe else {
+            return evaluate_over(&mut *self.exec, &self.plan, src, norm, self.comm);
+        };
+        let top = self.comm.rank() + 1 == p.stages.len();
+        let mut sums = score(&mut *self.exec, &self.plan, src, norm, Shard::WHOLE, top)?;
+        self.comm.sum_f64(&mut sums);
+        let [correct, loss, n] = sums;
+        Ok(EvalResult { accuracy: correct / n.max(1.0), loss: loss / n.max(1.0), images: n as usize })
     }
 
     /// The training steps of epoch `epoch` (started at `te`): their losses, how many were
@@ -281,6 +363,12 @@ impl Run {
         let mut meter = LossMeter::new(&self.plan).with_curve(steps);
         let mut skipped = 0usize;
         let mut i = 0;
+        // A pipeline's stages record their own modules' losses; they are summed once the
+        // epoch is done, since a collective each step would stop the stages overlapping.
+        let (pipelined, slots) = (self.pipe.is_some(), self.plan.loss_slots());
+        let step_comm: &dyn Comm = if pipelined { &Solo } else { self.comm };
+        let mut records: Vec<(usize, Vec<f32>)> = Vec::new();
+        let mut images = 0usize;
         while let Some(b) = batches.next() {
             let b = b.inspect_err(|_| pb.finish_and_clear())?;
             let lr = setup.lr(epoch, i, steps);
@@ -294,7 +382,8 @@ impl Run {
             };
             let input = StepInput { x: &b.x, labels: &b.y, lr, sgd: setup.sgd };
             let (losses, grads) = (&mut self.losses, &mut self.grads);
-            match guarded_step(&mut *self.exec, p, &input, losses, grads, &meter, on_nonfinite, self.comm)? {
+            match guarded_step(&mut *self.exec, p, &input, losses, grads, &meter, on_nonfinite, step_comm)? {
+                None if pipelined => records.push((b.n, losses[..slots].to_vec())),
                 None => meter.add_at(losses, b.n * self.comm.size(), i),
                 Some(fault) if on_nonfinite == NonFinite::Skip => {
                     skipped += 1;
@@ -313,9 +402,13 @@ impl Run {
                 }
             }
             self.meta.global_step += 1;
+            images += b.n * if pipelined { 1 } else { self.comm.size() };
             pb.inc(1);
             let secs = te.elapsed().as_secs_f64().max(1e-9);
-            let mut status = format!("{:.0} img/s  loss {:.4}", meter.images() as f64 / secs, meter.final_mean());
+            let mut status = format!("{:.0} img/s", images as f64 / secs);
+            if !pipelined {
+                status.push_str(&format!("  loss {:.4}", meter.final_mean()));
+            }
             if let Some(w) = batches.waited() {
                 // Streaming: the share of the epoch spent waiting for decoded batches.
                 status.push_str(&format!("  data wait {:.0}%", 100.0 * w.as_secs_f64() / secs));
@@ -328,6 +421,13 @@ impl Run {
             i += 1;
         }
         pb.finish_and_clear();
+        if pipelined {
+            let mut all: Vec<f32> = records.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+            self.comm.sum_f32(&mut all);
+            for (i, ((n, _), r)) in records.iter().zip(all.chunks(slots)).enumerate() {
+                meter.add_at(r, *n, i);
+            }
+        }
         if let Source::Stream(s) = &self.data.train {
             self.say(format!(
                 "stream memory bound at the largest image so far: {}",
@@ -349,8 +449,12 @@ impl Run {
         self.meta.elapsed_s += wall_s;
         let snapshot = Snapshot::download(&mut *self.exec)?;
         self.exec.download(Region::Grads, 0, &mut self.grads)?;
-        if self._lock.is_some() {
-            write_outputs(&self.out, &self.plan, &snapshot, &mut self.meta, self.data.eval_name)?;
+        let model = match &self.pipe {
+            Some(p) => p.gather(&self.full, self.comm, &snapshot)?,
+            None => Some(snapshot.clone()),
+        };
+        if let (Some(_), Some(model)) = (&self._lock, model) {
+            write_outputs(&self.out, &self.full, &model, &mut self.meta, self.data.eval_name)?;
             let summary = serde_json::json!({
                 "finished": finished,
                 "epochs": self.meta.epoch,
@@ -401,22 +505,34 @@ impl Run {
 
     /// The test split's result; without one, the last epoch's evaluation (already done).
     fn final_eval(&mut self) -> Result<EvalResult> {
-        let (data, norm) = (&self.data, &self.setup.normalize);
+        let data = &self.data;
         Ok(match (&data.test, self.meta.metrics.last()) {
             (None, Some(r)) if r.epoch == self.cfg.epochs && r.eval_accuracy.is_some() => EvalResult {
                 accuracy: r.eval_accuracy.unwrap_or(0.0),
                 loss: r.eval_loss.unwrap_or(0.0),
                 images: data.eval.len(),
             },
-            (Some(t), _) => evaluate_over(&mut *self.exec, &self.plan, t, norm, self.comm)?,
-            (None, _) => evaluate_over(&mut *self.exec, &self.plan, &data.eval, norm, self.comm)?,
+            (test, _) => self.evaluate(test.is_some())?,
         })
     }
 }
 
-/// Loads checkpoint `l` into the executor and its progress into `meta`, after checking
-/// it belongs to this run's seed and data.
-fn resume(l: &checkpoint::Loaded, meta: &mut Meta, plan: &Plan, exec: &mut dyn Executor<Error = Error>) -> Result<()> {
+/// Refuses flags that contradict `--pipeline` (`pipelined`: it takes effect).
+fn check_pipeline_flags(cfg: &Settings, pipelined: bool) -> Result<()> {
+    if !cfg.stages.is_empty() && !cfg.pipeline {
+        return Err(Error::msg("--stages sets the split of --pipeline; add --pipeline"));
+    }
+    if pipelined && cfg.on_nonfinite == NonFinite::Skip {
+        return Err(Error::msg(
+            "--on-nonfinite skip would undo a step on one stage while the others keep it; with --pipeline a NaN or infinity stops the run",
+        ));
+    }
+    Ok(())
+}
+
+/// The model in checkpoint `l` (to be uploaded) and its progress into `meta`, after
+/// checking it belongs to this run's seed and data.
+fn resume(l: &checkpoint::Loaded, meta: &mut Meta, plan: &Plan) -> Result<Snapshot> {
     if l.meta.seed != meta.seed {
         return Err(Error::msg(format!(
             "--seed {} differs from the checkpoint's {}; a resumed run keeps its seed",
@@ -429,13 +545,13 @@ fn resume(l: &checkpoint::Loaded, meta: &mut Meta, plan: &Plan, exec: &mut dyn E
             meta.shape, l.meta.shape
         )));
     }
-    l.restore(plan, true)?.upload(exec)?;
+    let model = l.restore(plan, true)?;
     meta.epoch = l.meta.epoch;
     meta.global_step = l.meta.global_step;
     meta.metrics = l.meta.metrics.clone();
     meta.best_accuracy = l.meta.best_accuracy;
     meta.elapsed_s = l.meta.elapsed_s;
-    Ok(())
+    Ok(model)
 }
 
 /// The header's description of the augmentation.

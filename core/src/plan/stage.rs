@@ -1,0 +1,119 @@
+//! Pipeline stages: a plan that trains a contiguous range of modules.
+//!
+//! Modules are gradient-isolated, so a range of them can train on a worker of its own
+//! ([`Plan::stage`]): the stage's schedule runs only its modules' forward, local losses,
+//! backward and updates, receives its first module's input from the stage below
+//! ([`Op::Recv`]) and sends its last module's output to the stage above ([`Op::Send`]).
+//! Under HPFF the cascade level trains module i−1 with module i, so where that pair
+//! straddles two stages the cascade's input gradient crosses back: the upper stage sends
+//! it, the lower one receives it and adds it to its last module's accumulated output
+//! gradient in the sequential order before that module's update.
+//!
+//! A stage holds only its own parameters, gradients, momentum and BN statistics. They
+//! are two contiguous spans of the whole model's layout ([`Plan::module_params`] of its
+//! modules: their part of the backbone, then their auxiliary nets), packed one after
+//! the other in the stage's regions; the schedule relocates every offset it emits.
+//!
+//! [`Op::Recv`]: super::Op::Recv
+//! [`Op::Send`]: super::Op::Send
+
+use super::{Buf, Plan, PlanError};
+use core::ops::Range;
+
+/// Which modules a plan trains and where their tensors lie in the whole model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stage {
+    /// The first module, and one past the last.
+    pub first: usize,
+    pub end: usize,
+    /// The stage's parameters in the whole model's parameter region: two spans, packed
+    /// in this order from offset 0 of the stage's region.
+    pub params: [Buf; 2],
+    /// The same for the BN running statistics.
+    pub state: [Buf; 2],
+    /// Floats of parameters and of BN statistics of the whole model.
+    pub model_params: usize,
+    pub model_state: usize,
+}
+
+impl Stage {
+    /// Every module of a model with `params` parameters and `state` statistics.
+    pub(crate) const fn whole(modules: usize, params: usize, state: usize) -> Stage {
+        Stage {
+            first: 0,
+            end: modules,
+            params: [Buf { off: 0, len: params }, Buf { off: params, len: 0 }],
+            state: [Buf { off: 0, len: state }, Buf { off: state, len: 0 }],
+            model_params: params,
+            model_state: state,
+        }
+    }
+
+    /// Whether the stage holds the whole model (offsets need no relocation).
+    pub const fn is_whole(&self) -> bool {
+        self.params[0].len == self.model_params && self.state[0].len == self.model_state
+    }
+
+    /// The stage's offset of the model's parameter offset `off`, if the stage holds it.
+    pub fn param(&self, off: usize) -> Option<usize> {
+        local(&self.params, off)
+    }
+
+    /// The stage's offset of the model's BN-statistics offset `off`, if the stage holds it.
+    pub fn state_of(&self, off: usize) -> Option<usize> {
+        local(&self.state, off)
+    }
+
+    /// The modules of the stage.
+    pub const fn modules(&self) -> Range<usize> {
+        self.first..self.end
+    }
+}
+
+fn local(spans: &[Buf; 2], off: usize) -> Option<usize> {
+    let [a, b] = *spans;
+    if off >= a.off && off < a.end() {
+        Some(off - a.off)
+    } else if off >= b.off && off < b.end() {
+        Some(a.len + off - b.off)
+    } else {
+        None
+    }
+}
+
+/// Spans `first` and `last` joined (both ranges are laid out in module order).
+fn join(first: Buf, last: Buf) -> Buf {
+    Buf { off: first.off, len: last.end() - first.off }
+}
+
+impl Plan {
+    /// The plan of one pipeline stage: modules `modules` of this whole-model plan, with
+    /// their own arena (parameters, gradients, momentum and BN statistics of those
+    /// modules only, and the activation peak of their schedule, the received input and
+    /// the cascade gradient included). See the [module docs](self).
+    pub fn stage(&self, modules: Range<usize>) -> Result<Plan, PlanError> {
+        if !self.stage.is_whole() {
+            return Err(PlanError::BadPartition("a stage is cut from the whole model's plan"));
+        }
+        let k = self.modules();
+        if modules.start >= modules.end || modules.end > k {
+            return Err(PlanError::BadPartition("a stage needs one or more of the plan's modules"));
+        }
+        let (first, last) = (modules.start, modules.end - 1);
+        let (p0, p1) = (self.module_params(first), self.module_params(last));
+        let (s0, s1) = (self.module_state(first), self.module_state(last));
+        let params = [join(p0[0], p1[0]), join(p0[1], p1[1])];
+        let state = [join(s0[0], s1[0]), join(s0[1], s1[1])];
+        let mut plan = self.clone();
+        plan.stage = Stage { first, end: modules.end, params, state, ..self.stage };
+        plan.params = params[0].len + params[1].len;
+        plan.state = state[0].len + state[1].len;
+        plan.measure();
+        Ok(plan)
+    }
+
+    /// Whether this plan trains every module (not a pipeline stage).
+    pub const fn is_whole(&self) -> bool {
+        self.stage.is_whole()
+    }
+}
