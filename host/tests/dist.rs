@@ -4,7 +4,8 @@
 //! launcher around it), it starts itself under `mpirun -np 2` and `-np 3` for the checks
 //! that need a communicator in the test process (exact gradient averaging, the same
 //! parameters on every rank, a panicking rank ending the job), then drives `hpff` under
-//! mpirun (bit-identical reruns, bad input, mismatched ranks, a killed rank).
+//! mpirun (bit-identical reruns, bad input, mismatched ranks, a killed rank), and a
+//! pipeline of stages (`--pipeline`) against one process.
 
 mod support;
 
@@ -367,7 +368,79 @@ fn cli_checks() {
     println!("dist: bad batch sizes and mismatched ranks are one-line errors");
 
     bench_reports_the_whole_job();
-    a_killed_rank_ends_the_job(&data, &tmp.path().join("killed"));
+    a_killed_rank_ends_the_job(&data, &tmp.path().join("killed"), &[]);
+    pipeline_checks(&data, tmp.path());
+}
+
+/// `--pipeline` at -np 2 and 3 ends with one process's checkpoint, bit for bit, for every
+/// local method; resumes where a straight run ends; refuses bad splits; a killed stage
+/// ends the job.
+fn pipeline_checks(data: &Path, tmp: &Path) {
+    let methods: [&[&str]; 4] =
+        [&["--method", "greedy"], &["--method", "dgl"], &["--method", "infopro"], &["--method", "infopro", "--hpff"]];
+    let args = |out: &Path, m: &[&str], epochs: usize| {
+        let mut a = with_k(train_args(data, out, 6, epochs), 3);
+        a.extend(m.iter().map(|s| s.to_string()));
+        a.push("--pipeline".into());
+        a
+    };
+    for m in methods {
+        let one = tmp.join(format!("pipe{}-1", m.join("")));
+        let o = wait(Command::new(hpff()).args(args(&one, m, 2)), 300);
+        assert!(
+            o.status.success(),
+            "one process {m:?}:
+{}",
+            text(&o)
+        );
+        for np in [2, 3] {
+            let r = tmp.join(format!("pipe{}-{np}", m.join("")));
+            let o = wait(&mut hpff_job(np, &args(&r, m, 2)), 300);
+            assert!(
+                o.status.success(),
+                "mpirun -np {np} hpff train --pipeline {m:?}:
+{}",
+                text(&o)
+            );
+            assert!(tensors(&r) == tensors(&one), "--pipeline at -np {np} {m:?} ends elsewhere than one process");
+            let acc = |r: &Path| std::fs::read_to_string(r.join("summary.json")).unwrap().contains("test_accuracy");
+            assert!(acc(&r), "a summary with the test accuracy");
+        }
+    }
+    println!("dist: --pipeline at -np 2 and 3 ends with one process's checkpoint, bit for bit (greedy, DGL, InfoPro, InfoPro+HPFF)");
+    let hp: &[&str] = &["--method", "infopro", "--hpff"];
+    let r = tmp.join("pipe-resumed");
+    let mut a = args(&r, hp, 2);
+    a.extend(["--stop-after".into(), "1".into()]);
+    assert!(wait(&mut hpff_job(2, &a), 300).status.success());
+    let o = wait(&mut hpff_job(2, &["train".into(), "--resume".into(), r.display().to_string(), "-q".into()]), 300);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(tensors(&r) == tensors(&tmp.join(format!("pipe{}-1", hp.join("")))), "a resumed pipeline ends elsewhere");
+    println!("dist: a resumed --pipeline run ends bit for bit where one process does");
+    let bad = |np: usize, extra: &[&str], want: &str| {
+        let mut a = args(&tmp.join("pipe-bad"), hp, 1);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let o = wait(&mut hpff_job(np, &a), 60);
+        let t = text(&o);
+        assert!(
+            !o.status.success() && t.contains(want),
+            "expected an error with {want:?}:
+{t}"
+        );
+        assert!(!t.contains("panicked"), "{t}");
+    };
+    bad(2, &["--stages", "1,1"], "add up to the plan's 3 modules");
+    bad(4, &[], "needs at least 4 modules");
+    bad(2, &["--on-nonfinite", "skip"], "with --pipeline a NaN or infinity stops the run");
+    println!("dist: bad pipeline splits are one-line errors");
+    a_killed_rank_ends_the_job(data, &tmp.join("pipe-killed"), &["--pipeline"]);
+}
+
+/// `args` with `--k k`.
+fn with_k(mut args: Vec<String>, k: usize) -> Vec<String> {
+    let at = args.iter().position(|x| x == "--k").expect("train_args sets --k");
+    args[at + 1] = k.to_string();
+    args
 }
 
 /// `hpff bench --json` under mpirun: one JSON object (rank 0's) for the whole job.
@@ -390,8 +463,10 @@ fn bench_reports_the_whole_job() {
 
 /// kill -9 of one rank in the middle of training ends the job within 30 s, non-zero, and
 /// the last checkpoint loads.
-fn a_killed_rank_ends_the_job(data: &Path, out: &Path) {
-    let mut job: Child = hpff_job(2, &train_args(data, out, 2, 200)).spawn().unwrap();
+fn a_killed_rank_ends_the_job(data: &Path, out: &Path, extra: &[&str]) {
+    let mut a = train_args(data, out, 2, 200);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    let mut job: Child = hpff_job(2, &a).spawn().unwrap();
     let t0 = Instant::now();
     while !out.join("checkpoint.json").exists() {
         assert!(job.try_wait().unwrap().is_none(), "the job ended before its first checkpoint");
@@ -418,7 +493,7 @@ fn a_killed_rank_ends_the_job(data: &Path, out: &Path) {
     let o =
         Command::new(hpff()).args(["eval", "--checkpoint"]).arg(out).args(["--data-dir"]).arg(data).output().unwrap();
     assert!(o.status.success(), "the last checkpoint must load:\n{}", text(&o));
-    println!("dist: a killed rank ends the job in {secs:.1} s; the last checkpoint loads");
+    println!("dist: a killed rank {extra:?} ends the job in {secs:.1} s; the last checkpoint loads");
 }
 
 /// The processes whose parent is `pid` (mpirun's ranks on this machine).

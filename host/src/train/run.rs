@@ -360,7 +360,7 @@ impl Run {
         );
         let steps = batches.len();
         let pb = progress(self.opts.quiet, steps as u64, epoch, epochs);
-        let mut meter = LossMeter::new(&self.plan).with_curve(steps);
+        let mut meter = LossMeter::new(&self.full).with_curve(steps);
         let mut skipped = 0usize;
         let mut i = 0;
         // A pipeline's stages record their own modules' losses; they are summed once the
