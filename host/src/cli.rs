@@ -177,13 +177,17 @@ pub struct PlanArgs {
     /// best expected accuracy whose activation peak fits, e.g. 64MiB, 1GiB, 500MB or bytes
     #[arg(long, value_name = "SIZE")]
     pub memory_limit: Option<String>,
-    /// Cut the modules into W pipeline stages, as `mpirun -np W hpff train --pipeline` does,
-    /// and print each stage's bound; --memory-limit then applies to every stage
+    /// Cut the modules into W pipeline stages, as `mpirun -np W hpff train --pipeline
+    /// --balance flops` does (training balances by measured time unless told so), and print
+    /// each stage's bound; --memory-limit then applies to every stage
     #[arg(long, value_name = "W")]
     pub pipeline: Option<usize>,
     /// With --pipeline: modules per stage, bottom up (e.g. 3,5) [default: balanced by FLOPs]
     #[arg(long, value_delimiter = ',', value_name = "N1,N2,...", requires = "pipeline")]
     pub stages: Vec<usize>,
+    /// With --pipeline: plan the stages for micro-batches of --batch-size / M images
+    #[arg(long, value_name = "M", default_value_t = 1, requires = "pipeline")]
+    pub micro_batches: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -247,7 +251,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let cfg = with_file(&a.config, flags)?.settings();
             let shape = a.shape.shape(cfg.dataset)?;
             let limit = a.memory_limit.as_deref().map(budget::parse_size).transpose()?;
-            let pipeline = a.pipeline.map(|w| (w, &a.stages[..]));
+            let pipeline = a.pipeline.map(|w| commands::plan::Stages {
+                workers: w,
+                by_hand: &a.stages,
+                micro_batches: a.micro_batches,
+            });
             commands::plan::plan(&cfg, shape, a.json, a.ops, limit, pipeline)
         }
         Command::Bench(a) => {

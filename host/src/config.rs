@@ -161,6 +161,17 @@ pub enum ScheduleName {
     Constant,
 }
 
+/// How `--pipeline` splits the modules over its stages when `--stages` does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalanceName {
+    /// Time one training step of each module on this machine at the start (the stages
+    /// share the work), and split so that the slowest stage is as fast as it can be.
+    Time,
+    /// Split by the plan's FLOP counts: no measurement, the same split on every machine.
+    Flops,
+}
+
 /// Input shape of a network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shape {
@@ -386,6 +397,12 @@ hyper_parameters! {
         /// With --pipeline: modules per stage, bottom up, one count per process (e.g. 3,5) [default: balanced by the plan's FLOPs]
         #[arg(long, value_delimiter = ',', value_name = "N1,N2,...")]
         stages: Vec<usize> = vec![];
+        /// With --pipeline and no --stages: balance the stages by each module's step time, measured at the start, or by FLOPs (the split never changes the results, only the speed) [default: time]
+        #[arg(long, value_enum)]
+        balance: BalanceName = BalanceName::Time;
+        /// With --pipeline: cut each step's batch into this many micro-batches that flow through the stages one after another (each stage's activation memory shrinks with them; gradients add up and each stage updates once per step, but BatchNorm normalises each micro-batch alone, so the results differ from whole batches) [default: 1]
+        #[arg(long)]
+        micro_batches: usize = 1;
     }
 
     /// Training (`train`).

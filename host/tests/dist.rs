@@ -408,6 +408,16 @@ fn pipeline_checks(data: &Path, tmp: &Path) {
         }
     }
     println!("dist: --pipeline at -np 2 and 3 ends with one process's checkpoint, bit for bit (greedy, DGL, InfoPro, InfoPro+HPFF)");
+    // Micro-batches (4 of 6 images' batches, so partial ones too): as one process cutting alike.
+    let micro: &[&str] = &["--method", "infopro", "--hpff", "--micro-batches", "2"];
+    let one = tmp.join("pipe-micro-1");
+    let o = wait(Command::new(hpff()).args(args(&one, micro, 2)), 300);
+    assert!(o.status.success(), "one process {micro:?}:\n{}", text(&o));
+    let r = tmp.join("pipe-micro-3");
+    let o = wait(&mut hpff_job(3, &args(&r, micro, 2)), 300);
+    assert!(o.status.success(), "mpirun -np 3 {micro:?}:\n{}", text(&o));
+    assert!(tensors(&r) == tensors(&one), "--micro-batches 2 at -np 3 ends elsewhere than one process");
+    println!("dist: --pipeline --micro-batches 2 at -np 3 ends with one process's checkpoint, bit for bit");
     let hp: &[&str] = &["--method", "infopro", "--hpff"];
     let r = tmp.join("pipe-resumed");
     let mut a = args(&r, hp, 2);
@@ -432,6 +442,9 @@ fn pipeline_checks(data: &Path, tmp: &Path) {
     bad(2, &["--stages", "1,1"], "add up to the plan's 3 modules");
     bad(4, &[], "needs at least 4 modules");
     bad(2, &["--on-nonfinite", "skip"], "with --pipeline a NaN or infinity stops the run");
+    bad(2, &["--micro-batches", "4"], "--micro-batches 4 must divide --batch-size 6");
+    let o = wait(&mut hpff_job(2, &args(&tmp.join("pipe-e2e"), &["--method", "e2e"], 1)), 60);
+    assert!(!o.status.success() && text(&o).contains("--pipeline needs a local method"), "{}", text(&o));
     println!("dist: bad pipeline splits are one-line errors");
     a_killed_rank_ends_the_job(data, &tmp.join("pipe-killed"), &["--pipeline"]);
 }

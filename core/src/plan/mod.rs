@@ -48,7 +48,7 @@ pub use crate::error::PlanError;
 pub use imagenet_aux::{StagedDecoderP, MAX_DECODER_LAYERS};
 pub use layout::{BlockP, BnP, ConvP, DecoderP, HeadP, Init, LinearP, Name, StemP, Tensor, TensorKind, MAX_HEAD_CONVS};
 pub use op::{loss_record_len, Access, Buf, LossKind, LossSlot, Op, Peer, LOSS_KINDS};
-pub use stage::Stage;
+pub use stage::{Micro, Stage};
 
 use crate::arch::{Arch, Family};
 use crate::method::{Base, Levels, Method, Pff};
@@ -135,6 +135,8 @@ pub struct Plan {
     pub state: usize,
     /// The modules this plan trains (all of them unless it is a pipeline stage).
     pub stage: Stage,
+    /// Its place in a step cut into micro-batches ([`Micro::WHOLE`] unless it is one).
+    pub micro: Micro,
     train_peak: usize,
     eval_peak: usize,
     decoder_peak: usize,
@@ -169,6 +171,7 @@ impl Plan {
             params: 0,
             state: 0,
             stage: Stage::whole(0, 0, 0),
+            micro: Micro::WHOLE,
             train_peak: 0,
             eval_peak: 0,
             decoder_peak: 0,

@@ -145,6 +145,10 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         if let Op::Conv { shape: s, .. } | Op::ConvBackward { shape: s, .. } = op {
             self.scratch = self.scratch.max(s.scratch_len());
         }
+        let share = self.plan.micro.share;
+        if let Op::CrossEntropy { scale, .. } | Op::Bce { scale, .. } | Op::SupCon { scale, .. } = &mut op {
+            *scale *= share;
+        }
         let stage = self.plan.stage;
         if !stage.is_whole() {
             let base = self.plan.state_off();
@@ -831,19 +835,28 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     // ---- steps ----------------------------------------------------------------------
 
     pub(crate) fn train(&mut self) {
-        self.op(Op::BeginStep);
+        let micro = self.plan.micro;
+        if micro.first {
+            self.op(Op::BeginStep);
+        }
         let img = self.alloc(self.plan.input().len);
         if self.plan.method.hpff {
             self.train_hpff(img);
         } else {
             self.train_local(img);
         }
-        self.op(Op::CheckGrads { slot: self.plan.nonfinite_slot() });
+        if micro.last {
+            self.op(Op::CheckGrads { slot: self.plan.nonfinite_slot() });
+        }
     }
 
     /// Module `j`'s update: its gradients are final and nothing after this reads its
-    /// parameters (the plan's tests check both for every method).
+    /// parameters (the plan's tests check both for every method). A micro-batch before
+    /// the step's last only adds its gradients.
     fn update(&mut self, j: usize) {
+        if !self.plan.micro.last {
+            return;
+        }
         for params in self.plan.module_params(j) {
             if params.len > 0 {
                 self.op(Op::Sgd { params });
@@ -1343,6 +1356,42 @@ mod tests {
                 check_stages(&plan, &[1, 3, plan.modules()]);
             }
         }
+    }
+
+    /// A step cut into micro-batches: only the first zeroes the gradients, only the last
+    /// checks and updates them, and every loss's gradient is weighted by the share.
+    #[test]
+    fn micro_batches_zero_first_update_last_and_weight_their_losses() {
+        let arch = Arch::resnet(20, 3, 32, 10).unwrap();
+        let part = Partition::for_k(&arch, 4, TableKind::Reference).unwrap();
+        let plan = Plan::new(arch, part, Method::reference(Base::InfoPro, true), 2, [0.0; 4], [1.0; 4]).unwrap();
+        let scales = |p: &Plan| {
+            let (mut begin, mut sgd, mut check) = (0, 0, 0);
+            let mut scales: heapless::Vec<f32, 64> = heapless::Vec::new();
+            p.train_step(|op| match *op {
+                Op::BeginStep => begin += 1,
+                Op::Sgd { .. } => sgd += 1,
+                Op::CheckGrads { .. } => check += 1,
+                Op::CrossEntropy { scale, .. } | Op::Bce { scale, .. } => scales.push(scale).unwrap(),
+                _ => {}
+            });
+            (begin, sgd > 0, check, scales)
+        };
+        let (_, _, _, whole) = scales(&plan);
+        for i in 0..3 {
+            let m = plan.micro_batch(i, 3, 8);
+            let (begin, sgd, check, s) = scales(&m);
+            assert_eq!((begin, sgd, check), (usize::from(i == 0), i == 2, usize::from(i == 2)), "micro-batch {i}");
+            assert!(s.iter().zip(&whole).all(|(a, b)| *a == b * 0.25), "{s:?} against {whole:?}");
+            check_updates_or_none(&m, i == 2);
+        }
+    }
+
+    fn check_updates_or_none(plan: &Plan, last: bool) {
+        if last {
+            check_updates(plan);
+        }
+        check(plan, true);
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! it, the lower one receives it and adds it to its last module's accumulated output
 //! gradient in the sequential order before that module's update.
 //!
+//! A step may also run as micro-batches ([`Plan::micro_batch`]): the first zeroes the
+//! gradients, each adds its share (its losses weighted by its share of the batch), and
+//! only the last updates. BatchNorm then normalises each micro-batch by its own
+//! statistics, so this is not the step of the whole batch.
+//!
 //! A stage holds only its own parameters, gradients, momentum and BN statistics. They
 //! are two contiguous spans of the whole model's layout ([`Plan::module_params`] of its
 //! modules: their part of the backbone, then their auxiliary nets), packed one after
@@ -70,6 +75,22 @@ impl Stage {
     }
 }
 
+/// Where a training step's plan sits in a step cut into micro-batches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Micro {
+    /// It begins the step: zeroes the gradients and the loss record.
+    pub first: bool,
+    /// It ends the step: checks the gradients and updates.
+    pub last: bool,
+    /// Its share of the step's images: every loss's gradient is weighted by it.
+    pub share: f32,
+}
+
+impl Micro {
+    /// A step of one batch.
+    pub const WHOLE: Micro = Micro { first: true, last: true, share: 1.0 };
+}
+
 fn local(spans: &[Buf; 2], off: usize) -> Option<usize> {
     let [a, b] = *spans;
     if off >= a.off && off < a.end() {
@@ -115,5 +136,13 @@ impl Plan {
     /// Whether this plan trains every module (not a pipeline stage).
     pub const fn is_whole(&self) -> bool {
         self.stage.is_whole()
+    }
+
+    /// This plan as micro-batch `index` of `count` that cut a step of `step_batch` images
+    /// (this plan's batch is the micro-batch's): the first zeroes the gradients, each adds
+    /// its gradients weighted by its share of the step, the last updates.
+    pub fn micro_batch(&self, index: usize, count: usize, step_batch: usize) -> Plan {
+        let share = self.batch as f32 / step_batch as f32;
+        Plan { micro: Micro { first: index == 0, last: index + 1 == count, share }, ..self.clone() }
     }
 }

@@ -10,6 +10,7 @@ use super::open_executor;
 use super::plan::describe;
 use crate::config::{Settings, Shape};
 use crate::device::Snapshot;
+use crate::dist::{Comm, Pipeline, StageLink};
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::resources::fmt_mib;
@@ -27,12 +28,16 @@ fn median(times: &[f64]) -> f64 {
     }
 }
 
-/// Runs `f` `warmup` times untimed, then `steps` times each timed on its own (the CUDA
+/// Runs `f` `warmup` times, then `steps` times each timed on its own (the CUDA
 /// executor's steps return after copying the losses or logits back, so they are
-/// synchronous); returns the mean (the whole loop's time over the steps) and the median.
-fn timed(warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+/// synchronous); returns the mean (the whole loop's time over the steps), the median, and
+/// the time of the very first call (warm-up; a pipeline's fill, first touches of memory).
+fn timed(warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
+    let mut first = None;
     for _ in 0..warmup {
+        let t = Instant::now();
         f()?;
+        first.get_or_insert(t.elapsed().as_secs_f64());
     }
     let mut each = Vec::with_capacity(steps);
     let t = Instant::now();
@@ -41,7 +46,32 @@ fn timed(warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) -> Resu
         f()?;
         each.push(ts.elapsed().as_secs_f64());
     }
-    Ok((t.elapsed().as_secs_f64() / steps as f64, median(&each)))
+    Ok((t.elapsed().as_secs_f64() / steps as f64, median(&each), first.unwrap_or(each[0])))
+}
+
+/// Every stage's [train step s, its median, time waiting on its neighbours per step, eval
+/// pass s, its median, first step s], in stage order (on every rank).
+fn stage_times(p: &Pipeline, comm: &dyn Comm, mine: [f64; 6]) -> Vec<[f64; 6]> {
+    let bytes: Vec<u8> = mine.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let all = comm.gather_bytes(&bytes);
+    let f = |b: &[u8]| f64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let rows: Vec<[f64; 6]> = all.chunks(48).map(|r| std::array::from_fn(|i| f(&r[8 * i..8 * i + 8]))).collect();
+    debug_assert_eq!(rows.len(), p.stages.len());
+    rows
+}
+
+fn stage_json(p: &Pipeline, t: &[[f64; 6]]) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = p
+        .stages
+        .iter()
+        .zip(t)
+        .map(|(r, [step, med, wait, ..])| {
+            // Waiting for a neighbour is the stage's idle time: its share of the bubble.
+            json!({ "modules": [r.start, r.end - 1], "train_step_s": step, "train_step_median_s": med,
+                    "wait_s_per_step": wait, "wait_share": wait / step })
+        })
+        .collect();
+    json!(rows)
 }
 
 /// `hpff bench`: times training steps and eval passes on synthetic data.
@@ -56,28 +86,59 @@ pub fn bench(
     if steps == 0 {
         return Err(Error::msg("--steps must be at least 1"));
     }
+    if cfg.micro_batches != 1 {
+        return Err(Error::msg("hpff bench times whole steps; --micro-batches applies to hpff train and hpff plan"));
+    }
     let setup = cfg.setup(shape)?;
-    // Under mpirun the batch is the job's, each process stepping its share of it.
+    // Under mpirun the batch is the job's, each process stepping its share of it, or, with
+    // --pipeline, each process stepping every batch through its stage of the modules.
     let comm = crate::dist::world();
-    let plan = setup.plan(crate::dist::local_batch(setup.batch, comm)?)?;
-    if let Some(limit) = memory_limit {
-        crate::budget::check_fits(&setup, &plan, limit)?;
+    let pipelined = cfg.pipeline && comm.size() > 1;
+    let full = setup.plan(if pipelined { setup.batch } else { crate::dist::local_batch(setup.batch, comm)? })?;
+    let pipe =
+        if pipelined { Some(Pipeline::for_job(&full, comm, &cfg.stages, cfg.balance, cfg.threads)?) } else { None };
+    let plan = match &pipe {
+        Some(p) => p.stage_plan(&full, comm.rank())?,
+        None => full.clone(),
+    };
+    match memory_limit {
+        Some(limit) if pipelined => crate::budget::check_stage_fits(&plan, comm.rank(), limit)?,
+        Some(limit) => crate::budget::check_fits(&setup, &plan, limit)?,
+        None => {}
     }
     let seed = cfg.seed;
-    let mut exec = open_executor(cfg, &plan)?;
+    let mut exec = open_executor(cfg, &plan, pipelined.then_some(StageLink { comm }))?;
     let mut rng = Rng::new(seed);
-    Snapshot::init(&plan, &mut rng.fork(train::INIT_STREAM)).upload(&mut *exec)?;
+    let model = Snapshot::init(&full, &mut rng.fork(train::INIT_STREAM));
+    match &pipe {
+        Some(p) => p.restrict(&full, comm.rank(), &model)?.upload(&mut *exec)?,
+        None => model.upload(&mut *exec)?,
+    }
     let x: Vec<f32> = (0..plan.input().len).map(|_| rng.normal() as f32).collect();
     let labels: Vec<u32> = (0..plan.batch).map(|_| rng.below(shape.classes as u64) as u32).collect();
     let mut losses = vec![0f32; plan.loss_slots()];
     let input = StepInput { x: &x, labels: &labels, lr: setup.lr(1, 0, 1).min(0.01), sgd: setup.sgd };
-    let (train_s, train_med) = timed(warmup, steps, || exec.train_step(&plan, &input, &mut losses))?;
+    let (train_s, train_med, first_s) = timed(warmup, steps, || exec.train_step(&plan, &input, &mut losses))?;
+    let wait_s = comm.link_time().as_secs_f64() / (warmup + steps) as f64;
     let mut logits = vec![0f32; plan.logits().len];
-    let (eval_s, eval_med) = timed(warmup, steps, || exec.eval_step(&plan, &x, &mut logits))?;
+    let (eval_s, eval_med, _) = timed(warmup, steps, || exec.eval_step(&plan, &x, &mut logits))?;
     let reduce_s = comm.reduce_time().as_secs_f64() / (warmup + steps) as f64;
-    let (tf, ef) = metrics::plan_flops(&plan);
     let procs = comm.size();
-    let (tf, ef) = (tf * procs as u64, ef * procs as u64);
+    let ((tf, ef), stages) = match &pipe {
+        Some(p) => {
+            let mine = [train_s, train_med, wait_s, eval_s, eval_med, first_s];
+            (metrics::plan_flops(&full), Some(stage_times(p, comm, mine)))
+        }
+        None => {
+            let (tf, ef) = metrics::plan_flops(&plan);
+            ((tf * procs as u64, ef * procs as u64), None)
+        }
+    };
+    // A pipeline delivers a step each time its top stage finishes one.
+    let [train_s, train_med, _, eval_s, eval_med, first_s] = match &stages {
+        Some(t) => *t.last().expect("two or more stages"),
+        None => [train_s, train_med, 0.0, eval_s, eval_med, first_s],
+    };
     let b = setup.batch as f64;
     let peak = metrics::peak_rss_bytes();
     let arena_b = plan.arena_len() * 4;
@@ -92,6 +153,11 @@ pub fn bench(
         "processes": procs,
         "allreduce_s_per_step": reduce_s,
         "allreduce_share": reduce_s / train_s,
+        "pipeline": stages.as_ref().zip(pipe.as_ref()).map(|(t, p)| stage_json(p, t)),
+        "module_step_s": pipe.as_ref().map(|p| &p.module_secs),
+        "predicted_speedup": pipe.as_ref().and_then(Pipeline::predicted_speedup),
+        // The first step (untimed warm-up): a pipeline's fill and first touches of memory.
+        "first_step_s": first_s,
         "steps": steps,
         "warmup": warmup,
         "train_step_s": train_s,
@@ -126,6 +192,7 @@ pub fn bench(
             setup.method_line(),
             match procs {
                 1 => plan.batch.to_string(),
+                n if pipelined => format!("{} ({n} pipeline stages)", setup.batch),
                 n => format!("{} ({n} processes × {})", setup.batch, plan.batch),
             },
         );
@@ -147,7 +214,25 @@ pub fn bench(
             ef as f64 / eval_s / 1e9,
             ef as f64 / 1e9
         );
-        if procs > 1 {
+        if let (Some(t), Some(p)) = (&stages, &pipe) {
+            for (s, (r, [step, _, wait, ..])) in p.stages.iter().zip(t).enumerate() {
+                println!(
+                    "  stage {s}: modules {}..={}, {:.3} s/step, {:.3} s of it idle, waiting for its neighbours ({:.1}%)",
+                    r.start,
+                    r.end - 1,
+                    step,
+                    wait,
+                    100.0 * wait / step
+                );
+            }
+            println!(
+                "  first step {first_s:.3} s (the pipeline's fill; not in the figures above){}",
+                match p.predicted_speedup() {
+                    Some(x) => format!("; the measured module times predict {x:.2}× one process for this split"),
+                    None => String::new(),
+                }
+            );
+        } else if procs > 1 {
             println!(
                 "  {procs} processes: gradient all-reduce {:.4} s/step ({:.1}% of the step)",
                 reduce_s,

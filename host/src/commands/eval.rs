@@ -81,7 +81,7 @@ pub fn eval(checkpoint: &Path, over: &Config, as_json: bool, memory_limit: Optio
         check_eval_fits(&plan, limit)?;
     }
     let model = loaded.restore(&plan, false)?;
-    let mut exec = open_executor(&cfg, &plan)?;
+    let mut exec = open_executor(&cfg, &plan, None)?;
     model.upload(&mut *exec)?;
     let t = Instant::now();
     // Under mpirun each process evaluates its share of the images; rank 0 reports.

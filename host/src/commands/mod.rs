@@ -13,14 +13,15 @@ use crate::error::Result;
 use hpff_core::plan::Plan;
 
 /// The executor `cfg` asks for, laid out for `plan`, in this process's job (which
-/// averages gradients over the job's processes under mpirun).
-pub(crate) fn open_executor(cfg: &Settings, plan: &Plan) -> Result<DynExecutor> {
+/// averages gradients over the job's processes under mpirun, or, with `link`, runs one
+/// stage of a pipeline).
+pub(crate) fn open_executor(cfg: &Settings, plan: &Plan, link: Option<crate::dist::StageLink>) -> Result<DynExecutor> {
     let opts = ExecOptions {
         threads: cfg.threads,
         tf32: cfg.tf32,
-        comm: Some(crate::dist::world()),
+        comm: if link.is_some() { None } else { Some(crate::dist::world()) },
         sync_bn: cfg.sync_bn,
-        link: None,
+        link,
     };
     device::open(cfg.device, plan, opts)
 }

@@ -124,6 +124,17 @@ pub fn stages(plan: &Plan, workers: usize, by_hand: &[usize], limit: Option<usiz
         .collect()
 }
 
+/// How `hpff plan --pipeline` cuts the model.
+#[derive(Clone, Copy, Debug)]
+pub struct Stages<'a> {
+    /// Processes, one stage each.
+    pub workers: usize,
+    /// Modules per stage, bottom up (empty: balanced by FLOPs).
+    pub by_hand: &'a [usize],
+    /// Micro-batches per step (the stages are planned for one micro-batch).
+    pub micro_batches: usize,
+}
+
 /// `hpff plan`; with `ops`, the schedule op by op after the summary; with `limit`
 /// (bytes of activations), the configuration [`fitting_plan`] chooses instead of the one
 /// asked for; with `pipeline` (W processes, `by_hand` modules per stage), each stage's
@@ -134,9 +145,15 @@ pub fn plan(
     as_json: bool,
     ops: bool,
     limit: Option<usize>,
-    pipeline: Option<(usize, &[usize])>,
+    pipeline: Option<Stages>,
 ) -> Result<()> {
     let setup = cfg.setup(shape)?;
+    if let Some(st) = pipeline.filter(|s| s.micro_batches == 0 || !setup.batch.is_multiple_of(s.micro_batches)) {
+        return Err(crate::error::Error::msg(format!(
+            "--micro-batches {} must divide --batch-size {}",
+            st.micro_batches, setup.batch
+        )));
+    }
     let (plan, why) = match limit {
         Some(l) if pipeline.is_none() => {
             let (p, why) = fitting_plan(&setup, l)?;
@@ -145,7 +162,10 @@ pub fn plan(
         _ => (setup.plan(setup.batch)?, None),
     };
     let staged = match pipeline {
-        Some((w, by_hand)) => Some(stages(&plan, w, by_hand, limit)?),
+        Some(s) if s.micro_batches > 1 => {
+            Some(stages(&setup.plan(setup.batch / s.micro_batches)?, s.workers, s.by_hand, limit)?)
+        }
+        Some(s) => Some(stages(&plan, s.workers, s.by_hand, limit)?),
         None => None,
     };
     let setup = Setup { part: plan.part.clone(), method: plan.method, batch: plan.batch, ..setup };
@@ -226,7 +246,10 @@ pub fn plan(
 }
 
 fn print_stages(st: &[StageInfo]) {
-    println!("pipeline: {} stages, one per process (MiB per process; sent/received: per training step)", st.len());
+    println!(
+        "pipeline: {} stages, one per process (MiB per process; sent/received: per training step or micro-batch)",
+        st.len()
+    );
     println!(
         "  {:<7}{:<10}{:>10}{:>9}{:>9}{:>13}{:>9}{:>9}{:>10}{:>10}",
         "stage", "modules", "GFLOP", "params", "grads", "momentum+BN", "peak", "arena", "received", "sent"

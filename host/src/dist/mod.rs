@@ -51,6 +51,11 @@ pub trait Comm: Send + Sync + fmt::Debug {
     fn recv_f32(&self, from: usize, buf: &mut [f32]);
     /// Time this process has spent in [`Comm::sum_f32`] so far (waiting included).
     fn reduce_time(&self) -> std::time::Duration;
+    /// Time this process has spent in [`Comm::send_f32`] and [`Comm::recv_f32`] so far
+    /// (waiting for the other rank included).
+    fn link_time(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     /// Ends every process of the job with exit status `code`.
     fn abort(&self, code: i32) -> !;
     /// Shuts the engine down cleanly (before a normal exit; nothing collective after it).

@@ -24,6 +24,8 @@ pub(super) struct MpiComm {
     size: usize,
     /// Nanoseconds spent in `sum_f32`.
     reducing: AtomicU64,
+    /// Nanoseconds spent in `send_f32` and `recv_f32`.
+    linking: AtomicU64,
     watch: Arc<Watch>,
 }
 
@@ -68,6 +70,7 @@ impl MpiComm {
             rank,
             size,
             reducing: AtomicU64::new(0),
+            linking: AtomicU64::new(0),
             watch,
         })
     }
@@ -136,10 +139,14 @@ impl Comm for MpiComm {
         all
     }
     fn send_f32(&self, to: usize, buf: &[f32]) {
+        let t = Instant::now();
         self.with(|w| w.process_at_rank(rank_of(to)).send(buf));
+        self.linking.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
     fn recv_f32(&self, from: usize, buf: &mut [f32]) {
+        let t = Instant::now();
         let status = self.with(|w| w.process_at_rank(rank_of(from)).receive_into(buf));
+        self.linking.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let got = status.count(f32::equivalent_datatype()) as usize;
         if got != buf.len() {
             eprintln!(
@@ -153,6 +160,9 @@ impl Comm for MpiComm {
     }
     fn reduce_time(&self) -> Duration {
         Duration::from_nanos(self.reducing.load(Ordering::Relaxed))
+    }
+    fn link_time(&self) -> Duration {
+        Duration::from_nanos(self.linking.load(Ordering::Relaxed))
     }
     fn abort(&self, code: i32) -> ! {
         // No lock: a thread that panicked while holding it must still end the job.

@@ -9,18 +9,25 @@
 //! exactly the values it sees in one process, so the parameters are the same bits.
 
 use std::ops::Range;
+use std::time::Instant;
 
+use hpff_core::exec::{Executor, StepInput};
 use hpff_core::plan::{Peer, Plan};
 
 use super::Comm;
+use crate::config::BalanceName;
+use crate::cpu::CpuExecutor;
 use crate::device::Snapshot;
 use crate::error::{Error, Result};
 use crate::metrics::plan_flops;
 
 /// Which modules each stage (rank) trains.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Pipeline {
     pub stages: Vec<Range<usize>>,
+    /// Seconds of one training step of each module alone, when the split was balanced by
+    /// measuring them (`--balance time`); empty otherwise.
+    pub module_secs: Vec<f64>,
 }
 
 /// How a stage's executor reaches its neighbours: stage s is rank s.
@@ -40,10 +47,35 @@ impl StageLink {
 }
 
 impl Pipeline {
+    /// `plan`'s modules over the processes of `comm`, one stage each: `by_hand` modules
+    /// per stage, bottom up, or, when empty, the split whose costliest stage is cheapest,
+    /// by `balance` (measuring runs `threads` threads, on every rank: it is collective).
+    pub fn for_job(
+        plan: &Plan,
+        comm: &dyn Comm,
+        by_hand: &[usize],
+        balance: BalanceName,
+        threads: usize,
+    ) -> Result<Pipeline> {
+        let workers = comm.size();
+        match balance {
+            BalanceName::Time if by_hand.is_empty() && workers > 1 && plan.modules() >= workers => {
+                let secs = measure(plan, comm, threads)?;
+                Ok(Pipeline { stages: balanced(&secs, workers), module_secs: secs })
+            }
+            _ => Pipeline::split(plan, workers, by_hand),
+        }
+    }
+
     /// `plan`'s modules over `workers` stages: `by_hand` modules per stage, bottom up, or,
     /// when empty, the split whose costliest stage (training FLOPs of a step) is cheapest.
     pub fn split(plan: &Plan, workers: usize, by_hand: &[usize]) -> Result<Pipeline> {
         let k = plan.modules();
+        if plan.method.base == hpff_core::method::Base::E2e {
+            return Err(Error::msg(
+                "--pipeline needs a local method: e2e trains one module end to end, so nothing is gradient-isolated to run on its own process; use greedy, dgl or infopro, or data parallelism (mpirun without --pipeline)",
+            ));
+        }
         if workers < 2 {
             return Err(Error::msg("--pipeline needs two or more processes (mpirun -np W)"));
         }
@@ -53,7 +85,8 @@ impl Pipeline {
             )));
         }
         if by_hand.is_empty() {
-            return Ok(Pipeline { stages: balanced(&module_costs(plan)?, workers) });
+            let flops: Vec<f64> = module_costs(plan)?.into_iter().map(|f| f as f64).collect();
+            return Ok(Pipeline { stages: balanced(&flops, workers), module_secs: Vec::new() });
         }
         if by_hand.len() != workers || by_hand.contains(&0) || by_hand.iter().sum::<usize>() != k {
             return Err(Error::msg(format!(
@@ -69,7 +102,19 @@ impl Pipeline {
                 first - n..first
             })
             .collect();
-        Ok(Pipeline { stages })
+        Ok(Pipeline { stages, module_secs: Vec::new() })
+    }
+
+    /// What the measured module times predict: the whole step's time over the slowest
+    /// stage's (the speed-up over one process if the stages never waited), or `None`
+    /// without measurements.
+    pub fn predicted_speedup(&self) -> Option<f64> {
+        if self.module_secs.is_empty() {
+            return None;
+        }
+        let stage = |r: &Range<usize>| self.module_secs[r.clone()].iter().sum::<f64>();
+        let slowest = self.stages.iter().map(stage).fold(0.0, f64::max);
+        Some(self.module_secs.iter().sum::<f64>() / slowest)
     }
 
     /// The plan of stage `s`.
@@ -154,14 +199,78 @@ fn module_costs(plan: &Plan) -> Result<Vec<u64>> {
     (0..plan.modules()).map(|j| Ok(plan_flops(&plan.stage(j..j + 1)?).0)).collect()
 }
 
+/// Seconds of one training step of each module of `plan` alone on this machine: module j
+/// is timed by rank j mod N (the faster of two steps, after one that touches its
+/// memory), then the times are summed over the ranks, so every rank holds the same list.
+fn measure(plan: &Plan, comm: &dyn Comm, threads: usize) -> Result<Vec<f64>> {
+    let k = plan.modules();
+    let mut secs = vec![0f64; k];
+    let x = vec![0.5f32; plan.input().len];
+    let labels: Vec<u32> = (0..plan.batch).map(|i| (i % plan.arch.classes) as u32).collect();
+    let input = StepInput { x: &x, labels: &labels, lr: 0.0, sgd: Default::default() };
+    for j in (comm.rank()..k).step_by(comm.size()) {
+        let st = plan.stage(j..j + 1)?;
+        let mut ex = CpuExecutor::new(&st, threads).with_link(Some(StageLink { comm: &DETACHED }));
+        let mut losses = vec![0f32; st.loss_slots()];
+        ex.train_step(&st, &input, &mut losses)?;
+        secs[j] = f64::INFINITY;
+        for _ in 0..2 {
+            let t = Instant::now();
+            ex.train_step(&st, &input, &mut losses)?;
+            secs[j] = secs[j].min(t.elapsed().as_secs_f64());
+        }
+    }
+    comm.sum_f64(&mut secs);
+    Ok(secs)
+}
+
+/// A stage timed alone ([`measure`]): what it sends goes nowhere and what it receives is
+/// zeros. It poses as the middle rank of three, so it has both neighbours.
+#[derive(Debug)]
+struct Detached;
+
+static DETACHED: Detached = Detached;
+
+impl Comm for Detached {
+    fn rank(&self) -> usize {
+        1
+    }
+    fn size(&self) -> usize {
+        3
+    }
+    fn sum_f32(&self, _: &mut [f32]) {
+        unreachable!("a stage timed alone only sends and receives")
+    }
+    fn sum_f64(&self, _: &mut [f64]) {
+        unreachable!("a stage timed alone only sends and receives")
+    }
+    fn broadcast_f32(&self, _: &mut [f32]) {
+        unreachable!("a stage timed alone only sends and receives")
+    }
+    fn gather_bytes(&self, _: &[u8]) -> Vec<u8> {
+        unreachable!("a stage timed alone only sends and receives")
+    }
+    fn send_f32(&self, _: usize, _: &[f32]) {}
+    fn recv_f32(&self, _: usize, buf: &mut [f32]) {
+        buf.fill(0.0);
+    }
+    fn reduce_time(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+    fn finish(&self) {}
+}
+
 /// The contiguous split of `costs` into `parts` ranges whose largest sum is smallest
 /// (the earliest such split: ties keep more modules in the lower stages).
-fn balanced(costs: &[u64], parts: usize) -> Vec<Range<usize>> {
+fn balanced(costs: &[f64], parts: usize) -> Vec<Range<usize>> {
     let k = costs.len();
-    let sum = |a: usize, b: usize| costs[a..b].iter().sum::<u64>();
+    let sum = |a: usize, b: usize| costs[a..b].iter().sum::<f64>();
     // best[p][i]: the smallest largest sum of the first i modules in p + 1 parts; cut[p][i]
     // where its last part starts.
-    let mut best = vec![vec![u64::MAX; k + 1]; parts];
+    let mut best = vec![vec![f64::INFINITY; k + 1]; parts];
     let mut cut = vec![vec![0usize; k + 1]; parts];
     for i in 1..=k {
         best[0][i] = sum(0, i);
@@ -268,13 +377,13 @@ mod tests {
         fn finish(&self) {}
     }
 
-    /// `steps` training steps and one eval pass of `plan` on seeded data: every stage's
-    /// final parameters, momentum and BN statistics (the whole model's, gathered), its
-    /// loss records, and the logits.
-    fn run(plan: &Plan, pipe: Option<&Pipeline>, steps: usize) -> (Snapshot, Vec<Vec<f32>>, Vec<f32>) {
+    /// `steps` training steps (each of `micro` micro-batches of `plan`'s batch) and one
+    /// eval pass of `plan` on seeded data: every stage's final parameters, momentum and BN
+    /// statistics (the whole model's, gathered), its loss records, and the logits.
+    fn run(plan: &Plan, pipe: Option<&Pipeline>, steps: usize, micro: usize) -> (Snapshot, Vec<Vec<f32>>, Vec<f32>) {
         let model = Snapshot::init(plan, &mut Rng::new(7));
         let mut rng = Rng::new(11);
-        let batches: Vec<(Vec<f32>, Vec<u32>)> = (0..steps + 1)
+        let batches: Vec<(Vec<f32>, Vec<u32>)> = (0..steps * micro + 1)
             .map(|_| {
                 let x = (0..plan.input().len).map(|_| rng.normal() as f32).collect();
                 let y = (0..plan.batch).map(|_| rng.below(plan.arch.classes as u64) as u32).collect();
@@ -286,9 +395,10 @@ mod tests {
             let mut ex = CpuExecutor::new(st, 1).with_link(link);
             part.upload(&mut ex).unwrap();
             let mut records = Vec::new();
-            for (x, y) in &batches[..steps] {
+            for (i, (x, y)) in batches[..steps * micro].iter().enumerate() {
                 let mut losses = vec![0f32; st.loss_slots()];
-                ex.train_step(st, &StepInput { x, labels: y, lr: 0.05, sgd }, &mut losses).unwrap();
+                let p = st.micro_batch(i % micro, micro, micro * st.batch);
+                ex.train_step(&p, &StepInput { x, labels: y, lr: 0.05, sgd }, &mut losses).unwrap();
                 records.push(losses);
             }
             let mut logits = vec![0f32; st.logits().len];
@@ -311,7 +421,7 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let mut whole = Snapshot::zeros(plan);
-        let mut records = vec![vec![0f32; plan.loss_slots()]; steps];
+        let mut records = vec![vec![0f32; plan.loss_slots()]; steps * micro];
         for (s, (part, recs, _)) in outs.iter().enumerate() {
             let st = p.stage_plan(plan, s).unwrap().stage;
             place(&mut whole.params, st.params, &part.params);
@@ -346,10 +456,10 @@ mod tests {
         ];
         for method in methods {
             let plan = Plan::new(arch, part.clone(), method, 4, [0.5; 4], [0.25; 4]).unwrap();
-            let (one, one_losses, one_logits) = run(&plan, None, 3);
+            let (one, one_losses, one_logits) = run(&plan, None, 3, 1);
             for split in [&[1, 4][..], &[2, 1, 2], &[1, 1, 1, 1, 1]] {
                 let p = Pipeline::split(&plan, split.len(), split).unwrap();
-                let (many, losses, logits) = run(&plan, Some(&p), 3);
+                let (many, losses, logits) = run(&plan, Some(&p), 3, 1);
                 let what = format!("{:?} hpff={} {:?} split {split:?}", method.base, method.hpff, method.levels);
                 assert!(bits(&many.params) == bits(&one.params), "{what}: parameters differ");
                 assert!(bits(&many.momentum) == bits(&one.momentum), "{what}: momentum differs");
@@ -359,6 +469,27 @@ mod tests {
                 }
                 assert!(bits(&logits) == bits(&one_logits), "{what}: logits differ");
             }
+        }
+    }
+
+    /// Micro-batches: a pipeline gives the bits of one process cutting its steps alike,
+    /// and a step of micro-batches differs from a step of the whole batch (BatchNorm).
+    #[test]
+    fn micro_batches_in_a_pipeline_give_the_bits_of_one_process() {
+        let arch = Arch::resnet(20, 3, 16, 10).unwrap();
+        let part = Partition::even(&arch, 3).unwrap();
+        for method in [Method::reference(Base::Dgl, false), Method::reference(Base::InfoPro, true)] {
+            let plan = Plan::new(arch, part.clone(), method, 2, [0.5; 4], [0.25; 4]).unwrap();
+            let (one, one_losses, _) = run(&plan, None, 2, 3);
+            let p = Pipeline::split(&plan, 2, &[1, 2]).unwrap();
+            let (many, losses, _) = run(&plan, Some(&p), 2, 3);
+            assert!(bits(&many.params) == bits(&one.params), "{method:?}: parameters differ");
+            assert!(bits(&many.momentum) == bits(&one.momentum), "{method:?}: momentum differs");
+            assert!(bits(&many.state) == bits(&one.state), "{method:?}: BN statistics differ");
+            assert!(losses.iter().zip(&one_losses).all(|(a, b)| bits(a) == bits(b)), "{method:?}: losses differ");
+            let (whole, _, _) =
+                run(&Plan::new(arch, part.clone(), method, 6, [0.5; 4], [0.25; 4]).unwrap(), None, 2, 1);
+            assert!(bits(&whole.params) != bits(&one.params), "micro-batches changed nothing");
         }
     }
 
@@ -385,15 +516,15 @@ mod tests {
 
     #[test]
     fn the_balanced_split_minimises_the_costliest_stage() {
-        assert_eq!(balanced(&[1, 1, 1, 1], 2), vec![0..2, 2..4]);
-        assert_eq!(balanced(&[5, 1, 1, 1, 1, 1], 2), vec![0..1, 1..6]);
-        assert_eq!(balanced(&[4, 4, 1, 1, 1, 1], 3), vec![0..1, 1..2, 2..6]);
-        assert_eq!(balanced(&[3, 3, 3], 3), vec![0..1, 1..2, 2..3]);
+        assert_eq!(balanced(&[1.0, 1.0, 1.0, 1.0], 2), vec![0..2, 2..4]);
+        assert_eq!(balanced(&[5.0, 1.0, 1.0, 1.0, 1.0, 1.0], 2), vec![0..1, 1..6]);
+        assert_eq!(balanced(&[4.0, 4.0, 1.0, 1.0, 1.0, 1.0], 3), vec![0..1, 1..2, 2..6]);
+        assert_eq!(balanced(&[3.0, 3.0, 3.0], 3), vec![0..1, 1..2, 2..3]);
         // Brute force over every 3-way split of 7 modules.
-        let costs = [7, 2, 9, 4, 4, 1, 8];
+        let costs = [7.0, 2.0, 9.0, 4.0, 4.0, 1.0, 8.0];
         let got = balanced(&costs, 3);
-        let worst = |r: &[Range<usize>]| r.iter().map(|r| costs[r.clone()].iter().sum::<u64>()).max().unwrap();
-        let mut best = u64::MAX;
+        let worst = |r: &[Range<usize>]| r.iter().map(|r| costs[r.clone()].iter().sum::<f64>()).fold(0.0, f64::max);
+        let mut best = f64::INFINITY;
         for a in 1..6 {
             for b in a + 1..7 {
                 best = best.min(worst(&[0..a, a..b, b..7]));

@@ -87,8 +87,14 @@ impl Run {
         let shape = data_shape(&data.train, aug.as_ref(), &evals)?;
         let setup: Setup = cfg.setup(shape)?;
         let batch = if pipelined { setup.batch } else { dist::local_batch(setup.batch, comm)? };
-        let full = setup.plan(batch)?;
-        let pipe = if pipelined { Some(Pipeline::split(&full, comm.size(), &cfg.stages)?) } else { None };
+        if !batch.is_multiple_of(cfg.micro_batches) {
+            return Err(Error::msg(format!("--micro-batches {} must divide --batch-size {batch}", cfg.micro_batches)));
+        }
+        // The executor's plan is a micro-batch's (the whole batch's without micro-batches).
+        let per = batch / cfg.micro_batches;
+        let full = setup.plan(per)?;
+        let pipe =
+            if pipelined { Some(Pipeline::for_job(&full, comm, &cfg.stages, cfg.balance, cfg.threads)?) } else { None };
         let part = |p: Plan| match &pipe {
             Some(pp) => pp.stage_plan(&p, comm.rank()),
             None => Ok(p),
@@ -99,8 +105,9 @@ impl Run {
             Some(limit) => crate::budget::check_fits(&setup, &plan, limit)?,
             None => {}
         }
-        let tail_n = shard.len(data.train.len()) % batch;
-        // Parameter offsets do not depend on the batch, so the tail shares the arena.
+        // A partial last batch runs as whole micro-batches and a smaller one. Parameter
+        // offsets do not depend on the batch, so that one shares the arena.
+        let tail_n = shard.len(data.train.len()) % batch % per;
         let tail = if tail_n > 0 { Some(part(setup.plan(tail_n)?)?) } else { None };
         let exec_opts = ExecOptions {
             threads: cfg.threads,
@@ -349,11 +356,11 @@ impl Run {
     /// The training steps of epoch `epoch` (started at `te`): their losses, how many were
     /// skipped, and how many there were.
     fn train_epoch(&mut self, epoch: u32, te: Instant) -> Result<(LossMeter, usize, usize)> {
-        let (setup, on_nonfinite, epochs) = (&self.setup, self.cfg.on_nonfinite, self.cfg.epochs);
+        let (on_nonfinite, epochs) = (self.cfg.on_nonfinite, self.cfg.epochs);
         let mut batches = self.data.train.train_epoch(
             self.batch,
             self.aug.as_ref(),
-            &setup.normalize,
+            &self.setup.normalize,
             &self.data_rng,
             epoch as u64,
             self.shard,
@@ -371,20 +378,10 @@ impl Run {
         let mut images = 0usize;
         while let Some(b) = batches.next() {
             let b = b.inspect_err(|_| pb.finish_and_clear())?;
-            let lr = setup.lr(epoch, i, steps);
-            let p = if b.n == self.batch {
-                &self.plan
-            } else {
-                self.tail
-                    .as_ref()
-                    .filter(|t| t.batch == b.n)
-                    .ok_or_else(|| Error::msg("internal: no plan for a partial batch"))?
-            };
-            let input = StepInput { x: &b.x, labels: &b.y, lr, sgd: setup.sgd };
-            let (losses, grads) = (&mut self.losses, &mut self.grads);
-            match guarded_step(&mut *self.exec, p, &input, losses, grads, &meter, on_nonfinite, step_comm)? {
-                None if pipelined => records.push((b.n, losses[..slots].to_vec())),
-                None => meter.add_at(losses, b.n * self.comm.size(), i),
+            let lr = self.setup.lr(epoch, i, steps);
+            match self.step(&b.x, &b.y, lr, &meter, step_comm)? {
+                None if pipelined => records.push((b.n, self.losses[..slots].to_vec())),
+                None => meter.add_at(&self.losses, b.n * self.comm.size(), i),
                 Some(fault) if on_nonfinite == NonFinite::Skip => {
                     skipped += 1;
                     if !self.opts.quiet {
@@ -435,6 +432,49 @@ impl Run {
             ));
         }
         Ok((meter, skipped, steps))
+    }
+
+    /// One training step on images `x` with labels `y` (see [`guarded_step`]): the whole
+    /// batch at once, or micro-batch by micro-batch (pieces of the plan's batch, the last
+    /// smaller in a partial batch), each loss weighted by its piece's share of the step.
+    /// `self.losses` gets the step's losses.
+    fn step(&mut self, x: &[f32], y: &[u32], lr: f32, meter: &LossMeter, comm: &dyn Comm) -> Result<Option<String>> {
+        let (per, n) = (self.plan.batch, y.len());
+        let img = self.plan.input().len / per;
+        let sizes: Vec<usize> = (0..n.div_ceil(per)).map(|i| per.min(n - i * per)).collect();
+        let (policy, sgd) = (self.cfg.on_nonfinite, self.setup.sgd);
+        let plan_of = |size: usize| -> Result<&Plan> {
+            match &self.tail {
+                _ if size == per => Ok(&self.plan),
+                Some(t) if t.batch == size => Ok(t),
+                _ => Err(Error::msg("internal: no plan for a partial batch")),
+            }
+        };
+        if let [size] = sizes[..] {
+            let input = StepInput { x, labels: y, lr, sgd };
+            let p = plan_of(size)?;
+            return guarded_step(&mut *self.exec, p, &input, &mut self.losses, &mut self.grads, meter, policy, comm);
+        }
+        let mut total = vec![0f32; self.losses.len()];
+        let mut rec = vec![0f32; self.losses.len()];
+        let mut at = 0;
+        for (i, &size) in sizes.iter().enumerate() {
+            let p = plan_of(size)?.micro_batch(i, sizes.len(), n);
+            let input = StepInput { x: &x[at * img..(at + size) * img], labels: &y[at..at + size], lr, sgd };
+            rec.fill(0.0);
+            if let Some(fault) =
+                guarded_step(&mut *self.exec, &p, &input, &mut rec, &mut self.grads, meter, policy, comm)?
+            {
+                return Ok(Some(fault));
+            }
+            let w = size as f32 / n as f32;
+            let nf = self.plan.nonfinite_slot();
+            total[..nf].iter_mut().zip(&rec[..nf]).for_each(|(t, r)| *t += r * w);
+            total[nf] = total[nf].max(rec[nf]);
+            at += size;
+        }
+        self.losses = total;
+        Ok(None)
     }
 
     /// The final accuracy (when the schedule is done), the outputs and the summary.
@@ -521,6 +561,14 @@ impl Run {
 fn check_pipeline_flags(cfg: &Settings, pipelined: bool) -> Result<()> {
     if !cfg.stages.is_empty() && !cfg.pipeline {
         return Err(Error::msg("--stages sets the split of --pipeline; add --pipeline"));
+    }
+    if cfg.micro_batches == 0 {
+        return Err(Error::msg("--micro-batches must be at least 1"));
+    }
+    if cfg.micro_batches > 1 && !cfg.pipeline {
+        return Err(Error::msg(
+            "--micro-batches cuts the steps of a pipeline; add --pipeline (and run it under mpirun)",
+        ));
     }
     if pipelined && cfg.on_nonfinite == NonFinite::Skip {
         return Err(Error::msg(
