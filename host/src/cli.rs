@@ -339,6 +339,14 @@ fn clap_one_line(rendered: &str) -> String {
 mod tests {
     use super::*;
 
+    /// clap's own checks of the command line (a debug build runs them at every start and
+    /// panics on a violation; release builds, which the tests use, skip them).
+    #[test]
+    fn the_command_line_passes_clap_checks() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
     #[test]
     fn usage_errors_are_one_line() {
         let e = Cli::try_parse_from(["hpff", "train", "--batch-size", "x"]).unwrap_err();

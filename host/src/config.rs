@@ -315,16 +315,16 @@ hyper_parameters! {
         #[arg(long, value_enum)]
         method: MethodName = MethodName::Infopro;
         /// Add HPFF (HiLo levels + patch feature fusion) to a local method
-        #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true, conflicts_with = "no_hpff")]
+        #[arg(long, num_args = 0, default_missing_value = "true", conflicts_with = "no_hpff")]
         hpff: bool = given.method.is_none();
         /// Initialise the last BN of every residual branch to γ = 0, so each block starts as its shortcut (torchvision's and the reference's zero_init_residual) [default: off, as there]
-        #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
+        #[arg(long, num_args = 0, default_missing_value = "true")]
         zero_init_residual: bool = false;
         /// Number of modules K (the reference's label; see `hpff plan` for the true count) [default: 4]
         #[arg(long)]
         k: usize = 4;
         /// Use InfoPro's balanced-memory split tables (ResNet-110, K ≤ 4)
-        #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
+        #[arg(long, num_args = 0, default_missing_value = "true")]
         balanced_memory: bool = false;
         /// Explicit split points "stage,block;stage,block" (stages 1..=3, 1..=4 on the ImageNet networks), replacing --k
         #[arg(long)]
@@ -342,7 +342,7 @@ hyper_parameters! {
         #[arg(long, value_enum)]
         levels: LevelsName = if aux_nets == AuxNetsName::Imagenet && hpff { LevelsName::Cascade } else { LevelsName::Both };
         /// HPFF: drop each module's forward values after its cascade backward and recompute them for its parameter gradients (same results, one more forward per module, about a fifth less activation memory)
-        #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
+        #[arg(long, num_args = 0, default_missing_value = "true")]
         recompute: bool = false;
         /// Auxiliary classifier head of the CIFAR aux nets: 0c1f, 0c2f, 1c1f, 1c2f, 1c3f, 2c2f [default: 2c2f; greedy 0c1f (also with the ImageNet aux nets)]
         #[arg(long)]
@@ -386,13 +386,13 @@ hyper_parameters! {
         #[arg(long)]
         device: Device = Device::Cpu;
         /// Allow TF32 tensor-core math on the GPU (default: strict fp32)
-        #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
+        #[arg(long, num_args = 0, default_missing_value = "true")]
         tf32: bool = false;
         /// Under mpirun, BatchNorm statistics over the job's whole batch (PyTorch's SyncBatchNorm) instead of each process's share; a no-op in one process
-        #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
+        #[arg(long, num_args = 0, default_missing_value = "true")]
         sync_bn: bool = false;
         /// Under mpirun, train the modules as a pipeline: each process holds a contiguous range of modules (a stage) and trains it while the stages above work on earlier steps, instead of a copy of the whole model
-        #[arg(long, num_args = 0, default_missing_value = "true", hide_possible_values = true)]
+        #[arg(long, num_args = 0, default_missing_value = "true")]
         pipeline: bool = false;
         /// With --pipeline: modules per stage, bottom up, one count per process (e.g. 3,5) [default: balanced by the plan's FLOPs]
         #[arg(long, value_delimiter = ',', value_name = "N1,N2,...")]
@@ -423,7 +423,7 @@ hyper_parameters! {
         #[arg(long)]
         weight_decay: f64 = 1e-4;
         /// Plain momentum instead of Nesterov (config key: nesterov = false)
-        #[arg(long = "no-nesterov", num_args = 0, default_missing_value = "false", hide_possible_values = true)]
+        #[arg(long = "no-nesterov", num_args = 0, default_missing_value = "false")]
         nesterov: bool = true;
         /// Learning-rate schedule [default: cosine; cosine-steps for runs under 10 epochs]
         // Per step for short runs, where the per-epoch rule would give the last — or only —
@@ -455,7 +455,7 @@ hyper_parameters! {
         #[arg(long)]
         limit_test: usize = 0;
         /// Turn off the dataset's training augmentation (config key: augment = false)
-        #[arg(long = "no-augment", num_args = 0, default_missing_value = "false", hide_possible_values = true)]
+        #[arg(long = "no-augment", num_args = 0, default_missing_value = "false")]
         augment: bool = true;
         /// Stream an image folder (--dataset folder) from disk instead of loading it: decoded on worker threads a few batches ahead, torchvision's ImageNet transforms (RandomResizedCrop + flip; resize + centre crop for evaluation) at SIZE×SIZE, ImageNet normalization [SIZE: 224]
         #[arg(long, value_name = "SIZE", num_args = 0..=1, default_missing_value = "224")]
