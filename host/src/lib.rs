@@ -15,6 +15,7 @@ pub mod dist;
 pub mod error;
 pub mod files;
 pub mod metrics;
+pub mod pipeline;
 pub mod plot;
 pub mod resources;
 pub mod train;

@@ -10,9 +10,10 @@ use super::open_executor;
 use super::plan::describe;
 use crate::config::{Settings, Shape};
 use crate::device::Snapshot;
-use crate::dist::{Comm, Pipeline, StageLink};
+use crate::dist::{Comm, StageLink};
 use crate::error::{Error, Result};
 use crate::metrics;
+use crate::pipeline::Pipeline;
 use crate::resources::fmt_mib;
 use crate::train;
 

@@ -6,9 +6,9 @@ use serde_json::json;
 use super::ops::{listing, render};
 use crate::budget::{check_stage_fits, fitting_plan};
 use crate::config::{Settings, Setup, Shape};
-use crate::dist::Pipeline;
 use crate::error::Result;
 use crate::metrics::plan_flops;
+use crate::pipeline::Pipeline;
 
 fn mib(b: usize) -> String {
     format!("{:.2}", b as f64 / (1024.0 * 1024.0))

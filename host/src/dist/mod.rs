@@ -21,10 +21,8 @@ use crate::error::{Error, Result};
 
 #[cfg(feature = "mpi")]
 mod mpi;
-mod pipe;
 mod shard;
 
-pub use pipe::{Pipeline, StageLink};
 pub use shard::Shard;
 
 /// What the processes of one job say to each other. Every method but the point-to-point
@@ -60,6 +58,23 @@ pub trait Comm: Send + Sync + fmt::Debug {
     fn abort(&self, code: i32) -> !;
     /// Shuts the engine down cleanly (before a normal exit; nothing collective after it).
     fn finish(&self);
+}
+
+/// How a pipeline stage's executor reaches its neighbours ([`crate::pipeline`]): stage s
+/// is rank s.
+#[derive(Clone, Copy, Debug)]
+pub struct StageLink {
+    pub comm: &'static dyn Comm,
+}
+
+impl StageLink {
+    /// The rank of neighbour `p`.
+    pub fn rank_of(&self, p: hpff_core::plan::Peer) -> usize {
+        match p {
+            hpff_core::plan::Peer::Prev => self.comm.rank() - 1,
+            hpff_core::plan::Peer::Next => self.comm.rank() + 1,
+        }
+    }
 }
 
 /// The communicator of one process alone.

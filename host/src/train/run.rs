@@ -15,10 +15,11 @@ use crate::checkpoint::{self, Meta, TensorFile};
 use crate::config::{Config, NonFinite, Settings, Setup};
 use crate::data::{self, Augment, Source};
 use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
-use crate::dist::{self, Comm, Pipeline, Shard, Solo, StageLink};
+use crate::dist::{self, Comm, Shard, Solo, StageLink};
 use crate::error::{io_err, Error, Result};
 use crate::files::RunLock;
 use crate::metrics::{self, EpochMetrics, EvalResult, LossMeter};
+use crate::pipeline::Pipeline;
 use crate::plot;
 use crate::resources::fmt_mib;
 

@@ -1,4 +1,4 @@
-//! Module-parallel training: the K modules cut into W contiguous stages, one per process.
+//! Module-parallel training (`--pipeline`): the K modules cut into W contiguous stages, one per process.
 //!
 //! Local learning's modules are gradient-isolated, so stage s trains its modules on step
 //! t+1 while stage s+1 still trains on step t: activations flow up, each stage runs its
@@ -12,12 +12,12 @@ use std::ops::Range;
 use std::time::Instant;
 
 use hpff_core::exec::{Executor, StepInput};
-use hpff_core::plan::{Peer, Plan};
+use hpff_core::plan::Plan;
 
-use super::Comm;
 use crate::config::BalanceName;
 use crate::cpu::CpuExecutor;
 use crate::device::Snapshot;
+use crate::dist::{Comm, StageLink};
 use crate::error::{Error, Result};
 use crate::metrics::plan_flops;
 
@@ -28,22 +28,6 @@ pub struct Pipeline {
     /// Seconds of one training step of each module alone, when the split was balanced by
     /// measuring them (`--balance time`); empty otherwise.
     pub module_secs: Vec<f64>,
-}
-
-/// How a stage's executor reaches its neighbours: stage s is rank s.
-#[derive(Clone, Copy, Debug)]
-pub struct StageLink {
-    pub comm: &'static dyn Comm,
-}
-
-impl StageLink {
-    /// The rank of neighbour `p`.
-    pub fn rank_of(&self, p: Peer) -> usize {
-        match p {
-            Peer::Prev => self.comm.rank() - 1,
-            Peer::Next => self.comm.rank() + 1,
-        }
-    }
 }
 
 impl Pipeline {
