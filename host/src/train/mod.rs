@@ -118,7 +118,10 @@ fn cut_splits<T: Cut>(
     let test = match test {
         Ok(t) => Some(t),
         Err(data::DataError::Missing { .. }) if val_split > 0 => {
-            eprintln!("note: no test split found; the final accuracy is measured on the validation split");
+            // Every process of a job reads the data; one says so.
+            if dist::world().rank() == 0 {
+                eprintln!("note: no test split found; the final accuracy is measured on the validation split");
+            }
             None
         }
         Err(e) => return Err(e.into()),
