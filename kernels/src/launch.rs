@@ -148,14 +148,17 @@ pub(crate) struct ConvCall {
 }
 
 impl ConvCall {
-    /// (address, floats) of x, w, y and the bias (for bounds checks).
+    /// (address, floats) of x, w, y and the bias (for bounds checks: the encoder's tests
+    /// and the emulator).
+    #[cfg(any(test, feature = "emulate"))]
     pub(crate) fn extents(&self) -> [(u64, usize); 4] {
         let s = &self.shape;
         let bias = if self.bias == 0 { 0 } else { s.c_out };
         [(self.x, self.n * s.in_len()), (self.w, s.weight_len()), (self.y, self.n * s.out_len()), (self.bias, bias)]
     }
 
-    /// The operand the call writes.
+    /// The operand the call writes (the emulator's).
+    #[cfg(feature = "emulate")]
     pub(crate) fn written(&self) -> (u64, usize) {
         let e = self.extents();
         match self.dir {
