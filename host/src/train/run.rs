@@ -563,6 +563,13 @@ fn check_pipeline_flags(cfg: &Settings, pipelined: bool) -> Result<()> {
     if !cfg.stages.is_empty() && !cfg.pipeline {
         return Err(Error::msg("--stages sets the split of --pipeline; add --pipeline"));
     }
+    if cfg.stages.len() > 1 && !pipelined {
+        return Err(Error::msg(format!(
+            "--stages lists {} stages, one per process: run under mpirun -np {}",
+            cfg.stages.len(),
+            cfg.stages.len()
+        )));
+    }
     if cfg.micro_batches == 0 {
         return Err(Error::msg("--micro-batches must be at least 1"));
     }
