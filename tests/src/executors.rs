@@ -70,7 +70,13 @@ pub fn cuda_missing() -> Option<String> {
 }
 
 /// Runs `body` on `target`, or says plainly why not.
+/// `HPFF_CPU_ISA` caps the CPU kernels' instruction set here as in the CLI, so every path
+/// the machine has can be tested (`HPFF_CPU_ISA=scalar cargo test`): the reference and
+/// CPU executors run the core's kernels on that path.
 pub fn run_on(target: Target, body: fn(Target)) {
+    if let Err(e) = hpff::cpu::apply_isa_env() {
+        panic!("{e}");
+    }
     if matches!(target, Target::CudaEmulated | Target::CudaEmulatedIm2col) && cfg!(not(feature = "cuda")) {
         println!("skipped on the CUDA emulator: hpff-tests built without its `cuda` feature");
         return;
