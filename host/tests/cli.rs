@@ -250,6 +250,8 @@ fn impossible_configs_are_one_line_errors() {
     fails(&hpff(&["train", "--device", "cuda"]), &["--device cpu"]);
     fails(&hpff(&["bench", "--device", "cuda"]), &["--device cpu"]);
     fails(&hpff(&["train", "--device", "cuda:1"]), &["--device cpu"]);
+    // A split of several stages needs one process per stage.
+    fails(&hpff(&["train", "--k", "3", "--pipeline", "--stages", "1,2"]), &["--stages lists 2 stages", "mpirun -np 2"]);
     let d = tempfile::tempdir().unwrap();
     let cfg = d.path().join("c.toml");
     std::fs::write(&cfg, "epoch = 3\n").unwrap();

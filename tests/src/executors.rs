@@ -70,6 +70,7 @@ pub fn cuda_missing() -> Option<String> {
 }
 
 /// Runs `body` on `target`, or says plainly why not.
+///
 /// `HPFF_CPU_ISA` caps the CPU kernels' instruction set here as in the CLI, so every path
 /// the machine has can be tested (`HPFF_CPU_ISA=scalar cargo test`): the reference and
 /// CPU executors run the core's kernels on that path.
