@@ -25,7 +25,7 @@ fn data(len: usize, seed: u32) -> Vec<f32> {
 }
 
 fn conv(c_in: usize, c_out: usize, hw: usize, stride: usize) -> Conv2d {
-    Conv2d { c_in, c_out, h: hw, w: hw, k: 3, stride, pad: 1 }
+    Conv2d { c_in, c_out, h: hw, w: hw, k: 3, stride, pad: 1, groups: 1 }
 }
 
 /// Every distinct 3×3 convolution of ResNet-32 on 32×32 inputs.

@@ -18,6 +18,11 @@
 //! The base width (stem channels: 16 for CIFAR, 64 for ImageNet) is a parameter too:
 //! [`Arch::with_width`] gives stage widths `w, 2w, 4w (, 8w)` (4 or 8 for a
 //! microcontroller's RAM).
+//!
+//! **ResNeXt** (Xie et al.; torchvision's `resnext50_32x4d`, `resnext101_32x8d`, the
+//! reference's ImageNet ResNeXt-101): a Bottleneck network whose 3×3 conv has `groups`
+//! channel groups of `width_per_group · planes / 64` channels each
+//! ([`Arch::with_groups`]); a ResNet is the case `groups = 1`, `width_per_group = 64`.
 
 use crate::error::PlanError;
 use crate::ops::{Conv2d, MaxPool2d};
@@ -55,6 +60,8 @@ pub const MAX_WIDTH: usize = 1024;
 pub const MAX_BLOCKS_PER_STAGE: usize = 200;
 /// Most stages a network has (the ImageNet family's four).
 pub const MAX_STAGES: usize = 4;
+/// A ResNet's `width_per_group` (torchvision's `base_width`): the 3×3 has `planes` channels.
+pub const RESNET_WIDTH_PER_GROUP: usize = 64;
 
 /// The ImageNet depths and their blocks per stage.
 const IMAGENET_DEPTHS: [(usize, BlockKind, [usize; 4]); 5] = [
@@ -83,6 +90,11 @@ pub struct Arch {
     /// reference's `zero_init_residual`, off by default there too): each block starts as
     /// its shortcut.
     pub zero_init_residual: bool,
+    /// Channel groups of every Bottleneck's 3×3 conv (1 for a ResNet).
+    pub groups: usize,
+    /// Channels per group at 64 planes (torchvision's `width_per_group`; 64 for a ResNet):
+    /// a Bottleneck of `planes` has `planes · width_per_group / 64 · groups` middle channels.
+    pub width_per_group: usize,
 }
 
 /// Shapes of one residual block.
@@ -91,6 +103,10 @@ pub struct BlockShape {
     pub kind: BlockKind,
     pub c_in: usize,
     pub planes: usize,
+    /// Channels of a Bottleneck's 3×3 conv (`planes` for a ResNet; a Basic block's are `planes`).
+    pub width: usize,
+    /// Channel groups of that 3×3 conv.
+    pub groups: usize,
     pub c_out: usize,
     pub h_in: usize,
     pub w_in: usize,
@@ -141,6 +157,8 @@ impl Arch {
             classes,
             width: DEFAULT_WIDTH,
             zero_init_residual: false,
+            groups: 1,
+            width_per_group: RESNET_WIDTH_PER_GROUP,
         })
     }
 
@@ -160,6 +178,8 @@ impl Arch {
             classes,
             width: IMAGENET_WIDTH,
             zero_init_residual: false,
+            groups: 1,
+            width_per_group: RESNET_WIDTH_PER_GROUP,
         })
     }
 
@@ -171,6 +191,39 @@ impl Arch {
             return Err(PlanError::BadShape("base width must be between 1 and 1024"));
         }
         Ok(Arch { width, ..self })
+    }
+
+    /// The same network as a ResNeXt: every Bottleneck's 3×3 conv in `groups` groups, of
+    /// `width_per_group` channels each at 64 planes (ResNeXt-50 32×4d: `(32, 4)`). An error
+    /// for Basic blocks (as torchvision's) and where a stage's groups would be empty.
+    pub fn with_groups(self, groups: usize, width_per_group: usize) -> Result<Arch, PlanError> {
+        if (groups, width_per_group) == (1, RESNET_WIDTH_PER_GROUP) {
+            return Ok(Arch { groups, width_per_group, ..self });
+        }
+        if self.kind == BlockKind::Basic {
+            return Err(PlanError::BadShape("grouped 3×3 convs (ResNeXt) need Bottleneck blocks: depth 50, 101 or 152 (ImageNet), 164 or 1001 (CIFAR)"));
+        }
+        if groups == 0 || groups > MAX_WIDTH || width_per_group == 0 || width_per_group > MAX_WIDTH {
+            return Err(PlanError::BadShape("groups and width per group must be between 1 and 1024"));
+        }
+        let a = Arch { groups, width_per_group, ..self };
+        if a.bottleneck_width(0) == 0 {
+            return Err(PlanError::BadShape(
+                "width per group too small for the base width: the first stage's groups would have no channel (planes · width_per_group / 64 < 1)",
+            ));
+        }
+        Ok(a)
+    }
+
+    /// Middle channels of a Bottleneck of stage `s`: `planes · width_per_group / 64 ·
+    /// groups` (torchvision's `int(planes · base_width / 64) · groups`).
+    pub const fn bottleneck_width(&self, s: usize) -> usize {
+        self.stage_planes(s) * self.width_per_group / RESNET_WIDTH_PER_GROUP * self.groups
+    }
+
+    /// Whether the 3×3 convs are grouped (a ResNeXt).
+    pub const fn grouped(&self) -> bool {
+        self.groups != 1 || self.width_per_group != RESNET_WIDTH_PER_GROUP
     }
 
     /// The same network with every residual branch's last BN initialised to γ = 0.
@@ -186,12 +239,19 @@ impl Arch {
         }
     }
 
-    /// The name `--arch` takes: `resnet32`, `resnet101-imagenet`.
-    pub fn name(&self) -> heapless::String<24> {
+    /// The name `--arch` takes: `resnet32`, `resnet101-imagenet`,
+    /// `resnext50-32x4d-imagenet`.
+    pub fn name(&self) -> heapless::String<40> {
         let mut s = heapless::String::new();
         let suffix = if self.family == Family::ImageNet { "-imagenet" } else { "" };
-        // 24 bytes hold "resnet" + any usize depth + "-imagenet" up to depth 10^9.
-        let _ = core::fmt::write(&mut s, format_args!("resnet{}{suffix}", self.depth));
+        // 40 bytes hold "resnext", three numbers below 10^4 (the limits of depth, groups
+        // and width per group), "-", "x", "d" and "-imagenet".
+        let _ = if self.grouped() {
+            let (d, g, w) = (self.depth, self.groups, self.width_per_group);
+            core::fmt::write(&mut s, format_args!("resnext{d}-{g}x{w}d{suffix}"))
+        } else {
+            core::fmt::write(&mut s, format_args!("resnet{}{suffix}", self.depth))
+        };
         s
     }
 
@@ -207,7 +267,7 @@ impl Arch {
             Family::ImageNet => (7, 2, 3),
         };
         let (c_in, c_out, h, w) = (self.in_channels, self.stem_channels(), self.image, self.image);
-        Conv2d { c_in, c_out, h, w, k, stride, pad }
+        Conv2d { c_in, c_out, h, w, k, stride, pad, groups: 1 }
     }
 
     /// The ImageNet stem's max pool (3×3 stride 2 pad 1) over the stem conv's output.
@@ -307,10 +367,16 @@ impl Arch {
         let stride = if b == 0 && s > 0 { 2 } else { 1 };
         let h_in = if b == 0 && s > 0 { self.stage_size(s - 1) } else { self.stage_size(s) };
         let h_out = conv_out(h_in, stride);
+        let width = match self.kind {
+            BlockKind::Basic => self.stage_planes(s),
+            BlockKind::Bottleneck => self.bottleneck_width(s),
+        };
         BlockShape {
             kind: self.kind,
             c_in,
             planes: self.stage_planes(s),
+            width,
+            groups: self.groups,
             c_out,
             h_in,
             w_in: h_in,

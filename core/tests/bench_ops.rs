@@ -59,7 +59,7 @@ fn bench_conv() {
         limit_isa(Some(isa));
         println!("{}:", isa.name());
         for (c, hw) in [(16, 32), (32, 16), (64, 8)] {
-            bench_conv_shape(Conv2d { c_in: c, c_out: c, h: hw, w: hw, k: 3, stride: 1, pad: 1 });
+            bench_conv_shape(Conv2d { c_in: c, c_out: c, h: hw, w: hw, k: 3, stride: 1, pad: 1, groups: 1 });
         }
     }
     limit_isa(None);

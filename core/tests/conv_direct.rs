@@ -23,7 +23,7 @@ fn same_3x3_convs_match_float64() {
         (5, 7, 3, 5, 2),
         (16, 16, 16, 16, 9),
     ] {
-        let s = Conv2d { c_in, c_out, h, w, k: 3, stride: 1, pad: 1 };
+        let s = Conv2d { c_in, c_out, h, w, k: 3, stride: 1, pad: 1, groups: 1 };
         let x = rv(1, n * s.in_len());
         let wt = rv(2, s.weight_len());
         let dy = rv(3, n * s.out_len());
@@ -109,7 +109,7 @@ fn avx512_gives_the_avx2_bits() {
         (8, 8, 1, 1, 3),
         (2, 9, 3, 24, 2),
     ] {
-        let s = Conv2d { c_in, c_out, h, w, k: 3, stride: 1, pad: 1 };
+        let s = Conv2d { c_in, c_out, h, w, k: 3, stride: 1, pad: 1, groups: 1 };
         let (x, wt, dy) = (rv(4, n * s.in_len()), rv(5, s.weight_len()), rv(6, n * s.out_len()));
         let run = |isa: Option<Isa>| {
             limit_isa(isa);

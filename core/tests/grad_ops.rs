@@ -81,7 +81,10 @@ fn conv_ref(s: &Conv2d, n: usize, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Ve
             for oy in 0..ho {
                 for ox in 0..wo {
                     let mut acc = b.map_or(0.0, |b| b[co]);
-                    for ci in 0..s.c_in {
+                    // Output channel co sees the input channels of its group only.
+                    let cg = s.c_in / s.groups;
+                    let first = co / (s.c_out / s.groups) * cg;
+                    for ci in 0..cg {
                         for kh in 0..s.k {
                             for kw in 0..s.k {
                                 let iy = (oy * s.stride + kh) as isize - s.pad as isize;
@@ -89,8 +92,8 @@ fn conv_ref(s: &Conv2d, n: usize, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Ve
                                 if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
                                     continue;
                                 }
-                                let xv = x[((i * s.c_in + ci) * s.h + iy as usize) * s.w + ix as usize];
-                                acc += xv * w[((co * s.c_in + ci) * s.k + kh) * s.k + kw];
+                                let xv = x[((i * s.c_in + first + ci) * s.h + iy as usize) * s.w + ix as usize];
+                                acc += xv * w[((co * cg + ci) * s.k + kh) * s.k + kw];
                             }
                         }
                     }
@@ -166,7 +169,7 @@ fn conv_shape() -> impl Strategy<Value = (Conv2d, usize, bool, u64)> {
             // Padded maps may be smaller than the kernel (down to 1×1, as in the last
             // stage of an ImageNet network on small images).
             let min = k - 2 * pad;
-            (Conv2d { c_in, c_out, h: h.max(min), w: w.max(min), k, stride, pad }, n, bias, seed)
+            (Conv2d { c_in, c_out, h: h.max(min), w: w.max(min), k, stride, pad, groups: 1 }, n, bias, seed)
         })
 }
 
@@ -226,9 +229,17 @@ proptest! {
 
     /// The ImageNet stem's conv: 7×7 stride 2 pad 3, on even and odd sizes (some smaller
     /// than the kernel, where only the padding makes room).
+    /// Grouped convolutions (ResNeXt's 3×3s: a few channels per group, stride 1 and 2,
+    /// odd sizes): each group's own ungrouped path, the direct kernels included.
+    #[test]
+    fn grouped_conv(groups in 2usize..5, cg_in in 1usize..5, cg_out in 1usize..5, h in 3usize..11, w in 3usize..11, stride in 1usize..3, n in 1usize..3, bias: bool, seed: u64) {
+        let s = Conv2d { c_in: groups * cg_in, c_out: groups * cg_out, h, w, k: 3, stride, pad: 1, groups };
+        check_conv(s, n, bias, seed)?;
+    }
+
     #[test]
     fn conv_7x7_stride2_pad3(c_in in 1usize..4, c_out in 1usize..4, h in 4usize..14, w in 4usize..14, n in 1usize..3, bias: bool, seed: u64) {
-        check_conv(Conv2d { c_in, c_out, h, w, k: 7, stride: 2, pad: 3 }, n, bias, seed)?;
+        check_conv(Conv2d { c_in, c_out, h, w, k: 7, stride: 2, pad: 3, groups: 1 }, n, bias, seed)?;
     }
 }
 
@@ -249,7 +260,7 @@ fn conv_hand_worked() {
     let y0 = [12., 14., 16., 0., 20., 23., 26., 3., 28., 35., 38., 7., 0., 9., 10., 11.];
     let y1 = [14., 24., 30., 22., 33., 54., 63., 45., 57., 90., 99., 69., 46., 72., 78., 54.];
     for stride in [1, 2] {
-        let s = Conv2d { c_in: 1, c_out: 2, h: 4, w: 4, k: 3, stride, pad: 1 };
+        let s = Conv2d { c_in: 1, c_out: 2, h: 4, w: 4, k: 3, stride, pad: 1, groups: 1 };
         let mut y = vec![0.0; s.out_len()];
         let mut scratch = vec![0.0; s.scratch_len()];
         conv2d_forward(&s, 1, &x, &w, Some(&bias), &mut y, &mut scratch);
@@ -815,13 +826,13 @@ fn conv_is_bitwise_its_fma_chains() {
         return;
     }
     let shapes = [
-        Conv2d { c_in: 16, c_out: 16, h: 32, w: 32, k: 3, stride: 1, pad: 1 },
-        Conv2d { c_in: 16, c_out: 12, h: 28, w: 28, k: 3, stride: 1, pad: 1 },
-        Conv2d { c_in: 16, c_out: 32, h: 16, w: 16, k: 3, stride: 2, pad: 1 },
-        Conv2d { c_in: 8, c_out: 16, h: 9, w: 9, k: 1, stride: 2, pad: 0 },
-        Conv2d { c_in: 8, c_out: 5, h: 6, w: 6, k: 1, stride: 1, pad: 0 },
-        Conv2d { c_in: 5, c_out: 6, h: 7, w: 7, k: 3, stride: 1, pad: 1 },
-        Conv2d { c_in: 3, c_out: 9, h: 8, w: 16, k: 3, stride: 1, pad: 1 },
+        Conv2d { c_in: 16, c_out: 16, h: 32, w: 32, k: 3, stride: 1, pad: 1, groups: 1 },
+        Conv2d { c_in: 16, c_out: 12, h: 28, w: 28, k: 3, stride: 1, pad: 1, groups: 1 },
+        Conv2d { c_in: 16, c_out: 32, h: 16, w: 16, k: 3, stride: 2, pad: 1, groups: 1 },
+        Conv2d { c_in: 8, c_out: 16, h: 9, w: 9, k: 1, stride: 2, pad: 0, groups: 1 },
+        Conv2d { c_in: 8, c_out: 5, h: 6, w: 6, k: 1, stride: 1, pad: 0, groups: 1 },
+        Conv2d { c_in: 5, c_out: 6, h: 7, w: 7, k: 3, stride: 1, pad: 1, groups: 1 },
+        Conv2d { c_in: 3, c_out: 9, h: 8, w: 16, k: 3, stride: 1, pad: 1, groups: 1 },
     ];
     for (t, s) in shapes.into_iter().enumerate() {
         let n = 2;

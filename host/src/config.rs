@@ -304,7 +304,7 @@ hyper_parameters! {
         /// Dataset [default: fashion-mnist]
         #[arg(long, value_enum)]
         dataset: DatasetName = DatasetName::FashionMnist;
-        /// Backbone: CIFAR resnetN, N = 6m+2 (resnet8, resnet20, resnet32, resnet110, …) or resnet164; ImageNet resnetN-imagenet, N = 18, 34, 50, 101, 152 (7×7 stem + max pool, four stages) [default: resnet32]
+        /// Backbone: CIFAR resnetN, N = 6m+2 (resnet8, resnet20, resnet32, resnet110, …) or resnet164; ImageNet resnetN-imagenet, N = 18, 34, 50, 101, 152 (7×7 stem + max pool, four stages); ResNeXt resnextN-GxWd-imagenet (resnext50-32x4d-imagenet, resnext101-32x8d-imagenet: G groups of W channels per 64 planes in every Bottleneck's 3×3) [default: resnet32]
         #[arg(long)]
         arch: String = "resnet32".into();
         /// Base width of the ResNet: stem channels, stages w, 2w, 4w (, 8w on ImageNet; 4 or 8 to fit a microcontroller) [default: 16, 64 for the ImageNet networks]
@@ -510,12 +510,16 @@ impl Settings {
     /// Checks the settings and builds the typed [`Setup`] for input `shape`.
     pub fn setup(&self, shape: Shape) -> Result<Setup> {
         let c = self;
-        let mut arch = match parse_arch(&c.arch)? {
-            (Family::Cifar, depth) => Arch::resnet(depth, shape.c, shape.image, shape.classes)?,
-            (Family::ImageNet, depth) => Arch::resnet_imagenet(depth, shape.c, shape.image, shape.classes)?,
+        let name = parse_arch(&c.arch)?;
+        let mut arch = match name.family {
+            Family::Cifar => Arch::resnet(name.depth, shape.c, shape.image, shape.classes)?,
+            Family::ImageNet => Arch::resnet_imagenet(name.depth, shape.c, shape.image, shape.classes)?,
         };
         if let Some(w) = c.width {
             arch = arch.with_width(w)?;
+        }
+        if let Some((groups, width_per_group)) = name.groups {
+            arch = arch.with_groups(groups, width_per_group)?;
         }
         if c.zero_init_residual {
             arch = arch.with_zero_init_residual();
@@ -647,21 +651,38 @@ impl Settings {
     }
 }
 
+/// What an `--arch` name says: family, depth and, for a ResNeXt, (groups, width per group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArchName {
+    pub family: Family,
+    pub depth: usize,
+    pub groups: Option<(usize, usize)>,
+}
+
 /// `"resnet32"` (or `"32"`) → the CIFAR ResNet-32; `"resnet101-imagenet"` → the ImageNet
-/// ResNet-101. The depth is checked when the network is built.
-pub fn parse_arch(s: &str) -> Result<(Family, usize)> {
+/// ResNet-101; `"resnext50-32x4d-imagenet"` → torchvision's ResNeXt-50 (32 groups of 4
+/// channels per 64 planes). Depth and groups are checked when the network is built.
+pub fn parse_arch(s: &str) -> Result<ArchName> {
     let t = s.trim().to_ascii_lowercase();
+    let bad = || {
+        Error::msg(format!(
+            "unknown architecture {s:?}: use resnetN with N = 6m+2 (resnet8, resnet20, resnet32, resnet56, resnet110) or resnet164, resnetN-imagenet with N = 18, 34, 50, 101, 152, or resnextN-GxWd-imagenet (resnext50-32x4d-imagenet, resnext101-32x8d-imagenet)"
+        ))
+    };
     let (family, t) = match t.strip_suffix("-imagenet") {
         Some(rest) => (Family::ImageNet, rest),
         None => (Family::Cifar, t.as_str()),
     };
+    if let Some(rest) = t.strip_prefix("resnext") {
+        // N-GxWd
+        let (depth, gw) = rest.split_once('-').ok_or_else(bad)?;
+        let (g, w) = gw.strip_suffix('d').and_then(|gw| gw.split_once('x')).ok_or_else(bad)?;
+        let num = |v: &str| v.parse::<usize>().map_err(|_| bad());
+        return Ok(ArchName { family, depth: num(depth)?, groups: Some((num(g)?, num(w)?)) });
+    }
     let digits = t.strip_prefix("resnet").unwrap_or(t).trim_start_matches(['-', '_']);
-    let depth = digits.parse::<usize>().map_err(|_| {
-        Error::msg(format!(
-            "unknown architecture {s:?}: use resnetN with N = 6m+2 (resnet8, resnet20, resnet32, resnet56, resnet110) or resnet164, or resnetN-imagenet with N = 18, 34, 50, 101, 152"
-        ))
-    })?;
-    Ok((family, depth))
+    let depth = digits.parse::<usize>().map_err(|_| bad())?;
+    Ok(ArchName { family, depth, groups: None })
 }
 
 /// `"1,4;2,4"` → [(1,4), (2,4)].
@@ -870,9 +891,15 @@ mod tests {
 
     #[test]
     fn imagenet_arch_names() {
-        assert_eq!(parse_arch("resnet101-imagenet").unwrap(), (Family::ImageNet, 101));
-        assert_eq!(parse_arch(" ResNet18-ImageNet").unwrap(), (Family::ImageNet, 18));
-        assert_eq!(parse_arch("resnet32").unwrap(), (Family::Cifar, 32));
+        let name = |family, depth, groups| ArchName { family, depth, groups };
+        assert_eq!(parse_arch("resnet101-imagenet").unwrap(), name(Family::ImageNet, 101, None));
+        assert_eq!(parse_arch(" ResNet18-ImageNet").unwrap(), name(Family::ImageNet, 18, None));
+        assert_eq!(parse_arch("resnet32").unwrap(), name(Family::Cifar, 32, None));
+        assert_eq!(parse_arch("resnext101-32x8d-imagenet").unwrap(), name(Family::ImageNet, 101, Some((32, 8))));
+        assert_eq!(parse_arch("ResNeXt164-4x16d").unwrap(), name(Family::Cifar, 164, Some((4, 16))));
+        for bad in ["resnext50-imagenet", "resnext50-32x4-imagenet", "resnext-32x4d", "resnext50-ax4d"] {
+            assert!(parse_arch(bad).unwrap_err().to_string().contains("unknown architecture"), "{bad}");
+        }
         let shape = Shape { c: 3, image: 64, classes: 10 };
         let cfg = |arch: &str, k| Config { arch: Some(arch.into()), k: Some(k), ..Config::default() };
         let s = cfg("resnet34-imagenet", 4).setup(shape).unwrap();

@@ -95,7 +95,9 @@ impl Prepared {
         p.x = tensor(a, c.n, s.c_in, s.h, s.w)?;
         p.y = tensor(a, c.n, s.c_out, s.h_out(), s.w_out())?;
         p.bias = tensor(a, 1, s.c_out, 1, 1)?;
-        let (k, ci, ck) = (dim_i32("c_out", s.c_out)?, dim_i32("c_in", s.c_in)?, dim_i32("kernel", s.k)?);
+        // A grouped filter is [c_out][c_in / groups][k][k], as PyTorch's.
+        let (k, ci, ck) = (dim_i32("c_out", s.c_out)?, dim_i32("c_in", s.c_in / s.groups)?, dim_i32("kernel", s.k)?);
+        let groups = dim_i32("groups", s.groups)?;
         let (pad, stride) = (dim_i32("padding", s.pad)?, dim_i32("stride", s.stride)?);
         // hpff's convolutions are PyTorch's: cross-correlation.
         let math = if tf32 { api::DEFAULT_MATH } else { api::FMA_MATH };
@@ -108,6 +110,7 @@ impl Prepared {
             let st = (a.set_conv_2d)(p.conv, pad, pad, stride, stride, 1, 1, api::CROSS_CORRELATION, api::FLOAT);
             check("cudnnSetConvolution2dDescriptor", st)?;
             check("cudnnSetConvolutionMathType", (a.set_conv_math)(p.conv, math))?;
+            check("cudnnSetConvolutionGroupCount", (a.set_conv_groups)(p.conv, groups))?;
         }
         Ok(p)
     }

@@ -88,6 +88,7 @@ pub(crate) struct Api {
     pub create_conv: unsafe extern "C" fn(*mut ConvDesc) -> Status,
     pub set_conv_2d: unsafe extern "C" fn(ConvDesc, c_int, c_int, c_int, c_int, c_int, c_int, u32, u32) -> Status,
     pub set_conv_math: unsafe extern "C" fn(ConvDesc, u32) -> Status,
+    pub set_conv_groups: unsafe extern "C" fn(ConvDesc, c_int) -> Status,
     pub destroy_conv: unsafe extern "C" fn(ConvDesc) -> Status,
     /// (handle, x, w, conv, y, requested, returned, results)
     pub fwd_algos: AlgoQuery,
@@ -150,6 +151,7 @@ fn open() -> Result<Api, String> {
         create_conv: sym!("cudnnCreateConvolutionDescriptor"),
         set_conv_2d: sym!("cudnnSetConvolution2dDescriptor"),
         set_conv_math: sym!("cudnnSetConvolutionMathType"),
+        set_conv_groups: sym!("cudnnSetConvolutionGroupCount"),
         destroy_conv: sym!("cudnnDestroyConvolutionDescriptor"),
         fwd_algos: sym!("cudnnGetConvolutionForwardAlgorithm_v7"),
         bwd_data_algos: sym!("cudnnGetConvolutionBackwardDataAlgorithm_v7"),

@@ -455,21 +455,25 @@ impl<'a, S: Sink> Encoder<'a, S> {
             let g = gmax.min(n - i0);
             let cols = g * hw;
             self.im2col(s, x, i0, g)?;
-            let gm = Gemm {
-                m: s.c_out,
-                n: cols,
-                k: ckk,
-                a: self.a(w),
-                lda: ckk,
-                ta: false,
-                b: self.p.conv_ws,
-                ldb: cols,
-                tb: false,
-                c: rows,
-                ldc: cols,
-                beta: 0.0,
-            };
-            self.gemm(gm)?;
+            // Group j: its output rows from its weights and its input channels' rows.
+            let (gs, gk) = (s.group(), ckk / s.groups);
+            for j in 0..s.groups {
+                let gm = Gemm {
+                    m: gs.c_out,
+                    n: cols,
+                    k: gk,
+                    a: self.a(w + j * gs.weight_len()),
+                    lda: gk,
+                    ta: false,
+                    b: self.p.conv_ws + 4 * (j * gk * cols) as u64,
+                    ldb: cols,
+                    tb: false,
+                    c: rows + 4 * (j * gs.c_out * cols) as u64,
+                    ldc: cols,
+                    beta: 0.0,
+                };
+                self.gemm(gm)?;
+            }
             let args = [
                 Arg::P(rows),
                 Arg::P(self.a(y.off + i0 * s.out_len())),
@@ -529,7 +533,8 @@ impl<'a, S: Sink> Encoder<'a, S> {
     }
 
     /// Backward on the im2col path: per chunk (in order), dy → rows; `dW += rows·colᵀ`
-    /// (GEMM with β = 1); `dcol = Wᵀ·rows` and the col2im gather into dx.
+    /// (GEMM with β = 1); `dcol = Wᵀ·rows` and the col2im gather into dx. A grouped conv
+    /// takes both products group by group, each on its own rows of `rows` and `col`.
     fn conv_backward_chunks(
         &mut self,
         s: &Conv2d,
@@ -555,40 +560,48 @@ impl<'a, S: Sink> Encoder<'a, S> {
                 i("chunk", g)?,
             ];
             self.each(K::NchwToRows, g * s.out_len(), &args)?;
+            let (gs, gk) = (s.group(), ckk / s.groups);
+            // Group j's rows of `rows` (its output channels) and of `col` (its input taps).
+            let rows_j = |j: usize| rows + 4 * (j * gs.c_out * cols) as u64;
+            let col_j = |j: usize| col + 4 * (j * gk * cols) as u64;
             if let Some(x) = x {
                 self.im2col(s, x, i0, g)?;
-                let gm = Gemm {
-                    m: s.c_out,
-                    n: ckk,
-                    k: cols,
-                    a: rows,
-                    lda: cols,
-                    ta: false,
-                    b: col,
-                    ldb: cols,
-                    tb: true,
-                    c: self.a(plan.grad_of(w)),
-                    ldc: ckk,
-                    beta: 1.0,
-                };
-                self.gemm(gm)?;
+                for j in 0..s.groups {
+                    let gm = Gemm {
+                        m: gs.c_out,
+                        n: gk,
+                        k: cols,
+                        a: rows_j(j),
+                        lda: cols,
+                        ta: false,
+                        b: col_j(j),
+                        ldb: cols,
+                        tb: true,
+                        c: self.a(plan.grad_of(w) + j * gs.weight_len()),
+                        ldc: gk,
+                        beta: 1.0,
+                    };
+                    self.gemm(gm)?;
+                }
             }
             if let Some(dx) = dx {
-                let gm = Gemm {
-                    m: ckk,
-                    n: cols,
-                    k: s.c_out,
-                    a: self.a(w),
-                    lda: ckk,
-                    ta: true,
-                    b: rows,
-                    ldb: cols,
-                    tb: false,
-                    c: col,
-                    ldc: cols,
-                    beta: 0.0,
-                };
-                self.gemm(gm)?;
+                for j in 0..s.groups {
+                    let gm = Gemm {
+                        m: gk,
+                        n: cols,
+                        k: gs.c_out,
+                        a: self.a(w + j * gs.weight_len()),
+                        lda: gk,
+                        ta: true,
+                        b: rows_j(j),
+                        ldb: cols,
+                        tb: false,
+                        c: col_j(j),
+                        ldc: cols,
+                        beta: 0.0,
+                    };
+                    self.gemm(gm)?;
+                }
                 let args = [
                     Arg::P(col),
                     Arg::P(self.a(dx.off + i0 * s.in_len())),

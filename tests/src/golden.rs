@@ -84,7 +84,9 @@ impl Golden {
         let blocks = cfg.get("blocks").map_or(1, |b| b[0].as_u64().unwrap() as usize);
         let arch = if cfg.get("family").and_then(|f| f.as_str()) == Some("imagenet") {
             let a = Arch::resnet_imagenet(u("depth"), 3, u("image_size"), u("classes")).unwrap();
-            a.with_width(u("width")).unwrap()
+            let groups = cfg.get("groups").map_or(1, |g| g.as_u64().unwrap() as usize);
+            let per_group = cfg.get("width_per_group").map_or(64, |g| g.as_u64().unwrap() as usize);
+            a.with_width(u("width")).unwrap().with_groups(groups, per_group).unwrap()
         } else {
             Arch::resnet(6 * blocks + 2, 3, u("image_size"), u("classes")).unwrap()
         };

@@ -13,6 +13,10 @@
 //! The ImageNet HPFF fixtures and the batch-37 one hold a float64 run and a tolerance per
 //! tensor (8 × the float32 spread measured around it, at least 1e-4): these tiny nets are
 //! ill-conditioned in float32 (see `tools/golden/README.md`).
+//!
+//! ResNeXt (grouped 3×3 convs): ResNeXt-50 at base width 8 with 4 groups of width 16
+//! (per 64 planes), 64×64, batch 4, end to end and with the ImageNet recipe's HPFF at
+//! K = 4, float64 truth as the ResNet-50 case.
 
 use hpff::device::Snapshot;
 use hpff_core::exec::Region;
@@ -94,6 +98,8 @@ on_every_executor! {
     imagenet_resnet18_hpff => |t| run_case("imagenet_resnet18_hpff", t);
     imagenet_resnet18_hpff_pff_input => |t| run_case("imagenet_resnet18_hpff_pff_input", t);
     imagenet_resnet50_hpff => |t| run_case("imagenet_resnet50_hpff", t);
+    resnext_e2e => |t| run_case("resnext_e2e", t);
+    resnext_infopro_hpff => |t| run_case("resnext_infopro_hpff", t);
 }
 
 /// The CUDA executor's path without cuDNN (im2col kernels and GEMMs), emulated, on every

@@ -25,7 +25,14 @@ retried in later rounds; the run goes on.
 
 Configurations (`--configs`): `METHOD[+hpff][:k=N][:aux=HEAD][:patches=N][:arch=resnetN]
 [:splits=S,B;S,B][:eval]`, or `eval` (the no-grad forward of e2e). `--arch` is the
-default backbone. Defaults, ResNet-32 with CIFAR shapes:
+default backbone. An ImageNet-family arch (`resnet50-imagenet`, `resnext50-32x4d-imagenet`)
+is compared e2e and in eval only, against torchvision's model of that name, on random
+`--image-size` inputs (default 224) with `--classes` (default 1000):
+
+    python3 tools/bench/compare_torch.py --arch resnext50-32x4d-imagenet --batch 16 \
+        --steps 3 --warmup 1 --rounds 2 --configs e2e eval
+
+Defaults, ResNet-32 with CIFAR shapes:
 
   CPU  e2e  infopro:k=16:aux=2c2f  infopro+hpff:k=16:aux=2c2f  infopro+hpff:k=16:aux=0c2f  eval
   CUDA e2e  infopro:k=16  infopro+hpff:k=16:aux=2c2f:patches=2  e2e:arch=resnet110
@@ -165,8 +172,27 @@ def spec_label(s):
     return out
 
 
+def imagenet_family(arch):
+    return arch.endswith("-imagenet")
+
+
+def torchvision_name(arch):
+    """`resnext50-32x4d-imagenet` -> `resnext50_32x4d`, `resnet50-imagenet` -> `resnet50`."""
+    name = arch.removesuffix("-imagenet")
+    if name.startswith("resnext"):
+        depth, gw = name.split("-")
+        return f"{depth}_{gw}"
+    return name
+
+
 def hpff_model_flags(s, batch):
-    f = ["--dataset", "cifar10", "--arch", s["arch"], "--method", s["method"], "--batch-size", str(batch)]
+    if imagenet_family(s["arch"]):
+        # Random inputs of the configured shape (no dataset is read by bench/plan).
+        data = ["--dataset", "folder", "--in-channels", "3", "--classes", str(s["classes"]),
+                "--image-size", str(s["image"])]
+    else:
+        data = ["--dataset", "cifar10"]
+    f = data + ["--arch", s["arch"], "--method", s["method"], "--batch-size", str(batch)]
     f.append("--hpff" if s["hpff"] else "--no-hpff")
     if s["method"] != "e2e":
         if s["splits"]:
@@ -292,13 +318,23 @@ def worker_torch(args):
         torch.set_num_threads(args.threads)
 
     cfg = torch_cfg(plan, spec, args.batch)
-    depth = int(spec["arch"].removeprefix("resnet"))
-    blocks = (depth - 2) // 6
     torch.manual_seed(0)
-    net = mg.LocalNet(cfg, blocks=(blocks, blocks, blocks)).to(dev)
+    imagenet = imagenet_family(spec["arch"])
+    if imagenet:
+        # torchvision's network, the one hpff's ImageNet family reproduces (e2e and eval).
+        import torchvision
+
+        if spec["method"] != "e2e":
+            raise HarnessError("ImageNet-family archs are compared end to end and in eval only")
+        net = getattr(torchvision.models, torchvision_name(spec["arch"]))(weights=None, num_classes=spec["classes"])
+        net = net.to(dev)
+    else:
+        depth = int(spec["arch"].removeprefix("resnet"))
+        blocks = (depth - 2) // 6
+        net = mg.LocalNet(cfg, blocks=(blocks, blocks, blocks)).to(dev)
     gen = torch.Generator().manual_seed(1)
-    img = torch.rand(args.batch, 3, 32, 32, generator=gen).to(dev)
-    target = torch.randint(0, 10, (args.batch,), generator=gen).to(dev)
+    img = torch.rand(args.batch, 3, spec["image"], spec["image"], generator=gen).to(dev)
+    target = torch.randint(0, spec["classes"], (args.batch,), generator=gen).to(dev)
     # make_golden's restore_image builds its mean/std on the CPU; on the GPU give it ones there
     if cuda:
         mean = torch.tensor(cfg["mean"], dtype=torch.float32, device=dev).view(1, 3, 1, 1)
@@ -316,6 +352,8 @@ def worker_torch(args):
             return torch.compile(fn, mode=compile_mode, dynamic=False)
 
     def full_forward(x):
+        if imagenet:
+            return net(x)
         x = net.stem(x)
         for j in range(len(net.parts)):
             x = net.run_part(j, x)
@@ -345,7 +383,10 @@ def worker_torch(args):
                 compile_pieces(torch, net, compile_fn)
 
             def body():
-                mg.train_step(net, cfg, img, target)
+                if imagenet:
+                    F.cross_entropy(net(img), target).backward()
+                else:
+                    mg.train_step(net, cfg, img, target)
 
         def step():
             opt.zero_grad(set_to_none=True)
@@ -712,6 +753,10 @@ def driver(args):
         raise HarnessError(f"no tcmalloc at {args.tcmalloc} (Debian: apt-get install libtcmalloc-minimal4; "
                            f"or leave out the +tcmalloc variants)")
     specs = [parse_spec(t, args.arch) for t in (args.configs or (CUDA_CONFIGS if args.cuda else CPU_CONFIGS))]
+    for sp in specs:
+        big = imagenet_family(sp["arch"])
+        sp["image"] = args.image_size or (224 if big else 32)
+        sp["classes"] = args.classes or (1000 if big else 10)
 
     tmpdir = tempfile.mkdtemp(prefix="hpff-bench-")
     cfg_entries = []
@@ -781,6 +826,8 @@ def main():
     ap.add_argument("--tf32", action="store_true", help="CUDA: TF32 on both sides (default strict fp32)")
     ap.add_argument("--configs", nargs="+", metavar="SPEC", help="METHOD[+hpff][:k=N][:aux=HEAD][:patches=N][:arch=resnetN][:eval] or eval; default per device")
     ap.add_argument("--arch", default="resnet32", help="default backbone of the configurations (resnet32)")
+    ap.add_argument("--image-size", type=int, help="input side (default 32; 224 for the -imagenet archs)")
+    ap.add_argument("--classes", type=int, help="classes (default 10; 1000 for the -imagenet archs)")
     ap.add_argument("--batch", type=int, help="batch size (default CPU 128, CUDA 1024)")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                     help="CPU threads for both sides (default: the cores this process may use)")

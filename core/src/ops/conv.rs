@@ -1,5 +1,6 @@
-//! 2-D convolution (zero padding, square kernel, PyTorch weight layout) via per-image
-//! im2col + [`sgemm`]; col2im scatters the input gradient back.
+//! 2-D convolution (zero padding, square kernel, channel groups, PyTorch weight layout)
+//! via per-image im2col + [`sgemm`]; col2im scatters the input gradient back. A grouped
+//! convolution runs each group as an ungrouped one ([`each_group`]).
 //!
 //! One image's column matrix is `[c_in·k·k][h_out·w_out]`, so the forward is
 //! `Y[c_out × hw_out] = W[c_out × c_in·k·k] · col`. Scratch is per image, so its size does
@@ -358,6 +359,20 @@ unsafe fn store_masked(d: *mut f32, src: *const f32, m0: core::arch::x86_64::__m
     }
 }
 
+/// Runs a grouped convolution as its groups' ungrouped ones: `f(group shape, image,
+/// group)` for every image, and within it every group, in order. Each group's planes and
+/// weights are contiguous, so every path of the ungrouped code serves it unchanged (the
+/// direct kernels walk output pixels in their vectors, so a group's few channels still
+/// fill them); one image at a time, so each group's `dw` sums its images in order.
+fn each_group(s: &Conv2d, n: usize, mut f: impl FnMut(&Conv2d, usize, usize)) {
+    let g = s.group();
+    for i in 0..n {
+        for j in 0..s.groups {
+            f(&g, i, j);
+        }
+    }
+}
+
 /// Forward convolution of `n` images, `y = conv(x, w) + bias` (overwrites `y`).
 /// `scratch` holds at least [`Conv2d::scratch_len`] floats.
 pub fn conv2d_forward(
@@ -372,6 +387,13 @@ pub fn conv2d_forward(
     let (kk, hw_o) = (s.c_in * s.k * s.k, s.h_out() * s.w_out());
     debug_assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len());
     debug_assert!(w.len() >= s.weight_len() && scratch.len() >= s.scratch_len());
+    if s.groups > 1 {
+        return each_group(s, n, |g, i, j| {
+            let b = bias.map(|b| &b[j * g.c_out..][..g.c_out]);
+            let (x, w) = (&x[i * s.in_len() + j * g.in_len()..], &w[j * g.weight_len()..]);
+            conv2d_forward(g, 1, x, w, b, &mut y[i * s.out_len() + j * g.out_len()..], scratch);
+        });
+    }
     if s.runs_direct() {
         // SAFETY: runs_direct checked the CPU has AVX2 and FMA.
         #[cfg(target_arch = "x86_64")]
@@ -412,6 +434,12 @@ pub fn conv2d_backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &m
     let kk = s.c_in * k2;
     debug_assert!(dx.len() >= n * s.in_len() && dy.len() >= n * s.out_len());
     debug_assert!(w.len() >= s.weight_len() && scratch.len() >= s.scratch_len());
+    if s.groups > 1 {
+        return each_group(s, n, |g, i, j| {
+            let (dy, w) = (&dy[i * s.out_len() + j * g.out_len()..], &w[j * g.weight_len()..]);
+            conv2d_backward_input(g, 1, dy, w, &mut dx[i * s.in_len() + j * g.in_len()..], scratch);
+        });
+    }
     if s.runs_direct() {
         // SAFETY: runs_direct checked the CPU has AVX2 and FMA.
         #[cfg(target_arch = "x86_64")]
@@ -459,7 +487,12 @@ pub fn conv2d_accumulate_weight_grad(
     let (kk, hw_o) = (s.c_in * s.k * s.k, s.h_out() * s.w_out());
     debug_assert!(x.len() >= n * s.in_len() && dy.len() >= n * s.out_len());
     debug_assert!(dw.len() >= s.weight_len() && scratch.len() >= s.scratch_len());
-    if s.runs_direct() {
+    if s.groups > 1 {
+        each_group(s, n, |g, i, j| {
+            let (x, dy) = (&x[i * s.in_len() + j * g.in_len()..], &dy[i * s.out_len() + j * g.out_len()..]);
+            conv2d_accumulate_weight_grad(g, 1, x, dy, &mut dw[j * g.weight_len()..], None, scratch);
+        });
+    } else if s.runs_direct() {
         // SAFETY: runs_direct checked the CPU has AVX2 and FMA.
         #[cfg(target_arch = "x86_64")]
         unsafe {
@@ -505,9 +538,9 @@ mod tests {
     #[test]
     fn shifted_taps_vector_packing_matches_scalar() {
         let shapes = [
-            Conv2d { c_in: 3, c_out: 16, h: 32, w: 32, k: 3, stride: 1, pad: 1 },
-            Conv2d { c_in: 4, c_out: 8, h: 7, w: 9, k: 3, stride: 1, pad: 1 },
-            Conv2d { c_in: 2, c_out: 8, h: 6, w: 5, k: 5, stride: 1, pad: 2 },
+            Conv2d { c_in: 3, c_out: 16, h: 32, w: 32, k: 3, stride: 1, pad: 1, groups: 1 },
+            Conv2d { c_in: 4, c_out: 8, h: 7, w: 9, k: 3, stride: 1, pad: 1, groups: 1 },
+            Conv2d { c_in: 2, c_out: 8, h: 6, w: 5, k: 5, stride: 1, pad: 2, groups: 1 },
         ];
         let mut x = [0.0f32; 3 * 32 * 32];
         for (i, v) in x.iter_mut().enumerate() {

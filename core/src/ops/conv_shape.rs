@@ -34,6 +34,9 @@ pub struct Conv2d {
     pub stride: usize,
     /// Zero padding (both axes, both sides).
     pub pad: usize,
+    /// Channel groups (PyTorch's `groups`, ≥ 1, dividing both channel counts): output
+    /// channels of group `g` see only the input channels of group `g`.
+    pub groups: usize,
 }
 
 impl Conv2d {
@@ -53,9 +56,20 @@ impl Conv2d {
     pub const fn out_len(&self) -> usize {
         self.c_out * self.h_out() * self.w_out()
     }
-    /// Weight floats, `[c_out][c_in][kh][kw]` as PyTorch stores them.
+    /// Weight floats, `[c_out][c_in / groups][kh][kw]` as PyTorch stores them.
     pub const fn weight_len(&self) -> usize {
-        self.c_out * self.c_in * self.k * self.k
+        self.c_out * (self.c_in / self.groups) * self.k * self.k
+    }
+    /// One group's convolution: `c_in / groups` to `c_out / groups` channels, one group
+    /// (the shape itself when `groups` is 1). Group `g` reads input planes
+    /// `g·c_in/groups..`, writes output planes `g·c_out/groups..` and owns the `g`-th
+    /// `weight_len()` block of the weights.
+    pub const fn group(&self) -> Conv2d {
+        Conv2d { c_in: self.c_in / self.groups, c_out: self.c_out / self.groups, groups: 1, ..*self }
+    }
+    /// Whether `groups` is at least 1 and divides both channel counts.
+    pub const fn groups_divide(&self) -> bool {
+        self.groups >= 1 && self.c_in.is_multiple_of(self.groups) && self.c_out.is_multiple_of(self.groups)
     }
     /// Whether the input already is the column matrix (no im2col needed).
     pub(crate) const fn direct(&self) -> bool {
@@ -69,6 +83,10 @@ impl Conv2d {
     /// Scratch floats any of the three conv calls needs (one image's column matrix,
     /// 0 for a 1×1 stride-1 unpadded conv); independent of the batch size.
     pub const fn scratch_len(&self) -> usize {
+        if self.groups > 1 {
+            // Every call runs group by group (`conv.rs`).
+            return self.group().scratch_len();
+        }
         if self.direct() {
             return 0;
         }
@@ -88,13 +106,17 @@ impl Conv2d {
     /// lanes are folded once per group, so its summation order depends on this (see
     /// `core/tests/grad_ops.rs`); a function of the shape alone.
     pub const fn weight_grad_group(&self) -> usize {
+        if self.groups > 1 {
+            // Grouped convs run image by image and group by group (`conv.rs`).
+            return 1;
+        }
         group_images(self)
     }
     /// Whether the forward and input gradient run [`super::conv_direct`]'s kernels, and
     /// the weight gradient [`super::conv_wgrad`]'s.
     #[cfg(target_arch = "x86_64")]
     pub(crate) fn runs_direct(&self) -> bool {
-        self.same() && self.k == DIRECT_K && sgemm_kernel() == GemmKernel::Avx2Fma
+        self.groups == 1 && self.same() && self.k == DIRECT_K && sgemm_kernel() == GemmKernel::Avx2Fma
     }
     #[cfg(not(target_arch = "x86_64"))]
     pub(crate) fn runs_direct(&self) -> bool {
@@ -102,7 +124,7 @@ impl Conv2d {
     }
     /// Forward FLOPs per image (2 per multiply-add), for throughput reports.
     pub const fn flops(&self) -> usize {
-        2 * self.c_out * self.c_in * self.k * self.k * self.h_out() * self.w_out()
+        2 * self.weight_len() * self.h_out() * self.w_out()
     }
     /// Output rows per block of the forward and weight-gradient column matrix: the block
     /// (`c_in·k·k × rows·w_out` floats) is kept to [`COL_BLOCK`] floats so it is still in

@@ -125,7 +125,7 @@ impl Plan {
         let mut convs = [NO_HEAD_CONV; MAX_HEAD_CONVS];
         let (mut ch, mut hh) = (c, h);
         for (i, (&width, (k, stride))) in widths.iter().zip([(1, 1), (3, 2), (3, 2), (1, 1)]).enumerate() {
-            let s = Conv2d { c_in: ch, c_out: scale(width), h: hh, w: hh, k, stride, pad: k / 2 };
+            let s = Conv2d { c_in: ch, c_out: scale(width), h: hh, w: hh, k, stride, pad: k / 2, groups: 1 };
             let conv = cur.conv(pre(3 * i), s, false);
             let bn = cur.bn(pre(3 * i + 1), s.c_out, s.h_out() * s.w_out());
             convs[i] = (conv, bn);
@@ -174,8 +174,11 @@ impl Plan {
                 let side = if l == 0 { h / div } else { (image >> shift) / div };
                 let last = l + 1 == spec.len();
                 let c_out = if last { self.arch.in_channels } else { co };
-                let conv =
-                    cur.conv(pre(4 * l), Conv2d { c_in: ch, c_out, h: side, w: side, k, stride: 1, pad: k / 2 }, true);
+                let conv = cur.conv(
+                    pre(4 * l),
+                    Conv2d { c_in: ch, c_out, h: side, w: side, k, stride: 1, pad: k / 2, groups: 1 },
+                    true,
+                );
                 let bn = if last { NO_HEAD_CONV.1 } else { cur.bn(pre(4 * l + 1), c_out, side * side) };
                 if copy == 0 {
                     layers[l] = (conv, bn);

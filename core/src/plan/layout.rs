@@ -177,10 +177,10 @@ impl<'v> Cursor<'v> {
     }
 
     pub fn conv(&mut self, pre: Prefix, s: Conv2d, bias: bool) -> ConvP {
-        let shape = [s.c_out, s.c_in, s.k, s.k];
+        let shape = [s.c_out, s.c_in / s.groups, s.k, s.k];
         let init = Init::KaimingConv { c_out: s.c_out, k: s.k };
         let w = self.emit(pre.with("weight"), TensorKind::Param, s.weight_len(), shape, init);
-        let fan_in = s.c_in * s.k * s.k;
+        let fan_in = s.c_in / s.groups * s.k * s.k;
         let b = bias.then(|| {
             self.emit(pre.with("bias"), TensorKind::Param, s.c_out, [s.c_out, 0, 0, 0], Init::UniformFanIn(fan_in))
         });
@@ -232,7 +232,7 @@ pub(crate) fn block_params(cur: &mut Cursor, sh: BlockShape, stage: usize, block
     let pre = |layer| Prefix::Block { stage: stage + 1, block, layer };
     let hw_in = sh.h_in * sh.w_in;
     let hw_out = sh.h_out * sh.w_out;
-    let conv = |c_in, c_out, h, k, stride| Conv2d { c_in, c_out, h, w: h, k, stride, pad: k / 2 };
+    let conv = |c_in, c_out, h, k, stride| Conv2d { c_in, c_out, h, w: h, k, stride, pad: k / 2, groups: 1 };
     let specs: [(Conv2d, usize); 3] = match sh.kind {
         BlockKind::Basic => [
             (conv(sh.c_in, sh.planes, sh.h_in, 3, sh.stride), hw_out),
@@ -240,9 +240,9 @@ pub(crate) fn block_params(cur: &mut Cursor, sh: BlockShape, stage: usize, block
             (conv(0, 0, 1, 1, 1), 0),
         ],
         BlockKind::Bottleneck => [
-            (conv(sh.c_in, sh.planes, sh.h_in, 1, 1), hw_in),
-            (conv(sh.planes, sh.planes, sh.h_in, 3, sh.stride), hw_out),
-            (conv(sh.planes, sh.c_out, sh.h_out, 1, 1), hw_out),
+            (conv(sh.c_in, sh.width, sh.h_in, 1, 1), hw_in),
+            (Conv2d { groups: sh.groups, ..conv(sh.width, sh.width, sh.h_in, 3, sh.stride) }, hw_out),
+            (conv(sh.width, sh.c_out, sh.h_out, 1, 1), hw_out),
         ],
     };
     let layers = if sh.kind == BlockKind::Basic { 2 } else { 3 };
@@ -335,7 +335,7 @@ impl DecoderP {
 
 /// An unused conv slot of a [`HeadP`].
 pub(crate) const NO_HEAD_CONV: (ConvP, BnP) = (
-    ConvP { s: Conv2d { c_in: 0, c_out: 0, h: 1, w: 1, k: 1, stride: 1, pad: 0 }, w: 0, b: None },
+    ConvP { s: Conv2d { c_in: 0, c_out: 0, h: 1, w: 1, k: 1, stride: 1, pad: 0, groups: 1 }, w: 0, b: None },
     BnP { s: BatchNorm2d { c: 0, hw: 0 }, p: 0, state: 0 },
 );
 
@@ -514,7 +514,7 @@ impl Plan {
         let (mut ch, mut hh) = (c, h);
         for i in 0..head.convs {
             let st = if i == 0 { stride } else { 1 };
-            let s = Conv2d { c_in: ch, c_out: width, h: hh, w: hh, k: 3, stride: st, pad: 1 };
+            let s = Conv2d { c_in: ch, c_out: width, h: hh, w: hh, k: 3, stride: st, pad: 1, groups: 1 };
             let conv = cur.conv(pre(3 * i), s, false);
             let bn = cur.bn(pre(3 * i + 1), width, s.h_out() * s.w_out());
             convs[i] = (conv, bn);
@@ -555,8 +555,9 @@ impl Plan {
         let mut strides = (0, 0);
         for patch in 0..n * n {
             let pre = |index| Prefix::Decoder { net: net.name(self.method.hpff), stage: sp, block: sb, patch, index };
-            let c1 = Conv2d { c_in: c, c_out: mid, h: out, w: out, k: 3, stride: 1, pad: 1 };
-            let c2 = Conv2d { c_in: mid, c_out: self.arch.in_channels, h: out, w: out, k: 3, stride: 1, pad: 1 };
+            let c1 = Conv2d { c_in: c, c_out: mid, h: out, w: out, k: 3, stride: 1, pad: 1, groups: 1 };
+            let c2 =
+                Conv2d { c_in: mid, c_out: self.arch.in_channels, h: out, w: out, k: 3, stride: 1, pad: 1, groups: 1 };
             let a = cur.conv(pre(0), c1, true);
             let b = cur.bn(pre(1), mid, out * out);
             let d = cur.conv(pre(3), c2, true);
