@@ -434,6 +434,32 @@ mod tests {
         assert!(d.with_width(0).is_err() && d.with_width(MAX_WIDTH + 1).is_err());
     }
 
+    /// torchvision's ResNeXts: the 3×3's width and groups per stage, the names, and the
+    /// ResNet as the case of one group of width 64.
+    #[test]
+    fn resnext_shapes() {
+        let r50 = Arch::resnet_imagenet(50, 3, 224, 1000).unwrap();
+        let x50 = r50.with_groups(32, 4).unwrap();
+        assert_eq!(x50.name().as_str(), "resnext50-32x4d-imagenet");
+        assert_eq!([0, 1, 2, 3].map(|s| x50.bottleneck_width(s)), [128, 256, 512, 1024]);
+        let b = x50.block(x50.stage_start(1));
+        assert_eq!((b.c_in, b.width, b.groups, b.c_out, b.stride), (256, 256, 32, 512, 2));
+        let x101 = Arch::resnet_imagenet(101, 3, 224, 1000).unwrap().with_groups(32, 8).unwrap();
+        assert_eq!(x101.name().as_str(), "resnext101-32x8d-imagenet");
+        assert_eq!([0, 3].map(|s| x101.bottleneck_width(s)), [256, 2048]);
+        assert_eq!(x101.features(), 2048);
+        // A ResNet is one group of width 64: unchanged, and named as before.
+        assert_eq!(r50.with_groups(1, 64).unwrap(), r50);
+        assert_eq!(r50.block(0).width, 64);
+        assert!(!r50.grouped() && x50.grouped());
+        // Basic blocks cannot be grouped; nor can a width that leaves a group empty.
+        assert!(Arch::resnet_imagenet(18, 3, 224, 1000).unwrap().with_groups(32, 4).is_err());
+        assert!(r50.with_width(8).unwrap().with_groups(32, 4).is_err());
+        assert!(r50.with_groups(0, 4).is_err() && r50.with_groups(32, 0).is_err());
+        let c = Arch::resnet(164, 3, 32, 10).unwrap().with_groups(4, 16).unwrap();
+        assert_eq!((c.name().as_str(), c.block(0).width), ("resnext164-4x16d", 16));
+    }
+
     /// torchvision's shapes at 224² and at the 64² the tests use.
     #[test]
     fn imagenet_shapes() {

@@ -245,6 +245,10 @@ fn impossible_configs_are_one_line_errors() {
     );
     fails(&hpff(&["plan", "--method", "e2e", "--hpff"]), &["--hpff needs a local method"]);
     fails(&hpff(&["plan", "--aux-classifier", "9c9f"]), &["unknown aux classifier"]);
+    // ResNeXt: groups need Bottlenecks, and no group may be empty.
+    fails(&hpff(&["plan", "--arch", "resnext32-4x16d"]), &["need Bottleneck blocks"]);
+    fails(&hpff(&["train", "--arch", "resnext50-32x4d-imagenet", "--width", "8"]), &["would have no channel"]);
+    fails(&hpff(&["plan", "--arch", "resnext50-32x4-imagenet"]), &["unknown architecture"]);
     fails(&hpff(&["plan", "--splits", "1,9"]), &["split point (1, 9) does not exist"]);
     fails(&hpff(&["plan", "--dataset", "folder"]), &["--in-channels"]);
     fails(&hpff(&["train", "--device", "cuda"]), &["--device cpu"]);

@@ -26,6 +26,9 @@ fn train(mut print: impl FnMut(&str)) -> Result<Run, String> {
     }
     report::header(&plan, |a| print(&a.to_string()));
     let mut arena = vec![0.0f32; ARENA_FLOATS];
+    if !report::grouped(hpff_firmware::grouped::check(&mut arena), |a| print(&a.to_string())) {
+        return Err("the grouped convolution differs from its definition".into());
+    }
     let mut x = vec![0.0f32; task::INPUT_LEN];
     let mut y = vec![0u32; task::BATCH];
     let mut losses = vec![0.0f32; task::LOSS_SLOTS];

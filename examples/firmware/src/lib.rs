@@ -1,11 +1,13 @@
 //! hpff-firmware: InfoPro + HPFF training on a Cortex-M, in static memory.
 //!
-//! [`task`] is the network, the data and the training loop; [`sizes`] holds the arena's
+//! [`task`] is the network, the data and the training loop; [`grouped`] checks ResNeXt's
+//! grouped convolution on the device before training; [`sizes`] holds the arena's
 //! size and the planned bytes by kind, computed from the same plan by the build script;
 //! [`report`] writes the lines the firmware prints (and its host twin prints the same,
 //! so the two logs compare line by line). `no_std`, no allocator.
 #![no_std]
 
+pub mod grouped;
 pub mod task;
 
 /// Sizes from the plan, computed at build time by `build.rs`.
@@ -20,6 +22,8 @@ pub mod sizes {
 
     // Compile-time check (the build script checks it too, with a message).
     const _: () = assert!(ARENA_BYTES + IO_BYTES + STACK_RESERVE <= RAM_BYTES, "the arena does not fit the RAM budget");
+    // The grouped-convolution check borrows the arena before training.
+    const _: () = assert!(super::grouped::FLOATS <= ARENA_FLOATS, "the grouped-conv check does not fit the arena");
 }
 
 pub mod report {
@@ -92,6 +96,27 @@ pub mod report {
             sizes::STACK_RESERVE,
             sizes::RAM_BYTES
         ));
+    }
+
+    /// The grouped-convolution check's line; false (and a FAIL line) past its tolerance.
+    pub fn grouped(worst: f32, mut emit: impl FnMut(fmt::Arguments)) -> bool {
+        let s = crate::grouped::SHAPE;
+        emit(format_args!(
+            "grouped conv (ResNeXt 3x3: {} -> {} channels in {} groups, {}x{}, {} images): forward, input and weight gradients {:.1e} from the written-out sums (tolerance {:.0e})",
+            s.c_in,
+            s.c_out,
+            s.groups,
+            s.h,
+            s.w,
+            crate::grouped::N,
+            worst,
+            crate::grouped::TOLERANCE
+        ));
+        let ok = worst <= crate::grouped::TOLERANCE;
+        if !ok {
+            emit(format_args!("FAIL: the grouped convolution differs from its definition"));
+        }
+        ok
     }
 
     /// One step: the main loss, then every loss slot's bits.

@@ -102,6 +102,9 @@ mod device {
             return false;
         }
         report::header(&plan, out);
+        if !report::grouped(hpff_firmware::grouped::check(arena), out) {
+            return false;
+        }
         let mut line = Line::default();
         let t0 = centiseconds();
         let mut t1 = t0;
