@@ -36,7 +36,7 @@ fn gflops(kernel: GemmKernel, m: usize, n: usize, k: usize, ta: bool, tb: bool) 
 #[test]
 #[ignore]
 fn bench_sgemm() {
-    for kern in [GemmKernel::Avx2Fma, GemmKernel::Portable] {
+    for kern in [GemmKernel::Avx512, GemmKernel::Avx2Fma, GemmKernel::Portable] {
         for &(m, n, k, ta, tb) in &[
             (64, 1024, 576, false, false),
             (16, 1024, 144, false, false),

@@ -707,7 +707,8 @@ fn check_sgemm(
     }
 }
 
-const KERNELS: [GemmKernel; 2] = [GemmKernel::Portable, GemmKernel::Avx2Fma];
+/// Every kernel; one the CPU lacks falls back to the best it has (`sgemm_using`).
+const KERNELS: [GemmKernel; 3] = [GemmKernel::Portable, GemmKernel::Avx2Fma, GemmKernel::Avx512];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(CASES * 2))]
@@ -729,7 +730,7 @@ fn sgemm_odd_sizes_all_transposes() {
             for &k in &[1usize, 17, 100, 250] {
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                     seed += 1;
-                    let kern = KERNELS[seed as usize % 2];
+                    let kern = KERNELS[seed as usize % KERNELS.len()];
                     check_sgemm(kern, m, n, k, ta, tb, (seed as usize % 3, 1, 2), seed % 2 == 0, seed);
                 }
             }
@@ -739,6 +740,38 @@ fn sgemm_odd_sizes_all_transposes() {
     for kern in KERNELS {
         check_sgemm(kern, 150, 131, 401, false, false, (0, 0, 0), true, 5);
         check_sgemm(kern, 150, 131, 401, true, true, (3, 1, 0), false, 6);
+    }
+}
+
+/// The AVX-512 kernel reads the AVX2 kernel's packed panels and computes each element as
+/// the same FMA chain: bit for bit the same C, for every transpose, with and without
+/// accumulation, on sizes that leave row and column edges (13 rows: a 12-row tile and
+/// one; 40 and 90 columns: whole and partial 16-column panels) and several k slabs.
+#[test]
+fn sgemm_avx512_gives_the_avx2_bits() {
+    if detected_isa() < Isa::Avx512 {
+        eprintln!("sgemm_avx512_gives_the_avx2_bits: skipped, this CPU has no AVX-512F");
+        return;
+    }
+    let mut seed = 40;
+    for &(m, n, k) in
+        &[(13usize, 40usize, 7usize), (100, 90, 300), (6, 16, 193), (25, 33, 64), (1, 1, 1), (72, 64, 401)]
+    {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for acc in [false, true] {
+                seed += 1;
+                let a = rand_vec(seed, m * k);
+                let b = rand_vec(seed ^ 7, k * n);
+                let c0 = rand_vec(seed ^ 9, m * n);
+                let (lda, ldb) = (if ta { m } else { k }, if tb { k } else { n });
+                let mut c = [c0.clone(), c0];
+                for (kern, out) in [GemmKernel::Avx2Fma, GemmKernel::Avx512].into_iter().zip(c.iter_mut()) {
+                    sgemm_using(kern, m, n, k, &a, lda, ta, &b, ldb, tb, out, n, acc);
+                }
+                let same = c[0].iter().zip(&c[1]).all(|(u, v)| u.to_bits() == v.to_bits());
+                assert!(same, "m {m} n {n} k {k} ta {ta} tb {tb} acc {acc}");
+            }
+        }
     }
 }
 
@@ -819,7 +852,7 @@ fn bilinear_forward_is_bitwise_the_direct_expression() {
 /// an 8-pixel vector), a downsampling 3×3 and 1×1, and a direct 1×1.
 #[test]
 fn conv_is_bitwise_its_fma_chains() {
-    if sgemm_kernel() != GemmKernel::Avx2Fma {
+    if sgemm_kernel() < GemmKernel::Avx2Fma {
         eprintln!(
             "conv_is_bitwise_its_fma_chains: skipped, this CPU has no AVX2+FMA (the kernel whose bits it checks)"
         );

@@ -225,7 +225,7 @@ impl ShiftedTaps<'_> {
 impl PackB for ShiftedTaps<'_> {
     fn pack(&self, jc: usize, ncv: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]) {
         #[cfg(target_arch = "x86_64")]
-        if sgemm_kernel() == GemmKernel::Avx2Fma {
+        if sgemm_kernel() >= GemmKernel::Avx2Fma {
             // SAFETY: the CPU has AVX2 (checked just above).
             return unsafe { self.pack_avx2(jc, ncv, pc, kc, out) };
         }

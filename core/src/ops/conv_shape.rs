@@ -116,7 +116,7 @@ impl Conv2d {
     /// the weight gradient [`super::conv_wgrad`]'s.
     #[cfg(target_arch = "x86_64")]
     pub(crate) fn runs_direct(&self) -> bool {
-        self.groups == 1 && self.same() && self.k == DIRECT_K && sgemm_kernel() == GemmKernel::Avx2Fma
+        self.groups == 1 && self.same() && self.k == DIRECT_K && sgemm_kernel() >= GemmKernel::Avx2Fma
     }
     #[cfg(not(target_arch = "x86_64"))]
     pub(crate) fn runs_direct(&self) -> bool {

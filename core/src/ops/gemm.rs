@@ -17,9 +17,10 @@
 //! without padding rows or a scratch tile; with it come AVX2 packers that transpose
 //! 8 × 8 blocks in registers for the two layouts a scalar loop would pack one element at
 //! a time (plain A, e.g. the weights of a forward pass; transposed B, e.g. the im2col
-//! matrix of a weight gradient). The GEMM has no AVX-512 kernel yet (the direct 3×3
-//! convolutions do, see [`super::Isa`]); on the double-pumped AVX-512 of Zen 4 the AVX2
-//! kernel reaches the same FMA peak anyway.
+//! matrix of a weight gradient). With AVX-512F ([`super::Isa::Avx512`]) a `12 × 32`
+//! kernel (24 zmm accumulators, 2 B vectors and a broadcast of the 32 zmm registers) reads
+//! the same packed panels, two 6-row A panels and two 16-column B panels at a time, so
+//! packing, `PackB` sources and the bits are the AVX2 kernel's.
 //!
 //! Every element of C is computed as one FMA chain over `p = 0..k` in order, starting from
 //! `C` (accumulate) or zero, whatever the blocking; so the AVX2 result does not depend on
@@ -35,6 +36,9 @@ pub enum GemmKernel {
     Portable,
     /// AVX2 + FMA intrinsics; x86_64 CPUs that have them (checked at run time).
     Avx2Fma,
+    /// AVX-512F: the AVX2 kernel's packing and FMA chains on twice the lanes and twice the
+    /// rows per tile, so the same bits (x86_64 CPUs that have it, checked at run time).
+    Avx512,
 }
 
 /// K-slab depth: one packed B micro-panel is `KC × NR` floats, sized to sit in L1.
@@ -42,7 +46,7 @@ pub enum GemmKernel {
 const KC: usize = 192;
 /// Rows of op(A) packed per block (a multiple of every `MR`); the block sits in L2.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-const MC: usize = 72;
+const MC: usize = 144;
 /// Columns of op(B) packed per block (a multiple of every `NR`): several micro-panels
 /// at once, so packing reads whole cache lines of each B row in one sweep.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -55,9 +59,14 @@ const MC: usize = 24;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub(crate) const NC: usize = 16;
 
-/// Largest `MR × NR` over all kernels (edge-tile scratch).
-const MAX_MR: usize = 6;
-const MAX_NR: usize = 16;
+/// Largest `MR × NR` over all kernels (edge-tile scratch): the AVX-512 kernel's on
+/// x86_64, the portable kernel's elsewhere (a microcontroller's stack is small).
+#[cfg(target_arch = "x86_64")]
+const MAX_TILE: usize = 12 * 32;
+#[cfg(not(target_arch = "x86_64"))]
+const MAX_TILE: usize = 4 * 16;
+/// Rows of a packed A micro-panel of the x86 kernels (an AVX-512 tile spans two).
+const PANEL_MR: usize = 6;
 
 /// The `NR` of every kernel: the width of the B micro-panels a [`PackB`] source writes.
 pub(crate) const PANEL_NR: usize = 16;
@@ -79,13 +88,25 @@ trait MicroKernel {
     /// Whether [`MicroKernel::run`] takes fewer than `MR` rows; otherwise the driver runs
     /// the last row panel into a scratch tile and copies the valid rows out.
     const ROW_EDGES: bool;
-    /// Computes the first `rows` rows of the tile (`rows == MR` unless `ROW_EDGES`).
+    /// Computes the first `rows` rows and `cols` columns of the tile (`rows == MR` unless
+    /// `ROW_EDGES`; `cols` a multiple of [`PANEL_NR`], `NR` unless `NR` spans several
+    /// panels).
     ///
     /// # Safety
-    /// `ap` points to `kc * MR` initialized floats, `bp` to `kc * NR`, and `c` to a
-    /// `rows × NR` tile with row stride `ldc`, all valid (and `c` writable); the CPU
+    /// `ap` points to the packed A floats of `rows` rows (`kc * MR` for a one-panel
+    /// kernel; whole 6-row panels for a two-panel one), `bp` to `kc * cols`, and `c` to a
+    /// `rows × cols` tile with row stride `ldc`, all valid (and `c` writable); the CPU
     /// supports the kernel's instructions.
-    unsafe fn run(rows: usize, kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool);
+    unsafe fn run(
+        rows: usize,
+        cols: usize,
+        kc: usize,
+        ap: *const f32,
+        bp: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        load: bool,
+    );
 
     /// Packs op(A) as [`pack_a`] does.
     ///
@@ -113,8 +134,17 @@ impl MicroKernel for Portable {
     const NR: usize = 16;
     const ROW_EDGES: bool = false;
     #[inline(always)]
-    unsafe fn run(rows: usize, kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool) {
-        debug_assert_eq!(rows, Portable::MR);
+    unsafe fn run(
+        rows: usize,
+        cols: usize,
+        kc: usize,
+        ap: *const f32,
+        bp: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        load: bool,
+    ) {
+        debug_assert_eq!((rows, cols), (Portable::MR, Portable::NR));
         const MR: usize = Portable::MR;
         const NR: usize = Portable::NR;
         // SAFETY: the caller guarantees the sizes in the trait contract.
@@ -154,7 +184,17 @@ impl MicroKernel for Avx2 {
     const NR: usize = 16;
     const ROW_EDGES: bool = true;
     #[inline(always)]
-    unsafe fn run(rows: usize, kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool) {
+    unsafe fn run(
+        rows: usize,
+        cols: usize,
+        kc: usize,
+        ap: *const f32,
+        bp: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        load: bool,
+    ) {
+        debug_assert_eq!(cols, Self::NR);
         // SAFETY (all arms): forwarded contract (AVX2+FMA support is part of it); each
         // instance touches only its first `R = rows` rows of the tile.
         unsafe {
@@ -229,6 +269,117 @@ unsafe fn kernel_avx2<const R: usize>(kc: usize, ap: *const f32, bp: *const f32,
         for i in 0..R {
             for j in 0..2 {
                 _mm256_storeu_ps(c.add(i * ldc + 8 * j), acc[i][j]);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx512;
+
+/// Tiles of up to `12 × 32`: rows from two consecutive 6-row A panels, columns from two
+/// consecutive 16-column B panels, all packed as for [`Avx2`].
+#[cfg(target_arch = "x86_64")]
+impl MicroKernel for Avx512 {
+    const MR: usize = 2 * PANEL_MR;
+    const NR: usize = 2 * PANEL_NR;
+    const ROW_EDGES: bool = true;
+    #[inline(always)]
+    unsafe fn run(
+        rows: usize,
+        cols: usize,
+        kc: usize,
+        ap: *const f32,
+        bp: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        load: bool,
+    ) {
+        // SAFETY (all arms): forwarded contract (AVX-512F support is part of it); each
+        // instance touches only its first `R = rows` rows and `P·16 = cols` columns.
+        unsafe {
+            macro_rules! by_rows {
+                ($p:literal) => {
+                    match rows {
+                        12 => kernel_avx512::<12, $p>(kc, ap, bp, c, ldc, load),
+                        11 => kernel_avx512::<11, $p>(kc, ap, bp, c, ldc, load),
+                        10 => kernel_avx512::<10, $p>(kc, ap, bp, c, ldc, load),
+                        9 => kernel_avx512::<9, $p>(kc, ap, bp, c, ldc, load),
+                        8 => kernel_avx512::<8, $p>(kc, ap, bp, c, ldc, load),
+                        7 => kernel_avx512::<7, $p>(kc, ap, bp, c, ldc, load),
+                        6 => kernel_avx512::<6, $p>(kc, ap, bp, c, ldc, load),
+                        5 => kernel_avx512::<5, $p>(kc, ap, bp, c, ldc, load),
+                        4 => kernel_avx512::<4, $p>(kc, ap, bp, c, ldc, load),
+                        3 => kernel_avx512::<3, $p>(kc, ap, bp, c, ldc, load),
+                        2 => kernel_avx512::<2, $p>(kc, ap, bp, c, ldc, load),
+                        _ => kernel_avx512::<1, $p>(kc, ap, bp, c, ldc, load),
+                    }
+                };
+            }
+            if cols > PANEL_NR {
+                by_rows!(2)
+            } else {
+                by_rows!(1)
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn pack_a(p: &Problem<'_>, ic: usize, mc: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]) {
+        // SAFETY: forwarded contract (AVX-512F implies AVX2).
+        unsafe { Avx2::pack_a(p, ic, mc, pc, kc, out) }
+    }
+
+    #[inline(always)]
+    unsafe fn pack_b(p: &Problem<'_>, jc: usize, ncv: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]) {
+        // SAFETY: as above.
+        unsafe { Avx2::pack_b(p, jc, ncv, pc, kc, out) }
+    }
+}
+
+/// The AVX-512 micro-kernel on the first `R` rows and `P` 16-column panels of a 12 × 32
+/// tile. Row `i` comes from A panel `i / 6` (`kc · 6` floats apart), panel `j` of B is
+/// `kc · 16` floats after panel `j − 1`. Each element is the AVX2 kernel's FMA chain over
+/// `p = 0..kc` from C or zero: the same bits.
+///
+/// # Safety
+/// See [`MicroKernel::run`] with `rows = R`, `cols = 16·P`; the CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn kernel_avx512<const R: usize, const P: usize>(
+    kc: usize,
+    ap: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+) {
+    use core::arch::x86_64::*;
+    const NR: usize = PANEL_NR;
+    // SAFETY: all pointer offsets stay inside the panels / tile of the contract (rows
+    // 6..R only when R > 6, so the second A panel is read only when it was packed).
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        if load {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(c.add(i * ldc + NR * j));
+                }
+            }
+        }
+        let a_panels = [ap, ap.add(kc * PANEL_MR)];
+        for q in 0..kc {
+            let b: [__m512; P] = core::array::from_fn(|j| _mm512_loadu_ps(bp.add(j * kc * NR + q * NR)));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*a_panels[i / PANEL_MR].add(q * PANEL_MR + i % PANEL_MR));
+                for (v, bj) in row.iter_mut().zip(b) {
+                    *v = _mm512_fmadd_ps(ai, bj, *v);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                _mm512_storeu_ps(c.add(i * ldc + NR * j), *v);
             }
         }
     }
@@ -369,10 +520,10 @@ unsafe fn pack_a_rows_avx2(p: &Problem<'_>, ic: usize, mc: usize, pc: usize, kc:
 /// The fastest kernel the CPU kernels may use ([`super::cpu_isa`]: detected once, capped
 /// by [`super::limit_isa`]).
 pub fn sgemm_kernel() -> GemmKernel {
-    if super::cpu_isa() >= super::Isa::Avx2 {
-        GemmKernel::Avx2Fma
-    } else {
-        GemmKernel::Portable
+    match super::cpu_isa() {
+        super::Isa::Avx512 => GemmKernel::Avx512,
+        super::Isa::Avx2 => GemmKernel::Avx2Fma,
+        super::Isa::Scalar => GemmKernel::Portable,
     }
 }
 
@@ -473,6 +624,11 @@ fn run(kernel: GemmKernel, p: &Problem<'_>, c: &mut [f32]) {
             // SAFETY: `kernel <= sgemm_kernel()`, so the CPU has AVX2 and FMA.
             unsafe { sgemm_avx2(p, c) }
         }
+        #[cfg(target_arch = "x86_64")]
+        GemmKernel::Avx512 => {
+            // SAFETY: `kernel <= sgemm_kernel()`, so the CPU has AVX-512F (and AVX2, FMA).
+            unsafe { sgemm_avx512(p, c) }
+        }
         _ => driver::<Portable>(p, c),
     }
 }
@@ -501,6 +657,14 @@ unsafe fn sgemm_avx2(p: &Problem<'_>, c: &mut [f32]) {
     driver::<Avx2>(p, c)
 }
 
+/// # Safety
+/// The CPU must support AVX-512F, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn sgemm_avx512(p: &Problem<'_>, c: &mut [f32]) {
+    driver::<Avx512>(p, c)
+}
+
 /// The blocked loop nest. Inlined into each ISA entry point so packing is compiled for
 /// the same instruction set as the kernel.
 #[inline(always)]
@@ -510,10 +674,10 @@ fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
     // per-image convolution GEMMs.
     let mut apack = [MaybeUninit::<f32>::uninit(); MC * KC];
     let mut bpack = [MaybeUninit::<f32>::uninit(); KC * NC];
-    let mut tile = [0.0f32; MAX_MR * MAX_NR];
+    let mut tile = [0.0f32; MAX_TILE];
     let (mr, nr) = (K::MR, K::NR);
-    debug_assert!(MC.is_multiple_of(mr) && NC.is_multiple_of(nr) && nr <= MAX_NR && mr <= MAX_MR);
-    debug_assert!(p.packer.is_none() || nr == PANEL_NR);
+    debug_assert!(MC.is_multiple_of(mr) && NC.is_multiple_of(nr) && nr * mr <= MAX_TILE);
+    debug_assert!(p.packer.is_none() || nr.is_multiple_of(PANEL_NR));
     let ldc = p.ldc;
     let mut pc = 0;
     while pc < p.k {
@@ -541,13 +705,17 @@ fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
                         let ap = apack[ir * kc..].as_ptr().cast::<f32>();
                         let bp = bpack[jr * kc..].as_ptr().cast::<f32>();
                         let (i0, j0) = (ic + ir, jc + jr);
-                        if nv == nr && (mv == mr || K::ROW_EDGES) {
-                            // SAFETY: the packed panels hold kc*MR / kc*NR floats written
-                            // by the packing above; the tile rows i0..i0+mv and columns
-                            // j0..j0+NR lie inside C (checked by the asserts in
-                            // `sgemm_using`); the kernel takes mv rows (mv == MR or
-                            // ROW_EDGES); the caller picked a kernel the CPU supports.
-                            unsafe { K::run(mv, kc, ap, bp, c.as_mut_ptr().add(i0 * ldc + j0), ldc, load) };
+                        // Whole B panels the tile reads (the last one zero-padded).
+                        let cols = nv.div_ceil(PANEL_NR) * PANEL_NR;
+                        let rows = if K::ROW_EDGES { mv } else { mr };
+                        if cols == nv && (mv == mr || K::ROW_EDGES) {
+                            // SAFETY: the packed panels hold the floats of the mv rows and
+                            // nv columns, written by the packing above; the tile rows
+                            // i0..i0+mv and columns j0..j0+nv lie inside C (checked by
+                            // the asserts in `sgemm_using`); the kernel takes mv rows (mv
+                            // == MR or ROW_EDGES) and nv columns (whole panels); the
+                            // caller picked a kernel the CPU supports.
+                            unsafe { K::run(mv, nv, kc, ap, bp, c.as_mut_ptr().add(i0 * ldc + j0), ldc, load) };
                         } else {
                             if load {
                                 for i in 0..mv {
@@ -555,8 +723,10 @@ fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
                                     tile[i * nr..i * nr + nv].copy_from_slice(row);
                                 }
                             }
-                            // SAFETY: as above, with the local MR×NR `tile` as C.
-                            unsafe { K::run(mr, kc, ap, bp, tile.as_mut_ptr(), nr, load) };
+                            // SAFETY: as above, with the local MR×NR `tile` as C, `rows`
+                            // (mv, or MR for a kernel without row edges, whose packed
+                            // panel is MR rows) and the whole panels' `cols`.
+                            unsafe { K::run(rows, cols, kc, ap, bp, tile.as_mut_ptr(), nr, load) };
                             for i in 0..mv {
                                 let row = &mut c[(i0 + i) * ldc + j0..][..nv];
                                 row.copy_from_slice(&tile[i * nr..i * nr + nv]);
@@ -588,10 +758,10 @@ fn pack_a(p: &Problem<'_>, ic: usize, mc: usize, pc: usize, kc: usize, mr: usize
             for q in 0..kc {
                 let src = &p.a[(pc + q) * p.lda + i0..][..rows];
                 let d = &mut dst[q * mr..(q + 1) * mr];
-                if rows == MAX_MR && mr == MAX_MR {
+                if rows == PANEL_MR && mr == PANEL_MR {
                     // Fixed length: vector moves instead of a memmove call per row.
-                    let s6: &[f32; MAX_MR] = src.try_into().expect("rows == MAX_MR");
-                    let d6: &mut [MaybeUninit<f32>; MAX_MR] = d.try_into().expect("mr == MAX_MR");
+                    let s6: &[f32; PANEL_MR] = src.try_into().expect("rows == PANEL_MR");
+                    let d6: &mut [MaybeUninit<f32>; PANEL_MR] = d.try_into().expect("mr == PANEL_MR");
                     *d6 = s6.map(MaybeUninit::new);
                 } else {
                     for (o, &v) in d.iter_mut().zip(src.iter().chain(core::iter::repeat(&0.0))) {
@@ -643,7 +813,7 @@ fn pack_b(p: &Problem<'_>, jc: usize, ncv: usize, pc: usize, kc: usize, nr: usiz
                 let d = &mut out[r * kc * nr + q * nr..][..nr];
                 // A fixed-length copy compiles to a few vector moves; a runtime-length
                 // copy would call memmove for every 64 bytes.
-                match (<&[f32; MAX_NR]>::try_from(chunk), <&mut [MaybeUninit<f32>; MAX_NR]>::try_from(&mut *d)) {
+                match (<&[f32; PANEL_NR]>::try_from(chunk), <&mut [MaybeUninit<f32>; PANEL_NR]>::try_from(&mut *d)) {
                     (Ok(src16), Ok(dst16)) => *dst16 = src16.map(MaybeUninit::new),
                     _ => {
                         for (o, &v) in d.iter_mut().zip(chunk.iter().chain(core::iter::repeat(&0.0))) {
@@ -676,7 +846,7 @@ mod tests {
         for (i, v) in b.iter_mut().enumerate() {
             *v = ((i * 5 % 11) as f32 - 5.0) * 0.1;
         }
-        for kern in [GemmKernel::Portable, GemmKernel::Avx2Fma] {
+        for kern in [GemmKernel::Portable, GemmKernel::Avx2Fma, GemmKernel::Avx512] {
             let mut c = [f32::NAN; 5 * 27];
             sgemm_using(kern, m, n, k, &a, k, false, &b, n, false, &mut c, n, false);
             for i in 0..m {
