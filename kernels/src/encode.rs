@@ -750,6 +750,8 @@ mod tests {
         let cifar = Arch::resnet(20, 3, 16, 10).unwrap();
         // The ImageNet stem's max pool, and four stages.
         let imagenet = Arch::resnet_imagenet(18, 3, 32, 10).unwrap().with_width(8).unwrap();
+        // Grouped 3×3s (one GEMM per group on the im2col path), stride 1 and 2.
+        let resnext = Arch::resnet_imagenet(50, 3, 32, 10).unwrap().with_width(16).unwrap().with_groups(4, 16).unwrap();
         for (arch, method, k) in [
             (cifar, Method::reference(Base::E2e, false), 1),
             (cifar, Method::reference(Base::InfoPro, false), 2),
@@ -757,6 +759,7 @@ mod tests {
             (cifar, Method::reference(Base::Greedy, false), 2),
             (cifar, contrast, 2),
             (imagenet, Method::reference(Base::InfoPro, true), 4),
+            (resnext, Method::reference(Base::E2e, false), 1),
         ] {
             let (layout, small) = plans_of(arch, method, k, 6, 3);
             for (step, train) in [(&layout, true), (&layout, false), (&small, true), (&small, false)] {
