@@ -44,6 +44,12 @@ fn bench_sgemm() {
             (576, 64, 64, true, false),
             (64, 576, 64, false, true),
             (256, 256, 256, false, false),
+            // ResNeXt-50 at 224², a first-stage 1×1 conv (128 → 256, 56×56) per image:
+            // forward, input gradient, weight gradient; and a last-stage one (7×7).
+            (256, 3136, 128, false, false),
+            (128, 3136, 256, true, false),
+            (256, 128, 3136, false, true),
+            (2048, 49, 1024, false, false),
         ] {
             let g = gflops(kern, m, n, k, ta, tb);
             println!("{kern:?} m={m} n={n} k={k} ta={ta} tb={tb}: {g:.1} GFLOP/s");
