@@ -80,6 +80,21 @@ pub(crate) trait PackB {
     fn pack(&self, jc: usize, ncv: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]);
 }
 
+/// One micro-kernel call: the first `rows` rows and `cols` columns of a tile of C (row
+/// stride `ldc`) from `kc` steps of the packed A at `ap` and the packed B at `bp`, added to
+/// C's values when `load`, else from zero.
+#[derive(Clone, Copy)]
+struct Tile {
+    rows: usize,
+    cols: usize,
+    kc: usize,
+    ap: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    load: bool,
+}
+
 /// A register-blocked micro-kernel: `C[MR×NR] (+)= Apanel[KC×MR]ᵀ · Bpanel[KC×NR]`, with
 /// the packing routines it wants (the defaults are plain loops).
 trait MicroKernel {
@@ -88,25 +103,15 @@ trait MicroKernel {
     /// Whether [`MicroKernel::run`] takes fewer than `MR` rows; otherwise the driver runs
     /// the last row panel into a scratch tile and copies the valid rows out.
     const ROW_EDGES: bool;
-    /// Computes the first `rows` rows and `cols` columns of the tile (`rows == MR` unless
-    /// `ROW_EDGES`; `cols` a multiple of [`PANEL_NR`], `NR` unless `NR` spans several
-    /// panels).
+    /// Computes the tile `t` (`t.rows == MR` unless `ROW_EDGES`; `t.cols` a multiple of
+    /// [`PANEL_NR`], `NR` unless `NR` spans several panels).
     ///
     /// # Safety
-    /// `ap` points to the packed A floats of `rows` rows (`kc * MR` for a one-panel
-    /// kernel; whole 6-row panels for a two-panel one), `bp` to `kc * cols`, and `c` to a
-    /// `rows × cols` tile with row stride `ldc`, all valid (and `c` writable); the CPU
+    /// `t.ap` points to the packed A floats of `t.rows` rows (`kc * MR` for a one-panel
+    /// kernel; whole 6-row panels for a two-panel one), `t.bp` to `kc * cols`, and `t.c`
+    /// to a `rows × cols` tile with row stride `ldc`, all valid (and `c` writable); the CPU
     /// supports the kernel's instructions.
-    unsafe fn run(
-        rows: usize,
-        cols: usize,
-        kc: usize,
-        ap: *const f32,
-        bp: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        load: bool,
-    );
+    unsafe fn run(t: Tile);
 
     /// Packs op(A) as [`pack_a`] does.
     ///
@@ -134,16 +139,8 @@ impl MicroKernel for Portable {
     const NR: usize = 16;
     const ROW_EDGES: bool = false;
     #[inline(always)]
-    unsafe fn run(
-        rows: usize,
-        cols: usize,
-        kc: usize,
-        ap: *const f32,
-        bp: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        load: bool,
-    ) {
+    unsafe fn run(t: Tile) {
+        let Tile { rows, cols, kc, ap, bp, c, ldc, load } = t;
         debug_assert_eq!((rows, cols), (Portable::MR, Portable::NR));
         const MR: usize = Portable::MR;
         const NR: usize = Portable::NR;
@@ -184,27 +181,18 @@ impl MicroKernel for Avx2 {
     const NR: usize = 16;
     const ROW_EDGES: bool = true;
     #[inline(always)]
-    unsafe fn run(
-        rows: usize,
-        cols: usize,
-        kc: usize,
-        ap: *const f32,
-        bp: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        load: bool,
-    ) {
-        debug_assert_eq!(cols, Self::NR);
+    unsafe fn run(t: Tile) {
+        debug_assert_eq!(t.cols, Self::NR);
         // SAFETY (all arms): forwarded contract (AVX2+FMA support is part of it); each
         // instance touches only its first `R = rows` rows of the tile.
         unsafe {
-            match rows {
-                6 => kernel_avx2::<6>(kc, ap, bp, c, ldc, load),
-                5 => kernel_avx2::<5>(kc, ap, bp, c, ldc, load),
-                4 => kernel_avx2::<4>(kc, ap, bp, c, ldc, load),
-                3 => kernel_avx2::<3>(kc, ap, bp, c, ldc, load),
-                2 => kernel_avx2::<2>(kc, ap, bp, c, ldc, load),
-                _ => kernel_avx2::<1>(kc, ap, bp, c, ldc, load),
+            match t.rows {
+                6 => kernel_avx2::<6>(t),
+                5 => kernel_avx2::<5>(t),
+                4 => kernel_avx2::<4>(t),
+                3 => kernel_avx2::<3>(t),
+                2 => kernel_avx2::<2>(t),
+                _ => kernel_avx2::<1>(t),
             }
         }
     }
@@ -236,11 +224,12 @@ impl MicroKernel for Avx2 {
 /// channels of a ResNet) wastes no FMAs on padding rows and needs no scratch tile.
 ///
 /// # Safety
-/// See [`MicroKernel::run`] with `rows = R`; the CPU must support AVX2 and FMA.
+/// See [`MicroKernel::run`] with `t.rows = R`; the CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2<const R: usize>(kc: usize, ap: *const f32, bp: *const f32, c: *mut f32, ldc: usize, load: bool) {
+unsafe fn kernel_avx2<const R: usize>(t: Tile) {
     use core::arch::x86_64::*;
+    let Tile { kc, ap, bp, c, ldc, load, .. } = t;
     // The packed A panel is always 6 rows wide, whatever R.
     const MR: usize = 6;
     // SAFETY: all pointer offsets stay inside the panels / tile of the contract.
@@ -285,38 +274,29 @@ impl MicroKernel for Avx512 {
     const NR: usize = 2 * PANEL_NR;
     const ROW_EDGES: bool = true;
     #[inline(always)]
-    unsafe fn run(
-        rows: usize,
-        cols: usize,
-        kc: usize,
-        ap: *const f32,
-        bp: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        load: bool,
-    ) {
+    unsafe fn run(t: Tile) {
         // SAFETY (all arms): forwarded contract (AVX-512F support is part of it); each
         // instance touches only its first `R = rows` rows and `P·16 = cols` columns.
         unsafe {
             macro_rules! by_rows {
                 ($p:literal) => {
-                    match rows {
-                        12 => kernel_avx512::<12, $p>(kc, ap, bp, c, ldc, load),
-                        11 => kernel_avx512::<11, $p>(kc, ap, bp, c, ldc, load),
-                        10 => kernel_avx512::<10, $p>(kc, ap, bp, c, ldc, load),
-                        9 => kernel_avx512::<9, $p>(kc, ap, bp, c, ldc, load),
-                        8 => kernel_avx512::<8, $p>(kc, ap, bp, c, ldc, load),
-                        7 => kernel_avx512::<7, $p>(kc, ap, bp, c, ldc, load),
-                        6 => kernel_avx512::<6, $p>(kc, ap, bp, c, ldc, load),
-                        5 => kernel_avx512::<5, $p>(kc, ap, bp, c, ldc, load),
-                        4 => kernel_avx512::<4, $p>(kc, ap, bp, c, ldc, load),
-                        3 => kernel_avx512::<3, $p>(kc, ap, bp, c, ldc, load),
-                        2 => kernel_avx512::<2, $p>(kc, ap, bp, c, ldc, load),
-                        _ => kernel_avx512::<1, $p>(kc, ap, bp, c, ldc, load),
+                    match t.rows {
+                        12 => kernel_avx512::<12, $p>(t),
+                        11 => kernel_avx512::<11, $p>(t),
+                        10 => kernel_avx512::<10, $p>(t),
+                        9 => kernel_avx512::<9, $p>(t),
+                        8 => kernel_avx512::<8, $p>(t),
+                        7 => kernel_avx512::<7, $p>(t),
+                        6 => kernel_avx512::<6, $p>(t),
+                        5 => kernel_avx512::<5, $p>(t),
+                        4 => kernel_avx512::<4, $p>(t),
+                        3 => kernel_avx512::<3, $p>(t),
+                        2 => kernel_avx512::<2, $p>(t),
+                        _ => kernel_avx512::<1, $p>(t),
                     }
                 };
             }
-            if cols > PANEL_NR {
+            if t.cols > PANEL_NR {
                 by_rows!(2)
             } else {
                 by_rows!(1)
@@ -343,18 +323,12 @@ impl MicroKernel for Avx512 {
 /// `p = 0..kc` from C or zero: the same bits.
 ///
 /// # Safety
-/// See [`MicroKernel::run`] with `rows = R`, `cols = 16·P`; the CPU must support AVX-512F.
+/// See [`MicroKernel::run`] with `t.rows = R`, `t.cols = 16·P`; the CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn kernel_avx512<const R: usize, const P: usize>(
-    kc: usize,
-    ap: *const f32,
-    bp: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    load: bool,
-) {
+unsafe fn kernel_avx512<const R: usize, const P: usize>(t: Tile) {
     use core::arch::x86_64::*;
+    let Tile { kc, ap, bp, c, ldc, load, .. } = t;
     const NR: usize = PANEL_NR;
     // SAFETY: all pointer offsets stay inside the panels / tile of the contract (rows
     // 6..R only when R > 6, so the second A panel is read only when it was packed).
@@ -715,7 +689,18 @@ fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
                             // the asserts in `sgemm_using`); the kernel takes mv rows (mv
                             // == MR or ROW_EDGES) and nv columns (whole panels); the
                             // caller picked a kernel the CPU supports.
-                            unsafe { K::run(mv, nv, kc, ap, bp, c.as_mut_ptr().add(i0 * ldc + j0), ldc, load) };
+                            unsafe {
+                                K::run(Tile {
+                                    rows: mv,
+                                    cols: nv,
+                                    kc,
+                                    ap,
+                                    bp,
+                                    c: c.as_mut_ptr().add(i0 * ldc + j0),
+                                    ldc,
+                                    load,
+                                })
+                            };
                         } else {
                             if load {
                                 for i in 0..mv {
@@ -726,7 +711,7 @@ fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
                             // SAFETY: as above, with the local MR×NR `tile` as C, `rows`
                             // (mv, or MR for a kernel without row edges, whose packed
                             // panel is MR rows) and the whole panels' `cols`.
-                            unsafe { K::run(rows, cols, kc, ap, bp, tile.as_mut_ptr(), nr, load) };
+                            unsafe { K::run(Tile { rows, cols, kc, ap, bp, c: tile.as_mut_ptr(), ldc: nr, load }) };
                             for i in 0..mv {
                                 let row = &mut c[(i0 + i) * ldc + j0..][..nv];
                                 row.copy_from_slice(&tile[i * nr..i * nr + nv]);
