@@ -107,6 +107,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tools", "golden"))
+sys.path.insert(0, os.path.join(ROOT, "tools", "checkpoint"))
 
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 CPU_VARIANTS = ["hpff", "torch-eager", "torch-compile", "hpff+tcmalloc", "torch-eager+tcmalloc",
@@ -174,15 +175,6 @@ def spec_label(s):
 
 def imagenet_family(arch):
     return arch.endswith("-imagenet")
-
-
-def torchvision_name(arch):
-    """`resnext50-32x4d-imagenet` -> `resnext50_32x4d`, `resnet50-imagenet` -> `resnet50`."""
-    name = arch.removesuffix("-imagenet")
-    if name.startswith("resnext"):
-        depth, gw = name.split("-")
-        return f"{depth}_{gw}"
-    return name
 
 
 def hpff_model_flags(s, batch):
@@ -323,6 +315,7 @@ def worker_torch(args):
     if imagenet:
         # torchvision's network, the one hpff's ImageNet family reproduces (e2e and eval).
         import torchvision
+        from torchvision_load import torchvision_name
 
         if spec["method"] != "e2e":
             raise HarnessError("ImageNet-family archs are compared end to end and in eval only")

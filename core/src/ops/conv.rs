@@ -365,6 +365,8 @@ unsafe fn store_masked(d: *mut f32, src: *const f32, m0: core::arch::x86_64::__m
 /// direct kernels walk output pixels in their vectors, so a group's few channels still
 /// fill them); one image at a time, so each group's `dw` sums its images in order.
 fn each_group(s: &Conv2d, n: usize, mut f: impl FnMut(&Conv2d, usize, usize)) {
+    // A shape from a plan always divides (`Arch::with_groups`); one built by hand may not.
+    assert!(s.groups_divide(), "conv groups must divide both channel counts: {s:?}");
     let g = s.group();
     for i in 0..n {
         for j in 0..s.groups {
