@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use hpff_core::plan::{LossKind, Op, Plan, LOSS_KINDS};
+use hpff_core::plan::{op, LossKind, Op, Plan, LOSS_KINDS};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -59,7 +59,9 @@ pub struct EpochMetrics {
 pub fn used_slots(plan: &Plan) -> Vec<usize> {
     let mut used = vec![false; plan.loss_slots()];
     plan.train_step(|op| match *op {
-        Op::CrossEntropy { slot, .. } | Op::Bce { slot, .. } | Op::SupCon { slot, .. } => {
+        Op::CrossEntropy(op::CrossEntropy { slot, .. })
+        | Op::Bce(op::Bce { slot, .. })
+        | Op::SupCon(op::SupCon { slot, .. }) => {
             if let Some(u) = used.get_mut(slot) {
                 *u = true;
             }
@@ -199,19 +201,21 @@ pub fn peak_rss_bytes() -> Option<u64> {
 pub fn plan_flops(plan: &Plan) -> (u64, u64) {
     fn count(op: &Op) -> u64 {
         match *op {
-            Op::Conv { shape, x, .. } => (shape.flops() * (x.len / shape.in_len().max(1))) as u64,
-            Op::ConvBackward { shape, x, dy, dx, .. } => {
+            Op::Conv(op::Conv { shape, x, .. }) => (shape.flops() * (x.len / shape.in_len().max(1))) as u64,
+            Op::ConvBackward(op::ConvBackward { shape, x, dy, dx, .. }) => {
                 let f = (shape.flops() * (dy.len / shape.out_len().max(1))) as u64;
                 f * (u64::from(x.is_some()) + u64::from(dx.is_some()))
             }
-            Op::Linear { shape, x, .. } => (2 * shape.in_f * shape.out_f * (x.len / shape.in_f.max(1))) as u64,
-            Op::LinearBackward { shape, x, dx, .. } => {
+            Op::Linear(op::Linear { shape, x, .. }) => {
+                (2 * shape.in_f * shape.out_f * (x.len / shape.in_f.max(1))) as u64
+            }
+            Op::LinearBackward(op::LinearBackward { shape, x, dx, .. }) => {
                 let f = (2 * shape.in_f * shape.out_f * (x.len / shape.in_f.max(1))) as u64;
                 f * if dx.is_some() { 2 } else { 1 }
             }
             // Comparisons and adds, not multiply-adds: like BN and ReLU, left out of a count
             // that is held against the GEMM peak.
-            Op::MaxPool { .. } | Op::MaxPoolBackward { .. } => 0,
+            Op::MaxPool(_) | Op::MaxPoolBackward(_) => 0,
             _ => 0,
         }
     }
@@ -276,7 +280,7 @@ mod tests {
         let h = plan(Base::InfoPro, true);
         let (mut cascade_only, mut all) = (0u64, 0u64);
         h.train_step(|op| {
-            if let Op::ConvBackward { shape: s, x, dy, .. } = *op {
+            if let Op::ConvBackward(op::ConvBackward { shape: s, x, dy, .. }) = *op {
                 let f = (s.flops() * (dy.len / s.out_len())) as u64;
                 all += f;
                 if x.is_none() {

@@ -6,10 +6,12 @@
 use crate::error::{dim_i32, dim_i64, CudaError};
 use crate::kernels::K;
 use crate::launch::{check_signature, Arg, ConvCall, ConvDir, ConvPath, Gemm, Sink, BLOCK, MAX_GRID};
-use crate::sizing::{chan_parts, conv_ws_per_image, flat_parts, Extras};
-use hpff_core::loss::SUPCON_TEMPERATURE;
-use hpff_core::ops::{BatchNorm2d, Conv2d, MaxPool2d, Window, BN_EPS, BN_MOMENTUM};
-use hpff_core::plan::{Buf, Op, Plan};
+use crate::sizing::{chan_parts, conv_ws_per_image, Extras};
+use hpff_core::exec::dispatch;
+use hpff_core::ops::{BatchNorm2d, Conv2d, MaxPool2d, Window};
+use hpff_core::plan::{Buf, Plan};
+
+mod backend;
 
 /// Device addresses of the arena and the executor's buffers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,22 +63,12 @@ impl<'a, S: Sink> Encoder<'a, S> {
 
     /// All ops of the training step (`train`) or of the eval pass.
     pub(crate) fn step(&mut self, train: bool) -> Result<(), CudaError> {
-        let mut res = Ok(());
         let plan = self.plan;
-        let mut index = 0;
-        let mut each = |op: &Op| {
-            if res.is_ok() {
-                self.sink.begin_op(index, op);
-                res = self.op(op);
-            }
-            index += 1;
-        };
         if train {
-            plan.train_step(&mut each);
+            dispatch::train_step(plan, self)
         } else {
-            plan.eval_step(&mut each);
+            dispatch::eval_step(plan, self)
         }
-        res
     }
 
     /// Device address of arena float `off`.
@@ -120,269 +112,6 @@ impl<'a, S: Sink> Encoder<'a, S> {
 
     fn fill_zero(&mut self, addr: u64, len: usize) -> Result<(), CudaError> {
         self.each(K::Fill, len, &[Arg::P(addr), Arg::F(0.0)])
-    }
-
-    fn op(&mut self, op: &Op) -> Result<(), CudaError> {
-        let plan = self.plan;
-        let n = plan.batch;
-        let c32 = |v: usize| i("channels", v);
-        match *op {
-            Op::BeginStep => {
-                self.fill_zero(self.a(plan.grads_off()), plan.params)?;
-                self.fill_zero(self.p.loss, plan.loss_slots())?;
-            }
-            Op::Zero { buf } => self.fill_zero(self.a(buf.off), buf.len)?,
-            Op::Restore { x, y, channels, hw, mean, std } => {
-                let mut args = vec![self.b(x), self.b(y), c32(channels)?, l("hw", hw)?];
-                args.extend(mean.iter().chain(std.iter()).map(|&v| Arg::F(v)));
-                self.each(K::Restore, n * channels * hw, &args)?;
-            }
-            Op::Conv { shape, weight, bias, x, y } => self.conv_forward(&shape, weight, bias, x, y)?,
-            Op::BnTrain { shape, affine, state, x, y, stats, updates } => {
-                let total = n * shape.hw;
-                let parts = chan_parts(total);
-                let common = [self.b(x), c32(shape.c)?, l("hw", shape.hw)?, l("count", total)?, i("parts", parts)?];
-                let mut a = common.to_vec();
-                a.push(Arg::P(self.p.partials));
-                self.launch(K::ChanPartialSum, (parts, shape.c), BLOCK, &a)?;
-                let (part, st) = (Arg::P(self.p.partials), self.b(stats));
-                self.each(K::BnMean, shape.c, &[part, i("parts", parts)?, l("count", total)?, st])?;
-                let mut a = common.to_vec();
-                a.extend([st, part]);
-                self.launch(K::ChanPartialSqdev, (parts, shape.c), BLOCK, &a)?;
-                let fin = [
-                    part,
-                    i("parts", parts)?,
-                    l("count", total)?,
-                    st,
-                    Arg::P(self.a(state)),
-                    Arg::I(updates.into()),
-                    Arg::F(BN_MOMENTUM),
-                    Arg::F(BN_EPS),
-                ];
-                self.each(K::BnFinalize, shape.c, &fin)?;
-                self.bn_forward(&shape, affine, x, y, stats)?;
-            }
-            Op::BnEval { shape, affine, state, x, y, stats } => {
-                self.each(K::BnEvalStats, shape.c, &[Arg::P(self.a(state)), self.b(stats), Arg::F(BN_EPS)])?;
-                self.bn_forward(&shape, affine, x, y, stats)?;
-            }
-            Op::BnApply { shape, affine, x, y, stats } => self.bn_forward(&shape, affine, x, y, stats)?,
-            Op::Relu { x } => self.each(K::Relu, x.len, &[self.b(x)])?,
-            Op::AddRelu { y, x } => self.each(K::AddRelu, y.len, &[self.b(y), self.b(x)])?,
-            Op::Sigmoid { x, y } => self.each(K::Sigmoid, x.len, &[self.b(x), self.b(y)])?,
-            Op::Pool { channels, hw, x, y } => {
-                self.each(K::PoolForward, n * channels, &[self.b(x), self.b(y), l("hw", hw)?])?
-            }
-            Op::MaxPool { shape, x, y } => {
-                let mut args = vec![self.b(x), self.b(y)];
-                args.extend(maxpool_dims(&shape)?);
-                self.each(K::MaxPoolForward, n * shape.out_len(), &args)?
-            }
-            Op::Linear { shape, weight, bias, x, y } => {
-                if n == 0 || shape.out_f == 0 {
-                    return Ok(());
-                }
-                let (inf, outf) = (shape.in_f, shape.out_f);
-                let g = Gemm {
-                    m: n,
-                    n: outf,
-                    k: inf,
-                    a: self.a(x.off),
-                    lda: inf,
-                    ta: false,
-                    b: self.a(weight),
-                    ldb: inf,
-                    tb: true,
-                    c: self.a(y.off),
-                    ldc: outf,
-                    beta: 0.0,
-                };
-                self.gemm(g)?;
-                self.each(K::AddRowBias, n * outf, &[self.b(y), Arg::P(self.a(bias)), i("features", outf)?])?;
-            }
-            Op::Resize { window, x, y } => {
-                let mut args = vec![self.b(x), self.b(y)];
-                args.extend(window_args(&window)?);
-                self.each(K::ResizeForward, n * window.out_len(), &args)?;
-            }
-            Op::Crop { window, x, y } => {
-                let args = [
-                    self.b(x),
-                    self.b(y),
-                    i("h", window.h)?,
-                    i("w", window.w)?,
-                    i("y0", window.y0)?,
-                    i("x0", window.x0)?,
-                    i("oh", window.oh)?,
-                    i("ow", window.ow)?,
-                ];
-                self.each(K::CropForward, n * window.out_len(), &args)?;
-            }
-            Op::L2Normalize { dim, x, y } => self.each(K::L2normForward, n, &[i("dim", dim)?, self.b(x), self.b(y)])?,
-            Op::CrossEntropy { classes, logits, dlogits, scale, slot } => {
-                let args = [
-                    i("batch", n)?,
-                    i("classes", classes)?,
-                    self.b(logits),
-                    Arg::P(self.p.labels),
-                    self.b(dlogits),
-                    Arg::F(scale),
-                    Arg::P(self.p.loss),
-                    i("slot", slot)?,
-                ];
-                self.launch(K::CrossEntropy, (1, 1), BLOCK, &args)?;
-            }
-            Op::Bce { probs, target, dprobs, scale, slot } => {
-                if probs.len == 0 {
-                    return Ok(());
-                }
-                let parts = flat_parts(probs.len);
-                let args = [
-                    l("len", probs.len)?,
-                    i("parts", parts)?,
-                    self.b(probs),
-                    self.b(target),
-                    self.b(dprobs),
-                    Arg::F(scale),
-                    l("len", probs.len)?,
-                    Arg::P(self.p.partials),
-                ];
-                self.launch(K::BcePartial, (parts, 1), BLOCK, &args)?;
-                self.loss_finalize(parts, 1.0 / probs.len as f64, slot)?;
-            }
-            Op::SupCon { dim, features, dfeatures, scale, slot, scratch } => {
-                // The reference passes the temperature as the base temperature too.
-                let (t, base_t) = (SUPCON_TEMPERATURE as f64, SUPCON_TEMPERATURE as f64);
-                let inv_t = 1.0 / t;
-                let coef = -(t / base_t) / n as f64;
-                let (nn, dd) = (i("batch", n)?, i("dim", dim)?);
-                self.each(K::SupconSim, n * n, &[nn, dd, self.b(features), self.b(scratch), Arg::D(inv_t)])?;
-                let rows = [Arg::P(self.p.labels), self.b(scratch), Arg::P(self.p.partials), Arg::D(coef)];
-                self.each(K::SupconRows, n, &rows)?;
-                let g = scale as f64 * inv_t;
-                self.each(
-                    K::SupconGrad,
-                    n * dim,
-                    &[nn, dd, self.b(features), self.b(scratch), self.b(dfeatures), Arg::D(g)],
-                )?;
-                self.loss_finalize(n, coef, slot)?;
-            }
-            Op::ConvBackward { shape, weight, bias, x, dy, dx } => {
-                self.conv_backward(&shape, weight, bias, x, dy, dx)?
-            }
-            Op::BnBackward { shape, affine, x, dy, dx, stats, sums, weights } => {
-                let total = n * shape.hw;
-                let parts = chan_parts(total);
-                let args = [
-                    self.b(x),
-                    self.b(dy),
-                    c32(shape.c)?,
-                    l("hw", shape.hw)?,
-                    l("count", total)?,
-                    i("parts", parts)?,
-                    self.b(stats),
-                    Arg::P(self.p.partials),
-                ];
-                self.launch(K::ChanPartialBwd, (parts, shape.c), BLOCK, &args)?;
-                let fin = [
-                    Arg::P(self.p.partials),
-                    i("parts", parts)?,
-                    self.b(stats),
-                    self.b(sums),
-                    Arg::P(self.a(plan.grad_of(affine))),
-                    Arg::I(weights.into()),
-                ];
-                self.each(K::BnBackwardFinalize, shape.c, &fin)?;
-                let inv_count = 1.0f32 / total as f32;
-                let args = [
-                    self.b(x),
-                    self.b(dy),
-                    self.b(dx),
-                    c32(shape.c)?,
-                    l("hw", shape.hw)?,
-                    self.b(stats),
-                    Arg::P(self.a(affine)),
-                    self.b(sums),
-                    Arg::F(inv_count),
-                ];
-                self.each(K::BnBackwardInput, n * shape.len(), &args)?;
-            }
-            Op::ReluBackward { y, dy } => self.each(K::ReluBackward, y.len, &[self.b(y), self.b(dy)])?,
-            Op::SigmoidBackward { y, dy, dx } => {
-                self.each(K::SigmoidBackward, y.len, &[self.b(y), self.b(dy), self.b(dx)])?
-            }
-            Op::PoolBackward { channels, hw, dy, dx } => {
-                self.each(K::PoolBackward, n * channels * hw, &[self.b(dy), self.b(dx), l("hw", hw)?])?
-            }
-            Op::MaxPoolBackward { shape, x, dy, dx } => {
-                let mut args = vec![self.b(x), self.b(dy), self.b(dx)];
-                args.extend(maxpool_dims(&shape)?);
-                self.each(K::MaxPoolBackward, n * shape.in_len(), &args)?
-            }
-            Op::LinearBackward { shape, weight, bias, x, dy, dx } => {
-                let (inf, outf) = (shape.in_f, shape.out_f);
-                if n > 0 && outf > 0 {
-                    let g = Gemm {
-                        m: outf,
-                        n: inf,
-                        k: n,
-                        a: self.a(dy.off),
-                        lda: outf,
-                        ta: true,
-                        b: self.a(x.off),
-                        ldb: inf,
-                        tb: false,
-                        c: self.a(plan.grad_of(weight)),
-                        ldc: inf,
-                        beta: 1.0,
-                    };
-                    self.gemm(g)?;
-                    let db = Arg::P(self.a(plan.grad_of(bias)));
-                    self.each(K::ColSumAdd, outf, &[self.b(dy), db, i("batch", n)?])?;
-                }
-                if let Some(dx) = dx {
-                    if n > 0 && inf > 0 {
-                        let g = Gemm {
-                            m: n,
-                            n: inf,
-                            k: outf,
-                            a: self.a(dy.off),
-                            lda: outf,
-                            ta: false,
-                            b: self.a(weight),
-                            ldb: inf,
-                            tb: false,
-                            c: self.a(dx.off),
-                            ldc: inf,
-                            beta: 0.0,
-                        };
-                        self.gemm(g)?;
-                    }
-                }
-            }
-            Op::ResizeBackward { window, dy, dx } => {
-                let mut args = vec![self.b(dy), self.b(dx)];
-                args.extend(window_args(&window)?);
-                self.each(K::ResizeBackward, n * window.c * window.ph * window.pw, &args)?;
-            }
-            Op::L2NormalizeBackward { dim, x, dy, dx } => {
-                self.each(K::L2normBackward, n, &[i("dim", dim)?, self.b(x), self.b(dy), self.b(dx)])?
-            }
-            Op::Add { y, x } => self.each(K::Add, y.len, &[self.b(y), self.b(x)])?,
-            Op::CheckGrads { slot } => {
-                let args = [Arg::P(self.a(plan.grads_off())), Arg::P(self.p.loss), i("slot", slot)?];
-                self.each(K::FlagNonfinite, plan.params, &args)?;
-            }
-            Op::Sgd { params: r } => {
-                let (g, m) = (plan.grad_of(r.off), plan.momentum_off() + r.off);
-                let args = [Arg::P(self.a(r.off)), Arg::P(self.a(g)), Arg::P(self.a(m)), Arg::P(self.p.step)];
-                self.each(K::SgdStep, r.len, &args)?;
-            }
-            // Pipeline stages run on the CPU executor (the executors refuse them first).
-            Op::Send { .. } | Op::Recv { .. } => return Err(hpff_core::exec::ExecError::NoLink.into()),
-        }
-        Ok(())
     }
 
     /// `loss[slot] += Σ partials[..parts] · mult`, one thread.
@@ -646,6 +375,7 @@ mod tests {
     use hpff_core::arch::Arch;
     use hpff_core::method::{Base, LocalLoss, Method};
     use hpff_core::partition::{Partition, TableKind};
+    use hpff_core::plan::{op, Op};
 
     struct Recorder {
         /// (name, start address, bytes)
@@ -786,7 +516,7 @@ mod tests {
         // A workspace of 3 images' worth forces chunks of 3, 3, 2 in every conv.
         let mut per = 0;
         layout.train_step(|op| {
-            if let Op::Conv { shape: s, .. } = op {
+            if let Op::Conv(op::Conv { shape: s, .. }) = op {
                 per = per.max(conv_ws_per_image(s));
             }
         });

@@ -6,7 +6,7 @@
 
 use crate::gemm::WORKSPACE_BYTES;
 use hpff_core::ops::Conv2d;
-use hpff_core::plan::{Op, Plan};
+use hpff_core::plan::{op, Op, Plan};
 
 /// Cap of the convolution workspace, in floats (256 MiB).
 pub(crate) const CONV_WS_CAP: usize = 64 << 20;
@@ -61,15 +61,15 @@ impl Extras {
         let mut max_c = 0usize;
         let mut flat = 1usize;
         let mut visit = |op: &Op| match *op {
-            Op::Conv { shape, .. } | Op::ConvBackward { shape, .. } => {
+            Op::Conv(op::Conv { shape, .. }) | Op::ConvBackward(op::ConvBackward { shape, .. }) => {
                 conv_per_image = conv_per_image.max(conv_ws_per_image(&shape));
                 max_c = max_c.max(shape.c_out);
             }
-            Op::BnTrain { shape, .. }
-            | Op::BnEval { shape, .. }
-            | Op::BnApply { shape, .. }
-            | Op::BnBackward { shape, .. } => max_c = max_c.max(shape.c),
-            Op::Bce { probs, .. } => flat = flat.max(flat_parts(probs.len)),
+            Op::BnTrain(op::BnTrain { shape, .. })
+            | Op::BnEval(op::BnEval { shape, .. })
+            | Op::BnApply(op::BnApply { shape, .. })
+            | Op::BnBackward(op::BnBackward { shape, .. }) => max_c = max_c.max(shape.c),
+            Op::Bce(op::Bce { probs, .. }) => flat = flat.max(flat_parts(probs.len)),
             _ => {}
         };
         plan.train_step(&mut visit);

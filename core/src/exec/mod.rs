@@ -9,6 +9,11 @@
 //! runs on a caller's static slice), the multi-threaded CPU executor of the `hpff`
 //! crate, and the CUDA executor of `hpff-kernels`.
 //!
+//! Inside an executor, a step's ops run through one interpreter, [`dispatch`]: it
+//! matches on the op (the only code that does, besides the plan's own bookkeeping),
+//! recognises the runs of ops a backend may fuse ([`Run`]), and calls the executor's
+//! [`Backend`] methods, one per op.
+//!
 //! What every executor shares lives here, once: the input checks of a step
 //! ([`check_train`], [`check_eval`]), the region layout ([`region`]), and the
 //! parameter initialisation ([`init_params`]). The per-op semantics (which buffer an op
@@ -19,8 +24,12 @@
 //! An executor is built for one plan (its *layout*); a step may run any plan with the same
 //! parameter layout whose arena fits (the last, smaller batch of an epoch).
 
+mod backend;
+pub mod dispatch;
 mod reference;
 
+pub use backend::{Backend, Epilogue, Run};
+pub use dispatch::{run_op, run_unfused};
 pub use reference::Reference;
 
 use crate::init;

@@ -38,7 +38,7 @@
 
 mod imagenet_aux;
 mod layout;
-mod op;
+pub mod op;
 mod schedule;
 mod stage;
 

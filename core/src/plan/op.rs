@@ -5,8 +5,11 @@
 //! plus [`super::Plan::params`] and the momentum buffer at plus twice that. `state`
 //! offsets point at BN running statistics (mean, then var). Every op works on the
 //! plan's whole batch; buffers of one op never overlap.
+//!
+//! Each op's fields are a struct named after its [`Op`] variant (`Op::Conv(op::Conv { .. })`),
+//! so an executor's method for that op takes exactly them ([`crate::exec::Backend`]).
 
-use crate::ops::{BatchNorm2d, Conv2d, Linear, MaxPool2d, Window};
+use crate::ops::{self, BatchNorm2d, Conv2d, MaxPool2d, Window};
 
 /// A slice of the arena.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,222 +41,320 @@ pub type LossSlot = usize;
 pub enum Op {
     /// Zero the gradient region and the loss record (first op of a training step).
     BeginStep,
-    Zero {
-        buf: Buf,
-    },
-    /// y = x·std[c] + mean[c]: the de-normalised image the decoders reconstruct.
-    Restore {
-        x: Buf,
-        y: Buf,
-        channels: usize,
-        hw: usize,
-        mean: [f32; 4],
-        std: [f32; 4],
-    },
-    Conv {
-        shape: Conv2d,
-        weight: usize,
-        bias: Option<usize>,
-        x: Buf,
-        y: Buf,
-    },
-    /// Training-mode BN: batch statistics into `stats` (4·c floats: mean, invstd, then the
-    /// raw sums), the running statistics updated `updates` times with them (once per pass the
-    /// reference would make through this layer on the same batch; 0 when the forward is
-    /// recomputed for a backward, see [`crate::method::Method::recompute`]).
-    BnTrain {
-        shape: BatchNorm2d,
-        affine: usize,
-        state: usize,
-        x: Buf,
-        y: Buf,
-        stats: Buf,
-        updates: u8,
-    },
-    /// Eval-mode BN with the running statistics (`stats` is scratch for mean, invstd).
-    BnEval {
-        shape: BatchNorm2d,
-        affine: usize,
-        state: usize,
-        x: Buf,
-        y: Buf,
-        stats: Buf,
-    },
-    /// BN with the batch statistics a [`Op::BnTrain`] left in `stats` (same arithmetic, so the
-    /// same bits): recomputes in backward a BN output that the forward did not keep.
-    BnApply {
-        shape: BatchNorm2d,
-        affine: usize,
-        x: Buf,
-        y: Buf,
-        stats: Buf,
-    },
-    Relu {
-        x: Buf,
-    },
-    /// y = relu(y + x): the end of a residual block.
-    AddRelu {
-        y: Buf,
-        x: Buf,
-    },
-    Sigmoid {
-        x: Buf,
-        y: Buf,
-    },
-    Pool {
-        channels: usize,
-        hw: usize,
-        x: Buf,
-        y: Buf,
-    },
-    /// The ImageNet stem's max pool.
-    MaxPool {
-        shape: MaxPool2d,
-        x: Buf,
-        y: Buf,
-    },
-    Linear {
-        shape: Linear,
-        weight: usize,
-        bias: usize,
-        x: Buf,
-        y: Buf,
-    },
-    Resize {
-        window: Window,
-        x: Buf,
-        y: Buf,
-    },
-    Crop {
-        window: Window,
-        x: Buf,
-        y: Buf,
-    },
-    L2Normalize {
-        dim: usize,
-        x: Buf,
-        y: Buf,
-    },
-    /// Mean cross-entropy of `logits` against the labels; `dlogits` = scale·gradient.
-    CrossEntropy {
-        classes: usize,
-        logits: Buf,
-        dlogits: Buf,
-        scale: f32,
-        slot: LossSlot,
-    },
-    /// Mean BCE of `probs` against `target`; `dprobs` = scale·gradient. Losses of one slot add up.
-    Bce {
-        probs: Buf,
-        target: Buf,
-        dprobs: Buf,
-        scale: f32,
-        slot: LossSlot,
-    },
-    /// SupCon on normalised `features` (batch × dim); `dfeatures` = scale·gradient.
-    SupCon {
-        dim: usize,
-        features: Buf,
-        dfeatures: Buf,
-        scale: f32,
-        slot: LossSlot,
-        scratch: Buf,
-    },
-    /// Adds `weight` (and `bias`) gradients when the layer's input `x` is given (it is read
-    /// for nothing else, so an input-gradient-only pass does not keep it alive); writes dx
-    /// when asked.
-    ConvBackward {
-        shape: Conv2d,
-        weight: usize,
-        bias: Option<usize>,
-        x: Option<Buf>,
-        dy: Buf,
-        dx: Option<Buf>,
-    },
-    /// Training-mode BN backward; adds γ/β gradients when `weights`; `sums` is 2·c scratch.
-    BnBackward {
-        shape: BatchNorm2d,
-        affine: usize,
-        x: Buf,
-        dy: Buf,
-        dx: Buf,
-        stats: Buf,
-        sums: Buf,
-        weights: bool,
-    },
-    /// dy ← dy·[y > 0] in place (y is the ReLU's output).
-    ReluBackward {
-        y: Buf,
-        dy: Buf,
-    },
-    SigmoidBackward {
-        y: Buf,
-        dy: Buf,
-        dx: Buf,
-    },
-    PoolBackward {
-        channels: usize,
-        hw: usize,
-        dy: Buf,
-        dx: Buf,
-    },
-    /// Overwrites `dx` with the max pool's input gradient; `x` is the pool's input, from
-    /// which each window's winner is found again (no indices are kept).
-    MaxPoolBackward {
-        shape: MaxPool2d,
-        x: Buf,
-        dy: Buf,
-        dx: Buf,
-    },
-    LinearBackward {
-        shape: Linear,
-        weight: usize,
-        bias: usize,
-        x: Buf,
-        dy: Buf,
-        dx: Option<Buf>,
-    },
-    /// Adds the gradient of a resize into the window of `dx`.
-    ResizeBackward {
-        window: Window,
-        dy: Buf,
-        dx: Buf,
-    },
-    L2NormalizeBackward {
-        dim: usize,
-        x: Buf,
-        dy: Buf,
-        dx: Buf,
-    },
-    /// y += x.
-    Add {
-        y: Buf,
-        x: Buf,
-    },
-    /// One SGD step over the parameters `params` (offsets in the parameter region: with
-    /// their gradients and momentum). The schedule emits one per module and parameter
-    /// range, as soon as the module's gradients are final (see
-    /// [`super::Plan::module_params`]).
-    Sgd {
-        params: Buf,
-    },
-    /// Sets loss-record slot `slot` to 1 if any gradient is NaN or infinite, else leaves
-    /// its 0 (the last op of a training step: the host learns of a bad step from the loss
-    /// record it receives anyway, without reading the gradients back).
-    CheckGrads {
-        slot: LossSlot,
-    },
-    /// Hands `buf` to the neighbouring pipeline stage `to` (see [`super::Plan::stage`]):
-    /// a stage's last module's output, or the cascade gradient of its first module's input.
-    Send {
-        buf: Buf,
-        to: Peer,
-    },
-    /// Overwrites `buf` with what the neighbouring stage `from` sends at the matching [`Op::Send`].
-    Recv {
-        buf: Buf,
-        from: Peer,
-    },
+    Zero(Zero),
+    Restore(Restore),
+    Conv(Conv),
+    BnTrain(BnTrain),
+    BnEval(BnEval),
+    BnApply(BnApply),
+    Relu(Relu),
+    AddRelu(AddRelu),
+    Sigmoid(Sigmoid),
+    Pool(Pool),
+    MaxPool(MaxPool),
+    Linear(Linear),
+    Resize(Resize),
+    Crop(Crop),
+    L2Normalize(L2Normalize),
+    CrossEntropy(CrossEntropy),
+    Bce(Bce),
+    SupCon(SupCon),
+    ConvBackward(ConvBackward),
+    BnBackward(BnBackward),
+    ReluBackward(ReluBackward),
+    SigmoidBackward(SigmoidBackward),
+    PoolBackward(PoolBackward),
+    MaxPoolBackward(MaxPoolBackward),
+    LinearBackward(LinearBackward),
+    ResizeBackward(ResizeBackward),
+    L2NormalizeBackward(L2NormalizeBackward),
+    Add(Add),
+    Sgd(Sgd),
+    CheckGrads(CheckGrads),
+    Send(Send),
+    Recv(Recv),
+}
+
+/// Zero `buf`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Zero {
+    pub buf: Buf,
+}
+
+/// `y = x·std[c] + mean[c]`: the de-normalised image the decoders reconstruct.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Restore {
+    pub x: Buf,
+    pub y: Buf,
+    pub channels: usize,
+    pub hw: usize,
+    pub mean: [f32; 4],
+    pub std: [f32; 4],
+}
+
+/// y = conv(x, weight) (+ bias), over every image.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Conv {
+    pub shape: Conv2d,
+    pub weight: usize,
+    pub bias: Option<usize>,
+    pub x: Buf,
+    pub y: Buf,
+}
+
+/// Training-mode BN: batch statistics into `stats` (4·c floats: mean, invstd, then the
+/// raw sums), the running statistics updated `updates` times with them (once per pass the
+/// reference would make through this layer on the same batch; 0 when the forward is
+/// recomputed for a backward, see [`crate::method::Method::recompute`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BnTrain {
+    pub shape: BatchNorm2d,
+    pub affine: usize,
+    pub state: usize,
+    pub x: Buf,
+    pub y: Buf,
+    pub stats: Buf,
+    pub updates: u8,
+}
+
+/// Eval-mode BN with the running statistics (`stats` is scratch for mean, invstd).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BnEval {
+    pub shape: BatchNorm2d,
+    pub affine: usize,
+    pub state: usize,
+    pub x: Buf,
+    pub y: Buf,
+    pub stats: Buf,
+}
+
+/// BN with the batch statistics a [`Op::BnTrain`] left in `stats` (same arithmetic, so the
+/// same bits): recomputes in backward a BN output that the forward did not keep.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BnApply {
+    pub shape: BatchNorm2d,
+    pub affine: usize,
+    pub x: Buf,
+    pub y: Buf,
+    pub stats: Buf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Relu {
+    pub x: Buf,
+}
+
+/// y = relu(y + x): the end of a residual block.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AddRelu {
+    pub y: Buf,
+    pub x: Buf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sigmoid {
+    pub x: Buf,
+    pub y: Buf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pool {
+    pub channels: usize,
+    pub hw: usize,
+    pub x: Buf,
+    pub y: Buf,
+}
+
+/// The ImageNet stem's max pool.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MaxPool {
+    pub shape: MaxPool2d,
+    pub x: Buf,
+    pub y: Buf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Linear {
+    pub shape: ops::Linear,
+    pub weight: usize,
+    pub bias: usize,
+    pub x: Buf,
+    pub y: Buf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Resize {
+    pub window: Window,
+    pub x: Buf,
+    pub y: Buf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Crop {
+    pub window: Window,
+    pub x: Buf,
+    pub y: Buf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct L2Normalize {
+    pub dim: usize,
+    pub x: Buf,
+    pub y: Buf,
+}
+
+/// Mean cross-entropy of `logits` against the labels; `dlogits` = scale·gradient.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CrossEntropy {
+    pub classes: usize,
+    pub logits: Buf,
+    pub dlogits: Buf,
+    pub scale: f32,
+    pub slot: LossSlot,
+}
+
+/// Mean BCE of `probs` against `target`; `dprobs` = scale·gradient. Losses of one slot add up.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bce {
+    pub probs: Buf,
+    pub target: Buf,
+    pub dprobs: Buf,
+    pub scale: f32,
+    pub slot: LossSlot,
+}
+
+/// SupCon on normalised `features` (batch × dim); `dfeatures` = scale·gradient.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SupCon {
+    pub dim: usize,
+    pub features: Buf,
+    pub dfeatures: Buf,
+    pub scale: f32,
+    pub slot: LossSlot,
+    pub scratch: Buf,
+}
+
+/// Adds `weight` (and `bias`) gradients when the layer's input `x` is given (it is read
+/// for nothing else, so an input-gradient-only pass does not keep it alive); writes dx
+/// when asked.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ConvBackward {
+    pub shape: Conv2d,
+    pub weight: usize,
+    pub bias: Option<usize>,
+    pub x: Option<Buf>,
+    pub dy: Buf,
+    pub dx: Option<Buf>,
+}
+
+/// Training-mode BN backward; adds γ/β gradients when `weights`; `sums` is 2·c scratch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BnBackward {
+    pub shape: BatchNorm2d,
+    pub affine: usize,
+    pub x: Buf,
+    pub dy: Buf,
+    pub dx: Buf,
+    pub stats: Buf,
+    pub sums: Buf,
+    pub weights: bool,
+}
+
+/// `dy ← dy·[y > 0]` in place (y is the ReLU's output).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReluBackward {
+    pub y: Buf,
+    pub dy: Buf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SigmoidBackward {
+    pub y: Buf,
+    pub dy: Buf,
+    pub dx: Buf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PoolBackward {
+    pub channels: usize,
+    pub hw: usize,
+    pub dy: Buf,
+    pub dx: Buf,
+}
+
+/// Overwrites `dx` with the max pool's input gradient; `x` is the pool's input, from
+/// which each window's winner is found again (no indices are kept).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MaxPoolBackward {
+    pub shape: MaxPool2d,
+    pub x: Buf,
+    pub dy: Buf,
+    pub dx: Buf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinearBackward {
+    pub shape: ops::Linear,
+    pub weight: usize,
+    pub bias: usize,
+    pub x: Buf,
+    pub dy: Buf,
+    pub dx: Option<Buf>,
+}
+
+/// Adds the gradient of a resize into the window of `dx`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ResizeBackward {
+    pub window: Window,
+    pub dy: Buf,
+    pub dx: Buf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct L2NormalizeBackward {
+    pub dim: usize,
+    pub x: Buf,
+    pub dy: Buf,
+    pub dx: Buf,
+}
+
+/// y += x.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Add {
+    pub y: Buf,
+    pub x: Buf,
+}
+
+/// One SGD step over the parameters `params` (offsets in the parameter region: with
+/// their gradients and momentum). The schedule emits one per module and parameter
+/// range, as soon as the module's gradients are final (see
+/// [`super::Plan::module_params`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sgd {
+    pub params: Buf,
+}
+
+/// Sets loss-record slot `slot` to 1 if any gradient is NaN or infinite, else leaves
+/// its 0 (the last op of a training step: the host learns of a bad step from the loss
+/// record it receives anyway, without reading the gradients back).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CheckGrads {
+    pub slot: LossSlot,
+}
+
+/// Hands `buf` to the neighbouring pipeline stage `to` (see [`super::Plan::stage`]):
+/// a stage's last module's output, or the cascade gradient of its first module's input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Send {
+    pub buf: Buf,
+    pub to: Peer,
+}
+
+/// Overwrites `buf` with what the neighbouring stage `from` sends at the matching [`Op::Send`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Recv {
+    pub buf: Buf,
+    pub from: Peer,
 }
 
 /// A neighbouring pipeline stage.
@@ -280,38 +381,38 @@ impl Op {
     pub const fn name(&self) -> &'static str {
         match self {
             Op::BeginStep => "begin_step",
-            Op::Zero { .. } => "zero",
-            Op::Restore { .. } => "restore",
-            Op::Conv { .. } => "conv",
-            Op::BnTrain { .. } => "bn_train",
-            Op::BnEval { .. } => "bn_eval",
-            Op::BnApply { .. } => "bn_apply",
-            Op::Relu { .. } => "relu",
-            Op::AddRelu { .. } => "add_relu",
-            Op::Sigmoid { .. } => "sigmoid",
-            Op::Pool { .. } => "pool",
-            Op::MaxPool { .. } => "max_pool",
-            Op::Linear { .. } => "linear",
-            Op::Resize { .. } => "resize",
-            Op::Crop { .. } => "crop",
-            Op::L2Normalize { .. } => "l2_normalize",
-            Op::CrossEntropy { .. } => "cross_entropy",
-            Op::Bce { .. } => "bce",
-            Op::SupCon { .. } => "supcon",
-            Op::ConvBackward { .. } => "conv_backward",
-            Op::BnBackward { .. } => "bn_backward",
-            Op::ReluBackward { .. } => "relu_backward",
-            Op::SigmoidBackward { .. } => "sigmoid_backward",
-            Op::PoolBackward { .. } => "pool_backward",
-            Op::MaxPoolBackward { .. } => "max_pool_backward",
-            Op::LinearBackward { .. } => "linear_backward",
-            Op::ResizeBackward { .. } => "resize_backward",
-            Op::L2NormalizeBackward { .. } => "l2_normalize_backward",
-            Op::Add { .. } => "add",
-            Op::Sgd { .. } => "sgd",
-            Op::CheckGrads { .. } => "check_grads",
-            Op::Send { .. } => "send",
-            Op::Recv { .. } => "recv",
+            Op::Zero(_) => "zero",
+            Op::Restore(_) => "restore",
+            Op::Conv(_) => "conv",
+            Op::BnTrain(_) => "bn_train",
+            Op::BnEval(_) => "bn_eval",
+            Op::BnApply(_) => "bn_apply",
+            Op::Relu(_) => "relu",
+            Op::AddRelu(_) => "add_relu",
+            Op::Sigmoid(_) => "sigmoid",
+            Op::Pool(_) => "pool",
+            Op::MaxPool(_) => "max_pool",
+            Op::Linear(_) => "linear",
+            Op::Resize(_) => "resize",
+            Op::Crop(_) => "crop",
+            Op::L2Normalize(_) => "l2_normalize",
+            Op::CrossEntropy(_) => "cross_entropy",
+            Op::Bce(_) => "bce",
+            Op::SupCon(_) => "supcon",
+            Op::ConvBackward(_) => "conv_backward",
+            Op::BnBackward(_) => "bn_backward",
+            Op::ReluBackward(_) => "relu_backward",
+            Op::SigmoidBackward(_) => "sigmoid_backward",
+            Op::PoolBackward(_) => "pool_backward",
+            Op::MaxPoolBackward(_) => "max_pool_backward",
+            Op::LinearBackward(_) => "linear_backward",
+            Op::ResizeBackward(_) => "resize_backward",
+            Op::L2NormalizeBackward(_) => "l2_normalize_backward",
+            Op::Add(_) => "add",
+            Op::Sgd(_) => "sgd",
+            Op::CheckGrads(_) => "check_grads",
+            Op::Send(_) => "send",
+            Op::Recv(_) => "recv",
         }
     }
 
@@ -320,51 +421,51 @@ impl Op {
     pub fn for_each_buf(&self, mut f: impl FnMut(&'static str, Access, Buf)) {
         use Access::{Read as R, Update as U, Write as W};
         match *self {
-            Op::BeginStep | Op::Sgd { .. } | Op::CheckGrads { .. } => {}
-            Op::Zero { buf } | Op::Recv { buf, .. } => f("buf", W, buf),
-            Op::Send { buf, .. } => f("buf", R, buf),
-            Op::Relu { x } => f("x", U, x),
-            Op::Restore { x, y, .. }
-            | Op::Conv { x, y, .. }
-            | Op::Sigmoid { x, y }
-            | Op::Pool { x, y, .. }
-            | Op::MaxPool { x, y, .. }
-            | Op::Linear { x, y, .. }
-            | Op::Resize { x, y, .. }
-            | Op::Crop { x, y, .. }
-            | Op::L2Normalize { x, y, .. } => {
+            Op::BeginStep | Op::Sgd(_) | Op::CheckGrads(_) => {}
+            Op::Zero(Zero { buf }) | Op::Recv(Recv { buf, .. }) => f("buf", W, buf),
+            Op::Send(Send { buf, .. }) => f("buf", R, buf),
+            Op::Relu(Relu { x }) => f("x", U, x),
+            Op::Restore(Restore { x, y, .. })
+            | Op::Conv(Conv { x, y, .. })
+            | Op::Sigmoid(Sigmoid { x, y })
+            | Op::Pool(Pool { x, y, .. })
+            | Op::MaxPool(MaxPool { x, y, .. })
+            | Op::Linear(Linear { x, y, .. })
+            | Op::Resize(Resize { x, y, .. })
+            | Op::Crop(Crop { x, y, .. })
+            | Op::L2Normalize(L2Normalize { x, y, .. }) => {
                 f("x", R, x);
                 f("y", W, y);
             }
-            Op::AddRelu { y, x } | Op::Add { y, x } => {
+            Op::AddRelu(AddRelu { y, x }) | Op::Add(Add { y, x }) => {
                 f("x", R, x);
                 f("y", U, y);
             }
-            Op::BnTrain { x, y, stats, .. } | Op::BnEval { x, y, stats, .. } => {
+            Op::BnTrain(BnTrain { x, y, stats, .. }) | Op::BnEval(BnEval { x, y, stats, .. }) => {
                 f("x", R, x);
                 f("stats", W, stats);
                 f("y", W, y);
             }
-            Op::BnApply { x, y, stats, .. } => {
+            Op::BnApply(BnApply { x, y, stats, .. }) => {
                 f("x", R, x);
                 f("stats", R, stats);
                 f("y", W, y);
             }
-            Op::CrossEntropy { logits, dlogits, .. } => {
+            Op::CrossEntropy(CrossEntropy { logits, dlogits, .. }) => {
                 f("logits", R, logits);
                 f("dlogits", W, dlogits);
             }
-            Op::Bce { probs, target, dprobs, .. } => {
+            Op::Bce(Bce { probs, target, dprobs, .. }) => {
                 f("probs", R, probs);
                 f("target", R, target);
                 f("dprobs", W, dprobs);
             }
-            Op::SupCon { features, dfeatures, scratch, .. } => {
+            Op::SupCon(SupCon { features, dfeatures, scratch, .. }) => {
                 f("features", R, features);
                 f("scratch", W, scratch);
                 f("dfeatures", W, dfeatures);
             }
-            Op::ConvBackward { x, dy, dx, .. } => {
+            Op::ConvBackward(ConvBackward { x, dy, dx, .. }) => {
                 if let Some(x) = x {
                     f("x", R, x);
                 }
@@ -373,39 +474,40 @@ impl Op {
                     f("dx", W, dx);
                 }
             }
-            Op::LinearBackward { x, dy, dx, .. } => {
+            Op::LinearBackward(LinearBackward { x, dy, dx, .. }) => {
                 f("x", R, x);
                 f("dy", R, dy);
                 if let Some(dx) = dx {
                     f("dx", W, dx);
                 }
             }
-            Op::MaxPoolBackward { x, dy, dx, .. } => {
+            Op::MaxPoolBackward(MaxPoolBackward { x, dy, dx, .. }) => {
                 f("x", R, x);
                 f("dy", R, dy);
                 f("dx", W, dx);
             }
-            Op::BnBackward { x, dy, dx, stats, sums, .. } => {
+            Op::BnBackward(BnBackward { x, dy, dx, stats, sums, .. }) => {
                 f("x", R, x);
                 f("dy", R, dy);
                 f("stats", R, stats);
                 f("sums", W, sums);
                 f("dx", W, dx);
             }
-            Op::ReluBackward { y, dy } => {
+            Op::ReluBackward(ReluBackward { y, dy }) => {
                 f("y", R, y);
                 f("dy", U, dy);
             }
-            Op::SigmoidBackward { y, dy, dx } | Op::L2NormalizeBackward { x: y, dy, dx, .. } => {
-                f(if matches!(self, Op::SigmoidBackward { .. }) { "y" } else { "x" }, R, y);
+            Op::SigmoidBackward(SigmoidBackward { y, dy, dx })
+            | Op::L2NormalizeBackward(L2NormalizeBackward { x: y, dy, dx, .. }) => {
+                f(if matches!(self, Op::SigmoidBackward(_)) { "y" } else { "x" }, R, y);
                 f("dy", R, dy);
                 f("dx", W, dx);
             }
-            Op::PoolBackward { dy, dx, .. } => {
+            Op::PoolBackward(PoolBackward { dy, dx, .. }) => {
                 f("dy", R, dy);
                 f("dx", W, dx);
             }
-            Op::ResizeBackward { dy, dx, .. } => {
+            Op::ResizeBackward(ResizeBackward { dy, dx, .. }) => {
                 f("dy", R, dy);
                 f("dx", U, dx);
             }
@@ -420,21 +522,22 @@ impl Op {
     pub fn for_each_param(&self, mut f: impl FnMut(Buf)) {
         let mut at = |off: usize, len: usize| f(Buf { off, len });
         match *self {
-            Op::Conv { shape, weight, bias, .. } | Op::ConvBackward { shape, weight, bias, .. } => {
+            Op::Conv(Conv { shape, weight, bias, .. }) | Op::ConvBackward(ConvBackward { shape, weight, bias, .. }) => {
                 at(weight, shape.weight_len());
                 if let Some(b) = bias {
                     at(b, shape.c_out);
                 }
             }
-            Op::BnTrain { shape, affine, .. }
-            | Op::BnEval { shape, affine, .. }
-            | Op::BnApply { shape, affine, .. }
-            | Op::BnBackward { shape, affine, .. } => at(affine, 2 * shape.c),
-            Op::Linear { shape, weight, bias, .. } | Op::LinearBackward { shape, weight, bias, .. } => {
+            Op::BnTrain(BnTrain { shape, affine, .. })
+            | Op::BnEval(BnEval { shape, affine, .. })
+            | Op::BnApply(BnApply { shape, affine, .. })
+            | Op::BnBackward(BnBackward { shape, affine, .. }) => at(affine, 2 * shape.c),
+            Op::Linear(Linear { shape, weight, bias, .. })
+            | Op::LinearBackward(LinearBackward { shape, weight, bias, .. }) => {
                 at(weight, shape.in_f * shape.out_f);
                 at(bias, shape.out_f);
             }
-            Op::Sgd { params } => f(params),
+            Op::Sgd(Sgd { params }) => f(params),
             _ => {}
         }
     }
@@ -444,20 +547,20 @@ impl Op {
     /// `state`: from the whole model's layout to a pipeline stage's.
     pub fn relocate(&mut self, param: impl Fn(usize) -> usize, state: impl Fn(usize) -> usize) {
         match self {
-            Op::Conv { weight, bias, .. } | Op::ConvBackward { weight, bias, .. } => {
+            Op::Conv(Conv { weight, bias, .. }) | Op::ConvBackward(ConvBackward { weight, bias, .. }) => {
                 *weight = param(*weight);
                 *bias = bias.map(&param);
             }
-            Op::BnTrain { affine, state: s, .. } | Op::BnEval { affine, state: s, .. } => {
+            Op::BnTrain(BnTrain { affine, state: s, .. }) | Op::BnEval(BnEval { affine, state: s, .. }) => {
                 *affine = param(*affine);
                 *s = state(*s);
             }
-            Op::BnApply { affine, .. } | Op::BnBackward { affine, .. } => *affine = param(*affine),
-            Op::Linear { weight, bias, .. } | Op::LinearBackward { weight, bias, .. } => {
+            Op::BnApply(BnApply { affine, .. }) | Op::BnBackward(BnBackward { affine, .. }) => *affine = param(*affine),
+            Op::Linear(Linear { weight, bias, .. }) | Op::LinearBackward(LinearBackward { weight, bias, .. }) => {
                 *weight = param(*weight);
                 *bias = param(*bias);
             }
-            Op::Sgd { params } => params.off = param(params.off),
+            Op::Sgd(Sgd { params }) => params.off = param(params.off),
             _ => {}
         }
     }

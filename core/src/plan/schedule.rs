@@ -14,7 +14,7 @@
 //! - an eval pass keeps only the current block's input, output and two temporaries.
 
 use super::layout::{BlockP, BnP, DecoderP, HeadP};
-use super::op::{Buf, LossKind, LossSlot, Op, Peer};
+use super::op::{self, Buf, LossKind, LossSlot, Op, Peer};
 use super::{AuxNet, Plan};
 use crate::method::{Family, Levels};
 use crate::ops::Window;
@@ -142,11 +142,14 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     }
 
     fn op(&mut self, mut op: Op) {
-        if let Op::Conv { shape: s, .. } | Op::ConvBackward { shape: s, .. } = op {
+        if let Op::Conv(op::Conv { shape: s, .. }) | Op::ConvBackward(op::ConvBackward { shape: s, .. }) = op {
             self.scratch = self.scratch.max(s.scratch_len());
         }
         let share = self.plan.micro.share;
-        if let Op::CrossEntropy { scale, .. } | Op::Bce { scale, .. } | Op::SupCon { scale, .. } = &mut op {
+        if let Op::CrossEntropy(op::CrossEntropy { scale, .. })
+        | Op::Bce(op::Bce { scale, .. })
+        | Op::SupCon(op::SupCon { scale, .. }) = &mut op
+        {
             *scale *= share;
         }
         let stage = self.plan.stage;
@@ -162,7 +165,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
 
     fn zeroed(&mut self, len: usize) -> Buf {
         let b = self.alloc(len);
-        self.op(Op::Zero { buf: b });
+        self.op(Op::Zero(op::Zero { buf: b }));
         b
     }
 
@@ -183,7 +186,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let first = self.plan.stage.first;
         (first > 0).then(|| {
             let x = self.alloc(self.out_len(first - 1));
-            self.op(Op::Recv { buf: x, from: Peer::Prev });
+            self.op(Op::Recv(op::Recv { buf: x, from: Peer::Prev }));
             x
         })
     }
@@ -233,15 +236,15 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let sp = self.plan.stem();
         let mark = self.top;
         let h = self.alloc(self.stem_conv_len());
-        self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h });
+        self.op(Op::Conv(op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h }));
         let r = if sp.pool.is_some() { self.alloc(h.len) } else { a };
         match mode {
             Some(mode) => self.bn_fwd(sp.bn, h, r, s.st, mode),
-            None => self.op(Op::BnApply { shape: sp.bn.s, affine: sp.bn.p, x: h, y: r, stats: s.st }),
+            None => self.op(Op::BnApply(op::BnApply { shape: sp.bn.s, affine: sp.bn.p, x: h, y: r, stats: s.st })),
         }
-        self.op(Op::Relu { x: r });
+        self.op(Op::Relu(op::Relu { x: r }));
         if let Some(pool) = sp.pool {
-            self.op(Op::MaxPool { shape: pool, x: r, y: a });
+            self.op(Op::MaxPool(op::MaxPool { shape: pool, x: r, y: a }));
         }
         self.top = mark;
     }
@@ -280,11 +283,11 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let hl = self.stem_conv_len();
         let (h, dh) = match sp.pool {
             None => {
-                self.op(Op::ReluBackward { y: a, dy: dout });
+                self.op(Op::ReluBackward(op::ReluBackward { y: a, dy: dout }));
                 self.top = self.reuse_or_top(room, 2 * hl + 2 * sp.bn.s.c);
                 // The conv output again, for the BN's backward.
                 let h = self.alloc(hl);
-                self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h });
+                self.op(Op::Conv(op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h }));
                 (h, (dout, self.alloc(hl)))
             }
             Some(pool) => {
@@ -293,28 +296,44 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 // gradient then goes over the ReLU output, dead by then.
                 self.top = self.reuse_or_top(room, 3 * hl + 2 * sp.bn.s.c);
                 let h = self.alloc(hl);
-                self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h });
+                self.op(Op::Conv(op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h }));
                 let r = self.alloc(hl);
-                self.op(Op::BnApply { shape: sp.bn.s, affine: sp.bn.p, x: h, y: r, stats: s.st });
-                self.op(Op::Relu { x: r });
+                self.op(Op::BnApply(op::BnApply { shape: sp.bn.s, affine: sp.bn.p, x: h, y: r, stats: s.st }));
+                self.op(Op::Relu(op::Relu { x: r }));
                 let dr = self.alloc(hl);
-                self.op(Op::MaxPoolBackward { shape: pool, x: r, dy: dout, dx: dr });
-                self.op(Op::ReluBackward { y: r, dy: dr });
+                self.op(Op::MaxPoolBackward(op::MaxPoolBackward { shape: pool, x: r, dy: dout, dx: dr }));
+                self.op(Op::ReluBackward(op::ReluBackward { y: r, dy: dr }));
                 (h, (dr, r))
             }
         };
         let (dy, dx) = dh;
         let sums = self.alloc(2 * sp.bn.s.c);
-        self.op(Op::BnBackward { shape: sp.bn.s, affine: sp.bn.p, x: h, dy, dx, stats: s.st, sums, weights: true });
-        self.op(Op::ConvBackward { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: Some(img), dy: dx, dx: None });
+        self.op(Op::BnBackward(op::BnBackward {
+            shape: sp.bn.s,
+            affine: sp.bn.p,
+            x: h,
+            dy,
+            dx,
+            stats: s.st,
+            sums,
+            weights: true,
+        }));
+        self.op(Op::ConvBackward(op::ConvBackward {
+            shape: sp.conv.s,
+            weight: sp.conv.w,
+            bias: None,
+            x: Some(img),
+            dy: dx,
+            dx: None,
+        }));
         self.top = mark;
     }
 
     fn bn_fwd(&mut self, bn: super::BnP, x: Buf, y: Buf, stats: Buf, mode: Fwd) {
         let (s, p, state) = (bn.s, bn.p, bn.state + self.plan.state_off());
         self.op(match mode {
-            Fwd::Train(updates) => Op::BnTrain { shape: s, affine: p, state, x, y, stats, updates },
-            Fwd::Eval => Op::BnEval { shape: s, affine: p, state, x, y, stats },
+            Fwd::Train(updates) => Op::BnTrain(op::BnTrain { shape: s, affine: p, state, x, y, stats, updates }),
+            Fwd::Eval => Op::BnEval(op::BnEval { shape: s, affine: p, state, x, y, stats }),
         });
     }
 
@@ -348,11 +367,11 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let mut inp = a.x;
         for l in 0..bp.layers {
             let c = bp.convs[l];
-            self.op(Op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: a.h[l] });
+            self.op(Op::Conv(op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: a.h[l] }));
             if l + 1 < bp.layers {
                 let r = Buf { off: tmp.off, len: a.h[l].len };
                 self.bn_fwd(bp.bns[l], a.h[l], r, a.st[l], mode);
-                self.op(Op::Relu { x: r });
+                self.op(Op::Relu(op::Relu { x: r }));
                 inp = r;
             } else {
                 self.bn_fwd(bp.bns[l], a.h[l], a.out, a.st[l], mode);
@@ -361,11 +380,11 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         match (bp.downsample, a.ds) {
             (Some((c, bn)), Some((hd, sd))) => {
                 let od = Buf { off: tmp.off, len: a.out.len };
-                self.op(Op::Conv { shape: c.s, weight: c.w, bias: None, x: a.x, y: hd });
+                self.op(Op::Conv(op::Conv { shape: c.s, weight: c.w, bias: None, x: a.x, y: hd }));
                 self.bn_fwd(bn, hd, od, sd, mode);
-                self.op(Op::AddRelu { y: a.out, x: od });
+                self.op(Op::AddRelu(op::AddRelu { y: a.out, x: od }));
             }
-            _ => self.op(Op::AddRelu { y: a.out, x: a.x }),
+            _ => self.op(Op::AddRelu(op::AddRelu { y: a.out, x: a.x })),
         }
         self.top = mark;
     }
@@ -420,13 +439,13 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             Dx::Temp(len) if on_top || t2.off + len <= self.top => Some(Buf { off: t2.off, len }),
             Dx::Temp(len) => Some(Buf { off: mark.max(self.top), len }),
         };
-        self.op(Op::ReluBackward { y: a.out, dy: dout });
+        self.op(Op::ReluBackward(op::ReluBackward { y: a.out, dy: dout }));
         // The shortcut first: dx may overlay this block's values, which it reads.
         let shortcut = match (bp.downsample, a.ds) {
             (Some((c, bn)), Some((hd, sd))) => {
                 let dh = Buf { off: t1.off, len: hd.len };
                 let sums_d = Buf { off: sums.off, len: 2 * bn.s.c };
-                self.op(Op::BnBackward {
+                self.op(Op::BnBackward(op::BnBackward {
                     shape: bn.s,
                     affine: bn.p,
                     x: hd,
@@ -435,16 +454,16 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                     stats: sd,
                     sums: sums_d,
                     weights,
-                });
+                }));
                 let tmp = dx.map(|d| Buf { off: sc.off, len: d.len });
-                self.op(Op::ConvBackward {
+                self.op(Op::ConvBackward(op::ConvBackward {
                     shape: c.s,
                     weight: c.w,
                     bias: None,
                     x: weights.then_some(a.x),
                     dy: dh,
                     dx: tmp,
-                });
+                }));
                 tmp
             }
             _ => dx.map(|_| dout),
@@ -454,7 +473,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let bn = bp.bns[l];
             let dh = Buf { off: t1.off, len: a.h[l].len };
             let sums_l = Buf { off: sums.off, len: 2 * bn.s.c };
-            self.op(Op::BnBackward {
+            self.op(Op::BnBackward(op::BnBackward {
                 shape: bn.s,
                 affine: bn.p,
                 x: a.h[l],
@@ -463,7 +482,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 stats: a.st[l],
                 sums: sums_l,
                 weights,
-            });
+            }));
             let c = bp.convs[l];
             if l > 0 {
                 let len = a.h[l - 1].len;
@@ -471,28 +490,42 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 if weights {
                     let r = Buf { off: if overlay { a.h[l].off } else { ra.off }, len };
                     self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
-                    self.op(Op::ConvBackward { shape: c.s, weight: c.w, bias: None, x: Some(r), dy: dh, dx: Some(da) });
-                    self.op(Op::ReluBackward { y: r, dy: da });
+                    self.op(Op::ConvBackward(op::ConvBackward {
+                        shape: c.s,
+                        weight: c.w,
+                        bias: None,
+                        x: Some(r),
+                        dy: dh,
+                        dx: Some(da),
+                    }));
+                    self.op(Op::ReluBackward(op::ReluBackward { y: r, dy: da }));
                 } else {
-                    self.op(Op::ConvBackward { shape: c.s, weight: c.w, bias: None, x: None, dy: dh, dx: Some(da) });
+                    self.op(Op::ConvBackward(op::ConvBackward {
+                        shape: c.s,
+                        weight: c.w,
+                        bias: None,
+                        x: None,
+                        dy: dh,
+                        dx: Some(da),
+                    }));
                     let r = Buf { off: t1.off, len };
                     self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
-                    self.op(Op::ReluBackward { y: r, dy: da });
+                    self.op(Op::ReluBackward(op::ReluBackward { y: r, dy: da }));
                 }
                 dcur = da;
             } else {
-                self.op(Op::ConvBackward {
+                self.op(Op::ConvBackward(op::ConvBackward {
                     shape: c.s,
                     weight: c.w,
                     bias: None,
                     x: weights.then_some(a.x),
                     dy: dh,
                     dx,
-                });
+                }));
             }
         }
         if let (Some(d), Some(s)) = (dx, shortcut) {
-            self.op(Op::Add { y: d, x: s });
+            self.op(Op::Add(op::Add { y: d, x: s }));
         }
         if let Some(d) = dx {
             self.peak = self.peak.max(d.end() - self.plan.act_off());
@@ -621,21 +654,21 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let mut inp = x;
         for (i, &(h, st)) in saved.iter().enumerate().take(hp.n_convs) {
             let (c, bn) = hp.convs[i];
-            self.op(Op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: h });
+            self.op(Op::Conv(op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: h }));
             inp = Buf { off: r.off, len: h.len };
             self.bn_fwd(bn, h, inp, st, TRAIN);
-            self.op(Op::Relu { x: inp });
+            self.op(Op::Relu(op::Relu { x: inp }));
         }
-        self.op(Op::Pool { channels: hp.pool_c, hw: hp.pool_hw, x: inp, y: pooled });
+        self.op(Op::Pool(op::Pool { channels: hp.pool_c, hw: hp.pool_hw, x: inp, y: pooled }));
         self.top = fwd_tmp;
         let mut outs = [NONE; 3];
         let mut lin_in = pooled;
         for i in 0..hp.n_linears {
             let l = hp.linears[i];
             outs[i] = self.alloc(n * l.s.out_f);
-            self.op(Op::Linear { shape: l.s, weight: l.w, bias: l.b, x: lin_in, y: outs[i] });
+            self.op(Op::Linear(op::Linear { shape: l.s, weight: l.w, bias: l.b, x: lin_in, y: outs[i] }));
             if i + 1 < hp.n_linears {
-                self.op(Op::Relu { x: outs[i] });
+                self.op(Op::Relu(op::Relu { x: outs[i] }));
             }
             lin_in = outs[i];
         }
@@ -646,28 +679,35 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let f = self.alloc(logits.len);
             let df = self.alloc(logits.len);
             let scratch = self.alloc(crate::loss::supcon_scratch_len(n));
-            self.op(Op::L2Normalize { dim: d, x: logits, y: f });
-            self.op(Op::SupCon { dim: d, features: f, dfeatures: df, scale, slot, scratch });
-            self.op(Op::L2NormalizeBackward { dim: d, x: logits, dy: df, dx: dl });
+            self.op(Op::L2Normalize(op::L2Normalize { dim: d, x: logits, y: f }));
+            self.op(Op::SupCon(op::SupCon { dim: d, features: f, dfeatures: df, scale, slot, scratch }));
+            self.op(Op::L2NormalizeBackward(op::L2NormalizeBackward { dim: d, x: logits, dy: df, dx: dl }));
         } else {
-            self.op(Op::CrossEntropy { classes: d, logits, dlogits: dl, scale, slot });
+            self.op(Op::CrossEntropy(op::CrossEntropy { classes: d, logits, dlogits: dl, scale, slot }));
         }
         let mut dcur = dl;
         for i in (0..hp.n_linears).rev() {
             let l = hp.linears[i];
             let xin = if i == 0 { pooled } else { outs[i - 1] };
             let dxi = self.alloc(xin.len);
-            self.op(Op::LinearBackward { shape: l.s, weight: l.w, bias: l.b, x: xin, dy: dcur, dx: Some(dxi) });
+            self.op(Op::LinearBackward(op::LinearBackward {
+                shape: l.s,
+                weight: l.w,
+                bias: l.b,
+                x: xin,
+                dy: dcur,
+                dx: Some(dxi),
+            }));
             if i > 0 {
-                self.op(Op::ReluBackward { y: outs[i - 1], dy: dxi });
+                self.op(Op::ReluBackward(op::ReluBackward { y: outs[i - 1], dy: dxi }));
             }
             dcur = dxi;
         }
         let dpool = dcur;
         if hp.n_convs == 0 {
             let dp = self.alloc(x.len);
-            self.op(Op::PoolBackward { channels: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dp });
-            self.op(Op::Add { y: dacc, x: dp });
+            self.op(Op::PoolBackward(op::PoolBackward { channels: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dp }));
+            self.op(Op::Add(op::Add { y: dacc, x: dp }));
             self.top = mark;
             return;
         }
@@ -683,15 +723,15 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let last = hp.n_convs - 1;
         self.relu_recompute(hp.convs[last].1, saved[last], Buf { off: r.off, len: saved[last].0.len });
         let mut dcur = Buf { off: g.off, len: saved[last].0.len };
-        self.op(Op::PoolBackward { channels: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dcur });
+        self.op(Op::PoolBackward(op::PoolBackward { channels: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dcur }));
         for i in (0..hp.n_convs).rev() {
             let (c, bn) = hp.convs[i];
             let (h, st) = saved[i];
             let a = Buf { off: r.off, len: h.len };
-            self.op(Op::ReluBackward { y: a, dy: dcur });
+            self.op(Op::ReluBackward(op::ReluBackward { y: a, dy: dcur }));
             let dhi = Buf { off: dh.off, len: h.len };
             let sums_i = Buf { off: sums.off, len: 2 * bn.s.c };
-            self.op(Op::BnBackward {
+            self.op(Op::BnBackward(op::BnBackward {
                 shape: bn.s,
                 affine: bn.p,
                 x: h,
@@ -700,7 +740,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 stats: st,
                 sums: sums_i,
                 weights: true,
-            });
+            }));
             let xin = if i == 0 {
                 x
             } else {
@@ -709,16 +749,23 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 below
             };
             dcur = if i == 0 { dx } else { Buf { off: g.off, len: xin.len } };
-            self.op(Op::ConvBackward { shape: c.s, weight: c.w, bias: None, x: Some(xin), dy: dhi, dx: Some(dcur) });
+            self.op(Op::ConvBackward(op::ConvBackward {
+                shape: c.s,
+                weight: c.w,
+                bias: None,
+                x: Some(xin),
+                dy: dhi,
+                dx: Some(dcur),
+            }));
         }
-        self.op(Op::Add { y: dacc, x: dcur });
+        self.op(Op::Add(op::Add { y: dacc, x: dcur }));
         self.top = mark;
     }
 
     /// Recomputes a BN–ReLU output into `y` from the BN input and batch statistics kept by the forward.
     fn relu_recompute(&mut self, bn: BnP, (h, st): (Buf, Buf), y: Buf) {
-        self.op(Op::BnApply { shape: bn.s, affine: bn.p, x: h, y, stats: st });
-        self.op(Op::Relu { x: y });
+        self.op(Op::BnApply(op::BnApply { shape: bn.s, affine: bn.p, x: h, y, stats: st }));
+        self.op(Op::Relu(op::Relu { x: y }));
     }
 
     /// The decoder loss of module `j` on its output `x`, by the method's kind of decoder.
@@ -753,44 +800,44 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let (x0, x1) = (c * h / gn, (c + 1) * h / gn);
                 let win = Window { c: dp.c, h, w: h, y0, x0, ph: y1 - y0, pw: x1 - x0, oh: po, ow: po };
                 let rs = self.alloc(n * dp.c * po * po);
-                self.op(Op::Resize { window: win, x, y: rs });
+                self.op(Op::Resize(op::Resize { window: win, x, y: rs }));
                 let mid = n * bn.s.c * po * po;
                 let a1 = self.alloc(mid);
                 let h1 = self.alloc(mid);
                 let st = self.alloc(4 * bn.s.c);
-                self.op(Op::Conv { shape: ca.s, weight: ca.w, bias: ca.b, x: rs, y: h1 });
+                self.op(Op::Conv(op::Conv { shape: ca.s, weight: ca.w, bias: ca.b, x: rs, y: h1 }));
                 self.bn_fwd(bn, h1, a1, st, TRAIN);
-                self.op(Op::Relu { x: a1 });
+                self.op(Op::Relu(op::Relu { x: a1 }));
                 // Each value takes the place of one that is dead by the time it is written:
                 // the target and dh2 that of h2, da1 that of o and the BCE gradient, dh1 that
                 // of a1, and the resize gradient that of the resized input.
                 let olen = n * ci * po * po;
                 let h2 = self.alloc(olen);
                 let o = self.alloc(olen);
-                self.op(Op::Conv { shape: cb.s, weight: cb.w, bias: cb.b, x: a1, y: h2 });
-                self.op(Op::Sigmoid { x: h2, y: o });
+                self.op(Op::Conv(op::Conv { shape: cb.s, weight: cb.w, bias: cb.b, x: a1, y: h2 }));
+                self.op(Op::Sigmoid(op::Sigmoid { x: h2, y: o }));
                 let t = h2;
                 let twin = Window { c: ci, h: image, w: image, y0: r * po, x0: c * po, ph: po, pw: po, oh: po, ow: po };
                 let dout = self.alloc(olen);
-                self.op(Op::Crop { window: twin, x: img, y: dout });
+                self.op(Op::Crop(op::Crop { window: twin, x: img, y: dout }));
                 let (mean, std) = (self.plan.mean, self.plan.std);
-                self.op(Op::Restore { x: dout, y: t, channels: ci, hw: po * po, mean, std });
-                self.op(Op::Bce { probs: o, target: t, dprobs: dout, scale, slot });
+                self.op(Op::Restore(op::Restore { x: dout, y: t, channels: ci, hw: po * po, mean, std }));
+                self.op(Op::Bce(op::Bce { probs: o, target: t, dprobs: dout, scale, slot }));
                 let dh2 = h2;
-                self.op(Op::SigmoidBackward { y: o, dy: dout, dx: dh2 });
+                self.op(Op::SigmoidBackward(op::SigmoidBackward { y: o, dy: dout, dx: dh2 }));
                 let da1 = self.alloc_at(o.off, mid);
-                self.op(Op::ConvBackward {
+                self.op(Op::ConvBackward(op::ConvBackward {
                     shape: cb.s,
                     weight: cb.w,
                     bias: cb.b,
                     x: Some(a1),
                     dy: dh2,
                     dx: Some(da1),
-                });
-                self.op(Op::ReluBackward { y: a1, dy: da1 });
+                }));
+                self.op(Op::ReluBackward(op::ReluBackward { y: a1, dy: da1 }));
                 let dh1 = a1;
                 let sums = self.alloc_at(da1.end(), 2 * bn.s.c);
-                self.op(Op::BnBackward {
+                self.op(Op::BnBackward(op::BnBackward {
                     shape: bn.s,
                     affine: bn.p,
                     x: h1,
@@ -799,13 +846,27 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                     stats: st,
                     sums,
                     weights: true,
-                });
+                }));
                 // Weight gradients first, so that the resize gradient (as large as the
                 // resized input, the decoder's largest values) can take the input's place.
-                self.op(Op::ConvBackward { shape: ca.s, weight: ca.w, bias: ca.b, x: Some(rs), dy: dh1, dx: None });
+                self.op(Op::ConvBackward(op::ConvBackward {
+                    shape: ca.s,
+                    weight: ca.w,
+                    bias: ca.b,
+                    x: Some(rs),
+                    dy: dh1,
+                    dx: None,
+                }));
                 let drs = rs;
-                self.op(Op::ConvBackward { shape: ca.s, weight: ca.w, bias: None, x: None, dy: dh1, dx: Some(drs) });
-                self.op(Op::ResizeBackward { window: win, dy: drs, dx: dacc });
+                self.op(Op::ConvBackward(op::ConvBackward {
+                    shape: ca.s,
+                    weight: ca.w,
+                    bias: None,
+                    x: None,
+                    dy: dh1,
+                    dx: Some(drs),
+                }));
+                self.op(Op::ResizeBackward(op::ResizeBackward { window: win, dy: drs, dx: dacc }));
                 self.decoder_peak = self.decoder_peak.max(self.top - entry);
                 self.top = mark;
             }
@@ -823,12 +884,19 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let dl = self.alloc(logits.len);
         let dp = self.alloc(pooled.len);
         let dx = self.alloc(x.len);
-        self.op(Op::Pool { channels: c, hw: h * h, x, y: pooled });
-        self.op(Op::Linear { shape: fc.s, weight: fc.w, bias: fc.b, x: pooled, y: logits });
-        self.op(Op::CrossEntropy { classes: fc.s.out_f, logits, dlogits: dl, scale, slot });
-        self.op(Op::LinearBackward { shape: fc.s, weight: fc.w, bias: fc.b, x: pooled, dy: dl, dx: Some(dp) });
-        self.op(Op::PoolBackward { channels: c, hw: h * h, dy: dp, dx });
-        self.op(Op::Add { y: dacc, x: dx });
+        self.op(Op::Pool(op::Pool { channels: c, hw: h * h, x, y: pooled }));
+        self.op(Op::Linear(op::Linear { shape: fc.s, weight: fc.w, bias: fc.b, x: pooled, y: logits }));
+        self.op(Op::CrossEntropy(op::CrossEntropy { classes: fc.s.out_f, logits, dlogits: dl, scale, slot }));
+        self.op(Op::LinearBackward(op::LinearBackward {
+            shape: fc.s,
+            weight: fc.w,
+            bias: fc.b,
+            x: pooled,
+            dy: dl,
+            dx: Some(dp),
+        }));
+        self.op(Op::PoolBackward(op::PoolBackward { channels: c, hw: h * h, dy: dp, dx }));
+        self.op(Op::Add(op::Add { y: dacc, x: dx }));
         self.top = mark;
     }
 
@@ -846,7 +914,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             self.train_local(img);
         }
         if micro.last {
-            self.op(Op::CheckGrads { slot: self.plan.nonfinite_slot() });
+            self.op(Op::CheckGrads(op::CheckGrads { slot: self.plan.nonfinite_slot() }));
         }
     }
 
@@ -859,7 +927,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         }
         for params in self.plan.module_params(j) {
             if params.len > 0 {
-                self.op(Op::Sgd { params });
+                self.op(Op::Sgd(op::Sgd { params }));
             }
         }
     }
@@ -890,7 +958,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             };
             input = Some(out);
             if self.sends_output(j) {
-                self.op(Op::Send { buf: out, to: Peer::Next });
+                self.op(Op::Send(op::Send { buf: out, to: Peer::Next }));
             }
             let d = self.zeroed(out.len);
             if j + 1 < m {
@@ -954,7 +1022,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let (first, end) = (plan.stage.first, plan.stage.end);
         let received = (first > 0).then(|| {
             let x = Buf { off: outs[(first - 1) % 3].off, len: self.out_len(first - 1) };
-            self.op(Op::Recv { buf: x, from: Peer::Prev });
+            self.op(Op::Recv(op::Recv { buf: x, from: Peer::Prev }));
             x
         });
         let base = self.top;
@@ -998,9 +1066,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             self.top = below.1.max(start + flen);
             below = (start, start + flen);
             if self.sends_output(j) {
-                self.op(Op::Send { buf: out, to: Peer::Next });
+                self.op(Op::Send(op::Send { buf: out, to: Peer::Next }));
             }
-            self.op(Op::Zero { buf: t });
+            self.op(Op::Zero(op::Zero { buf: t }));
 
             // The cascade losses first, alone in `t`: their gradient is the part that
             // continues into module j−1. Its backward masks `t` by the output ReLU in place;
@@ -1031,13 +1099,13 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 // The module below is on this stage, or (the stage's first module) on the one below.
                 let h = self.module_bwd(&fwd, t, Dx::Temp(self.out_len(j - 1)), false).expect("asked for");
                 self.op(match &prev {
-                    Some(prev) => Op::Add { y: prev.t, x: h },
-                    None => Op::Send { buf: h, to: Peer::Prev },
+                    Some(prev) => Op::Add(op::Add { y: prev.t, x: h }),
+                    None => Op::Send(op::Send { buf: h, to: Peer::Prev }),
                 });
             }
             // Then the independent level's loss.
             if let Some(g) = last_x {
-                self.op(Op::Add { y: t, x: g });
+                self.op(Op::Add(op::Add { y: t, x: g }));
             } else if do_x && (j > 0 || lv == Levels::Independent) {
                 let hp = plan.head(j, AuxNet::Independent);
                 self.head_loss(&hp, out, t, wx, LossKind::Independent.slot(j));
@@ -1064,8 +1132,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             // the last gradient this module's output gets, added as the sequential order adds it.
             let mark = self.top;
             let h = self.alloc(top.out.len);
-            self.op(Op::Recv { buf: h, from: Peer::Next });
-            self.op(Op::Add { y: top.t, x: h });
+            self.op(Op::Recv(op::Recv { buf: h, from: Peer::Next }));
+            self.op(Op::Add(op::Add { y: top.t, x: h }));
             self.top = mark;
         }
         self.frame_bwd(&top, img, (end == 1).then_some(outs[2]));
@@ -1146,14 +1214,14 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let h = Buf { off: ta.off, len: conv_len };
             // Before a max pool the ReLU output is a temporary in `tb`.
             let r = if sp.pool.is_some() { Buf { off: tb.off, len: conv_len } } else { x };
-            self.op(Op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h });
+            self.op(Op::Conv(op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h }));
             self.bn_fwd(sp.bn, h, r, Buf { off: stats.off, len: 4 * sp.bn.s.c }, Fwd::Eval);
-            self.op(Op::Relu { x: r });
+            self.op(Op::Relu(op::Relu { x: r }));
             if let Some(pool) = sp.pool {
-                self.op(Op::MaxPool { shape: pool, x: r, y: x });
+                self.op(Op::MaxPool(op::MaxPool { shape: pool, x: r, y: x }));
             }
         } else {
-            self.op(Op::Recv { buf: x, from: Peer::Prev });
+            self.op(Op::Recv(op::Recv { buf: x, from: Peer::Prev }));
         }
         for g in blocks {
             let out = Buf { off: carry[(g + 1) % 2].off, len: out_len(g) };
@@ -1161,14 +1229,14 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             x = out;
         }
         if self.sends_output(st.end - 1) {
-            self.op(Op::Send { buf: x, to: Peer::Next });
+            self.op(Op::Send(op::Send { buf: x, to: Peer::Next }));
             return;
         }
         let fc = self.plan.fc();
         let (c, h, _) = self.plan.module_out(self.plan.modules() - 1);
         let pooled = self.alloc(self.n * c);
-        self.op(Op::Pool { channels: c, hw: h * h, x, y: pooled });
-        self.op(Op::Linear { shape: fc.s, weight: fc.w, bias: fc.b, x: pooled, y: logits });
+        self.op(Op::Pool(op::Pool { channels: c, hw: h * h, x, y: pooled }));
+        self.op(Op::Linear(op::Linear { shape: fc.s, weight: fc.w, bias: fc.b, x: pooled, y: logits }));
     }
 
     /// One block in eval mode: conv outputs in `ta`, BN(–ReLU) outputs in `tb`, then `out`.
@@ -1179,11 +1247,11 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let (c, bn) = (bp.convs[l], bp.bns[l]);
             let len = n * bn.s.c * bn.s.hw;
             let (h, st) = (Buf { off: ta.off, len }, Buf { off: stats.off, len: 4 * bn.s.c });
-            self.op(Op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: h });
+            self.op(Op::Conv(op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: h }));
             if l + 1 < bp.layers {
                 inp = Buf { off: tb.off, len };
                 self.bn_fwd(bn, h, inp, st, Fwd::Eval);
-                self.op(Op::Relu { x: inp });
+                self.op(Op::Relu(op::Relu { x: inp }));
             } else {
                 self.bn_fwd(bn, h, out, st, Fwd::Eval);
             }
@@ -1191,11 +1259,11 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         match bp.downsample {
             Some((c, bn)) => {
                 let (h, od) = (Buf { off: ta.off, len: out.len }, Buf { off: tb.off, len: out.len });
-                self.op(Op::Conv { shape: c.s, weight: c.w, bias: None, x, y: h });
+                self.op(Op::Conv(op::Conv { shape: c.s, weight: c.w, bias: None, x, y: h }));
                 self.bn_fwd(bn, h, od, Buf { off: stats.off, len: 4 * bn.s.c }, Fwd::Eval);
-                self.op(Op::AddRelu { y: out, x: od });
+                self.op(Op::AddRelu(op::AddRelu { y: out, x: od }));
             }
-            None => self.op(Op::AddRelu { y: out, x }),
+            None => self.op(Op::AddRelu(op::AddRelu { y: out, x })),
         }
     }
 }
@@ -1227,11 +1295,16 @@ mod tests {
             // Elementwise ops see their buffers image by image (an executor may cut the
             // batch anywhere), so their buffers must be exactly as long as each other.
             let same = match *op {
-                Op::BnTrain { x, y, .. } | Op::BnEval { x, y, .. } | Op::BnApply { x, y, .. } => [x, y, x],
-                Op::Sigmoid { x, y } | Op::Restore { x, y, .. } | Op::Add { y, x } | Op::AddRelu { y, x } => [x, y, x],
-                Op::SigmoidBackward { y, dy, dx } => [y, dy, dx],
-                Op::ReluBackward { y, dy } => [y, dy, y],
-                Op::BnBackward { x, dy, dx, .. } => [x, dy, dx],
+                Op::BnTrain(op::BnTrain { x, y, .. })
+                | Op::BnEval(op::BnEval { x, y, .. })
+                | Op::BnApply(op::BnApply { x, y, .. }) => [x, y, x],
+                Op::Sigmoid(op::Sigmoid { x, y })
+                | Op::Restore(op::Restore { x, y, .. })
+                | Op::Add(op::Add { y, x })
+                | Op::AddRelu(op::AddRelu { y, x }) => [x, y, x],
+                Op::SigmoidBackward(op::SigmoidBackward { y, dy, dx }) => [y, dy, dx],
+                Op::ReluBackward(op::ReluBackward { y, dy }) => [y, dy, y],
+                Op::BnBackward(op::BnBackward { x, dy, dx, .. }) => [x, dy, dx],
                 _ => [NONE; 3],
             };
             assert!(same.iter().all(|b| b.len == same[0].len), "op {count} {}: lengths differ: {same:?}", op.name());
@@ -1259,7 +1332,7 @@ mod tests {
                     panic!("op {count} {} touches {r:?}, updated before at {u:?}", op.name());
                 }
             });
-            if let Op::Sgd { params } = *op {
+            if let Op::Sgd(op::Sgd { params }) = *op {
                 assert!(params.len > 0, "op {count}: an empty update");
                 updated.push(params).expect("at most 512 updates");
             }
@@ -1278,8 +1351,8 @@ mod tests {
     fn links(plan: &Plan, train: bool, send: bool, peer: Peer) -> heapless::Vec<usize, 64> {
         let mut v = heapless::Vec::new();
         let mut visit = |op: &Op| match *op {
-            Op::Send { buf, to } if send && to == peer => v.push(buf.len).expect("at most 64"),
-            Op::Recv { buf, from } if !send && from == peer => v.push(buf.len).expect("at most 64"),
+            Op::Send(op::Send { buf, to }) if send && to == peer => v.push(buf.len).expect("at most 64"),
+            Op::Recv(op::Recv { buf, from }) if !send && from == peer => v.push(buf.len).expect("at most 64"),
             _ => {}
         };
         if train {
@@ -1370,9 +1443,11 @@ mod tests {
             let mut scales: heapless::Vec<f32, 64> = heapless::Vec::new();
             p.train_step(|op| match *op {
                 Op::BeginStep => begin += 1,
-                Op::Sgd { .. } => sgd += 1,
-                Op::CheckGrads { .. } => check += 1,
-                Op::CrossEntropy { scale, .. } | Op::Bce { scale, .. } => scales.push(scale).unwrap(),
+                Op::Sgd(_) => sgd += 1,
+                Op::CheckGrads(_) => check += 1,
+                Op::CrossEntropy(op::CrossEntropy { scale, .. }) | Op::Bce(op::Bce { scale, .. }) => {
+                    scales.push(scale).unwrap()
+                }
                 _ => {}
             });
             (begin, sgd > 0, check, scales)

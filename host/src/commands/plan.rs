@@ -1,6 +1,6 @@
 //! `hpff plan`: the static memory plan, bytes by kind and per module, before anything runs.
 
-use hpff_core::plan::{Memory, Op, Plan};
+use hpff_core::plan::{op, Memory, Op, Plan};
 use serde_json::json;
 
 use super::ops::{listing, render};
@@ -106,8 +106,8 @@ pub fn stages(plan: &Plan, workers: usize, by_hand: &[usize], limit: Option<usiz
             }
             let (mut recv, mut send) = (0, 0);
             st.train_step(|op| match *op {
-                Op::Recv { buf, .. } => recv += 4 * buf.len,
-                Op::Send { buf, .. } => send += 4 * buf.len,
+                Op::Recv(op::Recv { buf, .. }) => recv += 4 * buf.len,
+                Op::Send(op::Send { buf, .. }) => send += 4 * buf.len,
                 _ => {}
             });
             let m = st.memory();

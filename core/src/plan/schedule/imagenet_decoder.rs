@@ -6,7 +6,7 @@
 use super::{Fwd, Gen};
 use crate::method::Pff;
 use crate::ops::Window;
-use crate::plan::{BnP, Buf, ConvP, LossSlot, Op, StagedDecoderP, MAX_DECODER_LAYERS};
+use crate::plan::{op, BnP, Buf, ConvP, LossSlot, Op, StagedDecoderP, MAX_DECODER_LAYERS};
 
 impl<F: FnMut(&Op)> Gen<'_, F> {
     /// The decoder loss on module output `x`, its input gradient added into `dacc`.
@@ -30,7 +30,7 @@ impl<F: FnMut(&Op)> Gen<'_, F> {
         match dp.pff {
             Pff::Output => {
                 let dx = self.staged_decoder(&dp.layers, dp.n_layers, x, img, (0, 0), g, scale, slot, entry);
-                self.op(Op::Add { y: dacc, x: dx });
+                self.op(Op::Add(op::Add { y: dacc, x: dx }));
             }
             Pff::Input => {
                 let (ph, po) = (dp.in_side(), dp.out_side());
@@ -40,13 +40,13 @@ impl<F: FnMut(&Op)> Gen<'_, F> {
                         let win =
                             Window { c: dp.c, h: dp.h, w: dp.h, y0: r * ph, x0: c * ph, ph, pw: ph, oh: ph, ow: ph };
                         let xp = self.alloc(n * win.out_len());
-                        self.op(Op::Crop { window: win, x, y: xp });
+                        self.op(Op::Crop(op::Crop { window: win, x, y: xp }));
                         let layers = dp.patch(r * g + c);
                         let at = (r * po, c * po);
                         let dxp = self.staged_decoder(&layers, dp.n_layers, xp, img, at, 1, scale, slot, entry);
                         // The gradient of the crop: an identity resize adds each value into
                         // its place (weights exactly 1 and 0).
-                        self.op(Op::ResizeBackward { window: win, dy: dxp, dx: dacc });
+                        self.op(Op::ResizeBackward(op::ResizeBackward { window: win, dy: dxp, dx: dacc }));
                         self.top = mark;
                     }
                 }
@@ -86,15 +86,15 @@ impl<F: FnMut(&Op)> Gen<'_, F> {
             let (conv, _) = layers[l];
             let mark = self.top;
             let inp = if l == 0 { x } else { self.relu_upsampled(layers, &hs, l, None) };
-            self.op(Op::Conv { shape: conv.s, weight: conv.w, bias: conv.b, x: inp, y: hs[l].0 });
+            self.op(Op::Conv(op::Conv { shape: conv.s, weight: conv.w, bias: conv.b, x: inp, y: hs[l].0 }));
             self.top = mark;
         }
         // The output, its loss, and the gradient of the last conv's output over that output.
         let hl = hs[nl - 1].0;
         let o = self.alloc(hl.len);
-        self.op(Op::Sigmoid { x: hl, y: o });
+        self.op(Op::Sigmoid(op::Sigmoid { x: hl, y: o }));
         let d_o = self.decoder_bce(o, layers[nl - 1].0.s.h, img, at, cut, scale, slot);
-        self.op(Op::SigmoidBackward { y: o, dy: d_o, dx: hl });
+        self.op(Op::SigmoidBackward(op::SigmoidBackward { y: o, dy: d_o, dx: hl }));
         self.decoder_peak = self.decoder_peak.max(self.top - entry);
         // Backward, top down. The running gradient `d` (of conv l's output) sits at `base`;
         // conv l−1's goes there too, over d and the recomputed ReLU output, both dead by
@@ -109,16 +109,30 @@ impl<F: FnMut(&Op)> Gen<'_, F> {
             let da = self.alloc(below.0.len);
             let r = self.relu_upsampled(layers, &hs, l, Some(a));
             let sums = self.alloc(2 * bn.s.c);
-            self.op(Op::ConvBackward { shape: conv.s, weight: conv.w, bias: conv.b, x: Some(r), dy: d, dx: None });
-            self.op(Op::ConvBackward { shape: conv.s, weight: conv.w, bias: None, x: None, dy: d, dx: Some(r) });
-            self.op(Op::Zero { buf: da });
+            self.op(Op::ConvBackward(op::ConvBackward {
+                shape: conv.s,
+                weight: conv.w,
+                bias: conv.b,
+                x: Some(r),
+                dy: d,
+                dx: None,
+            }));
+            self.op(Op::ConvBackward(op::ConvBackward {
+                shape: conv.s,
+                weight: conv.w,
+                bias: None,
+                x: None,
+                dy: d,
+                dx: Some(r),
+            }));
+            self.op(Op::Zero(op::Zero { buf: da }));
             let up = layers[l].0.s.h;
             let side = layers[l - 1].0.s.h;
             let win = Window::full(bn.s.c, side, side, up, up);
-            self.op(Op::ResizeBackward { window: win, dy: r, dx: da });
-            self.op(Op::ReluBackward { y: a, dy: da });
+            self.op(Op::ResizeBackward(op::ResizeBackward { window: win, dy: r, dx: da }));
+            self.op(Op::ReluBackward(op::ReluBackward { y: a, dy: da }));
             let dh = Buf { off: base, len: below.0.len };
-            self.op(Op::BnBackward {
+            self.op(Op::BnBackward(op::BnBackward {
                 shape: bn.s,
                 affine: bn.p,
                 x: below.0,
@@ -127,14 +141,21 @@ impl<F: FnMut(&Op)> Gen<'_, F> {
                 stats: below.1,
                 sums,
                 weights: true,
-            });
+            }));
             self.decoder_peak = self.decoder_peak.max(self.top - entry);
             d = dh;
         }
         self.top = d.end();
         let (conv, _) = layers[0];
         let dx = self.alloc(x.len);
-        self.op(Op::ConvBackward { shape: conv.s, weight: conv.w, bias: conv.b, x: Some(x), dy: d, dx: Some(dx) });
+        self.op(Op::ConvBackward(op::ConvBackward {
+            shape: conv.s,
+            weight: conv.w,
+            bias: conv.b,
+            x: Some(x),
+            dy: d,
+            dx: Some(dx),
+        }));
         self.decoder_peak = self.decoder_peak.max(self.top - entry);
         dx
     }
@@ -154,14 +175,14 @@ impl<F: FnMut(&Op)> Gen<'_, F> {
         let recompute = a.is_some();
         let a = a.unwrap_or_else(|| self.alloc(h.len));
         if recompute {
-            self.op(Op::BnApply { shape: bn.s, affine: bn.p, x: h, y: a, stats: st });
+            self.op(Op::BnApply(op::BnApply { shape: bn.s, affine: bn.p, x: h, y: a, stats: st }));
         } else {
             self.bn_fwd(bn, h, a, st, Fwd::Train(1));
         }
-        self.op(Op::Relu { x: a });
+        self.op(Op::Relu(op::Relu { x: a }));
         let (side, up) = (layers[l - 1].0.s.h, layers[l].0.s.h);
         let r = self.alloc(self.n * bn.s.c * up * up);
-        self.op(Op::Resize { window: Window::full(bn.s.c, side, side, up, up), x: a, y: r });
+        self.op(Op::Resize(op::Resize { window: Window::full(bn.s.c, side, side, up, up), x: a, y: r }));
         r
     }
 
@@ -185,13 +206,13 @@ impl<F: FnMut(&Op)> Gen<'_, F> {
         if cut == 1 {
             let t = self.alloc(o.len);
             let twin = Window { c: ci, h: image, w: image, y0: at.0, x0: at.1, ph: side, pw: side, oh: side, ow: side };
-            self.op(Op::Crop { window: twin, x: img, y: d_o });
-            self.op(Op::Restore { x: d_o, y: t, channels: ci, hw: side * side, mean, std });
-            self.op(Op::Bce { probs: o, target: t, dprobs: d_o, scale, slot });
+            self.op(Op::Crop(op::Crop { window: twin, x: img, y: d_o }));
+            self.op(Op::Restore(op::Restore { x: d_o, y: t, channels: ci, hw: side * side, mean, std }));
+            self.op(Op::Bce(op::Bce { probs: o, target: t, dprobs: d_o, scale, slot }));
             self.top = t.off;
             return d_o;
         }
-        self.op(Op::Zero { buf: d_o });
+        self.op(Op::Zero(op::Zero { buf: d_o }));
         for r in 0..cut {
             for c in 0..cut {
                 let mark = self.top;
@@ -202,12 +223,12 @@ impl<F: FnMut(&Op)> Gen<'_, F> {
                 let twin = Window { y0: at.0 + y0, x0: at.1 + x0, h: image, w: image, ..owin };
                 let plen = n * owin.out_len();
                 let (op, t, dp) = (self.alloc(plen), self.alloc(plen), self.alloc(plen));
-                self.op(Op::Crop { window: owin, x: o, y: op });
-                self.op(Op::Crop { window: twin, x: img, y: dp });
-                self.op(Op::Restore { x: dp, y: t, channels: ci, hw: ph * pw, mean, std });
-                self.op(Op::Bce { probs: op, target: t, dprobs: dp, scale, slot });
+                self.op(Op::Crop(op::Crop { window: owin, x: o, y: op }));
+                self.op(Op::Crop(op::Crop { window: twin, x: img, y: dp }));
+                self.op(Op::Restore(op::Restore { x: dp, y: t, channels: ci, hw: ph * pw, mean, std }));
+                self.op(Op::Bce(op::Bce { probs: op, target: t, dprobs: dp, scale, slot }));
                 // The gradient of the crop (an identity resize adds each value into its place).
-                self.op(Op::ResizeBackward { window: owin, dy: dp, dx: d_o });
+                self.op(Op::ResizeBackward(op::ResizeBackward { window: owin, dy: dp, dx: d_o }));
                 self.top = mark;
             }
         }
