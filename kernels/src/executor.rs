@@ -154,6 +154,14 @@ impl fmt::Display for DeviceInfo {
 }
 
 impl CudaExecutor {
+    /// Bytes of the buffers the executor allocates for `layout` beside its arena (the
+    /// convolution workspace, partial sums, loss record, labels, step scalars, the cuBLAS
+    /// workspace). The library handles, CUDA graphs and what cuDNN and cuBLAS take on the
+    /// first step come on top; [`Executor::held`] reports them as measured.
+    pub fn planned_extra_bytes(layout: &Plan) -> usize {
+        Extras::of(layout).bytes()
+    }
+
     /// An executor on device `ordinal` for plans of `layout`'s parameter layout: loads
     /// the driver, NVRTC and cuBLAS (see [`crate::preload_lib_dir`]), compiles the kernels
     /// for the device, allocates the arena (zeroed) and the extra buffers.

@@ -6,6 +6,7 @@ use serde_json::json;
 use super::ops::{listing, render};
 use crate::budget::{check_stage_fits, fitting_plan};
 use crate::config::{Settings, Setup, Shape};
+use crate::cpu::CpuExecutor;
 use crate::error::Result;
 use crate::metrics::plan_flops;
 use crate::pipeline::Pipeline;
@@ -44,6 +45,56 @@ pub fn modules(plan: &Plan) -> Vec<ModuleInfo> {
             }
         })
         .collect()
+}
+
+/// What an executor allocates beside the arena for a plan.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExecutorBytes {
+    /// `--device` value.
+    pub device: &'static str,
+    /// CPU worker threads (this process's default share of the cores).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    pub extra: usize,
+    /// Arena + extra.
+    pub total: usize,
+    /// What the figure leaves out.
+    pub note: &'static str,
+}
+
+/// The executors' own buffers for `plan`, beside its arena: the CPU executor's per-thread
+/// conv scratch and per-chunk partial sums, the CUDA executor's workspaces.
+pub fn executor_bytes(plan: &Plan) -> Vec<ExecutorBytes> {
+    let arena = 4 * plan.arena_len();
+    let threads = CpuExecutor::resolve_threads(0);
+    let cpu = CpuExecutor::extra_bytes(plan, threads) as usize;
+    let mut v = vec![ExecutorBytes {
+        device: "cpu",
+        threads: Some(threads),
+        extra: cpu,
+        total: arena + cpu,
+        note: "conv scratch per thread, partial sums per 8-image chunk",
+    }];
+    v.extend(cuda_bytes(plan));
+    v
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_bytes(plan: &Plan) -> Option<ExecutorBytes> {
+    let extra = hpff_kernels::CudaExecutor::planned_extra_bytes(plan);
+    Some(ExecutorBytes {
+        device: "cuda",
+        threads: None,
+        extra,
+        total: 4 * plan.arena_len() + extra,
+        note: "conv and cuBLAS workspaces, partial sums; library handles and graphs are measured at run time",
+    })
+}
+
+/// A build without the CUDA executor states none.
+#[cfg(not(feature = "cuda"))]
+fn cuda_bytes(_: &Plan) -> Option<ExecutorBytes> {
+    None
 }
 
 fn memory_json(m: &Memory, arena_bytes: usize) -> serde_json::Value {
@@ -175,6 +226,7 @@ pub fn plan(
     if as_json {
         let mut v = describe(&setup, &plan);
         v["memory_bytes"] = memory_json(&m, arena);
+        v["executor_bytes"] = serde_json::to_value(executor_bytes(&plan)).expect("json");
         v["per_module"] = serde_json::to_value(&mods).expect("json");
         if let (Some(l), Some(why)) = (limit, &why) {
             v["memory_limit"] = json!({ "bytes": l, "choice": why });
@@ -218,6 +270,14 @@ pub fn plan(
     }
     println!("  {:<26}{:>14}{:>12}", "total (training step)", m.total(), mib(m.total()));
     println!("  {:<26}{:>14}{:>12}", "arena", arena, mib(arena));
+    println!("executor buffers beside the arena");
+    for e in executor_bytes(&plan) {
+        let name = match e.threads {
+            Some(t) => format!("{} ({t} thread{})", e.device, if t == 1 { "" } else { "s" }),
+            None => e.device.to_string(),
+        };
+        println!("  {name:<26}{:>14}{:>12}  total {} MiB; {}", e.extra, mib(e.extra), mib(e.total), e.note);
+    }
     println!(
         "modules: K = {} as labelled, {} trained{}",
         plan.part.k_label,
@@ -270,5 +330,26 @@ fn print_stages(st: &[StageInfo]) {
             mib(s.recv_bytes),
             mib(s.send_bytes),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hpff_core::arch::Arch;
+    use hpff_core::exec::Executor;
+    use hpff_core::method::{Base, Method};
+    use hpff_core::partition::{Partition, TableKind};
+
+    /// What `hpff plan` states for the CPU executor is what one holds once built.
+    #[test]
+    fn the_cpu_figure_is_what_the_executor_holds() {
+        let arch = Arch::resnet(20, 3, 16, 10).unwrap();
+        let part = Partition::for_k(&arch, 4, TableKind::Reference).unwrap();
+        let plan = Plan::new(arch, part, Method::reference(Base::InfoPro, true), 20, [0.5; 4], [0.25; 4]).unwrap();
+        let stated = &executor_bytes(&plan)[0];
+        let ex = CpuExecutor::new(&plan, stated.threads.unwrap());
+        assert_eq!(stated.extra, ex.held().extra);
+        assert_eq!(stated.total, ex.held().total());
     }
 }

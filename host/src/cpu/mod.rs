@@ -82,12 +82,17 @@ impl CpuExecutor {
         }
     }
 
-    /// Bytes [`CpuExecutor::new`] allocates for `layout` and `threads`: the arena, the
-    /// per-thread conv scratch and the per-chunk partial sums.
+    /// Bytes [`CpuExecutor::new`] allocates for `layout` and `threads`: the arena and
+    /// [`CpuExecutor::extra_bytes`].
     pub fn bytes_needed(layout: &Plan, threads: usize) -> u64 {
+        4 * layout.arena_len() as u64 + Self::extra_bytes(layout, threads)
+    }
+
+    /// Bytes of the executor's own buffers beside the arena for `layout` and `threads`:
+    /// the plan's conv scratch per thread and the partial sums per batch chunk.
+    pub fn extra_bytes(layout: &Plan, threads: usize) -> u64 {
         let e = extra(layout);
-        let floats = layout.arena_len() as u64
-            + (e.scratch_per_thread as u64) * Self::resolve_threads(threads) as u64
+        let floats = (e.scratch_per_thread as u64) * Self::resolve_threads(threads) as u64
             + (e.partial_per_chunk as u64) * e.chunks as u64;
         floats * 4
     }
