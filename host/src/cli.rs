@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::commands::train::{self, RunOptions};
 use crate::config::{Config, DatasetName, ModelArgs, RunArgs, Shape, TrainingArgs};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::train::{self, RunOptions};
 use crate::{budget, commands};
 
 /// Hierarchical locally supervised learning with patch feature fusion (HPFF), Greedy

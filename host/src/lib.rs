@@ -18,4 +18,3 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plot;
 pub mod resources;
-pub mod train;

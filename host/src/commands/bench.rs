@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::open_executor;
 use super::plan::describe;
+use crate::commands::train;
 use crate::config::{Settings, Shape};
 use crate::device::Snapshot;
 use crate::dist::{Comm, StageLink};
@@ -15,7 +16,6 @@ use crate::error::{Error, Result};
 use crate::metrics;
 use crate::pipeline::Pipeline;
 use crate::resources::fmt_mib;
-use crate::train;
 
 /// The median of per-step times (the mean of the middle two for an even count).
 fn median(times: &[f64]) -> f64 {

@@ -8,10 +8,10 @@ use serde_json::json;
 
 use super::open_executor;
 use crate::checkpoint;
+use crate::commands::train;
 use crate::config::Config;
 use crate::data::{self, Split};
 use crate::error::{Error, Result};
-use crate::train;
 
 /// `--memory-limit` for an eval pass: its activations against `limit`, naming the largest
 /// batch (halving) that fits when they do not.
@@ -51,7 +51,7 @@ pub fn eval(checkpoint: &Path, over: &Config, as_json: bool, memory_limit: Optio
                 })?;
             let mut ix = data::index(dir, Split::Test)?;
             if let Some(n) = over.limit_test.filter(|&n| n > 0) {
-                ix = ix.sample(n, hpff_core::rng::Rng::new(seed).fork(train::LIMIT_STREAM));
+                ix = ix.sample(n, hpff_core::rng::Rng::new(seed).fork(crate::data::LIMIT_STREAM));
             }
             let classes = ix.class_names.len();
             let threads = cfg.threads;
@@ -60,7 +60,7 @@ pub fn eval(checkpoint: &Path, over: &Config, as_json: bool, memory_limit: Optio
         None => {
             let test = data::load(kind, cfg.data_dir.as_deref(), Split::Test)?;
             // The subset hpff train evaluated on with the same seed and limit.
-            let test = train::limit_subset(test, over.limit_test, seed);
+            let test = crate::data::limit_subset(test, over.limit_test, seed);
             let shape = (test.c, test.h, test.w, test.classes);
             (data::Source::Memory(Arc::new(test)), shape)
         }

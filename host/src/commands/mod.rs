@@ -1,11 +1,12 @@
-//! The `hpff eval`, `hpff plan` and `hpff bench` commands, a file each; `hpff train` is
-//! [`crate::train`]. Each takes plain values (completed [`Settings`], paths, flags), so
+//! The commands: `hpff eval`, `hpff plan` and `hpff bench` a file each, `hpff train` a
+//! folder ([`train`]). Each takes plain values (completed [`Settings`], paths, flags), so
 //! nothing here depends on the command-line parser that calls it.
 
 pub mod bench;
 pub mod eval;
 pub mod ops;
 pub mod plan;
+pub mod train;
 
 use crate::config::Settings;
 use crate::device::{self, DynExecutor, ExecOptions};

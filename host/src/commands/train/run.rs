@@ -10,9 +10,10 @@ use hpff_core::plan::{Plan, TensorKind};
 use hpff_core::rng::Rng;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::{augment_of, data_shape, evaluate_over, score, Data, Outcome, RunOptions, DATA_STREAM, INIT_STREAM};
+use super::{augment_of, data_shape, evaluate_over, score, Outcome, RunOptions, DATA_STREAM, INIT_STREAM};
 use crate::checkpoint::{self, Meta, TensorFile};
 use crate::config::{Config, NonFinite, Settings, Setup};
+use crate::data::Data;
 use crate::data::{self, Augment, Source};
 use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
 use crate::dist::{self, Comm, Shard, Solo, StageLink};

@@ -1,6 +1,7 @@
-//! The local-training loop: data, plan, arena, epochs, evaluation, checkpoints,
-//! metrics and the plot. This file holds the data splits and evaluation; `run.rs` one
-//! run, opened, trained epoch by epoch and finished.
+//! `hpff train`, the local-training loop: data, plan, arena, epochs, evaluation,
+//! checkpoints, metrics and the plot. This file loads the splits (cut by
+//! [`crate::data::cut_splits`]) and evaluates; `run.rs` holds one run, opened, trained
+//! epoch by epoch and finished.
 //!
 //! Determinism: parameters are initialised from `Rng::new(seed).fork(INIT_STREAM)`;
 //! epoch `e`'s data order and augmentation come from `Rng::new(seed).fork(DATA_STREAM)`
@@ -13,11 +14,10 @@ use std::sync::Arc;
 
 use hpff_core::exec::Executor;
 use hpff_core::plan::Plan;
-use hpff_core::rng::Rng;
 
 use crate::checkpoint;
 use crate::config::{Config, Settings, Shape};
-use crate::data::{self, Augment, Dataset, Normalize, Source, Split};
+use crate::data::{self, cut_splits, Augment, Data, Dataset, Normalize, Source, Split, SplitRules};
 use crate::device::{self, Snapshot};
 use crate::dist::{self, Comm, Shard};
 use crate::error::{Error, Result};
@@ -31,65 +31,18 @@ pub use run::train_on;
 pub const INIT_STREAM: u64 = 1;
 /// Stream of data order and augmentation.
 pub const DATA_STREAM: u64 = 2;
-/// RNG stream of the `--limit-train`/`--limit-test` subsets (`hpff eval` uses it too).
-pub const LIMIT_STREAM: u64 = 3;
-
-/// The splits a run uses.
-#[derive(Debug, Clone)]
-pub struct Data {
-    pub train: Source,
-    /// Evaluated every `eval_every` epochs: the validation split, else the test split.
-    pub eval: Source,
-    /// `"val"` or `"test"`.
-    pub eval_name: &'static str,
-    /// The test split, when `eval` is a validation split (evaluated at the end).
-    pub test: Option<Source>,
-    /// The split the final accuracy is measured on: `"test"`, or `"val"` when a validation
-    /// split was asked for and the data set has no test split (an image folder with only `train/`).
-    pub final_name: &'static str,
-}
-
-/// A split that `--val-split` and `--limit-*` can cut: an in-memory data set or a folder
-/// index, cut by the same seeded rules.
-trait Cut: Sized {
-    fn count(&self) -> usize;
-    fn split_off_validation(&self, n: usize, seed: u64) -> (Self, Self);
-    fn sample(self, n: usize, rng: Rng) -> Self;
-}
-
-impl Cut for Dataset {
-    fn count(&self) -> usize {
-        self.n
-    }
-    fn split_off_validation(&self, n: usize, seed: u64) -> (Self, Self) {
-        Dataset::split_off_validation(self, n, seed)
-    }
-    fn sample(self, n: usize, rng: Rng) -> Self {
-        Dataset::sample(self, n, rng)
-    }
-}
-
-impl Cut for data::FolderIndex {
-    fn count(&self) -> usize {
-        self.len()
-    }
-    fn split_off_validation(&self, n: usize, seed: u64) -> (Self, Self) {
-        data::FolderIndex::split_off_validation(self, n, seed)
-    }
-    fn sample(self, n: usize, rng: Rng) -> Self {
-        data::FolderIndex::sample(self, n, rng)
-    }
-}
 
 /// Loads the splits `cfg` (completed) asks for: decoded into memory, or indexed for
 /// streaming with `--stream SIZE`.
 pub fn load_data(cfg: &Settings) -> Result<Data> {
     let kind = cfg.dataset.kind();
     let dir = cfg.data_dir.as_deref();
-    match cfg.stream {
-        None => cut_splits(cfg, data::load(kind, dir, Split::Train)?, data::load(kind, dir, Split::Test), |d| {
-            Source::Memory(Arc::new(d))
-        }),
+    let data = match cfg.stream {
+        None => {
+            cut_splits(&rules(cfg), data::load(kind, dir, Split::Train)?, data::load(kind, dir, Split::Test), |d| {
+                Source::Memory(Arc::new(d))
+            })
+        }
         Some(size) => {
             let dir = match (kind, dir) {
                 (data::DatasetKind::Folder, Some(d)) => d,
@@ -99,73 +52,21 @@ pub fn load_data(cfg: &Settings) -> Result<Data> {
                 return Err(Error::msg("--stream SIZE must be at least 1"));
             }
             let workers = cfg.threads;
-            cut_splits(cfg, data::index(dir, Split::Train)?, data::index(dir, Split::Test), |ix| {
+            cut_splits(&rules(cfg), data::index(dir, Split::Train)?, data::index(dir, Split::Test), |ix| {
                 Source::Stream(data::StreamSet::imagenet(ix, size, workers))
             })
         }
-    }
-}
-
-/// The training, evaluation and test splits of `train` and `test` (`--val-split`,
-/// `--limit-*`), wrapped by `wrap`.
-fn cut_splits<T: Cut>(
-    cfg: &Settings,
-    train: T,
-    test: std::result::Result<T, data::DataError>,
-    wrap: impl Fn(T) -> Source,
-) -> Result<Data> {
-    let val_split = cfg.val_split;
-    let test = match test {
-        Ok(t) => Some(t),
-        Err(data::DataError::Missing { .. }) if val_split > 0 => {
-            // Every process of a job reads the data; one says so.
-            if dist::world().rank() == 0 {
-                eprintln!("note: no test split found; the final accuracy is measured on the validation split");
-            }
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let seed = cfg.seed;
-    let limit = |d: T, n: usize| if n > 0 { d.sample(n, Rng::new(seed).fork(LIMIT_STREAM)) } else { d };
-    let data = match val_split {
-        v if v > 0 => {
-            if v >= train.count() {
-                return Err(Error::msg(format!(
-                    "--val-split {v} leaves no training images (the training split has {})",
-                    train.count()
-                )));
-            }
-            let (tr, val) = train.split_off_validation(v, seed);
-            Data {
-                train: wrap(limit(tr, cfg.limit_train)),
-                eval: wrap(limit(val, cfg.limit_test)),
-                eval_name: "val",
-                final_name: if test.is_some() { "test" } else { "val" },
-                test: test.map(|t| wrap(limit(t, cfg.limit_test))),
-            }
-        }
-        _ => Data {
-            train: wrap(limit(train, cfg.limit_train)),
-            eval: wrap(limit(test.ok_or_else(|| Error::msg("internal: test split missing"))?, cfg.limit_test)),
-            eval_name: "test",
-            final_name: "test",
-            test: None,
-        },
-    };
-    if data.train.is_empty() || data.eval.is_empty() {
-        return Err(Error::msg("the dataset has no images to train or evaluate on"));
+    }?;
+    // Every process of a job reads the data; one says so.
+    if data.final_name == "val" && data.test.is_none() && dist::world().rank() == 0 {
+        eprintln!("note: no test split found; the final accuracy is measured on the validation split");
     }
     Ok(data)
 }
 
-/// The `--limit-train`/`--limit-test` subset of `d` (0 or none: all of it), drawn from
-/// `seed`: the one rule `hpff train` and `hpff eval` share.
-pub fn limit_subset(d: Dataset, n: Option<usize>, seed: u64) -> Dataset {
-    match n {
-        Some(n) if n > 0 => d.sample(n, Rng::new(seed).fork(LIMIT_STREAM)),
-        _ => d,
-    }
+/// The `--val-split` and `--limit-*` rules of `cfg`.
+fn rules(cfg: &Settings) -> SplitRules {
+    SplitRules { val_split: cfg.val_split, limit_train: cfg.limit_train, limit_test: cfg.limit_test, seed: cfg.seed }
 }
 
 /// The training augmentation `cfg` asks for.
@@ -368,6 +269,7 @@ pub fn train(cli: &Config, opts: &RunOptions) -> Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use hpff_core::exec::{Region, StepInput};
+    use hpff_core::rng::Rng;
 
     use super::run::guarded_step;
     use super::*;
