@@ -957,10 +957,15 @@ fn conv_is_bitwise_its_fma_chains() {
         // `weight_grad_group()` images, 8 lane chains from +0 over (image, oy,
         // vector), lane l taking pixel 8v + l (dy = +0 past the row end, x the padded
         // input there), folded ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)); dw_old + S_0 + S_1 + ….
+        // (16 lanes on AVX-512 where the rows are whole 16-pixel vectors.)
         let same3 = s.stride == 1 && k == 3 && (ho, wo) == (s.h, s.w);
-        let vpr = wo.div_ceil(8);
         let group = s.weight_grad_group();
         for co in 0..s.c_out {
+            // AVX-512: rows of whole 16-pixel vectors, channels in whole blocks of 4, take
+            // 16 lanes, lane l + 8 added to lane l before the 8-lane fold.
+            let wide = cpu_isa() == Isa::Avx512 && wo % 16 == 0 && co < s.c_out / 4 * 4;
+            let lanes = if wide { 16 } else { 8 };
+            let vpr = wo.div_ceil(lanes);
             for ci in 0..s.c_in {
                 for kh in 0..k {
                     for kw in 0..k {
@@ -968,12 +973,12 @@ fn conv_is_bitwise_its_fma_chains() {
                         let mut acc = want_dw[q];
                         if same3 {
                             for i0 in (0..n).step_by(group) {
-                                let mut l = [0.0f32; 8];
+                                let mut l = [0.0f32; 16];
                                 for i in i0..(i0 + group).min(n) {
                                     for oy in 0..ho {
                                         for v in 0..vpr {
-                                            for (lane, a) in l.iter_mut().enumerate() {
-                                                let ox = 8 * v + lane;
+                                            for (lane, a) in l.iter_mut().enumerate().take(lanes) {
+                                                let ox = lanes * v + lane;
                                                 let g = if ox < wo {
                                                     dy[i * s.out_len() + (co * ho + oy) * wo + ox]
                                                 } else {
@@ -984,6 +989,7 @@ fn conv_is_bitwise_its_fma_chains() {
                                         }
                                     }
                                 }
+                                let l: [f32; 8] = std::array::from_fn(|j| if wide { l[j] + l[j + 8] } else { l[j] });
                                 acc += ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
                             }
                             want_dw[q] = acc;

@@ -28,15 +28,30 @@
 //! `dy[…][ox]` is `+0.0` for `ox ≥ w`. The lanes fold as
 //! `S_g = ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`, and the old value enters
 //! first: `dw_new = ((dw_old + S_0) + S_1) + …`.
+//!
+//! With AVX-512F ([`super::Isa::Avx512`]) a map whose rows are whole 16-pixel vectors (16
+//! and 32 wide) runs zmm tiles of [`TILE_CO_512`] channels × 3 taps over the same planes.
+//! Its bits: lane `l` (`0..16`) is the FMA chain above over the pixels `16v + l`, and the
+//! lanes fold as `S_g = F(l0 + l8, l1 + l9, …, l7 + l15)` with `F` the eight-lane fold
+//! above; the rest is the same. Channels past the last whole block of 4 take the AVX2
+//! tiles. So the two paths differ in the last bits, as the GEMM kernels of different
+//! widths do.
 
 use core::arch::x86_64::*;
 
 use super::conv_layout::{PaddedPlanes, DIRECT_K, LANES};
 use super::conv_shape::Conv2d;
+use super::isa::{cpu_isa, Isa};
 
 /// Output channels per register tile: 4 × 3 taps = 12 accumulators, plus the 3 shifted
 /// input vectors and one `dy` vector fill the 16 ymm registers.
 const TILE_CO: usize = 4;
+/// The same with AVX-512F. 4 × 3 zmm accumulators: with 8 × 3 (or 6 × 3), which would
+/// load the input vectors less often, LLVM spilled accumulators in the loop and the tile
+/// ran slower than the AVX2 one.
+const TILE_CO_512: usize = 4;
+/// Pixels per zmm vector.
+const LANES_512: usize = 2 * LANES;
 /// Adds the weight gradient of `n` images of a stride-1 "same" 3×3 convolution to `dw`,
 /// in the order the module doc gives.
 ///
@@ -49,6 +64,7 @@ pub(crate) unsafe fn accumulate(s: &Conv2d, n: usize, x: &[f32], dy: &[f32], dw:
     assert!(s.k == DIRECT_K && s.stride == 1 && s.pad == 1);
     assert!(x.len() >= n * s.in_len() && dy.len() >= n * s.out_len() && dw.len() >= s.weight_len());
     let group = s.weight_grad_group();
+    let wide = cpu_isa() == Isa::Avx512 && s.w.is_multiple_of(LANES_512);
     let (xplane, yplane) = (gx.plane_len(), gy.plane_len());
     let (hw, imgs_max) = (s.h * s.w, group.min(n));
     let (xpad, rest) = scratch.split_at_mut(imgs_max * s.c_in * xplane);
@@ -74,7 +90,14 @@ pub(crate) unsafe fn accumulate(s: &Conv2d, n: usize, x: &[f32], dy: &[f32], dw:
         }
         let t = Group { h: s.h, vpr: gx.vectors_per_row, wp: gx.wp, xplane, ych, imgs };
         debug_assert!(yplane == s.h * gy.vectors_per_row * LANES);
-        for co0 in (0..s.c_out).step_by(TILE_CO) {
+        // The zmm tiles take the whole blocks of TILE_CO_512 channels, the AVX2 tiles the rest.
+        let mut first = 0;
+        if wide {
+            // SAFETY: the CPU has AVX-512F (checked above); the rows are whole zmm vectors.
+            unsafe { t.tiles_512(s, xpad, if in_place { &dy[i0 * s.out_len()..] } else { ypad }, dw) };
+            first = s.c_out / TILE_CO_512 * TILE_CO_512;
+        }
+        for co0 in (first..s.c_out).step_by(TILE_CO) {
             let r = TILE_CO.min(s.c_out - co0);
             for ci in 0..s.c_in {
                 for kh in 0..DIRECT_K {
@@ -177,6 +200,111 @@ impl Group {
                     *di.add(kw) += v;
                 }
             }
+        }
+    }
+}
+
+impl Group {
+    /// Every zmm tile of the group: channel blocks of [`TILE_CO_512`] × input channel ×
+    /// tap row, as the AVX2 loop walks its tiles. `ys` holds the group's `dy` planes
+    /// (channel-major, `self.ych` apart).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; the rows are whole 16-pixel vectors; `xpad` holds the
+    /// group's padded input planes, `ys` its `dy` planes, `dw` the shape's weights.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn tiles_512(&self, s: &Conv2d, xpad: &[f32], ys: &[f32], dw: &mut [f32]) {
+        debug_assert!(s.w.is_multiple_of(LANES_512) && self.vpr * LANES == s.w);
+        assert!(
+            xpad.len() >= s.c_in * self.imgs * self.xplane
+                && ys.len() >= (s.c_out - 1) * self.ych + self.imgs * s.h * s.w
+        );
+        let stride = s.c_in * DIRECT_K * DIRECT_K;
+        for co0 in (0..s.c_out / TILE_CO_512 * TILE_CO_512).step_by(TILE_CO_512) {
+            for ci in 0..s.c_in {
+                for kh in 0..DIRECT_K {
+                    let q = ((co0 * s.c_in + ci) * DIRECT_K + kh) * DIRECT_K;
+                    // SAFETY: as the AVX2 tiles' (the lengths are asserted above); the
+                    // CPU has AVX-512F (the caller's contract).
+                    unsafe {
+                        let xp = xpad.as_ptr().add(ci * self.imgs * self.xplane + kh * self.wp);
+                        let yp = ys.as_ptr().add(co0 * self.ych);
+                        let d = dw.as_mut_ptr().add(q);
+                        match self.vpr {
+                            2 => self.tile_512::<1>(xp, yp, d, stride),
+                            4 => self.tile_512::<2>(xp, yp, d, stride),
+                            _ => self.tile_512::<0>(xp, yp, d, stride),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Group::tile`] in zmm registers: 4 channels × 3 taps over 16-pixel vectors. The
+    /// accumulators are named variables: as an array indexed in loops, LLVM kept them on
+    /// the stack (a load and a store per FMA).
+    ///
+    /// # Safety
+    /// As [`Group::tile`] with `R` = 4, and the CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn tile_512<const VPR: usize>(&self, xp: *const f32, yp: *const f32, d: *mut f32, stride: usize) {
+        // VPR > 0 is the row's vector count known at compile time: the row is then
+        // straight-line code and the row loop the innermost, around which LLVM keeps the
+        // accumulators in registers (with a loop over the vectors inside, it spilled and
+        // reloaded all of them on every row).
+        debug_assert!(VPR == 0 || VPR * LANES_512 == self.vpr * LANES);
+        let vpr = if VPR > 0 { VPR } else { self.vpr / 2 };
+        let ych = self.ych;
+        let row_skip = self.wp.wrapping_sub(vpr.wrapping_mul(LANES_512));
+        let plane_skip = self.xplane.wrapping_sub(self.h.wrapping_mul(self.wp));
+        macro_rules! tile {
+            ($($y:ident $a0:ident $a1:ident $a2:ident $i:literal),*) => {
+                // SAFETY: the caller's contract covers every address formed below.
+                unsafe {
+                    $(let $y = yp.wrapping_add(ych.wrapping_mul($i));
+                      let (mut $a0, mut $a1, mut $a2) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());)*
+                    let mut yo = 0usize;
+                    let mut xv = xp;
+                    for _ in 0..self.imgs {
+                        for _ in 0..self.h {
+                            for _ in 0..vpr {
+                                let (x0, x1, x2) = (_mm512_loadu_ps(xv), _mm512_loadu_ps(xv.add(1)), _mm512_loadu_ps(xv.add(2)));
+                                $(let g = _mm512_loadu_ps($y.add(yo));
+                                  $a0 = _mm512_fmadd_ps(g, x0, $a0);
+                                  $a1 = _mm512_fmadd_ps(g, x1, $a1);
+                                  $a2 = _mm512_fmadd_ps(g, x2, $a2);)*
+                                xv = xv.add(LANES_512);
+                                yo = yo.wrapping_add(LANES_512);
+                            }
+                            xv = xv.add(row_skip);
+                        }
+                        xv = xv.add(plane_skip);
+                    }
+                    $(add_folded(d.add($i * stride), [$a0, $a1, $a2]);)*
+                }
+            };
+        }
+        tile!(y0 a00 a01 a02 0, y1 a10 a11 a12 1, y2 a20 a21 a22 2, y3 a30 a31 a32 3);
+    }
+}
+
+/// Adds the three folded zmm accumulators of one channel to `d[0..3]`: lanes `l` and
+/// `l + 8` first, then [`fold3`]'s eight-lane fold.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `d` points at three writable floats.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn add_folded(d: *mut f32, a: [__m512; DIRECT_K]) {
+    // SAFETY: register operations, and the caller's three floats at `d`.
+    unsafe {
+        let halves: [__m256; DIRECT_K] = core::array::from_fn(|kw| {
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a[kw])));
+            _mm256_add_ps(_mm512_castps512_ps256(a[kw]), hi)
+        });
+        for (kw, v) in fold3(&halves).into_iter().enumerate() {
+            *d.add(kw) += v;
         }
     }
 }
