@@ -866,6 +866,9 @@ fn conv_is_bitwise_its_fma_chains() {
         Conv2d { c_in: 8, c_out: 5, h: 6, w: 6, k: 1, stride: 1, pad: 0, groups: 1 },
         Conv2d { c_in: 5, c_out: 6, h: 7, w: 7, k: 3, stride: 1, pad: 1, groups: 1 },
         Conv2d { c_in: 3, c_out: 9, h: 8, w: 16, k: 3, stride: 1, pad: 1, groups: 1 },
+        // 8-wide maps: on AVX-512 two rows per vector (4 and 3 vectors a tile).
+        Conv2d { c_in: 7, c_out: 13, h: 8, w: 8, k: 3, stride: 1, pad: 1, groups: 1 },
+        Conv2d { c_in: 9, c_out: 4, h: 6, w: 8, k: 3, stride: 1, pad: 1, groups: 1 },
     ];
     for (t, s) in shapes.into_iter().enumerate() {
         let n = 2;
@@ -957,15 +960,27 @@ fn conv_is_bitwise_its_fma_chains() {
         // `weight_grad_group()` images, 8 lane chains from +0 over (image, oy,
         // vector), lane l taking pixel 8v + l (dy = +0 past the row end, x the padded
         // input there), folded ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)); dw_old + S_0 + S_1 + ….
-        // (16 lanes on AVX-512 where the rows are whole 16-pixel vectors.)
+        // (16 lanes on AVX-512 where the rows are whole 16-pixel vectors or pairs of 8.)
         let same3 = s.stride == 1 && k == 3 && (ho, wo) == (s.h, s.w);
         let group = s.weight_grad_group();
         for co in 0..s.c_out {
             // AVX-512: rows of whole 16-pixel vectors, channels in whole blocks of 4, take
             // 16 lanes, lane l + 8 added to lane l before the 8-lane fold.
-            let wide = cpu_isa() == Isa::Avx512 && wo % 16 == 0 && co < s.c_out / 4 * 4;
+            // (An 8-wide map with an even height: a vector is two rows, lane l at row
+            // 2v + l / 8, column l % 8.)
+            let pair = wo == 8 && ho % 2 == 0;
+            let wide = cpu_isa() == Isa::Avx512 && (wo % 16 == 0 || pair) && co < s.c_out / 4 * 4;
             let lanes = if wide { 16 } else { 8 };
-            let vpr = wo.div_ceil(lanes);
+            // Each vector's pixel per lane, in the order the kernel walks them.
+            let vectors: Vec<Vec<(usize, usize)>> = if wide && pair {
+                (0..ho / 2).map(|v| (0..16).map(|l| (2 * v + l / 8, l % 8)).collect()).collect()
+            } else {
+                (0..ho)
+                    .flat_map(|oy| {
+                        (0..wo.div_ceil(lanes)).map(move |v| (0..lanes).map(move |l| (oy, lanes * v + l)).collect())
+                    })
+                    .collect()
+            };
             for ci in 0..s.c_in {
                 for kh in 0..k {
                     for kw in 0..k {
@@ -975,17 +990,14 @@ fn conv_is_bitwise_its_fma_chains() {
                             for i0 in (0..n).step_by(group) {
                                 let mut l = [0.0f32; 16];
                                 for i in i0..(i0 + group).min(n) {
-                                    for oy in 0..ho {
-                                        for v in 0..vpr {
-                                            for (lane, a) in l.iter_mut().enumerate().take(lanes) {
-                                                let ox = lanes * v + lane;
-                                                let g = if ox < wo {
-                                                    dy[i * s.out_len() + (co * ho + oy) * wo + ox]
-                                                } else {
-                                                    0.0
-                                                };
-                                                *a = g.mul_add(xv(i, ci, src(oy, ox, kh, kw)), *a);
-                                            }
+                                    for vec in &vectors {
+                                        for (a, &(oy, ox)) in l.iter_mut().zip(vec) {
+                                            let g = if ox < wo {
+                                                dy[i * s.out_len() + (co * ho + oy) * wo + ox]
+                                            } else {
+                                                0.0
+                                            };
+                                            *a = g.mul_add(xv(i, ci, src(oy, ox, kh, kw)), *a);
                                         }
                                     }
                                 }

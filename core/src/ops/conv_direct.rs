@@ -12,7 +12,9 @@
 //!
 //! With AVX-512F ([`super::Isa::Avx512`]) a map whose rows hold whole pairs of 8-pixel
 //! vectors (16 and 32 wide) runs 16-pixel vectors, a tile of up to 6 planes × 4 vectors
-//! in the 32 zmm registers; narrower maps (8 wide) keep the AVX2 tile.
+//! in the 32 zmm registers; an 8-wide map with an even height runs the same tile on
+//! vectors of two rows (two loads joined), so its 64 pixels are one tile's 4 vectors;
+//! other widths keep the AVX2 tile.
 //!
 //! Bits: every output is one FMA chain from zero over (input channel, kh, kw) in order,
 //! on either instruction set, so AVX-512 and AVX2 give the same bits.
@@ -72,8 +74,11 @@ trait Lanes {
     /// Vectors per tile: [`TILE_ROWS`] × `TILE_V` accumulators, `TILE_V` loaded vectors
     /// and one broadcast fill the registers (16 ymm, 32 zmm).
     const TILE_V: usize;
+    /// Rows per vector: 1, or 2 when a vector is two 8-pixel rows (8-wide maps).
+    const ROWS: usize = 1;
     unsafe fn zero() -> Self::V;
-    unsafe fn load(p: *const f32) -> Self::V;
+    /// The vector at `p` (with `ROWS` = 2: 8 floats at `p`, then 8 at `p + wp`).
+    unsafe fn load(p: *const f32, wp: usize) -> Self::V;
     unsafe fn splat(p: *const f32) -> Self::V;
     /// `a · b + c`, one rounding.
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
@@ -95,7 +100,7 @@ impl Lanes for Ymm {
         unsafe { _mm256_setzero_ps() }
     }
     #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m256 {
+    unsafe fn load(p: *const f32, _: usize) -> __m256 {
         unsafe { _mm256_loadu_ps(p) }
     }
     #[inline(always)]
@@ -129,7 +134,7 @@ impl Lanes for Zmm {
         unsafe { _mm512_setzero_ps() }
     }
     #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m512 {
+    unsafe fn load(p: *const f32, _: usize) -> __m512 {
         unsafe { _mm512_loadu_ps(p) }
     }
     #[inline(always)]
@@ -144,6 +149,42 @@ impl Lanes for Zmm {
     unsafe fn store(d: *mut f32, v: __m512, n: usize) {
         let mask: __mmask16 = if n >= 2 * LANES { 0xffff } else { (1u16 << n) - 1 };
         unsafe { _mm512_mask_storeu_ps(d, mask, v) }
+    }
+}
+
+/// 16-pixel vectors of two 8-pixel rows (8-wide maps): each tap vector is two 8-float
+/// loads from consecutive padded rows, joined (`vinsertf64x4`, AVX-512F); the output rows
+/// of 8 are contiguous, so a vector stores as one.
+struct ZmmRows;
+
+impl Lanes for ZmmRows {
+    type V = __m512;
+    const WIDTH: usize = 2 * LANES;
+    const TILE_V: usize = 4;
+    const ROWS: usize = 2;
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32, wp: usize) -> __m512 {
+        unsafe {
+            let lo = _mm512_castps256_ps512(_mm256_loadu_ps(p));
+            let hi = _mm256_castps_pd(_mm256_loadu_ps(p.add(wp)));
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(lo), hi))
+        }
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> __m512 {
+        unsafe { Zmm::splat(p) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        unsafe { Zmm::fma(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn store(d: *mut f32, v: __m512, n: usize) {
+        unsafe { Zmm::store(d, v, n) }
     }
 }
 
@@ -182,9 +223,15 @@ unsafe fn direct_image_512<const K: usize>(
     rows: usize,
     out: &mut [f32],
 ) {
-    debug_assert!(g.vectors_per_row.is_multiple_of(2));
     // SAFETY: forwarded contract.
-    unsafe { walk::<Zmm, K>(g, channels, padded, packed, rows, out) }
+    unsafe {
+        if g.w == LANES && g.h.is_multiple_of(2) {
+            walk::<ZmmRows, K>(g, channels, padded, packed, rows, out)
+        } else {
+            debug_assert!(g.vectors_per_row.is_multiple_of(2));
+            walk::<Zmm, K>(g, channels, padded, packed, rows, out)
+        }
+    }
 }
 
 /// The tiles of one image with `L`'s vectors (see [`direct_image`]).
@@ -203,8 +250,9 @@ unsafe fn walk<L: Lanes, const K: usize>(
 ) {
     debug_assert!(padded.len() >= channels * g.plane_len() && out.len() >= rows * g.h * g.w);
     debug_assert!(packed.len() >= packed_len(rows, channels, K * K));
-    let per_row = g.vectors_per_row * LANES / L::WIDTH;
-    let vectors = g.h * per_row;
+    // Vectors per row (per pair of rows with `L::ROWS` = 2, whose rows are one vector).
+    let per_row = g.vectors_per_row * LANES * L::ROWS / L::WIDTH;
+    let vectors = g.h / L::ROWS * per_row;
     let hw = g.h * g.w;
     for o0 in (0..rows).step_by(TILE_ROWS) {
         let r = TILE_ROWS.min(rows - o0);
@@ -222,10 +270,10 @@ unsafe fn walk<L: Lanes, const K: usize>(
                 out_row: hw,
             };
             for j in 0..nv {
-                let (oy, ox) = ((v0 + j) / per_row, (v0 + j) % per_row * L::WIDTH);
+                let (oy, ox) = ((v0 + j) / per_row * L::ROWS, (v0 + j) % per_row * L::WIDTH);
                 t.src[j] = t.src[j].wrapping_add(oy * g.wp + ox);
                 t.dst[j] = t.dst[j].wrapping_add(oy * g.w + ox);
-                t.lanes[j] = L::WIDTH.min(g.w - ox);
+                t.lanes[j] = if L::ROWS == 2 { L::WIDTH } else { L::WIDTH.min(g.w - ox) };
             }
             // SAFETY: the tile's loads stay inside `padded` (PaddedPlanes: every tap of a
             // whole 8-pixel vector lies in its padded plane, and a wide vector is whole
@@ -303,7 +351,7 @@ impl Tile {
                 for kh in 0..K {
                     let rows: [*const f32; V] = core::array::from_fn(|j| src[j].add(kh * self.wp));
                     for kw in 0..K {
-                        let b: [L::V; V] = core::array::from_fn(|j| L::load(rows[j].add(kw)));
+                        let b: [L::V; V] = core::array::from_fn(|j| L::load(rows[j].add(kw), self.wp));
                         for i in 0..R {
                             let ai = L::splat(a.add(i));
                             for j in 0..V {
@@ -401,8 +449,8 @@ unsafe fn run_images(
     let (padded, packed) = scratch.split_at_mut(channels * g.plane_len());
     assert!(packed.len() >= packed_len(rows, channels, DIRECT_K * DIRECT_K), "conv scratch too small");
     pack(packed);
-    // 16-pixel vectors need rows of whole pairs of 8-pixel vectors.
-    let wide = wide && g.vectors_per_row.is_multiple_of(2);
+    // 16-pixel vectors need rows of whole pairs of 8-pixel vectors, or two rows of 8.
+    let wide = wide && (g.vectors_per_row.is_multiple_of(2) || (s.w == LANES && s.h.is_multiple_of(2)));
     for (si, di) in src.chunks_exact(channels * hw).zip(dst.chunks_exact_mut(rows * hw)).take(n) {
         g.fill(channels, si, padded);
         // SAFETY: `padded` holds `channels` planes, `di` `rows` planes, `packed` the

@@ -30,8 +30,10 @@
 //! first: `dw_new = ((dw_old + S_0) + S_1) + …`.
 //!
 //! With AVX-512F ([`super::Isa::Avx512`]) a map whose rows are whole 16-pixel vectors (16
-//! and 32 wide) runs zmm tiles of [`TILE_CO_512`] channels × 3 taps over the same planes.
-//! Its bits: lane `l` (`0..16`) is the FMA chain above over the pixels `16v + l`, and the
+//! and 32 wide), or 8 wide with an even height (a vector is then two rows, the input's
+//! two 8-float loads joined), runs zmm tiles of [`TILE_CO_512`] channels × 3 taps over
+//! the same planes. Its bits: lane `l` (`0..16`) is the FMA chain above over the pixels
+//! `16v + l` of a row (8 wide: pixel `l % 8` of row `2v + l / 8`), and the
 //! lanes fold as `S_g = F(l0 + l8, l1 + l9, …, l7 + l15)` with `F` the eight-lane fold
 //! above; the rest is the same. Channels past the last whole block of 4 take the AVX2
 //! tiles. So the two paths differ in the last bits, as the GEMM kernels of different
@@ -64,7 +66,7 @@ pub(crate) unsafe fn accumulate(s: &Conv2d, n: usize, x: &[f32], dy: &[f32], dw:
     assert!(s.k == DIRECT_K && s.stride == 1 && s.pad == 1);
     assert!(x.len() >= n * s.in_len() && dy.len() >= n * s.out_len() && dw.len() >= s.weight_len());
     let group = s.weight_grad_group();
-    let wide = cpu_isa() == Isa::Avx512 && s.w.is_multiple_of(LANES_512);
+    let wide = cpu_isa() == Isa::Avx512 && (s.w.is_multiple_of(LANES_512) || (s.w == LANES && s.h.is_multiple_of(2)));
     let (xplane, yplane) = (gx.plane_len(), gy.plane_len());
     let (hw, imgs_max) = (s.h * s.w, group.min(n));
     let (xpad, rest) = scratch.split_at_mut(imgs_max * s.c_in * xplane);
@@ -214,7 +216,7 @@ impl Group {
     /// group's padded input planes, `ys` its `dy` planes, `dw` the shape's weights.
     #[target_feature(enable = "avx512f,avx2,fma")]
     unsafe fn tiles_512(&self, s: &Conv2d, xpad: &[f32], ys: &[f32], dw: &mut [f32]) {
-        debug_assert!(s.w.is_multiple_of(LANES_512) && self.vpr * LANES == s.w);
+        debug_assert!((s.w.is_multiple_of(LANES_512) || s.w == LANES) && self.vpr * LANES == s.w);
         assert!(
             xpad.len() >= s.c_in * self.imgs * self.xplane
                 && ys.len() >= (s.c_out - 1) * self.ych + self.imgs * s.h * s.w
@@ -231,9 +233,10 @@ impl Group {
                         let yp = ys.as_ptr().add(co0 * self.ych);
                         let d = dw.as_mut_ptr().add(q);
                         match self.vpr {
-                            2 => self.tile_512::<1>(xp, yp, d, stride),
-                            4 => self.tile_512::<2>(xp, yp, d, stride),
-                            _ => self.tile_512::<0>(xp, yp, d, stride),
+                            1 => self.tile_512::<1, true>(xp, yp, d, stride),
+                            2 => self.tile_512::<1, false>(xp, yp, d, stride),
+                            4 => self.tile_512::<2, false>(xp, yp, d, stride),
+                            _ => self.tile_512::<0, false>(xp, yp, d, stride),
                         }
                     }
                 }
@@ -248,15 +251,23 @@ impl Group {
     /// # Safety
     /// As [`Group::tile`] with `R` = 4, and the CPU supports AVX-512F.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn tile_512<const VPR: usize>(&self, xp: *const f32, yp: *const f32, d: *mut f32, stride: usize) {
+    unsafe fn tile_512<const VPR: usize, const PAIR: bool>(
+        &self,
+        xp: *const f32,
+        yp: *const f32,
+        d: *mut f32,
+        stride: usize,
+    ) {
         // VPR > 0 is the row's vector count known at compile time: the row is then
         // straight-line code and the row loop the innermost, around which LLVM keeps the
         // accumulators in registers (with a loop over the vectors inside, it spilled and
-        // reloaded all of them on every row).
-        debug_assert!(VPR == 0 || VPR * LANES_512 == self.vpr * LANES);
+        // reloaded all of them on every row). PAIR: an 8-wide map, a vector is two rows.
+        debug_assert!(VPR == 0 || PAIR || VPR * LANES_512 == self.vpr * LANES);
         let vpr = if VPR > 0 { VPR } else { self.vpr / 2 };
+        let (rows, wp) = if PAIR { (self.h / 2, self.wp) } else { (self.h, self.wp) };
+        let step = if PAIR { 0 } else { LANES_512 };
+        let row_skip = if PAIR { 2 * wp } else { wp.wrapping_sub(vpr.wrapping_mul(LANES_512)) };
         let ych = self.ych;
-        let row_skip = self.wp.wrapping_sub(vpr.wrapping_mul(LANES_512));
         let plane_skip = self.xplane.wrapping_sub(self.h.wrapping_mul(self.wp));
         macro_rules! tile {
             ($($y:ident $a0:ident $a1:ident $a2:ident $i:literal),*) => {
@@ -267,14 +278,14 @@ impl Group {
                     let mut yo = 0usize;
                     let mut xv = xp;
                     for _ in 0..self.imgs {
-                        for _ in 0..self.h {
+                        for _ in 0..rows {
                             for _ in 0..vpr {
-                                let (x0, x1, x2) = (_mm512_loadu_ps(xv), _mm512_loadu_ps(xv.add(1)), _mm512_loadu_ps(xv.add(2)));
+                                let (x0, x1, x2) = (load::<PAIR>(xv, wp), load::<PAIR>(xv.add(1), wp), load::<PAIR>(xv.add(2), wp));
                                 $(let g = _mm512_loadu_ps($y.add(yo));
                                   $a0 = _mm512_fmadd_ps(g, x0, $a0);
                                   $a1 = _mm512_fmadd_ps(g, x1, $a1);
                                   $a2 = _mm512_fmadd_ps(g, x2, $a2);)*
-                                xv = xv.add(LANES_512);
+                                xv = xv.add(step);
                                 yo = yo.wrapping_add(LANES_512);
                             }
                             xv = xv.add(row_skip);
@@ -286,6 +297,24 @@ impl Group {
             };
         }
         tile!(y0 a00 a01 a02 0, y1 a10 a11 a12 1, y2 a20 a21 a22 2, y3 a30 a31 a32 3);
+    }
+}
+
+/// 16 floats at `p`, or with `PAIR` 8 at `p` and 8 at `p + wp` (two rows of an 8-wide map).
+///
+/// # Safety
+/// The CPU supports AVX-512F; the floats read lie in one allocation.
+#[inline(always)]
+unsafe fn load<const PAIR: bool>(p: *const f32, wp: usize) -> __m512 {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if PAIR {
+            let lo = _mm512_castps256_ps512(_mm256_loadu_ps(p));
+            let hi = _mm256_castps_pd(_mm256_loadu_ps(p.add(wp)));
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(lo), hi))
+        } else {
+            _mm512_loadu_ps(p)
+        }
     }
 }
 
