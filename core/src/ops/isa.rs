@@ -2,9 +2,11 @@
 //! no `is_x86_feature_detected!`), and capped by [`limit_isa`] (the host maps
 //! `HPFF_CPU_ISA=avx512|avx2|scalar` to it, for tests and for users).
 //!
-//! - [`Isa::Avx512`]: AVX-512F besides AVX2 + FMA. The direct 3×3 convolutions (forward
-//!   and input gradient) then run 16-pixel vectors where a row holds whole pairs of 8-pixel
-//!   vectors, with the same FMA chain per output as the AVX2 kernel: the bits are the same.
+//! - [`Isa::Avx512`]: AVX-512F besides AVX2 + FMA. The GEMM micro-kernel, and the direct
+//!   3×3 convolutions on maps 16 or 32 wide (or 8 wide, two rows a vector) run 16-pixel
+//!   vectors: the GEMM, forward and input gradient with the same FMA chain per output as
+//!   the AVX2 kernels (the same bits), the weight gradient with 16 lane chains (other
+//!   last bits, documented in `conv_wgrad`).
 //! - [`Isa::Avx2`]: AVX2 + FMA, the GEMM micro-kernel and every direct kernel.
 //! - [`Isa::Scalar`]: the portable loops (every target).
 
