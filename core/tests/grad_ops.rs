@@ -775,6 +775,34 @@ fn sgemm_avx512_gives_the_avx2_bits() {
     }
 }
 
+/// A strided batch (op(A) packed once for every item) gives each item the bits of its own
+/// `sgemm`, on the kernel this CPU runs: several row blocks of A (m > 144), k slabs,
+/// edges, both transposes of A and B, overwrite and accumulate, strides with gaps.
+#[test]
+fn sgemm_strided_batch_gives_each_item_its_own_bits() {
+    let mut seed = 500;
+    for &(m, n, k, items) in &[(150usize, 49usize, 300usize, 3usize), (13, 40, 7, 2), (64, 196, 33, 5), (5, 3, 1, 1)] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for acc in [false, true] {
+                seed += 1;
+                let (sb, sc) = (k * n + 3, m * n + 5);
+                let a = rand_vec(seed, m * k);
+                let b = rand_vec(seed ^ 7, items * sb);
+                let c0 = rand_vec(seed ^ 9, items * sc);
+                let (lda, ldb) = (if ta { m } else { k }, if tb { k } else { n });
+                let mut want = c0.clone();
+                for t in 0..items {
+                    sgemm(m, n, k, &a, lda, ta, &b[t * sb..], ldb, tb, &mut want[t * sc..], n, acc);
+                }
+                let mut got = c0;
+                sgemm_strided_batch(m, n, k, &a, lda, ta, (&b, ldb, tb, sb), (&mut got, n, sc), items, acc);
+                let same = want.iter().zip(&got).all(|(u, v)| u.to_bits() == v.to_bits());
+                assert!(same, "m {m} n {n} k {k} items {items} ta {ta} tb {tb} acc {acc}");
+            }
+        }
+    }
+}
+
 /// The FMA kernel computes each element as one FMA chain over k, so a row of C does not
 /// depend on which other rows/columns are computed with it (what makes sub-batch results
 /// bit-identical whatever the blocking).

@@ -15,7 +15,7 @@ use core::mem::MaybeUninit;
 use super::conv_layout::copy_short;
 use super::conv_shape::{Conv2d, COL_BLOCK};
 use super::gemm::{sgemm_packed_b, PackB, PANEL_NR};
-use super::{fold_lanes, sgemm, sum_lanes};
+use super::{fold_lanes, sgemm, sgemm_strided_batch, sum_lanes};
 #[cfg(target_arch = "x86_64")]
 use super::{
     gemm::{GemmKernel, NC},
@@ -403,13 +403,17 @@ pub fn conv2d_forward(
             super::conv_direct::forward(s, n, x, w, y, scratch)
         }
     }
+    if s.direct() {
+        // A 1×1: every image's product with the weights packed once (the bits of one
+        // product per image).
+        let (b, c) = ((x, hw_o, false, s.in_len()), (&mut y[..], hw_o, s.out_len()));
+        sgemm_strided_batch(s.c_out, hw_o, kk, w, kk, false, b, c, n, false);
+    }
     for i in 0..n {
         let xi = &x[i * s.in_len()..][..s.in_len()];
         let yi = &mut y[i * s.out_len()..][..s.out_len()];
-        if s.runs_direct() {
+        if s.direct() || s.runs_direct() {
             // Computed above for all images at once.
-        } else if s.direct() {
-            sgemm(s.c_out, hw_o, kk, w, kk, false, xi, hw_o, false, yi, hw_o, false);
         } else if s.same() && s.k <= SHIFTED_MAX_K {
             let taps = ShiftedTaps { s, x: xi };
             sgemm_packed_b(s.c_out, hw_o, kk, w, kk, false, &taps, yi, hw_o, false);
@@ -450,25 +454,27 @@ pub fn conv2d_backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &m
         }
         return;
     }
+    if s.direct() {
+        // A 1×1: every image's product with the weights packed once (the bits of one
+        // product per image).
+        let (b, c) = ((dy, hw_o, false, s.out_len()), (&mut dx[..], hw_o, s.in_len()));
+        return sgemm_strided_batch(kk, hw_o, s.c_out, w, kk, true, b, c, n, false);
+    }
     for i in 0..n {
         let dyi = &dy[i * s.out_len()..][..s.out_len()];
         let dxi = &mut dx[i * s.in_len()..][..s.in_len()];
-        if s.direct() {
-            sgemm(kk, hw_o, s.c_out, w, kk, true, dyi, hw_o, false, dxi, hw_o, false);
-        } else {
-            // A few input channels at a time, so their column-matrix rows are still in
-            // cache when col2im folds them back (one 16-channel 32×32 image's matrix
-            // is 576 KiB). A channel's rows feed only its own plane of `dx`, so every
-            // `dx` element still sums its taps in the same order.
-            dxi.fill(0.0);
-            let rows = k2 * hw_o;
-            let group = (COL_BLOCK / rows.max(1)).clamp(1, s.c_in);
-            for c0 in (0..s.c_in).step_by(group) {
-                let cs = group.min(s.c_in - c0);
-                let col = &mut scratch[..cs * rows];
-                sgemm(cs * k2, hw_o, s.c_out, &w[c0 * k2..], kk, true, dyi, hw_o, false, col, hw_o, false);
-                col2im_add(s, cs, col, &mut dxi[c0 * s.h * s.w..]);
-            }
+        // A few input channels at a time, so their column-matrix rows are still in
+        // cache when col2im folds them back (one 16-channel 32×32 image's matrix
+        // is 576 KiB). A channel's rows feed only its own plane of `dx`, so every
+        // `dx` element still sums its taps in the same order.
+        dxi.fill(0.0);
+        let rows = k2 * hw_o;
+        let group = (COL_BLOCK / rows.max(1)).clamp(1, s.c_in);
+        for c0 in (0..s.c_in).step_by(group) {
+            let cs = group.min(s.c_in - c0);
+            let col = &mut scratch[..cs * rows];
+            sgemm(cs * k2, hw_o, s.c_out, &w[c0 * k2..], kk, true, dyi, hw_o, false, col, hw_o, false);
+            col2im_add(s, cs, col, &mut dxi[c0 * s.h * s.w..]);
         }
     }
 }

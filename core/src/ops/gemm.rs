@@ -580,6 +580,43 @@ pub(crate) fn sgemm_packed_b(
     run(sgemm_kernel(), &p, c);
 }
 
+/// `items` products that share A: `C_t (+)= op(A) · op(B_t)` for `t < items`, where `B_t`
+/// starts at float `t · stride_b` of `b` and `C_t` at float `t · stride_c` of `c` (the
+/// strided batch of cuBLAS). Each block of op(A) is packed once for all of them, so a
+/// convolution's weights are not packed again for every image; every `C_t` gets the bits
+/// [`sgemm`] gives it alone.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_strided_batch(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    trans_a: bool,
+    (b, ldb, trans_b, stride_b): (&[f32], usize, bool, usize),
+    (c, ldc, stride_c): (&mut [f32], usize, usize),
+    items: usize,
+    accumulate: bool,
+) {
+    if items == 0 || m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 || items == 1 {
+        // No B is read (k = 0), or nothing to share: one call each.
+        for t in 0..items {
+            let bt = if k == 0 { &[][..] } else { &b[t * stride_b..] };
+            sgemm(m, n, k, a, lda, trans_a, bt, ldb, trans_b, &mut c[t * stride_c..], ldc, accumulate);
+        }
+        return;
+    }
+    let last = items - 1;
+    check_a_c(m, n, k, a, lda, trans_a, &c[last * stride_c..], ldc);
+    let (br, bc) = if trans_b { (n, k) } else { (k, n) };
+    assert!(ldb >= bc && b.len() >= last * stride_b + (br - 1) * ldb + bc, "sgemm: B too small");
+    let p = Problem { m, n, k, a, lda, trans_a, b, ldb, trans_b, packer: None, ldc, accumulate };
+    run_batch(sgemm_kernel(), &p, Batch { items, b: stride_b, c: stride_c }, c);
+}
+
 /// The shape checks of A and C (`m, n, k > 0`): once per call, so the packing and kernels
 /// may trust them.
 #[allow(clippy::too_many_arguments)]
@@ -591,22 +628,28 @@ fn check_a_c(m: usize, n: usize, k: usize, a: &[f32], lda: usize, trans_a: bool,
 
 /// Runs a checked problem on `kernel`, or on the best one the CPU has if it lacks it.
 fn run(kernel: GemmKernel, p: &Problem<'_>, c: &mut [f32]) {
+    run_batch(kernel, p, Batch::ONE, c)
+}
+
+/// [`run`] over a checked batch.
+fn run_batch(kernel: GemmKernel, p: &Problem<'_>, batch: Batch, c: &mut [f32]) {
     let kernel = kernel.min(sgemm_kernel());
     match kernel {
         #[cfg(target_arch = "x86_64")]
         GemmKernel::Avx2Fma => {
             // SAFETY: `kernel <= sgemm_kernel()`, so the CPU has AVX2 and FMA.
-            unsafe { sgemm_avx2(p, c) }
+            unsafe { sgemm_avx2(p, batch, c) }
         }
         #[cfg(target_arch = "x86_64")]
         GemmKernel::Avx512 => {
             // SAFETY: `kernel <= sgemm_kernel()`, so the CPU has AVX-512F (and AVX2, FMA).
-            unsafe { sgemm_avx512(p, c) }
+            unsafe { sgemm_avx512(p, batch, c) }
         }
-        _ => driver::<Portable>(p, c),
+        _ => driver_batch::<Portable>(p, batch, c),
     }
 }
 
+#[derive(Clone, Copy)]
 struct Problem<'a> {
     m: usize,
     n: usize,
@@ -627,22 +670,37 @@ struct Problem<'a> {
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn sgemm_avx2(p: &Problem<'_>, c: &mut [f32]) {
-    driver::<Avx2>(p, c)
+unsafe fn sgemm_avx2(p: &Problem<'_>, batch: Batch, c: &mut [f32]) {
+    driver_batch::<Avx2>(p, batch, c)
 }
 
 /// # Safety
 /// The CPU must support AVX-512F, AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn sgemm_avx512(p: &Problem<'_>, c: &mut [f32]) {
-    driver::<Avx512>(p, c)
+unsafe fn sgemm_avx512(p: &Problem<'_>, batch: Batch, c: &mut [f32]) {
+    driver_batch::<Avx512>(p, batch, c)
 }
 
-/// The blocked loop nest. Inlined into each ISA entry point so packing is compiled for
-/// the same instruction set as the kernel.
+/// Problems that share op(A): item `t` takes B from float `t · b` of `p.b` and C from
+/// float `t · c` of `c` (cuBLAS's strided batch).
+#[derive(Clone, Copy)]
+struct Batch {
+    items: usize,
+    b: usize,
+    c: usize,
+}
+
+impl Batch {
+    const ONE: Batch = Batch { items: 1, b: 0, c: 0 };
+}
+
+/// The blocked loop nest, over a batch: each block of op(A) is packed once and used for
+/// every item, which computes exactly what its own call would (the same packing, tiles
+/// and chains), so the bits are those of one call per item. Inlined into each ISA entry
+/// point so packing is compiled for the same instruction set as the kernel.
 #[inline(always)]
-fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
+fn driver_batch<K: MicroKernel>(p: &Problem<'_>, batch: Batch, c: &mut [f32]) {
     // Packing writes every float of a panel the kernel reads (zero padding included), so
     // the buffers need no clearing: a 100 KiB memset per call showed in profiles of the
     // per-image convolution GEMMs.
@@ -652,6 +710,7 @@ fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
     let (mr, nr) = (K::MR, K::NR);
     debug_assert!(MC.is_multiple_of(mr) && NC.is_multiple_of(nr) && nr * mr <= MAX_TILE);
     debug_assert!(p.packer.is_none() || nr.is_multiple_of(PANEL_NR));
+    debug_assert!(batch.items == 1 || p.packer.is_none());
     let ldc = p.ldc;
     let mut pc = 0;
     while pc < p.k {
@@ -662,66 +721,70 @@ fn driver<K: MicroKernel>(p: &Problem<'_>, c: &mut [f32]) {
             let mc = MC.min(p.m - ic);
             // SAFETY: the caller picked a kernel the CPU supports.
             unsafe { K::pack_a(p, ic, mc, pc, kc, &mut apack) };
-            let mut jc = 0;
-            while jc < p.n {
-                let ncv = NC.min(p.n - jc);
-                match p.packer {
-                    Some(src) => src.pack(jc, ncv, pc, kc, &mut bpack),
-                    // SAFETY: as above.
-                    None => unsafe { K::pack_b(p, jc, ncv, pc, kc, &mut bpack) },
-                }
-                let mut jr = 0;
-                while jr < ncv {
-                    let nv = nr.min(ncv - jr);
-                    let mut ir = 0;
-                    while ir < mc {
-                        let mv = mr.min(mc - ir);
-                        let ap = apack[ir * kc..].as_ptr().cast::<f32>();
-                        let bp = bpack[jr * kc..].as_ptr().cast::<f32>();
-                        let (i0, j0) = (ic + ir, jc + jr);
-                        // Whole B panels the tile reads (the last one zero-padded).
-                        let cols = nv.div_ceil(PANEL_NR) * PANEL_NR;
-                        let rows = if K::ROW_EDGES { mv } else { mr };
-                        if cols == nv && (mv == mr || K::ROW_EDGES) {
-                            // SAFETY: the packed panels hold the floats of the mv rows and
-                            // nv columns, written by the packing above; the tile rows
-                            // i0..i0+mv and columns j0..j0+nv lie inside C (checked by
-                            // the asserts in `sgemm_using`); the kernel takes mv rows (mv
-                            // == MR or ROW_EDGES) and nv columns (whole panels); the
-                            // caller picked a kernel the CPU supports.
-                            unsafe {
-                                K::run(Tile {
-                                    rows: mv,
-                                    cols: nv,
-                                    kc,
-                                    ap,
-                                    bp,
-                                    c: c.as_mut_ptr().add(i0 * ldc + j0),
-                                    ldc,
-                                    load,
-                                })
-                            };
-                        } else {
-                            if load {
+            for t in 0..batch.items {
+                let p = &Problem { b: &p.b[t * batch.b..], ..*p };
+                let c = &mut c[t * batch.c..];
+                let mut jc = 0;
+                while jc < p.n {
+                    let ncv = NC.min(p.n - jc);
+                    match p.packer {
+                        Some(src) => src.pack(jc, ncv, pc, kc, &mut bpack),
+                        // SAFETY: as above.
+                        None => unsafe { K::pack_b(p, jc, ncv, pc, kc, &mut bpack) },
+                    }
+                    let mut jr = 0;
+                    while jr < ncv {
+                        let nv = nr.min(ncv - jr);
+                        let mut ir = 0;
+                        while ir < mc {
+                            let mv = mr.min(mc - ir);
+                            let ap = apack[ir * kc..].as_ptr().cast::<f32>();
+                            let bp = bpack[jr * kc..].as_ptr().cast::<f32>();
+                            let (i0, j0) = (ic + ir, jc + jr);
+                            // Whole B panels the tile reads (the last one zero-padded).
+                            let cols = nv.div_ceil(PANEL_NR) * PANEL_NR;
+                            let rows = if K::ROW_EDGES { mv } else { mr };
+                            if cols == nv && (mv == mr || K::ROW_EDGES) {
+                                // SAFETY: the packed panels hold the floats of the mv rows and
+                                // nv columns, written by the packing above; the tile rows
+                                // i0..i0+mv and columns j0..j0+nv lie inside C (checked by
+                                // the asserts in `sgemm_using`); the kernel takes mv rows (mv
+                                // == MR or ROW_EDGES) and nv columns (whole panels); the
+                                // caller picked a kernel the CPU supports.
+                                unsafe {
+                                    K::run(Tile {
+                                        rows: mv,
+                                        cols: nv,
+                                        kc,
+                                        ap,
+                                        bp,
+                                        c: c.as_mut_ptr().add(i0 * ldc + j0),
+                                        ldc,
+                                        load,
+                                    })
+                                };
+                            } else {
+                                if load {
+                                    for i in 0..mv {
+                                        let row = &c[(i0 + i) * ldc + j0..][..nv];
+                                        tile[i * nr..i * nr + nv].copy_from_slice(row);
+                                    }
+                                }
+                                // SAFETY: as above, with the local MR×NR `tile` as C, `rows`
+                                // (mv, or MR for a kernel without row edges, whose packed
+                                // panel is MR rows) and the whole panels' `cols`.
+                                unsafe { K::run(Tile { rows, cols, kc, ap, bp, c: tile.as_mut_ptr(), ldc: nr, load }) };
                                 for i in 0..mv {
-                                    let row = &c[(i0 + i) * ldc + j0..][..nv];
-                                    tile[i * nr..i * nr + nv].copy_from_slice(row);
+                                    let row = &mut c[(i0 + i) * ldc + j0..][..nv];
+                                    row.copy_from_slice(&tile[i * nr..i * nr + nv]);
                                 }
                             }
-                            // SAFETY: as above, with the local MR×NR `tile` as C, `rows`
-                            // (mv, or MR for a kernel without row edges, whose packed
-                            // panel is MR rows) and the whole panels' `cols`.
-                            unsafe { K::run(Tile { rows, cols, kc, ap, bp, c: tile.as_mut_ptr(), ldc: nr, load }) };
-                            for i in 0..mv {
-                                let row = &mut c[(i0 + i) * ldc + j0..][..nv];
-                                row.copy_from_slice(&tile[i * nr..i * nr + nv]);
-                            }
+                            ir += mr;
                         }
-                        ir += mr;
+                        jr += nr;
                     }
-                    jr += nr;
+                    jc += NC;
                 }
-                jc += NC;
             }
             ic += mc;
         }

@@ -35,7 +35,7 @@ pub use batchnorm::{
 };
 pub use conv::{conv2d_accumulate_weight_grad, conv2d_backward_input, conv2d_forward};
 pub use conv_shape::Conv2d;
-pub use gemm::{sgemm, sgemm_kernel, sgemm_using, GemmKernel};
+pub use gemm::{sgemm, sgemm_kernel, sgemm_strided_batch, sgemm_using, GemmKernel};
 pub use isa::{cpu_isa, detected_isa, limit_isa, Isa};
 pub use linear::{linear_accumulate_weight_grad, linear_backward_input, linear_forward, Linear};
 pub use maxpool::{maxpool_backward, maxpool_forward, MaxPool2d};
