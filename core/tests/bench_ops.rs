@@ -64,7 +64,7 @@ fn bench_conv() {
     for isa in [Isa::Avx512, Isa::Avx2, Isa::Scalar].into_iter().filter(|&i| i <= detected_isa()) {
         limit_isa(Some(isa));
         println!("{}:", isa.name());
-        for (c, hw) in [(16, 32), (32, 16), (64, 8)] {
+        for (c, hw) in [(16, 32), (32, 16), (64, 8), (64, 56), (128, 28), (256, 14), (512, 7)] {
             bench_conv_shape(Conv2d { c_in: c, c_out: c, h: hw, w: hw, k: 3, stride: 1, pad: 1, groups: 1 });
         }
     }
@@ -72,7 +72,8 @@ fn bench_conv() {
 }
 
 fn bench_conv_shape(s: Conv2d) {
-    let n = 128;
+    // The ImageNet shapes (56² … 7²) at a batch that keeps the run short.
+    let n = if s.h > 32 || s.c_in > 64 { 16 } else { 128 };
     let mut x = vec![0.0; n * s.in_len()];
     let mut w = vec![0.0; s.weight_len()];
     let mut y = vec![0.0; n * s.out_len()];
@@ -95,7 +96,7 @@ fn bench_conv_shape(s: Conv2d) {
     let tbw = time(&mut || conv2d_accumulate_weight_grad(&s, n, &x, &y, &mut dw, None, &mut scratch));
     let f = (s.flops() * n) as f64 / 1e9;
     println!(
-        "conv {}->{} {}x{} k3 n=128: fwd {:.2} ms ({:.1} GFLOP/s), bwd-input {:.2} ms ({:.1}), bwd-weight {:.2} ms ({:.1})",
+        "conv {}->{} {}x{} k3 n={n}: fwd {:.2} ms ({:.1} GFLOP/s), bwd-input {:.2} ms ({:.1}), bwd-weight {:.2} ms ({:.1})",
         s.c_in, s.c_out, s.h, s.w, tf * 1e3, f / tf, tbi * 1e3, f / tbi, tbw * 1e3, f / tbw
     );
 }

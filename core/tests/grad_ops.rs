@@ -897,6 +897,10 @@ fn conv_is_bitwise_its_fma_chains() {
         // 8-wide maps: on AVX-512 two rows per vector (4 and 3 vectors a tile).
         Conv2d { c_in: 7, c_out: 13, h: 8, w: 8, k: 3, stride: 1, pad: 1, groups: 1 },
         Conv2d { c_in: 9, c_out: 4, h: 6, w: 8, k: 3, stride: 1, pad: 1, groups: 1 },
+        // Rows of an odd number of 8-pixel vectors, wider than 16: on AVX-512 the last
+        // vector of a row is partial (masked loads).
+        Conv2d { c_in: 4, c_out: 7, h: 5, w: 24, k: 3, stride: 1, pad: 1, groups: 1 },
+        Conv2d { c_in: 3, c_out: 5, h: 3, w: 56, k: 3, stride: 1, pad: 1, groups: 1 },
     ];
     for (t, s) in shapes.into_iter().enumerate() {
         let n = 2;

@@ -10,11 +10,13 @@
 //! product at the 16-channel layers, and the input gradient's GEMM had only `c_out` terms
 //! per element (plus a col2im pass over a matrix `k²` times the image).
 //!
-//! With AVX-512F ([`super::Isa::Avx512`]) a map whose rows hold whole pairs of 8-pixel
-//! vectors (16 and 32 wide) runs 16-pixel vectors, a tile of up to 6 planes × 4 vectors
-//! in the 32 zmm registers; an 8-wide map with an even height runs the same tile on
-//! vectors of two rows (two loads joined), so its 64 pixels are one tile's 4 vectors;
-//! other widths keep the AVX2 tile.
+//! With AVX-512F ([`super::Isa::Avx512`]) the tile is up to 6 planes × 4 vectors of 16
+//! pixels in the 32 zmm registers: on maps whose rows hold whole pairs of 8-pixel vectors
+//! (16, 28 and 32 wide, 14 too), on rows wider than 16 of an odd number of them (56: the
+//! row's last vector loads only its lanes), and on 8-wide maps of even height with a
+//! vector of two rows (two loads joined), so a whole 8×8 image is one tile's 4 vectors.
+//! A map narrower than 16 with an odd number of 8-pixel vectors (7×7) keeps the AVX2
+//! tile, which its rows fill better.
 //!
 //! Bits: every output is one FMA chain from zero over (input channel, kh, kw) in order,
 //! on either instruction set, so AVX-512 and AVX2 give the same bits.
@@ -77,8 +79,10 @@ trait Lanes {
     /// Rows per vector: 1, or 2 when a vector is two 8-pixel rows (8-wide maps).
     const ROWS: usize = 1;
     unsafe fn zero() -> Self::V;
-    /// The vector at `p` (with `ROWS` = 2: 8 floats at `p`, then 8 at `p + wp`).
-    unsafe fn load(p: *const f32, wp: usize) -> Self::V;
+    /// The vector at `p` (with `ROWS` = 2: 8 floats at `p`, then 8 at `p + wp`); `n`: the
+    /// lanes the tile stores (a zmm reads only those, so a row's last vector stays in the
+    /// row's padded plane; the others read whole vectors, which their layouts hold).
+    unsafe fn load(p: *const f32, wp: usize, n: usize) -> Self::V;
     unsafe fn splat(p: *const f32) -> Self::V;
     /// `a · b + c`, one rounding.
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
@@ -87,7 +91,11 @@ trait Lanes {
 }
 
 struct Ymm;
-struct Zmm;
+/// 16-pixel vectors of one row; `MASKED`: the row's last vector is partial and reads only
+/// its lanes (rows of an odd number of 8-pixel vectors, whose padded row ends 8 floats
+/// short of a whole zmm). A zero-masking load costs more than a plain one even with every
+/// lane set (16- and 32-wide maps lost 10–13 % with it), so whole rows keep plain loads.
+struct Zmm<const MASKED: bool>;
 
 // SAFETY (every method below): called only from functions compiled for the set, with
 // addresses the caller's contract covers.
@@ -100,7 +108,7 @@ impl Lanes for Ymm {
         unsafe { _mm256_setzero_ps() }
     }
     #[inline(always)]
-    unsafe fn load(p: *const f32, _: usize) -> __m256 {
+    unsafe fn load(p: *const f32, _: usize, _: usize) -> __m256 {
         unsafe { _mm256_loadu_ps(p) }
     }
     #[inline(always)]
@@ -125,7 +133,7 @@ impl Lanes for Ymm {
     }
 }
 
-impl Lanes for Zmm {
+impl<const MASKED: bool> Lanes for Zmm<MASKED> {
     type V = __m512;
     const WIDTH: usize = 2 * LANES;
     const TILE_V: usize = 4;
@@ -134,8 +142,15 @@ impl Lanes for Zmm {
         unsafe { _mm512_setzero_ps() }
     }
     #[inline(always)]
-    unsafe fn load(p: *const f32, _: usize) -> __m512 {
-        unsafe { _mm512_loadu_ps(p) }
+    unsafe fn load(p: *const f32, _: usize, n: usize) -> __m512 {
+        unsafe {
+            if MASKED {
+                let mask: __mmask16 = if n >= 2 * LANES { 0xffff } else { (1u16 << n) - 1 };
+                _mm512_maskz_loadu_ps(mask, p)
+            } else {
+                _mm512_loadu_ps(p)
+            }
+        }
     }
     #[inline(always)]
     unsafe fn splat(p: *const f32) -> __m512 {
@@ -167,7 +182,7 @@ impl Lanes for ZmmRows {
         unsafe { _mm512_setzero_ps() }
     }
     #[inline(always)]
-    unsafe fn load(p: *const f32, wp: usize) -> __m512 {
+    unsafe fn load(p: *const f32, wp: usize, _: usize) -> __m512 {
         unsafe {
             let lo = _mm512_castps256_ps512(_mm256_loadu_ps(p));
             let hi = _mm256_castps_pd(_mm256_loadu_ps(p.add(wp)));
@@ -176,15 +191,15 @@ impl Lanes for ZmmRows {
     }
     #[inline(always)]
     unsafe fn splat(p: *const f32) -> __m512 {
-        unsafe { Zmm::splat(p) }
+        unsafe { Zmm::<false>::splat(p) }
     }
     #[inline(always)]
     unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-        unsafe { Zmm::fma(a, b, c) }
+        unsafe { Zmm::<false>::fma(a, b, c) }
     }
     #[inline(always)]
     unsafe fn store(d: *mut f32, v: __m512, n: usize) {
-        unsafe { Zmm::store(d, v, n) }
+        unsafe { Zmm::<false>::store(d, v, n) }
     }
 }
 
@@ -213,7 +228,7 @@ unsafe fn direct_image<const K: usize>(
 /// broadcast in the 32 zmm registers. Each output is the same FMA chain as there.
 ///
 /// # Safety
-/// As [`direct_image`]'s, and the CPU supports AVX-512F; `g.vectors_per_row` is even.
+/// As [`direct_image`]'s, and the CPU supports AVX-512F.
 #[target_feature(enable = "avx512f")]
 unsafe fn direct_image_512<const K: usize>(
     g: &PaddedPlanes,
@@ -227,9 +242,10 @@ unsafe fn direct_image_512<const K: usize>(
     unsafe {
         if g.w == LANES && g.h.is_multiple_of(2) {
             walk::<ZmmRows, K>(g, channels, padded, packed, rows, out)
+        } else if g.vectors_per_row.is_multiple_of(2) {
+            walk::<Zmm<false>, K>(g, channels, padded, packed, rows, out)
         } else {
-            debug_assert!(g.vectors_per_row.is_multiple_of(2));
-            walk::<Zmm, K>(g, channels, padded, packed, rows, out)
+            walk::<Zmm<true>, K>(g, channels, padded, packed, rows, out)
         }
     }
 }
@@ -251,7 +267,7 @@ unsafe fn walk<L: Lanes, const K: usize>(
     debug_assert!(padded.len() >= channels * g.plane_len() && out.len() >= rows * g.h * g.w);
     debug_assert!(packed.len() >= packed_len(rows, channels, K * K));
     // Vectors per row (per pair of rows with `L::ROWS` = 2, whose rows are one vector).
-    let per_row = g.vectors_per_row * LANES * L::ROWS / L::WIDTH;
+    let per_row = (g.vectors_per_row * LANES * L::ROWS).div_ceil(L::WIDTH);
     let vectors = g.h / L::ROWS * per_row;
     let hw = g.h * g.w;
     for o0 in (0..rows).step_by(TILE_ROWS) {
@@ -351,7 +367,7 @@ impl Tile {
                 for kh in 0..K {
                     let rows: [*const f32; V] = core::array::from_fn(|j| src[j].add(kh * self.wp));
                     for kw in 0..K {
-                        let b: [L::V; V] = core::array::from_fn(|j| L::load(rows[j].add(kw), self.wp));
+                        let b: [L::V; V] = core::array::from_fn(|j| L::load(rows[j].add(kw), self.wp, self.lanes[j]));
                         for i in 0..R {
                             let ai = L::splat(a.add(i));
                             for j in 0..V {
@@ -449,8 +465,11 @@ unsafe fn run_images(
     let (padded, packed) = scratch.split_at_mut(channels * g.plane_len());
     assert!(packed.len() >= packed_len(rows, channels, DIRECT_K * DIRECT_K), "conv scratch too small");
     pack(packed);
-    // 16-pixel vectors need rows of whole pairs of 8-pixel vectors, or two rows of 8.
-    let wide = wide && (g.vectors_per_row.is_multiple_of(2) || (s.w == LANES && s.h.is_multiple_of(2)));
+    // 16-pixel vectors where a row is whole pairs of 8-pixel vectors, two rows of 8, or
+    // wider than 16 (its last vector partial); a map narrower than 16 with an odd number
+    // of 8-pixel vectors (7×7) fills more of a ymm than of a zmm.
+    let wide =
+        wide && (g.vectors_per_row.is_multiple_of(2) || (s.w == LANES && s.h.is_multiple_of(2)) || s.w > 2 * LANES);
     for (si, di) in src.chunks_exact(channels * hw).zip(dst.chunks_exact_mut(rows * hw)).take(n) {
         g.fill(channels, si, padded);
         // SAFETY: `padded` holds `channels` planes, `di` `rows` planes, `packed` the
