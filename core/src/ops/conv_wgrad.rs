@@ -264,7 +264,7 @@ impl Group {
         // reloaded all of them on every row). PAIR: an 8-wide map, a vector is two rows.
         debug_assert!(VPR == 0 || PAIR || VPR * LANES_512 == self.vpr * LANES);
         let vpr = if VPR > 0 { VPR } else { self.vpr / 2 };
-        let (rows, wp) = if PAIR { (self.h / 2, self.wp) } else { (self.h, self.wp) };
+        let (rows, wp) = (if PAIR { self.h / 2 } else { self.h }, self.wp);
         let step = if PAIR { 0 } else { LANES_512 };
         let row_skip = if PAIR { 2 * wp } else { wp.wrapping_sub(vpr.wrapping_mul(LANES_512)) };
         let ych = self.ych;
