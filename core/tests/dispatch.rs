@@ -15,11 +15,13 @@ struct Recorder {
     told: Option<usize>,
     calls: Vec<(usize, Op)>,
     runs: Vec<(usize, Run)>,
+    /// `(calls made before it, module)` per [`Backend::module_done`].
+    done: Vec<(usize, usize)>,
 }
 
 impl Recorder {
     fn new(fuse: bool) -> Recorder {
-        Recorder { fuse, told: None, calls: Vec::new(), runs: Vec::new() }
+        Recorder { fuse, told: None, calls: Vec::new(), runs: Vec::new(), done: Vec::new() }
     }
 
     fn call(&mut self, op: Op) -> Result<(), Infallible> {
@@ -57,6 +59,12 @@ impl Backend for Recorder {
 
     fn begin_step(&mut self) -> Result<(), Infallible> {
         self.call(Op::BeginStep)
+    }
+
+    fn module_done(&mut self, a: &op::Sgd) -> Result<(), Infallible> {
+        assert!(self.told.is_some(), "module_done after begin_op of its update");
+        self.done.push((self.calls.len(), a.module));
+        Ok(())
     }
 
     record!(zero: Zero, restore: Restore, conv: Conv, bn_train: BnTrain, bn_eval: BnEval, bn_apply: BnApply,
@@ -111,6 +119,24 @@ fn every_op_reaches_the_backend_once_in_order() {
                 assert_eq!(r.calls, want, "{name}, train {train}, fuse {fuse}");
             }
         }
+    }
+}
+
+#[test]
+fn each_module_is_done_once_right_before_its_update() {
+    for (name, plan) in plans() {
+        let r = run(&plan, true, true);
+        let updates: Vec<(usize, usize)> = (r.calls.iter().enumerate())
+            .filter_map(|(i, (_, op))| match op {
+                Op::Sgd(a) => Some((i, a.module)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(r.done, updates, "{name}");
+        let mut modules: Vec<usize> = updates.iter().map(|u| u.1).collect();
+        modules.sort();
+        assert_eq!(modules, (0..plan.modules()).collect::<Vec<_>>(), "{name}: one update per module");
+        assert!(run(&plan, false, true).done.is_empty(), "{name}: an evaluation updates nothing");
     }
 }
 

@@ -111,7 +111,7 @@ pub struct EvalArgs {
     /// CPU threads (0 = all cores)
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Where to evaluate: cpu, cuda or cuda:N [default: the checkpoint's]
+    /// Where to evaluate: cpu, cuda, cuda:N, reference or cuda-emu [default: the checkpoint's]
     #[arg(long)]
     pub device: Option<Device>,
     /// Allow TF32 tensor-core math on the GPU (default: strict fp32)

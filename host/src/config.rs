@@ -382,7 +382,7 @@ hyper_parameters! {
         /// CPU threads (0 = all cores) [default: 0]
         #[arg(long)]
         threads: usize = 0;
-        /// Where to run: cpu, cuda or cuda:N [default: cpu]
+        /// Where to run: cpu, cuda or cuda:N (also reference, cuda-emu: slow executors that check the others) [default: cpu]
         #[arg(long)]
         device: Device = Device::Cpu;
         /// Allow TF32 tensor-core math on the GPU (default: strict fp32)

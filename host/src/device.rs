@@ -6,43 +6,83 @@
 use crate::cpu::CpuExecutor;
 use crate::dist::Comm;
 use crate::error::{Error, Result};
-use hpff_core::exec::{init_params, Executor, Held, Region, StepInput};
+use hpff_core::exec::{init_params, Executor, Held, Reference, Region, StepInput};
 use hpff_core::plan::Plan;
 use hpff_core::rng::Rng;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 
-/// Where to run.
+/// Every executor, once: `test name => device`. `--device` takes their names
+/// ([`Device::ALL`]) and the tests' `on_every_executor!` runs each test body on every one.
+/// `executors!(m, args..)` calls `m! { (args..) name => device, ... }`.
+#[macro_export]
+macro_rules! executors {
+    ($then:path $(, $($args:tt)*)?) => {
+        $then! {
+            ($($($args)*)?)
+            reference => $crate::device::Device::Reference,
+            cpu => $crate::device::Device::Cpu,
+            cuda => $crate::device::Device::Cuda(0),
+            cuda_emulated => $crate::device::Device::CudaEmulated,
+        }
+    };
+}
+
+/// Where to run: which executor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Device {
+    /// The core's single-threaded reference executor: the code a microcontroller runs;
+    /// slow, for checking the others.
+    Reference,
     /// The multi-threaded CPU executor.
     #[default]
     Cpu,
     /// The CUDA executor on GPU `N` (`cuda` = `cuda:0`).
     Cuda(usize),
+    /// The CUDA executor's encoding and kernels run on the CPU, convolving as cuDNN would:
+    /// checks the GPU path without a GPU (slow; built with the `emulate` feature).
+    CudaEmulated,
+}
+
+macro_rules! device_list {
+    (() $($name:ident => $device:expr,)*) => {
+        /// Every executor ([`executors!`](crate::executors)).
+        pub const ALL: &'static [Device] = &[$($device),*];
+    };
+}
+
+impl Device {
+    executors!(device_list);
+
+    /// What `--device` accepts, for messages.
+    fn choices() -> String {
+        let names: Vec<String> = Device::ALL.iter().map(|d| d.to_string().replace(":0", "")).collect();
+        format!("{} or cuda:N", names.join(", "))
+    }
 }
 
 impl FromStr for Device {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Device, String> {
-        let bad = || format!("unknown device '{s}': use cpu, cuda or cuda:N");
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(0)),
-            _ => match s.strip_prefix("cuda:") {
-                Some(n) => n.parse().map(Device::Cuda).map_err(|_| bad()),
-                None => Err(bad()),
-            },
+        let bad = || format!("unknown device '{s}': use {}", Device::choices());
+        if s == "cuda" {
+            return Ok(Device::Cuda(0));
         }
+        if let Some(n) = s.strip_prefix("cuda:") {
+            return n.parse().map(Device::Cuda).map_err(|_| bad());
+        }
+        Device::ALL.iter().copied().find(|d| d.to_string() == s).ok_or_else(bad)
     }
 }
 
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Device::Reference => f.write_str("reference"),
             Device::Cpu => f.write_str("cpu"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
+            Device::CudaEmulated => f.write_str("cuda-emu"),
         }
     }
 }
@@ -124,6 +164,7 @@ where
 /// An executor on `device` laid out for `layout`: its arena allocated, zeroed. On the CPU
 /// the bytes it will take are checked against the memory available first.
 pub fn open(device: Device, layout: &Plan, opts: ExecOptions) -> Result<DynExecutor> {
+    let several = opts.comm.is_some_and(|c| c.size() > 1) || opts.link.is_some();
     Ok(match device {
         Device::Cpu => {
             if let Some(avail) = crate::resources::available_bytes() {
@@ -137,11 +178,25 @@ pub fn open(device: Device, layout: &Plan, opts: ExecOptions) -> Result<DynExecu
                     .with_link(opts.link),
             )
         }
-        Device::Cuda(_) if opts.comm.is_some_and(|c| c.size() > 1) || opts.link.is_some() => return Err(Error::msg(
-            "training on several processes runs on --device cpu for now (the GPU path, over NCCL, is not built yet)",
-        )),
+        _ if several => {
+            return Err(Error::msg(format!(
+                "training on several processes runs on --device cpu for now, not {device} (the GPU path, over NCCL, is not built yet)"
+            )))
+        }
+        Device::Reference => boxed(Reference::new(layout, vec![0.0; layout.arena_len()])?),
         Device::Cuda(n) => cuda(n, layout, opts)?,
+        Device::CudaEmulated => emulated(layout)?,
     })
+}
+
+#[cfg(feature = "emulate")]
+fn emulated(layout: &Plan) -> Result<DynExecutor> {
+    Ok(boxed(hpff_kernels::emu::EmuExecutor::with_conv(layout, hpff_kernels::ConvPath::Cudnn)))
+}
+
+#[cfg(not(feature = "emulate"))]
+fn emulated(_: &Plan) -> Result<DynExecutor> {
+    Err(Error::msg("this hpff was built without the CUDA emulator (cargo feature `emulate`)"))
 }
 
 /// What CUDA device `ordinal` is (name, compute capability, memory), or why it cannot be used.
@@ -220,13 +275,24 @@ mod tests {
 
     #[test]
     fn device_names_round_trip() {
-        for (s, d) in [("cpu", Device::Cpu), ("cuda", Device::Cuda(0)), ("cuda:3", Device::Cuda(3))] {
+        let named = [
+            ("reference", Device::Reference),
+            ("cpu", Device::Cpu),
+            ("cuda", Device::Cuda(0)),
+            ("cuda:3", Device::Cuda(3)),
+            ("cuda-emu", Device::CudaEmulated),
+        ];
+        for (s, d) in named {
             assert_eq!(s.parse::<Device>().unwrap(), d);
         }
+        for d in Device::ALL {
+            assert_eq!(d.to_string().parse::<Device>().unwrap(), *d);
+        }
+        assert_eq!(Device::ALL.len(), 4);
         assert_eq!(Device::Cuda(0).to_string(), "cuda:0");
         for bad in ["gpu", "cuda:", "cuda:x", "CPU", "cuda:-1"] {
             let e = bad.parse::<Device>().unwrap_err();
-            assert!(e.contains("use cpu, cuda or cuda:N"), "{e}");
+            assert!(e.contains("use reference, cpu, cuda, cuda-emu or cuda:N"), "{e}");
         }
     }
 }

@@ -130,9 +130,7 @@ impl Pipeline {
     /// Stage `s`'s part of the whole model `full` (laid out by `plan`).
     pub fn restrict(&self, plan: &Plan, s: usize, full: &Snapshot) -> Result<Snapshot> {
         let st = self.stage_plan(plan, s)?.stage;
-        let take = |v: &[f32], spans: [hpff_core::plan::Buf; 2]| -> Vec<f32> {
-            spans.iter().flat_map(|b| v[b.off..b.end()].iter().copied()).collect()
-        };
+        let take = |v: &[f32], span: hpff_core::plan::Buf| v[span.off..span.end()].to_vec();
         Ok(Snapshot {
             params: take(&full.params, st.params),
             state: take(&full.state, st.state),
@@ -168,13 +166,9 @@ impl Pipeline {
     }
 }
 
-/// Copies a stage's packed `part` into the spans of the whole model's `v` it came from.
-fn place(v: &mut [f32], spans: [hpff_core::plan::Buf; 2], part: &[f32]) {
-    let mut at = 0;
-    for b in spans {
-        v[b.off..b.end()].copy_from_slice(&part[at..at + b.len]);
-        at += b.len;
-    }
+/// Copies a stage's `part` into the span of the whole model's `v` it came from.
+fn place(v: &mut [f32], span: hpff_core::plan::Buf, part: &[f32]) {
+    v[span.off..span.end()].copy_from_slice(part);
 }
 
 /// Training FLOPs of one step of each module alone (its aux nets and, under HPFF, its

@@ -1,12 +1,14 @@
 //! The executor's own device buffers, sized once from the layout plan.
 //!
-//! Walks every op of the layout's training and eval steps. A step may run a plan of the
-//! same layout with a smaller batch (the last batch of an epoch); everything here grows
-//! with the batch or not at all, so the layout's sizes cover it.
+//! The core's [`sizing::needs`] asks [`CudaSizing`] about every op of the layout's
+//! training and eval steps. A step may run a plan of the same layout with a smaller batch
+//! (the last batch of an epoch); everything here grows with the batch or not at all, so
+//! the layout's sizes cover it.
 
 use crate::gemm::WORKSPACE_BYTES;
-use hpff_core::ops::Conv2d;
-use hpff_core::plan::{op, Op, Plan};
+use hpff_core::exec::{sizing, Sizing};
+use hpff_core::ops::{BatchNorm2d, Conv2d};
+use hpff_core::plan::{op, Plan};
 
 /// Cap of the convolution workspace, in floats (256 MiB).
 pub(crate) const CONV_WS_CAP: usize = 64 << 20;
@@ -33,6 +35,47 @@ pub(crate) fn flat_parts(total: usize) -> usize {
     total.div_ceil(PER_PART).clamp(1, FLAT_PARTS)
 }
 
+/// What the CUDA backend's buffers are sized by, per op.
+#[derive(Clone, Copy, Debug, Default)]
+struct Need {
+    /// A convolution's workspace floats per image ([`conv_ws_per_image`]).
+    conv_per_image: usize,
+    /// Channels of a per-channel reduction (convolution bias gradients, BN).
+    channels: usize,
+    /// Partial sums of a flat reduction ([`flat_parts`]).
+    flat: usize,
+}
+
+struct CudaSizing;
+
+impl Sizing for CudaSizing {
+    type Need = Need;
+
+    fn merge(a: Need, b: Need) -> Need {
+        Need {
+            conv_per_image: a.conv_per_image.max(b.conv_per_image),
+            channels: a.channels.max(b.channels),
+            flat: a.flat.max(b.flat),
+        }
+    }
+
+    fn conv(&self, a: &op::Conv) -> Need {
+        Need { conv_per_image: conv_ws_per_image(&a.shape), channels: a.shape.c_out, flat: 0 }
+    }
+
+    fn conv_backward(&self, a: &op::ConvBackward) -> Need {
+        Need { conv_per_image: conv_ws_per_image(&a.shape), channels: a.shape.c_out, flat: 0 }
+    }
+
+    fn bn(&self, shape: &BatchNorm2d, _sums: bool) -> Need {
+        Need { channels: shape.c, ..Need::default() }
+    }
+
+    fn bce(&self, a: &op::Bce) -> Need {
+        Need { flat: flat_parts(a.probs.len), ..Need::default() }
+    }
+}
+
 /// Sizes of the executor's buffers besides the arena (in elements of their type).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Extras {
@@ -57,26 +100,10 @@ impl Extras {
     /// floats, capped at 256 MiB (but never below one image); each convolution then
     /// works on chunks of `G = min(batch, workspace / its per-image floats)` images.
     pub fn of(plan: &Plan) -> Extras {
-        let mut conv_per_image = 0usize;
-        let mut max_c = 0usize;
-        let mut flat = 1usize;
-        let mut visit = |op: &Op| match *op {
-            Op::Conv(op::Conv { shape, .. }) | Op::ConvBackward(op::ConvBackward { shape, .. }) => {
-                conv_per_image = conv_per_image.max(conv_ws_per_image(&shape));
-                max_c = max_c.max(shape.c_out);
-            }
-            Op::BnTrain(op::BnTrain { shape, .. })
-            | Op::BnEval(op::BnEval { shape, .. })
-            | Op::BnApply(op::BnApply { shape, .. })
-            | Op::BnBackward(op::BnBackward { shape, .. }) => max_c = max_c.max(shape.c),
-            Op::Bce(op::Bce { probs, .. }) => flat = flat.max(flat_parts(probs.len)),
-            _ => {}
-        };
-        plan.train_step(&mut visit);
-        plan.eval_step(&mut visit);
-        let conv_ws = (conv_per_image * plan.batch).min(CONV_WS_CAP.max(conv_per_image));
+        let n = sizing::needs(plan, &CudaSizing);
+        let conv_ws = (n.conv_per_image * plan.batch).min(CONV_WS_CAP.max(n.conv_per_image));
         // BN backward keeps two sums per channel; SupCon one term per sample.
-        let partials = (2 * max_c * CHAN_PARTS).max(flat).max(plan.batch).max(1);
+        let partials = (2 * n.channels * CHAN_PARTS).max(n.flat).max(plan.batch).max(1);
         Extras {
             conv_ws,
             partials,

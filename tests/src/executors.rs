@@ -1,14 +1,14 @@
 //! One test body, every executor: candle's `test_device!` pattern.
 //!
 //! [`on_every_executor!`](crate::on_every_executor) turns a test body `fn(Target)` into
-//! one `#[test]` per executor: the core's single-threaded reference, the multi-threaded
-//! CPU executor, the CUDA executor, and the CUDA emulator (the CUDA executor's encoding
-//! and kernels run on the CPU: `hpff_kernels::emu`). Where no CUDA device is present the
+//! one `#[test]` per executor of the registry that `--device` reads too
+//! ([`hpff::executors!`]): the core's single-threaded reference, the multi-threaded CPU
+//! executor, the CUDA executor, and the CUDA emulator (the CUDA executor's encoding and
+//! kernels run on the CPU: `hpff_kernels::emu`). Where no CUDA device is present the
 //! CUDA test prints why it checked nothing and passes — unless `HPFF_REQUIRE_CUDA=1`,
 //! which makes a missing device a failure (the GPU machine's test script sets it).
 
 use hpff::device::{self, Device, DynExecutor, ExecOptions};
-use hpff_core::exec::Reference;
 use hpff_core::plan::Plan;
 
 /// An executor a test body runs on.
@@ -27,17 +27,26 @@ pub enum Target {
 }
 
 impl Target {
+    /// The target a test body runs on for `device` (the CPU executor with 2 threads).
+    pub fn on(device: Device) -> Target {
+        match device {
+            Device::Reference => Target::Reference,
+            Device::Cpu => Target::Cpu(2),
+            Device::Cuda(_) => Target::Cuda,
+            Device::CudaEmulated => Target::CudaEmulated,
+        }
+    }
+
     /// A fresh executor laid out for `layout` (panics with the device's message if it
     /// cannot be opened: tests only open targets that [`run_on`] found present).
     pub fn open(self, layout: &Plan) -> DynExecutor {
+        let opts = ExecOptions::default();
         let r = match self {
-            Target::Reference => Ok(device::boxed(Reference::new(layout, vec![0.0; layout.arena_len()]).unwrap())),
-            Target::Cpu(threads) => {
-                device::open(Device::Cpu, layout, ExecOptions { threads, ..ExecOptions::default() })
-            }
-            Target::Cuda => device::open(Device::Cuda(0), layout, ExecOptions::default()),
-            Target::CudaEmulated => emulated(layout, false),
-            Target::CudaEmulatedIm2col => emulated(layout, true),
+            Target::Reference => device::open(Device::Reference, layout, opts),
+            Target::Cpu(threads) => device::open(Device::Cpu, layout, ExecOptions { threads, ..opts }),
+            Target::Cuda => device::open(Device::Cuda(0), layout, opts),
+            Target::CudaEmulated => device::open(Device::CudaEmulated, layout, opts),
+            Target::CudaEmulatedIm2col => emulated_im2col(layout),
         };
         r.unwrap_or_else(|e| panic!("{self:?}: {e}"))
     }
@@ -53,14 +62,13 @@ impl Target {
 }
 
 #[cfg(feature = "cuda")]
-fn emulated(layout: &Plan, im2col: bool) -> hpff::error::Result<DynExecutor> {
+fn emulated_im2col(layout: &Plan) -> hpff::error::Result<DynExecutor> {
     use hpff_kernels::{emu::EmuExecutor, ConvPath};
-    let conv = if im2col { ConvPath::Im2col } else { ConvPath::Cudnn };
-    Ok(device::boxed(EmuExecutor::with_conv(layout, conv)))
+    Ok(device::boxed(EmuExecutor::with_conv(layout, ConvPath::Im2col)))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn emulated(_: &Plan, _: bool) -> hpff::error::Result<DynExecutor> {
+fn emulated_im2col(_: &Plan) -> hpff::error::Result<DynExecutor> {
     Err(hpff::error::Error::msg("built without the cuda feature"))
 }
 
@@ -94,30 +102,28 @@ pub fn run_on(target: Target, body: fn(Target)) {
     body(target)
 }
 
-/// `on_every_executor! { name => body; ... }`: a module `name` with the tests
-/// `reference`, `cpu`, `cuda` and `cuda_emulated`, each running `body(Target)`.
+/// `on_every_executor! { name => body; ... }`: a module `name` with one test per executor
+/// of [`hpff::executors!`] (`reference`, `cpu`, `cuda`, `cuda_emulated`), each running
+/// `body(Target)`.
 #[macro_export]
 macro_rules! on_every_executor {
     ($($name:ident => $body:expr;)*) => {$(
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-            #[test]
-            fn reference() {
-                $crate::executors::run_on($crate::executors::Target::Reference, $body)
-            }
-            #[test]
-            fn cpu() {
-                $crate::executors::run_on($crate::executors::Target::Cpu(2), $body)
-            }
-            #[test]
-            fn cuda() {
-                $crate::executors::run_on($crate::executors::Target::Cuda, $body)
-            }
-            #[test]
-            fn cuda_emulated() {
-                $crate::executors::run_on($crate::executors::Target::CudaEmulated, $body)
-            }
+            hpff::executors!($crate::executor_tests, $body);
+        }
+    )*};
+}
+
+/// One `#[test]` per executor (called by [`hpff::executors!`]).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! executor_tests {
+    (($body:expr) $($test:ident => $device:expr,)*) => {$(
+        #[test]
+        fn $test() {
+            $crate::executors::run_on($crate::executors::Target::on($device), $body)
         }
     )*};
 }

@@ -121,8 +121,14 @@ pub trait Backend {
     fn resize_backward(&mut self, a: &op::ResizeBackward) -> Result<(), Self::Error>;
     fn l2_normalize_backward(&mut self, a: &op::L2NormalizeBackward) -> Result<(), Self::Error>;
     fn add(&mut self, a: &op::Add) -> Result<(), Self::Error>;
-    /// One module's parameter range is final: its update (and, in a multi-process job,
-    /// the gradient average before it).
+    /// Module `a.module`'s gradients are final and nothing later in the step reads its
+    /// parameters: called right before its update ([`Backend::sgd`]). The seam where a
+    /// multi-process job reduces the module's gradients (at `plan.grad_of(a.params.off)`,
+    /// `a.params.len` of them) while the modules below still compute; nothing by default.
+    fn module_done(&mut self, _a: &op::Sgd) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    /// One module's update.
     fn sgd(&mut self, a: &op::Sgd) -> Result<(), Self::Error>;
     fn check_grads(&mut self, a: &op::CheckGrads) -> Result<(), Self::Error>;
     fn send(&mut self, a: &op::Send) -> Result<(), Self::Error>;

@@ -73,7 +73,10 @@ pub fn run_op<B: Backend>(b: &mut B, op: &Op) -> Result<(), B::Error> {
         Op::ResizeBackward(a) => b.resize_backward(a),
         Op::L2NormalizeBackward(a) => b.l2_normalize_backward(a),
         Op::Add(a) => b.add(a),
-        Op::Sgd(a) => b.sgd(a),
+        Op::Sgd(a) => {
+            b.module_done(a)?;
+            b.sgd(a)
+        }
         Op::CheckGrads(a) => b.check_grads(a),
         Op::Send(a) => b.send(a),
         Op::Recv(a) => b.recv(a),

@@ -27,10 +27,12 @@
 mod backend;
 pub mod dispatch;
 mod reference;
+pub mod sizing;
 
 pub use backend::{Backend, Epilogue, Run};
 pub use dispatch::{run_op, run_unfused};
 pub use reference::Reference;
+pub use sizing::Sizing;
 
 use crate::init;
 use crate::optim::Sgd;
@@ -42,7 +44,8 @@ use core::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Region {
-    /// Every trainable parameter, in [`Plan::for_each_tensor`] order.
+    /// Every trainable parameter, at the offsets [`Plan::for_each_tensor`] gives (module
+    /// by module, [`Plan::module_params`]).
     Params,
     /// Their gradients after the last training step (same offsets as `Params`).
     Grads,

@@ -1,11 +1,13 @@
 //! Where every parameter and BN running statistic lives, and what it is called.
 //!
-//! One walk over the network ([`Plan::for_each_tensor`]) defines the order: stem,
-//! blocks, classifier, then each module's auxiliary nets. Offsets of a given block or
-//! head are recomputed from closed-form sizes, so the plan stores no tables. Names are
-//! the PyTorch reference's `state_dict` keys, so checkpoints move to and from it.
+//! One walk over the network ([`Plan::for_each_tensor`]) defines the checkpoint order:
+//! stem, blocks, classifier, then each module's auxiliary nets. Offsets of a given block
+//! or head are recomputed from closed-form sizes, so the plan stores no tables. Names are
+//! the PyTorch reference's `state_dict` keys, so checkpoints move to and from it. The
+//! offsets handed out here are in that order; the arena holds the tensors module by
+//! module, and [`super::placement`] moves each offset there.
 
-use super::{AuxNet, Buf, Plan};
+use super::{AuxNet, Plan};
 use crate::arch::{Arch, BlockKind, BlockShape, Family};
 use crate::ops::{BatchNorm2d, Conv2d, Linear, MaxPool2d};
 use core::fmt;
@@ -45,6 +47,14 @@ pub enum Init {
     UniformFanIn(usize),
     Ones,
     Zeros,
+}
+
+/// Where a module's tensors begin, as [`Plan::walk`] meets them: its part of the
+/// backbone, or its auxiliary nets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    Backbone,
+    Aux,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -340,36 +350,31 @@ pub(crate) const NO_HEAD_CONV: (ConvP, BnP) = (
 );
 
 impl Plan {
-    /// Calls `f` for every parameter and BN running statistic, in checkpoint order.
-    /// A pipeline stage ([`Plan::stage`]) lists only its own tensors, at its own offsets.
-    pub fn for_each_tensor(&self, mut f: impl FnMut(Tensor)) {
-        let stage = self.stage;
-        let mut g = |t: Tensor| {
-            let off = match t.kind {
-                TensorKind::Param => stage.param(t.off),
-                TensorKind::State => stage.state_of(t.off),
-            };
-            if let Some(off) = off {
-                f(Tensor { off, ..t });
-            }
-        };
-        let mut cur = Cursor::new(0, 0, Some(&mut g));
-        self.walk(&mut cur);
-    }
-
-    /// Walks the whole model through `cur`; returns nothing but advances it by every tensor.
-    pub(crate) fn walk(&self, cur: &mut Cursor) {
+    /// Walks the whole model through `cur` in checkpoint order, telling `mark` where each
+    /// module's part of the backbone (`Part::Backbone`, module `modules` = the classifier's
+    /// end) and its auxiliary nets (`Part::Aux`, module `modules` = the end) begin.
+    pub(crate) fn walk(&self, cur: &mut Cursor, mark: &mut dyn FnMut(Part, usize, &Cursor)) {
+        let k = self.part.modules();
         stem_params(cur, &self.arch);
-        for g in 0..self.arch.blocks() {
-            let (s, b) = self.arch.locate(g);
-            block_params(cur, self.arch.block(g), s, b);
+        for j in 0..k {
+            let blocks = self.part.blocks_of(j);
+            for g in blocks.clone() {
+                if j > 0 && g == blocks.start {
+                    mark(Part::Backbone, j, cur);
+                }
+                let (s, b) = self.arch.locate(g);
+                block_params(cur, self.arch.block(g), s, b);
+            }
         }
         cur.linear(fc_prefix(&self.arch), self.arch.features(), self.arch.classes);
-        for j in 0..self.part.modules() {
+        mark(Part::Backbone, k, cur);
+        for j in 0..k {
+            mark(Part::Aux, j, cur);
             for net in self.aux_nets(j) {
                 self.aux_params(cur, j, net);
             }
         }
+        mark(Part::Aux, k, cur);
     }
 
     pub(crate) fn stem(&self) -> StemP {
@@ -428,33 +433,6 @@ impl Plan {
             }
         }
         cur
-    }
-
-    /// The parameters of module `j`, as two ranges of the parameter region: its part of
-    /// the backbone (the stem with module 0, the classifier with the last module; blocks
-    /// are laid out in module order) and its auxiliary nets (empty without any).
-    pub fn module_params(&self, j: usize) -> [Buf; 2] {
-        let start = |j: usize| match j {
-            0 => 0,
-            _ => self.block(self.part.blocks_of(j).start).convs[0].w,
-        };
-        let aux = |j: usize| if j < self.part.modules() { self.aux_cursor(j).p } else { self.stage.model_params };
-        let backbone_end = if j + 1 < self.part.modules() { start(j + 1) } else { aux(0) };
-        let span = |a: usize, b: usize| Buf { off: a, len: b - a };
-        [span(start(j), backbone_end), span(aux(j), aux(j + 1))]
-    }
-
-    /// The BN running statistics of module `j`, as two ranges of the statistics region
-    /// laid out as [`Plan::module_params`] lays out the parameters.
-    pub fn module_state(&self, j: usize) -> [Buf; 2] {
-        let start = |j: usize| match j {
-            0 => 0,
-            _ => self.block(self.part.blocks_of(j).start).bns[0].state,
-        };
-        let aux = |j: usize| if j < self.part.modules() { self.aux_cursor(j).s } else { self.stage.model_state };
-        let backbone_end = if j + 1 < self.part.modules() { start(j + 1) } else { aux(0) };
-        let span = |a: usize, b: usize| Buf { off: a, len: b - a };
-        [span(start(j), backbone_end), span(aux(j), aux(j + 1))]
     }
 
     /// A cursor positioned at auxiliary net `net` of module `j`.

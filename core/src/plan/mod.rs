@@ -39,6 +39,7 @@
 mod imagenet_aux;
 mod layout;
 pub mod op;
+mod placement;
 mod schedule;
 mod stage;
 
@@ -198,7 +199,7 @@ impl Plan {
             }
         }
         let mut cur = layout::Cursor::new(0, 0, None);
-        plan.walk(&mut cur);
+        plan.walk(&mut cur, &mut |_, _, _| {});
         plan.params = cur.p;
         plan.state = cur.s;
         plan.stage = Stage::whole(plan.part.modules(), cur.p, cur.s);

@@ -325,12 +325,14 @@ pub struct Add {
     pub x: Buf,
 }
 
-/// One SGD step over the parameters `params` (offsets in the parameter region: with
-/// their gradients and momentum). The schedule emits one per module and parameter
-/// range, as soon as the module's gradients are final (see
-/// [`super::Plan::module_params`]).
+/// One SGD step over module `module`'s parameters `params` (offsets in the parameter
+/// region: with their gradients and momentum). The schedule emits one per module, as soon
+/// as the module's gradients are final and nothing later reads its parameters (see
+/// [`super::Plan::module_params`]); the dispatcher calls
+/// [`crate::exec::Backend::module_done`] right before it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sgd {
+    pub module: usize,
     pub params: Buf,
 }
 
@@ -537,14 +539,15 @@ impl Op {
                 at(weight, shape.in_f * shape.out_f);
                 at(bias, shape.out_f);
             }
-            Op::Sgd(Sgd { params }) => f(params),
+            Op::Sgd(Sgd { params, .. }) => f(params),
             _ => {}
         }
     }
 
-    /// Moves every parameter offset (weights, biases, BN affines, the range of an
-    /// [`Op::Sgd`]) through `param`, and every BN running-statistics offset through
-    /// `state`: from the whole model's layout to a pipeline stage's.
+    /// Moves every parameter offset (weights, biases, BN affines) through `param`, and
+    /// every BN running-statistics offset through `state`: from the layout's checkpoint
+    /// order to the arena's (a pipeline stage's own). An [`Op::Sgd`] is made with the
+    /// arena's offsets and stays.
     pub fn relocate(&mut self, param: impl Fn(usize) -> usize, state: impl Fn(usize) -> usize) {
         match self {
             Op::Conv(Conv { weight, bias, .. }) | Op::ConvBackward(ConvBackward { weight, bias, .. }) => {
@@ -560,7 +563,6 @@ impl Op {
                 *weight = param(*weight);
                 *bias = param(*bias);
             }
-            Op::Sgd(Sgd { params }) => params.off = param(params.off),
             _ => {}
         }
     }

@@ -15,6 +15,7 @@
 
 use super::layout::{BlockP, BnP, DecoderP, HeadP};
 use super::op::{self, Buf, LossKind, LossSlot, Op, Peer};
+use super::placement::Placement;
 use super::{AuxNet, Plan};
 use crate::method::{Family, Levels};
 use crate::ops::Window;
@@ -113,6 +114,8 @@ const RECOMPUTE: Fwd = Fwd::Train(0);
 
 pub(crate) struct Gen<'a, F: FnMut(&Op)> {
     plan: &'a Plan,
+    /// Moves the layout's checkpoint-order offsets to the arena's.
+    place: Placement,
     emit: F,
     n: usize,
     top: usize,
@@ -123,7 +126,16 @@ pub(crate) struct Gen<'a, F: FnMut(&Op)> {
 
 impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     pub(crate) fn new(plan: &'a Plan, emit: F) -> Self {
-        Gen { plan, emit, n: plan.batch, top: plan.act_off(), peak: 0, decoder_peak: 0, scratch: 0 }
+        Gen {
+            plan,
+            place: Placement::of(plan),
+            emit,
+            n: plan.batch,
+            top: plan.act_off(),
+            peak: 0,
+            decoder_peak: 0,
+            scratch: 0,
+        }
     }
 
     fn alloc(&mut self, len: usize) -> Buf {
@@ -152,14 +164,11 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         {
             *scale *= share;
         }
-        let stage = self.plan.stage;
-        if !stage.is_whole() {
-            let base = self.plan.state_off();
-            op.relocate(
-                |p| stage.param(p).expect("a stage's ops touch only its own parameters"),
-                |s| base + stage.state_of(s - base).expect("a stage's ops touch only its own BN statistics"),
-            );
-        }
+        let (stage, place, base) = (self.plan.stage, self.place, self.plan.state_off());
+        op.relocate(
+            |p| stage.param(place.param(p)).expect("a stage's ops touch only its own parameters"),
+            |s| base + stage.state_of(place.state(s - base)).expect("a stage's ops touch only its own BN statistics"),
+        );
         (self.emit)(&op);
     }
 
@@ -925,11 +934,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         if !self.plan.micro.last {
             return;
         }
-        for params in self.plan.module_params(j) {
-            if params.len > 0 {
-                self.op(Op::Sgd(op::Sgd { params }));
-            }
-        }
+        let p = self.place.module_params(j);
+        let params = Buf { off: self.plan.stage.param(p.off).expect("a stage updates its own modules"), len: p.len };
+        self.op(Op::Sgd(op::Sgd { module: j, params }));
     }
 
     /// E2E (one module) and the plain local methods: each module alone, input detached.
@@ -1324,6 +1331,7 @@ mod tests {
     /// modules compute.
     fn check_updates(plan: &Plan) {
         let mut updated: heapless::Vec<Buf, 512> = heapless::Vec::new();
+        let mut modules: heapless::Vec<usize, 512> = heapless::Vec::new();
         let mut count = 0;
         plan.train_step(|op| {
             op.for_each_param(|r| {
@@ -1332,18 +1340,22 @@ mod tests {
                     panic!("op {count} {} touches {r:?}, updated before at {u:?}", op.name());
                 }
             });
-            if let Op::Sgd(op::Sgd { params }) = *op {
+            if let Op::Sgd(op::Sgd { module, params }) = *op {
                 assert!(params.len > 0, "op {count}: an empty update");
+                assert!(!modules.contains(&module), "op {count}: module {module} updated twice");
                 updated.push(params).expect("at most 512 updates");
+                modules.push(module).expect("at most 512 updates");
             }
             count += 1;
         });
         let total: usize = updated.iter().map(|u| u.len).sum();
         assert_eq!(total, plan.params, "updates cover {total} of {} parameters", plan.params);
-        let local = |r: Buf| Buf { off: plan.stage.param(r.off).unwrap_or(r.off), len: r.len };
+        // Each module's update is its one span, relocated to the stage's region.
         for j in plan.stage.modules() {
-            let [a, b] = plan.module_params(j).map(local);
-            assert!(updated.contains(&a) && (b.len == 0 || updated.contains(&b)), "module {j}: {a:?} {b:?}");
+            let p = plan.module_params(j);
+            let local = Buf { off: plan.stage.param(p.off).expect("the stage holds its modules"), len: p.len };
+            let at = modules.iter().position(|&m| m == j).unwrap_or_else(|| panic!("module {j} is not updated"));
+            assert_eq!(updated[at], local, "module {j}");
         }
     }
 

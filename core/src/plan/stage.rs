@@ -14,14 +14,15 @@
 //! only the last updates. BatchNorm then normalises each micro-batch by its own
 //! statistics, so this is not the step of the whole batch.
 //!
-//! A stage holds only its own parameters, gradients, momentum and BN statistics. They
-//! are two contiguous spans of the whole model's layout ([`Plan::module_params`] of its
-//! modules: their part of the backbone, then their auxiliary nets), packed one after
-//! the other in the stage's regions; the schedule relocates every offset it emits.
+//! A stage holds only its own parameters, gradients, momentum and BN statistics: one
+//! contiguous span of the whole model's layout each (the arena lays the model out module
+//! by module, [`Plan::module_params`]), at offset 0 of the stage's regions; the schedule
+//! relocates every offset it emits.
 //!
 //! [`Op::Recv`]: super::Op::Recv
 //! [`Op::Send`]: super::Op::Send
 
+use super::placement::Placement;
 use super::{Buf, Plan, PlanError};
 use core::ops::Range;
 
@@ -31,11 +32,11 @@ pub struct Stage {
     /// The first module, and one past the last.
     pub first: usize,
     pub end: usize,
-    /// The stage's parameters in the whole model's parameter region: two spans, packed
-    /// in this order from offset 0 of the stage's region.
-    pub params: [Buf; 2],
+    /// The stage's parameters in the whole model's parameter region (at offset 0 of the
+    /// stage's own region).
+    pub params: Buf,
     /// The same for the BN running statistics.
-    pub state: [Buf; 2],
+    pub state: Buf,
     /// Floats of parameters and of BN statistics of the whole model.
     pub model_params: usize,
     pub model_state: usize,
@@ -47,8 +48,8 @@ impl Stage {
         Stage {
             first: 0,
             end: modules,
-            params: [Buf { off: 0, len: params }, Buf { off: params, len: 0 }],
-            state: [Buf { off: 0, len: state }, Buf { off: state, len: 0 }],
+            params: Buf { off: 0, len: params },
+            state: Buf { off: 0, len: state },
             model_params: params,
             model_state: state,
         }
@@ -56,7 +57,7 @@ impl Stage {
 
     /// Whether the stage holds the whole model (offsets need no relocation).
     pub const fn is_whole(&self) -> bool {
-        self.params[0].len == self.model_params && self.state[0].len == self.model_state
+        self.params.len == self.model_params && self.state.len == self.model_state
     }
 
     /// The stage's offset of the model's parameter offset `off`, if the stage holds it.
@@ -91,18 +92,11 @@ impl Micro {
     pub const WHOLE: Micro = Micro { first: true, last: true, share: 1.0 };
 }
 
-fn local(spans: &[Buf; 2], off: usize) -> Option<usize> {
-    let [a, b] = *spans;
-    if off >= a.off && off < a.end() {
-        Some(off - a.off)
-    } else if off >= b.off && off < b.end() {
-        Some(a.len + off - b.off)
-    } else {
-        None
-    }
+fn local(span: &Buf, off: usize) -> Option<usize> {
+    (off >= span.off && off < span.end()).then(|| off - span.off)
 }
 
-/// Spans `first` and `last` joined (both ranges are laid out in module order).
+/// Spans `first` and `last` joined (modules are laid out in order).
 fn join(first: Buf, last: Buf) -> Buf {
     Buf { off: first.off, len: last.end() - first.off }
 }
@@ -121,14 +115,13 @@ impl Plan {
             return Err(PlanError::BadPartition("a stage needs one or more of the plan's modules"));
         }
         let (first, last) = (modules.start, modules.end - 1);
-        let (p0, p1) = (self.module_params(first), self.module_params(last));
-        let (s0, s1) = (self.module_state(first), self.module_state(last));
-        let params = [join(p0[0], p1[0]), join(p0[1], p1[1])];
-        let state = [join(s0[0], s1[0]), join(s0[1], s1[1])];
+        let place = Placement::of(self);
+        let params = join(place.module_params(first), place.module_params(last));
+        let state = join(place.module_state(first), place.module_state(last));
         let mut plan = self.clone();
         plan.stage = Stage { first, end: modules.end, params, state, ..self.stage };
-        plan.params = params[0].len + params[1].len;
-        plan.state = state[0].len + state[1].len;
+        plan.params = params.len;
+        plan.state = state.len;
         plan.measure();
         Ok(plan)
     }

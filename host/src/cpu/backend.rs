@@ -308,12 +308,17 @@ impl Backend for Ctx<'_> {
         Ok(())
     }
 
-    fn sgd(&mut self, a: &op::Sgd) -> Result<(), Infallible> {
-        let op::Sgd { params: r } = *a;
-        let p = self.plan.params;
+    /// Data parallelism: the module's gradients averaged over the processes.
+    fn module_done(&mut self, a: &op::Sgd) -> Result<(), Infallible> {
         if let Some(c) = self.comm {
-            crate::dist::average(c, self.arena.w(p + r.off, r.len));
+            crate::dist::average(c, self.arena.w(self.plan.grad_of(a.params.off), a.params.len));
         }
+        Ok(())
+    }
+
+    fn sgd(&mut self, a: &op::Sgd) -> Result<(), Infallible> {
+        let op::Sgd { params: r, .. } = *a;
+        let p = self.plan.params;
         let (params, grads, mom) =
             (self.arena.w(r.off, r.len), self.arena.r(p + r.off, r.len), self.arena.w(2 * p + r.off, r.len));
         let sgd = self.input.sgd;

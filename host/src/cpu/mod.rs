@@ -12,10 +12,11 @@ mod backend;
 mod ctx;
 
 use hpff_core::exec::{
-    self, check_eval, check_train, check_unlinked, dispatch, region_span, ExecError, Executor, Held, StepInput,
+    self, check_eval, check_train, check_unlinked, dispatch, region_span, sizing, ExecError, Executor, Held, Sizing,
+    StepInput,
 };
-use hpff_core::ops;
-use hpff_core::plan::{op, Op, Plan};
+use hpff_core::ops::{self, BatchNorm2d};
+use hpff_core::plan::{op, Plan};
 
 use crate::dist::{Comm, StageLink};
 use ctx::Ctx;
@@ -41,7 +42,7 @@ pub struct CpuExecutor {
     comm: Option<&'static dyn Comm>,
     /// BatchNorm's batch statistics over `comm`'s processes.
     sync_bn: bool,
-    /// The neighbouring stages of a pipeline ([`Op::Send`], [`Op::Recv`]).
+    /// The neighbouring stages of a pipeline ([`hpff_core::plan::Op::Send`], [`hpff_core::plan::Op::Recv`]).
     link: Option<StageLink>,
 }
 
@@ -53,22 +54,46 @@ struct Extra {
     chunks: usize,
 }
 
+/// What the CPU backend needs beside the arena for one op, in floats.
+#[derive(Clone, Copy, Debug, Default)]
+struct Need {
+    /// A convolution's scratch, per thread.
+    scratch: usize,
+    /// A reduction's partial sums (weight and bias gradients, BN sums), per chunk.
+    partial: usize,
+}
+
+struct CpuSizing;
+
+impl Sizing for CpuSizing {
+    type Need = Need;
+
+    fn merge(a: Need, b: Need) -> Need {
+        Need { scratch: a.scratch.max(b.scratch), partial: a.partial.max(b.partial) }
+    }
+
+    fn conv(&self, a: &op::Conv) -> Need {
+        Need { scratch: a.shape.scratch_len(), partial: 0 }
+    }
+
+    fn conv_backward(&self, a: &op::ConvBackward) -> Need {
+        let s = a.shape;
+        let wgrad = a.x.map_or(0, |_| s.weight_len() + a.bias.map_or(0, |_| s.c_out));
+        Need { scratch: s.scratch_len(), partial: wgrad }
+    }
+
+    fn bn(&self, shape: &BatchNorm2d, sums: bool) -> Need {
+        Need { scratch: 0, partial: if sums { 2 * shape.c } else { 0 } }
+    }
+
+    fn linear_backward(&self, a: &op::LinearBackward) -> Need {
+        Need { scratch: 0, partial: a.shape.weight_len() + a.shape.out_f }
+    }
+}
+
 fn extra(plan: &Plan) -> Extra {
-    let mut partial = 0;
-    let mut scan = |op: &Op| {
-        let need = match *op {
-            Op::ConvBackward(op::ConvBackward { shape, bias, x: Some(_), .. }) => {
-                shape.weight_len() + bias.map_or(0, |_| shape.c_out)
-            }
-            Op::LinearBackward(op::LinearBackward { shape, .. }) => shape.weight_len() + shape.out_f,
-            Op::BnTrain(op::BnTrain { shape, .. }) | Op::BnBackward(op::BnBackward { shape, .. }) => 2 * shape.c,
-            _ => 0,
-        };
-        partial = partial.max(need);
-    };
-    plan.train_step(&mut scan);
-    plan.eval_step(&mut scan);
-    Extra { scratch_per_thread: plan.scratch().len, partial_per_chunk: partial, chunks: plan.batch.div_ceil(CHUNK) }
+    let n = sizing::needs(plan, &CpuSizing);
+    Extra { scratch_per_thread: n.scratch, partial_per_chunk: n.partial, chunks: plan.batch.div_ceil(CHUNK) }
 }
 
 impl CpuExecutor {
@@ -122,14 +147,15 @@ impl CpuExecutor {
         }
     }
 
-    /// Runs pipeline stages: [`Op::Send`] and [`Op::Recv`] go to the neighbouring ranks.
+    /// Runs pipeline stages: [`hpff_core::plan::Op::Send`] and [`hpff_core::plan::Op::Recv`] go to the neighbouring ranks.
     pub fn with_link(mut self, link: Option<StageLink>) -> CpuExecutor {
         self.link = link;
         self
     }
 
-    /// Averages each module's gradients over `comm`'s processes before its update (its
-    /// [`Op::Sgd`]s): data parallelism. `None` or one process: alone, as before.
+    /// Averages each module's gradients over `comm`'s processes before its update (at
+    /// [`hpff_core::exec::Backend::module_done`]): data parallelism. `None` or one
+    /// process: alone, as before.
     pub fn with_comm(mut self, comm: Option<&'static dyn Comm>) -> CpuExecutor {
         self.comm = comm.filter(|c| c.size() > 1);
         self

@@ -364,7 +364,7 @@ impl<S: Sink> Backend for Encoder<'_, S> {
     }
 
     fn sgd(&mut self, a: &op::Sgd) -> Result<(), CudaError> {
-        let op::Sgd { params: r } = *a;
+        let op::Sgd { params: r, .. } = *a;
         let plan = self.plan;
         let (g, m) = (plan.grad_of(r.off), plan.momentum_off() + r.off);
         let args = [Arg::P(self.a(r.off)), Arg::P(self.a(g)), Arg::P(self.a(m)), Arg::P(self.p.step)];

@@ -24,8 +24,10 @@ use crate::error::{Error, Result};
 use crate::metrics::{EpochMetrics, EvalResult};
 
 mod run;
+mod sink;
 
-pub use run::train_on;
+pub use run::{train_on, Trainer};
+pub use sink::{Console, RunFolder, Sink, Sinks};
 
 /// Stream of the parameter initialisation.
 pub const INIT_STREAM: u64 = 1;

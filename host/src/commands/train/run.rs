@@ -2,14 +2,14 @@
 //! [`Run::header`] (what the run is, printed once), [`Run::epoch`] (training steps, the
 //! evaluation, the checkpoint) and [`Run::finish`] (the final accuracy, the summary).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use hpff_core::exec::{Executor, Region, StepInput};
 use hpff_core::plan::{Plan, TensorKind};
 use hpff_core::rng::Rng;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::sink::{Console, RunFolder, Sink, Sinks};
 use super::{augment_of, data_shape, evaluate_over, score, Outcome, RunOptions, DATA_STREAM, INIT_STREAM};
 use crate::checkpoint::{self, Meta, TensorFile};
 use crate::config::{Config, NonFinite, Settings, Setup};
@@ -17,11 +17,9 @@ use crate::data::Data;
 use crate::data::{self, Augment, Source};
 use crate::device::{self, DynExecutor, ExecOptions, Snapshot};
 use crate::dist::{self, Comm, Shard, Solo, StageLink};
-use crate::error::{io_err, Error, Result};
-use crate::files::RunLock;
+use crate::error::{Error, Result};
 use crate::metrics::{self, EpochMetrics, EvalResult, LossMeter};
 use crate::pipeline::Pipeline;
-use crate::plot;
 use crate::resources::fmt_mib;
 
 /// Trains with config `cfg` (completed with the defaults) on `data`, from scratch or from `resumed`.
@@ -30,19 +28,20 @@ use crate::resources::fmt_mib;
 /// trains on its shard of every global batch, with its module gradients averaged over
 /// the processes; rank 0 alone prints and writes.
 pub fn train_on(cfg: &Config, data: Data, resumed: Option<checkpoint::Loaded>, opts: &RunOptions) -> Result<Outcome> {
-    let mut run = Run::open(cfg, data, resumed.as_ref(), opts)?;
+    let mut run = Trainer::open(cfg, data, resumed.as_ref(), opts)?;
     run.header(resumed.as_ref());
-    let stop = run.opts.stop_after.unwrap_or(run.cfg.epochs).min(run.cfg.epochs);
+    let stop = opts.stop_after.unwrap_or(run.cfg.epochs).min(run.cfg.epochs);
     for epoch in run.meta.epoch + 1..=stop {
         run.epoch(epoch)?;
     }
     run.finish()
 }
 
-/// A run between [`Run::open`] and [`Run::finish`].
-struct Run {
+/// A run between [`Trainer::open`] and [`Trainer::finish`]: it trains epochs
+/// ([`Trainer::epoch`], made of steps) and evaluates ([`Trainer::evaluate`]), and reports
+/// everything to its [`Sinks`] (rank 0's only: the others have none).
+pub struct Trainer {
     t0: Instant,
-    opts: RunOptions,
     cfg: Settings,
     setup: Setup,
     data: Data,
@@ -64,18 +63,28 @@ struct Run {
     out: PathBuf,
     losses: Vec<f32>,
     grads: Vec<f32>,
-    /// The run folder belongs to this run while it is held (rank 0 only).
-    _lock: Option<RunLock>,
+    /// Where the output goes: on rank 0 the console (unless quiet) and the run folder.
+    sinks: Sinks,
 }
 
-impl Run {
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("epoch", &self.meta.epoch)
+            .field("global_step", &self.meta.global_step)
+            .field("executor", &self.exec.to_string())
+            .field("out", &self.out)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trainer {
     /// Plans the step, opens the executor, loads `resumed` or initialises the model, and
     /// (rank 0) takes and prepares the run folder.
-    fn open(cfg: &Config, data: Data, resumed: Option<&checkpoint::Loaded>, opts: &RunOptions) -> Result<Run> {
+    pub fn open(cfg: &Config, data: Data, resumed: Option<&checkpoint::Loaded>, opts: &RunOptions) -> Result<Trainer> {
         let t0 = Instant::now();
         let comm = dist::world();
         let lead = comm.rank() == 0;
-        let opts = RunOptions { quiet: opts.quiet || !lead, ..opts.clone() };
         let cfg = cfg.settings();
         let pipelined = cfg.pipeline && comm.size() > 1;
         check_pipeline_flags(&cfg, pipelined)?;
@@ -149,11 +158,16 @@ impl Run {
             dist::check_same(comm, "configuration, data or hpff binary", &run_digest(&meta, &data))?;
         }
         let out = cfg.out.clone();
-        let _lock = if lead { Some(prepare_out(&out, &full, &meta)?) } else { None };
+        let mut sinks = Sinks::default();
+        if lead {
+            if !opts.quiet {
+                sinks.0.push(Box::new(Console::default()));
+            }
+            sinks.0.push(Box::new(RunFolder::create(&out, &full, &meta)?));
+        }
         let (losses, grads) = (vec![0f32; plan.loss_slots()], vec![0f32; plan.params]);
-        Ok(Run {
+        Ok(Trainer {
             t0,
-            opts,
             cfg,
             setup,
             data,
@@ -171,30 +185,26 @@ impl Run {
             out,
             losses,
             grads,
-            _lock,
+            sinks,
         })
     }
 
-    fn say(&self, s: impl AsRef<str>) {
-        if !self.opts.quiet {
-            println!("{}", s.as_ref());
-        }
+    fn say(&mut self, s: impl AsRef<str>) {
+        self.sinks.line(s.as_ref());
     }
 
     /// What the run is: config, data, model, schedule, processes, streaming bounds.
-    fn header(&self, resumed: Option<&checkpoint::Loaded>) {
-        let (shape, setup, data) = (&self.meta.shape, &self.setup, &self.data);
+    pub fn header(&mut self, resumed: Option<&checkpoint::Loaded>) {
         self.say(format!(
             "hpff {} — config (saved in {}):",
             env!("CARGO_PKG_VERSION"),
             self.out.join("config.toml").display()
         ));
-        if !self.opts.quiet {
-            for l in self.meta.config.to_toml().lines() {
-                println!("  {l}");
-            }
+        for l in self.meta.config.to_toml().lines() {
+            self.say(format!("  {l}"));
         }
-        self.say(format!(
+        let (shape, setup, data) = (&self.meta.shape, &self.setup, &self.data);
+        let line = format!(
             "data: {} train / {} {} images, {}×{}×{}, {} classes; augmentation {}",
             data.train.len(),
             data.eval.len(),
@@ -204,18 +214,21 @@ impl Run {
             shape.image,
             shape.classes,
             augmentation_line(&data.train, self.aug.as_ref()),
-        ));
-        self.say(format!(
+        );
+        let model = format!(
             "model: {} {}; arena {} planned; executor: {}",
             setup.arch.name(),
             setup.method_line(),
             fmt_mib(Some(self.plan.memory().total() as u64)),
             self.exec,
-        ));
-        self.say(format!("schedule: {}", setup.schedule_line()));
-        match &self.pipe {
+        );
+        let schedule = format!("schedule: {}", setup.schedule_line());
+        for l in [line, model, schedule] {
+            self.say(l);
+        }
+        let lines = match &self.pipe {
             Some(p) => {
-                self.say(format!(
+                let mut lines = vec![format!(
                     "pipeline: {} stages (MPI), one per process; every stage reads every batch of {} itself; activations go up, {}",
                     p.stages.len(),
                     self.batch,
@@ -224,19 +237,17 @@ impl Run {
                     } else {
                         "nothing comes down"
                     }
-                ));
-                if !self.opts.quiet {
-                    for l in p.describe(&self.full).unwrap_or_default() {
-                        println!("  {l}");
-                    }
-                }
+                )];
+                lines.extend(p.describe(&self.full).unwrap_or_default().into_iter().map(|l| format!("  {l}")));
+                lines
             }
-            None if self.comm.size() > 1 => self.say(self.processes_line()),
+            None if self.comm.size() > 1 => vec![self.processes_line()],
             None if self.cfg.pipeline => {
-                self.say("pipeline: one process, so one stage (--pipeline takes effect under mpirun)")
+                vec!["pipeline: one process, so one stage (--pipeline takes effect under mpirun)".to_string()]
             }
-            None => {}
-        }
+            None => vec![],
+        };
+        lines.into_iter().for_each(|l| self.say(l));
         if let Some(l) = resumed {
             self.say(format!(
                 "resumed from {} after epoch {} (step {})",
@@ -245,9 +256,9 @@ impl Run {
                 l.meta.global_step
             ));
         }
-        if let Source::Stream(s) = &data.train {
+        if let Source::Stream(s) = &self.data.train {
             let o = data::StreamOptions::train(self.batch, s.workers);
-            self.say(format!(
+            let line = format!(
                 "stream: {} decoding threads, {} batches prepared ahead; memory bound (depth + 1) × batch × (3·S²·4 + 4) + threads × (F + 6·P + 12·H·S + 12·S²) + index = {} + {} × decode buffers + index {} (S = {}; F, P, H: the largest file's bytes, image's pixels and rows)",
                 s.workers,
                 o.depth,
@@ -255,7 +266,8 @@ impl Run {
                 s.workers,
                 fmt_mib(Some(s.index.bytes() as u64)),
                 s.size,
-            ));
+            );
+            self.say(line);
         }
     }
 
@@ -276,7 +288,7 @@ impl Run {
     }
 
     /// Trains epoch `epoch`, evaluates when due, records it and (rank 0) commits a checkpoint.
-    fn epoch(&mut self, epoch: u32) -> Result<()> {
+    pub fn epoch(&mut self, epoch: u32) -> Result<()> {
         let te = Instant::now();
         let epochs = self.cfg.epochs;
         let (meter, skipped, steps) = self.train_epoch(epoch, te)?;
@@ -319,10 +331,10 @@ impl Run {
         self.meta.metrics.push(rec);
         self.meta.epoch = epoch;
         let model = self.whole_model()?;
-        if let (Some(_), Some(model)) = (&self._lock, model) {
+        if let Some(model) = model.filter(|_| !self.sinks.is_empty()) {
             let mut m = self.meta.clone();
             m.elapsed_s = self.meta.elapsed_s + self.t0.elapsed().as_secs_f64();
-            write_outputs(&self.out, &self.full, &model, &mut m, self.data.eval_name)?;
+            self.sinks.epoch(&self.full, &model, &m, self.data.eval_name)?;
         }
         Ok(())
     }
@@ -339,7 +351,7 @@ impl Run {
 
     /// Accuracy and loss on the test split (`test`) or the evaluation split. A pipeline's
     /// stages all run the pass; the top one scores it.
-    fn evaluate(&mut self, test: bool) -> Result<EvalResult> {
+    pub fn evaluate(&mut self, test: bool) -> Result<EvalResult> {
         let src = match (&self.data.test, test) {
             (Some(t), true) => t,
             _ => &self.data.eval,
@@ -368,7 +380,7 @@ impl Run {
             self.shard,
         );
         let steps = batches.len();
-        let pb = progress(self.opts.quiet, steps as u64, epoch, epochs);
+        self.sinks.epoch_begins(epoch, epochs, steps);
         let mut meter = LossMeter::new(&self.full).with_curve(steps);
         let mut skipped = 0usize;
         let mut i = 0;
@@ -379,20 +391,18 @@ impl Run {
         let mut records: Vec<(usize, Vec<f32>)> = Vec::new();
         let mut images = 0usize;
         while let Some(b) = batches.next() {
-            let b = b.inspect_err(|_| pb.finish_and_clear())?;
+            let b = b.inspect_err(|_| self.sinks.steps_end())?;
             let lr = self.setup.lr(epoch, i, steps);
             match self.step(&b.x, &b.y, lr, &meter, step_comm)? {
                 None if pipelined => records.push((b.n, self.losses[..slots].to_vec())),
                 None => meter.add_at(&self.losses, b.n * self.comm.size(), i),
                 Some(fault) if on_nonfinite == NonFinite::Skip => {
                     skipped += 1;
-                    if !self.opts.quiet {
-                        let step = self.meta.global_step + 1;
-                        pb.suspend(|| eprintln!("warning: step {step} (epoch {epoch}) undone and skipped: {fault}"));
-                    }
+                    let step = self.meta.global_step + 1;
+                    self.sinks.warn(&format!("step {step} (epoch {epoch}) undone and skipped: {fault}"));
                 }
                 Some(fault) => {
-                    pb.finish_and_clear();
+                    self.sinks.steps_end();
                     return Err(Error::msg(format!(
                         "{fault} at step {} (epoch {epoch}, lr {lr}); training stopped, the last checkpoint (epoch {}) is kept; lower --lr, or --on-nonfinite skip to undo such steps",
                         self.meta.global_step + 1,
@@ -402,7 +412,6 @@ impl Run {
             }
             self.meta.global_step += 1;
             images += b.n * if pipelined { 1 } else { self.comm.size() };
-            pb.inc(1);
             let secs = te.elapsed().as_secs_f64().max(1e-9);
             let mut status = format!("{:.0} img/s", images as f64 / secs);
             if !pipelined {
@@ -412,14 +421,10 @@ impl Run {
                 // Streaming: the share of the epoch spent waiting for decoded batches.
                 status.push_str(&format!("  data wait {:.0}%", 100.0 * w.as_secs_f64() / secs));
             }
-            // A log file gets no progress bar: a plain line every tenth of the epoch instead.
-            if !self.opts.quiet && pb.is_hidden() && (i + 1) % steps.div_ceil(10).max(1) == 0 && i + 1 < steps {
-                eprintln!("epoch {epoch}/{epochs}  step {}/{steps}  {status}", i + 1);
-            }
-            pb.set_message(status);
+            self.sinks.step(i, &status);
             i += 1;
         }
-        pb.finish_and_clear();
+        self.sinks.steps_end();
         if pipelined {
             let mut all: Vec<f32> = records.iter().flat_map(|(_, r)| r.iter().copied()).collect();
             self.comm.sum_f32(&mut all);
@@ -428,10 +433,8 @@ impl Run {
             }
         }
         if let Source::Stream(s) = &self.data.train {
-            self.say(format!(
-                "stream memory bound at the largest image so far: {}",
-                s.bound(&data::StreamOptions::train(self.batch, s.workers))
-            ));
+            let bound = s.bound(&data::StreamOptions::train(self.batch, s.workers));
+            self.say(format!("stream memory bound at the largest image so far: {bound}"));
         }
         Ok((meter, skipped, steps))
     }
@@ -480,7 +483,7 @@ impl Run {
     }
 
     /// The final accuracy (when the schedule is done), the outputs and the summary.
-    fn finish(mut self) -> Result<Outcome> {
+    pub fn finish(mut self) -> Result<Outcome> {
         let epochs = self.cfg.epochs;
         let finished = self.meta.epoch >= epochs;
         let test = if finished { Some(self.final_eval()?) } else { None };
@@ -495,8 +498,7 @@ impl Run {
             Some(p) => p.gather(&self.full, self.comm, &snapshot)?,
             None => Some(snapshot.clone()),
         };
-        if let (Some(_), Some(model)) = (&self._lock, model) {
-            write_outputs(&self.out, &self.full, &model, &mut self.meta, self.data.eval_name)?;
+        if let Some(model) = model.filter(|_| !self.sinks.is_empty()) {
             let summary = serde_json::json!({
                 "finished": finished,
                 "epochs": self.meta.epoch,
@@ -511,8 +513,7 @@ impl Run {
                 "executor_extra_bytes": self.exec.held().extra,
                 "peak_rss_bytes": peak,
             });
-            let sp = self.out.join("summary.json");
-            crate::files::write_atomic(&sp, &serde_json::to_vec_pretty(&summary).expect("json"))?;
+            self.sinks.finish(&self.full, &model, &self.meta, self.data.eval_name, &summary)?;
         }
         let mem_line = format!("arena {} planned, peak RSS {}", fmt_mib(Some(mem.total() as u64)), fmt_mib(peak));
         self.say(match test {
@@ -628,26 +629,6 @@ fn augmentation_line(train: &Source, aug: Option<&Augment>) -> String {
     }
 }
 
-/// Creates the output folder, takes its lock (one run at a time), checks it has room for
-/// checkpoints, and writes `config.toml`.
-fn prepare_out(out: &Path, plan: &Plan, meta: &Meta) -> Result<RunLock> {
-    std::fs::create_dir_all(out).map_err(|e| io_err(out, "create the output folder", e))?;
-    let lock = crate::files::lock_run(out)?;
-    // Room for two checkpoints (the committed one stays until the next is in place):
-    // known now, so said now rather than after the first epoch's work.
-    let ckpt = checkpoint::bytes_bound(plan);
-    if let Some(free) = crate::files::free_bytes(out).filter(|&f| f < 2 * ckpt) {
-        return Err(Error::msg(format!(
-            "{}: {} free, but checkpoints need {} (two while one replaces the other); free space or choose another --out",
-            out.display(),
-            fmt_mib(Some(free)),
-            fmt_mib(Some(2 * ckpt))
-        )));
-    }
-    crate::files::write_atomic(&out.join("config.toml"), meta.config.to_toml().as_bytes())?;
-    Ok(lock)
-}
-
 /// What every process of a job must share: the configuration, the data's sizes, classes
 /// and labels, and the hpff binary itself.
 fn run_digest(meta: &Meta, data: &Data) -> [u8; 32] {
@@ -678,16 +659,6 @@ fn share_bn_state(exec: &mut dyn Executor<Error = Error>, comm: &dyn Comm) -> Re
     exec.download(Region::BnState, 0, &mut state)?;
     comm.broadcast_f32(&mut state);
     exec.upload(Region::BnState, 0, &state)
-}
-
-/// The checkpoint first (its commit is the point a run can resume from), then the
-/// metrics and plot derived from the same records; each file is replaced atomically, so
-/// after a crash `metrics.jsonl` never holds an epoch the checkpoint lacks (and a
-/// resumed run rewrites it from the checkpoint's records).
-fn write_outputs(out: &Path, plan: &Plan, model: &Snapshot, meta: &mut Meta, eval_name: &str) -> Result<()> {
-    checkpoint::save(out, plan, model, meta)?;
-    metrics::write_jsonl(&out.join("metrics.jsonl"), &meta.metrics)?;
-    plot::save(&out.join("curves.png"), &meta.metrics, eval_name)
 }
 
 /// One training step, checked: `None` if its losses and gradients are finite, else what
@@ -738,18 +709,6 @@ fn nonfinite_grad(plan: &Plan, grads: &[f32]) -> String {
         }
     });
     format!("the gradient of {} is {}", name.as_deref().unwrap_or("a parameter"), grads[i])
-}
-
-fn progress(quiet: bool, steps: u64, epoch: u32, epochs: u32) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
-    if let Ok(s) = ProgressStyle::with_template("{prefix} [{bar:30}] step {pos}/{len} {msg} ({elapsed}, eta {eta})") {
-        pb.set_style(s.progress_chars("=> "));
-    }
-    pb.set_prefix(format!("epoch {epoch}/{epochs}"));
-    pb
 }
 
 fn epoch_line(r: &EpochMetrics, epochs: u32) -> String {
