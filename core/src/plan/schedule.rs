@@ -164,7 +164,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         {
             *scale *= share;
         }
-        let (stage, place, base) = (self.plan.stage, self.place, self.plan.state_off());
+        let (stage, place, base) = (self.plan.stage, &self.place, self.plan.state_off());
         op.relocate(
             |p| stage.param(place.param(p)).expect("a stage's ops touch only its own parameters"),
             |s| base + stage.state_of(place.state(s - base)).expect("a stage's ops touch only its own BN statistics"),
