@@ -9,7 +9,7 @@ use crate::launch::{check_signature, Arg, ConvCall, ConvDir, ConvPath, Gemm, Sin
 use crate::sizing::{chan_parts, conv_ws_per_image, Extras};
 use hpff_core::exec::dispatch;
 use hpff_core::ops::{BatchNorm2d, Conv2d, MaxPool2d, Window};
-use hpff_core::plan::{Buf, Plan};
+use hpff_core::plan::{Buf, Elem, Plan};
 
 mod backend;
 
@@ -76,7 +76,10 @@ impl<'a, S: Sink> Encoder<'a, S> {
         self.p.arena + 4 * off as u64
     }
 
+    /// A kernel's `float*` argument (a buffer of another [`Elem`] stops the build here
+    /// until the kernels take it).
     fn b(&self, b: Buf) -> Arg {
+        let Elem::F32 = b.elem;
         Arg::P(self.a(b.off))
     }
 

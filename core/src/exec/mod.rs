@@ -76,11 +76,11 @@ impl Region {
 pub fn region(layout: &Plan, r: Region) -> Buf {
     let p = layout.params;
     match r {
-        Region::Params => Buf { off: 0, len: p },
-        Region::Grads => Buf { off: layout.grads_off(), len: p },
-        Region::Momentum => Buf { off: layout.momentum_off(), len: p },
-        Region::BnState => Buf { off: layout.state_off(), len: layout.state },
-        Region::Work => Buf { off: layout.act_off(), len: layout.arena_len() - layout.act_off() },
+        Region::Params => Buf::f32(0, p),
+        Region::Grads => Buf::f32(layout.grads_off(), p),
+        Region::Momentum => Buf::f32(layout.momentum_off(), p),
+        Region::BnState => Buf::f32(layout.state_off(), layout.state),
+        Region::Work => Buf::f32(layout.act_off(), layout.arena_len() - layout.act_off()),
     }
 }
 
@@ -88,7 +88,7 @@ pub fn region(layout: &Plan, r: Region) -> Buf {
 pub fn region_span(layout: &Plan, r: Region, offset: usize, len: usize) -> Result<Buf, ExecError> {
     let whole = region(layout, r);
     match offset.checked_add(len) {
-        Some(end) if end <= whole.len => Ok(Buf { off: whole.off + offset, len }),
+        Some(end) if end <= whole.len => Ok(Buf::f32(whole.off + offset, len)),
         _ => Err(ExecError::Region { region: r, end: offset.saturating_add(len), len: whole.len }),
     }
 }

@@ -13,7 +13,7 @@ use super::{
 use crate::loss;
 use crate::ops;
 use crate::optim::sgd_step;
-use crate::plan::{op, Buf, Plan};
+use crate::plan::{op, Buf, Elem, Plan};
 use crate::rng::Rng;
 use core::convert::Infallible;
 use core::fmt;
@@ -128,7 +128,9 @@ impl<'a> Arena<'a> {
         Arena { ptr: a.as_mut_ptr(), len: a.len(), _life: core::marker::PhantomData }
     }
 
+    /// An `f32` view: a buffer of another [`Elem`] stops the build here until it has its own.
     fn r(&self, b: Buf) -> &[f32] {
+        let Elem::F32 = b.elem;
         assert!(b.end() <= self.len, "buffer outside the arena");
         // SAFETY: in bounds (checked); the plan never lets an op write a buffer it also reads.
         unsafe { core::slice::from_raw_parts(self.ptr.add(b.off), b.len) }
@@ -136,6 +138,7 @@ impl<'a> Arena<'a> {
 
     #[allow(clippy::mut_from_ref)]
     fn w(&self, b: Buf) -> &mut [f32] {
+        let Elem::F32 = b.elem;
         assert!(b.end() <= self.len, "buffer outside the arena");
         // SAFETY: in bounds (checked); within one op, written buffers overlap no other buffer.
         unsafe { core::slice::from_raw_parts_mut(self.ptr.add(b.off), b.len) }
@@ -152,7 +155,7 @@ struct Step<'a> {
 
 /// `len` floats at `off`.
 const fn buf(off: usize, len: usize) -> Buf {
-    Buf { off, len }
+    Buf::f32(off, len)
 }
 
 impl<'a> Step<'a> {

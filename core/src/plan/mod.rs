@@ -48,7 +48,7 @@ mod stage;
 pub use crate::error::PlanError;
 pub use imagenet_aux::{StagedDecoderP, MAX_DECODER_LAYERS};
 pub use layout::{BlockP, BnP, ConvP, DecoderP, HeadP, Init, LinearP, Name, StemP, Tensor, TensorKind, MAX_HEAD_CONVS};
-pub use op::{loss_record_len, Access, Buf, LossKind, LossSlot, Op, Peer, LOSS_KINDS};
+pub use op::{loss_record_len, Access, Buf, Elem, LossKind, LossSlot, Op, Peer, LOSS_KINDS, SLOT_BYTES};
 pub use stage::{Micro, Stage};
 
 use crate::arch::{Arch, Family};
@@ -279,7 +279,7 @@ impl Plan {
     }
     /// The conv scratch buffer (after the activation stack).
     pub fn scratch(&self) -> Buf {
-        Buf { off: self.act_off() + self.train_peak.max(self.eval_peak), len: self.scratch }
+        Buf::f32(self.act_off() + self.train_peak.max(self.eval_peak), self.scratch)
     }
     /// Floats the arena must hold.
     pub fn arena_len(&self) -> usize {
@@ -287,11 +287,11 @@ impl Plan {
     }
     /// Where the executor puts the (normalised) input batch.
     pub fn input(&self) -> Buf {
-        Buf { off: self.act_off(), len: self.batch * self.arch.in_channels * self.arch.image * self.arch.image }
+        Buf::f32(self.act_off(), self.batch * self.arch.in_channels * self.arch.image * self.arch.image)
     }
     /// Where an eval pass leaves the logits (batch × classes).
     pub fn logits(&self) -> Buf {
-        Buf { off: self.input().end(), len: self.batch * self.arch.classes }
+        Buf::f32(self.input().end(), self.batch * self.arch.classes)
     }
     /// Loss record length: `modules × LOSS_KINDS` losses, then the non-finite flag.
     pub fn loss_slots(&self) -> usize {
@@ -306,7 +306,7 @@ impl Plan {
 
     /// Bytes by kind.
     pub fn memory(&self) -> Memory {
-        let f = core::mem::size_of::<f32>();
+        let f = SLOT_BYTES;
         Memory {
             params: self.params * f,
             grads: self.params * f,

@@ -1,6 +1,6 @@
 //! The ops of a schedule: what an executor runs, with every tensor an arena slice.
 //!
-//! Offsets are in `f32` elements from the arena's start. Parameter offsets `w`, `b`,
+//! Offsets are in 4-byte slots (one `f32` each, see [`Elem`]) from the arena's start. Parameter offsets `w`, `b`,
 //! `p` point into the parameter region; the matching gradient is at the same offset
 //! plus [`super::Plan::params`] and the momentum buffer at plus twice that. `state`
 //! offsets point at BN running statistics (mean, then var). Every op works on the
@@ -11,19 +11,52 @@
 
 use crate::ops::{self, BatchNorm2d, Conv2d, MaxPool2d, Window};
 
-/// A slice of the arena.
+/// What a buffer's elements are.
+///
+/// The arena is counted in 4-byte slots (one `f32` each): every buffer starts on a slot,
+/// and one of 2-byte elements would pack two to a slot ([`Buf::slots`]). The plan makes
+/// every buffer `F32` today; half-precision activations are a variant here, the choice
+/// of it where the schedule allocates, and the backends' accessors for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Elem {
+    F32,
+}
+
+/// Bytes of an arena slot: the unit of every offset and region size of a plan.
+pub const SLOT_BYTES: usize = 4;
+
+impl Elem {
+    pub const fn bytes(self) -> usize {
+        match self {
+            Elem::F32 => 4,
+        }
+    }
+}
+
+/// A slice of the arena: `len` elements of type `elem` from slot `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Buf {
     pub off: usize,
     pub len: usize,
+    pub elem: Elem,
 }
 
 impl Buf {
-    pub const fn end(&self) -> usize {
-        self.off + self.len
+    /// `len` `f32`s from slot `off`.
+    pub const fn f32(off: usize, len: usize) -> Buf {
+        Buf { off, len, elem: Elem::F32 }
     }
-    /// Whether two buffers share any element.
+    /// The arena slots it covers.
+    pub const fn slots(&self) -> usize {
+        (self.len * self.elem.bytes()).div_ceil(SLOT_BYTES)
+    }
+    /// The slot after its last.
+    pub const fn end(&self) -> usize {
+        self.off + self.slots()
+    }
+    /// Whether two buffers share any slot.
     pub const fn overlaps(&self, o: &Buf) -> bool {
         self.off < o.end() && o.off < self.end()
     }
@@ -522,7 +555,7 @@ impl Op {
     /// values the op reads or whose gradients it adds to, or, for [`Op::Sgd`], updates.
     /// [`Op::BeginStep`], which zeroes every gradient, lists nothing.
     pub fn for_each_param(&self, mut f: impl FnMut(Buf)) {
-        let mut at = |off: usize, len: usize| f(Buf { off, len });
+        let mut at = |off: usize, len: usize| f(Buf::f32(off, len));
         match *self {
             Op::Conv(Conv { shape, weight, bias, .. }) | Op::ConvBackward(ConvBackward { shape, weight, bias, .. }) => {
                 at(weight, shape.weight_len());

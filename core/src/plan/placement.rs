@@ -62,7 +62,7 @@ impl Bounds {
     }
 
     fn module(&self, j: usize) -> Buf {
-        Buf { off: self.start(j), len: self.start(j + 1) - self.start(j) }
+        Buf::f32(self.start(j), self.start(j + 1) - self.start(j))
     }
 }
 
@@ -151,10 +151,7 @@ mod tests {
     #[test]
     fn modules_are_laid_out_one_after_the_other() {
         let b = bounds();
-        assert_eq!(
-            [b.module(0), b.module(1), b.module(2)],
-            [Buf { off: 0, len: 14 }, Buf { off: 14, len: 20 }, Buf { off: 34, len: 35 }]
-        );
+        assert_eq!([b.module(0), b.module(1), b.module(2)], [Buf::f32(0, 14), Buf::f32(14, 20), Buf::f32(34, 35)]);
         // Module 0: backbone in place, its aux nets right after it.
         assert_eq!([b.place(0), b.place(9), b.place(65), b.place(68)], [0, 9, 10, 13]);
         // Module 1's backbone moves past module 0's aux nets; the last module's classifier too.

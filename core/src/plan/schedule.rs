@@ -85,7 +85,7 @@ struct ModuleFwd {
     out: Buf,
 }
 
-const NONE: Buf = Buf { off: 0, len: 0 };
+const NONE: Buf = Buf::f32(0, 0);
 
 /// Where a backward pass puts its input gradient.
 #[derive(Clone, Copy)]
@@ -138,16 +138,18 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         }
     }
 
+    /// `len` elements on top of the stack. Every activation and activation gradient is
+    /// allocated here or at [`Gen::alloc_at`]: where their element type is chosen.
     fn alloc(&mut self, len: usize) -> Buf {
-        let b = Buf { off: self.top, len };
-        self.top += len;
+        let b = Buf::f32(self.top, len);
+        self.top = b.end();
         self.peak = self.peak.max(self.top - self.plan.act_off());
         b
     }
 
-    /// `len` floats at `off`, over values the caller knows are dead; the stack grows to cover them.
+    /// `len` elements at `off`, over values the caller knows are dead; the stack grows to cover them.
     fn alloc_at(&mut self, off: usize, len: usize) -> Buf {
-        let b = Buf { off, len };
+        let b = Buf::f32(off, len);
         self.top = self.top.max(b.end());
         self.peak = self.peak.max(self.top - self.plan.act_off());
         b
@@ -266,7 +268,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let mark = self.top;
         let len = self.stem_len();
         let a = match spare {
-            Some(b) if b.len >= len => Buf { off: b.off, len },
+            Some(b) if b.len >= len => Buf::f32(b.off, len),
             _ => self.alloc(len),
         };
         self.stem_output(img, *s, a, None);
@@ -378,7 +380,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let c = bp.convs[l];
             self.op(Op::Conv(op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: a.h[l] }));
             if l + 1 < bp.layers {
-                let r = Buf { off: tmp.off, len: a.h[l].len };
+                let r = Buf::f32(tmp.off, a.h[l].len);
                 self.bn_fwd(bp.bns[l], a.h[l], r, a.st[l], mode);
                 self.op(Op::Relu(op::Relu { x: r }));
                 inp = r;
@@ -388,7 +390,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         }
         match (bp.downsample, a.ds) {
             (Some((c, bn)), Some((hd, sd))) => {
-                let od = Buf { off: tmp.off, len: a.out.len };
+                let od = Buf::f32(tmp.off, a.out.len);
                 self.op(Op::Conv(op::Conv { shape: c.s, weight: c.w, bias: None, x: a.x, y: hd }));
                 self.bn_fwd(bn, hd, od, sd, mode);
                 self.op(Op::AddRelu(op::AddRelu { y: a.out, x: od }));
@@ -445,15 +447,15 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let dx = match dx {
             Dx::No => None,
             Dx::At(d) => Some(d),
-            Dx::Temp(len) if on_top || t2.off + len <= self.top => Some(Buf { off: t2.off, len }),
-            Dx::Temp(len) => Some(Buf { off: mark.max(self.top), len }),
+            Dx::Temp(len) if on_top || t2.off + len <= self.top => Some(Buf::f32(t2.off, len)),
+            Dx::Temp(len) => Some(Buf::f32(mark.max(self.top), len)),
         };
         self.op(Op::ReluBackward(op::ReluBackward { y: a.out, dy: dout }));
         // The shortcut first: dx may overlay this block's values, which it reads.
         let shortcut = match (bp.downsample, a.ds) {
             (Some((c, bn)), Some((hd, sd))) => {
-                let dh = Buf { off: t1.off, len: hd.len };
-                let sums_d = Buf { off: sums.off, len: 2 * bn.s.c };
+                let dh = Buf::f32(t1.off, hd.len);
+                let sums_d = Buf::f32(sums.off, 2 * bn.s.c);
                 self.op(Op::BnBackward(op::BnBackward {
                     shape: bn.s,
                     affine: bn.p,
@@ -464,7 +466,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                     sums: sums_d,
                     weights,
                 }));
-                let tmp = dx.map(|d| Buf { off: sc.off, len: d.len });
+                let tmp = dx.map(|d| Buf::f32(sc.off, d.len));
                 self.op(Op::ConvBackward(op::ConvBackward {
                     shape: c.s,
                     weight: c.w,
@@ -480,8 +482,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let mut dcur = dout;
         for l in (0..bp.layers).rev() {
             let bn = bp.bns[l];
-            let dh = Buf { off: t1.off, len: a.h[l].len };
-            let sums_l = Buf { off: sums.off, len: 2 * bn.s.c };
+            let dh = Buf::f32(t1.off, a.h[l].len);
+            let sums_l = Buf::f32(sums.off, 2 * bn.s.c);
             self.op(Op::BnBackward(op::BnBackward {
                 shape: bn.s,
                 affine: bn.p,
@@ -495,9 +497,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let c = bp.convs[l];
             if l > 0 {
                 let len = a.h[l - 1].len;
-                let da = Buf { off: t2.off, len };
+                let da = Buf::f32(t2.off, len);
                 if weights {
-                    let r = Buf { off: if overlay { a.h[l].off } else { ra.off }, len };
+                    let r = Buf::f32(if overlay { a.h[l].off } else { ra.off }, len);
                     self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
                     self.op(Op::ConvBackward(op::ConvBackward {
                         shape: c.s,
@@ -517,7 +519,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                         dy: dh,
                         dx: Some(da),
                     }));
-                    let r = Buf { off: t1.off, len };
+                    let r = Buf::f32(t1.off, len);
                     self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
                     self.op(Op::ReluBackward(op::ReluBackward { y: r, dy: da }));
                 }
@@ -593,7 +595,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     /// its values: over its first block's, if it fits there.
     fn input_grad_in_module(&mut self, m: &ModuleFwd, len: usize) -> Option<Buf> {
         let (_, first) = self.acts_of(m, self.plan.part.blocks_of(m.j).start);
-        (first.start + len <= first.end).then_some(Buf { off: first.start, len })
+        (first.start + len <= first.end).then_some(Buf::f32(first.start, len))
     }
 
     /// Backward of a module: parameter gradients when `weights`, input gradient per `dx`
@@ -614,12 +616,12 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let dxb = if first {
                 dx
             } else if consume && acts.start + len <= acts.end {
-                Dx::At(Buf { off: acts.start, len })
+                Dx::At(Buf::f32(acts.start, len))
             } else {
                 let maxlen = blocks.clone().map(|b| self.in_len(b)).max().unwrap_or(0);
                 let p = *ping.get_or_insert_with(|| [self.alloc(maxlen), self.alloc(maxlen)]);
                 k ^= 1;
-                Dx::At(Buf { off: p[k].off, len })
+                Dx::At(Buf::f32(p[k].off, len))
             };
             // Dead space: the regions of the blocks above, less the gradient living there.
             let room = consume.then(|| {
@@ -664,7 +666,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         for (i, &(h, st)) in saved.iter().enumerate().take(hp.n_convs) {
             let (c, bn) = hp.convs[i];
             self.op(Op::Conv(op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: h }));
-            inp = Buf { off: r.off, len: h.len };
+            inp = Buf::f32(r.off, h.len);
             self.bn_fwd(bn, h, inp, st, TRAIN);
             self.op(Op::Relu(op::Relu { x: inp }));
         }
@@ -726,20 +728,20 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         // and `x`: it goes over the saved values below `dh` when they are large enough.
         let g = self.alloc(alen);
         let dh = self.alloc(alen);
-        let dx = if mark + x.len <= dh.off { Buf { off: mark, len: x.len } } else { self.alloc(x.len) };
+        let dx = if mark + x.len <= dh.off { Buf::f32(mark, x.len) } else { self.alloc(x.len) };
         let r = self.alloc(alen);
         let sums = self.alloc(2 * hp.convs.iter().take(hp.n_convs).map(|c| c.1.s.c).max().unwrap_or(0));
         let last = hp.n_convs - 1;
-        self.relu_recompute(hp.convs[last].1, saved[last], Buf { off: r.off, len: saved[last].0.len });
-        let mut dcur = Buf { off: g.off, len: saved[last].0.len };
+        self.relu_recompute(hp.convs[last].1, saved[last], Buf::f32(r.off, saved[last].0.len));
+        let mut dcur = Buf::f32(g.off, saved[last].0.len);
         self.op(Op::PoolBackward(op::PoolBackward { channels: hp.pool_c, hw: hp.pool_hw, dy: dpool, dx: dcur }));
         for i in (0..hp.n_convs).rev() {
             let (c, bn) = hp.convs[i];
             let (h, st) = saved[i];
-            let a = Buf { off: r.off, len: h.len };
+            let a = Buf::f32(r.off, h.len);
             self.op(Op::ReluBackward(op::ReluBackward { y: a, dy: dcur }));
-            let dhi = Buf { off: dh.off, len: h.len };
-            let sums_i = Buf { off: sums.off, len: 2 * bn.s.c };
+            let dhi = Buf::f32(dh.off, h.len);
+            let sums_i = Buf::f32(sums.off, 2 * bn.s.c);
             self.op(Op::BnBackward(op::BnBackward {
                 shape: bn.s,
                 affine: bn.p,
@@ -753,11 +755,11 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let xin = if i == 0 {
                 x
             } else {
-                let below = Buf { off: r.off, len: saved[i - 1].0.len };
+                let below = Buf::f32(r.off, saved[i - 1].0.len);
                 self.relu_recompute(hp.convs[i - 1].1, saved[i - 1], below);
                 below
             };
-            dcur = if i == 0 { dx } else { Buf { off: g.off, len: xin.len } };
+            dcur = if i == 0 { dx } else { Buf::f32(g.off, xin.len) };
             self.op(Op::ConvBackward(op::ConvBackward {
                 shape: c.s,
                 weight: c.w,
@@ -935,7 +937,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             return;
         }
         let p = self.place.module_params(j);
-        let params = Buf { off: self.plan.stage.param(p.off).expect("a stage updates its own modules"), len: p.len };
+        let params = Buf::f32(self.plan.stage.param(p.off).expect("a stage updates its own modules"), p.len);
         self.op(Op::Sgd(op::Sgd { module: j, params }));
     }
 
@@ -1028,7 +1030,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         // module below would have written.
         let (first, end) = (plan.stage.first, plan.stage.end);
         let received = (first > 0).then(|| {
-            let x = Buf { off: outs[(first - 1) % 3].off, len: self.out_len(first - 1) };
+            let x = Buf::f32(outs[(first - 1) % 3].off, self.out_len(first - 1));
             self.op(Op::Recv(op::Recv { buf: x, from: Peer::Prev }));
             x
         });
@@ -1044,9 +1046,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let start = if base + flen <= below.0 { base } else { below.1 };
             self.top = start;
             let len = self.out_len(j);
-            let out = Buf { off: outs[j % 3].off, len };
+            let out = Buf::f32(outs[j % 3].off, len);
             let t = match kept {
-                Some((ts, _)) => Buf { off: ts[j % 2].off, len },
+                Some((ts, _)) => Buf::f32(ts[j % 2].off, len),
                 None => self.alloc(len),
             };
             let (stem, fwd) = if j == 0 {
@@ -1216,13 +1218,13 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let cmax = blocks.clone().map(|g| arch.block(g).c_out).fold(c0, usize::max);
         let carry = [self.alloc(maxo), self.alloc(maxo)];
         let (ta, tb, stats) = (self.alloc(maxt), self.alloc(maxt), self.alloc(4 * cmax));
-        let mut x = Buf { off: carry[blocks.start % 2].off, len: in_len };
+        let mut x = Buf::f32(carry[blocks.start % 2].off, in_len);
         if stem {
-            let h = Buf { off: ta.off, len: conv_len };
+            let h = Buf::f32(ta.off, conv_len);
             // Before a max pool the ReLU output is a temporary in `tb`.
-            let r = if sp.pool.is_some() { Buf { off: tb.off, len: conv_len } } else { x };
+            let r = if sp.pool.is_some() { Buf::f32(tb.off, conv_len) } else { x };
             self.op(Op::Conv(op::Conv { shape: sp.conv.s, weight: sp.conv.w, bias: None, x: img, y: h }));
-            self.bn_fwd(sp.bn, h, r, Buf { off: stats.off, len: 4 * sp.bn.s.c }, Fwd::Eval);
+            self.bn_fwd(sp.bn, h, r, Buf::f32(stats.off, 4 * sp.bn.s.c), Fwd::Eval);
             self.op(Op::Relu(op::Relu { x: r }));
             if let Some(pool) = sp.pool {
                 self.op(Op::MaxPool(op::MaxPool { shape: pool, x: r, y: x }));
@@ -1231,7 +1233,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             self.op(Op::Recv(op::Recv { buf: x, from: Peer::Prev }));
         }
         for g in blocks {
-            let out = Buf { off: carry[(g + 1) % 2].off, len: out_len(g) };
+            let out = Buf::f32(carry[(g + 1) % 2].off, out_len(g));
             self.block_eval(&self.plan.block(g), x, out, ta, tb, stats);
             x = out;
         }
@@ -1253,10 +1255,10 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         for l in 0..bp.layers {
             let (c, bn) = (bp.convs[l], bp.bns[l]);
             let len = n * bn.s.c * bn.s.hw;
-            let (h, st) = (Buf { off: ta.off, len }, Buf { off: stats.off, len: 4 * bn.s.c });
+            let (h, st) = (Buf::f32(ta.off, len), Buf::f32(stats.off, 4 * bn.s.c));
             self.op(Op::Conv(op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: h }));
             if l + 1 < bp.layers {
-                inp = Buf { off: tb.off, len };
+                inp = Buf::f32(tb.off, len);
                 self.bn_fwd(bn, h, inp, st, Fwd::Eval);
                 self.op(Op::Relu(op::Relu { x: inp }));
             } else {
@@ -1265,9 +1267,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         }
         match bp.downsample {
             Some((c, bn)) => {
-                let (h, od) = (Buf { off: ta.off, len: out.len }, Buf { off: tb.off, len: out.len });
+                let (h, od) = (Buf::f32(ta.off, out.len), Buf::f32(tb.off, out.len));
                 self.op(Op::Conv(op::Conv { shape: c.s, weight: c.w, bias: None, x, y: h }));
-                self.bn_fwd(bn, h, od, Buf { off: stats.off, len: 4 * bn.s.c }, Fwd::Eval);
+                self.bn_fwd(bn, h, od, Buf::f32(stats.off, 4 * bn.s.c), Fwd::Eval);
                 self.op(Op::AddRelu(op::AddRelu { y: out, x: od }));
             }
             None => self.op(Op::AddRelu(op::AddRelu { y: out, x })),
@@ -1353,7 +1355,7 @@ mod tests {
         // Each module's update is its one span, relocated to the stage's region.
         for j in plan.stage.modules() {
             let p = plan.module_params(j);
-            let local = Buf { off: plan.stage.param(p.off).expect("the stage holds its modules"), len: p.len };
+            let local = Buf::f32(plan.stage.param(p.off).expect("the stage holds its modules"), p.len);
             let at = modules.iter().position(|&m| m == j).unwrap_or_else(|| panic!("module {j} is not updated"));
             assert_eq!(updated[at], local, "module {j}");
         }

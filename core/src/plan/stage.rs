@@ -48,8 +48,8 @@ impl Stage {
         Stage {
             first: 0,
             end: modules,
-            params: Buf { off: 0, len: params },
-            state: Buf { off: 0, len: state },
+            params: Buf::f32(0, params),
+            state: Buf::f32(0, state),
             model_params: params,
             model_state: state,
         }
@@ -98,7 +98,7 @@ fn local(span: &Buf, off: usize) -> Option<usize> {
 
 /// Spans `first` and `last` joined (modules are laid out in order).
 fn join(first: Buf, last: Buf) -> Buf {
-    Buf { off: first.off, len: last.end() - first.off }
+    Buf::f32(first.off, last.end() - first.off)
 }
 
 impl Plan {

@@ -4,7 +4,7 @@
 
 use hpff_core::exec::{Epilogue, StepInput};
 use hpff_core::ops::{self, BatchNorm2d};
-use hpff_core::plan::{Buf, Plan};
+use hpff_core::plan::{Buf, Elem, Plan};
 use rayon::prelude::*;
 
 use super::{Extra, CHUNK};
@@ -111,12 +111,15 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// The whole of `b`.
+    /// The whole of `b`. (An `f32` view: a buffer of another [`Elem`] stops the build
+    /// here until it has its own.)
     pub(super) fn r(&self, b: Buf) -> &[f32] {
+        let Elem::F32 = b.elem;
         self.arena.r(b.off, b.len)
     }
     #[allow(clippy::mut_from_ref)]
     pub(super) fn w(&self, b: Buf) -> &mut [f32] {
+        let Elem::F32 = b.elem;
         self.arena.w(b.off, b.len)
     }
     /// Images `[i0, i0 + cnt)` of a per-image buffer `b`.

@@ -77,10 +77,9 @@ impl<F: FnMut(&Op)> Gen<'_, F> {
             n * s.c_out * s.h * s.w
         };
         // Kept: every conv's output and its BN's statistics.
-        let mut hs = [(Buf { off: 0, len: 0 }, Buf { off: 0, len: 0 }); MAX_DECODER_LAYERS];
+        let mut hs = [(Buf::f32(0, 0), Buf::f32(0, 0)); MAX_DECODER_LAYERS];
         for (l, h) in hs.iter_mut().enumerate().take(nl) {
-            *h =
-                (self.alloc(len(l)), if l + 1 < nl { self.alloc(4 * layers[l].1.s.c) } else { Buf { off: 0, len: 0 } });
+            *h = (self.alloc(len(l)), if l + 1 < nl { self.alloc(4 * layers[l].1.s.c) } else { Buf::f32(0, 0) });
         }
         for l in 0..nl {
             let (conv, _) = layers[l];
@@ -131,7 +130,7 @@ impl<F: FnMut(&Op)> Gen<'_, F> {
             let win = Window::full(bn.s.c, side, side, up, up);
             self.op(Op::ResizeBackward(op::ResizeBackward { window: win, dy: r, dx: da }));
             self.op(Op::ReluBackward(op::ReluBackward { y: a, dy: da }));
-            let dh = Buf { off: base, len: below.0.len };
+            let dh = Buf::f32(base, below.0.len);
             self.op(Op::BnBackward(op::BnBackward {
                 shape: bn.s,
                 affine: bn.p,
