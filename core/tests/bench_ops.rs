@@ -36,7 +36,11 @@ fn gflops(kernel: GemmKernel, m: usize, n: usize, k: usize, ta: bool, tb: bool) 
 #[test]
 #[ignore]
 fn bench_sgemm() {
-    for kern in [GemmKernel::Avx512, GemmKernel::Avx2Fma, GemmKernel::Portable] {
+    let runs = |k: &GemmKernel| *k <= sgemm_kernel() && (*k != GemmKernel::Neon || sgemm_kernel() == GemmKernel::Neon);
+    for kern in
+        [GemmKernel::Avx512, GemmKernel::Avx2Fma, GemmKernel::Neon, GemmKernel::Portable].iter().filter(|k| runs(k))
+    {
+        let kern = *kern;
         for &(m, n, k, ta, tb) in &[
             (64, 1024, 576, false, false),
             (16, 1024, 144, false, false),
@@ -61,7 +65,7 @@ fn bench_sgemm() {
 #[ignore]
 fn bench_conv() {
     // Every instruction set this CPU has, from the widest (HPFF_CPU_ISA's sets).
-    for isa in [Isa::Avx512, Isa::Avx2, Isa::Scalar].into_iter().filter(|&i| i <= detected_isa()) {
+    for isa in Isa::ALL.into_iter().rev().filter(|i| i.runs_here()) {
         limit_isa(Some(isa));
         println!("{}:", isa.name());
         for (c, hw) in [(16, 32), (32, 16), (64, 8), (64, 56), (128, 28), (256, 14), (512, 7)] {

@@ -708,7 +708,7 @@ fn check_sgemm(
 }
 
 /// Every kernel; one the CPU lacks falls back to the best it has (`sgemm_using`).
-const KERNELS: [GemmKernel; 3] = [GemmKernel::Portable, GemmKernel::Avx2Fma, GemmKernel::Avx512];
+const KERNELS: [GemmKernel; 4] = [GemmKernel::Portable, GemmKernel::Neon, GemmKernel::Avx2Fma, GemmKernel::Avx512];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(CASES * 2))]
@@ -740,6 +740,50 @@ fn sgemm_odd_sizes_all_transposes() {
     for kern in KERNELS {
         check_sgemm(kern, 150, 131, 401, false, false, (0, 0, 0), true, 5);
         check_sgemm(kern, 150, 131, 401, true, true, (3, 1, 0), false, 6);
+    }
+}
+
+/// The FMA kernel this CPU runs (AVX2, AVX-512 or NEON) computes each element of C as one
+/// fused chain over `p = 0..k` in order, from C's old value or zero: checked bit for bit
+/// against that chain written out with `mul_add`, for every transpose, with and without
+/// accumulation, on sizes that leave row and column edges and span several k slabs and
+/// row blocks. So the three kernels give the same bits.
+#[test]
+fn sgemm_is_bitwise_its_fma_chains() {
+    let kern = sgemm_kernel();
+    if kern == GemmKernel::Portable {
+        eprintln!("sgemm_is_bitwise_its_fma_chains: skipped, this CPU runs the portable kernel (no FMA kernel)");
+        return;
+    }
+    let mut seed = 900;
+    for &(m, n, k) in &[(13usize, 40usize, 7usize), (100, 90, 300), (6, 16, 193), (1, 1, 1), (300, 17, 20)] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for acc in [false, true] {
+                seed += 1;
+                let a = rand_vec(seed, m * k);
+                let b = rand_vec(seed ^ 7, k * n);
+                let mut c = rand_vec(seed ^ 9, m * n);
+                let c0 = c.clone();
+                let (lda, ldb) = (if ta { m } else { k }, if tb { k } else { n });
+                sgemm(m, n, k, &a, lda, ta, &b, ldb, tb, &mut c, n, acc);
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut want = if acc { c0[i * n + j] } else { 0.0f32 };
+                        for p in 0..k {
+                            let av = if ta { a[p * lda + i] } else { a[i * lda + p] };
+                            let bv = if tb { b[j * ldb + p] } else { b[p * ldb + j] };
+                            want = av.mul_add(bv, want);
+                        }
+                        let got = c[i * n + j];
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{kern:?} m {m} n {n} k {k} ta {ta} tb {tb} acc {acc} ({i}, {j})"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -880,9 +924,9 @@ fn bilinear_forward_is_bitwise_the_direct_expression() {
 /// an 8-pixel vector), a downsampling 3×3 and 1×1, and a direct 1×1.
 #[test]
 fn conv_is_bitwise_its_fma_chains() {
-    if sgemm_kernel() < GemmKernel::Avx2Fma {
+    if sgemm_kernel() == GemmKernel::Portable {
         eprintln!(
-            "conv_is_bitwise_its_fma_chains: skipped, this CPU has no AVX2+FMA (the kernel whose bits it checks)"
+            "conv_is_bitwise_its_fma_chains: skipped, this CPU runs the portable kernels (no AVX2+FMA or NEON, whose bits it checks)"
         );
         return;
     }

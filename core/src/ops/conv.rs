@@ -397,8 +397,8 @@ pub fn conv2d_forward(
         });
     }
     if s.runs_direct() {
-        // SAFETY: runs_direct checked the CPU has AVX2 and FMA.
-        #[cfg(target_arch = "x86_64")]
+        // SAFETY: runs_direct checked the CPU runs the direct kernels (AVX2 and FMA, or NEON).
+        #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
         unsafe {
             super::conv_direct::forward(s, n, x, w, y, scratch)
         }
@@ -447,8 +447,8 @@ pub fn conv2d_backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &m
         });
     }
     if s.runs_direct() {
-        // SAFETY: runs_direct checked the CPU has AVX2 and FMA.
-        #[cfg(target_arch = "x86_64")]
+        // SAFETY: runs_direct checked the CPU runs the direct kernels (AVX2 and FMA, or NEON).
+        #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
         unsafe {
             super::conv_direct::backward_input(s, n, dy, w, dx, scratch)
         }
@@ -501,8 +501,8 @@ pub fn conv2d_accumulate_weight_grad(
             conv2d_accumulate_weight_grad(g, 1, x, dy, &mut dw[j * g.weight_len()..], None, scratch);
         });
     } else if s.runs_direct() {
-        // SAFETY: runs_direct checked the CPU has AVX2 and FMA.
-        #[cfg(target_arch = "x86_64")]
+        // SAFETY: runs_direct checked the CPU runs the direct kernels (AVX2 and FMA, or NEON).
+        #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
         unsafe {
             super::conv_wgrad::accumulate(s, n, x, dy, dw, scratch)
         }
@@ -532,17 +532,15 @@ pub fn conv2d_accumulate_weight_grad(
     }
 }
 
-#[cfg(test)]
+// The AVX2 packer's test: the other architectures pack with the scalar loops only.
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
 
     /// The vector packer writes exactly the scalar one's floats (and so im2col's), for
     /// shapes whose rows do not line up with panels, a 3-channel stem and a 5×5 kernel,
-    /// across several column blocks and k slabs. (`pack` is the vector packer wherever
-    /// the CPU has AVX2 — every machine CI runs on; elsewhere it is the scalar one, and
-    /// `core/tests/grad_ops.rs::conv_is_bitwise_its_fma_chains` says it skipped. No
-    /// message here: the core is `no_std`, its unit tests included.)
-    #[cfg(target_arch = "x86_64")]
+    /// across several column blocks and k slabs (`pack` is the vector packer wherever the
+    /// CPU has AVX2 — every machine CI runs on).
     #[test]
     fn shifted_taps_vector_packing_matches_scalar() {
         let shapes = [

@@ -1,5 +1,5 @@
-//! Direct stride-1 "same" convolution on AVX2 (and AVX-512F where the CPU has it): the
-//! forward and the input gradient of every 3×3 of a ResNet but the downsampling ones,
+//! Direct stride-1 "same" convolution on AVX2 (and AVX-512F where the CPU has it) or NEON:
+//! the forward and the input gradient of every 3×3 of a ResNet but the downsampling ones,
 //! without a column matrix.
 //!
 //! The image is copied once into zero-padded planes ([`PaddedPlanes`]); a register tile
@@ -18,16 +18,23 @@
 //! A map narrower than 16 with an odd number of 8-pixel vectors (7×7) keeps the AVX2
 //! tile, which its rows fill better.
 //!
+//! On aarch64 ([`super::Isa::Neon`]) the AVX2 tile runs with each 8-pixel vector a pair
+//! of 4-lane registers (6 planes × 2 vectors: 24 of the 32 registers accumulate).
+//!
 //! Bits: every output is one FMA chain from zero over (input channel, kh, kw) in order,
-//! on either instruction set, so AVX-512 and AVX2 give the same bits.
+//! on every instruction set, so AVX-512, AVX2 and NEON give the same bits.
 //! For the forward that is the GEMM's chain over the column-matrix rows, so its bits are
 //! unchanged; the input gradient is the convolution of the padded `dy` with the weights
 //! transposed and flipped, one chain over (co, kh', kw') with `kh' = k − 1 − kh`.
 
+#[cfg(target_arch = "aarch64")]
+use core::arch::aarch64::*;
+#[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
 
 use super::conv_layout::{packed_len, PaddedPlanes, DIRECT_K, LANES, TILE_ROWS};
 use super::conv_shape::Conv2d;
+#[cfg(target_arch = "x86_64")]
 use super::isa::{cpu_isa, Isa};
 
 /// Packs the forward's weights `w[o][c][t]` as `[row block][c][t][TILE_ROWS]` (rows
@@ -90,15 +97,18 @@ trait Lanes {
     unsafe fn store(d: *mut f32, v: Self::V, n: usize);
 }
 
+#[cfg(target_arch = "x86_64")]
 struct Ymm;
 /// 16-pixel vectors of one row; `MASKED`: the row's last vector is partial and reads only
 /// its lanes (rows of an odd number of 8-pixel vectors, whose padded row ends 8 floats
 /// short of a whole zmm). A zero-masking load costs more than a plain one even with every
 /// lane set (16- and 32-wide maps lost 10–13 % with it), so whole rows keep plain loads.
+#[cfg(target_arch = "x86_64")]
 struct Zmm<const MASKED: bool>;
 
 // SAFETY (every method below): called only from functions compiled for the set, with
 // addresses the caller's contract covers.
+#[cfg(target_arch = "x86_64")]
 impl Lanes for Ymm {
     type V = __m256;
     const WIDTH: usize = LANES;
@@ -133,6 +143,7 @@ impl Lanes for Ymm {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 impl<const MASKED: bool> Lanes for Zmm<MASKED> {
     type V = __m512;
     const WIDTH: usize = 2 * LANES;
@@ -170,8 +181,10 @@ impl<const MASKED: bool> Lanes for Zmm<MASKED> {
 /// 16-pixel vectors of two 8-pixel rows (8-wide maps): each tap vector is two 8-float
 /// loads from consecutive padded rows, joined (`vinsertf64x4`, AVX-512F); the output rows
 /// of 8 are contiguous, so a vector stores as one.
+#[cfg(target_arch = "x86_64")]
 struct ZmmRows;
 
+#[cfg(target_arch = "x86_64")]
 impl Lanes for ZmmRows {
     type V = __m512;
     const WIDTH: usize = 2 * LANES;
@@ -210,6 +223,7 @@ impl Lanes for ZmmRows {
 /// # Safety
 /// The CPU supports AVX2 and FMA; `padded` holds `channels` planes of `g`, `out` holds
 /// `rows · h · w` floats and `packed` the packing of `rows × channels` weights.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn direct_image<const K: usize>(
     g: &PaddedPlanes,
@@ -229,6 +243,7 @@ unsafe fn direct_image<const K: usize>(
 ///
 /// # Safety
 /// As [`direct_image`]'s, and the CPU supports AVX-512F.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn direct_image_512<const K: usize>(
     g: &PaddedPlanes,
@@ -395,21 +410,15 @@ impl Tile {
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn forward(s: &Conv2d, n: usize, x: &[f32], w: &[f32], y: &mut [f32], scratch: &mut [f32]) {
-    // SAFETY: forwarded contract; `wide` when the CPU has AVX-512F.
-    unsafe { forward_on(cpu_isa() == Isa::Avx512, s, n, x, w, y, scratch) }
-}
-
-/// [`forward`], with 16-pixel vectors when `wide`.
-///
-/// # Safety
-/// The CPU supports AVX2 and FMA, and AVX-512F when `wide`.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn forward_on(wide: bool, s: &Conv2d, n: usize, x: &[f32], w: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+    let wide = cpu_isa() == Isa::Avx512;
     assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len());
-    // SAFETY: forwarded contract.
-    unsafe { run_images(wide, s, n, (s.c_in, x), (s.c_out, y), |out| pack_forward(s, w, out), w, scratch) }
+    // SAFETY: forwarded contract; `wide` when the CPU has AVX-512F.
+    unsafe {
+        run_images(s, n, (s.c_in, x), (s.c_out, y), |out| pack_forward(s, w, out), w, scratch, x86_image(wide, s))
+    }
 }
 
 /// Input gradient of `n` images of a stride-1 "same" 3×3 convolution (overwrites `dx`):
@@ -417,40 +426,133 @@ unsafe fn forward_on(wide: bool, s: &Conv2d, n: usize, x: &[f32], w: &[f32], y: 
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], scratch: &mut [f32]) {
+    let wide = cpu_isa() == Isa::Avx512;
+    assert!(dy.len() >= n * s.out_len() && dx.len() >= n * s.in_len());
+    let pack = |out: &mut [f32]| pack_input_grad(s, w, out);
     // SAFETY: forwarded contract; `wide` when the CPU has AVX-512F.
-    unsafe { backward_input_on(cpu_isa() == Isa::Avx512, s, n, dy, w, dx, scratch) }
+    unsafe { run_images(s, n, (s.c_out, dy), (s.c_in, dx), pack, w, scratch, x86_image(wide, s)) }
 }
 
-/// [`backward_input`], with 16-pixel vectors when `wide`.
+/// One image on x86: with 16-pixel vectors (`wide`, AVX-512F) where a row is whole pairs
+/// of 8-pixel vectors, two rows of 8, or wider than 16 (its last vector partial); a map
+/// narrower than 16 with an odd number of 8-pixel vectors (7×7) fills more of a ymm than
+/// of a zmm.
+///
+/// # Safety (of the function returned)
+/// The CPU supports AVX2 and FMA, and AVX-512F when `wide`; the arguments are
+/// [`direct_image`]'s.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn x86_image(wide: bool, s: &Conv2d) -> impl Fn(&PaddedPlanes, usize, &[f32], &[f32], usize, &mut [f32]) {
+    let v = PaddedPlanes::of(s.h, s.w, s.pad).vectors_per_row;
+    let wide = wide && (v.is_multiple_of(2) || (s.w == LANES && s.h.is_multiple_of(2)) || s.w > 2 * LANES);
+    move |g, channels, padded, packed, rows, out| {
+        // SAFETY: the caller's contract (see above).
+        unsafe {
+            if wide {
+                direct_image_512::<DIRECT_K>(g, channels, padded, packed, rows, out)
+            } else {
+                direct_image::<DIRECT_K>(g, channels, padded, packed, rows, out)
+            }
+        }
+    }
+}
+
+/// [`forward`] on NEON.
 ///
 /// # Safety
-/// The CPU supports AVX2 and FMA, and AVX-512F when `wide`.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn backward_input_on(
-    wide: bool,
-    s: &Conv2d,
-    n: usize,
-    dy: &[f32],
-    w: &[f32],
-    dx: &mut [f32],
-    scratch: &mut [f32],
-) {
+/// None beyond the slices' lengths (asserted); `unsafe` as on x86.
+#[cfg(target_arch = "aarch64")]
+pub(crate) unsafe fn forward(s: &Conv2d, n: usize, x: &[f32], w: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+    assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len());
+    // SAFETY: NEON is part of every aarch64 CPU this crate builds for.
+    unsafe { run_images(s, n, (s.c_in, x), (s.c_out, y), |out| pack_forward(s, w, out), w, scratch, neon_image) }
+}
+
+/// [`backward_input`] on NEON.
+///
+/// # Safety
+/// None beyond the slices' lengths (asserted); `unsafe` as on x86.
+#[cfg(target_arch = "aarch64")]
+pub(crate) unsafe fn backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], scratch: &mut [f32]) {
     assert!(dy.len() >= n * s.out_len() && dx.len() >= n * s.in_len());
-    // SAFETY: forwarded contract.
-    unsafe { run_images(wide, s, n, (s.c_out, dy), (s.c_in, dx), |out| pack_input_grad(s, w, out), w, scratch) }
+    let pack = |out: &mut [f32]| pack_input_grad(s, w, out);
+    // SAFETY: NEON is part of every aarch64 CPU this crate builds for.
+    unsafe { run_images(s, n, (s.c_out, dy), (s.c_in, dx), pack, w, scratch, neon_image) }
+}
+
+/// One image on NEON (see [`direct_image`]).
+#[cfg(target_arch = "aarch64")]
+fn neon_image(g: &PaddedPlanes, channels: usize, padded: &[f32], packed: &[f32], rows: usize, out: &mut [f32]) {
+    // SAFETY: `run_images` hands in whole padded planes and packed weights of `rows ×
+    // channels`, and `rows` output planes.
+    unsafe { walk::<Neon, DIRECT_K>(g, channels, padded, packed, rows, out) }
+}
+
+/// Each 8-pixel vector as two 4-lane registers: the AVX2 tile, fused multiply-adds lane
+/// by lane (the same bits).
+#[cfg(target_arch = "aarch64")]
+struct Neon;
+
+#[cfg(target_arch = "aarch64")]
+#[derive(Clone, Copy)]
+struct Pair(float32x4_t, float32x4_t);
+
+// SAFETY (every method): NEON is part of every aarch64 CPU; addresses as the caller's
+// contract covers.
+#[cfg(target_arch = "aarch64")]
+impl Lanes for Neon {
+    type V = Pair;
+    const WIDTH: usize = LANES;
+    const TILE_V: usize = 2;
+    #[inline(always)]
+    unsafe fn zero() -> Pair {
+        unsafe { Pair(vdupq_n_f32(0.0), vdupq_n_f32(0.0)) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32, _: usize, _: usize) -> Pair {
+        unsafe { Pair(vld1q_f32(p), vld1q_f32(p.add(4))) }
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> Pair {
+        unsafe {
+            let v = vld1q_dup_f32(p);
+            Pair(v, v)
+        }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Pair, b: Pair, c: Pair) -> Pair {
+        unsafe { Pair(vfmaq_f32(c.0, a.0, b.0), vfmaq_f32(c.1, a.1, b.1)) }
+    }
+    #[inline(always)]
+    unsafe fn store(d: *mut f32, v: Pair, n: usize) {
+        unsafe {
+            if n == LANES {
+                vst1q_f32(d, v.0);
+                vst1q_f32(d.add(4), v.1);
+            } else {
+                let mut tmp = [0.0f32; LANES];
+                vst1q_f32(tmp.as_mut_ptr(), v.0);
+                vst1q_f32(tmp.as_mut_ptr().add(4), v.1);
+                core::ptr::copy_nonoverlapping(tmp.as_ptr(), d, n);
+            }
+        }
+    }
 }
 
 /// The direct convolution of `n` images of `(channels, src)` planes into `(rows, dst)`
-/// planes (all `h × w`), with the weights packed once by `pack`; with 16-pixel vectors
-/// where rows allow when `wide`.
+/// planes (all `h × w`), with the weights packed once by `pack`, each image by `image`
+/// (arguments as [`direct_image`]'s).
 ///
 /// # Safety
-/// The CPU supports AVX2 and FMA, and AVX-512F when `wide`.
-#[target_feature(enable = "avx2,fma")]
+/// `image` may be called with whole padded planes of `channels`, the packing of `rows ×
+/// channels` weights and `rows` output planes.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
 unsafe fn run_images(
-    wide: bool,
     s: &Conv2d,
     n: usize,
     (channels, src): (usize, &[f32]),
@@ -458,6 +560,7 @@ unsafe fn run_images(
     pack: impl FnOnce(&mut [f32]),
     w: &[f32],
     scratch: &mut [f32],
+    image: impl Fn(&PaddedPlanes, usize, &[f32], &[f32], usize, &mut [f32]),
 ) {
     let g = PaddedPlanes::of(s.h, s.w, s.pad);
     let hw = s.h * s.w;
@@ -465,21 +568,8 @@ unsafe fn run_images(
     let (padded, packed) = scratch.split_at_mut(channels * g.plane_len());
     assert!(packed.len() >= packed_len(rows, channels, DIRECT_K * DIRECT_K), "conv scratch too small");
     pack(packed);
-    // 16-pixel vectors where a row is whole pairs of 8-pixel vectors, two rows of 8, or
-    // wider than 16 (its last vector partial); a map narrower than 16 with an odd number
-    // of 8-pixel vectors (7×7) fills more of a ymm than of a zmm.
-    let wide =
-        wide && (g.vectors_per_row.is_multiple_of(2) || (s.w == LANES && s.h.is_multiple_of(2)) || s.w > 2 * LANES);
     for (si, di) in src.chunks_exact(channels * hw).zip(dst.chunks_exact_mut(rows * hw)).take(n) {
         g.fill(channels, si, padded);
-        // SAFETY: `padded` holds `channels` planes, `di` `rows` planes, `packed` the
-        // weights of `rows × channels`; `wide` only where the caller found AVX-512F.
-        unsafe {
-            if wide {
-                direct_image_512::<DIRECT_K>(&g, channels, padded, packed, rows, di)
-            } else {
-                direct_image::<DIRECT_K>(&g, channels, padded, packed, rows, di)
-            }
-        }
+        image(&g, channels, padded, packed, rows, di);
     }
 }

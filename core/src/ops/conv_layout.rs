@@ -17,7 +17,7 @@ pub(crate) const TILE_ROWS: usize = 6;
 /// enough zero columns that every row holds whole 8-pixel output vectors' taps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 // Only the sizes are used where the kernels are not built.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"))), allow(dead_code))]
 pub(crate) struct PaddedPlanes {
     /// Plane height and width.
     pub h: usize,
@@ -45,7 +45,7 @@ impl PaddedPlanes {
     /// padding included: one `fill(0.0)` of the whole region, then the rows as
     /// fixed-size vector moves (a `memset`/`memmove` call per short row cost more than
     /// the copy itself).
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
     pub(crate) fn fill(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
         let (h, w, pad, wp) = (self.h, self.w, self.pad, self.wp);
         let dst = &mut dst[..channels * self.plane_len()];

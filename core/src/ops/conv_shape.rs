@@ -3,7 +3,7 @@
 //! packed weights and image groups), and which kernel path a shape takes.
 
 use super::conv_layout::{packed_len, PaddedPlanes, DIRECT_K, LANES};
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
 use super::{gemm::GemmKernel, sgemm_kernel};
 
 /// Output vectors a weight-gradient register tile should walk before its lanes are
@@ -114,11 +114,12 @@ impl Conv2d {
     }
     /// Whether the forward and input gradient run [`super::conv_direct`]'s kernels, and
     /// the weight gradient [`super::conv_wgrad`]'s.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
     pub(crate) fn runs_direct(&self) -> bool {
-        self.groups == 1 && self.same() && self.k == DIRECT_K && sgemm_kernel() >= GemmKernel::Avx2Fma
+        // The kernels of the set that runs: AVX2 (or AVX-512) on x86, NEON on aarch64.
+        self.groups == 1 && self.same() && self.k == DIRECT_K && sgemm_kernel() >= GemmKernel::Neon
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"))))]
     pub(crate) fn runs_direct(&self) -> bool {
         false
     }

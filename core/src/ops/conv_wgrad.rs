@@ -1,5 +1,5 @@
-//! Direct weight gradient of a stride-1 "same" 3×3 convolution on AVX2, without a column
-//! matrix: `dw[co][ci][kh][kw] += Σ_{image, oy, ox} dy[co][oy][ox] · x[ci][oy + kh − 1][ox + kw − 1]`.
+//! Direct weight gradient of a stride-1 "same" 3×3 convolution on AVX2 or NEON, without
+//! a column matrix: `dw[co][ci][kh][kw] += Σ_{image, oy, ox} dy[co][oy][ox] · x[ci][oy + kh − 1][ox + kw − 1]`.
 //!
 //! The inputs of a group of images are copied into zero-padded planes ([`PaddedPlanes`],
 //! as the forward does). A register tile of [`TILE_CO`] output channels × the 3 `kw` taps
@@ -38,35 +38,43 @@
 //! above; the rest is the same. Channels past the last whole block of 4 take the AVX2
 //! tiles. So the two paths differ in the last bits, as the GEMM kernels of different
 //! widths do.
+//!
+//! On aarch64 ([`super::Isa::Neon`]) the AVX2 tile runs with each 8-lane accumulator a
+//! pair of 4-lane registers, folded in the same order: the AVX2 bits.
 
+#[cfg(target_arch = "aarch64")]
+use core::arch::aarch64::*;
+#[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
 
 use super::conv_layout::{PaddedPlanes, DIRECT_K, LANES};
 use super::conv_shape::Conv2d;
+#[cfg(target_arch = "x86_64")]
 use super::isa::{cpu_isa, Isa};
 
 /// Output channels per register tile: 4 × 3 taps = 12 accumulators, plus the 3 shifted
-/// input vectors and one `dy` vector fill the 16 ymm registers.
+/// input vectors and one `dy` vector fill the 16 ymm registers (NEON: 24 of its 32).
 const TILE_CO: usize = 4;
 /// The same with AVX-512F. 4 × 3 zmm accumulators: with 8 × 3 (or 6 × 3), which would
 /// load the input vectors less often, LLVM spilled accumulators in the loop and the tile
 /// ran slower than the AVX2 one.
+#[cfg(target_arch = "x86_64")]
 const TILE_CO_512: usize = 4;
 /// Pixels per zmm vector.
+#[cfg(target_arch = "x86_64")]
 const LANES_512: usize = 2 * LANES;
 /// Adds the weight gradient of `n` images of a stride-1 "same" 3×3 convolution to `dw`,
 /// in the order the module doc gives.
 ///
 /// # Safety
-/// The CPU supports AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU supports AVX2 and FMA (on x86).
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
 pub(crate) unsafe fn accumulate(s: &Conv2d, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32], scratch: &mut [f32]) {
     let gx = PaddedPlanes::of(s.h, s.w, s.pad);
     let gy = PaddedPlanes::of(s.h, s.w, 0);
     assert!(s.k == DIRECT_K && s.stride == 1 && s.pad == 1);
     assert!(x.len() >= n * s.in_len() && dy.len() >= n * s.out_len() && dw.len() >= s.weight_len());
     let group = s.weight_grad_group();
-    let wide = cpu_isa() == Isa::Avx512 && (s.w.is_multiple_of(LANES_512) || (s.w == LANES && s.h.is_multiple_of(2)));
     let (xplane, yplane) = (gx.plane_len(), gy.plane_len());
     let (hw, imgs_max) = (s.h * s.w, group.min(n));
     let (xpad, rest) = scratch.split_at_mut(imgs_max * s.c_in * xplane);
@@ -93,12 +101,8 @@ pub(crate) unsafe fn accumulate(s: &Conv2d, n: usize, x: &[f32], dy: &[f32], dw:
         let t = Group { h: s.h, vpr: gx.vectors_per_row, wp: gx.wp, xplane, ych, imgs };
         debug_assert!(yplane == s.h * gy.vectors_per_row * LANES);
         // The zmm tiles take the whole blocks of TILE_CO_512 channels, the AVX2 tiles the rest.
-        let mut first = 0;
-        if wide {
-            // SAFETY: the CPU has AVX-512F (checked above); the rows are whole zmm vectors.
-            unsafe { t.tiles_512(s, xpad, if in_place { &dy[i0 * s.out_len()..] } else { ypad }, dw) };
-            first = s.c_out / TILE_CO_512 * TILE_CO_512;
-        }
+        // SAFETY: `xpad` and the dy planes hold the group as `t` describes.
+        let first = unsafe { t.wide_tiles(s, xpad, if in_place { &dy[i0 * s.out_len()..] } else { ypad }, dw) };
         for co0 in (first..s.c_out).step_by(TILE_CO) {
             let r = TILE_CO.min(s.c_out - co0);
             for ci in 0..s.c_in {
@@ -153,9 +157,42 @@ impl Group {
     /// # Safety
     /// `xp` is tap row kh of plane ci of the group's first padded image, `yp` dy plane co0
     /// of its first image (channel-major layout), `d` `dw[co0][ci][kh][0]`; `R` channels
-    /// from co0 exist.
+    /// from co0 exist; the CPU supports AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn tile<const R: usize, const VPR: usize>(
+        &self,
+        xp: *const f32,
+        yp: *const f32,
+        d: *mut f32,
+        stride: usize,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { self.tile_on::<Ymm, R, VPR>(xp, yp, d, stride) }
+    }
+
+    /// [`Group::tile`] on NEON.
+    ///
+    /// # Safety
+    /// As [`Group::tile`]'s but the CPU (NEON is part of every aarch64 CPU).
+    #[cfg(target_arch = "aarch64")]
+    unsafe fn tile<const R: usize, const VPR: usize>(
+        &self,
+        xp: *const f32,
+        yp: *const f32,
+        d: *mut f32,
+        stride: usize,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { self.tile_on::<Pair, R, VPR>(xp, yp, d, stride) }
+    }
+
+    /// The tile in `L`'s 8-lane vectors.
+    ///
+    /// # Safety
+    /// As [`Group::tile`]'s; the caller is compiled for `L`'s set.
+    #[inline(always)]
+    unsafe fn tile_on<L: Eight, const R: usize, const VPR: usize>(
         &self,
         xp: *const f32,
         yp: *const f32,
@@ -173,7 +210,7 @@ impl Group {
         let plane_skip = self.xplane.wrapping_sub(self.h.wrapping_mul(self.wp));
         // SAFETY: the caller's contract covers every address formed below.
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); DIRECT_K]; R];
+            let mut acc = [[L::zero(); DIRECT_K]; R];
             // The dy planes of one channel are consecutive, so one offset walks all the
             // group's images; the padded input planes have rows `wp` apart.
             let mut yo = 0usize;
@@ -181,11 +218,11 @@ impl Group {
             for _ in 0..self.imgs {
                 for _ in 0..self.h {
                     for _ in 0..vpr {
-                        let xs: [__m256; DIRECT_K] = core::array::from_fn(|kw| _mm256_loadu_ps(xv.add(kw)));
+                        let xs: [L::V; DIRECT_K] = core::array::from_fn(|kw| L::load(xv.add(kw)));
                         for (a, y) in acc.iter_mut().zip(ys) {
-                            let g = _mm256_loadu_ps(y.add(yo));
+                            let g = L::load(y.add(yo));
                             for kw in 0..DIRECT_K {
-                                a[kw] = _mm256_fmadd_ps(g, xs[kw], a[kw]);
+                                a[kw] = L::fma(g, xs[kw], a[kw]);
                             }
                         }
                         xv = xv.add(LANES);
@@ -196,7 +233,7 @@ impl Group {
                 xv = xv.add(plane_skip);
             }
             for (i, a) in acc.iter().enumerate() {
-                let sums = fold3(a);
+                let sums = L::fold3(a);
                 let di = d.add(i * stride);
                 for (kw, &v) in sums.iter().enumerate() {
                     *di.add(kw) += v;
@@ -204,8 +241,107 @@ impl Group {
             }
         }
     }
+
+    /// The zmm tiles where the CPU has AVX-512F and the rows are whole zmm vectors (see
+    /// [`Group::tiles_512`]); the first channel they leave to the 8-lane tiles.
+    ///
+    /// # Safety
+    /// `xpad` holds the group's padded input planes, `ys` its `dy` planes, `dw` the
+    /// shape's weights; the CPU supports AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn wide_tiles(&self, s: &Conv2d, xpad: &[f32], ys: &[f32], dw: &mut [f32]) -> usize {
+        let wide =
+            cpu_isa() == Isa::Avx512 && (s.w.is_multiple_of(LANES_512) || (s.w == LANES && s.h.is_multiple_of(2)));
+        if !wide {
+            return 0;
+        }
+        // SAFETY: the CPU has AVX-512F (checked above); the rows are whole zmm vectors.
+        unsafe { self.tiles_512(s, xpad, ys, dw) };
+        s.c_out / TILE_CO_512 * TILE_CO_512
+    }
+
+    /// No wider tiles on NEON: every channel takes the 8-lane tiles.
+    ///
+    /// # Safety
+    /// None (`unsafe` as on x86).
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn wide_tiles(&self, _: &Conv2d, _: &[f32], _: &[f32], _: &mut [f32]) -> usize {
+        0
+    }
 }
 
+/// 8-lane vectors of one instruction set, as the weight-gradient tile uses them.
+trait Eight {
+    type V: Copy;
+    unsafe fn zero() -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// `a · b + c`, one rounding.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Each accumulator's lanes as `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`.
+    unsafe fn fold3(a: &[Self::V; DIRECT_K]) -> [f32; DIRECT_K];
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Ymm;
+
+// SAFETY (every method): called only from functions compiled for AVX2 + FMA.
+#[cfg(target_arch = "x86_64")]
+impl Eight for Ymm {
+    type V = __m256;
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn fold3(a: &[__m256; DIRECT_K]) -> [f32; DIRECT_K] {
+        unsafe { fold3(a) }
+    }
+}
+
+/// An 8-lane accumulator as two NEON registers (lanes 0–3, 4–7).
+#[cfg(target_arch = "aarch64")]
+#[derive(Clone, Copy)]
+struct Pair(float32x4_t, float32x4_t);
+
+// SAFETY (every method): NEON is part of every aarch64 CPU; addresses as the caller's
+// contract covers.
+#[cfg(target_arch = "aarch64")]
+impl Eight for Pair {
+    type V = Pair;
+    #[inline(always)]
+    unsafe fn zero() -> Pair {
+        unsafe { Pair(vdupq_n_f32(0.0), vdupq_n_f32(0.0)) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Pair {
+        unsafe { Pair(vld1q_f32(p), vld1q_f32(p.add(4))) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Pair, b: Pair, c: Pair) -> Pair {
+        unsafe { Pair(vfmaq_f32(c.0, a.0, b.0), vfmaq_f32(c.1, a.1, b.1)) }
+    }
+    #[inline(always)]
+    unsafe fn fold3(a: &[Pair; DIRECT_K]) -> [f32; DIRECT_K] {
+        // [l0+l1, l2+l3, l4+l5, l6+l7], then [(l0+l1)+(l2+l3), (l4+l5)+(l6+l7), ..].
+        a.map(|v| unsafe {
+            let p = vpaddq_f32(v.0, v.1);
+            let q = vpaddq_f32(p, p);
+            vgetq_lane_f32::<0>(q) + vgetq_lane_f32::<1>(q)
+        })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
 impl Group {
     /// Every zmm tile of the group: channel blocks of [`TILE_CO_512`] × input channel ×
     /// tap row, as the AVX2 loop walks its tiles. `ys` holds the group's `dy` planes
@@ -304,6 +440,7 @@ impl Group {
 ///
 /// # Safety
 /// The CPU supports AVX-512F; the floats read lie in one allocation.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn load<const PAIR: bool>(p: *const f32, wp: usize) -> __m512 {
     // SAFETY: the caller's contract.
@@ -323,6 +460,7 @@ unsafe fn load<const PAIR: bool>(p: *const f32, wp: usize) -> __m512 {
 ///
 /// # Safety
 /// The CPU supports AVX-512F; `d` points at three writable floats.
+#[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn add_folded(d: *mut f32, a: [__m512; DIRECT_K]) {
@@ -343,6 +481,7 @@ unsafe fn add_folded(d: *mut f32, a: [__m512; DIRECT_K]) {
 /// # Safety
 /// The CPU supports AVX2 (an `unsafe fn`: safe `#[target_feature]` functions need a
 /// newer Rust than the crate's MSRV).
+#[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fold3(a: &[__m256; DIRECT_K]) -> [f32; DIRECT_K] {

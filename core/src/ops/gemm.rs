@@ -20,7 +20,10 @@
 //! matrix of a weight gradient). With AVX-512F ([`super::Isa::Avx512`]) a `12 × 32`
 //! kernel (24 zmm accumulators, 2 B vectors and a broadcast of the 32 zmm registers) reads
 //! the same packed panels, two 6-row A panels and two 16-column B panels at a time, so
-//! packing, `PackB` sources and the bits are the AVX2 kernel's.
+//! packing, `PackB` sources and the bits are the AVX2 kernel's. On aarch64 a NEON kernel
+//! ([`super::Isa::Neon`]) computes the AVX2 kernel's `6 × 16` tile from the same panels,
+//! four 4-lane vectors a row (24 accumulators, 4 B vectors and a broadcast of the 32
+//! registers): the same fused chains, so the AVX2 bits.
 //!
 //! Every element of C is computed as one FMA chain over `p = 0..k` in order, starting from
 //! `C` (accumulate) or zero, whatever the blocking; so the AVX2 result does not depend on
@@ -34,6 +37,9 @@ use core::mem::MaybeUninit;
 pub enum GemmKernel {
     /// Plain loops; every target.
     Portable,
+    /// NEON (aarch64): the AVX2 kernel's tile and FMA chains in 4-lane registers, so the
+    /// same bits.
+    Neon,
     /// AVX2 + FMA intrinsics; x86_64 CPUs that have them (checked at run time).
     Avx2Fma,
     /// AVX-512F: the AVX2 kernel's packing and FMA chains on twice the lanes and twice the
@@ -67,7 +73,9 @@ pub(crate) const NC: usize = 16;
 /// x86_64, the portable kernel's elsewhere (a microcontroller's stack is small).
 #[cfg(target_arch = "x86_64")]
 const MAX_TILE: usize = 12 * 32;
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(target_arch = "aarch64")]
+const MAX_TILE: usize = 6 * 16;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const MAX_TILE: usize = 4 * 16;
 /// Rows of a packed A micro-panel of the x86 kernels (an AVX-512 tile spans two).
 const PANEL_MR: usize = 6;
@@ -171,6 +179,74 @@ impl MicroKernel for Portable {
             for (j, v) in row.iter().enumerate() {
                 // SAFETY: as above.
                 unsafe { *c.add(i * ldc + j) = *v };
+            }
+        }
+    }
+}
+
+/// The NEON kernel ([`GemmKernel::Neon`]): [`Avx2`]'s tile and packing.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+struct Neon;
+
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+impl MicroKernel for Neon {
+    const MR: usize = PANEL_MR;
+    const NR: usize = PANEL_NR;
+    const ROW_EDGES: bool = true;
+    #[inline(always)]
+    unsafe fn run(t: Tile) {
+        debug_assert_eq!(t.cols, Self::NR);
+        // SAFETY (all arms): forwarded contract; each instance touches only its first
+        // `R = rows` rows of the tile.
+        unsafe {
+            match t.rows {
+                6 => kernel_neon::<6>(t),
+                5 => kernel_neon::<5>(t),
+                4 => kernel_neon::<4>(t),
+                3 => kernel_neon::<3>(t),
+                2 => kernel_neon::<2>(t),
+                _ => kernel_neon::<1>(t),
+            }
+        }
+    }
+}
+
+/// The first `R` rows of a 6 × 16 tile in NEON registers: per `p`, the B row's four
+/// 4-lane vectors, and for each row `acc += a[i] · b` fused (`vfmaq_n_f32`), which is the
+/// AVX2 kernel's `fmadd(a[i], b, acc)` element by element.
+///
+/// # Safety
+/// See [`MicroKernel::run`] with `t.rows = R`.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+#[inline(always)]
+unsafe fn kernel_neon<const R: usize>(t: Tile) {
+    use core::arch::aarch64::*;
+    let Tile { kc, ap, bp, c, ldc, load, .. } = t;
+    // SAFETY: all pointer offsets stay inside the panels / tile of the contract.
+    unsafe {
+        let mut acc = [[vdupq_n_f32(0.0); 4]; R];
+        if load {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = vld1q_f32(c.add(i * ldc + 4 * j));
+                }
+            }
+        }
+        let (mut a, mut b) = (ap, bp);
+        for _ in 0..kc {
+            let bv: [float32x4_t; 4] = core::array::from_fn(|j| vld1q_f32(b.add(4 * j)));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = *a.add(i);
+                for (v, &bj) in row.iter_mut().zip(&bv) {
+                    *v = vfmaq_n_f32(*v, bj, ai);
+                }
+            }
+            a = a.add(PANEL_MR);
+            b = b.add(PANEL_NR);
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                vst1q_f32(c.add(i * ldc + 4 * j), v);
             }
         }
     }
@@ -501,6 +577,7 @@ pub fn sgemm_kernel() -> GemmKernel {
     match super::cpu_isa() {
         super::Isa::Avx512 => GemmKernel::Avx512,
         super::Isa::Avx2 => GemmKernel::Avx2Fma,
+        super::Isa::Neon => GemmKernel::Neon,
         super::Isa::Scalar => GemmKernel::Portable,
     }
 }
@@ -649,6 +726,10 @@ fn run_batch(kernel: GemmKernel, p: &Problem<'_>, batch: Batch, c: &mut [f32]) {
             // SAFETY: `kernel <= sgemm_kernel()`, so the CPU has AVX-512F (and AVX2, FMA).
             unsafe { sgemm_avx512(p, batch, c) }
         }
+        // Every aarch64 CPU the crate is built for has NEON (checked at compile time).
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        GemmKernel::Neon => driver_batch::<Neon>(p, batch, c),
+        // A kernel of the other architecture (a test pinning it) runs the portable loops.
         _ => driver_batch::<Portable>(p, batch, c),
     }
 }
@@ -898,7 +979,7 @@ mod tests {
         for (i, v) in b.iter_mut().enumerate() {
             *v = ((i * 5 % 11) as f32 - 5.0) * 0.1;
         }
-        for kern in [GemmKernel::Portable, GemmKernel::Avx2Fma, GemmKernel::Avx512] {
+        for kern in [GemmKernel::Portable, GemmKernel::Neon, GemmKernel::Avx2Fma, GemmKernel::Avx512] {
             let mut c = [f32::NAN; 5 * 27];
             sgemm_using(kern, m, n, k, &a, k, false, &b, n, false, &mut c, n, false);
             for i in 0..m {

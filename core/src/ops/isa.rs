@@ -1,6 +1,6 @@
 //! Which vector instructions the CPU kernels use: detected once with `cpuid` (no std, so
 //! no `is_x86_feature_detected!`), and capped by [`limit_isa`] (the host maps
-//! `HPFF_CPU_ISA=avx512|avx2|scalar` to it, for tests and for users).
+//! `HPFF_CPU_ISA=avx512|avx2|neon|scalar` to it, for tests and for users).
 //!
 //! - [`Isa::Avx512`]: AVX-512F besides AVX2 + FMA. The GEMM micro-kernel, and the direct
 //!   3×3 convolutions on maps 16 or 32 wide (or 8 wide, two rows a vector) run 16-pixel
@@ -8,7 +8,13 @@
 //!   the AVX2 kernels (the same bits), the weight gradient with 16 lane chains (other
 //!   last bits, documented in `conv_wgrad`).
 //! - [`Isa::Avx2`]: AVX2 + FMA, the GEMM micro-kernel and every direct kernel.
+//! - [`Isa::Neon`]: aarch64's Advanced SIMD (every aarch64 CPU has it): the AVX2 GEMM
+//!   tile and direct kernels, each 8-pixel vector a pair of 4-lane registers, so the
+//!   same FMA chains, folds and bits as AVX2.
 //! - [`Isa::Scalar`]: the portable loops (every target).
+//!
+//! The order says which sets a cap allows (`Scalar < Neon < Avx2 < Avx512`); a CPU has
+//! only the x86 or only the Arm ones.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -16,15 +22,19 @@ use core::sync::atomic::{AtomicU8, Ordering};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     Scalar,
+    Neon,
     Avx2,
     Avx512,
 }
 
 impl Isa {
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Neon, Isa::Avx2, Isa::Avx512];
+
     /// The name `HPFF_CPU_ISA` and `hpff bench` use.
     pub const fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
+            Isa::Neon => "neon",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
         }
@@ -32,7 +42,17 @@ impl Isa {
 
     /// The set named `name` (see [`Isa::name`]).
     pub fn parse(name: &str) -> Option<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().find(|i| i.name() == name)
+        Isa::ALL.into_iter().find(|i| i.name() == name)
+    }
+
+    /// Whether this CPU can run the set's kernels (as the path that runs, when capped to it).
+    pub fn runs_here(self) -> bool {
+        let d = detected_isa();
+        match self {
+            Isa::Scalar => true,
+            Isa::Neon => d == Isa::Neon,
+            Isa::Avx2 | Isa::Avx512 => d >= Isa::Avx2 && self <= d,
+        }
     }
 
     const fn code(self) -> u8 {
@@ -40,7 +60,7 @@ impl Isa {
     }
 
     fn of_code(c: u8) -> Option<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().find(|i| i.code() == c)
+        Isa::ALL.into_iter().find(|i| i.code() == c)
     }
 }
 
@@ -58,10 +78,15 @@ pub fn detected_isa() -> Isa {
     i
 }
 
-/// The set the kernels use: the detected one, capped by [`limit_isa`].
+/// The set the kernels use: the richest this CPU runs within the cap of [`limit_isa`]
+/// (the detected one without a cap; a cap of the other architecture's sets leaves
+/// [`Isa::Scalar`]).
 pub fn cpu_isa() -> Isa {
     let d = detected_isa();
-    Isa::of_code(LIMIT.load(Ordering::Relaxed)).map_or(d, |l| l.min(d))
+    match Isa::of_code(LIMIT.load(Ordering::Relaxed)) {
+        None => d,
+        Some(cap) => Isa::ALL.into_iter().rev().find(|i| *i <= cap && i.runs_here()).unwrap_or(Isa::Scalar),
+    }
 }
 
 /// Caps the set the kernels use from now on (`None`: no cap). Set it before the first
@@ -82,7 +107,12 @@ fn detect() -> Isa {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+fn detect() -> Isa {
+    Isa::Neon
+}
+
+#[cfg(not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"))))]
 fn detect() -> Isa {
     Isa::Scalar
 }
@@ -132,11 +162,18 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for i in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+        for i in Isa::ALL {
             assert_eq!(Isa::parse(i.name()), Some(i));
             assert_eq!(Isa::of_code(i.code()), Some(i));
         }
-        assert_eq!(Isa::parse("neon"), None);
-        assert!(Isa::Scalar < Isa::Avx2 && Isa::Avx2 < Isa::Avx512);
+        assert_eq!(Isa::parse("sse"), None);
+        assert!(Isa::Scalar < Isa::Neon && Isa::Neon < Isa::Avx2 && Isa::Avx2 < Isa::Avx512);
+        // Each architecture detects its own sets only.
+        let d = detected_isa();
+        if cfg!(target_arch = "x86_64") {
+            assert_ne!(d, Isa::Neon);
+        } else if cfg!(target_arch = "aarch64") {
+            assert_eq!(d, Isa::Neon);
+        }
     }
 }

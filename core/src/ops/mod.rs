@@ -2,7 +2,7 @@
 //! tensors, allocation-free, each op working on whatever batch sub-range it is handed.
 //!
 //! Convolution and linear layers reduce to [`sgemm`], except the stride-1 "same" 3×3
-//! convolutions on AVX2, which run direct kernels (`conv_direct`, `conv_wgrad`) that read
+//! convolutions on AVX2 and NEON, which run direct kernels (`conv_direct`, `conv_wgrad`) that read
 //! the image without a column matrix; the other ops are single passes
 //! written as plain slice loops the compiler vectorizes. Reductions (BatchNorm
 //! statistics, bias gradients, pooling) run in `f64` lanes inside a call, in a fixed
@@ -12,11 +12,11 @@
 mod activation;
 mod batchnorm;
 mod conv;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
 mod conv_direct;
 mod conv_layout;
 mod conv_shape;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
 mod conv_wgrad;
 mod gemm;
 mod isa;

@@ -195,25 +195,26 @@ impl fmt::Display for CpuExecutor {
     }
 }
 
-/// The variable that caps the CPU kernels' instruction set (`avx512`, `avx2`, `scalar`).
+/// The variable that caps the CPU kernels' instruction set (`avx512`, `avx2`, `neon`, `scalar`).
 pub const ISA_ENV: &str = "HPFF_CPU_ISA";
 
 /// Applies [`ISA_ENV`] when set: kernels no richer than it names. An unknown name, or a
 /// set this CPU lacks, is an error (a forced path must be the path that runs).
 pub fn apply_isa_env() -> crate::error::Result<()> {
     let Ok(v) = std::env::var(ISA_ENV) else { return Ok(()) };
-    let want = ops::Isa::parse(v.trim())
-        .ok_or_else(|| crate::error::Error::msg(format!("{ISA_ENV}={v:?}: expected avx512, avx2 or scalar")))?;
-    let have = ops::detected_isa();
-    if want > have {
-        return Err(crate::error::Error::msg(format!(
-            "{ISA_ENV}={}: this CPU supports up to {}",
-            want.name(),
-            have.name()
-        )));
-    }
-    ops::limit_isa(Some(want));
+    ops::limit_isa(Some(isa_named(&v)?));
     Ok(())
+}
+
+/// The set `v` names, if this CPU runs it.
+fn isa_named(v: &str) -> crate::error::Result<ops::Isa> {
+    let want = ops::Isa::parse(v.trim())
+        .ok_or_else(|| crate::error::Error::msg(format!("{ISA_ENV}={v:?}: expected avx512, avx2, neon or scalar")))?;
+    if !want.runs_here() {
+        let have: Vec<&str> = ops::Isa::ALL.iter().filter(|i| i.runs_here()).map(|i| i.name()).collect();
+        return Err(crate::error::Error::msg(format!("{ISA_ENV}={}: this CPU runs {}", want.name(), have.join(", "))));
+    }
+    Ok(want)
 }
 
 impl Executor for CpuExecutor {
@@ -277,6 +278,19 @@ impl Executor for CpuExecutor {
 mod tests {
     use super::*;
     use crate::device::Snapshot;
+
+    /// `HPFF_CPU_ISA` names a set this CPU runs, or says which it runs: the other
+    /// architecture's sets are refused, not run as the portable loops under their name.
+    #[test]
+    fn isa_names_are_checked_against_this_cpu() {
+        assert_eq!(isa_named(" scalar ").unwrap(), ops::Isa::Scalar);
+        let e = isa_named("sse4").unwrap_err().to_string();
+        assert!(e.contains("expected avx512, avx2, neon or scalar"), "{e}");
+        let foreign = if cfg!(target_arch = "x86_64") { "neon" } else { "avx2" };
+        let e = isa_named(foreign).unwrap_err().to_string();
+        assert!(e.contains("this CPU runs scalar"), "{e}");
+        assert_eq!(isa_named(ops::detected_isa().name()).unwrap(), ops::detected_isa());
+    }
     use hpff_core::arch::Arch;
     use hpff_core::method::{Base, Method};
     use hpff_core::optim::Sgd;
