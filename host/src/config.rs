@@ -566,11 +566,21 @@ impl Settings {
         };
         method.widen = c.aux_widen;
         method.feature_dim = c.feature_dim;
-        let pair = |p: [f64; 2]| [p[0] as f32, p[1] as f32];
-        method.lambda1 = pair(c.lambda1);
-        method.lambda2 = pair(c.lambda2);
-        method.wx = c.wx as f32;
-        method.wy = c.wy as f32;
+        // Loss weights: a negative one would train a module to raise its loss, a NaN or
+        // an overflow (as f32) poison the first step; said now, not as a NaN gradient.
+        let weight = |flag: &str, v: f64| {
+            let w = v as f32;
+            if w.is_finite() && w >= 0.0 {
+                Ok(w)
+            } else {
+                Err(Error::msg(format!("{flag} must be a finite number ≥ 0, not {v}")))
+            }
+        };
+        let pair = |flag: &str, p: [f64; 2]| Ok::<_, Error>([weight(flag, p[0])?, weight(flag, p[1])?]);
+        method.lambda1 = pair("--lambda1", c.lambda1)?;
+        method.lambda2 = pair("--lambda2", c.lambda2)?;
+        method.wx = weight("--wx", c.wx)?;
+        method.wy = weight("--wy", c.wy)?;
         // Paths are recorded in config.toml and checkpoint.json, which hold text.
         for (flag, p) in [("--data-dir", c.data_dir.as_ref()), ("--out", Some(&c.out))] {
             if let Some(p) = p.filter(|p| p.to_str().is_none()) {
@@ -614,7 +624,7 @@ impl Settings {
         if !(sgd.weight_decay.is_finite() && sgd.weight_decay >= 0.0) {
             return Err(Error::msg(format!("--weight-decay must be a number ≥ 0, not {}", sgd.weight_decay)));
         }
-        let gamma = c.gamma;
+        let gamma = c.gamma as f32;
         if !(gamma.is_finite() && gamma > 0.0) {
             return Err(Error::msg(format!("--gamma must be a positive number, not {gamma}")));
         }

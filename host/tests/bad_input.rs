@@ -282,6 +282,11 @@ fn malformed_configs_and_absurd_flags() {
     refused(&train(&["--lr=-1"]), 1, &["--lr must be a positive number"]);
     refused(&train(&["--weight-decay=-1"]), 1, &["--weight-decay must be a number ≥ 0"]);
     refused(&train(&["--gamma", "0"]), 1, &["--gamma must be a positive number"]);
+    refused(&train(&["--gamma", "1e39"]), 1, &["--gamma must be a positive number, not inf"]);
+    refused(&train(&["--wx=-1"]), 1, &["--wx must be a finite number ≥ 0, not -1"]);
+    refused(&train(&["--wy", "nan"]), 1, &["--wy must be a finite number ≥ 0, not NaN"]);
+    refused(&train(&["--lambda1", "5,1e39"]), 1, &["--lambda1 must be a finite number ≥ 0, not 1000"]);
+    refused(&train(&["--lambda2=-0.5,0"]), 1, &["--lambda2 must be a finite number ≥ 0, not -0.5"]);
     refused(&train(&["--val-split", "100000000"]), 1, &["--val-split 100000000 leaves no training images"]);
     refused(&train(&["--arch", "resnet1000000000"]), 1, &["no CIFAR ResNet of depth 1000000000"]);
     // More than the machine has: refused before allocating, with a batch that fits.
