@@ -146,6 +146,21 @@ trait MicroKernel {
 
 struct Portable;
 
+/// `kernel::<R>(t)` for `R = t.rows` (1..=6): one instance per row count of a 6-row panel.
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
+macro_rules! by_rows {
+    ($kernel:ident, $t:expr) => {
+        match $t.rows {
+            6 => $kernel::<6>($t),
+            5 => $kernel::<5>($t),
+            4 => $kernel::<4>($t),
+            3 => $kernel::<3>($t),
+            2 => $kernel::<2>($t),
+            _ => $kernel::<1>($t),
+        }
+    };
+}
+
 impl MicroKernel for Portable {
     const MR: usize = 4;
     const NR: usize = 16;
@@ -196,18 +211,9 @@ impl MicroKernel for Neon {
     #[inline(always)]
     unsafe fn run(t: Tile) {
         debug_assert_eq!(t.cols, Self::NR);
-        // SAFETY (all arms): forwarded contract; each instance touches only its first
-        // `R = rows` rows of the tile.
-        unsafe {
-            match t.rows {
-                6 => kernel_neon::<6>(t),
-                5 => kernel_neon::<5>(t),
-                4 => kernel_neon::<4>(t),
-                3 => kernel_neon::<3>(t),
-                2 => kernel_neon::<2>(t),
-                _ => kernel_neon::<1>(t),
-            }
-        }
+        // SAFETY: forwarded contract; each instance touches only its first `R = rows`
+        // rows of the tile.
+        unsafe { by_rows!(kernel_neon, t) }
     }
 }
 
@@ -263,18 +269,9 @@ impl MicroKernel for Avx2 {
     #[inline(always)]
     unsafe fn run(t: Tile) {
         debug_assert_eq!(t.cols, Self::NR);
-        // SAFETY (all arms): forwarded contract (AVX2+FMA support is part of it); each
-        // instance touches only its first `R = rows` rows of the tile.
-        unsafe {
-            match t.rows {
-                6 => kernel_avx2::<6>(t),
-                5 => kernel_avx2::<5>(t),
-                4 => kernel_avx2::<4>(t),
-                3 => kernel_avx2::<3>(t),
-                2 => kernel_avx2::<2>(t),
-                _ => kernel_avx2::<1>(t),
-            }
-        }
+        // SAFETY: forwarded contract (AVX2+FMA support is part of it); each instance
+        // touches only its first `R = rows` rows of the tile.
+        unsafe { by_rows!(kernel_avx2, t) }
     }
 
     #[inline(always)]
@@ -358,7 +355,7 @@ impl MicroKernel for Avx512 {
         // SAFETY (all arms): forwarded contract (AVX-512F support is part of it); each
         // instance touches only its first `R = rows` rows and `P·16 = cols` columns.
         unsafe {
-            macro_rules! by_rows {
+            macro_rules! by_12_rows {
                 ($p:literal) => {
                     match t.rows {
                         12 => kernel_avx512::<12, $p>(t),
@@ -377,9 +374,9 @@ impl MicroKernel for Avx512 {
                 };
             }
             if t.cols > PANEL_NR {
-                by_rows!(2)
+                by_12_rows!(2)
             } else {
-                by_rows!(1)
+                by_12_rows!(1)
             }
         }
     }

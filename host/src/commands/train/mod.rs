@@ -27,7 +27,7 @@ mod run;
 mod sink;
 
 pub use run::{train_on, Trainer};
-pub use sink::{Console, RunFolder, Sink, Sinks};
+pub use sink::{Console, Record, RunFolder, Sink, Sinks};
 
 /// Stream of the parameter initialisation.
 pub const INIT_STREAM: u64 = 1;

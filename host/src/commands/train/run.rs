@@ -9,7 +9,7 @@ use hpff_core::exec::{Executor, Region, StepInput};
 use hpff_core::plan::{Plan, TensorKind};
 use hpff_core::rng::Rng;
 
-use super::sink::{Console, RunFolder, Sink, Sinks};
+use super::sink::{Console, Record, RunFolder, Sink, Sinks};
 use super::{augment_of, data_shape, evaluate_over, score, Outcome, RunOptions, DATA_STREAM, INIT_STREAM};
 use crate::checkpoint::{self, Meta, TensorFile};
 use crate::config::{Config, NonFinite, Settings, Setup};
@@ -334,7 +334,7 @@ impl Trainer {
         if let Some(model) = model.filter(|_| !self.sinks.is_empty()) {
             let mut m = self.meta.clone();
             m.elapsed_s = self.meta.elapsed_s + self.t0.elapsed().as_secs_f64();
-            self.sinks.epoch(&self.full, &model, &m, self.data.eval_name)?;
+            self.sinks.epoch(&Record { plan: &self.full, model: &model, meta: &m, eval_name: self.data.eval_name })?;
         }
         Ok(())
     }
@@ -513,7 +513,8 @@ impl Trainer {
                 "executor_extra_bytes": self.exec.held().extra,
                 "peak_rss_bytes": peak,
             });
-            self.sinks.finish(&self.full, &model, &self.meta, self.data.eval_name, &summary)?;
+            let r = Record { plan: &self.full, model: &model, meta: &self.meta, eval_name: self.data.eval_name };
+            self.sinks.finish(&r, &summary)?;
         }
         let mem_line = format!("arena {} planned, peak RSS {}", fmt_mib(Some(mem.total() as u64)), fmt_mib(peak));
         self.say(match test {

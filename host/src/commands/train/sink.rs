@@ -19,6 +19,17 @@ use crate::metrics;
 use crate::plot;
 use crate::resources::fmt_mib;
 
+/// The model after an epoch (or at the end) and the run's records up to it.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    /// The whole model's plan (its layout).
+    pub plan: &'a Plan,
+    pub model: &'a Snapshot,
+    pub meta: &'a Meta,
+    /// The evaluation split's name, for the curves.
+    pub eval_name: &'a str,
+}
+
 /// What a run reports; every method does nothing by default.
 pub trait Sink {
     /// A line of the log.
@@ -31,19 +42,12 @@ pub trait Sink {
     fn step(&mut self, _i: usize, _status: &str) {}
     /// The epoch's steps are done (or failed).
     fn steps_end(&mut self) {}
-    /// An epoch is recorded in `meta`, with `model` after it (laid out by `plan`).
-    fn epoch(&mut self, _plan: &Plan, _model: &Snapshot, _meta: &Meta, _eval_name: &str) -> Result<()> {
+    /// An epoch is recorded.
+    fn epoch(&mut self, _r: &Record) -> Result<()> {
         Ok(())
     }
-    /// The run ends with `model` and `summary`.
-    fn finish(
-        &mut self,
-        _plan: &Plan,
-        _model: &Snapshot,
-        _meta: &Meta,
-        _eval_name: &str,
-        _summary: &serde_json::Value,
-    ) -> Result<()> {
+    /// The run ends with `summary`.
+    fn finish(&mut self, _r: &Record, _summary: &serde_json::Value) -> Result<()> {
         Ok(())
     }
 }
@@ -81,18 +85,11 @@ impl Sink for Sinks {
     fn steps_end(&mut self) {
         self.0.iter_mut().for_each(|k| k.steps_end());
     }
-    fn epoch(&mut self, plan: &Plan, model: &Snapshot, meta: &Meta, eval_name: &str) -> Result<()> {
-        self.0.iter_mut().try_for_each(|k| k.epoch(plan, model, meta, eval_name))
+    fn epoch(&mut self, r: &Record) -> Result<()> {
+        self.0.iter_mut().try_for_each(|k| k.epoch(r))
     }
-    fn finish(
-        &mut self,
-        plan: &Plan,
-        model: &Snapshot,
-        meta: &Meta,
-        eval_name: &str,
-        summary: &serde_json::Value,
-    ) -> Result<()> {
-        self.0.iter_mut().try_for_each(|k| k.finish(plan, model, meta, eval_name, summary))
+    fn finish(&mut self, r: &Record, summary: &serde_json::Value) -> Result<()> {
+        self.0.iter_mut().try_for_each(|k| k.finish(r, summary))
     }
 }
 
@@ -178,21 +175,14 @@ impl RunFolder {
 }
 
 impl Sink for RunFolder {
-    fn epoch(&mut self, plan: &Plan, model: &Snapshot, meta: &Meta, eval_name: &str) -> Result<()> {
-        checkpoint::save(&self.out, plan, model, &mut meta.clone())?;
-        metrics::write_jsonl(&self.out.join("metrics.jsonl"), &meta.metrics)?;
-        plot::save(&self.out.join("curves.png"), &meta.metrics, eval_name)
+    fn epoch(&mut self, r: &Record) -> Result<()> {
+        checkpoint::save(&self.out, r.plan, r.model, &mut r.meta.clone())?;
+        metrics::write_jsonl(&self.out.join("metrics.jsonl"), &r.meta.metrics)?;
+        plot::save(&self.out.join("curves.png"), &r.meta.metrics, r.eval_name)
     }
 
-    fn finish(
-        &mut self,
-        plan: &Plan,
-        model: &Snapshot,
-        meta: &Meta,
-        eval_name: &str,
-        summary: &serde_json::Value,
-    ) -> Result<()> {
-        self.epoch(plan, model, meta, eval_name)?;
+    fn finish(&mut self, r: &Record, summary: &serde_json::Value) -> Result<()> {
+        self.epoch(r)?;
         let path = self.out.join("summary.json");
         crate::files::write_atomic(&path, &serde_json::to_vec_pretty(summary).expect("json"))
     }
