@@ -32,6 +32,8 @@ use core::arch::aarch64::*;
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
 
+#[cfg(target_arch = "aarch64")]
+use super::conv_layout::Pair;
 use super::conv_layout::{packed_len, PaddedPlanes, DIRECT_K, LANES, TILE_ROWS};
 use super::conv_shape::Conv2d;
 #[cfg(target_arch = "x86_64")]
@@ -497,10 +499,6 @@ fn neon_image(g: &PaddedPlanes, channels: usize, padded: &[f32], packed: &[f32],
 #[cfg(target_arch = "aarch64")]
 struct Neon;
 
-#[cfg(target_arch = "aarch64")]
-#[derive(Clone, Copy)]
-struct Pair(float32x4_t, float32x4_t);
-
 // SAFETY (every method): NEON is part of every aarch64 CPU; addresses as the caller's
 // contract covers.
 #[cfg(target_arch = "aarch64")]
@@ -510,11 +508,11 @@ impl Lanes for Neon {
     const TILE_V: usize = 2;
     #[inline(always)]
     unsafe fn zero() -> Pair {
-        unsafe { Pair(vdupq_n_f32(0.0), vdupq_n_f32(0.0)) }
+        Pair::zero()
     }
     #[inline(always)]
     unsafe fn load(p: *const f32, _: usize, _: usize) -> Pair {
-        unsafe { Pair(vld1q_f32(p), vld1q_f32(p.add(4))) }
+        unsafe { Pair::load(p) }
     }
     #[inline(always)]
     unsafe fn splat(p: *const f32) -> Pair {
@@ -525,7 +523,7 @@ impl Lanes for Neon {
     }
     #[inline(always)]
     unsafe fn fma(a: Pair, b: Pair, c: Pair) -> Pair {
-        unsafe { Pair(vfmaq_f32(c.0, a.0, b.0), vfmaq_f32(c.1, a.1, b.1)) }
+        Pair::fma(a, b, c)
     }
     #[inline(always)]
     unsafe fn store(d: *mut f32, v: Pair, n: usize) {

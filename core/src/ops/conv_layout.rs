@@ -90,3 +90,38 @@ pub(crate) fn copy_short(dst: &mut [f32], src: &[f32]) {
         }
     }
 }
+
+/// An 8-lane vector on NEON: two 4-lane registers (lanes 0–3, 4–7), with the operations
+/// the direct kernels use lane by lane.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+#[derive(Clone, Copy)]
+pub(crate) struct Pair(pub core::arch::aarch64::float32x4_t, pub core::arch::aarch64::float32x4_t);
+
+// SAFETY (every method): NEON is part of every aarch64 CPU this is built for; addresses
+// as the caller's contract covers.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+impl Pair {
+    #[inline(always)]
+    pub(crate) fn zero() -> Pair {
+        use core::arch::aarch64::vdupq_n_f32;
+        // SAFETY: a register operation.
+        unsafe { Pair(vdupq_n_f32(0.0), vdupq_n_f32(0.0)) }
+    }
+    /// The 8 floats at `p`.
+    ///
+    /// # Safety
+    /// `p` points at 8 readable floats.
+    #[inline(always)]
+    pub(crate) unsafe fn load(p: *const f32) -> Pair {
+        use core::arch::aarch64::vld1q_f32;
+        // SAFETY: the caller's contract.
+        unsafe { Pair(vld1q_f32(p), vld1q_f32(p.add(4))) }
+    }
+    /// `a · b + c` lane by lane, one rounding (the AVX2 `fmadd`).
+    #[inline(always)]
+    pub(crate) fn fma(a: Pair, b: Pair, c: Pair) -> Pair {
+        use core::arch::aarch64::vfmaq_f32;
+        // SAFETY: register operations.
+        unsafe { Pair(vfmaq_f32(c.0, a.0, b.0), vfmaq_f32(c.1, a.1, b.1)) }
+    }
+}

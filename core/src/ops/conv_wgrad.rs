@@ -47,6 +47,8 @@ use core::arch::aarch64::*;
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
 
+#[cfg(target_arch = "aarch64")]
+use super::conv_layout::Pair;
 use super::conv_layout::{PaddedPlanes, DIRECT_K, LANES};
 use super::conv_shape::Conv2d;
 #[cfg(target_arch = "x86_64")]
@@ -308,11 +310,6 @@ impl Eight for Ymm {
     }
 }
 
-/// An 8-lane accumulator as two NEON registers (lanes 0–3, 4–7).
-#[cfg(target_arch = "aarch64")]
-#[derive(Clone, Copy)]
-struct Pair(float32x4_t, float32x4_t);
-
 // SAFETY (every method): NEON is part of every aarch64 CPU; addresses as the caller's
 // contract covers.
 #[cfg(target_arch = "aarch64")]
@@ -320,15 +317,15 @@ impl Eight for Pair {
     type V = Pair;
     #[inline(always)]
     unsafe fn zero() -> Pair {
-        unsafe { Pair(vdupq_n_f32(0.0), vdupq_n_f32(0.0)) }
+        Pair::zero()
     }
     #[inline(always)]
     unsafe fn load(p: *const f32) -> Pair {
-        unsafe { Pair(vld1q_f32(p), vld1q_f32(p.add(4))) }
+        unsafe { Pair::load(p) }
     }
     #[inline(always)]
     unsafe fn fma(a: Pair, b: Pair, c: Pair) -> Pair {
-        unsafe { Pair(vfmaq_f32(c.0, a.0, b.0), vfmaq_f32(c.1, a.1, b.1)) }
+        Pair::fma(a, b, c)
     }
     #[inline(always)]
     unsafe fn fold3(a: &[Pair; DIRECT_K]) -> [f32; DIRECT_K] {
