@@ -98,6 +98,29 @@ pub enum Pff {
     Output,
 }
 
+/// How the activations a training step keeps for backward are stored. Arithmetic,
+/// parameters, gradients, momentum and BN statistics are `f32` at every precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Precision {
+    /// Everything `f32`.
+    F32,
+    /// The residual blocks' saved conv outputs and inner block outputs kept as bf16
+    /// (rounded to nearest even; the forward goes on from the rounded values, so the
+    /// backward sees what the forward used). See [`crate::plan`] for what stays `f32`.
+    Bf16Mixed,
+}
+
+impl Precision {
+    /// Lightning's name (`32`, `bf16-mixed`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "32",
+            Precision::Bf16Mixed => "bf16-mixed",
+        }
+    }
+}
+
 /// A complete method configuration. [`Method::reference`] gives the reference's defaults.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Method {
@@ -125,6 +148,8 @@ pub struct Method {
     /// (`InfoProAux.py`; ImageNet networks only).
     pub aux: Family,
     pub pff: Pff,
+    /// Storage of the values kept for backward.
+    pub precision: Precision,
 }
 
 impl Method {
@@ -147,6 +172,7 @@ impl Method {
             recompute: false,
             aux: Family::Cifar,
             pff: Pff::Input,
+            precision: Precision::F32,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use hpff_core::arch::Arch;
 use hpff_core::exec::{dispatch, run_unfused, Backend, Epilogue, Run};
-use hpff_core::method::{Base, Method};
+use hpff_core::method::{Base, Method, Precision};
 use hpff_core::partition::{Partition, TableKind};
 use hpff_core::plan::{op, Op, Plan};
 use std::convert::Infallible;
@@ -73,7 +73,7 @@ impl Backend for Recorder {
         supcon: SupCon, conv_backward: ConvBackward, bn_backward: BnBackward, relu_backward: ReluBackward,
         sigmoid_backward: SigmoidBackward, pool_backward: PoolBackward, max_pool_backward: MaxPoolBackward,
         linear_backward: LinearBackward, resize_backward: ResizeBackward,
-        l2_normalize_backward: L2NormalizeBackward, add: Add, sgd: Sgd, check_grads: CheckGrads, send: Send,
+        l2_normalize_backward: L2NormalizeBackward, add: Add, narrow: Narrow, widen: Widen, sgd: Sgd, check_grads: CheckGrads, send: Send,
         recv: Recv);
 }
 
@@ -89,6 +89,10 @@ fn plans() -> Vec<(&'static str, Plan)> {
         ("e2e", plan(cifar, 1, Method::reference(Base::E2e, false))),
         ("infopro+hpff", plan(cifar, 4, Method::reference(Base::InfoPro, true))),
         ("dgl", plan(cifar, 2, Method::reference(Base::Dgl, false))),
+        (
+            "e2e bf16-mixed",
+            plan(cifar, 1, Method { precision: Precision::Bf16Mixed, ..Method::reference(Base::E2e, false) }),
+        ),
         ("imagenet infopro+hpff", plan(imagenet, 4, Method::imagenet_reference(Base::InfoPro, true))),
     ]
 }

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use hpff_core::arch::{Arch, Family};
-use hpff_core::method::{AuxHead, Base, Levels, LocalLoss, Method, Pff};
+use hpff_core::method::{AuxHead, Base, Levels, LocalLoss, Method, Pff, Precision};
 use hpff_core::optim::{LrSchedule, Sgd};
 use hpff_core::partition::{Partition, TableKind};
 use hpff_core::plan::Plan;
@@ -137,6 +137,25 @@ pub enum PffName {
     Input,
     /// One decoder on the whole map, its output cut into patches for the loss (the ImageNet reference).
     Output,
+}
+
+/// How the values a training step keeps for backward are stored (`--precision`,
+/// Lightning's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum PrecisionName {
+    /// Everything f32.
+    #[value(name = "32")]
+    #[serde(rename = "32")]
+    F32,
+    /// The residual blocks' kept values in bf16; all arithmetic, parameters and their
+    /// gradients and momentum f32.
+    #[value(name = "bf16-mixed")]
+    #[serde(rename = "bf16-mixed")]
+    Bf16Mixed,
+    /// f16 with loss scaling: not available yet.
+    #[value(name = "16-mixed")]
+    #[serde(rename = "16-mixed")]
+    F16Mixed,
 }
 
 /// The auxiliary classifiers' loss.
@@ -344,6 +363,9 @@ hyper_parameters! {
         /// HPFF: drop each module's forward values after its cascade backward and recompute them for its parameter gradients (same results, one more forward per module, about a fifth less activation memory)
         #[arg(long, num_args = 0, default_missing_value = "true")]
         recompute: bool = false;
+        /// Storage of the values kept for backward: 32, or bf16-mixed (the residual blocks' conv outputs and inner block outputs in bf16, about half their memory; arithmetic, weights, gradients and momentum stay f32); 16-mixed is not available yet [default: 32]
+        #[arg(long, value_enum)]
+        precision: PrecisionName = PrecisionName::F32;
         /// Auxiliary classifier head of the CIFAR aux nets: 0c1f, 0c2f, 1c1f, 1c2f, 1c3f, 2c2f [default: 2c2f; greedy 0c1f (also with the ImageNet aux nets)]
         #[arg(long)]
         aux_classifier: String = if method == MethodName::Greedy { "0c1f".into() } else { "2c2f".into() };
@@ -558,6 +580,15 @@ impl Settings {
         method.pff = match c.pff {
             PffName::Input => Pff::Input,
             PffName::Output => Pff::Output,
+        };
+        method.precision = match c.precision {
+            PrecisionName::F32 => Precision::F32,
+            PrecisionName::Bf16Mixed => Precision::Bf16Mixed,
+            PrecisionName::F16Mixed => {
+                return Err(Error::msg(
+                    "--precision 16-mixed is not available yet (f16 needs dynamic loss scaling); use bf16-mixed",
+                ))
+            }
         };
         method.head = AuxHead::parse(&c.aux_classifier)?;
         method.local_loss = match c.local_loss {

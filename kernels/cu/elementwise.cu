@@ -24,6 +24,22 @@ extern "C" __global__ void add_assign(i64 n, float* y, const float* x) {
     FOR_EACH(i, n) y[i] += x[i];
 }
 
+// bf16 storage (--precision bf16-mixed), as the core's bf16_narrow / bf16_widen: y gets
+// x rounded to nearest even (a NaN stays a quiet NaN) and x is rounded in place to the
+// same value, so the forward goes on from what the backward will read back.
+extern "C" __global__ void bf16_narrow(i64 n, float* x, unsigned short* y) {
+    FOR_EACH(i, n) {
+        unsigned int u = __float_as_uint(x[i]);
+        unsigned int h = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+        y[i] = (unsigned short)h;
+        x[i] = __uint_as_float(h << 16);
+    }
+}
+
+extern "C" __global__ void bf16_widen(i64 n, const unsigned short* x, float* y) {
+    FOR_EACH(i, n) y[i] = __uint_as_float((unsigned int)x[i] << 16);
+}
+
 // Overflow-free logistic, the same two branches as the core.
 extern "C" __global__ void sigmoid_forward(i64 n, const float* x, float* y) {
     FOR_EACH(i, n) {

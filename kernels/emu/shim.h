@@ -37,6 +37,16 @@ inline float __int_as_float(int v) {
     memcpy(&f, &v, 4);
     return f;
 }
+inline unsigned int __float_as_uint(float v) {
+    unsigned int u;
+    memcpy(&u, &v, 4);
+    return u;
+}
+inline float __uint_as_float(unsigned int v) {
+    float f;
+    memcpy(&f, &v, 4);
+    return f;
+}
 inline double __longlong_as_double(long long v) {
     double d;
     memcpy(&d, &v, 8);

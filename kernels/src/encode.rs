@@ -76,10 +76,15 @@ impl<'a, S: Sink> Encoder<'a, S> {
         self.p.arena + 4 * off as u64
     }
 
-    /// A kernel's `float*` argument (a buffer of another [`Elem`] stops the build here
-    /// until the kernels take it).
+    /// A kernel's `float*` argument.
     fn b(&self, b: Buf) -> Arg {
-        let Elem::F32 = b.elem;
+        assert_eq!(b.elem, Elem::F32, "a float* argument from {b:?}");
+        Arg::P(self.a(b.off))
+    }
+
+    /// A kernel's `unsigned short*` argument: the bits of a bf16 buffer.
+    fn b16(&self, b: Buf) -> Arg {
+        assert_eq!(b.elem, Elem::Bf16, "an unsigned short* argument from {b:?}");
         Arg::P(self.a(b.off))
     }
 

@@ -75,6 +75,8 @@ kernels! {
     Relu = Elementwise "relu_inplace" "lp";
     AddRelu = Elementwise "add_relu" "lpp";
     Add = Elementwise "add_assign" "lpp";
+    Bf16Narrow = Elementwise "bf16_narrow" "lpp";
+    Bf16Widen = Elementwise "bf16_widen" "lpp";
     Sigmoid = Elementwise "sigmoid_forward" "lpp";
     SigmoidBackward = Elementwise "sigmoid_backward" "lppp";
     ReluBackward = Elementwise "relu_backward" "lpp";

@@ -73,6 +73,8 @@ pub fn run_op<B: Backend>(b: &mut B, op: &Op) -> Result<(), B::Error> {
         Op::ResizeBackward(a) => b.resize_backward(a),
         Op::L2NormalizeBackward(a) => b.l2_normalize_backward(a),
         Op::Add(a) => b.add(a),
+        Op::Narrow(a) => b.narrow(a),
+        Op::Widen(a) => b.widen(a),
         Op::Sgd(a) => {
             b.module_done(a)?;
             b.sgd(a)

@@ -128,9 +128,9 @@ impl<'a> Arena<'a> {
         Arena { ptr: a.as_mut_ptr(), len: a.len(), _life: core::marker::PhantomData }
     }
 
-    /// An `f32` view: a buffer of another [`Elem`] stops the build here until it has its own.
+    /// An `f32` view of an `f32` buffer.
     fn r(&self, b: Buf) -> &[f32] {
-        let Elem::F32 = b.elem;
+        assert_eq!(b.elem, Elem::F32, "an f32 view of {b:?}");
         assert!(b.end() <= self.len, "buffer outside the arena");
         // SAFETY: in bounds (checked); the plan never lets an op write a buffer it also reads.
         unsafe { core::slice::from_raw_parts(self.ptr.add(b.off), b.len) }
@@ -138,10 +138,24 @@ impl<'a> Arena<'a> {
 
     #[allow(clippy::mut_from_ref)]
     fn w(&self, b: Buf) -> &mut [f32] {
-        let Elem::F32 = b.elem;
+        assert_eq!(b.elem, Elem::F32, "an f32 view of {b:?}");
         assert!(b.end() <= self.len, "buffer outside the arena");
         // SAFETY: in bounds (checked); within one op, written buffers overlap no other buffer.
         unsafe { core::slice::from_raw_parts_mut(self.ptr.add(b.off), b.len) }
+    }
+
+    /// The bf16 bits of a bf16 buffer.
+    fn r16(&self, b: Buf) -> &[u16] {
+        self.w16(b)
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn w16(&self, b: Buf) -> &mut [u16] {
+        assert_eq!(b.elem, Elem::Bf16, "a bf16 view of {b:?}");
+        assert!(b.end() <= self.len, "buffer outside the arena");
+        // SAFETY: in bounds (checked: `len` u16s fit in `slots()` f32s from `off`; u16 needs
+        // less alignment than f32); written buffers overlap no other buffer of the op.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.add(b.off).cast::<u16>(), b.len) }
     }
 }
 
@@ -402,6 +416,16 @@ impl Backend for Step<'_> {
 
     fn add(&mut self, a: &op::Add) -> Result<(), Infallible> {
         ops::add_assign(self.w(a.y), self.r(a.x));
+        Ok(())
+    }
+
+    fn narrow(&mut self, a: &op::Narrow) -> Result<(), Infallible> {
+        ops::bf16_narrow(self.w(a.x), self.a.w16(a.y));
+        Ok(())
+    }
+
+    fn widen(&mut self, a: &op::Widen) -> Result<(), Infallible> {
+        ops::bf16_widen(self.a.r16(a.x), self.w(a.y));
         Ok(())
     }
 

@@ -11,6 +11,7 @@
 
 mod activation;
 mod batchnorm;
+mod bf16;
 mod conv;
 #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
 mod conv_direct;
@@ -33,6 +34,7 @@ pub use batchnorm::{
     batchnorm_backward_input, batchnorm_batch_stats, batchnorm_eval_stats, batchnorm_finalize, batchnorm_forward,
     batchnorm_mean_from_sum, batchnorm_update_running, BatchNorm2d, BN_EPS, BN_MOMENTUM,
 };
+pub use bf16::{bf16_narrow, bf16_widen};
 pub use conv::{conv2d_accumulate_weight_grad, conv2d_backward_input, conv2d_forward};
 pub use conv_shape::Conv2d;
 pub use gemm::{sgemm, sgemm_kernel, sgemm_strided_batch, sgemm_using, GemmKernel};

@@ -15,12 +15,15 @@ use crate::ops::{self, BatchNorm2d, Conv2d, MaxPool2d, Window};
 ///
 /// The arena is counted in 4-byte slots (one `f32` each): every buffer starts on a slot,
 /// and one of 2-byte elements would pack two to a slot ([`Buf::slots`]). The plan makes
-/// every buffer `F32` today; half-precision activations are a variant here, the choice
-/// of it where the schedule allocates, and the backends' accessors for it.
+/// every buffer `F32` but the values a bf16-mixed step keeps for backward, which only
+/// [`Op::Narrow`] writes and [`Op::Widen`] reads: every other op works on `F32` buffers,
+/// and a backend's `f32` accessor refuses any other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Elem {
     F32,
+    /// bfloat16 bits (`u16`), two to a slot.
+    Bf16,
 }
 
 /// Bytes of an arena slot: the unit of every offset and region size of a plan.
@@ -30,6 +33,7 @@ impl Elem {
     pub const fn bytes(self) -> usize {
         match self {
             Elem::F32 => 4,
+            Elem::Bf16 => 2,
         }
     }
 }
@@ -47,6 +51,10 @@ impl Buf {
     /// `len` `f32`s from slot `off`.
     pub const fn f32(off: usize, len: usize) -> Buf {
         Buf { off, len, elem: Elem::F32 }
+    }
+    /// `len` bf16 values from slot `off`.
+    pub const fn bf16(off: usize, len: usize) -> Buf {
+        Buf { off, len, elem: Elem::Bf16 }
     }
     /// The arena slots it covers.
     pub const fn slots(&self) -> usize {
@@ -102,6 +110,8 @@ pub enum Op {
     ResizeBackward(ResizeBackward),
     L2NormalizeBackward(L2NormalizeBackward),
     Add(Add),
+    Narrow(Narrow),
+    Widen(Widen),
     Sgd(Sgd),
     CheckGrads(CheckGrads),
     Send(Send),
@@ -358,6 +368,21 @@ pub struct Add {
     pub x: Buf,
 }
 
+/// `y` (bf16) = `x` (`f32`) rounded to nearest even, and `x` rounded in place to the same
+/// values ([`crate::ops::bf16_narrow`]): a value the forward keeps for backward in 16 bits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Narrow {
+    pub x: Buf,
+    pub y: Buf,
+}
+
+/// `y` (`f32`) = `x` (bf16), exactly: a kept value read back for backward.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Widen {
+    pub x: Buf,
+    pub y: Buf,
+}
+
 /// One SGD step over module `module`'s parameters `params` (offsets in the parameter
 /// region: with their gradients and momentum). The schedule emits one per module, as soon
 /// as the module's gradients are final and nothing later reads its parameters (see
@@ -444,6 +469,8 @@ impl Op {
             Op::ResizeBackward(_) => "resize_backward",
             Op::L2NormalizeBackward(_) => "l2_normalize_backward",
             Op::Add(_) => "add",
+            Op::Narrow(_) => "narrow",
+            Op::Widen(_) => "widen",
             Op::Sgd(_) => "sgd",
             Op::CheckGrads(_) => "check_grads",
             Op::Send(_) => "send",
@@ -468,8 +495,13 @@ impl Op {
             | Op::Linear(Linear { x, y, .. })
             | Op::Resize(Resize { x, y, .. })
             | Op::Crop(Crop { x, y, .. })
-            | Op::L2Normalize(L2Normalize { x, y, .. }) => {
+            | Op::L2Normalize(L2Normalize { x, y, .. })
+            | Op::Widen(Widen { x, y }) => {
                 f("x", R, x);
+                f("y", W, y);
+            }
+            Op::Narrow(Narrow { x, y }) => {
+                f("x", U, x);
                 f("y", W, y);
             }
             Op::AddRelu(AddRelu { y, x }) | Op::Add(Add { y, x }) => {

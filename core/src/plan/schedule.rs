@@ -14,10 +14,10 @@
 //! - an eval pass keeps only the current block's input, output and two temporaries.
 
 use super::layout::{BlockP, BnP, DecoderP, HeadP};
-use super::op::{self, Buf, LossKind, LossSlot, Op, Peer};
+use super::op::{self, Buf, Elem, LossKind, LossSlot, Op, Peer};
 use super::placement::Placement;
 use super::{AuxNet, Plan};
-use crate::method::{Family, Levels};
+use crate::method::{Family, Levels, Precision};
 use crate::ops::Window;
 
 mod imagenet_decoder;
@@ -87,6 +87,25 @@ struct ModuleFwd {
 
 const NONE: Buf = Buf::f32(0, 0);
 
+/// Floats of `f32` room a kept buffer needs to be computed in or read back into: its
+/// length when it is narrower than `f32`, else none (it is used in place).
+fn narrow_len(b: Buf) -> usize {
+    if b.elem == Elem::F32 {
+        0
+    } else {
+        b.len
+    }
+}
+
+/// Where the `f32` value of kept buffer `b` is: `b` itself, or the room at `into`.
+fn computed(b: Buf, into: Buf) -> Buf {
+    if b.elem == Elem::F32 {
+        b
+    } else {
+        Buf::f32(into.off, b.len)
+    }
+}
+
 /// Where a backward pass puts its input gradient.
 #[derive(Clone, Copy)]
 enum Dx {
@@ -118,6 +137,8 @@ pub(crate) struct Gen<'a, F: FnMut(&Op)> {
     place: Placement,
     emit: F,
     n: usize,
+    /// The element of the values a block keeps for backward.
+    kept: Elem,
     top: usize,
     pub(crate) peak: usize,
     pub(crate) decoder_peak: usize,
@@ -131,6 +152,10 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             place: Placement::of(plan),
             emit,
             n: plan.batch,
+            kept: match plan.method.precision {
+                Precision::F32 => Elem::F32,
+                Precision::Bf16Mixed => Elem::Bf16,
+            },
             top: plan.act_off(),
             peak: 0,
             decoder_peak: 0,
@@ -141,7 +166,17 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     /// `len` elements on top of the stack. Every activation and activation gradient is
     /// allocated here or at [`Gen::alloc_at`]: where their element type is chosen.
     fn alloc(&mut self, len: usize) -> Buf {
-        let b = Buf::f32(self.top, len);
+        self.alloc_as(len, Elem::F32)
+    }
+
+    /// `len` elements of a value a block keeps for backward, in the plan's precision
+    /// ([`crate::method::Precision`]).
+    fn alloc_kept(&mut self, len: usize) -> Buf {
+        self.alloc_as(len, self.kept)
+    }
+
+    fn alloc_as(&mut self, len: usize, elem: Elem) -> Buf {
+        let b = Buf { off: self.top, len, elem };
         self.top = b.end();
         self.peak = self.peak.max(self.top - self.plan.act_off());
         b
@@ -354,14 +389,14 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let mut acts = BlockActs { x, h: [NONE; 3], st: [NONE; 3], ds: None, out: NONE, start, end: start };
         for l in 0..bp.layers {
             let bn = bp.bns[l].s;
-            acts.h[l] = self.alloc(n * bn.c * bn.hw);
+            acts.h[l] = self.alloc_kept(n * bn.c * bn.hw);
             acts.st[l] = self.alloc(4 * bn.c);
         }
         if let Some((_, bn)) = bp.downsample {
-            acts.ds = Some((self.alloc(n * bn.s.c * bn.s.hw), self.alloc(4 * bn.s.c)));
+            acts.ds = Some((self.alloc_kept(n * bn.s.c * bn.s.hw), self.alloc(4 * bn.s.c)));
         }
         let sh = bp.shape;
-        acts.out = out.unwrap_or_else(|| self.alloc(n * sh.c_out * sh.h_out * sh.w_out));
+        acts.out = out.unwrap_or_else(|| self.alloc_kept(n * sh.c_out * sh.h_out * sh.w_out));
         acts.end = self.top;
         acts
     }
@@ -371,33 +406,85 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         (0..bp.layers.saturating_sub(1)).map(|l| self.n * bp.bns[l].s.c * bp.bns[l].s.hw).max().unwrap_or(0)
     }
 
-    fn block_fwd(&mut self, bp: &BlockP, a: &BlockActs, mode: Fwd) {
+    /// Forward of one block into its kept values `a`; its temporaries go into `room` (the
+    /// regions of the module's blocks above, not yet written) when they fit.
+    fn block_fwd(&mut self, bp: &BlockP, a: &BlockActs, mode: Fwd, room: Option<(usize, usize)>) {
         let mark = self.top;
-        // Inner ReLU outputs and the shortcut's BN output die within the forward.
-        let tmp = self.alloc(self.inner_len(bp).max(if a.ds.is_some() { a.out.len } else { 0 }));
-        let mut inp = a.x;
+        // Inner ReLU outputs and the shortcut's BN output die within the forward. Values
+        // kept in 16 bits are computed in f32 here, then narrowed (and the f32 copy
+        // rounded, so the rest of the forward reads what the backward will); a kept input
+        // is read widened.
+        let tmp_len = self.inner_len(bp).max(if a.ds.is_some() { a.out.len } else { 0 });
+        let hmax = (0..bp.layers).map(|l| a.h[l]).chain(a.ds.map(|d| d.0)).map(narrow_len).max().unwrap_or(0);
+        let mut room = room.unwrap_or((0, 0));
+        let mut take = |g: &mut Self, len: usize| match room {
+            (lo, hi) if lo + len <= hi => {
+                room.0 += len;
+                Buf::f32(lo, len)
+            }
+            _ => g.alloc(len),
+        };
+        let tmp = take(self, tmp_len);
+        let (xw, hw, ow) = (take(self, narrow_len(a.x)), take(self, hmax), take(self, narrow_len(a.out)));
+        let x = self.wide(a.x, xw);
+        let out = computed(a.out, ow);
+        let mut inp = x;
         for l in 0..bp.layers {
             let c = bp.convs[l];
-            self.op(Op::Conv(op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: a.h[l] }));
+            let h = computed(a.h[l], hw);
+            self.op(Op::Conv(op::Conv { shape: c.s, weight: c.w, bias: None, x: inp, y: h }));
+            self.narrow(h, a.h[l]);
             if l + 1 < bp.layers {
-                let r = Buf::f32(tmp.off, a.h[l].len);
-                self.bn_fwd(bp.bns[l], a.h[l], r, a.st[l], mode);
+                let r = Buf::f32(tmp.off, h.len);
+                self.bn_fwd(bp.bns[l], h, r, a.st[l], mode);
                 self.op(Op::Relu(op::Relu { x: r }));
                 inp = r;
             } else {
-                self.bn_fwd(bp.bns[l], a.h[l], a.out, a.st[l], mode);
+                self.bn_fwd(bp.bns[l], h, out, a.st[l], mode);
             }
         }
         match (bp.downsample, a.ds) {
             (Some((c, bn)), Some((hd, sd))) => {
                 let od = Buf::f32(tmp.off, a.out.len);
-                self.op(Op::Conv(op::Conv { shape: c.s, weight: c.w, bias: None, x: a.x, y: hd }));
-                self.bn_fwd(bn, hd, od, sd, mode);
-                self.op(Op::AddRelu(op::AddRelu { y: a.out, x: od }));
+                let h = computed(hd, hw);
+                self.op(Op::Conv(op::Conv { shape: c.s, weight: c.w, bias: None, x, y: h }));
+                self.narrow(h, hd);
+                self.bn_fwd(bn, h, od, sd, mode);
+                self.op(Op::AddRelu(op::AddRelu { y: out, x: od }));
             }
-            _ => self.op(Op::AddRelu(op::AddRelu { y: a.out, x: a.x })),
+            _ => self.op(Op::AddRelu(op::AddRelu { y: out, x })),
         }
+        self.narrow(out, a.out);
         self.top = mark;
+    }
+
+    /// `b` as `f32`: itself, or widened into the room at `into`.
+    fn wide(&mut self, b: Buf, into: Buf) -> Buf {
+        let y = computed(b, into);
+        if y != b {
+            self.op(Op::Widen(op::Widen { x: b, y }));
+        }
+        y
+    }
+
+    /// [`Gen::wide`] through one room that remembers which kept buffer it holds, so a
+    /// value read twice in a row is widened once.
+    fn wide_in(&mut self, held: &mut Buf, b: Buf, into: Buf) -> Buf {
+        if b.elem == Elem::F32 {
+            return b;
+        }
+        if *held != b {
+            *held = b;
+            return self.wide(b, into);
+        }
+        computed(b, into)
+    }
+
+    /// Keeps `f32` value `x` in `kept` when that is 16 bits (`x` is `kept` otherwise).
+    fn narrow(&mut self, x: Buf, kept: Buf) {
+        if x != kept {
+            self.op(Op::Narrow(op::Narrow { x, y: kept }));
+        }
     }
 
     /// Where `len` floats of temporaries go: at `lo` when they fit below `hi` (dead values
@@ -427,8 +514,9 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
         let cmax = (0..bp.layers).map(|l| bp.bns[l].s.c).max().unwrap_or(0).max(bp.shape.c_out);
         // A recomputed ReLU output is needed as the conv's input only for its weight
         // gradient: without one it is computed after the conv, over the conv's dy (t1).
-        // On a last backward it goes over the BN input just consumed.
-        let overlay = room.is_some() && (1..bp.layers).all(|l| a.h[l].len >= a.h[l - 1].len);
+        // On a last backward it goes over the BN input just consumed and what lies above
+        // it in the block's region, all read by then.
+        let overlay = room.is_some() && (1..bp.layers).all(|l| a.h[l].off + a.h[l - 1].len <= a.end);
         let inner = if overlay || !weights { 0 } else { self.inner_len(bp) };
         let want = match dx {
             Dx::No => 0,
@@ -436,30 +524,42 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             Dx::Temp(len) => len,
         };
         let shortcut_dx = if a.ds.is_some() { want } else { 0 };
-        let start = self.reuse_or_top(room, 2 * tmax + inner + 2 * cmax + shortcut_dx);
+        // Kept 16-bit values are read back into `wv` (the output's into t2, free until the
+        // first conv backward writes it).
+        let wlen =
+            (0..bp.layers).map(|l| a.h[l]).chain(a.ds.map(|d| d.0)).chain([a.x]).map(narrow_len).max().unwrap_or(0);
+        debug_assert!(a.out.len <= tmax);
+        let start = self.reuse_or_top(room, 2 * tmax + inner + 2 * cmax + shortcut_dx + wlen);
         let on_top = start == self.top;
         self.top = start;
         let (t1, sums, sc) = (self.alloc(tmax), self.alloc(2 * cmax), self.alloc(shortcut_dx));
+        let wv = self.alloc(wlen);
         let (t2, ra) = (self.alloc(tmax), self.alloc(inner));
         // A temporary input gradient is written by the first layer's conv, which reads only
-        // t1 (and the shortcut's gradient): from t2 on everything is dead by then, and on
-        // top of the stack it may reach past the end.
+        // t1 and wv (and the shortcut's gradient): from t2 on everything is dead by then, and
+        // on top of the stack it may reach past the end.
         let dx = match dx {
             Dx::No => None,
             Dx::At(d) => Some(d),
             Dx::Temp(len) if on_top || t2.off + len <= self.top => Some(Buf::f32(t2.off, len)),
             Dx::Temp(len) => Some(Buf::f32(mark.max(self.top), len)),
         };
-        self.op(Op::ReluBackward(op::ReluBackward { y: a.out, dy: dout }));
+        // Both reads of the ReLU backward -> BN backward run are widened before it.
+        let y = self.wide(a.out, t2);
+        let mut held = NONE;
+        let first = a.ds.map_or(a.h[bp.layers - 1], |d| d.0);
+        self.wide_in(&mut held, first, wv);
+        self.op(Op::ReluBackward(op::ReluBackward { y, dy: dout }));
         // The shortcut first: dx may overlay this block's values, which it reads.
         let shortcut = match (bp.downsample, a.ds) {
             (Some((c, bn)), Some((hd, sd))) => {
                 let dh = Buf::f32(t1.off, hd.len);
                 let sums_d = Buf::f32(sums.off, 2 * bn.s.c);
+                let x = self.wide_in(&mut held, hd, wv);
                 self.op(Op::BnBackward(op::BnBackward {
                     shape: bn.s,
                     affine: bn.p,
-                    x: hd,
+                    x,
                     dy: dout,
                     dx: dh,
                     stats: sd,
@@ -467,14 +567,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                     weights,
                 }));
                 let tmp = dx.map(|d| Buf::f32(sc.off, d.len));
-                self.op(Op::ConvBackward(op::ConvBackward {
-                    shape: c.s,
-                    weight: c.w,
-                    bias: None,
-                    x: weights.then_some(a.x),
-                    dy: dh,
-                    dx: tmp,
-                }));
+                let x = weights.then(|| self.wide_in(&mut held, a.x, wv));
+                self.op(Op::ConvBackward(op::ConvBackward { shape: c.s, weight: c.w, bias: None, x, dy: dh, dx: tmp }));
                 tmp
             }
             _ => dx.map(|_| dout),
@@ -484,10 +578,11 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             let bn = bp.bns[l];
             let dh = Buf::f32(t1.off, a.h[l].len);
             let sums_l = Buf::f32(sums.off, 2 * bn.s.c);
+            let x = self.wide_in(&mut held, a.h[l], wv);
             self.op(Op::BnBackward(op::BnBackward {
                 shape: bn.s,
                 affine: bn.p,
-                x: a.h[l],
+                x,
                 dy: dcur,
                 dx: dh,
                 stats: a.st[l],
@@ -500,7 +595,8 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                 let da = Buf::f32(t2.off, len);
                 if weights {
                     let r = Buf::f32(if overlay { a.h[l].off } else { ra.off }, len);
-                    self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
+                    let h = self.wide_in(&mut held, a.h[l - 1], wv);
+                    self.relu_recompute(bp.bns[l - 1], (h, a.st[l - 1]), r);
                     self.op(Op::ConvBackward(op::ConvBackward {
                         shape: c.s,
                         weight: c.w,
@@ -520,19 +616,14 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
                         dx: Some(da),
                     }));
                     let r = Buf::f32(t1.off, len);
-                    self.relu_recompute(bp.bns[l - 1], (a.h[l - 1], a.st[l - 1]), r);
+                    let h = self.wide_in(&mut held, a.h[l - 1], wv);
+                    self.relu_recompute(bp.bns[l - 1], (h, a.st[l - 1]), r);
                     self.op(Op::ReluBackward(op::ReluBackward { y: r, dy: da }));
                 }
                 dcur = da;
             } else {
-                self.op(Op::ConvBackward(op::ConvBackward {
-                    shape: c.s,
-                    weight: c.w,
-                    bias: None,
-                    x: weights.then_some(a.x),
-                    dy: dh,
-                    dx,
-                }));
+                let x = weights.then(|| self.wide_in(&mut held, a.x, wv));
+                self.op(Op::ConvBackward(op::ConvBackward { shape: c.s, weight: c.w, bias: None, x, dy: dh, dx }));
             }
         }
         if let (Some(d), Some(s)) = (dx, shortcut) {
@@ -567,7 +658,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
     fn module_run(&mut self, m: &ModuleFwd, mode: Fwd) {
         for g in self.plan.part.blocks_of(m.j) {
             let (bp, acts) = self.acts_of(m, g);
-            self.block_fwd(&bp, &acts, mode);
+            self.block_fwd(&bp, &acts, mode, Some((acts.end, m.end)));
         }
     }
 

@@ -298,6 +298,18 @@ impl Backend for Ctx<'_> {
         Ok(())
     }
 
+    fn narrow(&mut self, a: &op::Narrow) -> Result<(), Infallible> {
+        let op::Narrow { x, y } = *a;
+        self.each_chunk(|_, i0, cnt| ops::bf16_narrow(self.rows_mut(x, i0, cnt), self.rows16(y, i0, cnt)));
+        Ok(())
+    }
+
+    fn widen(&mut self, a: &op::Widen) -> Result<(), Infallible> {
+        let op::Widen { x, y } = *a;
+        self.each_chunk(|_, i0, cnt| ops::bf16_widen(self.rows16(x, i0, cnt), self.rows_mut(y, i0, cnt)));
+        Ok(())
+    }
+
     fn check_grads(&mut self, a: &op::CheckGrads) -> Result<(), Infallible> {
         let op::CheckGrads { slot } = *a;
         let p = self.plan.params;

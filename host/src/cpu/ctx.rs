@@ -40,6 +40,15 @@ impl Region {
         // SAFETY: in bounds; the caller owns these elements exclusively for the op's duration.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(off), len) }
     }
+
+    /// `len` u16s from u16 `off` (two to an `f32` slot).
+    #[allow(clippy::mut_from_ref)]
+    pub(super) fn w16(&self, off: usize, len: usize) -> &mut [u16] {
+        assert!(off + len <= 2 * self.len, "slice outside its region");
+        // SAFETY: in bounds (2 u16s per f32; u16 needs less alignment than f32); the
+        // caller owns these elements exclusively for the op's duration.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.cast::<u16>().add(off), len) }
+    }
 }
 
 /// The op right after a BN apply when it only transforms that BN's output: the executor
@@ -111,26 +120,34 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// The whole of `b`. (An `f32` view: a buffer of another [`Elem`] stops the build
-    /// here until it has its own.)
+    /// The whole of `f32` buffer `b` (bf16 buffers are read through [`Ctx::rows16`]).
     pub(super) fn r(&self, b: Buf) -> &[f32] {
-        let Elem::F32 = b.elem;
+        assert_eq!(b.elem, Elem::F32, "an f32 view of {b:?}");
         self.arena.r(b.off, b.len)
     }
     #[allow(clippy::mut_from_ref)]
     pub(super) fn w(&self, b: Buf) -> &mut [f32] {
-        let Elem::F32 = b.elem;
+        assert_eq!(b.elem, Elem::F32, "an f32 view of {b:?}");
         self.arena.w(b.off, b.len)
     }
-    /// Images `[i0, i0 + cnt)` of a per-image buffer `b`.
+    /// Images `[i0, i0 + cnt)` of a per-image `f32` buffer `b`.
     pub(super) fn rows(&self, b: Buf, i0: usize, cnt: usize) -> &[f32] {
+        assert_eq!(b.elem, Elem::F32, "an f32 view of {b:?}");
         let per = b.len / self.n;
         self.arena.r(b.off + i0 * per, cnt * per)
     }
     #[allow(clippy::mut_from_ref)]
     pub(super) fn rows_mut(&self, b: Buf, i0: usize, cnt: usize) -> &mut [f32] {
+        assert_eq!(b.elem, Elem::F32, "an f32 view of {b:?}");
         let per = b.len / self.n;
         self.arena.w(b.off + i0 * per, cnt * per)
+    }
+    /// Images `[i0, i0 + cnt)` of a per-image bf16 buffer `b`, as bits.
+    #[allow(clippy::mut_from_ref)]
+    pub(super) fn rows16(&self, b: Buf, i0: usize, cnt: usize) -> &mut [u16] {
+        assert_eq!(b.elem, Elem::Bf16, "a bf16 view of {b:?}");
+        let per = b.len / self.n;
+        self.arena.w16(2 * b.off + i0 * per, cnt * per)
     }
     #[allow(clippy::mut_from_ref)]
     pub(super) fn thread_scratch(&self) -> &mut [f32] {

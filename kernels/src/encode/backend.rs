@@ -89,6 +89,16 @@ impl<S: Sink> Backend for Encoder<'_, S> {
         self.each(K::Relu, x.len, &[self.b(x)])
     }
 
+    fn narrow(&mut self, a: &op::Narrow) -> Result<(), CudaError> {
+        let op::Narrow { x, y } = *a;
+        self.each(K::Bf16Narrow, x.len, &[self.b(x), self.b16(y)])
+    }
+
+    fn widen(&mut self, a: &op::Widen) -> Result<(), CudaError> {
+        let op::Widen { x, y } = *a;
+        self.each(K::Bf16Widen, x.len, &[self.b16(x), self.b(y)])
+    }
+
     fn add_relu(&mut self, a: &op::AddRelu) -> Result<(), CudaError> {
         let op::AddRelu { y, x } = *a;
         self.each(K::AddRelu, y.len, &[self.b(y), self.b(x)])
