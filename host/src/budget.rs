@@ -2,6 +2,7 @@
 //! [`hpff_core::budget`]) and the check `hpff train --memory-limit` makes before it allocates.
 
 use hpff_core::budget::{choose, Choice};
+use hpff_core::method::Precision;
 use hpff_core::plan::Plan;
 
 use crate::config::Setup;
@@ -54,7 +55,11 @@ fn configuration(plan: &Plan) -> String {
     let splits = if splits.is_empty() { String::new() } else { format!(" --splits \"{}\"", splits.join(";")) };
     let patches = if plan.method.hpff { format!(" --patches {}", plan.method.patches) } else { String::new() };
     let recompute = if plan.method.recompute { " --recompute" } else { "" };
-    format!("--batch-size {}{splits}{patches}{recompute}", plan.batch)
+    let precision = match plan.method.precision {
+        Precision::F32 => String::new(),
+        p => format!(" --precision {}", p.name()),
+    };
+    format!("--batch-size {}{splits}{patches}{recompute}{precision}", plan.batch)
 }
 
 /// The plan `hpff plan --memory-limit` settles on for `setup`, with a line saying why; an

@@ -868,8 +868,12 @@ impl Setup {
             (Family::ImageNet, Pff::Input) => " (input)",
             (Family::Cifar, _) => "",
         };
+        let precision = match m.precision {
+            Precision::F32 => String::new(),
+            p => format!(", {}", p.name()),
+        };
         format!(
-            "{name}{h}, K = {} ({} modules), patches {}{pff}, aux {aux}",
+            "{name}{h}, K = {} ({} modules), patches {}{pff}, aux {aux}{precision}",
             self.part.k_label,
             self.part.modules(),
             m.patches

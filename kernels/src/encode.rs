@@ -381,7 +381,7 @@ mod tests {
     //! one, on real plans (and a smaller last batch on the layout's buffers).
     use super::*;
     use hpff_core::arch::Arch;
-    use hpff_core::method::{Base, LocalLoss, Method};
+    use hpff_core::method::{Base, LocalLoss, Method, Precision};
     use hpff_core::partition::{Partition, TableKind};
     use hpff_core::plan::{op, Op};
 
@@ -498,6 +498,8 @@ mod tests {
             (cifar, contrast, 2),
             (imagenet, Method::reference(Base::InfoPro, true), 4),
             (resnext, Method::reference(Base::E2e, false), 1),
+            // Kept values in bf16: the narrow and widen kernels.
+            (cifar, Method { precision: Precision::Bf16Mixed, ..Method::reference(Base::InfoPro, true) }, 4),
         ] {
             let (layout, small) = plans_of(arch, method, k, 6, 3);
             for (step, train) in [(&layout, true), (&layout, false), (&small, true), (&small, false)] {

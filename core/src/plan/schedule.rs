@@ -11,7 +11,13 @@
 //!   from the top down and reuses the region of every block it has finished: the next
 //!   block's output gradient and its temporaries go there, and a block's input gradient
 //!   overlays the block's own values once nothing reads them any more;
-//! - an eval pass keeps only the current block's input, output and two temporaries.
+//! - an eval pass keeps only the current block's input, output and two temporaries;
+//! - at [`crate::method::Precision::Bf16Mixed`] a block's kept values (its conv outputs
+//!   and, inside a module, its output) are bf16 ([`Gen::alloc_kept`]): the forward computes
+//!   each in an `f32` temporary (in the regions of the module's later blocks, not yet
+//!   written, when it fits), narrows it ([`Op::Narrow`] also rounds the `f32` copy, so the
+//!   forward goes on from what the backward will read) and the backward widens it back
+//!   ([`Op::Widen`]) into one room per block, once per value. Everything else stays `f32`.
 
 use super::layout::{BlockP, BnP, DecoderP, HeadP};
 use super::op::{self, Buf, Elem, LossKind, LossSlot, Op, Peer};

@@ -151,6 +151,7 @@ pub fn bench(
         "tf32": cfg.tf32,
         // The host CPU's kernel path (the CPU executor's; HPFF_CPU_ISA caps it).
         "isa": hpff_core::ops::cpu_isa().name(),
+        "precision": setup.method.precision.name(),
         "processes": procs,
         "allreduce_s_per_step": reduce_s,
         "allreduce_share": reduce_s / train_s,
