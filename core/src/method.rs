@@ -241,6 +241,11 @@ impl Method {
         if self.recompute && !self.hpff {
             return Err(PlanError::BadMethod("--recompute applies to HPFF only"));
         }
+        if self.base == Base::E2e && self.local_loss != LocalLoss::CrossEntropy {
+            return Err(PlanError::BadMethod(
+                "--local-loss trains the local methods' auxiliary classifiers; e2e has none (greedy, dgl or infopro)",
+            ));
+        }
         if self.pff == Pff::Output && self.aux != Family::ImageNet {
             return Err(PlanError::BadMethod("--pff output needs the ImageNet auxiliary nets (--aux-nets imagenet)"));
         }
