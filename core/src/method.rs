@@ -109,14 +109,20 @@ pub enum Precision {
     /// (rounded to nearest even; the forward goes on from the rounded values, so the
     /// backward sees what the forward used). See [`crate::plan`] for what stays `f32`.
     Bf16Mixed,
+    /// The same values kept as IEEE f16 (rounded to nearest even). Gradients stay `f32`,
+    /// so they cannot underflow as autocast's f16 gradients can, and no loss scaling is
+    /// needed; a kept value past f16's range (65504) becomes infinite and the step's
+    /// non-finite check reports it.
+    F16Mixed,
 }
 
 impl Precision {
-    /// Lightning's name (`32`, `bf16-mixed`).
+    /// Lightning's name (`32`, `bf16-mixed`, `16-mixed`).
     pub const fn name(self) -> &'static str {
         match self {
             Precision::F32 => "32",
             Precision::Bf16Mixed => "bf16-mixed",
+            Precision::F16Mixed => "16-mixed",
         }
     }
 }

@@ -152,7 +152,7 @@ pub enum PrecisionName {
     #[value(name = "bf16-mixed")]
     #[serde(rename = "bf16-mixed")]
     Bf16Mixed,
-    /// f16 with loss scaling: not available yet.
+    /// The same values in IEEE f16 (gradients stay f32: no loss scaling needed).
     #[value(name = "16-mixed")]
     #[serde(rename = "16-mixed")]
     F16Mixed,
@@ -363,7 +363,7 @@ hyper_parameters! {
         /// HPFF: drop each module's forward values after its cascade backward and recompute them for its parameter gradients (same results, one more forward per module, about a fifth less activation memory)
         #[arg(long, num_args = 0, default_missing_value = "true")]
         recompute: bool = false;
-        /// Storage of the values kept for backward: 32, or bf16-mixed (the residual blocks' conv outputs and inner block outputs in bf16, about half their memory; arithmetic, weights, gradients and momentum stay f32); 16-mixed is not available yet [default: 32]
+        /// Storage of the values kept for backward: 32, or bf16-mixed (the residual blocks' conv outputs and inner block outputs in bf16, about half their memory; arithmetic, weights, gradients and momentum stay f32), or 16-mixed (the same values in IEEE f16: finer steps, range up to 65504) [default: 32]
         #[arg(long, value_enum)]
         precision: PrecisionName = PrecisionName::F32;
         /// Auxiliary classifier head of the CIFAR aux nets: 0c1f, 0c2f, 1c1f, 1c2f, 1c3f, 2c2f [default: 2c2f; greedy 0c1f (also with the ImageNet aux nets)]
@@ -584,11 +584,7 @@ impl Settings {
         method.precision = match c.precision {
             PrecisionName::F32 => Precision::F32,
             PrecisionName::Bf16Mixed => Precision::Bf16Mixed,
-            PrecisionName::F16Mixed => {
-                return Err(Error::msg(
-                    "--precision 16-mixed is not available yet (f16 needs dynamic loss scaling); use bf16-mixed",
-                ))
-            }
+            PrecisionName::F16Mixed => Precision::F16Mixed,
         };
         method.head = AuxHead::parse(&c.aux_classifier)?;
         method.local_loss = match c.local_loss {

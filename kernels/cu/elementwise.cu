@@ -40,6 +40,44 @@ extern "C" __global__ void bf16_widen(i64 n, const unsigned short* x, float* y) 
     FOR_EACH(i, n) y[i] = __uint_as_float((unsigned int)x[i] << 16);
 }
 
+// f16 storage (--precision 16-mixed), as the core's f16_narrow / f16_widen (F16C's and the
+// half crate's bits), in integer arithmetic so that every device and the emulator agree:
+// round to nearest even; 65520 and above overflow to infinity; below 2^-14 the subnormals
+// (m·2^-24), below 2^-25 zero; a NaN stays a quiet NaN with its payload's top bits.
+__device__ unsigned int f16_bits(float v) {
+    unsigned int u = __float_as_uint(v), s = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return s | 0x7e00u | ((a & 0x7fffffu) >> 13);
+    if (a >= 0x477ff000u) return s | 0x7c00u;
+    if (a >= 0x38800000u) {
+        unsigned int r = a - 0x38000000u;  // exponent rebiased from 127 to 15
+        return s | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13);
+    }
+    if (a < 0x33000000u) return s;
+    unsigned int shift = 126u - (a >> 23), m = (a & 0x7fffffu) | 0x800000u;
+    unsigned int q = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    return s | (q + (rem > half || (rem == half && (q & 1u)) ? 1u : 0u));
+}
+
+__device__ float f16_value(unsigned int h) {
+    unsigned int s = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1fu) return __uint_as_float(s | 0x7f800000u | (m << 13));
+    if (e != 0u) return __uint_as_float(s | ((e + 112u) << 23) | (m << 13));
+    float r = (float)m * 5.9604644775390625e-8f;  // m·2^-24, exact
+    return s ? -r : r;
+}
+
+extern "C" __global__ void f16_narrow(i64 n, float* x, unsigned short* y) {
+    FOR_EACH(i, n) {
+        unsigned int h = f16_bits(x[i]);
+        y[i] = (unsigned short)h;
+        x[i] = f16_value(h);
+    }
+}
+
+extern "C" __global__ void f16_widen(i64 n, const unsigned short* x, float* y) {
+    FOR_EACH(i, n) y[i] = f16_value(x[i]);
+}
+
 // Overflow-free logistic, the same two branches as the core.
 extern "C" __global__ void sigmoid_forward(i64 n, const float* x, float* y) {
     FOR_EACH(i, n) {

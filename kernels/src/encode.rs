@@ -82,9 +82,9 @@ impl<'a, S: Sink> Encoder<'a, S> {
         Arg::P(self.a(b.off))
     }
 
-    /// A kernel's `unsigned short*` argument: the bits of a bf16 buffer.
+    /// A kernel's `unsigned short*` argument: the bits of a 16-bit buffer.
     fn b16(&self, b: Buf) -> Arg {
-        assert_eq!(b.elem, Elem::Bf16, "an unsigned short* argument from {b:?}");
+        assert!(b.elem.half().is_some(), "an unsigned short* argument from {b:?}");
         Arg::P(self.a(b.off))
     }
 
@@ -498,8 +498,9 @@ mod tests {
             (cifar, contrast, 2),
             (imagenet, Method::reference(Base::InfoPro, true), 4),
             (resnext, Method::reference(Base::E2e, false), 1),
-            // Kept values in bf16: the narrow and widen kernels.
+            // Kept values in bf16 and in f16: the narrow and widen kernels.
             (cifar, Method { precision: Precision::Bf16Mixed, ..Method::reference(Base::InfoPro, true) }, 4),
+            (cifar, Method { precision: Precision::F16Mixed, ..Method::reference(Base::E2e, false) }, 1),
         ] {
             let (layout, small) = plans_of(arch, method, k, 6, 3);
             for (step, train) in [(&layout, true), (&layout, false), (&small, true), (&small, false)] {

@@ -77,6 +77,8 @@ kernels! {
     Add = Elementwise "add_assign" "lpp";
     Bf16Narrow = Elementwise "bf16_narrow" "lpp";
     Bf16Widen = Elementwise "bf16_widen" "lpp";
+    F16Narrow = Elementwise "f16_narrow" "lpp";
+    F16Widen = Elementwise "f16_widen" "lpp";
     Sigmoid = Elementwise "sigmoid_forward" "lpp";
     SigmoidBackward = Elementwise "sigmoid_backward" "lppp";
     ReluBackward = Elementwise "relu_backward" "lpp";

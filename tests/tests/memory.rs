@@ -107,6 +107,9 @@ fn every_method() -> Vec<Method> {
         bf16(Method::reference(Base::InfoPro, true)),
         bf16(Method { recompute: true, ..Method::reference(Base::InfoPro, true) }),
         bf16(hpff),
+        // 16-mixed keeps the same values, in f16.
+        Method { precision: Precision::F16Mixed, ..Method::reference(Base::E2e, false) },
+        Method { precision: Precision::F16Mixed, ..Method::reference(Base::InfoPro, true) },
     ]);
     v
 }
@@ -119,7 +122,7 @@ fn label(m: &Method) -> String {
         (Family::ImageNet, Pff::Input) => " (imagenet aux, pff input)",
     };
     let (h, r) = (if m.hpff { "+hpff" } else { "" }, if m.recompute { "+recompute" } else { "" });
-    let p = if m.precision == Precision::F32 { "" } else { " bf16-mixed" };
+    let p = if m.precision == Precision::F32 { String::new() } else { format!(" {}", m.precision.name()) };
     format!("{:?}{h}{r}{recipe}{p}", m.base)
 }
 
@@ -218,12 +221,17 @@ fn planned_peaks_meet_the_memory_targets() {
 /// (a layer or two) and what stays f32 (module outputs, aux nets, gradients) take the rest.
 /// Measured on the plans (batch 128, CIFAR shapes): e2e ResNet-110 0.51×, ResNet-56 0.53×,
 /// ResNet-32 0.56×; the local methods, whose peak is mostly f32 module outputs and aux
-/// nets, save less but never pay.
+/// nets, save less but never pay. 16-mixed plans the same bytes.
 #[test]
 fn bf16_mixed_halves_what_the_blocks_keep() {
-    let bf16 = |p: Plan| {
-        let m = Method { precision: Precision::Bf16Mixed, ..p.method };
+    let at = |p: &Plan, precision| {
+        let m = Method { precision, ..p.method };
         Plan::new(p.arch, p.part.clone(), m, p.batch, p.mean, p.std).unwrap().memory().activations as f64
+    };
+    let bf16 = |p: Plan| {
+        let b = at(&p, Precision::Bf16Mixed);
+        assert_eq!(b, at(&p, Precision::F16Mixed), "16-mixed and bf16-mixed plan other sizes");
+        b
     };
     for (depth, most) in [(110, 0.52), (56, 0.54), (32, 0.57)] {
         let p = plan(depth, Base::E2e, false, 1, 128, 1);

@@ -1,6 +1,7 @@
-//! `--precision bf16-mixed`: the blocks' kept values in bf16. A step agrees with the f32
-//! step at a bf16 tolerance (and is not that step: the rounding is really there), every
-//! executor agrees with the reference executor's bf16 step, and reruns keep their bits.
+//! `--precision bf16-mixed` and `16-mixed`: the blocks' kept values in bf16 or f16. A step
+//! agrees with the f32 step at a tolerance set by the format's rounding (and is not that
+//! step: the rounding is really there; f16's finer steps land closer than bf16's), every
+//! executor agrees with the reference executor's step, and reruns keep their bits.
 
 use hpff::device::Snapshot;
 use hpff_core::arch::Arch;
@@ -12,6 +13,18 @@ use hpff_core::rng::Rng;
 use hpff_tests::executors::Target;
 use hpff_tests::golden::{rel_err, GOLDEN_SGD};
 use hpff_tests::on_every_executor;
+
+/// The 16-bit precisions.
+const HALVES: [Precision; 2] = [Precision::Bf16Mixed, Precision::F16Mixed];
+
+/// Half a step of the format's significand, relative: 2^-9 for bf16 (8 bits), 2^-12 for f16 (11).
+fn half_step(p: Precision) -> f32 {
+    match p {
+        Precision::Bf16Mixed => 1.0 / 512.0,
+        Precision::F16Mixed => 1.0 / 4096.0,
+        Precision::F32 => unreachable!("the 16-bit precisions only"),
+    }
+}
 
 /// The networks and methods of the checks: CIFAR ResNet-20 (basic blocks, downsampling
 /// shortcuts) e2e and InfoPro + HPFF K = 4, DGL K = 2 on the ImageNet-style ResNet-18.
@@ -63,9 +76,9 @@ fn l2_rel(a: &[f32], b: &[f32]) -> f64 {
     (d / n).sqrt()
 }
 
-/// How far the f32 gradients of `plan` move when every input value moves by 2^-9 of
-/// itself (half a bf16 step, up or down at random): the scale any 16-bit rounding of these
-/// small random batches is judged on. At initialisation, with batches of 64 random images,
+/// How far the f32 gradients of `plan` move when every input value moves by half a step
+/// of the plan's 16-bit format ([`half_step`], up or down at random): the scale its
+/// rounding of these small random batches is judged on. At initialisation, with batches of 64 random images,
 /// it is 3e-2 to 2e-1: BN over few values amplifies small changes, so one rounding that
 /// goes the other way changes everything downstream of it by as much.
 fn sensitivity(plan: &Plan) -> f64 {
@@ -80,7 +93,8 @@ fn sensitivity(plan: &Plan) -> f64 {
     .unwrap();
     let x = inputs(&f32_plan).1;
     let mut rng = Rng::new(5);
-    let moved: Vec<f32> = x.iter().map(|v| v * (1.0 + if rng.uniform() < 0.5 { -1.0 } else { 1.0 } / 512.0)).collect();
+    let h = half_step(plan.method.precision);
+    let moved: Vec<f32> = x.iter().map(|v| v * (1.0 + if rng.uniform() < 0.5 { -h } else { h })).collect();
     let (_, g0, _) = step_on(Target::Reference, &f32_plan, &x);
     let (_, g, _) = step_on(Target::Reference, &f32_plan, &moved);
     l2_rel(&g, &g0)
@@ -90,27 +104,43 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-/// The bf16 step against the same executor's f32 step: its gradients within three times
+/// The 16-bit steps against the same executor's f32 step: gradients within three times
 /// [`sensitivity`] (a step that read a wrong or stale buffer would be off by the
-/// gradients' own size), its losses within 1e-3; not equal (the rounding is there). (What
-/// it saves is `memory.rs`'s: these nets are too shallow to save much.)
-fn bf16_tracks_f32(target: Target) {
-    for ((name, plan), (_, full)) in cases(Precision::Bf16Mixed).into_iter().zip(cases(Precision::F32)) {
-        let (l, g, _) = one_step(target, &plan);
+/// gradients' own size), losses within 1e-3; not equal (the rounding is there); and f16's
+/// gradients closer than bf16's. (What it saves is `memory.rs`'s: these nets are too
+/// shallow to save much.)
+fn half_tracks_f32(target: Target) {
+    let [bf16, f16] = HALVES.map(cases);
+    for (((name, full), (_, b)), (_, h)) in cases(Precision::F32).into_iter().zip(bf16).zip(f16) {
         let (l0, g0, _) = one_step(target, &full);
-        let (el, eg, s) = (rel_err(&l, &l0), l2_rel(&g, &g0), sensitivity(&plan));
-        println!("{target:?} {name}: losses {el:.1e}, grads {eg:.1e} (l2; sensitivity {s:.1e})");
-        assert!(el < 1e-3 && eg < 3.0 * s, "{target:?} {name}: losses {el:.2e}, grads {eg:.2e} against {s:.2e}");
-        assert_ne!(bits(&g), bits(&g0), "{target:?} {name}: bf16-mixed gave the f32 gradients: nothing was rounded");
+        let mut err = [0.0; 2];
+        for (e, plan) in err.iter_mut().zip([b, h]) {
+            let (l, g, _) = one_step(target, &plan);
+            let (el, eg, s) = (rel_err(&l, &l0), l2_rel(&g, &g0), sensitivity(&plan));
+            let p = plan.method.precision.name();
+            println!("{target:?} {name} {p}: losses {el:.1e}, grads {eg:.1e} (l2; sensitivity {s:.1e})");
+            assert!(
+                el < 1e-3 && eg < 3.0 * s,
+                "{target:?} {name} {p}: losses {el:.2e}, grads {eg:.2e} against {s:.2e}"
+            );
+            assert_ne!(bits(&g), bits(&g0), "{target:?} {name}: {p} gave the f32 gradients: nothing was rounded");
+            *e = eg;
+        }
+        assert!(
+            err[1] < err[0],
+            "{target:?} {name}: f16's gradients ({:.2e}) no closer than bf16's ({:.2e})",
+            err[1],
+            err[0]
+        );
     }
 }
 
-/// Every executor's bf16 step against the reference executor's. Both round the same
-/// values to bf16, but the values come from f32 arithmetic in another order, so a value
-/// near a rounding boundary may go the other way, and everything downstream of it moves
-/// by a bf16 step: the bound is [`bf16_tracks_f32`]'s, not the f32 executors' 1e-4.
-fn bf16_agrees_with_the_reference(target: Target) {
-    for (name, plan) in cases(Precision::Bf16Mixed) {
+/// Every executor's 16-bit step against the reference executor's. Both round the same
+/// values, but the values come from f32 arithmetic in another order, so a value near a
+/// rounding boundary may go the other way, and everything downstream of it moves by a
+/// 16-bit step: the bound is [`half_tracks_f32`]'s, not the f32 executors' 1e-4.
+fn half_agrees_with_the_reference(target: Target) {
+    for (name, plan) in HALVES.into_iter().flat_map(cases) {
         let (l0, g0, _) = one_step(Target::Reference, &plan);
         let (l, g, _) = one_step(target, &plan);
         let (el, eg, s) = (rel_err(&l, &l0), l2_rel(&g, &g0), sensitivity(&plan));
@@ -119,10 +149,10 @@ fn bf16_agrees_with_the_reference(target: Target) {
     }
 }
 
-/// Reruns (and, on the CPU, other thread counts) give the same bits at bf16-mixed.
-fn bf16_same_bits(target: Target) {
+/// Reruns (and, on the CPU, other thread counts) give the same bits at both 16-bit precisions.
+fn half_same_bits(target: Target) {
     let peers = target.bitwise_peers();
-    for (name, plan) in cases(Precision::Bf16Mixed) {
+    for (name, plan) in HALVES.into_iter().flat_map(cases) {
         let (l0, g0, m0) = one_step(peers[0], &plan);
         for &p in &peers[1..] {
             let (l, g, m) = one_step(p, &plan);
@@ -136,7 +166,7 @@ fn bf16_same_bits(target: Target) {
 }
 
 on_every_executor! {
-    bf16_mixed_tracks_the_f32_step => bf16_tracks_f32;
-    bf16_mixed_agrees_with_the_reference_executor => bf16_agrees_with_the_reference;
-    bf16_mixed_reruns_keep_their_bits => bf16_same_bits;
+    half_precision_tracks_the_f32_step => half_tracks_f32;
+    half_precision_agrees_with_the_reference_executor => half_agrees_with_the_reference;
+    half_precision_reruns_keep_their_bits => half_same_bits;
 }

@@ -121,9 +121,9 @@ pub trait Backend {
     fn resize_backward(&mut self, a: &op::ResizeBackward) -> Result<(), Self::Error>;
     fn l2_normalize_backward(&mut self, a: &op::L2NormalizeBackward) -> Result<(), Self::Error>;
     fn add(&mut self, a: &op::Add) -> Result<(), Self::Error>;
-    /// Keeps an `f32` value as bf16 (rounding the `f32` copy too).
+    /// Keeps an `f32` value in 16 bits (rounding the `f32` copy too).
     fn narrow(&mut self, a: &op::Narrow) -> Result<(), Self::Error>;
-    /// Reads a bf16 value back as `f32`.
+    /// Reads a 16-bit value back as `f32`.
     fn widen(&mut self, a: &op::Widen) -> Result<(), Self::Error>;
     /// Module `a.module`'s gradients are final and nothing later in the step reads its
     /// parameters: called right before its update ([`Backend::sgd`]). The seam where a

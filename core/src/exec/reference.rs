@@ -144,14 +144,14 @@ impl<'a> Arena<'a> {
         unsafe { core::slice::from_raw_parts_mut(self.ptr.add(b.off), b.len) }
     }
 
-    /// The bf16 bits of a bf16 buffer.
+    /// The bits of a 16-bit (bf16 or f16) buffer.
     fn r16(&self, b: Buf) -> &[u16] {
         self.w16(b)
     }
 
     #[allow(clippy::mut_from_ref)]
     fn w16(&self, b: Buf) -> &mut [u16] {
-        assert_eq!(b.elem, Elem::Bf16, "a bf16 view of {b:?}");
+        assert!(b.elem.half().is_some(), "a 16-bit view of {b:?}");
         assert!(b.end() <= self.len, "buffer outside the arena");
         // SAFETY: in bounds (checked: `len` u16s fit in `slots()` f32s from `off`; u16 needs
         // less alignment than f32); written buffers overlap no other buffer of the op.
@@ -420,12 +420,12 @@ impl Backend for Step<'_> {
     }
 
     fn narrow(&mut self, a: &op::Narrow) -> Result<(), Infallible> {
-        ops::bf16_narrow(self.w(a.x), self.a.w16(a.y));
+        ops::narrow(a.format(), self.w(a.x), self.a.w16(a.y));
         Ok(())
     }
 
     fn widen(&mut self, a: &op::Widen) -> Result<(), Infallible> {
-        ops::bf16_widen(self.a.r16(a.x), self.w(a.y));
+        ops::widen(a.format(), self.a.r16(a.x), self.w(a.y));
         Ok(())
     }
 

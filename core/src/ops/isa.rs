@@ -7,7 +7,7 @@
 //!   vectors: the GEMM, forward and input gradient with the same FMA chain per output as
 //!   the AVX2 kernels (the same bits), the weight gradient with 16 lane chains (other
 //!   last bits, documented in `conv_wgrad`).
-//! - [`Isa::Avx2`]: AVX2 + FMA, the GEMM micro-kernel and every direct kernel.
+//! - [`Isa::Avx2`]: AVX2 + FMA (+ F16C), the GEMM micro-kernel and every direct kernel.
 //! - [`Isa::Neon`]: aarch64's Advanced SIMD (every aarch64 CPU has it): the AVX2 GEMM
 //!   tile and direct kernels, each 8-pixel vector a pair of 4-lane registers, so the
 //!   same FMA chains, folds and bits as AVX2.
@@ -99,7 +99,7 @@ pub fn limit_isa(limit: Option<Isa>) {
 #[cfg(target_arch = "x86_64")]
 fn detect() -> Isa {
     let (avx2, avx512) = x86_features();
-    let avx2 = avx2 || cfg!(all(target_feature = "avx2", target_feature = "fma"));
+    let avx2 = avx2 || cfg!(all(target_feature = "avx2", target_feature = "fma", target_feature = "f16c"));
     match (avx2, avx512) {
         (true, true) => Isa::Avx512,
         (true, false) => Isa::Avx2,
@@ -117,7 +117,7 @@ fn detect() -> Isa {
     Isa::Scalar
 }
 
-/// (AVX2 + FMA, AVX-512F), each with the OS saving the registers it needs.
+/// (AVX2 + FMA + F16C, AVX-512F), each with the OS saving the registers it needs.
 // `__cpuid` became a safe fn in newer toolchains; the `unsafe` blocks keep older ones happy.
 #[cfg(target_arch = "x86_64")]
 #[allow(unused_unsafe)]
@@ -131,9 +131,12 @@ fn x86_features() -> (bool, bool) {
     // SAFETY: leaf 1 exists (max_leaf >= 7).
     let l1 = unsafe { __cpuid(1) };
     let fma = l1.ecx & (1 << 12) != 0;
+    // F16C (the f16 conversions of `--precision 16-mixed`): on every AVX2 CPU made, but
+    // the AVX2 path requires it rather than assume it.
+    let f16c = l1.ecx & (1 << 29) != 0;
     let osxsave = l1.ecx & (1 << 27) != 0;
     let avx = l1.ecx & (1 << 28) != 0;
-    if !(fma && osxsave && avx) {
+    if !(fma && f16c && osxsave && avx) {
         return (false, false);
     }
     // SAFETY: OSXSAVE is set, so XGETBV is available.

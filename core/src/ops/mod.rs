@@ -19,7 +19,9 @@ mod conv_layout;
 mod conv_shape;
 #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
 mod conv_wgrad;
+mod f16;
 mod gemm;
+mod half16;
 mod isa;
 mod linear;
 mod maxpool;
@@ -37,7 +39,9 @@ pub use batchnorm::{
 pub use bf16::{bf16_narrow, bf16_widen};
 pub use conv::{conv2d_accumulate_weight_grad, conv2d_backward_input, conv2d_forward};
 pub use conv_shape::Conv2d;
+pub use f16::{f16_narrow, f16_widen};
 pub use gemm::{sgemm, sgemm_kernel, sgemm_strided_batch, sgemm_using, GemmKernel};
+pub use half16::{narrow, widen, Half};
 pub use isa::{cpu_isa, detected_isa, limit_isa, Isa};
 pub use linear::{linear_accumulate_weight_grad, linear_backward_input, linear_forward, Linear};
 pub use maxpool::{maxpool_backward, maxpool_forward, MaxPool2d};

@@ -15,15 +15,17 @@ use crate::ops::{self, BatchNorm2d, Conv2d, MaxPool2d, Window};
 ///
 /// The arena is counted in 4-byte slots (one `f32` each): every buffer starts on a slot,
 /// and one of 2-byte elements would pack two to a slot ([`Buf::slots`]). The plan makes
-/// every buffer `F32` but the values a bf16-mixed step keeps for backward, which only
-/// [`Op::Narrow`] writes and [`Op::Widen`] reads: every other op works on `F32` buffers,
-/// and a backend's `f32` accessor refuses any other.
+/// every buffer `F32` but the values a bf16-mixed or 16-mixed step keeps for backward,
+/// which only [`Op::Narrow`] writes and [`Op::Widen`] reads: every other op works on `F32`
+/// buffers, and a backend's `f32` accessor refuses any other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Elem {
     F32,
     /// bfloat16 bits (`u16`), two to a slot.
     Bf16,
+    /// IEEE binary16 bits (`u16`), two to a slot.
+    F16,
 }
 
 /// Bytes of an arena slot: the unit of every offset and region size of a plan.
@@ -33,7 +35,16 @@ impl Elem {
     pub const fn bytes(self) -> usize {
         match self {
             Elem::F32 => 4,
-            Elem::Bf16 => 2,
+            Elem::Bf16 | Elem::F16 => 2,
+        }
+    }
+
+    /// The 16-bit format of a 16-bit element, `None` for `F32`.
+    pub const fn half(self) -> Option<ops::Half> {
+        match self {
+            Elem::F32 => None,
+            Elem::Bf16 => Some(ops::Half::Bf16),
+            Elem::F16 => Some(ops::Half::F16),
         }
     }
 }
@@ -368,19 +379,34 @@ pub struct Add {
     pub x: Buf,
 }
 
-/// `y` (bf16) = `x` (`f32`) rounded to nearest even, and `x` rounded in place to the same
-/// values ([`crate::ops::bf16_narrow`]): a value the forward keeps for backward in 16 bits.
+/// `y` (bf16 or f16, as its element says) = `x` (`f32`) rounded to nearest even, and `x`
+/// rounded in place to the same values ([`crate::ops::narrow`]): a value the forward keeps
+/// for backward in 16 bits.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Narrow {
     pub x: Buf,
     pub y: Buf,
 }
 
-/// `y` (`f32`) = `x` (bf16), exactly: a kept value read back for backward.
+/// `y` (`f32`) = `x` (bf16 or f16), exactly: a kept value read back for backward.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Widen {
     pub x: Buf,
     pub y: Buf,
+}
+
+impl Narrow {
+    /// The format `y` is stored in.
+    pub fn format(&self) -> ops::Half {
+        self.y.elem.half().expect("a Narrow writes a 16-bit buffer")
+    }
+}
+
+impl Widen {
+    /// The format `x` is stored in.
+    pub fn format(&self) -> ops::Half {
+        self.x.elem.half().expect("a Widen reads a 16-bit buffer")
+    }
 }
 
 /// One SGD step over module `module`'s parameters `params` (offsets in the parameter

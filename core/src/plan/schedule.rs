@@ -12,8 +12,8 @@
 //!   block's output gradient and its temporaries go there, and a block's input gradient
 //!   overlays the block's own values once nothing reads them any more;
 //! - an eval pass keeps only the current block's input, output and two temporaries;
-//! - at [`crate::method::Precision::Bf16Mixed`] a block's kept values (its conv outputs
-//!   and, inside a module, its output) are bf16 ([`Gen::alloc_kept`]): the forward computes
+//! - at [`crate::method::Precision::Bf16Mixed`] (and `F16Mixed`) a block's kept values (its
+//!   conv outputs and, inside a module, its output) are bf16 (f16) ([`Gen::alloc_kept`]): the forward computes
 //!   each in an `f32` temporary (in the regions of the module's later blocks, not yet
 //!   written, when it fits), narrows it ([`Op::Narrow`] also rounds the `f32` copy, so the
 //!   forward goes on from what the backward will read) and the backward widens it back
@@ -161,6 +161,7 @@ impl<'a, F: FnMut(&Op)> Gen<'a, F> {
             kept: match plan.method.precision {
                 Precision::F32 => Elem::F32,
                 Precision::Bf16Mixed => Elem::Bf16,
+                Precision::F16Mixed => Elem::F16,
             },
             top: plan.act_off(),
             peak: 0,

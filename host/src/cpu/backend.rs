@@ -299,14 +299,14 @@ impl Backend for Ctx<'_> {
     }
 
     fn narrow(&mut self, a: &op::Narrow) -> Result<(), Infallible> {
-        let op::Narrow { x, y } = *a;
-        self.each_chunk(|_, i0, cnt| ops::bf16_narrow(self.rows_mut(x, i0, cnt), self.rows16(y, i0, cnt)));
+        let (op::Narrow { x, y }, h) = (*a, a.format());
+        self.each_chunk(|_, i0, cnt| ops::narrow(h, self.rows_mut(x, i0, cnt), self.rows16(y, i0, cnt)));
         Ok(())
     }
 
     fn widen(&mut self, a: &op::Widen) -> Result<(), Infallible> {
-        let op::Widen { x, y } = *a;
-        self.each_chunk(|_, i0, cnt| ops::bf16_widen(self.rows16(x, i0, cnt), self.rows_mut(y, i0, cnt)));
+        let (op::Widen { x, y }, h) = (*a, a.format());
+        self.each_chunk(|_, i0, cnt| ops::widen(h, self.rows16(x, i0, cnt), self.rows_mut(y, i0, cnt)));
         Ok(())
     }
 

@@ -120,7 +120,7 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// The whole of `f32` buffer `b` (bf16 buffers are read through [`Ctx::rows16`]).
+    /// The whole of `f32` buffer `b` (16-bit buffers are read through [`Ctx::rows16`]).
     pub(super) fn r(&self, b: Buf) -> &[f32] {
         assert_eq!(b.elem, Elem::F32, "an f32 view of {b:?}");
         self.arena.r(b.off, b.len)
@@ -142,10 +142,10 @@ impl<'a> Ctx<'a> {
         let per = b.len / self.n;
         self.arena.w(b.off + i0 * per, cnt * per)
     }
-    /// Images `[i0, i0 + cnt)` of a per-image bf16 buffer `b`, as bits.
+    /// Images `[i0, i0 + cnt)` of a per-image 16-bit buffer `b`, as bits.
     #[allow(clippy::mut_from_ref)]
     pub(super) fn rows16(&self, b: Buf, i0: usize, cnt: usize) -> &mut [u16] {
-        assert_eq!(b.elem, Elem::Bf16, "a bf16 view of {b:?}");
+        assert!(b.elem.half().is_some(), "a 16-bit view of {b:?}");
         let per = b.len / self.n;
         self.arena.w16(2 * b.off + i0 * per, cnt * per)
     }

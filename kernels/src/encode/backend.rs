@@ -3,7 +3,7 @@
 
 use hpff_core::exec::{Backend, ExecError};
 use hpff_core::loss::SUPCON_TEMPERATURE;
-use hpff_core::ops::{BN_EPS, BN_MOMENTUM};
+use hpff_core::ops::{Half, BN_EPS, BN_MOMENTUM};
 use hpff_core::plan::{op, Op};
 
 use super::{i, l, maxpool_dims, window_args, Encoder};
@@ -91,12 +91,20 @@ impl<S: Sink> Backend for Encoder<'_, S> {
 
     fn narrow(&mut self, a: &op::Narrow) -> Result<(), CudaError> {
         let op::Narrow { x, y } = *a;
-        self.each(K::Bf16Narrow, x.len, &[self.b(x), self.b16(y)])
+        let k = match a.format() {
+            Half::Bf16 => K::Bf16Narrow,
+            Half::F16 => K::F16Narrow,
+        };
+        self.each(k, x.len, &[self.b(x), self.b16(y)])
     }
 
     fn widen(&mut self, a: &op::Widen) -> Result<(), CudaError> {
         let op::Widen { x, y } = *a;
-        self.each(K::Bf16Widen, x.len, &[self.b16(x), self.b(y)])
+        let k = match a.format() {
+            Half::Bf16 => K::Bf16Widen,
+            Half::F16 => K::F16Widen,
+        };
+        self.each(k, x.len, &[self.b16(x), self.b(y)])
     }
 
     fn add_relu(&mut self, a: &op::AddRelu) -> Result<(), CudaError> {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use hpff_core::exec::{Executor, Region, StepInput};
+use hpff_core::method::Precision;
 use hpff_core::plan::{Plan, TensorKind};
 use hpff_core::rng::Rng;
 
@@ -403,8 +404,13 @@ impl Trainer {
                 }
                 Some(fault) => {
                     self.sinks.steps_end();
+                    // f16 keeps values only up to 65504: a larger one becomes infinite.
+                    let f16 = match self.plan.method.precision {
+                        Precision::F16Mixed => " or --precision bf16-mixed (f16 overflows past 65504)",
+                        _ => "",
+                    };
                     return Err(Error::msg(format!(
-                        "{fault} at step {} (epoch {epoch}, lr {lr}); training stopped, the last checkpoint (epoch {}) is kept; lower --lr, or --on-nonfinite skip to undo such steps",
+                        "{fault} at step {} (epoch {epoch}, lr {lr}); training stopped, the last checkpoint (epoch {}) is kept; lower --lr{f16}, or --on-nonfinite skip to undo such steps",
                         self.meta.global_step + 1,
                         self.meta.epoch
                     )));
