@@ -36,8 +36,12 @@ extern "C" __global__ void bf16_narrow(i64 n, float* x, unsigned short* y) {
     }
 }
 
+// Exact; a NaN comes back quiet (as the half crate widens one).
 extern "C" __global__ void bf16_widen(i64 n, const unsigned short* x, float* y) {
-    FOR_EACH(i, n) y[i] = __uint_as_float((unsigned int)x[i] << 16);
+    FOR_EACH(i, n) {
+        unsigned int u = x[i];
+        y[i] = __uint_as_float(((u & 0x7fffu) > 0x7f80u ? u | 0x40u : u) << 16);
+    }
 }
 
 // f16 storage (--precision 16-mixed), as the core's f16_narrow / f16_widen (F16C's and the
@@ -60,7 +64,7 @@ __device__ unsigned int f16_bits(float v) {
 
 __device__ float f16_value(unsigned int h) {
     unsigned int s = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    if (e == 0x1fu) return __uint_as_float(s | 0x7f800000u | (m << 13));
+    if (e == 0x1fu) return __uint_as_float(s | (m ? 0x7fc00000u : 0x7f800000u) | (m << 13));
     if (e != 0u) return __uint_as_float(s | ((e + 112u) << 23) | (m << 13));
     float r = (float)m * 5.9604644775390625e-8f;  // m·2^-24, exact
     return s ? -r : r;

@@ -286,3 +286,61 @@ impl Executor for EmuExecutor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launch::BLOCK;
+    use hpff_core::ops::{narrow, widen, Half};
+
+    /// `len` values of `T` from the start of `buf`, copied out.
+    fn read<T: Copy + Default>(buf: &HostBuf, len: usize) -> Vec<T> {
+        let mut v = vec![T::default(); len];
+        assert!(std::mem::size_of_val(v.as_slice()) <= buf.bytes());
+        // SAFETY: in bounds (asserted); plain old data copied byte for byte.
+        unsafe { std::ptr::copy_nonoverlapping(buf.0.as_ptr().cast::<T>(), v.as_mut_ptr(), len) };
+        v
+    }
+
+    /// Runs elementwise kernel `k` over `n` items on buffers `x` and `y`.
+    fn each(k: K, n: usize, x: &HostBuf, y: &HostBuf) {
+        let mut sink = EmuSink { bufs: vec![(x.addr(), x.bytes()), (y.addr(), y.bytes())], conv: ConvPath::Cudnn };
+        let grid = (n.div_ceil(BLOCK as usize) as u32, 1);
+        sink.launch(k, grid, BLOCK, &[Arg::L(n as i64), Arg::P(x.addr()), Arg::P(y.addr())]).unwrap();
+    }
+
+    /// The CUDA sources' 16-bit conversions (integer arithmetic, run here as host C++) give
+    /// the core's bits: f32 patterns around every rounding boundary of both formats
+    /// narrowed (the stored bits and the rounded f32), and every 16-bit pattern widened.
+    #[test]
+    fn half_kernels_give_the_cores_bits() {
+        let lows =
+            [0u32, 1, 0xfff, 0x1000, 0x1001, 0x1fff, 0x2000, 0x7fff, 0x8000, 0x8001, 0x1_8000, 0x7f_ffff, 0x12_3456];
+        let specials = [0x7fc0_0000u32, 0xffc0_0001, 0x7f80_0001, 0x7f80_0000, 0xff80_0000];
+        let xs: Vec<f32> =
+            (0u32..512).flat_map(|e| lows.map(|m| (e << 23) | m)).chain(specials).map(f32::from_bits).collect();
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        for (h, kn, kw) in [(Half::F16, K::F16Narrow, K::F16Widen), (Half::Bf16, K::Bf16Narrow, K::Bf16Widen)] {
+            let n = xs.len();
+            let (mut xb, yb) = (HostBuf::new(4 * n), HostBuf::new(2 * n));
+            EmuExecutor::write(&mut xb, &xs);
+            each(kn, n, &xb, &yb);
+            let (mut want_x, mut want_y) = (xs.clone(), vec![0u16; n]);
+            narrow(h, &mut want_x, &mut want_y);
+            let (got_x, got_y) = (read::<f32>(&xb, n), read::<u16>(&yb, n));
+            for i in 0..n {
+                let u = xs[i].to_bits();
+                assert_eq!(got_y[i], want_y[i], "{h:?} narrow {u:#010x}");
+                assert_eq!(got_x[i].to_bits(), want_x[i].to_bits(), "{h:?} rounded {u:#010x}");
+            }
+            let (mut hb, wb) = (HostBuf::new(2 * all.len()), HostBuf::new(4 * all.len()));
+            EmuExecutor::write(&mut hb, &all);
+            each(kw, all.len(), &hb, &wb);
+            let mut want = vec![0f32; all.len()];
+            widen(h, &all, &mut want);
+            for (b, (g, w)) in all.iter().zip(read::<f32>(&wb, all.len()).iter().zip(&want)) {
+                assert_eq!(g.to_bits(), w.to_bits(), "{h:?} widen {b:#06x}");
+            }
+        }
+    }
+}

@@ -72,13 +72,14 @@ pub mod report {
     /// The header: network, method and the planned memory, one line each.
     pub fn header(plan: &Plan, mut emit: impl FnMut(fmt::Arguments)) {
         emit(format_args!(
-            "hpff-firmware: ResNet-{} width {} ({} parameters), InfoPro + HPFF, K = {} modules, {}x{} patches; batch {}, {}x{}x{} images, {} classes",
+            "hpff-firmware: ResNet-{} width {} ({} parameters), InfoPro + HPFF, K = {} modules, {}x{} patches, precision {}; batch {}, {}x{}x{} images, {} classes",
             task::DEPTH,
             plan.arch.width,
             plan.params,
             plan.modules(),
             plan.method.patches,
             plan.method.patches,
+            plan.method.precision.name(),
             plan.batch,
             task::CHANNELS,
             task::IMAGE,
@@ -96,6 +97,19 @@ pub mod report {
             sizes::STACK_RESERVE,
             sizes::RAM_BYTES
         ));
+        let (now, full) = (plan.memory().activations, sizes::ACTIVATIONS_F32);
+        let saved = full.saturating_sub(now);
+        emit(format_args!(
+            "precision {}: activations {now} B planned, {full} B at 32 ({:.1} % of the RAM budget): saves {saved} B = {:.1} % of the activations, {:.1} % of the RAM",
+            plan.method.precision.name(),
+            pct(full, sizes::RAM_BYTES),
+            pct(saved, full),
+            pct(saved, sizes::RAM_BYTES)
+        ));
+    }
+
+    fn pct(part: usize, whole: usize) -> f32 {
+        100.0 * part as f32 / whole as f32
     }
 
     /// The grouped-convolution check's line; false (and a FAIL line) past its tolerance.
