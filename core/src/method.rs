@@ -238,6 +238,11 @@ impl Method {
         if !matches!(self.patches, 1 | 2 | 4) {
             return Err(PlanError::BadMethod("the patch grid must be 1, 2 or 4"));
         }
+        if self.patches != 1 && !self.uses_decoder() && !self.hpff {
+            return Err(PlanError::BadMethod(
+                "--patches cuts InfoPro's decoder into patches; e2e, greedy and dgl have no decoder",
+            ));
+        }
         if self.widen == 0 || self.feature_dim == 0 {
             return Err(PlanError::BadMethod("widen and feature dim must be positive"));
         }
