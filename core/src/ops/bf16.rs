@@ -6,8 +6,6 @@
 //! rounds to infinity. Widening is exact. All arithmetic stays `f32`: only the copy a plan
 //! keeps for backward is 16 bits.
 
-use half::bf16;
-
 /// Stores `x` as bf16 in `y`, and rounds `x` in place to the same values, so whatever
 /// the forward computes next from `x` agrees with what the backward reads back from `y`.
 ///
@@ -79,6 +77,7 @@ unsafe fn widen_avx2(x: &[u16], y: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::bf16;
 
     fn round(v: f32) -> (u16, f32) {
         let (mut x, mut y) = ([v], [0u16]);
