@@ -82,7 +82,7 @@ fn the_arena_scales_with_the_batch_and_parameters_do_not() {
 }
 
 /// Every method the plan knows, as the memory test runs it: each local one plain, with
-/// HPFF, and with HPFF recomputing its modules' forward values.
+/// HPFF, and with HPFF recomputing its modules' forward values; each at every precision.
 fn every_method() -> Vec<Method> {
     let mut v = vec![Method::reference(Base::E2e, false)];
     for base in [Base::Greedy, Base::Dgl, Base::InfoPro] {
@@ -99,18 +99,12 @@ fn every_method() -> Vec<Method> {
         Method { pff: Pff::Input, ..hpff },
         Method { pff: Pff::Input, recompute: true, ..hpff },
     ]);
-    // bf16-mixed: its kept values are half the slots, read back through a temporary.
-    let bf16 = |m: Method| Method { precision: Precision::Bf16Mixed, ..m };
-    v.extend([
-        bf16(Method::reference(Base::E2e, false)),
-        bf16(Method::reference(Base::Dgl, false)),
-        bf16(Method::reference(Base::InfoPro, true)),
-        bf16(Method { recompute: true, ..Method::reference(Base::InfoPro, true) }),
-        bf16(hpff),
-        // 16-mixed keeps the same values, in f16.
-        Method { precision: Precision::F16Mixed, ..Method::reference(Base::E2e, false) },
-        Method { precision: Precision::F16Mixed, ..Method::reference(Base::InfoPro, true) },
-    ]);
+    // The 16-bit precisions: the blocks' kept values take half the slots, computed in and
+    // read back through f32 temporaries. Every method again at each.
+    let all = v.clone();
+    for precision in [Precision::Bf16Mixed, Precision::F16Mixed] {
+        v.extend(all.iter().map(|m| Method { precision, ..*m }));
+    }
     v
 }
 
