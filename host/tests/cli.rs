@@ -126,6 +126,17 @@ fn plan_prints_the_memory_plan() {
     // HPFF at the same K needs less activation memory than E2E.
     let e2e = json(&stdout(&hpff(&["plan", "--method", "e2e", "--dataset", "cifar10", "--json"])));
     assert!(e2e["memory_bytes"]["activations"].as_u64() > m["activations"].as_u64());
+    assert!(e2e["memory_bytes"]["activations_at_32"].is_null(), "only a 16-bit plan compares with 32");
+
+    // A 16-bit plan states the f32 bound it is compared with: e2e's is the first plan's.
+    for p in ["bf16-mixed", "16-mixed"] {
+        let h = json(&stdout(&hpff(&["plan", "--method", "e2e", "--dataset", "cifar10", "--precision", p, "--json"])));
+        let (now, full) = (&h["memory_bytes"]["activations"], &h["memory_bytes"]["activations_at_32"]);
+        assert_eq!(full, &e2e["memory_bytes"]["activations"], "{p}");
+        assert!(now.as_u64().unwrap() * 100 <= full.as_u64().unwrap() * 57, "{p}: {now} of {full}");
+    }
+    let s = stdout(&hpff(&["plan", "--method", "e2e", "--precision", "bf16-mixed"]));
+    assert!(s.contains("activations at 32") && s.contains("stay f32"), "{s}");
 
     let o = hpff(&["plan", "--arch", "resnet20", "--k", "4", "--batch-size", "32"]);
     ok(&o);

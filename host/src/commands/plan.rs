@@ -1,5 +1,6 @@
 //! `hpff plan`: the static memory plan, bytes by kind and per module, before anything runs.
 
+use hpff_core::method::{Method, Precision};
 use hpff_core::plan::{op, Memory, Op, Plan};
 use serde_json::json;
 
@@ -110,6 +111,17 @@ fn memory_json(m: &Memory, arena_bytes: usize) -> serde_json::Value {
         "total": m.total(),
         "arena": arena_bytes,
     })
+}
+
+/// Planned training activations of the same plan at precision 32, for a plan that keeps
+/// values in 16 bits (`None` at 32): what `hpff plan` compares the 16-bit bound with.
+fn activations_at_f32(plan: &Plan) -> Result<Option<usize>> {
+    if plan.method.precision == Precision::F32 {
+        return Ok(None);
+    }
+    let method = Method { precision: Precision::F32, ..plan.method };
+    let full = Plan::new(plan.arch, plan.part.clone(), method, plan.batch, plan.mean, plan.std)?;
+    Ok(Some(full.memory().activations))
 }
 
 pub(crate) fn describe(setup: &Setup, plan: &Plan) -> serde_json::Value {
@@ -226,6 +238,9 @@ pub fn plan(
     if as_json {
         let mut v = describe(&setup, &plan);
         v["memory_bytes"] = memory_json(&m, arena);
+        if let Some(full) = activations_at_f32(&plan)? {
+            v["memory_bytes"]["activations_at_32"] = json!(full);
+        }
         v["executor_bytes"] = serde_json::to_value(executor_bytes(&plan)).expect("json");
         v["per_module"] = serde_json::to_value(&mods).expect("json");
         if let (Some(l), Some(why)) = (limit, &why) {
@@ -270,6 +285,14 @@ pub fn plan(
     }
     println!("  {:<26}{:>14}{:>12}", "total (training step)", m.total(), mib(m.total()));
     println!("  {:<26}{:>14}{:>12}", "arena", arena, mib(arena));
+    if let Some(full) = activations_at_f32(&plan)? {
+        println!("  {:<26}{full:>14}{:>12}", "activations at 32", mib(full));
+        println!(
+            "  {}: the blocks' conv outputs and inner block outputs are kept in 16 bits ({:.2}× of 32); module outputs, aux nets' values, gradients and the f32 rooms they are computed in stay f32",
+            plan.method.precision.name(),
+            m.activations as f64 / full as f64
+        );
+    }
     println!("executor buffers beside the arena");
     for e in executor_bytes(&plan) {
         let name = match e.threads {
