@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use hpff_core::method::Base;
 
 use crate::commands::train::{self, RunOptions};
 use crate::config::{Config, DatasetName, ModelArgs, RunArgs, Shape, TrainingArgs};
@@ -215,11 +216,20 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// The config file (if any) with the command line's flags over it. A flag that only the
+/// local methods read is refused when the method is e2e: it would silently do nothing.
+/// (Only flags: a config file may be shared between methods.)
 fn with_file(file: &Option<PathBuf>, flags: Config) -> Result<Config> {
-    Ok(match file {
+    let merged = match file {
         Some(p) => Config::from_toml_file(p)?.merge(&flags),
-        None => flags,
-    })
+        None => flags.clone(),
+    };
+    if let (Base::E2e, Some(flag)) = (merged.settings().method.base(), flags.local_only_given()) {
+        return Err(Error::msg(format!(
+            "{flag} applies to the local methods (greedy, dgl, infopro); e2e trains the whole network as one module without auxiliary nets"
+        )));
+    }
+    Ok(merged)
 }
 
 /// Runs a parsed command line.

@@ -492,6 +492,31 @@ hyper_parameters! {
 }
 
 impl Config {
+    /// The first setting this config gives that only the local methods read (their modules
+    /// and auxiliary nets), by flag name: e2e would ignore it.
+    pub fn local_only_given(&self) -> Option<&'static str> {
+        [
+            ("--k", self.k.is_some()),
+            ("--balanced-memory", self.balanced_memory.is_some()),
+            ("--splits", self.splits.is_some()),
+            ("--aux-nets", self.aux_nets.is_some()),
+            ("--patches", self.patches.is_some()),
+            ("--pff", self.pff.is_some()),
+            ("--levels", self.levels.is_some()),
+            ("--recompute", self.recompute.is_some()),
+            ("--aux-classifier", self.aux_classifier.is_some()),
+            ("--local-loss", self.local_loss.is_some()),
+            ("--aux-widen", self.aux_widen.is_some()),
+            ("--feature-dim", self.feature_dim.is_some()),
+            ("--lambda1", self.lambda1.is_some()),
+            ("--lambda2", self.lambda2.is_some()),
+            ("--wx", self.wx.is_some()),
+            ("--wy", self.wy.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(flag, given)| given.then_some(flag))
+    }
+
     /// Reads a TOML config file.
     pub fn from_toml_file(path: &Path) -> Result<Config> {
         let s = std::fs::read_to_string(path).map_err(|e| crate::error::io_err(path, "read the config file", e))?;

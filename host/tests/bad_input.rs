@@ -287,7 +287,12 @@ fn malformed_configs_and_absurd_flags() {
     refused(&train(&["--wy", "nan"]), 1, &["--wy must be a finite number ≥ 0, not NaN"]);
     refused(&train(&["--lambda1", "5,1e39"]), 1, &["--lambda1 must be a finite number ≥ 0, not 1000"]);
     refused(&train(&["--lambda2=-0.5,0"]), 1, &["--lambda2 must be a finite number ≥ 0, not -0.5"]);
-    refused(&train(&["--method", "e2e", "--local-loss", "contrast"]), 1, &["--local-loss trains the local methods'"]);
+    refused(
+        &train(&["--method", "e2e", "--local-loss", "contrast"]),
+        1,
+        &["--local-loss applies to the local methods"],
+    );
+    refused(&train(&["--method", "e2e", "--k", "4"]), 1, &["--k applies to the local methods"]);
     refused(&train(&["--method", "dgl", "--patches", "4"]), 1, &["--patches cuts InfoPro's decoder into patches"]);
     refused(&train(&["--precision", "bf16"]), 2, &["invalid value 'bf16' for '--precision"]);
     refused(&train(&["--val-split", "100000000"]), 1, &["--val-split 100000000 leaves no training images"]);

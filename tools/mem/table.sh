@@ -9,7 +9,9 @@ for arch in "resnet32 16" "resnet110 55"; do
   for batch in 128 1024; do
     for m in "e2e --method e2e" "infopro --method infopro --no-hpff" "infopro+hpff --method infopro --hpff" "+recompute --method infopro --hpff --recompute"; do
       name=${m%% *}; flags=${m#* }
-      $hpff plan --dataset cifar10 --arch "$1" --k "$2" --aux-classifier 2c2f --batch-size "$batch" $flags --json |
+      # e2e has one module and no auxiliary nets: hpff refuses --k and --aux-classifier for it.
+      local_flags="--k $2 --aux-classifier 2c2f"; [ "$name" = e2e ] && local_flags=""
+      $hpff plan --dataset cifar10 --arch "$1" $local_flags --batch-size "$batch" $flags --json |
         python3 -c "import json,sys; v=json.load(sys.stdin)['memory_bytes']; print('%-10s %-13s batch %5d  train %9.1f MiB  eval %8.1f MiB' % ('$1', '$name', $batch, v['activations']/2**20, v['eval_activations']/2**20))"
     done
   done
