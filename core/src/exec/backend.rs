@@ -77,8 +77,9 @@ impl Run {
 pub trait Backend {
     type Error;
 
-    /// Told before op `index` of the step runs alone (or before the first op of a
-    /// [`Run`]): a backend that names ops in its diagnostics listens; nothing by default.
+    /// Told before op `index` of the step runs alone (not before a [`Run`]: its
+    /// [`Backend::run`] is told): a backend that names ops in its diagnostics, or
+    /// advances work running in the background between ops, listens; nothing by default.
     fn begin_op(&mut self, _index: usize, _op: &Op) {}
 
     /// Runs the ops of `run` (the first is op `index`) as one pass, if this backend

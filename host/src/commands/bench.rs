@@ -124,6 +124,7 @@ pub fn bench(
     let mut logits = vec![0f32; plan.logits().len];
     let (eval_s, eval_med, _) = timed(warmup, steps, || exec.eval_step(&plan, &x, &mut logits))?;
     let reduce_s = comm.reduce_time().as_secs_f64() / (warmup + steps) as f64;
+    let (started, hidden) = comm.background_sums();
     let procs = comm.size();
     let ((tf, ef), stages) = match &pipe {
         Some(p) => {
@@ -155,6 +156,9 @@ pub fn bench(
         "processes": procs,
         "allreduce_s_per_step": reduce_s,
         "allreduce_share": reduce_s / train_s,
+        // Of the modules' gradient sums, the share that finished while later modules
+        // computed (the rest were waited for at the step's end).
+        "allreduce_overlapped": (started > 0).then(|| hidden as f64 / started as f64),
         "pipeline": stages.as_ref().zip(pipe.as_ref()).map(|(t, p)| stage_json(p, t)),
         "module_step_s": pipe.as_ref().map(|p| &p.module_secs),
         "predicted_speedup": pipe.as_ref().and_then(Pipeline::predicted_speedup),

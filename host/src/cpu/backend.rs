@@ -6,8 +6,7 @@ use std::convert::Infallible;
 use hpff_core::exec::{Backend, Run};
 use hpff_core::loss;
 use hpff_core::ops;
-use hpff_core::optim::sgd_step;
-use hpff_core::plan::op;
+use hpff_core::plan::{op, Op};
 use rayon::prelude::*;
 
 use super::ctx::{Ctx, Tail};
@@ -23,6 +22,7 @@ impl Backend for Ctx<'_> {
     /// - a conv's input gradient → ReLU backward: the mask is applied per image in cache;
     /// - ReLU backward → BN backward over that gradient: masked in the BN's first pass.
     fn run(&mut self, _index: usize, run: &Run) -> Result<(), Infallible> {
+        self.advance_updates();
         match *run {
             Run::ConvBnEval { conv, bn, then } => {
                 let op::Conv { shape: s, weight, bias, x, y: h } = conv;
@@ -59,6 +59,11 @@ impl Backend for Ctx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Between ops: the gradient sums in flight advance (see `update.rs`).
+    fn begin_op(&mut self, _index: usize, _op: &Op) {
+        self.advance_updates();
     }
 
     fn begin_step(&mut self) -> Result<(), Infallible> {
@@ -311,6 +316,7 @@ impl Backend for Ctx<'_> {
     }
 
     fn check_grads(&mut self, a: &op::CheckGrads) -> Result<(), Infallible> {
+        self.finish_updates();
         let op::CheckGrads { slot } = *a;
         let p = self.plan.params;
         let grads = self.arena.r(p, p);
@@ -320,26 +326,17 @@ impl Backend for Ctx<'_> {
         Ok(())
     }
 
-    /// Data parallelism: the module's gradients averaged over the processes.
+    /// Data parallelism: the module's gradients summed over the processes in the
+    /// background; its update waits for the sum (see `update.rs`).
     fn module_done(&mut self, a: &op::Sgd) -> Result<(), Infallible> {
-        if let Some(c) = self.comm {
-            crate::dist::average(c, self.arena.w(self.plan.grad_of(a.params.off), a.params.len));
-        }
+        self.start_average(a);
         Ok(())
     }
 
     fn sgd(&mut self, a: &op::Sgd) -> Result<(), Infallible> {
-        let op::Sgd { params: r, .. } = *a;
-        let p = self.plan.params;
-        let (params, grads, mom) =
-            (self.arena.w(r.off, r.len), self.arena.r(p + r.off, r.len), self.arena.w(2 * p + r.off, r.len));
-        let sgd = self.input.sgd;
-        let lr = self.input.lr;
-        params
-            .par_chunks_mut(SGD_PIECE)
-            .zip(grads.par_chunks(SGD_PIECE))
-            .zip(mom.par_chunks_mut(SGD_PIECE))
-            .for_each(|((pp, gg), mm)| sgd_step(&sgd, lr, pp, gg, mm));
+        if !self.update_waits(a) {
+            self.update(a);
+        }
         Ok(())
     }
 

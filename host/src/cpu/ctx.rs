@@ -4,11 +4,12 @@
 
 use hpff_core::exec::{Epilogue, StepInput};
 use hpff_core::ops::{self, BatchNorm2d};
-use hpff_core::plan::{Buf, Elem, Plan};
+use hpff_core::plan::{op, Buf, Elem, Plan};
 use rayon::prelude::*;
+use std::collections::VecDeque;
 
 use super::{Extra, CHUNK};
-use crate::dist::{Comm, StageLink};
+use crate::dist::{Comm, Pending, StageLink};
 
 /// A raw region that threads slice disjointly.
 #[derive(Clone, Copy)]
@@ -88,7 +89,9 @@ pub(super) struct Ctx<'a> {
     pub(super) losses: &'a mut [f32],
     pub(super) n: usize,
     /// The processes a module's gradients are averaged over.
-    pub(super) comm: Option<&'a dyn Comm>,
+    pub(super) comm: Option<&'static dyn Comm>,
+    /// Modules whose update waits for their gradients' sum, oldest first (`update.rs`).
+    pub(super) pending: VecDeque<(op::Sgd, Box<dyn Pending>)>,
     /// BN sums are summed over these processes (`--sync-bn`).
     pub(super) sync_bn: Option<&'a dyn Comm>,
     pub(super) link: Option<StageLink>,
@@ -115,6 +118,7 @@ impl<'a> Ctx<'a> {
             losses,
             n: plan.batch,
             comm: None,
+            pending: VecDeque::new(),
             sync_bn: None,
             link: None,
         }

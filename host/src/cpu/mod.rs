@@ -10,6 +10,7 @@
 
 mod backend;
 mod ctx;
+mod update;
 
 use hpff_core::exec::{
     self, check_eval, check_train, check_unlinked, dispatch, region_span, sizing, ExecError, Executor, Held, Sizing,
@@ -252,7 +253,11 @@ impl Executor for CpuExecutor {
         ctx.comm = self.comm;
         ctx.sync_bn = self.comm.filter(|_| self.sync_bn);
         ctx.link = self.link;
-        let Ok(()) = self.pool.install(|| dispatch::train_step(plan, &mut ctx));
+        let Ok(()) = self.pool.install(|| {
+            let done = dispatch::train_step(plan, &mut ctx);
+            ctx.finish_updates();
+            done
+        });
         Ok(())
     }
 

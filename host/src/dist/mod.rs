@@ -2,9 +2,11 @@
 //!
 //! `mpirun -np N hpff train ...` starts N copies of hpff; each finds its rank and the
 //! world size through MPI ([`init`]) and reaches the others only through a [`Comm`]:
-//! - the executor averages each module's gradients over the ranks between the module's
-//!   backward and its update ([`Comm::sum_f32`], then a division by N): every rank
-//!   applies the same averaged gradients, so the parameters stay bit-identical;
+//! - the executor averages each module's gradients over the ranks before the module's
+//!   update (a rank-order sum, then a division by N): every rank applies the same
+//!   averaged gradients, so the parameters stay bit-identical. The sum starts as soon as
+//!   the module's gradients are final and runs in the background
+//!   ([`Comm::start_sum_f32`]) while later modules compute;
 //! - the data of an epoch is cut as PyTorch's `DistributedSampler` cuts it ([`Shard`]);
 //! - losses and evaluation counts are summed; rank 0's BN running statistics are
 //!   broadcast before an evaluation or a checkpoint (as DDP broadcasts buffers);
@@ -21,6 +23,8 @@ use crate::error::{Error, Result};
 
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "mpi")]
+mod ordered_sum;
 mod shard;
 
 pub use shard::Shard;
@@ -35,6 +39,20 @@ pub trait Comm: Send + Sync + fmt::Debug {
     /// bits on every rank, for any message size and process count (no dependence on the
     /// reduction algorithm an MPI library picks).
     fn sum_f32(&self, buf: &mut [f32]);
+    /// Starts [`Comm::sum_f32`] over the `len` values at `buf` and returns while it runs
+    /// in the background (an engine without one sums at once). Background sums are
+    /// collective and start in the same order on every rank; they may finish in any
+    /// order relative to the blocking calls.
+    ///
+    /// # Safety
+    /// The `len` values at `buf` stay valid, and nothing else reads or writes them, until
+    /// the returned [`Pending`] reports done (its `poll` returned true or its `wait`
+    /// returned).
+    unsafe fn start_sum_f32(&'static self, buf: *mut f32, len: usize) -> Box<dyn Pending> {
+        // SAFETY: valid and ours for the call (the contract above).
+        self.sum_f32(unsafe { std::slice::from_raw_parts_mut(buf, len) });
+        Box::new(Summed)
+    }
     /// [`Comm::sum_f32`] for `f64`.
     fn sum_f64(&self, buf: &mut [f64]);
     /// Rank 0's `buf` on every rank.
@@ -54,10 +72,38 @@ pub trait Comm: Send + Sync + fmt::Debug {
     fn link_time(&self) -> std::time::Duration {
         std::time::Duration::ZERO
     }
+    /// Background sums started so far, and how many of them were seen done by a
+    /// [`Pending::poll`] (finished while the process computed) rather than waited for.
+    fn background_sums(&self) -> (u64, u64) {
+        (0, 0)
+    }
     /// Ends every process of the job with exit status `code`.
     fn abort(&self, code: i32) -> !;
     /// Shuts the engine down cleanly (before a normal exit; nothing collective after it).
     fn finish(&self);
+}
+
+/// A sum running in the background ([`Comm::start_sum_f32`]). (`Sync` so that an
+/// executor holding one can share itself with its worker threads: every method takes
+/// `&mut self`.)
+pub trait Pending: Send + Sync {
+    /// Advances it without blocking; true once the buffer holds the sum (call it at
+    /// most until then). A process advances its sums oldest first: an engine may start
+    /// a sum's later phase when it sees the earlier one complete, and every rank must
+    /// start those in the same order.
+    fn poll(&mut self) -> bool;
+    /// Returns once the buffer holds the sum.
+    fn wait(&mut self);
+}
+
+/// A sum that was done when it started.
+struct Summed;
+
+impl Pending for Summed {
+    fn poll(&mut self) -> bool {
+        true
+    }
+    fn wait(&mut self) {}
 }
 
 /// How a pipeline stage's executor reaches its neighbours ([`crate::pipeline`]): stage s
@@ -192,12 +238,17 @@ pub fn local_batch(batch: usize, comm: &dyn Comm) -> Result<usize> {
 
 /// Averages `grads` over the ranks: the rank-order sum, divided by the world size.
 pub fn average(comm: &dyn Comm, grads: &mut [f32]) {
-    let n = comm.size();
-    if n > 1 {
+    if comm.size() > 1 {
         comm.sum_f32(grads);
-        let n = n as f32;
-        grads.iter_mut().for_each(|g| *g /= n);
+        divide(grads, comm.size());
     }
+}
+
+/// `sums` over `n` ranks, divided into their average (after a [`Comm::start_sum_f32`]:
+/// the same bits as [`average`]).
+pub fn divide(sums: &mut [f32], n: usize) {
+    let n = n as f32;
+    sums.iter_mut().for_each(|g| *g /= n);
 }
 
 /// Stops with an error on every rank unless every rank holds the same `what` (a digest of

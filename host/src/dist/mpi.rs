@@ -1,31 +1,36 @@
 //! [`Comm`] on MPI (the `mpi` crate over the system's MPI library, e.g. Open MPI).
 
-use std::ops::Add;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mpi::datatype::{Partition, PartitionMut};
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
-use mpi::{Count, Threading};
+use mpi::{ffi, Threading};
 
-use super::Comm;
+use super::ordered_sum::OrderedSum;
+use super::{Comm, Pending};
 use crate::error::{Error, Result};
 
-/// The job's world communicator. MPI is initialised with `MPI_THREAD_SERIALIZED`: the
+/// The job's communicators. MPI is initialised with `MPI_THREAD_SERIALIZED`: the
 /// executor reduces gradients from one of its worker threads, never two at once.
 pub(super) struct MpiComm {
     /// Kept until [`Comm::finish`]: dropping the universe calls `MPI_Finalize`.
     universe: Mutex<Option<Universe>>,
-    world: Mutex<Raw>,
+    comms: Mutex<Comms>,
     rank: usize,
     size: usize,
-    /// Nanoseconds spent in `sum_f32`.
+    /// Nanoseconds spent in `sum_f32` and in starting, advancing and waiting for
+    /// background sums.
     reducing: AtomicU64,
     /// Nanoseconds spent in `send_f32` and `recv_f32`.
     linking: AtomicU64,
+    /// Background sums started; all-gathers of background sums started; background sums
+    /// seen done by a poll (while the executor computed) rather than waited for.
+    started: AtomicU64,
+    gathers: AtomicU64,
+    hidden: AtomicU64,
     watch: Arc<Watch>,
 }
 
@@ -36,12 +41,36 @@ struct Watch {
     since: AtomicU64,
 }
 
-/// The world communicator, movable between threads.
-struct Raw(SimpleCommunicator);
+/// The world communicator, for every blocking call, and two duplicates of it for the
+/// background gradient sums ([`Comm::start_sum_f32`]): one for their all-to-alls, one for
+/// their all-gathers. Collectives on one communicator must start in the same order on
+/// every rank; a background sum starts its all-gather whenever its all-to-all is seen to
+/// complete, which differs between ranks, so neither phase may share a communicator
+/// with the other or with the blocking calls.
+struct Comms {
+    world: SimpleCommunicator,
+    scatter: SimpleCommunicator,
+    gather: SimpleCommunicator,
+}
 
 // SAFETY: MPI was initialised with MPI_THREAD_SERIALIZED, which allows calls from any
-// thread as long as no two run at once; every use goes through `MpiComm::world`'s mutex.
-unsafe impl Send for Raw {}
+// thread as long as no two run at once; every use goes through `MpiComm::comms`'s mutex.
+unsafe impl Send for Comms {}
+
+/// Which communicators an [`OrderedSum`] runs on.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Lane {
+    /// The world's (a blocking sum: both phases in program order).
+    World,
+    /// The background sums' own pair.
+    Background,
+}
+
+/// The raw communicators of a [`Lane`]'s two phases.
+pub(super) struct LaneComms {
+    pub(super) scatter: ffi::MPI_Comm,
+    pub(super) gather: ffi::MPI_Comm,
+}
 
 impl std::fmt::Debug for MpiComm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,58 +89,93 @@ impl MpiComm {
         }
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
+        let (scatter, gather) = (world.duplicate(), world.duplicate());
         let watch = Arc::new(Watch { t0: Instant::now(), since: AtomicU64::new(0) });
         if let Some(limit) = timeout()? {
             watchdog(watch.clone(), limit, rank, size);
         }
         Ok(MpiComm {
             universe: Mutex::new(Some(universe)),
-            world: Mutex::new(Raw(world)),
+            comms: Mutex::new(Comms { world, scatter, gather }),
             rank,
             size,
             reducing: AtomicU64::new(0),
             linking: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            gathers: AtomicU64::new(0),
+            hidden: AtomicU64::new(0),
             watch,
         })
     }
 
+    /// Runs `f` on the world communicator (no other MPI call runs meanwhile).
     fn with<T>(&self, f: impl FnOnce(&SimpleCommunicator) -> T) -> T {
-        let w = self.world.lock().unwrap_or_else(|e| e.into_inner());
+        self.locked(|c| f(&c.world))
+    }
+
+    /// Runs `f` on `lane`'s communicators (no other MPI call runs meanwhile).
+    pub(super) fn with_lane<T>(&self, lane: Lane, f: impl FnOnce(&LaneComms) -> T) -> T {
+        self.locked(|c| {
+            let (s, g) = match lane {
+                Lane::World => (&c.world, &c.world),
+                Lane::Background => (&c.scatter, &c.gather),
+            };
+            f(&LaneComms { scatter: s.as_raw(), gather: g.as_raw() })
+        })
+    }
+
+    /// Runs `f` holding the lock, with the watchdog told that this process is inside MPI.
+    fn locked<T>(&self, f: impl FnOnce(&Comms) -> T) -> T {
+        let c = self.comms.lock().unwrap_or_else(|e| e.into_inner());
         let since = self.watch.t0.elapsed().as_nanos() as u64 + 1;
         self.watch.since.store(since, Ordering::Relaxed);
-        let r = f(&w.0);
+        let r = f(&c);
         self.watch.since.store(0, Ordering::Relaxed);
         r
     }
 
-    /// The rank-order sum of [`Comm::sum_f32`]: rank s receives segment s of every rank's
-    /// buffer (all-to-all), adds them in rank order, and every rank gathers the summed
-    /// segments. Only data moves through MPI, so the bits do not depend on its algorithms.
-    fn ordered_sum<T: Equivalence + Copy + Default + Add<Output = T>>(&self, buf: &mut [T]) {
-        let (n, me, len) = (self.size, self.rank, buf.len());
-        let count = |v: usize| Count::try_from(v).expect("a reduction of more than 2^31 values");
-        let start = |s: usize| len * s / n;
-        let counts: Vec<Count> = (0..n).map(|s| count(start(s + 1) - start(s))).collect();
-        let displs: Vec<Count> = (0..n).map(|s| count(start(s))).collect();
-        let mine = start(me + 1) - start(me);
-        let mut parts = vec![T::default(); mine * n];
-        let part_counts = vec![count(mine); n];
-        let part_displs: Vec<Count> = (0..n).map(|r| count(r * mine)).collect();
-        self.with(|w| {
-            let send = Partition::new(&*buf, &counts[..], &displs[..]);
-            let mut recv = PartitionMut::new(&mut parts[..], &part_counts[..], &part_displs[..]);
-            w.all_to_all_varcount_into(&send, &mut recv);
-        });
-        let mut sum = parts[..mine].to_vec();
-        for r in 1..n {
-            for (s, &v) in sum.iter_mut().zip(&parts[r * mine..(r + 1) * mine]) {
-                *s = *s + v;
-            }
+    /// The place of a sum starting on `lane` among the background sums.
+    pub(super) fn background_seq(&self, lane: Lane) -> Option<u64> {
+        matches!(lane, Lane::Background).then(|| self.started.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Background sum `seq` starts its all-gather: every earlier one must have started
+    /// its own (else the ranks could start them in different orders and mismatch them).
+    pub(super) fn gather_turn(&self, seq: u64) {
+        let turn = self.gathers.fetch_add(1, Ordering::Relaxed);
+        if turn != seq {
+            eprintln!(
+                "hpff: internal error (rank {} of {}): background sum {seq} advanced before sum {turn}; ending the job",
+                self.rank, self.size
+            );
+            self.abort(70);
         }
-        self.with(|w| {
-            let mut all = PartitionMut::new(buf, &counts[..], &displs[..]);
-            w.all_gather_varcount_into(&sum[..], &mut all);
-        });
+    }
+
+    /// Adds the time since `t` to the reduction time.
+    fn reduced_since(&self, t: Instant) {
+        self.reducing.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A background gradient sum ([`Comm::start_sum_f32`]) on MPI.
+struct Background(OrderedSum<'static, f32>);
+
+impl Pending for Background {
+    fn poll(&mut self) -> bool {
+        let t = Instant::now();
+        let done = self.0.poll();
+        let comm = self.0.comm();
+        comm.reduced_since(t);
+        if done {
+            comm.hidden.fetch_add(1, Ordering::Relaxed);
+        }
+        done
+    }
+    fn wait(&mut self) {
+        let t = Instant::now();
+        self.0.wait();
+        self.0.comm().reduced_since(t);
     }
 }
 
@@ -124,11 +188,22 @@ impl Comm for MpiComm {
     }
     fn sum_f32(&self, buf: &mut [f32]) {
         let t = Instant::now();
-        self.ordered_sum(buf);
-        self.reducing.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        // SAFETY: `buf` is borrowed until the sum is done (it is waited for here).
+        unsafe { OrderedSum::start(self, Lane::World, buf.as_mut_ptr(), buf.len()) }.wait();
+        self.reduced_since(t);
     }
     fn sum_f64(&self, buf: &mut [f64]) {
-        self.ordered_sum(buf)
+        // SAFETY: as in `sum_f32`.
+        unsafe { OrderedSum::start(self, Lane::World, buf.as_mut_ptr(), buf.len()) }.wait();
+    }
+    unsafe fn start_sum_f32(&'static self, buf: *mut f32, len: usize) -> Box<dyn Pending> {
+        let t = Instant::now();
+        // SAFETY: the caller keeps the `len` values at `buf` to the sum until it is done
+        // (this method's contract), and every rank starts its background sums in the
+        // same order (the plan's order of module updates).
+        let sum = unsafe { OrderedSum::start(self, Lane::Background, buf, len) };
+        self.reduced_since(t);
+        Box::new(Background(sum))
     }
     fn broadcast_f32(&self, buf: &mut [f32]) {
         self.with(|w| w.process_at_rank(0).broadcast_into(buf));
@@ -163,6 +238,9 @@ impl Comm for MpiComm {
     }
     fn link_time(&self) -> Duration {
         Duration::from_nanos(self.linking.load(Ordering::Relaxed))
+    }
+    fn background_sums(&self) -> (u64, u64) {
+        (self.started.load(Ordering::Relaxed), self.hidden.load(Ordering::Relaxed))
     }
     fn abort(&self, code: i32) -> ! {
         // No lock: a thread that panicked while holding it must still end the job.
