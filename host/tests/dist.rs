@@ -21,6 +21,7 @@ use hpff_core::exec::{Executor, Region, StepInput};
 use hpff_core::optim::sgd_step;
 use hpff_core::plan::Plan;
 use hpff_core::rng::Rng;
+use support::same_bits;
 
 /// Every method, with HPFF on the method it is defined for.
 const METHODS: [(MethodName, bool); 5] = [
@@ -279,13 +280,6 @@ fn sync_bn_matches_one_process(comm: &'static dyn Comm, method: MethodName, hpff
         let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst <= 1e-5, "{what}: the {name} after 3 steps differ from one process's by up to {worst:e}");
     }
-}
-
-#[track_caller]
-fn same_bits(got: &[f32], want: &[f32], what: &str) {
-    let differ = got.iter().zip(want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(differ == 0, "{what}: {differ} of {} values differ (max |Δ| {worst:e})", got.len());
 }
 
 // ---------------------------------------------------------------- around the MPI job

@@ -1,4 +1,5 @@
-//! Writers of tiny dataset files in every format `hpff` reads, for the CLI tests.
+//! Writers of tiny dataset files in every format `hpff` reads, for the CLI tests, and
+//! a bitwise comparison.
 #![allow(dead_code)] // shared by several test crates, each using some of it
 
 use std::io::Write;
@@ -145,4 +146,13 @@ pub fn folder(root: &Path, classes: usize, per_class: usize, side: u32) {
             }
         }
     }
+}
+
+/// Fails unless `got` and `want` hold the same bits.
+#[track_caller]
+pub fn same_bits(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let differ = got.iter().zip(want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(differ == 0, "{what}: {differ} of {} values differ (max |Δ| {worst:e})", got.len());
 }
