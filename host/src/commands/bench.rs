@@ -240,9 +240,11 @@ pub fn bench(
             );
         } else if procs > 1 {
             println!(
-                "  {procs} processes: gradient all-reduce {:.4} s/step ({:.1}% of the step)",
+                "  {procs} processes: gradient all-reduce {:.4} s/step ({:.1}% of the step, waiting included); {} of {} module sums finished while later modules computed",
                 reduce_s,
-                100.0 * reduce_s / train_s
+                100.0 * reduce_s / train_s,
+                hidden,
+                started
             );
         }
         println!(

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
-use mpi::{ffi, Threading};
+use mpi::Threading;
 
-use super::ordered_sum::OrderedSum;
+use super::ordered_sum::{Channels, Lane, LaneComms, OrderedSum};
 use super::{Comm, Pending};
 use crate::error::{Error, Result};
 
@@ -57,21 +57,6 @@ struct Comms {
 // thread as long as no two run at once; every use goes through `MpiComm::comms`'s mutex.
 unsafe impl Send for Comms {}
 
-/// Which communicators an [`OrderedSum`] runs on.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Lane {
-    /// The world's (a blocking sum: both phases in program order).
-    World,
-    /// The background sums' own pair.
-    Background,
-}
-
-/// The raw communicators of a [`Lane`]'s two phases.
-pub(super) struct LaneComms {
-    pub(super) scatter: ffi::MPI_Comm,
-    pub(super) gather: ffi::MPI_Comm,
-}
-
 impl std::fmt::Debug for MpiComm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "MpiComm {{ rank: {}, size: {} }}", self.rank, self.size)
@@ -113,17 +98,6 @@ impl MpiComm {
         self.locked(|c| f(&c.world))
     }
 
-    /// Runs `f` on `lane`'s communicators (no other MPI call runs meanwhile).
-    pub(super) fn with_lane<T>(&self, lane: Lane, f: impl FnOnce(&LaneComms) -> T) -> T {
-        self.locked(|c| {
-            let (s, g) = match lane {
-                Lane::World => (&c.world, &c.world),
-                Lane::Background => (&c.scatter, &c.gather),
-            };
-            f(&LaneComms { scatter: s.as_raw(), gather: g.as_raw() })
-        })
-    }
-
     /// Runs `f` holding the lock, with the watchdog told that this process is inside MPI.
     fn locked<T>(&self, f: impl FnOnce(&Comms) -> T) -> T {
         let c = self.comms.lock().unwrap_or_else(|e| e.into_inner());
@@ -134,14 +108,28 @@ impl MpiComm {
         r
     }
 
-    /// The place of a sum starting on `lane` among the background sums.
-    pub(super) fn background_seq(&self, lane: Lane) -> Option<u64> {
+    /// Adds the time since `t` to the reduction time.
+    fn reduced_since(&self, t: Instant) {
+        self.reducing.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Channels for MpiComm {
+    fn with_lane<T>(&self, lane: Lane, f: impl FnOnce(&LaneComms) -> T) -> T {
+        self.locked(|c| {
+            let (s, g) = match lane {
+                Lane::World => (&c.world, &c.world),
+                Lane::Background => (&c.scatter, &c.gather),
+            };
+            f(&LaneComms { scatter: s.as_raw(), gather: g.as_raw() })
+        })
+    }
+
+    fn background_seq(&self, lane: Lane) -> Option<u64> {
         matches!(lane, Lane::Background).then(|| self.started.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Background sum `seq` starts its all-gather: every earlier one must have started
-    /// its own (else the ranks could start them in different orders and mismatch them).
-    pub(super) fn gather_turn(&self, seq: u64) {
+    fn gather_turn(&self, seq: u64) {
         let turn = self.gathers.fetch_add(1, Ordering::Relaxed);
         if turn != seq {
             eprintln!(
@@ -151,15 +139,10 @@ impl MpiComm {
             self.abort(70);
         }
     }
-
-    /// Adds the time since `t` to the reduction time.
-    fn reduced_since(&self, t: Instant) {
-        self.reducing.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    }
 }
 
 /// A background gradient sum ([`Comm::start_sum_f32`]) on MPI.
-struct Background(OrderedSum<'static, f32>);
+struct Background(OrderedSum<'static, MpiComm, f32>);
 
 impl Pending for Background {
     fn poll(&mut self) -> bool {

@@ -15,8 +15,35 @@ use mpi::ffi;
 use mpi::traits::*;
 use mpi::Count;
 
-use super::mpi::{Lane, MpiComm};
 use super::Comm;
+
+/// Which communicators an [`OrderedSum`] runs on.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Lane {
+    /// The world's (a blocking sum: both phases in program order).
+    World,
+    /// The background sums' own pair.
+    Background,
+}
+
+/// The raw communicators of a [`Lane`]'s two phases.
+pub(super) struct LaneComms {
+    pub(super) scatter: ffi::MPI_Comm,
+    pub(super) gather: ffi::MPI_Comm,
+}
+
+/// What an [`OrderedSum`] needs of the communicator it runs on.
+pub(super) trait Channels: Comm {
+    /// Runs `f` on `lane`'s communicators, no other MPI call running meanwhile (and
+    /// the watchdog told that this process is inside MPI).
+    fn with_lane<R>(&self, lane: Lane, f: impl FnOnce(&LaneComms) -> R) -> R;
+    /// The place of a sum starting on `lane` among the background sums (`None` on the
+    /// world's lane).
+    fn background_seq(&self, lane: Lane) -> Option<u64>;
+    /// Background sum `seq` starts its all-gather: every earlier one must have started
+    /// its own (else the ranks could start them in different orders and mismatch them).
+    fn gather_turn(&self, seq: u64);
+}
 
 /// Where an [`OrderedSum`] stands.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -29,8 +56,8 @@ enum Phase {
 }
 
 /// One rank-order sum in flight over `len` values at `buf`.
-pub(super) struct OrderedSum<'c, T> {
-    comm: &'c MpiComm,
+pub(super) struct OrderedSum<'c, C: Channels, T> {
+    comm: &'c C,
     lane: Lane,
     buf: *mut T,
     /// Segment s of `buf`: `counts[s]` values from `displs[s]` (MPI reads these arrays
@@ -49,21 +76,21 @@ pub(super) struct OrderedSum<'c, T> {
     seq: Option<u64>,
 }
 
-// SAFETY: the raw request and buffer pointer are only used through `MpiComm::with`, which
+// SAFETY: the raw request and buffer pointer are only used through `Channels::with_lane`, which
 // serialises every MPI call of the process (MPI_THREAD_SERIALIZED); `buf` is owned by the
 // reduction until it is done (the contract of `OrderedSum::start`).
-unsafe impl<T: Send> Send for OrderedSum<'_, T> {}
+unsafe impl<C: Channels, T: Send> Send for OrderedSum<'_, C, T> {}
 // SAFETY: nothing is reachable through a shared reference but `comm` (itself Sync).
-unsafe impl<T: Sync> Sync for OrderedSum<'_, T> {}
+unsafe impl<C: Channels, T: Sync> Sync for OrderedSum<'_, C, T> {}
 
-impl<'c, T: Equivalence + Copy + Default + Add<Output = T>> OrderedSum<'c, T> {
+impl<'c, C: Channels, T: Equivalence + Copy + Default + Add<Output = T>> OrderedSum<'c, C, T> {
     /// Starts the sum of the `len` values at `buf` on `lane`'s communicators.
     ///
     /// # Safety
     /// The `len` values at `buf` stay valid, and nothing else reads or writes them,
     /// until [`OrderedSum::poll`] has returned true or [`OrderedSum::wait`] has returned
     /// (or the process ends). Every rank starts its sums in the same order.
-    pub(super) unsafe fn start(comm: &'c MpiComm, lane: Lane, buf: *mut T, len: usize) -> Self {
+    pub(super) unsafe fn start(comm: &'c C, lane: Lane, buf: *mut T, len: usize) -> Self {
         let n = comm.size();
         let count = |v: usize| Count::try_from(v).expect("a reduction of more than 2^31 values");
         let at = |s: usize| len * s / n;
@@ -106,7 +133,7 @@ impl<'c, T: Equivalence + Copy + Default + Add<Output = T>> OrderedSum<'c, T> {
         s
     }
 
-    pub(super) fn comm(&self) -> &'c MpiComm {
+    pub(super) fn comm(&self) -> &'c C {
         self.comm
     }
 
@@ -187,7 +214,7 @@ impl<'c, T: Equivalence + Copy + Default + Add<Output = T>> OrderedSum<'c, T> {
     }
 }
 
-impl<T> Drop for OrderedSum<'_, T> {
+impl<C: Channels, T> Drop for OrderedSum<'_, C, T> {
     /// MPI writes into `parts` and `buf` until the request in flight completes: a sum
     /// dropped before it is done (an error ending the step) waits for that request. (It
     /// starts no all-gather: the job is ending, and the watchdog ends ranks that wait for it.)
