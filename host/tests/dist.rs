@@ -13,15 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hpff::config::{Config, DatasetName, MethodName, Shape};
+use hpff::config::MethodName;
 use hpff::cpu::CpuExecutor;
 use hpff::device::Snapshot;
 use hpff::dist::Comm;
 use hpff_core::exec::{Executor, Region, StepInput};
 use hpff_core::optim::sgd_step;
-use hpff_core::plan::Plan;
 use hpff_core::rng::Rng;
-use support::same_bits;
+use support::{holds, same_bits, small_plan};
 
 /// Every method, with HPFF on the method it is defined for.
 const METHODS: [(MethodName, bool); 5] = [
@@ -164,22 +163,6 @@ fn background_sums_finish_by_polling(comm: &'static dyn Comm) {
     }
 }
 
-fn plan_for(method: MethodName, hpff: bool, batch: usize) -> (hpff::config::Setup, Plan) {
-    let c = Config {
-        dataset: Some(DatasetName::Folder),
-        arch: Some("resnet8".into()),
-        width: Some(4),
-        method: Some(method),
-        hpff: Some(hpff),
-        k: Some(3),
-        lr: Some(0.05),
-        ..Config::default()
-    };
-    let setup = c.setup(Shape { c: 1, image: 16, classes: 4 }).unwrap();
-    let plan = setup.plan(batch).unwrap();
-    (setup, plan)
-}
-
 /// Three steps on `comm` at a global batch of 4 images per rank: after each, the
 /// executor's gradients are bit for bit the rank-order mean of the gradients each rank's
 /// images give alone (recomputed here by one-process executors), and its parameters and
@@ -187,7 +170,7 @@ fn plan_for(method: MethodName, hpff: bool, batch: usize) -> (hpff::config::Setu
 /// parameters.
 fn steps_average_gradients_exactly(comm: &'static dyn Comm, method: MethodName, hpff: bool) {
     let (n, local) = (comm.size(), 4);
-    let (setup, plan) = plan_for(method, hpff, local);
+    let (setup, plan) = small_plan(method, hpff, local);
     let what = format!("{method:?}{} at -np {n}", if hpff { "+HPFF" } else { "" });
     let init = Snapshot::init(&plan, &mut Rng::new(11));
     let mut job = CpuExecutor::new(&plan, 1).with_comm(Some(comm));
@@ -226,13 +209,7 @@ fn steps_average_gradients_exactly(comm: &'static dyn Comm, method: MethodName, 
         }
         mean.iter_mut().for_each(|m| *m /= n as f32);
         sgd_step(&setup.sgd, lr, &mut params, &mean, &mut momentum);
-        let mut got = vec![0f32; plan.params];
-        job.download(Region::Grads, 0, &mut got).unwrap();
-        same_bits(&got, &mean, &format!("{what}: the averaged gradients of step {step}"));
-        job.download(Region::Params, 0, &mut got).unwrap();
-        same_bits(&got, &params, &format!("{what}: the parameters after step {step}"));
-        job.download(Region::Momentum, 0, &mut got).unwrap();
-        same_bits(&got, &momentum, &format!("{what}: the momentum after step {step}"));
+        holds(&mut job, &mean, &params, &momentum, &what, step);
     }
     let mut mine = vec![0f32; plan.params];
     job.download(Region::Params, 0, &mut mine).unwrap();
@@ -248,8 +225,8 @@ fn steps_average_gradients_exactly(comm: &'static dyn Comm, method: MethodName, 
 /// parameter), BN running statistics included.
 fn sync_bn_matches_one_process(comm: &'static dyn Comm, method: MethodName, hpff: bool) {
     let (n, local) = (comm.size(), 4);
-    let (setup, plan) = plan_for(method, hpff, local);
-    let (_, whole) = plan_for(method, hpff, local * n);
+    let (setup, plan) = small_plan(method, hpff, local);
+    let (_, whole) = small_plan(method, hpff, local * n);
     let what = format!("--sync-bn {method:?}{} at -np {n}", if hpff { "+HPFF" } else { "" });
     let init = Snapshot::init(&plan, &mut Rng::new(13));
     let mut job = CpuExecutor::new(&plan, 1).with_comm(Some(comm)).with_sync_bn(true);

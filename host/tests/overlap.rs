@@ -9,14 +9,14 @@ mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hpff::config::{Config, DatasetName, MethodName, Shape};
+use hpff::config::MethodName;
 use hpff::cpu::CpuExecutor;
 use hpff::device::Snapshot;
 use hpff::dist::{Comm, Pending};
 use hpff_core::exec::{Executor, Region, StepInput};
 use hpff_core::optim::sgd_step;
 use hpff_core::rng::Rng;
-use support::same_bits;
+use support::{holds, small_plan};
 
 /// Rank 0 of two, whose partner's gradients are `other` everywhere; a background sum
 /// finishes on its `lag + 1`-th poll (or when waited for).
@@ -114,18 +114,7 @@ impl Comm for Pretend {
 /// on the average; returns the plan's module count, how many sums started and how many
 /// a poll saw finish.
 fn updates_wait_for_their_sums(method: MethodName, hpff: bool, lag: u64) -> (u64, u64, u64) {
-    let c = Config {
-        dataset: Some(DatasetName::Folder),
-        arch: Some("resnet8".into()),
-        width: Some(4),
-        method: Some(method),
-        hpff: Some(hpff),
-        k: Some(3),
-        lr: Some(0.05),
-        ..Config::default()
-    };
-    let setup = c.setup(Shape { c: 1, image: 16, classes: 4 }).unwrap();
-    let plan = setup.plan(4).unwrap();
+    let (setup, plan) = small_plan(method, hpff, 4);
     let comm: &'static Pretend =
         Box::leak(Box::new(Pretend { other: 0.25, lag, started: AtomicU64::new(0), hidden: AtomicU64::new(0) }));
     let init = Snapshot::init(&plan, &mut Rng::new(3));
@@ -147,13 +136,7 @@ fn updates_wait_for_their_sums(method: MethodName, hpff: bool, lag: u64) -> (u64
         alone.download(Region::Grads, 0, &mut mean).unwrap();
         mean.iter_mut().for_each(|g| *g = (*g + comm.other) / 2.0);
         sgd_step(&setup.sgd, 0.05, &mut params, &mean, &mut momentum);
-        let mut got = vec![0f32; plan.params];
-        job.download(Region::Grads, 0, &mut got).unwrap();
-        same_bits(&got, &mean, &format!("{what}: the averaged gradients of step {step}"));
-        job.download(Region::Params, 0, &mut got).unwrap();
-        same_bits(&got, &params, &format!("{what}: the parameters after step {step}"));
-        job.download(Region::Momentum, 0, &mut got).unwrap();
-        same_bits(&got, &momentum, &format!("{what}: the momentum after step {step}"));
+        holds(&mut job, &mean, &params, &momentum, &what, step);
     }
     let (started, hidden) = comm.background_sums();
     (plan.modules() as u64, started, hidden)

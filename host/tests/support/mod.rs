@@ -1,9 +1,13 @@
-//! Writers of tiny dataset files in every format `hpff` reads, for the CLI tests, and
-//! a bitwise comparison.
+//! Writers of tiny dataset files in every format `hpff` reads, for the CLI tests; a
+//! small plan and a bitwise comparison, for the executor tests.
 #![allow(dead_code)] // shared by several test crates, each using some of it
 
 use std::io::Write;
 use std::path::Path;
+
+use hpff::config::{Config, DatasetName, MethodName, Setup, Shape};
+use hpff_core::exec::{Executor, Region};
+use hpff_core::plan::Plan;
 
 /// Deterministic pixel noise with a class-dependent offset.
 fn px(label: usize, i: usize, salt: usize) -> u8 {
@@ -155,4 +159,35 @@ pub fn same_bits(got: &[f32], want: &[f32], what: &str) {
     let differ = got.iter().zip(want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
     let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(differ == 0, "{what}: {differ} of {} values differ (max |Δ| {worst:e})", got.len());
+}
+
+/// `method` (with HPFF or not) on a 4-wide ResNet-8, K = 3, one 16×16 channel, 4 classes,
+/// lr 0.05: a plan of `batch` images that steps in milliseconds.
+pub fn small_plan(method: MethodName, hpff: bool, batch: usize) -> (Setup, Plan) {
+    let c = Config {
+        dataset: Some(DatasetName::Folder),
+        arch: Some("resnet8".into()),
+        width: Some(4),
+        method: Some(method),
+        hpff: Some(hpff),
+        k: Some(3),
+        lr: Some(0.05),
+        ..Config::default()
+    };
+    let setup = c.setup(Shape { c: 1, image: 16, classes: 4 }).unwrap();
+    let plan = setup.plan(batch).unwrap();
+    (setup, plan)
+}
+
+/// Fails unless `exec` holds `grads`, `params` and `momentum`, bit for bit, after step
+/// `step` (`what` names the run).
+#[track_caller]
+pub fn holds(exec: &mut impl Executor, grads: &[f32], params: &[f32], momentum: &[f32], what: &str, step: usize) {
+    let mut got = vec![0f32; params.len()];
+    exec.download(Region::Grads, 0, &mut got).unwrap();
+    same_bits(&got, grads, &format!("{what}: the averaged gradients of step {step}"));
+    exec.download(Region::Params, 0, &mut got).unwrap();
+    same_bits(&got, params, &format!("{what}: the parameters after step {step}"));
+    exec.download(Region::Momentum, 0, &mut got).unwrap();
+    same_bits(&got, momentum, &format!("{what}: the momentum after step {step}"));
 }
