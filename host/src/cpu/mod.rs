@@ -255,6 +255,8 @@ impl Executor for CpuExecutor {
         ctx.link = self.link;
         let Ok(()) = self.pool.install(|| {
             let done = dispatch::train_step(plan, &mut ctx);
+            // The step's gradient check has finished every sum already; this holds for
+            // any op stream: no background sum may outlive the step (it writes the arena).
             ctx.finish_updates();
             done
         });
