@@ -3,7 +3,12 @@
 //! 8-pixel vector (1×1, 2×2, 4×4, 3×5), odd channel counts, and batches whose images
 //! share one packing of the weights.
 
+use std::sync::Mutex;
+
 use hpff_core::ops::*;
+
+/// `limit_isa` sets one cap for the whole process: the tests that set it take turns.
+static ISA_CAP: Mutex<()> = Mutex::new(());
 fn rv(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
@@ -93,6 +98,7 @@ fn same_3x3_convs_match_float64() {
 /// The cap is global, but this file's other test gets correct results from either path.
 #[test]
 fn avx512_gives_the_avx2_bits() {
+    let _cap = ISA_CAP.lock().unwrap_or_else(|e| e.into_inner());
     if detected_isa() < Isa::Avx512 {
         println!("skipped: this CPU has no AVX-512F (detected {:?}); the wide path is untested here", detected_isa());
         return;
@@ -124,5 +130,80 @@ fn avx512_gives_the_avx2_bits() {
         let (narrow, wide) = (run(Some(Isa::Avx2)), run(None));
         assert!(narrow.0 == wide.0, "forward of {s:?}");
         assert!(narrow.1 == wide.1, "input gradient of {s:?}");
+    }
+}
+
+/// Eval's conv with its BN, residual and ReLU finished in the kernel's registers gives
+/// the bits of the ops one by one (conv, BN, add, ReLU), on every set this CPU runs and
+/// every shape of tile (16- and 32-wide rows, 8-wide pairs of rows, partial row ends, 7×7
+/// and maps narrower than a vector), with a NaN and signed zeros in the input; and says
+/// `false`, writing nothing, where the conv has no direct kernel.
+#[test]
+fn fused_eval_bn_gives_the_unfused_bits() {
+    let _cap = ISA_CAP.lock().unwrap_or_else(|e| e.into_inner());
+    let direct: &[Isa] = if cfg!(target_arch = "x86_64") { &[Isa::Avx2, Isa::Avx512] } else { &[Isa::Neon] };
+    let sets: Vec<Isa> = direct.iter().copied().filter(|&i| i <= detected_isa()).collect();
+    println!("sets tried: {sets:?} (detected {:?})", detected_isa());
+    for &(c_in, c_out, h, w, n) in &[
+        (3, 16, 32, 32, 2),
+        (16, 16, 32, 32, 3),
+        (16, 13, 16, 16, 3),
+        (6, 6, 8, 8, 3),
+        (7, 5, 5, 12, 3),
+        (7, 7, 7, 7, 3),
+        (5, 5, 4, 4, 2),
+        (2, 9, 3, 24, 2),
+        (3, 4, 5, 28, 2),
+        (2, 3, 3, 56, 2),
+    ] {
+        let s = Conv2d { c_in, c_out, h, w, k: 3, stride: 1, pad: 1, groups: 1 };
+        let mut x = rv(7, n * s.in_len());
+        (x[0], x[1], x[2]) = (f32::NAN, -0.0, 0.0);
+        let wt = rv(8, s.weight_len());
+        let (mean, gamma, beta, residual) = (rv(9, c_out), rv(10, c_out), rv(11, c_out), rv(12, n * s.out_len()));
+        let invstd: Vec<f32> = rv(13, c_out).iter().map(|v| 1.0 + v).collect();
+        let same = |a: &[f32], b: &[f32]| {
+            a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits() || (p.is_nan() && q.is_nan()))
+        };
+        for isa in sets.iter().copied().map(Some).chain([None]) {
+            limit_isa(isa);
+            let mut scratch = vec![f32::NAN; s.scratch_len()];
+            for (add, relu) in [(false, false), (false, true), (true, true), (true, false)] {
+                let tail = BnTail {
+                    mean: &mean,
+                    invstd: &invstd,
+                    gamma: &gamma,
+                    beta: &beta,
+                    residual: add.then_some(&residual[..]),
+                    relu,
+                };
+                let mut h_ = vec![f32::NAN; n * s.out_len()];
+                conv2d_forward(&s, n, &x, &wt, None, &mut h_, &mut scratch);
+                let bn = BatchNorm2d { c: c_out, hw: h * w };
+                let mut want = vec![f32::NAN; n * s.out_len()];
+                batchnorm_forward(&bn, n, &h_, &mean, &invstd, &gamma, &beta, &mut want);
+                if add {
+                    add_assign(&mut want, &residual);
+                }
+                if relu {
+                    relu_inplace(&mut want);
+                }
+                let mut y = vec![f32::NAN; n * s.out_len()];
+                assert!(conv2d_forward_bn(&s, n, Images::Apart(&x, &mut y), &wt, &tail, &mut scratch), "{s:?} direct");
+                assert!(same(&y, &want), "{s:?} add {add} relu {relu} on {isa:?}");
+                if c_in == c_out {
+                    let mut xy = x.clone();
+                    assert!(conv2d_forward_bn(&s, n, Images::InPlace(&mut xy), &wt, &tail, &mut scratch));
+                    assert!(same(&xy, &want), "{s:?} in place, add {add} relu {relu} on {isa:?}");
+                }
+            }
+        }
+        limit_isa(Some(Isa::Scalar));
+        let mut y = vec![1.5f32; n * s.out_len()];
+        let tail = BnTail { mean: &mean, invstd: &invstd, gamma: &gamma, beta: &beta, residual: None, relu: true };
+        let mut scratch = vec![f32::NAN; s.scratch_len()];
+        assert!(!conv2d_forward_bn(&s, n, Images::Apart(&x, &mut y), &wt, &tail, &mut scratch), "scalar: no direct");
+        assert!(y.iter().all(|&v| v == 1.5), "nothing written");
+        limit_isa(None);
     }
 }

@@ -203,3 +203,36 @@ fn unchained_neighbours_are_not_runs() {
     assert_eq!(runs(&chained[..2]), [(0, Run::ConvBnEval { conv, bn, then: None })]);
     assert_eq!(runs(&chained[..1]), []);
 }
+
+/// A run whose later op writes where an earlier one reads (not exactly on it) is not
+/// safe to run chunk by chunk: eval's bottleneck 1×1 conv whose BN output starts where
+/// its four times wider input does (ResNet-164) is such a run; every run of the basic
+/// blocks' plans is safe, so they keep their fused passes.
+#[test]
+fn runs_whose_chunks_could_overwrite_each_others_inputs_are_told() {
+    for (name, plan) in plans() {
+        for train in [true, false] {
+            let r = run(&plan, train, true);
+            let bad: Vec<_> = r.runs.iter().filter(|(_, run)| !run.chunk_safe()).collect();
+            assert!(bad.is_empty(), "{name}, train {train}: {bad:?}");
+        }
+    }
+    let arch = Arch::resnet(164, 3, 16, 10).unwrap();
+    let part = Partition::for_k(&arch, 1, TableKind::Reference).unwrap();
+    let plan = Plan::new(arch, part, Method::reference(Base::E2e, false), 4, [0.5; 4], [1.0; 4]).unwrap();
+    let r = run(&plan, false, true);
+    let unsafe_runs: Vec<&Run> = r.runs.iter().map(|(_, run)| run).filter(|run| !run.chunk_safe()).collect();
+    assert!(!unsafe_runs.is_empty(), "ResNet-164's eval has a BN output on part of its conv's input");
+    for run in unsafe_runs {
+        let Run::ConvBnEval { conv, bn, .. } = *run else { panic!("only eval's conv → BN: {run:?}") };
+        assert!(bn.y.overlaps(&conv.x) && bn.y != conv.x, "{run:?}");
+    }
+    // In place (exactly on the input) is safe.
+    let (Op::Conv(conv), Op::BnEval(bn)) = (ops_of(&plan, false)[0], ops_of(&plan, false)[1]) else {
+        panic!("the stem's conv and BN come first")
+    };
+    let on = op::BnEval { y: op::Buf { len: conv.x.len, ..conv.x }, ..bn };
+    assert!(Run::ConvBnEval { conv, bn: on, then: None }.chunk_safe());
+    let part_on = op::BnEval { y: op::Buf { off: conv.x.off + 1, ..on.y }, ..bn };
+    assert!(!Run::ConvBnEval { conv, bn: part_on, then: None }.chunk_safe());
+}

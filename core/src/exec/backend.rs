@@ -9,7 +9,7 @@
 //! A backend holds what a step reads besides the ops (its arena, the labels, the
 //! learning rate, where losses go); the methods take the op's own fields.
 
-use crate::plan::{op, Op};
+use crate::plan::{op, Access, Op};
 
 /// What a BN's output goes through next, when that op only transforms it: a fusing
 /// backend applies it to each image straight after the image's BN.
@@ -59,6 +59,38 @@ pub enum Run {
 }
 
 impl Run {
+    /// Whether the run may go chunk by chunk of images with chunks in parallel, as the
+    /// CPU executor runs it: no op of it writes where an earlier op of it reads, unless
+    /// exactly on that buffer (each image's value then replaces its own, after the
+    /// earlier op read it). Otherwise one chunk's write could land on another chunk's
+    /// input before that chunk read it: eval's plan puts a bottleneck's 1×1 conv → BN
+    /// output at the start of the conv's four times wider input, where the ops one by
+    /// one (the conv over the whole batch, then the BN) are right. A ReLU backward → BN
+    /// backward is always safe: the BN's input gradient needs the batch's sums, which
+    /// need every image's masked gradient, so every read of the ReLU's comes before the
+    /// first write of the BN's.
+    pub fn chunk_safe(&self) -> bool {
+        if let Run::ReluBackwardBn { .. } = self {
+            return true;
+        }
+        let (ops, len) = self.ops();
+        let ops = &ops[..len];
+        let mut safe = true;
+        for (j, later) in ops.iter().enumerate() {
+            later.for_each_buf(|_, access, written| {
+                if access == Access::Read {
+                    return;
+                }
+                for earlier in &ops[..j] {
+                    earlier.for_each_buf(|_, a, read| {
+                        safe &= a == Access::Write || read == written || !read.overlaps(&written);
+                    });
+                }
+            });
+        }
+        safe
+    }
+
     /// The run's ops in order, and how many there are.
     pub fn ops(&self) -> ([Op; 3], usize) {
         let none = Op::BeginStep;

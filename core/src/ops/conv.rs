@@ -14,6 +14,7 @@ use core::mem::MaybeUninit;
 
 use super::conv_layout::copy_short;
 use super::conv_shape::{Conv2d, COL_BLOCK};
+use super::conv_tail::{BnTail, Images};
 use super::gemm::{sgemm_packed_b, PackB, PANEL_NR};
 use super::{fold_lanes, sgemm, sgemm_strided_batch, sum_lanes};
 #[cfg(target_arch = "x86_64")]
@@ -375,6 +376,30 @@ fn each_group(s: &Conv2d, n: usize, mut f: impl FnMut(&Conv2d, usize, usize)) {
     }
 }
 
+/// Eval's forward of `n` images of a bias-free convolution with the BN after it (and the
+/// residual and ReLU of `tail`) finished in the kernel's registers: `y = tail(conv(x,
+/// w))`, the bits of [`conv2d_forward`], [`super::batchnorm_forward`], [`super::add_assign`]
+/// and [`super::relu_inplace`] one after the other, without the conv's own output; `io`
+/// may hold `y` in the place of `x` ([`Images::InPlace`]). Only where the conv runs the
+/// direct kernels; returns `false` (and writes nothing) for any other, which the caller
+/// runs op by op.
+pub fn conv2d_forward_bn(s: &Conv2d, n: usize, io: Images, w: &[f32], tail: &BnTail, scratch: &mut [f32]) -> bool {
+    if !s.runs_direct() {
+        return false;
+    }
+    let c = s.c_out;
+    assert!(tail.mean.len() >= c && tail.invstd.len() >= c && tail.gamma.len() >= c && tail.beta.len() >= c);
+    assert!(tail.residual.is_none_or(|r| r.len() >= n * s.out_len()), "residual shorter than the output");
+    // SAFETY: runs_direct checked the CPU runs the direct kernels (AVX2 and FMA, or NEON).
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
+    unsafe {
+        super::conv_direct::forward(s, n, io, w, scratch, *tail)
+    }
+    #[cfg(not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"))))]
+    let _ = (io, w, scratch);
+    true
+}
+
 /// Forward convolution of `n` images, `y = conv(x, w) + bias` (overwrites `y`).
 /// `scratch` holds at least [`Conv2d::scratch_len`] floats.
 pub fn conv2d_forward(
@@ -400,7 +425,7 @@ pub fn conv2d_forward(
         // SAFETY: runs_direct checked the CPU runs the direct kernels (AVX2 and FMA, or NEON).
         #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
         unsafe {
-            super::conv_direct::forward(s, n, x, w, y, scratch)
+            super::conv_direct::forward(s, n, Images::Apart(x, y), w, scratch, super::conv_tail::Sums)
         }
     }
     if s.direct() {

@@ -27,15 +27,14 @@
 //! unchanged; the input gradient is the convolution of the padded `dy` with the weights
 //! transposed and flipped, one chain over (co, kh', kw') with `kh' = k − 1 − kh`.
 
+use super::conv_lanes::Lanes;
 #[cfg(target_arch = "aarch64")]
-use core::arch::aarch64::*;
+use super::conv_lanes::Neon;
 #[cfg(target_arch = "x86_64")]
-use core::arch::x86_64::*;
-
-#[cfg(target_arch = "aarch64")]
-use super::conv_layout::Pair;
+use super::conv_lanes::{Ymm, Zmm, ZmmRows};
 use super::conv_layout::{packed_len, PaddedPlanes, DIRECT_K, LANES, TILE_ROWS};
 use super::conv_shape::Conv2d;
+use super::conv_tail::{Finish, Images, Sums};
 #[cfg(target_arch = "x86_64")]
 use super::isa::{cpu_isa, Isa};
 
@@ -75,168 +74,26 @@ fn pack_input_grad(s: &Conv2d, w: &[f32], out: &mut [f32]) {
     }
 }
 
-/// The registers of one instruction set as the tile uses them. The methods are
-/// `#[inline(always)]` and only called from the `#[target_feature]` functions
-/// [`direct_image`] and [`direct_image_512`], so each tile is compiled with its set.
-trait Lanes {
-    type V: Copy;
-    /// Pixels per vector: one 8-pixel vector of a row, or two of one row.
-    const WIDTH: usize;
-    /// Vectors per tile: [`TILE_ROWS`] × `TILE_V` accumulators, `TILE_V` loaded vectors
-    /// and one broadcast fill the registers (16 ymm, 32 zmm).
-    const TILE_V: usize;
-    /// Rows per vector: 1, or 2 when a vector is two 8-pixel rows (8-wide maps).
-    const ROWS: usize = 1;
-    unsafe fn zero() -> Self::V;
-    /// The vector at `p` (with `ROWS` = 2: 8 floats at `p`, then 8 at `p + wp`); `n`: the
-    /// lanes the tile stores (a zmm reads only those, so a row's last vector stays in the
-    /// row's padded plane; the others read whole vectors, which their layouts hold).
-    unsafe fn load(p: *const f32, wp: usize, n: usize) -> Self::V;
-    unsafe fn splat(p: *const f32) -> Self::V;
-    /// `a · b + c`, one rounding.
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    /// Stores the first `n` (≤ `WIDTH`) lanes of `v` at `d`.
-    unsafe fn store(d: *mut f32, v: Self::V, n: usize);
-}
-
-#[cfg(target_arch = "x86_64")]
-struct Ymm;
-/// 16-pixel vectors of one row; `MASKED`: the row's last vector is partial and reads only
-/// its lanes (rows of an odd number of 8-pixel vectors, whose padded row ends 8 floats
-/// short of a whole zmm). A zero-masking load costs more than a plain one even with every
-/// lane set (16- and 32-wide maps lost 10–13 % with it), so whole rows keep plain loads.
-#[cfg(target_arch = "x86_64")]
-struct Zmm<const MASKED: bool>;
-
-// SAFETY (every method below): called only from functions compiled for the set, with
-// addresses the caller's contract covers.
-#[cfg(target_arch = "x86_64")]
-impl Lanes for Ymm {
-    type V = __m256;
-    const WIDTH: usize = LANES;
-    const TILE_V: usize = 2;
-    #[inline(always)]
-    unsafe fn zero() -> __m256 {
-        unsafe { _mm256_setzero_ps() }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32, _: usize, _: usize) -> __m256 {
-        unsafe { _mm256_loadu_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn splat(p: *const f32) -> __m256 {
-        unsafe { _mm256_broadcast_ss(&*p) }
-    }
-    #[inline(always)]
-    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
-        unsafe { _mm256_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn store(d: *mut f32, v: __m256, n: usize) {
-        unsafe {
-            if n == LANES {
-                _mm256_storeu_ps(d, v);
-            } else {
-                let mut tmp = [0.0f32; LANES];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), v);
-                core::ptr::copy_nonoverlapping(tmp.as_ptr(), d, n);
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl<const MASKED: bool> Lanes for Zmm<MASKED> {
-    type V = __m512;
-    const WIDTH: usize = 2 * LANES;
-    const TILE_V: usize = 4;
-    #[inline(always)]
-    unsafe fn zero() -> __m512 {
-        unsafe { _mm512_setzero_ps() }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32, _: usize, n: usize) -> __m512 {
-        unsafe {
-            if MASKED {
-                let mask: __mmask16 = if n >= 2 * LANES { 0xffff } else { (1u16 << n) - 1 };
-                _mm512_maskz_loadu_ps(mask, p)
-            } else {
-                _mm512_loadu_ps(p)
-            }
-        }
-    }
-    #[inline(always)]
-    unsafe fn splat(p: *const f32) -> __m512 {
-        unsafe { _mm512_set1_ps(*p) }
-    }
-    #[inline(always)]
-    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-        unsafe { _mm512_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn store(d: *mut f32, v: __m512, n: usize) {
-        let mask: __mmask16 = if n >= 2 * LANES { 0xffff } else { (1u16 << n) - 1 };
-        unsafe { _mm512_mask_storeu_ps(d, mask, v) }
-    }
-}
-
-/// 16-pixel vectors of two 8-pixel rows (8-wide maps): each tap vector is two 8-float
-/// loads from consecutive padded rows, joined (`vinsertf64x4`, AVX-512F); the output rows
-/// of 8 are contiguous, so a vector stores as one.
-#[cfg(target_arch = "x86_64")]
-struct ZmmRows;
-
-#[cfg(target_arch = "x86_64")]
-impl Lanes for ZmmRows {
-    type V = __m512;
-    const WIDTH: usize = 2 * LANES;
-    const TILE_V: usize = 4;
-    const ROWS: usize = 2;
-    #[inline(always)]
-    unsafe fn zero() -> __m512 {
-        unsafe { _mm512_setzero_ps() }
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32, wp: usize, _: usize) -> __m512 {
-        unsafe {
-            let lo = _mm512_castps256_ps512(_mm256_loadu_ps(p));
-            let hi = _mm256_castps_pd(_mm256_loadu_ps(p.add(wp)));
-            _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(lo), hi))
-        }
-    }
-    #[inline(always)]
-    unsafe fn splat(p: *const f32) -> __m512 {
-        unsafe { Zmm::<false>::splat(p) }
-    }
-    #[inline(always)]
-    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-        unsafe { Zmm::<false>::fma(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn store(d: *mut f32, v: __m512, n: usize) {
-        unsafe { Zmm::<false>::store(d, v, n) }
-    }
-}
-
 /// The direct convolution of one image: `out[o][p] = Σ_{c, kh, kw} A(o, c, kh·k + kw) ·
 /// padded[c][p + tap shift]` for all `rows` output planes (`h × w` each, overwritten),
-/// `A` packed by [`pack_forward`] or [`pack_input_grad`].
+/// `A` packed by [`pack_forward`] or [`pack_input_grad`], each sum finished by `fin`.
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA; `padded` holds `channels` planes of `g`, `out` holds
 /// `rows · h · w` floats and `packed` the packing of `rows × channels` weights.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn direct_image<const K: usize>(
+unsafe fn direct_image<const K: usize, F: Finish>(
     g: &PaddedPlanes,
     channels: usize,
     padded: &[f32],
     packed: &[f32],
     rows: usize,
     out: &mut [f32],
+    fin: F,
 ) {
     // SAFETY: forwarded contract.
-    unsafe { walk::<Ymm, K>(g, channels, padded, packed, rows, out) }
+    unsafe { walk::<Ymm, K, F>(g, channels, padded, packed, rows, out, fin) }
 }
 
 /// [`direct_image`] with 16-pixel vectors (two 8-pixel vectors of one row each) and a
@@ -247,22 +104,23 @@ unsafe fn direct_image<const K: usize>(
 /// As [`direct_image`]'s, and the CPU supports AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn direct_image_512<const K: usize>(
+unsafe fn direct_image_512<const K: usize, F: Finish>(
     g: &PaddedPlanes,
     channels: usize,
     padded: &[f32],
     packed: &[f32],
     rows: usize,
     out: &mut [f32],
+    fin: F,
 ) {
     // SAFETY: forwarded contract.
     unsafe {
         if g.w == LANES && g.h.is_multiple_of(2) {
-            walk::<ZmmRows, K>(g, channels, padded, packed, rows, out)
+            walk::<ZmmRows, K, F>(g, channels, padded, packed, rows, out, fin)
         } else if g.vectors_per_row.is_multiple_of(2) {
-            walk::<Zmm<false>, K>(g, channels, padded, packed, rows, out)
+            walk::<Zmm<false>, K, F>(g, channels, padded, packed, rows, out, fin)
         } else {
-            walk::<Zmm<true>, K>(g, channels, padded, packed, rows, out)
+            walk::<Zmm<true>, K, F>(g, channels, padded, packed, rows, out, fin)
         }
     }
 }
@@ -273,13 +131,14 @@ unsafe fn direct_image_512<const K: usize>(
 /// As [`direct_image`]'s; the caller is compiled for `L`'s set; a row holds whole
 /// `L::WIDTH`-pixel vectors of its 8-pixel ones.
 #[inline(always)]
-unsafe fn walk<L: Lanes, const K: usize>(
+unsafe fn walk<L: Lanes, const K: usize, F: Finish>(
     g: &PaddedPlanes,
     channels: usize,
     padded: &[f32],
     packed: &[f32],
     rows: usize,
     out: &mut [f32],
+    fin: F,
 ) {
     debug_assert!(padded.len() >= channels * g.plane_len() && out.len() >= rows * g.h * g.w);
     debug_assert!(packed.len() >= packed_len(rows, channels, K * K));
@@ -299,13 +158,16 @@ unsafe fn walk<L: Lanes, const K: usize>(
                 a,
                 src: [padded.as_ptr(); MAX_V],
                 dst: [out[o0 * hw..].as_mut_ptr(); MAX_V],
+                at: [o0 * hw; MAX_V],
                 lanes: [0; MAX_V],
                 out_row: hw,
+                o0,
             };
             for j in 0..nv {
                 let (oy, ox) = ((v0 + j) / per_row * L::ROWS, (v0 + j) % per_row * L::WIDTH);
                 t.src[j] = t.src[j].wrapping_add(oy * g.wp + ox);
                 t.dst[j] = t.dst[j].wrapping_add(oy * g.w + ox);
+                t.at[j] += oy * g.w + ox;
                 t.lanes[j] = if L::ROWS == 2 { L::WIDTH } else { L::WIDTH.min(g.w - ox) };
             }
             // SAFETY: the tile's loads stay inside `padded` (PaddedPlanes: every tap of a
@@ -314,30 +176,30 @@ unsafe fn walk<L: Lanes, const K: usize>(
             // its stores (`lanes` of each vector) inside rows o0..o0+r of `out`.
             unsafe {
                 match (r, nv) {
-                    (6, 4) => t.run::<L, K, 6, 4>(),
-                    (6, 3) => t.run::<L, K, 6, 3>(),
-                    (6, 2) => t.run::<L, K, 6, 2>(),
-                    (6, _) => t.run::<L, K, 6, 1>(),
-                    (5, 4) => t.run::<L, K, 5, 4>(),
-                    (5, 3) => t.run::<L, K, 5, 3>(),
-                    (5, 2) => t.run::<L, K, 5, 2>(),
-                    (5, _) => t.run::<L, K, 5, 1>(),
-                    (4, 4) => t.run::<L, K, 4, 4>(),
-                    (4, 3) => t.run::<L, K, 4, 3>(),
-                    (4, 2) => t.run::<L, K, 4, 2>(),
-                    (4, _) => t.run::<L, K, 4, 1>(),
-                    (3, 4) => t.run::<L, K, 3, 4>(),
-                    (3, 3) => t.run::<L, K, 3, 3>(),
-                    (3, 2) => t.run::<L, K, 3, 2>(),
-                    (3, _) => t.run::<L, K, 3, 1>(),
-                    (2, 4) => t.run::<L, K, 2, 4>(),
-                    (2, 3) => t.run::<L, K, 2, 3>(),
-                    (2, 2) => t.run::<L, K, 2, 2>(),
-                    (2, _) => t.run::<L, K, 2, 1>(),
-                    (_, 4) => t.run::<L, K, 1, 4>(),
-                    (_, 3) => t.run::<L, K, 1, 3>(),
-                    (_, 2) => t.run::<L, K, 1, 2>(),
-                    _ => t.run::<L, K, 1, 1>(),
+                    (6, 4) => t.run::<L, K, 6, 4, F>(fin),
+                    (6, 3) => t.run::<L, K, 6, 3, F>(fin),
+                    (6, 2) => t.run::<L, K, 6, 2, F>(fin),
+                    (6, _) => t.run::<L, K, 6, 1, F>(fin),
+                    (5, 4) => t.run::<L, K, 5, 4, F>(fin),
+                    (5, 3) => t.run::<L, K, 5, 3, F>(fin),
+                    (5, 2) => t.run::<L, K, 5, 2, F>(fin),
+                    (5, _) => t.run::<L, K, 5, 1, F>(fin),
+                    (4, 4) => t.run::<L, K, 4, 4, F>(fin),
+                    (4, 3) => t.run::<L, K, 4, 3, F>(fin),
+                    (4, 2) => t.run::<L, K, 4, 2, F>(fin),
+                    (4, _) => t.run::<L, K, 4, 1, F>(fin),
+                    (3, 4) => t.run::<L, K, 3, 4, F>(fin),
+                    (3, 3) => t.run::<L, K, 3, 3, F>(fin),
+                    (3, 2) => t.run::<L, K, 3, 2, F>(fin),
+                    (3, _) => t.run::<L, K, 3, 1, F>(fin),
+                    (2, 4) => t.run::<L, K, 2, 4, F>(fin),
+                    (2, 3) => t.run::<L, K, 2, 3, F>(fin),
+                    (2, 2) => t.run::<L, K, 2, 2, F>(fin),
+                    (2, _) => t.run::<L, K, 2, 1, F>(fin),
+                    (_, 4) => t.run::<L, K, 1, 4, F>(fin),
+                    (_, 3) => t.run::<L, K, 1, 3, F>(fin),
+                    (_, 2) => t.run::<L, K, 1, 2, F>(fin),
+                    _ => t.run::<L, K, 1, 1, F>(fin),
                 }
             }
         }
@@ -357,19 +219,23 @@ struct Tile {
     a: *const f32,
     /// Padded-plane address of each vector's tap (0, 0) in channel 0.
     src: [*const f32; MAX_V],
-    /// Output address of each vector in the tile's first plane.
+    /// Output address of each vector in the tile's first plane, and its offset in the
+    /// image's output.
     dst: [*mut f32; MAX_V],
+    at: [usize; MAX_V],
     /// Valid pixels of each vector (all but at the end of a row narrower than a vector).
     lanes: [usize; MAX_V],
     /// Floats between two output planes.
     out_row: usize,
+    /// The tile's first output plane.
+    o0: usize,
 }
 
 impl Tile {
     /// # Safety
     /// As [`walk`]'s, for this tile's `R` rows and `V` vectors.
     #[inline(always)]
-    unsafe fn run<L: Lanes, const K: usize, const R: usize, const V: usize>(&self) {
+    unsafe fn run<L: Lanes, const K: usize, const R: usize, const V: usize, F: Finish>(&self, fin: F) {
         // AVX2's 16 registers hold 2 vectors a tile (the match above also names wider
         // tiles, which its walk never forms).
         if V > L::TILE_V {
@@ -403,24 +269,36 @@ impl Tile {
                     L::store(self.dst[j].add(i * self.out_row), *v, self.lanes[j]);
                 }
             }
+            // The finish reads the tile back from L1 rather than taking the accumulators:
+            // its branches kept the compiler from holding them in registers (it stored
+            // every one after each FMA, half the speed).
+            if F::FINISHES {
+                for i in 0..R {
+                    for j in 0..V {
+                        let (d, at, n) =
+                            (self.dst[j].add(i * self.out_row), self.at[j] + i * self.out_row, self.lanes[j]);
+                        L::store(d, fin.apply::<L>(self.o0 + i, at, L::load_out(d, n), n), n);
+                    }
+                }
+            }
         }
     }
 }
 
-/// Forward of `n` images of a stride-1 "same" 3×3 convolution: `y = conv(x, w)`
-/// (overwrites); the weights are packed once for all of them.
+/// Forward of `n` images of a stride-1 "same" 3×3 convolution: `y = conv(x, w)`, each
+/// output finished by `fin` (overwrites; `y` may be `x` itself, see [`Images`]); the
+/// weights are packed once for all of them.
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn forward(s: &Conv2d, n: usize, x: &[f32], w: &[f32], y: &mut [f32], scratch: &mut [f32]) {
+pub(crate) unsafe fn forward<F: Finish>(s: &Conv2d, n: usize, io: Images, w: &[f32], scratch: &mut [f32], fin: F) {
     let wide = cpu_isa() == Isa::Avx512;
-    assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len());
+    assert!(io.fits(n, s.in_len(), s.out_len()));
+    let pack = |out: &mut [f32]| pack_forward(s, w, out);
     // SAFETY: forwarded contract; `wide` when the CPU has AVX-512F.
-    unsafe {
-        run_images(s, n, (s.c_in, x), (s.c_out, y), |out| pack_forward(s, w, out), w, scratch, x86_image(wide, s))
-    }
+    unsafe { run_images(s, n, (s.c_in, s.c_out), io, pack, (w, scratch), x86_image(wide, s), fin) }
 }
 
 /// Input gradient of `n` images of a stride-1 "same" 3×3 convolution (overwrites `dx`):
@@ -435,7 +313,7 @@ pub(crate) unsafe fn backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32],
     assert!(dy.len() >= n * s.out_len() && dx.len() >= n * s.in_len());
     let pack = |out: &mut [f32]| pack_input_grad(s, w, out);
     // SAFETY: forwarded contract; `wide` when the CPU has AVX-512F.
-    unsafe { run_images(s, n, (s.c_out, dy), (s.c_in, dx), pack, w, scratch, x86_image(wide, s)) }
+    unsafe { run_images(s, n, (s.c_out, s.c_in), Images::Apart(dy, dx), pack, (w, scratch), x86_image(wide, s), Sums) }
 }
 
 /// One image on x86: with 16-pixel vectors (`wide`, AVX-512F) where a row is whole pairs
@@ -448,16 +326,16 @@ pub(crate) unsafe fn backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32],
 /// [`direct_image`]'s.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn x86_image(wide: bool, s: &Conv2d) -> impl Fn(&PaddedPlanes, usize, &[f32], &[f32], usize, &mut [f32]) {
+fn x86_image<F: Finish>(wide: bool, s: &Conv2d) -> impl ImageConv<F> {
     let v = PaddedPlanes::of(s.h, s.w, s.pad).vectors_per_row;
     let wide = wide && (v.is_multiple_of(2) || (s.w == LANES && s.h.is_multiple_of(2)) || s.w > 2 * LANES);
-    move |g, channels, padded, packed, rows, out| {
+    move |g, channels, padded, packed, rows, out, fin| {
         // SAFETY: the caller's contract (see above).
         unsafe {
             if wide {
-                direct_image_512::<DIRECT_K>(g, channels, padded, packed, rows, out)
+                direct_image_512::<DIRECT_K, F>(g, channels, padded, packed, rows, out, fin)
             } else {
-                direct_image::<DIRECT_K>(g, channels, padded, packed, rows, out)
+                direct_image::<DIRECT_K, F>(g, channels, padded, packed, rows, out, fin)
             }
         }
     }
@@ -468,10 +346,11 @@ fn x86_image(wide: bool, s: &Conv2d) -> impl Fn(&PaddedPlanes, usize, &[f32], &[
 /// # Safety
 /// None beyond the slices' lengths (asserted); `unsafe` as on x86.
 #[cfg(target_arch = "aarch64")]
-pub(crate) unsafe fn forward(s: &Conv2d, n: usize, x: &[f32], w: &[f32], y: &mut [f32], scratch: &mut [f32]) {
-    assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len());
+pub(crate) unsafe fn forward<F: Finish>(s: &Conv2d, n: usize, io: Images, w: &[f32], scratch: &mut [f32], fin: F) {
+    assert!(io.fits(n, s.in_len(), s.out_len()));
+    let pack = |out: &mut [f32]| pack_forward(s, w, out);
     // SAFETY: NEON is part of every aarch64 CPU this crate builds for.
-    unsafe { run_images(s, n, (s.c_in, x), (s.c_out, y), |out| pack_forward(s, w, out), w, scratch, neon_image) }
+    unsafe { run_images(s, n, (s.c_in, s.c_out), io, pack, (w, scratch), neon_image, fin) }
 }
 
 /// [`backward_input`] on NEON.
@@ -483,82 +362,48 @@ pub(crate) unsafe fn backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32],
     assert!(dy.len() >= n * s.out_len() && dx.len() >= n * s.in_len());
     let pack = |out: &mut [f32]| pack_input_grad(s, w, out);
     // SAFETY: NEON is part of every aarch64 CPU this crate builds for.
-    unsafe { run_images(s, n, (s.c_out, dy), (s.c_in, dx), pack, w, scratch, neon_image) }
+    unsafe { run_images(s, n, (s.c_out, s.c_in), Images::Apart(dy, dx), pack, (w, scratch), neon_image, Sums) }
 }
 
 /// One image on NEON (see [`direct_image`]).
 #[cfg(target_arch = "aarch64")]
-fn neon_image(g: &PaddedPlanes, channels: usize, padded: &[f32], packed: &[f32], rows: usize, out: &mut [f32]) {
+fn neon_image<F: Finish>(
+    g: &PaddedPlanes,
+    channels: usize,
+    padded: &[f32],
+    packed: &[f32],
+    rows: usize,
+    out: &mut [f32],
+    fin: F,
+) {
     // SAFETY: `run_images` hands in whole padded planes and packed weights of `rows ×
     // channels`, and `rows` output planes.
-    unsafe { walk::<Neon, DIRECT_K>(g, channels, padded, packed, rows, out) }
+    unsafe { walk::<Neon, DIRECT_K, F>(g, channels, padded, packed, rows, out, fin) }
 }
 
-/// Each 8-pixel vector as two 4-lane registers: the AVX2 tile, fused multiply-adds lane
-/// by lane (the same bits).
-#[cfg(target_arch = "aarch64")]
-struct Neon;
+/// One image's direct convolution, with [`direct_image`]'s arguments.
+trait ImageConv<F>: Fn(&PaddedPlanes, usize, &[f32], &[f32], usize, &mut [f32], F) {}
+impl<F, T: Fn(&PaddedPlanes, usize, &[f32], &[f32], usize, &mut [f32], F)> ImageConv<F> for T {}
 
-// SAFETY (every method): NEON is part of every aarch64 CPU; addresses as the caller's
-// contract covers.
-#[cfg(target_arch = "aarch64")]
-impl Lanes for Neon {
-    type V = Pair;
-    const WIDTH: usize = LANES;
-    const TILE_V: usize = 2;
-    #[inline(always)]
-    unsafe fn zero() -> Pair {
-        Pair::zero()
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32, _: usize, _: usize) -> Pair {
-        unsafe { Pair::load(p) }
-    }
-    #[inline(always)]
-    unsafe fn splat(p: *const f32) -> Pair {
-        unsafe {
-            let v = vld1q_dup_f32(p);
-            Pair(v, v)
-        }
-    }
-    #[inline(always)]
-    unsafe fn fma(a: Pair, b: Pair, c: Pair) -> Pair {
-        Pair::fma(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn store(d: *mut f32, v: Pair, n: usize) {
-        unsafe {
-            if n == LANES {
-                vst1q_f32(d, v.0);
-                vst1q_f32(d.add(4), v.1);
-            } else {
-                let mut tmp = [0.0f32; LANES];
-                vst1q_f32(tmp.as_mut_ptr(), v.0);
-                vst1q_f32(tmp.as_mut_ptr().add(4), v.1);
-                core::ptr::copy_nonoverlapping(tmp.as_ptr(), d, n);
-            }
-        }
-    }
-}
-
-/// The direct convolution of `n` images of `(channels, src)` planes into `(rows, dst)`
-/// planes (all `h × w`), with the weights packed once by `pack`, each image by `image`
-/// (arguments as [`direct_image`]'s).
+/// The direct convolution of `n` images of `channels` planes into `rows` planes (all
+/// `h × w`; `io` the images in and out), with the weights `w` packed once by `pack` into
+/// `scratch`, each image by `image` (arguments as [`direct_image`]'s) with its part of
+/// `fin`.
 ///
 /// # Safety
 /// `image` may be called with whole padded planes of `channels`, the packing of `rows ×
 /// channels` weights and `rows` output planes.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn run_images(
+unsafe fn run_images<F: Finish>(
     s: &Conv2d,
     n: usize,
-    (channels, src): (usize, &[f32]),
-    (rows, dst): (usize, &mut [f32]),
+    (channels, rows): (usize, usize),
+    io: Images,
     pack: impl FnOnce(&mut [f32]),
-    w: &[f32],
-    scratch: &mut [f32],
-    image: impl Fn(&PaddedPlanes, usize, &[f32], &[f32], usize, &mut [f32]),
+    (w, scratch): (&[f32], &mut [f32]),
+    image: impl ImageConv<F>,
+    fin: F,
 ) {
     let g = PaddedPlanes::of(s.h, s.w, s.pad);
     let hw = s.h * s.w;
@@ -566,8 +411,18 @@ unsafe fn run_images(
     let (padded, packed) = scratch.split_at_mut(channels * g.plane_len());
     assert!(packed.len() >= packed_len(rows, channels, DIRECT_K * DIRECT_K), "conv scratch too small");
     pack(packed);
-    for (si, di) in src.chunks_exact(channels * hw).zip(dst.chunks_exact_mut(rows * hw)).take(n) {
-        g.fill(channels, si, padded);
-        image(&g, channels, padded, packed, rows, di);
+    let (src_len, dst_len) = (channels * hw, rows * hw);
+    let mut io = io;
+    for i in 0..n {
+        // Image i's input is copied whole before its output is written (what lets the
+        // output replace the input in place).
+        let si = io.input(i, src_len);
+        // The kernels never write the padding: zeroed with the first image, it stays zero.
+        if i == 0 {
+            g.fill(channels, si, padded);
+        } else {
+            g.copy_rows(channels, si, padded);
+        }
+        image(&g, channels, padded, packed, rows, io.output(i, dst_len), fin.image(i, dst_len));
     }
 }

@@ -42,14 +42,21 @@ impl PaddedPlanes {
     }
 
     /// Copies `channels` planes of `src` into `dst` (`channels · plane_len()` floats),
-    /// padding included: one `fill(0.0)` of the whole region, then the rows as
-    /// fixed-size vector moves (a `memset`/`memmove` call per short row cost more than
-    /// the copy itself).
+    /// padding included: one `fill(0.0)` of the whole region, then [`Self::copy_rows`].
     #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
     pub(crate) fn fill(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
+        dst[..channels * self.plane_len()].fill(0.0);
+        self.copy_rows(channels, src, dst);
+    }
+
+    /// Copies the rows of `channels` planes of `src` into the padded planes of `dst`,
+    /// leaving the padding as it is: a caller that fills planes of the same layout one
+    /// image after another zeroes the padding once. The rows go as fixed-size vector
+    /// moves (a `memset`/`memmove` call per short row cost more than the copy itself).
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
+    pub(crate) fn copy_rows(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
         let (h, w, pad, wp) = (self.h, self.w, self.pad, self.wp);
         let dst = &mut dst[..channels * self.plane_len()];
-        dst.fill(0.0);
         for (plane, out) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(self.plane_len())) {
             for (row, o) in plane.chunks_exact(w).zip(out[pad * wp..].chunks_exact_mut(wp)) {
                 copy_short(&mut o[pad..pad + w], row);

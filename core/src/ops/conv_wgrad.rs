@@ -86,17 +86,23 @@ pub(crate) unsafe fn accumulate(s: &Conv2d, n: usize, x: &[f32], dy: &[f32], dw:
         // One image whose rows are whole vectors: its dy already has the padded layout.
         let in_place = imgs == 1 && s.w.is_multiple_of(LANES);
         let ych = if in_place { hw } else { imgs * yplane };
+        // The tiles never write the padding: zeroed for the first group (and for a last,
+        // smaller one, whose planes lie elsewhere), it stays zero.
+        if i0 == 0 || imgs < group {
+            xpad[..s.c_in * imgs * xplane].fill(0.0);
+            ypad[..s.c_out * imgs * yplane].fill(0.0);
+        }
         // Channel-major, `[channel][image of the group]`: a tile's planes are contiguous
         // (image-major, the same plane of the group's images would lie a power of two
         // apart at 8×8 and 16×16 and evict each other from L1).
         for j in 0..imgs {
             let i = i0 + j;
             for c in 0..s.c_in {
-                gx.fill(1, &x[i * s.in_len() + c * hw..][..hw], &mut xpad[(c * imgs + j) * xplane..][..xplane]);
+                gx.copy_rows(1, &x[i * s.in_len() + c * hw..][..hw], &mut xpad[(c * imgs + j) * xplane..][..xplane]);
             }
             if !in_place {
                 for c in 0..s.c_out {
-                    gy.fill(1, &dy[i * s.out_len() + c * hw..][..hw], &mut ypad[c * ych + j * yplane..][..yplane]);
+                    gy.copy_rows(1, &dy[i * s.out_len() + c * hw..][..hw], &mut ypad[c * ych + j * yplane..][..yplane]);
                 }
             }
         }

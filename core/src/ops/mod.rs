@@ -15,8 +15,11 @@ mod bf16;
 mod conv;
 #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
 mod conv_direct;
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
+mod conv_lanes;
 mod conv_layout;
 mod conv_shape;
+mod conv_tail;
 #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
 mod conv_wgrad;
 mod f16;
@@ -37,8 +40,9 @@ pub use batchnorm::{
     batchnorm_mean_from_sum, batchnorm_update_running, BatchNorm2d, BN_EPS, BN_MOMENTUM,
 };
 pub use bf16::{bf16_narrow, bf16_widen};
-pub use conv::{conv2d_accumulate_weight_grad, conv2d_backward_input, conv2d_forward};
+pub use conv::{conv2d_accumulate_weight_grad, conv2d_backward_input, conv2d_forward, conv2d_forward_bn};
 pub use conv_shape::Conv2d;
+pub use conv_tail::{BnTail, Images};
 pub use f16::{f16_narrow, f16_widen};
 pub use gemm::{sgemm, sgemm_kernel, sgemm_strided_batch, sgemm_using, GemmKernel};
 pub use half16::{narrow, widen, Half};

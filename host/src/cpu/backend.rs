@@ -16,29 +16,22 @@ impl Backend for Ctx<'_> {
     type Error = Infallible;
 
     /// Every kind of run, as one pass over the batch:
-    /// - eval's conv → BN (→ ReLU or residual add + ReLU): each image's conv output is
-    ///   normalized (and rectified) while still in cache;
+    /// - eval's conv → BN (→ ReLU or residual add + ReLU): finished in the direct conv
+    ///   kernel's registers, or else each image's conv output normalized (and rectified)
+    ///   while still in cache;
     /// - training's BN apply (→ ReLU or residual add + ReLU), after the batch statistics;
     /// - a conv's input gradient → ReLU backward: the mask is applied per image in cache;
     /// - ReLU backward → BN backward over that gradient: masked in the BN's first pass.
-    fn run(&mut self, _index: usize, run: &Run) -> Result<(), Infallible> {
+    ///
+    /// A run whose chunks could overwrite each other's inputs ([`Run::chunk_safe`]) goes
+    /// op by op.
+    fn run(&mut self, index: usize, run: &Run) -> Result<(), Infallible> {
+        if !run.chunk_safe() {
+            return hpff_core::exec::run_unfused(self, index, run);
+        }
         self.advance_updates();
         match *run {
-            Run::ConvBnEval { conv, bn, then } => {
-                let op::Conv { shape: s, weight, bias, x, y: h } = conv;
-                let op::BnEval { shape, affine, state, y, stats, .. } = bn;
-                self.bn_eval_stats(shape.c, state, stats);
-                let t = then.map(|e| Tail::of(y, e));
-                let wt = self.arena.r(weight, s.weight_len());
-                let bias = bias.map(|b| self.arena.r(b, s.c_out));
-                self.each_chunk(|_, i0, cnt| {
-                    // The chunk's convs in one call (the weights are packed once per
-                    // call), then BN and its tail image by image.
-                    let (xs, hs) = (self.rows(x, i0, cnt), self.rows_mut(h, i0, cnt));
-                    ops::conv2d_forward(&s, cnt, xs, wt, bias, hs, self.thread_scratch());
-                    (i0..i0 + cnt).for_each(|i| self.bn_apply_image(shape, affine, h, y, stats, t, i));
-                });
-            }
+            Run::ConvBnEval { conv, bn, then } => self.conv_bn_eval(conv, bn, then.map(|e| Tail::of(bn.y, e))),
             Run::BnTrain { bn, then } => {
                 let op::BnTrain { shape, affine, state, x, y, stats, updates } = bn;
                 self.bn_stats(shape, x, stats, state, updates);

@@ -228,6 +228,59 @@ impl<'a> Ctx<'a> {
         ops::batchnorm_eval_stats(&rs[..c], &rs[c..], mean, invstd);
     }
 
+    /// Eval's conv, its BN and the BN's tail, chunk by chunk: in the direct kernel's
+    /// registers where the conv runs there (without writing the conv's output, which
+    /// only the BN reads), else the chunk's convs in one call (the weights are packed
+    /// once per call), then BN and its tail image by image. Both write a chunk's outputs
+    /// over nothing but the chunk's own images (`run` checked [`hpff_core::exec::Run::chunk_safe`]):
+    /// apart from the conv's input, or exactly on it.
+    pub(super) fn conv_bn_eval(&self, conv: op::Conv, bn: op::BnEval, t: Option<Tail>) {
+        let op::Conv { shape: s, weight, bias, x, y: h } = conv;
+        let op::BnEval { shape, affine, state, y, stats, .. } = bn;
+        self.bn_eval_stats(shape.c, state, stats);
+        let c = shape.c;
+        let (st, gb) = (self.r(stats), self.arena.r(affine, 2 * c));
+        let wt = self.arena.r(weight, s.weight_len());
+        let bias = bias.map(|b| self.arena.r(b, s.c_out));
+        self.each_chunk(|_, i0, cnt| {
+            let residual = match t {
+                Some(Tail::AddInto(r)) => Some(self.rows(r, i0, cnt)),
+                _ => None,
+            };
+            let relu = matches!(t, Some(Tail::Relu | Tail::AddInto(_)));
+            let (mean, invstd) = (&st[..c], &st[c..2 * c]);
+            let tail = ops::BnTail { mean, invstd, gamma: &gb[..c], beta: &gb[c..], residual, relu };
+            let io = if y == x {
+                ops::Images::InPlace(self.rows_mut(y, i0, cnt))
+            } else {
+                ops::Images::Apart(self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
+            };
+            if bias.is_none() && ops::conv2d_forward_bn(&s, cnt, io, wt, &tail, self.thread_scratch()) {
+                if let Some(Tail::AddOnto(out)) = t {
+                    (i0..i0 + cnt).for_each(|i| self.add_relu_onto(out, y, i));
+                }
+                return;
+            }
+            ops::conv2d_forward(
+                &s,
+                cnt,
+                self.rows(x, i0, cnt),
+                wt,
+                bias,
+                self.rows_mut(h, i0, cnt),
+                self.thread_scratch(),
+            );
+            (i0..i0 + cnt).for_each(|i| self.bn_apply_image(shape, affine, h, y, stats, t, i));
+        });
+    }
+
+    /// `out = relu(out + y)` for image `i`.
+    fn add_relu_onto(&self, out: Buf, y: Buf, i: usize) {
+        let os = self.rows_mut(out, i, 1);
+        ops::add_assign(os, self.rows(y, i, 1));
+        ops::relu_inplace(os);
+    }
+
     /// BN apply then `tail`, image by image.
     pub(super) fn bn_apply_tail(&self, s: BatchNorm2d, gp: usize, x: Buf, y: Buf, stats: Buf, t: Tail) {
         self.each_chunk(|_, i0, cnt| (i0..i0 + cnt).for_each(|i| self.bn_apply_image(s, gp, x, y, stats, Some(t), i)));
@@ -257,11 +310,7 @@ impl<'a> Ctx<'a> {
                 ops::add_assign(ys, self.rows(r, i, 1));
                 ops::relu_inplace(ys);
             }
-            Some(Tail::AddOnto(out)) => {
-                let os = self.rows_mut(out, i, 1);
-                ops::add_assign(os, ys);
-                ops::relu_inplace(os);
-            }
+            Some(Tail::AddOnto(out)) => self.add_relu_onto(out, y, i),
         }
     }
 
