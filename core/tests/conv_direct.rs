@@ -207,3 +207,91 @@ fn fused_eval_bn_gives_the_unfused_bits() {
         limit_isa(None);
     }
 }
+
+/// `y[i][o][oy][ox] = Σ w[o][c][kh][kw] · x[i][c][2oy + kh − 1][2ox + kw − 1]` in float64.
+fn stride2_reference(s: &Conv2d, n: usize, x: &[f32], wt: &[f32]) -> Vec<f64> {
+    let (ho, wo) = (s.h_out(), s.w_out());
+    let mut y = vec![0f64; n * s.out_len()];
+    for i in 0..n {
+        for o in 0..s.c_out {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut acc = 0f64;
+                    for c in 0..s.c_in {
+                        for kh in 0..3 {
+                            for kw in 0..3 {
+                                let (iy, ix) = ((2 * oy + kh) as isize - 1, (2 * ox + kw) as isize - 1);
+                                if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                                    continue;
+                                }
+                                acc += wt[((o * s.c_in + c) * 3 + kh) * 3 + kw] as f64
+                                    * x[i * s.in_len() + (c * s.h + iy as usize) * s.w + ix as usize] as f64;
+                            }
+                        }
+                    }
+                    y[i * s.out_len() + (o * ho + oy) * wo + ox] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// The stride-2 3×3 forward on the direct kernels (column-parity planes) against float64,
+/// on every tile shape its output maps take (16-wide rows, 8×8 as pairs of rows, 7×7, a
+/// 28-wide row's partial end, a 56-wide one's odd vector count, 2×2, odd inputs), the
+/// same bits on AVX2 and AVX-512, and with eval's BN finished in the tile.
+#[test]
+fn stride2_3x3_forward_matches_float64_on_every_set() {
+    let _cap = ISA_CAP.lock().unwrap_or_else(|e| e.into_inner());
+    let direct: &[Isa] = if cfg!(target_arch = "x86_64") { &[Isa::Avx2, Isa::Avx512] } else { &[Isa::Neon] };
+    let sets: Vec<Isa> = direct.iter().copied().filter(|&i| i <= detected_isa()).collect();
+    println!("sets tried: {sets:?} (detected {:?})", detected_isa());
+    for &(c_in, c_out, h, w, n) in &[
+        (16, 32, 32, 32, 2),
+        (8, 13, 16, 16, 3),
+        (5, 7, 14, 14, 2),
+        (3, 4, 56, 56, 1),
+        (2, 3, 112, 112, 1),
+        (3, 3, 4, 4, 2),
+        (4, 6, 15, 9, 2),
+        (3, 5, 7, 7, 3),
+        (2, 2, 1, 1, 2),
+    ] {
+        let s = Conv2d { c_in, c_out, h, w, k: 3, stride: 2, pad: 1, groups: 1 };
+        let (x, wt) = (rv(21, n * s.in_len()), rv(22, s.weight_len()));
+        let want = stride2_reference(&s, n, &x, &wt);
+        let mut bits: Option<Vec<u32>> = None;
+        for &isa in &sets {
+            limit_isa(Some(isa));
+            let mut scratch = vec![f32::NAN; s.scratch_len()];
+            let mut y = vec![f32::NAN; n * s.out_len()];
+            conv2d_forward(&s, n, &x, &wt, None, &mut y, &mut scratch);
+            let err = y.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs()).fold(0f64, f64::max);
+            assert!(err < 2e-5, "{s:?} on {isa:?}: max error {err:e}");
+            let b: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+            assert!(bits.as_ref().is_none_or(|p| *p == b), "{s:?}: {isa:?} differs from the narrower set");
+            bits = Some(b);
+            let (mean, gamma, beta) = (rv(23, c_out), rv(24, c_out), rv(25, c_out));
+            let invstd: Vec<f32> = rv(26, c_out).iter().map(|v| 1.0 + v).collect();
+            let residual = rv(27, n * s.out_len());
+            let tail = BnTail {
+                mean: &mean,
+                invstd: &invstd,
+                gamma: &gamma,
+                beta: &beta,
+                residual: Some(&residual),
+                relu: true,
+            };
+            let mut fused = vec![f32::NAN; n * s.out_len()];
+            assert!(conv2d_forward_bn(&s, n, Images::Apart(&x, &mut fused), &wt, &tail, &mut scratch));
+            let mut unfused = vec![f32::NAN; n * s.out_len()];
+            let bn = BatchNorm2d { c: c_out, hw: s.h_out() * s.w_out() };
+            batchnorm_forward(&bn, n, &y, &mean, &invstd, &gamma, &beta, &mut unfused);
+            add_assign(&mut unfused, &residual);
+            relu_inplace(&mut unfused);
+            assert!(fused.iter().zip(&unfused).all(|(a, b)| a.to_bits() == b.to_bits()), "{s:?} fused on {isa:?}");
+        }
+    }
+    limit_isa(None);
+}

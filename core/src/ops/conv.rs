@@ -6,9 +6,12 @@
 //! `Y[c_out × hw_out] = W[c_out × c_in·k·k] · col`. Scratch is per image, so its size does
 //! not grow with the batch; a 1×1 stride-1 unpadded conv reads the input directly, and the
 //! forward of a stride-1 "same" conv never materialises its column matrix: the GEMM packs
-//! it straight from the image ([`ShiftedTaps`]). On AVX2, a stride-1 "same" 3×3 conv (all
-//! of a ResNet's but the downsampling ones) skips the GEMM altogether: its forward, input
-//! gradient and weight gradient run the direct kernels of `conv_direct` and `conv_wgrad`.
+//! it straight from the image ([`ShiftedTaps`]). On AVX2, AVX-512 and NEON, a stride-1
+//! "same" 3×3 conv (all of a ResNet's but the downsampling ones) skips the GEMM
+//! altogether: its forward, input gradient and weight gradient run the direct kernels of
+//! `conv_direct` and `conv_wgrad`; so does a stride-2 3×3's forward (its gradients take
+//! the column matrix), and eval's conv → BN (→ add, ReLU) in one pass
+//! ([`conv2d_forward_bn`]).
 
 use core::mem::MaybeUninit;
 
@@ -384,7 +387,7 @@ fn each_group(s: &Conv2d, n: usize, mut f: impl FnMut(&Conv2d, usize, usize)) {
 /// direct kernels; returns `false` (and writes nothing) for any other, which the caller
 /// runs op by op.
 pub fn conv2d_forward_bn(s: &Conv2d, n: usize, io: Images, w: &[f32], tail: &BnTail, scratch: &mut [f32]) -> bool {
-    if !s.runs_direct() {
+    if !s.runs_direct_forward() {
         return false;
     }
     let c = s.c_out;
@@ -421,8 +424,9 @@ pub fn conv2d_forward(
             conv2d_forward(g, 1, x, w, b, &mut y[i * s.out_len() + j * g.out_len()..], scratch);
         });
     }
-    if s.runs_direct() {
-        // SAFETY: runs_direct checked the CPU runs the direct kernels (AVX2 and FMA, or NEON).
+    if s.runs_direct_forward() {
+        // SAFETY: runs_direct_forward checked the CPU runs the direct kernels (AVX2 and
+        // FMA, or NEON).
         #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
         unsafe {
             super::conv_direct::forward(s, n, Images::Apart(x, y), w, scratch, super::conv_tail::Sums)
@@ -437,7 +441,7 @@ pub fn conv2d_forward(
     for i in 0..n {
         let xi = &x[i * s.in_len()..][..s.in_len()];
         let yi = &mut y[i * s.out_len()..][..s.out_len()];
-        if s.direct() || s.runs_direct() {
+        if s.direct() || s.runs_direct_forward() {
             // Computed above for all images at once.
         } else if s.same() && s.k <= SHIFTED_MAX_K {
             let taps = ShiftedTaps { s, x: xi };

@@ -1,8 +1,10 @@
-//! Direct stride-1 "same" convolution on AVX2 (and AVX-512F where the CPU has it) or NEON:
-//! the forward and the input gradient of every 3×3 of a ResNet but the downsampling ones,
-//! without a column matrix.
+//! Direct 3×3 convolution on AVX2 (and AVX-512F where the CPU has it) or NEON: the
+//! forward and the input gradient of every stride-1 "same" 3×3 of a ResNet, and the
+//! forward of the downsampling (stride-2) ones, without a column matrix.
 //!
-//! The image is copied once into zero-padded planes ([`PaddedPlanes`]); a register tile
+//! The image is copied once into zero-padded planes ([`PaddedPlanes`]; for stride 2 the
+//! padded plane's even and odd columns apart, [`PhasePlanes`], so each tap's outputs
+//! again read contiguous floats and the same tile walks them); a register tile
 //! of up to 6 output channels × 16 output pixels (two vectors of 8 pixels of one row, or
 //! the ends of two rows) then walks the input channels and the `k × k` taps, loading each
 //! tap's 8 pixels straight from the padded plane and broadcasting the weight. That is the
@@ -21,6 +23,9 @@
 //! On aarch64 ([`super::Isa::Neon`]) the AVX2 tile runs with each 8-pixel vector a pair
 //! of 4-lane registers (6 planes × 2 vectors: 24 of the 32 registers accumulate).
 //!
+//! In eval the tile can finish its outputs before it leaves them: the BN after the conv,
+//! a residual add and the ReLU ([`super::conv_tail`]).
+//!
 //! Bits: every output is one FMA chain from zero over (input channel, kh, kw) in order,
 //! on every instruction set, so AVX-512, AVX2 and NEON give the same bits.
 //! For the forward that is the GEMM's chain over the column-matrix rows, so its bits are
@@ -32,7 +37,7 @@ use super::conv_lanes::Lanes;
 use super::conv_lanes::Neon;
 #[cfg(target_arch = "x86_64")]
 use super::conv_lanes::{Ymm, Zmm, ZmmRows};
-use super::conv_layout::{packed_len, PaddedPlanes, DIRECT_K, LANES, TILE_ROWS};
+use super::conv_layout::{packed_len, PaddedPlanes, PhasePlanes, Planes, Taps, DIRECT_K, LANES, TILE_ROWS};
 use super::conv_shape::Conv2d;
 use super::conv_tail::{Finish, Images, Sums};
 #[cfg(target_arch = "x86_64")]
@@ -83,8 +88,8 @@ fn pack_input_grad(s: &Conv2d, w: &[f32], out: &mut [f32]) {
 /// `rows · h · w` floats and `packed` the packing of `rows × channels` weights.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn direct_image<const K: usize, F: Finish>(
-    g: &PaddedPlanes,
+unsafe fn direct_image<const K: usize, F: Finish, const S: usize>(
+    g: &Taps,
     channels: usize,
     padded: &[f32],
     packed: &[f32],
@@ -93,7 +98,7 @@ unsafe fn direct_image<const K: usize, F: Finish>(
     fin: F,
 ) {
     // SAFETY: forwarded contract.
-    unsafe { walk::<Ymm, K, F>(g, channels, padded, packed, rows, out, fin) }
+    unsafe { walk::<Ymm, K, F, S>(g, channels, padded, packed, rows, out, fin) }
 }
 
 /// [`direct_image`] with 16-pixel vectors (two 8-pixel vectors of one row each) and a
@@ -104,8 +109,8 @@ unsafe fn direct_image<const K: usize, F: Finish>(
 /// As [`direct_image`]'s, and the CPU supports AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn direct_image_512<const K: usize, F: Finish>(
-    g: &PaddedPlanes,
+unsafe fn direct_image_512<const K: usize, F: Finish, const S: usize>(
+    g: &Taps,
     channels: usize,
     padded: &[f32],
     packed: &[f32],
@@ -116,11 +121,11 @@ unsafe fn direct_image_512<const K: usize, F: Finish>(
     // SAFETY: forwarded contract.
     unsafe {
         if g.w == LANES && g.h.is_multiple_of(2) {
-            walk::<ZmmRows, K, F>(g, channels, padded, packed, rows, out, fin)
+            walk::<ZmmRows, K, F, S>(g, channels, padded, packed, rows, out, fin)
         } else if g.vectors_per_row.is_multiple_of(2) {
-            walk::<Zmm<false>, K, F>(g, channels, padded, packed, rows, out, fin)
+            walk::<Zmm<false>, K, F, S>(g, channels, padded, packed, rows, out, fin)
         } else {
-            walk::<Zmm<true>, K, F>(g, channels, padded, packed, rows, out, fin)
+            walk::<Zmm<true>, K, F, S>(g, channels, padded, packed, rows, out, fin)
         }
     }
 }
@@ -131,8 +136,8 @@ unsafe fn direct_image_512<const K: usize, F: Finish>(
 /// As [`direct_image`]'s; the caller is compiled for `L`'s set; a row holds whole
 /// `L::WIDTH`-pixel vectors of its 8-pixel ones.
 #[inline(always)]
-unsafe fn walk<L: Lanes, const K: usize, F: Finish>(
-    g: &PaddedPlanes,
+unsafe fn walk<L: Lanes, const K: usize, F: Finish, const S: usize>(
+    g: &Taps,
     channels: usize,
     padded: &[f32],
     packed: &[f32],
@@ -140,7 +145,7 @@ unsafe fn walk<L: Lanes, const K: usize, F: Finish>(
     out: &mut [f32],
     fin: F,
 ) {
-    debug_assert!(padded.len() >= channels * g.plane_len() && out.len() >= rows * g.h * g.w);
+    debug_assert!(padded.len() >= channels * g.plane && out.len() >= rows * g.h * g.w);
     debug_assert!(packed.len() >= packed_len(rows, channels, K * K));
     // Vectors per row (per pair of rows with `L::ROWS` = 2, whose rows are one vector).
     let per_row = (g.vectors_per_row * LANES * L::ROWS).div_ceil(L::WIDTH);
@@ -153,8 +158,10 @@ unsafe fn walk<L: Lanes, const K: usize, F: Finish>(
             let nv = L::TILE_V.min(vectors - v0);
             let mut t = Tile {
                 channels,
-                plane: g.plane_len(),
+                plane: g.plane,
                 wp: g.wp,
+                rstep: g.rstep,
+                odd: g.odd,
                 a,
                 src: [padded.as_ptr(); MAX_V],
                 dst: [out[o0 * hw..].as_mut_ptr(); MAX_V],
@@ -165,7 +172,7 @@ unsafe fn walk<L: Lanes, const K: usize, F: Finish>(
             };
             for j in 0..nv {
                 let (oy, ox) = ((v0 + j) / per_row * L::ROWS, (v0 + j) % per_row * L::WIDTH);
-                t.src[j] = t.src[j].wrapping_add(oy * g.wp + ox);
+                t.src[j] = t.src[j].wrapping_add(oy * g.rstep + ox);
                 t.dst[j] = t.dst[j].wrapping_add(oy * g.w + ox);
                 t.at[j] += oy * g.w + ox;
                 t.lanes[j] = if L::ROWS == 2 { L::WIDTH } else { L::WIDTH.min(g.w - ox) };
@@ -176,30 +183,30 @@ unsafe fn walk<L: Lanes, const K: usize, F: Finish>(
             // its stores (`lanes` of each vector) inside rows o0..o0+r of `out`.
             unsafe {
                 match (r, nv) {
-                    (6, 4) => t.run::<L, K, 6, 4, F>(fin),
-                    (6, 3) => t.run::<L, K, 6, 3, F>(fin),
-                    (6, 2) => t.run::<L, K, 6, 2, F>(fin),
-                    (6, _) => t.run::<L, K, 6, 1, F>(fin),
-                    (5, 4) => t.run::<L, K, 5, 4, F>(fin),
-                    (5, 3) => t.run::<L, K, 5, 3, F>(fin),
-                    (5, 2) => t.run::<L, K, 5, 2, F>(fin),
-                    (5, _) => t.run::<L, K, 5, 1, F>(fin),
-                    (4, 4) => t.run::<L, K, 4, 4, F>(fin),
-                    (4, 3) => t.run::<L, K, 4, 3, F>(fin),
-                    (4, 2) => t.run::<L, K, 4, 2, F>(fin),
-                    (4, _) => t.run::<L, K, 4, 1, F>(fin),
-                    (3, 4) => t.run::<L, K, 3, 4, F>(fin),
-                    (3, 3) => t.run::<L, K, 3, 3, F>(fin),
-                    (3, 2) => t.run::<L, K, 3, 2, F>(fin),
-                    (3, _) => t.run::<L, K, 3, 1, F>(fin),
-                    (2, 4) => t.run::<L, K, 2, 4, F>(fin),
-                    (2, 3) => t.run::<L, K, 2, 3, F>(fin),
-                    (2, 2) => t.run::<L, K, 2, 2, F>(fin),
-                    (2, _) => t.run::<L, K, 2, 1, F>(fin),
-                    (_, 4) => t.run::<L, K, 1, 4, F>(fin),
-                    (_, 3) => t.run::<L, K, 1, 3, F>(fin),
-                    (_, 2) => t.run::<L, K, 1, 2, F>(fin),
-                    _ => t.run::<L, K, 1, 1, F>(fin),
+                    (6, 4) => t.run::<L, K, 6, 4, F, S>(fin),
+                    (6, 3) => t.run::<L, K, 6, 3, F, S>(fin),
+                    (6, 2) => t.run::<L, K, 6, 2, F, S>(fin),
+                    (6, _) => t.run::<L, K, 6, 1, F, S>(fin),
+                    (5, 4) => t.run::<L, K, 5, 4, F, S>(fin),
+                    (5, 3) => t.run::<L, K, 5, 3, F, S>(fin),
+                    (5, 2) => t.run::<L, K, 5, 2, F, S>(fin),
+                    (5, _) => t.run::<L, K, 5, 1, F, S>(fin),
+                    (4, 4) => t.run::<L, K, 4, 4, F, S>(fin),
+                    (4, 3) => t.run::<L, K, 4, 3, F, S>(fin),
+                    (4, 2) => t.run::<L, K, 4, 2, F, S>(fin),
+                    (4, _) => t.run::<L, K, 4, 1, F, S>(fin),
+                    (3, 4) => t.run::<L, K, 3, 4, F, S>(fin),
+                    (3, 3) => t.run::<L, K, 3, 3, F, S>(fin),
+                    (3, 2) => t.run::<L, K, 3, 2, F, S>(fin),
+                    (3, _) => t.run::<L, K, 3, 1, F, S>(fin),
+                    (2, 4) => t.run::<L, K, 2, 4, F, S>(fin),
+                    (2, 3) => t.run::<L, K, 2, 3, F, S>(fin),
+                    (2, 2) => t.run::<L, K, 2, 2, F, S>(fin),
+                    (2, _) => t.run::<L, K, 2, 1, F, S>(fin),
+                    (_, 4) => t.run::<L, K, 1, 4, F, S>(fin),
+                    (_, 3) => t.run::<L, K, 1, 3, F, S>(fin),
+                    (_, 2) => t.run::<L, K, 1, 2, F, S>(fin),
+                    _ => t.run::<L, K, 1, 1, F, S>(fin),
                 }
             }
         }
@@ -212,9 +219,13 @@ const MAX_V: usize = 4;
 /// One register tile: up to [`TILE_ROWS`] output planes × up to `L::TILE_V` vectors.
 struct Tile {
     channels: usize,
-    /// Floats of one padded plane, and its row stride.
+    /// Floats of one source channel, from one tap row to the next, and between two
+    /// output rows' tap origins ([`Taps`]).
     plane: usize,
     wp: usize,
+    rstep: usize,
+    /// Stride 2: from the even-column plane to the odd one.
+    odd: usize,
     /// The tile's packed weight block.
     a: *const f32,
     /// Padded-plane address of each vector's tap (0, 0) in channel 0.
@@ -235,7 +246,7 @@ impl Tile {
     /// # Safety
     /// As [`walk`]'s, for this tile's `R` rows and `V` vectors.
     #[inline(always)]
-    unsafe fn run<L: Lanes, const K: usize, const R: usize, const V: usize, F: Finish>(&self, fin: F) {
+    unsafe fn run<L: Lanes, const K: usize, const R: usize, const V: usize, F: Finish, const S: usize>(&self, fin: F) {
         // AVX2's 16 registers hold 2 vectors a tile (the match above also names wider
         // tiles, which its walk never forms).
         if V > L::TILE_V {
@@ -250,7 +261,10 @@ impl Tile {
                 for kh in 0..K {
                     let rows: [*const f32; V] = core::array::from_fn(|j| src[j].add(kh * self.wp));
                     for kw in 0..K {
-                        let b: [L::V; V] = core::array::from_fn(|j| L::load(rows[j].add(kw), self.wp, self.lanes[j]));
+                        // Stride 2: taps 0 and 2 in the even-column plane, 1 in the odd one.
+                        let at = if S == 1 { kw } else { [0, self.odd, 1][kw] };
+                        let b: [L::V; V] =
+                            core::array::from_fn(|j| L::load(rows[j].add(at), self.rstep, self.lanes[j]));
                         for i in 0..R {
                             let ai = L::splat(a.add(i));
                             for j in 0..V {
@@ -274,11 +288,9 @@ impl Tile {
             // every one after each FMA, half the speed).
             if F::FINISHES {
                 for i in 0..R {
-                    for j in 0..V {
-                        let (d, at, n) =
-                            (self.dst[j].add(i * self.out_row), self.at[j] + i * self.out_row, self.lanes[j]);
-                        L::store(d, fin.apply::<L>(self.o0 + i, at, L::load_out(d, n), n), n);
-                    }
+                    let dst: [*mut f32; V] = core::array::from_fn(|j| self.dst[j].add(i * self.out_row));
+                    let at: [usize; V] = core::array::from_fn(|j| self.at[j] + i * self.out_row);
+                    fin.plane::<L>(self.o0 + i, &dst, &at, &self.lanes[..V]);
                 }
             }
         }
@@ -295,10 +307,18 @@ impl Tile {
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn forward<F: Finish>(s: &Conv2d, n: usize, io: Images, w: &[f32], scratch: &mut [f32], fin: F) {
     let wide = cpu_isa() == Isa::Avx512;
-    assert!(io.fits(n, s.in_len(), s.out_len()));
     let pack = |out: &mut [f32]| pack_forward(s, w, out);
+    let sizes = ((s.c_in, s.in_len()), (s.c_out, s.out_len()));
     // SAFETY: forwarded contract; `wide` when the CPU has AVX-512F.
-    unsafe { run_images(s, n, (s.c_in, s.c_out), io, pack, (w, scratch), x86_image(wide, s), fin) }
+    unsafe {
+        if s.stride == 1 {
+            let g = PaddedPlanes::of(s.h, s.w, s.pad);
+            run_images(s, &g, n, sizes, io, pack, scratch, x86_image::<F, 1>(wide, &g.taps()), fin)
+        } else {
+            let g = PhasePlanes::of(s.h, s.w);
+            run_images(s, &g, n, sizes, io, pack, scratch, x86_image::<F, 2>(wide, &g.taps()), fin)
+        }
+    }
 }
 
 /// Input gradient of `n` images of a stride-1 "same" 3×3 convolution (overwrites `dx`):
@@ -310,10 +330,11 @@ pub(crate) unsafe fn forward<F: Finish>(s: &Conv2d, n: usize, io: Images, w: &[f
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], scratch: &mut [f32]) {
     let wide = cpu_isa() == Isa::Avx512;
-    assert!(dy.len() >= n * s.out_len() && dx.len() >= n * s.in_len());
     let pack = |out: &mut [f32]| pack_input_grad(s, w, out);
+    let (g, io) = (PaddedPlanes::of(s.h, s.w, s.pad), Images::Apart(dy, dx));
+    let sizes = ((s.c_out, s.out_len()), (s.c_in, s.in_len()));
     // SAFETY: forwarded contract; `wide` when the CPU has AVX-512F.
-    unsafe { run_images(s, n, (s.c_out, s.c_in), Images::Apart(dy, dx), pack, (w, scratch), x86_image(wide, s), Sums) }
+    unsafe { run_images(s, &g, n, sizes, io, pack, scratch, x86_image::<Sums, 1>(wide, &g.taps()), Sums) }
 }
 
 /// One image on x86: with 16-pixel vectors (`wide`, AVX-512F) where a row is whole pairs
@@ -326,16 +347,16 @@ pub(crate) unsafe fn backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32],
 /// [`direct_image`]'s.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn x86_image<F: Finish>(wide: bool, s: &Conv2d) -> impl ImageConv<F> {
-    let v = PaddedPlanes::of(s.h, s.w, s.pad).vectors_per_row;
-    let wide = wide && (v.is_multiple_of(2) || (s.w == LANES && s.h.is_multiple_of(2)) || s.w > 2 * LANES);
+fn x86_image<F: Finish, const S: usize>(wide: bool, t: &Taps) -> impl ImageConv<F> {
+    let v = t.vectors_per_row;
+    let wide = wide && (v.is_multiple_of(2) || (t.w == LANES && t.h.is_multiple_of(2)) || t.w > 2 * LANES);
     move |g, channels, padded, packed, rows, out, fin| {
         // SAFETY: the caller's contract (see above).
         unsafe {
             if wide {
-                direct_image_512::<DIRECT_K, F>(g, channels, padded, packed, rows, out, fin)
+                direct_image_512::<DIRECT_K, F, S>(g, channels, padded, packed, rows, out, fin)
             } else {
-                direct_image::<DIRECT_K, F>(g, channels, padded, packed, rows, out, fin)
+                direct_image::<DIRECT_K, F, S>(g, channels, padded, packed, rows, out, fin)
             }
         }
     }
@@ -347,10 +368,17 @@ fn x86_image<F: Finish>(wide: bool, s: &Conv2d) -> impl ImageConv<F> {
 /// None beyond the slices' lengths (asserted); `unsafe` as on x86.
 #[cfg(target_arch = "aarch64")]
 pub(crate) unsafe fn forward<F: Finish>(s: &Conv2d, n: usize, io: Images, w: &[f32], scratch: &mut [f32], fin: F) {
-    assert!(io.fits(n, s.in_len(), s.out_len()));
     let pack = |out: &mut [f32]| pack_forward(s, w, out);
+    let sizes = ((s.c_in, s.in_len()), (s.c_out, s.out_len()));
     // SAFETY: NEON is part of every aarch64 CPU this crate builds for.
-    unsafe { run_images(s, n, (s.c_in, s.c_out), io, pack, (w, scratch), neon_image, fin) }
+    unsafe {
+        if s.stride == 1 {
+            let g = PaddedPlanes::of(s.h, s.w, s.pad);
+            run_images(s, &g, n, sizes, io, pack, scratch, neon_image::<F, 1>, fin)
+        } else {
+            run_images(s, &PhasePlanes::of(s.h, s.w), n, sizes, io, pack, scratch, neon_image::<F, 2>, fin)
+        }
+    }
 }
 
 /// [`backward_input`] on NEON.
@@ -359,16 +387,17 @@ pub(crate) unsafe fn forward<F: Finish>(s: &Conv2d, n: usize, io: Images, w: &[f
 /// None beyond the slices' lengths (asserted); `unsafe` as on x86.
 #[cfg(target_arch = "aarch64")]
 pub(crate) unsafe fn backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], scratch: &mut [f32]) {
-    assert!(dy.len() >= n * s.out_len() && dx.len() >= n * s.in_len());
     let pack = |out: &mut [f32]| pack_input_grad(s, w, out);
+    let (g, io) = (PaddedPlanes::of(s.h, s.w, s.pad), Images::Apart(dy, dx));
+    let sizes = ((s.c_out, s.out_len()), (s.c_in, s.in_len()));
     // SAFETY: NEON is part of every aarch64 CPU this crate builds for.
-    unsafe { run_images(s, n, (s.c_out, s.c_in), Images::Apart(dy, dx), pack, (w, scratch), neon_image, Sums) }
+    unsafe { run_images(s, &g, n, sizes, io, pack, scratch, neon_image::<Sums, 1>, Sums) }
 }
 
 /// One image on NEON (see [`direct_image`]).
 #[cfg(target_arch = "aarch64")]
-fn neon_image<F: Finish>(
-    g: &PaddedPlanes,
+fn neon_image<F: Finish, const S: usize>(
+    g: &Taps,
     channels: usize,
     padded: &[f32],
     packed: &[f32],
@@ -378,40 +407,40 @@ fn neon_image<F: Finish>(
 ) {
     // SAFETY: `run_images` hands in whole padded planes and packed weights of `rows ×
     // channels`, and `rows` output planes.
-    unsafe { walk::<Neon, DIRECT_K, F>(g, channels, padded, packed, rows, out, fin) }
+    unsafe { walk::<Neon, DIRECT_K, F, S>(g, channels, padded, packed, rows, out, fin) }
 }
 
 /// One image's direct convolution, with [`direct_image`]'s arguments.
-trait ImageConv<F>: Fn(&PaddedPlanes, usize, &[f32], &[f32], usize, &mut [f32], F) {}
-impl<F, T: Fn(&PaddedPlanes, usize, &[f32], &[f32], usize, &mut [f32], F)> ImageConv<F> for T {}
+trait ImageConv<F>: Fn(&Taps, usize, &[f32], &[f32], usize, &mut [f32], F) {}
+impl<F, T: Fn(&Taps, usize, &[f32], &[f32], usize, &mut [f32], F)> ImageConv<F> for T {}
 
-/// The direct convolution of `n` images of `channels` planes into `rows` planes (all
-/// `h × w`; `io` the images in and out), with the weights `w` packed once by `pack` into
-/// `scratch`, each image by `image` (arguments as [`direct_image`]'s) with its part of
-/// `fin`.
+/// The direct convolution of `n` images of `channels` planes (`src_len` floats an
+/// image) into `rows` planes (`dst_len`; `io` the images in and out), with the weights
+/// packed once by `pack` into `scratch`, each image copied into `g`'s planes, then
+/// convolved by `image` (arguments as [`direct_image`]'s) with its part of `fin`.
 ///
 /// # Safety
-/// `image` may be called with whole padded planes of `channels`, the packing of `rows ×
-/// channels` weights and `rows` output planes.
+/// `image` may be called with whole planes of `g` for `channels`, the packing of `rows ×
+/// channels` weights and `rows` output planes of `g.taps()`'s map.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn run_images<F: Finish>(
     s: &Conv2d,
+    g: &impl Planes,
     n: usize,
-    (channels, rows): (usize, usize),
+    ((channels, src_len), (rows, dst_len)): ((usize, usize), (usize, usize)),
     io: Images,
     pack: impl FnOnce(&mut [f32]),
-    (w, scratch): (&[f32], &mut [f32]),
+    scratch: &mut [f32],
     image: impl ImageConv<F>,
     fin: F,
 ) {
-    let g = PaddedPlanes::of(s.h, s.w, s.pad);
-    let hw = s.h * s.w;
-    assert!(s.k == DIRECT_K && s.same() && w.len() >= s.weight_len());
+    let taps = g.taps();
+    assert!(s.k == DIRECT_K && s.pad == 1 && (s.same() || s.stride == 2) && s.groups == 1);
+    assert!(io.fits(n, src_len, dst_len) && dst_len == rows * taps.h * taps.w);
     let (padded, packed) = scratch.split_at_mut(channels * g.plane_len());
     assert!(packed.len() >= packed_len(rows, channels, DIRECT_K * DIRECT_K), "conv scratch too small");
     pack(packed);
-    let (src_len, dst_len) = (channels * hw, rows * hw);
     let mut io = io;
     for i in 0..n {
         // Image i's input is copied whole before its output is written (what lets the
@@ -423,6 +452,6 @@ unsafe fn run_images<F: Finish>(
         } else {
             g.copy_rows(channels, si, padded);
         }
-        image(&g, channels, padded, packed, rows, io.output(i, dst_len), fin.image(i, dst_len));
+        image(&taps, channels, padded, packed, rows, io.output(i, dst_len), fin.image(i, dst_len));
     }
 }

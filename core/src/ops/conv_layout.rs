@@ -41,14 +41,6 @@ impl PaddedPlanes {
         (self.h + 2 * self.pad) * self.wp
     }
 
-    /// Copies `channels` planes of `src` into `dst` (`channels · plane_len()` floats),
-    /// padding included: one `fill(0.0)` of the whole region, then [`Self::copy_rows`].
-    #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
-    pub(crate) fn fill(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
-        dst[..channels * self.plane_len()].fill(0.0);
-        self.copy_rows(channels, src, dst);
-    }
-
     /// Copies the rows of `channels` planes of `src` into the padded planes of `dst`,
     /// leaving the padding as it is: a caller that fills planes of the same layout one
     /// image after another zeroes the padding once. The rows go as fixed-size vector
@@ -60,6 +52,117 @@ impl PaddedPlanes {
         for (plane, out) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(self.plane_len())) {
             for (row, o) in plane.chunks_exact(w).zip(out[pad * wp..].chunks_exact_mut(wp)) {
                 copy_short(&mut o[pad..pad + w], row);
+            }
+        }
+    }
+}
+
+/// What the direct kernels' tiles need to know of their source planes: the output map
+/// they walk and where each output row's taps lie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"))), allow(dead_code))]
+pub(crate) struct Taps {
+    /// Output map height and width, and its 8-pixel vectors per row.
+    pub h: usize,
+    pub w: usize,
+    pub vectors_per_row: usize,
+    /// Floats of one source channel.
+    pub plane: usize,
+    /// Floats from a tap row `kh` to the next.
+    pub wp: usize,
+    /// Floats between the tap origins of two consecutive output rows.
+    pub rstep: usize,
+    /// Floats from the even-column plane to the odd-column one (stride 2; else 0).
+    pub odd: usize,
+}
+
+/// The source planes of a direct kernel, filled image by image.
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
+pub(crate) trait Planes {
+    /// Floats of one channel's planes.
+    fn plane_len(&self) -> usize;
+    fn taps(&self) -> Taps;
+    /// Copies `channels` planes of `src` into `dst`, padding included.
+    fn fill(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
+        dst[..channels * self.plane_len()].fill(0.0);
+        self.copy_rows(channels, src, dst);
+    }
+    /// The copy without the padding, which a caller that fills planes of one layout image
+    /// after image zeroes once (the kernels never write it).
+    fn copy_rows(&self, channels: usize, src: &[f32], dst: &mut [f32]);
+}
+
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
+impl Planes for PaddedPlanes {
+    fn plane_len(&self) -> usize {
+        PaddedPlanes::plane_len(self)
+    }
+    fn taps(&self) -> Taps {
+        let (h, w, wp) = (self.h, self.w, self.wp);
+        Taps { h, w, vectors_per_row: self.vectors_per_row, plane: self.plane_len(), wp, rstep: wp, odd: 0 }
+    }
+    fn copy_rows(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
+        PaddedPlanes::copy_rows(self, channels, src, dst)
+    }
+}
+
+/// The column-parity planes of a stride-2 3×3 convolution's zero-padded input (padding
+/// 1): per channel the padded plane's even columns (E), then its odd ones (O), `h + 2`
+/// rows of `wq` floats each. Output pixel `ox`'s taps `kw` = 0, 1, 2 are `E[ox]`, `O[ox]`,
+/// `E[ox + 1]`, so each tap's outputs are contiguous floats, as in a stride-1 conv's
+/// padded plane, and the same tile walks them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PhasePlanes {
+    /// Input height and width.
+    pub h: usize,
+    pub w: usize,
+    /// Output height and width, and the output's 8-pixel vectors per row.
+    pub h_out: usize,
+    pub w_out: usize,
+    pub vectors_per_row: usize,
+    /// Floats per row of a parity plane: every vector's taps, the last one's `E[ox + 1]`
+    /// included.
+    pub wq: usize,
+}
+
+impl PhasePlanes {
+    /// The planes of an `h × w` input (stride 2, padding 1, 3×3).
+    pub(crate) const fn of(h: usize, w: usize) -> PhasePlanes {
+        let (h_out, w_out) = (h.div_ceil(2), w.div_ceil(2));
+        let vectors_per_row = w_out.div_ceil(LANES);
+        PhasePlanes { h, w, h_out, w_out, vectors_per_row, wq: vectors_per_row * LANES + 1 }
+    }
+    /// Floats of one channel's two planes.
+    pub(crate) const fn plane_len(&self) -> usize {
+        2 * (self.h + 2) * self.wq
+    }
+}
+
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
+impl Planes for PhasePlanes {
+    fn plane_len(&self) -> usize {
+        PhasePlanes::plane_len(self)
+    }
+    fn taps(&self) -> Taps {
+        let (h, w, wq) = (self.h_out, self.w_out, self.wq);
+        let odd = (self.h + 2) * wq;
+        Taps { h, w, vectors_per_row: self.vectors_per_row, plane: self.plane_len(), wp: wq, rstep: 2 * wq, odd }
+    }
+    fn copy_rows(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
+        let (h, w, wq) = (self.h, self.w, self.wq);
+        let planes = dst[..channels * self.plane_len()].chunks_exact_mut(self.plane_len());
+        for (plane, out) in src.chunks_exact(h * w).zip(planes) {
+            let (even, odd) = out.split_at_mut((h + 2) * wq);
+            for (r, row) in plane.chunks_exact(w).enumerate() {
+                // Input column c is padded column c + 1: odd c's go to E[(c + 1) / 2],
+                // even c's to O[c / 2].
+                let (e, o) = (&mut even[(r + 1) * wq..][..wq], &mut odd[(r + 1) * wq..][..wq]);
+                for (j, pair) in row.chunks(2).enumerate() {
+                    o[j] = pair[0];
+                    if let Some(&v) = pair.get(1) {
+                        e[j + 1] = v;
+                    }
+                }
             }
         }
     }

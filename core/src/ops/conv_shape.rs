@@ -2,7 +2,7 @@
 //! convolution call needs (the column matrix, or the direct kernels' padded planes,
 //! packed weights and image groups), and which kernel path a shape takes.
 
-use super::conv_layout::{packed_len, PaddedPlanes, DIRECT_K, LANES};
+use super::conv_layout::{packed_len, PaddedPlanes, PhasePlanes, DIRECT_K, LANES};
 #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
 use super::{gemm::GemmKernel, sgemm_kernel};
 
@@ -96,6 +96,10 @@ impl Conv2d {
             let padded = direct_scratch_len(self);
             return if padded > col { padded } else { col };
         }
+        if self.halves() {
+            let planes = self.c_in * PhasePlanes::of(self.h, self.w).plane_len() + packed_len(self.c_out, self.c_in, 9);
+            return if planes > col { planes } else { col };
+        }
         col
     }
     /// Floats of one image's column matrix.
@@ -121,6 +125,21 @@ impl Conv2d {
     }
     #[cfg(not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"))))]
     pub(crate) fn runs_direct(&self) -> bool {
+        false
+    }
+    /// A stride-2 3×3 with padding 1 (a ResNet's downsampling 3×3).
+    pub(crate) const fn halves(&self) -> bool {
+        self.groups == 1 && self.stride == 2 && self.k == DIRECT_K && self.pad == 1
+    }
+    /// Whether the forward runs [`super::conv_direct`]'s kernels: every conv whose
+    /// gradients do ([`Conv2d::runs_direct`]), and the stride-2 3×3s, whose gradients
+    /// take the column matrix.
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
+    pub(crate) fn runs_direct_forward(&self) -> bool {
+        self.runs_direct() || (self.halves() && sgemm_kernel() >= GemmKernel::Neon)
+    }
+    #[cfg(not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"))))]
+    pub(crate) fn runs_direct_forward(&self) -> bool {
         false
     }
     /// Forward FLOPs per image (2 per multiply-add), for throughput reports.

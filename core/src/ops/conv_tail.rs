@@ -62,17 +62,18 @@ impl Images<'_> {
 #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
 /// A tile's finish of its sums.
 pub(crate) trait Finish: Copy {
-    /// Whether [`Finish::apply`] changes anything.
+    /// Whether [`Finish::plane`] changes anything.
     const FINISHES: bool;
     /// The finish of the call's image `i` (each image's output `out_len` floats).
     fn image(self, i: usize, out_len: usize) -> Self;
-    /// The values to store for the sums `v` of `n` outputs of channel `plane`, at offset
-    /// `at` of the image's output (only called where `FINISHES`).
+    /// Finishes in place the vectors of channel `plane` that a tile stored: vector `j`
+    /// at `dst[j]`, offset `at[j]` of the image's output, `lanes[j]` lanes (only called
+    /// where `FINISHES`). Per plane, so its constants are loaded once per tile row.
     ///
     /// # Safety
-    /// Called from a function compiled for `L`'s set; `at + n` lies within the image's
-    /// output.
-    unsafe fn apply<L: Lanes>(self, plane: usize, at: usize, v: L::V, n: usize) -> L::V;
+    /// Called from a function compiled for `L`'s set; each vector lies within the
+    /// image's output.
+    unsafe fn plane<L: Lanes>(self, plane: usize, dst: &[*mut f32], at: &[usize], lanes: &[usize]);
 }
 
 #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
@@ -88,9 +89,7 @@ impl Finish for Sums {
         self
     }
     #[inline(always)]
-    unsafe fn apply<L: Lanes>(self, _: usize, _: usize, v: L::V, _: usize) -> L::V {
-        v
-    }
+    unsafe fn plane<L: Lanes>(self, _: usize, _: &[*mut f32], _: &[usize], _: &[usize]) {}
 }
 
 #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
@@ -101,19 +100,23 @@ impl Finish for BnTail<'_> {
         BnTail { residual: self.residual.map(|r| &r[i * out_len..][..out_len]), ..self }
     }
     #[inline(always)]
-    unsafe fn apply<L: Lanes>(self, plane: usize, at: usize, v: L::V, n: usize) -> L::V {
+    unsafe fn plane<L: Lanes>(self, plane: usize, dst: &[*mut f32], at: &[usize], lanes: &[usize]) {
         let (m, sc, b) = (self.mean[plane], self.invstd[plane] * self.gamma[plane], self.beta[plane]);
-        // SAFETY: the caller's set; the residual is read at `at..at + n`, checked below.
+        let residual = self.residual.map(|r| r.as_ptr());
+        // SAFETY: the caller's set and vectors; `image` cut the residual to the image's
+        // output, so it holds every vector's `at..at + lanes` too.
         unsafe {
-            let mut y = L::add(L::mul(L::sub(v, L::splat(&m)), L::splat(&sc)), L::splat(&b));
-            if let Some(r) = self.residual {
-                assert!(at + n <= r.len(), "residual shorter than the output");
-                y = L::add(y, L::load_out(r.as_ptr().add(at), n));
+            let (m, sc, b) = (L::splat(&m), L::splat(&sc), L::splat(&b));
+            for ((&d, &at), &n) in dst.iter().zip(at).zip(lanes) {
+                let mut y = L::add(L::mul(L::sub(L::load_out(d, n), m), sc), b);
+                if let Some(r) = residual {
+                    y = L::add(y, L::load_out(r.add(at), n));
+                }
+                if self.relu {
+                    y = L::relu(y);
+                }
+                L::store(d, y, n);
             }
-            if self.relu {
-                y = L::relu(y);
-            }
-            y
         }
     }
 }
