@@ -44,8 +44,11 @@ impl PaddedPlanes {
     /// Copies the rows of `channels` planes of `src` into the padded planes of `dst`,
     /// leaving the padding as it is: a caller that fills planes of the same layout one
     /// image after another zeroes the padding once. The rows go as fixed-size vector
-    /// moves (a `memset`/`memmove` call per short row cost more than the copy itself).
+    /// moves (a `memset`/`memmove` call per short row cost more than the copy itself),
+    /// inlined into the kernels' `#[target_feature]` functions so they are AVX moves
+    /// there (compiled on its own, for the baseline x86-64, they were 16-byte SSE ones).
     #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
+    #[inline(always)]
     pub(crate) fn copy_rows(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
         let (h, w, pad, wp) = (self.h, self.w, self.pad, self.wp);
         let dst = &mut dst[..channels * self.plane_len()];
@@ -83,6 +86,7 @@ pub(crate) trait Planes {
     fn plane_len(&self) -> usize;
     fn taps(&self) -> Taps;
     /// Copies `channels` planes of `src` into `dst`, padding included.
+    #[inline(always)]
     fn fill(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
         dst[..channels * self.plane_len()].fill(0.0);
         self.copy_rows(channels, src, dst);
@@ -101,6 +105,7 @@ impl Planes for PaddedPlanes {
         let (h, w, wp) = (self.h, self.w, self.wp);
         Taps { h, w, vectors_per_row: self.vectors_per_row, plane: self.plane_len(), wp, rstep: wp, odd: 0 }
     }
+    #[inline(always)]
     fn copy_rows(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
         PaddedPlanes::copy_rows(self, channels, src, dst)
     }
@@ -177,7 +182,7 @@ pub(crate) const fn packed_len(rows: usize, channels: usize, kk: usize) -> usize
 /// `dst.copy_from_slice(src)` for short rows (im2col's per-row path, the direct kernels'
 /// padded planes), as fixed-size vector moves: `copy_from_slice`
 /// calls memmove for each row, whose call and size dispatch cost more than the copy.
-#[inline]
+#[inline(always)]
 pub(crate) fn copy_short(dst: &mut [f32], src: &[f32]) {
     let n = dst.len();
     debug_assert_eq!(n, src.len());
