@@ -40,24 +40,6 @@ impl PaddedPlanes {
     pub(crate) const fn plane_len(&self) -> usize {
         (self.h + 2 * self.pad) * self.wp
     }
-
-    /// Copies the rows of `channels` planes of `src` into the padded planes of `dst`,
-    /// leaving the padding as it is: a caller that fills planes of the same layout one
-    /// image after another zeroes the padding once. The rows go as fixed-size vector
-    /// moves (a `memset`/`memmove` call per short row cost more than the copy itself),
-    /// inlined into the kernels' `#[target_feature]` functions so they are AVX moves
-    /// there (compiled on its own, for the baseline x86-64, they were 16-byte SSE ones).
-    #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
-    #[inline(always)]
-    pub(crate) fn copy_rows(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
-        let (h, w, pad, wp) = (self.h, self.w, self.pad, self.wp);
-        let dst = &mut dst[..channels * self.plane_len()];
-        for (plane, out) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(self.plane_len())) {
-            for (row, o) in plane.chunks_exact(w).zip(out[pad * wp..].chunks_exact_mut(wp)) {
-                copy_short(&mut o[pad..pad + w], row);
-            }
-        }
-    }
 }
 
 /// What the direct kernels' tiles need to know of their source planes: the output map
@@ -92,7 +74,10 @@ pub(crate) trait Planes {
         self.copy_rows(channels, src, dst);
     }
     /// The copy without the padding, which a caller that fills planes of one layout image
-    /// after image zeroes once (the kernels never write it).
+    /// after image zeroes once (the kernels never write it). Implementations are
+    /// `#[inline(always)]`, so they compile into the kernels' `#[target_feature]`
+    /// functions as AVX moves (compiled alone, for the baseline x86-64, they were 16-byte
+    /// SSE ones).
     fn copy_rows(&self, channels: usize, src: &[f32], dst: &mut [f32]);
 }
 
@@ -105,9 +90,17 @@ impl Planes for PaddedPlanes {
         let (h, w, wp) = (self.h, self.w, self.wp);
         Taps { h, w, vectors_per_row: self.vectors_per_row, plane: self.plane_len(), wp, rstep: wp, odd: 0 }
     }
+    /// The rows as fixed-size vector moves (a `memset`/`memmove` call per short row cost
+    /// more than the copy itself).
     #[inline(always)]
     fn copy_rows(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
-        PaddedPlanes::copy_rows(self, channels, src, dst)
+        let (h, w, pad, wp) = (self.h, self.w, self.pad, self.wp);
+        let dst = &mut dst[..channels * self.plane_len()];
+        for (plane, out) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(self.plane_len())) {
+            for (row, o) in plane.chunks_exact(w).zip(out[pad * wp..].chunks_exact_mut(wp)) {
+                copy_short(&mut o[pad..pad + w], row);
+            }
+        }
     }
 }
 
@@ -153,6 +146,7 @@ impl Planes for PhasePlanes {
         let odd = (self.h + 2) * wq;
         Taps { h, w, vectors_per_row: self.vectors_per_row, plane: self.plane_len(), wp: wq, rstep: 2 * wq, odd }
     }
+    #[inline(always)]
     fn copy_rows(&self, channels: usize, src: &[f32], dst: &mut [f32]) {
         let (h, w, wq) = (self.h, self.w, self.wq);
         let planes = dst[..channels * self.plane_len()].chunks_exact_mut(self.plane_len());

@@ -49,7 +49,7 @@ use core::arch::x86_64::*;
 
 #[cfg(target_arch = "aarch64")]
 use super::conv_layout::Pair;
-use super::conv_layout::{PaddedPlanes, DIRECT_K, LANES};
+use super::conv_layout::{PaddedPlanes, Planes, DIRECT_K, LANES};
 use super::conv_shape::Conv2d;
 #[cfg(target_arch = "x86_64")]
 use super::isa::{cpu_isa, Isa};
