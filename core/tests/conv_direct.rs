@@ -1,7 +1,7 @@
-//! The direct stride-1 3×3 kernels (forward and input gradient) against a float64
-//! convolution, on the map sizes the bit test does not reach: maps narrower than one
-//! 8-pixel vector (1×1, 2×2, 4×4, 3×5), odd channel counts, and batches whose images
-//! share one packing of the weights.
+//! The direct and Winograd stride-1 3×3 kernels (forward and input gradient) against a
+//! float64 convolution, on the map sizes the bit test does not reach: maps narrower than
+//! one 8-pixel vector (1×1, 2×2, 4×4, 3×5), odd channel counts, batches whose images
+//! share one packing of the weights, and the Winograd groups of images.
 
 use std::sync::Mutex;
 
@@ -27,6 +27,13 @@ fn same_3x3_convs_match_float64() {
         (8, 8, 1, 1, 3),
         (5, 7, 3, 5, 2),
         (16, 16, 16, 16, 9),
+        // Winograd shapes (even height, width a multiple of 8, 8+ channels): a group of
+        // images cut short (8×8 maps go four to a group), output channels past whole
+        // tiles, a map taller than wide, 56 wide (8-lane transforms under 16-lane products).
+        (64, 64, 8, 8, 5),
+        (16, 20, 8, 8, 6),
+        (12, 8, 6, 16, 3),
+        (8, 12, 56, 56, 1),
     ] {
         let s = Conv2d { c_in, c_out, h, w, k: 3, stride: 1, pad: 1, groups: 1 };
         let x = rv(1, n * s.in_len());
@@ -95,6 +102,7 @@ fn same_3x3_convs_match_float64() {
 /// a masked end) take the 16-pixel path; maps at most 8 wide and 24 wide stay on AVX2.
 /// (A zmm holding two rows of an 8-wide map, joined by a 256-bit insert per tap, ran at
 /// 78 GFLOP/s against the AVX2 tile's 113 on a Sapphire Rapids core, so it was dropped.)
+/// The Winograd kernels' shapes too: the same operations per lane on either set.
 /// The cap is global, but this file's other test gets correct results from either path.
 #[test]
 fn avx512_gives_the_avx2_bits() {
@@ -114,6 +122,10 @@ fn avx512_gives_the_avx2_bits() {
         (3, 5, 4, 4, 2),
         (8, 8, 1, 1, 3),
         (2, 9, 3, 24, 2),
+        // Winograd: 16-lane transforms, 8-lane ones (8 and 56 wide), a short group.
+        (16, 16, 32, 32, 2),
+        (64, 20, 8, 8, 5),
+        (8, 16, 56, 56, 1),
     ] {
         let s = Conv2d { c_in, c_out, h, w, k: 3, stride: 1, pad: 1, groups: 1 };
         let (x, wt, dy) = (rv(4, n * s.in_len()), rv(5, s.weight_len()), rv(6, n * s.out_len()));
@@ -155,6 +167,9 @@ fn fused_eval_bn_gives_the_unfused_bits() {
         (2, 9, 3, 24, 2),
         (3, 4, 5, 28, 2),
         (2, 3, 3, 56, 2),
+        // Winograd, in place too: a group cut short, and 8-lane transforms.
+        (16, 16, 8, 8, 5),
+        (8, 8, 56, 56, 1),
     ] {
         let s = Conv2d { c_in, c_out, h, w, k: 3, stride: 1, pad: 1, groups: 1 };
         let mut x = rv(7, n * s.in_len());

@@ -913,15 +913,95 @@ fn bilinear_forward_is_bitwise_the_direct_expression() {
     }
 }
 
+/// Whether a stride-1 "same" 3×3 runs the Winograd kernels (on AVX2 or NEON): even
+/// height, width a multiple of 8 up to 128, 8 or more channels each side.
+fn winograd_shape(s: &Conv2d) -> bool {
+    let same = s.k == 3 && s.stride == 1 && s.pad == 1 && s.groups == 1;
+    same && s.h.is_multiple_of(2) && s.w.is_multiple_of(8) && s.w <= 128 && s.c_in >= 8 && s.c_out >= 8
+}
+
+/// The Winograd F(2×2, 3×3) convolution of `n` images (`cin` planes of `h × w` in `x`)
+/// with the kernels `k(o, c, tap)`, operation by operation as `ops::conv_winograd` does
+/// them: `U = G g Gᵀ` (down the kernel's columns, then across, `G`'s rows `a`,
+/// `((a + c) + b)·½`, `((a + c) − b)·½`, `c`), `V = Bᵀ d B` of each 4×4 padded patch
+/// (down, then across: `(d0 − d2, d1 + d2, d2 − d1, d1 − d3)`), one FMA chain from 0 over
+/// the input channels per ξ, and `Aᵀ m A` (down, then across: `((m0 + m1) + m2, (m1 − m2)
+/// − m3)`).
+fn winograd_ref(
+    n: usize,
+    (cin, cout, h, w): (usize, usize, usize, usize),
+    x: &[f32],
+    k: impl Fn(usize, usize, usize) -> f32,
+) -> Vec<f32> {
+    let g_rows = |a: f32, b: f32, c: f32| [a, ((a + c) + b) * 0.5, ((a + c) - b) * 0.5, c];
+    let bt = |d: [f32; 4]| [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]];
+    let at = |m: [f32; 4]| [(m[0] + m[1]) + m[2], (m[1] - m[2]) - m[3]];
+    // u[o][c][4i + j]
+    let u: Vec<Vec<[f32; 16]>> = (0..cout)
+        .map(|o| {
+            (0..cin)
+                .map(|c| {
+                    let cols: Vec<[f32; 4]> =
+                        (0..3).map(|b| g_rows(k(o, c, b), k(o, c, 3 + b), k(o, c, 6 + b))).collect();
+                    let mut u = [0.0; 16];
+                    for i in 0..4 {
+                        u[4 * i..4 * i + 4].copy_from_slice(&g_rows(cols[0][i], cols[1][i], cols[2][i]));
+                    }
+                    u
+                })
+                .collect()
+        })
+        .collect();
+    let mut y = vec![0.0f32; n * cout * h * w];
+    for img in 0..n {
+        for ty in 0..h / 2 {
+            for tx in 0..w / 2 {
+                let px = |c: usize, r: usize, q: usize| {
+                    let (iy, ix) = ((2 * ty + r).wrapping_sub(1), (2 * tx + q).wrapping_sub(1));
+                    if iy < h && ix < w {
+                        x[((img * cin + c) * h + iy) * w + ix]
+                    } else {
+                        0.0
+                    }
+                };
+                let v: Vec<[f32; 16]> = (0..cin)
+                    .map(|c| {
+                        let cols: Vec<[f32; 4]> =
+                            (0..4).map(|j| bt([px(c, 0, j), px(c, 1, j), px(c, 2, j), px(c, 3, j)])).collect();
+                        let mut v = [0.0; 16];
+                        for i in 0..4 {
+                            v[4 * i..4 * i + 4].copy_from_slice(&bt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]));
+                        }
+                        v
+                    })
+                    .collect();
+                for o in 0..cout {
+                    let m: [f32; 16] =
+                        std::array::from_fn(|xi| (0..cin).fold(0.0f32, |acc, c| u[o][c][xi].mul_add(v[c][xi], acc)));
+                    let cols: Vec<[f32; 2]> = (0..4).map(|j| at([m[j], m[4 + j], m[8 + j], m[12 + j]])).collect();
+                    for a in 0..2 {
+                        let out = at([cols[0][a], cols[1][a], cols[2][a], cols[3][a]]);
+                        for (b, &val) in out.iter().enumerate() {
+                            y[((img * cout + o) * h + 2 * ty + a) * w + 2 * tx + b] = val;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    y
+}
+
 /// With the AVX2+FMA GEMM, every convolution output is one FMA chain in a fixed order,
 /// whatever the blocking of im2col and the GEMM: check the three convolution calls bit
 /// for bit against those chains written out (forward: over `(ci, kh, kw)` from 0; weight
 /// gradient: over images then output pixels, from the gradient's old value; input
 /// gradient: each column entry a chain over output channels, added into a zeroed `dx`
 /// tap by tap; but for a stride-1 "same" 3×3, which runs the direct kernel, one chain
-/// from 0 over `(co, kh, kw)` with the taps in reverse), on shapes whose column matrices
-/// span several blocks (32×32 and 28×28 stride 1, the latter with rows that end inside
-/// an 8-pixel vector), a downsampling 3×3 and 1×1, and a direct 1×1.
+/// from 0 over `(co, kh, kw)` with the taps in reverse; and where the Winograd kernels
+/// run, [`winograd_ref`]'s operations), on shapes whose column matrices span several
+/// blocks (32×32 and 28×28 stride 1, the latter with rows that end inside an 8-pixel
+/// vector), a downsampling 3×3 and 1×1, and a direct 1×1.
 #[test]
 fn conv_is_bitwise_its_fma_chains() {
     if sgemm_kernel() == GemmKernel::Portable {
@@ -945,6 +1025,8 @@ fn conv_is_bitwise_its_fma_chains() {
         // vector of a row is partial (masked loads).
         Conv2d { c_in: 4, c_out: 7, h: 5, w: 24, k: 3, stride: 1, pad: 1, groups: 1 },
         Conv2d { c_in: 3, c_out: 5, h: 3, w: 56, k: 3, stride: 1, pad: 1, groups: 1 },
+        // Winograd, a group of four 8×8 images cut short.
+        Conv2d { c_in: 8, c_out: 12, h: 8, w: 8, k: 3, stride: 1, pad: 1, groups: 1 },
     ];
     for (t, s) in shapes.into_iter().enumerate() {
         let n = 2;
@@ -971,7 +1053,14 @@ fn conv_is_bitwise_its_fma_chains() {
         conv2d_backward_input(&s, n, &dy, &w, &mut dx, &mut scratch);
 
         let mut want_dx = vec![0.0f32; n * s.in_len()];
-        for i in 0..n {
+        let wino = winograd_shape(&s);
+        if wino {
+            let fwd = winograd_ref(n, (s.c_in, s.c_out, s.h, s.w), &x, |o, c, t| w[(o * s.c_in + c) * 9 + t]);
+            let bwd = winograd_ref(n, (s.c_out, s.c_in, s.h, s.w), &dy, |ci, co, t| w[(co * s.c_in + ci) * 9 + 8 - t]);
+            assert!(y.iter().zip(&fwd).all(|(a, b)| a.to_bits() == b.to_bits()), "shape {t} forward (Winograd)");
+            want_dx = bwd;
+        }
+        for i in (0..n).filter(|_| !wino) {
             for co in 0..s.c_out {
                 for oy in 0..ho {
                     for ox in 0..wo {

@@ -393,10 +393,15 @@ pub fn conv2d_forward_bn(s: &Conv2d, n: usize, io: Images, w: &[f32], tail: &BnT
     let c = s.c_out;
     assert!(tail.mean.len() >= c && tail.invstd.len() >= c && tail.gamma.len() >= c && tail.beta.len() >= c);
     assert!(tail.residual.is_none_or(|r| r.len() >= n * s.out_len()), "residual shorter than the output");
-    // SAFETY: runs_direct checked the CPU runs the direct kernels (AVX2 and FMA, or NEON).
+    // SAFETY: runs_direct_forward checked the CPU runs the direct kernels (AVX2 and FMA,
+    // or NEON), which the Winograd ones need too.
     #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
     unsafe {
-        super::conv_direct::forward(s, n, io, w, scratch, *tail)
+        if s.runs_winograd() {
+            super::conv_winograd::forward(s, n, io, w, scratch, *tail)
+        } else {
+            super::conv_direct::forward(s, n, io, w, scratch, *tail)
+        }
     }
     #[cfg(not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"))))]
     let _ = (io, w, scratch);
@@ -429,7 +434,12 @@ pub fn conv2d_forward(
         // FMA, or NEON).
         #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
         unsafe {
-            super::conv_direct::forward(s, n, Images::Apart(x, y), w, scratch, super::conv_tail::Sums)
+            let io = Images::Apart(x, y);
+            if s.runs_winograd() {
+                super::conv_winograd::forward(s, n, io, w, scratch, super::conv_tail::Sums)
+            } else {
+                super::conv_direct::forward(s, n, io, w, scratch, super::conv_tail::Sums)
+            }
         }
     }
     if s.direct() {
@@ -479,7 +489,11 @@ pub fn conv2d_backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &m
         // SAFETY: runs_direct checked the CPU runs the direct kernels (AVX2 and FMA, or NEON).
         #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
         unsafe {
-            super::conv_direct::backward_input(s, n, dy, w, dx, scratch)
+            if s.runs_winograd() {
+                super::conv_winograd::backward_input(s, n, dy, w, dx, scratch)
+            } else {
+                super::conv_direct::backward_input(s, n, dy, w, dx, scratch)
+            }
         }
         return;
     }

@@ -320,3 +320,45 @@ impl Lanes for Neon {
         }
     }
 }
+
+/// Vectors that interleave: the Winograd output tiles' even and odd columns made one
+/// row (`conv_winograd`).
+pub(crate) trait Zip: Lanes {
+    /// `(lo, hi)`: `a0 b0 a1 b1 …` over both, lanes `0..WIDTH` of the pairs in `lo`, the
+    /// rest in `hi`.
+    unsafe fn zip(a: Self::V, b: Self::V) -> (Self::V, Self::V);
+}
+
+// SAFETY (every method below): register operations of the set the caller is compiled for.
+#[cfg(target_arch = "x86_64")]
+impl Zip for Ymm {
+    #[inline(always)]
+    unsafe fn zip(a: __m256, b: __m256) -> (__m256, __m256) {
+        unsafe {
+            // Per 128-bit half: a0 b0 a1 b1 | a4 b4 a5 b5, and a2 b2 a3 b3 | a6 b6 a7 b7.
+            let (l, h) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+            (_mm256_permute2f128_ps::<0x20>(l, h), _mm256_permute2f128_ps::<0x31>(l, h))
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<const MASKED: bool> Zip for Zmm<MASKED> {
+    #[inline(always)]
+    unsafe fn zip(a: __m512, b: __m512) -> (__m512, __m512) {
+        unsafe {
+            // Index i < 16 takes a's lane i, 16 + i b's.
+            let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+            (_mm512_permutex2var_ps(a, lo, b), _mm512_permutex2var_ps(a, hi, b))
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+impl Zip for Neon {
+    #[inline(always)]
+    unsafe fn zip(a: Pair, b: Pair) -> (Pair, Pair) {
+        unsafe { (Pair(vzip1q_f32(a.0, b.0), vzip2q_f32(a.0, b.0)), Pair(vzip1q_f32(a.1, b.1), vzip2q_f32(a.1, b.1))) }
+    }
+}

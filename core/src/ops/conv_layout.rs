@@ -167,6 +167,95 @@ impl Planes for PhasePlanes {
     }
 }
 
+/// The blocks of a Winograd F(2×2, 3×3) convolution (`conv_winograd`) from `cin` to
+/// `cout` channels on `h × w` maps: 2×2 output tiles, `tpr` to a tile row; `images`
+/// images side by side so that a tile row across them (`q` tiles) is whole 16-lane
+/// vectors; `rows` tile rows a block. Plain arithmetic on every target, as the padded
+/// planes' (the plan sizes the scratch the same everywhere).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"))), allow(dead_code))]
+pub(crate) struct WinoTiles {
+    pub cin: usize,
+    pub cout: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Tiles per tile row of one image (`w / 2`) and tile rows (`h / 2`).
+    pub tpr: usize,
+    pub th: usize,
+    /// Images side by side, and the tiles of a tile row across them (`images · tpr`).
+    pub images: usize,
+    pub q: usize,
+    /// Tile rows per block.
+    pub rows: usize,
+    /// Floats of a column-phase row: `q` and room for a vector store one tile past
+    /// either end.
+    pub phase: usize,
+    /// Output channels of the transformed weights' rows, rounded up to whole vectors.
+    pub cout_pad: usize,
+}
+
+/// Floats of the products of one Winograd register tile for all 16 ξ (at most 8
+/// output channels × 3 vectors of 16 tiles, each ξ one cache line apart from a power of
+/// two), kept in L1 until their output transform.
+pub(crate) const WINO_TILE: usize = 16 * (8 * 3 * 16 + 16);
+
+/// Floats of a Winograd block's transformed input at most (unless one tile row takes
+/// more): 256 KiB, in L2 (a whole image group of CIFAR maps, so its products walk long
+/// rows of tiles).
+const WINO_BLOCK: usize = 1 << 16;
+
+impl WinoTiles {
+    pub(crate) const fn of(cin: usize, cout: usize, h: usize, w: usize) -> WinoTiles {
+        let (tpr, th) = (w / 2, h / 2);
+        let mut images = 1;
+        while !(images * tpr).is_multiple_of(16) {
+            images += 1;
+        }
+        let q = images * tpr;
+        let per_row = 16 * cin * q;
+        let rows = if WINO_BLOCK / per_row == 0 {
+            1
+        } else if WINO_BLOCK / per_row > th {
+            th
+        } else {
+            WINO_BLOCK / per_row
+        };
+        WinoTiles { cin, cout, h, w, tpr, th, images, q, rows, phase: q + 16, cout_pad: cout.div_ceil(16) * 16 }
+    }
+    /// Floats of the transformed weights (`[16][cin][cout_pad]`, and a tile's reach past
+    /// the last row).
+    pub(crate) const fn weights_len(&self) -> usize {
+        16 * self.cin * self.cout_pad + 16
+    }
+    /// Floats of the input's column planes: per channel and padded row, the four column
+    /// phases `x[2·tx + j − 1]` of every tile column of the images side by side.
+    pub(crate) const fn planes_len(&self) -> usize {
+        self.cin * (self.h + 2) * 4 * self.phase
+    }
+    /// Floats between a block's rows of one channel (its tiles, and one vector more), and
+    /// between its rows of one ξ (`channels` rows, and one cache line more): no power of
+    /// two, so the 16 rows a transform reads or writes at once fall in different L1 sets
+    /// (with power-of-two strides they evicted each other: 2× slower).
+    pub(crate) const fn block_strides(&self, channels: usize) -> (usize, usize) {
+        let row = self.rows * self.q + 16;
+        (row, channels * row + 16)
+    }
+    /// Floats of a block's transformed input (16 ξ of `channels` rows).
+    pub(crate) const fn block_len(&self, channels: usize) -> usize {
+        16 * self.block_strides(channels).1
+    }
+    /// Floats the weights' transform takes before the blocks do: every kernel's taps
+    /// along `o`, and 12 rows of `G·g`.
+    pub(crate) const fn pack_len(&self) -> usize {
+        (9 * self.cin + 12) * self.cout_pad
+    }
+    /// Scratch floats of one call.
+    pub(crate) const fn scratch_len(&self) -> usize {
+        let blocks = self.block_len(self.cin) + WINO_TILE;
+        self.weights_len() + self.planes_len() + if blocks > self.pack_len() { blocks } else { self.pack_len() }
+    }
+}
+
 /// Floats of a `[row block][channel][tap][TILE_ROWS]` packing of `rows × channels × kk`
 /// weights.
 pub(crate) const fn packed_len(rows: usize, channels: usize, kk: usize) -> usize {

@@ -2,7 +2,7 @@
 //! convolution call needs (the column matrix, or the direct kernels' padded planes,
 //! packed weights and image groups), and which kernel path a shape takes.
 
-use super::conv_layout::{packed_len, PaddedPlanes, PhasePlanes, DIRECT_K, LANES};
+use super::conv_layout::{packed_len, PaddedPlanes, PhasePlanes, WinoTiles, DIRECT_K, LANES};
 #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
 use super::{gemm::GemmKernel, sgemm_kernel};
 
@@ -93,7 +93,7 @@ impl Conv2d {
         let col = self.col_len();
         // On every target, so plans agree across machines (see `conv_layout`).
         if self.same() && self.k == DIRECT_K {
-            let padded = direct_scratch_len(self);
+            let padded = max(direct_scratch_len(self), winograd_scratch_len(self));
             return if padded > col { padded } else { col };
         }
         if self.halves() {
@@ -126,6 +126,27 @@ impl Conv2d {
     #[cfg(not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"))))]
     pub(crate) fn runs_direct(&self) -> bool {
         false
+    }
+    /// A stride-1 "same" 3×3 that [`super::conv_winograd`] takes: even height, width a
+    /// multiple of 8 up to 128 (its output rows are whole 8-float vectors, and a row of
+    /// tiles across its images fits its tables), 8 or more channels each side (fewer leave
+    /// its products too short to pay for the transforms).
+    pub(crate) const fn winograd(&self) -> bool {
+        self.groups == 1
+            && self.same()
+            && self.k == DIRECT_K
+            && self.pad == 1
+            && self.h.is_multiple_of(2)
+            && self.w.is_multiple_of(8)
+            && self.w <= 128
+            && self.c_in >= 8
+            && self.c_out >= 8
+    }
+    /// Whether the forward and input gradient run [`super::conv_winograd`]: a
+    /// [`Conv2d::winograd`] shape where the direct kernels run.
+    #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
+    pub(crate) fn runs_winograd(&self) -> bool {
+        self.winograd() && self.runs_direct()
     }
     /// A stride-2 3×3 with padding 1 (a ResNet's downsampling 3×3).
     pub(crate) const fn halves(&self) -> bool {
@@ -200,6 +221,15 @@ const fn group_images(s: &Conv2d) -> usize {
     } else {
         g
     }
+}
+
+/// Floats of scratch the Winograd forward or input gradient needs (0 for other shapes).
+const fn winograd_scratch_len(s: &Conv2d) -> usize {
+    if !s.winograd() {
+        return 0;
+    }
+    let (f, b) = (WinoTiles::of(s.c_in, s.c_out, s.h, s.w), WinoTiles::of(s.c_out, s.c_in, s.h, s.w));
+    max(f.scratch_len(), b.scratch_len())
 }
 
 /// Floats of scratch the direct kernels need, whichever call.

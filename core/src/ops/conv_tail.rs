@@ -50,6 +50,14 @@ impl Images<'_> {
             Images::InPlace(xy) => &xy[i * len..][..len],
         }
     }
+    /// The first image's output, the others following it (where [`Images::fits`] said
+    /// they fit).
+    pub(crate) fn outputs(&mut self) -> *mut f32 {
+        match self {
+            Images::Apart(_, y) => y.as_mut_ptr(),
+            Images::InPlace(xy) => xy.as_mut_ptr(),
+        }
+    }
     /// Image `i`'s output (`len` floats each).
     pub(crate) fn output(&mut self, i: usize, len: usize) -> &mut [f32] {
         match self {

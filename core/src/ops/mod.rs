@@ -22,6 +22,8 @@ mod conv_shape;
 mod conv_tail;
 #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
 mod conv_wgrad;
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
+mod conv_winograd;
 mod f16;
 mod gemm;
 mod half16;
