@@ -305,8 +305,8 @@ fn g_rows<'a>(a: &[f32], b: &[f32], c: &[f32], mut out: impl Iterator<Item = &'a
 /// row is split into its even and odd columns a few vectors at a time (the widest whole
 /// number of vectors of `tpr`; 16 lanes only where `wide`), and each half stored twice,
 /// once a tile to the side (the store past the slot's end lands in the next slot, which
-/// is written after it, or in the row's room past `q`; the one before its start in the
-/// previous slot, whose padding it then restores, or in the room of the phase before).
+/// is written after it, or in the float past `q`; the one before its start in the
+/// previous slot, whose padding it then restores, or in the phase before's float past `q`).
 ///
 /// # Safety
 /// The caller is compiled for the set the split takes: AVX-512F where `wide`, AVX2, or
@@ -327,8 +327,8 @@ unsafe fn column_planes(t: &WinoTiles, x: &[f32], slot: usize, planes: &mut [f32
         for r in 0..t.h {
             // SAFETY: row r's `w` floats are in `x`; the four phase rows of padded row
             // r + 1 are in the planes, and the slot's tiles plus one each side within
-            // them (`ph` leaves room past `q`; phase 0 of the first padded row is never
-            // written, so phase 3's store one before the start stays in the planes).
+            // them (`ph` leaves one float past `q`; phase 3's store one before its start
+            // lands in phase 2's).
             unsafe {
                 let (s, d) = (src.add((c * t.h + r) * t.w), dst.add((c * (t.h + 2) + r + 1) * 4 * ph + slot * tpr));
                 for tx in (0..tpr).step_by(step) {

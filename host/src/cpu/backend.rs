@@ -84,7 +84,8 @@ impl Backend for Ctx<'_> {
         let op::Conv { shape: s, weight: w, bias: b, x, y } = *a;
         let wt = self.arena.r(w, s.weight_len());
         let bias = b.map(|b| self.arena.r(b, s.c_out));
-        self.each_chunk(|_, i0, cnt| {
+        // A part of the batch a call: the weights are prepared once per call.
+        self.each_part(|i0, cnt| {
             let (xs, ys) = (self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt));
             ops::conv2d_forward(&s, cnt, xs, wt, bias, ys, self.thread_scratch());
         });

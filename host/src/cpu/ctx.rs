@@ -172,6 +172,20 @@ impl<'a> Ctx<'a> {
         });
     }
 
+    /// Runs `f(first image, count)` over the batch cut into two parts of whole chunks per
+    /// thread, in parallel: for per-image work whose calls pay once per call (a conv's
+    /// weights, packed or Winograd-transformed, cost as much as several images on the
+    /// 64-channel layers) and that sums nothing per chunk. Two per thread, so a thread
+    /// slowed by the machine is made up for.
+    pub(super) fn each_part(&self, f: impl Fn(usize, usize) + Sync) {
+        let parts = (2 * rayon::current_num_threads()).clamp(1, self.e.chunks.max(1));
+        let per = self.e.chunks.div_ceil(parts) * CHUNK;
+        (0..self.n.div_ceil(per)).into_par_iter().for_each(|p| {
+            let i0 = p * per;
+            f(i0, per.min(self.n - i0));
+        });
+    }
+
     /// Per-chunk partial sums of `len` floats computed by `f`, added to `out` in chunk order.
     pub(super) fn reduce(&self, len: usize, out: &mut [f32], f: impl Fn(usize, usize, &mut [f32]) + Sync) {
         self.each_chunk(|c, i0, cnt| {
@@ -228,12 +242,13 @@ impl<'a> Ctx<'a> {
         ops::batchnorm_eval_stats(&rs[..c], &rs[c..], mean, invstd);
     }
 
-    /// Eval's conv, its BN and the BN's tail, chunk by chunk: in the direct kernel's
-    /// registers where the conv runs there (without writing the conv's output, which
-    /// only the BN reads), else the chunk's convs in one call (the weights are packed
-    /// once per call), then BN and its tail image by image. Both write a chunk's outputs
-    /// over nothing but the chunk's own images (`run` checked [`hpff_core::exec::Run::chunk_safe`]):
-    /// apart from the conv's input, or exactly on it.
+    /// Eval's conv, its BN and the BN's tail: in the direct (or Winograd) kernel's
+    /// registers where the conv runs there (without writing the conv's output, which only
+    /// the BN reads), a part of the batch a call ([`Ctx::each_part`]); else chunk by chunk,
+    /// the chunk's convs in one call (the weights are packed once per call), then BN and
+    /// its tail image by image while the chunk is in cache. Both write a chunk's outputs
+    /// over nothing but the chunk's own images (`run` checked
+    /// [`hpff_core::exec::Run::chunk_safe`]): apart from the conv's input, or exactly on it.
     pub(super) fn conv_bn_eval(&self, conv: op::Conv, bn: op::BnEval, t: Option<Tail>) {
         let op::Conv { shape: s, weight, bias, x, y: h } = conv;
         let op::BnEval { shape, affine, state, y, stats, .. } = bn;
@@ -242,35 +257,31 @@ impl<'a> Ctx<'a> {
         let (st, gb) = (self.r(stats), self.arena.r(affine, 2 * c));
         let wt = self.arena.r(weight, s.weight_len());
         let bias = bias.map(|b| self.arena.r(b, s.c_out));
-        self.each_chunk(|_, i0, cnt| {
+        self.each_part(|p0, pcnt| {
             let residual = match t {
-                Some(Tail::AddInto(r)) => Some(self.rows(r, i0, cnt)),
+                Some(Tail::AddInto(r)) => Some(self.rows(r, p0, pcnt)),
                 _ => None,
             };
             let relu = matches!(t, Some(Tail::Relu | Tail::AddInto(_)));
             let (mean, invstd) = (&st[..c], &st[c..2 * c]);
             let tail = ops::BnTail { mean, invstd, gamma: &gb[..c], beta: &gb[c..], residual, relu };
             let io = if y == x {
-                ops::Images::InPlace(self.rows_mut(y, i0, cnt))
+                ops::Images::InPlace(self.rows_mut(y, p0, pcnt))
             } else {
-                ops::Images::Apart(self.rows(x, i0, cnt), self.rows_mut(y, i0, cnt))
+                ops::Images::Apart(self.rows(x, p0, pcnt), self.rows_mut(y, p0, pcnt))
             };
-            if bias.is_none() && ops::conv2d_forward_bn(&s, cnt, io, wt, &tail, self.thread_scratch()) {
+            if bias.is_none() && ops::conv2d_forward_bn(&s, pcnt, io, wt, &tail, self.thread_scratch()) {
                 if let Some(Tail::AddOnto(out)) = t {
-                    (i0..i0 + cnt).for_each(|i| self.add_relu_onto(out, y, i));
+                    (p0..p0 + pcnt).for_each(|i| self.add_relu_onto(out, y, i));
                 }
                 return;
             }
-            ops::conv2d_forward(
-                &s,
-                cnt,
-                self.rows(x, i0, cnt),
-                wt,
-                bias,
-                self.rows_mut(h, i0, cnt),
-                self.thread_scratch(),
-            );
-            (i0..i0 + cnt).for_each(|i| self.bn_apply_image(shape, affine, h, y, stats, t, i));
+            for i0 in (p0..p0 + pcnt).step_by(CHUNK) {
+                let cnt = CHUNK.min(p0 + pcnt - i0);
+                let (xs, hs) = (self.rows(x, i0, cnt), self.rows_mut(h, i0, cnt));
+                ops::conv2d_forward(&s, cnt, xs, wt, bias, hs, self.thread_scratch());
+                (i0..i0 + cnt).for_each(|i| self.bn_apply_image(shape, affine, h, y, stats, t, i));
+            }
         });
     }
 
