@@ -9,9 +9,10 @@
 //! it straight from the image ([`ShiftedTaps`]). On AVX2, AVX-512 and NEON, a stride-1
 //! "same" 3×3 conv (all of a ResNet's but the downsampling ones) skips the GEMM
 //! altogether: its forward, input gradient and weight gradient run the direct kernels of
-//! `conv_direct` and `conv_wgrad`; so does a stride-2 3×3's forward (its gradients take
-//! the column matrix), and eval's conv → BN (→ add, ReLU) in one pass
-//! ([`conv2d_forward_bn`]).
+//! `conv_direct` and `conv_wgrad` (the forward and input gradient as Winograd F(2×2, 3×3),
+//! `conv_winograd`, where [`Conv2d::winograd`] allows: even height, width a multiple of 8,
+//! 8 or more channels); so does a stride-2 3×3's forward (its gradients take the column
+//! matrix), and eval's conv → BN (→ add, ReLU) in one pass ([`conv2d_forward_bn`]).
 
 use core::mem::MaybeUninit;
 

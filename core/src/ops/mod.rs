@@ -3,7 +3,8 @@
 //!
 //! Convolution and linear layers reduce to [`sgemm`], except the stride-1 "same" 3×3
 //! convolutions on AVX2 and NEON, which run direct kernels (`conv_direct`, `conv_wgrad`) that read
-//! the image without a column matrix; the other ops are single passes
+//! the image without a column matrix, their forward and input gradient as Winograd
+//! F(2×2, 3×3) (`conv_winograd`) on even-sized maps of 8 or more channels; the other ops are single passes
 //! written as plain slice loops the compiler vectorizes. Reductions (BatchNorm
 //! statistics, bias gradients, pooling) run in `f64` lanes inside a call, in a fixed
 //! order, so results do not depend on how a caller chunks the batch beyond the
