@@ -54,9 +54,9 @@ use super::isa::{cpu_isa, Isa};
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn forward<F: Finish>(s: &Conv2d, n: usize, io: Images, w: &[f32], scratch: &mut [f32], fin: F) {
     let t = WinoTiles::of(s.c_in, s.c_out, s.h, s.w);
-    let pack = Kernels::Forward(w, s.c_in);
+    let call = Call { t, n, lens: (s.in_len(), s.out_len()), io, pack: Kernels::Forward(w, s.c_in), scratch, fin };
     // SAFETY: forwarded contract.
-    unsafe { on_x86(&t, n, (s.in_len(), s.out_len()), io, pack, scratch, fin) }
+    unsafe { on_x86(call) }
 }
 
 /// Input gradient of `n` images of a [`Conv2d::winograd`] convolution (overwrites `dx`):
@@ -68,34 +68,37 @@ pub(crate) unsafe fn forward<F: Finish>(s: &Conv2d, n: usize, io: Images, w: &[f
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], scratch: &mut [f32]) {
     let t = WinoTiles::of(s.c_out, s.c_in, s.h, s.w);
-    let pack = Kernels::Flipped(w, s.c_in);
-    let io = Images::Apart(dy, dx);
+    let (io, pack) = (Images::Apart(dy, dx), Kernels::Flipped(w, s.c_in));
     // SAFETY: forwarded contract.
-    unsafe { on_x86(&t, n, (s.out_len(), s.in_len()), io, pack, scratch, Sums) }
+    unsafe { on_x86(Call { t, n, lens: (s.out_len(), s.in_len()), io, pack, scratch, fin: Sums }) }
 }
 
-/// [`run`] with AVX-512F's tile (8 output channels × 2 vectors of 16 tiles) where the CPU
+/// One call's arguments but its instruction set: the blocks, the images (`lens`: floats an
+/// image in and out), the kernels, the scratch and the outputs' finish.
+struct Call<'a, F> {
+    t: WinoTiles,
+    n: usize,
+    lens: (usize, usize),
+    io: Images<'a>,
+    pack: Kernels<'a>,
+    scratch: &'a mut [f32],
+    fin: F,
+}
+
+/// [`run`] with AVX-512F's tile (8 output channels × 3 vectors of 16 tiles) where the CPU
 /// has it, AVX2's (6 × 2 of 8: 12 accumulators of the 16 ymm) elsewhere.
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn on_x86<F: Finish>(
-    t: &WinoTiles,
-    n: usize,
-    lens: (usize, usize),
-    io: Images,
-    pack: Kernels,
-    scratch: &mut [f32],
-    fin: F,
-) {
+unsafe fn on_x86<F: Finish>(call: Call<F>) {
     // SAFETY: forwarded contract; `wide` only where the CPU has AVX-512F.
     unsafe {
         if cpu_isa() == Isa::Avx512 {
-            wide(t, n, lens, io, pack, scratch, fin)
+            wide(call)
         } else {
-            run::<Ymm, Ymm, F, 6, 2>(t, n, lens, io, pack, scratch, fin)
+            run::<Ymm, Ymm, F, 6, 2>(call)
         }
     }
 }
@@ -107,21 +110,13 @@ unsafe fn on_x86<F: Finish>(
 /// The CPU supports AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn wide<F: Finish>(
-    t: &WinoTiles,
-    n: usize,
-    lens: (usize, usize),
-    io: Images,
-    pack: Kernels,
-    scratch: &mut [f32],
-    fin: F,
-) {
+unsafe fn wide<F: Finish>(call: Call<F>) {
     // SAFETY: forwarded contract.
     unsafe {
-        if t.w.is_multiple_of(16) {
-            run::<Zmm<false>, Zmm<false>, F, 8, 3>(t, n, lens, io, pack, scratch, fin)
+        if call.t.w.is_multiple_of(16) {
+            run::<Zmm<false>, Zmm<false>, F, 8, 3>(call)
         } else {
-            run::<Zmm<false>, Ymm, F, 8, 3>(t, n, lens, io, pack, scratch, fin)
+            run::<Zmm<false>, Ymm, F, 8, 3>(call)
         }
     }
 }
@@ -133,9 +128,9 @@ unsafe fn wide<F: Finish>(
 #[cfg(target_arch = "aarch64")]
 pub(crate) unsafe fn forward<F: Finish>(s: &Conv2d, n: usize, io: Images, w: &[f32], scratch: &mut [f32], fin: F) {
     let t = WinoTiles::of(s.c_in, s.c_out, s.h, s.w);
-    let pack = Kernels::Forward(w, s.c_in);
+    let call = Call { t, n, lens: (s.in_len(), s.out_len()), io, pack: Kernels::Forward(w, s.c_in), scratch, fin };
     // SAFETY: NEON is part of every aarch64 CPU this crate builds for.
-    unsafe { run::<Neon, Neon, F, 6, 2>(&t, n, (s.in_len(), s.out_len()), io, pack, scratch, fin) }
+    unsafe { run::<Neon, Neon, F, 6, 2>(call) }
 }
 
 /// [`backward_input`] on NEON.
@@ -145,10 +140,10 @@ pub(crate) unsafe fn forward<F: Finish>(s: &Conv2d, n: usize, io: Images, w: &[f
 #[cfg(target_arch = "aarch64")]
 pub(crate) unsafe fn backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &mut [f32], scratch: &mut [f32]) {
     let t = WinoTiles::of(s.c_out, s.c_in, s.h, s.w);
-    let pack = Kernels::Flipped(w, s.c_in);
+    let (io, pack) = (Images::Apart(dy, dx), Kernels::Flipped(w, s.c_in));
     // SAFETY: NEON is part of every aarch64 CPU this crate builds for.
     unsafe {
-        run::<Neon, Neon, Sums, 6, 2>(&t, n, (s.out_len(), s.in_len()), Images::Apart(dy, dx), pack, scratch, Sums)
+        run::<Neon, Neon, Sums, 6, 2>(Call { t, n, lens: (s.out_len(), s.in_len()), io, pack, scratch, fin: Sums })
     }
 }
 
@@ -191,15 +186,9 @@ impl Kernels<'_> {
 /// # Safety
 /// The caller is compiled for `P`'s and `T`'s sets; an output row is whole `T` vectors.
 #[inline(always)]
-unsafe fn run<P: Lanes, T: Zip, F: Finish, const R: usize, const NV: usize>(
-    t: &WinoTiles,
-    n: usize,
-    (src, dst): (usize, usize),
-    mut io: Images,
-    pack: Kernels,
-    scratch: &mut [f32],
-    fin: F,
-) {
+unsafe fn run<P: Lanes, T: Zip, F: Finish, const R: usize, const NV: usize>(call: Call<F>) {
+    let Call { t, n, lens: (src, dst), mut io, pack, scratch, fin } = call;
+    let t = &t;
     let plane = t.h * t.w;
     assert!(io.fits(n, src, dst) && src == t.cin * plane && dst == t.cout * plane && t.w.is_multiple_of(T::WIDTH));
     assert!(scratch.len() >= t.scratch_len(), "conv scratch too small");
