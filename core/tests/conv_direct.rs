@@ -1,5 +1,5 @@
-//! The direct and Winograd stride-1 3×3 kernels (forward and input gradient) against a
-//! float64 convolution, on the map sizes the bit test does not reach: maps narrower than
+//! The direct and Winograd stride-1 3×3 kernels (forward, input and weight gradients)
+//! against a float64 convolution, on the map sizes the bit test does not reach: maps narrower than
 //! one 8-pixel vector (1×1, 2×2, 4×4, 3×5), odd channel counts, batches whose images
 //! share one packing of the weights, and the Winograd groups of images.
 
@@ -44,6 +44,8 @@ fn same_3x3_convs_match_float64() {
         conv2d_forward(&s, n, &x, &wt, None, &mut y, &mut scratch);
         let mut dx = vec![f32::NAN; n * s.in_len()];
         conv2d_backward_input(&s, n, &dy, &wt, &mut dx, &mut scratch);
+        let mut dw = vec![0.0; s.weight_len()];
+        conv2d_accumulate_weight_grad(&s, n, &x, &dy, &mut dw, None, &mut scratch);
         let mut e = (0f64, 0f64);
         for i in 0..n {
             for co in 0..c_out {
@@ -87,6 +89,34 @@ fn same_3x3_convs_match_float64() {
                 }
             }
         }
+        // dw[co][ci][kh][kw] = Σ dy[co][oy][ox] · x[ci][oy + kh − 1][ox + kw − 1], against
+        // the sum of the products' magnitudes (up to 3,136 of them here).
+        let mut ew = 0f64;
+        for co in 0..c_out {
+            for ci in 0..c_in {
+                for kh in 0..3 {
+                    for kw in 0..3 {
+                        let (mut acc, mut mag) = (0f64, 0f64);
+                        for i in 0..n {
+                            for oy in 0..h {
+                                for ox in 0..w {
+                                    let (iy, ix) = ((oy + kh) as isize - 1, (ox + kw) as isize - 1);
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let p = dy[i * s.out_len() + (co * h + oy) * w + ox] as f64
+                                        * x[i * s.in_len() + (ci * h + iy as usize) * w + ix as usize] as f64;
+                                    (acc, mag) = (acc + p, mag + p.abs());
+                                }
+                            }
+                        }
+                        let got = dw[((co * c_in + ci) * 3 + kh) * 3 + kw] as f64;
+                        ew = ew.max((acc - got).abs() / mag.max(1e-3));
+                    }
+                }
+            }
+        }
+        assert!(ew < 1e-6, "{c_in}->{c_out} {h}x{w} n={n}: weight gradient off by {ew:.1e} of its magnitude");
         // Sums of up to 576 products of values in [-0.5, 0.5): float32 rounding is ~1e-6.
         assert!(
             e.0 < 2e-5 && e.1 < 2e-5,

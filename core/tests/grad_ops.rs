@@ -992,6 +992,76 @@ fn winograd_ref(
     y
 }
 
+/// The Winograd weight gradient (AVX-512) of `n` images, added to `dw`, operation by
+/// operation as `ops::conv_winograd_wgrad` does it: `V` of each tile as [`winograd_ref`]
+/// has it, `Ŷ = Â dy Âᵀ` with `Â`'s last row `(0, 1)` (down the tile's two columns
+/// `(a, a + c, a − c, c)`, then across `(p, p + q, p − q, q)`), one FMA chain from `+0` per
+/// `M[ξ][c][o]` over the tiles in order (image, tile row, tile column), and `Gᵀ M G`
+/// (down, then across: `(m0 + s, (m1 − m2)·½, s − m3)`, `s = (m1 + m2)·½`) added to `dw`.
+fn winograd_wgrad_ref(
+    n: usize,
+    (cin, cout, h, w): (usize, usize, usize, usize),
+    (x, dy): (&[f32], &[f32]),
+    dw: &mut [f32],
+) {
+    let bt = |d: [f32; 4]| [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]];
+    let gt = |a: [f32; 4]| {
+        let s = (a[1] + a[2]) * 0.5;
+        [a[0] + s, (a[1] - a[2]) * 0.5, s - a[3]]
+    };
+    let mut m = vec![[0.0f32; 16]; cout * cin];
+    for img in 0..n {
+        for ty in 0..h / 2 {
+            for tx in 0..w / 2 {
+                let px = |c: usize, r: usize, q: usize| {
+                    let (iy, ix) = ((2 * ty + r).wrapping_sub(1), (2 * tx + q).wrapping_sub(1));
+                    if iy < h && ix < w {
+                        x[((img * cin + c) * h + iy) * w + ix]
+                    } else {
+                        0.0
+                    }
+                };
+                let v: Vec<[f32; 16]> = (0..cin)
+                    .map(|c| {
+                        let cols: Vec<[f32; 4]> =
+                            (0..4).map(|j| bt([px(c, 0, j), px(c, 1, j), px(c, 2, j), px(c, 3, j)])).collect();
+                        std::array::from_fn(|xi| {
+                            bt([cols[0][xi / 4], cols[1][xi / 4], cols[2][xi / 4], cols[3][xi / 4]])[xi % 4]
+                        })
+                    })
+                    .collect();
+                for o in 0..cout {
+                    let g = |r: usize, q: usize| dy[((img * cout + o) * h + 2 * ty + r) * w + 2 * tx + q];
+                    let col = |q: usize| [g(0, q), g(0, q) + g(1, q), g(0, q) - g(1, q), g(1, q)];
+                    let (c0, c1) = (col(0), col(1));
+                    let yh: [f32; 16] = std::array::from_fn(|xi| {
+                        let (p, q) = (c0[xi / 4], c1[xi / 4]);
+                        [p, p + q, p - q, q][xi % 4]
+                    });
+                    for c in 0..cin {
+                        let mm = &mut m[o * cin + c];
+                        for xi in 0..16 {
+                            mm[xi] = v[c][xi].mul_add(yh[xi], mm[xi]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for o in 0..cout {
+        for c in 0..cin {
+            let mm = &m[o * cin + c];
+            let cols: Vec<[f32; 3]> = (0..4).map(|j| gt([mm[j], mm[4 + j], mm[8 + j], mm[12 + j]])).collect();
+            for a in 0..3 {
+                let r = gt([cols[0][a], cols[1][a], cols[2][a], cols[3][a]]);
+                for b in 0..3 {
+                    dw[(o * cin + c) * 9 + 3 * a + b] += r[b];
+                }
+            }
+        }
+    }
+}
+
 /// With the AVX2+FMA GEMM, every convolution output is one FMA chain in a fixed order,
 /// whatever the blocking of im2col and the GEMM: check the three convolution calls bit
 /// for bit against those chains written out (forward: over `(ci, kh, kw)` from 0; weight
@@ -999,7 +1069,8 @@ fn winograd_ref(
 /// gradient: each column entry a chain over output channels, added into a zeroed `dx`
 /// tap by tap; but for a stride-1 "same" 3×3, which runs the direct kernel, one chain
 /// from 0 over `(co, kh, kw)` with the taps in reverse; and where the Winograd kernels
-/// run, [`winograd_ref`]'s operations), on shapes whose column matrices span several
+/// run, [`winograd_ref`]'s operations, and on AVX-512 [`winograd_wgrad_ref`]'s for the
+/// weight gradient), on shapes whose column matrices span several
 /// blocks (32×32 and 28×28 stride 1, the latter with rows that end inside an 8-pixel
 /// vector), a downsampling 3×3 and 1×1, and a direct 1×1.
 #[test]
@@ -1027,6 +1098,11 @@ fn conv_is_bitwise_its_fma_chains() {
         Conv2d { c_in: 3, c_out: 5, h: 3, w: 56, k: 3, stride: 1, pad: 1, groups: 1 },
         // Winograd, a group of four 8×8 images cut short.
         Conv2d { c_in: 8, c_out: 12, h: 8, w: 8, k: 3, stride: 1, pad: 1, groups: 1 },
+        // Winograd: input channels past the last whole 16 (the weight gradient's last
+        // transform one pair at a time), and maps wide enough that a block of the weight
+        // gradient holds half an image.
+        Conv2d { c_in: 20, c_out: 16, h: 8, w: 16, k: 3, stride: 1, pad: 1, groups: 1 },
+        Conv2d { c_in: 16, c_out: 16, h: 16, w: 128, k: 3, stride: 1, pad: 1, groups: 1 },
     ];
     for (t, s) in shapes.into_iter().enumerate() {
         let n = 2;
@@ -1121,14 +1197,19 @@ fn conv_is_bitwise_its_fma_chains() {
                 }
             }
         }
-        // Stride-1 "same" 3×3 (the direct weight-gradient kernel): per group of
+        // The Winograd weight gradient where it runs (AVX-512); else, a stride-1 "same"
+        // 3×3 (the direct weight-gradient kernel): per group of
         // `weight_grad_group()` images, 8 lane chains from +0 over (image, oy,
         // vector), lane l taking pixel 8v + l (dy = +0 past the row end, x the padded
         // input there), folded ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)); dw_old + S_0 + S_1 + ….
         // (16 lanes on AVX-512 where the rows are whole 16-pixel vectors or pairs of 8.)
         let same3 = s.stride == 1 && k == 3 && (ho, wo) == (s.h, s.w);
         let group = s.weight_grad_group();
-        for co in 0..s.c_out {
+        let wino_wgrad = wino && cpu_isa() == Isa::Avx512;
+        if wino_wgrad {
+            winograd_wgrad_ref(n, (s.c_in, s.c_out, s.h, s.w), (&x, &dy), &mut want_dw);
+        }
+        for co in (0..s.c_out).filter(|_| !wino_wgrad) {
             // AVX-512: rows of whole 16-pixel vectors, channels in whole blocks of 4, take
             // 16 lanes, lane l + 8 added to lane l before the 8-lane fold.
             // (An 8-wide map with an even height: a vector is two rows, lane l at row

@@ -256,6 +256,62 @@ impl WinoTiles {
     }
 }
 
+/// The blocks of a Winograd weight gradient (`conv_winograd_wgrad`) from `cin` to `cout`
+/// channels on `h × w` maps, everything channels last (channels padded to whole 16s):
+/// `images` consecutive images copied at a time (as many as a block of transformed
+/// tiles holds, at least one), and `rows` tile rows of them a block (tile rows counted
+/// across the group's images, one after the other).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) struct WgradTiles {
+    pub cin: usize,
+    pub cout: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cin_pad: usize,
+    pub cout_pad: usize,
+    /// Tiles per tile row (`w / 2`) and tile rows (`h / 2`) of one image.
+    pub tpr: usize,
+    pub th: usize,
+    pub images: usize,
+    pub rows: usize,
+}
+
+impl WgradTiles {
+    pub(crate) const fn of(cin: usize, cout: usize, h: usize, w: usize) -> WgradTiles {
+        let (tpr, th, cin_pad, cout_pad) = (w / 2, h / 2, cin.div_ceil(16) * 16, cout.div_ceil(16) * 16);
+        // Rows of transformed input (or gradient, the wider of the two) a block holds.
+        let wide = if cin_pad > cout_pad { cin_pad } else { cout_pad };
+        let per_row = 16 * wide * tpr;
+        let fit = if WINO_BLOCK / per_row == 0 { 1 } else { WINO_BLOCK / per_row };
+        let images = if fit / th == 0 { 1 } else { fit / th };
+        let rows = if fit < images * th { fit } else { images * th };
+        WgradTiles { cin, cout, h, w, cin_pad, cout_pad, tpr, th, images, rows }
+    }
+    /// Floats of the group's input, channels last with a zero border of one pixel.
+    pub(crate) const fn inputs_len(&self) -> usize {
+        self.images * (self.h + 2) * (self.w + 2) * self.cin_pad
+    }
+    /// Floats of the group's output gradient, channels last.
+    pub(crate) const fn grads_len(&self) -> usize {
+        self.images * self.h * self.w * self.cout_pad
+    }
+    /// Floats between a block's transforms of two ξ, `channels` (padded) a tile: its
+    /// tiles, and a cache line more (16 rows a power of two apart would share L1 sets).
+    pub(crate) const fn block_stride(&self, channels: usize) -> usize {
+        self.rows * self.tpr * channels + 16
+    }
+    /// Floats of the sums `M[ξ][cin_pad][cout_pad]` that are transformed back.
+    pub(crate) const fn sums_len(&self) -> usize {
+        16 * self.cin_pad * self.cout_pad
+    }
+    /// Scratch floats of one call: the group's copies, a block's two transforms, the sums.
+    pub(crate) const fn scratch_len(&self) -> usize {
+        let blocks = 16 * (self.block_stride(self.cin_pad) + self.block_stride(self.cout_pad));
+        self.inputs_len() + self.grads_len() + blocks + self.sums_len()
+    }
+}
+
 /// Floats of a `[row block][channel][tap][TILE_ROWS]` packing of `rows × channels × kk`
 /// weights.
 pub(crate) const fn packed_len(rows: usize, channels: usize, kk: usize) -> usize {

@@ -2,7 +2,7 @@
 //! convolution call needs (the column matrix, or the direct kernels' padded planes,
 //! packed weights and image groups), and which kernel path a shape takes.
 
-use super::conv_layout::{packed_len, PaddedPlanes, PhasePlanes, WinoTiles, DIRECT_K, LANES};
+use super::conv_layout::{packed_len, PaddedPlanes, PhasePlanes, WgradTiles, WinoTiles, DIRECT_K, LANES};
 #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
 use super::{gemm::GemmKernel, sgemm_kernel};
 
@@ -148,6 +148,16 @@ impl Conv2d {
     pub(crate) fn runs_winograd(&self) -> bool {
         self.winograd() && self.runs_direct()
     }
+    /// Whether the weight gradient runs [`super::conv_winograd_wgrad`]: a
+    /// [`Conv2d::winograd`] shape on a CPU with AVX-512F (elsewhere the direct kernel's).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn runs_winograd_wgrad(&self) -> bool {
+        self.runs_winograd() && super::isa::cpu_isa() == super::isa::Isa::Avx512
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(crate) fn runs_winograd_wgrad(&self) -> bool {
+        false
+    }
     /// A stride-2 3×3 with padding 1 (a ResNet's downsampling 3×3).
     pub(crate) const fn halves(&self) -> bool {
         self.groups == 1 && self.stride == 2 && self.k == DIRECT_K && self.pad == 1
@@ -223,13 +233,15 @@ const fn group_images(s: &Conv2d) -> usize {
     }
 }
 
-/// Floats of scratch the Winograd forward or input gradient needs (0 for other shapes).
+/// Floats of scratch the Winograd forward, input gradient or weight gradient needs (0 for
+/// other shapes).
 const fn winograd_scratch_len(s: &Conv2d) -> usize {
     if !s.winograd() {
         return 0;
     }
     let (f, b) = (WinoTiles::of(s.c_in, s.c_out, s.h, s.w), WinoTiles::of(s.c_out, s.c_in, s.h, s.w));
-    max(f.scratch_len(), b.scratch_len())
+    let wgrad = WgradTiles::of(s.c_in, s.c_out, s.h, s.w);
+    max(max(f.scratch_len(), b.scratch_len()), wgrad.scratch_len())
 }
 
 /// Floats of scratch the direct kernels need, whichever call.
