@@ -920,6 +920,28 @@ fn winograd_shape(s: &Conv2d) -> bool {
     same && s.h.is_multiple_of(2) && s.w.is_multiple_of(8) && s.w <= 128 && s.c_in >= 8 && s.c_out >= 8
 }
 
+/// `V = Bᵀ d B` of tile `(ty, tx)` of image `img` for each of the `cin` channels of `x`
+/// (`h × w` planes, the 4×4 patch zero-padded at the borders), as the Winograd kernels
+/// compute it: down the patch's columns `(d0 − d2, d1 + d2, d2 − d1, d1 − d3)`, then across.
+fn winograd_v(x: &[f32], (cin, h, w): (usize, usize, usize), (img, ty, tx): (usize, usize, usize)) -> Vec<[f32; 16]> {
+    let bt = |d: [f32; 4]| [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]];
+    let px = |c: usize, r: usize, q: usize| {
+        let (iy, ix) = ((2 * ty + r).wrapping_sub(1), (2 * tx + q).wrapping_sub(1));
+        if iy < h && ix < w {
+            x[((img * cin + c) * h + iy) * w + ix]
+        } else {
+            0.0
+        }
+    };
+    (0..cin)
+        .map(|c| {
+            let cols: Vec<[f32; 4]> =
+                (0..4).map(|j| bt([px(c, 0, j), px(c, 1, j), px(c, 2, j), px(c, 3, j)])).collect();
+            std::array::from_fn(|xi| bt([cols[0][xi / 4], cols[1][xi / 4], cols[2][xi / 4], cols[3][xi / 4]])[xi % 4])
+        })
+        .collect()
+}
+
 /// The Winograd F(2×2, 3×3) convolution of `n` images (`cin` planes of `h × w` in `x`)
 /// with the kernels `k(o, c, tap)`, operation by operation as `ops::conv_winograd` does
 /// them: `U = G g Gᵀ` (down the kernel's columns, then across, `G`'s rows `a`,
@@ -934,7 +956,6 @@ fn winograd_ref(
     k: impl Fn(usize, usize, usize) -> f32,
 ) -> Vec<f32> {
     let g_rows = |a: f32, b: f32, c: f32| [a, ((a + c) + b) * 0.5, ((a + c) - b) * 0.5, c];
-    let bt = |d: [f32; 4]| [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]];
     let at = |m: [f32; 4]| [(m[0] + m[1]) + m[2], (m[1] - m[2]) - m[3]];
     // u[o][c][4i + j]
     let u: Vec<Vec<[f32; 16]>> = (0..cout)
@@ -956,25 +977,7 @@ fn winograd_ref(
     for img in 0..n {
         for ty in 0..h / 2 {
             for tx in 0..w / 2 {
-                let px = |c: usize, r: usize, q: usize| {
-                    let (iy, ix) = ((2 * ty + r).wrapping_sub(1), (2 * tx + q).wrapping_sub(1));
-                    if iy < h && ix < w {
-                        x[((img * cin + c) * h + iy) * w + ix]
-                    } else {
-                        0.0
-                    }
-                };
-                let v: Vec<[f32; 16]> = (0..cin)
-                    .map(|c| {
-                        let cols: Vec<[f32; 4]> =
-                            (0..4).map(|j| bt([px(c, 0, j), px(c, 1, j), px(c, 2, j), px(c, 3, j)])).collect();
-                        let mut v = [0.0; 16];
-                        for i in 0..4 {
-                            v[4 * i..4 * i + 4].copy_from_slice(&bt([cols[0][i], cols[1][i], cols[2][i], cols[3][i]]));
-                        }
-                        v
-                    })
-                    .collect();
+                let v = winograd_v(x, (cin, h, w), (img, ty, tx));
                 for o in 0..cout {
                     let m: [f32; 16] =
                         std::array::from_fn(|xi| (0..cin).fold(0.0f32, |acc, c| u[o][c][xi].mul_add(v[c][xi], acc)));
@@ -1004,7 +1007,6 @@ fn winograd_wgrad_ref(
     (x, dy): (&[f32], &[f32]),
     dw: &mut [f32],
 ) {
-    let bt = |d: [f32; 4]| [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]];
     let gt = |a: [f32; 4]| {
         let s = (a[1] + a[2]) * 0.5;
         [a[0] + s, (a[1] - a[2]) * 0.5, s - a[3]]
@@ -1013,23 +1015,7 @@ fn winograd_wgrad_ref(
     for img in 0..n {
         for ty in 0..h / 2 {
             for tx in 0..w / 2 {
-                let px = |c: usize, r: usize, q: usize| {
-                    let (iy, ix) = ((2 * ty + r).wrapping_sub(1), (2 * tx + q).wrapping_sub(1));
-                    if iy < h && ix < w {
-                        x[((img * cin + c) * h + iy) * w + ix]
-                    } else {
-                        0.0
-                    }
-                };
-                let v: Vec<[f32; 16]> = (0..cin)
-                    .map(|c| {
-                        let cols: Vec<[f32; 4]> =
-                            (0..4).map(|j| bt([px(c, 0, j), px(c, 1, j), px(c, 2, j), px(c, 3, j)])).collect();
-                        std::array::from_fn(|xi| {
-                            bt([cols[0][xi / 4], cols[1][xi / 4], cols[2][xi / 4], cols[3][xi / 4]])[xi % 4]
-                        })
-                    })
-                    .collect();
+                let v = winograd_v(x, (cin, h, w), (img, ty, tx));
                 for o in 0..cout {
                     let g = |r: usize, q: usize| dy[((img * cout + o) * h + 2 * ty + r) * w + 2 * tx + q];
                     let col = |q: usize| [g(0, q), g(0, q) + g(1, q), g(0, q) - g(1, q), g(1, q)];
