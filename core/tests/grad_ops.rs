@@ -995,7 +995,7 @@ fn winograd_ref(
     y
 }
 
-/// The Winograd weight gradient (AVX-512) of `n` images, added to `dw`, operation by
+/// The Winograd weight gradient of `n` images, added to `dw`, operation by
 /// operation as `ops::conv_winograd_wgrad` does it: `V` of each tile as [`winograd_ref`]
 /// has it, `Ŷ = Â dy Âᵀ` with `Â`'s last row `(0, 1)` (down the tile's two columns
 /// `(a, a + c, a − c, c)`, then across `(p, p + q, p − q, q)`), one FMA chain from `+0` per
@@ -1055,8 +1055,8 @@ fn winograd_wgrad_ref(
 /// gradient: each column entry a chain over output channels, added into a zeroed `dx`
 /// tap by tap; but for a stride-1 "same" 3×3, which runs the direct kernel, one chain
 /// from 0 over `(co, kh, kw)` with the taps in reverse; and where the Winograd kernels
-/// run, [`winograd_ref`]'s operations, and on AVX-512 [`winograd_wgrad_ref`]'s for the
-/// weight gradient), on shapes whose column matrices span several
+/// run, [`winograd_ref`]'s operations, and [`winograd_wgrad_ref`]'s for the weight
+/// gradient), on shapes whose column matrices span several
 /// blocks (32×32 and 28×28 stride 1, the latter with rows that end inside an 8-pixel
 /// vector), a downsampling 3×3 and 1×1, and a direct 1×1.
 #[test]
@@ -1183,19 +1183,18 @@ fn conv_is_bitwise_its_fma_chains() {
                 }
             }
         }
-        // The Winograd weight gradient where it runs (AVX-512); else, a stride-1 "same"
-        // 3×3 (the direct weight-gradient kernel): per group of
+        // The Winograd weight gradient where it runs; else, a stride-1 "same" 3×3 (the
+        // direct weight-gradient kernel): per group of
         // `weight_grad_group()` images, 8 lane chains from +0 over (image, oy,
         // vector), lane l taking pixel 8v + l (dy = +0 past the row end, x the padded
         // input there), folded ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)); dw_old + S_0 + S_1 + ….
         // (16 lanes on AVX-512 where the rows are whole 16-pixel vectors or pairs of 8.)
         let same3 = s.stride == 1 && k == 3 && (ho, wo) == (s.h, s.w);
         let group = s.weight_grad_group();
-        let wino_wgrad = wino && cpu_isa() == Isa::Avx512;
-        if wino_wgrad {
+        if wino {
             winograd_wgrad_ref(n, (s.c_in, s.c_out, s.h, s.w), (&x, &dy), &mut want_dw);
         }
-        for co in (0..s.c_out).filter(|_| !wino_wgrad) {
+        for co in (0..s.c_out).filter(|_| !wino) {
             // AVX-512: rows of whole 16-pixel vectors, channels in whole blocks of 4, take
             // 16 lanes, lane l + 8 added to lane l before the 8-lane fold.
             // (An 8-wide map with an even height: a vector is two rows, lane l at row

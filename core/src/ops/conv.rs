@@ -11,7 +11,7 @@
 //! altogether: its forward, input gradient and weight gradient run the direct kernels of
 //! `conv_direct` and `conv_wgrad` (the forward and input gradient as Winograd F(2×2, 3×3),
 //! `conv_winograd`, where [`Conv2d::winograd`] allows: even height, width a multiple of 8,
-//! 8 or more channels; on AVX-512 the weight gradient too, `conv_winograd_wgrad`); so does a stride-2 3×3's forward (its gradients take the column
+//! 8 or more channels; the weight gradient too, `conv_winograd_wgrad`); so does a stride-2 3×3's forward (its gradients take the column
 //! matrix), and eval's conv → BN (→ add, ReLU) in one pass ([`conv2d_forward_bn`]).
 
 use core::mem::MaybeUninit;
@@ -525,10 +525,10 @@ pub fn conv2d_backward_input(s: &Conv2d, n: usize, dy: &[f32], w: &[f32], dx: &m
 
 /// Adds the weight gradient (and, with `dbias`, the bias gradient) of `n` images to
 /// `dw`/`dbias`, so batch chunks and several losses accumulate. A stride-1 "same" 3×3 on
-/// AVX2 or NEON runs the direct kernel of `conv_wgrad.rs` for all `n` images, on AVX-512
-/// the Winograd one of `conv_winograd_wgrad.rs` where [`Conv2d::winograd`] allows (their
-/// summation orders are documented there); the rest sum each element as one FMA chain
-/// over the pixels.
+/// AVX2, AVX-512 or NEON runs the Winograd kernel of `conv_winograd_wgrad.rs` where
+/// [`Conv2d::winograd`] allows, else the direct one of `conv_wgrad.rs`, for all `n` images
+/// (their summation orders are documented there); the rest sum each element as one FMA
+/// chain over the pixels.
 pub fn conv2d_accumulate_weight_grad(
     s: &Conv2d,
     n: usize,
@@ -546,17 +546,16 @@ pub fn conv2d_accumulate_weight_grad(
             let (x, dy) = (&x[i * s.in_len() + j * g.in_len()..], &dy[i * s.out_len() + j * g.out_len()..]);
             conv2d_accumulate_weight_grad(g, 1, x, dy, &mut dw[j * g.weight_len()..], None, scratch);
         });
-    } else if s.runs_winograd_wgrad() {
-        // SAFETY: runs_winograd_wgrad checked the CPU has AVX-512F (and so AVX2 and FMA).
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            super::conv_winograd_wgrad::accumulate(s, n, x, dy, dw, scratch)
-        }
     } else if s.runs_direct() {
-        // SAFETY: runs_direct checked the CPU runs the direct kernels (AVX2 and FMA, or NEON).
+        // SAFETY: runs_direct checked the CPU runs the direct kernels (AVX2 and FMA, or
+        // NEON), which the Winograd ones need too.
         #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
         unsafe {
-            super::conv_wgrad::accumulate(s, n, x, dy, dw, scratch)
+            if s.runs_winograd() {
+                super::conv_winograd_wgrad::accumulate(s, n, x, dy, dw, scratch)
+            } else {
+                super::conv_wgrad::accumulate(s, n, x, dy, dw, scratch)
+            }
         }
     } else {
         for i in 0..n {

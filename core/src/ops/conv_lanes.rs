@@ -362,3 +362,116 @@ impl Zip for Neon {
         unsafe { (Pair(vzip1q_f32(a.0, b.0), vzip2q_f32(a.0, b.0)), Pair(vzip1q_f32(a.1, b.1), vzip2q_f32(a.1, b.1))) }
     }
 }
+
+/// Vectors that transpose a square block: the Winograd weight gradient's channels-last
+/// copies and its last transform (`conv_winograd_wgrad`).
+pub(crate) trait Transpose: Lanes {
+    /// The `WIDTH × WIDTH` transpose of `rows[..WIDTH]` (row `i` lane `j` to row `j` lane
+    /// `i`) in the first `WIDTH` rows of the result; the rest are unspecified.
+    unsafe fn transpose(rows: [Self::V; 16]) -> [Self::V; 16];
+}
+
+// SAFETY (every method below): register operations of the set the caller is compiled for.
+#[cfg(target_arch = "x86_64")]
+impl Transpose for Ymm {
+    #[inline(always)]
+    unsafe fn transpose(r: [__m256; 16]) -> [__m256; 16] {
+        unsafe {
+            // Rows 2k and 2k + 1 interleaved by floats (in each 128-bit half).
+            let t: [__m256; 8] = core::array::from_fn(|i| {
+                let (a, b) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    _mm256_unpacklo_ps(a, b)
+                } else {
+                    _mm256_unpackhi_ps(a, b)
+                }
+            });
+            // u[4k + c]: in each half L, column 4L + c of rows 4k..4k + 4.
+            let u: [__m256; 8] = core::array::from_fn(|i| {
+                let (k, c) = (i / 4, i % 4);
+                let (a, b) = (t[4 * k + c / 2], t[4 * k + 2 + c / 2]);
+                if c % 2 == 0 {
+                    _mm256_shuffle_ps::<0x44>(a, b)
+                } else {
+                    _mm256_shuffle_ps::<0xEE>(a, b)
+                }
+            });
+            let mut out = [_mm256_setzero_ps(); 16];
+            for c in 0..4 {
+                out[c] = _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c]);
+                out[4 + c] = _mm256_permute2f128_ps::<0x31>(u[c], u[4 + c]);
+            }
+            out
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<const MASKED: bool> Transpose for Zmm<MASKED> {
+    #[inline(always)]
+    unsafe fn transpose(r: [__m512; 16]) -> [__m512; 16] {
+        unsafe {
+            // Rows 2k and 2k + 1 interleaved by floats (in each 128-bit lane).
+            let t: [__m512; 16] = core::array::from_fn(|i| {
+                let (a, b) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_ps(a, b)
+                } else {
+                    _mm512_unpackhi_ps(a, b)
+                }
+            });
+            // u[4k + c]: in each 128-bit lane L, column 4L + c of rows 4k..4k + 4.
+            let u: [__m512; 16] = core::array::from_fn(|i| {
+                let (k, c) = (i / 4, i % 4);
+                let (a, b) = (_mm512_castps_pd(t[4 * k + c / 2]), _mm512_castps_pd(t[4 * k + 2 + c / 2]));
+                _mm512_castpd_ps(if c % 2 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
+            });
+            // Row 4L + c: lane k of it is lane L of u[4k + c] (a 4 × 4 transpose of lanes).
+            let mut out = [_mm512_setzero_ps(); 16];
+            for c in 0..4 {
+                let (a, b, cc, d) = (u[c], u[4 + c], u[8 + c], u[12 + c]);
+                let (v0, v1) = (_mm512_shuffle_f32x4::<0x88>(a, b), _mm512_shuffle_f32x4::<0xDD>(a, b));
+                let (v2, v3) = (_mm512_shuffle_f32x4::<0x88>(cc, d), _mm512_shuffle_f32x4::<0xDD>(cc, d));
+                out[c] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+                out[4 + c] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+                out[8 + c] = _mm512_shuffle_f32x4::<0xDD>(v0, v2);
+                out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(v1, v3);
+            }
+            out
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+impl Transpose for Neon {
+    #[inline(always)]
+    unsafe fn transpose(r: [Pair; 16]) -> [Pair; 16] {
+        // The 4 × 4 transpose of four 4-lane rows.
+        #[inline(always)]
+        unsafe fn t4(a: float32x4_t, b: float32x4_t, c: float32x4_t, d: float32x4_t) -> [float32x4_t; 4] {
+            unsafe {
+                let (t0, t1) = (vreinterpretq_f64_f32(vtrn1q_f32(a, b)), vreinterpretq_f64_f32(vtrn2q_f32(a, b)));
+                let (t2, t3) = (vreinterpretq_f64_f32(vtrn1q_f32(c, d)), vreinterpretq_f64_f32(vtrn2q_f32(c, d)));
+                [
+                    vreinterpretq_f32_f64(vtrn1q_f64(t0, t2)),
+                    vreinterpretq_f32_f64(vtrn1q_f64(t1, t3)),
+                    vreinterpretq_f32_f64(vtrn2q_f64(t0, t2)),
+                    vreinterpretq_f32_f64(vtrn2q_f64(t1, t3)),
+                ]
+            }
+        }
+        unsafe {
+            // Columns 0–3 and 4–7 of rows 0–3 and of rows 4–7.
+            let a = t4(r[0].0, r[1].0, r[2].0, r[3].0);
+            let b = t4(r[0].1, r[1].1, r[2].1, r[3].1);
+            let c = t4(r[4].0, r[5].0, r[6].0, r[7].0);
+            let d = t4(r[4].1, r[5].1, r[6].1, r[7].1);
+            let mut out = [Pair::zero(); 16];
+            for j in 0..4 {
+                out[j] = Pair(a[j], c[j]);
+                out[4 + j] = Pair(b[j], d[j]);
+            }
+            out
+        }
+    }
+}

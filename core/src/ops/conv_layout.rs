@@ -262,7 +262,7 @@ impl WinoTiles {
 /// tiles holds, at least one), and `rows` tile rows of them a block (tile rows counted
 /// across the group's images, one after the other).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(not(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon"))), allow(dead_code))]
 pub(crate) struct WgradTiles {
     pub cin: usize,
     pub cout: usize,

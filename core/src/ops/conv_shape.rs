@@ -142,21 +142,12 @@ impl Conv2d {
             && self.c_in >= 8
             && self.c_out >= 8
     }
-    /// Whether the forward and input gradient run [`super::conv_winograd`]: a
-    /// [`Conv2d::winograd`] shape where the direct kernels run.
+    /// Whether the forward and input gradient run [`super::conv_winograd`] (and the
+    /// weight gradient [`super::conv_winograd_wgrad`]): a [`Conv2d::winograd`] shape where
+    /// the direct kernels run.
     #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
     pub(crate) fn runs_winograd(&self) -> bool {
         self.winograd() && self.runs_direct()
-    }
-    /// Whether the weight gradient runs [`super::conv_winograd_wgrad`]: a
-    /// [`Conv2d::winograd`] shape on a CPU with AVX-512F (elsewhere the direct kernel's).
-    #[cfg(target_arch = "x86_64")]
-    pub(crate) fn runs_winograd_wgrad(&self) -> bool {
-        self.runs_winograd() && super::isa::cpu_isa() == super::isa::Isa::Avx512
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    pub(crate) fn runs_winograd_wgrad(&self) -> bool {
-        false
     }
     /// A stride-2 3×3 with padding 1 (a ResNet's downsampling 3×3).
     pub(crate) const fn halves(&self) -> bool {

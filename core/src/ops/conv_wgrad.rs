@@ -1,5 +1,5 @@
-//! Direct weight gradient of a stride-1 "same" 3×3 convolution on AVX2 or NEON (and on
-//! AVX-512 for the shapes `conv_winograd_wgrad` does not take), without a column matrix: `dw[co][ci][kh][kw] += Σ_{image, oy, ox} dy[co][oy][ox] · x[ci][oy + kh − 1][ox + kw − 1]`.
+//! Direct weight gradient of a stride-1 "same" 3×3 convolution on AVX2, AVX-512 or NEON,
+//! for the shapes `conv_winograd_wgrad` does not take, without a column matrix: `dw[co][ci][kh][kw] += Σ_{image, oy, ox} dy[co][oy][ox] · x[ci][oy + kh − 1][ox + kw − 1]`.
 //!
 //! The inputs of a group of images are copied into zero-padded planes ([`PaddedPlanes`],
 //! as the forward does). A register tile of [`TILE_CO`] output channels × the 3 `kw` taps

@@ -1,6 +1,6 @@
 //! Winograd F(2×2, 3×3) for the stride-1 "same" 3×3 convolutions ([`Conv2d::winograd`]):
 //! the forward (with eval's BN tail, [`super::conv_tail`]) and the input gradient (the
-//! weight gradient: `conv_winograd_wgrad`, AVX-512 only).
+//! weight gradient: `conv_winograd_wgrad`).
 //!
 //! Each 2×2 output tile is `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` of the 4×4 input patch `d` around
 //! it: 16 products per (input, output) channel pair where the direct kernels take 36, so

@@ -25,7 +25,7 @@ mod conv_tail;
 mod conv_wgrad;
 #[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
 mod conv_winograd;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
 mod conv_winograd_wgrad;
 mod f16;
 mod gemm;
