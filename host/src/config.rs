@@ -558,10 +558,16 @@ impl Settings {
     pub fn setup(&self, shape: Shape) -> Result<Setup> {
         let c = self;
         let name = parse_arch(&c.arch)?;
-        let mut arch = match name.family {
-            Family::Cifar => Arch::resnet(name.depth, shape.c, shape.image, shape.classes)?,
-            Family::ImageNet => Arch::resnet_imagenet(name.depth, shape.c, shape.image, shape.classes)?,
+        let arch = match name.family {
+            Family::Cifar => Arch::resnet(name.depth, shape.c, shape.image, shape.classes),
+            Family::ImageNet => Arch::resnet_imagenet(name.depth, shape.c, shape.image, shape.classes),
         };
+        // Say what the data (or the shape flags) gave: a folder of tiny images, say.
+        let mut arch = arch.map_err(|e| {
+            let (arch, ch, side, classes) = (&c.arch, shape.c, shape.image, shape.classes);
+            Error::new(e)
+                .context(format!("--arch {arch} on inputs of {ch} channel(s), {side}×{side}, {classes} class(es)"))
+        })?;
         if let Some(w) = c.width {
             arch = arch.with_width(w)?;
         }

@@ -203,6 +203,9 @@ fn malformed_image_folders() {
     let d = fresh(t.path(), "size", f);
     image::RgbImage::new(9, 8).save(d.join("train/class0/1.png")).unwrap();
     data_refused("folder", &d, &["class0/1.png: wrong size: image is 9×8"]);
+    // Images too small for the network: the shape the data gave, named.
+    let tiny = fresh(t.path(), "tiny", |d: &Path| support::folder(d, 2, 3, 2));
+    data_refused("folder", &tiny, &["--arch resnet8 on inputs of 3 channel(s), 2×2", "at least 4 pixels"]);
     let d = fresh(t.path(), "empty-class", f);
     for k in 0..3 {
         std::fs::remove_file(d.join(format!("train/class1/{k}.png"))).unwrap();
