@@ -565,8 +565,10 @@ impl Settings {
         // Say what the data (or the shape flags) gave: a folder of tiny images, say.
         let mut arch = arch.map_err(|e| {
             let (arch, ch, side, classes) = (&c.arch, shape.c, shape.image, shape.classes);
-            Error::new(e)
-                .context(format!("--arch {arch} on inputs of {ch} channel(s), {side}×{side}, {classes} class(es)"))
+            // The cause's text in the context too: `to_string` shows all of it, and the
+            // one-line report leaves out the repeated cause.
+            let what = format!("--arch {arch} on inputs of {ch} channel(s), {side}×{side}, {classes} class(es): {e}");
+            Error::new(e).context(what)
         })?;
         if let Some(w) = c.width {
             arch = arch.with_width(w)?;

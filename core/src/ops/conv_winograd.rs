@@ -529,9 +529,9 @@ unsafe fn products<P: Lanes, T: Zip, F: Finish, const R: usize, const NV: usize>
                 for xi in 0..16 {
                     let (u, v, y) = ((u.add(xi * t.cin * op), op), (vp.add(xi * vx + t0), bs), (yp.add(xi * yx), yr));
                     match nv {
-                        1 => tile::<P, R, 1>(u, v, t.cin, y, chans),
-                        2 => tile::<P, R, 2>(u, v, t.cin, y, chans),
-                        _ => tile::<P, R, NV>(u, v, t.cin, y, chans),
+                        1 => tile::<P, R, 1, false>(u, v, t.cin, y, chans),
+                        2 => tile::<P, R, 2, false>(u, v, t.cin, y, chans),
+                        _ => tile::<P, R, NV, false>(u, v, t.cin, y, chans),
                     }
                 }
                 let products = (yp as *const f32, yr, yx);
@@ -541,40 +541,46 @@ unsafe fn products<P: Lanes, T: Zip, F: Finish, const R: usize, const NV: usize>
     }
 }
 
-/// One register tile: `R` output channels × `NV` vectors of tiles, one FMA chain over the
-/// `cin` channels each; stores its first `rows` channels (`ys` floats apart).
+/// One register tile, the Winograd kernels' matrix products: `out[r][j] (+)= Σ_{k < steps}
+/// a[k][r] · b[k][j]` for `R` rows (broadcast from `a`, consecutive floats, `sa` floats a
+/// step) × `NV` vectors (from `b`, `sb` a step), one FMA chain per element, from zero or
+/// (with `ACC`) continued from `out`; stores its first `rows` rows (`so` floats apart).
+/// The forward's: output channels × tiles over the input channels; the weight
+/// gradient's (`conv_winograd_wgrad`): input channels × output channels over the tiles.
 ///
 /// # Safety
-/// The caller is compiled for `L`'s set; `u` (`op` floats a channel) and `v` (`bs`)
-/// hold `cin` channels of `R` weights and `NV` vectors; `y` the rows stored.
+/// The caller is compiled for `L`'s set; `a` and `b` hold `steps` steps of `R` floats and
+/// `NV` vectors; `out` the rows stored (and, with `ACC`, all `R` rows loaded).
 #[inline(always)]
-unsafe fn tile<L: Lanes, const R: usize, const NV: usize>(
-    (u, op): (*const f32, usize),
-    (v, bs): (*const f32, usize),
-    cin: usize,
-    (y, ys): (*mut f32, usize),
+pub(super) unsafe fn tile<L: Lanes, const R: usize, const NV: usize, const ACC: bool>(
+    (a, sa): (*const f32, usize),
+    (b, sb): (*const f32, usize),
+    steps: usize,
+    (out, so): (*mut f32, usize),
     rows: usize,
 ) {
+    let w = L::WIDTH;
     // SAFETY: the caller's contract.
     unsafe {
-        let mut acc = [[L::zero(); NV]; R];
-        let (mut u, mut v) = (u, v);
-        for _ in 0..cin {
-            let mut x = [L::zero(); NV];
-            for (j, x) in x.iter_mut().enumerate() {
-                *x = L::load(v.add(j * L::WIDTH), 0, L::WIDTH);
-            }
-            for (r, a) in acc.iter_mut().enumerate() {
-                let b = L::splat(u.add(r));
-                for (a, &x) in a.iter_mut().zip(&x) {
-                    *a = L::fma(b, x, *a);
+        let mut acc: [[L::V; NV]; R] = if ACC {
+            core::array::from_fn(|r| core::array::from_fn(|j| L::load(out.add(r * so + j * w), 0, w)))
+        } else {
+            [[L::zero(); NV]; R]
+        };
+        let (mut a, mut b) = (a, b);
+        for _ in 0..steps {
+            let x: [L::V; NV] = core::array::from_fn(|j| L::load(b.add(j * w), 0, w));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let s = L::splat(a.add(r));
+                for (acc, &x) in acc.iter_mut().zip(&x) {
+                    *acc = L::fma(s, x, *acc);
                 }
             }
-            (u, v) = (u.add(op), v.add(bs));
+            (a, b) = (a.add(sa), b.add(sb));
         }
-        for (r, a) in acc.iter().enumerate().take(rows) {
-            for (j, &s) in a.iter().enumerate() {
-                L::store(y.add(r * ys + j * L::WIDTH), s, L::WIDTH);
+        for (r, acc) in acc.iter().enumerate().take(rows) {
+            for (j, &v) in acc.iter().enumerate() {
+                L::store(out.add(r * so + j * w), v, w);
             }
         }
     }

@@ -35,6 +35,7 @@ use super::conv_lanes::{Lanes, Transpose};
 use super::conv_lanes::{Ymm, Zmm};
 use super::conv_layout::WgradTiles;
 use super::conv_shape::Conv2d;
+use super::conv_winograd::tile;
 #[cfg(target_arch = "x86_64")]
 use super::isa::{cpu_isa, Isa};
 
@@ -258,8 +259,9 @@ unsafe fn transform_grads<L: Lanes>(t: &WgradTiles, ys: &[f32], (r0, rows): (usi
     }
 }
 
-/// Adds the block's `tiles` products to `M[ξ][c][o]`: per ξ, register tiles of input
-/// channels × vectors of output channels, each element's FMA chain continued. AVX-512:
+/// Adds the block's `tiles` products to `M[ξ][c][o]`: per ξ, register tiles
+/// (`conv_winograd::tile`) of input channels × vectors of output channels, each
+/// element's FMA chain continued. AVX-512:
 /// 16 × 1 for 16 output channels, else 8 × up to 3 (at most 24 accumulators of the 32
 /// zmm); 8 lanes: 4 × up to 3 (12 of the 16 ymm; NEON's pairs, 24 of its 32).
 ///
@@ -292,53 +294,16 @@ unsafe fn sums<L: Lanes>(t: &WgradTiles, v: &[f32], g: &[f32], tiles: usize, m: 
                     let gg = (gp.add(xi * gx + ov * lw), op);
                     let mm = (mp.add((xi * cp + c0) * op + ov * lw), op);
                     match (r, nv) {
-                        (16, _) => tile::<L, 16, 1>(vv, gg, tiles, mm),
-                        (8, 1) => tile::<L, 8, 1>(vv, gg, tiles, mm),
-                        (8, 2) => tile::<L, 8, 2>(vv, gg, tiles, mm),
-                        (8, _) => tile::<L, 8, 3>(vv, gg, tiles, mm),
-                        (_, 1) => tile::<L, 4, 1>(vv, gg, tiles, mm),
-                        (_, 2) => tile::<L, 4, 2>(vv, gg, tiles, mm),
-                        _ => tile::<L, 4, 3>(vv, gg, tiles, mm),
+                        (16, _) => tile::<L, 16, 1, true>(vv, gg, tiles, mm, 16),
+                        (8, 1) => tile::<L, 8, 1, true>(vv, gg, tiles, mm, 8),
+                        (8, 2) => tile::<L, 8, 2, true>(vv, gg, tiles, mm, 8),
+                        (8, _) => tile::<L, 8, 3, true>(vv, gg, tiles, mm, 8),
+                        (_, 1) => tile::<L, 4, 1, true>(vv, gg, tiles, mm, 4),
+                        (_, 2) => tile::<L, 4, 2, true>(vv, gg, tiles, mm, 4),
+                        _ => tile::<L, 4, 3, true>(vv, gg, tiles, mm, 4),
                     }
                 }
                 ov += nv;
-            }
-        }
-    }
-}
-
-/// One register tile: `M[c0 + r][o-vector j] += Σ_{k < count} V[k][c0 + r] · Ŷ[k][j]` for
-/// `R` channels (a tile `cp` floats in `V`) and `NV` vectors (`op` in `Ŷ`, a channel's
-/// row `op` in `M`), each element one FMA chain continued from its value in `M`.
-///
-/// # Safety
-/// The caller is compiled for `L`'s set; the tiles, channels and vectors lie in the slices.
-#[inline(always)]
-unsafe fn tile<L: Lanes, const R: usize, const NV: usize>(
-    (v, cp): (*const f32, usize),
-    (g, op): (*const f32, usize),
-    count: usize,
-    (m, ms): (*mut f32, usize),
-) {
-    let lw = L::WIDTH;
-    // SAFETY: the caller's contract.
-    unsafe {
-        let mut acc: [[L::V; NV]; R] =
-            core::array::from_fn(|r| core::array::from_fn(|j| L::load(m.add(r * ms + j * lw), 0, lw)));
-        let (mut v, mut g) = (v, g);
-        for _ in 0..count {
-            let y: [L::V; NV] = core::array::from_fn(|j| L::load(g.add(j * lw), 0, lw));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let b = L::splat(v.add(r));
-                for (a, &y) in a.iter_mut().zip(&y) {
-                    *a = L::fma(b, y, *a);
-                }
-            }
-            (v, g) = (v.add(cp), g.add(op));
-        }
-        for (r, a) in acc.iter().enumerate() {
-            for (j, &s) in a.iter().enumerate() {
-                L::store(m.add(r * ms + j * lw), s, lw);
             }
         }
     }
