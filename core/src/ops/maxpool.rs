@@ -65,16 +65,91 @@ impl MaxPool2d {
         }
         best
     }
+    /// `f(output index in the plane, winner's index in the plane)` for every output of
+    /// one plane, in order: on AVX2, a stride-2 pool's interior windows eight at a time
+    /// ([`winners_avx2`]; a scalar scan with data-dependent jumps mispredicts on random
+    /// data, and the compiler turns selects on its loop-carried maximum back into jumps);
+    /// everything else by [`Self::argmax`], the same winners.
+    #[inline]
+    fn winners(&self, plane: &[f32], mut f: impl FnMut(usize, usize)) {
+        let (ho, wo) = (self.h_out(), self.w_out());
+        #[cfg(target_arch = "x86_64")]
+        if self.stride == 2 && super::cpu_isa() >= super::Isa::Avx2 {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { winners_avx2(self, plane, f) };
+        }
+        for o in 0..ho * wo {
+            f(o, self.argmax(plane, o / wo, o % wo));
+        }
+    }
+}
+
+/// [`MaxPool2d::winners`] for `stride == 2` with AVX2: the windows that lie wholly inside
+/// the plane's columns, eight neighbours at a time as lanes (`x` deinterleaved from two
+/// loads), with the scan's rule as compares and blends; the border windows by
+/// [`MaxPool2d::argmax`].
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn winners_avx2(s: &MaxPool2d, plane: &[f32], mut f: impl FnMut(usize, usize)) {
+    use core::arch::x86_64::*;
+    let (ho, wo, w, k) = (s.h_out(), s.w_out(), s.w, s.k);
+    // Output columns whose window spans k input columns: 2·ox − pad ≥ 0, 2·ox − pad + k ≤ w.
+    let lo = s.pad.div_ceil(2).min(wo);
+    let hi = if w + s.pad >= k { ((w + s.pad - k) / 2 + 1).clamp(lo, wo) } else { lo };
+    // Plane indices fit i32 (a plane is far below 2³¹ floats).
+    let lane2 = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+    for oy in 0..ho {
+        let (y0, y1) = s.span(oy, s.h);
+        let o0 = oy * wo;
+        let mut ox = 0;
+        while ox < wo {
+            // Eight interior windows whose loads (16 floats from each tap) stay in the plane.
+            let x0 = (2 * ox).wrapping_sub(s.pad);
+            let fits = ox >= lo && ox + 8 <= hi && (y1 - 1) * w + x0 + k - 1 + 16 <= plane.len();
+            if !fits {
+                f(o0 + ox, s.argmax(plane, oy, ox));
+                ox += 1;
+                continue;
+            }
+            let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+            let mut b = _mm256_set1_epi32((y0 * w + x0) as i32);
+            for iy in y0..y1 {
+                for dx in 0..k {
+                    let at = iy * w + x0 + dx;
+                    // SAFETY: at + 16 ≤ plane.len() (`fits`, at its largest row and tap).
+                    let v = unsafe {
+                        let (a, c) =
+                            (_mm256_loadu_ps(plane.as_ptr().add(at)), _mm256_loadu_ps(plane.as_ptr().add(at + 8)));
+                        // Even elements: a0 a2 c0 c2 | a4 a6 c4 c6, then 64-bit lanes 0 2 1 3.
+                        let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, c);
+                        _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)))
+                    };
+                    let take = _mm256_or_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, m), _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+                    m = _mm256_blendv_ps(m, v, take);
+                    let idx = _mm256_add_epi32(_mm256_set1_epi32(at as i32), lane2);
+                    b = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(b), _mm256_castsi256_ps(idx), take));
+                }
+            }
+            let mut out = [0i32; 8];
+            // SAFETY: an unaligned store of 8 i32 into a local array.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), b) };
+            for (l, &i) in out.iter().enumerate() {
+                f(o0 + ox + l, i as usize);
+            }
+            ox += 8;
+        }
+    }
 }
 
 /// `y` = the max of each window of `x`, for `n` images.
 pub fn maxpool_forward(s: &MaxPool2d, n: usize, x: &[f32], y: &mut [f32]) {
     debug_assert!(x.len() >= n * s.in_len() && y.len() >= n * s.out_len());
-    let (hw, ohw, wo) = (s.h * s.w, s.h_out() * s.w_out(), s.w_out());
+    let (hw, ohw) = (s.h * s.w, s.h_out() * s.w_out());
     for (plane, out) in x.chunks_exact(hw).zip(y.chunks_exact_mut(ohw)).take(n * s.c) {
-        for (o, v) in out.iter_mut().enumerate() {
-            *v = plane[s.argmax(plane, o / wo, o % wo)];
-        }
+        s.winners(plane, |o, i| out[o] = plane[i]);
     }
 }
 
@@ -82,13 +157,11 @@ pub fn maxpool_forward(s: &MaxPool2d, n: usize, x: &[f32], y: &mut [f32]) {
 /// `x` (the forward's input). Overlapping windows add in output order, as PyTorch does.
 pub fn maxpool_backward(s: &MaxPool2d, n: usize, x: &[f32], dy: &[f32], dx: &mut [f32]) {
     debug_assert!(x.len() >= n * s.in_len() && dx.len() >= n * s.in_len() && dy.len() >= n * s.out_len());
-    let (hw, ohw, wo) = (s.h * s.w, s.h_out() * s.w_out(), s.w_out());
+    let (hw, ohw) = (s.h * s.w, s.h_out() * s.w_out());
     let planes = x.chunks_exact(hw).zip(dx.chunks_exact_mut(hw)).zip(dy.chunks_exact(ohw));
     for ((plane, dplane), g) in planes.take(n * s.c) {
         dplane.fill(0.0);
-        for (o, &gv) in g.iter().enumerate() {
-            dplane[s.argmax(plane, o / wo, o % wo)] += gv;
-        }
+        s.winners(plane, |o, i| dplane[i] += g[o]);
     }
 }
 
@@ -139,6 +212,39 @@ mod tests {
         let mut dx = [0.0; 4];
         maxpool_backward(&s, 1, &[f32::NEG_INFINITY; 4], &[3.0], &mut dx);
         assert_eq!(dx, [3.0, 0.0, 0.0, 0.0]);
+    }
+
+    /// The winners of [`MaxPool2d::winners`] (on x86_64 the AVX2 lanes for the interior
+    /// windows) are [`MaxPool2d::argmax`]'s for every output: planes wide enough for
+    /// several 8-window blocks and ragged edges, with ties (values on a coarse grid),
+    /// `±0.0` ties, NaNs with distinct payloads and −∞.
+    #[test]
+    fn lanes_pick_the_scalar_scans_winners() {
+        let mut x = [0.0f32; 2 * 37 * 41];
+        let mut st = 7u32;
+        for (i, v) in x.iter_mut().enumerate() {
+            st ^= st << 13;
+            st ^= st >> 17;
+            st ^= st << 5;
+            *v = match st % 23 {
+                0 => f32::from_bits(0x7fc0_0000 | i as u32),
+                1 => -0.0,
+                2 => 0.0,
+                3 => f32::NEG_INFINITY,
+                r => (r % 5) as f32 - 2.0,
+            };
+        }
+        for (h, w, k, pad) in [(37, 41, 3, 1), (20, 34, 3, 1), (9, 40, 2, 0), (11, 36, 3, 0), (7, 19, 4, 1)] {
+            let s = MaxPool2d { c: 2, h, w, k, stride: 2, pad };
+            let hw = h * w;
+            for plane in x[..2 * hw].chunks_exact(hw) {
+                let mut got = [usize::MAX; 21 * 21];
+                s.winners(plane, |o, i| got[o] = i);
+                for o in 0..s.h_out() * s.w_out() {
+                    assert_eq!(got[o], s.argmax(plane, o / s.w_out(), o % s.w_out()), "{s:?} output {o}");
+                }
+            }
+        }
     }
 
     /// Finite differences of L = Σ w·maxpool(x) on distinct values (no ties, so L is
