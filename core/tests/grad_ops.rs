@@ -821,11 +821,15 @@ fn sgemm_avx512_gives_the_avx2_bits() {
 
 /// A strided batch (op(A) packed once for every item) gives each item the bits of its own
 /// `sgemm`, on the kernel this CPU runs: several row blocks of A (m > 144), k slabs,
-/// edges, both transposes of A and B, overwrite and accumulate, strides with gaps.
+/// edges, both transposes of A and B, overwrite and accumulate, strides with gaps; items
+/// of fewer columns than a tile, which run side by side as one product (micro-panels
+/// straddling two or more items).
 #[test]
 fn sgemm_strided_batch_gives_each_item_its_own_bits() {
     let mut seed = 500;
-    for &(m, n, k, items) in &[(150usize, 49usize, 300usize, 3usize), (13, 40, 7, 2), (64, 196, 33, 5), (5, 3, 1, 1)] {
+    for &(m, n, k, items) in
+        &[(150usize, 49usize, 300usize, 3usize), (13, 40, 7, 2), (64, 196, 33, 5), (5, 3, 1, 1), (7, 5, 20, 9)]
+    {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             for acc in [false, true] {
                 seed += 1;

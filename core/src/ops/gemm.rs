@@ -7,7 +7,10 @@
 //! A register-blocked micro-kernel computes an `MR × NR` tile of C. op(B) is either a
 //! stored matrix or a [`PackB`] source that writes the packed panels itself (a
 //! convolution's column matrix gathered straight from the image, so it is never
-//! materialised); either way the kernels see the same panels.
+//! materialised); either way the kernels see the same panels. A strided batch of items
+//! with few columns each (a 1×1 convolution on a 7×7 map, image by image) runs as one
+//! product with the items side by side ([`ColImages`]), so micro-panels do not end
+//! half empty at every item's edge.
 //!
 //! Kernels: AVX2+FMA (`6 × 16`: 12 accumulators + 2 B rows + 1 broadcast fill the 16 ymm
 //! registers without spilling, runtime-detected on x86_64) and a portable plain-loop
@@ -632,7 +635,7 @@ pub fn sgemm_using(
     check_a_c(m, n, k, a, lda, trans_a, c, ldc);
     let (br, bc) = if trans_b { (n, k) } else { (k, n) };
     assert!(ldb >= bc && b.len() >= (br - 1) * ldb + bc, "sgemm: B too small");
-    run(kernel, &Problem { m, n, k, a, lda, trans_a, b, ldb, trans_b, packer: None, ldc, accumulate }, c);
+    run(kernel, &Problem { m, n, k, a, lda, trans_a, b, ldb, trans_b, packer: None, cols: None, ldc, accumulate }, c);
 }
 
 /// [`sgemm`] with op(B) (`k × n`) supplied by a [`PackB`] source rather than stored:
@@ -654,7 +657,21 @@ pub(crate) fn sgemm_packed_b(
         return sgemm(m, n, k, a, lda, trans_a, &[], n, false, c, ldc, accumulate);
     }
     check_a_c(m, n, k, a, lda, trans_a, c, ldc);
-    let p = Problem { m, n, k, a, lda, trans_a, b: &[], ldb: n, trans_b: false, packer: Some(b), ldc, accumulate };
+    let p = Problem {
+        m,
+        n,
+        k,
+        a,
+        lda,
+        trans_a,
+        b: &[],
+        ldb: n,
+        trans_b: false,
+        packer: Some(b),
+        cols: None,
+        ldc,
+        accumulate,
+    };
     run(sgemm_kernel(), &p, c);
 }
 
@@ -691,8 +708,76 @@ pub fn sgemm_strided_batch(
     check_a_c(m, n, k, a, lda, trans_a, &c[last * stride_c..], ldc);
     let (br, bc) = if trans_b { (n, k) } else { (k, n) };
     assert!(ldb >= bc && b.len() >= last * stride_b + (br - 1) * ldb + bc, "sgemm: B too small");
-    let p = Problem { m, n, k, a, lda, trans_a, b, ldb, trans_b, packer: None, ldc, accumulate };
+    let p = Problem { m, n, k, a, lda, trans_a, b, ldb, trans_b, packer: None, cols: None, ldc, accumulate };
+    if !trans_b && n < SIDE_BY_SIDE_BELOW && !n.is_multiple_of(2 * PANEL_NR) {
+        // Few columns an item, the last micro-panel partly empty (a 7×7 map's 49 columns
+        // fill 49 of 64 lanes): the items side by side as one product of items·n columns.
+        let cols = ColImages { per: n, b: stride_b, c: stride_c };
+        return run(sgemm_kernel(), &Problem { n: items * n, cols: Some(cols), ..p }, c);
+    }
     run_batch(sgemm_kernel(), &p, Batch { items, b: stride_b, c: stride_c }, c);
+}
+
+/// [`sgemm_strided_batch`] puts its items side by side when they have fewer columns
+/// than this (and no multiple of the widest tile): a 28×28 map's 784 columns and below.
+const SIDE_BY_SIDE_BELOW: usize = 1024;
+
+/// The columns of op(B) (stored, not transposed) and of C as runs of `per` columns, one
+/// per item of a strided batch: column `j` is column `j % per` of item `j / per`, whose B
+/// starts `b` floats and whose C starts `c` floats after the previous item's.
+#[derive(Clone, Copy)]
+struct ColImages {
+    per: usize,
+    b: usize,
+    c: usize,
+}
+
+impl ColImages {
+    /// Float offset of column `j` in row 0 of C.
+    fn c_at(self, j: usize) -> usize {
+        (j / self.per) * self.c + j % self.per
+    }
+    /// Whether columns `j0..j0 + cols` lie in one item (so they are contiguous in C).
+    fn one_item(self, j0: usize, cols: usize) -> bool {
+        j0 % self.per + cols <= self.per
+    }
+}
+
+/// [`pack_b`] of a stored, untransposed op(B) whose columns are item runs
+/// ([`ColImages`]): a micro-panel inside one item is copied row by row as in `pack_b`,
+/// one that straddles two items element by element.
+#[inline(always)]
+fn pack_b_items(
+    p: &Problem<'_>,
+    ci: ColImages,
+    jc: usize,
+    ncv: usize,
+    pc: usize,
+    kc: usize,
+    out: &mut [MaybeUninit<f32>],
+) {
+    const NR: usize = PANEL_NR;
+    for r in 0..ncv.div_ceil(NR) {
+        let (j0, lanes) = (jc + r * NR, NR.min(ncv - r * NR));
+        let dst = &mut out[r * kc * NR..][..kc * NR];
+        if lanes == NR && ci.one_item(j0, NR) {
+            let base = (j0 / ci.per) * ci.b + j0 % ci.per;
+            for (q, d) in dst.chunks_exact_mut(NR).enumerate() {
+                let src: &[f32; NR] = p.b[base + (pc + q) * p.ldb..][..NR].try_into().expect("NR floats");
+                let d: &mut [MaybeUninit<f32>; NR] = d.try_into().expect("NR floats");
+                *d = src.map(MaybeUninit::new);
+            }
+        } else {
+            let at: [Option<usize>; NR] =
+                core::array::from_fn(|l| (l < lanes).then(|| ((j0 + l) / ci.per) * ci.b + (j0 + l) % ci.per));
+            for (q, d) in dst.chunks_exact_mut(NR).enumerate() {
+                let row = (pc + q) * p.ldb;
+                for (o, a) in d.iter_mut().zip(at) {
+                    *o = MaybeUninit::new(a.map_or(0.0, |a| p.b[a + row]));
+                }
+            }
+        }
+    }
 }
 
 /// The shape checks of A and C (`m, n, k > 0`): once per call, so the packing and kernels
@@ -744,6 +829,8 @@ struct Problem<'a> {
     trans_b: bool,
     /// Packs op(B) in place of `b` (then empty) when set.
     packer: Option<&'a dyn PackB>,
+    /// op(B)'s (stored, not transposed) and C's columns as runs of images, when set.
+    cols: Option<ColImages>,
     ldc: usize,
     accumulate: bool,
 }
@@ -809,10 +896,11 @@ fn driver_batch<K: MicroKernel>(p: &Problem<'_>, batch: Batch, c: &mut [f32]) {
                 let mut jc = 0;
                 while jc < p.n {
                     let ncv = NC.min(p.n - jc);
-                    match p.packer {
-                        Some(src) => src.pack(jc, ncv, pc, kc, &mut bpack),
+                    match (p.packer, p.cols) {
+                        (Some(src), _) => src.pack(jc, ncv, pc, kc, &mut bpack),
+                        (None, Some(ci)) => pack_b_items(p, ci, jc, ncv, pc, kc, &mut bpack),
                         // SAFETY: as above.
-                        None => unsafe { K::pack_b(p, jc, ncv, pc, kc, &mut bpack) },
+                        (None, None) => unsafe { K::pack_b(p, jc, ncv, pc, kc, &mut bpack) },
                     }
                     let mut jr = 0;
                     while jr < ncv {
@@ -826,13 +914,18 @@ fn driver_batch<K: MicroKernel>(p: &Problem<'_>, batch: Batch, c: &mut [f32]) {
                             // Whole B panels the tile reads (the last one zero-padded).
                             let cols = nv.div_ceil(PANEL_NR) * PANEL_NR;
                             let rows = if K::ROW_EDGES { mv } else { mr };
-                            if cols == nv && (mv == mr || K::ROW_EDGES) {
+                            // C's columns j0..j0+nv: contiguous from `cj`, unless they
+                            // straddle two items placed side by side.
+                            let one = p.cols.is_none_or(|ci| ci.one_item(j0, nv));
+                            let cj = p.cols.map_or(j0, |ci| ci.c_at(j0));
+                            if one && cols == nv && (mv == mr || K::ROW_EDGES) {
                                 // SAFETY: the packed panels hold the floats of the mv rows and
                                 // nv columns, written by the packing above; the tile rows
                                 // i0..i0+mv and columns j0..j0+nv lie inside C (checked by
-                                // the asserts in `sgemm_using`); the kernel takes mv rows (mv
-                                // == MR or ROW_EDGES) and nv columns (whole panels); the
-                                // caller picked a kernel the CPU supports.
+                                // the asserts in `sgemm_using` / `sgemm_strided_batch`, for
+                                // item runs at their item's offset `cj`); the kernel takes mv
+                                // rows (mv == MR or ROW_EDGES) and nv columns (whole panels);
+                                // the caller picked a kernel the CPU supports.
                                 unsafe {
                                     K::run(Tile {
                                         rows: mv,
@@ -840,26 +933,42 @@ fn driver_batch<K: MicroKernel>(p: &Problem<'_>, batch: Batch, c: &mut [f32]) {
                                         kc,
                                         ap,
                                         bp,
-                                        c: c.as_mut_ptr().add(i0 * ldc + j0),
+                                        c: c.as_mut_ptr().add(i0 * ldc + cj),
                                         ldc,
                                         load,
                                     })
                                 };
                             } else {
-                                if load {
-                                    for i in 0..mv {
-                                        let row = &c[(i0 + i) * ldc + j0..][..nv];
-                                        tile[i * nr..i * nr + nv].copy_from_slice(row);
+                                // Through the local MR×NR `tile`: the columns in runs that
+                                // lie in one item (one run unless they straddle items).
+                                let runs = |f: &mut dyn FnMut(usize, usize, usize)| match p.cols {
+                                    Some(ci) if !one => {
+                                        let mut j = 0;
+                                        while j < nv {
+                                            let len = (ci.per - (j0 + j) % ci.per).min(nv - j);
+                                            f(j, ci.c_at(j0 + j), len);
+                                            j += len;
+                                        }
                                     }
+                                    _ => f(0, cj, nv),
+                                };
+                                if load {
+                                    runs(&mut |j, at, len| {
+                                        for i in 0..mv {
+                                            let t = &mut tile[i * nr + j..][..len];
+                                            t.copy_from_slice(&c[(i0 + i) * ldc + at..][..len]);
+                                        }
+                                    });
                                 }
                                 // SAFETY: as above, with the local MR×NR `tile` as C, `rows`
                                 // (mv, or MR for a kernel without row edges, whose packed
                                 // panel is MR rows) and the whole panels' `cols`.
                                 unsafe { K::run(Tile { rows, cols, kc, ap, bp, c: tile.as_mut_ptr(), ldc: nr, load }) };
-                                for i in 0..mv {
-                                    let row = &mut c[(i0 + i) * ldc + j0..][..nv];
-                                    row.copy_from_slice(&tile[i * nr..i * nr + nv]);
-                                }
+                                runs(&mut |j, at, len| {
+                                    for i in 0..mv {
+                                        c[(i0 + i) * ldc + at..][..len].copy_from_slice(&tile[i * nr + j..][..len]);
+                                    }
+                                });
                             }
                             ir += mr;
                         }
