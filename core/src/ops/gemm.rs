@@ -413,6 +413,14 @@ unsafe fn kernel_avx512<const R: usize, const P: usize>(t: Tile) {
     // SAFETY: all pointer offsets stay inside the panels / tile of the contract (rows
     // 6..R only when R > 6, so the second A panel is read only when it was packed).
     unsafe {
+        // The next tile down (the driver's next call in most cases) reads and writes these
+        // rows of C: ask for them now, so their misses overlap this tile's FMAs.
+        for i in 0..R {
+            let next = c.wrapping_add((R + i) * ldc);
+            for j in 0..P {
+                _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(NR * j).cast());
+            }
+        }
         let mut acc = [[_mm512_setzero_ps(); P]; R];
         if load {
             for (i, row) in acc.iter_mut().enumerate() {
