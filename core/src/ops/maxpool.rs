@@ -106,9 +106,11 @@ unsafe fn winners_avx2(s: &MaxPool2d, plane: &[f32], mut f: impl FnMut(usize, us
         let o0 = oy * wo;
         let mut ox = 0;
         while ox < wo {
-            // Eight interior windows whose loads (16 floats from each tap) stay in the plane.
+            // Up to eight interior windows (lanes past `hi` computed and dropped) whose
+            // loads (16 floats from each tap) stay in the plane.
             let x0 = (2 * ox).wrapping_sub(s.pad);
-            let fits = ox >= lo && ox + 8 <= hi && (y1 - 1) * w + x0 + k - 1 + 16 <= plane.len();
+            let cnt = hi.saturating_sub(ox).min(8);
+            let fits = ox >= lo && cnt > 0 && (y1 - 1) * w + x0 + k - 1 + 16 <= plane.len();
             if !fits {
                 f(o0 + ox, s.argmax(plane, oy, ox));
                 ox += 1;
@@ -136,10 +138,10 @@ unsafe fn winners_avx2(s: &MaxPool2d, plane: &[f32], mut f: impl FnMut(usize, us
             let mut out = [0i32; 8];
             // SAFETY: an unaligned store of 8 i32 into a local array.
             unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), b) };
-            for (l, &i) in out.iter().enumerate() {
+            for (l, &i) in out[..cnt].iter().enumerate() {
                 f(o0 + ox + l, i as usize);
             }
-            ox += 8;
+            ox += cnt;
         }
     }
 }
