@@ -1076,6 +1076,9 @@ fn conv_is_bitwise_its_fma_chains() {
         Conv2d { c_in: 16, c_out: 12, h: 28, w: 28, k: 3, stride: 1, pad: 1, groups: 1 },
         Conv2d { c_in: 16, c_out: 32, h: 16, w: 16, k: 3, stride: 2, pad: 1, groups: 1 },
         Conv2d { c_in: 8, c_out: 16, h: 9, w: 9, k: 1, stride: 2, pad: 0, groups: 1 },
+        // A downsampling 1×1 whose images run side by side in one product: 9 output
+        // pixels an image (micro-panels straddle images), more rows than a GEMM row block.
+        Conv2d { c_in: 20, c_out: 300, h: 6, w: 5, k: 1, stride: 2, pad: 0, groups: 1 },
         Conv2d { c_in: 8, c_out: 5, h: 6, w: 6, k: 1, stride: 1, pad: 0, groups: 1 },
         Conv2d { c_in: 5, c_out: 6, h: 7, w: 7, k: 3, stride: 1, pad: 1, groups: 1 },
         Conv2d { c_in: 3, c_out: 9, h: 8, w: 16, k: 3, stride: 1, pad: 1, groups: 1 },

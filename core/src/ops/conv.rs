@@ -19,7 +19,7 @@ use core::mem::MaybeUninit;
 use super::conv_layout::copy_short;
 use super::conv_shape::{Conv2d, COL_BLOCK};
 use super::conv_tail::{BnTail, Images};
-use super::gemm::{sgemm_packed_b, PackB, PANEL_NR};
+use super::gemm::{sgemm_packed_b, sgemm_packed_b_items, PackB, PANEL_NR};
 use super::{fold_lanes, sgemm, sgemm_strided_batch, sum_lanes};
 #[cfg(target_arch = "x86_64")]
 use super::{
@@ -364,6 +364,44 @@ unsafe fn store_masked(d: *mut f32, src: *const f32, m0: core::arch::x86_64::__m
     }
 }
 
+/// Output pixels below which a downsampling 1×1 runs its images side by side
+/// ([`Subsampled`]): its packer gathers element by element, which costs more than
+/// im2col's copies and the weights' vector packing once an image does at 14² outputs
+/// (512 → 1024 channels: 65 → 47 GFLOP/s on a Zen 4), less at 7² (1024 → 2048: 49 → 62).
+const SUBSAMPLED_BELOW: usize = 64;
+
+/// The column matrices of `images` images under an unpadded 1×1 convolution of stride
+/// > 1, side by side, as a GEMM's op(B) (`c_in × images·h_out·w_out`): column `j` is
+/// output pixel `j % (h_out·w_out)` of image `j / (h_out·w_out)`, which reads input
+/// pixel `(oy·stride, ox·stride)`. The values im2col writes, so the same bits.
+struct Subsampled<'a> {
+    s: &'a Conv2d,
+    x: &'a [f32],
+    images: usize,
+}
+
+impl PackB for Subsampled<'_> {
+    fn pack(&self, jc: usize, ncv: usize, pc: usize, kc: usize, out: &mut [MaybeUninit<f32>]) {
+        let s = self.s;
+        let (wo, hw_o, hw) = (s.w_out(), s.h_out() * s.w_out(), s.h * s.w);
+        debug_assert!(jc + ncv <= self.images * hw_o);
+        for (r, panel) in out[..ncv.div_ceil(PANEL_NR) * kc * PANEL_NR].chunks_exact_mut(kc * PANEL_NR).enumerate() {
+            // Each lane's input pixel in channel 0 (None past the last column).
+            let at: [Option<usize>; PANEL_NR] = core::array::from_fn(|l| {
+                let j = jc + r * PANEL_NR + l;
+                let (t, p) = (j / hw_o, j % hw_o);
+                (j < jc + ncv).then(|| t * s.in_len() + (p / wo) * s.stride * s.w + (p % wo) * s.stride)
+            });
+            for (q, d) in panel.chunks_exact_mut(PANEL_NR).enumerate() {
+                let plane = (pc + q) * hw;
+                for (o, a) in d.iter_mut().zip(at) {
+                    *o = MaybeUninit::new(a.map_or(0.0, |a| self.x[a + plane]));
+                }
+            }
+        }
+    }
+}
+
 /// Runs a grouped convolution as its groups' ungrouped ones: `f(group shape, image,
 /// group)` for every image, and within it every group, in order. Each group's planes and
 /// weights are contiguous, so every path of the ungrouped code serves it unchanged (the
@@ -448,11 +486,18 @@ pub fn conv2d_forward(
         // product per image).
         let (b, c) = ((x, hw_o, false, s.in_len()), (&mut y[..], hw_o, s.out_len()));
         sgemm_strided_batch(s.c_out, hw_o, kk, w, kk, false, b, c, n, false);
+    } else if s.strided_1x1() && hw_o < SUBSAMPLED_BELOW {
+        // A downsampling 1×1 onto a small map: the images side by side as one product,
+        // its B packed straight from their every `stride`-th pixel, so the weights are
+        // packed once, not once an image (which cost a 14² → 7² shortcut, 1024 → 2048
+        // channels, a third of its time).
+        let b = Subsampled { s, x, images: n };
+        sgemm_packed_b_items(s.c_out, kk, w, kk, false, &b, (hw_o, n), (y, hw_o, s.out_len()));
     }
     for i in 0..n {
         let xi = &x[i * s.in_len()..][..s.in_len()];
         let yi = &mut y[i * s.out_len()..][..s.out_len()];
-        if s.direct() || s.runs_direct_forward() {
+        if s.direct() || (s.strided_1x1() && hw_o < SUBSAMPLED_BELOW) || s.runs_direct_forward() {
             // Computed above for all images at once.
         } else if s.same() && s.k <= SHIFTED_MAX_K {
             let taps = ShiftedTaps { s, x: xi };

@@ -75,6 +75,10 @@ impl Conv2d {
     pub(crate) const fn direct(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
+    /// An unpadded 1×1 of stride > 1 (a ResNet's downsampling shortcut).
+    pub(crate) const fn strided_1x1(&self) -> bool {
+        self.k == 1 && self.stride > 1 && self.pad == 0
+    }
     /// A stride-1 convolution whose output has the input's shape (every 3×3 of a ResNet
     /// but the downsampling ones): each column-matrix row is an input plane shifted.
     pub(crate) const fn same(&self) -> bool {

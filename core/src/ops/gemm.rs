@@ -683,6 +683,47 @@ pub(crate) fn sgemm_packed_b(
     run(sgemm_kernel(), &p, c);
 }
 
+/// [`sgemm_packed_b`] over `items` products side by side: op(B) has `items · per`
+/// columns (the packer's), and C's columns are item runs ([`ColImages`]): item `t`'s
+/// `per` columns start at float `t · stride_c` of `c` (row stride `ldc`). Overwrites C.
+/// Each element of C gets the bits `sgemm` gives it alone.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm_packed_b_items(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    trans_a: bool,
+    b: &dyn PackB,
+    (per, items): (usize, usize),
+    (c, ldc, stride_c): (&mut [f32], usize, usize),
+) {
+    if m == 0 || per == 0 || items == 0 {
+        return;
+    }
+    assert!(k > 0, "sgemm: a packed B has k > 0");
+    let last = items - 1;
+    check_a_c(m, per, k, a, lda, trans_a, &c[last * stride_c..], ldc);
+    let cols = Some(ColImages { per, b: 0, c: stride_c });
+    let n = items * per;
+    let p = Problem {
+        m,
+        n,
+        k,
+        a,
+        lda,
+        trans_a,
+        b: &[],
+        ldb: n,
+        trans_b: false,
+        packer: Some(b),
+        cols,
+        ldc,
+        accumulate: false,
+    };
+    run(sgemm_kernel(), &p, c);
+}
+
 /// `items` products that share A: `C_t (+)= op(A) · op(B_t)` for `t < items`, where `B_t`
 /// starts at float `t · stride_b` of `b` and `C_t` at float `t · stride_c` of `c` (the
 /// strided batch of cuBLAS). Each block of op(A) is packed once for all of them, so a
