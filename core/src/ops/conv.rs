@@ -370,8 +370,8 @@ unsafe fn store_masked(d: *mut f32, src: *const f32, m0: core::arch::x86_64::__m
 /// (512 → 1024 channels: 65 → 47 GFLOP/s on a Zen 4), less at 7² (1024 → 2048: 49 → 62).
 const SUBSAMPLED_BELOW: usize = 64;
 
-/// The column matrices of `images` images under an unpadded 1×1 convolution of stride
-/// > 1, side by side, as a GEMM's op(B) (`c_in × images·h_out·w_out`): column `j` is
+/// The column matrices of `images` images under an unpadded 1×1 convolution of a stride
+/// above 1, side by side, as a GEMM's op(B) (`c_in × images·h_out·w_out`): column `j` is
 /// output pixel `j % (h_out·w_out)` of image `j / (h_out·w_out)`, which reads input
 /// pixel `(oy·stride, ox·stride)`. The values im2col writes, so the same bits.
 struct Subsampled<'a> {
