@@ -38,12 +38,15 @@ pub fn sgd_step(cfg: &Sgd, lr: f32, params: &mut [f32], grads: &[f32], momentum_
     let neg_lr = -lr;
     if m != 0.0 {
         debug_assert!(momentum_buf.len() == params.len());
-        let mut done = 0;
         #[cfg(target_arch = "x86_64")]
-        if crate::ops::cpu_isa() >= crate::ops::Isa::Avx2 {
+        let done = if crate::ops::cpu_isa() >= crate::ops::Isa::Avx2 {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            done = unsafe { momentum_step_avx2(cfg, lr, params, grads, momentum_buf) };
-        }
+            unsafe { momentum_step_avx2(cfg, lr, params, grads, momentum_buf) }
+        } else {
+            0
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = 0;
         let (params, grads, momentum_buf) = (&mut params[done..], &grads[done..], &mut momentum_buf[done..]);
         for ((p, &g), b) in params.iter_mut().zip(grads).zip(momentum_buf.iter_mut()) {
             let mut d = g;
