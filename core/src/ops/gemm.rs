@@ -314,6 +314,12 @@ unsafe fn kernel_avx2<const R: usize>(t: Tile) {
     const MR: usize = 6;
     // SAFETY: all pointer offsets stay inside the panels / tile of the contract.
     unsafe {
+        // As in the AVX-512 kernel: the next tile down's rows of C, requested early
+        // (ResNeXt-50's convs on one thread with this kernel: input gradients 8 % faster,
+        // weight gradients, whose C is in cache, 3 % slower; 2 % overall, Zen 4).
+        for i in 0..R {
+            _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add((R + i) * ldc).cast());
+        }
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         if load {
             for i in 0..R {
