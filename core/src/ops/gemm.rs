@@ -671,22 +671,19 @@ pub(crate) fn sgemm_packed_b(
         return sgemm(m, n, k, a, lda, trans_a, &[], n, false, c, ldc, accumulate);
     }
     check_a_c(m, n, k, a, lda, trans_a, c, ldc);
-    let p = Problem {
-        m,
-        n,
-        k,
-        a,
-        lda,
-        trans_a,
-        b: &[],
-        ldb: n,
-        trans_b: false,
-        packer: Some(b),
-        cols: None,
-        ldc,
-        accumulate,
-    };
-    run(sgemm_kernel(), &p, c);
+    run(sgemm_kernel(), &packed((m, n, k, a, lda, trans_a), b, None, ldc, accumulate), c);
+}
+
+/// The problem of a [`PackB`] source's op(B) (`(m, n, k, a, lda, trans_a)` as for
+/// [`sgemm`]), its columns as item runs when `cols` is set.
+fn packed<'a>(
+    (m, n, k, a, lda, trans_a): (usize, usize, usize, &'a [f32], usize, bool),
+    b: &'a dyn PackB,
+    cols: Option<ColImages>,
+    ldc: usize,
+    accumulate: bool,
+) -> Problem<'a> {
+    Problem { m, n, k, a, lda, trans_a, b: &[], ldb: n, trans_b: false, packer: Some(b), cols, ldc, accumulate }
 }
 
 /// [`sgemm_packed_b`] over `items` products side by side: op(B) has `items · per`
@@ -711,23 +708,7 @@ pub(crate) fn sgemm_packed_b_items(
     let last = items - 1;
     check_a_c(m, per, k, a, lda, trans_a, &c[last * stride_c..], ldc);
     let cols = Some(ColImages { per, b: 0, c: stride_c });
-    let n = items * per;
-    let p = Problem {
-        m,
-        n,
-        k,
-        a,
-        lda,
-        trans_a,
-        b: &[],
-        ldb: n,
-        trans_b: false,
-        packer: Some(b),
-        cols,
-        ldc,
-        accumulate: false,
-    };
-    run(sgemm_kernel(), &p, c);
+    run(sgemm_kernel(), &packed((m, items * per, k, a, lda, trans_a), b, cols, ldc, false), c);
 }
 
 /// `items` products that share A: `C_t (+)= op(A) · op(B_t)` for `t < items`, where `B_t`
