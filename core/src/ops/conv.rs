@@ -6,7 +6,8 @@
 //! `Y[c_out × hw_out] = W[c_out × c_in·k·k] · col`. Scratch is per image, so its size does
 //! not grow with the batch; a 1×1 stride-1 unpadded conv reads the input directly, and the
 //! forward of a stride-1 "same" conv never materialises its column matrix: the GEMM packs
-//! it straight from the image ([`ShiftedTaps`]). On AVX2, AVX-512 and NEON, a stride-1
+//! it straight from the image ([`ShiftedTaps`]); nor does a downsampling 1×1 onto a small
+//! map, whose images run side by side in one product ([`Subsampled`]). On AVX2, AVX-512 and NEON, a stride-1
 //! "same" 3×3 conv (all of a ResNet's but the downsampling ones) skips the GEMM
 //! altogether: its forward, input gradient and weight gradient run the direct kernels of
 //! `conv_direct` and `conv_wgrad` (the forward and input gradient as Winograd F(2×2, 3×3),
