@@ -760,7 +760,8 @@ const SIDE_BY_SIDE_BELOW: usize = 1024;
 
 /// The columns of op(B) (stored, not transposed) and of C as runs of `per` columns, one
 /// per item of a strided batch: column `j` is column `j % per` of item `j / per`, whose B
-/// starts `b` floats and whose C starts `c` floats after the previous item's.
+/// starts `b` floats and whose C starts `c` floats after the previous item's (`b` unused
+/// where a [`PackB`] source packs op(B)).
 #[derive(Clone, Copy)]
 struct ColImages {
     per: usize,
@@ -769,6 +770,10 @@ struct ColImages {
 }
 
 impl ColImages {
+    /// Float offset of column `j` in row 0 of the stored op(B).
+    fn b_at(self, j: usize) -> usize {
+        (j / self.per) * self.b + j % self.per
+    }
     /// Float offset of column `j` in row 0 of C.
     fn c_at(self, j: usize) -> usize {
         (j / self.per) * self.c + j % self.per
@@ -797,15 +802,14 @@ fn pack_b_items(
         let (j0, lanes) = (jc + r * NR, NR.min(ncv - r * NR));
         let dst = &mut out[r * kc * NR..][..kc * NR];
         if lanes == NR && ci.one_item(j0, NR) {
-            let base = (j0 / ci.per) * ci.b + j0 % ci.per;
+            let base = ci.b_at(j0);
             for (q, d) in dst.chunks_exact_mut(NR).enumerate() {
                 let src: &[f32; NR] = p.b[base + (pc + q) * p.ldb..][..NR].try_into().expect("NR floats");
                 let d: &mut [MaybeUninit<f32>; NR] = d.try_into().expect("NR floats");
                 *d = src.map(MaybeUninit::new);
             }
         } else {
-            let at: [Option<usize>; NR] =
-                core::array::from_fn(|l| (l < lanes).then(|| ((j0 + l) / ci.per) * ci.b + (j0 + l) % ci.per));
+            let at: [Option<usize>; NR] = core::array::from_fn(|l| (l < lanes).then(|| ci.b_at(j0 + l)));
             for (q, d) in dst.chunks_exact_mut(NR).enumerate() {
                 let row = (pc + q) * p.ldb;
                 for (o, a) in d.iter_mut().zip(at) {
